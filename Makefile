@@ -1,0 +1,102 @@
+# pipenem — build, test and run.
+# Knobs: CUDA=auto|yes|no, DEBUG=1, SANITIZE=address,undefined, BUILD=dir, CC=clang.
+# Sources are found by folder, so a new module file needs no edit here.
+
+CC       ?= cc
+CUDA     ?= auto
+DEBUG    ?= 0
+SANITIZE ?=
+BUILD    ?= build$(if $(SANITIZE),-san)
+
+PKGS := ucx libnl-route-3.0 openblas cmocka
+
+CFLAGS_BASE := -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -fopenmp -MMD -MP -I.
+ifeq ($(DEBUG),1)
+CFLAGS_OPT := -O0 -g3
+else
+CFLAGS_OPT := -O2 -g
+endif
+ifneq ($(SANITIZE),)
+CFLAGS_OPT += -fsanitize=$(SANITIZE) -fno-omit-frame-pointer -fno-sanitize-recover=all
+LDFLAGS    += -fsanitize=$(SANITIZE)
+endif
+
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+override CFLAGS  += $(CFLAGS_BASE) $(CFLAGS_OPT) $(PKG_CFLAGS)
+override LDLIBS  += $(PKG_LIBS) -lcsv -fopenmp -lm -lpthread
+
+# CUDA: objects from models/*.cu only where nvcc exists (CUDA=auto) or is demanded.
+NVCC ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
+ifeq ($(CUDA),no)
+HAVE_CUDA :=
+else ifneq ($(NVCC),)
+HAVE_CUDA := 1
+else ifeq ($(CUDA),yes)
+$(error CUDA=yes but nvcc was not found; install the CUDA toolkit or use CUDA=no)
+endif
+CUDA_SRCS := $(if $(HAVE_CUDA),$(wildcard models/*.cu))
+ifneq ($(CUDA_SRCS),)
+CUDA_HOME := $(patsubst %/bin/nvcc,%,$(NVCC))
+override CFLAGS += -DPN_HAVE_CUDA=1 -I$(CUDA_HOME)/include
+override LDLIBS += -L$(CUDA_HOME)/lib64 -lcublas -lcudart
+endif
+
+LIB_SRCS := $(wildcard schedules/*.c models/*.c netem/*.c pipeline/*.c) \
+            $(filter-out bench/main.c,$(wildcard bench/*.c))
+LIB_OBJS := $(LIB_SRCS:%.c=$(BUILD)/%.o) $(CUDA_SRCS:%.cu=$(BUILD)/%.cu.o)
+TEST_SRCS := $(wildcard tests/test_*.c)
+TEST_BINS := $(TEST_SRCS:tests/%.c=$(BUILD)/tests/%)
+BENCH_SRCS := $(wildcard tests/bench_*.c)
+BENCH_BINS := $(BENCH_SRCS:tests/%.c=$(BUILD)/tests/%)
+FUZZ_SRCS := $(wildcard tests/fuzz/fuzz_*.c)
+
+.PHONY: all deps test test-run bench bench-run run probe clean
+.DEFAULT_GOAL := all
+
+all: probe pipenem $(TEST_BINS) $(BENCH_BINS)
+
+probe:
+	@missing=""; for p in $(PKGS); do pkg-config --exists $$p || missing="$$missing $$p"; done; \
+	  if [ -n "$$missing" ]; then echo "make: pkg-config cannot find:$$missing (run 'make deps')" >&2; exit 1; fi
+	@echo "# probe: cc=$(CC) cuda=$(if $(HAVE_CUDA),$(NVCC),none)$(if $(CUDA_SRCS),, (no .cu sources built)) sanitize=$(or $(SANITIZE),none) build=$(BUILD)"
+
+deps:
+	@bash .ci/deps
+
+$(BUILD)/libpipenem.a: $(LIB_OBJS)
+	@mkdir -p $(@D)
+	$(AR) rcs $@ $^
+
+pipenem: $(BUILD)/bench/main.o $(BUILD)/libpipenem.a
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) -c -o $@ $<
+
+$(BUILD)/%.cu.o: %.cu
+	@mkdir -p $(@D)
+	$(NVCC) -O2 -Xcompiler -fPIC -I. -c -o $@ $<
+
+$(BUILD)/tests/%: tests/%.c $(BUILD)/libpipenem.a pipenem
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libpipenem.a $(LDLIBS)
+
+# The README's commands: each sets up what it needs first.
+test: deps
+	@$(MAKE) --no-print-directory all
+	@bash tests/run.sh $(BUILD)/tests
+
+bench: deps
+	@$(MAKE) --no-print-directory all
+	@bash tests/run.sh --bench $(BUILD)/tests
+
+run: deps
+	@$(MAKE) --no-print-directory all
+	@bash tests/main-job.sh
+
+clean:
+	rm -rf build build-san pipenem
+
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

@@ -1,0 +1,51 @@
+/* Helpers shared by the test programs: running the pipenem binary and capturing its
+ * output, and comparing numbers with a stated tolerance while reporting the worst case. */
+#ifndef PN_TESTS_TESTUTIL_H
+#define PN_TESTS_TESTUTIL_H
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+
+/* The binary under test: $PIPENEM, or ./pipenem (tests run from the repository root). */
+static inline const char *tu_pipenem(void)
+{
+    const char *p = getenv("PIPENEM");
+    return p && *p ? p : "./pipenem";
+}
+
+/* Runs `pipenem ARGS` through the shell with stderr merged into stdout; stores up to
+ * outlen-1 bytes of the output in out and returns the exit status (128+N on signal N). */
+static inline __attribute__((format(printf, 3, 4)))
+int tu_pipenem_run(char *out, size_t outlen, const char *fmt, ...)
+{
+    char args[4096], cmd[4608];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(args, sizeof args, fmt, ap);
+    va_end(ap);
+    snprintf(cmd, sizeof cmd, "%s %s 2>&1", tu_pipenem(), args);
+    FILE *f = popen(cmd, "r");
+    if (!f)
+        return -1;
+    size_t n = fread(out, 1, outlen - 1, f);
+    out[n] = '\0';
+    while (fgetc(f) != EOF) /* drain so the child never blocks on a full pipe */
+        ;
+    int st = pclose(f);
+    if (WIFEXITED(st))
+        return WEXITSTATUS(st);
+    return WIFSIGNALED(st) ? 128 + WTERMSIG(st) : -1;
+}
+
+/* Relative difference |a-b| / max(|a|, |b|, floor), the measure the tolerances use. */
+static inline double tu_reldiff(double a, double b, double floor)
+{
+    double m = fmax(fmax(fabs(a), fabs(b)), floor);
+    return fabs(a - b) / m;
+}
+
+#endif
