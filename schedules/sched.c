@@ -548,7 +548,7 @@ static int check_link(const sched_plan_t *p, int from, sched_op_kind_t sk, int t
             seterr(err, errlen,
                    "%s: send #%zu to stage %d, but stage %d op %zu receives %s(%d) as #%zu "
                    "(send order differs from receive order)",
-                   where, k, to, to, ri[k], sched_op_kind_name(rk), ro->mb, k);
+                   where, k + 1, to, to, ri[k], sched_op_kind_name(rk), ro->mb, k + 1);
             goto out;
         }
     }
