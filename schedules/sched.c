@@ -408,6 +408,26 @@ static int kind_on_stage(sched_op_kind_t k, int P, int s)
     }
 }
 
+/* err = "stage S op I KIND(mb): " + the formatted reason; formatting only happens on
+ * failure, as validation runs over every op of every stage. */
+static void op_fail(char *err, size_t errlen, int s, size_t i, const sched_op_t *op,
+                    const char *fmt, ...) __attribute__((format(printf, 6, 7)));
+static void op_fail(char *err, size_t errlen, int s, size_t i, const sched_op_t *op,
+                    const char *fmt, ...)
+{
+    if (!err || !errlen)
+        return;
+    char where[96];
+    op_where(where, sizeof where, s, i, op);
+    int n = snprintf(err, errlen, "%s: ", where);
+    if (n < 0 || (size_t)n >= errlen)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err + n, errlen - (size_t)n, fmt, ap);
+    va_end(ap);
+}
+
 int sched_ops_validate(int stages, int micro_batches, int stage, const sched_op_t *ops,
                        size_t n_ops, char *err, size_t errlen)
 {
@@ -426,38 +446,36 @@ int sched_ops_validate(int stages, int micro_batches, int stage, const sched_op_
         seterr(err, errlen, "stage %d: out of memory", s);
         return -ENOMEM;
     }
-    char where[96];
     int rc = -EINVAL;
     size_t opt_at = 0, bwd_done = 0;
     for (size_t i = 0; i < n_ops; i++) {
         const sched_op_t *op = &ops[i];
-        op_where(where, sizeof where, s, i, op);
         if ((unsigned)op->kind >= SCHED_OP_KINDS) {
             seterr(err, errlen, "stage %d op %zu: unknown op kind %d", s, i, (int)op->kind);
             goto out;
         }
         if (op->kind == SCHED_OPT_STEP) {
             if (op->mb != -1) {
-                seterr(err, errlen, "%s: OPT_STEP takes micro-batch -1, not %d", where, op->mb);
+                op_fail(err, errlen, s, i, op, "OPT_STEP takes micro-batch -1, not %d", op->mb);
                 goto out;
             }
             if (opt_at) {
-                seterr(err, errlen, "%s: second OPT_STEP (first is op %zu)", where, opt_at - 1);
+                op_fail(err, errlen, s, i, op, "second OPT_STEP (first is op %zu)", opt_at - 1);
                 goto out;
             }
             if (bwd_done < (size_t)M) {
                 int missing = 0;
                 while (missing < M && seen[(size_t)missing * SCHED_OP_KINDS + SCHED_BWD])
                     missing++;
-                seterr(err, errlen, "%s: comes before BWD(%d); the step needs every gradient",
-                       where, missing);
+                op_fail(err, errlen, s, i, op, "comes before BWD(%d); the step needs every gradient",
+                        missing);
                 goto out;
             }
             opt_at = i + 1;
             continue;
         }
         if (op->mb < 0 || op->mb >= M) {
-            seterr(err, errlen, "%s: micro-batch %d out of range 0..%d", where, op->mb, M - 1);
+            op_fail(err, errlen, s, i, op, "micro-batch %d out of range 0..%d", op->mb, M - 1);
             goto out;
         }
         if (!kind_on_stage(op->kind, P, s)) {
@@ -467,24 +485,24 @@ int sched_ops_validate(int stages, int micro_batches, int stage, const sched_op_
                 [SCHED_SEND_ACT] = "the last stage sends no activations",
                 [SCHED_RECV_GRAD] = "the last stage receives no gradients",
             };
-            seterr(err, errlen, "%s: %s", where, why[op->kind]);
+            op_fail(err, errlen, s, i, op, "%s", why[op->kind]);
             goto out;
         }
         size_t *slot = &seen[(size_t)op->mb * SCHED_OP_KINDS + op->kind];
         if (*slot) {
-            seterr(err, errlen, "%s: duplicate (first at op %zu)", where, *slot - 1);
+            op_fail(err, errlen, s, i, op, "duplicate (first at op %zu)", *slot - 1);
             goto out;
         }
         int pre = local_prereq(op->kind);
         if (pre >= 0 && kind_on_stage((sched_op_kind_t)pre, P, s) &&
             !seen[(size_t)op->mb * SCHED_OP_KINDS + pre]) {
-            seterr(err, errlen, "%s: no %s(%d) before it%s", where,
+            op_fail(err, errlen, s, i, op, "no %s(%d) before it%s",
                    sched_op_kind_name((sched_op_kind_t)pre), op->mb,
                    pre == SCHED_RECV_ACT || pre == SCHED_RECV_GRAD ? " (missing receive)" : "");
             goto out;
         }
         if (op->kind == SCHED_BWD && !seen[(size_t)op->mb * SCHED_OP_KINDS + SCHED_FWD]) {
-            seterr(err, errlen, "%s: backward before FWD(%d)", where, op->mb);
+            op_fail(err, errlen, s, i, op, "backward before FWD(%d)", op->mb);
             goto out;
         }
         if (op->kind == SCHED_BWD)

@@ -258,7 +258,11 @@ static int check_graph_numbers(const sim_graph_t *g, char *err, size_t errlen)
         for (size_t j = 0; j < p->n_ops[s]; j++) {
             sched_op_kind_t k = p->ops[s][j].kind;
             double d = g->dur[s][j];
-            char tok[32];
+            char tok[32] = "";
+            int bad = (is_compute(k) && bad_seconds(d)) || (is_send(k) && !isnan(d) && bad_seconds(d)) ||
+                      (is_send(k) && bad_seconds(g->bytes[s][j]));
+            if (!bad)
+                continue;
             sched_op_format(&p->ops[s][j], tok, sizeof tok);
             if (is_compute(k) && bad_seconds(d)) {
                 seterr(err, errlen, "stage %d op %zu %s: duration %g s must be a finite number >= 0",
