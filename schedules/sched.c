@@ -361,6 +361,116 @@ fail:
     return rc;
 }
 
+/* The op tokens of one line after an optional "stage N:" / "N:" prefix; appends to
+ * b and raises *max_mb. */
+static int parse_line(char *line, int lineno, int stage, opbuf_t *b, int *max_mb, char *err,
+                      size_t errlen)
+{
+    char *colon = strchr(line, ':');
+    if (colon) {
+        char *p = line;
+        while (*p == ' ' || *p == '\t')
+            p++;
+        if (!strncasecmp(p, "stage", 5))
+            p += 5;
+        char *end;
+        long n = strtol(p, &end, 10);
+        while (*end == ' ' || *end == '\t')
+            end++;
+        if (end == p || end != colon || n != stage) {
+            seterr(err, errlen, "line %d: prefix '%.*s' is not 'stage %d:'", lineno,
+                   (int)(colon - line), line, stage);
+            return -EINVAL;
+        }
+        line = colon + 1;
+    }
+    char *save = NULL;
+    for (char *t = strtok_r(line, " \t,\r", &save); t; t = strtok_r(NULL, " \t,\r", &save)) {
+        sched_op_t op;
+        if (sched_op_parse(t, &op)) {
+            seterr(err, errlen, "line %d (stage %d): bad op '%s' (want e.g. F3 B3 Ra3 Sa3 Rg3 Sg3 OPT)",
+                   lineno, stage, t);
+            return -EINVAL;
+        }
+        if (opbuf_push(b, op.kind, op.mb)) {
+            seterr(err, errlen, "out of memory");
+            return -ENOMEM;
+        }
+        if (op.mb > *max_mb)
+            *max_mb = op.mb;
+    }
+    return 0;
+}
+
+int sched_plan_parse(const char *text, int micro_batches, sched_plan_t *out, char *err,
+                     size_t errlen)
+{
+    if (!text) {
+        seterr(err, errlen, "no op lists");
+        return -EINVAL;
+    }
+    int rc = 0, stages = 0, max_mb = -1, lineno = 0;
+    opbuf_t *bufs = NULL;
+    char *copy = strdup(text);
+    if (!copy) {
+        seterr(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
+    /* strtok_r would merge empty lines and so miscount them; split by hand. */
+    for (char *line = copy, *next; line; line = next) {
+        lineno++;
+        next = strchr(line, '\n');
+        if (next)
+            *next++ = '\0';
+        char *hash = strchr(line, '#');
+        if (hash)
+            *hash = '\0';
+        if (strspn(line, " \t\r,") == strlen(line))
+            continue;
+        opbuf_t *nb = realloc(bufs, (size_t)(stages + 1) * sizeof *nb);
+        if (!nb) {
+            seterr(err, errlen, "out of memory");
+            rc = -ENOMEM;
+            goto out;
+        }
+        bufs = nb;
+        bufs[stages] = (opbuf_t){0};
+        if ((rc = parse_line(line, lineno, stages, &bufs[stages], &max_mb, err, errlen))) {
+            stages++;
+            goto out;
+        }
+        stages++;
+    }
+    if (!stages) {
+        seterr(err, errlen, "no op lists (one line per stage)");
+        rc = -EINVAL;
+        goto out;
+    }
+    int M = micro_batches > 0 ? micro_batches : max_mb + 1;
+    if (M < 1) {
+        seterr(err, errlen, "no micro-batch named in the op lists");
+        rc = -EINVAL;
+        goto out;
+    }
+    sched_plan_t p;
+    if ((rc = sched_plan_alloc(stages, M, &p))) {
+        seterr(err, errlen, "out of memory");
+        goto out;
+    }
+    for (int s = 0; s < stages; s++) {
+        p.ops[s] = bufs[s].ops;
+        p.n_ops[s] = bufs[s].n;
+        bufs[s].ops = NULL;
+    }
+    *out = p;
+out:
+    for (int s = 0; s < stages; s++)
+        free(bufs[s].ops);
+    free(bufs);
+    free(copy);
+    return rc;
+}
+
 /* ---- validation ---- */
 
 int sched_ops_peak_inflight(const sched_op_t *ops, size_t n_ops)

@@ -77,6 +77,13 @@ int sched_plan_build(const char *schedule, int stages, int micro_batches, int sl
                      sched_plan_t *out, char *err, size_t errlen) SCHED_WUR;
 /* An empty plan of `stages` lists the caller fills (ops[s] malloc'd, n_ops[s] set). */
 int sched_plan_alloc(int stages, int micro_batches, sched_plan_t *out) SCHED_WUR;
+/* Parses op lists written one stage per line, as `pipenem schedule` prints them:
+ * compact tokens (or KIND(mb)) separated by spaces or commas, optionally after
+ * "stage N:"; blank lines and '#' comments are skipped. The plan has as many stages as
+ * lines and M = micro_batches if > 0, else 1 + the largest micro-batch named. Not
+ * validated. Errors name the line and token. */
+int sched_plan_parse(const char *text, int micro_batches, sched_plan_t *out, char *err,
+                     size_t errlen) SCHED_WUR;
 /* Frees the lists; accepts a zeroed or half-built plan; leaves it zeroed. */
 void sched_plan_destroy(sched_plan_t *plan);
 
