@@ -85,8 +85,13 @@ int model_options_parse(model_options_t *o, int opt, const char *arg, char *err,
     case MODEL_OPT_MODEL: {
         model_config_t c;
         rc = model_config_get(arg, &c, err, errlen);
-        if (!rc)
+        if (!rc) {
             snprintf(o->model, sizeof o->model, "%s", arg);
+        } else {
+            char msg[256];
+            snprintf(msg, sizeof msg, "%s", err);
+            snprintf(err, errlen, "--model: %s", msg);
+        }
         break;
     }
     case MODEL_OPT_LAYERS:
