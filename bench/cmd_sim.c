@@ -9,6 +9,7 @@
 #include <strings.h>
 
 #include "bench/cli.h"
+#include "netem/profile.h"
 #include "schedules/sched.h"
 #include "schedules/sim.h"
 
@@ -260,14 +261,12 @@ int cmd_sim(int argc, char **argv)
     }
     if (!n_sched)
         return cli_usage_error(CMD, "--schedule is empty (known: %s)", sched_names());
-    if (net)
-        return cli_usage_error(CMD, "--net needs the netem profile parser, which has not landed yet "
-                               "(not implemented yet); without --net links are free");
 
     int rc = CLI_FAIL;
     sim_cost_t *cost = calloc((size_t)P, sizeof *cost);
     double *tmp = calloc((size_t)P, sizeof *tmp);
     sim_link_t *links = calloc((size_t)P, sizeof *links);
+    netem_profile_t *profiles = NULL;
     sim_result_t *res = calloc((size_t)n_sched, sizeof *res);
     if (!cost || !tmp || !links || !res)
         goto out;
@@ -289,6 +288,23 @@ int cmd_sim(int argc, char **argv)
     }
     for (int s = 0; s < P; s++)
         cost[s].opt = tmp[s];
+    /* Both directions of a link share its profile: rate is per direction (full duplex).
+     * Jitter and loss have no counterpart in the model and are reported as ignored. */
+    int ignored = 0;
+    if (net) {
+        char perr[256];
+        if (!(profiles = calloc((size_t)P, sizeof *profiles)))
+            goto out;
+        if (netem_net_parse(net, P, profiles, perr, sizeof perr)) {
+            rc = cli_usage_error(CMD, "--net '%s': %s", net, perr);
+            goto out;
+        }
+        for (int i = 0; i + 1 < P; i++) {
+            links[i].delay = profiles[i].delay;
+            links[i].bandwidth = profiles[i].rate;
+            ignored |= profiles[i].jitter > 0 || profiles[i].loss > 0;
+        }
+    }
     for (int i = 0; i + 1 < P; i++)
         links[i].overhead = overhead_us * 1e-6;
 
@@ -297,8 +313,23 @@ int cmd_sim(int argc, char **argv)
         printf(" (batch %d / micro-batch size %d)", batch, mbs);
     printf("\n# costs per micro-batch: forward %s ms, backward %s ms; optimizer %s ms per iteration\n",
            fwd_arg, bwd_arg, opt_arg);
-    printf("# links: %s; messages %.0f B activations, %.0f B gradients; overhead %g us; send mode %s\n",
-           net ? net : "free", act_bytes, grad_bytes, overhead_us, sim_send_mode_name(mode));
+    printf("# links:");
+    for (int i = 0; i + 1 < P; i++) {
+        char label[128] = "free";
+        if (profiles && !netem_profile_is_default(&profiles[i]) &&
+            netem_profile_label(&profiles[i], label, sizeof label) < 0)
+            snprintf(label, sizeof label, "?");
+        if (i < 8 || i + 2 == P)
+            printf("%s %d-%d %s", i ? "," : "", i, i + 1, label);
+        else if (i == 8)
+            printf(", ...");
+    }
+    if (P == 1)
+        printf(" none (one stage)");
+    printf("\n# messages %.0f B activations, %.0f B gradients; overhead %g us; send mode %s\n",
+           act_bytes, grad_bytes, overhead_us, sim_send_mode_name(mode));
+    if (ignored)
+        printf("# note: the simulator models delay and rate; jitter and loss in --net are ignored\n");
     printf("#\n#%13s %6s %12s %12s %8s %9s  %s\n", "schedule", "slack", "iter_time", "no_delay",
            "bubble", "peak_act", "busy share per stage");
     printf("#%13s %6s %12s %12s %8s %9s  %s\n", "", "(K)", "(ms)", "(ms)", "(%)", "(mb)", "(%)");
@@ -353,6 +384,7 @@ out:
     for (int i = 0; res && i < n_sched; i++)
         sim_result_destroy(&res[i]);
     free(res);
+    free(profiles);
     free(links);
     free(tmp);
     free(cost);

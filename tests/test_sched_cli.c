@@ -125,6 +125,32 @@ static void test_sim_output(void **state)
     expect(0, "# OK", "sim -p 2 -m 4 -f 1,2 -B 2,4 --opt-ms 1 -s 1f1b --send-mode blocking --overhead-us 5 --bytes 4KiB");
 }
 
+/* The acceptance scenario through the command line: 1f1b-slack with --slack auto is
+ * predicted faster than GPipe and 1F1B on 10 ms / 1 Gbit/s links (P=3, M=64, 25/75 ms,
+ * 6.3 MB). The rows are parsed back: name, slack, iteration time in ms. */
+static void test_sim_net_slack_auto(void **state)
+{
+    (void)state;
+    expect(0, "# OK", "sim -p 3 -m 64 -f 25 -B 75 --bytes 6.3MB --net 10ms/1Gbps");
+    assert_non_null(strstr(out, "0-1 delay 10ms"));
+    double t[3] = {0};
+    static const char *const names[] = {"gpipe", "1f1b", "1f1b-slack"};
+    for (char *line = out; line; line = strchr(line, '\n') ? strchr(line, '\n') + 1 : NULL) {
+        char name[32], slack[16];
+        double ms;
+        if (line[0] == '#' || sscanf(line, "%31s %15s %lf", name, slack, &ms) != 3)
+            continue;
+        for (int i = 0; i < 3; i++)
+            if (!strcmp(name, names[i]))
+                t[i] = ms;
+    }
+    print_message("gpipe %.1f ms, 1f1b %.1f ms, 1f1b-slack (auto) %.1f ms\n", t[0], t[1], t[2]);
+    if (!(t[0] > 0 && t[1] > 0 && t[2] > 0 && t[2] < t[0] && t[2] < t[1]))
+        fail_msg("1f1b-slack is not the fastest:\n%s", out);
+    expect(2, "--net '10qs'", "sim -f 25 -B 75 --net 10qs");
+    expect(2, "--net", "sim -p 2 -f 25 -B 75 --net 0-5=10ms/1Gbps");
+}
+
 static void test_sim_usage_errors(void **state)
 {
     (void)state;
@@ -161,6 +187,7 @@ int main(void)
         cmocka_unit_test(test_schedule_ops_file),
         cmocka_unit_test(test_schedule_usage_errors),
         cmocka_unit_test(test_sim_output),
+        cmocka_unit_test(test_sim_net_slack_auto),
         cmocka_unit_test(test_sim_usage_errors),
     };
     return cmocka_run_group_tests_name("sched_cli", tests, NULL, NULL);
