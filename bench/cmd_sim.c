@@ -1,6 +1,7 @@
 /* pipenem sim: predict the iteration time, bubble fraction and per-stage busy share of
  * one configuration for each schedule asked for, with the discrete-event simulator
- * (schedules/sim.h). Costs come from the command line; links from --net. */
+ * (schedules/sim.h). Costs come from the command line or from a model under the emulate
+ * backend's device model (models/); links from --net (netem/profile.h). */
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
@@ -9,6 +10,7 @@
 #include <strings.h>
 
 #include "bench/cli.h"
+#include "models/model.h"
 #include "netem/profile.h"
 #include "schedules/sched.h"
 #include "schedules/sim.h"
@@ -32,6 +34,10 @@ static const char usage[] =
     "      --opt-ms T[,T...]      optimizer step per iteration, ms (default 0)\n"
     "      --bytes SIZE           bytes per activation message, e.g. 6.3MB, 4MiB (default 0)\n"
     "      --grad-bytes SIZE      bytes per gradient message (default: --bytes)\n"
+    "      --model NAME           take costs and message sizes from a model instead: %s\n"
+    "      --seq-len T            sequence length of --model (default: its context)\n"
+    "      --compute emulate:...  device model of --model: emulate:v100|a100|h100[,eff=X],\n"
+    "                             emulate:fwd=25ms,bwd=75ms or emulate:FILE (default emulate:v100)\n"
     "  -n, --net PROFILE          link profile between neighbouring stages: 10ms/1Gbps,\n"
     "                             delay=..,rate=.., or 0-1=P,1-2=P (default: free links)\n"
     "      --overhead-us T        per-message overhead occupying the link, us (default 0)\n"
@@ -136,6 +142,46 @@ static void print_critical(const char *name, const sim_result_t *r, int list)
     putchar('\n');
 }
 
+/* Per-stage costs and the boundary tensor size of a model under an emulate device
+ * model: each stage is built (emulate holds no parameters or activations) and its
+ * modelled seconds read back. Returns 0, or CLI_USAGE with the models' message. */
+static int model_costs(const char *name, int seq_len, const char *compute, int P, int M, int mbs,
+                       sim_cost_t *cost, double *bytes, char *label, size_t labellen)
+{
+    char err[512];
+    model_stage_params_t p;
+    memset(&p, 0, sizeof p);
+    if (model_config_get(name, &p.cfg, err, sizeof err))
+        return cli_usage_error(CMD, "--model: %s", err);
+    p.seq_len = seq_len ? seq_len : p.cfg.context;
+    p.micro_batch_size = mbs;
+    p.micro_batches = M;
+    p.stages = P;
+    p.max_inflight = 1;
+    p.compute = compute;
+    p.dataset = "random";
+    p.seed = 1;
+    p.threads = 1;
+    p.lr = 1e-4f;
+    for (int s = 0; s < P; s++) {
+        model_stage_t st;
+        p.stage = s;
+        if (model_stage_init(&st, &p, err, sizeof err))
+            return cli_usage_error(CMD, "--model %s --compute %s, stage %d: %s", name, compute, s, err);
+        model_account_t a;
+        model_stage_account(&st, &a);
+        cost[s] = (sim_cost_t){a.fwd_s, a.bwd_s, a.opt_s};
+        *bytes = (double)a.boundary_bytes;
+        if (s == 0)
+            model_stage_describe(&st, label, labellen);
+        model_stage_destroy(&st);
+    }
+    char dev[160];
+    snprintf(dev, sizeof dev, "%.159s", label);
+    snprintf(label, labellen, "%.32s seq %d micro-batch %d on %s", name, p.seq_len, mbs, dev);
+    return 0;
+}
+
 int cmd_sim(int argc, char **argv)
 {
     enum { O_OPT = 256, O_BYTES, O_GRAD, O_OVERHEAD, O_MODE, O_CRIT, O_MODEL, O_SEQ, O_COMPUTE };
@@ -162,7 +208,9 @@ int cmd_sim(int argc, char **argv)
         {NULL, 0, NULL, 0},
     };
     const char *sched_arg = NULL, *fwd_arg = NULL, *bwd_arg = NULL, *opt_arg = "0", *net = NULL;
-    const char *slack_arg = "auto", *grad_arg = NULL, *model_opt = NULL;
+    const char *slack_arg = "auto", *grad_arg = NULL, *model = NULL, *compute = NULL;
+    const char *bytes_arg = NULL;
+    int seq_len = 0;
     int P = 3, M = 0, batch = 64, mbs = 1, have_b = 0, have_u = 0, list_path = 0, c;
     double act_bytes = 0, grad_bytes = 0, overhead_us = 0;
     sim_send_mode_t mode = SIM_SEND_PIPELINED;
@@ -170,7 +218,7 @@ int cmd_sim(int argc, char **argv)
     while ((c = cli_getopt(CMD, argc, argv, "s:p:m:b:u:f:B:n:k:h", opts)) != -1) {
         switch (c) {
         case -2: return CLI_USAGE;
-        case 'h': printf(usage, sched_names(), SIM_SLACK_AUTO_MAX); return CLI_OK;
+        case 'h': printf(usage, sched_names(), model_config_names(), SIM_SLACK_AUTO_MAX); return CLI_OK;
         case 's': sched_arg = optarg; break;
         case 'p':
             if (parse_int("--stages", optarg, 1, MAX_STAGES, &P))
@@ -196,6 +244,7 @@ int cmd_sim(int argc, char **argv)
         case O_BYTES:
             if (parse_size("--bytes", optarg, &act_bytes))
                 return CLI_USAGE;
+            bytes_arg = optarg;
             break;
         case O_GRAD: grad_arg = optarg; break;
         case 'n': net = optarg; break;
@@ -212,16 +261,25 @@ int cmd_sim(int argc, char **argv)
             break;
         case 'k': slack_arg = optarg; break;
         case O_CRIT: list_path = 1; break;
-        case O_MODEL: model_opt = "--model"; break;
-        case O_SEQ: model_opt = "--seq-len"; break;
-        case O_COMPUTE: model_opt = "--compute"; break;
+        case O_MODEL: model = optarg; break;
+        case O_SEQ:
+            if (parse_int("--seq-len", optarg, 1, 1 << 20, &seq_len))
+                return CLI_USAGE;
+            break;
+        case O_COMPUTE: compute = optarg; break;
         }
     }
     if (optind < argc)
         return cli_usage_error(CMD, "unexpected argument '%s'", argv[optind]);
-    if (model_opt)
-        return cli_usage_error(CMD, "%s needs the models module, which has not landed yet; give the "
-                               "costs with --fwd-ms, --bwd-ms and --bytes", model_opt);
+    if (!model && (seq_len || compute))
+        return cli_usage_error(CMD, "%s applies to --model", seq_len ? "--seq-len" : "--compute");
+    if (model && (fwd_arg || bwd_arg || strcmp(opt_arg, "0") || bytes_arg || grad_arg))
+        return cli_usage_error(CMD, "--model gives the costs and sizes; drop %s",
+                               fwd_arg ? "--fwd-ms" : bwd_arg ? "--bwd-ms" : bytes_arg ? "--bytes"
+                               : grad_arg ? "--grad-bytes" : "--opt-ms");
+    if (compute && strncmp(compute, "emulate", 7))
+        return cli_usage_error(CMD, "--compute '%s': the simulator needs modelled times, "
+                               "use emulate:DEVICE, emulate:fwd=..,bwd=.. or emulate:FILE", compute);
     if (M && (have_b || have_u)) {
         if (have_b && have_u && batch / mbs != M)
             return cli_usage_error(CMD, "--micro-batches %d contradicts --batch-size %d / "
@@ -237,7 +295,7 @@ int cmd_sim(int argc, char **argv)
                                    batch, mbs);
         M = batch / mbs;
     }
-    if (!fwd_arg || !bwd_arg)
+    if (!model && (!fwd_arg || !bwd_arg))
         return cli_usage_error(CMD, "%s is required (time per micro-batch per stage, ms)",
                                !fwd_arg ? "--fwd-ms" : "--bwd-ms");
     int K = SIM_SLACK_AUTO;
@@ -270,24 +328,35 @@ int cmd_sim(int argc, char **argv)
     sim_result_t *res = calloc((size_t)n_sched, sizeof *res);
     if (!cost || !tmp || !links || !res)
         goto out;
-    if (parse_list("--fwd-ms", fwd_arg, P, 1e-3, tmp)) {
-        rc = CLI_USAGE;
-        goto out;
+    char model_label[320] = "";
+    if (model) {
+        if (!compute)
+            compute = "emulate:v100";
+        if ((rc = model_costs(model, seq_len, compute, P, M, mbs, cost, &act_bytes, model_label,
+                              sizeof model_label)))
+            goto out;
+        grad_bytes = act_bytes;
+        rc = CLI_FAIL;
+    } else {
+        if (parse_list("--fwd-ms", fwd_arg, P, 1e-3, tmp)) {
+            rc = CLI_USAGE;
+            goto out;
+        }
+        for (int s = 0; s < P; s++)
+            cost[s].fwd = tmp[s];
+        if (parse_list("--bwd-ms", bwd_arg, P, 1e-3, tmp)) {
+            rc = CLI_USAGE;
+            goto out;
+        }
+        for (int s = 0; s < P; s++)
+            cost[s].bwd = tmp[s];
+        if (parse_list("--opt-ms", opt_arg, P, 1e-3, tmp)) {
+            rc = CLI_USAGE;
+            goto out;
+        }
+        for (int s = 0; s < P; s++)
+            cost[s].opt = tmp[s];
     }
-    for (int s = 0; s < P; s++)
-        cost[s].fwd = tmp[s];
-    if (parse_list("--bwd-ms", bwd_arg, P, 1e-3, tmp)) {
-        rc = CLI_USAGE;
-        goto out;
-    }
-    for (int s = 0; s < P; s++)
-        cost[s].bwd = tmp[s];
-    if (parse_list("--opt-ms", opt_arg, P, 1e-3, tmp)) {
-        rc = CLI_USAGE;
-        goto out;
-    }
-    for (int s = 0; s < P; s++)
-        cost[s].opt = tmp[s];
     /* Both directions of a link share its profile: rate is per direction (full duplex).
      * Jitter and loss have no counterpart in the model and are reported as ignored. */
     int ignored = 0;
@@ -311,8 +380,21 @@ int cmd_sim(int argc, char **argv)
     printf("# pipenem sim: %d stages, %d micro-batches", P, M);
     if (derived)
         printf(" (batch %d / micro-batch size %d)", batch, mbs);
-    printf("\n# costs per micro-batch: forward %s ms, backward %s ms; optimizer %s ms per iteration\n",
-           fwd_arg, bwd_arg, opt_arg);
+    if (model) {
+        printf("\n# costs from %s; per micro-batch, stage by stage:\n#   forward", model_label);
+        for (int s = 0; s < P; s++)
+            printf("%s%.3f", s ? "/" : " ", cost[s].fwd * 1e3);
+        printf(" ms, backward");
+        for (int s = 0; s < P; s++)
+            printf("%s%.3f", s ? "/" : " ", cost[s].bwd * 1e3);
+        printf(" ms, optimizer");
+        for (int s = 0; s < P; s++)
+            printf("%s%.3f", s ? "/" : " ", cost[s].opt * 1e3);
+        printf(" ms per iteration\n");
+    } else {
+        printf("\n# costs per micro-batch: forward %s ms, backward %s ms; optimizer %s ms per iteration\n",
+               fwd_arg, bwd_arg, opt_arg);
+    }
     printf("# links:");
     for (int i = 0; i + 1 < P; i++) {
         char label[128] = "free";

@@ -151,6 +151,20 @@ static void test_sim_net_slack_auto(void **state)
     expect(2, "--net", "sim -p 2 -f 25 -B 75 --net 0-5=10ms/1Gbps");
 }
 
+/* --model: the costs and message size come from the models module (emulate device
+ * model); gpt3-small's boundary tensor at seq 2048, micro-batch 1 is 2048*768*4 bytes. */
+static void test_sim_model(void **state)
+{
+    (void)state;
+    expect(0, "# OK", "sim --model gpt3-small -p 3 -m 8 --compute emulate:v100 -s 1f1b");
+    assert_non_null(strstr(out, "costs from gpt3-small seq 2048 micro-batch 1 on emulate:v100"));
+    assert_non_null(strstr(out, "messages 6291456 B activations"));
+    expect(2, "drop --fwd-ms", "sim --model gpt3-small -f 25");
+    expect(2, "--seq-len applies to --model", "sim -f 25 -B 75 --seq-len 128");
+    expect(2, "--compute 'cpu'", "sim --model tiny --compute cpu");
+    expect(2, "--model", "sim --model gpt5 -p 2");
+}
+
 static void test_sim_usage_errors(void **state)
 {
     (void)state;
@@ -172,7 +186,6 @@ static void test_sim_usage_errors(void **state)
         {"sim -f 25 -B 75 --send-mode async", "--send-mode 'async'"},
         {"sim -f 25 -B 75 -k x", "--slack 'x'"},
         {"sim -f 25 -B 75 --overhead-us -1", "--overhead-us '-1'"},
-        {"sim -f 25 -B 75 --model gpt3-small", "--model needs the models module"},
         {"sim --wat", "'--wat'"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++)
@@ -188,6 +201,7 @@ int main(void)
         cmocka_unit_test(test_schedule_usage_errors),
         cmocka_unit_test(test_sim_output),
         cmocka_unit_test(test_sim_net_slack_auto),
+        cmocka_unit_test(test_sim_model),
         cmocka_unit_test(test_sim_usage_errors),
     };
     return cmocka_run_group_tests_name("sched_cli", tests, NULL, NULL);
