@@ -456,6 +456,7 @@ static void test_replay(void **state)
 
     /* comm_measured: flight times taken from the trace, no link model needed */
     set_links(P, 0.3, 0, 0);
+    sim_result_destroy(&base);
     run("gpipe", P, M, 0, 1e5, 1e5, SIM_SEND_PIPELINED, 1, &base);
     trace_from(&base, rows, n, 1e5);
     sim_replay_t meas = {SIM_REPLACE_COMPUTE, SIM_MEDIAN_PER_STAGE, 1, NULL, NULL, SIM_SEND_PIPELINED};
