@@ -56,17 +56,16 @@ static int check_links(const sim_link_t *l, int stages, const char *dir, char *e
                        size_t errlen)
 {
     for (int i = 0; l && i + 1 < stages; i++) {
-        const char *what = bad_seconds(l[i].delay)       ? "delay"
-                           : bad_seconds(l[i].bandwidth) ? "bandwidth"
-                           : bad_seconds(l[i].overhead)  ? "overhead"
-                                                         : NULL;
-        if (what) {
-            double v = !strcmp(what, "delay") ? l[i].delay
-                       : !strcmp(what, "bandwidth") ? l[i].bandwidth : l[i].overhead;
-            seterr(err, errlen, "link %d-%d (%s) %s %g: must be a finite number >= 0", i, i + 1,
-                   dir, what, v);
-            return -EINVAL;
-        }
+        const struct {
+            const char *name;
+            double v;
+        } f[] = {{"delay", l[i].delay}, {"bandwidth", l[i].bandwidth}, {"overhead", l[i].overhead}};
+        for (size_t k = 0; k < sizeof f / sizeof *f; k++)
+            if (bad_seconds(f[k].v)) {
+                seterr(err, errlen, "link %d-%d (%s) %s %g: must be a finite number >= 0", i, i + 1,
+                       dir, f[k].name, f[k].v);
+                return -EINVAL;
+            }
     }
     return 0;
 }
@@ -447,14 +446,16 @@ static int check_config(const sim_config_t *c, char *err, size_t errlen)
         return -EINVAL;
     }
     for (int s = 0; s < c->stages; s++) {
-        const sim_cost_t *k = &c->cost[s];
-        const char *what = bad_seconds(k->fwd) ? "forward" : bad_seconds(k->bwd) ? "backward"
-                           : bad_seconds(k->opt) ? "optimizer" : NULL;
-        if (what) {
-            double v = bad_seconds(k->fwd) ? k->fwd : bad_seconds(k->bwd) ? k->bwd : k->opt;
-            seterr(err, errlen, "stage %d %s cost %g s: must be a finite number >= 0", s, what, v);
-            return -EINVAL;
-        }
+        const struct {
+            const char *name;
+            double v;
+        } f[] = {{"forward", c->cost[s].fwd}, {"backward", c->cost[s].bwd}, {"optimizer", c->cost[s].opt}};
+        for (size_t k = 0; k < sizeof f / sizeof *f; k++)
+            if (bad_seconds(f[k].v)) {
+                seterr(err, errlen, "stage %d %s cost %g s: must be a finite number >= 0", s,
+                       f[k].name, f[k].v);
+                return -EINVAL;
+            }
     }
     if (bad_seconds(c->act_bytes) || bad_seconds(c->grad_bytes)) {
         seterr(err, errlen, "%s size %g bytes: must be a finite number >= 0",

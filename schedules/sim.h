@@ -84,7 +84,8 @@ typedef struct {
 
 typedef struct {
     sched_plan_t plan;    /* the op lists simulated (owned) */
-    int slack;            /* K used (after auto), -1 if the schedule takes none */
+    int slack;            /* K used (after auto); -1 if the schedule takes none, and for
+                           * sim_graph_run and sim_replay */
     /* [stage][op]. Compute: when it ran. Send: when it left (started occupying the link)
      * and when it arrived. Receive: when the stage reached it and when it could go on
      * (max of that and the arrival). */
@@ -109,7 +110,8 @@ int sim_run(const sim_config_t *cfg, sim_result_t *out, char *err, size_t errlen
 int sim_slack_auto(const sim_config_t *cfg, int *slack, double times[SIM_SLACK_AUTO_MAX + 1],
                    char *err, size_t errlen) SIM_WUR;
 
-/* Simulates a validated-on-entry op graph. */
+/* Validates the op lists (sched_plan_validate: names stage and op), the numbers and the
+ * links, then simulates. The result holds a copy of the plan. */
 int sim_graph_run(const sim_graph_t *g, sim_result_t *out, char *err, size_t errlen) SIM_WUR;
 
 /* Frees a result; accepts a zeroed or half-built one; leaves it zeroed. */
