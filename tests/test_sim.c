@@ -180,6 +180,37 @@ static void test_latency_only_links(void **state)
     md_report(&m, "gpipe, latency-only links");
 }
 
+/* 1F1B, P = 2, latency-only links of delay d. Stage 0 runs F0 | F(j+1) B(j) for
+ * j = 0..M-2 | B(M-1); stage 1 runs F(i) B(i) as activations arrive. Let E(j) be the
+ * end of B(j) on stage 0. Walking the first ops: activation 0 arrives F+d, stage 1
+ * ends B(0) at 2F+B+d, its gradient arrives 2F+B+2d > 2F (stage 0 has finished F1), so
+ * E(0) = 2(F+B) + 2d; stage 1 starts F(1) when B(0) ends (activation 1 came at 2F+d),
+ * so gradient 1 arrives 3F+2B+2d, exactly when stage 0 ends F(2): E(1) = 3(F+B) + 2d.
+ * From then on each round trip is a chain with no slack: B(j) -> F(j+2) on stage 0 ->
+ * d -> F(j+2), B(j+2) on stage 1 -> d -> B(j+2) on stage 0, so
+ * E(j+2) = E(j) + 2(F+B) + 2d: two micro-batches per round trip, as stage 0 holds
+ * P - s = 2. T = E(M-1) = (M+1)(F+B) + 2d * ceil(M/2), for any d >= 0. */
+static void test_latency_only_links_1f1b(void **state)
+{
+    (void)state;
+    maxdiff_t m = {0};
+    static const double delays[] = {0, 0.01, 0.5, 5};
+    static const double FB[][2] = {{1, 2}, {2, 1}, {3, 0.5}};
+    for (int c = 0; c < 3; c++)
+        for (int di = 0; di < 4; di++)
+            for (int M = 1; M <= 40; M++) {
+                double F = FB[c][0], B = FB[c][1], d = delays[di];
+                set_costs(2, F, B, 0);
+                set_links(2, d, 0, 0);
+                sim_result_t r;
+                run("1f1b", 2, M, 0, 1, 1, SIM_SEND_PIPELINED, 1, &r);
+                md_check(&m, r.time, (M + 1) * (F + B) + 2 * d * ((M + 1) / 2),
+                         "F=%g B=%g d=%g M=%d", F, B, d, M);
+                sim_result_destroy(&r);
+            }
+    md_report(&m, "1f1b P=2, latency-only links");
+}
+
 /* GPipe, bandwidth-bound links: a message occupies its direction for X = o + a*8/bw
  * (activations) or Xg = o + g*8/bw (gradients), with X >= F and Xg >= B, plus delay d.
  * Stage 0 hands over activation i at (i+1)F but the link frees only every X, so it
@@ -574,6 +605,7 @@ int main(void)
         cmocka_unit_test(test_free_links_unit_costs),
         cmocka_unit_test(test_free_links_uneven_stages),
         cmocka_unit_test(test_latency_only_links),
+        cmocka_unit_test(test_latency_only_links_1f1b),
         cmocka_unit_test(test_bandwidth_bound_links),
         cmocka_unit_test(test_latency_is_pipelined),
         cmocka_unit_test(test_slack_auto_beats_gpipe_and_1f1b),
