@@ -490,10 +490,32 @@ static void test_replay(void **state)
     sim_result_destroy(&base);
     run("gpipe", P, M, 0, 1e5, 1e5, SIM_SEND_PIPELINED, 1, &base);
     trace_from(&base, rows, n, 1e5);
-    sim_replay_t meas = {SIM_REPLACE_COMPUTE, SIM_MEDIAN_PER_STAGE, 1, NULL, NULL, SIM_SEND_PIPELINED};
+    sim_replay_t meas = {SIM_REPLACE_COMPUTE, SIM_MEDIAN_PER_STAGE, SIM_COMM_SEND, NULL, NULL, SIM_SEND_PIPELINED};
     assert_int_equal(sim_replay(&tr, &meas, &r, err, sizeof err), 0);
     md_check(&m, r.time, base.time, "replay with measured transfers");
     sim_result_destroy(&r);
+    /* A runtime that records only the post of a send (end = start): SIM_COMM_SEND then
+     * sees free links, SIM_COMM_ARRIVAL recovers the flight from the receiver's end. In
+     * this GPipe run every message arrives exactly when its receiver reaches it (see
+     * test_latency_only_links), so the receive ends are the arrivals. */
+    for (int s = 0; s < P; s++)
+        for (size_t j = 0; j < n[s]; j++)
+            if (rows[s][j].kind == SCHED_SEND_ACT || rows[s][j].kind == SCHED_SEND_GRAD)
+                rows[s][j].end = rows[s][j].start;
+    assert_int_equal(sim_replay(&tr, &meas, &r, err, sizeof err), 0);
+    assert_true(r.time < base.time - 1);
+    sim_result_destroy(&r);
+    meas.comm_measured = SIM_COMM_ARRIVAL;
+    assert_int_equal(sim_replay(&tr, &meas, &r, err, sizeof err), 0);
+    md_check(&m, r.time, base.time, "replay with flights from the receives");
+    sim_result_destroy(&r);
+    meas.replace |= SIM_KIND_BIT(SCHED_SEND_ACT) | SIM_KIND_BIT(SCHED_SEND_GRAD);
+    assert_int_equal(sim_replay(&tr, &meas, &r, err, sizeof err), 0);
+    md_check(&m, r.time, base.time, "replay with median flights");
+    sim_result_destroy(&r);
+    meas.comm_measured = 3;
+    assert_int_equal(sim_replay(&tr, &meas, &r, err, sizeof err), -EINVAL);
+    meas.comm_measured = SIM_COMM_SEND;
 
     /* a trace that is not a finite interval, or not a valid order, is named */
     rows[2][1].end = NAN;
