@@ -100,8 +100,10 @@ int cmd_run(int argc, char **argv)
             return CLI_OK;
         }
         if (c == RUNCFG_OPT_DIST_URL || c == RUNCFG_OPT_RANK || c == RUNCFG_OPT_WORLD_SIZE || c == RUNCFG_OPT_TOKEN)
-            return cli_usage_error(argv[0], "%s is for `pipenem stage` (multi-host); run starts every stage itself",
-                                   argv[optind - 1]);
+            for (const struct option *o = opts; o->name; o++)
+                if (o->val == c)
+                    return cli_usage_error(argv[0], "--%s is for `pipenem stage` (multi-host); run starts every "
+                                                    "stage itself", o->name);
         int rc = runcfg_option(&cfg, c, optarg, err, sizeof err);
         if (rc < 0)
             return cli_usage_error(argv[0], "%s", err);
