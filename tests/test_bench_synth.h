@@ -20,12 +20,11 @@ static inline int synth_op(results_t *r, int cell, int rank, int it, const char 
     return results_op_add(r, &o);
 }
 
-/* One cell: S stages, M micro-batches, fwd f, bwd b, link time c per message, opt step o;
- * iteration k runs (1 + 0.01 k) slower so that statistics are not degenerate. */
-static inline int synth_cell(results_t *r, int cell, const char *schedule, int mbs, const char *profile,
-                             const char *label, int S, int batch, int iters, double f, double b, double c)
+/* The ops of one cell: S stages, M micro-batches, fwd f, bwd b, link time c per message,
+ * opt step 0.2 f; iteration k runs (1 + 0.01 k) slower so statistics are not degenerate. */
+static inline int synth_trace(results_t *r, int cell, int S, int M, int iters, double f, double b, double c)
 {
-    int M = batch / mbs, rc = 0;
+    int rc = 0;
     double t0 = 0.001, o = 0.2 * f;
     for (int k = 0; k < iters && !rc; k++) {
         double g = 1.0 + 0.01 * k, fk = f * g, bk = b * g;
@@ -54,6 +53,15 @@ static inline int synth_cell(results_t *r, int cell, const char *schedule, int m
         }
         t0 = end;
     }
+    return rc;
+}
+
+/* One cell with its ops, iterations and metrics (FLOPs 1e9 M (s+1) per stage, peak 1e11). */
+static inline int synth_cell(results_t *r, int cell, const char *schedule, int mbs, const char *profile,
+                             const char *label, int S, int batch, int iters, double f, double b, double c)
+{
+    int M = batch / mbs;
+    int rc = synth_trace(r, cell, S, M, iters, f, b, c);
     if (rc)
         return rc;
     results_cell_t cl;
