@@ -1,8 +1,273 @@
-/* pipenem netem: apply, show, clear, probe and self-test network emulation profiles.
- * Not landed yet: answers --help and reports itself as not implemented. */
+/* pipenem netem: apply, show and clear a profile on a device, clear everything a crashed
+ * run left, probe the kernel's qdiscs, and self-test a profile between two namespaces. */
 #include "bench/cli.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "netem/emulator.h"
+#include "netem/profile.h"
+#include "netem/selftest.h"
+#include "netem/state.h"
+#include "netem/tc.h"
+#include "netem/topo.h"
+
+#define CMD "netem"
+
+static const char usage[] =
+    "usage: pipenem netem apply [--netns NS] DEV PROFILE\n"
+    "       pipenem netem show  [--netns NS] DEV\n"
+    "       pipenem netem clear [--netns NS] DEV | --all\n"
+    "       pipenem netem probe\n"
+    "       pipenem netem selftest --net PROFILE [--net PROFILE ...] [--emulator auto|netem|shim] [--ceiling]\n"
+    "apply, show, clear, probe and self-test network emulation profiles.\n"
+    "PROFILE: default | DELAY/RATE (10ms/1Gbps, 500us/10Gbps) |\n"
+    "         delay=10ms,jitter=1ms,loss=0.1%,rate=1gbit,limit=N\n"
+    "  apply     put PROFILE on DEV as its root qdisc (netem; TBF for a rate alone); the\n"
+    "            original root qdisc is saved first and stays saved after exit\n"
+    "  show      read DEV's root qdisc back and print it as a profile\n"
+    "  clear     restore DEV's original root qdisc; --all: undo everything recorded by\n"
+    "            runs that are gone (after a crash) and by apply\n"
+    "  probe     which qdiscs this kernel supports (tried in a scratch namespace)\n"
+    "  selftest  two hosts as namespaces: RTT and TCP goodput, configured vs measured;\n"
+    "            exit 1 when a judged figure is off by more than 5%\n"
+    "options:\n"
+    "  -n, --netns NS        the device lives in network namespace NS\n"
+    "  -a, --all             (clear) everything in the state files\n"
+    "      --net PROFILE     (selftest) a profile to test; repeat for several\n"
+    "  -e, --emulator E      (selftest) auto (default), netem or shim\n"
+    "      --ceiling         (selftest) also measure the unshaped goodput\n"
+    "  -h, --help\n"
+    "state files: $PIPENEM_STATE_DIR or /run/pipenem\n";
+
+static int runtime_error(const char *msg)
+{
+    fprintf(stderr, "pipenem netem: %s\n", msg);
+    return CLI_FAIL;
+}
+
+static int do_apply(const char *ns, int argc, char **argv)
+{
+    char err[512], text[256];
+    netem_profile_t p;
+    netem_dev_t d;
+    netem_tc_applied_t a;
+    if (argc != 2)
+        return cli_usage_error(CMD, "apply needs DEV and PROFILE (got %d argument%s)", argc, argc == 1 ? "" : "s");
+    if (netem_dev_init(&d, ns, argv[0], err, sizeof err) < 0)
+        return cli_usage_error(CMD, "%s", err);
+    if (netem_profile_parse(argv[1], &p, err, sizeof err) < 0)
+        return cli_usage_error(CMD, "%s", err);
+    if (netem_tc_apply(&d, &p, NETEM_TC_PERSIST, &a, err, sizeof err) < 0)
+        return runtime_error(err);
+    netem_profile_format(&p, text, sizeof text);
+    printf("# pipenem netem apply: %s%s%s <- %s\n", ns ? ns : "", ns ? "/" : "", d.ifname, text);
+    if (a.kind == NETEM_QDISC_NETEM)
+        printf("# qdisc netem, limit %u packets%s\n", a.limit,
+               a.limit_derived ? " (derived: 2 x rate x (delay + jitter) / 1514 B + 1000)" : " (given)");
+    else if (a.kind == NETEM_QDISC_TBF)
+        printf("# qdisc tbf, burst %u bytes, queue limit %u bytes (20 ms at the rate + burst)\n",
+               a.burst, a.limit);
+    else
+        printf("# default: original root qdisc restored\n");
+    printf("# original root qdisc recorded in %s; `pipenem netem clear %s%s` restores it\n",
+           netem_state_dir(), ns ? "--netns ... " : "", d.ifname);
+    printf("# OK\n");
+    return CLI_OK;
+}
+
+static int do_show(const char *ns, int argc, char **argv)
+{
+    char err[512], kind[32], text[256];
+    netem_profile_t p;
+    netem_dev_t d;
+    uint32_t limit;
+    if (argc != 1)
+        return cli_usage_error(CMD, "show needs exactly one DEV");
+    if (netem_dev_init(&d, ns, argv[0], err, sizeof err) < 0)
+        return cli_usage_error(CMD, "%s", err);
+    if (netem_tc_show(&d, &p, kind, sizeof kind, &limit, err, sizeof err) < 0)
+        return runtime_error(err);
+    printf("# %-16s %-8s %-24s %s\n", "device", "qdisc", "profile", "limit");
+    if (!strcmp(kind, "netem") || !strcmp(kind, "tbf"))
+        netem_profile_format(&p, text, sizeof text);
+    else
+        snprintf(text, sizeof text, "default");
+    printf("  %-16s %-8s %-24s %u%s\n", d.ifname, kind, text, limit,
+           !strcmp(kind, "tbf") ? " bytes" : !strcmp(kind, "netem") ? " packets" : "");
+    return CLI_OK;
+}
+
+static void log_line(const char *line, void *arg)
+{
+    (void)arg;
+    printf("  %s\n", line);
+}
+
+static int do_clear(const char *ns, int all, int argc, char **argv)
+{
+    char err[512];
+    if (all) {
+        if (argc || ns)
+            return cli_usage_error(CMD, "clear --all takes no device or --netns");
+        int undone = 0, live = 0;
+        printf("# pipenem netem clear --all: state files in %s\n", netem_state_dir());
+        int rc = netem_state_undo_all(&undone, &live, log_line, NULL, err, sizeof err);
+        printf("# undone %d record%s, %d live run%s left alone\n", undone, undone == 1 ? "" : "s",
+               live, live == 1 ? "" : "s");
+        if (rc < 0)
+            return runtime_error(err);
+        printf("# OK\n");
+        return CLI_OK;
+    }
+    if (argc != 1)
+        return cli_usage_error(CMD, "clear needs exactly one DEV, or --all");
+    netem_dev_t d;
+    if (netem_dev_init(&d, ns, argv[0], err, sizeof err) < 0)
+        return cli_usage_error(CMD, "%s", err);
+    netem_state_entry_t e;
+    if (!netem_state_find_qdisc(&d, &e)) {
+        printf("# %s: nothing recorded, left as it is\n# OK\n", d.ifname);
+        return CLI_OK;
+    }
+    if (netem_tc_clear(&d, err, sizeof err) < 0)
+        return runtime_error(err);
+    printf("# %s: %s root qdisc restored\n# OK\n", d.ifname,
+           e.saved.is_default ? "default" : e.saved.kind);
+    return CLI_OK;
+}
+
+static int do_probe(int argc)
+{
+    char err[512];
+    netem_tc_probe_t pr;
+    if (argc)
+        return cli_usage_error(CMD, "probe takes no arguments");
+    if (netem_tc_probe(&pr, err, sizeof err) < 0)
+        return runtime_error(err);
+    printf("# pipenem netem probe: qdiscs tried on a veth in a scratch namespace\n");
+    printf("# %-10s %-10s %s\n", "qdisc", "supported", "detail");
+    for (int i = 0; i < NETEM_TC_PROBE_KINDS; i++)
+        printf("  %-10s %-10s %s\n", pr.rows[i].kind, pr.rows[i].rc == 0 ? "yes" : "no",
+               pr.rows[i].rc == 0 ? "" : strerror(-pr.rows[i].rc));
+    printf("# may change qdiscs here: %s\n", pr.may_change ? "yes (CAP_NET_ADMIN)" : "no");
+    int netem = pr.rows[0].rc == 0, tbf = pr.rows[1].rc == 0;
+    printf("# emulators: netem %s, shim yes (no kernel support needed)\n",
+           netem ? "yes" : tbf ? "rate only (TBF; delay needs the shim)" : "no");
+    printf("# OK\n");
+    return CLI_OK;
+}
+
+static int do_selftest(char **nets, int nnets, const char *emulator, int ceiling, int argc)
+{
+    char err[512];
+    netem_profile_t prof[16];
+    if (argc)
+        return cli_usage_error(CMD, "selftest takes no positional arguments");
+    if (nnets == 0)
+        return cli_usage_error(CMD, "selftest needs --net PROFILE");
+    for (int i = 0; i < nnets; i++)
+        if (netem_profile_parse(nets[i], &prof[i], err, sizeof err) < 0)
+            return cli_usage_error(CMD, "--net: %s", err);
+    if (strcmp(emulator, "auto") && !netem_emulator_find(emulator))
+        return cli_usage_error(CMD, "unknown emulator '%s' (%s)", emulator, netem_emulator_names());
+    if (!strcmp(emulator, "none"))
+        return cli_usage_error(CMD, "unknown emulator 'none' (%s)", netem_emulator_names());
+    netem_topo_t t;
+    if (netem_topo_create(&t, 2, err, sizeof err) < 0)
+        return runtime_error(err);
+    int failed = 0, rc = 0;
+    printf("# pipenem netem selftest: %s (%s) -> %s (%s), TCP, tolerance %.0f%%\n",
+           netem_topo_host_ns(&t, 0), netem_topo_host_addr(&t, 0), netem_topo_host_ns(&t, 1),
+           netem_topo_host_addr(&t, 1), NETEM_SELFTEST_TOLERANCE * 100);
+    printf("# rtt: median of small-message round trips; configured = 2 x delay + unshaped base RTT\n");
+    printf("# goodput: one TCP stream after slow start; expected = rate x 1448/1514 = %.2f%% of the rate\n"
+           "#   (MTU 1500: IPv4+TCP+timestamps 52 B per packet, Ethernet 14 B counted by the qdisc)\n",
+           netem_profile_goodput(1.0, 1500) * 100);
+    printf("# %-22s %-8s %9s %9s %9s %7s %9s %9s %9s %7s  %s\n", "profile", "emulator", "rtt_base",
+           "rtt_cfg", "rtt_meas", "rtt_err", "rate", "gp_exp", "gp_meas", "gp_err", "verdict");
+    printf("# %-22s %-8s %9s %9s %9s %7s %9s %9s %9s %7s\n", "", "", "(ms)", "(ms)", "(ms)", "(%)",
+           "(Gbit/s)", "(Gbit/s)", "(Gbit/s)", "(%)");
+    for (int i = 0; i < nnets; i++) {
+        netem_selftest_result_t r;
+        char text[128];
+        netem_profile_format(&prof[i], text, sizeof text);
+        if (netem_selftest_run(&t, &prof[i], emulator, ceiling, &r, err, sizeof err) < 0) {
+            fprintf(stderr, "pipenem netem: selftest %s: %s\n", text, err);
+            rc = 1;
+            failed++;
+            continue;
+        }
+        if (i == 0 || ceiling)
+            printf("# emulator %s (%s)%s", r.emulator, r.why, ceiling ? "" : "\n");
+        if (ceiling)
+            printf("; unshaped goodput ceiling %.3f Gbit/s\n", r.ceiling / 1e9);
+        const char *verdict = (!r.rtt_judged && !r.goodput_judged) ? "not-judged"
+                              : r.ok ? "ok" : "FAILED";
+        printf("  %-22s %-8s %9.3f %9.3f %9.3f %7.2f %9.3f %9.3f %9.3f %7.2f  %s\n", text, r.emulator,
+               r.rtt_base * 1e3, r.rtt_configured * 1e3, r.rtt_measured * 1e3,
+               r.rtt_judged ? r.rtt_err * 100 : 0.0, prof[i].rate / 1e9, r.goodput_expected / 1e9,
+               r.goodput_measured / 1e9, r.goodput_judged ? r.goodput_err * 100 : 0.0, verdict);
+        fflush(stdout);
+        failed += !r.ok;
+    }
+    netem_topo_destroy(&t);
+    printf("# %s\n", failed ? "FAILED" : "OK");
+    return failed || rc ? CLI_FAIL : CLI_OK;
+}
 
 int cmd_netem(int argc, char **argv)
 {
-    return cli_pending("usage: pipenem netem [options]\napply, show, clear, probe and self-test network emulation profiles.\n(not implemented yet)\n", argc, argv);
+    static const struct option opts[] = {
+        {"netns", required_argument, NULL, 'n'}, {"all", no_argument, NULL, 'a'},
+        {"net", required_argument, NULL, 'N'},   {"emulator", required_argument, NULL, 'e'},
+        {"ceiling", no_argument, NULL, 'C'},     {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    const char *ns = NULL, *emulator = "auto";
+    char *nets[16];
+    int nnets = 0, all = 0, ceiling = 0, c;
+    optind = 1;
+    while ((c = cli_getopt(CMD, argc, argv, "n:ae:h", opts)) != -1) {
+        switch (c) {
+        case 'n': ns = optarg; break;
+        case 'a': all = 1; break;
+        case 'e': emulator = optarg; break;
+        case 'C': ceiling = 1; break;
+        case 'N':
+            if (nnets == 16)
+                return cli_usage_error(CMD, "at most 16 --net profiles");
+            nets[nnets++] = optarg;
+            break;
+        case 'h': fputs(usage, stdout); return CLI_OK;
+        default: return CLI_USAGE;
+        }
+    }
+    if (optind >= argc)
+        return cli_usage_error(CMD, "missing action (apply, show, clear, probe, selftest)");
+    const char *act = argv[optind];
+    int rest = argc - optind - 1;
+    char **rv = argv + optind + 1;
+    int is_selftest = !strcmp(act, "selftest"), is_clear = !strcmp(act, "clear");
+    if (!is_selftest && (nnets || ceiling || strcmp(emulator, "auto")))
+        return cli_usage_error(CMD, "--net, --emulator and --ceiling belong to selftest, not %s", act);
+    if (!is_clear && all)
+        return cli_usage_error(CMD, "--all belongs to clear, not %s", act);
+    if ((is_selftest || !strcmp(act, "probe")) && ns)
+        return cli_usage_error(CMD, "--netns does not apply to %s", act);
+    if (netem_state_guard_start() < 0)
+        return runtime_error("cannot start the signal guard");
+    if (!strcmp(act, "apply"))
+        return do_apply(ns, rest, rv);
+    if (!strcmp(act, "show"))
+        return do_show(ns, rest, rv);
+    if (is_clear)
+        return do_clear(ns, all, rest, rv);
+    if (!strcmp(act, "probe"))
+        return do_probe(rest);
+    if (is_selftest)
+        return do_selftest(nets, nnets, emulator, ceiling, rest);
+    return cli_usage_error(CMD, "unknown action '%s' (apply, show, clear, probe, selftest)", act);
 }

@@ -1,0 +1,43 @@
+/* The compute backends behind model_stage_t (internal to models/): a const table of
+ * function pointers per backend, chosen by the text of --compute. model.c does the
+ * validation, slot bookkeeping and data; a backend does the arithmetic or the waiting. */
+#ifndef PN_MODELS_BACKEND_H
+#define PN_MODELS_BACKEND_H
+
+#include "models/model.h"
+
+typedef struct model_backend {
+    const char *name;
+    /* arg: what followed "NAME:" in --compute ("" if nothing). Checks only, no memory. */
+    int (*check)(const char *arg, char *err, size_t errlen);
+    /* Allocates what the backend needs; st's sizes, layers and tensor table are set. */
+    int (*init)(model_stage_t *st, const char *arg, char *err, size_t errlen);
+    /* slot: index of the activation slot of this micro-batch. */
+    int (*forward)(model_stage_t *st, int slot, const float *in, float *out);
+    int (*backward)(model_stage_t *st, int slot, const float *dout, float *din);
+    int (*step)(model_stage_t *st);
+    void (*destroy)(model_stage_t *st);
+} model_backend_t;
+
+extern const model_backend_t model_backend_cpu;
+extern const model_backend_t model_backend_emulate;
+
+/* Per-layer tensor order of the parameter table (12 tensors per transformer layer). */
+enum {
+    MODEL_T_LN1W, MODEL_T_LN1B, MODEL_T_QKVW, MODEL_T_QKVB, MODEL_T_ATTPROJW, MODEL_T_ATTPROJB,
+    MODEL_T_LN2W, MODEL_T_LN2B, MODEL_T_FCW, MODEL_T_FCB, MODEL_T_FCPROJW, MODEL_T_FCPROJB,
+    MODEL_T_PER_LAYER
+};
+
+/* Shared by the backends. */
+double model_stage_fwd_flops(const model_stage_t *st);   /* per micro-batch, the formula */
+int    model_time_parse(const char *s, double *out);     /* "25ms", "1.5s", "300us" -> seconds */
+double model_now(void);                                  /* CLOCK_MONOTONIC seconds */
+
+/* The cpu layout of the activation block (floats); the accounting reports it for every
+ * backend, since it is what a real implementation of this model holds. */
+size_t model_layer_act_floats(const model_stage_t *st);  /* one layer, everything saved */
+size_t model_slot_floats(const model_stage_t *st);       /* per in-flight micro-batch */
+size_t model_scratch_floats(const model_stage_t *st);    /* shared by all micro-batches */
+
+#endif

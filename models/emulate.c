@@ -1,0 +1,322 @@
+/* The emulate backend: each forward, backward and step sleeps (clock_nanosleep on an
+ * absolute deadline, never spinning) for a modelled duration and moves real-size
+ * boundary tensors (the caller's buffers), so a full-scale model's pipeline can be studied
+ * without its compute.
+ * It holds no parameters or activations; only the tied-embedding gradient is real. */
+#include "models/backend.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+/* Dense fp16/bf16 tensor-core peaks (SXM parts) and HBM bandwidth; the efficiency is the
+ * fraction of peak a tuned Megatron-style GPT layer typically sustains. */
+static const struct {
+    const char *name;
+    double peak_flops, efficiency, mem_bw;
+} devices[] = {
+    {"v100", 125e12, 0.40, 900e9},
+    {"a100", 312e12, 0.50, 1555e9},
+    {"h100", 989e12, 0.40, 3350e9},
+};
+
+/* AdamW in fp32 reads and writes parameter, m and v, reads the gradient and zeroes it. */
+#define OPT_BYTES_PER_PARAM 32.0
+
+typedef struct {
+    int hidden, heads, vocab, seq_len, mbs, recompute, n_layers;
+    double embed_fwd, embed_bwd, head_fwd, head_bwd, opt_per_param;
+    double layer_fwd[MODEL_MAX_LAYERS], layer_bwd[MODEL_MAX_LAYERS];
+} calib_t;
+
+static int calib_read(const char *path, calib_t *c, char *err, size_t errlen)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        int e = errno;
+        snprintf(err, errlen, "calibration file '%s': %s", path, strerror(e));
+        return -e;
+    }
+    memset(c, 0, sizeof *c);
+    c->hidden = c->heads = c->vocab = c->seq_len = c->mbs = c->recompute = -1;
+    char line[512];
+    int lineno = 0, rc = 0, magic = 0;
+    while (fgets(line, sizeof line, f)) {
+        lineno++;
+        char key[64];
+        int n = 0;
+        if (line[0] == '#' || sscanf(line, "%63s%n", key, &n) != 1)
+            continue;
+        const char *rest = line + n;
+        int li, ok = 1;
+        double a, b;
+        if (!strcmp(key, "pipenem-calibration"))
+            magic = 1;
+        else if (!strcmp(key, "model") || !strcmp(key, "layers") || !strcmp(key, "tied_embeddings") ||
+                 !strcmp(key, "threads") || !strcmp(key, "stage"))
+            ; /* informational */
+        else if (!strcmp(key, "hidden"))
+            ok = sscanf(rest, "%d", &c->hidden) == 1;
+        else if (!strcmp(key, "heads"))
+            ok = sscanf(rest, "%d", &c->heads) == 1;
+        else if (!strcmp(key, "vocab"))
+            ok = sscanf(rest, "%d", &c->vocab) == 1;
+        else if (!strcmp(key, "seq_len"))
+            ok = sscanf(rest, "%d", &c->seq_len) == 1;
+        else if (!strcmp(key, "micro_batch_size"))
+            ok = sscanf(rest, "%d", &c->mbs) == 1;
+        else if (!strcmp(key, "recompute"))
+            ok = sscanf(rest, "%d", &c->recompute) == 1;
+        else if (!strcmp(key, "embed"))
+            ok = sscanf(rest, "%lf %lf", &c->embed_fwd, &c->embed_bwd) == 2;
+        else if (!strcmp(key, "head"))
+            ok = sscanf(rest, "%lf %lf", &c->head_fwd, &c->head_bwd) == 2;
+        else if (!strcmp(key, "opt_per_param"))
+            ok = sscanf(rest, "%lf", &c->opt_per_param) == 1;
+        else if (!strcmp(key, "layer")) {
+            ok = sscanf(rest, "%d %lf %lf", &li, &a, &b) == 3 && li >= 0 && li < MODEL_MAX_LAYERS && a >= 0 && b >= 0;
+            if (ok) {
+                c->layer_fwd[li] = a;
+                c->layer_bwd[li] = b;
+                c->n_layers = li + 1 > c->n_layers ? li + 1 : c->n_layers;
+            }
+        } else {
+            snprintf(err, errlen, "calibration file '%s' line %d: unknown key '%s'", path, lineno, key);
+            rc = -EINVAL;
+            break;
+        }
+        if (!ok) {
+            snprintf(err, errlen, "calibration file '%s' line %d: bad value for '%s'", path, lineno, key);
+            rc = -EINVAL;
+            break;
+        }
+    }
+    fclose(f);
+    if (!rc && !magic) {
+        snprintf(err, errlen, "'%s' is not a calibration file (written by pipenem calibrate --out)", path);
+        rc = -EINVAL;
+    }
+    if (!rc && (c->hidden < 0 || c->heads < 0 || c->vocab < 0 || c->seq_len < 0 || c->mbs < 0 || !c->n_layers)) {
+        snprintf(err, errlen, "calibration file '%s' lacks hidden, heads, vocab, seq_len, "
+                 "micro_batch_size or layer lines", path);
+        rc = -EINVAL;
+    }
+    return rc;
+}
+
+typedef enum { EMU_DEVICE, EMU_TIMES, EMU_FILE } emu_kind_t;
+
+typedef struct {
+    emu_kind_t kind;
+    int device;
+    double efficiency, fwd, bwd, opt;
+    calib_t calib;
+} emu_spec_t;
+
+static int spec_parse(const char *arg, emu_spec_t *s, char *err, size_t errlen)
+{
+    memset(s, 0, sizeof *s);
+    if (!*arg) {
+        snprintf(err, errlen, "emulate needs a device (emulate:v100|a100|h100[,eff=0.5]), times "
+                 "(emulate:fwd=25ms,bwd=75ms[,opt=5ms]) or a calibration file (emulate:FILE)");
+        return -EINVAL;
+    }
+    size_t tok = strcspn(arg, ",");
+    for (size_t i = 0; i < sizeof devices / sizeof *devices; i++)
+        if (strlen(devices[i].name) == tok && !strncmp(arg, devices[i].name, tok)) {
+            s->kind = EMU_DEVICE;
+            s->device = (int)i;
+            s->efficiency = devices[i].efficiency;
+            const char *o = arg + tok;
+            while (*o == ',') {
+                o++;
+                char *end;
+                if (strncmp(o, "eff=", 4) || (s->efficiency = strtod(o + 4, &end), end == o + 4) ||
+                    !(s->efficiency > 0 && s->efficiency <= 1) || (*end && *end != ',')) {
+                    snprintf(err, errlen, "emulate:%s: expected ',eff=X' with 0 < X <= 1 after the device, got '%s'",
+                             devices[i].name, o);
+                    return -EINVAL;
+                }
+                o = end;
+            }
+            return 0;
+        }
+    if (memchr(arg, '=', tok)) {
+        s->kind = EMU_TIMES;
+        int have_fwd = 0, have_bwd = 0;
+        const char *o = arg;
+        while (*o) {
+            size_t n = strcspn(o, ",");
+            char item[64];
+            snprintf(item, sizeof item, "%.*s", (int)(n < 63 ? n : 63), o);
+            char *eq = strchr(item, '=');
+            double v;
+            if (!eq || model_time_parse(eq + 1, &v)) {
+                snprintf(err, errlen, "emulate: bad time '%s' (expected fwd=25ms, bwd=75ms or opt=5ms; "
+                         "units s, ms, us, ns)", item);
+                return -EINVAL;
+            }
+            *eq = '\0';
+            if (!strcmp(item, "fwd"))
+                s->fwd = v, have_fwd = 1;
+            else if (!strcmp(item, "bwd"))
+                s->bwd = v, have_bwd = 1;
+            else if (!strcmp(item, "opt"))
+                s->opt = v;
+            else {
+                snprintf(err, errlen, "emulate: unknown time '%s' (known: fwd, bwd, opt)", item);
+                return -EINVAL;
+            }
+            o += n;
+            if (*o == ',')
+                o++;
+        }
+        if (!have_fwd) {
+            snprintf(err, errlen, "emulate:%s: fwd= is required (bwd= defaults to twice fwd)", arg);
+            return -EINVAL;
+        }
+        if (!have_bwd)
+            s->bwd = 2 * s->fwd;
+        return 0;
+    }
+    if (access(arg, F_OK) == 0 || strchr(arg, '/') || strchr(arg, '.')) {
+        s->kind = EMU_FILE;
+        return calib_read(arg, &s->calib, err, errlen);
+    }
+    snprintf(err, errlen, "unknown device '%s' (known: v100, a100, h100; or fwd=/bwd= times, or a "
+             "calibration file)", arg);
+    return -EINVAL;
+}
+
+static int emu_check(const char *arg, char *err, size_t errlen)
+{
+    emu_spec_t s;
+    return spec_parse(arg, &s, err, errlen);
+}
+
+static int emu_init(model_stage_t *st, const char *arg, char *err, size_t errlen)
+{
+    emu_spec_t s;
+    int rc = spec_parse(arg, &s, err, errlen);
+    if (rc)
+        return rc;
+    int nl = st->layer_end - st->layer_begin;
+    if (s.kind == EMU_DEVICE) {
+        snprintf(st->device, sizeof st->device, "%s", devices[s.device].name);
+        st->peak_flops = devices[s.device].peak_flops;
+        st->efficiency = s.efficiency;
+        st->mem_bw = devices[s.device].mem_bw;
+        double rate = st->peak_flops * st->efficiency;
+        double fwd = model_stage_fwd_flops(st);
+        st->emu_fwd_s = fwd / rate;
+        st->emu_bwd_s = 2 * fwd / rate;
+        if (st->p.recompute) {
+            /* recompute repeats the layers' forward (not the head's) inside backward */
+            double C = st->C, T = st->T, tokens = (double)st->B * st->T;
+            st->emu_bwd_s += tokens * nl * (24.0 * C * C + 2.0 * T * C) / rate;
+        }
+        st->emu_opt_s = st->n_params * OPT_BYTES_PER_PARAM / st->mem_bw;
+    } else if (s.kind == EMU_TIMES) {
+        st->emu_fwd_s = s.fwd;
+        st->emu_bwd_s = s.bwd;
+        st->emu_opt_s = s.opt;
+    } else {
+        const calib_t *c = &s.calib;
+        const char *what = NULL;
+        int have = 0, want = 0;
+        if (c->hidden != st->C)
+            what = "hidden", have = c->hidden, want = st->C;
+        else if (c->heads != st->NH)
+            what = "heads", have = c->heads, want = st->NH;
+        else if (c->vocab != st->V)
+            what = "vocab", have = c->vocab, want = st->V;
+        else if (c->seq_len != st->T)
+            what = "seq-len", have = c->seq_len, want = st->T;
+        else if (c->mbs != st->B)
+            what = "micro-batch-size", have = c->mbs, want = st->B;
+        else if (c->recompute >= 0 && c->recompute != st->p.recompute)
+            what = "recompute", have = c->recompute, want = st->p.recompute;
+        if (what) {
+            snprintf(err, errlen, "calibration file '%s' was measured with %s %d, this run has %d",
+                     arg, what, have, want);
+            return -EINVAL;
+        }
+        if (st->layer_end > c->n_layers) {
+            snprintf(err, errlen, "calibration file '%s' has %d layers, this stage needs layer %d",
+                     arg, c->n_layers, st->layer_end - 1);
+            return -EINVAL;
+        }
+        for (int l = st->layer_begin; l < st->layer_end; l++) {
+            st->emu_fwd_s += c->layer_fwd[l];
+            st->emu_bwd_s += c->layer_bwd[l];
+        }
+        if (st->first)
+            st->emu_fwd_s += c->embed_fwd, st->emu_bwd_s += c->embed_bwd;
+        if (st->last)
+            st->emu_fwd_s += c->head_fwd, st->emu_bwd_s += c->head_bwd;
+        st->emu_opt_s = c->opt_per_param * st->n_params;
+    }
+    if (st->p.tied_embeddings && st->p.stages > 1 && (st->first || st->last)) {
+        st->tied_grad = calloc((size_t)st->V * st->C, sizeof(float));
+        if (!st->tied_grad) {
+            snprintf(err, errlen, "out of memory for the tied embedding gradient");
+            return -ENOMEM;
+        }
+    }
+    return 0;
+}
+
+static void emu_destroy(model_stage_t *st)
+{
+    free(st->tied_grad);
+    st->tied_grad = NULL;
+}
+
+/* Sleeps until start + seconds on the monotonic clock: an absolute deadline, so that an
+ * interrupted sleep resumes without drift. */
+static void sleep_until(double start, double seconds)
+{
+    double d = start + seconds;
+    struct timespec ts = {(time_t)d, (long)((d - (time_t)d) * 1e9)};
+    if (ts.tv_nsec >= 1000000000L)
+        ts.tv_sec++, ts.tv_nsec -= 1000000000L;
+    while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR)
+        ;
+}
+
+/* The boundary tensors are the caller's real-size buffers; emulate leaves their contents
+ * alone, since a GPU producing them would cost the host no CPU time either. */
+static int emu_forward(model_stage_t *st, int slot, const float *in, float *out)
+{
+    (void)slot, (void)in, (void)out;
+    sleep_until(model_now(), st->emu_fwd_s);
+    return 0;
+}
+
+static int emu_backward(model_stage_t *st, int slot, const float *dout, float *din)
+{
+    (void)slot, (void)dout, (void)din;
+    sleep_until(model_now(), st->emu_bwd_s);
+    return 0;
+}
+
+static int emu_step(model_stage_t *st)
+{
+    sleep_until(model_now(), st->emu_opt_s);
+    return 0;
+}
+
+const model_backend_t model_backend_emulate = {
+    .name = "emulate",
+    .check = emu_check,
+    .init = emu_init,
+    .forward = emu_forward,
+    .backward = emu_backward,
+    .step = emu_step,
+    .destroy = emu_destroy,
+};

@@ -1,0 +1,166 @@
+/* GPT-2/3 models split into pipeline stages: configs, one stage's forward/backward/AdamW
+ * over real (cpu) or modelled (emulate) compute, deterministic data, and the FLOP and
+ * memory accounting the benchmarks report. One stage per model_stage_t. */
+#ifndef PN_MODELS_MODEL_H
+#define PN_MODELS_MODEL_H
+
+#include <stddef.h>
+
+#define MODEL_WUR __attribute__((warn_unused_result))
+
+enum {
+    MODEL_MAX_STAGES = 256,
+    MODEL_MAX_LAYERS = 256,
+};
+
+typedef struct {
+    char name[32];
+    int layers, hidden, heads, vocab, context;
+} model_config_t;
+
+/* Known names: gpt3-small, gpt3-medium, gpt3-large, gpt3-xl, gpt3-2.7b, tiny. */
+int model_config_get(const char *name, model_config_t *out, char *err, size_t errlen) MODEL_WUR;
+/* "gpt3-small, gpt3-medium, ..." for --help and error messages */
+const char *model_config_names(void);
+/* heads dividing hidden, positive sizes: -EINVAL with the bad part named. */
+int model_config_check(const model_config_t *cfg, char *err, size_t errlen) MODEL_WUR;
+
+typedef struct {
+    model_config_t cfg;
+    int seq_len, micro_batch_size, micro_batches;  /* M = batch / micro_batch_size */
+    int stages, stage; const int *partition;       /* NULL = even split */
+    int max_inflight;         /* micro-batches whose activations are held at once; 0 = M */
+    const char *compute;      /* "cpu", "emulate:v100", "emulate:fwd=25ms,bwd=75ms", "emulate:FILE" */
+    const char *dataset;      /* "random" or a text file path */
+    unsigned long long seed; int threads; int recompute; int tied_embeddings;
+    float lr;
+} model_stage_params_t;
+
+/* One parameter tensor of a stage: a view into the stage's parameter and gradient blocks
+ * (both NULL under emulate, which holds no parameters). Names are global across stages:
+ * "wte", "wpe", "h3.qkvw", "lnf.w", "head", so split and unsplit models can be compared. */
+typedef struct {
+    char name[24];
+    size_t offset, numel;   /* in floats, into the parameter block */
+    int decay;              /* AdamW weight decay applies (matrices, not biases/LayerNorm) */
+    float *param, *grad;
+} model_tensor_t;
+
+/* Deterministic token source: every stage derives the same batch of (iter, mb). */
+typedef struct {
+    int random;                 /* 1: uniform random tokens, 0: bytes of text */
+    unsigned char *text; size_t len;
+    int vocab;
+    unsigned long long seed;
+} model_data_t;
+
+/* Measured compute time, accumulated by the cpu backend (seconds, all calls since init
+ * or the last model_stage_prof_reset). Layer index is local to the stage. */
+typedef struct {
+    double embed_fwd, embed_bwd, head_fwd, head_bwd, opt;
+    double layer_fwd[MODEL_MAX_LAYERS], layer_bwd[MODEL_MAX_LAYERS];
+    double fwd, bwd;            /* whole stage forward / backward calls */
+    int n_fwd, n_bwd, n_opt;
+} model_prof_t;
+
+struct model_backend;
+struct model_gemm_log;
+
+/* Defined here so the caller can allocate it; fields are read-only outside models/. */
+typedef struct model_stage {
+    model_stage_params_t p;          /* copy; p.partition points at part */
+    int part[MODEL_MAX_STAGES];      /* layers per stage */
+    int layer_begin, layer_end;      /* global layers [begin, end) held here */
+    int first, last;                 /* holds the embeddings / the head and loss */
+    int B, T, C, NH, V;
+    const struct model_backend *backend;
+    char backend_arg[512];
+    /* parameters, gradients and AdamW state: one block each, described by tensors[] */
+    model_tensor_t *tensors; int n_tensors;
+    size_t n_params;
+    float *params, *grads, *opt_m, *opt_v;   /* (n_params) each; NULL under emulate */
+    float *tied_grad;                /* emulate: the (V, C) buffer a tied exchange moves */
+    /* activations: scratch, then max_inflight slots of slot_floats, one block */
+    float *acts; size_t scratch_floats, slot_floats, act_floats;
+    int max_inflight;
+    int *slot_iter, *slot_mb;        /* (iter, mb) held by each slot; mb -1 = free */
+    int *tokens, *targets;           /* (B, T) scratch for the current batch */
+    model_data_t data;
+    double loss_sum; int loss_count; double last_loss;
+    int steps;
+    /* emulate: modelled seconds per micro-batch of this stage, and the device */
+    double emu_fwd_s, emu_bwd_s, emu_opt_s, peak_flops, efficiency, mem_bw;
+    char device[16];
+    model_prof_t prof;
+    struct model_gemm_log *gemm_log; /* non-NULL while recording sgemm shapes */
+} model_stage_t;
+
+int    model_stage_init(model_stage_t *st, const model_stage_params_t *p, char *err, size_t errlen) MODEL_WUR;
+size_t model_stage_act_bytes(const model_stage_t *st);  /* boundary tensor (B,T,C) fp32 per micro-batch */
+/* Stage 0 ignores `in` and reads tokens of (iter, mb) from the dataset itself; the last
+ * stage ignores `out` and computes the loss against the targets of (iter, mb). Every
+ * stage derives the same (iter, mb) batch from the seed, so no tokens cross stages.
+ * Errors: -EINVAL (mb out of range, missing buffer), -EEXIST ((iter, mb) already in
+ * flight), -ENOSPC (max_inflight micro-batches already in flight). */
+int    model_stage_forward(model_stage_t *st, int iter, int mb, const float *in, float *out) MODEL_WUR;
+/* Last stage ignores dout (starts from the loss); stage 0 ignores din. Adds into grads.
+ * Releases the micro-batch's slot. -ENOENT if (iter, mb) was not forwarded. */
+int    model_stage_backward(model_stage_t *st, int iter, int mb, const float *dout, float *din) MODEL_WUR;
+/* AdamW on grads averaged over M, then zero. -EBUSY if micro-batches are still in flight. */
+int    model_stage_step(model_stage_t *st, int iter) MODEL_WUR;
+double model_stage_loss(const model_stage_t *st);       /* last stage: mean loss of the last stepped iteration; NAN otherwise */
+void   model_stage_destroy(model_stage_t *st);
+
+/* Mean loss of the micro-batches forwarded since the last step (last stage, cpu; NAN otherwise). */
+double model_stage_loss_pending(const model_stage_t *st);
+/* Drops every in-flight micro-batch and the pending loss, and zeroes the gradients. */
+void   model_stage_reset(model_stage_t *st);
+/* Tensor i of this stage (0 <= i < n_tensors), or NULL. */
+const model_tensor_t *model_stage_tensor(const model_stage_t *st, int i);
+const model_tensor_t *model_stage_tensor_find(const model_stage_t *st, const char *name);
+
+/* --tied-embeddings with stages > 1: stage 0's wte and the last stage's head are one
+ * matrix held twice. Before model_stage_step, each of the two stages adds its twin's
+ * gradient into the buffer this returns (V*C floats), so both apply the same update.
+ * -ENOENT on a stage that holds no twin (middle stages, untied, or a single stage). */
+int    model_stage_tied_grad(model_stage_t *st, float **grad, size_t *numel) MODEL_WUR;
+
+/* Accounting. FLOPs follow the convention of DESIGN.md: 6*N_matmul + 6*L*T*d per token
+ * for training (forward a third of it, backward two thirds; recompute not counted). */
+typedef struct {
+    size_t params;               /* parameters held by this stage */
+    size_t params_total;         /* whole model */
+    size_t params_matmul;        /* N_matmul of the whole model (12 L d^2 + V d) */
+    double flops_per_token;      /* whole model, training */
+    double fwd_flops, bwd_flops; /* this stage, per micro-batch */
+    size_t boundary_bytes;       /* the (B, T, C) tensor crossing a stage boundary */
+    size_t saved_bytes_per_mb;   /* activations held per in-flight micro-batch */
+    size_t param_bytes, grad_bytes, opt_bytes, act_bytes;  /* allocated blocks */
+    double fwd_s, bwd_s, opt_s;  /* emulate: modelled seconds per micro-batch; cpu: 0 */
+    double peak_flops, efficiency; /* emulate device model; 0 otherwise */
+} model_account_t;
+void   model_stage_account(const model_stage_t *st, model_account_t *out);
+/* Peak resident memory of this process so far (getrusage), bytes. */
+size_t model_peak_rss_bytes(void);
+/* "cpu (OpenBLAS, 2 threads)" or "emulate:a100 (peak 312.0 TFLOP/s, efficiency 0.50)" */
+void   model_stage_describe(const model_stage_t *st, char *buf, size_t len);
+
+/* Clears the measured times in st->prof. */
+void   model_stage_prof_reset(model_stage_t *st);
+/* The GEMM reference of the benchmarks (cpu backend only): records the sgemm calls of one
+ * forward + backward of micro-batch 0 (gradients are reset afterwards), then replays
+ * exactly those calls (same shapes, transposes and strides, no other work) `reps` times
+ * on scratch buffers. Outputs the FLOPs of one replay and the mean seconds per replay. */
+int    model_stage_gemm_reference(model_stage_t *st, int reps, double *flops, double *seconds) MODEL_WUR;
+
+/* The compute argument alone: -EINVAL naming an unknown backend, an unknown device, a
+ * bad fwd=/bwd= time or an unreadable calibration file. */
+int    model_compute_check(const char *compute, char *err, size_t errlen) MODEL_WUR;
+
+/* Data: tokens and targets (next tokens) of micro-batch (iter, mb), each (B, T). */
+int    model_data_open(model_data_t *d, const char *dataset, int vocab, int seq_len,
+                       unsigned long long seed, char *err, size_t errlen) MODEL_WUR;
+void   model_data_batch(const model_data_t *d, int iter, int mb, int B, int T, int *tokens, int *targets);
+void   model_data_close(model_data_t *d);
+
+#endif

@@ -1,0 +1,62 @@
+/* The model/compute option group shared by `pipenem run | stage | sweep | calibrate`:
+ * one parser for --model --layers --hidden --heads --vocab --seq-len --stages --partition
+ * --batch-size --micro-batch-size --compute --dataset --recompute --tied-embeddings
+ * --threads --seed --lr, with a specific message for every bad value or combination. */
+#ifndef PN_MODELS_OPTIONS_H
+#define PN_MODELS_OPTIONS_H
+
+#include <getopt.h>
+
+#include "models/model.h"
+
+/* getopt values of the group (above every short option, below 0x2000). */
+enum {
+    MODEL_OPT_MODEL = 0x1000, MODEL_OPT_LAYERS, MODEL_OPT_HIDDEN, MODEL_OPT_HEADS,
+    MODEL_OPT_VOCAB, MODEL_OPT_SEQ_LEN, MODEL_OPT_STAGES, MODEL_OPT_PARTITION,
+    MODEL_OPT_BATCH_SIZE, MODEL_OPT_MICRO_BATCH_SIZE, MODEL_OPT_COMPUTE, MODEL_OPT_DATASET,
+    MODEL_OPT_RECOMPUTE, MODEL_OPT_TIED_EMBEDDINGS, MODEL_OPT_THREADS, MODEL_OPT_SEED,
+    MODEL_OPT_LR, MODEL_OPT_END
+};
+
+typedef struct {
+    char model[32];
+    int layers, hidden, heads, vocab;   /* overrides of the config; 0 = the config's */
+    int seq_len;                        /* 0 = the config's context */
+    int stages;                         /* 0 = the number of --partition entries, else 1 */
+    int partition[MODEL_MAX_STAGES];
+    int n_partition;                    /* 0 = even split */
+    int batch_size, micro_batch_size;   /* micro-batches per iteration = batch / micro-batch */
+    char compute[512];
+    char dataset[1024];
+    int recompute, tied_embeddings, threads;
+    unsigned long long seed;
+    float lr;
+} model_options_t;
+
+/* gpt3-small, seq-len = context, batch 8, micro-batch 1, cpu, random data, seed 1234,
+ * lr 6e-4, threads 0 (the libraries' default). Callers may change defaults afterwards. */
+void model_options_defaults(model_options_t *o);
+
+/* The caller's own long options (NULL-name terminated, may be NULL) followed by the
+ * group's, terminated, into dst. Returns the number of entries without the terminator,
+ * or -ENOSPC if cap is too small (cap >= own + MODEL_OPT_END - MODEL_OPT_MODEL + 1). */
+int model_options_table(struct option *dst, size_t cap, const struct option *own)
+    __attribute__((warn_unused_result));
+
+/* Consumes one getopt result: 1 if `opt` belongs to the group and `arg` was valid,
+ * 0 if it is not one of the group's, -EINVAL with a message naming the option. */
+int model_options_parse(model_options_t *o, int opt, const char *arg, char *err, size_t errlen)
+    __attribute__((warn_unused_result));
+
+/* Resolves the config and overrides and checks every combination (heads dividing the
+ * width, seq-len above the context, batch not divisible by micro-batch, partition not
+ * summing to the layers or not matching --stages, more stages than layers, unknown
+ * compute backend or device, unreadable dataset). Fills p for stage 0 with max_inflight 0
+ * (all); the caller sets p->stage and p->max_inflight. p->partition points into o. */
+int model_options_finish(model_options_t *o, model_stage_params_t *p, char *err, size_t errlen)
+    __attribute__((warn_unused_result));
+
+/* The group's lines for a subcommand's --help. */
+const char *model_options_help(void);
+
+#endif

@@ -1,0 +1,171 @@
+/* The emulator backends and auto's choice between them. */
+#include "netem/emulator.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "netem/tc.h"
+
+static int fail(char *err, size_t errlen, int rc, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static int fail(char *err, size_t errlen, int rc, const char *fmt, ...)
+{
+    if (err && errlen) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return rc;
+}
+
+static int all_default(const netem_profile_t *l, int n)
+{
+    for (int i = 0; i < n; i++)
+        if (!netem_profile_is_default(&l[i]))
+            return 0;
+    return 1;
+}
+
+static int same(const netem_profile_t *a, const netem_profile_t *b)
+{
+    return a->delay == b->delay && a->jitter == b->jitter && a->loss == b->loss &&
+           a->rate == b->rate && a->limit == b->limit;
+}
+
+/* The profile of the traffic entering host j: from j-1 over links[j-1], from j+1 over
+ * links[j]. -1 when the two differ (needs per-source classes). */
+static int port_profile(const netem_profile_t *l, int n, int j, netem_profile_t *out)
+{
+    const netem_profile_t *left = j > 0 ? &l[j - 1] : NULL, *right = j < n ? &l[j] : NULL;
+    if (left && right && !same(left, right))
+        return -1;
+    *out = left ? *left : right ? *right : (netem_profile_t){0};
+    return 0;
+}
+
+static int kernel_usable(const netem_profile_t *l, int n, char *why, size_t whylen)
+{
+    int delay = 0;
+    for (int i = 0; i < n; i++)
+        delay |= l[i].delay > 0 || l[i].jitter > 0 || l[i].loss > 0 || l[i].limit > 0;
+    if (!netem_tc_may_change())
+        return snprintf(why, whylen, "tc needs root or CAP_NET_ADMIN"), 0;
+    for (int j = 0; j <= n; j++) {
+        netem_profile_t p;
+        if (port_profile(l, n, j, &p) < 0)
+            return snprintf(why, whylen, "links %d-%d and %d-%d differ at host %d: per-source "
+                            "classes are not implemented yet", j - 1, j, j, j + 1, j), 0;
+    }
+    if (delay && !netem_tc_have_netem())
+        return snprintf(why, whylen, "this kernel has no sch_netem, needed for delay/jitter/loss"), 0;
+    snprintf(why, whylen, "%s", delay ? "kernel netem qdiscs" : "kernel TBF (rate only)");
+    return 1;
+}
+
+static int kernel_apply(netem_topo_t *t, const netem_profile_t *l, char *err, size_t errlen)
+{
+    int n = t->hosts - 1;
+    for (int j = 0; j <= n && n > 0; j++) {
+        netem_profile_t p;
+        netem_dev_t d;
+        netem_tc_applied_t a;
+        if (port_profile(l, n, j, &p) < 0)
+            return fail(err, errlen, -EOPNOTSUPP, "links meeting at host %d differ: per-source "
+                        "classes are not implemented yet (use --emulator shim)", j);
+        int rc = netem_dev_init(&d, t->sw_ns, t->port_if[j], err, errlen);
+        if (rc == 0)
+            rc = netem_tc_apply(&d, &p, NETEM_TC_EPHEMERAL, &a, err, errlen);
+        if (rc < 0)
+            return rc;
+    }
+    return 0;
+}
+
+static int shim_usable(const netem_profile_t *l, int n, char *why, size_t whylen)
+{
+    for (int i = 0; i < n; i++)
+        if (l[i].jitter > 0 || l[i].loss > 0)
+            return snprintf(why, whylen, "the shim models delay and rate only (link %d-%d has "
+                            "jitter or loss)", i, i + 1), 0;
+    snprintf(why, whylen, "in-transport shaper (pipeline messages only)");
+    return 1;
+}
+
+/* The kernel is left unshaped: the pipeline's transport applies the links itself. */
+static int shim_apply(netem_topo_t *t, const netem_profile_t *l, char *err, size_t errlen)
+{
+    (void)l;
+    if (!netem_tc_may_change())
+        return 0;
+    static const netem_profile_t none;
+    return kernel_apply(t, (const netem_profile_t[NETEM_TOPO_MAX_HOSTS]){none}, err, errlen);
+}
+
+static int none_usable(const netem_profile_t *l, int n, char *why, size_t whylen)
+{
+    snprintf(why, whylen, all_default(l, n) ? "default profile: unshaped" : "links are not default");
+    return all_default(l, n);
+}
+
+static const netem_emulator_t emulators[] = {
+    {"netem", "kernel qdiscs: netem for delay/jitter/loss/rate, TBF for rate only", 2,
+     kernel_usable, kernel_apply},
+    {"shim", "in-transport shaper: delay and rate on the pipeline's own messages", 1, shim_usable,
+     shim_apply},
+    {"none", "nothing shaped (all links default)", 0, none_usable, shim_apply},
+};
+
+#define N_EMULATORS (sizeof emulators / sizeof *emulators)
+
+const char *netem_emulator_names(void)
+{
+    return "auto, netem, shim";
+}
+
+const netem_emulator_t *netem_emulator_find(const char *name)
+{
+    for (size_t i = 0; i < N_EMULATORS; i++)
+        if (!strcmp(emulators[i].name, name))
+            return &emulators[i];
+    return NULL;
+}
+
+int netem_emulator_choose(const char *asked, const netem_profile_t *links, int n,
+                          const netem_emulator_t **out, char *why, size_t whylen, char *err,
+                          size_t errlen)
+{
+    char r[160];
+    if (!asked || !strcmp(asked, "auto")) {
+        if (all_default(links, n)) {
+            *out = netem_emulator_find("none");
+            snprintf(why, whylen, "auto: default profile, nothing to emulate");
+            return 0;
+        }
+        char rejected[200] = "";
+        for (size_t i = 0; i < N_EMULATORS; i++) {   /* ordered by fidelity */
+            if (emulators[i].usable(links, n, r, sizeof r)) {
+                *out = &emulators[i];
+                snprintf(why, whylen, "auto: %s%s%s", r, rejected[0] ? "; " : "", rejected);
+                return 0;
+            }
+            size_t at = strlen(rejected);
+            snprintf(rejected + at, sizeof rejected - at, "%s%s not usable: %s", at ? "; " : "",
+                     emulators[i].name, r);
+        }
+        return fail(err, errlen, -EOPNOTSUPP, "no emulator can do these links here: %s", rejected);
+    }
+    const netem_emulator_t *e = netem_emulator_find(asked);
+    if (!e || !strcmp(asked, "none"))
+        return fail(err, errlen, -EINVAL, "unknown emulator '%s' (%s)", asked, netem_emulator_names());
+    if (!all_default(links, n) && !e->usable(links, n, r, sizeof r))
+        return fail(err, errlen, -EOPNOTSUPP, "emulator '%s' cannot do these links here: %s", asked, r);
+    if (all_default(links, n))
+        snprintf(r, sizeof r, "default profile: unshaped");
+    *out = e;
+    snprintf(why, whylen, "asked: %s", r);
+    return 0;
+}

@@ -1,0 +1,36 @@
+/* Emulator backends (`--emulator auto|netem|shim`) as a const table: `netem` puts
+ * qdiscs in the kernel (netem, TBF for rate only), `shim` leaves the kernel alone and
+ * the pipeline's transport delays messages with netem/shaper.h. `auto` picks the most
+ * faithful backend this machine allows and says why. */
+#ifndef PN_NETEM_EMULATOR_H
+#define PN_NETEM_EMULATOR_H
+
+#include <stddef.h>
+
+#include "netem/profile.h"
+#include "netem/topo.h"
+
+typedef struct netem_emulator {
+    const char *name;
+    const char *summary;
+    int fidelity;   /* auto prefers the highest usable */
+    /* 1 when the backend can emulate these links here, else 0 and why. */
+    int (*usable)(const netem_profile_t *links, int n, char *why, size_t whylen);
+    /* Puts the links on the topology (shim: nothing in the kernel). */
+    int (*apply)(netem_topo_t *t, const netem_profile_t *links, char *err, size_t errlen);
+} netem_emulator_t;
+
+/* "auto, netem, shim" for --help and messages. */
+const char *netem_emulator_names(void);
+
+/* The backend called name ("netem", "shim", or "none" for all-default links), or NULL. */
+const netem_emulator_t *netem_emulator_find(const char *name);
+
+/* Resolves asked ("auto", "netem", "shim") for these links: the chosen backend and a
+ * one-line reason. Errors: -EINVAL unknown name, -EOPNOTSUPP the asked backend cannot
+ * emulate the links here (message says why and what would). */
+int netem_emulator_choose(const char *asked, const netem_profile_t *links, int n,
+                          const netem_emulator_t **out, char *why, size_t whylen, char *err,
+                          size_t errlen) __attribute__((warn_unused_result));
+
+#endif

@@ -1,0 +1,309 @@
+/* The self-test's two measurements over real TCP between host namespaces. Sockets are
+ * created inside each namespace and keep it, so one process drives both ends: the
+ * server side runs in a thread (echo or sink), the client in the caller's thread. */
+#include "netem/selftest.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "netem/emulator.h"
+
+#define PORT 5299
+#define PING_BYTES 64
+#define CHUNK (256 * 1024)
+
+static int fail(char *err, size_t errlen, int rc, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static int fail(char *err, size_t errlen, int rc, const char *fmt, ...)
+{
+    if (err && errlen) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return rc;
+}
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* A TCP socket created inside namespace ns; -errno on failure. */
+static int socket_in(const char *ns)
+{
+    char path[128];
+    snprintf(path, sizeof path, "/run/netns/%s", ns);
+    int target = open(path, O_RDONLY | O_CLOEXEC);
+    int self = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
+    int fd = -EINVAL;
+    if (target >= 0 && self >= 0 && setns(target, CLONE_NEWNET) == 0) {
+        fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd < 0)
+            fd = -errno;
+        if (setns(self, CLONE_NEWNET) < 0) {
+            if (fd >= 0)
+                close(fd);
+            fd = -errno;
+        }
+    } else {
+        fd = -errno;
+    }
+    if (target >= 0)
+        close(target);
+    if (self >= 0)
+        close(self);
+    return fd;
+}
+
+static struct sockaddr_in addr_of(const char *ip)
+{
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(PORT)};
+    inet_pton(AF_INET, ip, &a.sin_addr);
+    return a;
+}
+
+static int full_io(int fd, void *buf, size_t n, int wr)
+{
+    size_t done = 0;
+    while (done < n) {
+        ssize_t r = wr ? send(fd, (char *)buf + done, n - done, MSG_NOSIGNAL)
+                       : recv(fd, (char *)buf + done, n - done, 0);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            return -1;
+        done += (size_t)r;
+    }
+    return 0;
+}
+
+typedef struct {
+    int lfd;
+    int sink;         /* 0 echo, 1 count bytes */
+    double warm;      /* sink: seconds after the first byte before measuring */
+    double goodput;   /* sink result, bit/s */
+    int rc;
+} server_t;
+
+static void *server_main(void *arg)
+{
+    server_t *s = arg;
+    int fd = accept4(s->lfd, NULL, NULL, SOCK_CLOEXEC);
+    if (fd < 0) {
+        s->rc = -errno;
+        return NULL;
+    }
+    if (!s->sink) {
+        char buf[PING_BYTES];
+        while (full_io(fd, buf, sizeof buf, 0) == 0 && full_io(fd, buf, sizeof buf, 1) == 0)
+            ;
+    } else {
+        char *buf = malloc(CHUNK);
+        double t0 = 0, tm = 0, tl = 0;
+        unsigned long long total = 0, bm = 0;
+        ssize_t r;
+        while (buf && (r = recv(fd, buf, CHUNK, 0)) != 0) {
+            if (r < 0) {
+                if (errno == EINTR)
+                    continue;
+                break;
+            }
+            double t = now();
+            if (total == 0)
+                t0 = t;
+            total += (unsigned long long)r;
+            if (tm == 0 && t >= t0 + s->warm) {
+                tm = t;
+                bm = total;
+            }
+            tl = t;
+        }
+        free(buf);
+        s->goodput = tm > 0 && tl > tm ? (double)(total - bm) * 8.0 / (tl - tm) : 0;
+        if (s->goodput == 0)
+            s->rc = -EIO;
+    }
+    close(fd);
+    return NULL;
+}
+
+/* One exchange: a listening socket in host 1, a connected client in host 0, the server
+ * thread running; the caller drives the client and joins. */
+typedef struct {
+    int lfd, cfd;
+    pthread_t th;
+    server_t srv;
+} pair_t;
+
+static int pair_open(const netem_topo_t *t, int sink, double warm, pair_t *p, char *err, size_t errlen)
+{
+    memset(p, 0, sizeof *p);
+    p->lfd = p->cfd = -1;
+    struct sockaddr_in sa = addr_of(netem_topo_host_addr(t, 1));
+    int one = 1;
+    p->lfd = socket_in(netem_topo_host_ns(t, 1));
+    if (p->lfd < 0)
+        return fail(err, errlen, p->lfd, "socket in %s: %s", netem_topo_host_ns(t, 1), strerror(-p->lfd));
+    setsockopt(p->lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (bind(p->lfd, (struct sockaddr *)&sa, sizeof sa) < 0 || listen(p->lfd, 1) < 0) {
+        int rc = -errno;
+        close(p->lfd);
+        return fail(err, errlen, rc, "listen on %s: %s", netem_topo_host_addr(t, 1), strerror(-rc));
+    }
+    p->srv = (server_t){.lfd = p->lfd, .sink = sink, .warm = warm};
+    if (pthread_create(&p->th, NULL, server_main, &p->srv) != 0) {
+        close(p->lfd);
+        return fail(err, errlen, -EAGAIN, "cannot start the server thread");
+    }
+    p->cfd = socket_in(netem_topo_host_ns(t, 0));
+    if (p->cfd >= 0) {
+        setsockopt(p->cfd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        struct timeval tv = {.tv_sec = 20};
+        setsockopt(p->cfd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+        setsockopt(p->cfd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+        if (connect(p->cfd, (struct sockaddr *)&sa, sizeof sa) == 0)
+            return 0;
+    }
+    int rc = p->cfd < 0 ? p->cfd : -errno;
+    fail(err, errlen, rc, "connect %s -> %s: %s", netem_topo_host_addr(t, 0), netem_topo_host_addr(t, 1),
+         strerror(-rc));
+    shutdown(p->lfd, SHUT_RDWR);   /* wakes accept */
+    if (p->cfd >= 0)
+        close(p->cfd);
+    pthread_join(p->th, NULL);
+    close(p->lfd);
+    return rc;
+}
+
+static int pair_close(pair_t *p)
+{
+    close(p->cfd);
+    pthread_join(p->th, NULL);
+    close(p->lfd);
+    return p->srv.rc;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static int measure_rtt(const netem_topo_t *t, int n, double *median, char *err, size_t errlen)
+{
+    pair_t p;
+    int rc = pair_open(t, 0, 0, &p, err, errlen);
+    if (rc < 0)
+        return rc;
+    double *s = calloc((size_t)n, sizeof *s);
+    char buf[PING_BYTES] = {0};
+    int got = 0;
+    for (int i = 0; s && i < n; i++) {
+        double t0 = now();
+        if (full_io(p.cfd, buf, sizeof buf, 1) < 0 || full_io(p.cfd, buf, sizeof buf, 0) < 0)
+            break;
+        s[got++] = now() - t0;
+    }
+    pair_close(&p);
+    if (got < n) {
+        free(s);
+        return fail(err, errlen, -EIO, "round-trip exchange stopped after %d of %d messages", got, n);
+    }
+    qsort(s, (size_t)n, sizeof *s, cmp_double);
+    *median = s[n / 2];
+    free(s);
+    return 0;
+}
+
+static int measure_goodput(const netem_topo_t *t, double warm, double span, double *bps, char *err,
+                           size_t errlen)
+{
+    pair_t p;
+    int rc = pair_open(t, 1, warm, &p, err, errlen);
+    if (rc < 0)
+        return rc;
+    char *buf = calloc(1, CHUNK);
+    double end = now() + warm + span;
+    while (buf && now() < end)
+        if (full_io(p.cfd, buf, CHUNK, 1) < 0) {
+            rc = fail(err, errlen, -EIO, "bulk send failed: %s", strerror(errno));
+            break;
+        }
+    free(buf);
+    shutdown(p.cfd, SHUT_WR);
+    int src = pair_close(&p);
+    if (rc == 0 && src < 0)
+        rc = fail(err, errlen, src, "the receiver measured nothing");
+    if (rc == 0)
+        *bps = p.srv.goodput;
+    return rc;
+}
+
+static int apply_all(netem_topo_t *t, const netem_profile_t *p, const char *emulator, char *err,
+                     size_t errlen)
+{
+    netem_profile_t links[NETEM_TOPO_MAX_HOSTS];
+    for (int i = 0; i < t->hosts - 1; i++)
+        links[i] = *p;
+    return netem_topo_apply(t, links, emulator, err, errlen);
+}
+
+int netem_selftest_run(netem_topo_t *t, const netem_profile_t *p, const char *emulator,
+                       int with_ceiling, netem_selftest_result_t *out, char *err, size_t errlen)
+{
+    netem_selftest_result_t r;
+    memset(&r, 0, sizeof r);
+    if (t->hosts < 2)
+        return fail(err, errlen, -EINVAL, "the self-test needs a topology of at least 2 hosts");
+    static const netem_profile_t unshaped;
+    int rc = apply_all(t, &unshaped, "auto", err, errlen);
+    if (rc < 0)
+        return rc;
+    if ((rc = measure_rtt(t, 200, &r.rtt_base, err, errlen)) < 0)
+        return rc;
+    if (with_ceiling && (rc = measure_goodput(t, 0.3, 1.0, &r.ceiling, err, errlen)) < 0)
+        return rc;
+    if ((rc = apply_all(t, p, emulator, err, errlen)) < 0)
+        return rc;
+    snprintf(r.emulator, sizeof r.emulator, "%s", t->emulator->name);
+    snprintf(r.why, sizeof r.why, "%s", t->why);
+    if (!strcmp(t->emulator->name, "shim"))
+        return fail(err, errlen, -ENOSYS, "selftest --emulator shim is not implemented yet: the shim "
+                    "shapes the pipeline transport's messages, which this self-test does not use yet");
+    double rtt_cfg = 2.0 * (p->delay + 0.0) + r.rtt_base;
+    int n = (int)fmin(500, fmax(20, 0.6 / rtt_cfg));
+    if ((rc = measure_rtt(t, n, &r.rtt_measured, err, errlen)) < 0)
+        return rc;
+    r.rtt_configured = rtt_cfg;
+    r.rtt_err = fabs(r.rtt_measured - rtt_cfg) / rtt_cfg;
+    r.rtt_judged = p->delay > 0;
+    double warm = fmax(0.3, 30.0 * rtt_cfg);
+    if ((rc = measure_goodput(t, warm, 1.0, &r.goodput_measured, err, errlen)) < 0)
+        return rc;
+    r.goodput_expected = p->rate > 0 ? netem_profile_goodput(p->rate, 1500) : 0;
+    r.goodput_judged = p->rate > 0 && p->loss == 0;
+    if (r.goodput_expected > 0)
+        r.goodput_err = fabs(r.goodput_measured - r.goodput_expected) / r.goodput_expected;
+    r.ok = (!r.rtt_judged || r.rtt_err <= NETEM_SELFTEST_TOLERANCE) &&
+           (!r.goodput_judged || r.goodput_err <= NETEM_SELFTEST_TOLERANCE);
+    *out = r;
+    return 0;
+}

@@ -1,0 +1,100 @@
+/* The tc controller: puts a profile on a network device as its root qdisc (netem, or
+ * TBF where only a rate is asked or netem is missing) over rtnetlink with libnl, reads
+ * it back, and restores the device's original root qdisc. Every device is saved to the
+ * state file (netem/state.h) before its first change, so nothing stays shaped. */
+#ifndef PN_NETEM_TC_H
+#define PN_NETEM_TC_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "netem/profile.h"
+
+/* A device: ifname inside the named network namespace (/run/netns/NAME), or inside the
+ * caller's namespace when netns is NULL or "". */
+typedef struct {
+    char netns[64];
+    char ifname[16];
+} netem_dev_t;
+
+typedef enum {
+    NETEM_QDISC_NONE,   /* default profile: the original qdisc */
+    NETEM_QDISC_NETEM,
+    NETEM_QDISC_TBF,
+} netem_qdisc_kind_t;
+
+/* What netem_tc_apply installed. */
+typedef struct {
+    netem_qdisc_kind_t kind;
+    uint32_t limit;      /* netem: packets (derived or given); TBF: bytes queued */
+    uint32_t burst;      /* TBF: bytes */
+    int limit_derived;   /* 1 when the limit came from rate x delay */
+} netem_tc_applied_t;
+
+enum {
+    NETEM_TC_PERSIST = 1,   /* keep the shaping after this process exits (`netem apply`) */
+    NETEM_TC_NO_NETEM = 2,  /* pretend sch_netem is missing (tests of the TBF path) */
+    NETEM_TC_EPHEMERAL = 4, /* the device dies with a namespace pipenem removes: no save */
+};
+
+int netem_dev_init(netem_dev_t *d, const char *netns, const char *ifname, char *err,
+                   size_t errlen) __attribute__((warn_unused_result));
+
+/* The netem packet limit for a profile: the packets in flight over rate x (delay +
+ * jitter) at MTU-sized frames, doubled for headroom, plus netem's default of 1000. */
+uint32_t netem_tc_limit(const netem_profile_t *p);
+
+/* Applies p as the root qdisc of d (replacing what pipenem put there before); the
+ * default profile restores the original. Errors: -EPERM without CAP_NET_ADMIN (nothing
+ * changed), -ENODEV, -EOPNOTSUPP when the profile needs netem and the kernel lacks it,
+ * -EBUSY when d has a classful qdisc tree pipenem could not restore exactly. */
+int netem_tc_apply(const netem_dev_t *d, const netem_profile_t *p, int flags,
+                   netem_tc_applied_t *out, char *err, size_t errlen)
+    __attribute__((warn_unused_result));
+
+/* Reads d's root qdisc back from the kernel: kind is its name ("netem", "tbf",
+ * "noqueue", ...); *p the profile it implements (all zero for anything else). */
+int netem_tc_show(const netem_dev_t *d, netem_profile_t *p, char *kind, size_t kindlen,
+                  uint32_t *limit, char *err, size_t errlen) __attribute__((warn_unused_result));
+
+/* Restores d's saved original root qdisc and forgets it. 0 also when d was never
+ * changed (nothing to do). */
+int netem_tc_clear(const netem_dev_t *d, char *err, size_t errlen)
+    __attribute__((warn_unused_result));
+
+/* Root qdisc of d as a raw netlink record (the unit of save and restore). */
+typedef struct {
+    char kind[16];
+    uint32_t handle;
+    int is_default;          /* handle 0: created by the kernel; restore = delete ours */
+    uint16_t optlen;
+    unsigned char opts[2048];  /* TCA_OPTIONS payload, replayed verbatim */
+} netem_qdisc_saved_t;
+
+int netem_tc_save(const netem_dev_t *d, netem_qdisc_saved_t *out, char *err, size_t errlen)
+    __attribute__((warn_unused_result));
+int netem_tc_restore(const netem_dev_t *d, const netem_qdisc_saved_t *s, char *err,
+                     size_t errlen) __attribute__((warn_unused_result));
+
+/* Which qdisc kinds this kernel offers, tried on a veth in a scratch namespace. */
+typedef struct {
+    const char *kind;
+    int rc;              /* 0 supported, else the negative errno of the attempt */
+} netem_tc_probe_row_t;
+
+#define NETEM_TC_PROBE_KINDS 6
+typedef struct {
+    netem_tc_probe_row_t rows[NETEM_TC_PROBE_KINDS];  /* netem tbf htb prio fq_codel pfifo */
+    int may_change;      /* 1 when this process has CAP_NET_ADMIN */
+} netem_tc_probe_t;
+
+int netem_tc_probe(netem_tc_probe_t *out, char *err, size_t errlen)
+    __attribute__((warn_unused_result));
+
+/* 1 when the kernel has sch_netem (probed once per process, cached). */
+int netem_tc_have_netem(void);
+
+/* 1 when this process has CAP_NET_ADMIN. */
+int netem_tc_may_change(void);
+
+#endif

@@ -1,0 +1,700 @@
+/* The discrete-event simulator behind `pipenem sim`, the timeline of `pipenem schedule`
+ * and the harness's predicted and ideal (replayed) iteration times. See sim.h for the
+ * semantics. Events are processed per stage in list order: every time in the model is
+ * fixed by program order (a link direction carries one stage's sends, in that stage's
+ * order), so a dataflow pass over the ops gives the same times as a priority queue. */
+#include "schedules/sim.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+static void seterr(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void seterr(char *err, size_t errlen, const char *fmt, ...)
+{
+    if (!err || !errlen)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}
+
+static const char *const send_mode_names[] = {"pipelined", "blocking"};
+
+const char *sim_send_mode_name(sim_send_mode_t m)
+{
+    return (unsigned)m < 2 ? send_mode_names[m] : "?";
+}
+
+int sim_send_mode_parse(const char *name, sim_send_mode_t *out)
+{
+    for (int m = 0; m < 2; m++)
+        if (name && !strcasecmp(name, send_mode_names[m])) {
+            *out = (sim_send_mode_t)m;
+            return 0;
+        }
+    return -EINVAL;
+}
+
+double sim_link_occupancy(const sim_link_t *l, double bytes)
+{
+    if (!l)
+        return 0;
+    return l->overhead + (l->bandwidth > 0 ? bytes * 8.0 / l->bandwidth : 0);
+}
+
+static int bad_seconds(double v) { return !isfinite(v) || v < 0; }
+
+/* Checks stages-1 links of one direction; `dir` names it in the message. */
+static int check_links(const sim_link_t *l, int stages, const char *dir, char *err,
+                       size_t errlen)
+{
+    for (int i = 0; l && i + 1 < stages; i++) {
+        const char *what = bad_seconds(l[i].delay)       ? "delay"
+                           : bad_seconds(l[i].bandwidth) ? "bandwidth"
+                           : bad_seconds(l[i].overhead)  ? "overhead"
+                                                         : NULL;
+        if (what) {
+            double v = !strcmp(what, "delay") ? l[i].delay
+                       : !strcmp(what, "bandwidth") ? l[i].bandwidth : l[i].overhead;
+            seterr(err, errlen, "link %d-%d (%s) %s %g: must be a finite number >= 0", i, i + 1,
+                   dir, what, v);
+            return -EINVAL;
+        }
+    }
+    return 0;
+}
+
+void sim_result_destroy(sim_result_t *r)
+{
+    if (!r)
+        return;
+    if (r->span)
+        free(r->span[0]); /* one block for every stage */
+    free(r->span);
+    free(r->busy);
+    free(r->bubble);
+    free(r->peak_inflight);
+    free(r->critical);
+    sched_plan_destroy(&r->plan);
+    memset(r, 0, sizeof *r);
+}
+
+static int plan_copy(const sched_plan_t *src, sched_plan_t *dst)
+{
+    sched_plan_t p;
+    int rc = sched_plan_alloc(src->stages, src->micro_batches, &p);
+    if (rc)
+        return rc;
+    for (int s = 0; s < src->stages; s++) {
+        size_t n = src->n_ops[s];
+        p.ops[s] = malloc((n ? n : 1) * sizeof *p.ops[s]);
+        if (!p.ops[s]) {
+            sched_plan_destroy(&p);
+            return -ENOMEM;
+        }
+        if (n)
+            memcpy(p.ops[s], src->ops[s], n * sizeof *p.ops[s]);
+        p.n_ops[s] = n;
+    }
+    *dst = p;
+    return 0;
+}
+
+/* State of one run. Ops are addressed by a flat index off[s] + i. */
+typedef struct {
+    const sim_graph_t *g;
+    const sched_plan_t *p;
+    int P;
+    size_t *off;
+    sim_span_t *span;
+    long *pred;           /* flat index of the op whose end fixed this op's end, -1: none */
+    size_t *pc;           /* next op per stage */
+    double *clock;        /* when each stage's next op may start */
+    long *setter;         /* op that set clock */
+    double *stream_free;  /* blocking mode: when each stage's send stream is free */
+    long *stream_last;
+    double *link_free[2]; /* [dir][link]: dir 0 = activations (i -> i+1), 1 = gradients */
+    long *link_last[2];
+    size_t **chan_send[2]; /* [dir][link][k]: flat index of the k-th message's send */
+    size_t *n_sent[2], *n_recv[2]; /* [dir][link] */
+    int *waiting;
+    int *work;
+    int n_work;
+} run_t;
+
+static void wake(run_t *r, int s)
+{
+    if (r->waiting[s]) {
+        r->waiting[s] = 0;
+        r->work[r->n_work++] = s;
+    }
+}
+
+static void receive(run_t *r, int s, size_t i, int dir, int link)
+{
+    size_t k = r->n_recv[dir][link]++;
+    size_t from = r->chan_send[dir][link][k];
+    double arrive = r->span[from].end, t = r->clock[s];
+    r->span[i] = (sim_span_t){t, arrive > t ? arrive : t};
+    r->pred[i] = arrive > t ? (long)from : r->setter[s];
+    r->clock[s] = r->span[i].end;
+    r->setter[s] = (long)i;
+}
+
+static void send(run_t *r, int s, size_t i, int dir, int link, double dur, double bytes)
+{
+    const sim_link_t *lm = dir == 0 ? r->g->link_fwd : r->g->link_bwd;
+    double dep = r->clock[s];
+    long pred = r->setter[s];
+    int blocking = r->g->send_mode == SIM_SEND_BLOCKING;
+    if (blocking && r->stream_free[s] > dep) {
+        dep = r->stream_free[s];
+        pred = r->stream_last[s];
+    }
+    double end;
+    if (!isnan(dur)) {
+        end = dep + dur;
+    } else {
+        if (r->link_free[dir][link] > dep) {
+            dep = r->link_free[dir][link];
+            pred = r->link_last[dir][link];
+        }
+        double occ = lm ? sim_link_occupancy(&lm[link], bytes) : 0;
+        r->link_free[dir][link] = dep + occ;
+        r->link_last[dir][link] = (long)i;
+        end = dep + occ + (lm ? lm[link].delay : 0);
+    }
+    if (blocking) {
+        r->stream_free[s] = end;
+        r->stream_last[s] = (long)i;
+    }
+    r->span[i] = (sim_span_t){dep, end};
+    r->pred[i] = pred;
+    r->chan_send[dir][link][r->n_sent[dir][link]++] = i;
+    wake(r, dir == 0 ? s + 1 : s - 1);
+}
+
+/* Runs stage s until it finishes or waits for a message not yet sent. */
+static void advance(run_t *r, int s)
+{
+    const sched_op_t *ops = r->p->ops[s];
+    while (r->pc[s] < r->p->n_ops[s]) {
+        size_t j = r->pc[s], i = r->off[s] + j;
+        const sched_op_t *op = &ops[j];
+        double dur = r->g->dur[s][j];
+        switch (op->kind) {
+        case SCHED_RECV_ACT:
+            if (r->n_recv[0][s - 1] == r->n_sent[0][s - 1]) {
+                r->waiting[s] = 1;
+                return;
+            }
+            receive(r, s, i, 0, s - 1);
+            break;
+        case SCHED_RECV_GRAD:
+            if (r->n_recv[1][s] == r->n_sent[1][s]) {
+                r->waiting[s] = 1;
+                return;
+            }
+            receive(r, s, i, 1, s);
+            break;
+        case SCHED_SEND_ACT:
+            send(r, s, i, 0, s, dur, r->g->bytes[s][j]);
+            break;
+        case SCHED_SEND_GRAD:
+            send(r, s, i, 1, s - 1, dur, r->g->bytes[s][j]);
+            break;
+        default: /* compute */
+            r->span[i] = (sim_span_t){r->clock[s], r->clock[s] + dur};
+            r->pred[i] = r->setter[s];
+            r->clock[s] = r->span[i].end;
+            r->setter[s] = (long)i;
+            break;
+        }
+        r->pc[s]++;
+    }
+}
+
+static void run_free(run_t *r)
+{
+    for (int d = 0; d < 2; d++) {
+        for (int l = 0; r->chan_send[d] && l + 1 < r->P; l++)
+            free(r->chan_send[d][l]);
+        free(r->chan_send[d]);
+        free(r->n_sent[d]);
+        free(r->n_recv[d]);
+        free(r->link_free[d]);
+        free(r->link_last[d]);
+    }
+    free(r->off);
+    free(r->pred);
+    free(r->pc);
+    free(r->clock);
+    free(r->setter);
+    free(r->stream_free);
+    free(r->stream_last);
+    free(r->waiting);
+    free(r->work);
+}
+
+static int is_compute(sched_op_kind_t k)
+{
+    return k == SCHED_FWD || k == SCHED_BWD || k == SCHED_OPT_STEP;
+}
+
+static int is_send(sched_op_kind_t k) { return k == SCHED_SEND_ACT || k == SCHED_SEND_GRAD; }
+
+/* Durations and sizes must be usable numbers; the message names stage and op. */
+static int check_graph_numbers(const sim_graph_t *g, char *err, size_t errlen)
+{
+    const sched_plan_t *p = g->plan;
+    for (int s = 0; s < p->stages; s++)
+        for (size_t j = 0; j < p->n_ops[s]; j++) {
+            sched_op_kind_t k = p->ops[s][j].kind;
+            double d = g->dur[s][j];
+            char tok[32] = "";
+            int bad = (is_compute(k) && bad_seconds(d)) || (is_send(k) && !isnan(d) && bad_seconds(d)) ||
+                      (is_send(k) && bad_seconds(g->bytes[s][j]));
+            if (!bad)
+                continue;
+            sched_op_format(&p->ops[s][j], tok, sizeof tok);
+            if (is_compute(k) && bad_seconds(d)) {
+                seterr(err, errlen, "stage %d op %zu %s: duration %g s must be a finite number >= 0",
+                       s, j, tok, d);
+                return -EINVAL;
+            }
+            if (is_send(k) && !isnan(d) && bad_seconds(d)) {
+                seterr(err, errlen, "stage %d op %zu %s: transfer time %g s must be >= 0 (or NaN for the link model)",
+                       s, j, tok, d);
+                return -EINVAL;
+            }
+            if (is_send(k) && bad_seconds(g->bytes[s][j])) {
+                seterr(err, errlen, "stage %d op %zu %s: message size %g bytes must be a finite number >= 0",
+                       s, j, tok, g->bytes[s][j]);
+                return -EINVAL;
+            }
+        }
+    return 0;
+}
+
+int sim_graph_run(const sim_graph_t *g, sim_result_t *out, char *err, size_t errlen)
+{
+    if (!g || !g->plan || !g->dur || !g->bytes) {
+        seterr(err, errlen, "simulator input missing (plan, durations or sizes)");
+        return -EINVAL;
+    }
+    const sched_plan_t *p = g->plan;
+    int P = p->stages, rc;
+    if (g->send_mode != SIM_SEND_PIPELINED && g->send_mode != SIM_SEND_BLOCKING) {
+        seterr(err, errlen, "unknown send mode %d", (int)g->send_mode);
+        return -EINVAL;
+    }
+    sim_result_t res = {0};
+    run_t r = {.g = g, .p = p, .P = P};
+    int *peak = calloc((size_t)(P > 0 ? P : 1), sizeof *peak);
+    if (!peak) {
+        seterr(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
+    if ((rc = sched_plan_validate(p, peak, err, errlen)) ||
+        (rc = check_links(g->link_fwd, P, "activations", err, errlen)) ||
+        (rc = check_links(g->link_bwd, P, "gradients", err, errlen)) ||
+        (rc = check_graph_numbers(g, err, errlen))) {
+        free(peak);
+        return rc;
+    }
+    res.peak_inflight = peak;
+    res.slack = -1;
+
+    rc = -ENOMEM;
+    size_t L = P > 1 ? (size_t)P - 1 : 1, N = 0;
+    r.off = malloc((size_t)P * sizeof *r.off);
+    if (!r.off)
+        goto fail;
+    for (int s = 0; s < P; s++) {
+        r.off[s] = N;
+        N += p->n_ops[s];
+    }
+    res.span = calloc((size_t)P, sizeof *res.span);
+    r.span = calloc(N ? N : 1, sizeof *r.span);
+    if (!res.span || !r.span) {
+        free(r.span);
+        r.span = NULL;
+        goto fail;
+    }
+    for (int s = 0; s < P; s++)
+        res.span[s] = r.span + r.off[s];
+    r.pred = malloc((N ? N : 1) * sizeof *r.pred);
+    r.pc = calloc((size_t)P, sizeof *r.pc);
+    r.clock = calloc((size_t)P, sizeof *r.clock);
+    r.setter = malloc((size_t)P * sizeof *r.setter);
+    r.stream_free = calloc((size_t)P, sizeof *r.stream_free);
+    r.stream_last = malloc((size_t)P * sizeof *r.stream_last);
+    r.waiting = calloc((size_t)P, sizeof *r.waiting);
+    r.work = malloc((size_t)P * sizeof *r.work);
+    res.busy = calloc((size_t)P, sizeof *res.busy);
+    res.bubble = calloc((size_t)P, sizeof *res.bubble);
+    if (!r.pred || !r.pc || !r.clock || !r.setter || !r.stream_free || !r.stream_last ||
+        !r.waiting || !r.work || !res.busy || !res.bubble)
+        goto fail;
+    for (int d = 0; d < 2; d++) {
+        r.chan_send[d] = calloc(L, sizeof *r.chan_send[d]);
+        r.n_sent[d] = calloc(L, sizeof *r.n_sent[d]);
+        r.n_recv[d] = calloc(L, sizeof *r.n_recv[d]);
+        r.link_free[d] = calloc(L, sizeof *r.link_free[d]);
+        r.link_last[d] = malloc(L * sizeof *r.link_last[d]);
+        if (!r.chan_send[d] || !r.n_sent[d] || !r.n_recv[d] || !r.link_free[d] || !r.link_last[d])
+            goto fail;
+        for (size_t l = 0; l < L; l++)
+            r.link_last[d][l] = -1;
+    }
+    /* The validator guaranteed per-link counts match, so size channels by receives. */
+    for (int l = 0; l + 1 < P; l++) {
+        r.chan_send[0][l] = malloc((size_t)p->micro_batches * sizeof **r.chan_send);
+        r.chan_send[1][l] = malloc((size_t)p->micro_batches * sizeof **r.chan_send);
+        if (!r.chan_send[0][l] || !r.chan_send[1][l])
+            goto fail;
+    }
+    for (int s = 0; s < P; s++) {
+        r.setter[s] = -1;
+        r.stream_last[s] = -1;
+        r.work[r.n_work++] = P - 1 - s; /* stage 0 first: it never waits */
+    }
+    while (r.n_work > 0)
+        advance(&r, r.work[--r.n_work]);
+    for (int s = 0; s < P; s++)
+        if (r.pc[s] != p->n_ops[s]) { /* the validator rules this out; say so if it happens */
+            seterr(err, errlen, "internal: stage %d stopped at op %zu", s, r.pc[s]);
+            rc = -EPROTO;
+            goto fail;
+        }
+
+    /* Totals, and the critical path back from the op that ends last. */
+    long last = -1;
+    for (int s = 0; s < P; s++)
+        for (size_t j = 0; j < p->n_ops[s]; j++) {
+            size_t i = r.off[s] + j;
+            if (is_compute(p->ops[s][j].kind))
+                res.busy[s] += r.span[i].end - r.span[i].start;
+            if (last < 0 || r.span[i].end > r.span[last].end)
+                last = (long)i;
+        }
+    res.time = last >= 0 ? r.span[last].end : 0;
+    double busy_all = 0;
+    for (int s = 0; s < P; s++) {
+        res.bubble[s] = res.time > 0 ? 1 - res.busy[s] / res.time : 0;
+        busy_all += res.busy[s];
+    }
+    res.bubble_mean = res.time > 0 ? 1 - busy_all / (P * res.time) : 0;
+    size_t n_path = 0;
+    for (long i = last; i >= 0; i = r.pred[i])
+        n_path++;
+    res.critical = malloc((n_path ? n_path : 1) * sizeof *res.critical);
+    if (!res.critical)
+        goto fail;
+    size_t k = n_path;
+    for (long i = last; i >= 0; i = r.pred[i]) {
+        int s = P - 1;
+        while (r.off[s] > (size_t)i)
+            s--;
+        res.critical[--k] = (sim_ref_t){s, (size_t)i - r.off[s]};
+    }
+    res.n_critical = n_path;
+    if ((rc = plan_copy(p, &res.plan)))
+        goto fail;
+    run_free(&r);
+    *out = res;
+    return 0;
+fail:
+    if (rc == -ENOMEM)
+        seterr(err, errlen, "out of memory simulating %d stages", P);
+    run_free(&r);
+    if (res.span)
+        res.span[0] = r.span; /* so destroy frees the block */
+    else
+        free(r.span);
+    sim_result_destroy(&res);
+    return rc;
+}
+
+static int check_config(const sim_config_t *c, char *err, size_t errlen)
+{
+    if (!c) {
+        seterr(err, errlen, "no configuration");
+        return -EINVAL;
+    }
+    if (sched_uses_slack(c->schedule) < 0) {
+        seterr(err, errlen, "unknown schedule '%s' (known: %s)", c->schedule ? c->schedule : "(null)",
+               sched_names());
+        return -EINVAL;
+    }
+    if (c->stages < 1) {
+        seterr(err, errlen, "stages must be >= 1 (got %d)", c->stages);
+        return -EINVAL;
+    }
+    if (c->micro_batches < 1) {
+        seterr(err, errlen, "micro-batches must be >= 1 (got %d)", c->micro_batches);
+        return -EINVAL;
+    }
+    if (!c->cost) {
+        seterr(err, errlen, "no per-stage costs");
+        return -EINVAL;
+    }
+    for (int s = 0; s < c->stages; s++) {
+        const sim_cost_t *k = &c->cost[s];
+        const char *what = bad_seconds(k->fwd) ? "forward" : bad_seconds(k->bwd) ? "backward"
+                           : bad_seconds(k->opt) ? "optimizer" : NULL;
+        if (what) {
+            double v = bad_seconds(k->fwd) ? k->fwd : bad_seconds(k->bwd) ? k->bwd : k->opt;
+            seterr(err, errlen, "stage %d %s cost %g s: must be a finite number >= 0", s, what, v);
+            return -EINVAL;
+        }
+    }
+    if (bad_seconds(c->act_bytes) || bad_seconds(c->grad_bytes)) {
+        seterr(err, errlen, "%s size %g bytes: must be a finite number >= 0",
+               bad_seconds(c->act_bytes) ? "activation" : "gradient",
+               bad_seconds(c->act_bytes) ? c->act_bytes : c->grad_bytes);
+        return -EINVAL;
+    }
+    if (c->send_mode != SIM_SEND_PIPELINED && c->send_mode != SIM_SEND_BLOCKING) {
+        seterr(err, errlen, "unknown send mode %d", (int)c->send_mode);
+        return -EINVAL;
+    }
+    int rc = check_links(c->link_fwd, c->stages, "activations", err, errlen);
+    return rc ? rc : check_links(c->link_bwd, c->stages, "gradients", err, errlen);
+}
+
+/* Per-op durations and sizes of a plan; one block each, pointers per stage. */
+typedef struct {
+    double **dur, **bytes;
+} opvals_t;
+
+static void opvals_free(opvals_t *v)
+{
+    if (v->dur)
+        free(v->dur[0]);
+    if (v->bytes)
+        free(v->bytes[0]);
+    free(v->dur);
+    free(v->bytes);
+    memset(v, 0, sizeof *v);
+}
+
+static int opvals_alloc(const sched_plan_t *p, opvals_t *v)
+{
+    size_t N = 0;
+    for (int s = 0; s < p->stages; s++)
+        N += p->n_ops[s];
+    v->dur = calloc((size_t)p->stages, sizeof *v->dur);
+    v->bytes = calloc((size_t)p->stages, sizeof *v->bytes);
+    double *d = calloc(N ? N : 1, sizeof *d), *b = calloc(N ? N : 1, sizeof *b);
+    if (!v->dur || !v->bytes || !d || !b) {
+        free(d);
+        free(b);
+        opvals_free(v);
+        return -ENOMEM;
+    }
+    for (int s = 0; s < p->stages; s++) {
+        v->dur[s] = d;
+        v->bytes[s] = b;
+        d += p->n_ops[s];
+        b += p->n_ops[s];
+    }
+    return 0;
+}
+
+static int run_fixed_slack(const sim_config_t *c, int slack, sim_result_t *out, char *err,
+                           size_t errlen)
+{
+    sched_plan_t plan = {0};
+    opvals_t v = {0};
+    int rc = sched_plan_build(c->schedule, c->stages, c->micro_batches, slack, &plan, err, errlen);
+    if (rc)
+        return rc;
+    if ((rc = opvals_alloc(&plan, &v))) {
+        seterr(err, errlen, "out of memory");
+        goto out;
+    }
+    for (int s = 0; s < plan.stages; s++)
+        for (size_t j = 0; j < plan.n_ops[s]; j++) {
+            const sim_cost_t *k = &c->cost[s];
+            switch (plan.ops[s][j].kind) {
+            case SCHED_FWD: v.dur[s][j] = k->fwd; break;
+            case SCHED_BWD: v.dur[s][j] = k->bwd; break;
+            case SCHED_OPT_STEP: v.dur[s][j] = k->opt; break;
+            case SCHED_SEND_ACT: v.dur[s][j] = NAN; v.bytes[s][j] = c->act_bytes; break;
+            case SCHED_SEND_GRAD: v.dur[s][j] = NAN; v.bytes[s][j] = c->grad_bytes; break;
+            default: break;
+            }
+        }
+    sim_graph_t g = {&plan, (const double *const *)v.dur, (const double *const *)v.bytes,
+                     c->link_fwd, c->link_bwd, c->send_mode};
+    rc = sim_graph_run(&g, out, err, errlen);
+    if (!rc)
+        out->slack = sched_uses_slack(c->schedule) > 0 ? slack : -1;
+out:
+    opvals_free(&v);
+    sched_plan_destroy(&plan);
+    return rc;
+}
+
+int sim_slack_auto(const sim_config_t *cfg, int *slack, double times[SIM_SLACK_AUTO_MAX + 1],
+                   char *err, size_t errlen)
+{
+    if (!cfg) {
+        seterr(err, errlen, "no configuration");
+        return -EINVAL;
+    }
+    sim_config_t c = *cfg;
+    c.schedule = "1f1b-slack";
+    int rc = check_config(&c, err, errlen);
+    if (rc)
+        return rc;
+    double t[SIM_SLACK_AUTO_MAX + 1], best = INFINITY;
+    for (int k = 0; k <= SIM_SLACK_AUTO_MAX; k++) {
+        sim_result_t r;
+        if ((rc = run_fixed_slack(&c, k, &r, err, errlen)))
+            return rc;
+        t[k] = r.time;
+        sim_result_destroy(&r);
+        if (t[k] < best)
+            best = t[k];
+    }
+    int pick = 0;
+    while (t[pick] > best * (1 + SIM_SLACK_AUTO_TOL))
+        pick++;
+    *slack = pick;
+    if (times)
+        memcpy(times, t, sizeof t);
+    return 0;
+}
+
+int sim_run(const sim_config_t *cfg, sim_result_t *out, char *err, size_t errlen)
+{
+    int rc = check_config(cfg, err, errlen);
+    if (rc)
+        return rc;
+    int slack = cfg->slack;
+    if (sched_uses_slack(cfg->schedule) > 0 && slack == SIM_SLACK_AUTO &&
+        (rc = sim_slack_auto(cfg, &slack, NULL, err, errlen)))
+        return rc;
+    return run_fixed_slack(cfg, slack, out, err, errlen);
+}
+
+/* ---- replay ---- */
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* Median of the measured durations of kind k on stage s (or every stage if s < 0);
+ * buf holds enough room for all ops. NaN when there are none. */
+static double median_of(const sim_trace_t *t, int s, sched_op_kind_t k, double *buf)
+{
+    size_t n = 0;
+    for (int st = s < 0 ? 0 : s; st < (s < 0 ? t->stages : s + 1); st++)
+        for (size_t j = 0; j < t->n_ops[st]; j++)
+            if (t->ops[st][j].kind == k)
+                buf[n++] = t->ops[st][j].end - t->ops[st][j].start;
+    if (!n)
+        return NAN;
+    qsort(buf, n, sizeof *buf, cmp_double);
+    return n % 2 ? buf[n / 2] : 0.5 * (buf[n / 2 - 1] + buf[n / 2]);
+}
+
+int sim_replay(const sim_trace_t *trace, const sim_replay_t *how, sim_result_t *out, char *err,
+               size_t errlen)
+{
+    if (!trace || !how || !trace->ops || !trace->n_ops || trace->stages < 1 ||
+        trace->micro_batches < 1) {
+        seterr(err, errlen, "replay needs a trace with stages >= 1 and micro-batches >= 1");
+        return -EINVAL;
+    }
+    if (how->scope != SIM_MEDIAN_PER_STAGE && how->scope != SIM_MEDIAN_ALL) {
+        seterr(err, errlen, "unknown median scope %d", (int)how->scope);
+        return -EINVAL;
+    }
+    int P = trace->stages, rc;
+    sched_plan_t plan = {0};
+    opvals_t v = {0};
+    double *buf = NULL, *med = NULL;
+    size_t N = 0;
+    if ((rc = sched_plan_alloc(P, trace->micro_batches, &plan)))
+        goto nomem;
+    for (int s = 0; s < P; s++) {
+        size_t n = trace->n_ops[s];
+        if (n && !trace->ops[s]) {
+            seterr(err, errlen, "stage %d: no ops but a count of %zu", s, n);
+            rc = -EINVAL;
+            goto out;
+        }
+        N += n;
+        plan.n_ops[s] = n;
+        plan.ops[s] = malloc((n ? n : 1) * sizeof *plan.ops[s]);
+        if (!plan.ops[s])
+            goto nomem;
+        for (size_t j = 0; j < n; j++) {
+            const sim_trace_op_t *o = &trace->ops[s][j];
+            plan.ops[s][j] = (sched_op_t){o->kind, o->mb};
+            double d = o->end - o->start;
+            if ((unsigned)o->kind < SCHED_OP_KINDS && (is_compute(o->kind) || is_send(o->kind)) &&
+                (!isfinite(o->start) || !isfinite(o->end) || d < 0)) {
+                seterr(err, errlen, "stage %d op %zu %s(%d): measured start %g end %g is not a "
+                       "finite interval", s, j, sched_op_kind_name(o->kind), o->mb, o->start, o->end);
+                rc = -EINVAL;
+                goto out;
+            }
+        }
+    }
+    if ((rc = opvals_alloc(&plan, &v)))
+        goto nomem;
+    buf = malloc((N ? N : 1) * sizeof *buf);
+    med = malloc(((size_t)P + 1) * SCHED_OP_KINDS * sizeof *med);
+    if (!buf || !med)
+        goto nomem;
+    /* med[(s+1)*KINDS + k], row 0 = all stages. */
+    for (int k = 0; k < SCHED_OP_KINDS; k++) {
+        if (!(how->replace & SIM_KIND_BIT(k)))
+            continue;
+        med[k] = median_of(trace, -1, (sched_op_kind_t)k, buf);
+        for (int s = 0; s < P; s++)
+            med[(size_t)(s + 1) * SCHED_OP_KINDS + k] = median_of(trace, s, (sched_op_kind_t)k, buf);
+    }
+    for (int s = 0; s < P; s++)
+        for (size_t j = 0; j < trace->n_ops[s]; j++) {
+            const sim_trace_op_t *o = &trace->ops[s][j];
+            if ((unsigned)o->kind >= SCHED_OP_KINDS)
+                continue; /* the validator names it */
+            double d = o->end - o->start;
+            if (how->replace & SIM_KIND_BIT(o->kind))
+                d = med[(size_t)(how->scope == SIM_MEDIAN_ALL ? 0 : s + 1) * SCHED_OP_KINDS + o->kind];
+            if (is_send(o->kind)) {
+                v.bytes[s][j] = o->bytes;
+                v.dur[s][j] = how->comm_measured ? d : NAN;
+            } else {
+                v.dur[s][j] = is_compute(o->kind) ? d : 0;
+            }
+        }
+    sim_graph_t g = {&plan, (const double *const *)v.dur, (const double *const *)v.bytes,
+                     how->comm_measured ? NULL : how->link_fwd,
+                     how->comm_measured ? NULL : how->link_bwd, how->send_mode};
+    rc = sim_graph_run(&g, out, err, errlen);
+    goto out;
+nomem:
+    rc = -ENOMEM;
+    seterr(err, errlen, "out of memory replaying %d stages", P);
+out:
+    free(buf);
+    free(med);
+    opvals_free(&v);
+    sched_plan_destroy(&plan);
+    return rc;
+}

@@ -1,0 +1,164 @@
+/* The pipeline simulator: times every stage's op list for given compute costs and link
+ * models (or for a measured trace with chosen durations replaced), and reports each
+ * op's start and end, the iteration time, busy time and bubbles per stage, and the
+ * critical path. Pure C, no processes, no network.
+ *
+ * Semantics. Compute (FWD, BWD, OPT_STEP) on one stage is serial, in list order. A
+ * receive waits until its message has arrived and takes no time of its own. A send is
+ * handed to its link when the ops before it on the stage are done and takes no stage
+ * time. Each direction of each link is independent (full duplex) and carries its
+ * messages in FIFO order, each occupying it for overhead + bytes*8/bandwidth; a message
+ * leaves when it was handed over and the direction is free, and arrives `delay` after
+ * its last bit left, so messages are in flight concurrently (latency is pipelined).
+ * SIM_SEND_BLOCKING models runtimes whose next send waits until the previous one was
+ * delivered: one send stream per stage serves both directions in list order; compute
+ * still proceeds. Time 0 is when every stage starts the iteration. */
+#ifndef PN_SCHEDULES_SIM_H
+#define PN_SCHEDULES_SIM_H
+
+#include <stddef.h>
+
+#include "schedules/sched.h"
+
+#define SIM_WUR __attribute__((warn_unused_result))
+
+typedef enum { SIM_SEND_PIPELINED, SIM_SEND_BLOCKING } sim_send_mode_t;
+const char *sim_send_mode_name(sim_send_mode_t m); /* "pipelined", "blocking" */
+int sim_send_mode_parse(const char *name, sim_send_mode_t *out) SIM_WUR;
+
+/* Compute cost of one stage, seconds: per micro-batch (fwd, bwd), per iteration (opt). */
+typedef struct {
+    double fwd, bwd, opt;
+} sim_cost_t;
+
+/* One direction of the link between neighbouring stages. All zero = a free link. */
+typedef struct {
+    double delay;     /* one-way, seconds */
+    double bandwidth; /* bits per second; 0 = unlimited */
+    double overhead;  /* seconds per message, occupies the link like the payload */
+} sim_link_t;
+
+/* Seconds one message of `bytes` occupies the link: overhead + bytes*8/bandwidth. */
+double sim_link_occupancy(const sim_link_t *l, double bytes);
+
+/* --slack auto: try K = 0..SIM_SLACK_AUTO_MAX, take the smallest K whose predicted time
+ * is within SIM_SLACK_AUTO_TOL of the best. */
+#define SIM_SLACK_AUTO (-1)
+#define SIM_SLACK_AUTO_MAX 8
+#define SIM_SLACK_AUTO_TOL 0.01
+
+/* A configuration to predict from costs. */
+typedef struct {
+    const char *schedule;        /* a sched_names() entry */
+    int stages, micro_batches;
+    int slack;                   /* K of 1f1b-slack, or SIM_SLACK_AUTO; ignored by others */
+    const sim_cost_t *cost;      /* [stages] */
+    const sim_link_t *link_fwd;  /* [stages-1]: entry i carries stage i -> i+1; NULL = free */
+    const sim_link_t *link_bwd;  /* [stages-1]: entry i carries stage i+1 -> i; NULL = free */
+    double act_bytes, grad_bytes; /* per message */
+    sim_send_mode_t send_mode;
+} sim_config_t;
+
+/* The generic input: op lists with a duration per op. Used by sim_run and sim_replay,
+ * and directly by anyone with their own op lists. */
+typedef struct {
+    const sched_plan_t *plan;
+    /* [stage][op]. Compute ops: seconds. Sends: NaN = time the message with the link
+     * model, else seconds from leaving to arrival (the link is then not occupied: the
+     * measured time already includes what the link did). Receives: ignored. */
+    const double *const *dur;
+    const double *const *bytes;  /* [stage][op]: message size of sends; other ops ignored */
+    const sim_link_t *link_fwd;  /* as in sim_config_t */
+    const sim_link_t *link_bwd;
+    sim_send_mode_t send_mode;
+} sim_graph_t;
+
+typedef struct {
+    double start, end;
+} sim_span_t;
+
+typedef struct {
+    int stage;
+    size_t op;
+} sim_ref_t;
+
+typedef struct {
+    sched_plan_t plan;    /* the op lists simulated (owned) */
+    int slack;            /* K used (after auto), -1 if the schedule takes none */
+    /* [stage][op]. Compute: when it ran. Send: when it left (started occupying the link)
+     * and when it arrived. Receive: when the stage reached it and when it could go on
+     * (max of that and the arrival). */
+    sim_span_t **span;
+    double time;          /* iteration time: the last end of any op */
+    double *busy;         /* [stage]: seconds of compute */
+    double *bubble;       /* [stage]: 1 - busy/time */
+    double bubble_mean;   /* 1 - sum(busy) / (stages * time) */
+    int *peak_inflight;   /* [stage]: activations held at once */
+    /* The chain of ops, first to last, whose ends determine the iteration time: each
+     * started as soon as its predecessor in the chain ended. The ends' increments add
+     * up to `time`. */
+    sim_ref_t *critical;
+    size_t n_critical;
+} sim_result_t;
+
+/* Validates the configuration (names the bad field), builds the plan, simulates. */
+int sim_run(const sim_config_t *cfg, sim_result_t *out, char *err, size_t errlen) SIM_WUR;
+
+/* The predicted times of 1f1b-slack for K = 0..SIM_SLACK_AUTO_MAX (cfg->schedule and
+ * cfg->slack are ignored) and the K that --slack auto picks. */
+int sim_slack_auto(const sim_config_t *cfg, int *slack, double times[SIM_SLACK_AUTO_MAX + 1],
+                   char *err, size_t errlen) SIM_WUR;
+
+/* Simulates a validated-on-entry op graph. */
+int sim_graph_run(const sim_graph_t *g, sim_result_t *out, char *err, size_t errlen) SIM_WUR;
+
+/* Frees a result; accepts a zeroed or half-built one; leaves it zeroed. */
+void sim_result_destroy(sim_result_t *r);
+
+/* ---- replay of a measured trace ---- */
+
+/* One measured op, in the order the stage executed it (trace rows of one iteration). */
+typedef struct {
+    sched_op_kind_t kind;
+    int mb;        /* -1 for OPT_STEP */
+    double start, end; /* seconds, any common origin */
+    double bytes;  /* message size of sends */
+} sim_trace_op_t;
+
+typedef struct {
+    int stages, micro_batches;
+    const sim_trace_op_t *const *ops; /* [stage] */
+    const size_t *n_ops;              /* [stage] */
+} sim_trace_t;
+
+#define SIM_KIND_BIT(k) (1u << (k))
+#define SIM_REPLACE_COMPUTE \
+    (SIM_KIND_BIT(SCHED_FWD) | SIM_KIND_BIT(SCHED_BWD) | SIM_KIND_BIT(SCHED_OPT_STEP))
+
+typedef enum {
+    SIM_MEDIAN_PER_STAGE, /* over the op's own stage: removes slow micro-batches */
+    SIM_MEDIAN_ALL,       /* over every stage: also removes a slow stage */
+} sim_median_scope_t;
+
+/* How to replay. Compute ops take their measured duration, or the median duration of
+ * their kind when their bit is set in `replace`. Communication is, by default, timed
+ * with the link model (link_fwd/link_bwd, bytes from the trace): a send's measured
+ * duration includes waiting caused by the very stragglers the replay removes, so it
+ * cannot be reused as is. With comm_measured = 1 (no link model known, e.g. a real
+ * cluster), each send instead takes its measured end - start (or the median of its kind
+ * when its bit is set) as its time from leaving to arrival. Receive durations are
+ * always recomputed: they are waits. */
+typedef struct {
+    unsigned replace;             /* SIM_KIND_BIT(kind) | ... */
+    sim_median_scope_t scope;
+    int comm_measured;
+    const sim_link_t *link_fwd;   /* [stages-1], NULL = free (ignored if comm_measured) */
+    const sim_link_t *link_bwd;
+    sim_send_mode_t send_mode;
+} sim_replay_t;
+
+/* Validates the trace's op order like a plan (names stage and op), then simulates it. */
+int sim_replay(const sim_trace_t *trace, const sim_replay_t *how, sim_result_t *out,
+               char *err, size_t errlen) SIM_WUR;
+
+#endif
