@@ -35,8 +35,8 @@ static const char usage[] =
     "  -P, --stages N                3 (one host per stage)\n"
     "  -B, --batch-size N            64 (sequences per iteration)\n"
     "  -T, --seq-len N               2048\n"
-    "  -n, --iters N                 10 iterations per run, of which\n"
-    "  -w, --warmup N                1 warm-up (not counted)\n"
+    "  -n, --iters N                 10 measured iterations per run,\n"
+    "  -w, --warmup N                after 1 warm-up iteration (not counted)\n"
     "  -r, --repeat N                1 run per cell (iterations of all runs are pooled)\n"
     "  -c, --compute SPEC            emulate:v100 (cpu, emulate:v100|a100|h100, emulate:fwd=25ms,bwd=75ms)\n"
     "  -e, --emulator NAME           auto (network emulator backend)\n"
@@ -312,7 +312,8 @@ int cmd_sweep(int argc, char **argv)
     const sweep_spec_t *s = &o.spec;
     printf("# pipenem sweep: %d schedule(s) x %d profile(s) x %d micro-batch size(s) = %d cells%s\n", s->n_sched,
            s->n_prof, s->n_mbs, sweep_cells(s), resume ? " (resumed)" : "");
-    printf("# model %s, %d stages, batch %d, sequence %d, %d iterations (%d warm-up) x %d repeat(s), compute %s, "
+    printf("# model %s, %d stages, batch %d, sequence %d, %d measured iterations after %d warm-up, %d repeat(s), "
+           "compute %s, "
            "emulator %s", s->model, s->stages, s->batch_size, s->seq_len, s->iters, s->warmup, s->repeats,
            s->compute, s->emulator);
     if (s->straggler_rank >= 0)

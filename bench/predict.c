@@ -159,13 +159,13 @@ int predict_ideal(const results_t *r, const results_cell_t *cell, const netem_pr
                         .comm_measured = netem_profile_is_default(p), .link_fwd = link, .link_bwd = link,
                         .send_mode = SIM_SEND_PIPELINED};
     int repeats = cell->repeats > 0 ? cell->repeats : 1;
-    size_t cap = (size_t)repeats * (size_t)(cell->iters > 0 ? cell->iters : 1), n = 0;
+    size_t cap = (size_t)repeats * (size_t)(cell->iters > 0 ? cell->iters : 1), n = 0; /* measured ones */
     double *t = malloc(cap * sizeof *t);
     if (!t)
         return -ENOMEM;
     int rc = 0;
     for (int rep = 0; rep < repeats && !rc; rep++)
-        for (int it = cell->warmup; it < cell->iters && !rc && n < cap; it++) {
+        for (int it = cell->warmup; it < cell->warmup + cell->iters && !rc && n < cap; it++) {
             rc = replay_one(r, cell, rep, it, &how, &t[n], err, errlen);
             if (rc == -ENOENT)
                 rc = 0; /* an iteration this repeat did not trace */

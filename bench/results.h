@@ -18,7 +18,7 @@ typedef struct {
     char label[128];               /* for tables: "delay 10ms  bandwidth 1Gbps" */
     char model[32];
     int stages, batch_size, seq_len, micro_batches;
-    int iters, warmup, repeats;
+    int iters, warmup, repeats;    /* measured iterations per run, after `warmup` more */
     char compute[96];              /* compute backend, e.g. "emulate:v100" */
     char emulator[32];             /* network emulator backend used, e.g. "netem", "shaper" */
     int straggler_rank;            /* -1 = none */

@@ -22,7 +22,9 @@ typedef struct {
     char labels[SWEEP_MAX_AXIS][128];     /* netem_profile_label */
     int n_prof;
     char model[32];
-    int stages, batch_size, seq_len, iters, warmup, repeats, slack;
+    int stages, batch_size, seq_len;
+    int iters, warmup;                    /* measured iterations, after `warmup` more */
+    int repeats, slack;
     char compute[96];                     /* compute backend spec */
     char emulator[32];                    /* network emulator backend requested */
     int straggler_rank;                   /* -1 = none */
@@ -30,8 +32,8 @@ typedef struct {
 } sweep_spec_t;
 
 /* The defaults of issue 5's default sweep: gpipe,1f1b x 1,2,4 x default,1ms/5Gbps,
- * 5ms/2Gbps,10ms/1Gbps; gpt3-small, 3 stages, batch 64, seq 2048, 10 iterations with 1
- * warm-up, 1 repeat, emulate:v100, emulator auto, no straggler. */
+ * 5ms/2Gbps,10ms/1Gbps; gpt3-small, 3 stages, batch 64, seq 2048, 10 measured iterations
+ * after 1 warm-up, 1 repeat, emulate:v100, emulator auto, no straggler. */
 int sweep_spec_default(sweep_spec_t *s, char *err, size_t errlen) __attribute__((warn_unused_result));
 
 /* Comma lists; each replaces the axis. Errors name the bad item and its position. */

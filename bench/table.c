@@ -150,7 +150,7 @@ int table_markdown(const results_t *r, char **text)
     fputs("# pipenem sweep\n\n", f);
     if (r->n_cells) {
         const results_cell_t *c0 = prof[0];
-        fprintf(f, "Model %s, %d stages, batch %d, sequence %d, %d iterations (%d warm-up) x %d repeat(s), "
+        fprintf(f, "Model %s, %d stages, batch %d, sequence %d, %d measured iterations after %d warm-up, %d repeat(s), "
                    "compute %s, network emulator %s", c0->model, c0->stages, c0->batch_size, c0->seq_len,
                 c0->iters, c0->warmup, c0->repeats, c0->compute, c0->emulator);
         if (c0->straggler_rank >= 0)

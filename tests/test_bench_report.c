@@ -292,7 +292,7 @@ static void test_trace_json_valid(void **state)
     for (size_t i = 0; i < r.n_cells; i++) {
         int it;
         assert_int_equal(chrome_iteration_pick(&r, r.cells[i].cell, -1, &it), 0);
-        assert_int_equal(it, r.cells[i].iters - 1);
+        assert_int_equal(it, r.cells[i].warmup + r.cells[i].iters - 1);
         want_proc += r.cells[i].stages;
         for (size_t k = 0; k < r.n_ops; k++)
             want_x += r.ops[k].cell == r.cells[i].cell && r.ops[k].iteration == it && r.ops[k].repeat == 0;

@@ -68,7 +68,7 @@ static void test_grid_parse(void **state)
     s.straggler_rank = 3;
     expect_bad(sweep_spec_check(&s, err, sizeof err), err, "only stages 0..2");
     assert_int_equal(sweep_spec_default(&s, err, sizeof err), 0);
-    s.warmup = s.iters;
+    s.iters = 0;
     expect_bad(sweep_spec_check(&s, err, sizeof err), err, "at least one measured iteration");
 }
 
@@ -111,12 +111,13 @@ static int fake_measure(void *ctx, const sweep_spec_t *s, results_cell_t *cell, 
     }
     if (cell->cell == f->fail_cell && !f->failed_once) {
         f->failed_once = 1;
-        int rc = synth_trace(r, cell->cell, s->stages, cell->micro_batches, s->iters, 0.01, 0.02, 0.001);
+        int rc = synth_trace(r, cell->cell, s->stages, cell->micro_batches, s->warmup + s->iters, 0.01, 0.02, 0.001);
         snprintf(err, errlen, "synthetic failure of cell %d", cell->cell);
         return rc ? rc : -EIO; /* leaves ops behind, which the loop must drop */
     }
     double f_s = 0.001 * cell->micro_batch_size * (1 + cell->cell % 3);
-    int rc = synth_trace(r, cell->cell, s->stages, cell->micro_batches, s->iters, f_s, 2 * f_s, 0.0005 * (1 + cell->cell));
+    int rc = synth_trace(r, cell->cell, s->stages, cell->micro_batches, s->warmup + s->iters, f_s, 2 * f_s,
+                         0.0005 * (1 + cell->cell));
     if (rc)
         return rc;
     metrics_params_t p = {.warmup = s->warmup, .batch_size = s->batch_size, .seq_len = s->seq_len};
@@ -136,7 +137,7 @@ static void small_spec(sweep_spec_t *s)
     snprintf(s->model, sizeof s->model, "tiny");
     s->batch_size = 4;
     s->seq_len = 16;
-    s->iters = 3;
+    s->iters = 2;
 }
 
 static void mkdir_tmp(char *dir, size_t len, const char *tag)
@@ -339,7 +340,8 @@ static void test_cli_errors(void **state)
         {"sweep --model gpt9", "--model: unknown model 'gpt9'"},
         {"sweep --compute emulate:z100", "--compute: unknown device 'z100'"},
         {"sweep --emulator foo", "--emulator: unknown emulator 'foo'"},
-        {"sweep --iters 2 --warmup 2", "at least one measured iteration"},
+        {"sweep --iters 0", "--iters: '0' is not a whole number >= 1"},
+        {"sweep --warmup -1", "--warmup: '-1'"},
         {"sweep --repeat 0", "--repeat: '0'"},
         {"sweep --resume /tmp --stages 2", "give no other option with it"},
         {"sweep --timeline 1,y", "'y' is not a cell index"},
