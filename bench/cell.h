@@ -16,4 +16,9 @@ int cell_measure(void *ctx, const sweep_spec_t *s, results_cell_t *cell, const c
                  volatile sig_atomic_t *stop, results_t *r, char *err, size_t errlen)
     __attribute__((warn_unused_result));
 
+/* Checks, before anything runs, that models/ accepts every cell's configuration (model,
+ * sequence length, stages, batch and micro-batch size, compute): -EINVAL naming the
+ * first micro-batch size whose configuration is refused and why. */
+int cell_check(const sweep_spec_t *s, char *err, size_t errlen) __attribute__((warn_unused_result));
+
 #endif

@@ -187,7 +187,7 @@ static int parse(int argc, char **argv, opts_t *o, const char **resume)
     if (*resume && n_opts)
         return cli_usage_error(cmd, "--resume DIR takes the sweep's arguments from DIR/sweep.args; "
                                     "give no other option with it");
-    if (sweep_spec_check(&o->spec, err, sizeof err))
+    if (sweep_spec_check(&o->spec, err, sizeof err) || cell_check(&o->spec, err, sizeof err))
         return cli_usage_error(cmd, "%s", err);
     return 0;
 }
