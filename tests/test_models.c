@@ -56,9 +56,10 @@ static double loss_at(model_stage_t *st)
     return l;
 }
 
-/* Tolerance of the finite-difference check in fp32: the loss (~5.5) carries ~1e-6 of
- * rounding, so a step that moves it by ~1e-4 leaves the difference accurate to ~1%. */
-#define GRADCHECK_TOL 3e-2
+/* Tolerance of the finite-difference check in fp32. Measured here: largest error ~3e-4
+ * (the finite differences' own rounding and curvature), so 3e-3 leaves a 10x margin for
+ * other BLAS kernels while still catching a gradient that is 1% off. */
+#define GRADCHECK_TOL 3e-3
 
 static void gradcheck(int tied, int recompute)
 {
@@ -90,9 +91,12 @@ static void gradcheck(int tied, int recompute)
         gn = sqrt(gn);
         if (gn == 0)
             fail_msg("tensor %s has an all-zero gradient", t->name);
-        /* 1: along the gradient (a unit step of 1e-2); 2: the largest single entry */
+        /* 0: a step along the gradient direction; 1: the largest single entry */
         for (int mode = 0; mode < 2; mode++) {
-            double eps = 1e-2, an = 0, lp, lm;
+            /* steps sized to move the loss by ~2e-5: far above its rounding (~1e-8 here),
+             * small enough that the third-order term stays below ~1e-4 relative */
+            double gmag = mode == 0 ? gn : fabs(gt[imax]);
+            double eps = fmin(fmax(2e-5 / gmag, 1e-3), 5e-2), an = 0, lp, lm;
             if (mode == 0) {
                 for (size_t i = 0; i < t->numel; i++)
                     th[i] = th0[i] + (float)(eps * gt[i] / gn);
