@@ -15,6 +15,10 @@
  * the keys it can see, which skips most of the masked upper triangle. */
 enum { ATT_BLOCK = 64 };
 
+/* Elementwise loops over fewer elements than this run on one thread: below it the
+ * fork/join costs more than the work (it dominated `tiny` before). */
+#define PAR_MIN ((size_t)1 << 15)
+
 /* ---------------------------------------------------------------- sgemm, logged */
 
 typedef struct {
@@ -61,7 +65,7 @@ static void encoder_forward(float *out,          // (B,T,C)
                             const float *wpe,    // (context,C)
                             int B, int T, int C)
 {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((size_t)B * T * C >= PAR_MIN)
     for (int bt = 0; bt < B * T; bt++) {
         const float *e = wte + (size_t)tok[bt] * C, *p = wpe + (size_t)(bt % T) * C;
         float *o = out + (size_t)bt * C;
@@ -76,7 +80,7 @@ static void encoder_backward(float *dwte,        // (V,C)
                              const int *tok, int B, int T, int C)
 {
     /* split by channel so that no two threads add into the same row element */
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((size_t)B * T * C >= PAR_MIN)
     for (int c0 = 0; c0 < C; c0 += 16) {
         int c1 = c0 + 16 < C ? c0 + 16 : C;
         for (int bt = 0; bt < B * T; bt++) {
@@ -97,7 +101,7 @@ static void layernorm_forward(float *out,        // (N,C)
                               const float *w, const float *b, // (C)
                               int N, int C)
 {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((size_t)N * C >= PAR_MIN)
     for (int n = 0; n < N; n++) {
         const float *x = inp + (size_t)n * C;
         float m = 0, v = 0;
@@ -122,7 +126,7 @@ static void layernorm_backward(float *dinp,       // (N,C) +=
                                const float *w, const float *mean, const float *rstd,
                                int N, int C)
 {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((size_t)N * C >= PAR_MIN)
     for (int n = 0; n < N; n++) {
         const float *d = dout + (size_t)n * C, *x = inp + (size_t)n * C;
         float m = mean[n], s = rstd[n], dnorm_mean = 0, dnorm_norm_mean = 0;
@@ -139,7 +143,7 @@ static void layernorm_backward(float *dinp,       // (N,C) +=
             di[i] += (w[i] * d[i] - dnorm_mean - norm * dnorm_norm_mean) * s;
         }
     }
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((size_t)N * C >= PAR_MIN)
     for (int c0 = 0; c0 < C; c0 += 16) {
         int c1 = c0 + 16 < C ? c0 + 16 : C;
         float aw[16] = {0}, ab[16] = {0};
@@ -164,7 +168,7 @@ static void matmul_forward(float *out,        // (N,OC)
                            int N, int C, int OC)
 {
     if (bias) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((size_t)N * OC >= PAR_MIN)
         for (int n = 0; n < N; n++)
             memcpy(out + (size_t)n * OC, bias, OC * sizeof(float));
     }
@@ -182,7 +186,7 @@ static void matmul_backward(float *dinp,        // (N,C) overwritten
     gemm(0, 0, N, C, OC, 1.0f, dout, OC, w, C, 0.0f, dinp, C);
     gemm(1, 0, OC, C, N, 1.0f, dout, OC, inp, C, 1.0f, dw, C);
     if (db) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((size_t)N * OC >= PAR_MIN)
         for (int o0 = 0; o0 < OC; o0 += 64) {
             int o1 = o0 + 64 < OC ? o0 + 64 : OC;
             float acc[64] = {0};
@@ -201,7 +205,7 @@ static void matmul_backward(float *dinp,        // (N,C) overwritten
 
 static void gelu_forward(float *out, const float *inp, size_t n)
 {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= PAR_MIN)
     for (size_t i = 0; i < n; i++) {
         float x = inp[i];
         out[i] = 0.5f * x * (1.0f + tanhf(GELU_SCALE * (x + 0.044715f * x * x * x)));
@@ -211,7 +215,7 @@ static void gelu_forward(float *out, const float *inp, size_t n)
 /* in place: dx[i] = dy[i] * gelu'(inp[i]) */
 static void gelu_backward(float *d, const float *inp, size_t n)
 {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= PAR_MIN)
     for (size_t i = 0; i < n; i++) {
         float x = inp[i];
         float u = GELU_SCALE * (x + 0.044715f * x * x * x);
@@ -223,7 +227,7 @@ static void gelu_backward(float *d, const float *inp, size_t n)
 
 static void residual_add(float *out, const float *a, size_t n)
 {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= PAR_MIN)
     for (size_t i = 0; i < n; i++)
         out[i] += a[i];
 }
@@ -245,7 +249,7 @@ static void attention_forward(float *out,       // (B,T,C)
                      a + (size_t)r0 * T, T);
             }
         }
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((size_t)B * NH * T * T >= PAR_MIN)
     for (size_t r = 0; r < (size_t)B * NH * T; r++) {
         int t = (int)(r % T);
         float *a = att + r * T, mx = -INFINITY, sum = 0;
@@ -299,7 +303,7 @@ static void attention_backward(float *dqkv,        // (B,T,3C) overwritten
                      0.0f, dv + (size_t)r0 * C3, C3);
             }
         }
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((size_t)B * NH * T * T >= PAR_MIN)
     for (size_t r = 0; r < (size_t)B * NH * T; r++) {
         int t = (int)(r % T);
         const float *a = att + r * T;
@@ -331,7 +335,7 @@ static void attention_backward(float *dqkv,        // (B,T,3C) overwritten
 static double crossentropy_forward(float *probs, const int *targets, int N, int V)
 {
     double loss = 0;
-#pragma omp parallel for schedule(static) reduction(+ : loss)
+#pragma omp parallel for schedule(static) reduction(+ : loss) if ((size_t)N * V >= PAR_MIN)
     for (int n = 0; n < N; n++) {
         float *p = probs + (size_t)n * V, mx = -INFINITY;
         for (int i = 0; i < V; i++)
@@ -352,7 +356,7 @@ static double crossentropy_forward(float *probs, const int *targets, int N, int 
 /* in place: dlogits = (probs - onehot(target)) * dloss */
 static void crossentropy_backward(float *probs, const int *targets, int N, int V, float dloss)
 {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((size_t)N * V >= PAR_MIN)
     for (int n = 0; n < N; n++) {
         float *p = probs + (size_t)n * V;
         p[targets[n]] -= 1.0f;
@@ -520,6 +524,12 @@ static int cpu_check(const char *arg, char *err, size_t errlen)
     return 0;
 }
 
+static void cpu_describe(const char *arg, char *buf, size_t len)
+{
+    (void)arg;
+    snprintf(buf, len, "cpu (OpenBLAS sgemm, OpenMP elementwise)");
+}
+
 static int cpu_init(model_stage_t *st, const char *arg, char *err, size_t errlen)
 {
     int rc = cpu_check(arg, err, errlen);
@@ -649,7 +659,7 @@ static int cpu_step(model_stage_t *st)
         float *p = st->params + tn->offset, *g = st->grads + tn->offset;
         float *m = st->opt_m + tn->offset, *v = st->opt_v + tn->offset;
         float decay = tn->decay ? wd : 0.0f;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (tn->numel >= PAR_MIN)
         for (size_t i = 0; i < tn->numel; i++) {
             float gi = g[i];
             m[i] = b1 * m[i] + (1 - b1) * gi;
@@ -665,6 +675,7 @@ static int cpu_step(model_stage_t *st)
 const model_backend_t model_backend_cpu = {
     .name = "cpu",
     .check = cpu_check,
+    .describe = cpu_describe,
     .init = cpu_init,
     .forward = cpu_forward,
     .backward = cpu_backward,

@@ -153,6 +153,9 @@ void   model_stage_prof_reset(model_stage_t *st);
  * on scratch buffers. Outputs the FLOPs of one replay and the mean seconds per replay. */
 int    model_stage_gemm_reference(model_stage_t *st, int reps, double *flops, double *seconds) MODEL_WUR;
 
+/* A header line for a valid compute argument: "cpu (OpenBLAS sgemm, OpenMP)",
+ * "emulate:a100 (peak 312.0 TFLOP/s, efficiency 0.50, memory 1555 GB/s)", ... */
+void   model_compute_describe(const char *compute, char *buf, size_t len);
 /* The compute argument alone: -EINVAL naming an unknown backend, an unknown device, a
  * bad fwd=/bwd= time or an unreadable calibration file. */
 int    model_compute_check(const char *compute, char *err, size_t errlen) MODEL_WUR;

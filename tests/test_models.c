@@ -33,7 +33,7 @@ static model_stage_params_t small_params(int layers, int T, int B, int M, int st
     p.compute = "cpu";
     p.dataset = "random";
     p.seed = 42;
-    p.threads = 2;
+    p.threads = 1;
     p.lr = 1e-3f;
     return p;
 }
@@ -61,11 +61,13 @@ static double loss_at(model_stage_t *st)
  * other BLAS kernels while still catching a gradient that is 1% off. */
 #define GRADCHECK_TOL 3e-3
 
-static void gradcheck(int tied, int recompute)
+static void gradcheck(int tied, int recompute, int hidden, int B, int threads)
 {
-    model_stage_params_t p = small_params(2, 70, 2, 1, 1, 0);
+    model_stage_params_t p = small_params(2, 70, B, 1, 1, 0);
+    p.cfg.hidden = hidden;
     p.tied_embeddings = tied;
     p.recompute = recompute;
+    p.threads = threads;
     model_stage_t st;
     stage_init_ok(&st, &p);
     model_stage_reset(&st);
@@ -128,9 +130,9 @@ static void gradcheck(int tied, int recompute)
                          t->name, mode ? "largest entry" : "gradient direction", fd, an, rel, GRADCHECK_TOL);
         }
     }
-    print_message("gradcheck%s%s: %d tensors, largest relative error %.3e (%s), tolerance %.0e\n",
-                  tied ? " tied" : "", recompute ? " recompute" : "", st.n_tensors, worst, worst_name,
-                  GRADCHECK_TOL);
+    print_message("gradcheck%s%s (hidden %d, micro-batch %d, %d threads): %d tensors, largest relative "
+                  "error %.3e (%s), tolerance %.0e\n", tied ? " tied" : "", recompute ? " recompute" : "", hidden,
+                  B, threads, st.n_tensors, worst, worst_name, GRADCHECK_TOL);
     free(g);
     free(save);
     model_stage_destroy(&st);
@@ -139,13 +141,14 @@ static void gradcheck(int tied, int recompute)
 static void test_gradcheck(void **state)
 {
     (void)state;
-    gradcheck(0, 0);
+    gradcheck(0, 0, 32, 2, 1);
 }
 
+/* wide enough (B*T*C > 32768) that the OpenMP loops run on two threads */
 static void test_gradcheck_tied_recompute(void **state)
 {
     (void)state;
-    gradcheck(1, 1);
+    gradcheck(1, 1, 128, 4, 2);
 }
 
 /* ---------------------------------------------------------------- split equivalence */

@@ -140,6 +140,9 @@ static void test_emulate_device_full_scale(void **state)
     print_message("%s: stage 1/4 %zu params, fwd %.2f TFLOP -> %.3f ms, bwd %.3f ms, opt %.3f ms\n", desc,
                   a.params, a.fwd_flops * 1e-12, a.fwd_s * 1e3, a.bwd_s * 1e3, a.opt_s * 1e3);
     assert_non_null(strstr(desc, "312.0 TFLOP/s"));
+    char desc2[256];
+    model_compute_describe("emulate:a100", desc2, sizeof desc2);
+    assert_string_equal(desc, desc2);
     assert_non_null(strstr(desc, "efficiency 0.50"));
     assert_true(a.peak_flops == 312e12 && a.efficiency == 0.5);
     assert_true(fabs(a.fwd_s - a.fwd_flops / (312e12 * 0.5)) < 1e-12);
