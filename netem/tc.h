@@ -52,6 +52,16 @@ int netem_tc_apply(const netem_dev_t *d, const netem_profile_t *p, int flags,
                    netem_tc_applied_t *out, char *err, size_t errlen)
     __attribute__((warn_unused_result));
 
+/* Per-source shaping on one device: packets whose IPv4 source is src[i] get profile
+ * p[i] (default profiles are skipped), all others pass unshaped. An HTB root 1: whose
+ * classes 1:(2+i) only sort (100 Gbit/s), each with the leaf netem_tc_apply would make
+ * for p[i] (netem, or TBF for a rate alone), and u32 filters on the source address;
+ * unclassified packets take HTB's direct queue. Used where two links with different
+ * profiles meet at one host. Same saving, flags and errors as netem_tc_apply. */
+int netem_tc_apply_by_source(const netem_dev_t *d, int n, const char *const *src,
+                             const netem_profile_t *p, int flags, char *err, size_t errlen)
+    __attribute__((warn_unused_result));
+
 /* Reads d's root qdisc back from the kernel: kind is its name ("netem", "tbf",
  * "noqueue", ...); *p the profile it implements (all zero for anything else). */
 int netem_tc_show(const netem_dev_t *d, netem_profile_t *p, char *kind, size_t kindlen,
