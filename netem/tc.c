@@ -585,7 +585,7 @@ int netem_tc_apply_by_source(const netem_dev_t *d, int n, const char *const *src
             break;
         what = needs_netem(&p[i]) ? "adding a netem leaf" : "adding a tbf leaf";
         msg = qdisc_msg(RTM_NEWQDISC, NLM_F_CREATE | NLM_F_EXCL, c.ifindex, classid,
-                        (uint32_t)(10 + i) << 16);
+                        (uint32_t)(0x10 + i) << 16);
         uint32_t l, b;
         rc = !msg ? -ENOMEM : needs_netem(&p[i]) ? put_netem(msg, &p[i], p[i].limit ? p[i].limit : netem_tc_limit(&p[i]))
                                                  : put_tbf(msg, p[i].rate, &l, &b);
