@@ -18,6 +18,8 @@
 #include <unistd.h>
 
 #include "netem/profile.h"
+#include "netem/emulator.h"
+#include "netem/topo.h"
 #include "tests/testutil.h"
 
 #define UML_TIMEOUT_S 420
@@ -37,6 +39,59 @@ static int insmod(int argc, char **argv)
         close(fd);
     }
     return 0;
+}
+
+/* Median ping round trip in ms from namespace ns to addr (after two to resolve ARP). */
+static double ping_median(const char *ns, const char *addr)
+{
+    char cmd[256];
+    double v[32];
+    int n = 0;
+    snprintf(cmd, sizeof cmd, "ip netns exec %s ping -q -c 2 -i 0.05 %s >/dev/null 2>&1; "
+             "ip netns exec %s ping -c 15 -i 0.05 %s 2>&1", ns, addr, ns, addr);
+    FILE *f = popen(cmd, "r");
+    char line[256];
+    while (f && fgets(line, sizeof line, f) && n < 32) {
+        char *t = strstr(line, "time=");
+        if (t)
+            v[n++] = atof(t + 5);
+    }
+    if (f)
+        pclose(f);
+    if (!n)
+        return -1;
+    for (int i = 1; i < n; i++)   /* insertion sort: 15 values */
+        for (int j = i; j > 0 && v[j] < v[j - 1]; j--) {
+            double x = v[j];
+            v[j] = v[j - 1];
+            v[j - 1] = x;
+        }
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+/* Inside the guest: three hosts, two links with different profiles meeting at host 1
+ * (per-source classes with netem leaves). Prints what host 1 measures to each side. */
+static int perlink(void)
+{
+    netem_topo_t t;
+    netem_profile_t links[2];
+    char err[256];
+    const char *net = "0-1=10ms/1Gbps,1-2=5ms/2Gbps";
+    if (netem_net_parse(net, 3, links, err, sizeof err) < 0 || netem_topo_create(&t, 3, err, sizeof err) < 0) {
+        printf("PNUML error perlink: %s\n", err);
+        return 1;
+    }
+    int rc = netem_topo_apply(&t, links, "netem", err, sizeof err);
+    if (rc < 0) {
+        printf("PNUML error perlink: %s\n", err);
+    } else {
+        printf("PNUML perlink_emulator %s\n", t.emulator->name);
+        printf("PNUML perlink_rtt_to_0 %.3f\n", ping_median(t.host_ns[1], t.host_addr[0]));
+        printf("PNUML perlink_rtt_to_2 %.3f\n", ping_median(t.host_ns[1], t.host_addr[2]));
+    }
+    fflush(stdout);
+    netem_topo_destroy(&t);
+    return rc < 0;
 }
 
 /* The value after "PNUML key " on its first line, or NULL. */
@@ -237,13 +292,32 @@ static void test_selftest_in_uml(void **state)
     assert_string_equal(left, "0");
 }
 
+static void test_per_link_in_uml(void **state)
+{
+    (void)state;
+    NEED_UML();
+    const char *e = value("perlink_emulator"), *a = value("perlink_rtt_to_0"), *b = value("perlink_rtt_to_2");
+    if (!e || !a || !b)
+        fail_msg("no per-link results (%s)", value("error") ? value("error") : "missing");
+    assert_string_equal(e, "netem");
+    double ra = atof(a), rb = atof(b);
+    double da = fabs(ra - 20.0) / 20.0, db = fabs(rb - 10.0) / 10.0;
+    print_message("0-1=10ms/1Gbps,1-2=5ms/2Gbps: host 1 -> 0 RTT %.3f ms (want 20, %.2f%%), "
+                  "host 1 -> 2 RTT %.3f ms (want 10, %.2f%%), tolerance 5%%\n", ra, da * 100, rb, db * 100);
+    assert_true(da <= TOL);
+    assert_true(db <= TOL);
+}
+
 int main(int argc, char **argv)
 {
     if (argc > 1 && !strcmp(argv[1], "--insmod"))
         return insmod(argc - 2, argv + 2);
+    if (argc > 1 && !strcmp(argv[1], "--perlink"))
+        return perlink();
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_controller_in_uml),
         cmocka_unit_test(test_selftest_in_uml),
+        cmocka_unit_test(test_per_link_in_uml),
     };
     return cmocka_run_group_tests_name("netem_uml", tests, boot, NULL);
 }

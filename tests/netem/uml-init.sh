@@ -65,6 +65,8 @@ if [ $rc -ne 0 ]; then
 	sed 's/^/PNUML retry /' /run/selftest.out
 	echo "PNUML retry_rc $rc"
 fi
+# Links with different profiles meeting at one host (per-source classes, netem leaves).
+"$PN_TESTBIN" --perlink
 echo "PNUML leftover_netns $(ip netns list | wc -l)"
 echo "PNUML done"
 echo o > /proc/sysrq-trigger
