@@ -91,10 +91,13 @@ static int do_show(const char *ns, int argc, char **argv)
     if (netem_tc_show(&d, &p, kind, sizeof kind, &limit, err, sizeof err) < 0)
         return runtime_error(err);
     printf("# %-16s %-8s %-24s %s\n", "device", "qdisc", "profile", "limit");
+    static const char *const kernel_defaults[] = {"noqueue", "mq", "pfifo_fast", "fq_codel", "noop", "none"};
+    snprintf(text, sizeof text, "-");   /* someone else's qdisc: no profile of ours */
     if (!strcmp(kind, "netem") || !strcmp(kind, "tbf"))
         netem_profile_format(&p, text, sizeof text);
-    else
-        snprintf(text, sizeof text, "default");
+    for (size_t i = 0; i < sizeof kernel_defaults / sizeof *kernel_defaults; i++)
+        if (!strcmp(kind, kernel_defaults[i]))
+            snprintf(text, sizeof text, "default");
     printf("  %-16s %-8s %-24s %u%s\n", d.ifname, kind, text, limit,
            !strcmp(kind, "tbf") ? " bytes" : !strcmp(kind, "netem") ? " packets" : "");
     return CLI_OK;

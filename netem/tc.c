@@ -688,8 +688,12 @@ int netem_tc_show(const netem_dev_t *d, netem_profile_t *p, char *kind, size_t k
         return fail(err, errlen, rc, "cannot read the qdiscs of %s: %s", name, strerror(-rc));
     netem_profile_t prof = {0};
     uint32_t lim = 0;
-    if (!strcmp(dp.root.kind, "netem"))
+    if (!strcmp(dp.root.kind, "netem")) {
         parse_netem(&dp.root, &prof, &lim);
+        /* A limit other than the one derived from the profile was given: part of it. */
+        if (lim != netem_tc_limit(&prof))
+            prof.limit = lim;
+    }
     else if (!strcmp(dp.root.kind, "tbf"))
         parse_tbf(&dp.root, &prof, &lim);
     snprintf(kind, kindlen, "%s", dp.have_root ? dp.root.kind : "none");

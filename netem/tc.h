@@ -63,7 +63,8 @@ int netem_tc_apply_by_source(const netem_dev_t *d, int n, const char *const *src
     __attribute__((warn_unused_result));
 
 /* Reads d's root qdisc back from the kernel: kind is its name ("netem", "tbf",
- * "noqueue", ...); *p the profile it implements (all zero for anything else). */
+ * "noqueue", ...); *p the profile it implements (all zero for anything else), with
+ * p->limit set only when it differs from the derived one; *limit the queue limit. */
 int netem_tc_show(const netem_dev_t *d, netem_profile_t *p, char *kind, size_t kindlen,
                   uint32_t *limit, char *err, size_t errlen) __attribute__((warn_unused_result));
 

@@ -198,6 +198,11 @@ static void test_controller_in_uml(void **state)
     assert_non_null(b);
     if (!strstr(a, " netem ") || !strstr(a, " 10ms/1Gbps ") || !strstr(b, " 10ms/1Gbps "))
         fail_msg("show does not read back 10ms/1Gbps: '%s' / '%s'", a, b);
+    const char *kv = value("show_kv");
+    assert_non_null(kv);
+    print_message("key=value read back: %s\n", kv);
+    if (!strstr(kv, " delay=5ms,jitter=1ms,loss=0.5%,rate=100Mbps,limit=3000 "))
+        fail_msg("show does not read back delay=5ms,jitter=1ms,loss=0.5%%,rate=100Mbps,limit=3000: '%s'", kv);
     /* tc agrees: latency 10ms, rate 1Gbit, our derived limit. */
     const char *tc = value("tc_a");
     assert_non_null(tc);

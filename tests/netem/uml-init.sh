@@ -46,6 +46,9 @@ ip netns exec pnua iperf3 -c 198.18.9.2 -t 4 -f m > /dev/null 2>&1
 wait
 awk '/sec/ && !/receiver|sender/ { split($3, t, "-"); if (t[1] + 0 >= 1.0) print $7 }' /run/iperf-server.out |
 	sort -n | awk '{ v[NR] = $1 } END { if (NR) print "PNUML goodput_mbps " (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2) " intervals " NR }'
+# Every field of a key=value profile read back from the kernel.
+./pipenem netem apply --netns pnua va delay=5ms,jitter=1ms,loss=0.5%,rate=100Mbps,limit=3000 > /dev/null
+echo "PNUML show_kv $(./pipenem netem show --netns pnua va | tail -1)"
 ./pipenem netem clear --netns pnua va | sed 's/^/PNUML clear /'
 ./pipenem netem clear --netns pnub vb | sed 's/^/PNUML clear /'
 echo "PNUML after_a $(tc -n pnua qdisc show dev va)"
