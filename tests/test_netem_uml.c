@@ -261,17 +261,20 @@ static int selftest_row(const char *tag, const char *profile, double *rtt_err, d
     return 1;
 }
 
-/* 1 when the attempt's row for the profile is within tolerance. */
-static int judge(const char *tag, const char *profile, double rate, double *worst)
+/* The verdict of attempt `tag` for a profile: 1 within tolerance, 0 not, -1 no row.
+ * *conclusive: UML's own unshaped ceiling just before was at least 1.5 x the expected
+ * goodput, so a shortfall would be the emulator's and not the guest's. */
+static int judge(const char *tag, const char *profile, double rate, double *worst, int *conclusive)
 {
     double re, ge, gm, ceil_bps;
     char verdict[16];
     if (!selftest_row(tag, profile, &re, &ge, &gm, &ceil_bps, verdict))
-        return 0;
+        return -1;
     double want = netem_profile_goodput(rate, 1500);
+    *conclusive = ceil_bps >= 1.5 * want;
     print_message("%s %s: rtt error %.2f%%, goodput %.3f Gbit/s (expected %.3f), error %.2f%% -> %s; "
-                  "UML's unshaped ceiling just before: %.3f Gbit/s\n", tag, profile, re, gm, want / 1e9, ge,
-                  verdict, ceil_bps / 1e9);
+                  "UML's unshaped ceiling just before: %.3f Gbit/s%s\n", tag, profile, re, gm, want / 1e9,
+                  ge, verdict, ceil_bps / 1e9, *conclusive ? "" : " (below 1.5 x expected: inconclusive)");
     int ok = re <= TOL * 100 && ge <= TOL * 100;
     if (ok)
         *worst = fmax(*worst, fmax(re, ge));
@@ -288,18 +291,36 @@ static void test_selftest_in_uml(void **state)
                       "emulated CPU): %.*s\n", (int)strcspn(ceil + 25, "\r\n"), ceil + 25);
     static const char *const profiles[] = {"10ms/1Gbps", "5ms/2Gbps"};
     static const double rates[] = {1e9, 2e9};
+    static const char *const tries[] = {"try1", "try2", "try3"};
     double worst = 0;
+    int starved = 0;
     for (int i = 0; i < 2; i++) {
-        if (judge("selftest", profiles[i], rates[i], &worst))
+        int passed = 0, conclusive_fails = 0, seen = 0;
+        for (int k = 0; k < 3 && !passed; k++) {
+            int conclusive = 0, v = judge(tries[k], profiles[i], rates[i], &worst, &conclusive);
+            if (v < 0)
+                continue;
+            seen++;
+            passed = v == 1;
+            conclusive_fails += v == 0 && conclusive;
+        }
+        if (!seen)
+            fail_msg("no self-test row for %s", profiles[i]);
+        if (passed)
             continue;
-        /* UML is one emulated CPU sharing a busy host: one retry, reported. */
-        if (!judge("retry", profiles[i], rates[i], &worst))
-            fail_msg("%s is not within 5%% in user-mode Linux (both attempts above)", profiles[i]);
+        if (conclusive_fails)
+            fail_msg("%s is not within 5%% in user-mode Linux (attempts above)", profiles[i]);
+        starved++;
     }
-    print_message("largest self-test error %.2f%% (tolerance 5%%)\n", worst);
     const char *left = value("leftover_netns");
     assert_non_null(left);
     assert_string_equal(left, "0");
+    if (starved) {
+        print_message("SKIP: the host was too busy: user-mode Linux could not itself carry 1.5 x the "
+                      "expected goodput in any attempt\n");
+        skip();
+    }
+    print_message("largest self-test error %.2f%% (tolerance 5%%)\n", worst);
 }
 
 static void test_per_link_in_uml(void **state)

@@ -56,18 +56,16 @@ echo "PNUML after_b $(tc -n pnub qdisc show dev vb)"
 ip netns del pnua; ip netns del pnub
 
 # The self-test with the kernel netem backend, and UML's own unshaped ceiling.
-./pipenem netem selftest --emulator netem --ceiling --net 10ms/1Gbps --net 5ms/2Gbps > /run/selftest.out 2>&1
-rc=$?
-sed 's/^/PNUML selftest /' /run/selftest.out
-echo "PNUML selftest_rc $rc"
-# UML is one emulated CPU on a shared host: a failed attempt is repeated once, and the
-# test reports both.
-if [ $rc -ne 0 ]; then
+# UML is one emulated CPU on a shared host: up to three attempts, all reported; the
+# test judges each against the UML ceiling measured just before it.
+for attempt in 1 2 3; do
 	./pipenem netem selftest --emulator netem --ceiling --net 10ms/1Gbps --net 5ms/2Gbps > /run/selftest.out 2>&1
 	rc=$?
-	sed 's/^/PNUML retry /' /run/selftest.out
-	echo "PNUML retry_rc $rc"
-fi
+	sed "s/^/PNUML try$attempt /" /run/selftest.out
+	echo "PNUML try${attempt}_rc $rc"
+	[ $rc -eq 0 ] && break
+done
+
 # Links with different profiles meeting at one host (per-source classes, netem leaves).
 "$PN_TESTBIN" --perlink
 echo "PNUML leftover_netns $(ip netns list | wc -l)"
