@@ -126,12 +126,18 @@ const char *netem_emulator_names(void)
     return "auto, netem, shim";
 }
 
-const netem_emulator_t *netem_emulator_find(const char *name)
+static const netem_emulator_t *lookup(const char *name)
 {
     for (size_t i = 0; i < N_EMULATORS; i++)
         if (!strcmp(emulators[i].name, name))
             return &emulators[i];
     return NULL;
+}
+
+/* "none" is what auto records for all-default links; nobody asks for it by name. */
+const netem_emulator_t *netem_emulator_find(const char *name)
+{
+    return name && strcmp(name, "none") ? lookup(name) : NULL;
 }
 
 int netem_emulator_choose(const char *asked, const netem_profile_t *links, int n,
@@ -141,7 +147,7 @@ int netem_emulator_choose(const char *asked, const netem_profile_t *links, int n
     char r[160];
     if (!asked || !strcmp(asked, "auto")) {
         if (all_default(links, n)) {
-            *out = netem_emulator_find("none");
+            *out = lookup("none");
             snprintf(why, whylen, "auto: default profile, nothing to emulate");
             return 0;
         }
@@ -159,7 +165,7 @@ int netem_emulator_choose(const char *asked, const netem_profile_t *links, int n
         return fail(err, errlen, -EOPNOTSUPP, "no emulator can do these links here: %s", rejected);
     }
     const netem_emulator_t *e = netem_emulator_find(asked);
-    if (!e || !strcmp(asked, "none"))
+    if (!e)
         return fail(err, errlen, -EINVAL, "unknown emulator '%s' (%s)", asked, netem_emulator_names());
     if (!all_default(links, n) && !e->usable(links, n, r, sizeof r))
         return fail(err, errlen, -EOPNOTSUPP, "emulator '%s' cannot do these links here: %s", asked, r);

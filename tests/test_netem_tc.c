@@ -351,6 +351,8 @@ static void test_emulator_choice(void **state)
     assert_string_equal(e->name, "shim");
     assert_int_equal(netem_emulator_choose("bogus", &delay, 1, &e, why, sizeof why, err, sizeof err), -EINVAL);
     assert_non_null(strstr(err, "'bogus'"));
+    assert_null(netem_emulator_find("none"));
+    assert_int_equal(netem_emulator_choose("none", &dflt, 1, &e, why, sizeof why, err, sizeof err), -EINVAL);
     if (!netem_tc_have_netem()) {
         assert_int_equal(netem_emulator_choose("netem", &delay, 1, &e, why, sizeof why, err, sizeof err),
                          -EOPNOTSUPP);
