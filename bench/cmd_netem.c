@@ -100,6 +100,16 @@ static int do_show(const char *ns, int argc, char **argv)
             snprintf(text, sizeof text, "default");
     printf("  %-16s %-8s %-24s %u%s\n", d.ifname, kind, text, limit,
            !strcmp(kind, "tbf") ? " bytes" : !strcmp(kind, "netem") ? " packets" : "");
+    if (!strcmp(kind, "htb")) {   /* perhaps a per-source tree of ours */
+        netem_tc_class_t cl[16];
+        int n = 0;
+        if (netem_tc_show_by_source(&d, cl, 16, &n, err, sizeof err) < 0)
+            return runtime_error(err);
+        for (int i = 0; i < n; i++) {
+            netem_profile_format(&cl[i].profile, text, sizeof text);
+            printf("  %-16s %-8s %-24s from %s\n", d.ifname, cl[i].kind, text, cl[i].src);
+        }
+    }
     return CLI_OK;
 }
 

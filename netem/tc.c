@@ -256,12 +256,17 @@ static int put_tbf(struct nl_msg *msg, double rate_bps, uint32_t *limit, uint32_
 
 /* ---- dumps ---- */
 
+#define DUMP_LEAVES 16
+
 typedef struct {
     int ifindex;
     int have_root;
     netem_qdisc_saved_t root;
     int children;            /* qdiscs below the root with a handle of their own */
     char child_kind[16];
+    int n_leaves;            /* the first children, kept whole (per-source trees) */
+    uint32_t leaf_parent[DUMP_LEAVES];
+    netem_qdisc_saved_t leaf[DUMP_LEAVES];
 } dump_t;
 
 static int on_qdisc(struct nl_msg *msg, void *arg)
@@ -288,6 +293,15 @@ static int on_qdisc(struct nl_msg *msg, void *arg)
     } else if (tcm->tcm_parent != TC_H_INGRESS && tcm->tcm_handle != 0) {
         d->children++;
         snprintf(d->child_kind, sizeof d->child_kind, "%s", nla_get_string(tb[TCA_KIND]));
+        if (d->n_leaves < DUMP_LEAVES && tb[TCA_OPTIONS] &&
+            (size_t)nla_len(tb[TCA_OPTIONS]) <= sizeof d->leaf[0].opts) {
+            netem_qdisc_saved_t *l = &d->leaf[d->n_leaves];
+            d->leaf_parent[d->n_leaves++] = tcm->tcm_parent;
+            snprintf(l->kind, sizeof l->kind, "%s", nla_get_string(tb[TCA_KIND]));
+            l->handle = tcm->tcm_handle;
+            l->optlen = (uint16_t)nla_len(tb[TCA_OPTIONS]);
+            memcpy(l->opts, nla_data(tb[TCA_OPTIONS]), l->optlen);
+        }
     }
     return NL_OK;
 }
@@ -699,6 +713,85 @@ int netem_tc_show(const netem_dev_t *d, netem_profile_t *p, char *kind, size_t k
     snprintf(kind, kindlen, "%s", dp.have_root ? dp.root.kind : "none");
     *p = prof;
     *limit = lim;
+    return 0;
+}
+
+typedef struct {
+    int ifindex, n;
+    uint32_t classid[DUMP_LEAVES];
+    struct in_addr src[DUMP_LEAVES];
+} filters_t;
+
+static int on_filter(struct nl_msg *msg, void *arg)
+{
+    filters_t *f = arg;
+    struct nlmsghdr *nlh = nlmsg_hdr(msg);
+    struct tcmsg *tcm = nlmsg_data(nlh);
+    struct nlattr *tb[TCA_MAX + 1], *ub[TCA_U32_MAX + 1];
+    if (nlmsg_parse(nlh, sizeof *tcm, tb, TCA_MAX, NULL) < 0 || tcm->tcm_ifindex != f->ifindex ||
+        !tb[TCA_KIND] || strcmp(nla_get_string(tb[TCA_KIND]), "u32") || !tb[TCA_OPTIONS] ||
+        nla_parse_nested(ub, TCA_U32_MAX, tb[TCA_OPTIONS], NULL) < 0 || !ub[TCA_U32_CLASSID] ||
+        !ub[TCA_U32_SEL] || f->n >= DUMP_LEAVES)
+        return NL_OK;
+    struct tc_u32_sel sel;
+    struct tc_u32_key key;
+    if ((size_t)nla_len(ub[TCA_U32_SEL]) < sizeof sel + sizeof key)
+        return NL_OK;
+    memcpy(&sel, nla_data(ub[TCA_U32_SEL]), sizeof sel);
+    memcpy(&key, (char *)nla_data(ub[TCA_U32_SEL]) + sizeof sel, sizeof key);
+    if (sel.nkeys != 1 || key.off != 12 || key.mask != 0xffffffffu)
+        return NL_OK;   /* not one of ours */
+    f->classid[f->n] = nla_get_u32(ub[TCA_U32_CLASSID]);
+    f->src[f->n++].s_addr = key.val;
+    return NL_OK;
+}
+
+int netem_tc_show_by_source(const netem_dev_t *d, netem_tc_class_t *out, int max, int *n,
+                            char *err, size_t errlen)
+{
+    conn_t c;
+    static dump_t dp;   /* large */
+    filters_t f = {0};
+    char name[96];
+    dev_name(d, name, sizeof name);
+    int rc = conn_open(d, 1, &c, err, errlen);
+    if (rc < 0)
+        return rc;
+    rc = dump_dev(&c, &dp);
+    if (rc == 0 && !strcmp(dp.root.kind, "htb")) {
+        struct tcmsg tcm = {.tcm_family = AF_UNSPEC, .tcm_ifindex = c.ifindex, .tcm_parent = dp.root.handle};
+        f.ifindex = c.ifindex;
+        c.kerr = 0;
+        if (nl_send_simple(c.sk, RTM_GETTFILTER, NLM_F_DUMP, &tcm, sizeof tcm) < 0) {
+            rc = -EIO;
+        } else {
+            nl_socket_modify_cb(c.sk, NL_CB_VALID, NL_CB_CUSTOM, on_filter, &f);
+            rc = nl_recvmsgs_default(c.sk) < 0 ? (c.kerr ? c.kerr : -EIO) : 0;
+        }
+    }
+    conn_close(&c);
+    if (rc < 0)
+        return fail(err, errlen, rc, "cannot read the qdiscs and filters of %s: %s", name, strerror(-rc));
+    int k = 0;
+    for (int i = 0; i < f.n && k < max; i++)
+        for (int j = 0; j < dp.n_leaves; j++) {
+            if (dp.leaf_parent[j] != f.classid[i])
+                continue;
+            netem_tc_class_t *o = &out[k++];
+            uint32_t lim = 0;
+            memset(o, 0, sizeof *o);
+            inet_ntop(AF_INET, &f.src[i], o->src, sizeof o->src);
+            snprintf(o->kind, sizeof o->kind, "%s", dp.leaf[j].kind);
+            if (!strcmp(o->kind, "netem")) {
+                parse_netem(&dp.leaf[j], &o->profile, &lim);
+                if (lim != netem_tc_limit(&o->profile))
+                    o->profile.limit = lim;
+            } else if (!strcmp(o->kind, "tbf")) {
+                parse_tbf(&dp.leaf[j], &o->profile, &lim);
+            }
+            break;
+        }
+    *n = k;
     return 0;
 }
 

@@ -68,6 +68,18 @@ int netem_tc_apply_by_source(const netem_dev_t *d, int n, const char *const *src
 int netem_tc_show(const netem_dev_t *d, netem_profile_t *p, char *kind, size_t kindlen,
                   uint32_t *limit, char *err, size_t errlen) __attribute__((warn_unused_result));
 
+/* One class of a per-source tree (netem_tc_apply_by_source) read back from the kernel. */
+typedef struct {
+    char src[16];            /* IPv4 source the u32 filter sorts into this class */
+    char kind[16];           /* its leaf: "netem" or "tbf" */
+    netem_profile_t profile;
+} netem_tc_class_t;
+
+/* Reads back a per-source tree on d: up to max classes into out, their count in *n
+ * (0 when d's root is not such a tree). */
+int netem_tc_show_by_source(const netem_dev_t *d, netem_tc_class_t *out, int max, int *n,
+                            char *err, size_t errlen) __attribute__((warn_unused_result));
+
 /* Restores d's saved original root qdisc and forgets it. 0 also when d was never
  * changed (nothing to do). */
 int netem_tc_clear(const netem_dev_t *d, char *err, size_t errlen)

@@ -363,6 +363,19 @@ static void test_emulator_choice(void **state)
         fail_msg("shim accepted jitter");
 }
 
+/* 1 when one line of text contains both a and b. */
+static int line_has(const char *text, const char *a, const char *b)
+{
+    for (const char *l = text; l && *l; l = strchr(l, '\n') ? strchr(l, '\n') + 1 : NULL) {
+        size_t n = strcspn(l, "\n");
+        char line[512];
+        snprintf(line, sizeof line, "%.*s", (int)n, l);
+        if (strstr(line, a) && strstr(line, b))
+            return 1;
+    }
+    return 0;
+}
+
 /* Packets counted by class `classid` on the switch port of host 1. */
 static long class_packets(const netem_topo_t *t, const char *classid)
 {
@@ -415,6 +428,11 @@ static void test_topology(void **state)
     assert_non_null(strstr(out, "flowid 1:2"));
     assert_non_null(strstr(out, "match c6120001/ffffffff at 12"));   /* 198.18.0.1 */
     assert_non_null(strstr(out, "match c6120003/ffffffff at 12"));   /* 198.18.0.3 */
+    /* show reads the tree back: each sender's class with its profile. */
+    assert_int_equal(tu_pipenem_run(out, sizeof out, "netem show --netns %s %s", t->sw_ns, t->port_if[1]), 0);
+    print_message("%s", out);
+    assert_true(line_has(out, "rate=1Gbps ", "from 198.18.0.1"));
+    assert_true(line_has(out, "rate=2Gbps ", "from 198.18.0.3"));
     /* The end ports keep one profile each. */
     run(out, sizeof out, "tc -n %s qdisc show dev %s", t->sw_ns, t->port_if[2]);
     assert_non_null(strstr(out, "tbf"));
