@@ -219,11 +219,15 @@ static int do_selftest(char **nets, int nnets, const char *emulator, int ceiling
         if (ceiling)
             printf("; unshaped goodput ceiling %.3f Gbit/s\n", r.ceiling / 1e9);
         const char *verdict = (!r.rtt_judged && !r.goodput_judged) ? "not-judged"
-                              : r.ok ? "ok" : "FAILED";
+                              : r.ok ? "ok" : r.host_limited ? "FAILED(host)" : "FAILED";
         printf("  %-22s %-8s %9.3f %9.3f %9.3f %9.3f %7.2f %9.3f %9.3f %9.3f %9.3f %7.2f  %s\n", text, r.emulator,
                r.rtt_base * 1e3, r.rtt_configured * 1e3, r.rtt_measured * 1e3, r.rtt_median * 1e3,
                r.rtt_judged ? r.rtt_err * 100 : 0.0, prof[i].rate / 1e9, r.goodput_expected / 1e9,
                r.goodput_measured / 1e9, r.goodput_mean / 1e9, r.goodput_judged ? r.goodput_err * 100 : 0.0, verdict);
+        if (r.host_limited)
+            printf("#   %s: this host carries only %.3f Gbit/s unshaped, below the expected %.3f: "
+                   "the shortfall is the host's (too slow or busy), not the emulator's\n", text,
+                   r.ceiling / 1e9, r.goodput_expected / 1e9);
         fflush(stdout);
         failed += !r.ok;
     }
