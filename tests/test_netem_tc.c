@@ -408,7 +408,7 @@ static void test_topology(void **state)
     netem_profile_t links[2] = {{.rate = 1e9}, {.rate = 1e9}};
     if (netem_topo_apply(t, links, "netem", err, sizeof err) < 0)
         fail_msg("apply: %s", err);
-    assert_string_equal(t->emulator->name, "netem");
+    assert_string_equal(netem_topo_emulator(t), "netem");
     for (int i = 0; i < 3; i++) {
         run(out, sizeof out, "tc -n %s qdisc show dev %s", t->sw_ns, t->port_if[i]);
         assert_non_null(strstr(out, "tbf"));
