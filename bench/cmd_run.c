@@ -5,6 +5,8 @@
 #include "bench/cli.h"
 
 #include <arpa/inet.h>
+#include <fcntl.h>
+#include <sched.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <signal.h>
@@ -12,12 +14,15 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/mount.h>
 #include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
+#include "netem/emulator.h"
+#include "netem/topo.h"
 #include "pipeline/runcfg.h"
 #include "pipeline/stage.h"
 
@@ -39,17 +44,55 @@ static double mono(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
-static int child_main(const runcfg_t *cfg, int rank, int lfd, int port, const char *token)
+/* What every child needs besides the configuration. */
+typedef struct {
+    int lfd, port;
+    const char *token;
+    netem_topo_t *topo;               /* hosts as namespaces (kernel emulator), or NULL */
+    const netem_profile_t *shim_links; /* links shaped in the transport, or NULL */
+} launch_t;
+
+/* Moves this child into host `rank`'s namespace. UCX lists interfaces from
+ * /sys/class/net, which shows the namespace of whoever mounted sysfs, so the child
+ * remounts it privately (as `ip netns exec` does) or UCX would not see its veth. */
+static int enter_host(const netem_topo_t *topo, int rank, char *err, size_t errlen)
+{
+    int rc = netem_topo_enter(topo, rank);
+    if (rc) {
+        snprintf(err, errlen, "rank %d: cannot enter namespace %s: %s", rank, netem_topo_host_ns(topo, rank),
+                 strerror(-rc));
+        return rc;
+    }
+    if (unshare(CLONE_NEWNS) || mount("", "/", NULL, MS_SLAVE | MS_REC, NULL) || umount2("/sys", MNT_DETACH) ||
+        mount("sysfs", "/sys", "sysfs", 0, NULL)) {
+        snprintf(err, errlen, "rank %d: cannot remount /sys in namespace %s: %s", rank,
+                 netem_topo_host_ns(topo, rank), strerror(errno));
+        return -errno;
+    }
+    return 0;
+}
+
+static int child_main(const runcfg_t *cfg, int rank, const launch_t *l)
 {
     prctl(PR_SET_PDEATHSIG, SIGKILL); /* the launcher's death takes its stages along */
     signal(SIGINT, SIG_DFL);
     signal(SIGTERM, SIG_DFL);
-    if (rank != 0 && lfd >= 0)
-        close(lfd);
-    stage_params_t sp = {.cfg = cfg, .rank = rank, .token = token, .port = port, .listen_fd = rank == 0 ? lfd : -1};
-    snprintf(sp.host, sizeof sp.host, "127.0.0.1");
-    stage_summary_t sum = {0};
+    if (rank != 0 && l->lfd >= 0)
+        close(l->lfd);
     char err[1024];
+    stage_params_t sp = {.cfg = cfg, .rank = rank, .token = l->token, .port = l->port,
+                         .listen_fd = rank == 0 ? l->lfd : -1, .shim_links = l->shim_links};
+    snprintf(sp.host, sizeof sp.host, "127.0.0.1");
+    if (l->topo) {
+        if (enter_host(l->topo, rank, err, sizeof err)) {
+            fprintf(stderr, "pipenem run: %s\n", err);
+            return 1;
+        }
+        snprintf(sp.host, sizeof sp.host, "%s", netem_topo_host_addr(l->topo, 0));
+        sp.ucx_tls = "tcp";
+        sp.ucx_devices = netem_topo_host_ifname(l->topo, rank);
+    }
+    stage_summary_t sum = {0};
     int rc = stage_run(&sp, &sum, err, sizeof err);
     if (rc) {
         fprintf(stderr, "pipenem run: %s\n", err);
@@ -71,6 +114,43 @@ static int child_main(const runcfg_t *cfg, int rank, int lfd, int port, const ch
     }
     fflush(stdout);
     return rc ? 1 : 0;
+}
+
+/* The rendezvous socket on an ephemeral port: on loopback, or on host 0's address
+ * inside its namespace (the socket stays in the namespace it was made in). */
+static int listen_open(const netem_topo_t *topo, int *port, char *err, size_t errlen)
+{
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t al = sizeof a;
+    int self = -1, fd = -1, rc = 0;
+    if (topo) {
+        if ((self = open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC)) < 0 || (rc = netem_topo_enter(topo, 0)) != 0 ||
+            inet_pton(AF_INET, netem_topo_host_addr(topo, 0), &a.sin_addr) != 1) {
+            snprintf(err, errlen, "cannot enter %s: %s", netem_topo_host_ns(topo, 0), strerror(rc ? -rc : errno));
+            if (self >= 0)
+                close(self);
+            return -1;
+        }
+    }
+    if ((fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)) < 0 || bind(fd, (struct sockaddr *)&a, sizeof a) ||
+        listen(fd, 128) || getsockname(fd, (struct sockaddr *)&a, &al)) {
+        snprintf(err, errlen, "cannot listen for the rendezvous: %s", strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        fd = -1;
+    }
+    if (self >= 0) {
+        if (setns(self, CLONE_NEWNET)) {
+            snprintf(err, errlen, "cannot return to the launcher's namespace: %s", strerror(errno));
+            if (fd >= 0)
+                close(fd);
+            fd = -1;
+        }
+        close(self);
+    }
+    if (fd >= 0)
+        *port = ntohs(a.sin_port);
+    return fd;
 }
 
 static void describe_status(int st, char *buf, size_t len)
@@ -121,33 +201,54 @@ int cmd_run(int argc, char **argv)
         int t = ncpu > cfg.stages ? (int)(ncpu / cfg.stages) : 1;
         cfg.model.threads = cfg.stage_params.threads = t;
     }
-    if (strcmp(cfg.net, "default"))
-        return cli_usage_error(argv[0], "--net %s: emulated links need netem's topology (--emulator tc) or the "
-                                        "in-transport shaper (--emulator shim), neither is in this build yet", cfg.net);
+    launch_t l = {.lfd = -1};
+    netem_profile_t links[NETEM_TOPO_MAX_HOSTS];
+    netem_topo_t topo;
+    memset(&topo, 0, sizeof topo);
+    const netem_emulator_t *em = NULL;
+    char why[256] = "default links: nothing emulated";
+    if (strcmp(cfg.net, "default")) {
+        if (cfg.stages > NETEM_TOPO_MAX_HOSTS)
+            return cli_usage_error(argv[0], "--net with %d stages: the local topology holds at most %d hosts",
+                                   cfg.stages, NETEM_TOPO_MAX_HOSTS);
+        if (netem_net_parse(cfg.net, cfg.stages, links, err, sizeof err))
+            return cli_usage_error(argv[0], "%s", err);
+        if (netem_emulator_choose(cfg.emulator, links, cfg.stages - 1, &em, why, sizeof why, err, sizeof err))
+            return cli_usage_error(argv[0], "%s", err);
+        if (!strcmp(em->name, "shim")) {
+            l.shim_links = links;
+        } else if (strcmp(em->name, "none")) {
+            if (netem_topo_create(&topo, cfg.stages, err, sizeof err) ||
+                netem_topo_apply(&topo, links, em->name, err, sizeof err)) {
+                fprintf(stderr, "pipenem run: network emulation: %s\n", err);
+                netem_topo_destroy(&topo);
+                return CLI_FAIL;
+            }
+            l.topo = &topo;
+        }
+    }
     unsigned char rnd[16];
     char token[64];
     if (getrandom(rnd, sizeof rnd, 0) != (ssize_t)sizeof rnd) {
         fprintf(stderr, "pipenem run: getrandom: %s\n", strerror(errno));
+        netem_topo_destroy(&topo);
         return CLI_FAIL;
     }
     for (size_t i = 0; i < sizeof rnd; i++)
         snprintf(token + 2 * i, 3, "%02x", rnd[i]);
-    /* Bound before forking, so rank 0 needs no free-port guess and nobody races for it. */
-    int lfd = -1, port = 0;
-    if (cfg.stages > 1) {
-        struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-        socklen_t al = sizeof a;
-        if ((lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)) < 0 || bind(lfd, (struct sockaddr *)&a, sizeof a) ||
-            listen(lfd, 128) || getsockname(lfd, (struct sockaddr *)&a, &al)) {
-            fprintf(stderr, "pipenem run: cannot listen on 127.0.0.1: %s\n", strerror(errno));
-            return CLI_FAIL;
-        }
-        port = ntohs(a.sin_port);
+    l.token = token;
+    /* Bound before forking (inside host 0's namespace when there is a topology), so
+     * rank 0 needs no free-port guess and nobody races for the port. */
+    if (cfg.stages > 1 && (l.lfd = listen_open(l.topo, &l.port, err, sizeof err)) < 0) {
+        fprintf(stderr, "pipenem run: %s\n", err);
+        netem_topo_destroy(&topo);
+        return CLI_FAIL;
     }
     char line[4096];
     runcfg_format(&cfg, line, sizeof line);
-    printf("# pipenem run: %d stage processes on this machine, links over loopback (UCX %s)\n# %s\n", cfg.stages,
-           cfg.ucx_tls[0] ? cfg.ucx_tls : "default transports", line);
+    printf("# pipenem run: %d stage processes on this machine, %s\n# %s\n# emulator: %s (%s)\n", cfg.stages,
+           l.topo ? "one network namespace per stage, UCX over tcp on each host's veth"
+                  : "links over loopback", line, em ? em->name : "none", why);
     fflush(stdout);
     fflush(stderr);
     struct sigaction sa = {.sa_handler = on_signal};
@@ -167,7 +268,7 @@ int cmd_run(int argc, char **argv)
             break;
         }
         if (pid == 0)
-            _exit(child_main(&cfg, r, lfd, port, token));
+            _exit(child_main(&cfg, r, &l));
         pids[r] = pid;
         live++;
     }
@@ -175,8 +276,8 @@ int cmd_run(int argc, char **argv)
         if (pids[r] > 0)
             printf("# rank %d: pid %d\n", r, (int)pids[r]);
     fflush(stdout);
-    if (lfd >= 0)
-        close(lfd);
+    if (l.lfd >= 0)
+        close(l.lfd);
     /* The culprit is the first rank killed by a signal, else the first to fail: a
      * survivor may be reaped before the rank whose death made it exit. */
     int first_bad = live == cfg.stages ? -1 : cfg.stages, signalled = -1;
@@ -234,6 +335,7 @@ int cmd_run(int argc, char **argv)
                 killed ? " (stragglers were killed)" : " on its own");
     }
     int ok = first_bad < 0;
+    netem_topo_destroy(&topo);
     printf("# %s\n", ok ? "OK" : "FAILED");
     free(pids);
     free(status);

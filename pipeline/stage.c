@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "pipeline/boot.h"
+#include "pipeline/shim.h"
 #include "pipeline/ucx.h"
 
 static void on_peer_fail(void *arg, int rank, const char *why)
@@ -209,6 +210,7 @@ int stage_run(const stage_params_t *p, stage_summary_t *out, char *err, size_t e
     exec_result_t r = {0};
     char *report = NULL;
     stage_summary_t sum = {0};
+    double clock_offset = 0; /* read by the shim at every message */
     if (!st) {
         snprintf(err, errlen, "out of memory");
         return -ENOMEM;
@@ -224,6 +226,14 @@ int stage_run(const stage_params_t *p, stage_summary_t *out, char *err, size_t e
             snprintf(err, errlen, "rank %d: %s", rank, e);
             goto out;
         }
+        if (p->shim_links) {
+            transport_t raw = t;
+            if ((rc = shim_transport_wrap(&raw, p->shim_links, &clock_offset, &t, e, sizeof e)) != 0) {
+                transport_destroy(&raw);
+                snprintf(err, errlen, "rank %d: %s", rank, e);
+                goto out;
+            }
+        }
         t.ops->address(t.impl, &blob, &bloblen);
     }
     boot_params_t bp = {.rank = rank, .size = P, .port = p->port, .listen_fd = p->listen_fd, .token = p->token,
@@ -231,6 +241,7 @@ int stage_run(const stage_params_t *p, stage_summary_t *out, char *err, size_t e
     snprintf(bp.host, sizeof bp.host, "%s", p->host);
     if ((rc = boot_open(&bp, blob, bloblen, &b, err, errlen)) != 0)
         goto out;
+    clock_offset = boot_clock_offset(b, NULL);
     for (int q = rank - 1; q <= rank + 1 && P > 1; q += 2) {
         if (q < 0 || q >= P)
             continue;

@@ -6,6 +6,7 @@
 
 #include <stdio.h>
 
+#include "netem/profile.h"
 #include "pipeline/exec.h"
 #include "pipeline/runcfg.h"
 
@@ -19,6 +20,7 @@ typedef struct {
     int port;
     int listen_fd;           /* rank 0: a bound listening socket, or -1 */
     const char *ucx_tls, *ucx_devices;   /* NULL/"" = cfg's or UCX's own choice */
+    const netem_profile_t *shim_links;   /* stages-1 links to emulate in the transport, or NULL */
 } stage_params_t;
 
 /* What one rank reports at the end. */
