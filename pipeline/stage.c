@@ -242,9 +242,16 @@ int stage_run(const stage_params_t *p, stage_summary_t *out, char *err, size_t e
     if ((rc = boot_open(&bp, blob, bloblen, &b, err, errlen)) != 0)
         goto out;
     clock_offset = boot_clock_offset(b, NULL);
-    for (int q = rank - 1; q <= rank + 1 && P > 1; q += 2) {
-        if (q < 0 || q >= P)
-            continue;
+    /* neighbours, and the twin of the tied-embedding exchange */
+    int peers[3], np = 0;
+    if (rank > 0)
+        peers[np++] = rank - 1;
+    if (rank < P - 1)
+        peers[np++] = rank + 1;
+    if (cfg->model.tied_embeddings && P > 2 && (rank == 0 || rank == P - 1))
+        peers[np++] = rank == 0 ? P - 1 : 0;
+    for (int i = 0; i < np; i++) {
+        int q = peers[i];
         size_t len;
         const void *pb = boot_blob(b, q, &len);
         if ((rc = t.ops->connect(t.impl, q, pb, len, err, errlen)) != 0)
