@@ -1,8 +1,106 @@
-/* pipenem report: regenerate the tables and plots of a results directory.
- * Not landed yet: answers --help and reports itself as not implemented. */
+/* pipenem report DIR: regenerates table.md, trace.json and the plots of a results directory
+ * from its CSVs (what a sweep writes after every cell), after checking every field. */
 #include "bench/cli.h"
+#include "bench/report.h"
+#include "bench/results.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char usage[] =
+    "usage: pipenem report DIR [options]\n"
+    "Regenerates DIR/table.md, DIR/trace.json and DIR/plots/ from DIR/runs.csv, iterations.csv and ops.csv.\n"
+    "  -i, --iteration N     iteration shown in trace.json and timelines (default: each cell's last)\n"
+    "  -t, --timeline LIST   cells to draw timelines of: all, none or 0,3,... (default: per schedule,\n"
+    "                        the smallest micro-batch size on the first and last network setting)\n"
+    "      --no-plots        skip gnuplot even when it is installed\n"
+    "  -h, --help            this text\n";
 
 int cmd_report(int argc, char **argv)
 {
-    return cli_pending("usage: pipenem report [options]\nregenerate the tables and plots of a results directory.\n(not implemented yet)\n", argc, argv);
+    static const struct option opts[] = {
+        {"iteration", required_argument, NULL, 'i'}, {"timeline", required_argument, NULL, 't'},
+        {"no-plots", no_argument, NULL, 'P'},        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    report_opts_t o = {.iteration = -1, .plots = 1};
+    const char *timeline = NULL;
+    int c;
+    optind = 1;
+    while ((c = cli_getopt(argv[0], argc, argv, "i:t:h", opts)) != -1) {
+        char *end;
+        switch (c) {
+        case 'i':
+            o.iteration = (int)strtol(optarg, &end, 10);
+            if (end == optarg || *end || o.iteration < 0)
+                return cli_usage_error(argv[0], "--iteration: '%s' is not an iteration number (0, 1, ...)", optarg);
+            break;
+        case 't':
+            timeline = optarg;
+            break;
+        case 'P':
+            o.plots = 0;
+            break;
+        case 'h':
+            fputs(usage, stdout);
+            return CLI_OK;
+        default:
+            return CLI_USAGE;
+        }
+    }
+    if (optind >= argc)
+        return cli_usage_error(argv[0], "needs a results directory (pipenem report DIR)");
+    if (optind + 1 < argc)
+        return cli_usage_error(argv[0], "unexpected argument '%s' (one results directory only)", argv[optind + 1]);
+    const char *dir = argv[optind];
+    char err[1024] = "";
+    int *cells = NULL, all = 0;
+    size_t n = 0;
+    if (timeline && report_timeline_parse(timeline, &cells, &n, &all, err, sizeof err))
+        return cli_usage_error(argv[0], "%s", err);
+
+    results_t r;
+    results_init(&r);
+    int rc = results_read(dir, &r, err, sizeof err);
+    if (rc) {
+        fprintf(stderr, "pipenem report: %s\n", err);
+        free(cells);
+        results_destroy(&r);
+        return CLI_FAIL;
+    }
+    results_sort(&r);
+    if (all) {
+        cells = malloc((r.n_cells ? r.n_cells : 1) * sizeof *cells);
+        for (size_t i = 0; cells && i < r.n_cells; i++)
+            cells[n++] = r.cells[i].cell;
+    }
+    o.timeline = cells;
+    o.n_timeline = n;
+    report_done_t done = {0};
+    printf("# pipenem report %s\n# %zu cells, %zu iterations, %zu ops\n", dir, r.n_cells, r.n_iters, r.n_ops);
+    char names[256], units[256], row[512];
+    report_row_header(names, units, sizeof names);
+    printf("%s\n%s\n", names, units);
+    for (size_t i = 0; i < r.n_cells; i++) {
+        report_row_format(&r.cells[i], row, sizeof row);
+        printf("%s\n", row);
+    }
+    rc = report_write(&r, dir, &o, &done, err, sizeof err);
+    free(cells);
+    results_destroy(&r);
+    if (rc) {
+        fprintf(stderr, "pipenem report: %s\n", err[0] ? err : strerror(-rc));
+        printf("# FAILED\n");
+        return CLI_FAIL;
+    }
+    printf("# wrote %s/table.md, %s/trace.json", dir, dir);
+    if (done.plots_made)
+        printf(", %s/plots/ (iteration_time, %d timeline%s; png and svg)", dir, done.timelines,
+               done.timelines == 1 ? "" : "s");
+    else
+        printf(" (no plots: %s)", o.plots ? "gnuplot with png and svg terminals not found" : "--no-plots");
+    printf("\n# OK\n");
+    return CLI_OK;
 }

@@ -1,0 +1,222 @@
+/* Metrics from a cell's op trace. Iteration boundaries come from the ops themselves
+ * (every op carries its iteration), so nothing depends on how the stages were launched. */
+#include "bench/metrics.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void errf(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void errf(char *err, size_t errlen, const char *fmt, ...)
+{
+    if (!err || !errlen)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+void metrics_stats(const double *x, size_t n, metrics_stats_t *out)
+{
+    metrics_stats_t s = {NAN, NAN, NAN, NAN, NAN, 0};
+    double *v = n ? malloc(n * sizeof *v) : NULL;
+    if (!v) {
+        *out = s;
+        return;
+    }
+    memcpy(v, x, n * sizeof *v);
+    qsort(v, n, sizeof *v, cmp_double);
+    double sum = 0;
+    for (size_t i = 0; i < n; i++)
+        sum += v[i];
+    s.n = n;
+    s.min = v[0];
+    s.max = v[n - 1];
+    s.mean = sum / (double)n;
+    s.median = n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+    double ss = 0;
+    for (size_t i = 0; i < n; i++)
+        ss += (v[i] - s.mean) * (v[i] - s.mean);
+    s.stdev = n > 1 ? sqrt(ss / (double)(n - 1)) : 0.0;
+    free(v);
+    *out = s;
+}
+
+int metrics_op_lane(const char *op)
+{
+    if (!strcmp(op, "FWD") || !strcmp(op, "BWD") || !strcmp(op, "OPT_STEP"))
+        return METRICS_LANE_COMPUTE;
+    if (!strncmp(op, "SEND_", 5))
+        return METRICS_LANE_SEND;
+    if (!strncmp(op, "RECV_", 5))
+        return METRICS_LANE_RECV;
+    return -1;
+}
+
+int metrics_iter_times(const results_t *r, int cell, int repeat, double **times, int *n,
+                       char *err, size_t errlen)
+{
+    int iters = 0;
+    for (size_t i = 0; i < r->n_ops; i++) {
+        const results_op_t *o = &r->ops[i];
+        if (o->cell == cell && o->repeat == repeat && o->iteration + 1 > iters)
+            iters = o->iteration + 1;
+    }
+    if (iters == 0) {
+        errf(err, errlen, "cell %d repeat %d has no traced ops", cell, repeat);
+        return -EINVAL;
+    }
+    double *first = malloc((size_t)iters * sizeof *first), *last = malloc((size_t)iters * sizeof *last);
+    double *t = malloc((size_t)iters * sizeof *t);
+    if (!first || !last || !t) {
+        free(first);
+        free(last);
+        free(t);
+        return -ENOMEM;
+    }
+    for (int k = 0; k < iters; k++)
+        first[k] = INFINITY, last[k] = -INFINITY;
+    for (size_t i = 0; i < r->n_ops; i++) {
+        const results_op_t *o = &r->ops[i];
+        if (o->cell != cell || o->repeat != repeat)
+            continue;
+        first[o->iteration] = fmin(first[o->iteration], o->start);
+        last[o->iteration] = fmax(last[o->iteration], o->end);
+    }
+    int rc = 0;
+    for (int k = 0; k < iters && !rc; k++) {
+        if (isinf(last[k])) {
+            errf(err, errlen, "cell %d repeat %d: iteration %d has no traced ops", cell, repeat, k);
+            rc = -EINVAL;
+        } else {
+            t[k] = last[k] - (k ? last[k - 1] : first[k]);
+        }
+    }
+    free(first);
+    free(last);
+    if (rc) {
+        free(t);
+        return rc;
+    }
+    *times = t;
+    *n = iters;
+    return 0;
+}
+
+int metrics_cell_compute(results_t *r, const metrics_params_t *p, results_cell_t *cell,
+                         char *err, size_t errlen)
+{
+    int stages = cell->stages;
+    if (stages < 1 || stages > RESULTS_MAX_STAGES) {
+        errf(err, errlen, "cell %d: %d stages (1..%d)", cell->cell, stages, RESULTS_MAX_STAGES);
+        return -EINVAL;
+    }
+    size_t cap = 0, n = 0;
+    double *measured = NULL;
+    double bubble_sum[RESULTS_MAX_STAGES] = {0};
+    int rc = 0;
+    size_t first_iter_row = r->n_iters;
+    for (int rep = 0; rep < (cell->repeats > 0 ? cell->repeats : 1) && !rc; rep++) {
+        double *t = NULL;
+        int iters = 0;
+        rc = metrics_iter_times(r, cell->cell, rep, &t, &iters, err, errlen);
+        if (rc)
+            break;
+        double *busy = calloc((size_t)iters * (size_t)stages, sizeof *busy);
+        double *grown = realloc(measured, (cap + (size_t)iters) * sizeof *measured);
+        if (!busy || !grown) {
+            free(busy);
+            free(grown ? grown : measured);
+            measured = NULL;
+            free(t);
+            rc = -ENOMEM;
+            break;
+        }
+        measured = grown;
+        cap += (size_t)iters;
+        for (size_t i = 0; i < r->n_ops; i++) {
+            const results_op_t *o = &r->ops[i];
+            if (o->cell == cell->cell && o->repeat == rep && o->rank < stages &&
+                metrics_op_lane(o->op) == METRICS_LANE_COMPUTE)
+                busy[(size_t)o->iteration * (size_t)stages + (size_t)o->rank] += o->end - o->start;
+        }
+        for (int k = 0; k < iters && !rc; k++) {
+            int warm = k < p->warmup;
+            results_iter_t it = {cell->cell, rep, k, warm, t[k]};
+            rc = results_iter_add(r, &it);
+            if (warm)
+                continue;
+            measured[n++] = t[k];
+            for (int s = 0; s < stages; s++)
+                bubble_sum[s] += 1.0 - busy[(size_t)k * (size_t)stages + (size_t)s] / t[k];
+        }
+        free(busy);
+        free(t);
+    }
+    if (!rc && n == 0) {
+        errf(err, errlen, "cell %d: no measured iteration (every traced iteration is warm-up: --warmup %d)",
+             cell->cell, p->warmup);
+        rc = -EINVAL;
+    }
+    if (rc) {
+        r->n_iters = first_iter_row;
+        free(measured);
+        return rc;
+    }
+    metrics_stats_t st;
+    metrics_stats(measured, n, &st);
+    free(measured);
+    cell->iter_median = st.median;
+    cell->iter_mean = st.mean;
+    cell->iter_min = st.min;
+    cell->iter_max = st.max;
+    cell->iter_stdev = st.stdev;
+    cell->tokens_per_s = (double)p->batch_size * (double)p->seq_len / st.median;
+    double total = 0;
+    for (int s = 0; s < stages; s++) {
+        cell->bubble[s] = bubble_sum[s] / (double)n;
+        cell->flops[s] = p->flop_per_iter ? p->flop_per_iter[s] / st.median : NAN;
+        total += cell->flops[s];
+    }
+    cell->mfu = p->flop_per_iter && p->peak_flops > 0 ? total / ((double)stages * p->peak_flops) : NAN;
+    return 0;
+}
+
+int metrics_kind_median(const results_t *r, int cell, int warmup, const char *op, double *out)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < r->n_ops; i++)
+        n += r->ops[i].cell == cell && r->ops[i].iteration >= warmup && !strcmp(r->ops[i].op, op);
+    if (!n)
+        return -ENOENT;
+    double *d = malloc(n * sizeof *d);
+    if (!d)
+        return -ENOMEM;
+    size_t k = 0;
+    for (size_t i = 0; i < r->n_ops; i++) {
+        const results_op_t *o = &r->ops[i];
+        if (o->cell == cell && o->iteration >= warmup && !strcmp(o->op, op))
+            d[k++] = o->end - o->start;
+    }
+    metrics_stats_t st;
+    metrics_stats(d, n, &st);
+    free(d);
+    *out = st.median;
+    return 0;
+}
+
+void metrics_straggler(double t, double t_ideal, double *delay, double *slowdown)
+{
+    *slowdown = t / t_ideal;
+    *delay = 1.0 - t_ideal / t;
+}

@@ -1,0 +1,54 @@
+/* Metrics of a measured cell, from its op trace: iteration times (warm-up excluded) and
+ * their statistics, tokens/s, FLOP/s per stage and MFU (FLOPs and the device peak come
+ * from models), the measured bubble fraction per stage and the straggler metrics. */
+#ifndef PN_BENCH_METRICS_H
+#define PN_BENCH_METRICS_H
+
+#include "bench/results.h"
+
+#include <stddef.h>
+
+typedef struct {
+    double median, mean, min, max, stdev; /* stdev: sample (n-1); 0 for one value */
+    size_t n;
+} metrics_stats_t;
+
+/* Statistics of n values; every field NaN (and n = 0) when n is 0. */
+void metrics_stats(const double *x, size_t n, metrics_stats_t *out);
+
+/* Which lane of a timeline an op belongs to, from its name (sched_op_kind_name). */
+typedef enum { METRICS_LANE_COMPUTE, METRICS_LANE_SEND, METRICS_LANE_RECV, METRICS_LANES } metrics_lane_t;
+/* FWD, BWD, OPT_STEP -> compute; SEND_* -> send; RECV_* -> recv; anything else -1. */
+int metrics_op_lane(const char *op);
+
+/* Iteration i of one repeat lasts from the end of iteration i-1 (its last op on any
+ * stage) to its own last op's end; iteration 0 starts at its first op. Measured from
+ * end to end because a stage may post the next iteration's receive before the pipeline
+ * has drained. *times is malloc'd, (*n) = highest iteration + 1; an iteration with no
+ * ops is -EINVAL. */
+int metrics_iter_times(const results_t *r, int cell, int repeat, double **times, int *n,
+                       char *err, size_t errlen) __attribute__((warn_unused_result));
+
+typedef struct {
+    int warmup;                    /* leading iterations of each repeat not counted */
+    int batch_size, seq_len;       /* tokens per iteration = batch_size * seq_len */
+    const double *flop_per_iter;   /* FLOPs per stage per iteration; NULL = unknown */
+    double peak_flops;             /* device peak FLOP/s per stage; 0 = unknown */
+} metrics_params_t;
+
+/* From the ops of cell->cell in r (all of its repeats 0 .. cell->repeats-1): appends its
+ * iterations to r and fills cell's iteration statistics, tokens_per_s, flops, mfu and
+ * bubble (mean idle share of the measured iterations per stage: 1 - compute time / T_i).
+ * MFU = sum of per-stage FLOP/s / (stages * peak). Needs at least one measured iteration. */
+int metrics_cell_compute(results_t *r, const metrics_params_t *p, results_cell_t *cell,
+                         char *err, size_t errlen) __attribute__((warn_unused_result));
+
+/* Median duration of op kind `op` over every rank and measured iteration of a cell; the
+ * durations the ideal replay gives every op of that kind. -ENOENT when there is none. */
+int metrics_kind_median(const results_t *r, int cell, int warmup, const char *op, double *out)
+    __attribute__((warn_unused_result));
+
+/* slowdown = t / t_ideal, delay = 1 - t_ideal / t (so slowdown = 1 / (1 - delay)). */
+void metrics_straggler(double t, double t_ideal, double *delay, double *slowdown);
+
+#endif

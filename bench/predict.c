@@ -1,0 +1,186 @@
+/* Predicted and ideal iteration times of a measured cell through schedules/sim. The
+ * measured costs come from the cell's own trace, so the prediction differs from the
+ * measurement only by what the simulator does not model (runtime overheads, jitter). */
+#include "bench/predict.h"
+
+#include "bench/metrics.h"
+#include "schedules/sched.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void errf(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void errf(char *err, size_t errlen, const char *fmt, ...)
+{
+    if (!err || !errlen)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}
+
+void predict_link(const netem_profile_t *p, sim_link_t *out)
+{
+    memset(out, 0, sizeof *out);
+    out->delay = p->delay;
+    out->bandwidth = p->rate > 0 ? netem_profile_goodput(p->rate, 1500) : 0;
+}
+
+/* Median of a measured quantity over the ops of `cell` on `rank` (-1 = all) of kind `op`
+ * in measured iterations: the duration, or the bytes. NaN when there is none. */
+static double median_of(const results_t *r, const results_cell_t *cell, int rank, const char *op, int bytes)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < r->n_ops; i++) {
+        const results_op_t *o = &r->ops[i];
+        n += o->cell == cell->cell && (rank < 0 || o->rank == rank) && o->iteration >= cell->warmup &&
+             !strcmp(o->op, op);
+    }
+    if (!n)
+        return NAN;
+    double *v = malloc(n * sizeof *v);
+    if (!v)
+        return NAN;
+    size_t k = 0;
+    for (size_t i = 0; i < r->n_ops; i++) {
+        const results_op_t *o = &r->ops[i];
+        if (o->cell == cell->cell && (rank < 0 || o->rank == rank) && o->iteration >= cell->warmup &&
+            !strcmp(o->op, op))
+            v[k++] = bytes ? (double)o->bytes : o->end - o->start;
+    }
+    metrics_stats_t st;
+    metrics_stats(v, n, &st);
+    free(v);
+    return st.median;
+}
+
+int predict_time(const results_t *r, const results_cell_t *cell, int slack, const netem_profile_t *p,
+                 double *predicted, char *err, size_t errlen)
+{
+    int S = cell->stages;
+    if (S < 1 || S > RESULTS_MAX_STAGES) {
+        errf(err, errlen, "cell %d: %d stages", cell->cell, S);
+        return -EINVAL;
+    }
+    sim_cost_t cost[RESULTS_MAX_STAGES];
+    sim_link_t link[RESULTS_MAX_STAGES];
+    for (int s = 0; s < S; s++) {
+        cost[s].fwd = median_of(r, cell, s, "FWD", 0);
+        cost[s].bwd = median_of(r, cell, s, "BWD", 0);
+        cost[s].opt = median_of(r, cell, s, "OPT_STEP", 0);
+        if (isnan(cost[s].fwd) || isnan(cost[s].bwd)) {
+            errf(err, errlen, "cell %d: stage %d has no measured FWD or BWD to take its cost from", cell->cell, s);
+            return -EINVAL;
+        }
+        if (isnan(cost[s].opt))
+            cost[s].opt = 0;
+        predict_link(p, &link[s]);
+    }
+    double act = S > 1 ? median_of(r, cell, -1, "SEND_ACT", 1) : 0;
+    double grad = S > 1 ? median_of(r, cell, -1, "SEND_GRAD", 1) : 0;
+    sim_config_t cfg = {
+        .schedule = cell->schedule, .stages = S, .micro_batches = cell->micro_batches, .slack = slack,
+        .cost = cost, .link_fwd = link, .link_bwd = link, .act_bytes = isnan(act) ? 0 : act,
+        .grad_bytes = isnan(grad) ? 0 : grad, .send_mode = SIM_SEND_PIPELINED,
+    };
+    sim_result_t res = {0};
+    int rc = sim_run(&cfg, &res, err, errlen);
+    if (!rc)
+        *predicted = res.time;
+    sim_result_destroy(&res);
+    return rc;
+}
+
+/* Replays iteration `it` of `repeat`; *time is its replayed length. */
+static int replay_one(const results_t *r, const results_cell_t *cell, int repeat, int it, const sim_replay_t *how,
+                      double *time, char *err, size_t errlen)
+{
+    int S = cell->stages;
+    sim_trace_op_t *ops[RESULTS_MAX_STAGES] = {0};
+    size_t n[RESULTS_MAX_STAGES] = {0}, cap = 0;
+    for (size_t i = 0; i < r->n_ops; i++) {
+        const results_op_t *o = &r->ops[i];
+        if (o->cell == cell->cell && o->repeat == repeat && o->iteration == it && o->rank < S)
+            n[o->rank]++, cap++;
+    }
+    if (!cap)
+        return -ENOENT;
+    int rc = 0;
+    for (int s = 0; s < S && !rc; s++)
+        if (!(ops[s] = malloc((n[s] ? n[s] : 1) * sizeof *ops[s])))
+            rc = -ENOMEM;
+    size_t k[RESULTS_MAX_STAGES] = {0};
+    for (size_t i = 0; i < r->n_ops && !rc; i++) {
+        const results_op_t *o = &r->ops[i];
+        if (o->cell != cell->cell || o->repeat != repeat || o->iteration != it || o->rank >= S)
+            continue;
+        sim_trace_op_t *t = &ops[o->rank][k[o->rank]++];
+        if (sched_op_kind_parse(o->op, &t->kind)) {
+            errf(err, errlen, "cell %d rank %d iteration %d: unknown op '%s'", cell->cell, o->rank, it, o->op);
+            rc = -EINVAL;
+            break;
+        }
+        t->mb = o->micro_batch;
+        t->start = o->start;
+        t->end = o->end;
+        t->bytes = (double)o->bytes;
+    }
+    if (!rc) {
+        sim_trace_t tr = {.stages = S, .micro_batches = cell->micro_batches,
+                          .ops = (const sim_trace_op_t *const *)ops, .n_ops = n};
+        sim_result_t res = {0};
+        rc = sim_replay(&tr, how, &res, err, errlen);
+        if (!rc)
+            *time = res.time;
+        sim_result_destroy(&res);
+    }
+    for (int s = 0; s < S; s++)
+        free(ops[s]);
+    return rc;
+}
+
+int predict_ideal(const results_t *r, const results_cell_t *cell, const netem_profile_t *p, double *ideal,
+                  char *err, size_t errlen)
+{
+    int S = cell->stages;
+    if (S < 1 || S > RESULTS_MAX_STAGES) {
+        errf(err, errlen, "cell %d: %d stages", cell->cell, S);
+        return -EINVAL;
+    }
+    sim_link_t link[RESULTS_MAX_STAGES];
+    for (int s = 0; s < S; s++)
+        predict_link(p, &link[s]);
+    sim_replay_t how = {.replace = SIM_REPLACE_COMPUTE, .scope = SIM_MEDIAN_ALL,
+                        .comm_measured = netem_profile_is_default(p), .link_fwd = link, .link_bwd = link,
+                        .send_mode = SIM_SEND_PIPELINED};
+    int repeats = cell->repeats > 0 ? cell->repeats : 1;
+    size_t cap = (size_t)repeats * (size_t)(cell->iters > 0 ? cell->iters : 1), n = 0; /* measured ones */
+    double *t = malloc(cap * sizeof *t);
+    if (!t)
+        return -ENOMEM;
+    int rc = 0;
+    for (int rep = 0; rep < repeats && !rc; rep++)
+        for (int it = cell->warmup; it < cell->warmup + cell->iters && !rc && n < cap; it++) {
+            rc = replay_one(r, cell, rep, it, &how, &t[n], err, errlen);
+            if (rc == -ENOENT)
+                rc = 0; /* an iteration this repeat did not trace */
+            else if (!rc)
+                n++;
+        }
+    if (!rc && !n) {
+        errf(err, errlen, "cell %d: no measured iteration to replay", cell->cell);
+        rc = -EINVAL;
+    }
+    if (!rc) {
+        metrics_stats_t st;
+        metrics_stats(t, n, &st);
+        *ideal = st.median;
+    }
+    free(t);
+    return rc;
+}

@@ -1,0 +1,485 @@
+/* The sweep grid and loop. The grid is parsed with a message per bad value; the loop
+ * keeps the results directory complete after every cell (CSV rewritten through a
+ * temporary name, tables and plots regenerated) so that an interrupt loses at most the
+ * cell that was running, and --resume measures exactly the cells that are missing. */
+#include "bench/sweep.h"
+
+#include "bench/csvio.h"
+#include "models/model.h"
+#include "netem/emulator.h"
+#include "netem/profile.h"
+#include "schedules/sched.h"
+
+#include <errno.h>
+#include <ftw.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+static void errf(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void errf(char *err, size_t errlen, const char *fmt, ...)
+{
+    if (!err || !errlen)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}
+
+/* Splits a comma list into items (copied into `buf`); with `join_kv`, an item of the
+ * form key=value following another key=value item belongs to it (profiles such as
+ * `delay=10ms,rate=1gbit`), unless the list uses ';' between items. */
+static int split_list(const char *opt, const char *text, int join_kv, char *buf, size_t buflen,
+                      char *items[SWEEP_MAX_AXIS], int *n, char *err, size_t errlen)
+{
+    if (strlen(text) >= buflen) {
+        errf(err, errlen, "%s: the list is too long", opt);
+        return -EINVAL;
+    }
+    strcpy(buf, text);
+    char sep = join_kv && strchr(text, ';') ? ';' : ',';
+    int k = 0;
+    char *p = buf;
+    for (;;) {
+        char *e = strchr(p, sep);
+        if (e)
+            *e = '\0';
+        if (join_kv && sep == ',' && k > 0 && strchr(p, '=') && strchr(items[k - 1], '=')) {
+            p[-1] = ','; /* glue back onto the previous item */
+        } else {
+            if (!*p) {
+                errf(err, errlen, "%s: item %d is empty (in '%s')", opt, k + 1, text);
+                return -EINVAL;
+            }
+            if (k == SWEEP_MAX_AXIS) {
+                errf(err, errlen, "%s: more than %d items", opt, SWEEP_MAX_AXIS);
+                return -EINVAL;
+            }
+            items[k++] = p;
+        }
+        if (!e)
+            break;
+        p = e + 1;
+    }
+    *n = k;
+    return 0;
+}
+
+int sweep_schedules_parse(const char *text, sweep_spec_t *s, char *err, size_t errlen)
+{
+    char buf[1024], *items[SWEEP_MAX_AXIS];
+    int n;
+    int rc = split_list("--schedules", text, 0, buf, sizeof buf, items, &n, err, errlen);
+    if (rc)
+        return rc;
+    for (int i = 0; i < n; i++) {
+        if (sched_uses_slack(items[i]) < 0 || strlen(items[i]) >= sizeof s->schedules[0]) {
+            errf(err, errlen, "--schedules: unknown schedule '%s' (item %d; known: %s)", items[i], i + 1, sched_names());
+            return -EINVAL;
+        }
+        for (int j = 0; j < i; j++)
+            if (!strcmp(items[j], items[i])) {
+                errf(err, errlen, "--schedules: '%s' is listed twice (items %d and %d)", items[i], j + 1, i + 1);
+                return -EINVAL;
+            }
+    }
+    for (int i = 0; i < n; i++)
+        snprintf(s->schedules[i], sizeof s->schedules[i], "%s", items[i]);
+    s->n_sched = n;
+    return 0;
+}
+
+int sweep_mbs_parse(const char *text, sweep_spec_t *s, char *err, size_t errlen)
+{
+    char buf[1024], *items[SWEEP_MAX_AXIS];
+    int n, v[SWEEP_MAX_AXIS];
+    int rc = split_list("--micro-batch-sizes", text, 0, buf, sizeof buf, items, &n, err, errlen);
+    if (rc)
+        return rc;
+    for (int i = 0; i < n; i++) {
+        char *end;
+        errno = 0;
+        long x = strtol(items[i], &end, 10);
+        if (*end || end == items[i] || errno || x < 1 || x > 1 << 20) {
+            errf(err, errlen, "--micro-batch-sizes: '%s' (item %d) is not a positive whole number", items[i], i + 1);
+            return -EINVAL;
+        }
+        v[i] = (int)x;
+        for (int j = 0; j < i; j++)
+            if (v[j] == v[i]) {
+                errf(err, errlen, "--micro-batch-sizes: %d is listed twice (items %d and %d)", v[i], j + 1, i + 1);
+                return -EINVAL;
+            }
+    }
+    memcpy(s->mbs, v, (size_t)n * sizeof *v);
+    s->n_mbs = n;
+    return 0;
+}
+
+int sweep_profiles_parse(const char *text, sweep_spec_t *s, char *err, size_t errlen)
+{
+    char buf[4096], *items[SWEEP_MAX_AXIS];
+    int n;
+    int rc = split_list("--profiles", text, 1, buf, sizeof buf, items, &n, err, errlen);
+    if (rc)
+        return rc;
+    char canon[SWEEP_MAX_AXIS][96], label[SWEEP_MAX_AXIS][128];
+    for (int i = 0; i < n; i++) {
+        netem_profile_t p;
+        char why[256] = "";
+        if (netem_profile_parse(items[i], &p, why, sizeof why)) {
+            errf(err, errlen, "--profiles: item %d '%s': %s", i + 1, items[i], why);
+            return -EINVAL;
+        }
+        if (netem_profile_format(&p, canon[i], sizeof canon[i]) < 0 ||
+            netem_profile_label(&p, label[i], sizeof label[i]) < 0) {
+            errf(err, errlen, "--profiles: item %d '%s' is too long to print", i + 1, items[i]);
+            return -EINVAL;
+        }
+        for (int j = 0; j < i; j++)
+            if (!strcmp(canon[j], canon[i])) {
+                errf(err, errlen, "--profiles: items %d and %d are the same profile (%s)", j + 1, i + 1, canon[i]);
+                return -EINVAL;
+            }
+    }
+    for (int i = 0; i < n; i++) {
+        memcpy(s->profiles[i], canon[i], sizeof canon[i]);
+        memcpy(s->labels[i], label[i], sizeof label[i]);
+    }
+    s->n_prof = n;
+    return 0;
+}
+
+int sweep_straggler_parse(const char *text, int *rank, double *factor, char *err, size_t errlen)
+{
+    const char *colon = strchr(text, ':');
+    char *end;
+    if (!colon) {
+        errf(err, errlen, "--straggler: '%s' is not RANK:FACTOR (e.g. 1:1.5)", text);
+        return -EINVAL;
+    }
+    errno = 0;
+    long r = strtol(text, &end, 10);
+    if (end != colon || end == text || errno || r < 0 || r >= RESULTS_MAX_STAGES) {
+        errf(err, errlen, "--straggler: rank '%.*s' is not a stage number (0..%d)", (int)(colon - text), text,
+             RESULTS_MAX_STAGES - 1);
+        return -EINVAL;
+    }
+    double f = strtod(colon + 1, &end);
+    if (*end || end == colon + 1 || !isfinite(f) || f <= 0) {
+        errf(err, errlen, "--straggler: factor '%s' is not a positive number (1.5 = 1.5x slower compute)", colon + 1);
+        return -EINVAL;
+    }
+    *rank = (int)r;
+    *factor = f;
+    return 0;
+}
+
+int sweep_spec_default(sweep_spec_t *s, char *err, size_t errlen)
+{
+    memset(s, 0, sizeof *s);
+    snprintf(s->model, sizeof s->model, "gpt3-small");
+    s->stages = 3;
+    s->batch_size = 64;
+    s->seq_len = 2048;
+    s->iters = 10;
+    s->warmup = 1;
+    s->repeats = 1;
+    s->slack = 1;
+    snprintf(s->compute, sizeof s->compute, "emulate:v100");
+    snprintf(s->emulator, sizeof s->emulator, "auto");
+    s->straggler_rank = -1;
+    s->straggler_factor = 1.0;
+    int rc = sweep_schedules_parse("gpipe,1f1b", s, err, errlen);
+    if (!rc)
+        rc = sweep_mbs_parse("1,2,4", s, err, errlen);
+    if (!rc)
+        rc = sweep_profiles_parse("default,1ms/5Gbps,5ms/2Gbps,10ms/1Gbps", s, err, errlen);
+    return rc;
+}
+
+int sweep_spec_check(const sweep_spec_t *s, char *err, size_t errlen)
+{
+    if (s->stages < 1 || s->stages > RESULTS_MAX_STAGES) {
+        errf(err, errlen, "--stages %d: must be 1..%d", s->stages, RESULTS_MAX_STAGES);
+        return -EINVAL;
+    }
+    if (s->batch_size < 1) {
+        errf(err, errlen, "--batch-size %d: must be positive", s->batch_size);
+        return -EINVAL;
+    }
+    if (s->seq_len < 1) {
+        errf(err, errlen, "--seq-len %d: must be positive", s->seq_len);
+        return -EINVAL;
+    }
+    if (s->iters < 1 || s->warmup < 0) {
+        errf(err, errlen, "--iters %d --warmup %d: need at least one measured iteration and no negative warm-up",
+             s->iters, s->warmup);
+        return -EINVAL;
+    }
+    if (s->repeats < 1) {
+        errf(err, errlen, "--repeat %d: must be at least 1", s->repeats);
+        return -EINVAL;
+    }
+    if (s->slack < 0) {
+        errf(err, errlen, "--slack %d: must be 0 or more", s->slack);
+        return -EINVAL;
+    }
+    for (int i = 0; i < s->n_mbs; i++)
+        if (s->batch_size % s->mbs[i]) {
+            errf(err, errlen, "--micro-batch-sizes: %d does not divide --batch-size %d", s->mbs[i], s->batch_size);
+            return -EINVAL;
+        }
+    if (s->straggler_rank >= s->stages) {
+        errf(err, errlen, "--straggler %d:%g: there are only stages 0..%d", s->straggler_rank,
+             s->straggler_factor, s->stages - 1);
+        return -EINVAL;
+    }
+    model_config_t mc;
+    char why[512];
+    if (model_config_get(s->model, &mc, why, sizeof why)) {
+        errf(err, errlen, "--model: %s", why);
+        return -EINVAL;
+    }
+    if (model_compute_check(s->compute, why, sizeof why)) {
+        errf(err, errlen, "--compute: %s", why);
+        return -EINVAL;
+    }
+    if (strcmp(s->emulator, "auto") && !netem_emulator_find(s->emulator)) {
+        errf(err, errlen, "--emulator: unknown emulator '%s' (known: %s)", s->emulator, netem_emulator_names());
+        return -EINVAL;
+    }
+    if (!s->n_sched || !s->n_mbs || !s->n_prof) {
+        errf(err, errlen, "the grid is empty");
+        return -EINVAL;
+    }
+    return 0;
+}
+
+int sweep_cells(const sweep_spec_t *s)
+{
+    return s->n_sched * s->n_prof * s->n_mbs;
+}
+
+void sweep_cell_config(const sweep_spec_t *s, int i, results_cell_t *c)
+{
+    int m = i % s->n_mbs, p = (i / s->n_mbs) % s->n_prof, a = i / (s->n_mbs * s->n_prof);
+    results_cell_clear(c, i);
+    snprintf(c->schedule, sizeof c->schedule, "%s", s->schedules[a]);
+    c->micro_batch_size = s->mbs[m];
+    snprintf(c->profile, sizeof c->profile, "%s", s->profiles[p]);
+    snprintf(c->label, sizeof c->label, "%s", s->labels[p]);
+    snprintf(c->model, sizeof c->model, "%s", s->model);
+    c->stages = s->stages;
+    c->batch_size = s->batch_size;
+    c->seq_len = s->seq_len;
+    c->micro_batches = s->batch_size / s->mbs[m];
+    c->iters = s->iters;
+    c->warmup = s->warmup;
+    c->repeats = s->repeats;
+    snprintf(c->compute, sizeof c->compute, "%s", s->compute);
+    snprintf(c->emulator, sizeof c->emulator, "%s", s->emulator);
+    c->straggler_rank = s->straggler_rank;
+    c->straggler_factor = s->straggler_factor;
+}
+
+static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void)st, (void)flag, (void)ftw;
+    return remove(path);
+}
+
+static void rm_tree(const char *path)
+{
+    /* Nothing to do when it is not there; a leftover is only disk space. */
+    (void)nftw(path, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* Cells read back must be the cells this grid would make, or --resume would mix sweeps. */
+static int check_resumed(const sweep_spec_t *s, results_t *r, char *err, size_t errlen)
+{
+    int total = sweep_cells(s);
+    for (size_t i = 0; i < r->n_cells; i++) {
+        const results_cell_t *c = &r->cells[i];
+        results_cell_t want;
+        if (c->cell < 0 || c->cell >= total) {
+            errf(err, errlen, "runs.csv has cell %d but this sweep has cells 0..%d", c->cell, total - 1);
+            return -EINVAL;
+        }
+        sweep_cell_config(s, c->cell, &want);
+        if (strcmp(c->schedule, want.schedule) || c->micro_batch_size != want.micro_batch_size ||
+            strcmp(c->profile, want.profile) || strcmp(c->model, want.model) || c->stages != want.stages ||
+            c->batch_size != want.batch_size || c->seq_len != want.seq_len) {
+            errf(err, errlen, "runs.csv cell %d is %s, micro-batch size %d, %s (%s, %d stages, batch %d, seq %d) "
+                 "but this sweep's cell %d is %s, micro-batch size %d, %s (%s, %d stages, batch %d, seq %d)",
+                 c->cell, c->schedule, c->micro_batch_size, c->profile, c->model, c->stages, c->batch_size,
+                 c->seq_len, c->cell, want.schedule, want.micro_batch_size, want.profile, want.model, want.stages,
+                 want.batch_size, want.seq_len);
+            return -EINVAL;
+        }
+    }
+    /* Ops or iterations of a cell without a runs.csv row are from an interrupted cell. */
+    for (int cell = 0; cell < total; cell++)
+        if (!results_cell_find(r, cell))
+            results_cell_remove(r, cell);
+    return 0;
+}
+
+static int write_all(const results_t *r, const sweep_loop_t *loop, char *err, size_t errlen)
+{
+    int rc = results_write(r, loop->dir, err, errlen);
+    if (!rc && loop->report)
+        rc = report_write(r, loop->dir, loop->report, NULL, err, errlen);
+    return rc;
+}
+
+int sweep_run(const sweep_spec_t *s, const sweep_loop_t *loop, results_t *r, sweep_summary_t *sum,
+              char *err, size_t errlen)
+{
+    sweep_summary_t out = {0};
+    int rc = check_resumed(s, r, err, errlen);
+    if (rc)
+        return rc;
+    int total = sweep_cells(s), todo = 0;
+    for (int i = 0; i < total; i++)
+        todo += !results_cell_find(r, i);
+    out.skipped = total - todo;
+    results_sort(r);
+    rc = write_all(r, loop, err, errlen);
+    if (rc)
+        return rc;
+    double spent = 0;
+    int position = 0;
+    char work[4096];
+    snprintf(work, sizeof work, "%s/.cells", loop->dir);
+    for (int i = 0; i < total && !rc; i++) {
+        if (results_cell_find(r, i))
+            continue;
+        if (loop->stop && *loop->stop) {
+            out.interrupted = 1;
+            break;
+        }
+        position++;
+        results_cell_t cell;
+        sweep_cell_config(s, i, &cell);
+        char cdir[4200], why[1024] = "";
+        snprintf(cdir, sizeof cdir, "%s/cell%d", work, i);
+        rm_tree(cdir);
+        if ((mkdir(work, 0755) && errno != EEXIST) || mkdir(cdir, 0755)) {
+            rc = -errno;
+            errf(err, errlen, "%s: cannot create: %s", cdir, strerror(errno));
+            break;
+        }
+        double t0 = now();
+        int st = loop->measure(loop->measure_ctx, s, &cell, cdir, loop->stop, r, why, sizeof why);
+        double wall = now() - t0;
+        rm_tree(cdir);
+        if (st == 0) {
+            cell.wall = wall;
+            st = results_cell_add(r, &cell);
+        }
+        if (st == -ENOSYS) { /* the machine or build cannot measure at all: stop here */
+            results_cell_remove(r, i);
+            rc = st;
+            errf(err, errlen, "%s", why);
+            break;
+        }
+        if (st) {
+            results_cell_remove(r, i); /* nothing half-measured reaches the files */
+            if (st == -EINTR || (loop->stop && *loop->stop))
+                out.interrupted = 1;
+            else
+                out.failed++;
+        } else {
+            out.measured++;
+            spent += wall;
+            results_sort(r);
+            rc = write_all(r, loop, err, errlen);
+        }
+        int left = todo - position;
+        double eta = out.measured ? spent / out.measured * left : NAN;
+        if (loop->progress)
+            loop->progress(loop->progress_ctx, &cell, position, todo, eta, st, st ? why : "");
+        if (out.interrupted)
+            break;
+    }
+    rmdir(work);
+    if (sum)
+        *sum = out;
+    return rc;
+}
+
+int sweep_args_write(const char *dir, int argc, char **argv, char *err, size_t errlen)
+{
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    if (!f)
+        return -ENOMEM;
+    for (int i = 0; i < argc; i++) {
+        if (strchr(argv[i], '\n')) {
+            fclose(f);
+            free(buf);
+            errf(err, errlen, "argument %d contains a line break, which sweep.args cannot keep", i + 1);
+            return -EINVAL;
+        }
+        fprintf(f, "%s\n", argv[i]);
+    }
+    fclose(f);
+    char path[4096];
+    snprintf(path, sizeof path, "%s/sweep.args", dir);
+    int rc = csvio_file_write_atomic(path, buf, len, err, errlen);
+    free(buf);
+    return rc;
+}
+
+int sweep_args_read(const char *dir, int *argc, char ***argv, char *err, size_t errlen)
+{
+    char path[4096], *text;
+    size_t len;
+    snprintf(path, sizeof path, "%s/sweep.args", dir);
+    int rc = csvio_file_read(path, &text, &len, err, errlen);
+    if (rc)
+        return rc;
+    if (len && text[len - 1] != '\n') {
+        errf(err, errlen, "%s: the last line is cut off (no line break)", path);
+        free(text);
+        return -EINVAL;
+    }
+    int n = 0;
+    for (size_t i = 0; i < len; i++)
+        n += text[i] == '\n';
+    /* One block: the pointer array followed by the text. */
+    char **v = malloc((size_t)(n + 1) * sizeof *v + len + 1);
+    if (!v) {
+        free(text);
+        return -ENOMEM;
+    }
+    char *copy = (char *)(v + n + 1);
+    memcpy(copy, text, len + 1);
+    free(text);
+    int k = 0;
+    for (char *p = copy; k < n; k++) {
+        char *nl = strchr(p, '\n');
+        *nl = '\0';
+        v[k] = p;
+        p = nl + 1;
+    }
+    v[n] = NULL;
+    *argc = n;
+    *argv = v;
+    return 0;
+}

@@ -1,0 +1,268 @@
+/* Markdown tables from the cells of a sweep. Everything printed is a field of runs.csv
+ * (or a ratio of two) shown with three significant digits, which is what lets a test
+ * check each number in table.md against the CSV. */
+#include "bench/table.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+void table_format_sig3(double v, char *buf, size_t len)
+{
+    if (isnan(v) || isinf(v)) {
+        snprintf(buf, len, "n/a");
+        return;
+    }
+    int dec = 2;
+    if (v != 0) {
+        dec = 2 - (int)floor(log10(fabs(v)));
+        dec = dec < 0 ? 0 : dec > 12 ? 12 : dec;
+    }
+    snprintf(buf, len, "%.*f", dec, v);
+}
+
+static int is_default(const results_cell_t *c)
+{
+    return !strcmp(c->profile, "default");
+}
+
+void table_axes(const results_t *r, const char **schedules, size_t *n_sched, int *mbs, size_t *n_mbs,
+                const results_cell_t **profiles, size_t *n_prof)
+{
+    size_t ns = 0, nm = 0, np = 0;
+    /* Cells are visited in index order, whatever order they are stored in. */
+    for (int pass = 0; pass < 2; pass++) {
+        long prev = LONG_MIN;
+        for (size_t k = 0; k < r->n_cells; k++) {
+            const results_cell_t *c = NULL;
+            for (size_t i = 0; i < r->n_cells; i++)
+                if (r->cells[i].cell > prev && (!c || r->cells[i].cell < c->cell))
+                    c = &r->cells[i];
+            if (!c)
+                break;
+            prev = c->cell;
+            if (pass == 0) {
+                size_t i;
+                for (i = 0; i < ns && strcmp(schedules[i], c->schedule); i++)
+                    ;
+                if (i == ns)
+                    schedules[ns++] = c->schedule;
+                for (i = 0; i < nm && mbs[i] != c->micro_batch_size; i++)
+                    ;
+                if (i == nm)
+                    mbs[nm++] = c->micro_batch_size;
+            }
+            /* Profiles: the default ones on the first pass, the rest on the second. */
+            if (is_default(c) != (pass == 0))
+                continue;
+            size_t i;
+            for (i = 0; i < np && strcmp(profiles[i]->profile, c->profile); i++)
+                ;
+            if (i == np)
+                profiles[np++] = c;
+        }
+    }
+    for (size_t i = 1; i < nm; i++) /* insertion sort: a handful of sizes */
+        for (size_t j = i; j > 0 && mbs[j - 1] > mbs[j]; j--) {
+            int t = mbs[j];
+            mbs[j] = mbs[j - 1];
+            mbs[j - 1] = t;
+        }
+    *n_sched = ns;
+    *n_mbs = nm;
+    *n_prof = np;
+}
+
+const results_cell_t *table_cell_find(const results_t *r, const char *schedule, int mbs, const char *profile)
+{
+    for (size_t i = 0; i < r->n_cells; i++) {
+        const results_cell_t *c = &r->cells[i];
+        if (!strcmp(c->schedule, schedule) && c->micro_batch_size == mbs && !strcmp(c->profile, profile))
+            return c;
+    }
+    return NULL;
+}
+
+/* v with three significant digits and a unit suffix ("6.64 s", "45.1%"). */
+static void put_num(FILE *f, double v, const char *unit)
+{
+    char b[64];
+    table_format_sig3(v, b, sizeof b);
+    fprintf(f, "%s%s", b, isnan(v) ? "" : unit);
+}
+
+static void put_stages(FILE *f, const double *v, int stages, double scale, const char *unit)
+{
+    for (int s = 0; s < stages; s++) {
+        if (s)
+            fputs(" / ", f);
+        put_num(f, v[s] * scale, unit);
+    }
+}
+
+/* Peak memory per stage in MiB below a GiB, else GiB: small test models stay readable. */
+static void put_memory(FILE *f, const double *v, int stages)
+{
+    double mx = 0;
+    for (int s = 0; s < stages; s++)
+        mx = isnan(v[s]) ? mx : fmax(mx, v[s]);
+    if (mx >= 1024.0 * 1024 * 1024)
+        put_stages(f, v, stages, 1.0 / (1024.0 * 1024 * 1024), " GiB");
+    else
+        put_stages(f, v, stages, 1.0 / (1024.0 * 1024), " MiB");
+}
+
+static void put_header(FILE *f, const char *first, const int *mbs, size_t nm)
+{
+    fprintf(f, "| %s |", first);
+    for (size_t m = 0; m < nm; m++)
+        fprintf(f, " Micro batch size: %d |", mbs[m]);
+    fputs("\n| --- |", f);
+    for (size_t m = 0; m < nm; m++)
+        fputs(" ---: |", f);
+    fputc('\n', f);
+}
+
+int table_markdown(const results_t *r, char **text)
+{
+    size_t n = r->n_cells ? r->n_cells : 1;
+    const char **sched = calloc(n, sizeof *sched);
+    int *mbs = calloc(n, sizeof *mbs);
+    const results_cell_t **prof = calloc(n, sizeof *prof);
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    if (!sched || !mbs || !prof || !f) {
+        if (f)
+            fclose(f);
+        free(buf);
+        free(sched);
+        free(mbs);
+        free(prof);
+        return -ENOMEM;
+    }
+    size_t ns, nm, np;
+    table_axes(r, sched, &ns, mbs, &nm, prof, &np);
+
+    fputs("# pipenem sweep\n\n", f);
+    if (r->n_cells) {
+        const results_cell_t *c0 = prof[0];
+        fprintf(f, "Model %s, %d stages, batch %d, sequence %d, %d measured iterations after %d warm-up, %d repeat(s), "
+                   "compute %s, network emulator %s", c0->model, c0->stages, c0->batch_size, c0->seq_len,
+                c0->iters, c0->warmup, c0->repeats, c0->compute, c0->emulator);
+        if (c0->straggler_rank >= 0)
+            fprintf(f, ", straggler: stage %d computes %gx slower", c0->straggler_rank, c0->straggler_factor);
+        fputs(".\nEach cell is the median iteration time of the measured iterations; "
+              "\"not run\" marks a cell the sweep has not finished.\n", f);
+    } else {
+        fputs("No cell has finished yet.\n", f);
+    }
+
+    for (size_t a = 0; a < ns; a++) {
+        fprintf(f, "\n## Schedule: %s\n\n", sched[a]);
+        put_header(f, "Network setting", mbs, nm);
+        for (size_t p = 0; p < np; p++) {
+            fprintf(f, "| %s |", prof[p]->label);
+            for (size_t m = 0; m < nm; m++) {
+                const results_cell_t *c = table_cell_find(r, sched[a], mbs[m], prof[p]->profile);
+                fputc(' ', f);
+                if (c)
+                    put_num(f, c->iter_median, " s");
+                else
+                    fputs("not run", f);
+                fputs(" |", f);
+            }
+            fputc('\n', f);
+        }
+    }
+
+    if (ns > 1) {
+        fprintf(f, "\n## Schedule comparison\n\nIteration time of each schedule divided by %s's "
+                   "(below 1: faster than %s).\n", sched[0], sched[0]);
+        for (size_t a = 1; a < ns; a++) {
+            fprintf(f, "\n### %s / %s\n\n", sched[a], sched[0]);
+            put_header(f, "Network setting", mbs, nm);
+            for (size_t p = 0; p < np; p++) {
+                fprintf(f, "| %s |", prof[p]->label);
+                for (size_t m = 0; m < nm; m++) {
+                    const results_cell_t *c = table_cell_find(r, sched[a], mbs[m], prof[p]->profile);
+                    const results_cell_t *b = table_cell_find(r, sched[0], mbs[m], prof[p]->profile);
+                    fputc(' ', f);
+                    if (c && b)
+                        put_num(f, c->iter_median / b->iter_median, "");
+                    else
+                        fputs("not run", f);
+                    fputs(" |", f);
+                }
+                fputc('\n', f);
+            }
+        }
+    }
+
+    fputs("\n## Predicted vs measured\n\nPredicted: the simulator's iteration time from the measured "
+          "compute costs and the profile's link model.\n\n"
+          "| Schedule | Network setting | Micro batch size | Measured | Predicted | Predicted / measured |\n"
+          "| --- | --- | ---: | ---: | ---: | ---: |\n", f);
+    for (size_t a = 0; a < ns; a++)
+        for (size_t p = 0; p < np; p++)
+            for (size_t m = 0; m < nm; m++) {
+                const results_cell_t *c = table_cell_find(r, sched[a], mbs[m], prof[p]->profile);
+                if (!c)
+                    continue;
+                fprintf(f, "| %s | %s | %d | ", c->schedule, c->label, c->micro_batch_size);
+                put_num(f, c->iter_median, " s");
+                fputs(" | ", f);
+                put_num(f, c->predicted, " s");
+                fputs(" | ", f);
+                put_num(f, c->predicted / c->iter_median, "");
+                fputs(" |\n", f);
+            }
+
+    fputs("\n## Metrics\n\nPer stage values are listed stage 0 first. Bubble: idle share of the "
+          "iteration. Straggler slowdown: measured time / replay with every op at the median of "
+          "its kind.\n\n"
+          "| Schedule | Network setting | Micro batch size | Iteration time | Stdev | Tokens/s | "
+          "TFLOP/s per stage | MFU | Peak memory per stage | Bubble per stage | Straggler slowdown | "
+          "Final loss |\n"
+          "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n", f);
+    for (size_t a = 0; a < ns; a++)
+        for (size_t p = 0; p < np; p++)
+            for (size_t m = 0; m < nm; m++) {
+                const results_cell_t *c = table_cell_find(r, sched[a], mbs[m], prof[p]->profile);
+                if (!c)
+                    continue;
+                fprintf(f, "| %s | %s | %d | ", c->schedule, c->label, c->micro_batch_size);
+                put_num(f, c->iter_median, " s");
+                fputs(" | ", f);
+                put_num(f, c->iter_stdev, " s");
+                fputs(" | ", f);
+                put_num(f, c->tokens_per_s, "");
+                fputs(" | ", f);
+                put_stages(f, c->flops, c->stages, 1e-12, "");
+                fputs(" | ", f);
+                put_num(f, c->mfu * 100, "%");
+                fputs(" | ", f);
+                put_memory(f, c->mem_peak, c->stages);
+                fputs(" | ", f);
+                put_stages(f, c->bubble, c->stages, 100, "%");
+                fputs(" | ", f);
+                put_num(f, c->straggler_slowdown, "");
+                fputs(" | ", f);
+                put_num(f, c->final_loss, "");
+                fputs(" |\n", f);
+            }
+    int bad = ferror(f);
+    fclose(f);
+    free(sched);
+    free(mbs);
+    free(prof);
+    if (bad) {
+        free(buf);
+        return -ENOMEM;
+    }
+    *text = buf;
+    return 0;
+}

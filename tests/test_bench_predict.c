@@ -1,0 +1,208 @@
+/* Predicted and ideal iteration times from measured traces, against closed forms of
+ * GPipe: with free links T = (M + S - 1)(f + b) + opt, and each hop of a link with delay d
+ * adds d (plus the message's time on the wire) to the forward and to the backward pass;
+ * one stage computing k times slower makes T = sum_s f_s + (M - 1) max f + the same for b.
+ * The straggler metrics must match the simulator's expectation (its time with the slow
+ * stage over its time without) for both schedules. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+
+#include "bench/predict.h"
+#include "schedules/sched.h"
+#include "tests/test_bench_synth.h"
+#include "tests/testutil.h"
+
+#include <errno.h>
+
+static double worst;
+
+static void near(const char *what, double got, double want, double tol)
+{
+    double d = tu_reldiff(got, want, 1e-12);
+    worst = d > worst ? d : worst;
+    print_message("%s: %.9g, reference %.9g (relative difference %.2g, tolerance %.0e)\n", what, got, want, d, tol);
+    if (d > tol)
+        fail_msg("%s: %.12g vs %.12g", what, got, want);
+}
+
+/* iters: measured iterations, after `warmup` more. */
+static void cell_of(results_cell_t *c, const char *schedule, int S, int M, int iters, int warmup)
+{
+    results_cell_clear(c, 0);
+    snprintf(c->schedule, sizeof c->schedule, "%s", schedule);
+    c->stages = S;
+    c->micro_batches = M;
+    c->iters = iters;
+    c->warmup = warmup;
+    c->repeats = 1;
+}
+
+static void test_predicted_gpipe_closed_form(void **state)
+{
+    (void)state;
+    const int S = 3, M = 4;
+    const double f = 0.010, b = 0.020;
+    results_t r;
+    results_init(&r);
+    assert_int_equal(synth_trace(&r, 0, S, M, 3, f, b, 0.0), 0);
+    results_cell_t c;
+    cell_of(&c, "gpipe", S, M, 2, 1);
+    /* Iterations 1 and 2 run 1.01 and 1.02 times f and b: their median is 1.015. */
+    double fm = 1.015 * f, bm = 1.015 * b, opt = 0.2 * f;
+    netem_profile_t p;
+    char err[512];
+    double t;
+    worst = 0;
+    assert_int_equal(netem_profile_parse("default", &p, err, sizeof err), 0);
+    if (predict_time(&r, &c, 0, &p, &t, err, sizeof err))
+        fail_msg("%s", err);
+    near("gpipe, free links", t, (M + S - 1) * (fm + bm) + opt, 1e-9);
+
+    assert_int_equal(netem_profile_parse("10ms/1Gbps", &p, err, sizeof err), 0);
+    sim_link_t l;
+    predict_link(&p, &l);
+    assert_true(l.delay == 0.010);
+    double wire = 1024 * 8 / l.bandwidth;
+    print_message("goodput of 1 Gbit/s: %.4g bit/s\n", l.bandwidth);
+    assert_true(l.bandwidth > 0.9e9 && l.bandwidth < 1e9);
+    if (predict_time(&r, &c, 0, &p, &t, err, sizeof err))
+        fail_msg("%s", err);
+    near("gpipe, 10ms/1Gbps", t, (M + S - 1) * (fm + bm) + 2 * (S - 1) * (0.010 + wire) + opt, 1e-9);
+    results_destroy(&r);
+}
+
+/* The trace a perfectly modelled run would record: sim_run's spans as trace rows. */
+static void trace_from_sim(results_t *r, const char *schedule, int S, int M, const sim_cost_t *cost, int iters)
+{
+    sim_config_t cfg = {.schedule = schedule, .stages = S, .micro_batches = M, .cost = cost,
+                        .act_bytes = 4096, .grad_bytes = 4096};
+    sim_result_t res = {0};
+    char err[512];
+    if (sim_run(&cfg, &res, err, sizeof err))
+        fail_msg("%s", err);
+    double t0 = 0.5;
+    for (int k = 0; k < iters; k++) {
+        for (int s = 0; s < S; s++)
+            for (size_t j = 0; j < res.plan.n_ops[s]; j++) {
+                const sched_op_t *op = &res.plan.ops[s][j];
+                results_op_t o = {.cell = 0, .repeat = 0, .rank = s, .iteration = k, .micro_batch = op->mb,
+                                  .start = t0 + res.span[s][j].start, .end = t0 + res.span[s][j].end,
+                                  .bytes = op->kind == SCHED_SEND_ACT || op->kind == SCHED_SEND_GRAD ? 4096 : 0};
+                snprintf(o.op, sizeof o.op, "%s", sched_op_kind_name(op->kind));
+                assert_int_equal(results_op_add(r, &o), 0);
+            }
+        t0 += res.time;
+    }
+    sim_result_destroy(&res);
+}
+
+static const double f = 0.010, b = 0.020, opt = 0.001, k = 1.5;
+
+/* sim_run's iteration time; cost NULL = every stage (f, b, opt). */
+static double sim_time(const char *schedule, int S, int M, const sim_cost_t *cost)
+{
+    sim_cost_t even[8];
+    for (int s = 0; s < S; s++)
+        even[s] = (sim_cost_t){f, b, opt};
+    sim_config_t cfg = {.schedule = schedule, .stages = S, .micro_batches = M, .cost = cost ? cost : even,
+                        .act_bytes = 4096, .grad_bytes = 4096};
+    sim_result_t res = {0};
+    char err[512];
+    if (sim_run(&cfg, &res, err, sizeof err))
+        fail_msg("%s", err);
+    double t = res.time;
+    sim_result_destroy(&res);
+    return t;
+}
+
+static void test_straggler_replay(void **state)
+{
+    (void)state;
+    const int S = 3, M = 8;
+    sim_cost_t cost[3] = {{f, b, opt}, {k * f, k * b, opt}, {f, b, opt}};
+    netem_profile_t p;
+    char err[512];
+    assert_int_equal(netem_profile_parse("default", &p, err, sizeof err), 0);
+    worst = 0;
+    for (int a = 0; a < 2; a++) {
+        const char *schedule = a ? "1f1b" : "gpipe";
+        results_t r;
+        results_init(&r);
+        trace_from_sim(&r, schedule, S, M, cost, 3);
+        results_cell_t c;
+        cell_of(&c, schedule, S, M, 2, 1);
+        c.stages = S;
+        metrics_params_t mp = {.warmup = 1, .batch_size = M, .seq_len = 1};
+        if (metrics_cell_compute(&r, &mp, &c, err, sizeof err))
+            fail_msg("%s", err);
+        double ideal, delay, slowdown;
+        if (predict_ideal(&r, &c, &p, &ideal, err, sizeof err))
+            fail_msg("%s", err);
+        metrics_straggler(c.iter_median, ideal, &delay, &slowdown);
+        /* The simulator's expectation for this configuration: its time with the slow
+         * stage over its time without; for GPipe also the closed form (the slow stage
+         * paces the steady state of both passes). */
+        double t = sim_time(schedule, S, M, cost), t_ideal = sim_time(schedule, S, M, NULL);
+        if (!a) {
+            near("gpipe closed form, straggler", t, (2 * f + k * f) + (M - 1) * k * f + (2 * b + k * b) +
+                 (M - 1) * k * b + opt, 1e-9);
+            near("gpipe closed form, even", t_ideal, (M + S - 1) * (f + b) + opt, 1e-9);
+        }
+        char what[64];
+        snprintf(what, sizeof what, "%s measured", schedule);
+        near(what, c.iter_median, t, 1e-9);
+        snprintf(what, sizeof what, "%s ideal", schedule);
+        near(what, ideal, t_ideal, 1e-9);
+        snprintf(what, sizeof what, "%s slowdown", schedule);
+        near(what, slowdown, t / t_ideal, 1e-9);
+        assert_true(fabs(slowdown - 1 / (1 - delay)) < 1e-12);
+        results_destroy(&r);
+    }
+    /* With nobody slow the replay gives back the measurement. */
+    sim_cost_t even[3] = {{f, b, opt}, {f, b, opt}, {f, b, opt}};
+    results_t r;
+    results_init(&r);
+    trace_from_sim(&r, "1f1b", S, M, even, 2);
+    results_cell_t c;
+    cell_of(&c, "1f1b", S, M, 1, 1);
+    double ideal;
+    if (predict_ideal(&r, &c, &p, &ideal, err, sizeof err))
+        fail_msg("%s", err);
+    near("no straggler: ideal", ideal, (M + S - 1) * (f + b) + opt, 1e-9);
+    results_destroy(&r);
+    print_message("largest relative difference %.2g\n", worst);
+}
+
+static void test_errors(void **state)
+{
+    (void)state;
+    results_t r;
+    results_init(&r);
+    results_cell_t c;
+    cell_of(&c, "gpipe", 2, 2, 2, 1);
+    netem_profile_t p = {0};
+    char err[512] = "";
+    double t;
+    assert_int_equal(predict_time(&r, &c, 0, &p, &t, err, sizeof err), -EINVAL);
+    assert_non_null(strstr(err, "stage 0 has no measured FWD"));
+    assert_int_equal(predict_ideal(&r, &c, &p, &t, err, sizeof err), -EINVAL);
+    assert_non_null(strstr(err, "no measured iteration"));
+    results_op_t o = {.cell = 0, .rank = 0, .iteration = 1, .micro_batch = 0, .start = 0, .end = 1};
+    snprintf(o.op, sizeof o.op, "WARP");
+    assert_int_equal(results_op_add(&r, &o), 0);
+    assert_int_equal(predict_ideal(&r, &c, &p, &t, err, sizeof err), -EINVAL);
+    assert_non_null(strstr(err, "unknown op 'WARP'"));
+    results_destroy(&r);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_predicted_gpipe_closed_form),
+        cmocka_unit_test(test_straggler_replay),
+        cmocka_unit_test(test_errors),
+    };
+    return cmocka_run_group_tests_name("bench_predict", tests, NULL, NULL);
+}
