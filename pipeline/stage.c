@@ -108,7 +108,9 @@ static int cmp_double(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
-static int summary_build(stage_summary_t *s, const runcfg_t *cfg, const boot_t *b, char *err, size_t errlen)
+/* get(arg, rank, &len) returns each rank's report text. */
+static int summary_build(stage_summary_t *s, const runcfg_t *cfg, const char *(*get)(const void *, int, size_t *),
+                         const void *arg, char *err, size_t errlen)
 {
     int n = cfg->warmup + cfg->iters;
     s->stages = cfg->stages;
@@ -131,7 +133,7 @@ static int summary_build(stage_summary_t *s, const runcfg_t *cfg, const boot_t *
     }
     for (int q = 0; q < cfg->stages && !rc; q++) {
         size_t len;
-        const char *text = boot_gathered(b, q, &len);
+        const char *text = get(arg, q, &len);
         if (!text) {
             snprintf(err, errlen, "rank %d's final report is missing", q);
             rc = -EPROTO;
@@ -165,6 +167,74 @@ out:
     free(last);
     if (rc == -ENOMEM)
         snprintf(err, errlen, "out of memory for the job summary");
+    return rc;
+}
+
+static const char *gathered_get(const void *arg, int rank, size_t *len)
+{
+    return boot_gathered(arg, rank, len);
+}
+
+/* Every rank's report, framed "len\n" + text, for a launcher in another process. */
+static int reports_write(const boot_t *b, int P, FILE *f)
+{
+    for (int q = 0; q < P; q++) {
+        size_t len;
+        const char *t = boot_gathered(b, q, &len);
+        if (!t)
+            return -EPROTO;
+        fprintf(f, "%zu\n", len);
+        fwrite(t, 1, len, f);
+    }
+    return fflush(f) || ferror(f) ? -EIO : 0;
+}
+
+typedef struct {
+    char **text;
+    size_t *len;
+    int n;
+} reports_t;
+
+static const char *reports_get(const void *arg, int rank, size_t *len)
+{
+    const reports_t *r = arg;
+    if (rank >= r->n || !r->text[rank])
+        return NULL;
+    *len = r->len[rank];
+    return r->text[rank];
+}
+
+int stage_summary_read(const runcfg_t *cfg, FILE *f, stage_summary_t *out, char *err, size_t errlen)
+{
+    int P = cfg->stages, rc = 0;
+    reports_t r = {calloc((size_t)P, sizeof(char *)), calloc((size_t)P, sizeof(size_t)), P};
+    if (!r.text || !r.len) {
+        rc = -ENOMEM;
+        snprintf(err, errlen, "out of memory");
+    }
+    for (int q = 0; q < P && !rc; q++) {
+        size_t len;
+        if (fscanf(f, "%zu", &len) != 1 || fgetc(f) != '\n' || len > BOOT_PAYLOAD_MAX) {
+            snprintf(err, errlen, "the report of rank %d is missing or malformed", q);
+            rc = -EPROTO;
+            break;
+        }
+        if (!(r.text[q] = malloc(len + 1)) || fread(r.text[q], 1, len, f) != len) {
+            snprintf(err, errlen, "the report of rank %d is truncated", q);
+            rc = r.text[q] ? -EPROTO : -ENOMEM;
+            break;
+        }
+        r.len[q] = len;
+    }
+    stage_summary_t sum = {0};
+    if (!rc && (rc = summary_build(&sum, cfg, reports_get, &r, err, errlen)) == 0)
+        *out = sum;
+    else
+        stage_summary_destroy(&sum);
+    for (int q = 0; r.text && q < P; q++)
+        free(r.text[q]);
+    free(r.text);
+    free(r.len);
     return rc;
 }
 
@@ -297,7 +367,11 @@ int stage_run(const stage_params_t *p, stage_summary_t *out, char *err, size_t e
         goto out;
     if (P > 1)
         transport_quiesce(&t);
-    if (rank == 0 && (rc = summary_build(&sum, cfg, b, err, errlen)) != 0)
+    if (rank == 0 && p->reports_out && (rc = reports_write(b, P, p->reports_out)) != 0) {
+        snprintf(err, errlen, "rank 0: cannot hand the reports to the launcher: %s", strerror(-rc));
+        goto out;
+    }
+    if (rank == 0 && (rc = summary_build(&sum, cfg, gathered_get, b, err, errlen)) != 0)
         goto out;
     if (rank == 0)
         *out = sum;

@@ -121,14 +121,14 @@ static void test_kill_any_stage(void **state)
         char named[64];
         snprintf(named, sizeof named, "rank %d", victim);
         int survivors_naming = 0;
-        for (const char *p = out; (p = strstr(p, "pipenem run: rank ")); p++) {
+        for (const char *p = out; (p = strstr(p, "pipenem: rank ")); p++) {
             const char *eol = strchr(p, '\n');
             size_t len = eol ? (size_t)(eol - p) : strlen(p);
             char line[1024];
             snprintf(line, sizeof line, "%.*s", (int)len, p);
             if (strstr(line, "FAILED"))
                 continue;
-            if (strstr(line + 18, named) && (strstr(line, "RECV") || strstr(line, "SEND") || strstr(line, "final")))
+            if (strstr(line + strlen("pipenem: rank "), named) && (strstr(line, "RECV") || strstr(line, "SEND") || strstr(line, "final")))
                 survivors_naming++;
         }
         print_message("%d of 2 surviving ranks named rank %d and their op (tolerance: all)\n", survivors_naming, victim);
