@@ -739,6 +739,8 @@ static int peer_open(boot_t *b, const boot_params_t *p, const char *hello, size_
             for (int q = 0; q < p->size && !c.bad; q++) {
                 uint32_t bl = get32(&c);
                 const void *bp = bl <= BOOT_BLOB_MAX ? get(&c, bl) : NULL;
+                free(b->blobs[q]); /* our own, stored before the rendezvous */
+                b->blobs[q] = NULL;
                 if (!bp || !(b->blobs[q] = malloc(bl ? bl : 1))) {
                     c.bad = 1;
                     break;
@@ -1007,7 +1009,8 @@ int boot_finish(boot_t *b, const void *payload, size_t len, double timeout, char
             if (!b->gathered[0])
                 rc = -ENOMEM;
             else {
-                memcpy(b->gathered[0], payload, len);
+                if (len)
+                    memcpy(b->gathered[0], payload, len);
                 b->gatherlens[0] = len;
                 b->arrived++;
             }
