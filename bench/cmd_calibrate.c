@@ -1,8 +1,275 @@
-/* pipenem calibrate: measure compute time per layer and stage for the emulated backend.
- * Not landed yet: answers --help and reports itself as not implemented. */
+/* pipenem calibrate: measures forward and backward time per layer and per stage, the
+ * achieved FLOP/s and, in the same run, the sgemm FLOP/s of the same GEMM shapes; --out
+ * writes the per-layer times as a file that `--compute emulate:FILE` replays. */
 #include "bench/cli.h"
+#include "models/model.h"
+#include "models/options.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static const char usage_text[] =
+    "usage: pipenem calibrate --model M --seq-len T --micro-batch-size b --compute cpu\n"
+    "                         [--stages P | --partition A,B,..] [--iters N] [--warmup W] [--out FILE]\n"
+    "Measures forward and backward time per layer and per stage, the achieved FLOP/s, and\n"
+    "the sgemm FLOP/s of the same GEMM shapes in the same run (\"% of GEMM peak\").\n"
+    "--out FILE writes the per-layer times for --compute emulate:FILE.\n\n"
+    "  --iters N               measured iterations per stage (default 3)\n"
+    "  --warmup W              unmeasured iterations first (default 1)\n"
+    "  --out FILE              write the calibration file\n"
+    "  -h, --help              this text\n";
+
+enum { OPT_ITERS = 0x3000, OPT_WARMUP, OPT_OUT };
+
+typedef struct {
+    int layers;                          /* of this stage */
+    double fwd, bwd, opt;                /* seconds per micro-batch / per step */
+    double embed_fwd, embed_bwd, head_fwd, head_bwd;
+    double flops;                        /* fwd + bwd, the accounting formula */
+    double gemm_flops, gemm_s;           /* the sgemm reference; 0 if none */
+    size_t params;
+} stage_result_t;
+
+static int parse_count(const char *cmd, const char *name, const char *arg, int lo, int *out)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(arg, &end, 10);
+    if (end == arg || *end || errno || v < lo || v > 1000000)
+        return cli_usage_error(cmd, "--%s: expected an integer >= %d, got '%s'", name, lo, arg);
+    *out = (int)v;
+    return 0;
+}
+
+/* Runs warmup + iters iterations of one micro-batch on stage s and fills r and the
+ * per-layer times (indexed globally). */
+static int calibrate_stage(const model_stage_params_t *base, int s, int iters, int warmup,
+                           stage_result_t *r, double *layer_fwd, double *layer_bwd, char *err, size_t errlen)
+{
+    model_stage_params_t p = *base;
+    p.stage = s;
+    p.micro_batches = 1;
+    p.max_inflight = 1;
+    model_stage_t st;
+    int rc = model_stage_init(&st, &p, err, errlen);
+    if (rc)
+        return rc;
+    size_t nb = model_stage_act_bytes(&st);
+    float *in = malloc(nb), *out = malloc(nb);
+    if (!in || !out) {
+        snprintf(err, errlen, "out of memory for the boundary tensors");
+        rc = -ENOMEM;
+        goto out;
+    }
+    for (size_t i = 0; i < nb / sizeof(float); i++)
+        in[i] = out[i] = 0.01f * (float)(i % 89) - 0.4f;
+    for (int it = 0; it < warmup + iters; it++) {
+        if (it == warmup)
+            model_stage_prof_reset(&st);
+        if ((rc = model_stage_forward(&st, it, 0, in, out)) || (rc = model_stage_backward(&st, it, 0, out, in)) ||
+            (rc = model_stage_step(&st, it))) {
+            snprintf(err, errlen, "stage %d iteration %d failed: %s", s, it, strerror(-rc));
+            goto out;
+        }
+    }
+    model_account_t a;
+    model_stage_account(&st, &a);
+    memset(r, 0, sizeof *r);
+    r->layers = st.layer_end - st.layer_begin;
+    r->fwd = st.prof.fwd / iters;
+    r->bwd = st.prof.bwd / iters;
+    r->opt = st.prof.opt / iters;
+    r->embed_fwd = st.prof.embed_fwd / iters;
+    r->embed_bwd = st.prof.embed_bwd / iters;
+    r->head_fwd = st.prof.head_fwd / iters;
+    r->head_bwd = st.prof.head_bwd / iters;
+    r->flops = a.fwd_flops + a.bwd_flops;
+    r->params = a.params;
+    for (int l = 0; l < r->layers; l++) {
+        layer_fwd[st.layer_begin + l] = st.prof.layer_fwd[l] / iters;
+        layer_bwd[st.layer_begin + l] = st.prof.layer_bwd[l] / iters;
+    }
+    if (a.fwd_s > 0) {
+        /* emulate: the layers are not timed separately; report the stage's modelled split */
+        for (int l = 0; l < r->layers; l++) {
+            layer_fwd[st.layer_begin + l] = r->fwd / r->layers;
+            layer_bwd[st.layer_begin + l] = r->bwd / r->layers;
+        }
+    } else {
+        rc = model_stage_gemm_reference(&st, 1, &r->gemm_flops, &r->gemm_s);
+        if (rc) {
+            snprintf(err, errlen, "stage %d: the sgemm reference failed: %s", s, strerror(-rc));
+            goto out;
+        }
+    }
+out:
+    free(in);
+    free(out);
+    model_stage_destroy(&st);
+    return rc;
+}
+
+static int write_calibration(const char *path, const model_stage_params_t *p, const stage_result_t *r,
+                             const double *layer_fwd, const double *layer_bwd, int argc, char **argv,
+                             char *err, size_t errlen)
+{
+    char tmp[PATH_MAX];
+    snprintf(tmp, sizeof tmp, "%s.tmp.%d", path, (int)getpid());
+    FILE *f = fopen(tmp, "w");
+    if (!f) {
+        snprintf(err, errlen, "--out %s: %s", path, strerror(errno));
+        return -errno;
+    }
+    size_t params = 0;
+    double opt = 0;
+    for (int s = 0; s < p->stages; s++)
+        params += r[s].params, opt += r[s].opt;
+    fprintf(f, "# pipenem calibration: seconds per micro-batch, replayed by --compute emulate:FILE\n# command:");
+    for (int i = 0; i < argc; i++)
+        fprintf(f, " %s", argv[i]);
+    fprintf(f, "\npipenem-calibration 1\nmodel %s\nlayers %d\nhidden %d\nheads %d\nvocab %d\nseq_len %d\n"
+               "micro_batch_size %d\nrecompute %d\ntied_embeddings %d\nthreads %d\n",
+            p->cfg.name, p->cfg.layers, p->cfg.hidden, p->cfg.heads, p->cfg.vocab, p->seq_len,
+            p->micro_batch_size, p->recompute, p->tied_embeddings, p->threads);
+    fprintf(f, "embed %.9g %.9g\n", r[0].embed_fwd, r[0].embed_bwd);
+    for (int l = 0; l < p->cfg.layers; l++)
+        fprintf(f, "layer %d %.9g %.9g\n", l, layer_fwd[l], layer_bwd[l]);
+    fprintf(f, "head %.9g %.9g\n", r[p->stages - 1].head_fwd, r[p->stages - 1].head_bwd);
+    fprintf(f, "opt_per_param %.9g\n", params ? opt / params : 0.0);
+    if (fclose(f) || rename(tmp, path)) {
+        snprintf(err, errlen, "--out %s: %s", path, strerror(errno));
+        unlink(tmp);
+        return -EIO;
+    }
+    return 0;
+}
 
 int cmd_calibrate(int argc, char **argv)
 {
-    return cli_pending("usage: pipenem calibrate [options]\nmeasure compute time per layer and stage for the emulated backend.\n(not implemented yet)\n", argc, argv);
+    const char *cmd = argv[0];
+    static const struct option own[] = {
+        {"help", no_argument, NULL, 'h'},
+        {"iters", required_argument, NULL, OPT_ITERS},
+        {"warmup", required_argument, NULL, OPT_WARMUP},
+        {"out", required_argument, NULL, OPT_OUT},
+        {NULL, 0, NULL, 0},
+    };
+    struct option table[64];
+    if (model_options_table(table, 64, own) < 0)
+        return cli_usage_error(cmd, "internal: option table too small");
+    model_options_t mo;
+    model_options_defaults(&mo);
+    mo.batch_size = 1;
+    int iters = 3, warmup = 1, c, explicit_mbs = 0;
+    const char *out_path = NULL;
+    char err[1024];
+    optind = 1;
+    while ((c = cli_getopt(cmd, argc, argv, "h", table)) != -1) {
+        if (c == -2)
+            return CLI_USAGE;
+        int r = model_options_parse(&mo, c, optarg, err, sizeof err);
+        if (r < 0)
+            return cli_usage_error(cmd, "%s", err);
+        if (r > 0) {
+            explicit_mbs |= c == MODEL_OPT_MICRO_BATCH_SIZE;
+            continue;
+        }
+        switch (c) {
+        case 'h':
+            fputs(usage_text, stdout);
+            fputs(model_options_help(), stdout);
+            return CLI_OK;
+        case OPT_ITERS:
+            if (parse_count(cmd, "iters", optarg, 1, &iters))
+                return CLI_USAGE;
+            break;
+        case OPT_WARMUP:
+            if (parse_count(cmd, "warmup", optarg, 0, &warmup))
+                return CLI_USAGE;
+            break;
+        case OPT_OUT:
+            out_path = optarg;
+            break;
+        default:
+            return cli_usage_error(cmd, "unexpected option");
+        }
+    }
+    if (optind < argc)
+        return cli_usage_error(cmd, "unexpected argument '%s'", argv[optind]);
+    /* one micro-batch is measured at a time: the batch is just that micro-batch */
+    mo.batch_size = mo.micro_batch_size;
+    (void)explicit_mbs;
+    model_stage_params_t p;
+    if (model_options_finish(&mo, &p, err, sizeof err))
+        return cli_usage_error(cmd, "%s", err);
+    if (out_path && strncmp(p.compute, "cpu", 3))
+        return cli_usage_error(cmd, "--out needs measured compute (--compute cpu), not '%s'", p.compute);
+
+    stage_result_t *r = calloc(p.stages, sizeof *r);
+    double *lf = calloc(p.cfg.layers, sizeof *lf), *lb = calloc(p.cfg.layers, sizeof *lb);
+    if (!r || !lf || !lb) {
+        free(r), free(lf), free(lb);
+        fprintf(stderr, "pipenem calibrate: out of memory\n");
+        return CLI_FAIL;
+    }
+    int status = CLI_OK;
+    printf("# pipenem calibrate: %s  layers %d  hidden %d  heads %d  vocab %d\n", p.cfg.name, p.cfg.layers,
+           p.cfg.hidden, p.cfg.heads, p.cfg.vocab);
+    printf("# seq-len %d  micro-batch-size %d  stages %d  recompute %d  compute %s  threads %d\n", p.seq_len,
+           p.micro_batch_size, p.stages, p.recompute, p.compute, p.threads);
+    printf("# %d measured iterations per stage after %d warm-up; times are per micro-batch\n", iters, warmup);
+    printf("# FLOPs: 6*N_matmul + 6*L*T*d per token (fwd 1/3, bwd 2/3); sgemm: the stage's own GEMM calls replayed alone\n");
+    printf("#\n# %5s %7s %10s %10s %10s %10s %10s %10s %8s\n", "stage", "layers", "fwd", "bwd", "opt", "fwd+bwd",
+           "achieved", "sgemm", "of_GEMM");
+    printf("# %5s %7s %10s %10s %10s %10s %10s %10s %8s\n", "", "", "ms", "ms", "ms", "GFLOP", "GFLOP/s", "GFLOP/s",
+           "peak_%");
+    int begin = 0;
+    for (int s = 0; s < p.stages; s++) {
+        fflush(stdout);
+        if (calibrate_stage(&p, s, iters, warmup, &r[s], lf, lb, err, sizeof err)) {
+            fprintf(stderr, "pipenem calibrate: %s\n", err);
+            status = CLI_FAIL;
+            break;
+        }
+        double rate = r[s].flops / (r[s].fwd + r[s].bwd);
+        char range[32], sg[16] = "-", pk[16] = "-";
+        snprintf(range, sizeof range, "%d-%d", begin, begin + r[s].layers - 1);
+        begin += r[s].layers;
+        if (r[s].gemm_s > 0) {
+            double g = r[s].gemm_flops / r[s].gemm_s;
+            snprintf(sg, sizeof sg, "%.2f", g * 1e-9);
+            snprintf(pk, sizeof pk, "%.1f", 100 * rate / g);
+        }
+        printf("  %5d %7s %10.3f %10.3f %10.3f %10.2f %10.2f %10s %8s\n", s, range, r[s].fwd * 1e3,
+               r[s].bwd * 1e3, r[s].opt * 1e3, r[s].flops * 1e-9, rate * 1e-9, sg, pk);
+    }
+    if (status == CLI_OK) {
+        printf("#\n# per layer (ms per micro-batch)\n# %7s %10s %10s\n", "part", "fwd", "bwd");
+        printf("  %7s %10.3f %10.3f\n", "embed", r[0].embed_fwd * 1e3, r[0].embed_bwd * 1e3);
+        for (int l = 0; l < p.cfg.layers; l++) {
+            char nm[16];
+            snprintf(nm, sizeof nm, "h%d", l);
+            printf("  %7s %10.3f %10.3f\n", nm, lf[l] * 1e3, lb[l] * 1e3);
+        }
+        printf("  %7s %10.3f %10.3f\n", "head", r[p.stages - 1].head_fwd * 1e3, r[p.stages - 1].head_bwd * 1e3);
+        printf("# peak memory %.1f MiB\n", model_peak_rss_bytes() / 1048576.0);
+        if (out_path) {
+            if (write_calibration(out_path, &p, r, lf, lb, argc, argv, err, sizeof err)) {
+                fprintf(stderr, "pipenem calibrate: %s\n", err);
+                status = CLI_FAIL;
+            } else {
+                printf("# wrote %s (use --compute emulate:%s)\n", out_path, out_path);
+            }
+        }
+    }
+    printf("# %s\n", status == CLI_OK ? "OK" : "FAILED");
+    free(r);
+    free(lf);
+    free(lb);
+    return status;
 }

@@ -1,8 +1,113 @@
-/* pipenem stage: run one pipeline stage (multi-host use).
- * Not landed yet: answers --help and reports itself as not implemented. */
+/* pipenem stage: one stage process of a multi-host job (one per host or GPU, started by
+ * hand, by mpirun or by srun). Rank 0 prints the job's table once every rank is done. */
 #include "bench/cli.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "pipeline/boot.h"
+#include "pipeline/runcfg.h"
+#include "pipeline/stage.h"
+
+static const char usage[] =
+    "usage: pipenem stage --dist-url tcp://HOST:PORT [--world-size P --rank R] [--token T] [options]\n"
+    "run one pipeline stage of a multi-host job; rank 0 listens on HOST:PORT and prints the results.\n"
+    "Rank and world size come from --rank/--world-size or from SLURM_PROCID/SLURM_NTASKS,\n"
+    "OMPI_COMM_WORLD_RANK/SIZE, PMI_RANK/PMI_SIZE; every rank must get the same options.\n\n";
 
 int cmd_stage(int argc, char **argv)
 {
-    return cli_pending("usage: pipenem stage [options]\nrun one pipeline stage (multi-host use).\n(not implemented yet)\n", argc, argv);
+    static const struct option own[] = {{"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
+    struct option opts[96];
+    runcfg_t cfg;
+    char err[1024];
+    runcfg_defaults(&cfg);
+    if (runcfg_options_table(opts, sizeof opts / sizeof *opts, own) < 0)
+        return cli_usage_error(argv[0], "internal: option table too small");
+    optind = 1;
+    int c;
+    while ((c = cli_getopt(argv[0], argc, argv, "h", opts)) != -1) {
+        if (c == -2)
+            return CLI_USAGE;
+        if (c == 'h') {
+            printf("%s%s", usage, runcfg_help());
+            return CLI_OK;
+        }
+        int rc = runcfg_option(&cfg, c, optarg, err, sizeof err);
+        if (rc < 0)
+            return cli_usage_error(argv[0], "%s", err);
+        if (rc == 0)
+            return cli_usage_error(argv[0], "option '%s' is not handled", argv[optind - 1]);
+    }
+    if (optind < argc)
+        return cli_usage_error(argv[0], "unexpected argument '%s'", argv[optind]);
+    if (cfg.rank < 0 || cfg.world_size < 0) {
+        int r, s;
+        const char *src;
+        int rc = boot_env_rank(&r, &s, &src, err, sizeof err);
+        if (rc == -ENOENT)
+            return cli_usage_error(argv[0], "no rank: pass --rank and --world-size, or start under srun or mpirun");
+        if (rc)
+            return cli_usage_error(argv[0], "%s", err);
+        if (cfg.rank < 0)
+            cfg.rank = r;
+        if (cfg.world_size < 0)
+            cfg.world_size = s;
+    }
+    if (!cfg.model.stages && !cfg.model.n_partition)
+        cfg.model.stages = cfg.world_size;
+    if (runcfg_finish(&cfg, err, sizeof err))
+        return cli_usage_error(argv[0], "%s", err);
+    if (cfg.rank >= cfg.world_size)
+        return cli_usage_error(argv[0], "rank %d is not below world size %d", cfg.rank, cfg.world_size);
+    if (strcmp(cfg.net, "default") && strcmp(cfg.emulator, "shim"))
+        return cli_usage_error(argv[0], "--net %s on real hosts: apply it with `pipenem netem apply` on each host, "
+                                        "or use --emulator shim (not in this build yet)", cfg.net);
+    if (strcmp(cfg.net, "default"))
+        return cli_not_implemented("stage --emulator shim");
+    stage_params_t sp = {.cfg = &cfg, .rank = cfg.rank, .listen_fd = -1};
+    if (cfg.world_size > 1) {
+        if (!cfg.dist_url[0])
+            return cli_usage_error(argv[0], "--dist-url tcp://HOST:PORT is required with %d ranks", cfg.world_size);
+        if (boot_url_parse(cfg.dist_url, sp.host, sizeof sp.host, &sp.port, err, sizeof err))
+            return cli_usage_error(argv[0], "%s", err);
+    }
+    sp.token = cfg.token;
+    if (!cfg.token[0] && boot_env_token(&sp.token) != 0)
+        return cli_usage_error(argv[0], "no job token: pass the same --token to every rank (or set PIPENEM_TOKEN)");
+    if (cfg.rank == 0) {
+        char line[4096];
+        runcfg_format(&cfg, line, sizeof line);
+        printf("# pipenem stage: %d ranks, rendezvous %s\n# %s\n", cfg.world_size,
+               cfg.dist_url[0] ? cfg.dist_url : "(single process)", line);
+        fflush(stdout);
+    }
+    stage_summary_t sum = {0};
+    int rc = stage_run(&sp, &sum, err, sizeof err);
+    if (rc) {
+        fprintf(stderr, "pipenem stage: %s\n", err);
+        if (cfg.rank == 0)
+            printf("# FAILED\n");
+        return CLI_FAIL;
+    }
+    if (cfg.rank == 0) {
+        stage_summary_print(&sum, &cfg, stdout);
+        if (cfg.trace[0]) {
+            FILE *f = fopen(cfg.trace, "w");
+            int bad = !f || exec_trace_write(f, sum.rows, sum.n_rows, 1) != 0;
+            if (f && fclose(f))
+                bad = 1;
+            if (bad) {
+                fprintf(stderr, "pipenem stage: cannot write the trace to %s: %s\n", cfg.trace, strerror(errno));
+                printf("# FAILED\n");
+                stage_summary_destroy(&sum);
+                return CLI_FAIL;
+            }
+        }
+        printf("# OK\n");
+        stage_summary_destroy(&sum);
+    }
+    return CLI_OK;
 }

@@ -13,14 +13,16 @@
 #define NETEM_SELFTEST_TOLERANCE 0.05
 
 typedef struct {
-    double rtt_base;          /* s: median TCP round trip, unshaped */
+    double rtt_base;          /* s: minimum TCP round trip, unshaped */
     double rtt_configured;    /* s: 2 x delay + rtt_base */
-    double rtt_measured;      /* s: median under the profile */
+    double rtt_measured;      /* s: minimum under the profile (median when it has jitter) */
+    double rtt_median;        /* s: median under the profile */
     double rtt_err;           /* relative */
     int rtt_judged;
-    double ceiling;           /* bit/s: unshaped goodput (0 when not measured) */
+    double ceiling;           /* bit/s: unshaped goodput, median window (0 when not measured) */
     double goodput_expected;  /* bit/s: what the rate allows after headers (MTU 1500) */
-    double goodput_measured;  /* bit/s: steady state, after slow start */
+    double goodput_measured;  /* bit/s: median of 6 windows of 0.5 s after slow start */
+    double goodput_mean;      /* bit/s: over the 6 windows */
     double goodput_err;
     int goodput_judged;
     int ok;                   /* every judged figure within NETEM_SELFTEST_TOLERANCE */

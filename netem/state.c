@@ -479,13 +479,10 @@ int netem_state_undo_all(int *undone, int *live, void (*log)(const char *line, v
 
 static pthread_once_t guard_once = PTHREAD_ONCE_INIT;
 static pthread_once_t atexit_once = PTHREAD_ONCE_INIT;
-static pid_t guard_pid;
 
 static void undo_at_exit(void)
 {
-    /* A forked child inherits atexit handlers; only the owner undoes its records. */
-    if (getpid() != guard_pid)
-        return;
+    /* A forked child inherits this handler: it undoes only its own run file, if any. */
     char err[256];
     if (netem_state_undo_mine(err, sizeof err) < 0)
         fprintf(stderr, "pipenem: restoring the network at exit: %s\n", err);
@@ -493,7 +490,6 @@ static void undo_at_exit(void)
 
 static void atexit_install(void)
 {
-    guard_pid = getpid();
     atexit(undo_at_exit);
 }
 

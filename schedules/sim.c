@@ -56,17 +56,16 @@ static int check_links(const sim_link_t *l, int stages, const char *dir, char *e
                        size_t errlen)
 {
     for (int i = 0; l && i + 1 < stages; i++) {
-        const char *what = bad_seconds(l[i].delay)       ? "delay"
-                           : bad_seconds(l[i].bandwidth) ? "bandwidth"
-                           : bad_seconds(l[i].overhead)  ? "overhead"
-                                                         : NULL;
-        if (what) {
-            double v = !strcmp(what, "delay") ? l[i].delay
-                       : !strcmp(what, "bandwidth") ? l[i].bandwidth : l[i].overhead;
-            seterr(err, errlen, "link %d-%d (%s) %s %g: must be a finite number >= 0", i, i + 1,
-                   dir, what, v);
-            return -EINVAL;
-        }
+        const struct {
+            const char *name;
+            double v;
+        } f[] = {{"delay", l[i].delay}, {"bandwidth", l[i].bandwidth}, {"overhead", l[i].overhead}};
+        for (size_t k = 0; k < sizeof f / sizeof *f; k++)
+            if (bad_seconds(f[k].v)) {
+                seterr(err, errlen, "link %d-%d (%s) %s %g: must be a finite number >= 0", i, i + 1,
+                       dir, f[k].name, f[k].v);
+                return -EINVAL;
+            }
     }
     return 0;
 }
@@ -447,14 +446,16 @@ static int check_config(const sim_config_t *c, char *err, size_t errlen)
         return -EINVAL;
     }
     for (int s = 0; s < c->stages; s++) {
-        const sim_cost_t *k = &c->cost[s];
-        const char *what = bad_seconds(k->fwd) ? "forward" : bad_seconds(k->bwd) ? "backward"
-                           : bad_seconds(k->opt) ? "optimizer" : NULL;
-        if (what) {
-            double v = bad_seconds(k->fwd) ? k->fwd : bad_seconds(k->bwd) ? k->bwd : k->opt;
-            seterr(err, errlen, "stage %d %s cost %g s: must be a finite number >= 0", s, what, v);
-            return -EINVAL;
-        }
+        const struct {
+            const char *name;
+            double v;
+        } f[] = {{"forward", c->cost[s].fwd}, {"backward", c->cost[s].bwd}, {"optimizer", c->cost[s].opt}};
+        for (size_t k = 0; k < sizeof f / sizeof *f; k++)
+            if (bad_seconds(f[k].v)) {
+                seterr(err, errlen, "stage %d %s cost %g s: must be a finite number >= 0", s,
+                       f[k].name, f[k].v);
+                return -EINVAL;
+            }
     }
     if (bad_seconds(c->act_bytes) || bad_seconds(c->grad_bytes)) {
         seterr(err, errlen, "%s size %g bytes: must be a finite number >= 0",
@@ -595,19 +596,51 @@ static int cmp_double(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
-/* Median of the measured durations of kind k on stage s (or every stage if s < 0);
- * buf holds enough room for all ops. NaN when there are none. */
-static double median_of(const sim_trace_t *t, int s, sched_op_kind_t k, double *buf)
+/* Median of the durations of kind k on stage s (or every stage if s < 0); buf holds
+ * enough room for all ops. NaN when there are none. */
+static double median_of(const sched_plan_t *p, double *const *dur, int s, sched_op_kind_t k,
+                        double *buf)
 {
     size_t n = 0;
-    for (int st = s < 0 ? 0 : s; st < (s < 0 ? t->stages : s + 1); st++)
-        for (size_t j = 0; j < t->n_ops[st]; j++)
-            if (t->ops[st][j].kind == k)
-                buf[n++] = t->ops[st][j].end - t->ops[st][j].start;
+    for (int st = s < 0 ? 0 : s; st < (s < 0 ? p->stages : s + 1); st++)
+        for (size_t j = 0; j < p->n_ops[st]; j++)
+            if (p->ops[st][j].kind == k)
+                buf[n++] = dur[st][j];
     if (!n)
         return NAN;
     qsort(buf, n, sizeof *buf, cmp_double);
     return n % 2 ? buf[n / 2] : 0.5 * (buf[n / 2 - 1] + buf[n / 2]);
+}
+
+/* SIM_COMM_ARRIVAL: the k-th send of a channel is the k-th receive of its neighbour
+ * (FIFO); its time in flight is the receive's end minus the send's start, never below
+ * zero (clock alignment is imperfect). Channels whose counts differ are left alone: the
+ * validator rejects them. */
+static void flights_from_receives(const sim_trace_t *t, double *const *dur)
+{
+    for (int l = 0; l + 1 < t->stages; l++)
+        for (int dir = 0; dir < 2; dir++) {
+            int from = dir ? l + 1 : l, to = dir ? l : l + 1;
+            sched_op_kind_t sk = dir ? SCHED_SEND_GRAD : SCHED_SEND_ACT;
+            sched_op_kind_t rk = dir ? SCHED_RECV_GRAD : SCHED_RECV_ACT;
+            size_t ns = 0, nr = 0;
+            for (size_t j = 0; j < t->n_ops[from]; j++)
+                ns += t->ops[from][j].kind == sk;
+            for (size_t j = 0; j < t->n_ops[to]; j++)
+                nr += t->ops[to][j].kind == rk;
+            if (ns != nr)
+                continue;
+            size_t r = 0;
+            for (size_t j = 0; j < t->n_ops[from]; j++) {
+                if (t->ops[from][j].kind != sk)
+                    continue;
+                while (t->ops[to][r].kind != rk)
+                    r++;
+                double f = t->ops[to][r].end - t->ops[from][j].start;
+                dur[from][j] = isfinite(f) && f > 0 ? f : 0;
+                r++;
+            }
+        }
 }
 
 int sim_replay(const sim_trace_t *trace, const sim_replay_t *how, sim_result_t *out, char *err,
@@ -620,6 +653,10 @@ int sim_replay(const sim_trace_t *trace, const sim_replay_t *how, sim_result_t *
     }
     if (how->scope != SIM_MEDIAN_PER_STAGE && how->scope != SIM_MEDIAN_ALL) {
         seterr(err, errlen, "unknown median scope %d", (int)how->scope);
+        return -EINVAL;
+    }
+    if (how->comm_measured < SIM_COMM_LINK || how->comm_measured > SIM_COMM_ARRIVAL) {
+        seterr(err, errlen, "unknown communication timing %d", how->comm_measured);
         return -EINVAL;
     }
     int P = trace->stages, rc;
@@ -660,28 +697,34 @@ int sim_replay(const sim_trace_t *trace, const sim_replay_t *how, sim_result_t *
     med = malloc(((size_t)P + 1) * SCHED_OP_KINDS * sizeof *med);
     if (!buf || !med)
         goto nomem;
+    /* Measured durations first (what a send "measured" depends on the mode), then the
+     * medians over them, then the replacements. */
+    for (int s = 0; s < P; s++)
+        for (size_t j = 0; j < trace->n_ops[s]; j++) {
+            const sim_trace_op_t *o = &trace->ops[s][j];
+            int timed = (unsigned)o->kind < SCHED_OP_KINDS && (is_compute(o->kind) || is_send(o->kind));
+            v.dur[s][j] = timed ? o->end - o->start : 0;
+            v.bytes[s][j] = o->bytes;
+        }
+    if (how->comm_measured == SIM_COMM_ARRIVAL)
+        flights_from_receives(trace, v.dur);
     /* med[(s+1)*KINDS + k], row 0 = all stages. */
     for (int k = 0; k < SCHED_OP_KINDS; k++) {
         if (!(how->replace & SIM_KIND_BIT(k)))
             continue;
-        med[k] = median_of(trace, -1, (sched_op_kind_t)k, buf);
+        med[k] = median_of(&plan, v.dur, -1, (sched_op_kind_t)k, buf);
         for (int s = 0; s < P; s++)
-            med[(size_t)(s + 1) * SCHED_OP_KINDS + k] = median_of(trace, s, (sched_op_kind_t)k, buf);
+            med[(size_t)(s + 1) * SCHED_OP_KINDS + k] = median_of(&plan, v.dur, s, (sched_op_kind_t)k, buf);
     }
     for (int s = 0; s < P; s++)
         for (size_t j = 0; j < trace->n_ops[s]; j++) {
-            const sim_trace_op_t *o = &trace->ops[s][j];
-            if ((unsigned)o->kind >= SCHED_OP_KINDS)
+            sched_op_kind_t k = trace->ops[s][j].kind;
+            if ((unsigned)k >= SCHED_OP_KINDS)
                 continue; /* the validator names it */
-            double d = o->end - o->start;
-            if (how->replace & SIM_KIND_BIT(o->kind))
-                d = med[(size_t)(how->scope == SIM_MEDIAN_ALL ? 0 : s + 1) * SCHED_OP_KINDS + o->kind];
-            if (is_send(o->kind)) {
-                v.bytes[s][j] = o->bytes;
-                v.dur[s][j] = how->comm_measured ? d : NAN;
-            } else {
-                v.dur[s][j] = is_compute(o->kind) ? d : 0;
-            }
+            if (how->replace & SIM_KIND_BIT(k))
+                v.dur[s][j] = med[(size_t)(how->scope == SIM_MEDIAN_ALL ? 0 : s + 1) * SCHED_OP_KINDS + k];
+            if (is_send(k) && how->comm_measured == SIM_COMM_LINK)
+                v.dur[s][j] = NAN;
         }
     sim_graph_t g = {&plan, (const double *const *)v.dur, (const double *const *)v.bytes,
                      how->comm_measured ? NULL : how->link_fwd,

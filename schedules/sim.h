@@ -84,7 +84,8 @@ typedef struct {
 
 typedef struct {
     sched_plan_t plan;    /* the op lists simulated (owned) */
-    int slack;            /* K used (after auto), -1 if the schedule takes none */
+    int slack;            /* K used (after auto); -1 if the schedule takes none, and for
+                           * sim_graph_run and sim_replay */
     /* [stage][op]. Compute: when it ran. Send: when it left (started occupying the link)
      * and when it arrived. Receive: when the stage reached it and when it could go on
      * (max of that and the arrival). */
@@ -109,7 +110,8 @@ int sim_run(const sim_config_t *cfg, sim_result_t *out, char *err, size_t errlen
 int sim_slack_auto(const sim_config_t *cfg, int *slack, double times[SIM_SLACK_AUTO_MAX + 1],
                    char *err, size_t errlen) SIM_WUR;
 
-/* Simulates a validated-on-entry op graph. */
+/* Validates the op lists (sched_plan_validate: names stage and op), the numbers and the
+ * links, then simulates. The result holds a copy of the plan. */
 int sim_graph_run(const sim_graph_t *g, sim_result_t *out, char *err, size_t errlen) SIM_WUR;
 
 /* Frees a result; accepts a zeroed or half-built one; leaves it zeroed. */
@@ -140,19 +142,32 @@ typedef enum {
     SIM_MEDIAN_ALL,       /* over every stage: also removes a slow stage */
 } sim_median_scope_t;
 
+/* How sends are timed in a replay (sim_replay_t.comm_measured). */
+enum {
+    SIM_COMM_LINK = 0,    /* the link model (link_fwd/link_bwd) with the trace's bytes */
+    SIM_COMM_SEND = 1,    /* each send's own measured end - start, as its time in flight */
+    SIM_COMM_ARRIVAL = 2, /* from the send's start to the matching receive's end */
+};
+
 /* How to replay. Compute ops take their measured duration, or the median duration of
- * their kind when their bit is set in `replace`. Communication is, by default, timed
- * with the link model (link_fwd/link_bwd, bytes from the trace): a send's measured
- * duration includes waiting caused by the very stragglers the replay removes, so it
- * cannot be reused as is. With comm_measured = 1 (no link model known, e.g. a real
- * cluster), each send instead takes its measured end - start (or the median of its kind
- * when its bit is set) as its time from leaving to arrival. Receive durations are
+ * their kind when their bit is set in `replace`. Communication is, by default
+ * (SIM_COMM_LINK), timed with the link model: a send's measured duration includes
+ * waiting caused by the very stragglers the replay removes, so it cannot be reused as
+ * is. Where no link model is known (e.g. a real cluster), a measured time in flight
+ * can be used instead, with the link not modelled (no FIFO serialisation on top):
+ * SIM_COMM_SEND takes the send row's own span, which is right for runtimes whose send
+ * completes on delivery but near zero for ones that only post it (pipeline/ records
+ * the post); SIM_COMM_ARRIVAL takes the span from the send's start to the end of the
+ * neighbour's matching receive (k-th send = k-th receive), which is the arrival when
+ * the receiver was already waiting and an upper bound otherwise, and needs the trace
+ * times on one clock (as pipeline/ writes them). With SIM_KIND_BIT(SEND_*) in
+ * `replace`, sends take the median of those times instead. Receive durations are
  * always recomputed: they are waits. */
 typedef struct {
     unsigned replace;             /* SIM_KIND_BIT(kind) | ... */
     sim_median_scope_t scope;
-    int comm_measured;
-    const sim_link_t *link_fwd;   /* [stages-1], NULL = free (ignored if comm_measured) */
+    int comm_measured;            /* SIM_COMM_LINK, SIM_COMM_SEND or SIM_COMM_ARRIVAL */
+    const sim_link_t *link_fwd;   /* [stages-1], NULL = free (SIM_COMM_LINK only) */
     const sim_link_t *link_bwd;
     sim_send_mode_t send_mode;
 } sim_replay_t;

@@ -6,7 +6,9 @@
 #include <cmocka.h>
 
 #include <errno.h>
+#include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "models/model.h"
 #include "models/options.h"
@@ -146,12 +148,53 @@ static void test_init_bad_inputs(void **state)
     }
 }
 
+/* pipenem calibrate end to end: the table, the file, and its replay by emulate:FILE. */
+static void test_calibrate_cli(void **state)
+{
+    (void)state;
+    static char out[1 << 16];
+    char path[64];
+    snprintf(path, sizeof path, "/tmp/pn-models-cal-%d.txt", (int)getpid());
+    int rc = tu_pipenem_run(out, sizeof out, "calibrate --model tiny --seq-len 32 --micro-batch-size 2 "
+                            "--stages 2 --threads 1 --iters 2 --out %s", path);
+    if (rc != 0 || !strstr(out, "peak_%") || !strstr(out, "# OK") || access(path, R_OK))
+        fail_msg("calibrate exited %d:\n%s", rc, out);
+    print_message("calibrate tiny, 2 stages: exit 0, wrote %s\n", path);
+    rc = tu_pipenem_run(out, sizeof out, "calibrate --model tiny --seq-len 32 --micro-batch-size 2 "
+                        "--stages 2 --iters 1 --warmup 0 --compute emulate:%s", path);
+    if (rc != 0 || !strstr(out, "# OK"))
+        fail_msg("calibrate replaying %s exited %d:\n%s", path, rc, out);
+    rc = tu_pipenem_run(out, sizeof out, "calibrate --model tiny --seq-len 16 --micro-batch-size 2 "
+                        "--compute emulate:%s", path);
+    unlink(path);
+    if (rc != 1 || !strstr(out, "measured with seq-len 32, this run has 16"))
+        fail_msg("a mismatching replay exited %d:\n%s", rc, out);
+    static const struct {
+        const char *args, *needle;
+    } bad[] = {
+        {"--model tiny --heads 5", "--heads 5 does not divide --hidden 64"},
+        {"--model tiny --seq-len 129", "--seq-len 129 is above the context 128 of tiny"},
+        {"--model tiny --stages 3", "--stages 3 is more than the 2 layers of tiny"},
+        {"--model tiny --partition 1,2", "--partition sums to 3 layers but tiny has 2"},
+        {"--model tiny --compute emulate:k80", "unknown device 'k80'"},
+        {"--model tiny --iters 0", "--iters: expected an integer >= 1"},
+        {"--model tiny --compute emulate:v100 --out /tmp/x", "--out needs measured compute"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        rc = tu_pipenem_run(out, sizeof out, "calibrate %s", bad[i].args);
+        print_message("calibrate %s -> %d %s", bad[i].args, rc, out);
+        if (rc != 2 || !strstr(out, bad[i].needle))
+            fail_msg("expected exit 2 with '%s'", bad[i].needle);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_options_bad_inputs),
         cmocka_unit_test(test_options_good),
         cmocka_unit_test(test_init_bad_inputs),
+        cmocka_unit_test(test_calibrate_cli),
     };
     return cmocka_run_group_tests_name("models_errors", tests, NULL, NULL);
 }

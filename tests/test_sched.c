@@ -27,22 +27,52 @@ static void ops_to_text(const sched_op_t *ops, size_t n, char *buf, size_t len)
     }
 }
 
-/* A plan from one text line per stage (compact tokens). */
+/* A plan from one text line per stage (compact tokens), through sched_plan_parse. */
 static void plan_from_text(sched_plan_t *p, int M, int P, const char *const *lines)
 {
-    assert_int_equal(sched_plan_alloc(P, M, p), 0);
+    char text[4096] = "", err[256];
     for (int s = 0; s < P; s++) {
-        char *copy = strdup(lines[s]), *save = NULL;
-        assert_non_null(copy);
-        p->ops[s] = calloc(strlen(lines[s]) + 1, sizeof *p->ops[s]);
-        assert_non_null(p->ops[s]);
-        for (char *t = strtok_r(copy, " ", &save); t; t = strtok_r(NULL, " ", &save)) {
-            if (sched_op_parse(t, &p->ops[s][p->n_ops[s]]))
-                fail_msg("bad token '%s'", t);
-            p->n_ops[s]++;
-        }
-        free(copy);
+        strncat(text, lines[s], sizeof text - strlen(text) - 2);
+        strcat(text, "\n");
     }
+    if (sched_plan_parse(text, M, p, err, sizeof err))
+        fail_msg("%s", err);
+    assert_int_equal(p->stages, P);
+}
+
+/* The text form: prefixes, comments, blank lines, commas; M from the largest
+ * micro-batch; each error names line and token. */
+static void test_plan_parse(void **state)
+{
+    (void)state;
+    sched_plan_t p;
+    char err[256];
+    assert_int_equal(sched_plan_parse("# two stages\nstage 0: F0, Sa0 F1 Sa1 OPT\n\n1: Ra0 FWD(0) RECV_ACT(1) F1 OPT_STEP # end\n",
+                                      0, &p, err, sizeof err), 0);
+    assert_int_equal(p.stages, 2);
+    assert_int_equal(p.micro_batches, 2);
+    assert_int_equal(p.n_ops[0], 5);
+    assert_int_equal(p.n_ops[1], 5);
+    assert_int_equal(p.ops[1][1].kind, SCHED_FWD);
+    assert_int_equal(p.ops[1][4].kind, SCHED_OPT_STEP);
+    sched_plan_destroy(&p);
+    assert_int_equal(sched_plan_parse("F0 OPT\n", 7, &p, err, sizeof err), 0);
+    assert_int_equal(p.micro_batches, 7);
+    sched_plan_destroy(&p);
+    static const struct {
+        const char *text, *needle;
+    } bad[] = {
+        {"F0 OPT\nstage 3: F0\n", "line 2"},
+        {"F0 OPT\n\nF0 Q1\n", "line 3 (stage 1): bad op 'Q1'"},
+        {"# nothing\n\n", "no op lists"},
+        {"OPT\n", "no micro-batch"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        err[0] = '\0';
+        if (sched_plan_parse(bad[i].text, 0, &p, err, sizeof err) != -EINVAL || !strstr(err, bad[i].needle))
+            fail_msg("case %zu: '%s' lacks '%s'", i, err, bad[i].needle);
+    }
+    assert_int_equal(sched_plan_parse(NULL, 0, &p, err, sizeof err), -EINVAL);
 }
 
 static void test_names_and_tokens(void **state)
@@ -300,6 +330,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_names_and_tokens),
+        cmocka_unit_test(test_plan_parse),
         cmocka_unit_test(test_literal_lists),
         cmocka_unit_test(test_builtin_plans_valid_and_peaks),
         cmocka_unit_test(test_slack_limits),

@@ -180,6 +180,37 @@ static void test_latency_only_links(void **state)
     md_report(&m, "gpipe, latency-only links");
 }
 
+/* 1F1B, P = 2, latency-only links of delay d. Stage 0 runs F0 | F(j+1) B(j) for
+ * j = 0..M-2 | B(M-1); stage 1 runs F(i) B(i) as activations arrive. Let E(j) be the
+ * end of B(j) on stage 0. Walking the first ops: activation 0 arrives F+d, stage 1
+ * ends B(0) at 2F+B+d, its gradient arrives 2F+B+2d > 2F (stage 0 has finished F1), so
+ * E(0) = 2(F+B) + 2d; stage 1 starts F(1) when B(0) ends (activation 1 came at 2F+d),
+ * so gradient 1 arrives 3F+2B+2d, exactly when stage 0 ends F(2): E(1) = 3(F+B) + 2d.
+ * From then on each round trip is a chain with no slack: B(j) -> F(j+2) on stage 0 ->
+ * d -> F(j+2), B(j+2) on stage 1 -> d -> B(j+2) on stage 0, so
+ * E(j+2) = E(j) + 2(F+B) + 2d: two micro-batches per round trip, as stage 0 holds
+ * P - s = 2. T = E(M-1) = (M+1)(F+B) + 2d * ceil(M/2), for any d >= 0. */
+static void test_latency_only_links_1f1b(void **state)
+{
+    (void)state;
+    maxdiff_t m = {0};
+    static const double delays[] = {0, 0.01, 0.5, 5};
+    static const double FB[][2] = {{1, 2}, {2, 1}, {3, 0.5}};
+    for (int c = 0; c < 3; c++)
+        for (int di = 0; di < 4; di++)
+            for (int M = 1; M <= 40; M++) {
+                double F = FB[c][0], B = FB[c][1], d = delays[di];
+                set_costs(2, F, B, 0);
+                set_links(2, d, 0, 0);
+                sim_result_t r;
+                run("1f1b", 2, M, 0, 1, 1, SIM_SEND_PIPELINED, 1, &r);
+                md_check(&m, r.time, (M + 1) * (F + B) + 2 * d * ((M + 1) / 2),
+                         "F=%g B=%g d=%g M=%d", F, B, d, M);
+                sim_result_destroy(&r);
+            }
+    md_report(&m, "1f1b P=2, latency-only links");
+}
+
 /* GPipe, bandwidth-bound links: a message occupies its direction for X = o + a*8/bw
  * (activations) or Xg = o + g*8/bw (gradients), with X >= F and Xg >= B, plus delay d.
  * Stage 0 hands over activation i at (i+1)F but the link frees only every X, so it
@@ -456,12 +487,35 @@ static void test_replay(void **state)
 
     /* comm_measured: flight times taken from the trace, no link model needed */
     set_links(P, 0.3, 0, 0);
+    sim_result_destroy(&base);
     run("gpipe", P, M, 0, 1e5, 1e5, SIM_SEND_PIPELINED, 1, &base);
     trace_from(&base, rows, n, 1e5);
-    sim_replay_t meas = {SIM_REPLACE_COMPUTE, SIM_MEDIAN_PER_STAGE, 1, NULL, NULL, SIM_SEND_PIPELINED};
+    sim_replay_t meas = {SIM_REPLACE_COMPUTE, SIM_MEDIAN_PER_STAGE, SIM_COMM_SEND, NULL, NULL, SIM_SEND_PIPELINED};
     assert_int_equal(sim_replay(&tr, &meas, &r, err, sizeof err), 0);
     md_check(&m, r.time, base.time, "replay with measured transfers");
     sim_result_destroy(&r);
+    /* A runtime that records only the post of a send (end = start): SIM_COMM_SEND then
+     * sees free links, SIM_COMM_ARRIVAL recovers the flight from the receiver's end. In
+     * this GPipe run every message arrives exactly when its receiver reaches it (see
+     * test_latency_only_links), so the receive ends are the arrivals. */
+    for (int s = 0; s < P; s++)
+        for (size_t j = 0; j < n[s]; j++)
+            if (rows[s][j].kind == SCHED_SEND_ACT || rows[s][j].kind == SCHED_SEND_GRAD)
+                rows[s][j].end = rows[s][j].start;
+    assert_int_equal(sim_replay(&tr, &meas, &r, err, sizeof err), 0);
+    assert_true(r.time < base.time - 1);
+    sim_result_destroy(&r);
+    meas.comm_measured = SIM_COMM_ARRIVAL;
+    assert_int_equal(sim_replay(&tr, &meas, &r, err, sizeof err), 0);
+    md_check(&m, r.time, base.time, "replay with flights from the receives");
+    sim_result_destroy(&r);
+    meas.replace |= SIM_KIND_BIT(SCHED_SEND_ACT) | SIM_KIND_BIT(SCHED_SEND_GRAD);
+    assert_int_equal(sim_replay(&tr, &meas, &r, err, sizeof err), 0);
+    md_check(&m, r.time, base.time, "replay with median flights");
+    sim_result_destroy(&r);
+    meas.comm_measured = 3;
+    assert_int_equal(sim_replay(&tr, &meas, &r, err, sizeof err), -EINVAL);
+    meas.comm_measured = SIM_COMM_SEND;
 
     /* a trace that is not a finite interval, or not a valid order, is named */
     rows[2][1].end = NAN;
@@ -478,6 +532,76 @@ static void test_replay(void **state)
         free(rows[s]);
     sim_result_destroy(&base);
     md_report(&m, "replay");
+}
+
+static unsigned long long rng_state = 0x9e3779b97f4a7c15ull;
+static unsigned rnd(unsigned n)
+{
+    rng_state = rng_state * 6364136223846793005ull + 1442695040888963407ull;
+    return (unsigned)(rng_state >> 33) % n;
+}
+
+/* Mutated plans (ops swapped, dropped, duplicated, rewritten) must never crash the
+ * validator or the simulator, and whatever the validator accepts the simulator must run
+ * to the end: the validator's dry run and the simulator agree on what can deadlock. */
+static void test_mutated_plans(void **state)
+{
+    (void)state;
+    static const char *const scheds[] = {"gpipe", "1f1b", "1f1b-slack"};
+    int accepted = 0, rejected = 0;
+    for (int iter = 0; iter < 6000; iter++) {
+        int P = 1 + (int)rnd(4), M = 1 + (int)rnd(4);
+        sched_plan_t p;
+        char err[512];
+        assert_int_equal(sched_plan_build(scheds[rnd(3)], P, M, (int)rnd(3), &p, err, sizeof err), 0);
+        for (int k = 1 + (int)rnd(3); k > 0; k--) {
+            int s = (int)rnd((unsigned)P);
+            size_t n = p.n_ops[s];
+            sched_op_t *o = p.ops[s];
+            if (n == 0)
+                continue;
+            size_t a = rnd((unsigned)n), b = rnd((unsigned)n);
+            switch (rnd(4)) {
+            case 0: { sched_op_t t = o[a]; o[a] = o[b]; o[b] = t; break; }
+            case 1: memmove(o + a, o + a + 1, (n - a - 1) * sizeof *o); p.n_ops[s]--; break;
+            case 2: o[a] = o[b]; break;
+            default: o[a] = (sched_op_t){(sched_op_kind_t)rnd(SCHED_OP_KINDS + 1), (int)rnd((unsigned)M + 2) - 1}; break;
+            }
+        }
+        double **dur = calloc((size_t)P, sizeof *dur), **bytes = calloc((size_t)P, sizeof *bytes);
+        assert_true(dur && bytes);
+        for (int s = 0; s < P; s++) {
+            dur[s] = calloc(p.n_ops[s] + 1, sizeof **dur);
+            bytes[s] = calloc(p.n_ops[s] + 1, sizeof **bytes);
+            assert_true(dur[s] && bytes[s]);
+            for (size_t j = 0; j < p.n_ops[s]; j++)
+                dur[s][j] = (p.ops[s][j].kind == SCHED_SEND_ACT || p.ops[s][j].kind == SCHED_SEND_GRAD) ? NAN : 1.0 + rnd(3);
+        }
+        set_links(P, 0.5, 1e3, 0.1);
+        sim_graph_t g = {&p, (const double *const *)dur, (const double *const *)bytes, links, links,
+                         rnd(2) ? SIM_SEND_BLOCKING : SIM_SEND_PIPELINED};
+        int valid = sched_plan_validate(&p, NULL, err, sizeof err) == 0;
+        sim_result_t r;
+        int rc = sim_graph_run(&g, &r, err, sizeof err);
+        if (valid && rc)
+            fail_msg("iteration %d: validator accepted, simulator failed: %s", iter, err);
+        if (!valid && rc != -EINVAL)
+            fail_msg("iteration %d: validator rejected, simulator returned %d", iter, rc);
+        if (!rc) {
+            assert_true(isfinite(r.time) && r.time > 0);
+            sim_result_destroy(&r);
+        }
+        valid ? accepted++ : rejected++;
+        for (int s = 0; s < P; s++) {
+            free(dur[s]);
+            free(bytes[s]);
+        }
+        free(dur);
+        free(bytes);
+        sched_plan_destroy(&p);
+    }
+    print_message("mutated plans: %d accepted and simulated, %d rejected\n", accepted, rejected);
+    assert_true(accepted > 100 && rejected > 100);
 }
 
 /* Invalid input never crashes: each returns -EINVAL and names the bad part. */
@@ -573,6 +697,7 @@ int main(void)
         cmocka_unit_test(test_free_links_unit_costs),
         cmocka_unit_test(test_free_links_uneven_stages),
         cmocka_unit_test(test_latency_only_links),
+        cmocka_unit_test(test_latency_only_links_1f1b),
         cmocka_unit_test(test_bandwidth_bound_links),
         cmocka_unit_test(test_latency_is_pipelined),
         cmocka_unit_test(test_slack_auto_beats_gpipe_and_1f1b),
@@ -580,6 +705,7 @@ int main(void)
         cmocka_unit_test(test_critical_path),
         cmocka_unit_test(test_busy_and_spans),
         cmocka_unit_test(test_replay),
+        cmocka_unit_test(test_mutated_plans),
         cmocka_unit_test(test_invalid_input),
     };
     return cmocka_run_group_tests_name("sim", tests, NULL, NULL);

@@ -1,0 +1,229 @@
+/* The shared run configuration: option table, parsing with a message per bad value,
+ * cross-field checks, and the canonical text whose hash every rank compares. */
+#include "pipeline/runcfg.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "netem/profile.h"
+#include "schedules/sched.h"
+
+static const struct option group[] = {
+    {"schedule", required_argument, NULL, RUNCFG_OPT_SCHEDULE},
+    {"slack", required_argument, NULL, RUNCFG_OPT_SLACK},
+    {"iters", required_argument, NULL, RUNCFG_OPT_ITERS},
+    {"warmup", required_argument, NULL, RUNCFG_OPT_WARMUP},
+    {"net", required_argument, NULL, RUNCFG_OPT_NET},
+    {"emulator", required_argument, NULL, RUNCFG_OPT_EMULATOR},
+    {"dist-url", required_argument, NULL, RUNCFG_OPT_DIST_URL},
+    {"world-size", required_argument, NULL, RUNCFG_OPT_WORLD_SIZE},
+    {"rank", required_argument, NULL, RUNCFG_OPT_RANK},
+    {"token", required_argument, NULL, RUNCFG_OPT_TOKEN},
+    {"timeout", required_argument, NULL, RUNCFG_OPT_TIMEOUT},
+    {"trace", required_argument, NULL, RUNCFG_OPT_TRACE},
+    {"ucx-tls", required_argument, NULL, RUNCFG_OPT_UCX_TLS},
+    {"ucx-devices", required_argument, NULL, RUNCFG_OPT_UCX_DEVICES},
+};
+
+void runcfg_defaults(runcfg_t *c)
+{
+    memset(c, 0, sizeof *c);
+    model_options_defaults(&c->model);
+    snprintf(c->schedule, sizeof c->schedule, "1f1b");
+    c->iters = 10;
+    c->warmup = 1;
+    snprintf(c->net, sizeof c->net, "default");
+    snprintf(c->emulator, sizeof c->emulator, "tc");
+    c->world_size = -1;
+    c->rank = -1;
+    c->timeout = 300;
+}
+
+int runcfg_options_table(struct option *dst, size_t cap, const struct option *own)
+{
+    size_t n = 0, ng = sizeof group / sizeof *group;
+    while (own && own[n].name)
+        n++;
+    if (n + ng + 1 > cap)
+        return -ENOSPC;
+    memcpy(dst, own, n * sizeof *dst);
+    memcpy(dst + n, group, ng * sizeof *dst);
+    memset(&dst[n + ng], 0, sizeof *dst);
+    /* the model group goes after ours and terminates the table */
+    int k = model_options_table(dst + n + ng, cap - n - ng, NULL);
+    return k < 0 ? -ENOSPC : (int)(n + ng) + k;
+}
+
+const char *runcfg_help(void)
+{
+    static char buf[8192];
+    if (!buf[0])
+        snprintf(buf, sizeof buf, "%s%s", model_options_help(),
+                 "pipeline:\n"
+                 "  --schedule S            gpipe, 1f1b (default), 1f1b-slack\n"
+                 "  --slack K               extra micro-batches in flight per hop (1f1b-slack)\n"
+                 "  --iters N               measured iterations (default 10)\n"
+                 "  --warmup W              iterations run first and left out of the summary (default 1)\n"
+                 "  --net NET               default | PROFILE | 0-1=PROFILE,1-2=PROFILE (e.g. 10ms/1Gbps)\n"
+                 "  --emulator E            tc (namespaces + qdiscs, default) | shim (in-transport shaper)\n"
+                 "  --timeout SECONDS       a single wait longer than this fails the job (default 300)\n"
+                 "  --trace FILE            write this rank's per-op trace CSV\n"
+                 "  --ucx-tls T --ucx-devices D   force UCX_TLS / UCX_NET_DEVICES\n"
+                 "multi-host (pipenem stage):\n"
+                 "  --dist-url tcp://HOST:PORT   rank 0's rendezvous address (rank 0 listens there only)\n"
+                 "  --world-size P --rank R      or SLURM_PROCID/NTASKS, OMPI_COMM_WORLD_RANK/SIZE, PMI_RANK/SIZE\n"
+                 "  --token T                    job token shared by all ranks (or PIPENEM_TOKEN, the launcher's job id)\n");
+    return buf;
+}
+
+static int parse_int(const char *name, const char *arg, int lo, int hi, int *out, char *err, size_t errlen)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(arg, &end, 10);
+    if (end == arg || *end || errno || v < lo || v > hi) {
+        snprintf(err, errlen, "--%s: expected an integer %d..%d, got '%s'", name, lo, hi, arg);
+        return -EINVAL;
+    }
+    *out = (int)v;
+    return 0;
+}
+
+static int copy_str(const char *name, const char *arg, char *dst, size_t cap, char *err, size_t errlen)
+{
+    if (!*arg || strlen(arg) >= cap) {
+        snprintf(err, errlen, "--%s: value %s", name, *arg ? "too long" : "is empty");
+        return -EINVAL;
+    }
+    memcpy(dst, arg, strlen(arg) + 1);
+    return 0;
+}
+
+int runcfg_option(runcfg_t *c, int opt, const char *arg, char *err, size_t errlen)
+{
+    int rc = model_options_parse(&c->model, opt, arg, err, errlen);
+    if (rc)
+        return rc;
+    switch (opt) {
+    case RUNCFG_OPT_SCHEDULE:
+        if (sched_uses_slack(arg) < 0) {
+            snprintf(err, errlen, "--schedule: unknown schedule '%s' (known: %s)", arg, sched_names());
+            return -EINVAL;
+        }
+        rc = copy_str("schedule", arg, c->schedule, sizeof c->schedule, err, errlen);
+        break;
+    case RUNCFG_OPT_SLACK: rc = parse_int("slack", arg, 0, 1 << 16, &c->slack, err, errlen); break;
+    case RUNCFG_OPT_ITERS: rc = parse_int("iters", arg, 1, 1 << 20, &c->iters, err, errlen); break;
+    case RUNCFG_OPT_WARMUP: rc = parse_int("warmup", arg, 0, 1 << 20, &c->warmup, err, errlen); break;
+    case RUNCFG_OPT_NET: rc = copy_str("net", arg, c->net, sizeof c->net, err, errlen); break;
+    case RUNCFG_OPT_EMULATOR:
+        if (strcmp(arg, "tc") && strcmp(arg, "shim")) {
+            snprintf(err, errlen, "--emulator: expected tc or shim, got '%s'", arg);
+            return -EINVAL;
+        }
+        rc = copy_str("emulator", arg, c->emulator, sizeof c->emulator, err, errlen);
+        break;
+    case RUNCFG_OPT_DIST_URL: rc = copy_str("dist-url", arg, c->dist_url, sizeof c->dist_url, err, errlen); break;
+    case RUNCFG_OPT_WORLD_SIZE: rc = parse_int("world-size", arg, 1, 16384, &c->world_size, err, errlen); break;
+    case RUNCFG_OPT_RANK: rc = parse_int("rank", arg, 0, 16383, &c->rank, err, errlen); break;
+    case RUNCFG_OPT_TOKEN: rc = copy_str("token", arg, c->token, sizeof c->token, err, errlen); break;
+    case RUNCFG_OPT_TIMEOUT: {
+        char *end;
+        double v = strtod(arg, &end);
+        if (end == arg || *end || !(v > 0) || v > 1e6) {
+            snprintf(err, errlen, "--timeout: expected seconds > 0, got '%s'", arg);
+            return -EINVAL;
+        }
+        c->timeout = v;
+        break;
+    }
+    case RUNCFG_OPT_TRACE: rc = copy_str("trace", arg, c->trace, sizeof c->trace, err, errlen); break;
+    case RUNCFG_OPT_UCX_TLS: rc = copy_str("ucx-tls", arg, c->ucx_tls, sizeof c->ucx_tls, err, errlen); break;
+    case RUNCFG_OPT_UCX_DEVICES:
+        rc = copy_str("ucx-devices", arg, c->ucx_devices, sizeof c->ucx_devices, err, errlen);
+        break;
+    default:
+        return 0;
+    }
+    return rc ? rc : 1;
+}
+
+int runcfg_finish(runcfg_t *c, char *err, size_t errlen)
+{
+    int rc = model_options_finish(&c->model, &c->stage_params, err, errlen);
+    if (rc)
+        return rc;
+    c->stages = c->stage_params.stages;
+    c->micro_batches = c->stage_params.micro_batches;
+    if (c->warmup >= c->iters + c->warmup) {
+        snprintf(err, errlen, "--warmup %d leaves no measured iteration", c->warmup);
+        return -EINVAL;
+    }
+    if (c->iters + c->warmup > (1 << 24)) {
+        snprintf(err, errlen, "--iters + --warmup exceeds %d", 1 << 24);
+        return -EINVAL;
+    }
+    if (c->slack && sched_uses_slack(c->schedule) != 1) {
+        snprintf(err, errlen, "--slack %d needs --schedule 1f1b-slack (got %s)", c->slack, c->schedule);
+        return -EINVAL;
+    }
+    sched_op_t *ops = NULL;
+    size_t n = 0;
+    rc = sched_ops_build(c->schedule, c->stages, c->micro_batches, c->slack, 0, &ops, &n, err, errlen);
+    free(ops);
+    if (rc)
+        return rc;
+    if (c->stages > 1) {
+        netem_profile_t *links = calloc((size_t)c->stages - 1, sizeof *links);
+        if (!links)
+            return -ENOMEM;
+        rc = netem_net_parse(c->net, c->stages, links, err, errlen);
+        free(links);
+        if (rc)
+            return rc;
+    } else if (strcmp(c->net, "default")) {
+        snprintf(err, errlen, "--net %s needs at least 2 stages (there is no link with --stages 1)", c->net);
+        return -EINVAL;
+    }
+    if (c->world_size > 0 && c->world_size != c->stages) {
+        snprintf(err, errlen, "--world-size %d differs from the %d stages (one process per stage)", c->world_size,
+                 c->stages);
+        return -EINVAL;
+    }
+    if (c->rank >= 0 && c->world_size > 0 && c->rank >= c->world_size) {
+        snprintf(err, errlen, "--rank %d is not below --world-size %d", c->rank, c->world_size);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+int runcfg_format(const runcfg_t *c, char *buf, size_t len)
+{
+    const model_options_t *m = &c->model;
+    int n = snprintf(buf, len,
+                     "model=%s layers=%d hidden=%d heads=%d vocab=%d seq_len=%d stages=%d partition=", m->model,
+                     m->layers, m->hidden, m->heads, m->vocab, m->seq_len, c->stages);
+    for (int i = 0; i < m->n_partition && n >= 0 && (size_t)n < len; i++)
+        n += snprintf(buf + n, len - (size_t)n, "%s%d", i ? "," : "", m->partition[i]);
+    if (n >= 0 && (size_t)n < len)
+        n += snprintf(buf + n, len - (size_t)n,
+                      " batch=%d micro_batch=%d compute=%s dataset=%s recompute=%d tied=%d seed=%llu lr=%.9g"
+                      " schedule=%s slack=%d iters=%d warmup=%d net=%s emulator=%s",
+                      m->batch_size, m->micro_batch_size, m->compute, m->dataset, m->recompute, m->tied_embeddings,
+                      m->seed, (double)m->lr, c->schedule, c->slack, c->iters, c->warmup, c->net, c->emulator);
+    return n;
+}
+
+uint64_t runcfg_hash(const runcfg_t *c)
+{
+    char buf[4096];
+    int n = runcfg_format(c, buf, sizeof buf);
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (int i = 0; i < n && i < (int)sizeof buf; i++) {
+        h ^= (unsigned char)buf[i];
+        h *= 0x100000001b3ull;
+    }
+    return h;
+}

@@ -1,0 +1,66 @@
+/* The run configuration every stage of a job must agree on (model, batch, schedule,
+ * compute, network, iterations) plus the per-process launch options, with the option
+ * table and parser that `pipenem run`, `stage` and `sweep` share. The model/compute group
+ * is models/options.h's; its canonical text is hashed for the bootstrap handshake. */
+#ifndef PN_PIPELINE_RUNCFG_H
+#define PN_PIPELINE_RUNCFG_H
+
+#include <getopt.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "models/options.h"
+
+#define RUNCFG_WUR __attribute__((warn_unused_result))
+
+/* getopt values of the pipeline group (the model group owns 0x1000..0x1fff). */
+enum {
+    RUNCFG_OPT_SCHEDULE = 0x2000, RUNCFG_OPT_SLACK, RUNCFG_OPT_ITERS, RUNCFG_OPT_WARMUP,
+    RUNCFG_OPT_NET, RUNCFG_OPT_EMULATOR, RUNCFG_OPT_DIST_URL, RUNCFG_OPT_WORLD_SIZE,
+    RUNCFG_OPT_RANK, RUNCFG_OPT_TOKEN, RUNCFG_OPT_TIMEOUT, RUNCFG_OPT_TRACE,
+    RUNCFG_OPT_UCX_TLS, RUNCFG_OPT_UCX_DEVICES, RUNCFG_OPT_END
+};
+
+typedef struct {
+    /* ---- shared by every rank (hashed) ---- */
+    model_options_t model;   /* --model ... --lr (models/options.h) */
+    char schedule[32];
+    int slack;               /* K of 1f1b-slack */
+    int iters, warmup;       /* measured iterations after warm-up ones */
+    char net[512];           /* --net: "default", a profile, or a per-link list */
+    char emulator[16];       /* how --net is applied: "tc" or "shim" */
+    /* ---- per process (not hashed) ---- */
+    char dist_url[300];
+    int world_size, rank;    /* -1 = from the launcher's environment */
+    char token[257];         /* "" = from the launcher's environment */
+    double timeout;          /* seconds a single wait may take before the job fails */
+    char trace[512];         /* this rank's trace CSV ("" = none) */
+    char ucx_tls[64], ucx_devices[64];
+    /* ---- derived by runcfg_finish ---- */
+    int stages, micro_batches;
+    model_stage_params_t stage_params;  /* for stage 0; the caller sets stage, max_inflight */
+} runcfg_t;
+
+void runcfg_defaults(runcfg_t *c);
+
+/* The caller's own long options (may be NULL) followed by the model group's and the
+ * pipeline group's, terminated, into dst. Returns the entry count or -ENOSPC. */
+int runcfg_options_table(struct option *dst, size_t cap, const struct option *own) RUNCFG_WUR;
+/* The help text of both groups. */
+const char *runcfg_help(void);
+
+/* Applies one parsed option: 1 if it belongs to either group, 0 if not, -EINVAL with a
+ * message naming the option and the bad value. */
+int runcfg_option(runcfg_t *c, int opt, const char *arg, char *err, size_t errlen) RUNCFG_WUR;
+
+/* Cross-field checks and derived values: the model group's checks, schedule name and
+ * slack, warmup below iters, --net against the stage count and emulator, world size
+ * against stages. -EINVAL naming the combination that is wrong. */
+int runcfg_finish(runcfg_t *c, char *err, size_t errlen) RUNCFG_WUR;
+
+/* "model=tiny seq_len=... " of the shared fields, in a fixed order. */
+int runcfg_format(const runcfg_t *c, char *buf, size_t len);
+/* FNV-1a 64 of runcfg_format: equal exactly when ranks agree. */
+uint64_t runcfg_hash(const runcfg_t *c);
+
+#endif

@@ -1,0 +1,300 @@
+/* A stage process's life: open the transport, meet the other ranks, connect to the
+ * neighbours, build the model partition, execute, and hand the trace to rank 0, which
+ * assembles the job summary. Control-plane failures are turned into transport failures
+ * so that a rank blocked on a dead neighbour's tensor wakes up at once. */
+#include "pipeline/stage.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "pipeline/boot.h"
+#include "pipeline/ucx.h"
+
+static void on_peer_fail(void *arg, int rank, const char *why)
+{
+    (void)rank;
+    transport_fail(arg, -ECONNRESET, why);
+}
+
+/* ---- the report each rank sends to rank 0 (text, one record per line) ---- */
+
+static char *report_build(const stage_rank_t *me, const exec_result_t *r, size_t *len)
+{
+    size_t cap = 256 + (size_t)r->iters * 48 + r->n_rows * 96;
+    char *buf = malloc(cap);
+    if (!buf)
+        return NULL;
+    size_t n = (size_t)snprintf(buf, cap, "R %zu %.17g %.17g %.17g %.17g %.17g %.17g %.17g %zu %d %zu\n",
+                                me->peak_rss, me->fwd_flops, me->bwd_flops, me->peak_flops, me->wait_wall,
+                                me->wait_cpu, me->run_wall, me->run_cpu, me->params, r->iters, r->n_rows);
+    for (int i = 0; i < r->iters && n < cap; i++)
+        n += (size_t)snprintf(buf + n, cap - n, "L %d %.17g\n", i, r->loss[i]);
+    for (size_t i = 0; i < r->n_rows && n < cap; i++) {
+        const exec_row_t *w = &r->rows[i];
+        n += (size_t)snprintf(buf + n, cap - n, "T %d %d %d %.9f %.9f %zu\n", w->iter, (int)w->kind, w->mb, w->start,
+                              w->end, w->bytes);
+    }
+    if (n >= cap) {
+        free(buf);
+        return NULL;
+    }
+    *len = n;
+    return buf;
+}
+
+/* Parses rank q's report into s; every number is range-checked (it came off the wire). */
+static int report_parse(stage_summary_t *s, int q, const char *text, size_t len, char *err, size_t errlen)
+{
+    char *copy = strndup(text, len), *save = NULL;
+    if (!copy)
+        return -ENOMEM;
+    int rc = 0, iters = 0;
+    size_t rows = 0, got_rows = 0;
+    for (char *line = strtok_r(copy, "\n", &save); line && !rc; line = strtok_r(NULL, "\n", &save)) {
+        stage_rank_t *m = &s->ranks[q];
+        if (line[0] == 'R') {
+            if (sscanf(line, "R %zu %lg %lg %lg %lg %lg %lg %lg %zu %d %zu", &m->peak_rss, &m->fwd_flops,
+                       &m->bwd_flops, &m->peak_flops, &m->wait_wall, &m->wait_cpu, &m->run_wall, &m->run_cpu,
+                       &m->params, &iters, &rows) != 11 ||
+                iters != s->warmup + s->iters || rows > (size_t)iters * 64 * 1024 * 1024) {
+                rc = -EPROTO;
+                break;
+            }
+            exec_row_t *nr = realloc(s->rows, (s->n_rows + rows + 1) * sizeof *nr);
+            if (!nr) {
+                rc = -ENOMEM;
+                break;
+            }
+            s->rows = nr;
+        } else if (line[0] == 'L') {
+            int i;
+            double v;
+            if (sscanf(line, "L %d %lg", &i, &v) != 2 || i < 0 || i >= s->warmup + s->iters) {
+                rc = -EPROTO;
+                break;
+            }
+            if (q == s->stages - 1)
+                s->loss[i] = v;
+        } else if (line[0] == 'T') {
+            exec_row_t w = {.rank = q};
+            int kind;
+            if (!iters || got_rows >= rows ||
+                sscanf(line, "T %d %d %d %lg %lg %zu", &w.iter, &kind, &w.mb, &w.start, &w.end, &w.bytes) != 6 ||
+                w.iter < 0 || w.iter >= iters || kind < 0 || kind >= SCHED_OP_KINDS) {
+                rc = -EPROTO;
+                break;
+            }
+            w.kind = (sched_op_kind_t)kind;
+            s->rows[s->n_rows++] = w;
+            got_rows++;
+        } else {
+            rc = -EPROTO;
+        }
+    }
+    if (!rc && (!iters || got_rows != rows))
+        rc = -EPROTO;
+    if (rc == -EPROTO)
+        snprintf(err, errlen, "rank %d sent a malformed final report", q);
+    free(copy);
+    return rc;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static int summary_build(stage_summary_t *s, const runcfg_t *cfg, const boot_t *b, char *err, size_t errlen)
+{
+    int n = cfg->warmup + cfg->iters;
+    s->stages = cfg->stages;
+    s->iters = cfg->iters;
+    s->warmup = cfg->warmup;
+    s->tokens_per_iter = (double)cfg->stage_params.micro_batch_size * cfg->micro_batches * cfg->stage_params.seq_len;
+    s->iter_time = calloc((size_t)n, sizeof *s->iter_time);
+    s->loss = malloc(sizeof *s->loss * (size_t)n);
+    s->ranks = calloc((size_t)cfg->stages, sizeof *s->ranks);
+    double *first = malloc(sizeof *first * (size_t)n), *last = malloc(sizeof *last * (size_t)n);
+    int rc = 0;
+    if (!s->iter_time || !s->loss || !s->ranks || !first || !last) {
+        rc = -ENOMEM;
+        goto out;
+    }
+    for (int i = 0; i < n; i++) {
+        s->loss[i] = NAN;
+        first[i] = INFINITY;
+        last[i] = -INFINITY;
+    }
+    for (int q = 0; q < cfg->stages && !rc; q++) {
+        size_t len;
+        const char *text = boot_gathered(b, q, &len);
+        if (!text) {
+            snprintf(err, errlen, "rank %d's final report is missing", q);
+            rc = -EPROTO;
+            break;
+        }
+        rc = report_parse(s, q, text, len, err, errlen);
+    }
+    if (rc)
+        goto out;
+    for (size_t k = 0; k < s->n_rows; k++) {
+        const exec_row_t *w = &s->rows[k];
+        if (w->start < first[w->iter])
+            first[w->iter] = w->start;
+        if (w->end > last[w->iter])
+            last[w->iter] = w->end;
+    }
+    for (int i = 0; i < n; i++)
+        s->iter_time[i] = last[i] - (i ? last[i - 1] : first[0]);
+    double *m = malloc(sizeof *m * (size_t)cfg->iters);
+    if (!m) {
+        rc = -ENOMEM;
+        goto out;
+    }
+    memcpy(m, s->iter_time + cfg->warmup, sizeof *m * (size_t)cfg->iters);
+    qsort(m, (size_t)cfg->iters, sizeof *m, cmp_double);
+    s->median_time = cfg->iters % 2 ? m[cfg->iters / 2] : (m[cfg->iters / 2 - 1] + m[cfg->iters / 2]) / 2;
+    s->tokens_per_s = s->tokens_per_iter / s->median_time;
+    free(m);
+out:
+    free(first);
+    free(last);
+    if (rc == -ENOMEM)
+        snprintf(err, errlen, "out of memory for the job summary");
+    return rc;
+}
+
+void stage_summary_destroy(stage_summary_t *s)
+{
+    free(s->iter_time);
+    free(s->loss);
+    free(s->ranks);
+    free(s->rows);
+    memset(s, 0, sizeof *s);
+}
+
+void stage_summary_print(const stage_summary_t *s, const runcfg_t *cfg, FILE *f)
+{
+    fprintf(f, "#\n#  %9s %12s %16s %12s\n", "iteration", "time", "loss", "tokens/s");
+    fprintf(f, "#  %9s %12s %16s %12s\n", "", "(s)", "", "(tok/s)");
+    for (int i = 0; i < s->warmup + s->iters; i++)
+        fprintf(f, "   %9d %12.6f %16.9g %12.1f%s\n", i, s->iter_time[i], s->loss[i],
+                s->tokens_per_iter / s->iter_time[i], i < s->warmup ? "  (warm-up)" : "");
+    fprintf(f, "#\n# median iteration time %.6f s over %d iterations (after %d warm-up), %.1f tokens/s\n",
+            s->median_time, s->iters, s->warmup, s->tokens_per_s);
+    fprintf(f, "#  %5s %12s %8s %14s %14s\n", "stage", "TFLOP/s", "MFU", "peak_mem", "wait_cpu");
+    fprintf(f, "#  %5s %12s %8s %14s %14s\n", "", "", "(%)", "(MiB)", "(% of a core)");
+    for (int q = 0; q < s->stages; q++) {
+        const stage_rank_t *m = &s->ranks[q];
+        double tflops = (m->fwd_flops + m->bwd_flops) * cfg->micro_batches / s->median_time / 1e12;
+        char mfu[16] = "-";
+        if (m->peak_flops > 0)
+            snprintf(mfu, sizeof mfu, "%.2f", 100.0 * tflops * 1e12 / m->peak_flops);
+        fprintf(f, "   %5d %12.6f %8s %14.1f %14.2f\n", q, tflops, mfu, (double)m->peak_rss / 1048576.0,
+                m->wait_wall > 0 ? 100.0 * m->wait_cpu / m->wait_wall : 0.0);
+    }
+}
+
+int stage_run(const stage_params_t *p, stage_summary_t *out, char *err, size_t errlen)
+{
+    const runcfg_t *cfg = p->cfg;
+    int P = cfg->stages, rank = p->rank, rc;
+    transport_t t = {0};
+    boot_t *b = NULL;
+    model_stage_t *st = calloc(1, sizeof *st);
+    int st_ready = 0;
+    exec_result_t r = {0};
+    char *report = NULL;
+    stage_summary_t sum = {0};
+    if (!st) {
+        snprintf(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
+    const void *blob = "";
+    size_t bloblen = 0;
+    if (P > 1) {
+        ucx_params_t up = {.rank = rank, .size = P,
+                           .tls = p->ucx_tls && *p->ucx_tls ? p->ucx_tls : cfg->ucx_tls,
+                           .net_devices = p->ucx_devices && *p->ucx_devices ? p->ucx_devices : cfg->ucx_devices};
+        char e[384];
+        if ((rc = ucx_transport_open(&up, &t, e, sizeof e)) != 0) {
+            snprintf(err, errlen, "rank %d: %s", rank, e);
+            goto out;
+        }
+        t.ops->address(t.impl, &blob, &bloblen);
+    }
+    boot_params_t bp = {.rank = rank, .size = P, .port = p->port, .listen_fd = p->listen_fd, .token = p->token,
+                        .config_hash = runcfg_hash(cfg), .timeout = cfg->timeout < 60 ? cfg->timeout : 60};
+    snprintf(bp.host, sizeof bp.host, "%s", p->host);
+    if ((rc = boot_open(&bp, blob, bloblen, &b, err, errlen)) != 0)
+        goto out;
+    for (int q = rank - 1; q <= rank + 1 && P > 1; q += 2) {
+        if (q < 0 || q >= P)
+            continue;
+        size_t len;
+        const void *pb = boot_blob(b, q, &len);
+        if ((rc = t.ops->connect(t.impl, q, pb, len, err, errlen)) != 0)
+            goto fail_all;
+    }
+    if (P > 1 && (rc = boot_watch(b, on_peer_fail, &t)) != 0) {
+        snprintf(err, errlen, "rank %d: control-plane watcher: %s", rank, strerror(-rc));
+        goto fail_all;
+    }
+    model_stage_params_t mp = cfg->stage_params;
+    mp.stage = rank;
+    {
+        sched_op_t *ops = NULL;
+        size_t n = 0;
+        if ((rc = sched_ops_build(cfg->schedule, P, cfg->micro_batches, cfg->slack, rank, &ops, &n, err, errlen)))
+            goto fail_all;
+        mp.max_inflight = sched_ops_peak_inflight(ops, n);
+        free(ops);
+    }
+    {
+        char e[384];
+        if ((rc = model_stage_init(st, &mp, e, sizeof e)) != 0) {
+            snprintf(err, errlen, "rank %d: model: %s", rank, e);
+            goto fail_all;
+        }
+        st_ready = 1;
+    }
+    exec_params_t ep = {.cfg = cfg, .st = st, .t = P > 1 ? &t : NULL, .boot = b, .stage = rank};
+    if ((rc = exec_run(&ep, &r, err, errlen)) != 0)
+        goto fail_all;
+    model_account_t acc;
+    model_stage_account(st, &acc);
+    stage_rank_t me = {.peak_rss = model_peak_rss_bytes(), .fwd_flops = acc.fwd_flops, .bwd_flops = acc.bwd_flops,
+                       .peak_flops = acc.peak_flops, .wait_wall = r.wait_wall, .wait_cpu = r.wait_cpu,
+                       .run_wall = r.run_wall, .run_cpu = r.run_cpu, .params = acc.params};
+    size_t replen = 0;
+    if (!(report = report_build(&me, &r, &replen))) {
+        snprintf(err, errlen, "rank %d: out of memory for the final report", rank);
+        rc = -ENOMEM;
+        goto fail_all;
+    }
+    if ((rc = boot_finish(b, report, replen, cfg->timeout, err, errlen)) != 0)
+        goto out;
+    if (P > 1)
+        transport_quiesce(&t);
+    if (rank == 0 && (rc = summary_build(&sum, cfg, b, err, errlen)) != 0)
+        goto out;
+    if (rank == 0)
+        *out = sum;
+    goto out;
+fail_all:
+    boot_abort(b, err);
+out:
+    if (rc)
+        stage_summary_destroy(&sum);
+    free(report);
+    exec_result_destroy(&r);
+    transport_destroy(&t);
+    if (st_ready)
+        model_stage_destroy(st);
+    free(st);
+    boot_close(b);
+    return rc;
+}

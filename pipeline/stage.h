@@ -1,0 +1,54 @@
+/* One stage process from start to end: transport, rendezvous, neighbour endpoints, the
+ * model partition, the executor, and the final gather at rank 0 of every rank's trace
+ * and counters into a job summary (iteration times, losses, throughput, memory). */
+#ifndef PN_PIPELINE_STAGE_H
+#define PN_PIPELINE_STAGE_H
+
+#include <stdio.h>
+
+#include "pipeline/exec.h"
+#include "pipeline/runcfg.h"
+
+#define STAGE_WUR __attribute__((warn_unused_result))
+
+typedef struct {
+    const runcfg_t *cfg;     /* finished (runcfg_finish) */
+    int rank;
+    const char *token;
+    char host[256];          /* rank 0's rendezvous address */
+    int port;
+    int listen_fd;           /* rank 0: a bound listening socket, or -1 */
+    const char *ucx_tls, *ucx_devices;   /* NULL/"" = cfg's or UCX's own choice */
+} stage_params_t;
+
+/* What one rank reports at the end. */
+typedef struct {
+    size_t peak_rss;
+    double fwd_flops, bwd_flops, peak_flops;   /* per micro-batch; peak 0 = unknown */
+    double wait_wall, wait_cpu, run_wall, run_cpu;
+    size_t params;
+} stage_rank_t;
+
+/* The job, assembled at rank 0. Iteration i's time is the end of its last op on any
+ * rank minus the same for iteration i-1 (iteration 0: minus its first start). */
+typedef struct {
+    int stages, iters, warmup;
+    double *iter_time;       /* [warmup + iters] seconds */
+    double *loss;            /* [warmup + iters] last stage's mean loss; NAN if not cpu */
+    double tokens_per_iter;
+    double median_time, tokens_per_s;
+    stage_rank_t *ranks;     /* [stages] */
+    exec_row_t *rows;        /* every rank's trace */
+    size_t n_rows;
+} stage_summary_t;
+
+/* Runs this rank. On rank 0 (only), fills *out on success. A failure anywhere makes
+ * every rank return an error naming the rank and op involved. */
+int stage_run(const stage_params_t *p, stage_summary_t *out, char *err, size_t errlen) STAGE_WUR;
+void stage_summary_destroy(stage_summary_t *s);
+
+/* nccl-tests-style table of the summary onto f: '#' header, units row, one row per
+ * iteration (iteration, time, loss, tokens/s), then per-stage throughput and memory. */
+void stage_summary_print(const stage_summary_t *s, const runcfg_t *cfg, FILE *f);
+
+#endif

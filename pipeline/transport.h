@@ -1,0 +1,85 @@
+/* The transport interface between pipeline stages: non-blocking send and receive of whole
+ * tensors to a neighbouring rank, matched by (direction, iteration, micro-batch). Variants
+ * (UCX, the netem in-transport shaper wrapped around another transport, NCCL) are const
+ * tables of operations behind one handle, chosen at run time. */
+#ifndef PN_PIPELINE_TRANSPORT_H
+#define PN_PIPELINE_TRANSPORT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define TRANSPORT_WUR __attribute__((warn_unused_result))
+
+/* What a message carries; with the iteration and micro-batch it is the matching key. */
+typedef enum { TRANSPORT_ACT = 0, TRANSPORT_GRAD = 1, TRANSPORT_CTRL = 2 } transport_dir_t;
+
+typedef struct {
+    transport_dir_t dir;
+    int iter;   /* 0 .. TRANSPORT_ITER_MAX-1 */
+    int mb;     /* 0 .. TRANSPORT_MB_MAX-1 */
+} transport_key_t;
+
+enum { TRANSPORT_RANK_MAX = 1 << 14, TRANSPORT_ITER_MAX = 1 << 24, TRANSPORT_MB_MAX = 1 << 24 };
+
+typedef enum { TRANSPORT_REQ_IDLE = 0, TRANSPORT_REQ_PENDING, TRANSPORT_REQ_DONE } transport_req_state_t;
+
+/* One send or receive, owned by the caller and valid until it is done (or the transport is
+ * destroyed). The implementation fills the fields below the line. */
+typedef struct transport_req {
+    int peer;
+    transport_key_t key;
+    void *buf;
+    size_t bytes;
+    int is_recv;
+    /* ---- written by the transport ---- */
+    volatile transport_req_state_t state;
+    int status;          /* 0, or -ECONNRESET (peer lost), -EMSGSIZE (size mismatch), -ECANCELED */
+    double done_at;      /* local monotonic seconds when it completed */
+    char why[160];       /* what went wrong, when status != 0 */
+    void *impl;          /* implementation handle */
+    struct transport_req *next;
+} transport_req_t;
+
+typedef struct {
+    const char *name;
+    /* This rank's connection blob, published to every rank by the bootstrap. */
+    int (*address)(void *impl, const void **blob, size_t *len);
+    /* Connects to peer given its blob (called for the neighbours only). */
+    int (*connect)(void *impl, int peer, const void *blob, size_t len, char *err, size_t errlen);
+    int (*send)(void *impl, transport_req_t *req);
+    int (*recv)(void *impl, transport_req_t *req);
+    /* Sleeps until req is done, the deadline (monotonic seconds) passes (-ETIMEDOUT), or
+     * the transport has failed. Returns req->status or the reason it stopped waiting. */
+    int (*wait)(void *impl, transport_req_t *req, double deadline);
+    /* Marks every pending and future request failed with status and why (a peer died as
+     * seen by the bootstrap, or the run is being torn down) and wakes every waiter. */
+    void (*fail)(void *impl, int status, const char *why);
+    /* Stops treating peer disconnects as failures (every rank has finished). */
+    void (*quiesce)(void *impl);
+    void (*destroy)(void *impl);
+} transport_ops_t;
+
+typedef struct {
+    const transport_ops_t *ops;
+    void *impl;
+    int rank, size;
+} transport_t;
+
+/* Monotonic seconds: the clock every transport and trace uses locally. */
+double transport_now(void);
+
+/* Fills req for a send/receive of bytes at buf with peer and posts it. */
+int transport_send(transport_t *t, int peer, transport_key_t key, const void *buf, size_t bytes,
+                   transport_req_t *req) TRANSPORT_WUR;
+int transport_recv(transport_t *t, int peer, transport_key_t key, void *buf, size_t bytes,
+                   transport_req_t *req) TRANSPORT_WUR;
+/* Waits at most timeout seconds (<= 0: forever). */
+int transport_wait(transport_t *t, transport_req_t *req, double timeout) TRANSPORT_WUR;
+void transport_fail(transport_t *t, int status, const char *why);
+void transport_quiesce(transport_t *t);
+/* Accepts a half-built or NULL transport. */
+void transport_destroy(transport_t *t);
+
+const char *transport_dir_name(transport_dir_t d);
+
+#endif

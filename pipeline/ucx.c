@@ -1,0 +1,692 @@
+/* UCX transport: UCP tag messages between neighbouring stages. A progress thread owns the
+ * waiting (epoll on the worker's event fd, re-armed after every drain) so that rendezvous
+ * transfers advance while the stage computes; callers sleep on a condition variable. */
+#include "pipeline/ucx.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <ucp/api/ucp.h>
+
+typedef struct ucx ucx_t;
+
+typedef struct {
+    ucx_t *u;
+    int rank;
+    ucp_ep_h ep;
+    int lost;
+} ucx_peer_t;
+
+/* A message UCX has handed us (probed and removed) before its receive was posted. */
+typedef struct ucx_unexp {
+    ucp_tag_message_h msg;
+    ucp_tag_recv_info_t info;
+    struct ucx_unexp *next;
+} ucx_unexp_t;
+
+/* One in-flight UCX request. The callback finds the caller's request through it, and a
+ * failure can detach the caller's request while UCX still owns the operation. */
+typedef struct ucx_slot {
+    ucx_t *u;
+    transport_req_t *req;
+    void *ucx_req;
+    struct ucx_slot *prev, *next;
+} ucx_slot_t;
+
+struct ucx {
+    int rank, size;
+    ucp_context_h ctx;
+    ucp_worker_h worker;
+    ucp_address_t *addr;
+    size_t addr_len;
+    int efd, wake_fd, epfd;
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    int sync_ready;
+    pthread_t thread;
+    int thread_started, stop;
+    ucx_peer_t *peers;
+    transport_req_t *posted;          /* receives waiting for their message */
+    ucx_unexp_t *unexp, *unexp_tail;  /* messages waiting for their receive */
+    ucx_unexp_t *rejected;            /* wrong-size messages, never received */
+    ucx_slot_t *slots;                /* requests UCX still owns */
+    int failed, fail_status, quiet;
+    char fail_why[160];
+};
+
+uint64_t ucx_tag_make(int src, transport_key_t key)
+{
+    return ((uint64_t)(key.dir & 3) << 62) | ((uint64_t)(src & 0x3fff) << 48) |
+           ((uint64_t)(key.iter & 0xffffff) << 24) | (uint64_t)(key.mb & 0xffffff);
+}
+
+static int status_errno(ucs_status_t st)
+{
+    switch (st) {
+    case UCS_OK: return 0;
+    case UCS_ERR_CANCELED: return -ECANCELED;
+    case UCS_ERR_MESSAGE_TRUNCATED: return -EMSGSIZE;
+    case UCS_ERR_TIMED_OUT: return -ETIMEDOUT;
+    case UCS_ERR_CONNECTION_RESET:
+    case UCS_ERR_ENDPOINT_TIMEOUT:
+    case UCS_ERR_UNREACHABLE:
+    case UCS_ERR_REJECTED: return -ECONNRESET;
+    case UCS_ERR_NO_MEMORY: return -ENOMEM;
+    default: return -EIO;
+    }
+}
+
+static void wake(ucx_t *u)
+{
+    uint64_t one = 1;
+    if (write(u->wake_fd, &one, sizeof one) < 0) {
+        /* EAGAIN: the counter is saturated, so the thread is already due to wake. */
+    }
+}
+
+/* Completes req; called with the lock held. */
+static void req_complete(ucx_t *u, transport_req_t *req, int status, const char *why)
+{
+    if (req->state == TRANSPORT_REQ_DONE)
+        return;
+    req->status = status;
+    if (why)
+        snprintf(req->why, sizeof req->why, "%s", why);
+    req->done_at = transport_now();
+    req->impl = NULL;
+    req->state = TRANSPORT_REQ_DONE;
+    pthread_cond_broadcast(&u->cond);
+}
+
+static ucx_slot_t *slot_new(ucx_t *u, transport_req_t *req)
+{
+    ucx_slot_t *s = calloc(1, sizeof *s);
+    if (!s)
+        return NULL;
+    s->u = u;
+    s->req = req;
+    s->next = u->slots;
+    if (u->slots)
+        u->slots->prev = s;
+    u->slots = s;
+    return s;
+}
+
+static void slot_free(ucx_t *u, ucx_slot_t *s)
+{
+    if (s->prev)
+        s->prev->next = s->next;
+    else
+        u->slots = s->next;
+    if (s->next)
+        s->next->prev = s->prev;
+    free(s);
+}
+
+static void slot_done(ucx_slot_t *s, void *request, ucs_status_t st, size_t got)
+{
+    ucx_t *u = s->u;
+    pthread_mutex_lock(&u->lock);
+    transport_req_t *req = s->req;
+    if (req) {
+        char why[160] = "";
+        int rc = status_errno(st);
+        if (st != UCS_OK)
+            snprintf(why, sizeof why, "UCX %s %s rank %d failed: %s", req->is_recv ? "receive from" : "send to",
+                     transport_dir_name(req->key.dir), req->peer, ucs_status_string(st));
+        else if (req->is_recv && got != req->bytes) {
+            rc = -EMSGSIZE;
+            snprintf(why, sizeof why, "rank %d sent %zu bytes, expected %zu", req->peer, got, req->bytes);
+        }
+        req_complete(u, req, rc, rc ? why : NULL);
+    }
+    slot_free(u, s);
+    ucp_request_free(request);
+    pthread_mutex_unlock(&u->lock);
+}
+
+static void send_cb(void *request, ucs_status_t st, void *user_data)
+{
+    slot_done(user_data, request, st, 0);
+}
+
+static void recv_cb(void *request, ucs_status_t st, const ucp_tag_recv_info_t *info, void *user_data)
+{
+    slot_done(user_data, request, st, info ? info->length : 0);
+}
+
+/* Hands a UCX request (or immediate status) over to req; lock held. */
+static int track(ucx_t *u, transport_req_t *req, ucs_status_ptr_t sp, ucx_slot_t *slot)
+{
+    if (sp == NULL) {
+        slot_free(u, slot);
+        req_complete(u, req, 0, NULL);
+        return 0;
+    }
+    if (UCS_PTR_IS_ERR(sp)) {
+        char why[160];
+        slot_free(u, slot);
+        snprintf(why, sizeof why, "UCX %s rank %d failed: %s", req->is_recv ? "receive from" : "send to",
+                 req->peer, ucs_status_string(UCS_PTR_STATUS(sp)));
+        req_complete(u, req, status_errno(UCS_PTR_STATUS(sp)), why);
+        return req->status;
+    }
+    req->impl = sp;
+    slot->ucx_req = sp;
+    return 0;
+}
+
+/* Starts receiving a probed message into req, unless its size is wrong; lock held. */
+static void recv_start(ucx_t *u, transport_req_t *req, ucx_unexp_t *m)
+{
+    if (m->info.length != req->bytes) {
+        char why[160];
+        snprintf(why, sizeof why, "rank %d sent a %s message of %zu bytes, expected %zu: rejected unread",
+                 req->peer, transport_dir_name(req->key.dir), m->info.length, req->bytes);
+        m->next = u->rejected;
+        u->rejected = m;
+        req_complete(u, req, -EMSGSIZE, why);
+        return;
+    }
+    ucx_slot_t *slot = slot_new(u, req);
+    if (!slot) {
+        free(m);
+        req_complete(u, req, -ENOMEM, "out of memory");
+        return;
+    }
+    ucp_request_param_t prm = {
+        .op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA,
+        .cb.recv = recv_cb,
+        .user_data = slot,
+    };
+    ucs_status_ptr_t sp = ucp_tag_msg_recv_nbx(u->worker, req->buf, req->bytes, m->msg, &prm);
+    free(m);
+    track(u, req, sp, slot);
+}
+
+/* Takes every arrived message out of UCX's queue and matches it; lock held. */
+static void probe_all(ucx_t *u)
+{
+    for (;;) {
+        ucp_tag_recv_info_t info;
+        ucp_tag_message_h msg = ucp_tag_probe_nb(u->worker, 0, 0, 1, &info);
+        if (!msg)
+            return;
+        ucx_unexp_t *m = calloc(1, sizeof *m);
+        if (!m) {
+            /* Cannot keep it: leave the run failed rather than lose a message silently. */
+            u->failed = 1;
+            u->fail_status = -ENOMEM;
+            snprintf(u->fail_why, sizeof u->fail_why, "out of memory for an arrived message");
+            pthread_cond_broadcast(&u->cond);
+            return;
+        }
+        m->msg = msg;
+        m->info = info;
+        transport_req_t **pp = &u->posted;
+        while (*pp && ucx_tag_make((*pp)->peer, (*pp)->key) != info.sender_tag)
+            pp = &(*pp)->next;
+        if (*pp) {
+            transport_req_t *req = *pp;
+            *pp = req->next;
+            req->next = NULL;
+            recv_start(u, req, m);
+        } else {
+            if (u->unexp_tail)
+                u->unexp_tail->next = m;
+            else
+                u->unexp = m;
+            u->unexp_tail = m;
+        }
+    }
+}
+
+static void *progress_main(void *arg)
+{
+    ucx_t *u = arg;
+    pthread_mutex_lock(&u->lock);
+    while (!u->stop) {
+        while (ucp_worker_progress(u->worker))
+            ;
+        probe_all(u);
+        ucs_status_t st = ucp_worker_arm(u->worker);
+        if (st == UCS_ERR_BUSY)
+            continue;
+        pthread_mutex_unlock(&u->lock);
+        struct epoll_event ev[4];
+        /* The timeout is only a safety net; every real event arrives through the fds. */
+        int n = epoll_wait(u->epfd, ev, 4, 1000);
+        for (int i = 0; i < n; i++)
+            if (ev[i].data.fd == u->wake_fd) {
+                uint64_t v;
+                if (read(u->wake_fd, &v, sizeof v) < 0) {
+                    /* EAGAIN: already drained */
+                }
+            }
+        pthread_mutex_lock(&u->lock);
+    }
+    pthread_mutex_unlock(&u->lock);
+    return NULL;
+}
+
+static void fail_locked(ucx_t *u, int status, const char *why)
+{
+    if (!u->failed) {
+        u->failed = 1;
+        u->fail_status = status;
+        snprintf(u->fail_why, sizeof u->fail_why, "%s", why);
+    }
+    for (transport_req_t *r = u->posted; r;) {
+        transport_req_t *next = r->next;
+        r->next = NULL;
+        req_complete(u, r, status, why);
+        r = next;
+    }
+    u->posted = NULL;
+    for (ucx_slot_t *s = u->slots; s; s = s->next)
+        if (s->req) {
+            req_complete(u, s->req, status, why);
+            s->req = NULL;
+        }
+    pthread_cond_broadcast(&u->cond);
+}
+
+static void peer_lost(ucx_t *u, ucx_peer_t *p, const char *why)
+{
+    p->lost = 1;
+    /* Receives from this peer can never match now; sends to it are failed by UCX. */
+    transport_req_t **pp = &u->posted;
+    while (*pp) {
+        transport_req_t *r = *pp;
+        if (r->peer == p->rank) {
+            *pp = r->next;
+            r->next = NULL;
+            req_complete(u, r, -ECONNRESET, why);
+        } else {
+            pp = &r->next;
+        }
+    }
+    for (ucx_slot_t *s = u->slots; s; s = s->next)
+        if (s->req && s->req->peer == p->rank) {
+            req_complete(u, s->req, -ECONNRESET, why);
+            s->req = NULL;
+        }
+}
+
+static void ep_error(void *arg, ucp_ep_h ep, ucs_status_t st)
+{
+    (void)ep;
+    ucx_peer_t *p = arg;
+    ucx_t *u = p->u;
+    pthread_mutex_lock(&u->lock);
+    if (!u->quiet && !p->lost) {
+        char why[160];
+        snprintf(why, sizeof why, "connection to rank %d lost (%s)", p->rank, ucs_status_string(st));
+        peer_lost(u, p, why);
+    }
+    p->lost = 1;
+    pthread_mutex_unlock(&u->lock);
+}
+
+static int ucx_address(void *impl, const void **blob, size_t *len)
+{
+    ucx_t *u = impl;
+    *blob = u->addr;
+    *len = u->addr_len;
+    return 0;
+}
+
+static int ucx_connect(void *impl, int peer, const void *blob, size_t len, char *err, size_t errlen)
+{
+    ucx_t *u = impl;
+    (void)len;
+    if (peer < 0 || peer >= u->size || peer == u->rank) {
+        snprintf(err, errlen, "cannot connect rank %d to rank %d", u->rank, peer);
+        return -EINVAL;
+    }
+    ucx_peer_t *p = &u->peers[peer];
+    ucp_ep_params_t ep = {
+        .field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE |
+                      UCP_EP_PARAM_FIELD_ERR_HANDLER,
+        .address = blob,
+        .err_mode = UCP_ERR_HANDLING_MODE_PEER,
+        .err_handler = {.cb = ep_error, .arg = p},
+    };
+    pthread_mutex_lock(&u->lock);
+    ucs_status_t st = p->ep ? UCS_ERR_ALREADY_EXISTS : ucp_ep_create(u->worker, &ep, &p->ep);
+    pthread_mutex_unlock(&u->lock);
+    wake(u);
+    if (st != UCS_OK) {
+        snprintf(err, errlen, "UCX endpoint from rank %d to rank %d: %s", u->rank, peer, ucs_status_string(st));
+        return -ECONNREFUSED;
+    }
+    return 0;
+}
+
+static int ucx_send(void *impl, transport_req_t *req)
+{
+    ucx_t *u = impl;
+    ucx_peer_t *p = &u->peers[req->peer];
+    int rc = 0;
+    pthread_mutex_lock(&u->lock);
+    if (u->failed) {
+        req_complete(u, req, u->fail_status, u->fail_why);
+    } else if (!p->ep || p->lost) {
+        char why[160];
+        snprintf(why, sizeof why, p->ep ? "connection to rank %d lost" : "rank %d is not connected", req->peer);
+        req_complete(u, req, p->ep ? -ECONNRESET : -ENOTCONN, why);
+    } else {
+        ucx_slot_t *slot = slot_new(u, req);
+        if (!slot) {
+            rc = -ENOMEM;
+        } else {
+            ucp_request_param_t prm = {
+                .op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA,
+                .cb.send = send_cb,
+                .user_data = slot,
+            };
+            ucs_status_ptr_t sp = ucp_tag_send_nbx(p->ep, req->buf, req->bytes,
+                                                   ucx_tag_make(u->rank, req->key), &prm);
+            track(u, req, sp, slot);
+        }
+    }
+    pthread_mutex_unlock(&u->lock);
+    wake(u);
+    return rc;
+}
+
+static int ucx_recv(void *impl, transport_req_t *req)
+{
+    ucx_t *u = impl;
+    uint64_t tag = ucx_tag_make(req->peer, req->key);
+    pthread_mutex_lock(&u->lock);
+    ucx_unexp_t **mp = &u->unexp, *prev = NULL;
+    while (*mp && (*mp)->info.sender_tag != tag) {
+        prev = *mp;
+        mp = &(*mp)->next;
+    }
+    if (*mp) {
+        ucx_unexp_t *m = *mp;
+        *mp = m->next;
+        if (u->unexp_tail == m)
+            u->unexp_tail = prev;
+        m->next = NULL;
+        recv_start(u, req, m);
+    } else if (u->failed) {
+        req_complete(u, req, u->fail_status, u->fail_why);
+    } else if (u->peers[req->peer].lost) {
+        char why[160];
+        snprintf(why, sizeof why, "connection to rank %d lost", req->peer);
+        req_complete(u, req, -ECONNRESET, why);
+    } else {
+        req->next = u->posted;
+        u->posted = req;
+    }
+    pthread_mutex_unlock(&u->lock);
+    wake(u);
+    return 0;
+}
+
+static int ucx_wait(void *impl, transport_req_t *req, double deadline)
+{
+    ucx_t *u = impl;
+    int rc = 0;
+    pthread_mutex_lock(&u->lock);
+    while (req->state != TRANSPORT_REQ_DONE) {
+        if (u->failed) {
+            req_complete(u, req, u->fail_status, u->fail_why);
+            break;
+        }
+        if (deadline > 0) {
+            struct timespec ts;
+            ts.tv_sec = (time_t)deadline;
+            ts.tv_nsec = (long)((deadline - (double)ts.tv_sec) * 1e9);
+            if (pthread_cond_timedwait(&u->cond, &u->lock, &ts) == ETIMEDOUT &&
+                req->state != TRANSPORT_REQ_DONE) {
+                rc = -ETIMEDOUT;
+                break;
+            }
+        } else {
+            pthread_cond_wait(&u->cond, &u->lock);
+        }
+    }
+    if (!rc)
+        rc = req->status;
+    pthread_mutex_unlock(&u->lock);
+    return rc;
+}
+
+static void ucx_fail(void *impl, int status, const char *why)
+{
+    ucx_t *u = impl;
+    pthread_mutex_lock(&u->lock);
+    fail_locked(u, status, why);
+    pthread_mutex_unlock(&u->lock);
+    wake(u);
+}
+
+static void ucx_quiesce(void *impl)
+{
+    ucx_t *u = impl;
+    pthread_mutex_lock(&u->lock);
+    u->quiet = 1;
+    pthread_mutex_unlock(&u->lock);
+}
+
+/* Waits (progressing by hand: the thread is gone) for a close request, at most 2 s. */
+static void close_wait(ucx_t *u, ucs_status_ptr_t sp)
+{
+    if (sp == NULL || UCS_PTR_IS_ERR(sp))
+        return;
+    double end = transport_now() + 2.0;
+    while (ucp_request_check_status(sp) == UCS_INPROGRESS && transport_now() < end) {
+        if (ucp_worker_progress(u->worker))
+            continue;
+        if (ucp_worker_arm(u->worker) == UCS_OK) {
+            struct epoll_event ev;
+            epoll_wait(u->epfd, &ev, 1, 10);
+        }
+    }
+    if (ucp_request_check_status(sp) == UCS_INPROGRESS)
+        ucp_request_cancel(u->worker, sp);
+    ucp_request_free(sp);
+}
+
+static void ucx_destroy(void *impl)
+{
+    ucx_t *u = impl;
+    if (!u)
+        return;
+    if (u->thread_started) {
+        pthread_mutex_lock(&u->lock);
+        u->stop = 1;
+        u->quiet = 1;
+        pthread_mutex_unlock(&u->lock);
+        wake(u);
+        pthread_join(u->thread, NULL);
+    }
+    if (u->sync_ready) {
+        pthread_mutex_lock(&u->lock);
+        fail_locked(u, -ECANCELED, "transport closed");
+        pthread_mutex_unlock(&u->lock);
+    }
+    if (u->peers && u->worker) {
+        for (int i = 0; i < u->size; i++)
+            if (u->peers[i].ep) {
+                ucp_request_param_t prm = {.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS,
+                                           .flags = UCP_EP_CLOSE_FLAG_FORCE};
+                close_wait(u, ucp_ep_close_nbx(u->peers[i].ep, &prm));
+                u->peers[i].ep = NULL;
+            }
+    }
+    /* Rejected messages are released by receiving them into zero bytes: UCX reports the
+     * truncation without writing anything and returns its buffers. */
+    if (u->worker)
+        for (ucx_unexp_t *m = u->rejected; m; m = m->next) {
+            static char none;
+            ucp_request_param_t prm = {.op_attr_mask = 0};
+            close_wait(u, ucp_tag_msg_recv_nbx(u->worker, &none, 0, m->msg, &prm));
+        }
+    /* Requests still in UCX (e.g. receives whose peer vanished) are cancelled; their
+     * callbacks free the slots. */
+    if (u->worker) {
+        for (ucx_slot_t *s = u->slots, *next; s; s = next) {
+            next = s->next;
+            if (s->ucx_req)
+                ucp_request_cancel(u->worker, s->ucx_req);
+        }
+        for (int i = 0; i < 100 && u->slots; i++)
+            ucp_worker_progress(u->worker);
+        while (u->slots)
+            slot_free(u, u->slots); /* UCX never called back: leak its request, not ours */
+    }
+    for (ucx_unexp_t *m = u->unexp, *n; m; m = n) {
+        n = m->next;
+        free(m);
+    }
+    for (ucx_unexp_t *m = u->rejected, *n; m; m = n) {
+        n = m->next;
+        free(m);
+    }
+    if (u->addr)
+        ucp_worker_release_address(u->worker, u->addr);
+    if (u->epfd >= 0)
+        close(u->epfd);
+    if (u->wake_fd >= 0)
+        close(u->wake_fd);
+    if (u->worker)
+        ucp_worker_destroy(u->worker);
+    if (u->ctx)
+        ucp_cleanup(u->ctx);
+    if (u->sync_ready) {
+        pthread_cond_destroy(&u->cond);
+        pthread_mutex_destroy(&u->lock);
+    }
+    free(u->peers);
+    free(u);
+}
+
+static const transport_ops_t ucx_ops = {
+    .name = "ucx",
+    .address = ucx_address,
+    .connect = ucx_connect,
+    .send = ucx_send,
+    .recv = ucx_recv,
+    .wait = ucx_wait,
+    .fail = ucx_fail,
+    .quiesce = ucx_quiesce,
+    .destroy = ucx_destroy,
+};
+
+static int sync_init(ucx_t *u)
+{
+    pthread_mutexattr_t ma;
+    pthread_condattr_t ca;
+    pthread_mutexattr_init(&ma);
+    /* Error callbacks may arrive while this thread already holds the lock in progress. */
+    pthread_mutexattr_settype(&ma, PTHREAD_MUTEX_RECURSIVE);
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    int rc = pthread_mutex_init(&u->lock, &ma);
+    if (!rc && (rc = pthread_cond_init(&u->cond, &ca)) != 0)
+        pthread_mutex_destroy(&u->lock);
+    pthread_mutexattr_destroy(&ma);
+    pthread_condattr_destroy(&ca);
+    if (rc)
+        return -rc;
+    u->sync_ready = 1;
+    return 0;
+}
+
+int ucx_transport_open(const ucx_params_t *p, transport_t *out, char *err, size_t errlen)
+{
+    if (p->size < 1 || p->size > TRANSPORT_RANK_MAX || p->rank < 0 || p->rank >= p->size) {
+        snprintf(err, errlen, "rank %d of %d is out of range (at most %d ranks)", p->rank, p->size,
+                 TRANSPORT_RANK_MAX);
+        return -EINVAL;
+    }
+    int rc = -ENOMEM;
+    ucp_config_t *cfg = NULL;
+    ucx_t *u = calloc(1, sizeof *u);
+    if (!u || !(u->peers = calloc((size_t)p->size, sizeof *u->peers))) {
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
+    u->rank = p->rank;
+    u->size = p->size;
+    u->efd = u->wake_fd = u->epfd = -1;
+    for (int i = 0; i < p->size; i++) {
+        u->peers[i].u = u;
+        u->peers[i].rank = i;
+    }
+    if ((rc = sync_init(u)) != 0) {
+        snprintf(err, errlen, "pthread init: %s", strerror(-rc));
+        goto fail;
+    }
+    ucs_status_t st = ucp_config_read(NULL, NULL, &cfg);
+    if (st == UCS_OK && p->tls && *p->tls)
+        st = ucp_config_modify(cfg, "TLS", p->tls);
+    if (st == UCS_OK && p->net_devices && *p->net_devices)
+        st = ucp_config_modify(cfg, "NET_DEVICES", p->net_devices);
+    if (st != UCS_OK) {
+        snprintf(err, errlen, "UCX configuration (TLS=%s NET_DEVICES=%s): %s", p->tls ? p->tls : "default",
+                 p->net_devices ? p->net_devices : "default", ucs_status_string(st));
+        rc = -EINVAL;
+        goto fail;
+    }
+    ucp_params_t prm = {
+        .field_mask = UCP_PARAM_FIELD_FEATURES,
+        .features = UCP_FEATURE_TAG | UCP_FEATURE_WAKEUP,
+    };
+    if ((st = ucp_init(&prm, cfg, &u->ctx)) != UCS_OK) {
+        snprintf(err, errlen, "UCX init: %s", ucs_status_string(st));
+        rc = -EIO;
+        goto fail;
+    }
+    ucp_worker_params_t wp = {
+        .field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE,
+        /* The progress thread and the caller take turns under our own lock. */
+        .thread_mode = UCS_THREAD_MODE_SERIALIZED,
+    };
+    if ((st = ucp_worker_create(u->ctx, &wp, &u->worker)) != UCS_OK ||
+        (st = ucp_worker_get_address(u->worker, &u->addr, &u->addr_len)) != UCS_OK ||
+        (st = ucp_worker_get_efd(u->worker, &u->efd)) != UCS_OK) {
+        snprintf(err, errlen, "UCX worker: %s", ucs_status_string(st));
+        rc = -EIO;
+        goto fail;
+    }
+    struct epoll_event ev = {.events = EPOLLIN};
+    if ((u->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) < 0 ||
+        (u->epfd = epoll_create1(EPOLL_CLOEXEC)) < 0 ||
+        (ev.data.fd = u->efd, epoll_ctl(u->epfd, EPOLL_CTL_ADD, u->efd, &ev)) < 0 ||
+        (ev.data.fd = u->wake_fd, epoll_ctl(u->epfd, EPOLL_CTL_ADD, u->wake_fd, &ev)) < 0) {
+        rc = -errno;
+        snprintf(err, errlen, "event fds: %s", strerror(errno));
+        goto fail;
+    }
+    if ((rc = pthread_create(&u->thread, NULL, progress_main, u)) != 0) {
+        snprintf(err, errlen, "progress thread: %s", strerror(rc));
+        rc = -rc;
+        goto fail;
+    }
+    u->thread_started = 1;
+    ucp_config_release(cfg);
+    out->ops = &ucx_ops;
+    out->impl = u;
+    out->rank = p->rank;
+    out->size = p->size;
+    return 0;
+fail:
+    if (cfg)
+        ucp_config_release(cfg);
+    if (u)
+        ucx_destroy(u);
+    return rc;
+}

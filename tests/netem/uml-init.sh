@@ -1,0 +1,64 @@
+#!/bin/sh
+# init of the user-mode Linux kernel that tests/test_netem_uml.c boots: the real sch_netem
+# (absent from the host kernel) under the tc controller and the self-test. Prints
+# "PNUML key value" lines for the test to judge, then powers off. Environment (from the
+# kernel command line): PN_REPO, PN_TESTBIN, PN_MODDIR.
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t tmpfs tmp /run
+export PIPENEM_STATE_DIR=/run/pipenem
+cd "$PN_REPO" || { echo "PNUML error no repo $PN_REPO"; echo o > /proc/sysrq-trigger; sleep 10; }
+# Dependencies first (kmod is not needed: the test binary loads them with finit_module).
+for m in lib/crc-ccitt.ko net/ipv6/ipv6.ko net/llc/llc.ko net/802/stp.ko net/bridge/bridge.ko \
+	drivers/net/veth.ko net/sched/sch_netem.ko net/sched/sch_tbf.ko net/sched/sch_htb.ko \
+	net/sched/cls_u32.ko; do
+	"$PN_TESTBIN" --insmod "$PN_MODDIR/kernel/$m" || echo "PNUML error insmod $m"
+done
+echo "PNUML kernel $(uname -r) cpus $(nproc)"
+
+# The controller on a veth between two namespaces, shaped at both ends (one direction
+# each), so the ping round trip is 2 x delay.
+ip netns add pnua; ip netns add pnub
+ip -n pnua link add va type veth peer name vb netns pnub
+ip -n pnua addr add 198.18.9.1/24 dev va; ip -n pnua link set va up; ip -n pnua link set lo up
+ip -n pnub addr add 198.18.9.2/24 dev vb; ip -n pnub link set vb up; ip -n pnub link set lo up
+for ns in pnua pnub; do
+	ip netns exec $ns sh -c 'echo "4096 131072 33554432" > /proc/sys/net/ipv4/tcp_rmem; echo "4096 16384 33554432" > /proc/sys/net/ipv4/tcp_wmem'
+done
+tc -n pnua qdisc add dev va root handle 9: pfifo limit 99
+echo "PNUML before_a $(tc -n pnua qdisc show dev va)"
+echo "PNUML before_b $(tc -n pnub qdisc show dev vb)"
+./pipenem netem apply --netns pnua va 10ms/1Gbps | sed 's/^/PNUML apply /'
+./pipenem netem apply --netns pnub vb 10ms/1Gbps | sed 's/^/PNUML apply /'
+echo "PNUML show_a $(./pipenem netem show --netns pnua va | tail -1)"
+echo "PNUML show_b $(./pipenem netem show --netns pnub vb | tail -1)"
+echo "PNUML tc_a $(tc -n pnua qdisc show dev va)"
+ip netns exec pnua ping -q -c 2 -i 0.05 198.18.9.2 > /dev/null   # resolve ARP first (it is delayed too)
+ip netns exec pnua ping -q -c 20 -i 0.05 198.18.9.2 | sed -n 's#.*= [0-9.]*/\([0-9.]*\)/.*#PNUML ping_avg_ms \1#p'
+ip netns exec pnub iperf3 -s -1 -D -B 198.18.9.2
+sleep 0.5
+ip netns exec pnua iperf3 -c 198.18.9.2 -t 3 -O 1 -f m | sed -n 's#.* \([0-9.]*\) Mbits/sec .*receiver#PNUML goodput_mbps \1#p'
+./pipenem netem clear --netns pnua va | sed 's/^/PNUML clear /'
+./pipenem netem clear --netns pnub vb | sed 's/^/PNUML clear /'
+echo "PNUML after_a $(tc -n pnua qdisc show dev va)"
+echo "PNUML after_b $(tc -n pnub qdisc show dev vb)"
+ip netns del pnua; ip netns del pnub
+
+# The self-test with the kernel netem backend, and UML's own unshaped ceiling.
+./pipenem netem selftest --emulator netem --ceiling --net 10ms/1Gbps --net 5ms/2Gbps > /run/selftest.out 2>&1
+rc=$?
+sed 's/^/PNUML selftest /' /run/selftest.out
+echo "PNUML selftest_rc $rc"
+# UML is one emulated CPU on a shared host: a failed attempt is repeated once, and the
+# test reports both.
+if [ $rc -ne 0 ]; then
+	./pipenem netem selftest --emulator netem --ceiling --net 10ms/1Gbps --net 5ms/2Gbps > /run/selftest.out 2>&1
+	rc=$?
+	sed 's/^/PNUML retry /' /run/selftest.out
+	echo "PNUML retry_rc $rc"
+fi
+echo "PNUML leftover_netns $(ip netns list | wc -l)"
+echo "PNUML done"
+echo o > /proc/sysrq-trigger
+sleep 10
