@@ -156,7 +156,8 @@ int predict_ideal(const results_t *r, const results_cell_t *cell, const netem_pr
     for (int s = 0; s < S; s++)
         predict_link(p, &link[s]);
     sim_replay_t how = {.replace = SIM_REPLACE_COMPUTE, .scope = SIM_MEDIAN_ALL,
-                        .comm_measured = netem_profile_is_default(p), .link_fwd = link, .link_bwd = link,
+                        .comm_measured = netem_profile_is_default(p) ? SIM_COMM_SEND : SIM_COMM_LINK,
+                        .link_fwd = link, .link_bwd = link,
                         .send_mode = SIM_SEND_PIPELINED};
     int repeats = cell->repeats > 0 ? cell->repeats : 1;
     size_t cap = (size_t)repeats * (size_t)(cell->iters > 0 ? cell->iters : 1), n = 0; /* measured ones */
