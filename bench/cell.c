@@ -64,7 +64,10 @@ static double mono(void)
 static int cell_runcfg(const sweep_spec_t *s, const results_cell_t *c, const char *net, const char *emulator,
                        runcfg_t *cfg, char *err, size_t errlen)
 {
-    char stages[16], batch[16], mbs[16], seq[16], iters[16], warmup[16], slack[16];
+    char stages[16], batch[16], mbs[16], seq[16], iters[16], warmup[16], slack[16], threads[24];
+    /* The stages share this machine's cores: one OpenMP team per core each would fight. */
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    snprintf(threads, sizeof threads, "%ld", ncpu > s->stages ? ncpu / s->stages : 1);
     snprintf(stages, sizeof stages, "%d", s->stages);
     snprintf(batch, sizeof batch, "%d", s->batch_size);
     snprintf(mbs, sizeof mbs, "%d", c->micro_batch_size);
@@ -82,6 +85,7 @@ static int cell_runcfg(const sweep_spec_t *s, const results_cell_t *c, const cha
         {RUNCFG_OPT_SCHEDULE, c->schedule},   {RUNCFG_OPT_SLACK, slack},
         {RUNCFG_OPT_ITERS, iters},            {RUNCFG_OPT_WARMUP, warmup},
         {RUNCFG_OPT_NET, net},                {RUNCFG_OPT_EMULATOR, emulator},
+        {MODEL_OPT_THREADS, threads},
     };
     runcfg_defaults(cfg);
     for (size_t i = 0; i < sizeof set / sizeof *set; i++) {
