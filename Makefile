@@ -54,7 +54,9 @@ FUZZ_SRCS := $(wildcard tests/fuzz/fuzz_*.c)
 .PHONY: all deps test test-run bench bench-run run probe clean
 .DEFAULT_GOAL := all
 
-all: probe pipenem $(TEST_BINS) $(BENCH_BINS)
+# Each build folder has its own binary; ./pipenem is the plain build's, so a sanitizer
+# build never leaves an instrumented ./pipenem behind.
+all: probe $(BUILD)/pipenem $(if $(SANITIZE),,pipenem) $(TEST_BINS) $(BENCH_BINS)
 
 probe:
 	@missing=""; for p in $(PKGS); do pkg-config --exists $$p || missing="$$missing $$p"; done; \
@@ -68,8 +70,11 @@ $(BUILD)/libpipenem.a: $(LIB_OBJS)
 	@mkdir -p $(@D)
 	$(AR) rcs $@ $^
 
-pipenem: $(BUILD)/bench/main.o $(BUILD)/libpipenem.a
+$(BUILD)/pipenem: $(BUILD)/bench/main.o $(BUILD)/libpipenem.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+pipenem: $(BUILD)/pipenem
+	cp $< $@
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(@D)
@@ -79,7 +84,7 @@ $(BUILD)/%.cu.o: %.cu
 	@mkdir -p $(@D)
 	$(NVCC) -O2 -Xcompiler -fPIC -I. -c -o $@ $<
 
-$(BUILD)/tests/%: tests/%.c $(BUILD)/libpipenem.a pipenem
+$(BUILD)/tests/%: tests/%.c $(BUILD)/libpipenem.a $(BUILD)/pipenem
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libpipenem.a $(LDLIBS)
 

@@ -9,6 +9,8 @@ kind=test
 if [ "${1:-}" = "--bench" ]; then kind=bench; shift; fi
 dir=${1:?usage: tests/run.sh [--bench] BUILD/tests}
 cd "$(dirname "$0")/.."
+# The programs run the pipenem of their own build folder (plain or sanitizer).
+export PIPENEM=${PIPENEM:-$dir/../pipenem}
 limit=${PIPENEM_TEST_TIMEOUT:-900}
 passed=0 failed=0 skipped=0
 failures=()
