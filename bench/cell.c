@@ -21,7 +21,10 @@
 
 #include "models/options.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
 #include <math.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -32,12 +35,12 @@
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/random.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 enum {
-    CELL_PORT = 29500, /* rank 0's rendezvous port: free in a fresh namespace */
     CELL_GRACE_S = 10, /* after one rank fails, the others get this long to notice */
 };
 
@@ -174,8 +177,8 @@ static int write_rank0(const stage_summary_t *sum, const char *workdir, char *er
 }
 
 /* A stage process: into its namespace, then pipeline's stage_run. Never returns. */
-static void child(runcfg_t *cfg, int rank, const netem_topo_t *topo, const char *token, const sweep_spec_t *s,
-                  const char *workdir)
+static void child(runcfg_t *cfg, int rank, const netem_topo_t *topo, int lfd, int port, const char *token,
+                  const sweep_spec_t *s, const char *workdir)
 {
     prctl(PR_SET_PDEATHSIG, SIGKILL); /* the sweep's death takes its stages along */
     netem_state_guard_child();
@@ -183,7 +186,9 @@ static void child(runcfg_t *cfg, int rank, const netem_topo_t *topo, const char 
     signal(SIGTERM, SIG_DFL);
     char err[2048] = "", path[4200], compute[256];
     int rc = 0;
-    stage_params_t sp = {.cfg = cfg, .rank = rank, .token = token, .port = CELL_PORT, .listen_fd = -1};
+    if (rank != 0 && lfd >= 0)
+        close(lfd);
+    stage_params_t sp = {.cfg = cfg, .rank = rank, .token = token, .port = port, .listen_fd = rank == 0 ? lfd : -1};
     if (topo) {
         rc = netem_topo_enter(topo, rank);
         if (rc)
@@ -238,6 +243,47 @@ static void rank_error(const char *workdir, int rank, char *out, size_t len)
     }
 }
 
+/* Rank 0's rendezvous socket, bound before forking (inside host 0's namespace when there
+ * is a topology) so that no port has to be guessed and nobody races for it. */
+static int listen_open(const netem_topo_t *topo, int *lfd, int *port, char *err, size_t errlen)
+{
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t al = sizeof a;
+    int self = -1, fd = -1, rc = 0;
+    if (topo) {
+        if ((self = open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC)) < 0) {
+            rc = -errno;
+            errf(err, errlen, "cannot open this process's network namespace: %s", strerror(errno));
+            return rc;
+        }
+        if ((rc = netem_topo_enter(topo, 0)) != 0 || inet_pton(AF_INET, netem_topo_host_addr(topo, 0), &a.sin_addr) != 1) {
+            errf(err, errlen, "cannot enter %s: %s", netem_topo_host_ns(topo, 0), strerror(rc ? -rc : EINVAL));
+            close(self);
+            return rc ? rc : -EINVAL;
+        }
+    }
+    if ((fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)) < 0 || bind(fd, (struct sockaddr *)&a, sizeof a) ||
+        listen(fd, 128) || getsockname(fd, (struct sockaddr *)&a, &al)) {
+        rc = -errno;
+        errf(err, errlen, "cannot listen for the rendezvous: %s", strerror(errno));
+    }
+    if (self >= 0) {
+        if (setns(self, CLONE_NEWNET) != 0 && !rc) {
+            rc = -errno;
+            errf(err, errlen, "cannot return to this process's network namespace: %s", strerror(errno));
+        }
+        close(self);
+    }
+    if (rc) {
+        if (fd >= 0)
+            close(fd);
+        return rc;
+    }
+    *lfd = fd;
+    *port = ntohs(a.sin_port);
+    return 0;
+}
+
 /* Forks the stages, supervises them (the first failure gives the rest CELL_GRACE_S, a
  * raised *stop kills them at once) and reaps every one. */
 static int run_stages(runcfg_t *cfg, const netem_topo_t *topo, const sweep_spec_t *s, const char *workdir,
@@ -251,7 +297,12 @@ static int run_stages(runcfg_t *cfg, const netem_topo_t *topo, const sweep_spec_
     for (size_t i = 0; i < sizeof rnd; i++)
         snprintf(token + 2 * i, 3, "%02x", rnd[i]);
     pid_t pids[RESULTS_MAX_STAGES] = {0};
-    int status[RESULTS_MAX_STAGES] = {0}, live = 0, first_bad = -1, killed = 0;
+    int status[RESULTS_MAX_STAGES] = {0}, live = 0, first_bad = -1, killed = 0, lfd = -1, port = 0;
+    if (P > 1) {
+        int rc = listen_open(topo, &lfd, &port, err, errlen);
+        if (rc)
+            return rc;
+    }
     fflush(stdout);
     fflush(stderr);
     for (int q = 0; q < P; q++) {
@@ -262,10 +313,12 @@ static int run_stages(runcfg_t *cfg, const netem_topo_t *topo, const sweep_spec_
             break;
         }
         if (pid == 0)
-            child(cfg, q, topo, token, s, workdir);
+            child(cfg, q, topo, lfd, port, token, s, workdir);
         pids[q] = pid;
         live++;
     }
+    if (lfd >= 0)
+        close(lfd);
     double kill_at = first_bad >= 0 ? mono() : 0;
     while (live > 0) {
         int st;
