@@ -304,7 +304,9 @@ int cmd_sweep(int argc, char **argv)
             goto out;
         }
     }
-    if (results_env_write(o.out, o.spec.compute, o.spec.emulator, err, sizeof err)) {
+    char emu[96];
+    snprintf(emu, sizeof emu, "%s asked; the backend each cell used is runs.csv's emulator column", o.spec.emulator);
+    if (results_env_write(o.out, o.spec.compute, emu, err, sizeof err)) {
         fprintf(stderr, "pipenem sweep: %s\n", err);
         goto out;
     }
