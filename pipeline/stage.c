@@ -46,7 +46,7 @@ static char *report_build(const stage_rank_t *me, const exec_result_t *r, size_t
 }
 
 /* Parses rank q's report into s; every number is range-checked (it came off the wire). */
-static int report_parse(stage_summary_t *s, int q, const char *text, size_t len, char *err, size_t errlen)
+int stage_report_parse(stage_summary_t *s, int q, const char *text, size_t len, char *err, size_t errlen)
 {
     char *copy = strndup(text, len), *save = NULL;
     if (!copy)
@@ -59,7 +59,7 @@ static int report_parse(stage_summary_t *s, int q, const char *text, size_t len,
             if (sscanf(line, "R %zu %lg %lg %lg %lg %lg %lg %lg %zu %d %zu", &m->peak_rss, &m->fwd_flops,
                        &m->bwd_flops, &m->peak_flops, &m->wait_wall, &m->wait_cpu, &m->run_wall, &m->run_cpu,
                        &m->params, &iters, &rows) != 11 ||
-                iters != s->warmup + s->iters || rows > (size_t)iters * 64 * 1024 * 1024) {
+                iters != s->warmup + s->iters || rows > len / 14) {
                 rc = -EPROTO;
                 break;
             }
@@ -83,7 +83,9 @@ static int report_parse(stage_summary_t *s, int q, const char *text, size_t len,
             int kind;
             if (!iters || got_rows >= rows ||
                 sscanf(line, "T %d %d %d %lg %lg %zu", &w.iter, &kind, &w.mb, &w.start, &w.end, &w.bytes) != 6 ||
-                w.iter < 0 || w.iter >= iters || kind < 0 || kind >= SCHED_OP_KINDS) {
+                w.iter < 0 || w.iter >= iters || kind < 0 || kind >= SCHED_OP_KINDS || w.mb < -1 ||
+                w.mb >= TRANSPORT_MB_MAX || (w.mb == -1) != (kind == SCHED_OPT_STEP) || !isfinite(w.start) ||
+                !isfinite(w.end)) {
                 rc = -EPROTO;
                 break;
             }
@@ -139,7 +141,7 @@ static int summary_build(stage_summary_t *s, const runcfg_t *cfg, const char *(*
             rc = -EPROTO;
             break;
         }
-        rc = report_parse(s, q, text, len, err, errlen);
+        rc = stage_report_parse(s, q, text, len, err, errlen);
     }
     if (rc)
         goto out;

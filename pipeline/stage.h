@@ -57,4 +57,10 @@ int stage_summary_read(const runcfg_t *cfg, FILE *f, stage_summary_t *out, char 
  * iteration (iteration, time, loss, tokens/s), then per-stage throughput and memory. */
 void stage_summary_print(const stage_summary_t *s, const runcfg_t *cfg, FILE *f);
 
+/* Parses rank q's final report (as it arrived at rank 0) into s, which has stages,
+ * iters, warmup, loss[warmup + iters] and ranks[stages] set. Every count, index and
+ * micro-batch number is range-checked before use: -EPROTO with a message otherwise.
+ * Exposed for the fuzz target. */
+int stage_report_parse(stage_summary_t *s, int q, const char *text, size_t len, char *err, size_t errlen) STAGE_WUR;
+
 #endif
