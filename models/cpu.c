@@ -28,19 +28,19 @@ typedef struct {
     float *C;
 } gemm_call_t;
 
-struct model_gemm_log {
+typedef struct {
     gemm_call_t *calls;
     size_t n, cap;
     int failed;
-};
+} gemm_log_t;
 
 /* Set only while model_stage_gemm_reference records one forward + backward. */
-static struct model_gemm_log *gemm_recording;
+static gemm_log_t *gemm_recording;
 
 static void gemm(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
                  const float *B, int ldb, float beta, float *Cm, int ldc)
 {
-    struct model_gemm_log *lg = gemm_recording;
+    gemm_log_t *lg = gemm_recording;
     if (lg) {
         if (lg->n == lg->cap) {
             size_t cap = lg->cap ? 2 * lg->cap : 256;
@@ -711,7 +711,7 @@ int model_stage_gemm_reference(model_stage_t *st, int reps, double *flops, doubl
         return -EINVAL;
     size_t nb = (size_t)st->B * st->T * st->C;
     float *in = calloc(nb, sizeof(float)), *out = calloc(nb, sizeof(float));
-    struct model_gemm_log lg = {0};
+    gemm_log_t lg = {0};
     int rc = -ENOMEM;
     if (!in || !out)
         goto out;
