@@ -660,8 +660,10 @@ static int cpu_backward(model_stage_t *st, int slot, const float *dout, float *d
 
 /* AdamW over one tensor. sqrtf's errno path is the only thing keeping this memory-bound
  * loop from vectorizing, and v is never negative, so math-errno is off here alone. */
+#if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC push_options
 #pragma GCC optimize("no-math-errno")
+#endif
 static void adamw_update(float *restrict p, float *restrict g, float *restrict m, float *restrict v, size_t n,
                          float lr, float decay, float ic1, float ic2)
 {
@@ -676,7 +678,9 @@ static void adamw_update(float *restrict p, float *restrict g, float *restrict m
         g[i] = 0.0f;
     }
 }
+#if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC pop_options
+#endif
 
 static int cpu_step(model_stage_t *st)
 {
