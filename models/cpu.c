@@ -566,6 +566,14 @@ static int cpu_init(model_stage_t *st, const char *arg, char *err, size_t errlen
     return 0;
 }
 
+/* omp_set_num_threads only reaches the calling thread's ICV: a stage driven from another
+ * thread than the one that initialised it would otherwise run on the default count. */
+static void threads_apply(const model_stage_t *st)
+{
+    if (st->p.threads > 0 && omp_get_max_threads() != st->p.threads)
+        omp_set_num_threads(st->p.threads);
+}
+
 static void cpu_destroy(model_stage_t *st)
 {
     free(st->params);
@@ -581,6 +589,7 @@ static int cpu_forward(model_stage_t *st, int slot, const float *in, float *out)
     int B = st->B, T = st->T, C = st->C, NH = st->NH, V = st->V, BT = B * T;
     int nl = st->layer_end - st->layer_begin;
     float *x0 = slot_base(st, slot);
+    threads_apply(st);
     double t0 = model_now();
     if (st->first) {
         encoder_forward(x0, st->tokens, st->params + st->tensors[0].offset,
@@ -620,6 +629,7 @@ static int cpu_backward(model_stage_t *st, int slot, const float *dout, float *d
     int nl = st->layer_end - st->layer_begin;
     scratch_t s = scratch_get(st);
     float *dy = s.dA, *dres2 = s.dB;
+    threads_apply(st);
     if (st->last) {
         double th = model_now();
         const model_tensor_t *lnw = model_stage_tensor_find(st, "lnf.w");
@@ -687,6 +697,7 @@ static int cpu_step(model_stage_t *st)
     const float wd = 0.1f;
     int t = st->steps + 1;
     float ic1 = 1.0f / (1.0f - powf(0.9f, t)), ic2 = 1.0f / (1.0f - powf(0.95f, t));
+    threads_apply(st);
     for (int k = 0; k < st->n_tensors; k++) {
         const model_tensor_t *tn = &st->tensors[k];
         size_t o = tn->offset;
