@@ -166,7 +166,7 @@ int cmd_calibrate(int argc, char **argv)
     model_options_t mo;
     model_options_defaults(&mo);
     mo.batch_size = 1;
-    int iters = 3, warmup = 1, c, explicit_mbs = 0;
+    int iters = 3, warmup = 1, c;
     const char *out_path = NULL;
     char err[1024];
     optind = 1;
@@ -176,10 +176,8 @@ int cmd_calibrate(int argc, char **argv)
         int r = model_options_parse(&mo, c, optarg, err, sizeof err);
         if (r < 0)
             return cli_usage_error(cmd, "%s", err);
-        if (r > 0) {
-            explicit_mbs |= c == MODEL_OPT_MICRO_BATCH_SIZE;
+        if (r > 0)
             continue;
-        }
         switch (c) {
         case 'h':
             fputs(usage_text, stdout);
@@ -204,7 +202,6 @@ int cmd_calibrate(int argc, char **argv)
         return cli_usage_error(cmd, "unexpected argument '%s'", argv[optind]);
     /* one micro-batch is measured at a time: the batch is just that micro-batch */
     mo.batch_size = mo.micro_batch_size;
-    (void)explicit_mbs;
     model_stage_params_t p;
     if (model_options_finish(&mo, &p, err, sizeof err))
         return cli_usage_error(cmd, "%s", err);

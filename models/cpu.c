@@ -28,19 +28,19 @@ typedef struct {
     float *C;
 } gemm_call_t;
 
-struct model_gemm_log {
+typedef struct {
     gemm_call_t *calls;
     size_t n, cap;
     int failed;
-};
+} gemm_log_t;
 
 /* Set only while model_stage_gemm_reference records one forward + backward. */
-static struct model_gemm_log *gemm_recording;
+static gemm_log_t *gemm_recording;
 
 static void gemm(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
                  const float *B, int ldb, float beta, float *Cm, int ldc)
 {
-    struct model_gemm_log *lg = gemm_recording;
+    gemm_log_t *lg = gemm_recording;
     if (lg) {
         if (lg->n == lg->cap) {
             size_t cap = lg->cap ? 2 * lg->cap : 256;
@@ -566,6 +566,14 @@ static int cpu_init(model_stage_t *st, const char *arg, char *err, size_t errlen
     return 0;
 }
 
+/* omp_set_num_threads only reaches the calling thread's ICV: a stage driven from another
+ * thread than the one that initialised it would otherwise run on the default count. */
+static void threads_apply(const model_stage_t *st)
+{
+    if (st->p.threads > 0 && omp_get_max_threads() != st->p.threads)
+        omp_set_num_threads(st->p.threads);
+}
+
 static void cpu_destroy(model_stage_t *st)
 {
     free(st->params);
@@ -581,6 +589,7 @@ static int cpu_forward(model_stage_t *st, int slot, const float *in, float *out)
     int B = st->B, T = st->T, C = st->C, NH = st->NH, V = st->V, BT = B * T;
     int nl = st->layer_end - st->layer_begin;
     float *x0 = slot_base(st, slot);
+    threads_apply(st);
     double t0 = model_now();
     if (st->first) {
         encoder_forward(x0, st->tokens, st->params + st->tensors[0].offset,
@@ -620,6 +629,7 @@ static int cpu_backward(model_stage_t *st, int slot, const float *dout, float *d
     int nl = st->layer_end - st->layer_begin;
     scratch_t s = scratch_get(st);
     float *dy = s.dA, *dres2 = s.dB;
+    threads_apply(st);
     if (st->last) {
         double th = model_now();
         const model_tensor_t *lnw = model_stage_tensor_find(st, "lnf.w");
@@ -658,25 +668,41 @@ static int cpu_backward(model_stage_t *st, int slot, const float *dout, float *d
     return 0;
 }
 
+/* AdamW over one tensor. sqrtf's errno path is the only thing keeping this memory-bound
+ * loop from vectorizing, and v is never negative, so math-errno is off here alone. */
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC push_options
+#pragma GCC optimize("no-math-errno")
+#endif
+static void adamw_update(float *restrict p, float *restrict g, float *restrict m, float *restrict v, size_t n,
+                         float lr, float decay, float ic1, float ic2)
+{
+    const float b1 = 0.9f, b2 = 0.95f, eps = 1e-8f;
+#pragma omp parallel for simd schedule(static) if (n >= PAR_MIN)
+    for (size_t i = 0; i < n; i++) {
+        float gi = g[i];
+        float mi = b1 * m[i] + (1 - b1) * gi, vi = b2 * v[i] + (1 - b2) * gi * gi;
+        m[i] = mi;
+        v[i] = vi;
+        p[i] -= lr * (mi * ic1 / (sqrtf(vi * ic2) + eps) + decay * p[i]);
+        g[i] = 0.0f;
+    }
+}
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC pop_options
+#endif
+
 static int cpu_step(model_stage_t *st)
 {
-    const float b1 = 0.9f, b2 = 0.95f, eps = 1e-8f, wd = 0.1f, lr = st->p.lr;
+    const float wd = 0.1f;
     int t = st->steps + 1;
-    float c1 = 1.0f - powf(b1, t), c2 = 1.0f - powf(b2, t);
+    float ic1 = 1.0f / (1.0f - powf(0.9f, t)), ic2 = 1.0f / (1.0f - powf(0.95f, t));
+    threads_apply(st);
     for (int k = 0; k < st->n_tensors; k++) {
         const model_tensor_t *tn = &st->tensors[k];
-        float *p = st->params + tn->offset, *g = st->grads + tn->offset;
-        float *m = st->opt_m + tn->offset, *v = st->opt_v + tn->offset;
-        float decay = tn->decay ? wd : 0.0f;
-#pragma omp parallel for schedule(static) if (tn->numel >= PAR_MIN)
-        for (size_t i = 0; i < tn->numel; i++) {
-            float gi = g[i];
-            m[i] = b1 * m[i] + (1 - b1) * gi;
-            v[i] = b2 * v[i] + (1 - b2) * gi * gi;
-            float mh = m[i] / c1, vh = v[i] / c2;
-            p[i] -= lr * (mh / (sqrtf(vh) + eps) + decay * p[i]);
-            g[i] = 0.0f;
-        }
+        size_t o = tn->offset;
+        adamw_update(st->params + o, st->grads + o, st->opt_m + o, st->opt_v + o, tn->numel, st->p.lr,
+                     tn->decay ? wd : 0.0f, ic1, ic2);
     }
     return 0;
 }
@@ -700,7 +726,7 @@ int model_stage_gemm_reference(model_stage_t *st, int reps, double *flops, doubl
         return -EINVAL;
     size_t nb = (size_t)st->B * st->T * st->C;
     float *in = calloc(nb, sizeof(float)), *out = calloc(nb, sizeof(float));
-    struct model_gemm_log lg = {0};
+    gemm_log_t lg = {0};
     int rc = -ENOMEM;
     if (!in || !out)
         goto out;

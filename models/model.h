@@ -76,7 +76,6 @@ typedef struct {
 } model_prof_t;
 
 struct model_backend;
-struct model_gemm_log;
 
 /* Defined here so the caller can allocate it; fields are read-only outside models/. */
 typedef struct model_stage {
@@ -104,7 +103,6 @@ typedef struct model_stage {
     double emu_fwd_s, emu_bwd_s, emu_opt_s, peak_flops, efficiency, mem_bw;
     char device[16];
     model_prof_t prof;
-    struct model_gemm_log *gemm_log; /* non-NULL while recording sgemm shapes */
 } model_stage_t;
 
 int    model_stage_init(model_stage_t *st, const model_stage_params_t *p, char *err, size_t errlen) MODEL_WUR;
@@ -154,7 +152,8 @@ typedef struct {
 void   model_stage_account(const model_stage_t *st, model_account_t *out);
 /* Peak resident memory of this process so far (getrusage), bytes. */
 size_t model_peak_rss_bytes(void);
-/* "cpu (OpenBLAS, 2 threads)" or "emulate:a100 (peak 312.0 TFLOP/s, efficiency 0.50)" */
+/* "cpu (OpenBLAS sgemm, OpenMP elementwise), 1 threads" or "emulate:a100 (peak 312.0
+ * TFLOP/s dense fp16/bf16, efficiency 0.50, memory 1555 GB/s)": for headers. */
 void   model_stage_describe(const model_stage_t *st, char *buf, size_t len);
 
 /* Clears the measured times in st->prof. */
@@ -166,8 +165,7 @@ void   model_stage_prof_reset(model_stage_t *st);
  * nothing in flight); parameters are untouched. */
 int    model_stage_gemm_reference(model_stage_t *st, int reps, double *flops, double *seconds) MODEL_WUR;
 
-/* A header line for a valid compute argument: "cpu (OpenBLAS sgemm, OpenMP)",
- * "emulate:a100 (peak 312.0 TFLOP/s, efficiency 0.50, memory 1555 GB/s)", ... */
+/* The same for a compute argument alone (no threads), e.g. before any stage exists. */
 void   model_compute_describe(const char *compute, char *buf, size_t len);
 /* The compute argument alone: -EINVAL naming an unknown backend, an unknown device, a
  * bad fwd=/bwd= time or an unreadable calibration file. */

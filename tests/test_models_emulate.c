@@ -257,6 +257,21 @@ static void test_accounting(void **state)
                   a.params_total, a.params_matmul, a.flops_per_token, a.fwd_flops + a.bwd_flops,
                   a.saved_bytes_per_mb / 1048576.0);
     assert_int_equal(a.params_matmul, (size_t)nm);
+    /* --recompute keeps one (B, T, C) tensor per layer instead of all of them */
+    model_stage_params_t pr = p;
+    pr.recompute = 1;
+    model_stage_t sr;
+    init_ok(&sr, &pr);
+    model_account_t ar;
+    model_stage_account(&sr, &ar);
+    print_message("activations per in-flight micro-batch: %.1f MiB, with --recompute %.1f MiB\n",
+                  a.saved_bytes_per_mb / 1048576.0, ar.saved_bytes_per_mb / 1048576.0);
+    /* a layer saves 16 (B,T,C) tensors (ln1, qkv x3, atty, res2, ln2, fch x4, gelu x4,
+     * out), 4 (B,T) statistics and the (B,NH,T,T) attention; recompute keeps only `out` */
+    double B = 4, T = 2048, C = 768, NH = 12;
+    double layer = 16 * B * T * C + 4 * B * T + B * NH * T * T;
+    assert_true((double)a.saved_bytes_per_mb - ar.saved_bytes_per_mb == 12 * (layer - B * T * C) * 4);
+    model_stage_destroy(&sr);
     assert_true(fabs(a.flops_per_token - fpt) < 1);
     assert_true(fabs((a.fwd_flops + a.bwd_flops) - fpt * 4 * 2048) / (fpt * 4 * 2048) < 1e-12);
     model_stage_destroy(&st);
