@@ -2,7 +2,9 @@
  * selftest` between two namespaces: the issue's profiles 100us/10Gbps, 1ms/5Gbps,
  * 5ms/2Gbps and 10ms/1Gbps, and the rates alone (TBF). Target: every judged figure
  * within 5% of the configured one (the self-test's own verdict); `default` is reported,
- * not judged. Needs root; the shim's self-test needs the pipeline's shim transport. */
+ * not judged. Where auto picks the shim (no sch_netem) it is measured over the pipeline
+ * transport wrapped in the shim; a profile whose rate this host cannot carry even
+ * unshaped is marked FAILED(host) and fails the target all the same. Needs root. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
