@@ -174,7 +174,14 @@ static int send_slot(ctx_t *c, ring_t *r, long *next, int iter, const sched_op_t
     if (r->busy[s]) {
         int rc = wait_req(c, &r->req[s]);
         if (rc) {
-            fail_text(c, iter, op, &r->req[s], rc, err, errlen);
+            /* what it was waiting on is the earlier send still holding this buffer */
+            const transport_req_t *q = &r->req[s];
+            sched_op_t sent = {q->key.dir == TRANSPORT_ACT ? SCHED_SEND_ACT : SCHED_SEND_GRAD, q->key.mb};
+            char before[64];
+            sched_op_format(op, before, sizeof before);
+            fail_text(c, q->key.iter, &sent, q, rc, err, errlen);
+            size_t n = strlen(err);
+            snprintf(err + n, errlen > n ? errlen - n : 0, " (before %s of iteration %d)", before, iter);
             return rc;
         }
         r->busy[s] = 0;
