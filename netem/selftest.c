@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -318,8 +319,9 @@ int netem_selftest_run(netem_topo_t *t, const netem_profile_t *p, const char *em
     snprintf(r.emulator, sizeof r.emulator, "%s", t->emulator->name);
     snprintf(r.why, sizeof r.why, "%s", t->why);
     if (!strcmp(t->emulator->name, "shim"))
-        return fail(err, errlen, -ENOSYS, "selftest --emulator shim is not implemented yet: the shim "
-                    "shapes the pipeline transport's messages, which this self-test does not use yet");
+        return fail(err, errlen, -ENOSYS, "emulator shim (%s): its self-test is not implemented yet: "
+                    "the shim shapes the pipeline transport's messages, and that transport has no shim "
+                    "in this build yet", t->why);
     double rtt_cfg = 2.0 * (p->delay + 0.0) + r.rtt_base;
     int n = (int)fmin(500, fmax(20, 0.6 / rtt_cfg));
     double rtt_min;
@@ -338,6 +340,17 @@ int netem_selftest_run(netem_topo_t *t, const netem_profile_t *p, const char *em
         r.goodput_err = fabs(r.goodput_measured - r.goodput_expected) / r.goodput_expected;
     r.ok = (!r.rtt_judged || r.rtt_err <= NETEM_SELFTEST_TOLERANCE) &&
            (!r.goodput_judged || r.goodput_err <= NETEM_SELFTEST_TOLERANCE);
+    /* A goodput short of the mark: could this host carry it at all? Measure unshaped. */
+    if (r.goodput_judged && r.goodput_measured < r.goodput_expected * (1 - NETEM_SELFTEST_TOLERANCE) &&
+        r.ceiling == 0) {
+        double mean;
+        if ((rc = apply_all(t, &unshaped, "auto", err, errlen)) < 0 ||
+            (rc = measure_goodput(t, 0.3, 0.25, &r.ceiling, &mean, err, errlen)) < 0 ||
+            (rc = apply_all(t, p, emulator, err, errlen)) < 0)
+            return rc;
+    }
+    r.host_limited = r.goodput_judged && r.ceiling > 0 &&
+                     r.ceiling < r.goodput_expected * (1 + NETEM_SELFTEST_TOLERANCE);
     *out = r;
     return 0;
 }

@@ -19,13 +19,15 @@ typedef struct {
     double rtt_median;        /* s: median under the profile */
     double rtt_err;           /* relative */
     int rtt_judged;
-    double ceiling;           /* bit/s: unshaped goodput, median window (0 when not measured) */
+    double ceiling;           /* bit/s: unshaped goodput, median window (0 when not measured;
+                               * measured when asked or when the goodput falls short) */
     double goodput_expected;  /* bit/s: what the rate allows after headers (MTU 1500) */
     double goodput_measured;  /* bit/s: median of 6 windows of 0.5 s after slow start */
     double goodput_mean;      /* bit/s: over the 6 windows */
     double goodput_err;
     int goodput_judged;
     int ok;                   /* every judged figure within NETEM_SELFTEST_TOLERANCE */
+    int host_limited;         /* this host's own unshaped goodput is below what is expected */
     char emulator[16];        /* backend used */
     char why[192];
 } netem_selftest_result_t;

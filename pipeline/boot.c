@@ -252,6 +252,20 @@ static int msg_send(boot_t *b, int fd, int type, const void *payload, size_t len
     return rc;
 }
 
+int boot_header_parse(const void *hdr, size_t max, int *type, size_t *len)
+{
+    uint32_t h[3];
+    memcpy(h, hdr, sizeof h);
+    if (be32toh(h[0]) != BOOT_MAGIC)
+        return -EPROTO;
+    size_t n = be32toh(h[2]);
+    if (n > max)
+        return -EMSGSIZE;
+    *type = (int)be32toh(h[1]);
+    *len = n;
+    return 0;
+}
+
 /* Reads one message; *payload is malloc'd (NUL-terminated for text use). The length is
  * checked against max before allocating. */
 static int msg_recv(int fd, int *type, char **payload, size_t *len, size_t max, double deadline)
@@ -260,11 +274,10 @@ static int msg_recv(int fd, int *type, char **payload, size_t *len, size_t max, 
     int rc = read_all(fd, h, sizeof h, deadline);
     if (rc)
         return rc;
-    if (be32toh(h[0]) != BOOT_MAGIC)
-        return -EPROTO;
-    size_t n = be32toh(h[2]);
-    if (n > max)
-        return -EMSGSIZE;
+    int t;
+    size_t n;
+    if ((rc = boot_header_parse(h, max, &t, &n)) != 0)
+        return rc;
     char *p = malloc(n + 1);
     if (!p)
         return -ENOMEM;
@@ -273,7 +286,7 @@ static int msg_recv(int fd, int *type, char **payload, size_t *len, size_t max, 
         return rc;
     }
     p[n] = '\0';
-    *type = (int)be32toh(h[1]);
+    *type = t;
     *payload = p;
     *len = n;
     return 0;
@@ -319,8 +332,9 @@ static int text_send(boot_t *b, int fd, int type, int origin, const char *text)
     return msg_send(b, fd, type, buf, c.off);
 }
 
-static void text_parse(const char *payload, size_t len, int *origin, char *out, size_t outlen)
+void boot_text_parse(const void *pl, size_t len, int *origin, char *out, size_t outlen)
 {
+    const char *payload = pl;
     cur_t c = {(char *)payload, len, 0, 0};
     *origin = (int)get32(&c);
     size_t n = c.bad ? 0 : len - 4;
@@ -373,9 +387,10 @@ static int hello_build(const boot_params_t *p, const void *blob, size_t bloblen,
     return 0;
 }
 
-/* Checks a HELLO against rank 0's own parameters; fills why and the peer's rank. */
-static int hello_check(const boot_params_t *p, const char *pl, size_t len, const int *seen, int *rank,
-                       void **blob, size_t *bloblen, char *why, size_t whylen)
+/* Checks a HELLO against rank 0's own parameters; fills why and the peer's rank. The
+ * token is checked before anything else, so an outsider learns nothing of the job. */
+int boot_hello_check(const boot_params_t *p, const void *pl, size_t len, const int *seen, int *rank, void **blob,
+                     size_t *bloblen, char *why, size_t whylen)
 {
     cur_t c = {(char *)pl, len, 0, 0};
     uint32_t ver = get32(&c), r = get32(&c), s = get32(&c);
@@ -392,25 +407,24 @@ static int hello_check(const boot_params_t *p, const char *pl, size_t len, const
         snprintf(why, whylen, "a peer speaks bootstrap version %u, this is %u", ver, BOOT_VERSION);
         return -EPROTO;
     }
-    if ((int)s != p->size) {
+    char tbuf[BOOT_TOKEN_MAX + 1];
+    memcpy(tbuf, tok, tl);
+    tbuf[tl] = '\0';
+    if (!boot_token_equal(tbuf, p->token)) {
+        snprintf(why, whylen, "a peer claiming rank %u presented a different job token", r);
+        return -EACCES;
+    }
+    if ((int)s != p->size || s > BOOT_RANKS_MAX) {
         snprintf(why, whylen, "rank %u says the world size is %u, rank 0 says %d", r, s, p->size);
         return -EINVAL;
     }
-    if (r == 0 || (int)r >= p->size) {
+    if (r == 0 || r >= s) {
         snprintf(why, whylen, "a peer claims rank %u of %d", r, p->size);
         return -EINVAL;
     }
     if (seen[r]) {
         snprintf(why, whylen, "two processes claim rank %u", r);
         return -EINVAL;
-    }
-    char tbuf[BOOT_TOKEN_MAX + 1];
-    memcpy(tbuf, tok, tl);
-    tbuf[tl] = '\0';
-    int tok_ok = boot_token_equal(tbuf, p->token);
-    if (!tok_ok) {
-        snprintf(why, whylen, "rank %u presented a different job token", r);
-        return -EACCES;
     }
     if (hash != p->config_hash) {
         snprintf(why, whylen, "rank %u has a different run configuration (hash %016llx, rank 0 has %016llx)", r,
@@ -422,6 +436,55 @@ static int hello_check(const boot_params_t *p, const char *pl, size_t len, const
     memcpy(*blob, bp, bl);
     *bloblen = bl;
     *rank = (int)r;
+    return 0;
+}
+
+int boot_welcome_parse(const void *pl, size_t len, uint64_t *hash, char *token)
+{
+    cur_t c = {(char *)pl, len, 0, 0};
+    uint64_t h = get64(&c);
+    uint32_t tl = get32(&c);
+    const char *tok = tl <= BOOT_TOKEN_MAX ? get(&c, tl) : NULL;
+    if (c.bad || !tok || c.off != len)
+        return -EPROTO;
+    memcpy(token, tok, tl);
+    token[tl] = '\0';
+    *hash = h;
+    return 0;
+}
+
+int boot_table_parse(const void *pl, size_t len, int size, double *clock, void **blobs, size_t *bloblens)
+{
+    cur_t c = {(char *)pl, len, 0, 0};
+    double t[3];
+    for (int i = 0; i < 3; i++)
+        t[i] = getf(&c);
+    int q = 0, rc = 0;
+    for (; q < size && !c.bad; q++) {
+        uint32_t bl = get32(&c);
+        const void *bp = bl <= BOOT_BLOB_MAX ? get(&c, bl) : NULL;
+        if (!bp) {
+            c.bad = 1;
+            break;
+        }
+        if (!(blobs[q] = malloc(bl ? bl : 1))) {
+            rc = -ENOMEM;
+            break;
+        }
+        memcpy(blobs[q], bp, bl);
+        bloblens[q] = bl;
+    }
+    if (!rc && (c.bad || c.off != len))
+        rc = -EPROTO;
+    if (rc) {
+        while (q-- > 0) {
+            free(blobs[q]);
+            blobs[q] = NULL;
+            bloblens[q] = 0;
+        }
+        return rc;
+    }
+    memcpy(clock, t, sizeof t);
     return 0;
 }
 
@@ -530,7 +593,7 @@ static int root_open(boot_t *b, const boot_params_t *p, char *err, size_t errlen
         return lfd;
     int *seen = calloc((size_t)p->size, sizeof *seen);
     int rc = seen ? 0 : -ENOMEM, joined = 0, arrived = 0;
-    char first_why[512] = "";
+    char first_why[768] = "", last_refused[256] = "";
     double deadline = now() + p->timeout;
     while (!rc && arrived < p->size - 1) {
         double left = deadline - now();
@@ -539,7 +602,9 @@ static int root_open(boot_t *b, const boot_params_t *p, char *err, size_t errlen
         struct pollfd pf = {.fd = lfd, .events = POLLIN};
         if (poll(&pf, 1, (int)(left * 1000) + 1) <= 0)
             continue;
-        int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+        struct sockaddr_storage sa;
+        socklen_t salen = sizeof sa;
+        int fd = accept4(lfd, (struct sockaddr *)&sa, &salen, SOCK_CLOEXEC);
         if (fd < 0)
             continue;
         sock_tune(fd);
@@ -550,18 +615,28 @@ static int root_open(boot_t *b, const boot_params_t *p, char *err, size_t errlen
         size_t bloblen = 0;
         double hd = now() + 5.0 < deadline ? now() + 5.0 : deadline;
         int hrc = msg_recv(fd, &type, &pl, &len, 16 + BOOT_TOKEN_MAX + BOOT_BLOB_MAX + 16, hd);
-        if (hrc == -ETIMEDOUT || hrc == -ECONNRESET) {
-            /* a stray connection (port scan, health check): not a rank */
-            free(pl);
+        if (hrc)
+            snprintf(why, sizeof why, "an unreadable hello (%s)",
+                     hrc == -ECONNRESET ? "connection closed" : hrc == -EPROTO ? "bad magic" : strerror(-hrc));
+        else if (type != MSG_HELLO)
+            snprintf(why, sizeof why, "message type %d instead of a hello", type);
+        else
+            hrc = boot_hello_check(p, pl, len, seen, &r, &blob, &bloblen, why, sizeof why);
+        free(pl);
+        if (hrc && hrc != -EINVAL && hrc != -ENOMEM) {
+            /* Not (yet) a member of this job: a stray, a scanner, or a rank with another
+             * token. Refuse this connection only, so an outsider cannot stop the job. */
+            char host[NI_MAXHOST] = "?";
+            getnameinfo((struct sockaddr *)&sa, salen, host, sizeof host, NULL, 0, NI_NUMERICHOST);
+            fprintf(stderr, "pipenem: rank 0 refused a connection from %s: %s\n", host, why);
+            snprintf(last_refused, sizeof last_refused, "%s", why);
+            if (hrc != -ETIMEDOUT && hrc != -ECONNRESET)
+                (void)text_send(b, fd, MSG_REFUSE, 0, why);
             close(fd);
             continue;
         }
         arrived++;
-        if (hrc)
-            snprintf(why, sizeof why, "a peer sent an unreadable hello (%s)", strerror(-hrc));
-        else if (type != MSG_HELLO)
-            snprintf(why, sizeof why, "a peer sent message type %d instead of a hello", type);
-        else if ((hrc = hello_check(p, pl, len, seen, &r, &blob, &bloblen, why, sizeof why)) == 0) {
+        if (!hrc) {
             char wbuf[8 + 4 + BOOT_TOKEN_MAX];
             cur_t c = {wbuf, sizeof wbuf, 0, 0};
             size_t tl = strlen(p->token);
@@ -576,7 +651,6 @@ static int root_open(boot_t *b, const boot_params_t *p, char *err, size_t errlen
             if (msg_send(b, fd, MSG_WELCOME, wbuf, c.off))
                 snprintf(why, sizeof why, "rank %d hung up during the handshake", r);
         }
-        free(pl);
         if (*why) {
             if (!*first_why)
                 snprintf(first_why, sizeof first_why, "%s", why);
@@ -591,6 +665,8 @@ static int root_open(boot_t *b, const boot_params_t *p, char *err, size_t errlen
         for (int r = 1; r < p->size && n < (int)sizeof first_why - 8; r++)
             if (!seen[r])
                 n += snprintf(first_why + n, sizeof first_why - (size_t)n, " %d", r);
+        if (*last_refused && n < (int)sizeof first_why - 8)
+            snprintf(first_why + n, sizeof first_why - (size_t)n, "; refused a connection: %s", last_refused);
     }
     if (!rc && *first_why) {
         refuse_all(b, first_why);
@@ -625,7 +701,7 @@ static int root_open(boot_t *b, const boot_params_t *p, char *err, size_t errlen
             if (type == MSG_REFUSE || type == MSG_ABORT) {
                 int origin;
                 char why[TEXT_MAX];
-                text_parse(pl, len, &origin, why, sizeof why);
+                boot_text_parse(pl, len, &origin, why, sizeof why);
                 snprintf(err, errlen, "rank %d refused the job: %s", r, why);
                 rc = -ECONNREFUSED;
             } else if (type != MSG_CLOCK_REP || len != 8) {
@@ -697,24 +773,17 @@ static int peer_open(boot_t *b, const boot_params_t *p, const char *hello, size_
                      rc == -ECONNRESET ? "connection closed" : strerror(-rc));
             break;
         }
-        cur_t c = {pl, len, 0, 0};
         if (type == MSG_REFUSE || type == MSG_ABORT) {
             int origin;
             char why[TEXT_MAX];
-            text_parse(pl, len, &origin, why, sizeof why);
+            boot_text_parse(pl, len, &origin, why, sizeof why);
             snprintf(err, errlen, "rank 0 refused rank %d: %s", p->rank, why);
             rc = -ECONNREFUSED;
         } else if (type == MSG_WELCOME) {
-            uint64_t hash = get64(&c);
-            uint32_t tl = get32(&c);
-            const char *tok = tl <= BOOT_TOKEN_MAX ? get(&c, tl) : NULL;
-            char tbuf[BOOT_TOKEN_MAX + 1] = "";
-            if (tok) {
-                memcpy(tbuf, tok, tl);
-                tbuf[tl] = '\0';
-            }
+            uint64_t hash = 0;
+            char tbuf[BOOT_TOKEN_MAX + 1];
             char why[256] = "";
-            if (c.bad || !tok)
+            if (boot_welcome_parse(pl, len, &hash, tbuf) != 0)
                 snprintf(why, sizeof why, "rank 0 sent a malformed welcome");
             else if (!boot_token_equal(tbuf, p->token))
                 snprintf(why, sizeof why, "rank 0 has a different job token");
@@ -733,22 +802,16 @@ static int peer_open(boot_t *b, const boot_params_t *p, const char *hello, size_
             putf(&o, now());
             rc = msg_send(b, fd, MSG_CLOCK_REP, buf, 8);
         } else if (type == MSG_TABLE && welcomed) {
-            b->offset = getf(&c);
-            b->start = getf(&c);
-            b->rtt = getf(&c);
-            for (int q = 0; q < p->size && !c.bad; q++) {
-                uint32_t bl = get32(&c);
-                const void *bp = bl <= BOOT_BLOB_MAX ? get(&c, bl) : NULL;
-                if (!bp || !(b->blobs[q] = malloc(bl ? bl : 1))) {
-                    c.bad = 1;
-                    break;
-                }
-                memcpy(b->blobs[q], bp, bl);
-                b->bloblens[q] = bl;
-            }
-            if (c.bad || c.off != len) {
+            double clock[3];
+            /* the table carries this rank's own address too: replace our copy */
+            free(b->blobs[p->rank]);
+            b->blobs[p->rank] = NULL;
+            if ((rc = boot_table_parse(pl, len, p->size, clock, b->blobs, b->bloblens)) != 0) {
                 snprintf(err, errlen, "rank 0 sent a malformed address table");
-                rc = -EPROTO;
+            } else {
+                b->offset = clock[0];
+                b->start = clock[1];
+                b->rtt = clock[2];
             }
             free(pl);
             break;
@@ -929,7 +992,7 @@ static void *watch_main(void *arg)
             if (type == MSG_ABORT || type == MSG_REFUSE) {
                 int origin;
                 char why[TEXT_MAX];
-                text_parse(pl, len, &origin, why, sizeof why);
+                boot_text_parse(pl, len, &origin, why, sizeof why);
                 if (origin < 0 || origin >= b->size)
                     origin = r;
                 if (b->rank == 0)
@@ -1007,7 +1070,8 @@ int boot_finish(boot_t *b, const void *payload, size_t len, double timeout, char
             if (!b->gathered[0])
                 rc = -ENOMEM;
             else {
-                memcpy(b->gathered[0], payload, len);
+                if (len)
+                    memcpy(b->gathered[0], payload, len);
                 b->gatherlens[0] = len;
                 b->arrived++;
             }

@@ -75,4 +75,24 @@ void boot_close(boot_t *b);
 /* Constant-time equality of two tokens (lengths compared too, without early exit). */
 int boot_token_equal(const char *a, const char *b);
 
+/* ---- the wire parsers: pure functions of received bytes (no I/O), used by the protocol
+ * and exposed for the fuzz targets and protocol tests ---- */
+enum { BOOT_HEADER_BYTES = 12 };
+/* A message header (magic, type, payload length): -EPROTO on a wrong magic, -EMSGSIZE
+ * when the length exceeds max (checked before anything is allocated). */
+int boot_header_parse(const void *hdr, size_t max, int *type, size_t *len) BOOT_WUR;
+/* Rank 0's check of a HELLO payload against its own parameters. seen[r] marks ranks that
+ * already joined. Returns 0 with *rank and a malloc'd copy of the peer's address, or:
+ * -EPROTO (malformed), -EACCES (wrong token: not a member of the job), -EINVAL (a member
+ * that disagrees on size, rank or configuration), with the reason in why. */
+int boot_hello_check(const boot_params_t *p, const void *pl, size_t len, const int *seen, int *rank,
+                     void **blob, size_t *bloblen, char *why, size_t whylen) BOOT_WUR;
+/* A WELCOME: rank 0's config hash and token (token has room for BOOT_TOKEN_MAX + 1). */
+int boot_welcome_parse(const void *pl, size_t len, uint64_t *hash, char *token) BOOT_WUR;
+/* The address TABLE of size ranks: clock[3] = offset, start, rtt; blobs[q] malloc'd.
+ * On failure nothing is left allocated. */
+int boot_table_parse(const void *pl, size_t len, int size, double *clock, void **blobs, size_t *bloblens) BOOT_WUR;
+/* A REFUSE/ABORT text: origin rank and the reason, made printable. */
+void boot_text_parse(const void *pl, size_t len, int *origin, char *out, size_t outlen);
+
 #endif
