@@ -177,8 +177,8 @@ static int write_rank0(const stage_summary_t *sum, const char *workdir, char *er
 }
 
 /* A stage process: into its namespace, then pipeline's stage_run. Never returns. */
-static void child(runcfg_t *cfg, int rank, const netem_topo_t *topo, int lfd, int port, const char *token,
-                  const sweep_spec_t *s, const char *workdir)
+static void child(runcfg_t *cfg, int rank, const netem_topo_t *topo, const netem_profile_t *shim_links, int lfd,
+                  int port, const char *token, const sweep_spec_t *s, const char *workdir)
 {
     prctl(PR_SET_PDEATHSIG, SIGKILL); /* the sweep's death takes its stages along */
     netem_state_guard_child();
@@ -188,7 +188,8 @@ static void child(runcfg_t *cfg, int rank, const netem_topo_t *topo, int lfd, in
     int rc = 0;
     if (rank != 0 && lfd >= 0)
         close(lfd);
-    stage_params_t sp = {.cfg = cfg, .rank = rank, .token = token, .port = port, .listen_fd = rank == 0 ? lfd : -1};
+    stage_params_t sp = {.cfg = cfg, .rank = rank, .token = token, .port = port, .listen_fd = rank == 0 ? lfd : -1,
+                         .shim_links = shim_links};
     if (topo) {
         rc = netem_topo_enter(topo, rank);
         if (rc)
@@ -286,7 +287,8 @@ static int listen_open(const netem_topo_t *topo, int *lfd, int *port, char *err,
 
 /* Forks the stages, supervises them (the first failure gives the rest CELL_GRACE_S, a
  * raised *stop kills them at once) and reaps every one. */
-static int run_stages(runcfg_t *cfg, const netem_topo_t *topo, const sweep_spec_t *s, const char *workdir,
+static int run_stages(runcfg_t *cfg, const netem_topo_t *topo, const netem_profile_t *shim_links,
+                      const sweep_spec_t *s, const char *workdir,
                       volatile sig_atomic_t *stop, char *err, size_t errlen)
 {
     int P = cfg->stages;
@@ -313,7 +315,7 @@ static int run_stages(runcfg_t *cfg, const netem_topo_t *topo, const sweep_spec_
             break;
         }
         if (pid == 0)
-            child(cfg, q, topo, lfd, port, token, s, workdir);
+            child(cfg, q, topo, shim_links, lfd, port, token, s, workdir);
         pids[q] = pid;
         live++;
     }
@@ -447,13 +449,13 @@ int cell_measure(void *ctx, const sweep_spec_t *s, results_cell_t *cell, const c
             rc = -ENOMEM;
     }
     if (!rc)
-        rc = cell_runcfg(s, cell, P > 1 ? cell->profile : "default", strcmp(emu->name, "shim") ? "tc" : "shim", cfg,
-                         err, errlen);
+        rc = cell_runcfg(s, cell, P > 1 ? cell->profile : "default", strcmp(emu->name, "none") ? emu->name : "auto",
+                         cfg, err, errlen);
     double flop_mb[RESULTS_MAX_STAGES], peak[RESULTS_MAX_STAGES], mem[RESULTS_MAX_STAGES], loss = NAN;
     for (int q = 0; q < P; q++)
         flop_mb[q] = peak[q] = mem[q] = NAN;
     for (int rep = 0; rep < s->repeats && !rc; rep++) {
-        rc = run_stages(cfg, topo, s, workdir, stop, err, errlen);
+        rc = run_stages(cfg, topo, strcmp(emu->name, "shim") ? NULL : links, s, workdir, stop, err, errlen);
         if (!rc) {
             char trace[4200];
             snprintf(trace, sizeof trace, "%s/trace.csv", workdir);
