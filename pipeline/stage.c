@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "pipeline/boot.h"
+#include "pipeline/fault.h"
 #include "pipeline/ucx.h"
 
 static void on_peer_fail(void *arg, int rank, const char *why)
@@ -233,6 +234,7 @@ int stage_run(const stage_params_t *p, stage_summary_t *out, char *err, size_t e
     snprintf(bp.host, sizeof bp.host, "%s", p->host);
     if ((rc = boot_open(&bp, blob, bloblen, &b, err, errlen)) != 0)
         goto out;
+    fault_point(rank, FAULT_AT_BOOT, 0);
     for (int q = rank - 1; q <= rank + 1 && P > 1; q += 2) {
         if (q < 0 || q >= P)
             continue;
