@@ -177,19 +177,25 @@ int cmd_run(int argc, char **argv)
     fflush(stdout);
     if (lfd >= 0)
         close(lfd);
-    /* The culprit is the first rank killed by a signal, else the first to fail: a
+    /* The culprit is the first rank killed by a signal, else the first one stopped (a
+     * SIGSTOPped rank makes its neighbours time out first), else the first to fail: a
      * survivor may be reaped before the rank whose death made it exit. */
-    int first_bad = live == cfg.stages ? -1 : cfg.stages, signalled = -1;
+    int first_bad = live == cfg.stages ? -1 : cfg.stages, signalled = -1, stopped = -1;
     double kill_at = first_bad >= 0 ? mono() : 0;
     int killed = 0;
     while (live > 0) {
         int st;
-        pid_t pid = waitpid(-1, &st, kill_at > 0 || got_signal ? WNOHANG : 0);
+        pid_t pid = waitpid(-1, &st, WUNTRACED | (kill_at > 0 || got_signal ? WNOHANG : 0));
         if (pid < 0 && errno == EINTR)
             continue;
         if (pid > 0) {
             for (int r = 0; r < cfg.stages; r++)
-                if (pids[r] == pid) {
+                if (pids[r] == pid && WIFSTOPPED(st)) {
+                    if (stopped < 0)
+                        stopped = r;
+                    fprintf(stderr, "pipenem run: rank %d (pid %d) was stopped by signal %d (%s)\n", r, (int)pid,
+                            WSTOPSIG(st), strsignal(WSTOPSIG(st)));
+                } else if (pids[r] == pid) {
                     status[r] = st;
                     pids[r] = 0;
                     live--;
@@ -227,9 +233,14 @@ int cmd_run(int argc, char **argv)
     }
     if (signalled >= 0)
         first_bad = signalled;
+    else if (stopped >= 0 && first_bad >= 0)
+        first_bad = stopped;
     if (first_bad >= 0 && first_bad < cfg.stages) {
         char how[128];
-        describe_status(status[first_bad], how, sizeof how);
+        if (first_bad == stopped) /* its status is our SIGKILL; the stop is the cause */
+            snprintf(how, sizeof how, "was stopped (SIGSTOP) and stopped answering");
+        else
+            describe_status(status[first_bad], how, sizeof how);
         fprintf(stderr, "pipenem run: FAILED: rank %d %s; every other rank stopped%s\n", first_bad, how,
                 killed ? " (stragglers were killed)" : " on its own");
     }
