@@ -310,8 +310,19 @@ int netem_profile_format(const netem_profile_t *p, char *buf, size_t len)
         if ((rc = put(buf, len, &at, "%sjitter=%s", sep, j)) == 0)
             sep = ",";
     }
-    if (rc == 0 && p->loss > 0 && (rc = put(buf, len, &at, "%sloss=%.6g%%", sep, p->loss * 100)) == 0)
-        sep = ",";
+    if (rc == 0 && p->loss > 0) {
+        /* plain decimals: the parser takes no exponent (1e-06% would not read back) */
+        char l[64];
+        snprintf(l, sizeof l, "%.10f", p->loss * 100);
+        for (char *e = l + strlen(l) - 1; *e == '0' || *e == '.'; e--) {
+            int dot = *e == '.';
+            *e = '\0';
+            if (dot)
+                break;
+        }
+        if ((rc = put(buf, len, &at, "%sloss=%s%%", sep, l)) == 0)
+            sep = ",";
+    }
     if (rc == 0 && p->rate > 0 && (rc = put(buf, len, &at, "%srate=%s", sep, r)) == 0)
         sep = ",";
     if (rc == 0 && p->limit > 0)
