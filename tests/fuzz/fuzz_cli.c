@@ -1,9 +1,9 @@
 /* libFuzzer target: the command line as far as it runs without side effects: the option
  * table and checks `run`, `stage` and `sweep` share (runcfg_option, runcfg_finish), the
  * sweep grid parsers, an op-list file (sched_plan_parse), --dist-url and report's
- * --timeline. The first byte picks the parser; the rest is lines = arguments. Options
- * with a path are skipped (no '/') and the process works in an empty folder, so the run
- * options read no file. */
+ * --timeline. The first byte picks the parser; the rest is lines = arguments. Run options
+ * with a '/' are skipped, so no device or absolute path is ever opened (libFuzzer reads
+ * its corpus lazily by relative path, so the process cannot move to an empty folder). */
 #include <errno.h>
 #include <getopt.h>
 #include <stddef.h>
@@ -20,10 +20,6 @@
 #include "schedules/sched.h"
 
 enum { MAX_ARGS = 64 };
-
-static char dir[64];
-
-static void cleanup(void) { rmdir(dir); }
 
 static int split(char *text, char **argv, int max)
 {
@@ -129,12 +125,6 @@ static void fuzz_url(char *text)
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    if (!dir[0]) {
-        snprintf(dir, sizeof dir, "/tmp/pn-fuzz-cli-XXXXXX");
-        if (!mkdtemp(dir) || chdir(dir))
-            abort();
-        atexit(cleanup);
-    }
     if (size < 1 || size > 8192)
         return 0;
     char *text = malloc(size);
