@@ -51,7 +51,18 @@ BENCH_SRCS := $(wildcard tests/bench_*.c)
 BENCH_BINS := $(BENCH_SRCS:tests/%.c=$(BUILD)/tests/%)
 FUZZ_SRCS := $(wildcard tests/fuzz/fuzz_*.c)
 
-.PHONY: all deps test test-run bench bench-run run probe clean
+# libFuzzer targets (clang): the library again with coverage and ASan/UBSan in
+# build-fuzz/, one binary per tests/fuzz/fuzz_*.c; `make fuzz` runs each for FUZZ_SECONDS
+# on its corpus (tests/fuzz/corpus/<target>/, seeds committed, new finds kept in build-fuzz/).
+FUZZ_CC      ?= clang
+FUZZ_SECONDS ?= 30
+FUZZ_BUILD   := build-fuzz
+FUZZ_SAN     := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
+FUZZ_CFLAGS  := $(filter-out -Werror,$(CFLAGS_BASE)) -O1 -g $(FUZZ_SAN) $(PKG_CFLAGS)
+FUZZ_LIB_OBJS := $(LIB_SRCS:%.c=$(FUZZ_BUILD)/%.o)
+FUZZ_BINS    := $(FUZZ_SRCS:tests/fuzz/%.c=$(FUZZ_BUILD)/%)
+
+.PHONY: all deps test test-run bench bench-run run probe clean fuzz fuzz-build test-faults
 .DEFAULT_GOAL := all
 
 # Each build folder has its own binary; ./pipenem is the plain build's, so a sanitizer
@@ -101,7 +112,30 @@ run: deps
 	@$(MAKE) --no-print-directory all
 	@bash tests/main-job.sh
 
+$(FUZZ_BUILD)/%.o: %.c
+	@mkdir -p $(@D)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -c -o $@ $<
+
+$(FUZZ_BUILD)/libpipenem.a: $(FUZZ_LIB_OBJS)
+	$(AR) rcs $@ $^
+
+$(FUZZ_BUILD)/fuzz_%: tests/fuzz/fuzz_%.c $(FUZZ_BUILD)/libpipenem.a
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer -o $@ $< $(FUZZ_BUILD)/libpipenem.a $(LDLIBS)
+
+fuzz-build: $(FUZZ_BINS)
+
+# Each target runs FUZZ_SECONDS; a finding (crash, leak, timeout) fails the run and leaves
+# the reproducer in build-fuzz/findings/.
+fuzz: deps
+	@$(MAKE) --no-print-directory fuzz-build
+	@bash tests/fuzz/run.sh $(FUZZ_BUILD) $(FUZZ_SECONDS)
+
+# The fault matrix (root: namespaces for the link cases); prints one row per case.
+test-faults: deps
+	@$(MAKE) --no-print-directory all
+	@bash tests/faults/matrix.sh $(BUILD)/pipenem
+
 clean:
-	rm -rf build build-san pipenem
+	rm -rf build build-san build-fuzz pipenem
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

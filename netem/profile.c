@@ -4,6 +4,7 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -118,6 +119,8 @@ static int parse_rate(const char *what, const char *s, double *out, char *err, s
         return fail(err, errlen, "%s '%s' must be above zero (leave it out for unlimited)", what, s);
     if (*out < 8)
         return fail(err, errlen, "%s '%s' is below 1 byte per second", what, s);
+    if (*out > 1e15) /* like the one-hour delay cap: keeps every rate printable with a unit */
+        return fail(err, errlen, "%s '%s' is above 1000 Tbit/s", what, s);
     return 0;
 }
 
@@ -307,8 +310,19 @@ int netem_profile_format(const netem_profile_t *p, char *buf, size_t len)
         if ((rc = put(buf, len, &at, "%sjitter=%s", sep, j)) == 0)
             sep = ",";
     }
-    if (rc == 0 && p->loss > 0 && (rc = put(buf, len, &at, "%sloss=%.6g%%", sep, p->loss * 100)) == 0)
-        sep = ",";
+    if (rc == 0 && p->loss > 0) {
+        /* plain decimals: the parser takes no exponent (1e-06% would not read back) */
+        char l[64];
+        snprintf(l, sizeof l, "%.10f", p->loss * 100);
+        for (char *e = l + strlen(l) - 1; *e == '0' || *e == '.'; e--) {
+            int dot = *e == '.';
+            *e = '\0';
+            if (dot)
+                break;
+        }
+        if ((rc = put(buf, len, &at, "%sloss=%s%%", sep, l)) == 0)
+            sep = ",";
+    }
     if (rc == 0 && p->rate > 0 && (rc = put(buf, len, &at, "%srate=%s", sep, r)) == 0)
         sep = ",";
     if (rc == 0 && p->limit > 0)
@@ -409,7 +423,7 @@ int netem_net_parse(const char *text, int hosts, netem_profile_t *links, char *e
             return fail(err, errlen, "--net profile of link %ld-%ld is too long", a, b);
         memcpy(item, prof, plen);
         item[plen] = '\0';
-        if (b != a + 1)
+        if (a == LONG_MAX || b != a + 1) /* strtol saturates: a + 1 would overflow */
             return fail(err, errlen, "--net link '%ld-%ld' does not join neighbouring hosts (i-(i+1))", a, b);
         if (b >= hosts)
             return fail(err, errlen, "--net link '%ld-%ld' names host %ld, but there are %d hosts (0-%d)",

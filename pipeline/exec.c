@@ -3,6 +3,7 @@
  * W and is posted as soon as that slot is free, so receives run ahead of the op list by
  * up to W (the stage's peak in-flight micro-batches + 1) and transfers overlap compute. */
 #include "pipeline/exec.h"
+#include "pipeline/fault.h"
 
 #include <errno.h>
 #include <math.h>
@@ -36,17 +37,6 @@ typedef struct {
     size_t bytes;
     int M, iters;
 } ctx_t;
-
-/* Fault injection for the failure tests: PIPENEM_FAULT=kill:RANK:ITER makes that rank
- * SIGKILL itself halfway through that iteration's op list, as `kill -9` would. */
-static int fault_kill_iter(int rank)
-{
-    const char *f = getenv("PIPENEM_FAULT");
-    int r, i;
-    if (f && sscanf(f, "kill:%d:%d", &r, &i) == 2 && r == rank)
-        return i;
-    return -1;
-}
 
 static double cpu_now(void)
 {
@@ -272,14 +262,15 @@ int exec_run(const exec_params_t *p, exec_result_t *out, char *err, size_t errle
         snprintf(err, errlen, "rank %d: posting receives: %s", s, strerror(-rc));
         goto out;
     }
-    int kill_iter = fault_kill_iter(s);
     for (int it = 0; it < iters; it++) {
         for (int i = 0; i < M; i++)
             sa_slot[i] = sg_slot[i] = -1;
         for (size_t k = 0; k < n; k++) {
             const sched_op_t *op = &ops[k];
-            if (it == kill_iter && k == n / 2)
-                raise(SIGKILL);
+            if (k == n / 2)
+                fault_point(s, FAULT_AT_ITER, it);
+            if (op->kind == SCHED_OPT_STEP)
+                fault_point(s, FAULT_AT_OPT, it);
             double t0 = transport_now();
             size_t bytes = 0;
             switch (op->kind) {

@@ -168,18 +168,24 @@ int launch_run(const launch_params_t *p, stage_summary_t *out, launch_failure_t 
     if (lfd >= 0)
         close(lfd);
     lfd = -1;
-    /* The culprit is the first rank killed by a signal, else the first to fail: a
+    /* The culprit is the first rank killed by a signal, else the first one stopped (a
+     * SIGSTOPped rank makes its neighbours time out first), else the first to fail: a
      * survivor may be reaped before the rank whose death made it exit. */
-    int first_bad = -1, signalled = -1;
+    int first_bad = -1, signalled = -1, stopped = -1;
     double kill_at = rc ? mono() : 0;
     while (live > 0) {
         int st;
-        pid_t pid = waitpid(-1, &st, kill_at > 0 || (p->stop && *p->stop) ? WNOHANG : 0);
+        pid_t pid = waitpid(-1, &st, WUNTRACED | (kill_at > 0 || (p->stop && *p->stop) ? WNOHANG : 0));
         if (pid < 0 && errno == EINTR)
             continue;
         if (pid > 0) {
             for (int r = 0; r < P; r++)
-                if (pids[r] == pid) {
+                if (pids[r] == pid && WIFSTOPPED(st)) {
+                    if (stopped < 0)
+                        stopped = r;
+                    fprintf(stderr, "pipenem: rank %d (pid %d) was stopped by signal %d (%s)\n", r, (int)pid,
+                            WSTOPSIG(st), strsignal(WSTOPSIG(st)));
+                } else if (pids[r] == pid) {
                     status[r] = st;
                     pids[r] = 0;
                     live--;
@@ -214,12 +220,17 @@ int launch_run(const launch_params_t *p, stage_summary_t *out, launch_failure_t 
     }
     if (signalled >= 0)
         first_bad = signalled;
+    else if (stopped >= 0 && first_bad >= 0)
+        first_bad = stopped;
     if (!rc && p->stop && *p->stop) {
         snprintf(err, errlen, "stopped by a signal; every stage was killed");
         rc = -EINTR;
     } else if (!rc && first_bad >= 0) {
         char how[128];
-        describe_status(status[first_bad], how, sizeof how);
+        if (first_bad == stopped) /* its status is our SIGKILL; the stop is the cause */
+            snprintf(how, sizeof how, "was stopped (SIGSTOP) and stopped answering");
+        else
+            describe_status(status[first_bad], how, sizeof how);
         fail->dead_rank = first_bad;
         fail->wait_status = status[first_bad];
         snprintf(err, errlen, "rank %d %s; every other rank stopped%s", first_bad, how,

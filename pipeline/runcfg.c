@@ -49,7 +49,8 @@ int runcfg_options_table(struct option *dst, size_t cap, const struct option *ow
         n++;
     if (n + ng + 1 > cap)
         return -ENOSPC;
-    memcpy(dst, own, n * sizeof *dst);
+    if (n) /* own may be NULL */
+        memcpy(dst, own, n * sizeof *dst);
     memcpy(dst + n, group, ng * sizeof *dst);
     memset(&dst[n + ng], 0, sizeof *dst);
     /* the model group goes after ours and terminates the table */

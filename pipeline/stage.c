@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "pipeline/boot.h"
+#include "pipeline/fault.h"
 #include "pipeline/shim.h"
 #include "pipeline/ucx.h"
 
@@ -313,6 +314,7 @@ int stage_run(const stage_params_t *p, stage_summary_t *out, char *err, size_t e
     snprintf(bp.host, sizeof bp.host, "%s", p->host);
     if ((rc = boot_open(&bp, blob, bloblen, &b, err, errlen)) != 0)
         goto out;
+    fault_point(rank, FAULT_AT_BOOT, 0);
     clock_offset = boot_clock_offset(b, NULL);
     /* neighbours, and the twin of the tied-embedding exchange */
     int peers[3], np = 0;

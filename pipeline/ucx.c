@@ -630,11 +630,19 @@ int ucx_transport_open(const ucx_params_t *p, transport_t *out, char *err, size_
         snprintf(err, errlen, "pthread init: %s", strerror(-rc));
         goto fail;
     }
+    /* A blocking TCP connect to a peer whose link is down holds the worker for the
+     * kernel's SYN retries (~2 min), past every timeout of ours: connect without blocking
+     * and let a failed connection surface as a peer error. UCX reads this one from the
+     * environment only (ucp_config_modify refuses transport keys); the user's value wins. */
+    setenv("UCX_TCP_CONN_NB", "y", 0);
     ucs_status_t st = ucp_config_read(NULL, NULL, &cfg);
     if (st == UCS_OK && p->tls && *p->tls)
         st = ucp_config_modify(cfg, "TLS", p->tls);
     if (st == UCS_OK && p->net_devices && *p->net_devices)
         st = ucp_config_modify(cfg, "NET_DEVICES", p->net_devices);
+    /* A blocking TCP connect to a peer whose link is down holds the worker for the
+     * kernel's SYN retries (~2 min), past every timeout of ours: connect without blocking
+     * and let a failed connection surface as a peer error (unless the user chose). */
     if (st != UCS_OK) {
         snprintf(err, errlen, "UCX configuration (TLS=%s NET_DEVICES=%s): %s", p->tls ? p->tls : "default",
                  p->net_devices ? p->net_devices : "default", ucs_status_string(st));
