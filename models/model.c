@@ -20,7 +20,7 @@ static const model_config_t configs[] = {
     {"gpt3-xl", 24, 2048, 32, 50257, 2048},
     {"gpt3-2.7b", 32, 2560, 32, 50257, 2048},
     /* byte vocabulary, so it trains on the shipped text in seconds */
-    {"tiny", 2, 64, 4, 256, 128},
+    {"tiny", 4, 64, 4, 256, 128},
 };
 
 static const struct {

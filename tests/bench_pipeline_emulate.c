@@ -18,7 +18,7 @@
 #include "schedules/sim.h"
 #include "tests/testutil.h"
 
-#define ARGS "--model tiny --layers 3 --stages 3 --batch-size 16 --micro-batch-size 1 --compute emulate:fwd=20ms,bwd=40ms"
+#define ARGS "--model tiny --stages 3 --batch-size 16 --micro-batch-size 1 --compute emulate:fwd=20ms,bwd=40ms"
 
 static char out[1 << 18];
 

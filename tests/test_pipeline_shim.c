@@ -78,7 +78,7 @@ static void test_shim_run_trace(void **state)
     assert_true(fd >= 0);
     close(fd);
     int rc = tu_pipenem_run(out, sizeof out,
-                            "run --model tiny --layers 3 --stages 3 --compute emulate:fwd=2ms,bwd=4ms --batch-size 4 "
+                            "run --model tiny --stages 3 --compute emulate:fwd=2ms,bwd=4ms --batch-size 4 "
                             "--iters 2 --net 0-1=20ms/1Gbps,1-2=5ms/1Gbps --emulator shim --trace %s",
                             path);
     if (rc)
@@ -128,7 +128,7 @@ static void test_netem_topology_run(void **state)
     }
     char cmd[1024];
     snprintf(cmd, sizeof cmd,
-             "sh -c 'echo launcher $$; exec %s run --model tiny --layers 3 --stages 3 --compute emulate:fwd=2ms,bwd=4ms "
+             "sh -c 'echo launcher $$; exec %s run --model tiny --stages 3 --compute emulate:fwd=2ms,bwd=4ms "
              "--batch-size 4 --iters 2 --net rate=200mbit' 2>&1",
              tu_pipenem());
     FILE *f = popen(cmd, "r");
