@@ -3,9 +3,11 @@
  * supervises: the first rank to die is named, the rest get 10 s to notice and exit on
  * their own, then anything left is killed, so no process outlives the run. */
 #include "bench/cli.h"
+#include "bench/privs.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <pwd.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
@@ -24,7 +26,9 @@
 static const char usage[] =
     "usage: pipenem run --stages P [options]\n"
     "run one configuration with one stage process per stage on this machine, print per-iteration\n"
-    "time, loss and tokens/s, then throughput and memory per stage.\n\n";
+    "time, loss and tokens/s, then throughput and memory per stage.\n\n"
+    "  --user NAME                   started as root: stage processes run as NAME (e.g. nobody);\n"
+    "                                only the launcher keeps root (network emulation)\n";
 
 enum { GRACE_S = 10 };
 
@@ -39,11 +43,18 @@ static double mono(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
-static int child_main(const runcfg_t *cfg, int rank, int lfd, int port, const char *token)
+static int child_main(const runcfg_t *cfg, int rank, int lfd, int port, const char *token, const char *user)
 {
     prctl(PR_SET_PDEATHSIG, SIGKILL); /* the launcher's death takes its stages along */
     signal(SIGINT, SIG_DFL);
     signal(SIGTERM, SIG_DFL);
+    if (user) {
+        char e[256];
+        if (privs_drop(user, SIGKILL, e, sizeof e)) {
+            fprintf(stderr, "pipenem run: rank %d: %s\n", rank, e);
+            return 1;
+        }
+    }
     if (rank != 0 && lfd >= 0)
         close(lfd);
     stage_params_t sp = {.cfg = cfg, .rank = rank, .token = token, .port = port, .listen_fd = rank == 0 ? lfd : -1};
@@ -83,10 +94,14 @@ static void describe_status(int st, char *buf, size_t len)
 
 int cmd_run(int argc, char **argv)
 {
-    static const struct option own[] = {{"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
+    enum { OPT_USER = 0x7000 };
+    static const struct option own[] = {{"help", no_argument, NULL, 'h'},
+                                         {"user", required_argument, NULL, OPT_USER},
+                                         {NULL, 0, NULL, 0}};
     struct option opts[96];
     runcfg_t cfg;
     char err[1024];
+    const char *user = NULL;
     runcfg_defaults(&cfg);
     if (runcfg_options_table(opts, sizeof opts / sizeof *opts, own) < 0)
         return cli_usage_error(argv[0], "internal: option table too small");
@@ -98,6 +113,12 @@ int cmd_run(int argc, char **argv)
         if (c == 'h') {
             printf("%s%s", usage, runcfg_help());
             return CLI_OK;
+        }
+        if (c == OPT_USER) {
+            if (!*optarg)
+                return cli_usage_error(argv[0], "--user needs a user name");
+            user = optarg;
+            continue;
         }
         if (c == RUNCFG_OPT_DIST_URL || c == RUNCFG_OPT_RANK || c == RUNCFG_OPT_WORLD_SIZE || c == RUNCFG_OPT_TOKEN)
             for (const struct option *o = opts; o->name; o++)
@@ -114,6 +135,8 @@ int cmd_run(int argc, char **argv)
         return cli_usage_error(argv[0], "unexpected argument '%s'", argv[optind]);
     if (runcfg_finish(&cfg, err, sizeof err))
         return cli_usage_error(argv[0], "%s", err);
+    if (user && !getpwnam(user) && !(strspn(user, "0123456789") == strlen(user) && getpwuid((uid_t)atol(user))))
+        return cli_usage_error(argv[0], "--user %s: no such user", user);
     /* Stages share this machine's cores: without a limit each would start one (spinning)
      * OpenMP thread per core and they would fight over them. */
     if (!cfg.model.threads) {
@@ -167,7 +190,7 @@ int cmd_run(int argc, char **argv)
             break;
         }
         if (pid == 0)
-            _exit(child_main(&cfg, r, lfd, port, token));
+            _exit(child_main(&cfg, r, lfd, port, token, user));
         pids[r] = pid;
         live++;
     }
