@@ -135,6 +135,10 @@ int cmd_run(int argc, char **argv)
         return cli_usage_error(argv[0], "unexpected argument '%s'", argv[optind]);
     if (runcfg_finish(&cfg, err, sizeof err))
         return cli_usage_error(argv[0], "%s", err);
+    /* Every stage is on this machine: UCX's TCP transport listens on each device it may
+     * use, so without this it would accept connections on every interface of the host. */
+    if (!cfg.ucx_devices[0])
+        snprintf(cfg.ucx_devices, sizeof cfg.ucx_devices, "lo");
     if (user && !getpwnam(user) && !(strspn(user, "0123456789") == strlen(user) && getpwuid((uid_t)atol(user))))
         return cli_usage_error(argv[0], "--user %s: no such user", user);
     /* Stages share this machine's cores: without a limit each would start one (spinning)
