@@ -32,7 +32,7 @@ typedef struct {
     double embed_fwd, embed_bwd, head_fwd, head_bwd;
     double flops;                        /* fwd + bwd, the accounting formula */
     double gemm_flops, gemm_s;           /* the sgemm reference; 0 if none */
-    size_t params;
+    size_t params, saved_bytes;
 } stage_result_t;
 
 static int parse_count(const char *cmd, const char *name, const char *arg, int lo, int *out)
@@ -90,6 +90,7 @@ static int calibrate_stage(const model_stage_params_t *base, int s, int iters, i
     r->head_bwd = st.prof.head_bwd / iters;
     r->flops = a.fwd_flops + a.bwd_flops;
     r->params = a.params;
+    r->saved_bytes = a.saved_bytes_per_mb;
     for (int l = 0; l < r->layers; l++) {
         layer_fwd[st.layer_begin + l] = st.prof.layer_fwd[l] / iters;
         layer_bwd[st.layer_begin + l] = st.prof.layer_bwd[l] / iters;
@@ -165,7 +166,7 @@ int cmd_calibrate(int argc, char **argv)
     model_options_t mo;
     model_options_defaults(&mo);
     mo.batch_size = 1;
-    int iters = 3, warmup = 1, c, explicit_mbs = 0;
+    int iters = 3, warmup = 1, c;
     const char *out_path = NULL;
     char err[1024];
     optind = 1;
@@ -175,10 +176,8 @@ int cmd_calibrate(int argc, char **argv)
         int r = model_options_parse(&mo, c, optarg, err, sizeof err);
         if (r < 0)
             return cli_usage_error(cmd, "%s", err);
-        if (r > 0) {
-            explicit_mbs |= c == MODEL_OPT_MICRO_BATCH_SIZE;
+        if (r > 0)
             continue;
-        }
         switch (c) {
         case 'h':
             fputs(usage_text, stdout);
@@ -203,7 +202,6 @@ int cmd_calibrate(int argc, char **argv)
         return cli_usage_error(cmd, "unexpected argument '%s'", argv[optind]);
     /* one micro-batch is measured at a time: the batch is just that micro-batch */
     mo.batch_size = mo.micro_batch_size;
-    (void)explicit_mbs;
     model_stage_params_t p;
     if (model_options_finish(&mo, &p, err, sizeof err))
         return cli_usage_error(cmd, "%s", err);
@@ -220,14 +218,19 @@ int cmd_calibrate(int argc, char **argv)
     int status = CLI_OK;
     printf("# pipenem calibrate: %s  layers %d  hidden %d  heads %d  vocab %d\n", p.cfg.name, p.cfg.layers,
            p.cfg.hidden, p.cfg.heads, p.cfg.vocab);
-    printf("# seq-len %d  micro-batch-size %d  stages %d  recompute %d  compute %s  threads %d\n", p.seq_len,
-           p.micro_batch_size, p.stages, p.recompute, p.compute, p.threads);
+    char desc[256];
+    model_compute_describe(p.compute, desc, sizeof desc);
+    char threads[16] = "default";
+    if (p.threads > 0)
+        snprintf(threads, sizeof threads, "%d", p.threads);
+    printf("# seq-len %d  micro-batch-size %d  stages %d  recompute %d  threads %s\n# compute %s\n", p.seq_len,
+           p.micro_batch_size, p.stages, p.recompute, threads, desc);
     printf("# %d measured iterations per stage after %d warm-up; times are per micro-batch\n", iters, warmup);
     printf("# FLOPs: 6*N_matmul + 6*L*T*d per token (fwd 1/3, bwd 2/3); sgemm: the stage's own GEMM calls replayed alone\n");
-    printf("#\n# %5s %7s %10s %10s %10s %10s %10s %10s %8s\n", "stage", "layers", "fwd", "bwd", "opt", "fwd+bwd",
-           "achieved", "sgemm", "of_GEMM");
-    printf("# %5s %7s %10s %10s %10s %10s %10s %10s %8s\n", "", "", "ms", "ms", "ms", "GFLOP", "GFLOP/s", "GFLOP/s",
-           "peak_%");
+    printf("#\n# %5s %7s %10s %10s %10s %10s %10s %10s %10s %8s %10s\n", "stage", "layers", "params", "fwd", "bwd",
+           "opt", "fwd+bwd", "achieved", "sgemm", "of_GEMM", "saved_act");
+    printf("# %5s %7s %10s %10s %10s %10s %10s %10s %10s %8s %10s\n", "", "", "M", "ms", "ms", "ms", "GFLOP",
+           "GFLOP/s", "GFLOP/s", "peak_%", "MiB/mb");
     int begin = 0;
     for (int s = 0; s < p.stages; s++) {
         fflush(stdout);
@@ -245,8 +248,9 @@ int cmd_calibrate(int argc, char **argv)
             snprintf(sg, sizeof sg, "%.2f", g * 1e-9);
             snprintf(pk, sizeof pk, "%.1f", 100 * rate / g);
         }
-        printf("  %5d %7s %10.3f %10.3f %10.3f %10.2f %10.2f %10s %8s\n", s, range, r[s].fwd * 1e3,
-               r[s].bwd * 1e3, r[s].opt * 1e3, r[s].flops * 1e-9, rate * 1e-9, sg, pk);
+        printf("  %5d %7s %10.3f %10.3f %10.3f %10.3f %10.2f %10.2f %10s %8s %10.1f\n", s, range, r[s].params * 1e-6,
+               r[s].fwd * 1e3, r[s].bwd * 1e3, r[s].opt * 1e3, r[s].flops * 1e-9, rate * 1e-9, sg, pk,
+               r[s].saved_bytes / 1048576.0);
     }
     if (status == CLI_OK) {
         printf("#\n# per layer (ms per micro-batch)\n# %7s %10s %10s\n", "part", "fwd", "bwd");

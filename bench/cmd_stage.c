@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "netem/profile.h"
 #include "pipeline/boot.h"
 #include "pipeline/runcfg.h"
 #include "pipeline/stage.h"
@@ -62,12 +63,19 @@ int cmd_stage(int argc, char **argv)
         return cli_usage_error(argv[0], "%s", err);
     if (cfg.rank >= cfg.world_size)
         return cli_usage_error(argv[0], "rank %d is not below world size %d", cfg.rank, cfg.world_size);
-    if (strcmp(cfg.net, "default") && strcmp(cfg.emulator, "shim"))
-        return cli_usage_error(argv[0], "--net %s on real hosts: apply it with `pipenem netem apply` on each host, "
-                                        "or use --emulator shim (not in this build yet)", cfg.net);
-    if (strcmp(cfg.net, "default"))
-        return cli_not_implemented("stage --emulator shim");
+    /* Real hosts: the kernel emulator is applied to the NIC by `pipenem netem apply` on
+     * each host; inside the job only the shim can shape. */
+    static netem_profile_t links[BOOT_RANKS_MAX];
     stage_params_t sp = {.cfg = &cfg, .rank = cfg.rank, .listen_fd = -1};
+    if (strcmp(cfg.net, "default")) {
+        if (strcmp(cfg.emulator, "shim"))
+            return cli_usage_error(argv[0], "--net %s with --emulator %s: on real hosts apply the profile with "
+                                            "`pipenem netem apply` on each host, or shape inside the job with "
+                                            "--emulator shim", cfg.net, cfg.emulator);
+        if (netem_net_parse(cfg.net, cfg.stages, links, err, sizeof err))
+            return cli_usage_error(argv[0], "%s", err);
+        sp.shim_links = links;
+    }
     if (cfg.world_size > 1) {
         if (!cfg.dist_url[0])
             return cli_usage_error(argv[0], "--dist-url tcp://HOST:PORT is required with %d ranks", cfg.world_size);

@@ -274,11 +274,31 @@ int cmd_sweep(int argc, char **argv)
         free(saved);
         return cli_usage_error("sweep", "%s", err);
     }
-    if (tl_all) {
-        tl_n = (size_t)sweep_cells(&o.spec);
-        tl = malloc(tl_n * sizeof *tl);
-        for (size_t i = 0; tl && i < tl_n; i++)
-            tl[i] = (int)i;
+    if (tl_all || !o.have_timeline) {
+        /* Chosen on the whole grid, not on the cells finished so far, so the plots of an
+         * unfinished sweep are the ones it will end with, and `report` picks the same. */
+        results_t grid;
+        results_init(&grid);
+        int n = sweep_cells(&o.spec), ok = 1;
+        for (int i = 0; i < n && ok; i++) {
+            results_cell_t c;
+            sweep_cell_config(&o.spec, i, &c);
+            ok = results_cell_add(&grid, &c) == 0;
+        }
+        free(tl);
+        tl = malloc((size_t)n * sizeof *tl);
+        tl_n = 0;
+        if (tl && ok && tl_all)
+            for (int i = 0; i < n; i++)
+                tl[tl_n++] = i;
+        else if (tl && ok)
+            report_timeline_default(&grid, tl, &tl_n);
+        results_destroy(&grid);
+        if (!tl || !ok) {
+            free(saved);
+            fprintf(stderr, "pipenem sweep: out of memory\n");
+            return CLI_FAIL;
+        }
     }
     int status = CLI_FAIL;
     if (resume) {
@@ -304,7 +324,9 @@ int cmd_sweep(int argc, char **argv)
             goto out;
         }
     }
-    if (results_env_write(o.out, o.spec.compute, o.spec.emulator, err, sizeof err)) {
+    char emu[96];
+    snprintf(emu, sizeof emu, "%s asked; the backend each cell used is runs.csv's emulator column", o.spec.emulator);
+    if (results_env_write(o.out, o.spec.compute, emu, err, sizeof err)) {
         fprintf(stderr, "pipenem sweep: %s\n", err);
         goto out;
     }

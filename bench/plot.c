@@ -217,7 +217,7 @@ static const struct {
     {"FWD", "forward", "#4e79a7", -0.28, 0.28},
     {"BWD", "backward", "#59a14f", -0.28, 0.28},
     {"OPT_STEP", "optimizer step", "#9c755f", -0.28, 0.28},
-    {"SEND_", "send (transfer)", "#f28e2b", 0.31, 0.43},
+    {"SEND_", "transfer (sent .. received)", "#f28e2b", 0.31, 0.43},
     {"RECV_", "receive (posted .. arrived)", "#e15759", -0.43, -0.31},
 };
 #define N_KINDS (sizeof kinds / sizeof *kinds)
@@ -229,6 +229,22 @@ static int kind_of(const char *op)
                                                          : !strcmp(op, kinds[k].op))
             return (int)k;
     return -1;
+}
+
+/* The end of the receive matching send `o` on the neighbour it goes to (the arrival,
+ * when the receiver was waiting), or o->end when there is none. */
+static double arrival_of(const results_t *r, const results_op_t *o)
+{
+    int grad = !strcmp(o->op, "SEND_GRAD");
+    const char *want = grad ? "RECV_GRAD" : "RECV_ACT";
+    int peer = o->rank + (grad ? -1 : 1);
+    for (size_t i = 0; i < r->n_ops; i++) {
+        const results_op_t *q = &r->ops[i];
+        if (q->cell == o->cell && q->repeat == o->repeat && q->iteration == o->iteration && q->rank == peer &&
+            q->micro_batch == o->micro_batch && !strcmp(q->op, want))
+            return q->end;
+    }
+    return o->end;
 }
 
 int plot_timeline(const results_t *r, int cell, int iteration, const char *dir, char *err, size_t errlen)
@@ -271,7 +287,7 @@ int plot_timeline(const results_t *r, int cell, int iteration, const char *dir, 
     for (int s = 0; s < c->stages; s++)
         fprintf(b, "%s'stage %d' %d", s ? ", " : "", s, s);
     fputs(")\nset grid xtics\nset key outside bottom center horizontal noenhanced\n"
-          "set style fill solid 0.9 border rgb '#333333'\n", b);
+          "set style fill solid 1.0 noborder\n", b);
     int blocks = 0;
     const char *sep = "plot ";
     for (size_t k = 0; k < N_KINDS; k++) {
@@ -281,6 +297,8 @@ int plot_timeline(const results_t *r, int cell, int iteration, const char *dir, 
             if (o->cell != cell || o->repeat != 0 || o->iteration != it || kind_of(o->op) != (int)k)
                 continue;
             double xs = o->start - t0, xe = o->end - t0;
+            if (!strncmp(o->op, "SEND_", 5)) /* a send row is the post: draw until the data arrived */
+                xe = fmax(xe, arrival_of(r, o) - t0);
             fprintf(d, "%.9g %d %.9g %.9g %.9g %.9g %d\n", 0.5 * (xs + xe), o->rank, xs, xe,
                     o->rank + kinds[k].lo, o->rank + kinds[k].hi, o->micro_batch);
             rows++;

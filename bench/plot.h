@@ -18,7 +18,8 @@ int plot_iteration_time(const results_t *r, const char *dir, char *err, size_t e
 
 /* plots/timeline_cell<N>.{png,svg}: one row per stage of cell N's chosen iteration
  * (see chrome_iteration_pick): forward and backward blocks, optimizer steps, send and
- * receive lanes; white space is idle time. */
+ * receive lanes (a transfer is drawn from its send to its receive's end); white space is
+ * idle time. */
 int plot_timeline(const results_t *r, int cell, int iteration, const char *dir, char *err, size_t errlen)
     __attribute__((warn_unused_result));
 

@@ -31,9 +31,9 @@ void predict_link(const netem_profile_t *p, sim_link_t *out)
     out->bandwidth = p->rate > 0 ? netem_profile_goodput(p->rate, 1500) : 0;
 }
 
-/* Median of a measured quantity over the ops of `cell` on `rank` (-1 = all) of kind `op`
- * in measured iterations: the duration, or the bytes. NaN when there is none. */
-static double median_of(const results_t *r, const results_cell_t *cell, int rank, const char *op, int bytes)
+/* Median (or mean) of a measured quantity over the ops of `cell` on `rank` (-1 = all) of
+ * kind `op` in measured iterations: the duration, or the bytes. NaN when there is none. */
+static double stat_of(const results_t *r, const results_cell_t *cell, int rank, const char *op, int bytes, int mean)
 {
     size_t n = 0;
     for (size_t i = 0; i < r->n_ops; i++) {
@@ -56,7 +56,86 @@ static double median_of(const results_t *r, const results_cell_t *cell, int rank
     metrics_stats_t st;
     metrics_stats(v, n, &st);
     free(v);
-    return st.median;
+    return mean ? st.mean : st.median;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* Orders receive rows by (repeat, iteration, rank, micro-batch) for matching. */
+static int cmp_key(const void *a, const void *b)
+{
+    const results_op_t *x = *(const results_op_t *const *)a, *y = *(const results_op_t *const *)b;
+    int d[4] = {x->repeat - y->repeat, x->iteration - y->iteration, x->rank - y->rank, x->micro_batch - y->micro_batch};
+    for (int i = 0; i < 4; i++)
+        if (d[i])
+            return d[i] < 0 ? -1 : 1;
+    return 0;
+}
+
+double predict_path_bandwidth(const results_t *r, const results_cell_t *cell, int backward, double delay)
+{
+    const char *send = backward ? "SEND_GRAD" : "SEND_ACT", *recv = backward ? "RECV_GRAD" : "RECV_ACT";
+    size_t nr = 0, ns = 0;
+    for (size_t i = 0; i < r->n_ops; i++) {
+        const results_op_t *o = &r->ops[i];
+        if (o->cell != cell->cell || o->iteration < cell->warmup)
+            continue;
+        nr += !strcmp(o->op, recv);
+        ns += !strcmp(o->op, send);
+    }
+    if (!nr || !ns)
+        return NAN;
+    const results_op_t **rv = malloc(nr * sizeof *rv);
+    double *bw = malloc(ns * sizeof *bw);
+    if (!rv || !bw) {
+        free(rv);
+        free(bw);
+        return NAN;
+    }
+    size_t k = 0, n = 0;
+    for (size_t i = 0; i < r->n_ops; i++)
+        if (r->ops[i].cell == cell->cell && r->ops[i].iteration >= cell->warmup && !strcmp(r->ops[i].op, recv))
+            rv[k++] = &r->ops[i];
+    qsort(rv, nr, sizeof *rv, cmp_key);
+    for (size_t i = 0; i < r->n_ops; i++) {
+        const results_op_t *o = &r->ops[i];
+        if (o->cell != cell->cell || o->iteration < cell->warmup || strcmp(o->op, send) || o->bytes <= 0)
+            continue;
+        results_op_t key = *o;
+        key.rank += backward ? -1 : 1;
+        const results_op_t *kp = &key, **hit = bsearch(&kp, rv, nr, sizeof *rv, cmp_key);
+        /* Only where the receiver was already waiting is its end the arrival. */
+        if (!hit || (*hit)->start > o->start)
+            continue;
+        double t = (*hit)->end - o->start - delay;
+        if (t > 0)
+            bw[n++] = 8.0 * (double)o->bytes / t;
+    }
+    double out = NAN;
+    if (n) {
+        /* Queueing behind earlier messages only makes a sample slower: take the upper quartile. */
+        qsort(bw, n, sizeof *bw, cmp_double);
+        out = bw[(3 * (n - 1)) / 4];
+    }
+    free(rv);
+    free(bw);
+    return out;
+}
+
+void predict_cell_links(const results_t *r, const results_cell_t *cell, const netem_profile_t *p, sim_link_t *fwd,
+                        sim_link_t *bwd)
+{
+    for (int dir = 0; dir < 2; dir++) {
+        sim_link_t *l = dir ? bwd : fwd;
+        predict_link(p, l);
+        double path = predict_path_bandwidth(r, cell, dir, p->delay);
+        if (isfinite(path) && path > 0 && (l->bandwidth == 0 || path < l->bandwidth))
+            l->bandwidth = path;
+    }
 }
 
 int predict_time(const results_t *r, const results_cell_t *cell, int slack, const netem_profile_t *p,
@@ -68,24 +147,27 @@ int predict_time(const results_t *r, const results_cell_t *cell, int slack, cons
         return -EINVAL;
     }
     sim_cost_t cost[RESULTS_MAX_STAGES];
-    sim_link_t link[RESULTS_MAX_STAGES];
     for (int s = 0; s < S; s++) {
-        cost[s].fwd = median_of(r, cell, s, "FWD", 0);
-        cost[s].bwd = median_of(r, cell, s, "BWD", 0);
-        cost[s].opt = median_of(r, cell, s, "OPT_STEP", 0);
+        /* Means: a few slow ops (a busy machine) add to the iteration as much as they cost. */
+        cost[s].fwd = stat_of(r, cell, s, "FWD", 0, 1);
+        cost[s].bwd = stat_of(r, cell, s, "BWD", 0, 1);
+        cost[s].opt = stat_of(r, cell, s, "OPT_STEP", 0, 1);
         if (isnan(cost[s].fwd) || isnan(cost[s].bwd)) {
             errf(err, errlen, "cell %d: stage %d has no measured FWD or BWD to take its cost from", cell->cell, s);
             return -EINVAL;
         }
         if (isnan(cost[s].opt))
             cost[s].opt = 0;
-        predict_link(p, &link[s]);
     }
-    double act = S > 1 ? median_of(r, cell, -1, "SEND_ACT", 1) : 0;
-    double grad = S > 1 ? median_of(r, cell, -1, "SEND_GRAD", 1) : 0;
+    sim_link_t fwd, bwd, link_fwd[RESULTS_MAX_STAGES], link_bwd[RESULTS_MAX_STAGES];
+    predict_cell_links(r, cell, p, &fwd, &bwd);
+    for (int s = 0; s < S; s++)
+        link_fwd[s] = fwd, link_bwd[s] = bwd;
+    double act = S > 1 ? stat_of(r, cell, -1, "SEND_ACT", 1, 0) : 0;
+    double grad = S > 1 ? stat_of(r, cell, -1, "SEND_GRAD", 1, 0) : 0;
     sim_config_t cfg = {
         .schedule = cell->schedule, .stages = S, .micro_batches = cell->micro_batches, .slack = slack,
-        .cost = cost, .link_fwd = link, .link_bwd = link, .act_bytes = isnan(act) ? 0 : act,
+        .cost = cost, .link_fwd = link_fwd, .link_bwd = link_bwd, .act_bytes = isnan(act) ? 0 : act,
         .grad_bytes = isnan(grad) ? 0 : grad, .send_mode = SIM_SEND_PIPELINED,
     };
     sim_result_t res = {0};
@@ -152,12 +234,12 @@ int predict_ideal(const results_t *r, const results_cell_t *cell, const netem_pr
         errf(err, errlen, "cell %d: %d stages", cell->cell, S);
         return -EINVAL;
     }
-    sim_link_t link[RESULTS_MAX_STAGES];
+    sim_link_t fwd, bwd, link_fwd[RESULTS_MAX_STAGES], link_bwd[RESULTS_MAX_STAGES];
+    predict_cell_links(r, cell, p, &fwd, &bwd);
     for (int s = 0; s < S; s++)
-        predict_link(p, &link[s]);
-    sim_replay_t how = {.replace = SIM_REPLACE_COMPUTE, .scope = SIM_MEDIAN_ALL,
-                        .comm_measured = netem_profile_is_default(p), .link_fwd = link, .link_bwd = link,
-                        .send_mode = SIM_SEND_PIPELINED};
+        link_fwd[s] = fwd, link_bwd[s] = bwd;
+    sim_replay_t how = {.replace = SIM_REPLACE_COMPUTE, .scope = SIM_MEDIAN_ALL, .comm_measured = SIM_COMM_LINK,
+                        .link_fwd = link_fwd, .link_bwd = link_bwd, .send_mode = SIM_SEND_PIPELINED};
     int repeats = cell->repeats > 0 ? cell->repeats : 1;
     size_t cap = (size_t)repeats * (size_t)(cell->iters > 0 ? cell->iters : 1), n = 0; /* measured ones */
     double *t = malloc(cap * sizeof *t);

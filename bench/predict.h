@@ -14,16 +14,29 @@
  * rate (what a transfer over the emulated link can reach); unlimited when p has no rate. */
 void predict_link(const netem_profile_t *p, sim_link_t *out);
 
-/* sim_run of cell's schedule with each stage's cost the median of its measured FWD, BWD
+/* The bandwidth (bit/s) the path between neighbouring stages reached in a cell, one
+ * direction (backward = gradients): each send whose matching receive was already posted
+ * gives bytes / (receive end - send start - delay); the upper quartile, since queueing
+ * behind earlier messages only slows a sample. NaN when no send qualifies. */
+double predict_path_bandwidth(const results_t *r, const results_cell_t *cell, int backward, double delay);
+
+/* The links a cell's predictions use: the profile's delay and goodput (predict_link),
+ * capped by the bandwidth the path reached in the cell. For the default profile the
+ * measured path is the only model there is; for a shaped one the cap matters only where
+ * the machine cannot carry the profile's rate. */
+void predict_cell_links(const results_t *r, const results_cell_t *cell, const netem_profile_t *p, sim_link_t *fwd,
+                        sim_link_t *bwd);
+
+/* sim_run of cell's schedule with each stage's cost the mean of its measured FWD, BWD
  * and OPT_STEP durations (warm-up excluded, all repeats), message sizes the median bytes
- * of the measured SEND_ACT and SEND_GRAD, and every link under profile p. */
+ * of the measured SEND_ACT and SEND_GRAD, and the links of predict_cell_links. */
 int predict_time(const results_t *r, const results_cell_t *cell, int slack, const netem_profile_t *p,
                  double *predicted, char *err, size_t errlen) __attribute__((warn_unused_result));
 
 /* T_ideal: each measured iteration (repeat 0.., warm-up excluded) replayed with every
  * compute op at the median duration of its kind over all stages (so a slow stage is
- * made typical), communication timed by the link model of p, or as measured under the
- * default profile (whose link has no model); the median over the iterations. */
+ * made typical), communication timed by the links of predict_cell_links; the median
+ * over the iterations. */
 int predict_ideal(const results_t *r, const results_cell_t *cell, const netem_profile_t *p, double *ideal,
                   char *err, size_t errlen) __attribute__((warn_unused_result));
 

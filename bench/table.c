@@ -151,10 +151,13 @@ int table_markdown(const results_t *r, char **text)
     if (r->n_cells) {
         const results_cell_t *c0 = prof[0];
         fprintf(f, "Model %s, %d stages, batch %d, sequence %d, %d measured iterations after %d warm-up, %d repeat(s), "
-                   "compute %s, network emulator %s", c0->model, c0->stages, c0->batch_size, c0->seq_len,
-                c0->iters, c0->warmup, c0->repeats, c0->compute, c0->emulator);
+                   "compute %s", c0->model, c0->stages, c0->batch_size, c0->seq_len, c0->iters, c0->warmup,
+                c0->repeats, c0->compute);
         if (c0->straggler_rank >= 0)
             fprintf(f, ", straggler: stage %d computes %gx slower", c0->straggler_rank, c0->straggler_factor);
+        fputs(".\nNetwork emulator per setting:", f);
+        for (size_t p = 0; p < np; p++)
+            fprintf(f, "%s %s: %s", p ? ";" : "", prof[p]->label, prof[p]->emulator);
         fputs(".\nEach cell is the median iteration time of the measured iterations; "
               "\"not run\" marks a cell the sweep has not finished.\n", f);
     } else {

@@ -10,6 +10,8 @@ typedef struct model_backend {
     const char *name;
     /* arg: what followed "NAME:" in --compute ("" if nothing). Checks only, no memory. */
     int (*check)(const char *arg, char *err, size_t errlen);
+    /* A line for headers: what the argument means (device peak and efficiency, ...). */
+    void (*describe)(const char *arg, char *buf, size_t len);
     /* Allocates what the backend needs; st's sizes, layers and tensor table are set. */
     int (*init)(model_stage_t *st, const char *arg, char *err, size_t errlen);
     /* slot: index of the activation slot of this micro-batch. */

@@ -199,6 +199,23 @@ static int emu_check(const char *arg, char *err, size_t errlen)
     return spec_parse(arg, &s, err, errlen);
 }
 
+static void emu_describe(const char *arg, char *buf, size_t len)
+{
+    emu_spec_t s;
+    char err[256];
+    if (spec_parse(arg, &s, err, sizeof err))
+        snprintf(buf, len, "emulate:%s (%s)", arg, err);
+    else if (s.kind == EMU_DEVICE)
+        snprintf(buf, len, "emulate:%s (peak %.1f TFLOP/s dense fp16/bf16, efficiency %.2f, memory %.0f GB/s)",
+                 devices[s.device].name, devices[s.device].peak_flops * 1e-12, s.efficiency,
+                 devices[s.device].mem_bw * 1e-9);
+    else if (s.kind == EMU_TIMES)
+        snprintf(buf, len, "emulate (fwd %.3f ms, bwd %.3f ms, opt %.3f ms per micro-batch and stage)",
+                 s.fwd * 1e3, s.bwd * 1e3, s.opt * 1e3);
+    else
+        snprintf(buf, len, "emulate (replaying calibration file %s)", arg);
+}
+
 static int emu_init(model_stage_t *st, const char *arg, char *err, size_t errlen)
 {
     emu_spec_t s;
@@ -314,6 +331,7 @@ static int emu_step(model_stage_t *st)
 const model_backend_t model_backend_emulate = {
     .name = "emulate",
     .check = emu_check,
+    .describe = emu_describe,
     .init = emu_init,
     .forward = emu_forward,
     .backward = emu_backward,

@@ -20,7 +20,7 @@ static const model_config_t configs[] = {
     {"gpt3-xl", 24, 2048, 32, 50257, 2048},
     {"gpt3-2.7b", 32, 2560, 32, 50257, 2048},
     /* byte vocabulary, so it trains on the shipped text in seconds */
-    {"tiny", 2, 64, 4, 256, 128},
+    {"tiny", 4, 64, 4, 256, 128},
 };
 
 static const struct {
@@ -217,6 +217,17 @@ static int backend_lookup(const char *compute, const model_backend_t **b, const 
         snprintf(err, errlen, "unknown compute backend '%s' (known: cpu, emulate:v100|a100|h100, "
                  "emulate:fwd=25ms,bwd=75ms, emulate:CALIBRATION_FILE)", compute);
     return -EINVAL;
+}
+
+void model_compute_describe(const char *compute, char *buf, size_t len)
+{
+    const model_backend_t *b;
+    const char *arg;
+    char err[256];
+    if (backend_lookup(compute, &b, &arg, err, sizeof err))
+        snprintf(buf, len, "%s", err);
+    else
+        b->describe(arg, buf, len);
 }
 
 int model_compute_check(const char *compute, char *err, size_t errlen)
@@ -632,14 +643,13 @@ void model_stage_describe(const model_stage_t *st, char *buf, size_t len)
         snprintf(buf, len, "(not initialised)");
         return;
     }
-    if (st->backend == &model_backend_cpu) {
-        snprintf(buf, len, "cpu (OpenBLAS sgemm, %d threads)", st->p.threads);
-    } else if (st->device[0]) {
-        snprintf(buf, len, "emulate:%s (peak %.1f TFLOP/s, efficiency %.2f, memory %.0f GB/s)",
-                 st->device, st->peak_flops * 1e-12, st->efficiency, st->mem_bw * 1e-9);
-    } else {
-        snprintf(buf, len, "emulate:%s (fwd %.3f ms, bwd %.3f ms, opt %.3f ms per micro-batch)",
-                 st->backend_arg, st->emu_fwd_s * 1e3, st->emu_bwd_s * 1e3, st->emu_opt_s * 1e3);
+    st->backend->describe(st->backend_arg, buf, len);
+    size_t n = strlen(buf);
+    if (st->backend == &model_backend_cpu && n < len) {
+        if (st->p.threads > 0)
+            snprintf(buf + n, len - n, ", %d threads", st->p.threads);
+        else
+            snprintf(buf + n, len - n, ", default threads");
     }
 }
 

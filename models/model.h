@@ -35,6 +35,18 @@ typedef struct {
     unsigned long long seed; int threads; int recompute; int tied_embeddings;
     float lr;
 } model_stage_params_t;
+/* Notes on the fields:
+ * - partition: `stages` layer counts (each >= 1, summing to cfg.layers); copied by init.
+ * - max_inflight: the schedule's peak of micro-batches between forward and backward on
+ *   this stage (GPipe: M; 1F1B: min(stages - stage, M)); cpu allocates that many slots.
+ * - threads: > 0 sets OpenMP and OpenBLAS threads for the whole process; 0 leaves the
+ *   libraries' defaults. Stages sharing cores should use 1 (OpenBLAS worker threads
+ *   poll between calls and compete with OpenMP and with the other stages).
+ * - compute "emulate:...": sleeps for the modelled time (see model_account_t), leaves
+ *   the caller's boundary buffers untouched (a GPU would produce them without host CPU),
+ *   holds no parameters or activations, and reports NAN as loss.
+ * - seed: parameters depend only on (seed, tensor name), data only on (seed, iter, mb),
+ *   so any split of the model initialises and trains identically to the unsplit one. */
 
 /* One parameter tensor of a stage: a view into the stage's parameter and gradient blocks
  * (both NULL under emulate, which holds no parameters). Names are global across stages:
@@ -64,7 +76,6 @@ typedef struct {
 } model_prof_t;
 
 struct model_backend;
-struct model_gemm_log;
 
 /* Defined here so the caller can allocate it; fields are read-only outside models/. */
 typedef struct model_stage {
@@ -92,7 +103,6 @@ typedef struct model_stage {
     double emu_fwd_s, emu_bwd_s, emu_opt_s, peak_flops, efficiency, mem_bw;
     char device[16];
     model_prof_t prof;
-    struct model_gemm_log *gemm_log; /* non-NULL while recording sgemm shapes */
 } model_stage_t;
 
 int    model_stage_init(model_stage_t *st, const model_stage_params_t *p, char *err, size_t errlen) MODEL_WUR;
@@ -108,7 +118,7 @@ int    model_stage_forward(model_stage_t *st, int iter, int mb, const float *in,
 int    model_stage_backward(model_stage_t *st, int iter, int mb, const float *dout, float *din) MODEL_WUR;
 /* AdamW on grads averaged over M, then zero. -EBUSY if micro-batches are still in flight. */
 int    model_stage_step(model_stage_t *st, int iter) MODEL_WUR;
-double model_stage_loss(const model_stage_t *st);       /* last stage: mean loss of the last stepped iteration; NAN otherwise */
+double model_stage_loss(const model_stage_t *st);       /* last stage: mean loss of the last stepped iteration; NAN otherwise or under emulate */
 void   model_stage_destroy(model_stage_t *st);
 
 /* Mean loss of the micro-batches forwarded since the last step (last stage, cpu; NAN otherwise). */
@@ -142,17 +152,21 @@ typedef struct {
 void   model_stage_account(const model_stage_t *st, model_account_t *out);
 /* Peak resident memory of this process so far (getrusage), bytes. */
 size_t model_peak_rss_bytes(void);
-/* "cpu (OpenBLAS, 2 threads)" or "emulate:a100 (peak 312.0 TFLOP/s, efficiency 0.50)" */
+/* "cpu (OpenBLAS sgemm, OpenMP elementwise), 1 threads" or "emulate:a100 (peak 312.0
+ * TFLOP/s dense fp16/bf16, efficiency 0.50, memory 1555 GB/s)": for headers. */
 void   model_stage_describe(const model_stage_t *st, char *buf, size_t len);
 
 /* Clears the measured times in st->prof. */
 void   model_stage_prof_reset(model_stage_t *st);
 /* The GEMM reference of the benchmarks (cpu backend only): records the sgemm calls of one
- * forward + backward of micro-batch 0 (gradients are reset afterwards), then replays
- * exactly those calls (same shapes, transposes and strides, no other work) `reps` times
- * on scratch buffers. Outputs the FLOPs of one replay and the mean seconds per replay. */
+ * forward + backward of micro-batch 0, then replays exactly those calls (same shapes,
+ * transposes, strides and buffers; no other work) `reps` times. Outputs the FLOPs of one
+ * replay and the mean seconds per replay. Ends with model_stage_reset (gradients zeroed,
+ * nothing in flight); parameters are untouched. */
 int    model_stage_gemm_reference(model_stage_t *st, int reps, double *flops, double *seconds) MODEL_WUR;
 
+/* The same for a compute argument alone (no threads), e.g. before any stage exists. */
+void   model_compute_describe(const char *compute, char *buf, size_t len);
 /* The compute argument alone: -EINVAL naming an unknown backend, an unknown device, a
  * bad fwd=/bwd= time or an unreadable calibration file. */
 int    model_compute_check(const char *compute, char *err, size_t errlen) MODEL_WUR;

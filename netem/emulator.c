@@ -37,7 +37,8 @@ static int same(const netem_profile_t *a, const netem_profile_t *b)
 }
 
 /* The profile of the traffic entering host j: from j-1 over links[j-1], from j+1 over
- * links[j]. -1 when the two differ (needs per-source classes). */
+ * links[j]. -1 when the two differ (then per-source classes sort it; traffic from
+ * hosts further away passes that port unshaped). */
 static int port_profile(const netem_profile_t *l, int n, int j, netem_profile_t *out)
 {
     const netem_profile_t *left = j > 0 ? &l[j - 1] : NULL, *right = j < n ? &l[j] : NULL;
@@ -54,12 +55,6 @@ static int kernel_usable(const netem_profile_t *l, int n, char *why, size_t whyl
         delay |= l[i].delay > 0 || l[i].jitter > 0 || l[i].loss > 0 || l[i].limit > 0;
     if (!netem_tc_may_change())
         return snprintf(why, whylen, "tc needs root or CAP_NET_ADMIN"), 0;
-    for (int j = 0; j <= n; j++) {
-        netem_profile_t p;
-        if (port_profile(l, n, j, &p) < 0)
-            return snprintf(why, whylen, "links %d-%d and %d-%d differ at host %d: per-source "
-                            "classes are not implemented yet", j - 1, j, j, j + 1, j), 0;
-    }
     if (delay && !netem_tc_have_netem())
         return snprintf(why, whylen, "this kernel has no sch_netem, needed for delay/jitter/loss"), 0;
     snprintf(why, whylen, "%s", delay ? "kernel netem qdiscs" : "kernel TBF (rate only)");
@@ -73,12 +68,17 @@ static int kernel_apply(netem_topo_t *t, const netem_profile_t *l, char *err, si
         netem_profile_t p;
         netem_dev_t d;
         netem_tc_applied_t a;
-        if (port_profile(l, n, j, &p) < 0)
-            return fail(err, errlen, -EOPNOTSUPP, "links meeting at host %d differ: per-source "
-                        "classes are not implemented yet (use --emulator shim)", j);
         int rc = netem_dev_init(&d, t->sw_ns, t->port_if[j], err, errlen);
-        if (rc == 0)
+        if (rc < 0)
+            return rc;
+        if (port_profile(l, n, j, &p) == 0) {
             rc = netem_tc_apply(&d, &p, NETEM_TC_EPHEMERAL, &a, err, errlen);
+        } else {
+            /* Two links with different profiles meet at host j: sort by the sender. */
+            const char *src[2] = {t->host_addr[j - 1], t->host_addr[j + 1]};
+            netem_profile_t prof[2] = {l[j - 1], l[j]};
+            rc = netem_tc_apply_by_source(&d, 2, src, prof, NETEM_TC_EPHEMERAL, err, errlen);
+        }
         if (rc < 0)
             return rc;
     }
@@ -126,12 +126,18 @@ const char *netem_emulator_names(void)
     return "auto, netem, shim";
 }
 
-const netem_emulator_t *netem_emulator_find(const char *name)
+static const netem_emulator_t *lookup(const char *name)
 {
     for (size_t i = 0; i < N_EMULATORS; i++)
         if (!strcmp(emulators[i].name, name))
             return &emulators[i];
     return NULL;
+}
+
+/* "none" is what auto records for all-default links; nobody asks for it by name. */
+const netem_emulator_t *netem_emulator_find(const char *name)
+{
+    return name && strcmp(name, "none") ? lookup(name) : NULL;
 }
 
 int netem_emulator_choose(const char *asked, const netem_profile_t *links, int n,
@@ -141,7 +147,7 @@ int netem_emulator_choose(const char *asked, const netem_profile_t *links, int n
     char r[160];
     if (!asked || !strcmp(asked, "auto")) {
         if (all_default(links, n)) {
-            *out = netem_emulator_find("none");
+            *out = lookup("none");
             snprintf(why, whylen, "auto: default profile, nothing to emulate");
             return 0;
         }
@@ -159,7 +165,7 @@ int netem_emulator_choose(const char *asked, const netem_profile_t *links, int n
         return fail(err, errlen, -EOPNOTSUPP, "no emulator can do these links here: %s", rejected);
     }
     const netem_emulator_t *e = netem_emulator_find(asked);
-    if (!e || !strcmp(asked, "none"))
+    if (!e)
         return fail(err, errlen, -EINVAL, "unknown emulator '%s' (%s)", asked, netem_emulator_names());
     if (!all_default(links, n) && !e->usable(links, n, r, sizeof r))
         return fail(err, errlen, -EOPNOTSUPP, "emulator '%s' cannot do these links here: %s", asked, r);

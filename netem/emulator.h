@@ -23,7 +23,8 @@ typedef struct netem_emulator {
 /* "auto, netem, shim" for --help and messages. */
 const char *netem_emulator_names(void);
 
-/* The backend called name ("netem", "shim", or "none" for all-default links), or NULL. */
+/* The backend called name ("netem" or "shim"), or NULL. (A topology whose links are all
+ * default records the backend "none", which cannot be asked for.) */
 const netem_emulator_t *netem_emulator_find(const char *name);
 
 /* Resolves asked ("auto", "netem", "shim") for these links: the chosen backend and a

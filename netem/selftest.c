@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -228,9 +229,10 @@ static int pair_close(pair_t *p)
  * host's scheduling noise (netem's delay is constant, so any excess over it is noise of
  * the measuring machine: large under user-mode Linux on a busy host); the median is
  * kept too, and used when the profile has jitter. */
-static int measure_rtt(const netem_topo_t *t, int n, double *min, double *median, char *err,
-                       size_t errlen)
+static int measure_rtt(const netem_topo_t *t, const netem_profile_t *prof, int n, double *min,
+                       double *median, char *err, size_t errlen)
 {
+    (void)prof;   /* the kernel shapes */
     pair_t p;
     int rc = pair_open(t, 0, 0, 0, &p, err, errlen);
     if (rc < 0)
@@ -260,9 +262,10 @@ static int measure_rtt(const netem_topo_t *t, int n, double *min, double *median
  * The median window is the figure judged: on a busy host a few windows stall (the
  * measuring host's fault, not the link's) and late timers release bursts into others;
  * the median ignores both. The mean over all windows is reported beside it. */
-static int measure_goodput(const netem_topo_t *t, double warm, double win, double *median, double *mean,
-                           char *err, size_t errlen)
+static int measure_goodput(const netem_topo_t *t, const netem_profile_t *prof, double warm, double win,
+                           double *median, double *mean, char *err, size_t errlen)
 {
+    (void)prof;
     pair_t p;
     int rc = pair_open(t, 1, warm, win, &p, err, errlen);
     if (rc < 0)
@@ -287,6 +290,8 @@ static int measure_goodput(const netem_topo_t *t, double warm, double win, doubl
     return rc;
 }
 
+const netem_selftest_meter_t netem_selftest_tcp = {"tcp", 1, measure_rtt, measure_goodput};
+
 static int apply_all(netem_topo_t *t, const netem_profile_t *p, const char *emulator, char *err,
                      size_t errlen)
 {
@@ -297,40 +302,50 @@ static int apply_all(netem_topo_t *t, const netem_profile_t *p, const char *emul
 }
 
 int netem_selftest_run(netem_topo_t *t, const netem_profile_t *p, const char *emulator,
-                       int with_ceiling, netem_selftest_result_t *out, char *err, size_t errlen)
+                       int with_ceiling, const netem_selftest_meter_t *shim_meter,
+                       netem_selftest_result_t *out, char *err, size_t errlen)
 {
     netem_selftest_result_t r;
     memset(&r, 0, sizeof r);
     if (t->hosts < 2)
         return fail(err, errlen, -EINVAL, "the self-test needs a topology of at least 2 hosts");
     static const netem_profile_t unshaped;
-    int rc = apply_all(t, &unshaped, "auto", err, errlen);
+    /* Which backend, first: the meter (and so the base path) depends on it. */
+    int rc = apply_all(t, p, emulator, err, errlen);
     if (rc < 0)
         return rc;
-    double base_median;
-    if ((rc = measure_rtt(t, 200, &r.rtt_base, &base_median, err, errlen)) < 0)
+    const netem_selftest_meter_t *m = &netem_selftest_tcp;
+    int shim = !strcmp(t->emulator->name, "shim");
+    snprintf(r.emulator, sizeof r.emulator, "%s", t->emulator->name);
+    snprintf(r.why, sizeof r.why, "%s", t->why);
+    if (shim) {
+        if (!shim_meter)
+            return fail(err, errlen, -ENOSYS, "emulator shim (%s): its self-test needs the pipeline "
+                        "transport, which this program does not link", t->why);
+        m = shim_meter;
+    }
+    snprintf(r.meter, sizeof r.meter, "%s", m->name);
+    /* The base path, unshaped: the kernel without qdiscs, or the shim with default links. */
+    if ((rc = apply_all(t, &unshaped, shim ? "shim" : "auto", err, errlen)) < 0)
         return rc;
-    double ceil_mean;
-    if (with_ceiling && (rc = measure_goodput(t, 0.3, 0.25, &r.ceiling, &ceil_mean, err, errlen)) < 0)
+    double base_median, ceil_mean;
+    if ((rc = m->rtt(t, &unshaped, 200, &r.rtt_base, &base_median, err, errlen)) < 0)
+        return rc;
+    if (with_ceiling && (rc = m->goodput(t, &unshaped, 0.3, 0.25, &r.ceiling, &ceil_mean, err, errlen)) < 0)
         return rc;
     if ((rc = apply_all(t, p, emulator, err, errlen)) < 0)
         return rc;
-    snprintf(r.emulator, sizeof r.emulator, "%s", t->emulator->name);
-    snprintf(r.why, sizeof r.why, "%s", t->why);
-    if (!strcmp(t->emulator->name, "shim"))
-        return fail(err, errlen, -ENOSYS, "selftest --emulator shim is not implemented yet: the shim "
-                    "shapes the pipeline transport's messages, which this self-test does not use yet");
-    double rtt_cfg = 2.0 * (p->delay + 0.0) + r.rtt_base;
+    double rtt_cfg = m->delay_adds ? 2.0 * p->delay + r.rtt_base : fmax(2.0 * p->delay, r.rtt_base);
     int n = (int)fmin(500, fmax(20, 0.6 / rtt_cfg));
     double rtt_min;
-    if ((rc = measure_rtt(t, n, &rtt_min, &r.rtt_median, err, errlen)) < 0)
+    if ((rc = m->rtt(t, p, n, &rtt_min, &r.rtt_median, err, errlen)) < 0)
         return rc;
     r.rtt_measured = p->jitter > 0 ? r.rtt_median : rtt_min;
     r.rtt_configured = rtt_cfg;
     r.rtt_err = fabs(r.rtt_measured - rtt_cfg) / rtt_cfg;
     r.rtt_judged = p->delay > 0;
     double warm = fmax(0.3, 30.0 * rtt_cfg);
-    if ((rc = measure_goodput(t, warm, 0.5, &r.goodput_measured, &r.goodput_mean, err, errlen)) < 0)
+    if ((rc = m->goodput(t, p, warm, 0.5, &r.goodput_measured, &r.goodput_mean, err, errlen)) < 0)
         return rc;
     r.goodput_expected = p->rate > 0 ? netem_profile_goodput(p->rate, 1500) : 0;
     r.goodput_judged = p->rate > 0 && p->loss == 0;
@@ -338,6 +353,17 @@ int netem_selftest_run(netem_topo_t *t, const netem_profile_t *p, const char *em
         r.goodput_err = fabs(r.goodput_measured - r.goodput_expected) / r.goodput_expected;
     r.ok = (!r.rtt_judged || r.rtt_err <= NETEM_SELFTEST_TOLERANCE) &&
            (!r.goodput_judged || r.goodput_err <= NETEM_SELFTEST_TOLERANCE);
+    /* A goodput short of the mark: could this host carry it at all? Measure unshaped. */
+    if (r.goodput_judged && r.goodput_measured < r.goodput_expected * (1 - NETEM_SELFTEST_TOLERANCE) &&
+        r.ceiling == 0) {
+        double mean;
+        if ((rc = apply_all(t, &unshaped, shim ? "shim" : "auto", err, errlen)) < 0 ||
+            (rc = m->goodput(t, &unshaped, 0.3, 0.25, &r.ceiling, &mean, err, errlen)) < 0 ||
+            (rc = apply_all(t, p, emulator, err, errlen)) < 0)
+            return rc;
+    }
+    r.host_limited = r.goodput_judged && r.ceiling > 0 &&
+                     r.ceiling < r.goodput_expected * (1 + NETEM_SELFTEST_TOLERANCE);
     *out = r;
     return 0;
 }

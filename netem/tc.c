@@ -14,6 +14,9 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <arpa/inet.h>
+#include <linux/if_ether.h>
+#include <linux/pkt_cls.h>
 #include <linux/pkt_sched.h>
 #include <linux/rtnetlink.h>
 #include <netlink/attr.h>
@@ -253,12 +256,17 @@ static int put_tbf(struct nl_msg *msg, double rate_bps, uint32_t *limit, uint32_
 
 /* ---- dumps ---- */
 
+#define DUMP_LEAVES 16
+
 typedef struct {
     int ifindex;
     int have_root;
     netem_qdisc_saved_t root;
     int children;            /* qdiscs below the root with a handle of their own */
     char child_kind[16];
+    int n_leaves;            /* the first children, kept whole (per-source trees) */
+    uint32_t leaf_parent[DUMP_LEAVES];
+    netem_qdisc_saved_t leaf[DUMP_LEAVES];
 } dump_t;
 
 static int on_qdisc(struct nl_msg *msg, void *arg)
@@ -285,6 +293,15 @@ static int on_qdisc(struct nl_msg *msg, void *arg)
     } else if (tcm->tcm_parent != TC_H_INGRESS && tcm->tcm_handle != 0) {
         d->children++;
         snprintf(d->child_kind, sizeof d->child_kind, "%s", nla_get_string(tb[TCA_KIND]));
+        if (d->n_leaves < DUMP_LEAVES && tb[TCA_OPTIONS] &&
+            (size_t)nla_len(tb[TCA_OPTIONS]) <= sizeof d->leaf[0].opts) {
+            netem_qdisc_saved_t *l = &d->leaf[d->n_leaves];
+            d->leaf_parent[d->n_leaves++] = tcm->tcm_parent;
+            snprintf(l->kind, sizeof l->kind, "%s", nla_get_string(tb[TCA_KIND]));
+            l->handle = tcm->tcm_handle;
+            l->optlen = (uint16_t)nla_len(tb[TCA_OPTIONS]);
+            memcpy(l->opts, nla_data(tb[TCA_OPTIONS]), l->optlen);
+        }
     }
     return NL_OK;
 }
@@ -393,6 +410,24 @@ static int needs_netem(const netem_profile_t *p)
     return p->delay > 0 || p->jitter > 0 || p->loss > 0 || p->limit > 0;
 }
 
+/* Saves d's original root qdisc in the state file unless it is saved already (or the
+ * device is ephemeral). *recorded says whether this call added the record. */
+static int save_first(const netem_dev_t *d, int flags, int *recorded, char *err, size_t errlen)
+{
+    netem_state_entry_t e;
+    *recorded = 0;
+    if ((flags & NETEM_TC_EPHEMERAL) || netem_state_find_qdisc(d, &e))
+        return 0;
+    memset(&e, 0, sizeof e);
+    e.kind = NETEM_STATE_QDISC;
+    e.dev = *d;
+    int rc = netem_tc_save(d, &e.saved, err, errlen);
+    if (rc == 0)
+        rc = netem_state_add(&e, flags & NETEM_TC_PERSIST, err, errlen);
+    *recorded = rc == 0;
+    return rc;
+}
+
 int netem_tc_apply(const netem_dev_t *d, const netem_profile_t *p, int flags,
                    netem_tc_applied_t *out, char *err, size_t errlen)
 {
@@ -419,19 +454,8 @@ int netem_tc_apply(const netem_dev_t *d, const netem_profile_t *p, int flags,
     if (rc < 0)
         return rc;
     int recorded = 0;
-    if (!(flags & NETEM_TC_EPHEMERAL)) {
-        netem_state_entry_t e;
-        if (!netem_state_find_qdisc(d, &e)) {
-            memset(&e, 0, sizeof e);
-            e.kind = NETEM_STATE_QDISC;
-            e.dev = *d;
-            if ((rc = netem_tc_save(d, &e.saved, err, errlen)) < 0)
-                goto out;
-            if ((rc = netem_state_add(&e, flags & NETEM_TC_PERSIST, err, errlen)) < 0)
-                goto out;
-            recorded = 1;
-        }
-    }
+    if ((rc = save_first(d, flags, &recorded, err, errlen)) < 0)
+        goto out;
     struct nl_msg *msg = qdisc_msg(RTM_NEWQDISC, NLM_F_CREATE | NLM_F_REPLACE, c.ifindex, TC_H_ROOT, 0);
     if (!msg) {
         rc = -ENOMEM;
@@ -461,6 +485,154 @@ int netem_tc_apply(const netem_dev_t *d, const netem_profile_t *p, int flags,
 undo:
     if (recorded)
         netem_state_forget_qdisc(d);   /* nothing was changed */
+out:
+    conn_close(&c);
+    return rc;
+}
+
+/* ---- per-source classes ---- */
+
+#define SORT_RATE 100e9   /* HTB classes only sort; their leaves shape */
+#define HTB_DEFCLS 0xffff /* no such class: unclassified packets take the direct queue */
+
+static int put_htb_class(struct nl_msg *msg)
+{
+    uint64_t bytes = (uint64_t)(SORT_RATE / 8);
+    struct tc_htb_opt o;
+    memset(&o, 0, sizeof o);
+    o.rate.rate = o.ceil.rate = bytes >= UINT32_MAX ? UINT32_MAX : (uint32_t)bytes;
+    o.rate.linklayer = o.ceil.linklayer = TC_LINKLAYER_ETHERNET;
+    o.buffer = o.cbuffer = (uint32_t)(1e-3 * 1e9 / TICK_NS);   /* 1 ms */
+    o.quantum = 60000;
+    if (nla_put_string(msg, TCA_KIND, "htb") < 0)
+        return -ENOMEM;
+    struct nlattr *a = opts_begin(msg);
+    if (!a || nla_put(msg, TCA_HTB_PARMS, sizeof o, &o) < 0 ||
+        nla_put_u64(msg, TCA_HTB_RATE64, bytes) < 0 || nla_put_u64(msg, TCA_HTB_CEIL64, bytes) < 0)
+        return -ENOMEM;
+    opts_end(msg, a);
+    return 0;
+}
+
+/* u32 match of the IPv4 source address (offset 12 of the IP header). */
+static int put_u32_src(struct nl_msg *msg, struct in_addr src, uint32_t classid)
+{
+    unsigned char sel[sizeof(struct tc_u32_sel) + sizeof(struct tc_u32_key)];
+    struct tc_u32_sel s;
+    struct tc_u32_key k;
+    memset(&s, 0, sizeof s);
+    memset(&k, 0, sizeof k);
+    s.flags = TC_U32_TERMINAL;
+    s.nkeys = 1;
+    k.mask = 0xffffffffu;
+    k.val = src.s_addr;
+    k.off = 12;
+    memcpy(sel, &s, sizeof s);
+    memcpy(sel + sizeof s, &k, sizeof k);
+    if (nla_put_string(msg, TCA_KIND, "u32") < 0)
+        return -ENOMEM;
+    struct nlattr *a = opts_begin(msg);
+    if (!a || nla_put_u32(msg, TCA_U32_CLASSID, classid) < 0 || nla_put(msg, TCA_U32_SEL, sizeof sel, sel) < 0)
+        return -ENOMEM;
+    opts_end(msg, a);
+    return 0;
+}
+
+int netem_tc_apply_by_source(const netem_dev_t *d, int n, const char *const *src,
+                             const netem_profile_t *p, int flags, char *err, size_t errlen)
+{
+    char name[96];
+    struct in_addr addr[16];
+    dev_name(d, name, sizeof name);
+    if (n < 1 || n > 16)
+        return fail(err, errlen, -EINVAL, "%d sources on %s: 1 to 16", n, name);
+    int any_netem = 0;
+    for (int i = 0; i < n; i++) {
+        if (inet_pton(AF_INET, src[i], &addr[i]) != 1)
+            return fail(err, errlen, -EINVAL, "source '%s' is not an IPv4 address", src[i]);
+        any_netem |= needs_netem(&p[i]);
+    }
+    if (!netem_tc_may_change())
+        return fail(err, errlen, -EPERM, "shaping %s: permission denied (changing qdiscs needs root "
+                    "or CAP_NET_ADMIN); nothing was changed", name);
+    if (any_netem && ((flags & NETEM_TC_NO_NETEM) || !netem_tc_have_netem()))
+        return fail(err, errlen, -EOPNOTSUPP, "this kernel has no sch_netem: delay, jitter and loss "
+                    "need it (load sch_netem, or use --emulator shim)");
+    conn_t c;
+    int recorded = 0, rc = conn_open(d, 1, &c, err, errlen);
+    if (rc < 0)
+        return rc;
+    if ((rc = save_first(d, flags, &recorded, err, errlen)) < 0)
+        goto out;
+    /* A fresh tree: whatever pipenem put there before goes first. */
+    struct nl_msg *msg = qdisc_msg(RTM_DELQDISC, 0, c.ifindex, TC_H_ROOT, 0);
+    rc = msg ? conn_call(&c, msg) : -ENOMEM;
+    if (rc == -ENOENT || rc == -EINVAL)
+        rc = 0;
+    const char *what = "removing the old root qdisc";
+    if (rc == 0) {
+        what = "adding the htb root";
+        struct tc_htb_glob g = {.version = 3, .rate2quantum = 10, .defcls = HTB_DEFCLS};
+        msg = qdisc_msg(RTM_NEWQDISC, NLM_F_CREATE | NLM_F_EXCL, c.ifindex, TC_H_ROOT, 0x10000);
+        struct nlattr *a = NULL;
+        if (!msg || nla_put_string(msg, TCA_KIND, "htb") < 0 || !(a = opts_begin(msg)) ||
+            nla_put(msg, TCA_HTB_INIT, sizeof g, &g) < 0) {
+            nlmsg_free(msg);
+            rc = -ENOMEM;
+        } else {
+            opts_end(msg, a);
+            rc = conn_call(&c, msg);
+        }
+    }
+    for (int i = 0; i < n && rc == 0; i++) {
+        if (netem_profile_is_default(&p[i]))
+            continue;
+        uint32_t classid = 0x10000 | (uint32_t)(2 + i);
+        what = "adding an htb class";
+        msg = qdisc_msg(RTM_NEWTCLASS, NLM_F_CREATE | NLM_F_EXCL, c.ifindex, 0x10000, classid);
+        rc = !msg ? -ENOMEM : put_htb_class(msg);
+        if (rc == 0)
+            rc = conn_call(&c, msg);
+        else
+            nlmsg_free(msg);
+        if (rc < 0)
+            break;
+        what = needs_netem(&p[i]) ? "adding a netem leaf" : "adding a tbf leaf";
+        msg = qdisc_msg(RTM_NEWQDISC, NLM_F_CREATE | NLM_F_EXCL, c.ifindex, classid,
+                        (uint32_t)(0x10 + i) << 16);
+        uint32_t l, b;
+        rc = !msg ? -ENOMEM : needs_netem(&p[i]) ? put_netem(msg, &p[i], p[i].limit ? p[i].limit : netem_tc_limit(&p[i]))
+                                                 : put_tbf(msg, p[i].rate, &l, &b);
+        if (rc == 0)
+            rc = conn_call(&c, msg);
+        else
+            nlmsg_free(msg);
+        if (rc < 0)
+            break;
+        what = "adding a u32 filter";
+        msg = qdisc_msg(RTM_NEWTFILTER, NLM_F_CREATE | NLM_F_EXCL, c.ifindex, 0x10000, 0);
+        if (msg)
+            ((struct tcmsg *)nlmsg_data(nlmsg_hdr(msg)))->tcm_info = TC_H_MAKE(1u << 16, htons(ETH_P_IP));
+        rc = !msg ? -ENOMEM : put_u32_src(msg, addr[i], classid);
+        if (rc == 0)
+            rc = conn_call(&c, msg);
+        else
+            nlmsg_free(msg);
+    }
+    if (rc < 0) {
+        errmsg(d, rc, what, err, errlen);
+        /* Leave no half tree: back to the original. */
+        netem_state_entry_t e;
+        char e2[128];
+        if (recorded && netem_state_find_qdisc(d, &e)) {
+            if (netem_tc_restore(d, &e.saved, e2, sizeof e2) == 0)
+                netem_state_forget_qdisc(d);
+        } else if (flags & NETEM_TC_EPHEMERAL) {
+            static const netem_qdisc_saved_t dflt = {.kind = "default", .is_default = 1};
+            if (netem_tc_restore(d, &dflt, e2, sizeof e2) < 0)
+                fprintf(stderr, "pipenem: %s\n", e2);
+        }
+    }
 out:
     conn_close(&c);
     return rc;
@@ -530,13 +702,96 @@ int netem_tc_show(const netem_dev_t *d, netem_profile_t *p, char *kind, size_t k
         return fail(err, errlen, rc, "cannot read the qdiscs of %s: %s", name, strerror(-rc));
     netem_profile_t prof = {0};
     uint32_t lim = 0;
-    if (!strcmp(dp.root.kind, "netem"))
+    if (!strcmp(dp.root.kind, "netem")) {
         parse_netem(&dp.root, &prof, &lim);
+        /* A limit other than the one derived from the profile was given: part of it. */
+        if (lim != netem_tc_limit(&prof))
+            prof.limit = lim;
+    }
     else if (!strcmp(dp.root.kind, "tbf"))
         parse_tbf(&dp.root, &prof, &lim);
     snprintf(kind, kindlen, "%s", dp.have_root ? dp.root.kind : "none");
     *p = prof;
     *limit = lim;
+    return 0;
+}
+
+typedef struct {
+    int ifindex, n;
+    uint32_t classid[DUMP_LEAVES];
+    struct in_addr src[DUMP_LEAVES];
+} filters_t;
+
+static int on_filter(struct nl_msg *msg, void *arg)
+{
+    filters_t *f = arg;
+    struct nlmsghdr *nlh = nlmsg_hdr(msg);
+    struct tcmsg *tcm = nlmsg_data(nlh);
+    struct nlattr *tb[TCA_MAX + 1], *ub[TCA_U32_MAX + 1];
+    if (nlmsg_parse(nlh, sizeof *tcm, tb, TCA_MAX, NULL) < 0 || tcm->tcm_ifindex != f->ifindex ||
+        !tb[TCA_KIND] || strcmp(nla_get_string(tb[TCA_KIND]), "u32") || !tb[TCA_OPTIONS] ||
+        nla_parse_nested(ub, TCA_U32_MAX, tb[TCA_OPTIONS], NULL) < 0 || !ub[TCA_U32_CLASSID] ||
+        !ub[TCA_U32_SEL] || f->n >= DUMP_LEAVES)
+        return NL_OK;
+    struct tc_u32_sel sel;
+    struct tc_u32_key key;
+    if ((size_t)nla_len(ub[TCA_U32_SEL]) < sizeof sel + sizeof key)
+        return NL_OK;
+    memcpy(&sel, nla_data(ub[TCA_U32_SEL]), sizeof sel);
+    memcpy(&key, (char *)nla_data(ub[TCA_U32_SEL]) + sizeof sel, sizeof key);
+    if (sel.nkeys != 1 || key.off != 12 || key.mask != 0xffffffffu)
+        return NL_OK;   /* not one of ours */
+    f->classid[f->n] = nla_get_u32(ub[TCA_U32_CLASSID]);
+    f->src[f->n++].s_addr = key.val;
+    return NL_OK;
+}
+
+int netem_tc_show_by_source(const netem_dev_t *d, netem_tc_class_t *out, int max, int *n,
+                            char *err, size_t errlen)
+{
+    conn_t c;
+    static dump_t dp;   /* large */
+    filters_t f = {0};
+    char name[96];
+    dev_name(d, name, sizeof name);
+    int rc = conn_open(d, 1, &c, err, errlen);
+    if (rc < 0)
+        return rc;
+    rc = dump_dev(&c, &dp);
+    if (rc == 0 && !strcmp(dp.root.kind, "htb")) {
+        struct tcmsg tcm = {.tcm_family = AF_UNSPEC, .tcm_ifindex = c.ifindex, .tcm_parent = dp.root.handle};
+        f.ifindex = c.ifindex;
+        c.kerr = 0;
+        if (nl_send_simple(c.sk, RTM_GETTFILTER, NLM_F_DUMP, &tcm, sizeof tcm) < 0) {
+            rc = -EIO;
+        } else {
+            nl_socket_modify_cb(c.sk, NL_CB_VALID, NL_CB_CUSTOM, on_filter, &f);
+            rc = nl_recvmsgs_default(c.sk) < 0 ? (c.kerr ? c.kerr : -EIO) : 0;
+        }
+    }
+    conn_close(&c);
+    if (rc < 0)
+        return fail(err, errlen, rc, "cannot read the qdiscs and filters of %s: %s", name, strerror(-rc));
+    int k = 0;
+    for (int i = 0; i < f.n && k < max; i++)
+        for (int j = 0; j < dp.n_leaves; j++) {
+            if (dp.leaf_parent[j] != f.classid[i])
+                continue;
+            netem_tc_class_t *o = &out[k++];
+            uint32_t lim = 0;
+            memset(o, 0, sizeof *o);
+            inet_ntop(AF_INET, &f.src[i], o->src, sizeof o->src);
+            snprintf(o->kind, sizeof o->kind, "%s", dp.leaf[j].kind);
+            if (!strcmp(o->kind, "netem")) {
+                parse_netem(&dp.leaf[j], &o->profile, &lim);
+                if (lim != netem_tc_limit(&o->profile))
+                    o->profile.limit = lim;
+            } else if (!strcmp(o->kind, "tbf")) {
+                parse_tbf(&dp.leaf[j], &o->profile, &lim);
+            }
+            break;
+        }
+    *n = k;
     return 0;
 }
 

@@ -52,10 +52,33 @@ int netem_tc_apply(const netem_dev_t *d, const netem_profile_t *p, int flags,
                    netem_tc_applied_t *out, char *err, size_t errlen)
     __attribute__((warn_unused_result));
 
+/* Per-source shaping on one device: packets whose IPv4 source is src[i] get profile
+ * p[i] (default profiles are skipped), all others pass unshaped. An HTB root 1: whose
+ * classes 1:(2+i) only sort (100 Gbit/s), each with the leaf netem_tc_apply would make
+ * for p[i] (netem, or TBF for a rate alone), and u32 filters on the source address;
+ * unclassified packets take HTB's direct queue. Used where two links with different
+ * profiles meet at one host. Same saving, flags and errors as netem_tc_apply. */
+int netem_tc_apply_by_source(const netem_dev_t *d, int n, const char *const *src,
+                             const netem_profile_t *p, int flags, char *err, size_t errlen)
+    __attribute__((warn_unused_result));
+
 /* Reads d's root qdisc back from the kernel: kind is its name ("netem", "tbf",
- * "noqueue", ...); *p the profile it implements (all zero for anything else). */
+ * "noqueue", ...); *p the profile it implements (all zero for anything else), with
+ * p->limit set only when it differs from the derived one; *limit the queue limit. */
 int netem_tc_show(const netem_dev_t *d, netem_profile_t *p, char *kind, size_t kindlen,
                   uint32_t *limit, char *err, size_t errlen) __attribute__((warn_unused_result));
+
+/* One class of a per-source tree (netem_tc_apply_by_source) read back from the kernel. */
+typedef struct {
+    char src[16];            /* IPv4 source the u32 filter sorts into this class */
+    char kind[16];           /* its leaf: "netem" or "tbf" */
+    netem_profile_t profile;
+} netem_tc_class_t;
+
+/* Reads back a per-source tree on d: up to max classes into out, their count in *n
+ * (0 when d's root is not such a tree). */
+int netem_tc_show_by_source(const netem_dev_t *d, netem_tc_class_t *out, int max, int *n,
+                            char *err, size_t errlen) __attribute__((warn_unused_result));
 
 /* Restores d's saved original root qdisc and forgets it. 0 also when d was never
  * changed (nothing to do). */

@@ -296,6 +296,11 @@ int netem_topo_apply(netem_topo_t *t, const netem_profile_t *links, const char *
     return 0;
 }
 
+const char *netem_topo_emulator(const netem_topo_t *t)
+{
+    return t->emulator ? t->emulator->name : NULL;
+}
+
 void netem_topo_destroy(netem_topo_t *t)
 {
     if (!t || t->made == 0)

@@ -47,6 +47,10 @@ int netem_topo_enter(const netem_topo_t *t, int host) __attribute__((warn_unused
 int netem_topo_apply(netem_topo_t *t, const netem_profile_t *links, const char *emulator,
                      char *err, size_t errlen) __attribute__((warn_unused_result));
 
+/* The backend netem_topo_apply chose ("netem", "shim", "none"), NULL before any apply;
+ * what every result records. */
+const char *netem_topo_emulator(const netem_topo_t *t);
+
 /* Removes everything; idempotent, accepts a half-built or zeroed topology. */
 void netem_topo_destroy(netem_topo_t *t);
 

@@ -1070,7 +1070,8 @@ int boot_finish(boot_t *b, const void *payload, size_t len, double timeout, char
             if (!b->gathered[0])
                 rc = -ENOMEM;
             else {
-                memcpy(b->gathered[0], payload, len);
+                if (len)
+                    memcpy(b->gathered[0], payload, len);
                 b->gatherlens[0] = len;
                 b->arrived++;
             }

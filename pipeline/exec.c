@@ -164,13 +164,60 @@ static int send_slot(ctx_t *c, ring_t *r, long *next, int iter, const sched_op_t
     if (r->busy[s]) {
         int rc = wait_req(c, &r->req[s]);
         if (rc) {
-            fail_text(c, iter, op, &r->req[s], rc, err, errlen);
+            /* what it was waiting on is the earlier send still holding this buffer */
+            const transport_req_t *q = &r->req[s];
+            sched_op_t sent = {q->key.dir == TRANSPORT_ACT ? SCHED_SEND_ACT : SCHED_SEND_GRAD, q->key.mb};
+            char before[64];
+            sched_op_format(op, before, sizeof before);
+            fail_text(c, q->key.iter, &sent, q, rc, err, errlen);
+            size_t n = strlen(err);
+            snprintf(err + n, errlen > n ? errlen - n : 0, " (before %s of iteration %d)", before, iter);
             return rc;
         }
         r->busy[s] = 0;
     }
     (*next)++;
     *slot = s;
+    return 0;
+}
+
+/* --tied-embeddings across stages: the first and last stage each hold the shared matrix
+ * and swap their gradients before stepping, so both apply the same update. */
+static int tied_exchange(ctx_t *c, int it, char *err, size_t errlen)
+{
+    const exec_params_t *p = c->p;
+    int P = p->cfg->stages, s = p->stage;
+    float *g;
+    size_t n;
+    if (!p->cfg->model.tied_embeddings || P < 2 || (s != 0 && s != P - 1) || model_stage_tied_grad(p->st, &g, &n))
+        return 0;
+    float *tmp = malloc(n * sizeof *tmp);
+    if (!tmp) {
+        snprintf(err, errlen, "rank %d: out of memory for the tied-embedding gradient", s);
+        return -ENOMEM;
+    }
+    int twin = s == 0 ? P - 1 : 0, rc;
+    transport_key_t key = {TRANSPORT_TIED, it, 0};
+    transport_req_t rr, sr;
+    sched_op_t op = {SCHED_OPT_STEP, -1};
+    if ((rc = transport_recv(p->t, twin, key, tmp, n * sizeof *tmp, &rr)) == 0 &&
+        (rc = transport_send(p->t, twin, key, g, n * sizeof *g, &sr)) == 0) {
+        /* the send reads g: it must be done before the twin's gradient is added in */
+        if ((rc = wait_req(c, &sr)) != 0)
+            fail_text(c, it, &op, &sr, rc, err, errlen);
+        else if ((rc = wait_req(c, &rr)) != 0)
+            fail_text(c, it, &op, &rr, rc, err, errlen);
+        else
+            for (size_t i = 0; i < n; i++)
+                g[i] += tmp[i];
+    } else {
+        snprintf(err, errlen, "rank %d: tied-embedding exchange of iteration %d: %s", s, it, strerror(-rc));
+    }
+    if (rc) {
+        /* a pending receive may still write into tmp: leave it to the process's exit */
+        return rc;
+    }
+    free(tmp);
     return 0;
 }
 
@@ -337,6 +384,8 @@ int exec_run(const exec_params_t *p, exec_result_t *out, char *err, size_t errle
                 break;
             }
             case SCHED_OPT_STEP:
+                if ((rc = tied_exchange(&c, it, err, errlen)) != 0)
+                    goto out;
                 rc = model_stage_step(p->st, it);
                 if (rc) {
                     snprintf(err, errlen, "rank %d: OPT_STEP of iteration %d: %s", s, it, strerror(-rc));

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "netem/emulator.h"
 #include "netem/profile.h"
 #include "schedules/sched.h"
 
@@ -35,7 +36,7 @@ void runcfg_defaults(runcfg_t *c)
     c->iters = 10;
     c->warmup = 1;
     snprintf(c->net, sizeof c->net, "default");
-    snprintf(c->emulator, sizeof c->emulator, "tc");
+    snprintf(c->emulator, sizeof c->emulator, "auto");
     c->world_size = -1;
     c->rank = -1;
     c->timeout = 300;
@@ -68,7 +69,8 @@ const char *runcfg_help(void)
                  "  --iters N               measured iterations (default 10)\n"
                  "  --warmup W              iterations run first and left out of the summary (default 1)\n"
                  "  --net NET               default | PROFILE | 0-1=PROFILE,1-2=PROFILE (e.g. 10ms/1Gbps)\n"
-                 "  --emulator E            tc (namespaces + qdiscs, default) | shim (in-transport shaper)\n"
+                 "  --emulator E            auto (default: the most faithful usable) | netem (kernel qdiscs in\n"
+                 "                          per-host namespaces) | shim (in-transport shaper, no root)\n"
                  "  --timeout SECONDS       a single wait longer than this fails the job (default 300)\n"
                  "  --trace FILE            write this rank's per-op trace CSV\n"
                  "  --ucx-tls T --ucx-devices D   force UCX_TLS / UCX_NET_DEVICES\n"
@@ -120,8 +122,8 @@ int runcfg_option(runcfg_t *c, int opt, const char *arg, char *err, size_t errle
     case RUNCFG_OPT_WARMUP: rc = parse_int("warmup", arg, 0, 1 << 20, &c->warmup, err, errlen); break;
     case RUNCFG_OPT_NET: rc = copy_str("net", arg, c->net, sizeof c->net, err, errlen); break;
     case RUNCFG_OPT_EMULATOR:
-        if (strcmp(arg, "tc") && strcmp(arg, "shim")) {
-            snprintf(err, errlen, "--emulator: expected tc or shim, got '%s'", arg);
+        if (strcmp(arg, "auto") && strcmp(arg, "netem") && strcmp(arg, "shim")) {
+            snprintf(err, errlen, "--emulator: expected %s, got '%s'", netem_emulator_names(), arg);
             return -EINVAL;
         }
         rc = copy_str("emulator", arg, c->emulator, sizeof c->emulator, err, errlen);

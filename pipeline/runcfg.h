@@ -30,7 +30,7 @@ typedef struct {
     int slack;               /* K of 1f1b-slack */
     int iters, warmup;       /* measured iterations after warm-up ones */
     char net[512];           /* --net: "default", a profile, or a per-link list */
-    char emulator[16];       /* how --net is applied: "tc" or "shim" */
+    char emulator[16];       /* how --net is applied: "auto", "netem" or "shim" */
     /* ---- per process (not hashed) ---- */
     char dist_url[300];
     int world_size, rank;    /* -1 = from the launcher's environment */

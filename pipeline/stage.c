@@ -11,6 +11,7 @@
 
 #include "pipeline/boot.h"
 #include "pipeline/fault.h"
+#include "pipeline/shim.h"
 #include "pipeline/ucx.h"
 
 static void on_peer_fail(void *arg, int rank, const char *why)
@@ -110,7 +111,9 @@ static int cmp_double(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
-static int summary_build(stage_summary_t *s, const runcfg_t *cfg, const boot_t *b, char *err, size_t errlen)
+/* get(arg, rank, &len) returns each rank's report text. */
+static int summary_build(stage_summary_t *s, const runcfg_t *cfg, const char *(*get)(const void *, int, size_t *),
+                         const void *arg, char *err, size_t errlen)
 {
     int n = cfg->warmup + cfg->iters;
     s->stages = cfg->stages;
@@ -133,7 +136,7 @@ static int summary_build(stage_summary_t *s, const runcfg_t *cfg, const boot_t *
     }
     for (int q = 0; q < cfg->stages && !rc; q++) {
         size_t len;
-        const char *text = boot_gathered(b, q, &len);
+        const char *text = get(arg, q, &len);
         if (!text) {
             snprintf(err, errlen, "rank %d's final report is missing", q);
             rc = -EPROTO;
@@ -167,6 +170,74 @@ out:
     free(last);
     if (rc == -ENOMEM)
         snprintf(err, errlen, "out of memory for the job summary");
+    return rc;
+}
+
+static const char *gathered_get(const void *arg, int rank, size_t *len)
+{
+    return boot_gathered(arg, rank, len);
+}
+
+/* Every rank's report, framed "len\n" + text, for a launcher in another process. */
+static int reports_write(const boot_t *b, int P, FILE *f)
+{
+    for (int q = 0; q < P; q++) {
+        size_t len;
+        const char *t = boot_gathered(b, q, &len);
+        if (!t)
+            return -EPROTO;
+        fprintf(f, "%zu\n", len);
+        fwrite(t, 1, len, f);
+    }
+    return fflush(f) || ferror(f) ? -EIO : 0;
+}
+
+typedef struct {
+    char **text;
+    size_t *len;
+    int n;
+} reports_t;
+
+static const char *reports_get(const void *arg, int rank, size_t *len)
+{
+    const reports_t *r = arg;
+    if (rank >= r->n || !r->text[rank])
+        return NULL;
+    *len = r->len[rank];
+    return r->text[rank];
+}
+
+int stage_summary_read(const runcfg_t *cfg, FILE *f, stage_summary_t *out, char *err, size_t errlen)
+{
+    int P = cfg->stages, rc = 0;
+    reports_t r = {calloc((size_t)P, sizeof(char *)), calloc((size_t)P, sizeof(size_t)), P};
+    if (!r.text || !r.len) {
+        rc = -ENOMEM;
+        snprintf(err, errlen, "out of memory");
+    }
+    for (int q = 0; q < P && !rc; q++) {
+        size_t len;
+        if (fscanf(f, "%zu", &len) != 1 || fgetc(f) != '\n' || len > BOOT_PAYLOAD_MAX) {
+            snprintf(err, errlen, "the report of rank %d is missing or malformed", q);
+            rc = -EPROTO;
+            break;
+        }
+        if (!(r.text[q] = malloc(len + 1)) || fread(r.text[q], 1, len, f) != len) {
+            snprintf(err, errlen, "the report of rank %d is truncated", q);
+            rc = r.text[q] ? -EPROTO : -ENOMEM;
+            break;
+        }
+        r.len[q] = len;
+    }
+    stage_summary_t sum = {0};
+    if (!rc && (rc = summary_build(&sum, cfg, reports_get, &r, err, errlen)) == 0)
+        *out = sum;
+    else
+        stage_summary_destroy(&sum);
+    for (int q = 0; r.text && q < P; q++)
+        free(r.text[q]);
+    free(r.text);
+    free(r.len);
     return rc;
 }
 
@@ -212,6 +283,7 @@ int stage_run(const stage_params_t *p, stage_summary_t *out, char *err, size_t e
     exec_result_t r = {0};
     char *report = NULL;
     stage_summary_t sum = {0};
+    double clock_offset = 0; /* read by the shim at every message */
     if (!st) {
         snprintf(err, errlen, "out of memory");
         return -ENOMEM;
@@ -227,6 +299,14 @@ int stage_run(const stage_params_t *p, stage_summary_t *out, char *err, size_t e
             snprintf(err, errlen, "rank %d: %s", rank, e);
             goto out;
         }
+        if (p->shim_links) {
+            transport_t raw = t;
+            if ((rc = shim_transport_wrap(&raw, p->shim_links, &clock_offset, &t, e, sizeof e)) != 0) {
+                transport_destroy(&raw);
+                snprintf(err, errlen, "rank %d: %s", rank, e);
+                goto out;
+            }
+        }
         t.ops->address(t.impl, &blob, &bloblen);
     }
     boot_params_t bp = {.rank = rank, .size = P, .port = p->port, .listen_fd = p->listen_fd, .token = p->token,
@@ -235,9 +315,17 @@ int stage_run(const stage_params_t *p, stage_summary_t *out, char *err, size_t e
     if ((rc = boot_open(&bp, blob, bloblen, &b, err, errlen)) != 0)
         goto out;
     fault_point(rank, FAULT_AT_BOOT, 0);
-    for (int q = rank - 1; q <= rank + 1 && P > 1; q += 2) {
-        if (q < 0 || q >= P)
-            continue;
+    clock_offset = boot_clock_offset(b, NULL);
+    /* neighbours, and the twin of the tied-embedding exchange */
+    int peers[3], np = 0;
+    if (rank > 0)
+        peers[np++] = rank - 1;
+    if (rank < P - 1)
+        peers[np++] = rank + 1;
+    if (cfg->model.tied_embeddings && P > 2 && (rank == 0 || rank == P - 1))
+        peers[np++] = rank == 0 ? P - 1 : 0;
+    for (int i = 0; i < np; i++) {
+        int q = peers[i];
         size_t len;
         const void *pb = boot_blob(b, q, &len);
         if ((rc = t.ops->connect(t.impl, q, pb, len, err, errlen)) != 0)
@@ -283,7 +371,11 @@ int stage_run(const stage_params_t *p, stage_summary_t *out, char *err, size_t e
         goto out;
     if (P > 1)
         transport_quiesce(&t);
-    if (rank == 0 && (rc = summary_build(&sum, cfg, b, err, errlen)) != 0)
+    if (rank == 0 && p->reports_out && (rc = reports_write(b, P, p->reports_out)) != 0) {
+        snprintf(err, errlen, "rank 0: cannot hand the reports to the launcher: %s", strerror(-rc));
+        goto out;
+    }
+    if (rank == 0 && (rc = summary_build(&sum, cfg, gathered_get, b, err, errlen)) != 0)
         goto out;
     if (rank == 0)
         *out = sum;

@@ -6,6 +6,7 @@
 
 #include <stdio.h>
 
+#include "netem/profile.h"
 #include "pipeline/exec.h"
 #include "pipeline/runcfg.h"
 
@@ -19,6 +20,8 @@ typedef struct {
     int port;
     int listen_fd;           /* rank 0: a bound listening socket, or -1 */
     const char *ucx_tls, *ucx_devices;   /* NULL/"" = cfg's or UCX's own choice */
+    const netem_profile_t *shim_links;   /* stages-1 links to emulate in the transport, or NULL */
+    FILE *reports_out;       /* rank 0: every rank's raw report goes here too (for a launcher) */
 } stage_params_t;
 
 /* What one rank reports at the end. */
@@ -46,6 +49,9 @@ typedef struct {
  * every rank return an error naming the rank and op involved. */
 int stage_run(const stage_params_t *p, stage_summary_t *out, char *err, size_t errlen) STAGE_WUR;
 void stage_summary_destroy(stage_summary_t *s);
+
+/* The summary from the reports rank 0 wrote to stage_params_t.reports_out. */
+int stage_summary_read(const runcfg_t *cfg, FILE *f, stage_summary_t *out, char *err, size_t errlen) STAGE_WUR;
 
 /* nccl-tests-style table of the summary onto f: '#' header, units row, one row per
  * iteration (iteration, time, loss, tokens/s), then per-stage throughput and memory. */

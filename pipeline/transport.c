@@ -19,6 +19,7 @@ const char *transport_dir_name(transport_dir_t d)
     case TRANSPORT_ACT: return "activation";
     case TRANSPORT_GRAD: return "gradient";
     case TRANSPORT_CTRL: return "control";
+    case TRANSPORT_TIED: return "tied-embedding gradient";
     }
     return "?";
 }

@@ -11,7 +11,8 @@
 #define TRANSPORT_WUR __attribute__((warn_unused_result))
 
 /* What a message carries; with the iteration and micro-batch it is the matching key. */
-typedef enum { TRANSPORT_ACT = 0, TRANSPORT_GRAD = 1, TRANSPORT_CTRL = 2 } transport_dir_t;
+/* TIED: the tied-embedding gradient exchanged between the first and last stage. */
+typedef enum { TRANSPORT_ACT = 0, TRANSPORT_GRAD = 1, TRANSPORT_CTRL = 2, TRANSPORT_TIED = 3 } transport_dir_t;
 
 typedef struct {
     transport_dir_t dir;

@@ -2,6 +2,11 @@
  * 40 ms per micro-batch), 16 micro-batches, free local links. The measured median
  * iteration must be within 5% of the simulator's prediction for the same costs, and each
  * stage process must use under 10% of a core while it waits for tensors. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,7 +18,7 @@
 #include "schedules/sim.h"
 #include "tests/testutil.h"
 
-#define ARGS "--model tiny --layers 3 --stages 3 --batch-size 16 --micro-batch-size 1 --compute emulate:fwd=20ms,bwd=40ms"
+#define ARGS "--model tiny --stages 3 --batch-size 16 --micro-batch-size 1 --compute emulate:fwd=20ms,bwd=40ms"
 
 static char out[1 << 18];
 
@@ -58,54 +63,61 @@ static int predict(const char *schedule, double *t, char *err, size_t errlen)
     return 0;
 }
 
+static void bench_schedule(const char *schedule)
+{
+    char err[512];
+    double pred;
+    if (predict(schedule, &pred, err, sizeof err))
+        fail_msg("%s: prediction failed: %s", schedule, err);
+    int rc = tu_pipenem_run(out, sizeof out, "run " ARGS " --schedule %s --iters 5 --warmup 1", schedule);
+    const char *m = strstr(out, "median iteration time ");
+    double meas = 0;
+    if (rc || !m || sscanf(m, "median iteration time %lf", &meas) != 1)
+        fail_msg("%s: run failed (%d):\n%s", schedule, rc, out);
+    double wait[3];
+    const char *p = strstr(out, "(% of a core)");
+    for (int s = 0; s < 3; s++) {
+        wait[s] = NAN;
+        p = p ? strchr(p, '\n') : NULL;
+        if (!p)
+            break;
+        p++;
+        int st;
+        double tf, mem, w;
+        char mfu[16];
+        if (sscanf(p, "%d %lf %15s %lf %lf", &st, &tf, mfu, &mem, &w) == 5 && st == s)
+            wait[s] = w;
+    }
+    double worst = fmax(wait[0], fmax(wait[1], wait[2]));
+    double ratio = meas / pred;
+    print_message("%s P=3 M=16 fwd 20 ms bwd 40 ms: measured %.4f s, simulator %.4f s, ratio %.3f (target <= 1.05); "
+                  "CPU while waiting %.2f %.2f %.2f %% of a core (target < 10)\n",
+                  schedule, meas, pred, ratio, wait[0], wait[1], wait[2]);
+    if (isnan(worst))
+        fail_msg("no wait CPU figures in the output:\n%s", out);
+    if (ratio > 1.05)
+        fail_msg("ratio %.3f above 1.05", ratio);
+    if (worst >= 10)
+        fail_msg("a stage used %.2f%% of a core while waiting", worst);
+}
+
+static void bench_gpipe(void **state)
+{
+    (void)state;
+    bench_schedule("gpipe");
+}
+
+static void bench_1f1b(void **state)
+{
+    (void)state;
+    bench_schedule("1f1b");
+}
+
 int main(void)
 {
-    static const char *const schedules[] = {"gpipe", "1f1b"};
-    int failed = 0;
-    printf("# emulated compute fwd 20 ms bwd 40 ms, P=3, M=16, local links: measured vs simulated\n");
-    printf("#  %-8s %12s %12s %8s %8s %22s %8s\n", "schedule", "measured", "predicted", "ratio", "target",
-           "wait cpu per stage", "target");
-    printf("#  %-8s %12s %12s %8s %8s %22s %8s\n", "", "(s)", "(s)", "", "", "(% of a core)", "");
-    for (size_t i = 0; i < sizeof schedules / sizeof *schedules; i++) {
-        char err[512];
-        double pred;
-        if (predict(schedules[i], &pred, err, sizeof err)) {
-            printf("   %-8s prediction failed: %s\n", schedules[i], err);
-            failed++;
-            continue;
-        }
-        int rc = tu_pipenem_run(out, sizeof out, "run " ARGS " --schedule %s --iters 5 --warmup 1", schedules[i]);
-        const char *m = strstr(out, "median iteration time ");
-        double meas = 0;
-        if (rc || !m || sscanf(m, "median iteration time %lf", &meas) != 1) {
-            printf("   %-8s run failed (%d):\n%s\n", schedules[i], rc, out);
-            failed++;
-            continue;
-        }
-        double wait[3] = {0};
-        const char *p = strstr(out, "(% of a core)");
-        for (int s = 0; p && s < 3; s++) {
-            p = strchr(p, '\n');
-            if (!p)
-                break;
-            p++;
-            int st;
-            double tf, mem, w;
-            char mfu[16];
-            if (sscanf(p, "%d %lf %15s %lf %lf", &st, &tf, mfu, &mem, &w) == 5 && st == s)
-                wait[s] = w;
-            else
-                wait[s] = NAN;
-        }
-        double worst = fmax(wait[0], fmax(wait[1], wait[2]));
-        double ratio = meas / pred;
-        int ok = ratio <= 1.05 && worst < 10 && !isnan(worst);
-        failed += !ok;
-        char w[64];
-        snprintf(w, sizeof w, "%.2f %.2f %.2f", wait[0], wait[1], wait[2]);
-        printf("   %-8s %12.4f %12.4f %8.3f %8s %22s %8s %s\n", schedules[i], meas, pred, ratio, "<=1.05", w, "<10",
-               ok ? "ok" : "MISSED");
-    }
-    printf("# %s\n", failed ? "FAILED" : "OK");
-    return failed ? 1 : 0;
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(bench_gpipe),
+        cmocka_unit_test(bench_1f1b),
+    };
+    return cmocka_run_group_tests_name("bench_pipeline_emulate", tests, NULL, NULL);
 }

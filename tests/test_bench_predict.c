@@ -73,6 +73,37 @@ static void test_predicted_gpipe_closed_form(void **state)
     results_destroy(&r);
 }
 
+/* Under the default profile the link's only model is the path the transfers measured:
+ * with every message 5 ms from send to the waiting receiver, the link carries 1024 bytes
+ * per 5 ms, and each hop adds 5 ms to both passes. */
+static void test_measured_path(void **state)
+{
+    (void)state;
+    const int S = 3, M = 4;
+    const double f = 0.010, b = 0.020, c = 0.005;
+    results_t r;
+    results_init(&r);
+    assert_int_equal(synth_trace(&r, 0, S, M, 3, f, b, c), 0);
+    results_cell_t cl;
+    cell_of(&cl, "gpipe", S, M, 2, 1);
+    worst = 0;
+    near("path bandwidth, activations", predict_path_bandwidth(&r, &cl, 0, 0), 1024 * 8 / c, 1e-9);
+    near("path bandwidth, gradients", predict_path_bandwidth(&r, &cl, 1, 0), 1024 * 8 / c, 1e-9);
+    netem_profile_t p;
+    char err[512];
+    double t;
+    assert_int_equal(netem_profile_parse("default", &p, err, sizeof err), 0);
+    if (predict_time(&r, &cl, 0, &p, &t, err, sizeof err))
+        fail_msg("%s", err);
+    near("gpipe, measured path", t, (M + S - 1) * 1.015 * (f + b) + 2 * (S - 1) * c + 0.2 * f, 1e-9);
+    /* A profile slower than the path keeps its own rate: 1 Mbit/s is below 1.6 Mbit/s. */
+    assert_int_equal(netem_profile_parse("0ms/1Mbps", &p, err, sizeof err), 0);
+    sim_link_t fwd, bwd;
+    predict_cell_links(&r, &cl, &p, &fwd, &bwd);
+    near("1 Mbit/s profile", fwd.bandwidth, netem_profile_goodput(1e6, 1500), 1e-12);
+    results_destroy(&r);
+}
+
 /* The trace a perfectly modelled run would record: sim_run's spans as trace rows. */
 static void trace_from_sim(results_t *r, const char *schedule, int S, int M, const sim_cost_t *cost, int iters)
 {
@@ -201,6 +232,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_predicted_gpipe_closed_form),
+        cmocka_unit_test(test_measured_path),
         cmocka_unit_test(test_straggler_replay),
         cmocka_unit_test(test_errors),
     };

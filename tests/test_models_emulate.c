@@ -62,8 +62,9 @@ static int cmp_double(const void *a, const void *b)
 }
 
 /* Times `reps` forward+backward pairs against the modelled seconds. The median deviation
- * must be within 2%: on a loaded machine a single wake-up can come late by a scheduler
- * slice, which is noise of the host, not of the model (the worst case is printed). */
+ * must be within 2%. On a loaded 2-core host a wake-up comes late by up to a scheduler
+ * slice (~3 ms measured at load 9), noise of the host rather than of the model, so the
+ * modelled durations here are 0.3 s and longer (the worst case is printed). */
 static void check_durations(model_stage_t *st, int reps, const char *what)
 {
     model_account_t a;
@@ -107,13 +108,13 @@ static void check_durations(model_stage_t *st, int reps, const char *what)
 static void test_emulate_explicit_times(void **state)
 {
     (void)state;
-    model_stage_params_t p = params_for("tiny", 64, 2, 4, 2, 1, "emulate:fwd=100ms,bwd=200ms,opt=5ms");
+    model_stage_params_t p = params_for("tiny", 64, 2, 4, 2, 1, "emulate:fwd=300ms,bwd=600ms,opt=5ms");
     model_stage_t st;
     init_ok(&st, &p);
     model_account_t a;
     model_stage_account(&st, &a);
-    assert_true(a.fwd_s == 100e-3 && a.bwd_s == 200e-3 && a.opt_s == 5e-3);
-    check_durations(&st, 3, "emulate:fwd=100ms,bwd=200ms");
+    assert_true(a.fwd_s == 300e-3 && a.bwd_s == 600e-3 && a.opt_s == 5e-3);
+    check_durations(&st, 3, "emulate:fwd=300ms,bwd=600ms");
     double t0 = ts_sec(CLOCK_MONOTONIC);
     assert_int_equal(model_stage_step(&st, 0), 0);
     double d = ts_sec(CLOCK_MONOTONIC) - t0;
@@ -123,13 +124,13 @@ static void test_emulate_explicit_times(void **state)
     model_stage_destroy(&st);
 }
 
-/* A full-size stage: gpt3-2.7b, seq 2048, micro-batch 4, a100. Nothing but the tables is
+/* A full-size stage: gpt3-2.7b, seq 2048, micro-batch 16, a100. Nothing but the tables is
  * allocated, and the modelled time is the FLOP count over peak x efficiency. */
 static void test_emulate_device_full_scale(void **state)
 {
     (void)state;
     size_t rss0 = model_peak_rss_bytes();
-    model_stage_params_t p = params_for("gpt3-2.7b", 2048, 4, 8, 4, 1, "emulate:a100");
+    model_stage_params_t p = params_for("gpt3-2.7b", 2048, 16, 8, 4, 1, "emulate:a100");
     model_stage_t st;
     init_ok(&st, &p);
     model_account_t a;
@@ -139,12 +140,15 @@ static void test_emulate_device_full_scale(void **state)
     print_message("%s: stage 1/4 %zu params, fwd %.2f TFLOP -> %.3f ms, bwd %.3f ms, opt %.3f ms\n", desc,
                   a.params, a.fwd_flops * 1e-12, a.fwd_s * 1e3, a.bwd_s * 1e3, a.opt_s * 1e3);
     assert_non_null(strstr(desc, "312.0 TFLOP/s"));
+    char desc2[256];
+    model_compute_describe("emulate:a100", desc2, sizeof desc2);
+    assert_string_equal(desc, desc2);
     assert_non_null(strstr(desc, "efficiency 0.50"));
     assert_true(a.peak_flops == 312e12 && a.efficiency == 0.5);
     assert_true(fabs(a.fwd_s - a.fwd_flops / (312e12 * 0.5)) < 1e-12);
     assert_true(fabs(a.bwd_s - 2 * a.fwd_s) < 1e-12);
     assert_int_equal(a.param_bytes + a.grad_bytes + a.opt_bytes + a.act_bytes, 0);
-    check_durations(&st, 3, "emulate:a100 gpt3-2.7b stage");
+    check_durations(&st, 2, "emulate:a100 gpt3-2.7b stage");
     model_stage_destroy(&st);
     size_t grown = model_peak_rss_bytes() - rss0;
     print_message("peak RSS grew by %.1f MiB\n", grown / 1048576.0);
@@ -186,7 +190,7 @@ static void test_emulate_calibration_replay(void **state)
     FILE *f = fdopen(fd, "w");
     fprintf(f, "# test\npipenem-calibration 1\nmodel tiny\nlayers 2\nhidden 64\nheads 4\nvocab 256\n"
                "seq_len 64\nmicro_batch_size 2\nrecompute 0\nembed 0.001 0.002\nlayer 0 0.010 0.020\n"
-               "layer 1 0.051 0.102\nhead 0.045 0.089\nopt_per_param 1e-9\n");
+               "layer 1 0.151 0.302\nhead 0.145 0.289\nopt_per_param 1e-9\n");
     fclose(f);
     char compute[64];
     snprintf(compute, sizeof compute, "emulate:%s", path);
@@ -200,7 +204,7 @@ static void test_emulate_calibration_replay(void **state)
     p = params_for("tiny", 64, 2, 2, 2, 1, compute);
     init_ok(&st, &p);
     model_stage_account(&st, &a);
-    assert_true(fabs(a.fwd_s - 0.096) < 1e-12 && fabs(a.bwd_s - 0.191) < 1e-12);
+    assert_true(fabs(a.fwd_s - 0.296) < 1e-12 && fabs(a.bwd_s - 0.591) < 1e-12);
     check_durations(&st, 2, "emulate:FILE stage 1");
     model_stage_destroy(&st);
     /* a run that does not match what was measured is refused, naming the difference */
@@ -253,6 +257,21 @@ static void test_accounting(void **state)
                   a.params_total, a.params_matmul, a.flops_per_token, a.fwd_flops + a.bwd_flops,
                   a.saved_bytes_per_mb / 1048576.0);
     assert_int_equal(a.params_matmul, (size_t)nm);
+    /* --recompute keeps one (B, T, C) tensor per layer instead of all of them */
+    model_stage_params_t pr = p;
+    pr.recompute = 1;
+    model_stage_t sr;
+    init_ok(&sr, &pr);
+    model_account_t ar;
+    model_stage_account(&sr, &ar);
+    print_message("activations per in-flight micro-batch: %.1f MiB, with --recompute %.1f MiB\n",
+                  a.saved_bytes_per_mb / 1048576.0, ar.saved_bytes_per_mb / 1048576.0);
+    /* a layer saves 16 (B,T,C) tensors (ln1, qkv x3, atty, res2, ln2, fch x4, gelu x4,
+     * out), 4 (B,T) statistics and the (B,NH,T,T) attention; recompute keeps only `out` */
+    double B = 4, T = 2048, C = 768, NH = 12;
+    double layer = 16 * B * T * C + 4 * B * T + B * NH * T * T;
+    assert_true((double)a.saved_bytes_per_mb - ar.saved_bytes_per_mb == 12 * (layer - B * T * C) * 4);
+    model_stage_destroy(&sr);
     assert_true(fabs(a.flops_per_token - fpt) < 1);
     assert_true(fabs((a.fwd_flops + a.bwd_flops) - fpt * 4 * 2048) / (fpt * 4 * 2048) < 1e-12);
     model_stage_destroy(&st);

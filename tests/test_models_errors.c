@@ -56,7 +56,7 @@ static void test_options_bad_inputs(void **state)
     EXPECT("--heads 7 does not divide --hidden 768", "--heads=7");
     EXPECT("--partition sums to 11 layers but gpt3-small has 12", "--partition=4,4,3");
     EXPECT("--partition has 3 entries but --stages is 4", "--partition=4,4,4", "--stages=4");
-    EXPECT("--stages 3 is more than the 2 layers of tiny", "--model=tiny", "--stages=3");
+    EXPECT("--stages 5 is more than the 4 layers of tiny", "--model=tiny", "--stages=5");
     EXPECT("--seq-len 4096 is above the context 2048 of gpt3-small", "--seq-len=4096");
     EXPECT("--batch-size 10 is not divisible by --micro-batch-size 4", "--batch-size=10", "--micro-batch-size=4");
     EXPECT("unknown device 'tpu'", "--compute=emulate:tpu");
@@ -174,8 +174,8 @@ static void test_calibrate_cli(void **state)
     } bad[] = {
         {"--model tiny --heads 5", "--heads 5 does not divide --hidden 64"},
         {"--model tiny --seq-len 129", "--seq-len 129 is above the context 128 of tiny"},
-        {"--model tiny --stages 3", "--stages 3 is more than the 2 layers of tiny"},
-        {"--model tiny --partition 1,2", "--partition sums to 3 layers but tiny has 2"},
+        {"--model tiny --stages 5", "--stages 5 is more than the 4 layers of tiny"},
+        {"--model tiny --partition 1,2", "--partition sums to 3 layers but tiny has 4"},
         {"--model tiny --compute emulate:k80", "unknown device 'k80'"},
         {"--model tiny --iters 0", "--iters: expected an integer >= 1"},
         {"--model tiny --compute emulate:v100 --out /tmp/x", "--out needs measured compute"},

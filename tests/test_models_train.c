@@ -34,7 +34,7 @@ static void test_train_tiny_on_text(void **state)
         p.compute = "cpu";
         p.dataset = TEXT;
         p.seed = 7;
-        p.threads = 2;
+        p.threads = 1;
         p.lr = 3e-3f;
         if (model_stage_init(&st[s], &p, err, sizeof err))
             fail_msg("init stage %d: %s", s, err);

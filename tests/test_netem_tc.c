@@ -27,6 +27,7 @@
 
 static char ns[64], prefix[32], statedir[128];
 static char out[1 << 16];
+static netem_topo_t topo;   /* destroyed by the group teardown too, should a test fail */
 
 /* Output of a command (stderr merged). */
 static int run(char *buf, size_t len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
@@ -88,6 +89,7 @@ static int teardown(void **state)
     char err[256];
     if (geteuid() != 0)
         return 0;
+    netem_topo_destroy(&topo);
     if (netem_topo_scratch_destroy(ns, err, sizeof err) < 0)
         print_message("teardown: %s\n", err);
     char cmd[256];
@@ -349,6 +351,8 @@ static void test_emulator_choice(void **state)
     assert_string_equal(e->name, "shim");
     assert_int_equal(netem_emulator_choose("bogus", &delay, 1, &e, why, sizeof why, err, sizeof err), -EINVAL);
     assert_non_null(strstr(err, "'bogus'"));
+    assert_null(netem_emulator_find("none"));
+    assert_int_equal(netem_emulator_choose("none", &dflt, 1, &e, why, sizeof why, err, sizeof err), -EINVAL);
     if (!netem_tc_have_netem()) {
         assert_int_equal(netem_emulator_choose("netem", &delay, 1, &e, why, sizeof why, err, sizeof err),
                          -EOPNOTSUPP);
@@ -359,42 +363,109 @@ static void test_emulator_choice(void **state)
         fail_msg("shim accepted jitter");
 }
 
+/* 1 when one line of text contains both a and b. */
+static int line_has(const char *text, const char *a, const char *b)
+{
+    for (const char *l = text; l && *l; l = strchr(l, '\n') ? strchr(l, '\n') + 1 : NULL) {
+        size_t n = strcspn(l, "\n");
+        char line[512];
+        snprintf(line, sizeof line, "%.*s", (int)n, l);
+        if (strstr(line, a) && strstr(line, b))
+            return 1;
+    }
+    return 0;
+}
+
+/* Packets counted by class `classid` on the switch port of host 1. */
+static long class_packets(const netem_topo_t *t, const char *classid)
+{
+    char buf[4096];
+    run(buf, sizeof buf, "tc -s -n %s class show dev %s classid %s", t->sw_ns, t->port_if[1], classid);
+    const char *p = strstr(buf, "Sent ");
+    long bytes = 0, pkts = -1;
+    if (p && sscanf(p, "Sent %ld bytes %ld pkt", &bytes, &pkts) == 2)
+        return pkts;
+    return -1;
+}
+
 static void test_topology(void **state)
 {
     (void)state;
     NEED_ROOT();
-    netem_topo_t t;
+    netem_topo_t *t = &topo;
     char err[256];
-    if (netem_topo_create(&t, 3, err, sizeof err) < 0)
+    if (netem_topo_create(t, 3, err, sizeof err) < 0)
         fail_msg("topology: %s", err);
-    assert_string_equal(netem_topo_host_addr(&t, 2), "198.18.0.3");
-    assert_non_null(strstr(netem_topo_host_ns(&t, 1), prefix));
-    assert_true(strlen(netem_topo_host_ifname(&t, 2)) < 16);
+    assert_string_equal(netem_topo_host_addr(t, 2), "198.18.0.3");
+    assert_non_null(strstr(netem_topo_host_ns(t, 1), prefix));
+    assert_true(strlen(netem_topo_host_ifname(t, 2)) < 16);
     /* Host 0 reaches host 2 through the bridge. */
-    int rc = run(out, sizeof out, "ip netns exec %s ping -c 1 -W 2 %s", netem_topo_host_ns(&t, 0),
-                 netem_topo_host_addr(&t, 2));
+    int rc = run(out, sizeof out, "ip netns exec %s ping -c 1 -W 2 %s", netem_topo_host_ns(t, 0),
+                 netem_topo_host_addr(t, 2));
     if (rc != 0)
         fail_msg("ping across the bridge failed:\n%s", out);
     /* Rate on every link: TBF on each switch port, none on the hosts' own veths. */
     netem_profile_t links[2] = {{.rate = 1e9}, {.rate = 1e9}};
-    if (netem_topo_apply(&t, links, "netem", err, sizeof err) < 0)
+    if (netem_topo_apply(t, links, "netem", err, sizeof err) < 0)
         fail_msg("apply: %s", err);
+    assert_string_equal(netem_topo_emulator(t), "netem");
     for (int i = 0; i < 3; i++) {
-        run(out, sizeof out, "tc -n %s qdisc show dev %s", t.sw_ns, t.port_if[i]);
+        run(out, sizeof out, "tc -n %s qdisc show dev %s", t->sw_ns, t->port_if[i]);
         assert_non_null(strstr(out, "tbf"));
-        run(out, sizeof out, "tc -n %s qdisc show dev %s", t.host_ns[i], t.host_if[i]);
+        run(out, sizeof out, "tc -n %s qdisc show dev %s", t->host_ns[i], t->host_if[i]);
         assert_null(strstr(out, "tbf"));
     }
-    /* Different links meeting at host 1 need per-source classes: refused, clearly. */
+    /* Different links meeting at host 1: its port sorts by sender into two classes. */
     links[1].rate = 2e9;
-    assert_int_equal(netem_topo_apply(&t, links, "netem", err, sizeof err), -EOPNOTSUPP);
-    print_message("differing links: %s\n", err);
-    netem_topo_destroy(&t);
-    netem_topo_destroy(&t);   /* idempotent */
-    char left[1024];
-    assert_int_equal(netem_topo_leftovers(t.sw_ns, left, sizeof left), 0);
+    if (netem_topo_apply(t, links, "netem", err, sizeof err) < 0)
+        fail_msg("per-link apply: %s", err);
+    run(out, sizeof out, "tc -n %s qdisc show dev %s", t->sw_ns, t->port_if[1]);
+    print_message("host 1's port:\n%s", out);
+    assert_non_null(strstr(out, "qdisc htb 1: root"));
+    assert_non_null(strstr(out, "qdisc tbf 10: parent 1:2 rate 1Gbit"));
+    assert_non_null(strstr(out, "qdisc tbf 11: parent 1:3 rate 2Gbit"));
+    run(out, sizeof out, "tc -n %s filter show dev %s", t->sw_ns, t->port_if[1]);
+    assert_non_null(strstr(out, "flowid 1:2"));
+    assert_non_null(strstr(out, "match c6120001/ffffffff at 12"));   /* 198.18.0.1 */
+    assert_non_null(strstr(out, "match c6120003/ffffffff at 12"));   /* 198.18.0.3 */
+    /* show reads the tree back: each sender's class with its profile. */
+    assert_int_equal(tu_pipenem_run(out, sizeof out, "netem show --netns %s %s", t->sw_ns, t->port_if[1]), 0);
+    print_message("%s", out);
+    assert_true(line_has(out, "rate=1Gbps ", "from 198.18.0.1"));
+    assert_true(line_has(out, "rate=2Gbps ", "from 198.18.0.3"));
+    /* The end ports keep one profile each. */
+    run(out, sizeof out, "tc -n %s qdisc show dev %s", t->sw_ns, t->port_if[2]);
+    assert_non_null(strstr(out, "tbf"));
+    assert_non_null(strstr(out, "rate 2Gbit"));
+    /* Packets from host 0 land in 1:2, from host 2 in 1:3. */
+    assert_int_equal(class_packets(t, "1:2"), 0);
+    assert_int_equal(run(out, sizeof out, "ip netns exec %s ping -c 3 -i 0.05 -W 2 %s", t->host_ns[0],
+                         t->host_addr[1]), 0);
+    long from0 = class_packets(t, "1:2"), from2 = class_packets(t, "1:3");
+    assert_int_equal(run(out, sizeof out, "ip netns exec %s ping -c 5 -i 0.05 -W 2 %s", t->host_ns[2],
+                         t->host_addr[1]), 0);
+    print_message("class 1:2 (from host 0) %ld packets, 1:3 (from host 2) %ld before and %ld after "
+                  "5 pings from host 2\n", from0, from2, class_packets(t, "1:3"));
+    assert_true(from0 >= 3);
+    assert_int_equal(from2, 0);
+    assert_true(class_packets(t, "1:3") >= 5);
+    assert_int_equal(class_packets(t, "1:2"), from0);
+    /* Back to default: every port unshaped again. */
+    memset(links, 0, sizeof links);
+    assert_int_equal(netem_topo_apply(t, links, "auto", err, sizeof err), 0);
+    assert_string_equal(t->emulator->name, "none");
+    run(out, sizeof out, "tc -n %s qdisc show dev %s", t->sw_ns, t->port_if[1]);
+    assert_non_null(strstr(out, "noqueue"));
+    char names[3][32], sw[32];
     for (int i = 0; i < 3; i++)
-        assert_int_equal(netem_topo_leftovers(t.host_ns[i], left, sizeof left), 0);
+        snprintf(names[i], sizeof names[i], "%s", t->host_ns[i]);
+    memcpy(sw, t->sw_ns, sizeof sw);
+    netem_topo_destroy(t);
+    netem_topo_destroy(t);   /* idempotent */
+    char left[1024];
+    assert_int_equal(netem_topo_leftovers(sw, left, sizeof left), 0);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(netem_topo_leftovers(names[i], left, sizeof left), 0);
     assert_int_equal(state_files(), 0);
 }
 

@@ -18,6 +18,9 @@
 #include <unistd.h>
 
 #include "netem/profile.h"
+#include "netem/emulator.h"
+#include "netem/tc.h"
+#include "netem/topo.h"
 #include "tests/testutil.h"
 
 #define UML_TIMEOUT_S 420
@@ -39,10 +42,76 @@ static int insmod(int argc, char **argv)
     return 0;
 }
 
+/* Minimum ping round trip in ms from namespace ns to addr, of 15 (after two to resolve
+ * ARP): netem's delay is constant, so anything above it is the busy host's noise. */
+static double ping_min(const char *ns, const char *addr)
+{
+    char cmd[256];
+    double v[32];
+    int n = 0;
+    snprintf(cmd, sizeof cmd, "ip netns exec %s ping -q -c 2 -i 0.05 %s >/dev/null 2>&1; "
+             "ip netns exec %s ping -c 15 -i 0.05 %s 2>&1", ns, addr, ns, addr);
+    FILE *f = popen(cmd, "r");
+    char line[256];
+    while (f && fgets(line, sizeof line, f) && n < 32) {
+        char *t = strstr(line, "time=");
+        if (t)
+            v[n++] = atof(t + 5);
+    }
+    if (f)
+        pclose(f);
+    if (!n)
+        return -1;
+    for (int i = 1; i < n; i++)   /* insertion sort: 15 values */
+        for (int j = i; j > 0 && v[j] < v[j - 1]; j--) {
+            double x = v[j];
+            v[j] = v[j - 1];
+            v[j - 1] = x;
+        }
+    return v[0];
+}
+
+/* Inside the guest: three hosts, two links with different profiles meeting at host 1
+ * (per-source classes with netem leaves). Prints what host 1 measures to each side. */
+static int perlink(void)
+{
+    netem_topo_t t;
+    netem_profile_t links[2];
+    char err[256];
+    const char *net = "0-1=10ms/1Gbps,1-2=5ms/2Gbps";
+    if (netem_net_parse(net, 3, links, err, sizeof err) < 0 || netem_topo_create(&t, 3, err, sizeof err) < 0) {
+        printf("PNUML error perlink: %s\n", err);
+        return 1;
+    }
+    printf("PNUML perlink_base_to_0 %.3f\n", ping_min(t.host_ns[1], t.host_addr[0]));
+    printf("PNUML perlink_base_to_2 %.3f\n", ping_min(t.host_ns[1], t.host_addr[2]));
+    int rc = netem_topo_apply(&t, links, "netem", err, sizeof err);
+    if (rc < 0) {
+        printf("PNUML error perlink: %s\n", err);
+    } else {
+        printf("PNUML perlink_emulator %s\n", t.emulator->name);
+        netem_dev_t d;
+        netem_tc_class_t cl[4];
+        int n = 0;
+        char text[128];
+        if (netem_dev_init(&d, t.sw_ns, t.port_if[1], err, sizeof err) == 0 &&
+            netem_tc_show_by_source(&d, cl, 4, &n, err, sizeof err) == 0)
+            for (int i = 0; i < n; i++) {
+                netem_profile_format(&cl[i].profile, text, sizeof text);
+                printf("PNUML perlink_class_%s %s %s\n", cl[i].src, cl[i].kind, text);
+            }
+        printf("PNUML perlink_rtt_to_0 %.3f\n", ping_min(t.host_ns[1], t.host_addr[0]));
+        printf("PNUML perlink_rtt_to_2 %.3f\n", ping_min(t.host_ns[1], t.host_addr[2]));
+    }
+    fflush(stdout);
+    netem_topo_destroy(&t);
+    return rc < 0;
+}
+
 /* The value after "PNUML key " on its first line, or NULL. */
 static const char *value(const char *key)
 {
-    static char buf[4][1024];
+    static char buf[16][1024];   /* results stay valid for 16 calls */
     static int slot;
     char pat[64];
     snprintf(pat, sizeof pat, "PNUML %s", key);
@@ -54,7 +123,7 @@ static const char *value(const char *key)
     p += strlen(pat);
     p += *p == ' ';
     size_t n = strcspn(p, "\r\n");
-    char *b = buf[slot++ % 4];
+    char *b = buf[slot++ % 16];
     snprintf(b, sizeof buf[0], "%.*s", (int)n, p);
     return b;
 }
@@ -63,6 +132,11 @@ static int boot(void **state)
 {
     (void)state;
     char exe[512], repo[512], moddir[512], cmd[4096];
+#if defined(__SANITIZE_ADDRESS__)
+    snprintf(skip_reason, sizeof skip_reason, "AddressSanitizer binaries cannot run inside user-mode "
+             "Linux (its shadow memory clashes with the guest's address space); the plain build runs this");
+    return 0;
+#endif
     if (access("/usr/bin/linux.uml", X_OK) != 0) {
         snprintf(skip_reason, sizeof skip_reason, "linux.uml is missing (apt-get install user-mode-linux)");
         return 0;
@@ -138,16 +212,21 @@ static void test_controller_in_uml(void **state)
     assert_non_null(b);
     if (!strstr(a, " netem ") || !strstr(a, " 10ms/1Gbps ") || !strstr(b, " 10ms/1Gbps "))
         fail_msg("show does not read back 10ms/1Gbps: '%s' / '%s'", a, b);
+    const char *kv = value("show_kv");
+    assert_non_null(kv);
+    print_message("key=value read back: %s\n", kv);
+    if (!strstr(kv, " delay=5ms,jitter=1ms,loss=0.5%,rate=100Mbps,limit=3000 "))
+        fail_msg("show does not read back delay=5ms,jitter=1ms,loss=0.5%%,rate=100Mbps,limit=3000: '%s'", kv);
     /* tc agrees: latency 10ms, rate 1Gbit, our derived limit. */
     const char *tc = value("tc_a");
     assert_non_null(tc);
     if (!strstr(tc, "delay 10ms") || !strstr(tc, "rate 1Gbit"))
         fail_msg("tc shows '%s'", tc);
-    /* Ping round trip 20 ms +- 1 ms. */
-    const char *ping = value("ping_avg_ms");
+    /* Ping round trip 20 ms +- 1 ms (median of 20). */
+    const char *ping = value("ping_median_ms");
     assert_non_null(ping);
     double rtt = atof(ping);
-    print_message("ping RTT %.3f ms, configured 20 ms, tolerance +-1 ms, difference %.3f ms\n", rtt,
+    print_message("ping RTT (median of 20) %.3f ms, configured 20 ms, tolerance +-1 ms, difference %.3f ms\n", rtt,
                   fabs(rtt - 20.0));
     assert_true(fabs(rtt - 20.0) <= 1.0);
     /* TCP goodput within 5% of what 1 Gbit/s allows after headers. */
@@ -155,7 +234,7 @@ static void test_controller_in_uml(void **state)
     assert_non_null(gp);
     double want = netem_profile_goodput(1e9, 1500) / 1e6, got = atof(gp);
     double d = tu_reldiff(got, want, 1);
-    print_message("iperf3 goodput %.1f Mbit/s, expected %.1f Mbit/s (1 Gbit/s x 1448/1514), "
+    print_message("iperf3 goodput (receiver, median 0.5-s interval after 1 s) %.1f Mbit/s, expected %.1f Mbit/s (1 Gbit/s x 1448/1514), "
                   "difference %.2f%% (tolerance 5%%)\n", got, want, d * 100);
     assert_true(d <= TOL);
     /* Clear restores exactly the original qdisc on both ends. */
@@ -196,17 +275,20 @@ static int selftest_row(const char *tag, const char *profile, double *rtt_err, d
     return 1;
 }
 
-/* 1 when the attempt's row for the profile is within tolerance. */
-static int judge(const char *tag, const char *profile, double rate, double *worst)
+/* The verdict of attempt `tag` for a profile: 1 within tolerance, 0 not, -1 no row.
+ * *conclusive: UML's own unshaped ceiling just before was at least 1.5 x the expected
+ * goodput, so a shortfall would be the emulator's and not the guest's. */
+static int judge(const char *tag, const char *profile, double rate, double *worst, int *conclusive)
 {
     double re, ge, gm, ceil_bps;
     char verdict[16];
     if (!selftest_row(tag, profile, &re, &ge, &gm, &ceil_bps, verdict))
-        return 0;
+        return -1;
     double want = netem_profile_goodput(rate, 1500);
+    *conclusive = ceil_bps >= 1.5 * want;
     print_message("%s %s: rtt error %.2f%%, goodput %.3f Gbit/s (expected %.3f), error %.2f%% -> %s; "
-                  "UML's unshaped ceiling just before: %.3f Gbit/s\n", tag, profile, re, gm, want / 1e9, ge,
-                  verdict, ceil_bps / 1e9);
+                  "UML's unshaped ceiling just before: %.3f Gbit/s%s\n", tag, profile, re, gm, want / 1e9,
+                  ge, verdict, ceil_bps / 1e9, *conclusive ? "" : " (below 1.5 x expected: inconclusive)");
     int ok = re <= TOL * 100 && ge <= TOL * 100;
     if (ok)
         *worst = fmax(*worst, fmax(re, ge));
@@ -223,27 +305,75 @@ static void test_selftest_in_uml(void **state)
                       "emulated CPU): %.*s\n", (int)strcspn(ceil + 25, "\r\n"), ceil + 25);
     static const char *const profiles[] = {"10ms/1Gbps", "5ms/2Gbps"};
     static const double rates[] = {1e9, 2e9};
+    static const char *const tries[] = {"try1", "try2", "try3"};
     double worst = 0;
+    int starved = 0;
     for (int i = 0; i < 2; i++) {
-        if (judge("selftest", profiles[i], rates[i], &worst))
+        int passed = 0, conclusive_fails = 0, seen = 0;
+        for (int k = 0; k < 3 && !passed; k++) {
+            int conclusive = 0, v = judge(tries[k], profiles[i], rates[i], &worst, &conclusive);
+            if (v < 0)
+                continue;
+            seen++;
+            passed = v == 1;
+            conclusive_fails += v == 0 && conclusive;
+        }
+        if (!seen)
+            fail_msg("no self-test row for %s", profiles[i]);
+        if (passed)
             continue;
-        /* UML is one emulated CPU sharing a busy host: one retry, reported. */
-        if (!judge("retry", profiles[i], rates[i], &worst))
-            fail_msg("%s is not within 5%% in user-mode Linux (both attempts above)", profiles[i]);
+        if (conclusive_fails)
+            fail_msg("%s is not within 5%% in user-mode Linux (attempts above)", profiles[i]);
+        starved++;
     }
-    print_message("largest self-test error %.2f%% (tolerance 5%%)\n", worst);
     const char *left = value("leftover_netns");
     assert_non_null(left);
     assert_string_equal(left, "0");
+    if (starved) {
+        print_message("SKIP: the host was too busy: user-mode Linux could not itself carry 1.5 x the "
+                      "expected goodput in any attempt\n");
+        skip();
+    }
+    print_message("largest self-test error %.2f%% (tolerance 5%%)\n", worst);
+}
+
+static void test_per_link_in_uml(void **state)
+{
+    (void)state;
+    NEED_UML();
+    const char *e = value("perlink_emulator"), *a = value("perlink_rtt_to_0"), *b = value("perlink_rtt_to_2");
+    if (!e || !a || !b)
+        fail_msg("no per-link results (%s)", value("error") ? value("error") : "missing");
+    assert_string_equal(e, "netem");
+    /* Host 1's port read back from the kernel: each sender's class with its profile. */
+    const char *c0 = value("perlink_class_198.18.0.1"), *c2 = value("perlink_class_198.18.0.3");
+    assert_non_null(c0);
+    assert_non_null(c2);
+    assert_string_equal(c0, "netem 10ms/1Gbps");
+    assert_string_equal(c2, "netem 5ms/2Gbps");
+    /* As the self-test judges: minimum ping against 2 x delay + the unshaped minimum. */
+    const char *ba = value("perlink_base_to_0"), *bb = value("perlink_base_to_2");
+    assert_non_null(ba);
+    assert_non_null(bb);
+    double ra = atof(a), rb = atof(b), wa = 20.0 + atof(ba), wb = 10.0 + atof(bb);
+    double da = fabs(ra - wa) / wa, db = fabs(rb - wb) / wb;
+    print_message("0-1=10ms/1Gbps,1-2=5ms/2Gbps: host 1 -> 0 min RTT %.3f ms (want 20 + base %s, %.2f%%), "
+                  "host 1 -> 2 min RTT %.3f ms (want 10 + base %s, %.2f%%), tolerance 5%%\n", ra, ba,
+                  da * 100, rb, bb, db * 100);
+    assert_true(da <= TOL);
+    assert_true(db <= TOL);
 }
 
 int main(int argc, char **argv)
 {
     if (argc > 1 && !strcmp(argv[1], "--insmod"))
         return insmod(argc - 2, argv + 2);
+    if (argc > 1 && !strcmp(argv[1], "--perlink"))
+        return perlink();
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_controller_in_uml),
         cmocka_unit_test(test_selftest_in_uml),
+        cmocka_unit_test(test_per_link_in_uml),
     };
     return cmocka_run_group_tests_name("netem_uml", tests, boot, NULL);
 }

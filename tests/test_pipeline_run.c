@@ -19,8 +19,8 @@
 
 static char out[1 << 18];
 
-/* The model: tiny has 2 layers and a stage needs at least one, so 3 stages need 3. */
-#define MODEL "--model tiny --layers 3"
+/* The model of the acceptance command: tiny (4 layers) split over 3 stages. */
+#define MODEL "--model tiny"
 
 enum { MAXIT = 64 };
 
@@ -40,14 +40,16 @@ static int parse_losses(const char *text, double *loss)
     return n;
 }
 
-static void losses_match(const char *schedule)
+static void losses_match(const char *schedule, const char *extra)
 {
     double ref[MAXIT], got[MAXIT];
-    int rc = tu_pipenem_run(out, sizeof out, "run " MODEL " --stages 1 --compute cpu --schedule %s --iters 5", schedule);
+    int rc = tu_pipenem_run(out, sizeof out, "run " MODEL " --stages 1 --compute cpu --schedule %s --iters 5 %s",
+                            schedule, extra);
     if (rc)
         fail_msg("1 stage exited %d:\n%s", rc, out);
     int n1 = parse_losses(out, ref);
-    rc = tu_pipenem_run(out, sizeof out, "run " MODEL " --stages 3 --compute cpu --schedule %s --iters 5", schedule);
+    rc = tu_pipenem_run(out, sizeof out, "run " MODEL " --stages 3 --compute cpu --schedule %s --iters 5 %s", schedule,
+                        extra);
     if (rc)
         fail_msg("3 stages exited %d:\n%s", rc, out);
     int n3 = parse_losses(out, got);
@@ -59,21 +61,28 @@ static void losses_match(const char *schedule)
         if (d > worst)
             worst = d;
     }
-    print_message("%s: 3 stages vs 1 stage, %d iterations, largest relative loss difference %.3g (tolerance 1e-5)\n",
-                  schedule, n1, worst);
+    print_message("%s %s: 3 stages vs 1 stage, %d iterations, largest relative loss difference %.3g (tolerance 1e-5)\n",
+                  schedule, extra, n1, worst);
     assert_true(worst <= 1e-5);
 }
 
 static void test_losses_gpipe(void **state)
 {
     (void)state;
-    losses_match("gpipe");
+    losses_match("gpipe", "");
 }
 
 static void test_losses_1f1b(void **state)
 {
     (void)state;
-    losses_match("1f1b");
+    losses_match("1f1b", "");
+}
+
+/* The first and last stage swap their tied-embedding gradients before each step. */
+static void test_losses_tied(void **state)
+{
+    (void)state;
+    losses_match("1f1b", "--tied-embeddings");
 }
 
 static int pid_alive(int pid)
@@ -112,14 +121,14 @@ static void test_kill_any_stage(void **state)
         char named[64];
         snprintf(named, sizeof named, "rank %d", victim);
         int survivors_naming = 0;
-        for (const char *p = out; (p = strstr(p, "pipenem run: rank ")); p++) {
+        for (const char *p = out; (p = strstr(p, "pipenem: rank ")); p++) {
             const char *eol = strchr(p, '\n');
             size_t len = eol ? (size_t)(eol - p) : strlen(p);
             char line[1024];
             snprintf(line, sizeof line, "%.*s", (int)len, p);
             if (strstr(line, "FAILED"))
                 continue;
-            if (strstr(line + 18, named) && (strstr(line, "RECV") || strstr(line, "SEND") || strstr(line, "final")))
+            if (strstr(line + strlen("pipenem: rank "), named) && (strstr(line, "RECV") || strstr(line, "SEND") || strstr(line, "final")))
                 survivors_naming++;
         }
         print_message("%d of 2 surviving ranks named rank %d and their op (tolerance: all)\n", survivors_naming, victim);
@@ -266,6 +275,7 @@ int main(void)
         cmocka_unit_test(test_usage_errors),
         cmocka_unit_test(test_losses_gpipe),
         cmocka_unit_test(test_losses_1f1b),
+        cmocka_unit_test(test_losses_tied),
         cmocka_unit_test(test_trace_file),
         cmocka_unit_test(test_stage_pair_ok),
         cmocka_unit_test(test_wrong_token_refused),

@@ -2,8 +2,8 @@
  * root (tc, namespaces, veths). A launcher running as root hands its stage processes to an
  * unprivileged user once their namespace is entered, so a bug in the stage protocol or the
  * model code runs without root. */
-#ifndef PN_BENCH_PRIVS_H
-#define PN_BENCH_PRIVS_H
+#ifndef PN_PIPELINE_PRIVS_H
+#define PN_PIPELINE_PRIVS_H
 
 #include <stddef.h>
 

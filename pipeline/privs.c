@@ -1,6 +1,6 @@
 /* Dropping root in a forked stage process: group list, gid, uid, in that order (once the
  * uid is gone the groups cannot be changed), then a check that it cannot come back. */
-#include "bench/privs.h"
+#include "pipeline/privs.h"
 
 #include <errno.h>
 #include <grp.h>

@@ -1,0 +1,195 @@
+/* Shim transport: header + tensor per message over the inner transport; receives wait
+ * for the header's delivery time. Only the sending side of a link direction runs its
+ * shaper, so link occupancy needs no coordination between processes. */
+#include "pipeline/shim.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "netem/shaper.h"
+
+#define SHIM_MAGIC 0x50534831u /* "PSH1" */
+#define SHIM_MTU 1500           /* frames charged like the kernel shaper would */
+
+typedef struct {
+    double deliver;    /* rank 0's clock */
+    uint32_t magic, pad;
+} shim_hdr_t;
+
+/* A header in flight, tied to the caller's request. */
+typedef struct shim_pend {
+    transport_req_t *user;
+    transport_req_t hreq;
+    shim_hdr_t hdr;
+    struct shim_pend *next;
+} shim_pend_t;
+
+typedef struct {
+    transport_t inner;
+    int rank, size;
+    netem_shaper_t to_next, to_prev;
+    const double *offset;
+    shim_pend_t *pend;
+} shim_t;
+
+static transport_key_t hdr_key(transport_key_t k)
+{
+    return (transport_key_t){TRANSPORT_CTRL, k.iter, k.mb * 4 + (int)k.dir};
+}
+
+static int shim_address(void *impl, const void **blob, size_t *len)
+{
+    shim_t *s = impl;
+    return s->inner.ops->address(s->inner.impl, blob, len);
+}
+
+static int shim_connect(void *impl, int peer, const void *blob, size_t len, char *err, size_t errlen)
+{
+    shim_t *s = impl;
+    return s->inner.ops->connect(s->inner.impl, peer, blob, len, err, errlen);
+}
+
+static shim_pend_t *pend_new(shim_t *s, transport_req_t *user)
+{
+    shim_pend_t *p = calloc(1, sizeof *p);
+    if (!p)
+        return NULL;
+    p->user = user;
+    p->next = s->pend;
+    s->pend = p;
+    return p;
+}
+
+static shim_pend_t *pend_take(shim_t *s, transport_req_t *user)
+{
+    for (shim_pend_t **pp = &s->pend; *pp; pp = &(*pp)->next)
+        if ((*pp)->user == user) {
+            shim_pend_t *p = *pp;
+            *pp = p->next;
+            return p;
+        }
+    return NULL;
+}
+
+static int shim_send(void *impl, transport_req_t *req)
+{
+    shim_t *s = impl;
+    if (req->key.mb >= TRANSPORT_MB_MAX / 4)
+        return -EINVAL;
+    netem_shaper_t *sh = req->peer == s->rank + 1 ? &s->to_next : req->peer == s->rank - 1 ? &s->to_prev : NULL;
+    shim_pend_t *p = pend_new(s, req);
+    if (!p)
+        return -ENOMEM;
+    double t0 = transport_now() - *s->offset;
+    /* Only neighbours have an emulated link (the tied-embedding exchange between the
+     * first and last stage is not shaped: the topology has no such link either). */
+    p->hdr.deliver = sh ? netem_shaper_deliver(sh, t0, netem_shaper_wire_bytes(req->bytes, SHIM_MTU)) : t0;
+    p->hdr.magic = SHIM_MAGIC;
+    int rc = transport_send(&s->inner, req->peer, hdr_key(req->key), &p->hdr, sizeof p->hdr, &p->hreq);
+    if (!rc)
+        rc = s->inner.ops->send(s->inner.impl, req);
+    return rc;
+}
+
+static int shim_recv(void *impl, transport_req_t *req)
+{
+    shim_t *s = impl;
+    if (req->key.mb >= TRANSPORT_MB_MAX / 4)
+        return -EINVAL;
+    shim_pend_t *p = pend_new(s, req);
+    if (!p)
+        return -ENOMEM;
+    int rc = transport_recv(&s->inner, req->peer, hdr_key(req->key), &p->hdr, sizeof p->hdr, &p->hreq);
+    if (!rc)
+        rc = s->inner.ops->recv(s->inner.impl, req);
+    return rc;
+}
+
+static int shim_wait(void *impl, transport_req_t *req, double deadline)
+{
+    shim_t *s = impl;
+    int rc = s->inner.ops->wait(s->inner.impl, req, deadline);
+    shim_pend_t *p = pend_take(s, req);
+    if (!p)
+        return rc;
+    int hrc = rc ? 0 : s->inner.ops->wait(s->inner.impl, &p->hreq, deadline);
+    if (!rc && hrc) {
+        rc = hrc;
+        snprintf(req->why, sizeof req->why, "%s", p->hreq.why);
+    }
+    if (!rc && req->is_recv) {
+        if (p->hdr.magic != SHIM_MAGIC) {
+            snprintf(req->why, sizeof req->why, "rank %d sent a malformed shim header", req->peer);
+            rc = -EPROTO;
+        } else {
+            double at = p->hdr.deliver + *s->offset;
+            struct timespec ts = {(time_t)at, (long)((at - (double)(time_t)at) * 1e9)};
+            while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR)
+                ;
+            req->done_at = transport_now();
+        }
+    }
+    if (rc)
+        req->status = rc;
+    free(p);
+    return rc;
+}
+
+static void shim_fail(void *impl, int status, const char *why)
+{
+    shim_t *s = impl;
+    s->inner.ops->fail(s->inner.impl, status, why);
+}
+
+static void shim_quiesce(void *impl)
+{
+    shim_t *s = impl;
+    s->inner.ops->quiesce(s->inner.impl);
+}
+
+static void shim_destroy(void *impl)
+{
+    shim_t *s = impl;
+    /* the inner transport cancels what is pending before the headers go */
+    transport_destroy(&s->inner);
+    for (shim_pend_t *p = s->pend, *n; p; p = n) {
+        n = p->next;
+        free(p);
+    }
+    free(s);
+}
+
+static const transport_ops_t shim_ops = {
+    .name = "shim",
+    .address = shim_address,
+    .connect = shim_connect,
+    .send = shim_send,
+    .recv = shim_recv,
+    .wait = shim_wait,
+    .fail = shim_fail,
+    .quiesce = shim_quiesce,
+    .destroy = shim_destroy,
+};
+
+int shim_transport_wrap(transport_t *inner, const netem_profile_t *links, const double *clock_offset,
+                        transport_t *out, char *err, size_t errlen)
+{
+    shim_t *s = calloc(1, sizeof *s);
+    if (!s) {
+        snprintf(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
+    s->inner = *inner;
+    s->rank = inner->rank;
+    s->size = inner->size;
+    s->offset = clock_offset;
+    netem_profile_t none = {0};
+    netem_shaper_init(&s->to_next, s->rank + 1 < s->size ? &links[s->rank] : &none);
+    netem_shaper_init(&s->to_prev, s->rank > 0 ? &links[s->rank - 1] : &none);
+    memset(inner, 0, sizeof *inner);
+    *out = (transport_t){&shim_ops, s, s->rank, s->size};
+    return 0;
+}

@@ -1,0 +1,357 @@
+/* The sweep measuring for real (issue 5's acceptance): a small sweep (tiny model, 2
+ * schedules x 2 micro-batch sizes x 2 profiles) writes every file, table.md has the
+ * expected rows and columns and the CSV's numbers, `report` regenerates it identically;
+ * SIGINT then --resume gives the same cells as one uninterrupted sweep with nothing left
+ * on the machine in between; and --straggler 1:1.5 reports the slowdown the simulator
+ * expects within 3%. Skips while the stage runner is not in the build. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+
+#include "bench/csvio.h"
+#include "bench/plot.h"
+#include "bench/results.h"
+#include "netem/topo.h"
+#include "schedules/sim.h"
+#include "tests/testutil.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <time.h>
+#include <unistd.h>
+
+#define GRID "--model tiny --stages 2 --batch-size 4 --seq-len 16 --schedules gpipe,1f1b " \
+             "--micro-batch-sizes 1,2 --profiles default,10ms/1Gbps --iters 3 --warmup 1 "     \
+             "--compute emulate:fwd=5ms,bwd=10ms"
+
+static char base[128], full[256];
+static char out[1 << 16];
+static int have_runner = -1;
+
+static int sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int sh(const char *fmt, ...)
+{
+    char cmd[2048];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(cmd, sizeof cmd, fmt, ap);
+    va_end(ap);
+    int st = system(cmd);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static int setup(void **state)
+{
+    (void)state;
+    snprintf(base, sizeof base, "/tmp/pn-test-sweeprun-XXXXXX");
+    if (!mkdtemp(base))
+        return -1;
+    snprintf(full, sizeof full, "%s/full", base);
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    return sh("rm -rf '%s'", base);
+}
+
+/* Starts `pipenem ARGS` (split on spaces) with output to logpath; returns its pid. */
+static pid_t spawn(const char *logpath, const char *args)
+{
+    char buf[2048], *argv[64];
+    snprintf(buf, sizeof buf, "%s", args);
+    int n = 0;
+    argv[n++] = (char *)tu_pipenem();
+    for (char *t = strtok(buf, " "); t && n < 63; t = strtok(NULL, " "))
+        argv[n++] = t;
+    argv[n] = NULL;
+    pid_t pid = fork();
+    if (pid == 0) {
+        int fd = open(logpath, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        if (fd >= 0) {
+            dup2(fd, 1);
+            dup2(fd, 2);
+        }
+        execv(argv[0], argv);
+        _exit(127);
+    }
+    return pid;
+}
+
+static void no_leftovers(pid_t pid)
+{
+    char prefix[32], list[1024] = "";
+    snprintf(prefix, sizeof prefix, "pn%d", (int)pid);
+    int n = netem_topo_leftovers(prefix, list, sizeof list);
+    print_message("namespaces and links left by the sweep (pid %d): %d %s\n", (int)pid, n, list);
+    assert_int_equal(n, 0);
+}
+
+/* The sweep of the integration test, once; later tests compare against it. */
+static int run_full(void)
+{
+    if (have_runner >= 0)
+        return have_runner;
+    char log[300], args[1024];
+    snprintf(log, sizeof log, "%s/full.log", base);
+    snprintf(args, sizeof args, "sweep " GRID " --out %s", full);
+    pid_t pid = spawn(log, args);
+    int st;
+    waitpid(pid, &st, 0);
+    char *text = NULL;
+    size_t len;
+    if (csvio_file_read(log, &text, &len, NULL, 0))
+        fail_msg("no log");
+    if (strstr(text, "not available yet")) {
+        have_runner = 0;
+    } else {
+        if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
+            fail_msg("pipenem %s failed (status %d):\n%s", args, st, text);
+        print_message("%s", strstr(text, "[8/8]") ? strstr(text, "[8/8]") : text);
+        no_leftovers(pid);
+        have_runner = 1;
+    }
+    free(text);
+    return have_runner;
+}
+
+#define NEED_RUNNER()                                                                              \
+    do {                                                                                           \
+        if (!run_full()) {                                                                         \
+            print_message("SKIP: measuring a cell is not available in this build (no stage runner)\n"); \
+            skip();                                                                                \
+        }                                                                                          \
+    } while (0)
+
+/* The displayed number equals v to the digits shown. */
+static void same_shown(const char *text, double v)
+{
+    char *end;
+    double x = strtod(text, &end);
+    const char *dot = strchr(text, '.');
+    int dec = dot && dot < end ? (int)(end - dot - 1) : 0;
+    if (end == text || fabs(x - v) > 0.5 * pow(10, -dec) * (1 + 1e-9))
+        fail_msg("table.md shows '%s', runs.csv has %.17g", text, v);
+}
+
+static void test_sweep_writes_every_file(void **state)
+{
+    (void)state;
+    NEED_RUNNER();
+    static const char *const files[] = {"runs.csv", "iterations.csv", "ops.csv", "table.md", "trace.json",
+                                        "command.txt", "environment.txt", "sweep.args"};
+    for (size_t i = 0; i < sizeof files / sizeof *files; i++)
+        if (sh("test -s '%s/%s'", full, files[i]))
+            fail_msg("%s/%s is missing or empty", full, files[i]);
+    if (plot_gnuplot_found()) {
+        assert_int_equal(sh("test -s '%s/plots/iteration_time.png' && test -s '%s/plots/iteration_time.svg'", full,
+                            full), 0);
+        /* Timelines of the grid's choice only (per schedule: micro-batch size 1 on the first
+         * and the last profile), none left over from the sweep's intermediate states. */
+        assert_int_equal(sh("cd '%s/plots' && test \"$(ls timeline_cell*.png | tr '\\n' ' ')\" = "
+                            "'timeline_cell0.png timeline_cell2.png timeline_cell4.png timeline_cell6.png '", full), 0);
+    } else
+        print_message("SKIP: plots: gnuplot not found\n");
+    results_t r;
+    results_init(&r);
+    char err[512];
+    if (results_read(full, &r, err, sizeof err))
+        fail_msg("%s", err);
+    assert_int_equal(r.n_cells, 8);
+    for (size_t i = 0; i < r.n_cells; i++) {
+        const results_cell_t *c = &r.cells[i];
+        size_t iters = 0, ops = 0;
+        for (size_t k = 0; k < r.n_iters; k++)
+            iters += r.iters[k].cell == c->cell;
+        for (size_t k = 0; k < r.n_ops; k++)
+            ops += r.ops[k].cell == c->cell;
+        print_message("cell %d %s b=%d %s: median %.4f s, predicted %.4f s, emulator %s, %zu iterations, %zu ops\n",
+                      c->cell, c->schedule, c->micro_batch_size, c->profile, c->iter_median, c->predicted,
+                      c->emulator, iters, ops);
+        assert_int_equal(iters, 4);
+        assert_true(ops > 0);
+        assert_true(c->iter_median > 0);
+    }
+    /* table.md: the rows and columns, and each iteration time equal to the CSV's. */
+    char path[300], *md;
+    size_t len;
+    snprintf(path, sizeof path, "%s/table.md", full);
+    assert_int_equal(csvio_file_read(path, &md, &len, NULL, 0), 0);
+    static const char *const labels[] = {"default", "delay 10ms  bandwidth 1Gbps"};
+    int checked = 0;
+    for (int a = 0; a < 2; a++) {
+        const char *sched = a ? "1f1b" : "gpipe";
+        char head[64];
+        snprintf(head, sizeof head, "## Schedule: %s\n", sched);
+        char *p = strstr(md, head);
+        assert_non_null(p);
+        p += strlen(head) + 1; /* past the blank line: the header row */
+        if (strncmp(p, "| Network setting | Micro batch size: 1 | Micro batch size: 2 |\n", 64))
+            fail_msg("%s's table header is '%.*s'", sched, (int)strcspn(p, "\n"), p);
+        p = strchr(p, '\n') + 1;
+        p = strchr(p, '\n') + 1; /* past the --- row */
+        for (int l = 0; l < 2; l++) {
+            char want[64];
+            snprintf(want, sizeof want, "| %s | ", labels[l]);
+            if (strncmp(p, want, strlen(want)))
+                fail_msg("row %d of %s's table is '%.*s'", l, sched, (int)strcspn(p, "\n"), p);
+            char *cell = p + strlen(want);
+            for (int m = 0; m < 2; m++) {
+                const results_cell_t *c = NULL;
+                for (size_t i = 0; i < r.n_cells; i++)
+                    if (!strcmp(r.cells[i].schedule, sched) && r.cells[i].micro_batch_size == m + 1 &&
+                        !strcmp(r.cells[i].label, labels[l]))
+                        c = &r.cells[i];
+                assert_non_null(c);
+                same_shown(cell, c->iter_median);
+                checked++;
+                cell = strstr(cell, "| ") + 2;
+            }
+            p = strchr(p, '\n') + 1;
+        }
+    }
+    print_message("%d iteration times of table.md equal runs.csv to the digits shown\n", checked);
+    free(md);
+    results_destroy(&r);
+    /* `report` regenerates the derived files identically. */
+    assert_int_equal(sh("rm -rf '%s.copy' && cp -r '%s' '%s.copy' && rm -rf '%s/table.md' '%s/trace.json' '%s/plots'",
+                        full, full, full, full, full, full), 0);
+    int rc = tu_pipenem_run(out, sizeof out, "report '%s'", full);
+    if (rc)
+        fail_msg("report exited %d:\n%s", rc, out);
+    assert_int_equal(sh("diff -r '%s.copy' '%s' >&2", full, full), 0);
+}
+
+static void test_sigint_then_resume(void **state)
+{
+    (void)state;
+    NEED_RUNNER();
+    char dir[300], log[300], args[1024], path[320];
+    snprintf(dir, sizeof dir, "%s/part", base);
+    snprintf(log, sizeof log, "%s/part.log", base);
+    snprintf(path, sizeof path, "%s/runs.csv", dir);
+    snprintf(args, sizeof args, "sweep " GRID " --out %s", dir);
+    pid_t pid = spawn(log, args);
+    /* Interrupt once two cells are in runs.csv. */
+    double waited = 0;
+    for (;;) {
+        char *text = NULL;
+        size_t len = 0, lines = 0;
+        if (csvio_file_read(path, &text, &len, NULL, 0) == 0) {
+            for (size_t i = 0; i < len; i++)
+                lines += text[i] == '\n';
+            free(text);
+        }
+        if (lines >= 3)
+            break;
+        struct timespec ts = {0, 20 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+        waited += 0.02;
+        if (waited > 300)
+            fail_msg("the sweep wrote no two cells in 300 s");
+    }
+    kill(pid, SIGINT);
+    int st;
+    waitpid(pid, &st, 0);
+    print_message("after SIGINT: %s %d\n", WIFSIGNALED(st) ? "killed by signal" : "exit status",
+                  WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st));
+    assert_true(WIFSIGNALED(st) || WEXITSTATUS(st) != 0);
+    no_leftovers(pid);
+    results_t r;
+    results_init(&r);
+    char err[512];
+    if (results_read(dir, &r, err, sizeof err))
+        fail_msg("%s", err);
+    size_t kept = r.n_cells;
+    print_message("cells kept after the interrupt: %zu of 8\n", kept);
+    assert_true(kept >= 2 && kept < 8);
+    for (size_t i = 0; i < r.n_ops; i++)
+        assert_non_null(results_cell_find(&r, r.ops[i].cell)); /* nothing of an unfinished cell */
+    results_destroy(&r);
+
+    snprintf(log, sizeof log, "%s/resume.log", base);
+    snprintf(args, sizeof args, "sweep --resume %s", dir);
+    pid = spawn(log, args);
+    waitpid(pid, &st, 0);
+    assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    no_leftovers(pid);
+
+    results_t a, b;
+    results_init(&a);
+    results_init(&b);
+    if (results_read(full, &a, err, sizeof err) || results_read(dir, &b, err, sizeof err))
+        fail_msg("%s", err);
+    assert_int_equal(a.n_cells, b.n_cells);
+    assert_int_equal(a.n_iters, b.n_iters);
+    assert_int_equal(a.n_ops, b.n_ops);
+    for (size_t i = 0; i < a.n_cells; i++) {
+        const results_cell_t *x = &a.cells[i], *y = &b.cells[i];
+        assert_int_equal(x->cell, y->cell);
+        assert_string_equal(x->schedule, y->schedule);
+        assert_int_equal(x->micro_batch_size, y->micro_batch_size);
+        assert_string_equal(x->profile, y->profile);
+        assert_string_equal(x->emulator, y->emulator);
+    }
+    print_message("resumed sweep: %zu cells, %zu iterations, %zu ops, as the uninterrupted one\n", b.n_cells,
+                  b.n_iters, b.n_ops);
+    results_destroy(&a);
+    results_destroy(&b);
+}
+
+static void test_straggler_slowdown(void **state)
+{
+    (void)state;
+    NEED_RUNNER();
+    const int M = 8;
+    const double f = 0.020, b = 0.040, k = 1.5;
+    char dir[300];
+    snprintf(dir, sizeof dir, "%s/straggler", base);
+    int rc = tu_pipenem_run(out, sizeof out,
+                            "sweep --model gpt3-small --stages 3 --batch-size %d --seq-len 16 --schedules gpipe,1f1b "
+                            "--micro-batch-sizes 1 --profiles default --iters 3 --warmup 1 "
+                            "--compute emulate:fwd=20ms,bwd=40ms --straggler 1:1.5 --no-plots --out %s",
+                            M, dir);
+    if (rc)
+        fail_msg("straggler sweep exited %d:\n%s", rc, out);
+    results_t r;
+    results_init(&r);
+    char err[512];
+    if (results_read(dir, &r, err, sizeof err))
+        fail_msg("%s", err);
+    assert_int_equal(r.n_cells, 2);
+    double worst = 0;
+    for (size_t i = 0; i < r.n_cells; i++) {
+        const results_cell_t *c = &r.cells[i];
+        /* Three stages, so that the median of a kind over the stages is a typical stage's. */
+        sim_cost_t slow[3] = {{f, b, 0}, {k * f, k * b, 0}, {f, b, 0}}, even[3] = {{f, b, 0}, {f, b, 0}, {f, b, 0}};
+        double t[2];
+        for (int j = 0; j < 2; j++) {
+            sim_config_t cfg = {.schedule = c->schedule, .stages = 3, .micro_batches = M, .cost = j ? even : slow};
+            sim_result_t res = {0};
+            if (sim_run(&cfg, &res, err, sizeof err))
+                fail_msg("%s", err);
+            t[j] = res.time;
+            sim_result_destroy(&res);
+        }
+        double want = t[0] / t[1], d = tu_reldiff(c->straggler_slowdown, want, 1e-9);
+        worst = d > worst ? d : worst;
+        print_message("%s: reported slowdown %.4f (delay %.4f), simulator expects %.4f: relative difference %.4f "
+                      "(tolerance 0.03)\n", c->schedule, c->straggler_slowdown, c->straggler_delay, want, d);
+    }
+    results_destroy(&r);
+    assert_true(worst <= 0.03);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_sweep_writes_every_file),
+        cmocka_unit_test(test_sigint_then_resume),
+        cmocka_unit_test(test_straggler_slowdown),
+    };
+    return cmocka_run_group_tests_name("bench_sweep_run", tests, setup, teardown);
+}
