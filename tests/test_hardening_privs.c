@@ -1,6 +1,6 @@
 /* Privileges: `pipenem run --user NAME` started as root runs every stage process as NAME
- * (uid, gid and groups of NAME, no capabilities, no_new_privs) and the run still works;
- * an unknown user is a usage error. */
+ * (uid, gid and groups of NAME, no capabilities, no_new_privs) and the run still works,
+ * over loopback and in the namespace topology; an unknown user is a usage error. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -31,9 +31,8 @@ static long status_field(int pid, const char *name, int base)
     return v;
 }
 
-static void test_stages_run_as_user(void **state)
+static void stages_run_as_user(const char *net)
 {
-    (void)state;
     if (geteuid() != 0) {
         print_message("SKIP: not root: there is no privilege to drop\n");
         skip();
@@ -45,8 +44,8 @@ static void test_stages_run_as_user(void **state)
     }
     char cmd[1024];
     snprintf(cmd, sizeof cmd,
-             "%s run --model tiny --layers 3 --stages 3 --compute emulate:fwd=40ms,bwd=40ms --iters 3 --user nobody 2>&1",
-             tu_pipenem());
+             "%s run --model tiny --layers 3 --stages 3 --compute emulate:fwd=40ms,bwd=40ms --iters 3 --user nobody %s 2>&1",
+             tu_pipenem(), net);
     FILE *f = popen(cmd, "r");
     assert_non_null(f);
     char line[1024], out[16384] = "";
@@ -82,6 +81,19 @@ static void test_stages_run_as_user(void **state)
     assert_int_equal(dropped, checked);
 }
 
+static void test_stages_run_as_user(void **state)
+{
+    (void)state;
+    stages_run_as_user("");
+}
+
+/* With the namespace topology: the stage enters its namespace as root, then drops. */
+static void test_stages_run_as_user_in_namespaces(void **state)
+{
+    (void)state;
+    stages_run_as_user("--net rate=1gbit --emulator netem");
+}
+
 static void test_unknown_user_is_usage_error(void **state)
 {
     (void)state;
@@ -96,6 +108,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_stages_run_as_user),
+        cmocka_unit_test(test_stages_run_as_user_in_namespaces),
         cmocka_unit_test(test_unknown_user_is_usage_error),
     };
     return cmocka_run_group_tests_name("hardening_privs", tests, NULL, NULL);
