@@ -4,6 +4,7 @@
 #include "bench/cli.h"
 
 #include <errno.h>
+#include <pwd.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,7 +20,9 @@
 static const char usage[] =
     "usage: pipenem run --stages P [options]\n"
     "run one configuration with one stage process per stage on this machine, print per-iteration\n"
-    "time, loss and tokens/s, then throughput and memory per stage.\n\n";
+    "time, loss and tokens/s, then throughput and memory per stage.\n\n"
+    "  --user NAME                   started as root: stage processes run as NAME (e.g. nobody);\n"
+    "                                only the launcher keeps root (network emulation)\n";
 
 static volatile sig_atomic_t got_signal;
 
@@ -34,10 +37,14 @@ static void on_start(void *arg, int rank, int pid)
 
 int cmd_run(int argc, char **argv)
 {
-    static const struct option own[] = {{"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
+    enum { OPT_USER = 0x7000 };
+    static const struct option own[] = {{"help", no_argument, NULL, 'h'},
+                                         {"user", required_argument, NULL, OPT_USER},
+                                         {NULL, 0, NULL, 0}};
     struct option opts[96];
     runcfg_t cfg;
     char err[1024];
+    const char *user = NULL;
     runcfg_defaults(&cfg);
     if (runcfg_options_table(opts, sizeof opts / sizeof *opts, own) < 0)
         return cli_usage_error(argv[0], "internal: option table too small");
@@ -49,6 +56,12 @@ int cmd_run(int argc, char **argv)
         if (c == 'h') {
             printf("%s%s", usage, runcfg_help());
             return CLI_OK;
+        }
+        if (c == OPT_USER) {
+            if (!*optarg)
+                return cli_usage_error(argv[0], "--user needs a user name");
+            user = optarg;
+            continue;
         }
         if (c == RUNCFG_OPT_DIST_URL || c == RUNCFG_OPT_RANK || c == RUNCFG_OPT_WORLD_SIZE || c == RUNCFG_OPT_TOKEN)
             for (const struct option *o = opts; o->name; o++)
@@ -65,6 +78,8 @@ int cmd_run(int argc, char **argv)
         return cli_usage_error(argv[0], "unexpected argument '%s'", argv[optind]);
     if (runcfg_finish(&cfg, err, sizeof err))
         return cli_usage_error(argv[0], "%s", err);
+    if (user && !getpwnam(user) && !(strspn(user, "0123456789") == strlen(user) && getpwuid((uid_t)atol(user))))
+        return cli_usage_error(argv[0], "--user %s: no such user", user);
     /* Stages share this machine's cores: without a limit each would start one (spinning)
      * OpenMP thread per core and they would fight over them. */
     if (!cfg.model.threads) {
@@ -108,6 +123,7 @@ int cmd_run(int argc, char **argv)
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
     l.cfg = &cfg;
+    l.user = user;
     l.stop = &got_signal;
     l.on_start = on_start;
     stage_summary_t sum = {0};

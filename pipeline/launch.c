@@ -2,6 +2,7 @@
  * children inherit; waiting for children sleeps in waitpid (or 50 ms naps once a deadline
  * is running), and every child dies with the launcher (PR_SET_PDEATHSIG). */
 #include "pipeline/launch.h"
+#include "pipeline/privs.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -104,6 +105,14 @@ static int child_main(const launch_params_t *p, int rank, int lfd, int port, con
         snprintf(sp.host, sizeof sp.host, "%s", netem_topo_host_addr(p->topo, 0));
         sp.ucx_tls = "tcp";
         sp.ucx_devices = netem_topo_host_ifname(p->topo, rank);
+    } else if (!p->cfg->ucx_devices[0]) {
+        /* Every stage is on this machine: UCX's TCP transport listens on each device it
+         * may use, so without this it would accept connections on every interface. */
+        sp.ucx_devices = "lo";
+    }
+    if (p->user && privs_drop(p->user, SIGKILL, err, sizeof err)) {
+        fprintf(stderr, "pipenem: rank %d: %s\n", rank, err);
+        return 1;
     }
     stage_summary_t sum = {0};
     int rc = stage_run(&sp, &sum, err, sizeof err);

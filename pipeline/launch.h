@@ -23,6 +23,8 @@ typedef struct {
     void (*on_start)(void *arg, int rank, int pid);  /* optional, called after every fork */
     void *arg;
     double grace;                        /* seconds survivors get after a death; 0 = 10 */
+    const char *user;                    /* started as root: each stage becomes this user once
+                                            in its namespace (pipeline/privs.h); NULL = keep */
 } launch_params_t;
 
 typedef struct {

@@ -168,6 +168,13 @@ int runcfg_finish(runcfg_t *c, char *err, size_t errlen)
         snprintf(err, errlen, "--iters + --warmup exceeds %d", 1 << 24);
         return -EINVAL;
     }
+    /* The transport's tag holds 24 bits of micro-batch, and every op list is built up
+     * front: a typo like --batch-size 255251522 must not spend minutes building one. */
+    if (c->micro_batches > RUNCFG_MB_MAX) {
+        snprintf(err, errlen, "--batch-size / --micro-batch-size give %d micro-batches; at most %d", c->micro_batches,
+                 RUNCFG_MB_MAX);
+        return -EINVAL;
+    }
     if (c->slack && sched_uses_slack(c->schedule) != 1) {
         snprintf(err, errlen, "--slack %d needs --schedule 1f1b-slack (got %s)", c->slack, c->schedule);
         return -EINVAL;

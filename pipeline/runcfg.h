@@ -21,6 +21,8 @@ enum {
     RUNCFG_OPT_UCX_TLS, RUNCFG_OPT_UCX_DEVICES, RUNCFG_OPT_END
 };
 
+enum { RUNCFG_MB_MAX = 1 << 16 };   /* micro-batches per iteration */
+
 typedef struct {
     /* ---- shared by every rank (hashed) ---- */
     model_options_t model;   /* --model ... --lr (models/options.h) */

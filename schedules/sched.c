@@ -363,6 +363,8 @@ fail:
 
 /* The op tokens of one line after an optional "stage N:" / "N:" prefix; appends to
  * b and raises *max_mb. */
+enum { PLAN_MB_MAX = 1 << 20 }; /* micro-batch numbers an op-list file may name */
+
 static int parse_line(char *line, int lineno, int stage, opbuf_t *b, int *max_mb, char *err,
                       size_t errlen)
 {
@@ -390,6 +392,13 @@ static int parse_line(char *line, int lineno, int stage, opbuf_t *b, int *max_mb
         if (sched_op_parse(t, &op)) {
             seterr(err, errlen, "line %d (stage %d): bad op '%s' (want e.g. F3 B3 Ra3 Sa3 Rg3 Sg3 OPT)",
                    lineno, stage, t);
+            return -EINVAL;
+        }
+        /* The plan's size (and the validator's tables) follow the largest micro-batch
+         * named: one token like B129999986 must not ask for gigabytes. */
+        if (op.mb >= PLAN_MB_MAX) {
+            seterr(err, errlen, "line %d (stage %d): micro-batch %d in '%s' exceeds %d", lineno, stage, op.mb, t,
+                   PLAN_MB_MAX - 1);
             return -EINVAL;
         }
         if (opbuf_push(b, op.kind, op.mb)) {

@@ -2,12 +2,12 @@
 # The fault matrix: {kill -9, SIGSTOP for 30 s, closing the sockets, the link going down}
 # x {stage 0, the middle stage, the last stage} x {bootstrap, iteration 1, iteration 1's
 # optimizer step}, each injected through PIPENEM_FAULT into a 3-stage emulated run.
-# kill/stop/close run under `pipenem run` (loopback); link-down runs each stage with
-# `pipenem stage` in its own network namespace joined by veths to a bridge (pn<pid>...,
-# 198.18.0.0/15), and the stage sets its own veth down. A case passes when every process
-# ends within the bound with a failure status and a message naming the faulted rank, the
-# trace of a finished run given to it is byte-for-byte intact, and no process, namespace,
-# veth or bridge is left. Prints one row per case; exits 1 if any case fails.
+# Every case runs under the launcher, `pipenem run`: kill/stop/close over loopback,
+# link-down in the launcher's namespace topology (one namespace per stage, veths to a
+# bridge), where the stage sets its own veth down. A case passes when the launcher exits
+# with failure within the bound, a message names the faulted rank, the trace of a
+# finished run given to it as --trace is byte-for-byte intact, and no stage process,
+# namespace, veth or bridge is left. Prints one row per case; exits 1 if any case fails.
 # usage: tests/faults/matrix.sh PIPENEM [JOBS]   (root needed for the link-down cases)
 set -uo pipefail
 bin=$(realpath "${1:?usage: matrix.sh PIPENEM [JOBS]}")
@@ -16,15 +16,17 @@ T=10       # --timeout: the longest a single wait may take
 GRACE=10   # pipenem run kills stragglers this long after the first failure
 BOUND=$((T + GRACE + 8))
 MODEL=(--model tiny --layers 3 --stages 3 --compute emulate:fwd=5ms,bwd=10ms --iters 3 --warmup 1 --timeout $T)
-id=pn$$
 work=$(mktemp -d /tmp/pn-faults-XXXXXX)
 t_start=$(date +%s.%N)
 
 cleanup() {
-	local ns
-	for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep "^${id}c" || true); do
-		ip netns pids "$ns" 2>/dev/null | xargs -r kill -9 2>/dev/null
-		ip netns del "$ns" 2>/dev/null
+	# a launcher killed by the watchdog cannot remove its topology: do it for it
+	local lp ns
+	for lp in $(cat "$work"/case*/launcher 2>/dev/null); do
+		for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep "^pn$lp-" || true); do
+			ip netns pids "$ns" 2>/dev/null | xargs -r kill -9 2>/dev/null
+			ip netns del "$ns" 2>/dev/null
+		done
 	done
 	rm -rf "$work"
 }
@@ -60,11 +62,16 @@ cont_after_30s() { # out-file rank
 	kill -CONT "$pid" 2>/dev/null
 }
 
-run_loopback() { # dir action rank when
-	local d=$1
-	PIPENEM_FAULT="$2:$3:$4" timeout -s KILL $((BOUND + 30)) "$bin" run "${MODEL[@]}" --trace "$d/trace.csv" \
-		>"$d/out" 2>&1 &
+run_launcher() { # dir action rank when
+	local d=$1 net=()
+	# link-down needs links to drop: the launcher's namespace topology (a TBF rate far
+	# above what the run sends, so the links are as good as unshaped)
+	[ "$2" = linkdown ] && net=(--net rate=10gbit --emulator netem)
+	PIPENEM_FAULT="$2:$3:$4" "$bin" run "${MODEL[@]}" "${net[@]}" --trace "$d/trace.csv" >"$d/out" 2>&1 &
 	local lpid=$!
+	echo "$lpid" >"$d/launcher"
+	(sleep $((BOUND + 30)) && kill -9 "$lpid" 2>/dev/null) &
+	local wpid=$!
 	local cpid=""
 	if [ "$2" = stop ]; then
 		cont_after_30s "$d/out" "$3" &
@@ -72,48 +79,9 @@ run_loopback() { # dir action rank when
 	fi
 	wait $lpid
 	echo $? >"$d/rc"
+	kill "$wpid" 2>/dev/null
 	[ -n "$cpid" ] && kill "$cpid" 2>/dev/null
 	grep -oP '^# rank [0-9]+: pid \K[0-9]+' "$d/out" >"$d/pids" 2>/dev/null
-}
-
-run_netns() { # dir action rank when case-number
-	local d=$1 p=${id}c$5 net=$((($5 % 250) + 1)) i
-	ip netns add ${p}sw && ip -n ${p}sw link add ${p}br type bridge && ip -n ${p}sw link set ${p}br up || {
-		echo 99 >"$d/rc"
-		return
-	}
-	for i in 0 1 2; do
-		ip netns add ${p}h$i &&
-			ip link add ${p}v$i netns ${p}sw type veth peer name ${p}e$i netns ${p}h$i &&
-			ip -n ${p}sw link set ${p}v$i master ${p}br up &&
-			ip -n ${p}h$i addr add 198.18.$net.$((i + 1))/24 dev ${p}e$i &&
-			ip -n ${p}h$i link set ${p}e$i up && ip -n ${p}h$i link set lo up || {
-			echo 99 >"$d/rc"
-			return
-		}
-	done
-	local pids=() rcs=()
-	for i in 0 1 2; do
-		PIPENEM_FAULT="$2:$3:$4" timeout -s KILL $((BOUND + 30)) ip netns exec ${p}h$i "$bin" stage "${MODEL[@]}" \
-			--world-size 3 --rank $i --token "tok-$p" --dist-url tcp://198.18.$net.1:29500 --ucx-tls tcp \
-			--ucx-devices ${p}e$i $([ $i = 0 ] && echo --trace "$d/trace.csv") >"$d/out$i" 2>&1 &
-		pids+=($!)
-	done
-	local worst=0
-	for i in 0 1 2; do
-		wait "${pids[$i]}"
-		rcs+=($?)
-	done
-	# the "launcher" here is the set of ranks: failure means every rank says so
-	for i in 0 1 2; do
-		[ "${rcs[$i]}" -eq 0 ] && worst=0 && break
-		worst=1
-	done
-	echo $worst >"$d/rc"
-	cat "$d/out0" "$d/out1" "$d/out2" >"$d/out"
-	for i in 0 1 2; do ip netns pids ${p}h$i 2>/dev/null; done >"$d/pids"
-	for i in 0 1 2; do ip netns del ${p}h$i 2>/dev/null; done
-	ip netns del ${p}sw 2>/dev/null
 }
 
 run_case() { # n action rank when
@@ -123,11 +91,7 @@ run_case() { # n action rank when
 	sha256sum <"$d/trace.csv" >"$d/sha.before"
 	local t0 t1
 	t0=$(date +%s.%N)
-	if [ "$2" = linkdown ]; then
-		run_netns "$d" "$2" "$3" "$4" "$n"
-	else
-		run_loopback "$d" "$2" "$3" "$4"
-	fi
+	run_launcher "$d" "$2" "$3" "$4"
 	t1=$(date +%s.%N)
 	echo "$t1 - $t0" | bc >"$d/secs"
 	sleep 0.5
@@ -136,10 +100,11 @@ run_case() { # n action rank when
 		alive "$pid" && left=$((left + 1))
 	done
 	echo $left >"$d/left"
-	local nsleft
-	nsleft=$( (ip netns list 2>/dev/null | grep -c "^${id}c$n[a-z]") || true)
-	local lnk
-	lnk=$( (ip -o link 2>/dev/null | grep -c "${id}c$n[a-z]") || true)
+	# what the launcher's topology made is named pn<launcher pid>-...
+	local lp nsleft lnk
+	lp=$(cat "$d/launcher")
+	nsleft=$( (ip netns list 2>/dev/null | grep -c "^pn$lp-") || true)
+	lnk=$( (ip -o link 2>/dev/null | grep -c "pn$lp-") || true)
 	echo $((nsleft + lnk)) >"$d/net"
 	sha256sum <"$d/trace.csv" | cmp -s - "$d/sha.before" && echo intact >"$d/trace" || echo CHANGED >"$d/trace"
 	# the cause: the launcher names the faulted rank, or a survivor says it lost it
@@ -210,7 +175,10 @@ for ((c = 0; c < total; c++)); do
 done
 t_end=$(date +%s.%N)
 wall=$(echo "$t_end - $t_start" | bc)
-leftover=$( (ip netns list 2>/dev/null | grep -c "^$id") || true)
+leftover=0
+for lp in $(cat "$work"/case*/launcher 2>/dev/null); do
+	leftover=$((leftover + $( (ip netns list 2>/dev/null | grep -c "^pn$lp-") || true)))
+done
 printf '# wall time %.0f s; namespaces left: %s\n' "$wall" "$leftover"
 if [ $failed -eq 0 ] && [ "$leftover" = 0 ]; then
 	echo "# faults: $total cases: OK"

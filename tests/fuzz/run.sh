@@ -22,7 +22,7 @@ for bin in "$build"/fuzz_*; do
 		-artifact_prefix="$build/findings/$t-" "$work" "$seeds" >"$log" 2>&1
 	rc=$?
 	end=$(date +%s)
-	execs=$(grep -m1 'stat::number_of_executed_units' "$log" | awk '{print $2}')
+	execs=$(grep -a -m1 'stat::number_of_executed_units' "$log" | awk '{print $2}')
 	ncorp=$(ls "$work" "$seeds" 2>/dev/null | grep -vc ':$')
 	if [ $rc -eq 0 ]; then res=ok; else res="FINDING (see $log)"; failed=1; fi
 	printf '   %-14s %8d %12s %8d %s\n' "$t" $((end - start)) "${execs:-?}" "$ncorp" "$res"

@@ -1,0 +1,17 @@
+/* Privileges of stage processes: only the netem controller and the local topology need
+ * root (tc, namespaces, veths). A launcher running as root hands its stage processes to an
+ * unprivileged user once their namespace is entered, so a bug in the stage protocol or the
+ * model code runs without root. */
+#ifndef PN_PIPELINE_PRIVS_H
+#define PN_PIPELINE_PRIVS_H
+
+#include <stddef.h>
+
+/* Becomes user (a name or a numeric uid) for good: supplementary groups dropped, the
+ * user's primary group, then the uid, no_new_privs set, and regaining root is checked to
+ * fail. A no-op returning 0 when not running as root. Keeps the parent-death signal
+ * (which a credential change clears). -EINVAL for an unknown user, -EPERM otherwise,
+ * with the reason. */
+int privs_drop(const char *user, int pdeath_signal, char *err, size_t errlen) __attribute__((warn_unused_result));
+
+#endif
