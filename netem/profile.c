@@ -311,10 +311,13 @@ int netem_profile_format(const netem_profile_t *p, char *buf, size_t len)
             sep = ",";
     }
     if (rc == 0 && p->loss > 0) {
-        /* plain decimals: the parser takes no exponent (1e-06% would not read back) */
+        /* six significant digits, as %g, but plain decimals: the parser takes no
+         * exponent (1e-06% would not read back) */
         char l[64];
-        snprintf(l, sizeof l, "%.10f", p->loss * 100);
-        for (char *e = l + strlen(l) - 1; *e == '0' || *e == '.'; e--) {
+        double v = p->loss * 100;
+        int dec = 5 - (int)floor(log10(v));
+        snprintf(l, sizeof l, "%.*f", dec < 0 ? 0 : dec > 15 ? 15 : dec, v);
+        for (char *e = l + strlen(l) - 1; strchr(l, '.') && (*e == '0' || *e == '.'); e--) {
             int dot = *e == '.';
             *e = '\0';
             if (dot)
