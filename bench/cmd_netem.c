@@ -148,9 +148,13 @@ static int shim_rtt(transport_t *t, int rank, int n, double res[2], char *err, s
 static int shim_bulk(transport_t *t, int rank, double warm, double win, double res[2], char *err,
                      size_t errlen)
 {
-    char *buf = malloc((size_t)SHIM_BULK * SHIM_DEPTH);
-    transport_req_t req[SHIM_DEPTH], end;
-    long long count = 0;
+    /* Receives posted past the end stay with the transport until it is destroyed, so
+     * they and their buffers live as long as this (forked, short-lived) process. */
+    static transport_req_t req[SHIM_DEPTH], end;
+    static long long count;
+    static char *buf;
+    if (!buf)
+        buf = malloc((size_t)SHIM_BULK * SHIM_DEPTH);
     int rc = buf ? 0 : -ENOMEM;
     transport_key_t kend = {TRANSPORT_GRAD, 0, 0};
     if (rc == 0 && rank == 0) {
@@ -219,7 +223,6 @@ out:
         fdprintf_err(err, errlen, "bulk over the shim ended before %d windows of %.2f s", SHIM_WINDOWS, win);
     else if (rc)
         fdprintf_err(err, errlen, "bulk over the shim: %s", strerror(-rc));
-    free(buf);
     return rc;
 }
 

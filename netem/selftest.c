@@ -362,7 +362,7 @@ int netem_selftest_run(netem_topo_t *t, const netem_profile_t *p, const char *em
             (rc = apply_all(t, p, emulator, err, errlen)) < 0)
             return rc;
     }
-    r.host_limited = r.goodput_judged && r.ceiling > 0 &&
+    r.host_limited = !r.ok && r.goodput_judged && r.ceiling > 0 &&
                      r.ceiling < r.goodput_expected * (1 + NETEM_SELFTEST_TOLERANCE);
     *out = r;
     return 0;

@@ -27,7 +27,7 @@ typedef struct {
     double goodput_err;
     int goodput_judged;
     int ok;                   /* every judged figure within NETEM_SELFTEST_TOLERANCE */
-    int host_limited;         /* this host's own unshaped goodput is below what is expected */
+    int host_limited;         /* failed, and this host cannot carry the expected goodput even unshaped */
     char emulator[16];        /* backend used */
     char meter[16];           /* how it was measured: "tcp" or the shim meter's name */
     char why[192];

@@ -196,12 +196,14 @@ static void test_emulate_calibration_replay(void **state)
     snprintf(compute, sizeof compute, "emulate:%s", path);
     model_stage_t st;
     model_stage_params_t p = params_for("tiny", 64, 2, 2, 2, 0, compute);
+    p.cfg.layers = 2; /* the calibration file measured a 2-layer tiny */
     init_ok(&st, &p);
     model_account_t a;
     model_stage_account(&st, &a);
     assert_true(fabs(a.fwd_s - 0.011) < 1e-12 && fabs(a.bwd_s - 0.022) < 1e-12);
     model_stage_destroy(&st);
     p = params_for("tiny", 64, 2, 2, 2, 1, compute);
+    p.cfg.layers = 2; /* the calibration file measured a 2-layer tiny */
     init_ok(&st, &p);
     model_stage_account(&st, &a);
     assert_true(fabs(a.fwd_s - 0.296) < 1e-12 && fabs(a.bwd_s - 0.591) < 1e-12);
@@ -210,6 +212,7 @@ static void test_emulate_calibration_replay(void **state)
     /* a run that does not match what was measured is refused, naming the difference */
     char err[512];
     p = params_for("tiny", 32, 2, 2, 2, 1, compute);
+    p.cfg.layers = 2; /* the calibration file measured a 2-layer tiny */
     assert_int_equal(model_stage_init(&st, &p, err, sizeof err), -EINVAL);
     print_message("mismatch: %s\n", err);
     assert_non_null(strstr(err, "seq-len 64"));
