@@ -311,14 +311,13 @@ int netem_profile_format(const netem_profile_t *p, char *buf, size_t len)
             sep = ",";
     }
     if (rc == 0 && p->loss > 0) {
-        /* Plain decimals, since the parser takes no exponent (1e-06% would not read back),
-         * rounded to 6 significant digits: the kernel keeps loss as a 32-bit probability,
-         * so 0.5% reads back as 0.4999999889% and must still print as 0.5%. */
+        /* six significant digits, as %g, but plain decimals: the parser takes no
+         * exponent (1e-06% would not read back) */
         char l[64];
-        double pct = p->loss * 100;
-        int decimals = 5 - (int)floor(log10(pct));
-        snprintf(l, sizeof l, "%.*f", decimals < 0 ? 0 : decimals > 16 ? 16 : decimals, pct);
-        for (char *e = l + strlen(l) - 1; *e == '0' || *e == '.'; e--) {
+        double v = p->loss * 100;
+        int dec = 5 - (int)floor(log10(v));
+        snprintf(l, sizeof l, "%.*f", dec < 0 ? 0 : dec > 15 ? 15 : dec, v);
+        for (char *e = l + strlen(l) - 1; strchr(l, '.') && (*e == '0' || *e == '.'); e--) {
             int dot = *e == '.';
             *e = '\0';
             if (dot)
