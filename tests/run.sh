@@ -5,8 +5,8 @@
 # A program that dies before its summary counts as one failure.
 # PIPENEM_TESTS=pattern runs only the programs whose name matches the glob.
 set -u
-kind=test
-if [ "${1:-}" = "--bench" ]; then kind=bench; shift; fi
+kind=test label=tests
+if [ "${1:-}" = "--bench" ]; then kind=bench label=benchmarks; shift; fi
 dir=${1:?usage: tests/run.sh [--bench] BUILD/tests}
 cd "$(dirname "$0")/.."
 # The programs run the pipenem of their own build folder (plain or sanitizer).
@@ -38,5 +38,5 @@ for src in tests/${kind}_*.c; do
 	rm -f "$log"
 done
 [ ${#failures[@]} -gt 0 ] && echo "# failed programs: ${failures[*]}"
-echo "${kind}s: $passed passed, $failed failed, $skipped skipped"
+echo "$label: $passed passed, $failed failed, $skipped skipped"
 [ "$failed" -eq 0 ] && [ $((passed + skipped)) -gt 0 ]
