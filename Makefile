@@ -62,7 +62,7 @@ FUZZ_CFLAGS  := $(filter-out -Werror,$(CFLAGS_BASE)) -O1 -g $(FUZZ_SAN) $(PKG_CF
 FUZZ_LIB_OBJS := $(LIB_SRCS:%.c=$(FUZZ_BUILD)/%.o)
 FUZZ_BINS    := $(FUZZ_SRCS:tests/fuzz/%.c=$(FUZZ_BUILD)/%)
 
-.PHONY: all deps test test-run bench bench-run run probe clean fuzz fuzz-build test-faults
+.PHONY: all deps test test-run bench bench-run run probe clean fuzz fuzz-build test-faults test-valgrind
 .DEFAULT_GOAL := all
 
 # Each build folder has its own binary; ./pipenem is the plain build's, so a sanitizer
@@ -134,6 +134,14 @@ fuzz: deps
 test-faults: deps
 	@$(MAKE) --no-print-directory all
 	@bash tests/faults/matrix.sh $(BUILD)/pipenem
+
+# The unit tests that run library code in their own process (no stage processes, UCX or
+# namespaces) under valgrind's memcheck.
+VALGRIND_TESTS ?= test_cli test_sched test_sim test_netem_profile test_bench_metrics \
+                  test_bench_predict test_bench_results test_models_errors
+test-valgrind: deps
+	@$(MAKE) --no-print-directory all
+	@bash tests/run.sh --valgrind $(BUILD)/tests $(VALGRIND_TESTS)
 
 clean:
 	rm -rf build build-san build-fuzz pipenem

@@ -4,10 +4,19 @@
 # adding up the cmocka summaries: "tests: N passed, N failed, N skipped".
 # A program that dies before its summary counts as one failure.
 # PIPENEM_TESTS=pattern runs only the programs whose name matches the glob.
+# --valgrind NAME... runs the named test programs under valgrind's memcheck, where any
+# memory error or definite leak fails the program.
 set -u
-kind=test label=tests
+kind=test label=tests wrap=() only=()
 if [ "${1:-}" = "--bench" ]; then kind=bench label=benchmarks; shift; fi
-dir=${1:?usage: tests/run.sh [--bench] BUILD/tests}
+if [ "${1:-}" = "--valgrind" ]; then
+	label=valgrind
+	wrap=(valgrind -q --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite)
+	shift
+fi
+dir=${1:?usage: tests/run.sh [--bench | --valgrind] BUILD/tests [NAME...]}
+shift
+only=("$@")
 cd "$(dirname "$0")/.."
 # The programs run the pipenem of their own build folder (plain or sanitizer).
 export PIPENEM=${PIPENEM:-$dir/../pipenem}
@@ -18,11 +27,12 @@ for src in tests/${kind}_*.c; do
 	[ -e "$src" ] || continue
 	name=$(basename "$src" .c)
 	case "$name" in ${PIPENEM_TESTS:-*}) ;; *) continue ;; esac
+	if [ ${#only[@]} -gt 0 ] && [[ " ${only[*]} " != *" $name "* ]]; then continue; fi
 	bin="$dir/$name"
 	echo "# --- $name"
 	log=$(mktemp)
 	start=$EPOCHREALTIME
-	timeout -k 10 "$limit" "$bin" 2>&1 | tee "$log"
+	timeout -k 10 "$limit" "${wrap[@]}" "$bin" 2>&1 | tee "$log"
 	rc=${PIPESTATUS[0]}
 	secs=$(awk -v a="$start" -v b="$EPOCHREALTIME" 'BEGIN {printf "%.1f", b - a}')
 	p=$(grep -E '^\[  PASSED  \] [0-9]+ test' "$log" | awk '{s+=$4} END {print s+0}')
