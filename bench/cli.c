@@ -1,7 +1,9 @@
 /* Shared command-line plumbing: the subcommand table and uniform usage errors. */
 #include "bench/cli.h"
 
+#include <errno.h>
 #include <stdarg.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -72,4 +74,15 @@ int cli_pending(const char *usage, int argc, char **argv)
     if (optind < argc)
         return cli_usage_error(argv[0], "unexpected argument '%s'", argv[optind]);
     return cli_not_implemented(argv[0]);
+}
+
+int cli_parse_int(const char *cmd, const char *opt, const char *s, int lo, int hi, int *out)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (!*s || *end || errno || v < lo || v > hi)
+        return cli_usage_error(cmd, "%s '%s': want an integer in %d..%d", opt, s, lo, hi);
+    *out = (int)v;
+    return 0;
 }

@@ -26,6 +26,10 @@ int cli_usage_error(const char *cmd, const char *fmt, ...)
 int cli_getopt(const char *cmd, int argc, char **argv, const char *shortopts,
                const struct option *longopts);
 
+/* A whole-string integer in [lo, hi] into *out (0), or a usage error naming the option
+ * and the value (CLI_USAGE, *out unchanged). */
+int cli_parse_int(const char *cmd, const char *opt, const char *s, int lo, int hi, int *out);
+
 /* The message and status of a subcommand whose capability has not landed yet. */
 int cli_not_implemented(const char *cmd);
 

@@ -35,18 +35,6 @@ static const char usage[] =
     "Timeline: forward 1 unit, backward 2 units per micro-batch, optimizer 0, free links;\n"
     "one column per unit, Fi / Bi = forward / backward of micro-batch i, '.' = idle.\n";
 
-/* A whole-string integer in [lo, hi], or an error naming the option and value. */
-static int parse_int(const char *opt, const char *s, int lo, int hi, int *out)
-{
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (!*s || *end || errno || v < lo || v > hi)
-        return cli_usage_error(CMD, "%s '%s': want an integer in %d..%d", opt, s, lo, hi);
-    *out = (int)v;
-    return 0;
-}
-
 static char *read_all(const char *path, char *err, size_t errlen)
 {
     FILE *f = strcmp(path, "-") ? fopen(path, "r") : stdin;
@@ -183,12 +171,12 @@ int cmd_schedule(int argc, char **argv)
         case 'h': printf(usage, sched_names()); return CLI_OK;
         case 's': schedule = optarg; break;
         case 'p':
-            if (parse_int("--stages", optarg, 1, 4096, &P))
+            if (cli_parse_int(CMD, "--stages", optarg, 1, 4096, &P))
                 return CLI_USAGE;
             have_p = 1;
             break;
         case 'm':
-            if (parse_int("--micro-batches", optarg, 1, 1 << 20, &M))
+            if (cli_parse_int(CMD, "--micro-batches", optarg, 1, 1 << 20, &M))
                 return CLI_USAGE;
             have_m = 1;
             break;
@@ -209,7 +197,7 @@ int cmd_schedule(int argc, char **argv)
         return cli_usage_error(CMD, "unknown schedule '%s' (known: %s)", schedule, sched_names());
     if (slack_arg && sched_uses_slack(schedule) == 0)
         return cli_usage_error(CMD, "--slack applies to 1f1b-slack, not %s", schedule);
-    if (slack_arg && strcmp(slack_arg, "auto") && parse_int("--slack", slack_arg, 0, 1 << 20, &K))
+    if (slack_arg && strcmp(slack_arg, "auto") && cli_parse_int(CMD, "--slack", slack_arg, 0, 1 << 20, &K))
         return CLI_USAGE;
 
     char err[512] = "";

@@ -50,17 +50,6 @@ static const char usage[] =
     "\n"
     "Times are printed in ms. no_delay is the same configuration on free links.\n";
 
-static int parse_int(const char *opt, const char *s, int lo, int hi, int *out)
-{
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (!*s || *end || errno || v < lo || v > hi)
-        return cli_usage_error(CMD, "%s '%s': want an integer in %d..%d", opt, s, lo, hi);
-    *out = (int)v;
-    return 0;
-}
-
 /* One value, or one per stage, each a finite number >= 0; scaled by `unit`. */
 static int parse_list(const char *opt, const char *s, int P, double unit, double *out)
 {
@@ -221,20 +210,20 @@ int cmd_sim(int argc, char **argv)
         case 'h': printf(usage, sched_names(), model_config_names(), SIM_SLACK_AUTO_MAX); return CLI_OK;
         case 's': sched_arg = optarg; break;
         case 'p':
-            if (parse_int("--stages", optarg, 1, MAX_STAGES, &P))
+            if (cli_parse_int(CMD, "--stages", optarg, 1, MAX_STAGES, &P))
                 return CLI_USAGE;
             break;
         case 'm':
-            if (parse_int("--micro-batches", optarg, 1, 1 << 20, &M))
+            if (cli_parse_int(CMD, "--micro-batches", optarg, 1, 1 << 20, &M))
                 return CLI_USAGE;
             break;
         case 'b':
-            if (parse_int("--batch-size", optarg, 1, 1 << 30, &batch))
+            if (cli_parse_int(CMD, "--batch-size", optarg, 1, 1 << 30, &batch))
                 return CLI_USAGE;
             have_b = 1;
             break;
         case 'u':
-            if (parse_int("--micro-batch-size", optarg, 1, 1 << 30, &mbs))
+            if (cli_parse_int(CMD, "--micro-batch-size", optarg, 1, 1 << 30, &mbs))
                 return CLI_USAGE;
             have_u = 1;
             break;
@@ -263,7 +252,7 @@ int cmd_sim(int argc, char **argv)
         case O_CRIT: list_path = 1; break;
         case O_MODEL: model = optarg; break;
         case O_SEQ:
-            if (parse_int("--seq-len", optarg, 1, 1 << 20, &seq_len))
+            if (cli_parse_int(CMD, "--seq-len", optarg, 1, 1 << 20, &seq_len))
                 return CLI_USAGE;
             break;
         case O_COMPUTE: compute = optarg; break;
@@ -299,7 +288,7 @@ int cmd_sim(int argc, char **argv)
         return cli_usage_error(CMD, "%s is required (time per micro-batch per stage, ms)",
                                !fwd_arg ? "--fwd-ms" : "--bwd-ms");
     int K = SIM_SLACK_AUTO;
-    if (strcmp(slack_arg, "auto") && parse_int("--slack", slack_arg, 0, 1 << 20, &K))
+    if (strcmp(slack_arg, "auto") && cli_parse_int(CMD, "--slack", slack_arg, 0, 1 << 20, &K))
         return CLI_USAGE;
     grad_bytes = act_bytes;
     if (grad_arg && parse_size("--grad-bytes", grad_arg, &grad_bytes))
