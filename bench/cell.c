@@ -32,7 +32,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sched.h>
-#include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/random.h>
 #include <sys/socket.h>
@@ -191,18 +190,9 @@ static void child(runcfg_t *cfg, int rank, const netem_topo_t *topo, const netem
     stage_params_t sp = {.cfg = cfg, .rank = rank, .token = token, .port = port, .listen_fd = rank == 0 ? lfd : -1,
                          .shim_links = shim_links};
     if (topo) {
-        rc = netem_topo_enter(topo, rank);
-        if (rc)
-            errf(err, sizeof err, "rank %d: cannot enter namespace %s: %s", rank, netem_topo_host_ns(topo, rank),
-                 strerror(-rc));
-        /* UCX finds devices in /sys/class/net, which shows the namespace of whoever
-         * mounted sysfs: remount it privately, as `ip netns exec` does. */
-        if (!rc && (unshare(CLONE_NEWNS) || mount("", "/", NULL, MS_SLAVE | MS_REC, NULL) ||
-                    umount2("/sys", MNT_DETACH) || mount("sysfs", "/sys", "sysfs", 0, NULL))) {
-            rc = -errno;
-            errf(err, sizeof err, "rank %d: cannot remount /sys in namespace %s: %s", rank,
-                 netem_topo_host_ns(topo, rank), strerror(errno));
-        }
+        char why[256];
+        if ((rc = netem_topo_become_host(topo, rank, why, sizeof why)) != 0)
+            errf(err, sizeof err, "rank %d: %s", rank, why);
         snprintf(sp.host, sizeof sp.host, "%s", netem_topo_host_addr(topo, 0));
         /* TCP on the veth: shared-memory transports would bypass the emulated links. */
         sp.ucx_tls = "tcp";

@@ -10,8 +10,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <poll.h>
-#include <sched.h>
-#include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -239,19 +237,9 @@ static void shim_rank(const netem_topo_t *topo, int rank, const shim_job_t *job,
     /* The shim sleeps until each delivery time: with the default 50 us timer slack every
      * wake-up would come late by up to that (the transport's threads inherit this). */
     prctl(PR_SET_TIMERSLACK, 1UL, 0, 0, 0);
-    int rc = netem_topo_enter(topo, rank);
-    if (rc) {
-        snprintf(err, sizeof err, "cannot enter %s: %s", netem_topo_host_ns(topo, rank), strerror(-rc));
+    int rc = netem_topo_become_host(topo, rank, err, sizeof err);
+    if (rc)
         goto out;
-    }
-    /* UCX lists interfaces from /sys/class/net, which shows the namespace of whoever
-     * mounted sysfs: remount it privately, as `ip netns exec` (and pipeline/launch.c) do. */
-    if (unshare(CLONE_NEWNS) || mount("", "/", NULL, MS_SLAVE | MS_REC, NULL) || umount2("/sys", MNT_DETACH) ||
-        mount("sysfs", "/sys", "sysfs", 0, NULL)) {
-        rc = -errno;
-        snprintf(err, sizeof err, "cannot remount /sys in %s: %s", netem_topo_host_ns(topo, rank), strerror(errno));
-        goto out;
-    }
     ucx_params_t up = {.rank = rank, .size = 2, .tls = "tcp", .net_devices = netem_topo_host_ifname(topo, rank)};
     if ((rc = ucx_transport_open(&up, &raw, err, sizeof err)) != 0)
         goto out;
@@ -273,17 +261,16 @@ static void shim_rank(const netem_topo_t *topo, int rank, const shim_job_t *job,
         goto close;
     rc = job->mode == 0 ? shim_rtt(&t, rank, job->n, res, err, sizeof err)
                         : shim_bulk(&t, rank, job->warm, job->win, res, err, sizeof err);
-    /* Rank 1 says it is done before rank 0 goes away: a peer leaving early would fail the
-     * receives the shim still holds back for their delivery time. */
+    /* Neither rank goes away before both are done: a peer leaving early would fail the
+     * receives the shim still holds back for their delivery time. The barrier goes over
+     * the pipes, not the transport, so no message is left in flight when the sockets close
+     * (a close with unread data resets the connection under the peer's last receive). */
     if (rc == 0) {
-        transport_req_t fin;
         char byte = 0;
-        transport_key_t kf = {TRANSPORT_GRAD, TRANSPORT_ITER_MAX - 1, 1};
-        rc = rank == 1 ? transport_send(&t, 0, kf, &byte, 1, &fin) : transport_recv(&t, 1, kf, &byte, 1, &fin);
-        if (rc == 0)
-            rc = transport_wait(&t, &fin, SHIM_TIMEOUT);
-        if (rc)
-            snprintf(err, sizeof err, "closing handshake: %s", strerror(-rc));
+        if (full_write(to_peer, &byte, 1) || full_read(from_peer, &byte, 1)) {
+            snprintf(err, sizeof err, "closing barrier: the other rank is gone");
+            rc = -EPIPE;
+        }
     }
 close:
     transport_quiesce(&t);
@@ -298,57 +285,72 @@ out:
 
 static int shim_job(const netem_topo_t *topo, const shim_job_t *job, double res[2], char *err, size_t errlen)
 {
-    int p01[2], p10[2], rp[2];
+    int p01[2], p10[2], rp[2][2];
     pid_t pid[2] = {-1, -1};
-    if (pipe(p01) || pipe(p10) || pipe(rp))
+    if (pipe(p01) || pipe(p10) || pipe(rp[0]) || pipe(rp[1]))
         return fdprintf_err(err, errlen, "pipe: %s", strerror(errno));
     fflush(stdout);
     for (int r = 0; r < 2; r++) {
         pid[r] = fork();
         if (pid[r] == 0) {
-            close(rp[0]);
-            shim_rank(topo, r, job, r == 0 ? p01[1] : p10[1], r == 0 ? p10[0] : p01[0], rp[1]);
+            close(rp[0][0]), close(rp[1][0]), close(rp[1 - r][1]);
+            shim_rank(topo, r, job, r == 0 ? p01[1] : p10[1], r == 0 ? p10[0] : p01[0], rp[r][1]);
         }
     }
-    close(p01[0]), close(p01[1]), close(p10[0]), close(p10[1]), close(rp[1]);
-    char buf[512];
-    size_t got = 0;
-    ssize_t n;
-    /* Bounded: ranks that hang are killed after SHIM_TIMEOUT (the pipe then closes). */
+    close(p01[0]), close(p01[1]), close(p10[0]), close(p10[1]), close(rp[0][1]), close(rp[1][1]);
+    /* Each rank has its own result pipe, so an error is told with the rank it came from
+     * and never mixed into the other rank's numbers. */
+    char buf[2][512];
+    size_t got[2] = {0, 0};
+    int open_fds = 2, killed = 0;
+    struct pollfd pf[2] = {{.fd = rp[0][0], .events = POLLIN}, {.fd = rp[1][0], .events = POLLIN}};
+    /* Bounded: ranks that hang are killed after SHIM_TIMEOUT (the pipes then close). */
     double deadline = transport_now() + SHIM_TIMEOUT;
-    int killed = 0;
-    for (;;) {
-        struct pollfd pf = {.fd = rp[0], .events = POLLIN};
+    while (open_fds > 0) {
         int left = (int)((deadline - transport_now()) * 1000);
-        if (left <= 0 || poll(&pf, 1, left) == 0) {
+        if (left <= 0 || poll(pf, 2, left) == 0) {
             for (int r = 0; r < 2; r++)
                 if (pid[r] > 0)
                     kill(pid[r], SIGKILL);
             killed = 1;
             break;
         }
-        n = read(rp[0], buf + got, sizeof buf - 1 - got);
-        if (n <= 0 || (got += (size_t)n) >= sizeof buf - 1)
-            break;
+        for (int r = 0; r < 2; r++) {
+            if (pf[r].fd < 0 || !(pf[r].revents & (POLLIN | POLLHUP | POLLERR)))
+                continue;
+            ssize_t n = read(pf[r].fd, buf[r] + got[r], sizeof buf[r] - 1 - got[r]);
+            if (n > 0)
+                got[r] += (size_t)n;
+            if (n <= 0 || got[r] >= sizeof buf[r] - 1) {
+                close(pf[r].fd);
+                pf[r].fd = -1;
+                open_fds--;
+            }
+        }
     }
-    close(rp[0]);
-    int rc = 0;
-    for (int r = 0; r < 2; r++) {
-        int st = 0;
+    for (int r = 0; r < 2; r++)
+        if (pf[r].fd >= 0)
+            close(pf[r].fd);
+    int st[2] = {0, 0};
+    for (int r = 0; r < 2; r++)
         if (pid[r] > 0)
-            while (waitpid(pid[r], &st, 0) < 0 && errno == EINTR)
+            while (waitpid(pid[r], &st[r], 0) < 0 && errno == EINTR)
                 ;
-        if (pid[r] <= 0 || !WIFEXITED(st) || WEXITSTATUS(st) != 0)
-            rc = -EIO;
-    }
     if (killed)
         return fdprintf_err(err, errlen, "shim meter: no answer within %.0f s, ranks killed", SHIM_TIMEOUT);
-    if (rc == 0 && got == sizeof(double) * 2) {
-        memcpy(res, buf, sizeof(double) * 2);
-        return 0;
+    for (int r = 0; r < 2; r++) {
+        if (pid[r] > 0 && WIFEXITED(st[r]) && WEXITSTATUS(st[r]) == 0)
+            continue;
+        buf[r][got[r]] = '\0';
+        return fdprintf_err(err, errlen, "shim meter: rank %d (%s): %s", r, netem_topo_host_ns(topo, r),
+                            pid[r] < 0 ? "fork failed" : got[r] ? buf[r] : "died without a word");
     }
-    buf[got < sizeof buf ? got : sizeof buf - 1] = '\0';
-    return fdprintf_err(err, errlen, "shim meter: %s", got ? buf : "a rank died without a word");
+    int r = job->mode == 0 ? 0 : 1;   /* the rank that measures */
+    if (got[r] != sizeof(double) * 2)
+        return fdprintf_err(err, errlen, "shim meter: rank %d sent %zu bytes of results, not %zu", r, got[r],
+                            sizeof(double) * 2);
+    memcpy(res, buf[r], sizeof(double) * 2);
+    return 0;
 }
 
 static int shim_meter_rtt(const netem_topo_t *t, const netem_profile_t *p, int n, double *min, double *median,

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mount.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -276,6 +277,23 @@ int netem_topo_enter(const netem_topo_t *t, int host)
     int rc = setns(fd, CLONE_NEWNET) < 0 ? -errno : 0;
     close(fd);
     return rc;
+}
+
+int netem_topo_become_host(const netem_topo_t *t, int host, char *err, size_t errlen)
+{
+    int rc = netem_topo_enter(t, host);
+    if (rc) {
+        snprintf(err, errlen, "cannot enter namespace %s: %s", host >= 0 && host < t->hosts ? t->host_ns[host] : "?",
+                 strerror(-rc));
+        return rc;
+    }
+    if (unshare(CLONE_NEWNS) || mount("", "/", NULL, MS_SLAVE | MS_REC, NULL) || umount2("/sys", MNT_DETACH) ||
+        mount("sysfs", "/sys", "sysfs", 0, NULL)) {
+        rc = -errno;
+        snprintf(err, errlen, "cannot remount /sys in namespace %s: %s", t->host_ns[host], strerror(errno));
+        return rc;
+    }
+    return 0;
 }
 
 int netem_topo_apply(netem_topo_t *t, const netem_profile_t *links, const char *emulator,

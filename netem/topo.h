@@ -39,8 +39,15 @@ const char *netem_topo_host_ns(const netem_topo_t *t, int host);
 const char *netem_topo_host_addr(const netem_topo_t *t, int host);   /* dotted IPv4 */
 const char *netem_topo_host_ifname(const netem_topo_t *t, int host); /* for UCX_NET_DEVICES */
 
-/* setns of the calling thread into the host's namespace (a forked stage child). */
+/* setns of the calling thread into the host's namespace (for a while: callers come back). */
 int netem_topo_enter(const netem_topo_t *t, int host) __attribute__((warn_unused_result));
+
+/* Moves a forked process into the host for good: its namespace, and a private /sys
+ * mounted there. UCX lists interfaces from /sys/class/net, which shows the namespace of
+ * whoever mounted sysfs, so without this (as `ip netns exec` does it) UCX would not see
+ * the host's veth. The message names the namespace and the step that failed. */
+int netem_topo_become_host(const netem_topo_t *t, int host, char *err, size_t errlen)
+    __attribute__((warn_unused_result));
 
 /* Puts links[0..hosts-2] on the topology with the emulator named "auto", "netem" or
  * "shim" (see netem/emulator.h); t->emulator and t->why say what was chosen. */

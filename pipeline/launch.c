@@ -12,7 +12,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/random.h>
 #include <sys/socket.h>
@@ -64,25 +63,6 @@ static int listen_open(const netem_topo_t *topo, int *port, char *err, size_t er
     return fd;
 }
 
-/* Moves this child into host `rank`'s namespace. UCX lists interfaces from
- * /sys/class/net, which shows the namespace of whoever mounted sysfs, so the child
- * remounts it privately (as `ip netns exec` does) or UCX would not see its veth. */
-static int enter_host(const netem_topo_t *topo, int rank, char *err, size_t errlen)
-{
-    int rc = netem_topo_enter(topo, rank);
-    if (rc) {
-        snprintf(err, errlen, "cannot enter namespace %s: %s", netem_topo_host_ns(topo, rank), strerror(-rc));
-        return rc;
-    }
-    if (unshare(CLONE_NEWNS) || mount("", "/", NULL, MS_SLAVE | MS_REC, NULL) || umount2("/sys", MNT_DETACH) ||
-        mount("sysfs", "/sys", "sysfs", 0, NULL)) {
-        snprintf(err, errlen, "cannot remount /sys in namespace %s: %s", netem_topo_host_ns(topo, rank),
-                 strerror(errno));
-        return -errno;
-    }
-    return 0;
-}
-
 static int child_main(const launch_params_t *p, int rank, int lfd, int port, const char *token, FILE *reports)
 {
     prctl(PR_SET_PDEATHSIG, SIGKILL); /* the launcher's death takes its stages along */
@@ -98,7 +78,7 @@ static int child_main(const launch_params_t *p, int rank, int lfd, int port, con
                          .reports_out = rank == 0 ? reports : NULL};
     snprintf(sp.host, sizeof sp.host, "127.0.0.1");
     if (p->topo) {
-        if (enter_host(p->topo, rank, err, sizeof err)) {
+        if (netem_topo_become_host(p->topo, rank, err, sizeof err)) {
             fprintf(stderr, "pipenem: rank %d: %s\n", rank, err);
             return 1;
         }
