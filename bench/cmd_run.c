@@ -4,7 +4,6 @@
 #include "bench/cli.h"
 
 #include <errno.h>
-#include <pwd.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,6 +12,7 @@
 
 #include "netem/emulator.h"
 #include "netem/topo.h"
+#include "pipeline/privs.h"
 #include "pipeline/launch.h"
 #include "pipeline/runcfg.h"
 #include "pipeline/stage.h"
@@ -78,8 +78,8 @@ int cmd_run(int argc, char **argv)
         return cli_usage_error(argv[0], "unexpected argument '%s'", argv[optind]);
     if (runcfg_finish(&cfg, err, sizeof err))
         return cli_usage_error(argv[0], "%s", err);
-    if (user && !getpwnam(user) && !(strspn(user, "0123456789") == strlen(user) && getpwuid((uid_t)atol(user))))
-        return cli_usage_error(argv[0], "--user %s: no such user", user);
+    if (user && privs_check_user(user, err, sizeof err))
+        return cli_usage_error(argv[0], "%s", err);
     /* Stages share this machine's cores: without a limit each would start one (spinning)
      * OpenMP thread per core and they would fight over them. */
     if (!cfg.model.threads) {

@@ -8,6 +8,8 @@
 #include "bench/results.h"
 #include "bench/sweep.h"
 #include "bench/table.h"
+#include "pipeline/privs.h"
+#include "pipeline/runcfg.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -42,6 +44,8 @@ static const char usage[] =
     "  -e, --emulator NAME           auto (network emulator backend)\n"
     "  -K, --slack K                 1 (extra micro-batches in flight per hop of 1f1b-slack)\n"
     "      --straggler RANK:FACTOR   stage RANK computes FACTOR times slower (1:1.5)\n"
+    "      --timeout S               seconds a single wait of a stage may take before its cell fails\n"
+    "      --user NAME               started as root: stage processes run as NAME (e.g. nobody)\n"
     "output:\n"
     "  -o, --out DIR                 results/sweep-YYYYmmdd-HHMMSS (must not hold a sweep yet)\n"
     "      --resume DIR              finish the sweep in DIR (its own arguments, missing cells only)\n"
@@ -102,6 +106,7 @@ static int parse(int argc, char **argv, opts_t *o, const char **resume)
         {"out", required_argument, NULL, 'o'},       {"resume", required_argument, NULL, 'R'},
         {"iteration", required_argument, NULL, 'i'}, {"timeline", required_argument, NULL, 't'},
         {"no-plots", no_argument, NULL, 'N'},        {"help", no_argument, NULL, 'h'},
+        {"timeout", required_argument, NULL, 'O'},   {"user", required_argument, NULL, 'U'},
         {NULL, 0, NULL, 0},
     };
     const char *cmd = "sweep";
@@ -155,6 +160,20 @@ static int parse(int argc, char **argv, opts_t *o, const char **resume)
             break;
         case 'S':
             if (sweep_straggler_parse(optarg, &o->spec.straggler_rank, &o->spec.straggler_factor, err, sizeof err))
+                rc = cli_usage_error(cmd, "%s", err);
+            break;
+        case 'O': {
+            runcfg_t scratch; /* checked by the parser every stage uses */
+            runcfg_defaults(&scratch);
+            if (runcfg_option(&scratch, RUNCFG_OPT_TIMEOUT, optarg, err, sizeof err) < 0)
+                rc = cli_usage_error(cmd, "%s", err);
+            else
+                rc = copy_opt(cmd, "--timeout", optarg, o->spec.timeout, sizeof o->spec.timeout);
+            break;
+        }
+        case 'U':
+            if (!(rc = copy_opt(cmd, "--user", optarg, o->spec.user, sizeof o->spec.user)) &&
+                privs_check_user(optarg, err, sizeof err))
                 rc = cli_usage_error(cmd, "%s", err);
             break;
         case 'o':

@@ -31,15 +31,29 @@ void predict_link(const netem_profile_t *p, sim_link_t *out)
     out->bandwidth = p->rate > 0 ? netem_profile_goodput(p->rate, 1500) : 0;
 }
 
+/* Which measured iterations a statistic is over: one (repeat, iteration), or with
+ * iteration -1 every measured iteration of every repeat. Warm-up never counts. */
+typedef struct {
+    int repeat, iteration;
+} sel_t;
+
+static const sel_t ALL_MEASURED = {-1, -1};
+
+static int in_sel(const results_op_t *o, const results_cell_t *cell, sel_t sel)
+{
+    return o->cell == cell->cell && o->iteration >= cell->warmup &&
+           (sel.iteration < 0 || (o->repeat == sel.repeat && o->iteration == sel.iteration));
+}
+
 /* Median (or mean) of a measured quantity over the ops of `cell` on `rank` (-1 = all) of
- * kind `op` in measured iterations: the duration, or the bytes. NaN when there is none. */
-static double stat_of(const results_t *r, const results_cell_t *cell, int rank, const char *op, int bytes, int mean)
+ * kind `op` in the selected iterations: the duration, or the bytes. NaN when there is none. */
+static double stat_of(const results_t *r, const results_cell_t *cell, sel_t sel, int rank, const char *op, int bytes,
+                      int mean)
 {
     size_t n = 0;
     for (size_t i = 0; i < r->n_ops; i++) {
         const results_op_t *o = &r->ops[i];
-        n += o->cell == cell->cell && (rank < 0 || o->rank == rank) && o->iteration >= cell->warmup &&
-             !strcmp(o->op, op);
+        n += in_sel(o, cell, sel) && (rank < 0 || o->rank == rank) && !strcmp(o->op, op);
     }
     if (!n)
         return NAN;
@@ -49,8 +63,7 @@ static double stat_of(const results_t *r, const results_cell_t *cell, int rank, 
     size_t k = 0;
     for (size_t i = 0; i < r->n_ops; i++) {
         const results_op_t *o = &r->ops[i];
-        if (o->cell == cell->cell && (rank < 0 || o->rank == rank) && o->iteration >= cell->warmup &&
-            !strcmp(o->op, op))
+        if (in_sel(o, cell, sel) && (rank < 0 || o->rank == rank) && !strcmp(o->op, op))
             v[k++] = bytes ? (double)o->bytes : o->end - o->start;
     }
     metrics_stats_t st;
@@ -76,13 +89,13 @@ static int cmp_key(const void *a, const void *b)
     return 0;
 }
 
-double predict_path_bandwidth(const results_t *r, const results_cell_t *cell, int backward, double delay)
+static double path_bandwidth(const results_t *r, const results_cell_t *cell, sel_t sel, int backward, double delay)
 {
     const char *send = backward ? "SEND_GRAD" : "SEND_ACT", *recv = backward ? "RECV_GRAD" : "RECV_ACT";
     size_t nr = 0, ns = 0;
     for (size_t i = 0; i < r->n_ops; i++) {
         const results_op_t *o = &r->ops[i];
-        if (o->cell != cell->cell || o->iteration < cell->warmup)
+        if (!in_sel(o, cell, sel))
             continue;
         nr += !strcmp(o->op, recv);
         ns += !strcmp(o->op, send);
@@ -98,12 +111,12 @@ double predict_path_bandwidth(const results_t *r, const results_cell_t *cell, in
     }
     size_t k = 0, n = 0;
     for (size_t i = 0; i < r->n_ops; i++)
-        if (r->ops[i].cell == cell->cell && r->ops[i].iteration >= cell->warmup && !strcmp(r->ops[i].op, recv))
+        if (in_sel(&r->ops[i], cell, sel) && !strcmp(r->ops[i].op, recv))
             rv[k++] = &r->ops[i];
     qsort(rv, nr, sizeof *rv, cmp_key);
     for (size_t i = 0; i < r->n_ops; i++) {
         const results_op_t *o = &r->ops[i];
-        if (o->cell != cell->cell || o->iteration < cell->warmup || strcmp(o->op, send) || o->bytes <= 0)
+        if (!in_sel(o, cell, sel) || strcmp(o->op, send) || o->bytes <= 0)
             continue;
         results_op_t key = *o;
         key.rank += backward ? -1 : 1;
@@ -126,45 +139,61 @@ double predict_path_bandwidth(const results_t *r, const results_cell_t *cell, in
     return out;
 }
 
-void predict_cell_links(const results_t *r, const results_cell_t *cell, const netem_profile_t *p, sim_link_t *fwd,
-                        sim_link_t *bwd)
+double predict_path_bandwidth(const results_t *r, const results_cell_t *cell, int backward, double delay)
+{
+    return path_bandwidth(r, cell, ALL_MEASURED, backward, delay);
+}
+
+/* The profile's links capped by the path measured over sel (over the whole cell where sel
+ * has no qualifying send). */
+static void cell_links(const results_t *r, const results_cell_t *cell, sel_t sel, const netem_profile_t *p,
+                       sim_link_t *fwd, sim_link_t *bwd)
 {
     for (int dir = 0; dir < 2; dir++) {
         sim_link_t *l = dir ? bwd : fwd;
         predict_link(p, l);
-        double path = predict_path_bandwidth(r, cell, dir, p->delay);
+        double path = path_bandwidth(r, cell, sel, dir, p->delay);
+        if (!(isfinite(path) && path > 0) && sel.iteration >= 0)
+            path = path_bandwidth(r, cell, ALL_MEASURED, dir, p->delay);
         if (isfinite(path) && path > 0 && (l->bandwidth == 0 || path < l->bandwidth))
             l->bandwidth = path;
     }
 }
 
-int predict_time(const results_t *r, const results_cell_t *cell, int slack, const netem_profile_t *p,
-                 double *predicted, char *err, size_t errlen)
+void predict_cell_links(const results_t *r, const results_cell_t *cell, const netem_profile_t *p, sim_link_t *fwd,
+                        sim_link_t *bwd)
+{
+    cell_links(r, cell, ALL_MEASURED, p, fwd, bwd);
+}
+
+/* sim_run of one measured iteration: its own compute costs and path. -ENOENT when the
+ * iteration has no compute op (a repeat that did not trace it). */
+static int predict_one(const results_t *r, const results_cell_t *cell, sel_t sel, int slack, const netem_profile_t *p,
+                       double *predicted, char *err, size_t errlen)
 {
     int S = cell->stages;
-    if (S < 1 || S > RESULTS_MAX_STAGES) {
-        errf(err, errlen, "cell %d: %d stages", cell->cell, S);
-        return -EINVAL;
-    }
     sim_cost_t cost[RESULTS_MAX_STAGES];
     for (int s = 0; s < S; s++) {
         /* Means: a few slow ops (a busy machine) add to the iteration as much as they cost. */
-        cost[s].fwd = stat_of(r, cell, s, "FWD", 0, 1);
-        cost[s].bwd = stat_of(r, cell, s, "BWD", 0, 1);
-        cost[s].opt = stat_of(r, cell, s, "OPT_STEP", 0, 1);
+        cost[s].fwd = stat_of(r, cell, sel, s, "FWD", 0, 1);
+        cost[s].bwd = stat_of(r, cell, sel, s, "BWD", 0, 1);
+        cost[s].opt = stat_of(r, cell, sel, s, "OPT_STEP", 0, 1);
+        if (isnan(cost[s].fwd) && isnan(cost[s].bwd) && s == 0)
+            return -ENOENT;
         if (isnan(cost[s].fwd) || isnan(cost[s].bwd)) {
-            errf(err, errlen, "cell %d: stage %d has no measured FWD or BWD to take its cost from", cell->cell, s);
+            errf(err, errlen, "cell %d: stage %d has no measured FWD or BWD in iteration %d to take its cost from",
+                 cell->cell, s, sel.iteration);
             return -EINVAL;
         }
         if (isnan(cost[s].opt))
             cost[s].opt = 0;
     }
     sim_link_t fwd, bwd, link_fwd[RESULTS_MAX_STAGES], link_bwd[RESULTS_MAX_STAGES];
-    predict_cell_links(r, cell, p, &fwd, &bwd);
+    cell_links(r, cell, sel, p, &fwd, &bwd);
     for (int s = 0; s < S; s++)
         link_fwd[s] = fwd, link_bwd[s] = bwd;
-    double act = S > 1 ? stat_of(r, cell, -1, "SEND_ACT", 1, 0) : 0;
-    double grad = S > 1 ? stat_of(r, cell, -1, "SEND_GRAD", 1, 0) : 0;
+    double act = S > 1 ? stat_of(r, cell, ALL_MEASURED, -1, "SEND_ACT", 1, 0) : 0;
+    double grad = S > 1 ? stat_of(r, cell, ALL_MEASURED, -1, "SEND_GRAD", 1, 0) : 0;
     sim_config_t cfg = {
         .schedule = cell->schedule, .stages = S, .micro_batches = cell->micro_batches, .slack = slack,
         .cost = cost, .link_fwd = link_fwd, .link_bwd = link_bwd, .act_bytes = isnan(act) ? 0 : act,
@@ -175,6 +204,43 @@ int predict_time(const results_t *r, const results_cell_t *cell, int slack, cons
     if (!rc)
         *predicted = res.time;
     sim_result_destroy(&res);
+    return rc;
+}
+
+int predict_time(const results_t *r, const results_cell_t *cell, int slack, const netem_profile_t *p,
+                 double *predicted, char *err, size_t errlen)
+{
+    int S = cell->stages;
+    if (S < 1 || S > RESULTS_MAX_STAGES) {
+        errf(err, errlen, "cell %d: %d stages", cell->cell, S);
+        return -EINVAL;
+    }
+    int repeats = cell->repeats > 0 ? cell->repeats : 1;
+    size_t cap = (size_t)repeats * (size_t)(cell->iters > 0 ? cell->iters : 1), n = 0;
+    double *t = malloc(cap * sizeof *t);
+    if (!t)
+        return -ENOMEM;
+    int rc = 0;
+    for (int rep = 0; rep < repeats && !rc; rep++)
+        for (int it = cell->warmup; it < cell->warmup + cell->iters && !rc && n < cap; it++) {
+            rc = predict_one(r, cell, (sel_t){rep, it}, slack, p, &t[n], err, errlen);
+            if (rc == -ENOENT)
+                rc = 0;
+            else if (!rc)
+                n++;
+        }
+    if (!rc && !n) {
+        errf(err, errlen, "cell %d: stage 0 has no measured FWD or BWD to take its cost from", cell->cell);
+        rc = -EINVAL;
+    }
+    if (!rc) {
+        /* The median, like the measured time it is set against: each iteration predicted
+         * from what that iteration's ops cost on a machine whose load varies. */
+        metrics_stats_t st;
+        metrics_stats(t, n, &st);
+        *predicted = st.median;
+    }
+    free(t);
     return rc;
 }
 

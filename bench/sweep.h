@@ -29,6 +29,8 @@ typedef struct {
     char emulator[32];                    /* network emulator backend requested */
     int straggler_rank;                   /* -1 = none */
     double straggler_factor;              /* 1 = none */
+    char timeout[32];                     /* --timeout of every stage ("" = pipeline's default) */
+    char user[64];                        /* stage processes run as this user ("" = as started) */
 } sweep_spec_t;
 
 /* The defaults of issue 5's default sweep: gpipe,1f1b x 1,2,4 x default,1ms/5Gbps,

@@ -73,7 +73,10 @@ static int child_main(const launch_params_t *p, int rank, int lfd, int port, con
     if (rank != 0 && lfd >= 0)
         close(lfd);
     char err[1024];
-    stage_params_t sp = {.cfg = p->cfg, .rank = rank, .token = token, .port = port,
+    runcfg_t own = *p->cfg;
+    if (p->rank_compute && p->rank_compute[rank])
+        own.stage_params.compute = p->rank_compute[rank];
+    stage_params_t sp = {.cfg = &own, .rank = rank, .token = token, .port = port,
                          .listen_fd = rank == 0 ? lfd : -1, .shim_links = p->shim_links,
                          .reports_out = rank == 0 ? reports : NULL};
     snprintf(sp.host, sizeof sp.host, "127.0.0.1");

@@ -25,6 +25,9 @@ typedef struct {
     double grace;                        /* seconds survivors get after a death; 0 = 10 */
     const char *user;                    /* started as root: each stage becomes this user once
                                             in its namespace (pipeline/privs.h); NULL = keep */
+    const char *const *rank_compute;     /* [stages] or NULL: a rank's own compute backend
+                                            (a straggler); NULL entries keep cfg's. Only the
+                                            rank's costs change: the config hash stays equal */
 } launch_params_t;
 
 typedef struct {

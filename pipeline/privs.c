@@ -11,10 +11,8 @@
 #include <sys/prctl.h>
 #include <unistd.h>
 
-int privs_drop(const char *user, int pdeath_signal, char *err, size_t errlen)
+static struct passwd *lookup(const char *user, char *err, size_t errlen)
 {
-    if (geteuid() != 0)
-        return 0;
     struct passwd *pw = getpwnam(user);
     if (!pw) {
         char *end;
@@ -23,13 +21,28 @@ int privs_drop(const char *user, int pdeath_signal, char *err, size_t errlen)
             pw = getpwuid((uid_t)id);
         if (!pw) {
             snprintf(err, errlen, "--user %s: no such user", user);
-            return -EINVAL;
+            return NULL;
         }
     }
     if (pw->pw_uid == 0) {
         snprintf(err, errlen, "--user %s is root: nothing would be dropped", user);
-        return -EINVAL;
+        return NULL;
     }
+    return pw;
+}
+
+int privs_check_user(const char *user, char *err, size_t errlen)
+{
+    return lookup(user, err, errlen) ? 0 : -EINVAL;
+}
+
+int privs_drop(const char *user, int pdeath_signal, char *err, size_t errlen)
+{
+    if (geteuid() != 0)
+        return 0;
+    struct passwd *pw = lookup(user, err, errlen);
+    if (!pw)
+        return -EINVAL;
     uid_t uid = pw->pw_uid;
     gid_t gid = pw->pw_gid;
     if (setgroups(1, &gid) || setresgid(gid, gid, gid) || setresuid(uid, uid, uid)) {

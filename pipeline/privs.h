@@ -12,6 +12,10 @@
  * fail. A no-op returning 0 when not running as root. Keeps the parent-death signal
  * (which a credential change clears). -EINVAL for an unknown user, -EPERM otherwise,
  * with the reason. */
+/* Checks, before anything starts, that user (a name or a numeric uid) exists and is not
+ * root: 0, or -EINVAL with "--user NAME: ..." in err. */
+int privs_check_user(const char *user, char *err, size_t errlen) __attribute__((warn_unused_result));
+
 int privs_drop(const char *user, int pdeath_signal, char *err, size_t errlen) __attribute__((warn_unused_result));
 
 #endif
