@@ -164,6 +164,9 @@ int cell_measure(void *ctx, const sweep_spec_t *s, results_cell_t *cell, const c
 {
     (void)ctx;
     int P = s->stages, rc;
+    char cell_no[16];
+    snprintf(cell_no, sizeof cell_no, "%d", cell->cell);
+    setenv("PIPENEM_CELL", cell_no, 1); /* the stages' fault hook can aim at one cell (pipeline/fault.h) */
     netem_profile_t prof;
     if ((rc = netem_profile_parse(cell->profile, &prof, err, errlen)))
         return rc;

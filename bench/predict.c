@@ -89,8 +89,9 @@ static int cmp_key(const void *a, const void *b)
     return 0;
 }
 
-static double path_bandwidth(const results_t *r, const results_cell_t *cell, sel_t sel, int backward, double delay)
+double predict_path_bandwidth(const results_t *r, const results_cell_t *cell, int backward, double delay)
 {
+    const sel_t sel = ALL_MEASURED;
     const char *send = backward ? "SEND_GRAD" : "SEND_ACT", *recv = backward ? "RECV_GRAD" : "RECV_ACT";
     size_t nr = 0, ns = 0;
     for (size_t i = 0; i < r->n_ops; i++) {
@@ -139,35 +140,21 @@ static double path_bandwidth(const results_t *r, const results_cell_t *cell, sel
     return out;
 }
 
-double predict_path_bandwidth(const results_t *r, const results_cell_t *cell, int backward, double delay)
-{
-    return path_bandwidth(r, cell, ALL_MEASURED, backward, delay);
-}
-
-/* The profile's links capped by the path measured over sel (over the whole cell where sel
- * has no qualifying send). */
-static void cell_links(const results_t *r, const results_cell_t *cell, sel_t sel, const netem_profile_t *p,
-                       sim_link_t *fwd, sim_link_t *bwd)
+void predict_cell_links(const results_t *r, const results_cell_t *cell, const netem_profile_t *p, sim_link_t *fwd,
+                        sim_link_t *bwd)
 {
     for (int dir = 0; dir < 2; dir++) {
         sim_link_t *l = dir ? bwd : fwd;
         predict_link(p, l);
-        double path = path_bandwidth(r, cell, sel, dir, p->delay);
-        if (!(isfinite(path) && path > 0) && sel.iteration >= 0)
-            path = path_bandwidth(r, cell, ALL_MEASURED, dir, p->delay);
+        double path = predict_path_bandwidth(r, cell, dir, p->delay);
         if (isfinite(path) && path > 0 && (l->bandwidth == 0 || path < l->bandwidth))
             l->bandwidth = path;
     }
 }
 
-void predict_cell_links(const results_t *r, const results_cell_t *cell, const netem_profile_t *p, sim_link_t *fwd,
-                        sim_link_t *bwd)
-{
-    cell_links(r, cell, ALL_MEASURED, p, fwd, bwd);
-}
-
-/* sim_run of one measured iteration: its own compute costs and path. -ENOENT when the
- * iteration has no compute op (a repeat that did not trace it). */
+/* sim_run of one measured iteration: its own compute costs, the cell's links (a single
+ * iteration has too few sends that met a waiting receiver to measure a path on its own).
+ * -ENOENT when the iteration has no compute op (a repeat that did not trace it). */
 static int predict_one(const results_t *r, const results_cell_t *cell, sel_t sel, int slack, const netem_profile_t *p,
                        double *predicted, char *err, size_t errlen)
 {
@@ -189,7 +176,7 @@ static int predict_one(const results_t *r, const results_cell_t *cell, sel_t sel
             cost[s].opt = 0;
     }
     sim_link_t fwd, bwd, link_fwd[RESULTS_MAX_STAGES], link_bwd[RESULTS_MAX_STAGES];
-    cell_links(r, cell, sel, p, &fwd, &bwd);
+    predict_cell_links(r, cell, p, &fwd, &bwd);
     for (int s = 0; s < S; s++)
         link_fwd[s] = fwd, link_bwd[s] = bwd;
     double act = S > 1 ? stat_of(r, cell, ALL_MEASURED, -1, "SEND_ACT", 1, 0) : 0;

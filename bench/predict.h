@@ -30,9 +30,8 @@ void predict_cell_links(const results_t *r, const results_cell_t *cell, const ne
 /* The median over the measured iterations (warm-up excluded, all repeats) of sim_run of
  * cell's schedule for that iteration: each stage's cost the mean of the iteration's
  * FWD, BWD and OPT_STEP durations on it, message sizes the median bytes of the measured
- * SEND_ACT and SEND_GRAD, and the links of predict_cell_links with the path measured in
- * that iteration. Per iteration, so that an iteration slowed by the machine (transfers
- * and compute sharing two cores) is predicted from its own costs, like the median it is
+ * SEND_ACT and SEND_GRAD, and the links of predict_cell_links. Per iteration, so that an
+ * iteration slowed by the machine is predicted from its own costs, like the median it is
  * compared with. */
 int predict_time(const results_t *r, const results_cell_t *cell, int slack, const netem_profile_t *p,
                  double *predicted, char *err, size_t errlen) __attribute__((warn_unused_result));

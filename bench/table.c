@@ -207,8 +207,8 @@ int table_markdown(const results_t *r, char **text)
 
     fputs("\n## Predicted vs measured\n\nPredicted: the simulator's iteration time from the measured "
           "compute costs (mean per op kind and stage) and the profile's link model (its delay and the TCP "
-          "goodput of its rate), capped by the bandwidth the path reached (the only model an unshaped link "
-          "has); each measured iteration from its own costs and path, and the median of those.\n\n"
+          "goodput of its rate), capped by the bandwidth the path reached in the cell (the only model an "
+          "unshaped link has); each measured iteration from its own compute costs, and the median of those.\n\n"
           "| Schedule | Network setting | Micro batch size | Measured | Predicted | Predicted / measured |\n"
           "| --- | --- | ---: | ---: | ---: | ---: |\n", f);
     for (size_t a = 0; a < ns; a++)

@@ -28,8 +28,19 @@ static void spec_load(void)
     spec.parsed = 1;
     const char *f = getenv("PIPENEM_FAULT");
     char when[16];
-    if (!f || sscanf(f, "%15[a-z]:%d:%15[a-z0-9]", spec.action, &spec.rank, when) != 3)
+    int n = 0;
+    if (!f || sscanf(f, "%15[a-z]:%d:%15[a-z0-9]%n", spec.action, &spec.rank, when, &n) != 3)
         return;
+    if (f[n] == '@') {
+        /* only in one cell of a sweep */
+        const char *cell = getenv("PIPENEM_CELL");
+        char *end;
+        long want = strtol(f + n + 1, &end, 10);
+        if (*end || end == f + n + 1 || !cell || strtol(cell, NULL, 10) != want)
+            return;
+    } else if (f[n]) {
+        return;
+    }
     if (!strcmp(when, "boot")) {
         spec.at = FAULT_AT_BOOT;
     } else if (!strcmp(when, "opt")) {
