@@ -1,10 +1,20 @@
 /* UCX transport: UCP tag messages between neighbouring stages. A progress thread owns the
  * waiting (epoll on the worker's event fd, re-armed after every drain) so that rendezvous
- * transfers advance while the stage computes; callers sleep on a condition variable. */
+ * transfers advance while the stage computes; callers sleep on a condition variable.
+ *
+ * One lock serialises the worker. While data streams in, the progress thread would hold
+ * it for as long as ucp_worker_progress finds work (a whole multi-megabyte transfer), and
+ * the stage thread could neither post its next message nor return from a completed wait:
+ * transport time would show up inside compute ops and delay sends. So the stage thread
+ * announces that it wants the lock (app_lock) and the progress thread hands it over
+ * between two progress calls (hand_off); waiters sleep on a separate gate, not on the
+ * lock's own condition, so that their wake-up is announced the same way. Lock order:
+ * lock, then gate. */
 #include "pipeline/ucx.h"
 
 #include <errno.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -48,7 +58,12 @@ struct ucx {
     size_t addr_len;
     int efd, wake_fd, epfd;
     pthread_mutex_t lock;
-    pthread_cond_t cond;
+    pthread_mutex_t gate;             /* guards sleeping on gate_cond (taken after lock) */
+    pthread_cond_t gate_cond;         /* completions, and hand-offs of the lock */
+    atomic_uint done_gen;             /* completions so far */
+    atomic_int want;                  /* stage threads waiting for the lock */
+    atomic_uint taken;                /* times a stage thread got it */
+    atomic_int handing;               /* the progress thread waits for a hand-off */
     int sync_ready;
     pthread_t thread;
     int thread_started, stop;
@@ -91,6 +106,44 @@ static void wake(ucx_t *u)
     }
 }
 
+/* Wakes every waiter: something completed or failed. Called with the lock held. */
+static void notify(ucx_t *u)
+{
+    atomic_fetch_add(&u->done_gen, 1);
+    pthread_mutex_lock(&u->gate);
+    pthread_cond_broadcast(&u->gate_cond);
+    pthread_mutex_unlock(&u->gate);
+}
+
+/* The lock for a stage thread: announced, so the progress thread hands it over. */
+static void app_lock(ucx_t *u)
+{
+    atomic_fetch_add(&u->want, 1);
+    pthread_mutex_lock(&u->lock);
+    atomic_fetch_sub(&u->want, 1);
+    atomic_fetch_add(&u->taken, 1);
+    if (atomic_load(&u->handing)) {
+        pthread_mutex_lock(&u->gate);
+        pthread_cond_broadcast(&u->gate_cond);
+        pthread_mutex_unlock(&u->gate);
+    }
+}
+
+/* Progress thread, lock held once: lets a waiting stage thread have the lock, and takes
+ * it back after that thread got it (it may then have to wait until it is released). */
+static void hand_off(ucx_t *u)
+{
+    unsigned seen = atomic_load(&u->taken);
+    pthread_mutex_lock(&u->gate);
+    atomic_store(&u->handing, 1);
+    pthread_mutex_unlock(&u->lock);
+    while (atomic_load(&u->want) > 0 && atomic_load(&u->taken) == seen)
+        pthread_cond_wait(&u->gate_cond, &u->gate);
+    atomic_store(&u->handing, 0);
+    pthread_mutex_unlock(&u->gate);
+    pthread_mutex_lock(&u->lock);
+}
+
 /* Completes req; called with the lock held. */
 static void req_complete(ucx_t *u, transport_req_t *req, int status, const char *why)
 {
@@ -102,7 +155,7 @@ static void req_complete(ucx_t *u, transport_req_t *req, int status, const char 
     req->done_at = transport_now();
     req->impl = NULL;
     req->state = TRANSPORT_REQ_DONE;
-    pthread_cond_broadcast(&u->cond);
+    notify(u);
 }
 
 static ucx_slot_t *slot_new(ucx_t *u, transport_req_t *req)
@@ -225,7 +278,7 @@ static void probe_all(ucx_t *u)
             u->failed = 1;
             u->fail_status = -ENOMEM;
             snprintf(u->fail_why, sizeof u->fail_why, "out of memory for an arrived message");
-            pthread_cond_broadcast(&u->cond);
+            notify(u);
             return;
         }
         m->msg = msg;
@@ -254,7 +307,8 @@ static void *progress_main(void *arg)
     pthread_mutex_lock(&u->lock);
     while (!u->stop) {
         while (ucp_worker_progress(u->worker))
-            ;
+            if (atomic_load(&u->want) > 0)
+                hand_off(u);
         probe_all(u);
         ucs_status_t st = ucp_worker_arm(u->worker);
         if (st == UCS_ERR_BUSY)
@@ -295,7 +349,7 @@ static void fail_locked(ucx_t *u, int status, const char *why)
             req_complete(u, s->req, status, why);
             s->req = NULL;
         }
-    pthread_cond_broadcast(&u->cond);
+    notify(u);
 }
 
 static void peer_lost(ucx_t *u, ucx_peer_t *p, const char *why)
@@ -359,7 +413,7 @@ static int ucx_connect(void *impl, int peer, const void *blob, size_t len, char 
         .err_mode = UCP_ERR_HANDLING_MODE_PEER,
         .err_handler = {.cb = ep_error, .arg = p},
     };
-    pthread_mutex_lock(&u->lock);
+    app_lock(u);
     ucs_status_t st = p->ep ? UCS_ERR_ALREADY_EXISTS : ucp_ep_create(u->worker, &ep, &p->ep);
     pthread_mutex_unlock(&u->lock);
     wake(u);
@@ -375,7 +429,7 @@ static int ucx_send(void *impl, transport_req_t *req)
     ucx_t *u = impl;
     ucx_peer_t *p = &u->peers[req->peer];
     int rc = 0;
-    pthread_mutex_lock(&u->lock);
+    app_lock(u);
     if (u->failed) {
         req_complete(u, req, u->fail_status, u->fail_why);
     } else if (!p->ep || p->lost) {
@@ -406,7 +460,7 @@ static int ucx_recv(void *impl, transport_req_t *req)
 {
     ucx_t *u = impl;
     uint64_t tag = ucx_tag_make(req->peer, req->key);
-    pthread_mutex_lock(&u->lock);
+    app_lock(u);
     ucx_unexp_t **mp = &u->unexp, *prev = NULL;
     while (*mp && (*mp)->info.sender_tag != tag) {
         prev = *mp;
@@ -438,23 +492,30 @@ static int ucx_wait(void *impl, transport_req_t *req, double deadline)
 {
     ucx_t *u = impl;
     int rc = 0;
-    pthread_mutex_lock(&u->lock);
+    app_lock(u);
     while (req->state != TRANSPORT_REQ_DONE) {
         if (u->failed) {
             req_complete(u, req, u->fail_status, u->fail_why);
             break;
         }
-        if (deadline > 0) {
-            struct timespec ts;
-            ts.tv_sec = (time_t)deadline;
-            ts.tv_nsec = (long)((deadline - (double)ts.tv_sec) * 1e9);
-            if (pthread_cond_timedwait(&u->cond, &u->lock, &ts) == ETIMEDOUT &&
-                req->state != TRANSPORT_REQ_DONE) {
-                rc = -ETIMEDOUT;
-                break;
-            }
-        } else {
-            pthread_cond_wait(&u->cond, &u->lock);
+        unsigned gen = atomic_load(&u->done_gen);
+        pthread_mutex_unlock(&u->lock);
+        int timed_out = 0;
+        struct timespec ts;
+        ts.tv_sec = (time_t)deadline;
+        ts.tv_nsec = (long)((deadline - (double)ts.tv_sec) * 1e9);
+        pthread_mutex_lock(&u->gate);
+        while (atomic_load(&u->done_gen) == gen && !timed_out) {
+            if (deadline > 0)
+                timed_out = pthread_cond_timedwait(&u->gate_cond, &u->gate, &ts) == ETIMEDOUT;
+            else
+                pthread_cond_wait(&u->gate_cond, &u->gate);
+        }
+        pthread_mutex_unlock(&u->gate);
+        app_lock(u);
+        if (timed_out && req->state != TRANSPORT_REQ_DONE) {
+            rc = -ETIMEDOUT;
+            break;
         }
     }
     if (!rc)
@@ -466,7 +527,7 @@ static int ucx_wait(void *impl, transport_req_t *req, double deadline)
 static void ucx_fail(void *impl, int status, const char *why)
 {
     ucx_t *u = impl;
-    pthread_mutex_lock(&u->lock);
+    app_lock(u);
     fail_locked(u, status, why);
     pthread_mutex_unlock(&u->lock);
     wake(u);
@@ -475,7 +536,7 @@ static void ucx_fail(void *impl, int status, const char *why)
 static void ucx_quiesce(void *impl)
 {
     ucx_t *u = impl;
-    pthread_mutex_lock(&u->lock);
+    app_lock(u);
     u->quiet = 1;
     pthread_mutex_unlock(&u->lock);
 }
@@ -566,7 +627,8 @@ static void ucx_destroy(void *impl)
     if (u->ctx)
         ucp_cleanup(u->ctx);
     if (u->sync_ready) {
-        pthread_cond_destroy(&u->cond);
+        pthread_cond_destroy(&u->gate_cond);
+        pthread_mutex_destroy(&u->gate);
         pthread_mutex_destroy(&u->lock);
     }
     free(u->peers);
@@ -595,8 +657,12 @@ static int sync_init(ucx_t *u)
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     int rc = pthread_mutex_init(&u->lock, &ma);
-    if (!rc && (rc = pthread_cond_init(&u->cond, &ca)) != 0)
-        pthread_mutex_destroy(&u->lock);
+    if (!rc) {
+        if ((rc = pthread_mutex_init(&u->gate, NULL)) == 0 && (rc = pthread_cond_init(&u->gate_cond, &ca)) != 0)
+            pthread_mutex_destroy(&u->gate);
+        if (rc)
+            pthread_mutex_destroy(&u->lock);
+    }
     pthread_mutexattr_destroy(&ma);
     pthread_condattr_destroy(&ca);
     if (rc)
