@@ -81,6 +81,16 @@ int cmd_stage(int argc, char **argv)
             return cli_usage_error(argv[0], "--dist-url tcp://HOST:PORT is required with %d ranks", cfg.world_size);
         if (boot_url_parse(cfg.dist_url, sp.host, sizeof sp.host, &sp.port, err, sizeof err))
             return cli_usage_error(argv[0], "%s", err);
+        /* UCX's TCP transport listens on every device it may use: unless told otherwise,
+         * only on the interface of the job's network (the one that reaches rank 0). */
+        if (!cfg.ucx_devices[0]) {
+            static char ifname[64];
+            if (boot_route_ifname(sp.host, sp.port, ifname, sizeof ifname, err, sizeof err)) {
+                fprintf(stderr, "pipenem stage: rank %d: %s (give --ucx-devices)\n", cfg.rank, err);
+                return CLI_FAIL;
+            }
+            sp.ucx_devices = ifname;
+        }
     }
     sp.token = cfg.token;
     if (!cfg.token[0] && boot_env_token(&sp.token) != 0)
@@ -88,8 +98,9 @@ int cmd_stage(int argc, char **argv)
     if (cfg.rank == 0) {
         char line[4096];
         runcfg_format(&cfg, line, sizeof line);
-        printf("# pipenem stage: %d ranks, rendezvous %s\n# %s\n", cfg.world_size,
-               cfg.dist_url[0] ? cfg.dist_url : "(single process)", line);
+        printf("# pipenem stage: %d ranks, rendezvous %s, UCX on %s\n# %s\n", cfg.world_size,
+               cfg.dist_url[0] ? cfg.dist_url : "(single process)",
+               sp.ucx_devices ? sp.ucx_devices : cfg.ucx_devices[0] ? cfg.ucx_devices : "UCX's own choice", line);
         fflush(stdout);
     }
     stage_summary_t sum = {0};

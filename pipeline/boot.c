@@ -8,6 +8,7 @@
 #include <arpa/inet.h>
 #include <endian.h>
 #include <errno.h>
+#include <ifaddrs.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -190,6 +191,55 @@ int boot_url_parse(const char *url, char *host, size_t hostlen, int *port, char 
     host[he - hs] = '\0';
     *port = (int)v;
     return 0;
+}
+
+int boot_route_ifname(const char *host, int port, char *ifname, size_t len, char *err, size_t errlen)
+{
+    struct addrinfo hints = {.ai_socktype = SOCK_DGRAM}, *ai = NULL;
+    char service[16];
+    snprintf(service, sizeof service, "%d", port);
+    int g = getaddrinfo(host, service, &hints, &ai);
+    if (g) {
+        snprintf(err, errlen, "cannot resolve %s: %s", host, gai_strerror(g));
+        return -EHOSTUNREACH;
+    }
+    struct sockaddr_storage local;
+    socklen_t ll = sizeof local;
+    int fd = socket(ai->ai_family, SOCK_DGRAM | SOCK_CLOEXEC, 0), rc = 0;
+    /* connect() on a datagram socket only picks the route and the source address */
+    if (fd < 0 || connect(fd, ai->ai_addr, ai->ai_addrlen) || getsockname(fd, (struct sockaddr *)&local, &ll)) {
+        rc = -errno;
+        snprintf(err, errlen, "no route to %s: %s", host, strerror(errno));
+    }
+    if (fd >= 0)
+        close(fd);
+    freeaddrinfo(ai);
+    if (rc)
+        return rc;
+    struct ifaddrs *ifs = NULL;
+    if (getifaddrs(&ifs)) {
+        rc = -errno;
+        snprintf(err, errlen, "cannot list the network interfaces: %s", strerror(errno));
+        return rc;
+    }
+    rc = -ENODEV;
+    for (struct ifaddrs *i = ifs; i && rc; i = i->ifa_next) {
+        if (!i->ifa_addr || i->ifa_addr->sa_family != local.ss_family)
+            continue;
+        int same = local.ss_family == AF_INET
+                       ? ((struct sockaddr_in *)i->ifa_addr)->sin_addr.s_addr ==
+                             ((struct sockaddr_in *)&local)->sin_addr.s_addr
+                       : !memcmp(&((struct sockaddr_in6 *)i->ifa_addr)->sin6_addr,
+                                 &((struct sockaddr_in6 *)&local)->sin6_addr, sizeof(struct in6_addr));
+        if (same && strlen(i->ifa_name) < len) {
+            snprintf(ifname, len, "%s", i->ifa_name);
+            rc = 0;
+        }
+    }
+    freeifaddrs(ifs);
+    if (rc)
+        snprintf(err, errlen, "no interface of this host holds the address that reaches %s", host);
+    return rc;
 }
 
 /* ---- wire ---- */

@@ -42,6 +42,11 @@ int boot_env_token(const char **token) BOOT_WUR;
 /* "tcp://HOST:PORT" (HOST may be [IPv6]) into host and port. */
 int boot_url_parse(const char *url, char *host, size_t hostlen, int *port, char *err, size_t errlen) BOOT_WUR;
 
+/* The name of this host's network interface that traffic to HOST:PORT leaves through (the
+ * kernel's route choice; no packet is sent), e.g. "eth0", or "lo" for a loopback HOST: the
+ * one network a multi-host job uses, so that UCX listens there and nowhere else. */
+int boot_route_ifname(const char *host, int port, char *ifname, size_t len, char *err, size_t errlen) BOOT_WUR;
+
 /* Joins the rendezvous and publishes blob (this rank's transport address). On success
  * every rank's blob is available through boot_blob. A mismatch of size, rank, config
  * hash or token is an error on every rank, with the reason. */

@@ -1,12 +1,16 @@
-/* What a running job exposes: every TCP socket a stage process of `pipenem run` listens
- * on (the rendezvous and UCX's own) must be bound to loopback, never to all interfaces or
- * to the host's other addresses. */
+/* What a running job exposes: every TCP socket a stage process listens on (the rendezvous
+ * and UCX's own) must be bound to the job's network, never to all interfaces or to the
+ * host's other addresses: loopback for `pipenem run`, and for a multi-host `pipenem stage`
+ * job the interface that reaches rank 0 (here loopback too), without --ucx-devices. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <cmocka.h>
 
+#include <arpa/inet.h>
 #include <dirent.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -121,10 +125,73 @@ static void test_run_listens_on_loopback_only(void **state)
     assert_int_equal(exposed, 0);
 }
 
+/* A free port on loopback for the rendezvous (bound, read, released). */
+static int free_port(void)
+{
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t al = sizeof a;
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    assert_true(fd >= 0);
+    assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
+    assert_int_equal(getsockname(fd, (struct sockaddr *)&a, &al), 0);
+    close(fd);
+    return ntohs(a.sin_port);
+}
+
+static void test_stage_listens_on_the_job_network_only(void **state)
+{
+    (void)state;
+    char url[64];
+    snprintf(url, sizeof url, "tcp://127.0.0.1:%d", free_port());
+    pid_t pid[2];
+    for (int r = 0; r < 2; r++) {
+        char rank[8];
+        snprintf(rank, sizeof rank, "%d", r);
+        pid[r] = fork();
+        assert_true(pid[r] >= 0);
+        if (pid[r] == 0) {
+            if (!freopen("/dev/null", "w", stdout))
+                _exit(127);
+            execl(tu_pipenem(), "pipenem", "stage", "--dist-url", url, "--world-size", "2", "--rank", rank,
+                  "--token", "listen-test", "--model", "tiny", "--stages", "2", "--compute",
+                  "emulate:fwd=60ms,bwd=60ms", "--iters", "3", (char *)NULL);
+            _exit(127);
+        }
+    }
+    char what[1024] = "";
+    int seen = 0, exposed = 0;
+    for (int tries = 0; tries < 100; tries++) {
+        int total = 0, alive = 0;
+        exposed = 0;
+        what[0] = '\0';
+        for (int i = 0; i < 2; i++) {
+            unsigned long ino[MAX_INODES];
+            int n = socket_inodes(pid[i], ino, MAX_INODES);
+            alive += kill(pid[i], 0) == 0;
+            total += listeners(ino, n, &exposed, what, sizeof what) > 0;
+        }
+        if (total == 2 || !alive) {
+            seen = total;
+            break;
+        }
+        usleep(50000);
+    }
+    print_message("%d of 2 stage processes seen listening; %d listening sockets not on loopback:%s\n", seen, exposed,
+                  what);
+    for (int r = 0; r < 2; r++) {
+        int st;
+        assert_int_equal(waitpid(pid[r], &st, 0), pid[r]);
+        assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    }
+    assert_int_equal(seen, 2);
+    assert_int_equal(exposed, 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_run_listens_on_loopback_only),
+        cmocka_unit_test(test_stage_listens_on_the_job_network_only),
     };
     return cmocka_run_group_tests_name("hardening_listen", tests, NULL, NULL);
 }
