@@ -1099,6 +1099,23 @@ void boot_abort(boot_t *b, const char *why)
         (void)text_send(b, b->fds[0], MSG_ABORT, b->rank, why);
 }
 
+int boot_wait_failure(boot_t *b, double wait, char *why, size_t len)
+{
+    if (!b || b->size == 1)
+        return -1;
+    double end = now() + wait;
+    struct timespec ts = {(time_t)end, (long)((end - (double)(time_t)end) * 1e9)};
+    pthread_mutex_lock(&b->lock);
+    while (!b->failed && b->watching && now() < end)
+        if (pthread_cond_timedwait(&b->cond, &b->lock, &ts) == ETIMEDOUT)
+            break;
+    int rank = b->failed ? b->fail_rank : -1;
+    if (rank >= 0)
+        snprintf(why, len, "%s", b->fail_why);
+    pthread_mutex_unlock(&b->lock);
+    return rank;
+}
+
 int boot_finish(boot_t *b, const void *payload, size_t len, double timeout, char *err, size_t errlen)
 {
     if (len > BOOT_PAYLOAD_MAX) {

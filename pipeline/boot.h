@@ -68,6 +68,12 @@ int boot_watch(boot_t *b, void (*on_fail)(void *arg, int rank, const char *why),
 /* Tells every rank this one is giving up (why is shown by all of them). */
 void boot_abort(boot_t *b, const char *why);
 
+/* The first failure the control plane reported (after boot_watch), waiting up to `wait`
+ * seconds for one: its rank, why into why[], or -1 when there was none. A rank whose
+ * neighbour vanished asks before it blames that neighbour, which may only have given up
+ * because of another rank (whose name is then in the text). */
+int boot_wait_failure(boot_t *b, double wait, char *why, size_t len);
+
 /* The final barrier: hands payload to rank 0 and returns once every rank has arrived.
  * On rank 0, boot_gathered then returns each rank's payload. Fails (naming the rank) if
  * a rank dies first, or after timeout seconds (<= 0: no limit). */

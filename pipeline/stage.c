@@ -14,6 +14,27 @@
 #include "pipeline/shim.h"
 #include "pipeline/ucx.h"
 
+/* Whether text names a rank ("rank N") that err does not. */
+static int names_another_rank(const char *text, const char *err)
+{
+    for (const char *p = text; (p = strstr(p, "rank ")); p += 5) {
+        int r;
+        if (sscanf(p + 5, "%d", &r) != 1)
+            continue;
+        char name[32];
+        int n = snprintf(name, sizeof name, "rank %d", r);
+        const char *q = err;
+        int found = 0;
+        while (!found && (q = strstr(q, name))) {
+            found = q[n] < '0' || q[n] > '9'; /* "rank 1" is not in "rank 12" */
+            q += n;
+        }
+        if (!found)
+            return 1;
+    }
+    return 0;
+}
+
 static void on_peer_fail(void *arg, int rank, const char *why)
 {
     (void)rank;
@@ -381,6 +402,15 @@ int stage_run(const stage_params_t *p, stage_summary_t *out, char *err, size_t e
         *out = sum;
     goto out;
 fail_all:
+    /* A neighbour that vanished may have given up because of another rank: the control
+     * plane's first failure says which (it is in the text when it is not this one's). */
+    if (P > 1 && b && (rc == -ECONNRESET || rc == -ECANCELED || rc == -EPIPE)) {
+        char why[512];
+        int first = boot_wait_failure(b, 1.0, why, sizeof why);
+        size_t n = strlen(err);
+        if (first >= 0 && first != rank && names_another_rank(why, err))
+            snprintf(err + n, errlen > n ? errlen - n : 0, "; the first failure: %s", why);
+    }
     boot_abort(b, err);
 out:
     if (rc)

@@ -90,6 +90,48 @@ static int pid_alive(int pid)
     return kill(pid, 0) == 0 || errno != ESRCH;
 }
 
+/* The race behind a wrong name: rank 2 is stopped while rank 0 dies, so by the time it runs
+ * again its neighbour rank 1 has given up and gone too, and its own receive fails on rank 1.
+ * It must still say that rank 0 failed first (the control plane's verdict). */
+static void test_blame_reaches_past_the_neighbour(void **state)
+{
+    (void)state;
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd,
+             "%s run " MODEL " --stages 3 --compute emulate:fwd=20ms,bwd=40ms --schedule 1f1b --iters 20 "
+             "--batch-size 8 2>&1",
+             tu_pipenem());
+    FILE *f = popen(cmd, "r");
+    assert_non_null(f);
+    char line[2048], rank2[2048] = "";
+    int pid[3] = {0, 0, 0}, have = 0, r, p;
+    size_t used = 0;
+    out[0] = '\0';
+    while (fgets(line, sizeof line, f)) {
+        used += (size_t)snprintf(out + used, sizeof out - used, "%s", line);
+        if (used >= sizeof out)
+            used = sizeof out - 1;
+        if (sscanf(line, "# rank %d: pid %d", &r, &p) == 2 && r >= 0 && r < 3 && !pid[r]) {
+            pid[r] = p;
+            if (++have == 3) {
+                usleep(500000); /* into the iterations */
+                kill(pid[2], SIGSTOP);
+                kill(pid[0], SIGKILL);
+                usleep(2000000); /* rank 1 notices and exits meanwhile */
+                kill(pid[2], SIGCONT);
+            }
+        }
+        if (!strncmp(line, "pipenem: rank 2:", 16))
+            snprintf(rank2, sizeof rank2, "%s", line);
+    }
+    int st = pclose(f);
+    print_message("%s", out);
+    assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 1);
+    assert_non_null(strstr(out, "FAILED: rank 0 was killed by signal 9"));
+    if (!strstr(rank2, "rank 0"))
+        fail_msg("rank 2 does not name rank 0: %s", rank2);
+}
+
 static void test_kill_any_stage(void **state)
 {
     (void)state;
@@ -281,6 +323,7 @@ int main(void)
         cmocka_unit_test(test_wrong_token_refused),
         cmocka_unit_test(test_other_config_refused),
         cmocka_unit_test(test_kill_any_stage),
+        cmocka_unit_test(test_blame_reaches_past_the_neighbour),
     };
     return cmocka_run_group_tests_name("pipenem run and stage", tests, NULL, NULL);
 }
