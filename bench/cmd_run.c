@@ -114,7 +114,7 @@ int cmd_run(int argc, char **argv)
         }
     }
     char line[4096];
-    runcfg_format(&cfg, line, sizeof line);
+    runcfg_describe(&cfg, line, sizeof line);
     printf("# pipenem run: %d stage processes on this machine, %s\n# %s\n# emulator: %s (%s)\n", cfg.stages,
            l.topo ? "one network namespace per stage, UCX over tcp on each host's veth" : "links over loopback",
            line, em ? em->name : "none", why);

@@ -97,7 +97,7 @@ int cmd_stage(int argc, char **argv)
         return cli_usage_error(argv[0], "no job token: pass the same --token to every rank (or set PIPENEM_TOKEN)");
     if (cfg.rank == 0) {
         char line[4096];
-        runcfg_format(&cfg, line, sizeof line);
+        runcfg_describe(&cfg, line, sizeof line);
         printf("# pipenem stage: %d ranks, rendezvous %s, UCX on %s\n# %s\n", cfg.world_size,
                cfg.dist_url[0] ? cfg.dist_url : "(single process)",
                sp.ucx_devices ? sp.ucx_devices : cfg.ucx_devices[0] ? cfg.ucx_devices : "UCX's own choice", line);

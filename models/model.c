@@ -36,6 +36,12 @@ const char *model_config_names(void)
     return "gpt3-small, gpt3-medium, gpt3-large, gpt3-xl, gpt3-2.7b, tiny";
 }
 
+void model_partition_even(int layers, int stages, int *part)
+{
+    for (int i = 0; i < stages; i++)
+        part[i] = layers / stages + (i < layers % stages); /* the first L % P take one more */
+}
+
 int model_config_get(const char *name, model_config_t *out, char *err, size_t errlen)
 {
     for (size_t i = 0; i < sizeof configs / sizeof *configs; i++)
@@ -348,9 +354,7 @@ static int stage_partition(model_stage_t *st, const model_stage_params_t *p, cha
             return -EINVAL;
         }
     } else {
-        /* even split; the first L % P stages take one layer more */
-        for (int i = 0; i < P; i++)
-            st->part[i] = L / P + (i < L % P);
+        model_partition_even(L, P, st->part);
     }
     int begin = 0;
     for (int i = 0; i < p->stage; i++)

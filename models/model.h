@@ -20,6 +20,9 @@ typedef struct {
 
 /* Known names: gpt3-small, gpt3-medium, gpt3-large, gpt3-xl, gpt3-2.7b, tiny. */
 int model_config_get(const char *name, model_config_t *out, char *err, size_t errlen) MODEL_WUR;
+/* The partition used when none is given: layers/stages each, the first layers % stages
+ * stages one more. */
+void model_partition_even(int layers, int stages, int *part);
 /* "gpt3-small, gpt3-medium, ..." for --help and error messages */
 const char *model_config_names(void);
 /* heads dividing hidden, positive sizes: -EINVAL with the bad part named. */

@@ -228,6 +228,24 @@ int runcfg_format(const runcfg_t *c, char *buf, size_t len)
     return n;
 }
 
+int runcfg_describe(const runcfg_t *c, char *buf, size_t len)
+{
+    const model_stage_params_t *p = &c->stage_params;
+    runcfg_t r = *c;
+    r.model.layers = p->cfg.layers;
+    r.model.hidden = p->cfg.hidden;
+    r.model.heads = p->cfg.heads;
+    r.model.vocab = p->cfg.vocab;
+    r.model.seq_len = p->seq_len;
+    r.model.micro_batch_size = p->micro_batch_size;
+    r.model.batch_size = p->micro_batch_size * p->micro_batches;
+    if (!r.model.n_partition && c->stages <= MODEL_MAX_STAGES) {
+        model_partition_even(p->cfg.layers, c->stages, r.model.partition);
+        r.model.n_partition = c->stages;
+    }
+    return runcfg_format(&r, buf, len);
+}
+
 uint64_t runcfg_hash(const runcfg_t *c)
 {
     char buf[4096];

@@ -60,8 +60,12 @@ int runcfg_option(runcfg_t *c, int opt, const char *arg, char *err, size_t errle
  * against stages. -EINVAL naming the combination that is wrong. */
 int runcfg_finish(runcfg_t *c, char *err, size_t errlen) RUNCFG_WUR;
 
-/* "model=tiny seq_len=... " of the shared fields, in a fixed order. */
+/* "model=tiny seq_len=... " of the shared fields as given (0 = the model's default), in a
+ * fixed order: what ranks compare. */
 int runcfg_format(const runcfg_t *c, char *buf, size_t len);
+/* The same fields as they resolved (after runcfg_finish): the model's real sizes, the
+ * batch and the compute backend, for a run's header. */
+int runcfg_describe(const runcfg_t *c, char *buf, size_t len);
 /* FNV-1a 64 of runcfg_format: equal exactly when ranks agree. */
 uint64_t runcfg_hash(const runcfg_t *c);
 

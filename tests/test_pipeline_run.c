@@ -90,6 +90,17 @@ static int pid_alive(int pid)
     return kill(pid, 0) == 0 || errno != ESRCH;
 }
 
+/* The header shows the configuration as it resolved, not the options as given. */
+static void test_header_shows_resolved_config(void **state)
+{
+    (void)state;
+    int rc = tu_pipenem_run(out, sizeof out, "run " MODEL " --stages 3 --compute emulate:fwd=1ms,bwd=2ms --iters 2");
+    print_message("%s", out);
+    assert_int_equal(rc, 0);
+    assert_non_null(strstr(out, "# model=tiny layers=4 hidden=64 heads=4 vocab=256 seq_len=128 stages=3 "
+                                "partition=2,1,1 batch=8 micro_batch=1 "));
+}
+
 /* The race behind a wrong name: rank 2 is stopped while rank 0 dies, so by the time it runs
  * again its neighbour rank 1 has given up and gone too, and its own receive fails on rank 1.
  * It must still say that rank 0 failed first (the control plane's verdict). */
@@ -324,6 +335,7 @@ int main(void)
         cmocka_unit_test(test_other_config_refused),
         cmocka_unit_test(test_kill_any_stage),
         cmocka_unit_test(test_blame_reaches_past_the_neighbour),
+        cmocka_unit_test(test_header_shows_resolved_config),
     };
     return cmocka_run_group_tests_name("pipenem run and stage", tests, NULL, NULL);
 }
