@@ -2,6 +2,7 @@
 #include "bench/cli.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <stdio.h>
@@ -81,8 +82,11 @@ int cli_parse_int(const char *cmd, const char *opt, const char *s, int lo, int h
     char *end;
     errno = 0;
     long v = strtol(s, &end, 10);
-    if (!*s || *end || errno || v < lo || v > hi)
+    if (!*s || *end || errno || v < lo || v > hi) {
+        if (hi == INT_MAX)
+            return cli_usage_error(cmd, "%s: '%s' is not a whole number >= %d", opt, s, lo);
         return cli_usage_error(cmd, "%s '%s': want an integer in %d..%d", opt, s, lo, hi);
+    }
     *out = (int)v;
     return 0;
 }

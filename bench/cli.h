@@ -27,7 +27,8 @@ int cli_getopt(const char *cmd, int argc, char **argv, const char *shortopts,
                const struct option *longopts);
 
 /* A whole-string integer in [lo, hi] into *out (0), or a usage error naming the option
- * and the value (CLI_USAGE, *out unchanged). */
+ * and the value (CLI_USAGE, *out unchanged); with hi INT_MAX it says "not a whole number
+ * >= lo". */
 int cli_parse_int(const char *cmd, const char *opt, const char *s, int lo, int hi, int *out);
 
 /* The message and status of a subcommand whose capability has not landed yet. */

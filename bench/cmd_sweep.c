@@ -71,17 +71,6 @@ typedef struct {
     int have_timeline;
 } opts_t;
 
-static int parse_int(const char *cmd, const char *opt, const char *text, int lo, int *out)
-{
-    char *end;
-    errno = 0;
-    long v = strtol(text, &end, 10);
-    if (end == text || *end || errno || v < lo || v > INT_MAX)
-        return cli_usage_error(cmd, "%s: '%s' is not a whole number >= %d", opt, text, lo);
-    *out = (int)v;
-    return 0;
-}
-
 static int copy_opt(const char *cmd, const char *opt, const char *text, char *dst, size_t len)
 {
     if (!*text)
@@ -132,22 +121,22 @@ static int parse(int argc, char **argv, opts_t *o, const char **resume)
             rc = copy_opt(cmd, "--model", optarg, o->spec.model, sizeof o->spec.model);
             break;
         case 'P':
-            rc = parse_int(cmd, "--stages", optarg, 1, &o->spec.stages);
+            rc = cli_parse_int(cmd, "--stages", optarg, 1, INT_MAX, &o->spec.stages);
             break;
         case 'B':
-            rc = parse_int(cmd, "--batch-size", optarg, 1, &o->spec.batch_size);
+            rc = cli_parse_int(cmd, "--batch-size", optarg, 1, INT_MAX, &o->spec.batch_size);
             break;
         case 'T':
-            rc = parse_int(cmd, "--seq-len", optarg, 1, &o->spec.seq_len);
+            rc = cli_parse_int(cmd, "--seq-len", optarg, 1, INT_MAX, &o->spec.seq_len);
             break;
         case 'n':
-            rc = parse_int(cmd, "--iters", optarg, 1, &o->spec.iters);
+            rc = cli_parse_int(cmd, "--iters", optarg, 1, INT_MAX, &o->spec.iters);
             break;
         case 'w':
-            rc = parse_int(cmd, "--warmup", optarg, 0, &o->spec.warmup);
+            rc = cli_parse_int(cmd, "--warmup", optarg, 0, INT_MAX, &o->spec.warmup);
             break;
         case 'r':
-            rc = parse_int(cmd, "--repeat", optarg, 1, &o->spec.repeats);
+            rc = cli_parse_int(cmd, "--repeat", optarg, 1, INT_MAX, &o->spec.repeats);
             break;
         case 'c':
             rc = copy_opt(cmd, "--compute", optarg, o->spec.compute, sizeof o->spec.compute);
@@ -156,7 +145,7 @@ static int parse(int argc, char **argv, opts_t *o, const char **resume)
             rc = copy_opt(cmd, "--emulator", optarg, o->spec.emulator, sizeof o->spec.emulator);
             break;
         case 'K':
-            rc = parse_int(cmd, "--slack", optarg, 0, &o->spec.slack);
+            rc = cli_parse_int(cmd, "--slack", optarg, 0, INT_MAX, &o->spec.slack);
             break;
         case 'S':
             if (sweep_straggler_parse(optarg, &o->spec.straggler_rank, &o->spec.straggler_factor, err, sizeof err))
@@ -183,7 +172,7 @@ static int parse(int argc, char **argv, opts_t *o, const char **resume)
             *resume = optarg;
             break;
         case 'i':
-            rc = parse_int(cmd, "--iteration", optarg, 0, &o->iteration);
+            rc = cli_parse_int(cmd, "--iteration", optarg, 0, INT_MAX, &o->iteration);
             break;
         case 't':
             rc = copy_opt(cmd, "--timeline", optarg, o->timeline, sizeof o->timeline);
