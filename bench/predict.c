@@ -194,14 +194,14 @@ static int predict_one(const results_t *r, const results_cell_t *cell, sel_t sel
     return rc;
 }
 
-int predict_time(const results_t *r, const results_cell_t *cell, int slack, const netem_profile_t *p,
-                 double *predicted, char *err, size_t errlen)
+/* One value per measured iteration (all repeats, warm-up excluded) from each(ctx, repeat,
+ * iteration, &value): 0, -ENOENT for an iteration that was not traced (skipped), or an
+ * error (returned). *median is their median; none_why is the error when none had one. */
+typedef int (*per_iteration_fn)(const void *ctx, int repeat, int it, double *value, char *err, size_t errlen);
+
+static int median_over_iterations(const results_cell_t *cell, per_iteration_fn each, const void *ctx,
+                                  const char *none_why, double *median, char *err, size_t errlen)
 {
-    int S = cell->stages;
-    if (S < 1 || S > RESULTS_MAX_STAGES) {
-        errf(err, errlen, "cell %d: %d stages", cell->cell, S);
-        return -EINVAL;
-    }
     int repeats = cell->repeats > 0 ? cell->repeats : 1;
     size_t cap = (size_t)repeats * (size_t)(cell->iters > 0 ? cell->iters : 1), n = 0;
     double *t = malloc(cap * sizeof *t);
@@ -210,25 +210,52 @@ int predict_time(const results_t *r, const results_cell_t *cell, int slack, cons
     int rc = 0;
     for (int rep = 0; rep < repeats && !rc; rep++)
         for (int it = cell->warmup; it < cell->warmup + cell->iters && !rc && n < cap; it++) {
-            rc = predict_one(r, cell, (sel_t){rep, it}, slack, p, &t[n], err, errlen);
+            rc = each(ctx, rep, it, &t[n], err, errlen);
             if (rc == -ENOENT)
                 rc = 0;
             else if (!rc)
                 n++;
         }
     if (!rc && !n) {
-        errf(err, errlen, "cell %d: stage 0 has no measured FWD or BWD to take its cost from", cell->cell);
+        errf(err, errlen, "cell %d: %s", cell->cell, none_why);
         rc = -EINVAL;
     }
     if (!rc) {
-        /* The median, like the measured time it is set against: each iteration predicted
-         * from what that iteration's ops cost on a machine whose load varies. */
         metrics_stats_t st;
         metrics_stats(t, n, &st);
-        *predicted = st.median;
+        *median = st.median;
     }
     free(t);
     return rc;
+}
+
+typedef struct {
+    const results_t *r;
+    const results_cell_t *cell;
+    int slack;
+    const netem_profile_t *p;
+    const sim_replay_t *how;
+} iter_ctx_t;
+
+static int predict_each(const void *ctx, int rep, int it, double *value, char *err, size_t errlen)
+{
+    const iter_ctx_t *c = ctx;
+    return predict_one(c->r, c->cell, (sel_t){rep, it}, c->slack, c->p, value, err, errlen);
+}
+
+int predict_time(const results_t *r, const results_cell_t *cell, int slack, const netem_profile_t *p,
+                 double *predicted, char *err, size_t errlen)
+{
+    int S = cell->stages;
+    if (S < 1 || S > RESULTS_MAX_STAGES) {
+        errf(err, errlen, "cell %d: %d stages", cell->cell, S);
+        return -EINVAL;
+    }
+    /* The median, like the measured time it is set against: each iteration predicted from
+     * what that iteration's ops cost on a machine whose load varies. */
+    iter_ctx_t c = {.r = r, .cell = cell, .slack = slack, .p = p};
+    return median_over_iterations(cell, predict_each, &c, "stage 0 has no measured FWD or BWD to take its cost from",
+                                  predicted, err, errlen);
 }
 
 /* Replays iteration `it` of `repeat`; *time is its replayed length. */
@@ -279,6 +306,12 @@ static int replay_one(const results_t *r, const results_cell_t *cell, int repeat
     return rc;
 }
 
+static int replay_each(const void *ctx, int rep, int it, double *value, char *err, size_t errlen)
+{
+    const iter_ctx_t *c = ctx;
+    return replay_one(c->r, c->cell, rep, it, c->how, value, err, errlen); /* -ENOENT: not traced */
+}
+
 int predict_ideal(const results_t *r, const results_cell_t *cell, const netem_profile_t *p, double *ideal,
                   char *err, size_t errlen)
 {
@@ -293,29 +326,6 @@ int predict_ideal(const results_t *r, const results_cell_t *cell, const netem_pr
         link_fwd[s] = fwd, link_bwd[s] = bwd;
     sim_replay_t how = {.replace = SIM_REPLACE_COMPUTE, .scope = SIM_MEDIAN_ALL, .comm_measured = SIM_COMM_LINK,
                         .link_fwd = link_fwd, .link_bwd = link_bwd, .send_mode = SIM_SEND_PIPELINED};
-    int repeats = cell->repeats > 0 ? cell->repeats : 1;
-    size_t cap = (size_t)repeats * (size_t)(cell->iters > 0 ? cell->iters : 1), n = 0; /* measured ones */
-    double *t = malloc(cap * sizeof *t);
-    if (!t)
-        return -ENOMEM;
-    int rc = 0;
-    for (int rep = 0; rep < repeats && !rc; rep++)
-        for (int it = cell->warmup; it < cell->warmup + cell->iters && !rc && n < cap; it++) {
-            rc = replay_one(r, cell, rep, it, &how, &t[n], err, errlen);
-            if (rc == -ENOENT)
-                rc = 0; /* an iteration this repeat did not trace */
-            else if (!rc)
-                n++;
-        }
-    if (!rc && !n) {
-        errf(err, errlen, "cell %d: no measured iteration to replay", cell->cell);
-        rc = -EINVAL;
-    }
-    if (!rc) {
-        metrics_stats_t st;
-        metrics_stats(t, n, &st);
-        *ideal = st.median;
-    }
-    free(t);
-    return rc;
+    iter_ctx_t c = {.r = r, .cell = cell, .how = &how};
+    return median_over_iterations(cell, replay_each, &c, "no measured iteration to replay", ideal, err, errlen);
 }

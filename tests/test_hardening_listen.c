@@ -7,10 +7,7 @@
 #include <stddef.h>
 #include <cmocka.h>
 
-#include <arpa/inet.h>
 #include <dirent.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -125,24 +122,13 @@ static void test_run_listens_on_loopback_only(void **state)
     assert_int_equal(exposed, 0);
 }
 
-/* A free port on loopback for the rendezvous (bound, read, released). */
-static int free_port(void)
-{
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t al = sizeof a;
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    assert_true(fd >= 0);
-    assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
-    assert_int_equal(getsockname(fd, (struct sockaddr *)&a, &al), 0);
-    close(fd);
-    return ntohs(a.sin_port);
-}
-
 static void test_stage_listens_on_the_job_network_only(void **state)
 {
     (void)state;
     char url[64];
-    snprintf(url, sizeof url, "tcp://127.0.0.1:%d", free_port());
+    int port = tu_free_port();
+    assert_true(port > 0);
+    snprintf(url, sizeof url, "tcp://127.0.0.1:%d", port);
     pid_t pid[2];
     for (int r = 0; r < 2; r++) {
         char rank[8];

@@ -96,14 +96,19 @@ static void test_stages_run_as_user_in_namespaces(void **state)
     stages_run_as_user("--net rate=1gbit --emulator netem");
 }
 
-static void test_unknown_user_is_usage_error(void **state)
+static void unknown_user_is_usage_error(const char *args)
 {
-    (void)state;
     char out[4096];
-    int rc = tu_pipenem_run(out, sizeof out, "run --model tiny --layers 3 --stages 2 --user pn-no-such-user-x");
+    int rc = tu_pipenem_run(out, sizeof out, "%s --user pn-no-such-user-x", args);
     print_message("%s", out);
     assert_int_equal(rc, 2);
     assert_non_null(strstr(out, "pn-no-such-user-x"));
+}
+
+static void test_unknown_user_is_usage_error(void **state)
+{
+    (void)state;
+    unknown_user_is_usage_error("run --model tiny --layers 3 --stages 2");
 }
 
 /* The sweep's stage processes are its forked children: found through /proc while it runs. */
@@ -165,11 +170,7 @@ static void test_sweep_stages_run_as_user(void **state)
 static void test_sweep_unknown_user_is_usage_error(void **state)
 {
     (void)state;
-    char out[4096];
-    int rc = tu_pipenem_run(out, sizeof out, "sweep --model tiny --stages 2 --user pn-no-such-user-x");
-    print_message("%s", out);
-    assert_int_equal(rc, 2);
-    assert_non_null(strstr(out, "pn-no-such-user-x"));
+    unknown_user_is_usage_error("sweep --model tiny --stages 2");
 }
 
 int main(void)

@@ -54,18 +54,6 @@ static double mono(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
-static int free_port(void)
-{
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t al = sizeof a;
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    assert_true(fd >= 0);
-    assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
-    assert_int_equal(getsockname(fd, (struct sockaddr *)&a, &al), 0);
-    close(fd);
-    return ntohs(a.sin_port);
-}
-
 /* The job's configuration as every rank derives it, for the handshake's hash. */
 static void job_cfg(runcfg_t *cfg)
 {
@@ -86,7 +74,8 @@ static void job_cfg(runcfg_t *cfg)
 
 static void rank0_start(rank0_t *r)
 {
-    r->port = free_port();
+    r->port = tu_free_port();
+    assert_true(r->port > 0);
     snprintf(r->log, sizeof r->log, "/tmp/pn-test-proto-%d-%d.log", (int)getpid(), r->port);
     char url[64], port[16];
     snprintf(url, sizeof url, "tcp://127.0.0.1:%d", r->port);

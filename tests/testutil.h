@@ -1,5 +1,5 @@
 /* Helpers shared by the test programs: running the pipenem binary and capturing its
- * output, and comparing numbers with a stated tolerance while reporting the worst case. */
+ * output, a free loopback port, and comparing numbers with a stated tolerance while reporting the worst case. */
 #ifndef PN_TESTS_TESTUTIL_H
 #define PN_TESTS_TESTUTIL_H
 
@@ -9,12 +9,29 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 /* The binary under test: $PIPENEM, or ./pipenem (tests run from the repository root). */
 static inline const char *tu_pipenem(void)
 {
     const char *p = getenv("PIPENEM");
     return p && *p ? p : "./pipenem";
+}
+
+/* A TCP port on loopback that was free a moment ago (bound, read, released), or -1. */
+static inline int tu_free_port(void)
+{
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t al = sizeof a;
+    int fd = socket(AF_INET, SOCK_STREAM, 0), port = -1;
+    if (fd >= 0 && !bind(fd, (struct sockaddr *)&a, sizeof a) && !getsockname(fd, (struct sockaddr *)&a, &al))
+        port = ntohs(a.sin_port);
+    if (fd >= 0)
+        close(fd);
+    return port;
 }
 
 /* Runs `pipenem ARGS` through the shell with stderr merged into stdout; stores up to
