@@ -4,12 +4,13 @@
 # optimizer step}, each injected through PIPENEM_FAULT into a 3-stage emulated run.
 # Every case is a sweep whose cell 0 has finished: `pipenem sweep --resume` of a copy of a
 # two-cell sweep, so it runs cell 1 only, and the fault (ACTION:RANK:WHEN@1) hits it. The
-# sweep's cells are one namespace per stage joined by veths to a bridge (root), where the
-# link-down stage sets its own veth down. A case passes when the sweep exits with failure
+# sweep's cells are one namespace per stage joined by veths to a bridge (as root; without
+# root the stages share loopback and the link-down cases are skipped), where the link-down
+# stage sets its own veth down. A case passes when the sweep exits with failure
 # within the bound, a message names the faulted rank, cell 0's results (runs.csv,
 # iterations.csv, ops.csv, table.md) are byte-for-byte what they were, and no stage
 # process, namespace, veth or bridge is left. Prints one row per case; exits 1 if any fails.
-# usage: tests/faults/matrix.sh PIPENEM [JOBS]   (root needed: namespaces for every case)
+# usage: tests/faults/matrix.sh PIPENEM [JOBS]   (root needed for the link-down cases)
 set -uo pipefail
 bin=$(realpath "${1:?usage: matrix.sh PIPENEM [JOBS]}")
 jobs=${2:-${FAULT_JOBS:-4}}
@@ -22,11 +23,6 @@ KEPT=(runs.csv iterations.csv ops.csv table.md)   # what a failed cell must leav
 work=$(mktemp -d /tmp/pn-faults-XXXXXX)
 t_start=$(date +%s.%N)
 
-if [ "$(id -u)" -ne 0 ]; then
-	echo "# faults: not root: every case needs network namespaces" >&2
-	echo "faults: 0 passed, 0 failed (needs root)"
-	exit 1
-fi
 
 cleanup() {
 	# a sweep killed by the watchdog cannot remove its topology: do it for it
@@ -125,6 +121,11 @@ run_case() { # n action rank when
 }
 
 actions=(kill stop close linkdown)
+if [ "$(id -u)" -ne 0 ]; then
+	# without root the sweep's stages share loopback: there is no link of their own to drop
+	echo "# faults: not root: the link-down cases need network namespaces; they are skipped" >&2
+	actions=(kill stop close)
+fi
 ranks=(0 1 2)
 whens=(boot 1 opt)
 n=0
