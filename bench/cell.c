@@ -139,12 +139,7 @@ static int run_repeat(const runcfg_t *cfg, const netem_topo_t *topo, const netem
         return rc;
     char path[4200];
     snprintf(path, sizeof path, "%s/trace.csv", workdir);
-    csvio_writer_t w;
-    if (!(rc = csvio_writer_open(&w, path, err, errlen))) {
-        if (exec_trace_write(w.f, sum.rows, sum.n_rows, 1) != 0)
-            w.error = EIO;
-        rc = csvio_writer_commit(&w, err, errlen);
-    }
+    rc = results_exec_trace_save(path, sum.rows, sum.n_rows, err, errlen);
     if (!rc)
         rc = results_trace_read(path, cell, rep, r, err, errlen);
     for (int q = 0; q < sum.stages && !rc; q++) {

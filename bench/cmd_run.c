@@ -2,8 +2,8 @@
  * configuration asks for (netem's namespace topology, or the in-transport shim), starts
  * one stage process per stage through pipeline/launch.h and prints the job's table. */
 #include "bench/cli.h"
+#include "bench/results.h"
 
-#include <errno.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -137,15 +137,9 @@ int cmd_run(int argc, char **argv)
     }
     stage_summary_print(&sum, &cfg, stdout);
     int ok = 1;
-    if (cfg.trace[0]) {
-        FILE *f = fopen(cfg.trace, "w");
-        int bad = !f || exec_trace_write(f, sum.rows, sum.n_rows, 1) != 0;
-        if (f && fclose(f))
-            bad = 1;
-        if (bad) {
-            fprintf(stderr, "pipenem run: cannot write the trace to %s: %s\n", cfg.trace, strerror(errno));
-            ok = 0;
-        }
+    if (cfg.trace[0] && results_exec_trace_save(cfg.trace, sum.rows, sum.n_rows, err, sizeof err)) {
+        fprintf(stderr, "pipenem run: cannot write the trace: %s\n", err);
+        ok = 0;
     }
     stage_summary_destroy(&sum);
     printf("# %s\n", ok ? "OK" : "FAILED");

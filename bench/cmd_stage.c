@@ -1,6 +1,7 @@
 /* pipenem stage: one stage process of a multi-host job (one per host or GPU, started by
  * hand, by mpirun or by srun). Rank 0 prints the job's table once every rank is done. */
 #include "bench/cli.h"
+#include "bench/results.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -113,17 +114,11 @@ int cmd_stage(int argc, char **argv)
     }
     if (cfg.rank == 0) {
         stage_summary_print(&sum, &cfg, stdout);
-        if (cfg.trace[0]) {
-            FILE *f = fopen(cfg.trace, "w");
-            int bad = !f || exec_trace_write(f, sum.rows, sum.n_rows, 1) != 0;
-            if (f && fclose(f))
-                bad = 1;
-            if (bad) {
-                fprintf(stderr, "pipenem stage: cannot write the trace to %s: %s\n", cfg.trace, strerror(errno));
-                printf("# FAILED\n");
-                stage_summary_destroy(&sum);
-                return CLI_FAIL;
-            }
+        if (cfg.trace[0] && results_exec_trace_save(cfg.trace, sum.rows, sum.n_rows, err, sizeof err)) {
+            fprintf(stderr, "pipenem stage: cannot write the trace: %s\n", err);
+            printf("# FAILED\n");
+            stage_summary_destroy(&sum);
+            return CLI_FAIL;
         }
         printf("# OK\n");
         stage_summary_destroy(&sum);

@@ -622,3 +622,14 @@ int results_env_write(const char *dir, const char *compute, const char *emulator
     free(buf);
     return rc;
 }
+
+int results_exec_trace_save(const char *path, const exec_row_t *rows, size_t n, char *err, size_t errlen)
+{
+    csvio_writer_t w;
+    int rc = csvio_writer_open(&w, path, err, errlen);
+    if (rc)
+        return rc;
+    if (exec_trace_write(w.f, rows, n, 1) != 0)
+        w.error = EIO;
+    return csvio_writer_commit(&w, err, errlen);
+}

@@ -7,6 +7,8 @@
 
 #include <stddef.h>
 
+#include "pipeline/exec.h"
+
 #define RESULTS_MAX_STAGES 32
 
 /* One cell of a sweep: its configuration and what was measured. NaN = not available. */
@@ -89,6 +91,11 @@ int results_trace_read(const char *path, int cell, int repeat, results_t *r, cha
 /* Writes a trace file in the per-rank format (rows of `cell` and `repeat` only; rank < 0 = all). */
 int results_trace_write(const results_t *r, int cell, int repeat, int rank, const char *path,
                         char *err, size_t errlen) __attribute__((warn_unused_result));
+/* Writes a job's gathered trace rows (pipeline/exec.h) as a trace file of the same format,
+ * to a temporary name then renamed: what `run --trace`, `stage --trace` and a sweep cell
+ * save. */
+int results_exec_trace_save(const char *path, const exec_row_t *rows, size_t n, char *err, size_t errlen)
+    __attribute__((warn_unused_result));
 
 /* command.txt: the command line, shell-quoted, one line. */
 int results_command_write(const char *dir, int argc, char **argv, char *err, size_t errlen)

@@ -161,6 +161,16 @@ static int conn_call(conn_t *c, struct nl_msg *msg)
     return rc < 0 ? -EIO : 0;
 }
 
+/* conn_call for a message whose building may have failed: built is 0 or the error of
+ * building it (msg is then freed, and may be NULL). */
+static int conn_call_built(conn_t *c, struct nl_msg *msg, int built)
+{
+    if (built == 0)
+        return conn_call(c, msg);
+    nlmsg_free(msg);
+    return built;
+}
+
 static struct nl_msg *qdisc_msg(int type, int flags, int ifindex, uint32_t parent, uint32_t handle)
 {
     struct tcmsg tcm = {.tcm_family = AF_UNSPEC, .tcm_ifindex = ifindex, .tcm_parent = parent,
@@ -590,34 +600,24 @@ int netem_tc_apply_by_source(const netem_dev_t *d, int n, const char *const *src
         uint32_t classid = 0x10000 | (uint32_t)(2 + i);
         what = "adding an htb class";
         msg = qdisc_msg(RTM_NEWTCLASS, NLM_F_CREATE | NLM_F_EXCL, c.ifindex, 0x10000, classid);
-        rc = !msg ? -ENOMEM : put_htb_class(msg);
-        if (rc == 0)
-            rc = conn_call(&c, msg);
-        else
-            nlmsg_free(msg);
+        rc = conn_call_built(&c, msg, !msg ? -ENOMEM : put_htb_class(msg));
         if (rc < 0)
             break;
         what = needs_netem(&p[i]) ? "adding a netem leaf" : "adding a tbf leaf";
         msg = qdisc_msg(RTM_NEWQDISC, NLM_F_CREATE | NLM_F_EXCL, c.ifindex, classid,
                         (uint32_t)(0x10 + i) << 16);
         uint32_t l, b;
-        rc = !msg ? -ENOMEM : needs_netem(&p[i]) ? put_netem(msg, &p[i], p[i].limit ? p[i].limit : netem_tc_limit(&p[i]))
-                                                 : put_tbf(msg, p[i].rate, &l, &b);
-        if (rc == 0)
-            rc = conn_call(&c, msg);
-        else
-            nlmsg_free(msg);
+        rc = conn_call_built(&c, msg,
+                             !msg ? -ENOMEM
+                             : needs_netem(&p[i]) ? put_netem(msg, &p[i], p[i].limit ? p[i].limit : netem_tc_limit(&p[i]))
+                                                  : put_tbf(msg, p[i].rate, &l, &b));
         if (rc < 0)
             break;
         what = "adding a u32 filter";
         msg = qdisc_msg(RTM_NEWTFILTER, NLM_F_CREATE | NLM_F_EXCL, c.ifindex, 0x10000, 0);
         if (msg)
             ((struct tcmsg *)nlmsg_data(nlmsg_hdr(msg)))->tcm_info = TC_H_MAKE(1u << 16, htons(ETH_P_IP));
-        rc = !msg ? -ENOMEM : put_u32_src(msg, addr[i], classid);
-        if (rc == 0)
-            rc = conn_call(&c, msg);
-        else
-            nlmsg_free(msg);
+        rc = conn_call_built(&c, msg, !msg ? -ENOMEM : put_u32_src(msg, addr[i], classid));
     }
     if (rc < 0) {
         errmsg(d, rc, what, err, errlen);
