@@ -1,6 +1,7 @@
 /* UCX transport: UCP tag messages between neighbouring stages. A progress thread owns the
  * waiting (epoll on the worker's event fd, re-armed after every drain) so that rendezvous
- * transfers advance while the stage computes; callers sleep on a condition variable.
+ * transfers advance while the stage computes; callers sleep on a condition variable
+ * (the gate below).
  *
  * One lock serialises the worker. While data streams in, the progress thread would hold
  * it for as long as ucp_worker_progress finds work (a whole multi-megabyte transfer), and
@@ -106,13 +107,18 @@ static void wake(ucx_t *u)
     }
 }
 
+static void gate_broadcast(ucx_t *u)
+{
+    pthread_mutex_lock(&u->gate);
+    pthread_cond_broadcast(&u->gate_cond);
+    pthread_mutex_unlock(&u->gate);
+}
+
 /* Wakes every waiter: something completed or failed. Called with the lock held. */
 static void notify(ucx_t *u)
 {
     atomic_fetch_add(&u->done_gen, 1);
-    pthread_mutex_lock(&u->gate);
-    pthread_cond_broadcast(&u->gate_cond);
-    pthread_mutex_unlock(&u->gate);
+    gate_broadcast(u);
 }
 
 /* The lock for a stage thread: announced, so the progress thread hands it over. */
@@ -122,11 +128,8 @@ static void app_lock(ucx_t *u)
     pthread_mutex_lock(&u->lock);
     atomic_fetch_sub(&u->want, 1);
     atomic_fetch_add(&u->taken, 1);
-    if (atomic_load(&u->handing)) {
-        pthread_mutex_lock(&u->gate);
-        pthread_cond_broadcast(&u->gate_cond);
-        pthread_mutex_unlock(&u->gate);
-    }
+    if (atomic_load(&u->handing))
+        gate_broadcast(u);
 }
 
 /* Progress thread, lock held once: lets a waiting stage thread have the lock, and takes
