@@ -42,7 +42,7 @@ override CFLAGS += -DPN_HAVE_CUDA=1 -I$(CUDA_HOME)/include
 override LDLIBS += -L$(CUDA_HOME)/lib64 -lcublas -lcudart
 endif
 
-LIB_SRCS := $(wildcard schedules/*.c models/*.c netem/*.c pipeline/*.c) \
+LIB_SRCS := $(wildcard common/*.c schedules/*.c models/*.c netem/*.c pipeline/*.c) \
             $(filter-out bench/main.c,$(wildcard bench/*.c))
 LIB_OBJS := $(LIB_SRCS:%.c=$(BUILD)/%.o) $(CUDA_SRCS:%.cu=$(BUILD)/%.cu.o)
 TEST_SRCS := $(wildcard tests/test_*.c)
