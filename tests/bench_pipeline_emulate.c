@@ -1,6 +1,7 @@
 /* The runtime's own overhead: 3 stage processes with emulated compute (fwd 20 ms, bwd
  * 40 ms per micro-batch), 16 micro-batches, free local links. The measured median
- * iteration must be within 5% of the simulator's prediction for the same costs, and each
+ * iteration must be within 5% of the simulator's prediction for the same costs (ratio in
+ * [0.95, 1.05], NaN failing), and each
  * stage process must use under 10% of a core while it waits for tensors. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -88,15 +89,18 @@ static void bench_schedule(const char *schedule)
         if (sscanf(p, "%d %lf %15s %lf %lf", &st, &tf, mfu, &mem, &w) == 5 && st == s)
             wait[s] = w;
     }
-    double worst = fmax(wait[0], fmax(wait[1], wait[2]));
+    double worst = 0;
+    for (int s = 0; s < 3; s++) {
+        if (isnan(wait[s]))   /* fmax would pass over a missing figure */
+            fail_msg("no wait CPU figure for stage %d in the output:\n%s", s, out);
+        worst = fmax(worst, wait[s]);
+    }
     double ratio = meas / pred;
-    print_message("%s P=3 M=16 fwd 20 ms bwd 40 ms: measured %.4f s, simulator %.4f s, ratio %.3f (target <= 1.05); "
-                  "CPU while waiting %.2f %.2f %.2f %% of a core (target < 10)\n",
+    print_message("%s P=3 M=16 fwd 20 ms bwd 40 ms: measured %.4f s, simulator %.4f s, ratio %.3f (target within "
+                  "[0.95, 1.05]); CPU while waiting %.2f %.2f %.2f %% of a core (target < 10)\n",
                   schedule, meas, pred, ratio, wait[0], wait[1], wait[2]);
-    if (isnan(worst))
-        fail_msg("no wait CPU figures in the output:\n%s", out);
-    if (ratio > 1.05)
-        fail_msg("ratio %.3f above 1.05", ratio);
+    if (!(ratio >= 0.95 && ratio <= 1.05))   /* NaN fails too */
+        fail_msg("ratio %.3f outside [0.95, 1.05]", ratio);
     if (worst >= 10)
         fail_msg("a stage used %.2f%% of a core while waiting", worst);
 }

@@ -50,9 +50,9 @@ static double worst;
 static void near(const char *what, double got, double want)
 {
     double d = tu_reldiff(got, want, 1e-12);
-    if (d > worst)
+    if (d > worst || isnan(d))
         worst = d;
-    if (d > 1e-9)
+    if (!(d <= 1e-9))   /* NaN fails too */
         fail_msg("%s: got %.12g, want %.12g (relative difference %.3g > 1e-9)", what, got, want, d);
 }
 

@@ -21,9 +21,9 @@ static double worst;
 static void near(const char *what, double got, double want, double tol)
 {
     double d = tu_reldiff(got, want, 1e-12);
-    worst = d > worst ? d : worst;
+    worst = isnan(d) ? INFINITY : fmax(worst, d);
     print_message("%s: %.9g, reference %.9g (relative difference %.2g, tolerance %.0e)\n", what, got, want, d, tol);
-    if (d > tol)
+    if (!(d <= tol))   /* NaN fails too */
         fail_msg("%s: %.12g vs %.12g", what, got, want);
 }
 

@@ -121,11 +121,11 @@ static void gradcheck(int tied, int recompute, int hidden, int B, int threads)
             }
             memcpy(th, th0, t->numel * sizeof(float));
             double fd = lp - lm, rel = tu_reldiff(fd, an, 1e-6);
-            if (rel > worst) {
+            if (rel > worst || isnan(rel)) {
                 worst = rel;
                 worst_name = t->name;
             }
-            if (rel > GRADCHECK_TOL)
+            if (!(rel <= GRADCHECK_TOL))   /* NaN fails too */
                 fail_msg("%s (%s): finite difference %.6e vs analytic %.6e, relative error %.3e > %.0e",
                          t->name, mode ? "largest entry" : "gradient direction", fd, an, rel, GRADCHECK_TOL);
         }
