@@ -186,6 +186,11 @@ int launch_run(const launch_params_t *p, stage_summary_t *out, launch_failure_t 
                     if (first_bad < 0) {
                         first_bad = r;
                         kill_at = mono() + grace;
+                        /* A stopped rank cannot exit on its own: waiting the grace for it
+                         * would end the run at timeout + grace after the stop, past the
+                         * documented bound (timeout + 10 s). Its status stays the cause. */
+                        if (stopped >= 0 && pids[stopped] > 0)
+                            kill(pids[stopped], SIGKILL);
                     }
                     if (WIFSIGNALED(st) && signalled < 0 && !fail->killed)
                         signalled = r;
