@@ -319,5 +319,5 @@ if [ $failed -eq 0 ] && [ $same = 1 ] && [ $uml_ok = 1 ] && [ "$total" -gt 0 ]; 
 	echo "# faults: $total cases$([ -n "$uml_pid" ] && echo ' and the user-mode Linux delay cases'): OK"
 	exit 0
 fi
-echo "# faults: $failed of $total cases FAILED$([ $uml_ok = 0 ] && echo '; the user-mode Linux delay cases FAILED')"
+echo "# faults: FAILED: $failed of $total cases failed$([ $same = 0 ] && echo '; the machine was left changed (above)')$([ $uml_ok = 0 ] && echo '; the user-mode Linux delay cases failed')"
 exit 1
