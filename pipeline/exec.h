@@ -42,7 +42,7 @@ typedef struct {
 } exec_result_t;
 
 /* Runs cfg->warmup + cfg->iters iterations. On a failure, err names this rank, the op
- * and iteration it was in and why; the caller tells the other ranks (boot_abort). */
+ * and iteration it was in and why; the caller tells the other ranks (ctrl_abort). */
 int exec_run(const exec_params_t *p, exec_result_t *out, char *err, size_t errlen) EXEC_WUR;
 void exec_result_destroy(exec_result_t *r);
 
