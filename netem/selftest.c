@@ -315,7 +315,8 @@ int netem_selftest_run(netem_topo_t *t, const netem_profile_t *p, const char *em
     if (rc < 0)
         return rc;
     const netem_selftest_meter_t *m = &netem_selftest_tcp;
-    int shim = !strcmp(t->emulator->name, "shim");
+    const netem_emulator_t *chosen = t->emulator;
+    int shim = chosen->in_transport;
     snprintf(r.emulator, sizeof r.emulator, "%s", t->emulator->name);
     snprintf(r.why, sizeof r.why, "%s", t->why);
     if (shim) {
@@ -326,7 +327,7 @@ int netem_selftest_run(netem_topo_t *t, const netem_profile_t *p, const char *em
     }
     snprintf(r.meter, sizeof r.meter, "%s", m->name);
     /* The base path, unshaped: the kernel without qdiscs, or the shim with default links. */
-    if ((rc = apply_all(t, &unshaped, shim ? "shim" : "auto", err, errlen)) < 0)
+    if ((rc = apply_all(t, &unshaped, shim ? chosen->name : "auto", err, errlen)) < 0)
         return rc;
     double base_median, ceil_mean;
     if ((rc = m->rtt(t, &unshaped, 200, &r.rtt_base, &base_median, err, errlen)) < 0)
@@ -357,7 +358,7 @@ int netem_selftest_run(netem_topo_t *t, const netem_profile_t *p, const char *em
     if (r.goodput_judged && r.goodput_measured < r.goodput_expected * (1 - NETEM_SELFTEST_TOLERANCE) &&
         r.ceiling == 0) {
         double mean;
-        if ((rc = apply_all(t, &unshaped, shim ? "shim" : "auto", err, errlen)) < 0 ||
+        if ((rc = apply_all(t, &unshaped, shim ? chosen->name : "auto", err, errlen)) < 0 ||
             (rc = m->goodput(t, &unshaped, 0.3, 0.25, &r.ceiling, &mean, err, errlen)) < 0 ||
             (rc = apply_all(t, p, emulator, err, errlen)) < 0)
             return rc;
