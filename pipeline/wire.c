@@ -9,14 +9,21 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include "common/clock.h"
 
 int wire_write_all(int fd, const void *buf, size_t n)
 {
     const char *p = buf;
+    int sock = 1;
     while (n) {
-        ssize_t k = send(fd, p, n, MSG_NOSIGNAL);
+        /* send() so a closed peer is an error, not SIGPIPE; a pipe is written with write() */
+        ssize_t k = sock ? send(fd, p, n, MSG_NOSIGNAL) : write(fd, p, n);
+        if (k < 0 && errno == ENOTSOCK && sock) {
+            sock = 0;
+            continue;
+        }
         if (k < 0) {
             if (errno == EINTR)
                 continue;
@@ -32,18 +39,18 @@ int wire_read_all(int fd, void *buf, size_t n, double deadline)
 {
     char *p = buf;
     while (n) {
-        double left = deadline - pn_now();
-        if (left <= 0)
+        double left = deadline > 0 ? deadline - pn_now() : -1;
+        if (deadline > 0 && left <= 0)
             return -ETIMEDOUT;
         struct pollfd pf = {.fd = fd, .events = POLLIN};
-        int r = poll(&pf, 1, (int)(left * 1000) + 1);
+        int r = poll(&pf, 1, deadline > 0 ? (int)(left * 1000) + 1 : -1);
         if (r < 0 && errno == EINTR)
             continue;
         if (r < 0)
             return -errno;
         if (r == 0)
             continue;
-        ssize_t k = recv(fd, p, n, 0);
+        ssize_t k = read(fd, p, n);
         if (k == 0)
             return -ECONNRESET;
         if (k < 0) {

@@ -19,9 +19,11 @@ enum { WIRE_HEADER_BYTES = 12, WIRE_TEXT_MAX = 1024 };
 enum { WIRE_HELLO = 1, WIRE_WELCOME, WIRE_REFUSE, WIRE_CLOCK_REQ, WIRE_CLOCK_REP, WIRE_TABLE, WIRE_ABORT,
        WIRE_DONE, WIRE_RELEASE };
 
-/* All n bytes or a negative errno (no SIGPIPE; EINTR retried). */
+/* The one pair of whole-buffer loops for sockets and pipes. All n bytes or a negative
+ * errno (a socket's closed peer is -EPIPE, not SIGPIPE; EINTR retried). */
 int wire_write_all(int fd, const void *buf, size_t n) PN_WUR;
-/* All n bytes by deadline (pn_now() seconds): -ETIMEDOUT, -ECONNRESET on EOF, or -errno. */
+/* All n bytes by deadline (pn_now() seconds; <= 0: no limit), sleeping in poll():
+ * -ETIMEDOUT, -ECONNRESET on EOF, or -errno. */
 int wire_read_all(int fd, void *buf, size_t n, double deadline) PN_WUR;
 
 /* A message header (magic, type, payload length): -EPROTO on a wrong magic, -EMSGSIZE
