@@ -15,6 +15,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/clock.h"
 #include "netem/emulator.h"
 #include "netem/profile.h"
 #include "netem/selftest.h"
@@ -117,11 +118,11 @@ static int shim_rtt(transport_t *t, int rank, int n, double res[2], char *err, s
         transport_req_t a, b;
         transport_key_t ka = {TRANSPORT_ACT, i, 0}, kg = {TRANSPORT_GRAD, i, 0};
         if (rank == 0) {
-            double t0 = transport_now();
+            double t0 = pn_now();
             if ((rc = transport_recv(t, 1, kg, buf, sizeof buf, &b)) == 0 &&
                 (rc = transport_send(t, 1, ka, buf, sizeof buf, &a)) == 0 &&
                 (rc = transport_wait(t, &b, 30)) == 0)
-                s[i] = transport_now() - t0;
+                s[i] = pn_now() - t0;
             if (rc == 0)
                 rc = transport_wait(t, &a, 30);
         } else {
@@ -157,9 +158,9 @@ static int shim_bulk(transport_t *t, int rank, double warm, double win, double r
     transport_key_t kend = {TRANSPORT_GRAD, 0, 0};
     if (rc == 0 && rank == 0) {
         memset(buf, 1, (size_t)SHIM_BULK * SHIM_DEPTH);
-        double deadline = transport_now() + warm + SHIM_WINDOWS * win + 0.5;
+        double deadline = pn_now() + warm + SHIM_WINDOWS * win + 0.5;
         long long posted = 0;
-        while (rc == 0 && (posted < SHIM_DEPTH || transport_now() < deadline)) {
+        while (rc == 0 && (posted < SHIM_DEPTH || pn_now() < deadline)) {
             int slot = (int)(posted % SHIM_DEPTH);
             if (posted >= SHIM_DEPTH && (rc = transport_wait(t, &req[slot], SHIM_TIMEOUT)) != 0)
                 break;
@@ -191,7 +192,7 @@ static int shim_bulk(transport_t *t, int rank, double warm, double win, double r
             }
             if ((rc = w) != 0)
                 break;
-            double now = transport_now();
+            double now = pn_now();
             if (++done == 1)
                 first = now;
             if (k <= SHIM_WINDOWS && now >= first + warm + k * win) {
@@ -305,9 +306,9 @@ static int shim_job(const netem_topo_t *topo, const shim_job_t *job, double res[
     int open_fds = 2, killed = 0;
     struct pollfd pf[2] = {{.fd = rp[0][0], .events = POLLIN}, {.fd = rp[1][0], .events = POLLIN}};
     /* Bounded: ranks that hang are killed after SHIM_TIMEOUT (the pipes then close). */
-    double deadline = transport_now() + SHIM_TIMEOUT;
+    double deadline = pn_now() + SHIM_TIMEOUT;
     while (open_fds > 0) {
-        int left = (int)((deadline - transport_now()) * 1000);
+        int left = (int)((deadline - pn_now()) * 1000);
         if (left <= 0 || poll(pf, 2, left) == 0) {
             for (int r = 0; r < 2; r++)
                 if (pid[r] > 0)

@@ -110,7 +110,7 @@ int model_options_parse(model_options_t *o, int opt, const char *arg, char *err,
         rc = parse_int(opt, arg, 1, 1 << 20, &o->seq_len, err, errlen);
         break;
     case MODEL_OPT_STAGES:
-        rc = parse_int(opt, arg, 1, MODEL_MAX_STAGES, &o->stages, err, errlen);
+        rc = parse_int(opt, arg, 1, PN_MAX_STAGES, &o->stages, err, errlen);
         break;
     case MODEL_OPT_PARTITION: {
         int n = 0;
@@ -124,8 +124,8 @@ int model_options_parse(model_options_t *o, int opt, const char *arg, char *err,
                          "bad entry %d in '%s'", n, arg);
                 return -EINVAL;
             }
-            if (n == MODEL_MAX_STAGES) {
-                snprintf(err, errlen, "--partition: more than %d stages", MODEL_MAX_STAGES);
+            if (n == PN_MAX_STAGES) {
+                snprintf(err, errlen, "--partition: more than %d stages", PN_MAX_STAGES);
                 return -EINVAL;
             }
             o->partition[n++] = (int)v;

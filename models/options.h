@@ -23,7 +23,7 @@ typedef struct {
     int layers, hidden, heads, vocab;   /* overrides of the config; 0 = the config's */
     int seq_len;                        /* 0 = the config's context */
     int stages;                         /* 0 = the number of --partition entries, else 1 */
-    int partition[MODEL_MAX_STAGES];
+    int partition[PN_MAX_STAGES];
     int n_partition;                    /* 0 = even split */
     int batch_size, micro_batch_size;   /* micro-batches per iteration = batch / micro-batch */
     char compute[512];

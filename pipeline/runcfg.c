@@ -239,7 +239,7 @@ int runcfg_describe(const runcfg_t *c, char *buf, size_t len)
     r.model.seq_len = p->seq_len;
     r.model.micro_batch_size = p->micro_batch_size;
     r.model.batch_size = p->micro_batch_size * p->micro_batches;
-    if (!r.model.n_partition && c->stages <= MODEL_MAX_STAGES) {
+    if (!r.model.n_partition && c->stages <= PN_MAX_STAGES) {
         model_partition_even(p->cfg.layers, c->stages, r.model.partition);
         r.model.n_partition = c->stages;
     }
