@@ -28,10 +28,13 @@ static int env_int(const char *name, int *out, char *err, size_t errlen)
 
 int jobenv_rank(int *rank, int *size, const char **source, char *err, size_t errlen)
 {
+    /* The launcher nearest the process first: mpirun (or a PMI launcher such as hydra)
+     * inside a Slurm allocation starts its ranks under Slurm's variables, where every
+     * rank may read the same SLURM_PROCID; its own rank variables are the true ones. */
     static const char *const fam[][3] = {
-        {"SLURM_PROCID", "SLURM_NTASKS", "Slurm"},
         {"OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "Open MPI"},
         {"PMI_RANK", "PMI_SIZE", "PMI"},
+        {"SLURM_PROCID", "SLURM_NTASKS", "Slurm"},
     };
     for (size_t i = 0; i < sizeof fam / sizeof *fam; i++) {
         int r, s, rc;
@@ -64,9 +67,11 @@ int jobenv_token(const char **token)
         *token = v;
         return 0;
     }
-    if ((v = getenv("SLURM_JOB_ID")) && *v) {
-        const char *step = getenv("SLURM_STEP_ID");
-        snprintf(buf, sizeof buf, "slurm-%s.%s", v, step ? step : "");
+    /* The nearest launcher first, as for the rank: under mpirun in a Slurm allocation the
+     * ranks mpirun forks itself and those its daemons fork in a Slurm step read different
+     * SLURM_STEP_IDs, but one Open MPI job id. */
+    if ((v = getenv("OMPI_MCA_ess_base_jobid")) && *v) {
+        snprintf(buf, sizeof buf, "ompi-%s", v);
         *token = buf;
         return 0;
     }
@@ -75,8 +80,9 @@ int jobenv_token(const char **token)
         *token = buf;
         return 0;
     }
-    if ((v = getenv("OMPI_MCA_ess_base_jobid")) && *v) {
-        snprintf(buf, sizeof buf, "ompi-%s", v);
+    if ((v = getenv("SLURM_JOB_ID")) && *v) {
+        const char *step = getenv("SLURM_STEP_ID");
+        snprintf(buf, sizeof buf, "slurm-%s.%s", v, step ? step : "");
         *token = buf;
         return 0;
     }

@@ -8,14 +8,15 @@
 
 #include "common/err.h"
 
-/* Rank and size from the launcher's environment: SLURM_PROCID/SLURM_NTASKS,
- * OMPI_COMM_WORLD_RANK/SIZE, PMI_RANK/PMI_SIZE. Returns 0 and the variable family's name
+/* Rank and size from the launcher's environment, the first family set of
+ * OMPI_COMM_WORLD_RANK/SIZE, PMI_RANK/PMI_SIZE, SLURM_PROCID/SLURM_NTASKS (mpirun inside a
+ * Slurm allocation: Open MPI's win). Returns 0 and the variable family's name
  * in *source, -ENOENT when none is set, -EINVAL (with a message) when one is malformed. */
 int jobenv_rank(int *rank, int *size, const char **source, char *err, size_t errlen) PN_WUR;
 
-/* A job token from the launcher's environment (PIPENEM_TOKEN, SLURM_JOB_ID+STEP,
- * PMIX_NAMESPACE, OMPI_MCA_ess_base_jobid): 0 and a static or environment string, or
- * -ENOENT. */
+/* A job token from the launcher's environment, the first set of PIPENEM_TOKEN,
+ * OMPI_MCA_ess_base_jobid, PMIX_NAMESPACE, SLURM_JOB_ID+SLURM_STEP_ID: 0 and a static or
+ * environment string, or -ENOENT. */
 int jobenv_token(const char **token) PN_WUR;
 
 /* "tcp://HOST:PORT" (HOST may be [IPv6]) into host and port. */
