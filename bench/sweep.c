@@ -8,6 +8,7 @@
 #include "models/model.h"
 #include "netem/emulator.h"
 #include "netem/profile.h"
+#include "netem/state.h"
 #include "schedules/sched.h"
 
 #include <errno.h>
@@ -353,6 +354,15 @@ int sweep_run(const sweep_spec_t *s, const sweep_loop_t *loop, results_t *r, swe
     int rc = check_resumed(s, r, err, errlen);
     if (rc)
         return rc;
+    /* A sweep (or run) killed by SIGKILL could not undo its namespaces and qdiscs; their
+     * records name a dead owner: undo them first, as `pipenem netem clear --all` would
+     * (live runs' records are left alone). Without access to the state directory there
+     * is nothing this sweep could undo anyway. */
+    int undone = 0, live = 0;
+    char uerr[256];
+    if (netem_state_undo_all(&undone, &live, NULL, NULL, uerr, sizeof uerr) == 0 && undone > 0)
+        fprintf(stderr, "pipenem sweep: undid %d change(s) a killed run left behind (state files in %s)\n", undone,
+                netem_state_dir());
     int total = sweep_cells(s), todo = 0;
     for (int i = 0; i < total; i++)
         todo += !results_cell_find(r, i);

@@ -225,6 +225,28 @@ static void test_sweep_writes_every_file(void **state)
     assert_int_equal(sh("diff -r '%s.copy' '%s' >&2", full, full), 0);
 }
 
+/* Returns once runs.csv at path holds `cells` rows (fails after 300 s). */
+static void wait_cells(const char *path, size_t cells)
+{
+    double waited = 0;
+    for (;;) {
+        char *text = NULL;
+        size_t len = 0, lines = 0;
+        if (csvio_file_read(path, &text, &len, NULL, 0) == 0) {
+            for (size_t i = 0; i < len; i++)
+                lines += text[i] == '\n';
+            free(text);
+        }
+        if (lines >= cells + 1)
+            return;
+        struct timespec ts = {0, 20 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+        waited += 0.02;
+        if (waited > 300)
+            fail_msg("the sweep wrote no %zu cells in 300 s", cells);
+    }
+}
+
 static void test_sigint_then_resume(void **state)
 {
     (void)state;
@@ -235,24 +257,7 @@ static void test_sigint_then_resume(void **state)
     snprintf(path, sizeof path, "%s/runs.csv", dir);
     snprintf(args, sizeof args, "sweep " GRID " --out %s", dir);
     pid_t pid = spawn(log, args);
-    /* Interrupt once two cells are in runs.csv. */
-    double waited = 0;
-    for (;;) {
-        char *text = NULL;
-        size_t len = 0, lines = 0;
-        if (csvio_file_read(path, &text, &len, NULL, 0) == 0) {
-            for (size_t i = 0; i < len; i++)
-                lines += text[i] == '\n';
-            free(text);
-        }
-        if (lines >= 3)
-            break;
-        struct timespec ts = {0, 20 * 1000 * 1000};
-        nanosleep(&ts, NULL);
-        waited += 0.02;
-        if (waited > 300)
-            fail_msg("the sweep wrote no two cells in 300 s");
-    }
+    wait_cells(path, 2);   /* interrupt once two cells are in runs.csv */
     kill(pid, SIGINT);
     int st;
     waitpid(pid, &st, 0);
@@ -299,6 +304,66 @@ static void test_sigint_then_resume(void **state)
                   b.n_iters, b.n_ops);
     results_destroy(&a);
     results_destroy(&b);
+}
+
+/* SIGKILL of the sweep process itself while it measures its second cell (no handler
+ * runs: its namespaces, qdisc records and scratch folder stay behind), then --resume:
+ * it finishes the missing cell, undoes what the killed sweep left, and leaves no
+ * temporary file, no namespace or link of either sweep and no state file of the killed
+ * one. */
+static void test_sigkill_then_resume(void **state)
+{
+    (void)state;
+    char dir[300], log[300], args[1024], path[320];
+    snprintf(dir, sizeof dir, "%s/killed", base);
+    snprintf(log, sizeof log, "%s/killed.log", base);
+    snprintf(path, sizeof path, "%s/runs.csv", dir);
+    snprintf(args, sizeof args, "sweep --model tiny --stages 2 --batch-size 4 --seq-len 16 --schedules gpipe "
+             "--micro-batch-sizes 1 --profiles default,10ms/1Gbps --iters 20 --warmup 1 "
+             "--compute emulate:fwd=5ms,bwd=10ms --no-plots --out %s", dir);
+    pid_t pid = spawn(log, args);
+    wait_cells(path, 1);
+    struct timespec ts = {0, 500 * 1000 * 1000};   /* into cell 1's 2 s of iterations */
+    nanosleep(&ts, NULL);
+    assert_int_equal(kill(pid, SIGKILL), 0);
+    int st;
+    waitpid(pid, &st, 0);
+    if (!WIFSIGNALED(st) || WTERMSIG(st) != SIGKILL) {
+        sh("cat '%s' >&2", log);
+        fail_msg("the sweep was not killed mid-cell (status %d; its output above)", st);
+    }
+    char prefix[32], list[1024] = "";
+    snprintf(prefix, sizeof prefix, "pn%d", (int)pid);
+    int left = netem_topo_leftovers(prefix, list, sizeof list);
+    print_message("after SIGKILL of the sweep (pid %d): %d namespaces/links left (%s); its files: ", (int)pid, left,
+                  list);
+    sh("ls -A '%s' | tr '\\n' ' ' >&2; echo >&2", dir);
+
+    snprintf(log, sizeof log, "%s/killed-resume.log", base);
+    snprintf(args, sizeof args, "sweep --resume %s", dir);
+    pid_t rpid = spawn(log, args);
+    waitpid(rpid, &st, 0);
+    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
+        fail_msg("--resume after SIGKILL exited %d; see %s", WIFEXITED(st) ? WEXITSTATUS(st) : -1, log);
+    no_leftovers(pid);
+    no_leftovers(rpid);
+    /* nothing half-written or scratch: no *.tmp* file, no .cells folder */
+    int stale = sh("cd '%s' && test -z \"$(find . -name '*.tmp*' -o -name .cells)\"", dir);
+    if (stale)
+        sh("cd '%s' && find . -name '*.tmp*' -o -name .cells >&2", dir);
+    assert_int_equal(stale, 0);
+    /* the killed sweep's state file is gone (its records undone) */
+    const char *sd = getenv("PIPENEM_STATE_DIR");
+    assert_int_equal(sh("test ! -e '%s/run-%d.state'", sd && *sd ? sd : "/run/pipenem", (int)pid), 0);
+    results_t r;
+    results_init(&r);
+    char err[512];
+    if (results_read(dir, &r, err, sizeof err))
+        fail_msg("%s", err);
+    print_message("resumed after SIGKILL: %zu cells, %zu iterations\n", r.n_cells, r.n_iters);
+    assert_int_equal(r.n_cells, 2);
+    assert_int_equal(r.n_iters, 2 * 21);
+    results_destroy(&r);
 }
 
 /* The largest SEND_ACT and SEND_GRAD bytes of a cell's trace. */
@@ -438,6 +503,7 @@ int main(void)
         cmocka_unit_test(test_sweep_writes_every_file),
         cmocka_unit_test(test_profiles_effect),
         cmocka_unit_test(test_sigint_then_resume),
+        cmocka_unit_test(test_sigkill_then_resume),
         cmocka_unit_test(test_straggler_slowdown),
     };
     return cmocka_run_group_tests_name("bench_sweep_run", tests, setup, teardown);
