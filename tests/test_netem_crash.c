@@ -1,18 +1,21 @@
 /* A run holding shaped links dies of SIGKILL (no handler can run); `pipenem netem clear
  * --all` must then restore every qdisc it changed (exactly, a non-default original
  * included) and remove every namespace, veth and bridge it made, while leaving a live
- * run's records alone. The suite ends by checking that nothing it made is left. */
+ * run's records alone; the same after SIGKILL of a real `pipenem run` over TBF-shaped
+ * links. The suite ends by checking that nothing it made is left. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <cmocka.h>
 
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "netem/state.h"
@@ -173,6 +176,72 @@ static void test_sigkill_then_clear_all(void **state)
     assert_non_null(strstr(out, "undone 0 records"));
 }
 
+/* The same for the real command: `pipenem run` over rate-shaped links (TBF on the
+ * switch ports) killed with SIGKILL mid-run; its stages die with it, its namespaces and
+ * qdiscs stay, and `pipenem netem clear --all` removes them and its state file. */
+static void test_sigkill_real_run(void **state)
+{
+    (void)state;
+    if (geteuid() != 0) {
+        print_message("SKIP: needs root for network namespaces and qdiscs\n");
+        skip();
+    }
+    char log[160];
+    snprintf(log, sizeof log, "%s-run.log", statedir);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        if (fd >= 0) {
+            dup2(fd, 1);
+            dup2(fd, 2);
+        }
+        execl(tu_pipenem(), tu_pipenem(), "run", "--model", "tiny", "--stages", "3", "--compute",
+              "emulate:fwd=5ms,bwd=10ms", "--batch-size", "4", "--iters", "1000", "--net", "rate=200mbit",
+              "--emulator", "netem", (char *)NULL);
+        _exit(127);
+    }
+    /* running once every stage is up over the shaped links (the rows are buffered) */
+    char id[32];
+    snprintf(id, sizeof id, "pn%d", (int)pid);
+    int ready = 0, tbf = 0;
+    for (int i = 0; i < 300 && !ready; i++) {
+        struct timespec ts = {0, 50 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+        run(out, sizeof out, "for n in $(ip netns list | awk '{print $1}' | grep '^%s'); do tc -n $n qdisc show; "
+            "done | grep -c '^qdisc tbf'", id);
+        tbf = atoi(out);
+        ready = tbf > 0 && run(out, sizeof out, "grep -q 'rank 2: pid' %s", log) == 0;
+    }
+    struct timespec mid = {1, 0};   /* into the iterations */
+    nanosleep(&mid, NULL);
+    assert_int_equal(kill(pid, SIGKILL), 0);
+    int st;
+    waitpid(pid, &st, 0);
+    run(out, sizeof out, "cat %s", log);
+    unlink(log);
+    if (!ready)
+        fail_msg("the run did not get its stages up over shaped links:\n%s", out);
+    print_message("pipenem run (pid %d) killed mid-run; %d TBF qdiscs on its links\n", (int)pid, tbf);
+    assert_true(tbf >= 1);
+    char left[2048];
+    int n = netem_topo_leftovers(id, left, sizeof left);
+    print_message("after SIGKILL: %d namespaces/links left:\n%s", n, left);
+    assert_true(n >= 1);
+    struct timespec ts = {0, 300 * 1000 * 1000};   /* the stages die with the launcher */
+    nanosleep(&ts, NULL);
+    run(out, sizeof out, "pgrep -f -- '--iters 100[0] --net rate=200mbit' | wc -l");   /* [0]: not this shell */
+    assert_int_equal(atoi(out), 0);
+
+    int rc = tu_pipenem_run(out, sizeof out, "netem clear --all");
+    print_message("%s", out);
+    assert_int_equal(rc, 0);
+    n = netem_topo_leftovers(id, left, sizeof left);
+    if (n)
+        fail_msg("clear --all left %d things of %s:\n%s", n, id, left);
+    assert_int_equal(run(out, sizeof out, "test ! -e %s/run-%d.state", statedir, (int)pid), 0);
+}
+
 static void test_nothing_left(void **state)
 {
     (void)state;
@@ -198,6 +267,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_sigkill_then_clear_all),
+        cmocka_unit_test(test_sigkill_real_run),
         cmocka_unit_test(test_nothing_left),
     };
     return cmocka_run_group_tests_name("netem_crash", tests, setup, teardown);
