@@ -34,6 +34,8 @@ typedef struct {
     transport_t inner;
     int rank, size;
     netem_shaper_t to_next, to_prev;
+    netem_shaper_t to_twin;  /* the tied-embedding exchange between the first and last rank */
+    int twin;                /* that peer, or -1 */
     const double *offset;
     shim_pend_t *pend;
     double wake_late;  /* moving average of how late a sleep until a time wakes up */
@@ -83,13 +85,17 @@ static int shim_send(void *impl, transport_req_t *req)
     shim_t *s = impl;
     if (req->key.mb >= TRANSPORT_MB_MAX / 4)
         return -EINVAL;
-    netem_shaper_t *sh = req->peer == s->rank + 1 ? &s->to_next : req->peer == s->rank - 1 ? &s->to_prev : NULL;
+    netem_shaper_t *sh = req->peer == s->rank + 1   ? &s->to_next
+                         : req->peer == s->rank - 1 ? &s->to_prev
+                         : req->peer == s->twin     ? &s->to_twin
+                                                    : NULL;
     shim_pend_t *p = pend_new(s, req);
     if (!p)
         return -ENOMEM;
     double t0 = pn_now() - *s->offset;
-    /* Only neighbours have an emulated link (the tied-embedding exchange between the
-     * first and last stage is not shaped: the topology has no such link either). */
+    /* Neighbours over their link; the first and last rank's tied-embedding exchange as
+     * the namespace topology's switch shapes it: by the receiver's port, whose profile
+     * is that of the receiver's one link. */
     p->hdr.deliver = sh ? netem_shaper_deliver(sh, t0, netem_shaper_wire_bytes(req->bytes, SHIM_MTU)) : t0;
     p->hdr.magic = SHIM_MAGIC;
     int rc = transport_send(&s->inner, req->peer, hdr_key(req->key), &p->hdr, sizeof p->hdr, &p->hreq);
@@ -207,6 +213,8 @@ int shim_transport_wrap(transport_t *inner, const netem_profile_t *links, const 
     netem_profile_t none = {0};
     netem_shaper_init(&s->to_next, s->rank + 1 < s->size ? &links[s->rank] : &none);
     netem_shaper_init(&s->to_prev, s->rank > 0 ? &links[s->rank - 1] : &none);
+    s->twin = s->size > 2 && s->rank == 0 ? s->size - 1 : s->size > 2 && s->rank == s->size - 1 ? 0 : -1;
+    netem_shaper_init(&s->to_twin, s->twin < 0 ? &none : s->twin == 0 ? &links[0] : &links[s->size - 2]);
     /* The default 50 us timer slack would make every sleep until a delivery time wake up
      * to 50 us late: a quarter of a 100 us link delay. The executor's thread, which calls
      * this and later waits, gets 1 ns slack. */

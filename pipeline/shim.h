@@ -11,7 +11,8 @@
 #include "pipeline/transport.h"
 
 /* Takes over *inner (on success it belongs to the shim). links[i] joins ranks i and i+1
- * (size-1 entries). *clock_offset is this rank's clock minus rank 0's (seconds), read at
+ * (size-1 entries); messages between the first and last rank (the tied-embedding
+ * exchange) are shaped by the receiver's link, as the namespace switch's port would. *clock_offset is this rank's clock minus rank 0's (seconds), read at
  * every send and receive, so it may be filled in after the bootstrap. */
 int shim_transport_wrap(transport_t *inner, const netem_profile_t *links, const double *clock_offset,
                         transport_t *out, char *err, size_t errlen) PN_WUR;

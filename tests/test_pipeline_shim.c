@@ -1,5 +1,5 @@
-/* Emulated links: the in-transport shaper delivers no tensor before its link's delay and
- * serialisation allow (in one process, then in a 3-stage run's trace), and a run over
+/* Emulated links: the in-transport shaper delivers each tensor when its link's delay and
+ * serialisation say (neighbours, and the first and last rank's tied exchange) (in one process, then in a 3-stage run's trace), and a run over
  * netem's namespace topology succeeds and leaves no namespace behind. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -73,6 +73,56 @@ static void test_shim_loopback(void **state)
     for (int r = 0; r < 2; r++) {
         transport_quiesce(&t[r]);
         transport_destroy(&t[r]);
+    }
+}
+
+/* The tied-embedding exchange between the first and last of 3 ranks, which are not
+ * neighbours: shaped as the switch's port of the receiver would (its one link's
+ * profile), each way, within 5%. */
+static void test_shim_tied_twin(void **state)
+{
+    (void)state;
+    char err[256];
+    netem_profile_t links[2] = {{.delay = 0.03, .rate = 80e6}, {.delay = 0.01, .rate = 40e6}};
+    static double offset = 0;
+    transport_t t[2];   /* ranks 0 and 2 of 3 */
+    for (int i = 0; i < 2; i++) {
+        transport_t raw;
+        ucx_params_t p = {.rank = 2 * i, .size = 3};
+        assert_int_equal(ucx_transport_open(&p, &raw, err, sizeof err), 0);
+        assert_int_equal(shim_transport_wrap(&raw, links, &offset, &t[i], err, sizeof err), 0);
+    }
+    for (int i = 0; i < 2; i++) {
+        const void *b;
+        size_t l;
+        t[1 - i].ops->address(t[1 - i].impl, &b, &l);
+        assert_int_equal(t[i].ops->connect(t[i].impl, 2 * (1 - i), b, l, err, sizeof err), 0);
+    }
+    enum { BYTES = 1 << 19 };
+    static float a[BYTES / 4], b[BYTES / 4];
+    double worst = 0;
+    for (int from = 0; from < 2; from++) {
+        int to = 1 - from;
+        const netem_profile_t *rx = to == 1 ? &links[1] : &links[0];   /* the receiver's link */
+        transport_req_t s, r;
+        transport_key_t key = {TRANSPORT_TIED, from, 0};
+        assert_int_equal(transport_recv(&t[to], 2 * from, key, b, BYTES, &r), 0);
+        double t0 = pn_now();
+        assert_int_equal(transport_send(&t[from], 2 * to, key, a, BYTES, &s), 0);
+        assert_int_equal(transport_wait(&t[to], &r, 10), 0);
+        double d = pn_now() - t0;
+        assert_int_equal(transport_wait(&t[from], &s, 10), 0);
+        double want = (double)netem_shaper_wire_bytes(BYTES, 1500) * 8 / rx->rate + rx->delay;
+        double e = tu_reldiff(d, want, 1e-9);
+        worst = fmax(worst, e);
+        print_message("tied exchange rank %d -> %d: delivered after %.4f s, expected %.4f s (%.2f%%)\n", 2 * from,
+                      2 * to, d, want, e * 100);
+    }
+    print_message("largest relative difference %.2f%% (tolerance 5%%)\n", worst * 100);
+    assert_true(worst <= 0.05);
+    for (int i = 0; i < 2; i++) {
+        transport_quiesce(&t[i]);
+        transport_destroy(&t[i]);
     }
 }
 
@@ -175,6 +225,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_shim_loopback),
+        cmocka_unit_test(test_shim_tied_twin),
         cmocka_unit_test(test_shim_run_trace),
         cmocka_unit_test(test_netem_topology_run),
     };
