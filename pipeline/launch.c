@@ -110,6 +110,10 @@ static void describe_status(int st, char *buf, size_t len)
         snprintf(buf, len, "exited with status %d", WEXITSTATUS(st));
 }
 
+/* Seconds a rank found stopped (SIGSTOP) at the first failure may stay so before it is
+ * killed, short of the grace: it cannot exit by itself. */
+#define LAUNCH_STOPPED_GRACE_S 3.0
+
 int launch_run(const launch_params_t *p, stage_summary_t *out, launch_failure_t *fail, char *err, size_t errlen)
 {
     const runcfg_t *cfg = p->cfg;
@@ -159,7 +163,7 @@ int launch_run(const launch_params_t *p, stage_summary_t *out, launch_failure_t 
      * SIGSTOPped rank makes its neighbours time out first), else the first to fail: a
      * survivor may be reaped before the rank whose death made it exit. */
     int first_bad = -1, signalled = -1, stopped = -1;
-    double kill_at = rc ? pn_now() : 0;
+    double kill_at = rc ? pn_now() : 0, kill_stopped_at = 0;
     while (live > 0) {
         int st;
         pid_t pid = waitpid(-1, &st, WUNTRACED | (kill_at > 0 || (p->stop && *p->stop) ? WNOHANG : 0));
@@ -181,11 +185,11 @@ int launch_run(const launch_params_t *p, stage_summary_t *out, launch_failure_t 
                     if (first_bad < 0) {
                         first_bad = r;
                         kill_at = pn_now() + grace;
-                        /* A stopped rank cannot exit on its own: waiting the grace for it
-                         * would end the run at timeout + grace after the stop, past the
-                         * documented bound (timeout + 10 s). Its status stays the cause. */
-                        if (stopped >= 0 && pids[stopped] > 0)
-                            kill(pids[stopped], SIGKILL);
+                        /* A stopped rank cannot exit on its own: the full grace after the
+                         * others' timeout would end the run past the documented bound
+                         * (timeout + 10 s). It gets a short while to be continued. */
+                        if (stopped >= 0)
+                            kill_stopped_at = pn_now() + LAUNCH_STOPPED_GRACE_S;
                     }
                     if (WIFSIGNALED(st) && signalled < 0 && !fail->killed)
                         signalled = r;
@@ -194,6 +198,11 @@ int launch_run(const launch_params_t *p, stage_summary_t *out, launch_failure_t 
         }
         if (pid < 0 && errno == ECHILD)
             break;
+        if (kill_stopped_at > 0 && pn_now() >= kill_stopped_at) {
+            if (pids[stopped] > 0)
+                kill(pids[stopped], SIGKILL);   /* its status stays the cause */
+            kill_stopped_at = 0;
+        }
         int stop = p->stop && *p->stop;
         if (!fail->killed && (stop || (kill_at > 0 && pn_now() >= kill_at))) {
             for (int r = 0; r < P; r++)

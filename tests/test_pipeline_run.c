@@ -128,7 +128,8 @@ static void test_blame_reaches_past_the_neighbour(void **state)
                 usleep(500000); /* into the iterations */
                 kill(pid[2], SIGSTOP);
                 kill(pid[0], SIGKILL);
-                usleep(2000000); /* rank 1 notices and exits meanwhile */
+                usleep(1000000); /* rank 1 notices and exits meanwhile (the launcher kills a
+                                  * rank still stopped 3 s after the first failure) */
                 kill(pid[2], SIGCONT);
             }
         }
