@@ -102,6 +102,10 @@ baseline() {
 baseline base
 nobody=${FAULT_NOBODY:-$root}
 [ $root = 1 ] || nobody=0
+if [ "$nobody" = 1 ] && ! id nobody >/dev/null 2>&1; then
+	echo "# faults: this machine has no user 'nobody': the --user nobody cases are skipped" >&2
+	nobody=0
+fi
 [ "$nobody" = 1 ] && baseline nobody --user nobody
 
 alive() { # pid -> 0 if it is still a pipenem process
@@ -296,12 +300,19 @@ for ((c = 0; c < total; c++)); do
 	fi
 done
 
-uml_ok=1
+uml_ok=1 uml_ran=0
 if [ -n "$uml_pid" ]; then
 	wait "$uml_pid"
 	uml_rc=$?
 	cat "$work/uml.out"
-	[ $uml_rc -eq 0 ] || uml_ok=0
+	# 2: user-mode Linux or its sch_netem is missing here: a failure in CI, which installs it
+	if [ $uml_rc -eq 2 ] && [ "${CI:-}" != true ]; then
+		echo "# faults: the user-mode Linux delay cases did not run (above); CI=true fails that"
+	elif [ $uml_rc -ne 0 ]; then
+		uml_ok=0
+	else
+		uml_ran=1
+	fi
 fi
 
 snapshot >"$work/after.snap"
@@ -316,7 +327,7 @@ fi
 printf '# wall time %s s; qdiscs, namespaces, links and state directory as before: %s\n' "$wall" \
 	"$([ $same = 1 ] && echo yes || echo NO)"
 if [ $failed -eq 0 ] && [ $same = 1 ] && [ $uml_ok = 1 ] && [ "$total" -gt 0 ]; then
-	echo "# faults: $total cases$([ -n "$uml_pid" ] && echo ' and the user-mode Linux delay cases'): OK"
+	echo "# faults: $total cases$([ $uml_ran = 1 ] && echo ' and the user-mode Linux delay cases'): OK"
 	exit 0
 fi
 echo "# faults: FAILED: $failed of $total cases failed$([ $same = 0 ] && echo '; the machine was left changed (above)')$([ $uml_ok = 0 ] && echo '; the user-mode Linux delay cases failed')"
