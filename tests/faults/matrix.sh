@@ -17,7 +17,8 @@
 # qdiscs (root). Before and after the whole matrix, the qdiscs of every namespace
 # (`ip -all netns exec`), the namespaces, the root namespace's links and the default
 # state directory must be the same. With user-mode Linux (linux.uml with sch_netem) and
-# root, delay cases (5ms/1Gbps, kernel netem) run inside it: tests/faults/uml-init.sh.
+# root, delay cases (5ms/1Gbps, kernel netem) run inside it, and a real `pipenem run` over
+# netem delay is SIGKILLed and restored with `netem clear --all`: tests/faults/uml-init.sh.
 # Prints one row per case; exits 1 if any fails, 2 if a tool it needs is missing.
 # usage: tests/faults/matrix.sh PIPENEM [JOBS]
 #   FAULT_CASES='kill:1:.*' runs only the cases matching it (ACTION:RANK:WHEN[:nobody]);
