@@ -59,7 +59,12 @@ run_one() { # name bin
 	rc=$?
 	wait "$tpid"
 	# setsid made the program's pid its process group: whatever is left there outlived it
-	left=$(ps -eo pgid=,stat= | awk -v g="$pid" '$1 == g && $2 !~ /^Z/' | wc -l)
+	# (a second for what is already dying: stages follow their launcher by PDEATHSIG)
+	for t in 1 2 3 4 5 6 7 8 9 10; do
+		left=$(ps -eo pgid=,stat= | awk -v g="$pid" '$1 == g && $2 !~ /^Z/' | wc -l)
+		[ "$left" -eq 0 ] && break
+		sleep 0.1
+	done
 	[ "$left" -gt 0 ] && kill -KILL -- "-$pid" 2>/dev/null
 	declared=$(grep -E '^\[==========\] Running [0-9]+ test' "$log" | awk '{s+=$3} END {print s+0}')
 	p=$(count '\[  PASSED  \]' "$log" 4)
