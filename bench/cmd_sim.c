@@ -298,7 +298,7 @@ int cmd_sim(int argc, char **argv)
     char sched_buf[512];
     const char *scheds[MAX_SCHEDULES];
     int n_sched = 0;
-    snprintf(sched_buf, sizeof sched_buf, "%s", sched_arg ? sched_arg : sched_names());
+    snprintf(sched_buf, sizeof sched_buf, "%s", sched_arg ? sched_arg : sched_default_names());
     for (char *save = NULL, *t = strtok_r(sched_buf, ", ", &save); t; t = strtok_r(NULL, ", ", &save)) {
         if (sched_uses_slack(t) < 0)
             return cli_usage_error(CMD, "unknown schedule '%s' (known: %s)", t, sched_names());

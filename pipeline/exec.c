@@ -166,7 +166,7 @@ static int send_slot(ctx_t *c, ring_t *r, long *next, int iter, const sched_op_t
         if (rc) {
             /* what it was waiting on is the earlier send still holding this buffer */
             const transport_req_t *q = &r->req[s];
-            sched_op_t sent = {q->key.dir == TRANSPORT_ACT ? SCHED_SEND_ACT : SCHED_SEND_GRAD, q->key.mb};
+            sched_op_t sent = {q->key.dir == TRANSPORT_ACT ? SCHED_SEND_ACT : SCHED_SEND_GRAD, q->key.mb, c->p->stage};
             char before[64];
             sched_op_format(op, before, sizeof before);
             fail_text(c, q->key.iter, &sent, q, rc, err, errlen);
@@ -199,7 +199,7 @@ static int tied_exchange(ctx_t *c, int it, char *err, size_t errlen)
     int twin = s == 0 ? P - 1 : 0, rc;
     transport_key_t key = {TRANSPORT_TIED, it, 0};
     transport_req_t rr, sr;
-    sched_op_t op = {SCHED_OPT_STEP, -1};
+    sched_op_t op = {SCHED_OPT_STEP, -1, -1};
     if ((rc = transport_recv(p->t, twin, key, tmp, n * sizeof *tmp, &rr)) == 0 &&
         (rc = transport_send(p->t, twin, key, g, n * sizeof *g, &sr)) == 0) {
         /* the send reads g: it must be done before the twin's gradient is added in */
@@ -410,7 +410,7 @@ int exec_run(const exec_params_t *p, exec_result_t *out, char *err, size_t errle
         ring_t *rr = k ? &sg : &sa;
         for (int i = 0; i < rr->w; i++)
             if (rr->busy[i]) {
-                sched_op_t op = {k ? SCHED_SEND_GRAD : SCHED_SEND_ACT, rr->req[i].key.mb};
+                sched_op_t op = {k ? SCHED_SEND_GRAD : SCHED_SEND_ACT, rr->req[i].key.mb, p->stage};
                 if ((rc = wait_req(&c, &rr->req[i])) != 0) {
                     fail_text(&c, rr->req[i].key.iter, &op, &rr->req[i], rc, err, errlen);
                     goto out;

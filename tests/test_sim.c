@@ -547,13 +547,19 @@ static unsigned rnd(unsigned n)
 static void test_mutated_plans(void **state)
 {
     (void)state;
-    static const char *const scheds[] = {"gpipe", "1f1b", "1f1b-slack"};
+    static const char *const scheds[] = {"gpipe", "1f1b", "1f1b-slack", "interleaved-1f1b", "zb-h1", "zb-v"};
     int accepted = 0, rejected = 0;
     for (int iter = 0; iter < 6000; iter++) {
-        int P = 1 + (int)rnd(4), M = 1 + (int)rnd(4);
+        int P = 1 + (int)rnd(4), M = 1 + (int)rnd(4), si = (int)rnd(6);
         sched_plan_t p;
         char err[512];
-        assert_int_equal(sched_plan_build(scheds[rnd(3)], P, M, (int)rnd(3), &p, err, sizeof err), 0);
+        if (si == 3)
+            M = P * (1 + (int)rnd(2)); /* Megatron's divisibility rule */
+        if (si == 5)
+            M += 2 * P;
+        sched_spec_t spec = {scheds[si], P, M, (int)rnd(3), si == 3 ? 1 + (int)rnd(3) : 0};
+        if (sched_plan_build_spec(&spec, &p, err, sizeof err))
+            fail_msg("%s P=%d M=%d: %s", scheds[si], P, M, err);
         for (int k = 1 + (int)rnd(3); k > 0; k--) {
             int s = (int)rnd((unsigned)P);
             size_t n = p.n_ops[s];
@@ -565,7 +571,10 @@ static void test_mutated_plans(void **state)
             case 0: { sched_op_t t = o[a]; o[a] = o[b]; o[b] = t; break; }
             case 1: memmove(o + a, o + a + 1, (n - a - 1) * sizeof *o); p.n_ops[s]--; break;
             case 2: o[a] = o[b]; break;
-            default: o[a] = (sched_op_t){(sched_op_kind_t)rnd(SCHED_OP_KINDS + 1), (int)rnd((unsigned)M + 2) - 1}; break;
+            default:
+                o[a] = (sched_op_t){(sched_op_kind_t)rnd(SCHED_OP_KINDS + 1), (int)rnd((unsigned)M + 2) - 1,
+                                    (int)rnd((unsigned)p.chunks + 2) - 1};
+                break;
             }
         }
         double **dur = calloc((size_t)P, sizeof *dur), **bytes = calloc((size_t)P, sizeof *bytes);
@@ -622,13 +631,13 @@ static void test_invalid_input(void **state)
         sim_config_t c;
         const char *needle;
     } bad[] = {
-        {ok, "stages must be >= 1"}, {ok, "micro-batches must be >= 1"}, {ok, "unknown schedule 'zb-h1'"},
+        {ok, "stages must be >= 1"}, {ok, "micro-batches must be >= 1"}, {ok, "unknown schedule 'zb-h2'"},
         {ok, "unknown schedule"}, {ok, "no per-stage costs"}, {ok, "activation size"},
         {ok, "gradient size"}, {ok, "unknown send mode"}, {ok, "slack"}, {ok, "stages must be >= 1"},
     };
     bad[0].c.stages = 0;
     bad[1].c.micro_batches = 0;
-    bad[2].c.schedule = "zb-h1";
+    bad[2].c.schedule = "zb-h2";
     bad[3].c.schedule = NULL;
     bad[4].c.cost = NULL;
     bad[5].c.act_bytes = -1;
