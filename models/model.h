@@ -6,6 +6,8 @@
 
 #include <stddef.h>
 
+#include "common/err.h"
+
 #define MODEL_WUR __attribute__((warn_unused_result))
 
 enum {
@@ -126,10 +128,10 @@ int    model_stage_backward(model_stage_t *st, int iter, int mb, const float *do
 /* The backward split in two (zero-bubble schedules). B: the input gradient din (stage 0:
  * none) from dout (last stage: from the loss); the slot stays held. -ENOENT if (iter, mb)
  * was not forwarded or its B already ran. W: adds the parameter gradients of a micro-batch
- * whose B ran and releases its slot; -ENOENT otherwise. model_stage_backward equals B then
- * W bit for bit on the cpu. */
-int    model_stage_backward_input(model_stage_t *st, int iter, int mb, const float *dout, float *din) MODEL_WUR;
-int    model_stage_backward_weights(model_stage_t *st, int iter, int mb) MODEL_WUR;
+ * whose B ran and releases its slot; -ENOENT otherwise. -ENOTSUP where the backend has no
+ * split backward. model_stage_backward equals B then W bit for bit on the cpu. */
+int    model_stage_backward_input(model_stage_t *st, int iter, int mb, const float *dout, float *din) PN_WUR;
+int    model_stage_backward_weights(model_stage_t *st, int iter, int mb) PN_WUR;
 /* AdamW on grads averaged over M, then zero. -EBUSY if micro-batches are still in flight. */
 int    model_stage_step(model_stage_t *st, int iter) MODEL_WUR;
 double model_stage_loss(const model_stage_t *st);       /* last stage: mean loss of the last stepped iteration; NAN otherwise or under emulate */
