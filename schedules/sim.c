@@ -92,6 +92,8 @@ static int plan_copy(const sched_plan_t *src, sched_plan_t *dst)
             memcpy(p.ops[s], src->ops[s], n * sizeof *p.ops[s]);
         p.n_ops[s] = n;
     }
+    p.chunks = src->chunks;
+    p.place = src->place;
     *dst = p;
     return 0;
 }
@@ -286,6 +288,99 @@ static int check_graph_numbers(const sim_graph_t *g, char *err, size_t errlen)
     return 0;
 }
 
+/* The link and channel tables of a run: 2P directions, 4P channels. */
+static int links_alloc(run_t *r)
+{
+    int P = r->P;
+    r->chan_send = calloc(4 * (size_t)P, sizeof *r->chan_send);
+    r->n_sent = calloc(4 * (size_t)P, sizeof *r->n_sent);
+    r->n_recv = calloc(4 * (size_t)P, sizeof *r->n_recv);
+    r->link_free = calloc(2 * (size_t)P, sizeof *r->link_free);
+    r->link_last = malloc(2 * (size_t)P * sizeof *r->link_last);
+    if (!r->chan_send || !r->n_sent || !r->n_recv || !r->link_free || !r->link_last)
+        return -ENOMEM;
+    for (int l = 0; l < 2 * P; l++)
+        r->link_last[l] = -1;
+    /* A channel carries at most one message per (micro-batch, chunk of the rank). */
+    size_t per_chan = (size_t)r->p->micro_batches * (size_t)(sched_plan_chunks(r->p) / P);
+    for (int c = 0; c < 4 * P; c++)
+        if (!(r->chan_send[c] = malloc(per_chan * sizeof **r->chan_send)))
+            return -ENOMEM;
+    return 0;
+}
+
+/* Totals, and the critical path back from the op that ends last. */
+static int result_fill(const run_t *r, sim_result_t *res)
+{
+    const sched_plan_t *p = r->p;
+    int P = r->P;
+    long last = -1;
+    for (int s = 0; s < P; s++)
+        for (size_t j = 0; j < p->n_ops[s]; j++) {
+            size_t i = r->off[s] + j;
+            if (sched_op_is_compute(p->ops[s][j].kind))
+                res->busy[s] += r->span[i].end - r->span[i].start;
+            if (last < 0 || r->span[i].end > r->span[last].end)
+                last = (long)i;
+        }
+    res->time = last >= 0 ? r->span[last].end : 0;
+    double busy_all = 0;
+    for (int s = 0; s < P; s++) {
+        res->bubble[s] = res->time > 0 ? 1 - res->busy[s] / res->time : 0;
+        busy_all += res->busy[s];
+    }
+    res->bubble_mean = res->time > 0 ? 1 - busy_all / (P * res->time) : 0;
+    size_t n_path = 0;
+    for (long i = last; i >= 0; i = r->pred[i])
+        n_path++;
+    res->critical = malloc((n_path ? n_path : 1) * sizeof *res->critical);
+    if (!res->critical)
+        return -ENOMEM;
+    size_t k = n_path;
+    for (long i = last; i >= 0; i = r->pred[i]) {
+        int s = P - 1;
+        while (r->off[s] > (size_t)i)
+            s--;
+        res->critical[--k] = (sim_ref_t){s, (size_t)i - r->off[s]};
+    }
+    res->n_critical = n_path;
+    return 0;
+}
+
+/* Everything a run needs besides the links; spans go to res->span as well. */
+static int run_alloc(run_t *r, sim_result_t *res)
+{
+    int P = r->P;
+    size_t N = 0;
+    r->off = malloc((size_t)P * sizeof *r->off);
+    if (!r->off)
+        return -ENOMEM;
+    for (int s = 0; s < P; s++) {
+        r->off[s] = N;
+        N += r->p->n_ops[s];
+    }
+    res->span = calloc((size_t)P, sizeof *res->span);
+    r->span = calloc(N ? N : 1, sizeof *r->span);
+    if (!res->span || !r->span)
+        return -ENOMEM;
+    for (int s = 0; s < P; s++)
+        res->span[s] = r->span + r->off[s];
+    r->pred = malloc((N ? N : 1) * sizeof *r->pred);
+    r->pc = calloc((size_t)P, sizeof *r->pc);
+    r->clock = calloc((size_t)P, sizeof *r->clock);
+    r->setter = malloc((size_t)P * sizeof *r->setter);
+    r->stream_free = calloc((size_t)P, sizeof *r->stream_free);
+    r->stream_last = malloc((size_t)P * sizeof *r->stream_last);
+    r->waiting = calloc((size_t)P, sizeof *r->waiting);
+    r->work = malloc((size_t)P * sizeof *r->work);
+    res->busy = calloc((size_t)P, sizeof *res->busy);
+    res->bubble = calloc((size_t)P, sizeof *res->bubble);
+    if (!r->pred || !r->pc || !r->clock || !r->setter || !r->stream_free || !r->stream_last ||
+        !r->waiting || !r->work || !res->busy || !res->bubble)
+        return -ENOMEM;
+    return links_alloc(r);
+}
+
 int sim_graph_run(const sim_graph_t *g, sim_result_t *out, char *err, size_t errlen)
 {
     if (!g || !g->plan || !g->dur || !g->bytes) {
@@ -314,52 +409,8 @@ int sim_graph_run(const sim_graph_t *g, sim_result_t *out, char *err, size_t err
     }
     res.peak_inflight = peak;
     res.slack = -1;
-
-    rc = -ENOMEM;
-    size_t N = 0;
-    r.off = malloc((size_t)P * sizeof *r.off);
-    if (!r.off)
+    if ((rc = run_alloc(&r, &res)))
         goto fail;
-    for (int s = 0; s < P; s++) {
-        r.off[s] = N;
-        N += p->n_ops[s];
-    }
-    res.span = calloc((size_t)P, sizeof *res.span);
-    r.span = calloc(N ? N : 1, sizeof *r.span);
-    if (!res.span || !r.span) {
-        free(r.span);
-        r.span = NULL;
-        goto fail;
-    }
-    for (int s = 0; s < P; s++)
-        res.span[s] = r.span + r.off[s];
-    r.pred = malloc((N ? N : 1) * sizeof *r.pred);
-    r.pc = calloc((size_t)P, sizeof *r.pc);
-    r.clock = calloc((size_t)P, sizeof *r.clock);
-    r.setter = malloc((size_t)P * sizeof *r.setter);
-    r.stream_free = calloc((size_t)P, sizeof *r.stream_free);
-    r.stream_last = malloc((size_t)P * sizeof *r.stream_last);
-    r.waiting = calloc((size_t)P, sizeof *r.waiting);
-    r.work = malloc((size_t)P * sizeof *r.work);
-    res.busy = calloc((size_t)P, sizeof *res.busy);
-    res.bubble = calloc((size_t)P, sizeof *res.bubble);
-    if (!r.pred || !r.pc || !r.clock || !r.setter || !r.stream_free || !r.stream_last ||
-        !r.waiting || !r.work || !res.busy || !res.bubble)
-        goto fail;
-    r.chan_send = calloc(4 * (size_t)P, sizeof *r.chan_send);
-    r.n_sent = calloc(4 * (size_t)P, sizeof *r.n_sent);
-    r.n_recv = calloc(4 * (size_t)P, sizeof *r.n_recv);
-    r.link_free = calloc(2 * (size_t)P, sizeof *r.link_free);
-    r.link_last = malloc(2 * (size_t)P * sizeof *r.link_last);
-    if (!r.chan_send || !r.n_sent || !r.n_recv || !r.link_free || !r.link_last)
-        goto fail;
-    for (int l = 0; l < 2 * P; l++)
-        r.link_last[l] = -1;
-    /* A channel carries at most one message per (micro-batch, chunk of the rank). */
-    size_t per_chan = (size_t)p->micro_batches * (size_t)(sched_plan_chunks(p) / P);
-    for (int c = 0; c < 4 * P; c++)
-        if (!(r.chan_send[c] = malloc(per_chan * sizeof **r.chan_send)))
-            goto fail;
     for (int s = 0; s < P; s++) {
         r.setter[s] = -1;
         r.stream_last[s] = -1;
@@ -373,39 +424,7 @@ int sim_graph_run(const sim_graph_t *g, sim_result_t *out, char *err, size_t err
             rc = -EPROTO;
             goto fail;
         }
-
-    /* Totals, and the critical path back from the op that ends last. */
-    long last = -1;
-    for (int s = 0; s < P; s++)
-        for (size_t j = 0; j < p->n_ops[s]; j++) {
-            size_t i = r.off[s] + j;
-            if (sched_op_is_compute(p->ops[s][j].kind))
-                res.busy[s] += r.span[i].end - r.span[i].start;
-            if (last < 0 || r.span[i].end > r.span[last].end)
-                last = (long)i;
-        }
-    res.time = last >= 0 ? r.span[last].end : 0;
-    double busy_all = 0;
-    for (int s = 0; s < P; s++) {
-        res.bubble[s] = res.time > 0 ? 1 - res.busy[s] / res.time : 0;
-        busy_all += res.busy[s];
-    }
-    res.bubble_mean = res.time > 0 ? 1 - busy_all / (P * res.time) : 0;
-    size_t n_path = 0;
-    for (long i = last; i >= 0; i = r.pred[i])
-        n_path++;
-    res.critical = malloc((n_path ? n_path : 1) * sizeof *res.critical);
-    if (!res.critical)
-        goto fail;
-    size_t k = n_path;
-    for (long i = last; i >= 0; i = r.pred[i]) {
-        int s = P - 1;
-        while (r.off[s] > (size_t)i)
-            s--;
-        res.critical[--k] = (sim_ref_t){s, (size_t)i - r.off[s]};
-    }
-    res.n_critical = n_path;
-    if ((rc = plan_copy(p, &res.plan)))
+    if ((rc = result_fill(&r, &res)) || (rc = plan_copy(p, &res.plan)))
         goto fail;
     run_free(&r);
     *out = res;
