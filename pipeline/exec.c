@@ -35,7 +35,11 @@ typedef struct {
     const exec_params_t *p;
     exec_result_t *out;
     size_t bytes;
-    int M, iters;
+    int M, iters, P, s;
+    recvq_t ra, rg;        /* activations from s-1, gradients from s+1 */
+    ring_t sa, sg;         /* activations to s+1, gradients to s-1 */
+    int *sa_slot, *sg_slot; /* [M]: send slot holding mb's tensor, -1 none */
+    long sa_next, sg_next;
 } ctx_t;
 
 static double cpu_now(void)
@@ -221,203 +225,248 @@ static int tied_exchange(ctx_t *c, int it, char *err, size_t errlen)
     return 0;
 }
 
-int exec_run(const exec_params_t *p, exec_result_t *out, char *err, size_t errlen)
+static int op_recv(ctx_t *c, int it, const sched_op_t *op, char *err, size_t errlen)
 {
-    const runcfg_t *cfg = p->cfg;
-    int P = cfg->stages, s = p->stage, M = cfg->micro_batches, iters = cfg->warmup + cfg->iters;
-    exec_result_t r = {0};
-    ctx_t c = {p, &r, model_stage_act_bytes(p->st), M, iters};
-    sched_op_t *ops = NULL;
-    size_t n = 0;
-    recvq_t ra = {0}, rg = {0};
-    ring_t sa = {0}, sg = {0};
-    int *sa_slot = NULL, *sg_slot = NULL;
-    long sa_next = 0, sg_next = 0;
-    int rc = sched_ops_build(cfg->schedule, P, M, cfg->slack, s, &ops, &n, err, errlen);
-    if (rc)
+    recvq_t *q = op->kind == SCHED_RECV_ACT ? &c->ra : &c->rg;
+    int slot = (int)(q->waited % q->ring.w);
+    if (q->waited >= q->posted) {
+        /* the window is full of unconsumed tensors: the op list consumes out of order */
+        snprintf(err, errlen, "rank %d: %s(mb %d) of iteration %d has no receive buffer free", c->s,
+                 sched_op_kind_name(op->kind), op->mb, it);
+        return -ENOBUFS;
+    }
+    int rc = wait_req(c, &q->ring.req[slot]);
+    if (rc) {
+        fail_text(c, it, op, &q->ring.req[slot], rc, err, errlen);
         return rc;
-    if (P > 1 && !p->t) {
-        snprintf(err, errlen, "rank %d: %d stages need a transport", s, P);
-        rc = -EINVAL;
-        goto out;
     }
-    int peak = sched_ops_peak_inflight(ops, n);
-    int w = (peak > 0 ? peak : 1) + 1;
-    if (w > M + 1)
-        w = M + 1;
-    r.iters = iters;
-    if (!(r.loss = malloc(sizeof *r.loss * (size_t)iters)) || !(sa_slot = malloc(sizeof *sa_slot * (size_t)M)) ||
-        !(sg_slot = malloc(sizeof *sg_slot * (size_t)M)) ||
-        (rc = recvq_init(&ra, ops, n, SCHED_RECV_ACT, TRANSPORT_ACT, s - 1, M, iters, w, c.bytes)) ||
-        (rc = recvq_init(&rg, ops, n, SCHED_RECV_GRAD, TRANSPORT_GRAD, s + 1, M, iters, w, c.bytes)) ||
-        (s < P - 1 && (rc = ring_init(&sa, w, c.bytes))) || (s > 0 && (rc = ring_init(&sg, w, c.bytes)))) {
-        snprintf(err, errlen, "rank %d: out of memory for %d boundary buffers of %zu bytes", s, 4 * w, c.bytes);
-        rc = -ENOMEM;
-        goto out;
+    q->waited++;
+    q->slot_of_mb[op->mb] = slot;
+    return 0;
+}
+
+/* The received tensor of op's micro-batch in q, or an error naming the missing receive. */
+static int recv_slot(ctx_t *c, recvq_t *q, int it, const sched_op_t *op, const char *recv_name, char *err,
+                     size_t errlen)
+{
+    int rs = q->slot_of_mb[op->mb];
+    if (rs < 0)
+        snprintf(err, errlen, "rank %d: %s(mb %d) of iteration %d before its %s", c->s, sched_op_kind_name(op->kind),
+                 op->mb, it, recv_name);
+    return rs;
+}
+
+/* Frees a consumed receive slot and posts the next receive into it. */
+static int recv_release(ctx_t *c, recvq_t *q, int rs, int mb)
+{
+    if (rs < 0)
+        return 0;
+    q->ring.busy[rs] = 0;
+    q->slot_of_mb[mb] = -1;
+    return recvq_fill(c, q);
+}
+
+/* FWD, or BWD / BWD_INPUT (input gradient to the previous stage); *t0 is reset to when
+ * the compute starts (after any wait for a send buffer). */
+static int op_compute(ctx_t *c, int it, const sched_op_t *op, double *t0, char *err, size_t errlen)
+{
+    int fwd = op->kind == SCHED_FWD, P = c->P, s = c->s, rs = -1, ss = -1, rc;
+    int has_in = fwd ? s > 0 : s < P - 1, has_out = fwd ? s < P - 1 : s > 0;
+    recvq_t *q = fwd ? &c->ra : &c->rg;
+    const float *in = NULL;
+    float *o = NULL;
+    if (has_in) {
+        if ((rs = recv_slot(c, q, it, op, fwd ? "RECV_ACT" : "RECV_GRAD", err, errlen)) < 0)
+            return -EPROTO;
+        in = q->ring.buf[rs];
     }
-    for (int i = 0; i < iters; i++)
-        r.loss[i] = NAN;
-    double run_w0 = transport_now(), run_c0 = cpu_now();
-    if (P > 1 && ((rc = recvq_fill(&c, &ra)) || (rc = recvq_fill(&c, &rg)))) {
-        snprintf(err, errlen, "rank %d: posting receives: %s", s, strerror(-rc));
-        goto out;
+    if (has_out) {
+        if ((rc = send_slot(c, fwd ? &c->sa : &c->sg, fwd ? &c->sa_next : &c->sg_next, it, op, &ss, err, errlen)))
+            return rc;
+        o = (fwd ? &c->sa : &c->sg)->buf[ss];
+        (fwd ? c->sa_slot : c->sg_slot)[op->mb] = ss;
     }
-    for (int it = 0; it < iters; it++) {
-        for (int i = 0; i < M; i++)
-            sa_slot[i] = sg_slot[i] = -1;
-        for (size_t k = 0; k < n; k++) {
-            const sched_op_t *op = &ops[k];
-            if (k == n / 2)
-                fault_point(s, FAULT_AT_ITER, it);
-            if (op->kind == SCHED_OPT_STEP)
-                fault_point(s, FAULT_AT_OPT, it);
-            double t0 = transport_now();
-            size_t bytes = 0;
-            switch (op->kind) {
-            case SCHED_RECV_ACT:
-            case SCHED_RECV_GRAD: {
-                recvq_t *q = op->kind == SCHED_RECV_ACT ? &ra : &rg;
-                int slot = (int)(q->waited % q->ring.w);
-                if (q->waited >= q->posted) {
-                    /* the window is full of unconsumed tensors: the op list consumes out of order */
-                    snprintf(err, errlen, "rank %d: %s(mb %d) of iteration %d has no receive buffer free", s,
-                             sched_op_kind_name(op->kind), op->mb, it);
-                    rc = -ENOBUFS;
-                    goto out;
-                }
-                rc = wait_req(&c, &q->ring.req[slot]);
-                if (rc) {
-                    fail_text(&c, it, op, &q->ring.req[slot], rc, err, errlen);
-                    goto out;
-                }
-                q->waited++;
-                q->slot_of_mb[op->mb] = slot;
-                bytes = c.bytes;
-                break;
-            }
-            case SCHED_FWD: {
-                const float *in = NULL;
-                float *o = NULL;
-                int rs = -1, ss = -1;
-                if (s > 0) {
-                    rs = ra.slot_of_mb[op->mb];
-                    if (rs < 0) {
-                        snprintf(err, errlen, "rank %d: FWD(mb %d) of iteration %d before its RECV_ACT", s, op->mb, it);
-                        rc = -EPROTO;
-                        goto out;
-                    }
-                    in = ra.ring.buf[rs];
-                }
-                if (s < P - 1) {
-                    if ((rc = send_slot(&c, &sa, &sa_next, it, op, &ss, err, errlen)) != 0)
-                        goto out;
-                    o = sa.buf[ss];
-                    sa_slot[op->mb] = ss;
-                }
-                t0 = transport_now();
-                rc = model_stage_forward(p->st, it, op->mb, in, o);
-                if (rc) {
-                    snprintf(err, errlen, "rank %d: FWD(mb %d) of iteration %d: %s", s, op->mb, it, strerror(-rc));
-                    goto out;
-                }
-                if (rs >= 0) {
-                    ra.ring.busy[rs] = 0;
-                    ra.slot_of_mb[op->mb] = -1;
-                    if ((rc = recvq_fill(&c, &ra)) != 0)
-                        goto out;
-                }
-                break;
-            }
-            case SCHED_BWD: {
-                const float *dout = NULL;
-                float *din = NULL;
-                int rs = -1, ss = -1;
-                if (s < P - 1) {
-                    rs = rg.slot_of_mb[op->mb];
-                    if (rs < 0) {
-                        snprintf(err, errlen, "rank %d: BWD(mb %d) of iteration %d before its RECV_GRAD", s, op->mb, it);
-                        rc = -EPROTO;
-                        goto out;
-                    }
-                    dout = rg.ring.buf[rs];
-                }
-                if (s > 0) {
-                    if ((rc = send_slot(&c, &sg, &sg_next, it, op, &ss, err, errlen)) != 0)
-                        goto out;
-                    din = sg.buf[ss];
-                    sg_slot[op->mb] = ss;
-                }
-                t0 = transport_now();
-                rc = model_stage_backward(p->st, it, op->mb, dout, din);
-                if (rc) {
-                    snprintf(err, errlen, "rank %d: BWD(mb %d) of iteration %d: %s", s, op->mb, it, strerror(-rc));
-                    goto out;
-                }
-                if (rs >= 0) {
-                    rg.ring.busy[rs] = 0;
-                    rg.slot_of_mb[op->mb] = -1;
-                    if ((rc = recvq_fill(&c, &rg)) != 0)
-                        goto out;
-                }
-                break;
-            }
-            case SCHED_SEND_ACT:
-            case SCHED_SEND_GRAD: {
-                int act = op->kind == SCHED_SEND_ACT;
-                ring_t *rr = act ? &sa : &sg;
-                int slot = (act ? sa_slot : sg_slot)[op->mb];
-                if (slot < 0) {
-                    snprintf(err, errlen, "rank %d: %s(mb %d) of iteration %d before its producer", s,
-                             sched_op_kind_name(op->kind), op->mb, it);
-                    rc = -EPROTO;
-                    goto out;
-                }
-                transport_key_t key = {act ? TRANSPORT_ACT : TRANSPORT_GRAD, it, op->mb};
-                rc = transport_send(p->t, act ? s + 1 : s - 1, key, rr->buf[slot], c.bytes, &rr->req[slot]);
-                if (rc) {
-                    snprintf(err, errlen, "rank %d: %s(mb %d) of iteration %d: %s", s, sched_op_kind_name(op->kind),
-                             op->mb, it, strerror(-rc));
-                    goto out;
-                }
-                rr->busy[slot] = 1;
-                bytes = c.bytes;
-                break;
-            }
-            case SCHED_OPT_STEP:
-                if ((rc = tied_exchange(&c, it, err, errlen)) != 0)
-                    goto out;
-                rc = model_stage_step(p->st, it);
-                if (rc) {
-                    snprintf(err, errlen, "rank %d: OPT_STEP of iteration %d: %s", s, it, strerror(-rc));
-                    goto out;
-                }
-                if (s == P - 1)
-                    r.loss[it] = model_stage_loss(p->st);
-                break;
-            default:
-                snprintf(err, errlen, "rank %d: unknown op kind %d", s, (int)op->kind);
-                rc = -EPROTO;
-                goto out;
-            }
-            if ((rc = row_add(&c, it, op->kind, op->mb, t0, transport_now(), bytes)) != 0) {
-                snprintf(err, errlen, "rank %d: out of memory for the trace", s);
-                goto out;
-            }
+    *t0 = transport_now();
+    if (fwd)
+        rc = model_stage_forward(c->p->st, it, op->mb, in, o);
+    else if (op->kind == SCHED_BWD)
+        rc = model_stage_backward(c->p->st, it, op->mb, in, o);
+    else
+        rc = model_stage_backward_input(c->p->st, it, op->mb, in, o);
+    if (rc) {
+        snprintf(err, errlen, "rank %d: %s(mb %d) of iteration %d: %s", s, sched_op_kind_name(op->kind), op->mb, it,
+                 strerror(-rc));
+        return rc;
+    }
+    return recv_release(c, q, rs, op->mb);
+}
+
+static int op_send(ctx_t *c, int it, const sched_op_t *op, char *err, size_t errlen)
+{
+    int act = op->kind == SCHED_SEND_ACT, s = c->s;
+    ring_t *rr = act ? &c->sa : &c->sg;
+    int slot = (act ? c->sa_slot : c->sg_slot)[op->mb];
+    if (slot < 0) {
+        snprintf(err, errlen, "rank %d: %s(mb %d) of iteration %d before its producer", s,
+                 sched_op_kind_name(op->kind), op->mb, it);
+        return -EPROTO;
+    }
+    transport_key_t key = {act ? TRANSPORT_ACT : TRANSPORT_GRAD, it, op->mb};
+    int rc = transport_send(c->p->t, act ? s + 1 : s - 1, key, rr->buf[slot], c->bytes, &rr->req[slot]);
+    if (rc) {
+        snprintf(err, errlen, "rank %d: %s(mb %d) of iteration %d: %s", s, sched_op_kind_name(op->kind), op->mb, it,
+                 strerror(-rc));
+        return rc;
+    }
+    rr->busy[slot] = 1;
+    return 0;
+}
+
+static int op_other(ctx_t *c, int it, const sched_op_t *op, char *err, size_t errlen)
+{
+    int rc, s = c->s;
+    switch (op->kind) {
+    case SCHED_BWD_WEIGHT:
+        if ((rc = model_stage_backward_weights(c->p->st, it, op->mb)))
+            snprintf(err, errlen, "rank %d: BWD_WEIGHT(mb %d) of iteration %d: %s", s, op->mb, it, strerror(-rc));
+        return rc;
+    case SCHED_OPT_STEP:
+        if ((rc = tied_exchange(c, it, err, errlen)) != 0)
+            return rc;
+        if ((rc = model_stage_step(c->p->st, it))) {
+            snprintf(err, errlen, "rank %d: OPT_STEP of iteration %d: %s", s, it, strerror(-rc));
+            return rc;
         }
+        if (s == c->P - 1)
+            c->out->loss[it] = model_stage_loss(c->p->st);
+        return 0;
+    default:
+        snprintf(err, errlen, "rank %d: unknown op kind %d", s, (int)op->kind);
+        return -EPROTO;
     }
-    /* Every send must have left before the buffers go. */
+}
+
+/* One op of iteration it, and its trace row. */
+static int op_run(ctx_t *c, int it, const sched_op_t *op, char *err, size_t errlen)
+{
+    double t0 = transport_now();
+    size_t bytes = 0;
+    int rc;
+    switch (op->kind) {
+    case SCHED_RECV_ACT:
+    case SCHED_RECV_GRAD:
+        rc = op_recv(c, it, op, err, errlen);
+        bytes = c->bytes;
+        break;
+    case SCHED_FWD:
+    case SCHED_BWD:
+    case SCHED_BWD_INPUT:
+        rc = op_compute(c, it, op, &t0, err, errlen);
+        break;
+    case SCHED_SEND_ACT:
+    case SCHED_SEND_GRAD:
+        rc = op_send(c, it, op, err, errlen);
+        bytes = c->bytes;
+        break;
+    default:
+        rc = op_other(c, it, op, err, errlen);
+        break;
+    }
+    if (!rc && (rc = row_add(c, it, op->kind, op->mb, t0, transport_now(), bytes)) != 0)
+        snprintf(err, errlen, "rank %d: out of memory for the trace", c->s);
+    return rc;
+}
+
+/* Every send must have left before the buffers go. */
+static int sends_drain(ctx_t *c, char *err, size_t errlen)
+{
     for (int k = 0; k < 2; k++) {
-        ring_t *rr = k ? &sg : &sa;
+        ring_t *rr = k ? &c->sg : &c->sa;
         for (int i = 0; i < rr->w; i++)
             if (rr->busy[i]) {
-                sched_op_t op = {k ? SCHED_SEND_GRAD : SCHED_SEND_ACT, rr->req[i].key.mb, p->stage};
-                if ((rc = wait_req(&c, &rr->req[i])) != 0) {
-                    fail_text(&c, rr->req[i].key.iter, &op, &rr->req[i], rc, err, errlen);
-                    goto out;
+                sched_op_t op = {k ? SCHED_SEND_GRAD : SCHED_SEND_ACT, rr->req[i].key.mb, c->s};
+                int rc = wait_req(c, &rr->req[i]);
+                if (rc) {
+                    fail_text(c, rr->req[i].key.iter, &op, &rr->req[i], rc, err, errlen);
+                    return rc;
                 }
                 rr->busy[i] = 0;
             }
     }
+    return 0;
+}
+
+/* The rings and receive queues of this rank's op list; w slots each. */
+static int ctx_init(ctx_t *c, const sched_op_t *ops, size_t n, char *err, size_t errlen)
+{
+    int P = c->P, s = c->s, M = c->M, rc;
+    int peak = sched_ops_peak_inflight(ops, n);
+    int w = (peak > 0 ? peak : 1) + 1;
+    if (w > M + 1)
+        w = M + 1;
+    if (!(c->out->loss = malloc(sizeof *c->out->loss * (size_t)c->iters)) ||
+        !(c->sa_slot = malloc(sizeof *c->sa_slot * (size_t)M)) || !(c->sg_slot = malloc(sizeof *c->sg_slot * (size_t)M)) ||
+        (rc = recvq_init(&c->ra, ops, n, SCHED_RECV_ACT, TRANSPORT_ACT, s - 1, M, c->iters, w, c->bytes)) ||
+        (rc = recvq_init(&c->rg, ops, n, SCHED_RECV_GRAD, TRANSPORT_GRAD, s + 1, M, c->iters, w, c->bytes)) ||
+        (s < P - 1 && (rc = ring_init(&c->sa, w, c->bytes))) || (s > 0 && (rc = ring_init(&c->sg, w, c->bytes)))) {
+        snprintf(err, errlen, "rank %d: out of memory for %d boundary buffers of %zu bytes", s, 4 * w, c->bytes);
+        return -ENOMEM;
+    }
+    for (int i = 0; i < c->iters; i++)
+        c->out->loss[i] = NAN;
+    return 0;
+}
+
+/* This rank's op list; the executor runs one chunk per rank (plain placement). */
+static int ops_get(const exec_params_t *p, sched_op_t **ops, size_t *n, char *err, size_t errlen)
+{
+    const runcfg_t *cfg = p->cfg;
+    sched_spec_t spec = {cfg->schedule, cfg->stages, cfg->micro_batches, cfg->slack, 0};
+    int v = 0, rc = sched_spec_check(&spec, &v, err, errlen);
+    if (!rc && v != 1)
+        rc = pn_err(err, errlen, -ENOTSUP, "rank %d: %s places %d model chunks on each stage; the executor "
+                    "runs one chunk per stage (predict it with `pipenem sim`)", p->stage, cfg->schedule, v);
+    return rc ? rc : sched_ops_build_spec(&spec, p->stage, ops, n, err, errlen);
+}
+
+int exec_run(const exec_params_t *p, exec_result_t *out, char *err, size_t errlen)
+{
+    const runcfg_t *cfg = p->cfg;
+    int P = cfg->stages, s = p->stage, iters = cfg->warmup + cfg->iters;
+    exec_result_t r = {0};
+    ctx_t c = {.p = p, .out = &r, .bytes = model_stage_act_bytes(p->st), .M = cfg->micro_batches,
+               .iters = iters, .P = P, .s = s};
+    sched_op_t *ops = NULL;
+    size_t n = 0;
+    int rc = ops_get(p, &ops, &n, err, errlen);
+    if (rc)
+        return rc;
+    r.iters = iters;
+    if (P > 1 && !p->t)
+        rc = pn_err(err, errlen, -EINVAL, "rank %d: %d stages need a transport", s, P);
+    else
+        rc = ctx_init(&c, ops, n, err, errlen);
+    if (rc)
+        goto out;
+    double run_w0 = transport_now(), run_c0 = cpu_now();
+    if (P > 1 && ((rc = recvq_fill(&c, &c.ra)) || (rc = recvq_fill(&c, &c.rg)))) {
+        snprintf(err, errlen, "rank %d: posting receives: %s", s, strerror(-rc));
+        goto out;
+    }
+    for (int it = 0; it < iters; it++) {
+        for (int i = 0; i < c.M; i++)
+            c.sa_slot[i] = c.sg_slot[i] = -1;
+        for (size_t k = 0; k < n; k++) {
+            if (k == n / 2)
+                fault_point(s, FAULT_AT_ITER, it);
+            if (ops[k].kind == SCHED_OPT_STEP)
+                fault_point(s, FAULT_AT_OPT, it);
+            if ((rc = op_run(&c, it, &ops[k], err, errlen)))
+                goto out;
+        }
+    }
+    if ((rc = sends_drain(&c, err, errlen)))
+        goto out;
     r.run_wall = transport_now() - run_w0;
     r.run_cpu = cpu_now() - run_c0;
 out:
@@ -426,13 +475,13 @@ out:
          * requests and leave the buffers to the process's exit rather than free them. */
         transport_fail(p->t, -ECANCELED, "the executor stopped");
     } else {
-        recvq_destroy(&ra);
-        recvq_destroy(&rg);
-        ring_destroy(&sa);
-        ring_destroy(&sg);
+        recvq_destroy(&c.ra);
+        recvq_destroy(&c.rg);
+        ring_destroy(&c.sa);
+        ring_destroy(&c.sg);
     }
-    free(sa_slot);
-    free(sg_slot);
+    free(c.sa_slot);
+    free(c.sg_slot);
     free(ops);
     if (rc) {
         exec_result_destroy(&r);
