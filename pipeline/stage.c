@@ -98,7 +98,7 @@ int stage_report_parse(stage_summary_t *s, int q, const char *text, size_t len, 
                 rc = -EPROTO;
                 break;
             }
-            if (q == s->stages - 1)
+            if (!isnan(v)) /* the rank holding the model's last chunk */
                 s->loss[i] = v;
         } else if (line[0] == 'T') {
             exec_row_t w = {.rank = q};
@@ -293,22 +293,66 @@ void stage_summary_print(const stage_summary_t *s, const runcfg_t *cfg, FILE *f)
     }
 }
 
+/* (mb, chunk) activations of `chunk` held at once in a rank's op list. */
+static int chunk_peak(const sched_op_t *ops, size_t n, int chunk)
+{
+    int held = 0, peak = 0;
+    for (size_t i = 0; i < n; i++)
+        if (ops[i].chunk != chunk)
+            continue;
+        else if (ops[i].kind == SCHED_FWD && ++held > peak)
+            peak = held;
+        else if (ops[i].kind == SCHED_BWD || ops[i].kind == SCHED_BWD_WEIGHT)
+            held--;
+    return peak;
+}
+
+/* The rank's model: stage `rank` of P, or with several chunks per stage (interleaved-1f1b,
+ * zb-v) its v chunks of the model split evenly into all chunks, in model order; each
+ * keeps what its part of the op list holds in flight. *ready counts those initialised. */
+static int models_init(const runcfg_t *cfg, int rank, model_stage_t *st, int *ready, char *err, size_t errlen)
+{
+    sched_spec_t spec = {cfg->schedule, cfg->stages, cfg->micro_batches, cfg->slack, 0};
+    sched_plan_t plan;
+    int rc = sched_plan_build_spec(&spec, &plan, err, errlen), v = plan.chunks / plan.stages;
+    if (rc)
+        return rc;
+    if (v > 1 && cfg->stage_params.partition)
+        rc = pn_err(err, errlen, -EINVAL, "rank %d: --partition gives each stage's layers; %s splits the layers "
+                    "evenly over its %d chunks", rank, cfg->schedule, plan.chunks);
+    for (int j = 0; j < v && !rc; j++) {
+        model_stage_params_t mp = cfg->stage_params;
+        int c = sched_rank_chunk(plan.place, plan.stages, plan.chunks, rank, j);
+        char e[384];
+        mp.stages = plan.chunks;
+        mp.stage = c;
+        if (v > 1)
+            mp.partition = NULL;
+        mp.max_inflight = chunk_peak(plan.ops[rank], plan.n_ops[rank], c);
+        if ((rc = model_stage_init(&st[j], &mp, e, sizeof e)) != 0)
+            snprintf(err, errlen, "rank %d: model%s: %s", rank, v > 1 ? " chunk" : "", e);
+        else
+            (*ready)++;
+    }
+    sched_plan_destroy(&plan);
+    return rc;
+}
+
 int stage_run(const stage_params_t *p, stage_summary_t *out, char *err, size_t errlen)
 {
     const runcfg_t *cfg = p->cfg;
     int P = cfg->stages, rank = p->rank, rc;
     transport_t t = {0};
     boot_t *b = NULL;
-    model_stage_t *st = calloc(1, sizeof *st);
-    int st_ready = 0;
+    model_stage_t *st = NULL, **chunks = NULL;
+    int st_ready = 0, v = 0;
     exec_result_t r = {0};
     char *report = NULL;
     stage_summary_t sum = {0};
     double clock_offset = 0; /* read by the shim at every message */
-    if (!st) {
-        snprintf(err, errlen, "out of memory");
-        return -ENOMEM;
-    }
+    sched_spec_t spec = {cfg->schedule, P, cfg->micro_batches, cfg->slack, 0};
+    if ((rc = sched_spec_check(&spec, &v, err, errlen)) != 0)
+        return rc;
     const void *blob = "";
     size_t bloblen = 0;
     if (P > 1) {
@@ -343,7 +387,9 @@ int stage_run(const stage_params_t *p, stage_summary_t *out, char *err, size_t e
         peers[np++] = rank - 1;
     if (rank < P - 1)
         peers[np++] = rank + 1;
-    if (cfg->model.tied_embeddings && P > 2 && (rank == 0 || rank == P - 1))
+    /* interleaved chunks also go from the last stage back to the first */
+    if ((cfg->model.tied_embeddings || (v > 1 && sched_uses_chunks(cfg->schedule) > 0)) && P > 2 &&
+        (rank == 0 || rank == P - 1))
         peers[np++] = rank == 0 ? P - 1 : 0;
     for (int i = 0; i < np; i++) {
         int q = peers[i];
@@ -356,29 +402,27 @@ int stage_run(const stage_params_t *p, stage_summary_t *out, char *err, size_t e
         snprintf(err, errlen, "rank %d: control-plane watcher: %s", rank, strerror(-rc));
         goto fail_all;
     }
-    model_stage_params_t mp = cfg->stage_params;
-    mp.stage = rank;
-    {
-        sched_op_t *ops = NULL;
-        size_t n = 0;
-        if ((rc = sched_ops_build(cfg->schedule, P, cfg->micro_batches, cfg->slack, rank, &ops, &n, err, errlen)))
-            goto fail_all;
-        mp.max_inflight = sched_ops_peak_inflight(ops, n);
-        free(ops);
+    if (!(st = calloc((size_t)v, sizeof *st)) || !(chunks = calloc((size_t)v, sizeof *chunks))) {
+        rc = pn_err(err, errlen, -ENOMEM, "rank %d: out of memory", rank);
+        goto fail_all;
     }
-    {
-        char e[384];
-        if ((rc = model_stage_init(st, &mp, e, sizeof e)) != 0) {
-            snprintf(err, errlen, "rank %d: model: %s", rank, e);
-            goto fail_all;
-        }
-        st_ready = 1;
-    }
-    exec_params_t ep = {.cfg = cfg, .st = st, .t = P > 1 ? &t : NULL, .boot = b, .stage = rank};
+    if ((rc = models_init(cfg, rank, st, &st_ready, err, errlen)) != 0)
+        goto fail_all;
+    for (int j = 0; j < v; j++)
+        chunks[j] = &st[j];
+    exec_params_t ep = {.cfg = cfg, .st = st, .chunks = v > 1 ? chunks : NULL, .n_chunks = v > 1 ? v : 0,
+                        .t = P > 1 ? &t : NULL, .boot = b, .stage = rank};
     if ((rc = exec_run(&ep, &r, err, errlen)) != 0)
         goto fail_all;
     model_account_t acc;
     model_stage_account(st, &acc);
+    for (int j = 1; j < v; j++) { /* a stage of several chunks does the work of all */
+        model_account_t more;
+        model_stage_account(&st[j], &more);
+        acc.fwd_flops += more.fwd_flops;
+        acc.bwd_flops += more.bwd_flops;
+        acc.params += more.params;
+    }
     stage_rank_t me = {.peak_rss = model_peak_rss_bytes(), .fwd_flops = acc.fwd_flops, .bwd_flops = acc.bwd_flops,
                        .peak_flops = acc.peak_flops, .wait_wall = r.wait_wall, .wait_cpu = r.wait_cpu,
                        .run_wall = r.run_wall, .run_cpu = r.run_cpu, .params = acc.params};
@@ -418,9 +462,10 @@ out:
     free(report);
     exec_result_destroy(&r);
     transport_destroy(&t);
-    if (st_ready)
-        model_stage_destroy(st);
+    for (int j = 0; j < st_ready; j++)
+        model_stage_destroy(&st[j]);
     free(st);
+    free(chunks);
     boot_close(b);
     return rc;
 }
