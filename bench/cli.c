@@ -1,5 +1,6 @@
 /* Shared command-line plumbing: the subcommand table and uniform usage errors. */
 #include "bench/cli.h"
+#include "common/parse.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -79,14 +80,10 @@ int cli_pending(const char *usage, int argc, char **argv)
 
 int cli_parse_int(const char *cmd, const char *opt, const char *s, int lo, int hi, int *out)
 {
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (!*s || *end || errno || v < lo || v > hi) {
+    if (pn_parse_int(s, lo, hi, out)) {
         if (hi == INT_MAX)
             return cli_usage_error(cmd, "%s: '%s' is not a whole number >= %d", opt, s, lo);
         return cli_usage_error(cmd, "%s '%s': want an integer in %d..%d", opt, s, lo, hi);
     }
-    *out = (int)v;
     return 0;
 }

@@ -2,6 +2,8 @@
  * achieved FLOP/s and, in the same run, the sgemm FLOP/s of the same GEMM shapes; --out
  * writes the per-layer times as a file that `--compute emulate:FILE` replays. */
 #include "bench/cli.h"
+#include "common/limits.h"
+#include "common/parse.h"
 #include "models/model.h"
 #include "models/options.h"
 
@@ -37,12 +39,8 @@ typedef struct {
 
 static int parse_count(const char *cmd, const char *name, const char *arg, int lo, int *out)
 {
-    char *end;
-    errno = 0;
-    long v = strtol(arg, &end, 10);
-    if (end == arg || *end || errno || v < lo || v > 1000000)
+    if (pn_parse_int(arg, lo, PN_MAX_ITERS, out))
         return cli_usage_error(cmd, "--%s: expected an integer >= %d, got '%s'", name, lo, arg);
-    *out = (int)v;
     return 0;
 }
 

@@ -3,6 +3,8 @@
 #include "bench/cli.h"
 #include "bench/report.h"
 #include "bench/results.h"
+#include "common/limits.h"
+#include "common/parse.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -30,11 +32,9 @@ int cmd_report(int argc, char **argv)
     int c;
     optind = 1;
     while ((c = cli_getopt(argv[0], argc, argv, "i:t:h", opts)) != -1) {
-        char *end;
         switch (c) {
         case 'i':
-            o.iteration = (int)strtol(optarg, &end, 10);
-            if (end == optarg || *end || o.iteration < 0)
+            if (pn_parse_int(optarg, 0, PN_MAX_ITERS, &o.iteration))
                 return cli_usage_error(argv[0], "--iteration: '%s' is not an iteration number (0, 1, ...)", optarg);
             break;
         case 't':

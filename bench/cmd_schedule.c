@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "bench/cli.h"
+#include "common/limits.h"
 #include "schedules/sched.h"
 #include "schedules/sim.h"
 
@@ -171,12 +172,12 @@ int cmd_schedule(int argc, char **argv)
         case 'h': printf(usage, sched_names()); return CLI_OK;
         case 's': schedule = optarg; break;
         case 'p':
-            if (cli_parse_int(CMD, "--stages", optarg, 1, 4096, &P))
+            if (cli_parse_int(CMD, "--stages", optarg, 1, PN_MAX_STAGES, &P))
                 return CLI_USAGE;
             have_p = 1;
             break;
         case 'm':
-            if (cli_parse_int(CMD, "--micro-batches", optarg, 1, 1 << 20, &M))
+            if (cli_parse_int(CMD, "--micro-batches", optarg, 1, PN_MAX_MICRO_BATCHES, &M))
                 return CLI_USAGE;
             have_m = 1;
             break;
@@ -197,7 +198,7 @@ int cmd_schedule(int argc, char **argv)
         return cli_usage_error(CMD, "unknown schedule '%s' (known: %s)", schedule, sched_names());
     if (slack_arg && sched_uses_slack(schedule) == 0)
         return cli_usage_error(CMD, "--slack applies to 1f1b-slack, not %s", schedule);
-    if (slack_arg && strcmp(slack_arg, "auto") && cli_parse_int(CMD, "--slack", slack_arg, 0, 1 << 20, &K))
+    if (slack_arg && strcmp(slack_arg, "auto") && cli_parse_int(CMD, "--slack", slack_arg, 0, PN_MAX_SLACK, &K))
         return CLI_USAGE;
 
     char err[512] = "";

@@ -10,13 +10,13 @@
 #include <strings.h>
 
 #include "bench/cli.h"
+#include "common/limits.h"
 #include "models/model.h"
 #include "netem/profile.h"
 #include "schedules/sched.h"
 #include "schedules/sim.h"
 
 #define CMD "sim"
-#define MAX_STAGES 4096
 #define MAX_SCHEDULES 16
 
 static const char usage[] =
@@ -55,7 +55,7 @@ static int parse_list(const char *opt, const char *s, int P, double unit, double
 {
     int n = 0;
     const char *p = s;
-    double vals[MAX_STAGES];
+    double vals[PN_MAX_STAGES];
     while (1) {
         char *end;
         errno = 0;
@@ -63,8 +63,8 @@ static int parse_list(const char *opt, const char *s, int P, double unit, double
         if (end == p || (*end && *end != ',') || errno || !isfinite(v) || v < 0)
             return cli_usage_error(CMD, "%s '%s': '%.*s' is not a number >= 0", opt, s,
                                    (int)strcspn(p, ","), p);
-        if (n == MAX_STAGES)
-            return cli_usage_error(CMD, "%s: more than %d values", opt, MAX_STAGES);
+        if (n == PN_MAX_STAGES)
+            return cli_usage_error(CMD, "%s: more than %d values", opt, PN_MAX_STAGES);
         vals[n++] = v * unit;
         if (!*end)
             break;
@@ -210,11 +210,11 @@ int cmd_sim(int argc, char **argv)
         case 'h': printf(usage, sched_names(), model_config_names(), SIM_SLACK_AUTO_MAX); return CLI_OK;
         case 's': sched_arg = optarg; break;
         case 'p':
-            if (cli_parse_int(CMD, "--stages", optarg, 1, MAX_STAGES, &P))
+            if (cli_parse_int(CMD, "--stages", optarg, 1, PN_MAX_STAGES, &P))
                 return CLI_USAGE;
             break;
         case 'm':
-            if (cli_parse_int(CMD, "--micro-batches", optarg, 1, 1 << 20, &M))
+            if (cli_parse_int(CMD, "--micro-batches", optarg, 1, PN_MAX_MICRO_BATCHES, &M))
                 return CLI_USAGE;
             break;
         case 'b':
@@ -288,7 +288,7 @@ int cmd_sim(int argc, char **argv)
         return cli_usage_error(CMD, "%s is required (time per micro-batch per stage, ms)",
                                !fwd_arg ? "--fwd-ms" : "--bwd-ms");
     int K = SIM_SLACK_AUTO;
-    if (strcmp(slack_arg, "auto") && cli_parse_int(CMD, "--slack", slack_arg, 0, 1 << 20, &K))
+    if (strcmp(slack_arg, "auto") && cli_parse_int(CMD, "--slack", slack_arg, 0, PN_MAX_SLACK, &K))
         return CLI_USAGE;
     grad_bytes = act_bytes;
     if (grad_arg && parse_size("--grad-bytes", grad_arg, &grad_bytes))

@@ -1,6 +1,8 @@
 /* Parsing and checking of the model/compute option group, so that every subcommand
  * that builds stages accepts the same words and rejects bad ones with the same message. */
 #include "models/options.h"
+#include "common/limits.h"
+#include "common/parse.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -67,14 +69,8 @@ static const char *opt_name(int opt)
 /* A whole-string integer in [lo, hi]. */
 static int parse_int(int opt, const char *arg, int lo, int hi, int *out, char *err, size_t errlen)
 {
-    char *end;
-    errno = 0;
-    long v = strtol(arg, &end, 10);
-    if (end == arg || *end || errno || v < lo || v > hi) {
-        snprintf(err, errlen, "--%s: expected an integer %d..%d, got '%s'", opt_name(opt), lo, hi, arg);
-        return -EINVAL;
-    }
-    *out = (int)v;
+    if (pn_parse_int(arg, lo, hi, out))
+        return pn_err(err, errlen, -EINVAL, "--%s: expected an integer %d..%d, got '%s'", opt_name(opt), lo, hi, arg);
     return 0;
 }
 
@@ -110,7 +106,7 @@ int model_options_parse(model_options_t *o, int opt, const char *arg, char *err,
         rc = parse_int(opt, arg, 1, 1 << 20, &o->seq_len, err, errlen);
         break;
     case MODEL_OPT_STAGES:
-        rc = parse_int(opt, arg, 1, MODEL_MAX_STAGES, &o->stages, err, errlen);
+        rc = parse_int(opt, arg, 1, PN_MAX_STAGES, &o->stages, err, errlen);
         break;
     case MODEL_OPT_PARTITION: {
         int n = 0;
@@ -124,8 +120,8 @@ int model_options_parse(model_options_t *o, int opt, const char *arg, char *err,
                          "bad entry %d in '%s'", n, arg);
                 return -EINVAL;
             }
-            if (n == MODEL_MAX_STAGES) {
-                snprintf(err, errlen, "--partition: more than %d stages", MODEL_MAX_STAGES);
+            if (n == PN_MAX_STAGES) {
+                snprintf(err, errlen, "--partition: more than %d stages", PN_MAX_STAGES);
                 return -EINVAL;
             }
             o->partition[n++] = (int)v;

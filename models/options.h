@@ -7,6 +7,8 @@
 
 #include <getopt.h>
 
+#include "common/err.h"
+#include "common/limits.h"
 #include "models/model.h"
 
 /* getopt values of the group (above every short option, below 0x2000). */
@@ -23,7 +25,7 @@ typedef struct {
     int layers, hidden, heads, vocab;   /* overrides of the config; 0 = the config's */
     int seq_len;                        /* 0 = the config's context */
     int stages;                         /* 0 = the number of --partition entries, else 1 */
-    int partition[MODEL_MAX_STAGES];
+    int partition[PN_MAX_STAGES];
     int n_partition;                    /* 0 = even split */
     int batch_size, micro_batch_size;   /* micro-batches per iteration = batch / micro-batch */
     char compute[512];
@@ -41,12 +43,12 @@ void model_options_defaults(model_options_t *o);
  * group's, terminated, into dst. Returns the number of entries without the terminator,
  * or -ENOSPC if cap is too small (cap >= own + MODEL_OPT_END - MODEL_OPT_MODEL + 1). */
 int model_options_table(struct option *dst, size_t cap, const struct option *own)
-    __attribute__((warn_unused_result));
+    PN_WUR;
 
 /* Consumes one getopt result: 1 if `opt` belongs to the group and `arg` was valid,
  * 0 if it is not one of the group's, -EINVAL with a message naming the option. */
 int model_options_parse(model_options_t *o, int opt, const char *arg, char *err, size_t errlen)
-    __attribute__((warn_unused_result));
+    PN_WUR;
 
 /* Resolves the config and overrides and checks every combination (heads dividing the
  * width, seq-len above the context, batch not divisible by micro-batch, partition not
@@ -54,7 +56,7 @@ int model_options_parse(model_options_t *o, int opt, const char *arg, char *err,
  * compute backend or device, unreadable dataset). Fills p for stage 0 with max_inflight 0
  * (all); the caller sets p->stage and p->max_inflight. p->partition points into o. */
 int model_options_finish(model_options_t *o, model_stage_params_t *p, char *err, size_t errlen)
-    __attribute__((warn_unused_result));
+    PN_WUR;
 
 /* The group's lines for a subcommand's --help. */
 const char *model_options_help(void);

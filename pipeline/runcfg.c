@@ -1,6 +1,7 @@
 /* The shared run configuration: option table, parsing with a message per bad value,
  * cross-field checks, and the canonical text whose hash every rank compares. */
 #include "pipeline/runcfg.h"
+#include "common/parse.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -85,14 +86,8 @@ const char *runcfg_help(void)
 
 static int parse_int(const char *name, const char *arg, int lo, int hi, int *out, char *err, size_t errlen)
 {
-    char *end;
-    errno = 0;
-    long v = strtol(arg, &end, 10);
-    if (end == arg || *end || errno || v < lo || v > hi) {
-        snprintf(err, errlen, "--%s: expected an integer %d..%d, got '%s'", name, lo, hi, arg);
-        return -EINVAL;
-    }
-    *out = (int)v;
+    if (pn_parse_int(arg, lo, hi, out))
+        return pn_err(err, errlen, -EINVAL, "--%s: expected an integer %d..%d, got '%s'", name, lo, hi, arg);
     return 0;
 }
 
@@ -119,9 +114,9 @@ int runcfg_option(runcfg_t *c, int opt, const char *arg, char *err, size_t errle
         }
         rc = copy_str("schedule", arg, c->schedule, sizeof c->schedule, err, errlen);
         break;
-    case RUNCFG_OPT_SLACK: rc = parse_int("slack", arg, 0, 1 << 16, &c->slack, err, errlen); break;
-    case RUNCFG_OPT_ITERS: rc = parse_int("iters", arg, 1, 1 << 20, &c->iters, err, errlen); break;
-    case RUNCFG_OPT_WARMUP: rc = parse_int("warmup", arg, 0, 1 << 20, &c->warmup, err, errlen); break;
+    case RUNCFG_OPT_SLACK: rc = parse_int("slack", arg, 0, PN_MAX_SLACK, &c->slack, err, errlen); break;
+    case RUNCFG_OPT_ITERS: rc = parse_int("iters", arg, 1, PN_MAX_ITERS, &c->iters, err, errlen); break;
+    case RUNCFG_OPT_WARMUP: rc = parse_int("warmup", arg, 0, PN_MAX_ITERS, &c->warmup, err, errlen); break;
     case RUNCFG_OPT_NET: rc = copy_str("net", arg, c->net, sizeof c->net, err, errlen); break;
     case RUNCFG_OPT_EMULATOR:
         if (strcmp(arg, "auto") && strcmp(arg, "netem") && strcmp(arg, "shim")) {
@@ -131,8 +126,8 @@ int runcfg_option(runcfg_t *c, int opt, const char *arg, char *err, size_t errle
         rc = copy_str("emulator", arg, c->emulator, sizeof c->emulator, err, errlen);
         break;
     case RUNCFG_OPT_DIST_URL: rc = copy_str("dist-url", arg, c->dist_url, sizeof c->dist_url, err, errlen); break;
-    case RUNCFG_OPT_WORLD_SIZE: rc = parse_int("world-size", arg, 1, 16384, &c->world_size, err, errlen); break;
-    case RUNCFG_OPT_RANK: rc = parse_int("rank", arg, 0, 16383, &c->rank, err, errlen); break;
+    case RUNCFG_OPT_WORLD_SIZE: rc = parse_int("world-size", arg, 1, PN_MAX_WORLD, &c->world_size, err, errlen); break;
+    case RUNCFG_OPT_RANK: rc = parse_int("rank", arg, 0, PN_MAX_WORLD - 1, &c->rank, err, errlen); break;
     case RUNCFG_OPT_TOKEN: rc = copy_str("token", arg, c->token, sizeof c->token, err, errlen); break;
     case RUNCFG_OPT_TIMEOUT: {
         char *end;
@@ -172,9 +167,9 @@ int runcfg_finish(runcfg_t *c, char *err, size_t errlen)
     }
     /* The transport's tag holds 24 bits of micro-batch, and every op list is built up
      * front: a typo like --batch-size 255251522 must not spend minutes building one. */
-    if (c->micro_batches > RUNCFG_MB_MAX) {
+    if (c->micro_batches > PN_MAX_MICRO_BATCHES) {
         snprintf(err, errlen, "--batch-size / --micro-batch-size give %d micro-batches; at most %d", c->micro_batches,
-                 RUNCFG_MB_MAX);
+                 PN_MAX_MICRO_BATCHES);
         return -EINVAL;
     }
     if (c->slack && sched_uses_slack(c->schedule) != 1) {
@@ -239,7 +234,7 @@ int runcfg_describe(const runcfg_t *c, char *buf, size_t len)
     r.model.seq_len = p->seq_len;
     r.model.micro_batch_size = p->micro_batch_size;
     r.model.batch_size = p->micro_batch_size * p->micro_batches;
-    if (!r.model.n_partition && c->stages <= MODEL_MAX_STAGES) {
+    if (!r.model.n_partition && c->stages <= PN_MAX_STAGES) {
         model_partition_even(p->cfg.layers, c->stages, r.model.partition);
         r.model.n_partition = c->stages;
     }

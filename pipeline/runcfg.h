@@ -9,9 +9,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "common/err.h"
+#include "common/limits.h"
 #include "models/options.h"
-
-#define RUNCFG_WUR __attribute__((warn_unused_result))
 
 /* getopt values of the pipeline group (the model group owns 0x1000..0x1fff). */
 enum {
@@ -20,8 +20,6 @@ enum {
     RUNCFG_OPT_RANK, RUNCFG_OPT_TOKEN, RUNCFG_OPT_TIMEOUT, RUNCFG_OPT_TRACE,
     RUNCFG_OPT_UCX_TLS, RUNCFG_OPT_UCX_DEVICES, RUNCFG_OPT_END
 };
-
-enum { RUNCFG_MB_MAX = 1 << 16 };   /* micro-batches per iteration */
 
 typedef struct {
     /* ---- shared by every rank (hashed) ---- */
@@ -47,18 +45,18 @@ void runcfg_defaults(runcfg_t *c);
 
 /* The caller's own long options (may be NULL) followed by the model group's and the
  * pipeline group's, terminated, into dst. Returns the entry count or -ENOSPC. */
-int runcfg_options_table(struct option *dst, size_t cap, const struct option *own) RUNCFG_WUR;
+int runcfg_options_table(struct option *dst, size_t cap, const struct option *own) PN_WUR;
 /* The help text of both groups. */
 const char *runcfg_help(void);
 
 /* Applies one parsed option: 1 if it belongs to either group, 0 if not, -EINVAL with a
  * message naming the option and the bad value. */
-int runcfg_option(runcfg_t *c, int opt, const char *arg, char *err, size_t errlen) RUNCFG_WUR;
+int runcfg_option(runcfg_t *c, int opt, const char *arg, char *err, size_t errlen) PN_WUR;
 
 /* Cross-field checks and derived values: the model group's checks, schedule name and
  * slack, warmup below iters, --net against the stage count and emulator, world size
  * against stages. -EINVAL naming the combination that is wrong. */
-int runcfg_finish(runcfg_t *c, char *err, size_t errlen) RUNCFG_WUR;
+int runcfg_finish(runcfg_t *c, char *err, size_t errlen) PN_WUR;
 
 /* "model=tiny seq_len=... " of the shared fields as given (0 = the model's default), in a
  * fixed order: what ranks compare. */
