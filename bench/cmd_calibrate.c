@@ -6,6 +6,8 @@
 #include "common/parse.h"
 #include "models/model.h"
 #include "models/options.h"
+#include "bench/vocab.h"
+#include "pipeline/runcfg.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -15,18 +17,34 @@
 #include <string.h>
 #include <unistd.h>
 
-static const char usage_text[] =
+/* One micro-batch is measured at a time, so no batch; data and learning rate do not
+ * change the time of a step. */
+static const int model_except[] = {MODEL_OPT_BATCH_SIZE, MODEL_OPT_DATASET, MODEL_OPT_LR, 0};
+static const int pipeline_only[] = {RUNCFG_OPT_ITERS, RUNCFG_OPT_WARMUP, 0};
+static const int output_only[] = {VOCAB_OPT_OUT, 0};
+
+static const cli_section_t sections[] = {
+    {"model and compute", model_options_group, NULL, model_except, 0},
+    {"measurement", runcfg_pipeline_group, pipeline_only, NULL, 0},
+    {"output", vocab_output_group, output_only, NULL, 0},
+    {NULL, NULL, NULL, NULL, 0},
+};
+
+static const cli_override_t overrides[] = {
+    {RUNCFG_OPT_ITERS, NULL, "measured iterations per stage, one micro-batch each", "3"},
+    {RUNCFG_OPT_WARMUP, NULL, "unmeasured iterations first", NULL},
+    {VOCAB_OPT_OUT, "FILE", "write the per-layer times, for --compute emulate:FILE", "none"},
+    {0, NULL, NULL, NULL},
+};
+
+static const cli_spec_t spec = {
+    "calibrate",
     "usage: pipenem calibrate --model M --seq-len T --micro-batch-size b --compute cpu\n"
     "                         [--stages P | --partition A,B,..] [--iters N] [--warmup W] [--out FILE]\n"
     "Measures forward and backward time per layer and per stage, the achieved FLOP/s, and\n"
-    "the sgemm FLOP/s of the same GEMM shapes in the same run (\"% of GEMM peak\").\n"
-    "--out FILE writes the per-layer times for --compute emulate:FILE.\n\n"
-    "  --iters N               measured iterations per stage (default 3)\n"
-    "  --warmup W              unmeasured iterations first (default 1)\n"
-    "  --out FILE              write the calibration file\n"
-    "  -h, --help              this text\n";
-
-enum { OPT_ITERS = 0x3000, OPT_WARMUP, OPT_OUT };
+    "the sgemm FLOP/s of the same GEMM shapes in the same run (\"% of GEMM peak\").\n\n",
+    sections, overrides, NULL, NULL,
+};
 
 typedef struct {
     int layers;                          /* of this stage */
@@ -151,24 +169,16 @@ static int write_calibration(const char *path, const model_stage_params_t *p, co
 int cmd_calibrate(int argc, char **argv)
 {
     const char *cmd = argv[0];
-    static const struct option own[] = {
-        {"help", no_argument, NULL, 'h'},
-        {"iters", required_argument, NULL, OPT_ITERS},
-        {"warmup", required_argument, NULL, OPT_WARMUP},
-        {"out", required_argument, NULL, OPT_OUT},
-        {NULL, 0, NULL, 0},
-    };
-    struct option table[64];
-    if (model_options_table(table, 64, own) < 0)
-        return cli_usage_error(cmd, "internal: option table too small");
+    cli_parser_t cp;
+    if (cli_parser_init(&cp, &spec))
+        return cli_usage_error(cmd, "internal: the option table is inconsistent");
     model_options_t mo;
     model_options_defaults(&mo);
     mo.batch_size = 1;
     int iters = 3, warmup = 1, c;
     const char *out_path = NULL;
     char err[1024];
-    optind = 1;
-    while ((c = cli_getopt(cmd, argc, argv, "h", table)) != -1) {
+    while ((c = cli_next(&cp, argc, argv)) != -1) {
         if (c == -2)
             return CLI_USAGE;
         int r = model_options_parse(&mo, c, optarg, err, sizeof err);
@@ -177,19 +187,18 @@ int cmd_calibrate(int argc, char **argv)
         if (r > 0)
             continue;
         switch (c) {
-        case 'h':
-            fputs(usage_text, stdout);
-            fputs(model_options_help(), stdout);
+        case CLI_OPT_HELP:
+            cli_help(&spec, stdout);
             return CLI_OK;
-        case OPT_ITERS:
+        case RUNCFG_OPT_ITERS:
             if (parse_count(cmd, "iters", optarg, 1, &iters))
                 return CLI_USAGE;
             break;
-        case OPT_WARMUP:
+        case RUNCFG_OPT_WARMUP:
             if (parse_count(cmd, "warmup", optarg, 0, &warmup))
                 return CLI_USAGE;
             break;
-        case OPT_OUT:
+        case VOCAB_OPT_OUT:
             out_path = optarg;
             break;
         default:
