@@ -61,16 +61,16 @@ int sweep_schedules_parse(const char *text, sweep_spec_t *s, char *err, size_t e
 {
     char buf[1024], *items[SWEEP_MAX_AXIS];
     int n;
-    int rc = split_list("--schedules", text, 0, buf, sizeof buf, items, &n, err, errlen);
+    int rc = split_list("--schedule", text, 0, buf, sizeof buf, items, &n, err, errlen);
     if (rc)
         return rc;
     for (int i = 0; i < n; i++) {
         if (sched_uses_slack(items[i]) < 0 || strlen(items[i]) >= sizeof s->schedules[0]) {
-            return pn_err(err, errlen, -EINVAL, "--schedules: unknown schedule '%s' (item %d; known: %s)", items[i], i + 1, sched_names());
+            return pn_err(err, errlen, -EINVAL, "--schedule: unknown schedule '%s' (item %d; known: %s)", items[i], i + 1, sched_names());
         }
         for (int j = 0; j < i; j++)
             if (!strcmp(items[j], items[i])) {
-                return pn_err(err, errlen, -EINVAL, "--schedules: '%s' is listed twice (items %d and %d)", items[i], j + 1, i + 1);
+                return pn_err(err, errlen, -EINVAL, "--schedule: '%s' is listed twice (items %d and %d)", items[i], j + 1, i + 1);
             }
     }
     for (int i = 0; i < n; i++)

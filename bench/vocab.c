@@ -5,8 +5,8 @@ const model_option_t vocab_grid_group[] = {
     {"micro-batch-sizes", 'b', VOCAB_OPT_MICRO_BATCH_SIZES, "LIST", "micro-batch sizes, each dividing --batch-size",
      "1,2,4"},
     {"profiles", 'p', VOCAB_OPT_PROFILES, "LIST",
-     "network profiles, one per cell row; key=value profiles go between ';'\n"
-     "(default;delay=5ms,rate=1gbit)",
+     "network profiles, one per row of the tables; separate key=value profiles with ';' as in "
+     "default;delay=5ms,rate=1gbit",
      "default,1ms/5Gbps,5ms/2Gbps,10ms/1Gbps"},
     {"repeat", 'r', VOCAB_OPT_REPEAT, "N", "runs per cell (their iterations are pooled)", "1"},
     {"straggler", 0, VOCAB_OPT_STRAGGLER, "RANK:FACTOR", "stage RANK computes FACTOR times slower (1:1.5)", "none"},
