@@ -8,8 +8,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/limits.h"
 #include "netem/profile.h"
-#include "pipeline/boot.h"
+#include "pipeline/jobenv.h"
 #include "pipeline/runcfg.h"
 #include "pipeline/stage.h"
 
@@ -56,7 +57,7 @@ int cmd_stage(int argc, char **argv)
     if (cfg.rank < 0 || cfg.world_size < 0) {
         int r, s;
         const char *src;
-        int rc = boot_env_rank(&r, &s, &src, err, sizeof err);
+        int rc = jobenv_rank(&r, &s, &src, err, sizeof err);
         if (rc == -ENOENT)
             return cli_usage_error(argv[0], "no rank: pass --rank and --world-size, or start under srun or mpirun");
         if (rc)
@@ -74,7 +75,7 @@ int cmd_stage(int argc, char **argv)
         return cli_usage_error(argv[0], "rank %d is not below world size %d", cfg.rank, cfg.world_size);
     /* Real hosts: the kernel emulator is applied to the NIC by `pipenem netem apply` on
      * each host; inside the job only the shim can shape. */
-    static netem_profile_t links[BOOT_RANKS_MAX];
+    static netem_profile_t links[PN_MAX_WORLD];
     stage_params_t sp = {.cfg = &cfg, .rank = cfg.rank, .listen_fd = -1};
     if (strcmp(cfg.net, "default")) {
         if (strcmp(cfg.emulator, "shim"))
@@ -88,13 +89,13 @@ int cmd_stage(int argc, char **argv)
     if (cfg.world_size > 1) {
         if (!cfg.dist_url[0])
             return cli_usage_error(argv[0], "--dist-url tcp://HOST:PORT is required with %d ranks", cfg.world_size);
-        if (boot_url_parse(cfg.dist_url, sp.host, sizeof sp.host, &sp.port, err, sizeof err))
+        if (jobenv_url_parse(cfg.dist_url, sp.host, sizeof sp.host, &sp.port, err, sizeof err))
             return cli_usage_error(argv[0], "%s", err);
         /* UCX's TCP transport listens on every device it may use: unless told otherwise,
          * only on the interface of the job's network (the one that reaches rank 0). */
         if (!cfg.ucx_devices[0]) {
             static char ifname[64];
-            if (boot_route_ifname(sp.host, sp.port, ifname, sizeof ifname, err, sizeof err)) {
+            if (jobenv_route_ifname(sp.host, sp.port, ifname, sizeof ifname, err, sizeof err)) {
                 fprintf(stderr, "pipenem stage: rank %d: %s (give --ucx-devices)\n", cfg.rank, err);
                 return CLI_FAIL;
             }
@@ -102,7 +103,7 @@ int cmd_stage(int argc, char **argv)
         }
     }
     sp.token = cfg.token;
-    if (!cfg.token[0] && boot_env_token(&sp.token) != 0)
+    if (!cfg.token[0] && jobenv_token(&sp.token) != 0)
         return cli_usage_error(argv[0], "no job token: pass the same --token to every rank (or set PIPENEM_TOKEN)");
     if (cfg.rank == 0) {
         char line[4096];

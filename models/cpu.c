@@ -11,6 +11,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/clock.h"
+
 /* Causal attention is computed in row blocks of this many queries, each against only
  * the keys it can see, which skips most of the masked upper triangle. */
 enum { ATT_BLOCK = 64 };
@@ -590,28 +592,28 @@ static int cpu_forward(model_stage_t *st, int slot, const float *in, float *out)
     int nl = st->layer_end - st->layer_begin;
     float *x0 = slot_base(st, slot);
     threads_apply(st);
-    double t0 = model_now();
+    double t0 = pn_now();
     if (st->first) {
         encoder_forward(x0, st->tokens, st->params + st->tensors[0].offset,
                         st->params + st->tensors[1].offset, B, T, C);
-        st->prof.embed_fwd += model_now() - t0;
+        st->prof.embed_fwd += pn_now() - t0;
     } else {
         memcpy(x0, in, (size_t)BT * C * sizeof(float));
     }
     for (int l = 0; l < nl; l++) {
         float *a[A_N], *w[MODEL_T_PER_LAYER];
-        double tl = model_now();
+        double tl = pn_now();
         layer_acts(st, slot, l, a);
         layer_params(st, l, 0, w);
         block_forward(a, layer_input(st, slot, l), w, B, T, C, NH);
-        st->prof.layer_fwd[l] += model_now() - tl;
+        st->prof.layer_fwd[l] += pn_now() - tl;
     }
     const float *y = layer_input(st, slot, nl); /* the last layer's output */
     if (!st->last) {
         memcpy(out, y, (size_t)BT * C * sizeof(float));
         return 0;
     }
-    double th = model_now();
+    double th = pn_now();
     const model_tensor_t *lnw = model_stage_tensor_find(st, "lnf.w");
     float *lp = slot_base(st, slot) + st->slot_floats - last_part_floats(st);
     float *lnf = lp, *mean = lp + (size_t)BT * C, *rstd = mean + BT, *probs = rstd + BT;
@@ -619,7 +621,7 @@ static int cpu_forward(model_stage_t *st, int slot, const float *in, float *out)
     matmul_forward(probs, lnf, head_weight(st, 0), NULL, BT, C, V);
     st->loss_sum += crossentropy_forward(probs, st->targets, BT, V) / BT;
     st->loss_count++;
-    st->prof.head_fwd += model_now() - th;
+    st->prof.head_fwd += pn_now() - th;
     return 0;
 }
 
@@ -631,7 +633,7 @@ static int cpu_backward(model_stage_t *st, int slot, const float *dout, float *d
     float *dy = s.dA, *dres2 = s.dB;
     threads_apply(st);
     if (st->last) {
-        double th = model_now();
+        double th = pn_now();
         const model_tensor_t *lnw = model_stage_tensor_find(st, "lnf.w");
         float *lp = slot_base(st, slot) + st->slot_floats - last_part_floats(st);
         float *lnf = lp, *mean = lp + (size_t)BT * C, *rstd = mean + BT, *probs = rstd + BT;
@@ -641,13 +643,13 @@ static int cpu_backward(model_stage_t *st, int slot, const float *dout, float *d
         memset(dy, 0, (size_t)BT * C * sizeof(float));
         layernorm_backward(dy, lnw->grad, lnw->grad + C, s.dln, layer_input(st, slot, nl), lnw->param,
                            mean, rstd, BT, C);
-        st->prof.head_bwd += model_now() - th;
+        st->prof.head_bwd += pn_now() - th;
     } else {
         memcpy(dy, dout, (size_t)BT * C * sizeof(float));
     }
     for (int l = nl - 1; l >= 0; l--) {
         float *a[A_N], *w[MODEL_T_PER_LAYER], *dw[MODEL_T_PER_LAYER];
-        double tl = model_now();
+        double tl = pn_now();
         layer_acts(st, slot, l, a);
         layer_params(st, l, 0, w);
         layer_params(st, l, 1, dw);
@@ -655,13 +657,13 @@ static int cpu_backward(model_stage_t *st, int slot, const float *dout, float *d
         if (st->p.recompute)
             block_forward(a, x, w, B, T, C, NH);
         block_backward(dy, dres2, &s, dw, dy, a, x, w, B, T, C, NH);
-        st->prof.layer_bwd[l] += model_now() - tl;
+        st->prof.layer_bwd[l] += pn_now() - tl;
     }
     if (st->first) {
-        double t0 = model_now();
+        double t0 = pn_now();
         encoder_backward(st->grads + st->tensors[0].offset, st->grads + st->tensors[1].offset, dy,
                          st->tokens, B, T, C);
-        st->prof.embed_bwd += model_now() - t0;
+        st->prof.embed_bwd += pn_now() - t0;
     } else {
         memcpy(din, dy, (size_t)BT * C * sizeof(float));
     }
@@ -749,14 +751,14 @@ int model_stage_gemm_reference(model_stage_t *st, int reps, double *flops, doubl
     double f = 0;
     for (size_t i = 0; i < lg.n; i++)
         f += 2.0 * lg.calls[i].M * lg.calls[i].N * lg.calls[i].K;
-    double t0 = model_now();
+    double t0 = pn_now();
     for (int r = 0; r < reps; r++)
         for (size_t i = 0; i < lg.n; i++) {
             const gemm_call_t *c = &lg.calls[i];
             cblas_sgemm(CblasRowMajor, c->ta ? CblasTrans : CblasNoTrans, c->tb ? CblasTrans : CblasNoTrans,
                         c->M, c->N, c->K, c->alpha, c->A, c->lda, c->B, c->ldb, c->beta, c->C, c->ldc);
         }
-    *seconds = (model_now() - t0) / reps;
+    *seconds = (pn_now() - t0) / reps;
     *flops = f;
     rc = 0;
 out:

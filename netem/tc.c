@@ -8,7 +8,6 @@
 #include <math.h>
 #include <net/if.h>
 #include <sched.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,29 +29,15 @@
 #define TICK_NS 64   /* PSCHED_SHIFT 6: the kernel's tick for tc time fields */
 #define FRAME_BYTES 1514
 
-static int fail(char *err, size_t errlen, int rc, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-
-static int fail(char *err, size_t errlen, int rc, const char *fmt, ...)
-{
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return rc;
-}
-
 int netem_dev_init(netem_dev_t *d, const char *netns, const char *ifname, char *err, size_t errlen)
 {
     if (!ifname || !*ifname || strlen(ifname) >= sizeof d->ifname)
-        return fail(err, errlen, -EINVAL, "device name '%s' is empty or longer than %zu characters",
+        return pn_err(err, errlen, -EINVAL, "device name '%s' is empty or longer than %zu characters",
                     ifname ? ifname : "", sizeof d->ifname - 1);
     if (netns && strlen(netns) >= sizeof d->netns)
-        return fail(err, errlen, -EINVAL, "namespace name '%s' is too long", netns);
+        return pn_err(err, errlen, -EINVAL, "namespace name '%s' is too long", netns);
     if (netns && (strchr(netns, '/') || strchr(netns, ' ')))
-        return fail(err, errlen, -EINVAL, "namespace name '%s' contains '/' or a space", netns);
+        return pn_err(err, errlen, -EINVAL, "namespace name '%s' contains '/' or a space", netns);
     memset(d, 0, sizeof *d);
     snprintf(d->netns, sizeof d->netns, "%s", netns ? netns : "");
     snprintf(d->ifname, sizeof d->ifname, "%s", ifname);
@@ -115,28 +100,28 @@ static int conn_open(const netem_dev_t *d, int need_dev, conn_t *c, char *err, s
         snprintf(path, sizeof path, "/run/netns/%s", d->netns);
         target = open(path, O_RDONLY | O_CLOEXEC);
         if (target < 0)
-            return fail(err, errlen, -ENOENT, "network namespace '%s' does not exist", d->netns);
+            return pn_err(err, errlen, -ENOENT, "network namespace '%s' does not exist", d->netns);
         self = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
         if (self < 0 || setns(target, CLONE_NEWNET) < 0) {
-            rc = fail(err, errlen, -errno, "cannot enter network namespace '%s': %s", d->netns,
+            rc = pn_err(err, errlen, -errno, "cannot enter network namespace '%s': %s", d->netns,
                       strerror(errno));
             goto out;
         }
     }
     c->sk = nl_socket_alloc();
     if (!c->sk || nl_connect(c->sk, NETLINK_ROUTE) < 0) {
-        rc = fail(err, errlen, -ENOMEM, "cannot open a netlink socket");
+        rc = pn_err(err, errlen, -ENOMEM, "cannot open a netlink socket");
         goto back;
     }
     nl_socket_modify_err_cb(c->sk, NL_CB_CUSTOM, on_error, c);
     if (need_dev) {
         c->ifindex = (int)if_nametoindex(d->ifname);
         if (c->ifindex == 0)
-            rc = fail(err, errlen, -ENODEV, "no network device '%s'", name);
+            rc = pn_err(err, errlen, -ENODEV, "no network device '%s'", name);
     }
 back:
     if (self >= 0 && setns(self, CLONE_NEWNET) < 0 && rc == 0)
-        rc = fail(err, errlen, -errno, "cannot return from namespace '%s'", d->netns);
+        rc = pn_err(err, errlen, -errno, "cannot return from namespace '%s'", d->netns);
 out:
     if (self >= 0)
         close(self);
@@ -343,7 +328,7 @@ int netem_tc_save(const netem_dev_t *d, netem_qdisc_saved_t *out, char *err, siz
     rc = dump_dev(&c, &dp);
     conn_close(&c);
     if (rc < 0)
-        return fail(err, errlen, rc, "cannot read the qdiscs of %s: %s", name, strerror(-rc));
+        return pn_err(err, errlen, rc, "cannot read the qdiscs of %s: %s", name, strerror(-rc));
     if (!dp.have_root) {
         memset(out, 0, sizeof *out);
         snprintf(out->kind, sizeof out->kind, "none");
@@ -351,12 +336,12 @@ int netem_tc_save(const netem_dev_t *d, netem_qdisc_saved_t *out, char *err, siz
         return 0;
     }
     if (dp.children > 0 && !dp.root.is_default)
-        return fail(err, errlen, -EBUSY,
+        return pn_err(err, errlen, -EBUSY,
                     "%s has a classful qdisc tree (%s %x: with %d child qdiscs such as %s) that "
                     "pipenem could not put back exactly; remove it first", name, dp.root.kind,
                     dp.root.handle >> 16, dp.children, dp.child_kind);
     if (dp.root.optlen == UINT16_MAX)
-        return fail(err, errlen, -EBUSY, "%s: the options of its %s root qdisc are too large to save",
+        return pn_err(err, errlen, -EBUSY, "%s: the options of its %s root qdisc are too large to save",
                     name, dp.root.kind);
     *out = dp.root;
     return 0;
@@ -367,9 +352,9 @@ static int errmsg(const netem_dev_t *d, int rc, const char *what, char *err, siz
     char name[96];
     dev_name(d, name, sizeof name);
     if (rc == -EPERM)
-        return fail(err, errlen, rc, "%s on %s: permission denied (changing qdiscs needs root or "
+        return pn_err(err, errlen, rc, "%s on %s: permission denied (changing qdiscs needs root or "
                     "CAP_NET_ADMIN)", what, name);
-    return fail(err, errlen, rc, "%s on %s: %s", what, name, strerror(-rc));
+    return pn_err(err, errlen, rc, "%s on %s: %s", what, name, strerror(-rc));
 }
 
 int netem_tc_restore(const netem_dev_t *d, const netem_qdisc_saved_t *s, char *err, size_t errlen)
@@ -453,11 +438,11 @@ int netem_tc_apply(const netem_dev_t *d, const netem_profile_t *p, int flags,
         return rc;
     }
     if (!netem_tc_may_change())
-        return fail(err, errlen, -EPERM, "shaping %s: permission denied (changing qdiscs needs root "
+        return pn_err(err, errlen, -EPERM, "shaping %s: permission denied (changing qdiscs needs root "
                     "or CAP_NET_ADMIN); nothing was changed", name);
     int use_netem = needs_netem(p);
     if (use_netem && ((flags & NETEM_TC_NO_NETEM) || !netem_tc_have_netem()))
-        return fail(err, errlen, -EOPNOTSUPP, "this kernel has no sch_netem: delay, jitter and loss "
+        return pn_err(err, errlen, -EOPNOTSUPP, "this kernel has no sch_netem: delay, jitter and loss "
                     "need it (load sch_netem, or use --emulator shim)");
     conn_t c;
     int rc = conn_open(d, 1, &c, err, errlen);
@@ -555,18 +540,18 @@ int netem_tc_apply_by_source(const netem_dev_t *d, int n, const char *const *src
     struct in_addr addr[16];
     dev_name(d, name, sizeof name);
     if (n < 1 || n > 16)
-        return fail(err, errlen, -EINVAL, "%d sources on %s: 1 to 16", n, name);
+        return pn_err(err, errlen, -EINVAL, "%d sources on %s: 1 to 16", n, name);
     int any_netem = 0;
     for (int i = 0; i < n; i++) {
         if (inet_pton(AF_INET, src[i], &addr[i]) != 1)
-            return fail(err, errlen, -EINVAL, "source '%s' is not an IPv4 address", src[i]);
+            return pn_err(err, errlen, -EINVAL, "source '%s' is not an IPv4 address", src[i]);
         any_netem |= needs_netem(&p[i]);
     }
     if (!netem_tc_may_change())
-        return fail(err, errlen, -EPERM, "shaping %s: permission denied (changing qdiscs needs root "
+        return pn_err(err, errlen, -EPERM, "shaping %s: permission denied (changing qdiscs needs root "
                     "or CAP_NET_ADMIN); nothing was changed", name);
     if (any_netem && ((flags & NETEM_TC_NO_NETEM) || !netem_tc_have_netem()))
-        return fail(err, errlen, -EOPNOTSUPP, "this kernel has no sch_netem: delay, jitter and loss "
+        return pn_err(err, errlen, -EOPNOTSUPP, "this kernel has no sch_netem: delay, jitter and loss "
                     "need it (load sch_netem, or use --emulator shim)");
     conn_t c;
     int recorded = 0, rc = conn_open(d, 1, &c, err, errlen);
@@ -699,7 +684,7 @@ int netem_tc_show(const netem_dev_t *d, netem_profile_t *p, char *kind, size_t k
     rc = dump_dev(&c, &dp);
     conn_close(&c);
     if (rc < 0)
-        return fail(err, errlen, rc, "cannot read the qdiscs of %s: %s", name, strerror(-rc));
+        return pn_err(err, errlen, rc, "cannot read the qdiscs of %s: %s", name, strerror(-rc));
     netem_profile_t prof = {0};
     uint32_t lim = 0;
     if (!strcmp(dp.root.kind, "netem")) {
@@ -771,7 +756,7 @@ int netem_tc_show_by_source(const netem_dev_t *d, netem_tc_class_t *out, int max
     }
     conn_close(&c);
     if (rc < 0)
-        return fail(err, errlen, rc, "cannot read the qdiscs and filters of %s: %s", name, strerror(-rc));
+        return pn_err(err, errlen, rc, "cannot read the qdiscs and filters of %s: %s", name, strerror(-rc));
     int k = 0;
     for (int i = 0; i < f.n && k < max; i++)
         for (int j = 0; j < dp.n_leaves; j++) {
@@ -849,7 +834,7 @@ int netem_tc_probe(netem_tc_probe_t *out, char *err, size_t errlen)
     memset(&res, 0, sizeof res);
     res.may_change = netem_tc_may_change();
     if (!res.may_change)
-        return fail(err, errlen, -EPERM, "probing qdiscs needs a scratch network namespace: "
+        return pn_err(err, errlen, -EPERM, "probing qdiscs needs a scratch network namespace: "
                     "permission denied (needs root or CAP_NET_ADMIN)");
     char ns[64];
     netem_dev_t d;
@@ -870,7 +855,7 @@ int netem_tc_probe(netem_tc_probe_t *out, char *err, size_t errlen)
     char e2[256];
     int rc2 = netem_topo_scratch_destroy(ns, e2, sizeof e2);
     if (rc == 0 && rc2 < 0)
-        rc = fail(err, errlen, rc2, "%s", e2);
+        rc = pn_err(err, errlen, rc2, "%s", e2);
     if (rc == 0)
         *out = res;
     return rc;

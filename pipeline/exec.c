@@ -12,6 +12,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "common/clock.h"
+
 typedef struct {
     int w;                 /* slots */
     float **buf;           /* [w] */
@@ -37,13 +39,6 @@ typedef struct {
     size_t bytes;
     int M, iters;
 } ctx_t;
-
-static double cpu_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 static double clock_job(const ctx_t *c, double local)
 {
@@ -109,10 +104,10 @@ static int recvq_fill(ctx_t *c, recvq_t *q)
 
 static int wait_req(ctx_t *c, transport_req_t *req)
 {
-    double w0 = transport_now(), c0 = cpu_now();
+    double w0 = pn_now(), c0 = pn_cpu_now();
     int rc = transport_wait(c->p->t, req, c->p->cfg->timeout);
-    c->out->wait_wall += transport_now() - w0;
-    c->out->wait_cpu += cpu_now() - c0;
+    c->out->wait_wall += pn_now() - w0;
+    c->out->wait_cpu += pn_cpu_now() - c0;
     return rc;
 }
 
@@ -257,7 +252,7 @@ int exec_run(const exec_params_t *p, exec_result_t *out, char *err, size_t errle
     }
     for (int i = 0; i < iters; i++)
         r.loss[i] = NAN;
-    double run_w0 = transport_now(), run_c0 = cpu_now();
+    double run_w0 = pn_now(), run_c0 = pn_cpu_now();
     if (P > 1 && ((rc = recvq_fill(&c, &ra)) || (rc = recvq_fill(&c, &rg)))) {
         snprintf(err, errlen, "rank %d: posting receives: %s", s, strerror(-rc));
         goto out;
@@ -271,7 +266,7 @@ int exec_run(const exec_params_t *p, exec_result_t *out, char *err, size_t errle
                 fault_point(s, FAULT_AT_ITER, it);
             if (op->kind == SCHED_OPT_STEP)
                 fault_point(s, FAULT_AT_OPT, it);
-            double t0 = transport_now();
+            double t0 = pn_now();
             size_t bytes = 0;
             switch (op->kind) {
             case SCHED_RECV_ACT:
@@ -314,7 +309,7 @@ int exec_run(const exec_params_t *p, exec_result_t *out, char *err, size_t errle
                     o = sa.buf[ss];
                     sa_slot[op->mb] = ss;
                 }
-                t0 = transport_now();
+                t0 = pn_now();
                 rc = model_stage_forward(p->st, it, op->mb, in, o);
                 if (rc) {
                     snprintf(err, errlen, "rank %d: FWD(mb %d) of iteration %d: %s", s, op->mb, it, strerror(-rc));
@@ -347,7 +342,7 @@ int exec_run(const exec_params_t *p, exec_result_t *out, char *err, size_t errle
                     din = sg.buf[ss];
                     sg_slot[op->mb] = ss;
                 }
-                t0 = transport_now();
+                t0 = pn_now();
                 rc = model_stage_backward(p->st, it, op->mb, dout, din);
                 if (rc) {
                     snprintf(err, errlen, "rank %d: BWD(mb %d) of iteration %d: %s", s, op->mb, it, strerror(-rc));
@@ -399,7 +394,7 @@ int exec_run(const exec_params_t *p, exec_result_t *out, char *err, size_t errle
                 rc = -EPROTO;
                 goto out;
             }
-            if ((rc = row_add(&c, it, op->kind, op->mb, t0, transport_now(), bytes)) != 0) {
+            if ((rc = row_add(&c, it, op->kind, op->mb, t0, pn_now(), bytes)) != 0) {
                 snprintf(err, errlen, "rank %d: out of memory for the trace", s);
                 goto out;
             }
@@ -418,8 +413,8 @@ int exec_run(const exec_params_t *p, exec_result_t *out, char *err, size_t errle
                 rr->busy[i] = 0;
             }
     }
-    r.run_wall = transport_now() - run_w0;
-    r.run_cpu = cpu_now() - run_c0;
+    r.run_wall = pn_now() - run_w0;
+    r.run_cpu = pn_cpu_now() - run_c0;
 out:
     if (rc && p->t) {
         /* UCX may still be writing into the rings (a rendezvous in progress): fail the

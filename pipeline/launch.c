@@ -19,12 +19,7 @@
 #include <time.h>
 #include <unistd.h>
 
-static double mono(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
+#include "common/clock.h"
 
 /* The rendezvous socket on an ephemeral port: on loopback, or on host 0's address
  * inside its namespace (a socket stays in the namespace it was made in). */
@@ -164,7 +159,7 @@ int launch_run(const launch_params_t *p, stage_summary_t *out, launch_failure_t 
      * SIGSTOPped rank makes its neighbours time out first), else the first to fail: a
      * survivor may be reaped before the rank whose death made it exit. */
     int first_bad = -1, signalled = -1, stopped = -1;
-    double kill_at = rc ? mono() : 0;
+    double kill_at = rc ? pn_now() : 0;
     while (live > 0) {
         int st;
         pid_t pid = waitpid(-1, &st, WUNTRACED | (kill_at > 0 || (p->stop && *p->stop) ? WNOHANG : 0));
@@ -185,7 +180,7 @@ int launch_run(const launch_params_t *p, stage_summary_t *out, launch_failure_t 
                         break;
                     if (first_bad < 0) {
                         first_bad = r;
-                        kill_at = mono() + grace;
+                        kill_at = pn_now() + grace;
                     }
                     if (WIFSIGNALED(st) && signalled < 0 && !fail->killed)
                         signalled = r;
@@ -195,7 +190,7 @@ int launch_run(const launch_params_t *p, stage_summary_t *out, launch_failure_t 
         if (pid < 0 && errno == ECHILD)
             break;
         int stop = p->stop && *p->stop;
-        if (!fail->killed && (stop || (kill_at > 0 && mono() >= kill_at))) {
+        if (!fail->killed && (stop || (kill_at > 0 && pn_now() >= kill_at))) {
             for (int r = 0; r < P; r++)
                 if (pids[r] > 0) {
                     if (!stop)
@@ -205,7 +200,7 @@ int launch_run(const launch_params_t *p, stage_summary_t *out, launch_failure_t 
                 }
             fail->killed = 1;
             if (kill_at <= 0)
-                kill_at = mono();
+                kill_at = pn_now();
         }
         struct timespec ts = {0, 50 * 1000 * 1000};
         nanosleep(&ts, NULL);

@@ -14,10 +14,12 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "common/clock.h"
 #include "netem/state.h"
 #include "pipeline/shim.h"
 #include "pipeline/transport.h"
 #include "pipeline/ucx.h"
+#include "pipeline/wire.h"
 
 #define SHIM_BULK (4u << 20)   /* bytes per bulk message */
 #define SHIM_DEPTH 8           /* bulk messages in flight */
@@ -30,28 +32,6 @@ typedef struct {
     double warm, win;          /* bulk */
     netem_profile_t link;
 } shim_job_t;
-
-static int full_write(int fd, const void *b, size_t n)
-{
-    for (size_t d = 0; d < n;) {
-        ssize_t r = write(fd, (const char *)b + d, n - d);
-        if (r <= 0)
-            return -1;
-        d += (size_t)r;
-    }
-    return 0;
-}
-
-static int full_read(int fd, void *b, size_t n)
-{
-    for (size_t d = 0; d < n;) {
-        ssize_t r = read(fd, (char *)b + d, n - d);
-        if (r <= 0)
-            return -1;
-        d += (size_t)r;
-    }
-    return 0;
-}
 
 static int cmp_dbl(const void *a, const void *b)
 {
@@ -69,11 +49,11 @@ static int shim_rtt(transport_t *t, int rank, int n, double res[2], char *err, s
         transport_req_t a, b;
         transport_key_t ka = {TRANSPORT_ACT, i, 0}, kg = {TRANSPORT_GRAD, i, 0};
         if (rank == 0) {
-            double t0 = transport_now();
+            double t0 = pn_now();
             if ((rc = transport_recv(t, 1, kg, buf, sizeof buf, &b)) == 0 &&
                 (rc = transport_send(t, 1, ka, buf, sizeof buf, &a)) == 0 &&
                 (rc = transport_wait(t, &b, 30)) == 0)
-                s[i] = transport_now() - t0;
+                s[i] = pn_now() - t0;
             if (rc == 0)
                 rc = transport_wait(t, &a, 30);
         } else {
@@ -109,9 +89,9 @@ static int shim_bulk(transport_t *t, int rank, double warm, double win, double r
     transport_key_t kend = {TRANSPORT_GRAD, 0, 0};
     if (rc == 0 && rank == 0) {
         memset(buf, 1, (size_t)SHIM_BULK * SHIM_DEPTH);
-        double deadline = transport_now() + warm + SHIM_WINDOWS * win + 0.5;
+        double deadline = pn_now() + warm + SHIM_WINDOWS * win + 0.5;
         long long posted = 0;
-        while (rc == 0 && (posted < SHIM_DEPTH || transport_now() < deadline)) {
+        while (rc == 0 && (posted < SHIM_DEPTH || pn_now() < deadline)) {
             int slot = (int)(posted % SHIM_DEPTH);
             if (posted >= SHIM_DEPTH && (rc = transport_wait(t, &req[slot], SHIM_TIMEOUT)) != 0)
                 break;
@@ -143,7 +123,7 @@ static int shim_bulk(transport_t *t, int rank, double warm, double win, double r
             }
             if ((rc = w) != 0)
                 break;
-            double now = transport_now();
+            double now = pn_now();
             if (++done == 1)
                 first = now;
             if (k <= SHIM_WINDOWS && now >= first + warm + k * win) {
@@ -202,9 +182,9 @@ static void shim_rank(const netem_topo_t *topo, int rank, const shim_job_t *job,
     const void *blob;
     size_t len, plen;
     char peer[4096];
-    if ((rc = t.ops->address(t.impl, &blob, &len)) != 0 || full_write(to_peer, &len, sizeof len) ||
-        full_write(to_peer, blob, len) || full_read(from_peer, &plen, sizeof plen) || plen > sizeof peer ||
-        full_read(from_peer, peer, plen)) {
+    if ((rc = t.ops->address(t.impl, &blob, &len)) != 0 || wire_write_all(to_peer, &len, sizeof len) ||
+        wire_write_all(to_peer, blob, len) || wire_read_all(from_peer, &plen, sizeof plen, 0) || plen > sizeof peer ||
+        wire_read_all(from_peer, peer, plen, 0)) {
         snprintf(err, sizeof err, "exchanging transport addresses failed");
         rc = -EIO;
         goto close;
@@ -219,7 +199,7 @@ static void shim_rank(const netem_topo_t *topo, int rank, const shim_job_t *job,
      * (a close with unread data resets the connection under the peer's last receive). */
     if (rc == 0) {
         char byte = 0;
-        if (full_write(to_peer, &byte, 1) || full_read(from_peer, &byte, 1)) {
+        if (wire_write_all(to_peer, &byte, 1) || wire_read_all(from_peer, &byte, 1, 0)) {
             snprintf(err, sizeof err, "closing barrier: the other rank is gone");
             rc = -EPIPE;
         }
@@ -228,10 +208,13 @@ close:
     transport_quiesce(&t);
     transport_destroy(&t);
 out:
+    /* nothing is left to tell if the parent is gone: it then reads "died without a word" */
+    int wrc = 0;
     if (rc == 0 && ((job->mode == 0 && rank == 0) || (job->mode == 1 && rank == 1)))
-        (void)full_write(res_fd, res, sizeof res);
+        wrc = wire_write_all(res_fd, res, sizeof res);
     else if (rc)
-        (void)full_write(res_fd, err, strlen(err) + 1);
+        wrc = wire_write_all(res_fd, err, strlen(err) + 1);
+    (void)wrc;
     _exit(rc ? 1 : 0);
 }
 
@@ -257,9 +240,9 @@ static int shim_job(const netem_topo_t *topo, const shim_job_t *job, double res[
     int open_fds = 2, killed = 0;
     struct pollfd pf[2] = {{.fd = rp[0][0], .events = POLLIN}, {.fd = rp[1][0], .events = POLLIN}};
     /* Bounded: ranks that hang are killed after SHIM_TIMEOUT (the pipes then close). */
-    double deadline = transport_now() + SHIM_TIMEOUT;
+    double deadline = pn_now() + SHIM_TIMEOUT;
     while (open_fds > 0) {
-        int left = (int)((deadline - transport_now()) * 1000);
+        int left = (int)((deadline - pn_now()) * 1000);
         if (left <= 0 || poll(pf, 2, left) == 0) {
             for (int r = 0; r < 2; r++)
                 if (pid[r] > 0)

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "pipeline/boot.h"
+#include "pipeline/ctrl.h"
 #include "pipeline/fault.h"
 #include "pipeline/shim.h"
 #include "pipeline/ucx.h"
@@ -196,7 +197,7 @@ out:
 
 static const char *gathered_get(const void *arg, int rank, size_t *len)
 {
-    return boot_gathered(arg, rank, len);
+    return ctrl_gathered(arg, rank, len);
 }
 
 /* Every rank's report, framed "len\n" + text, for a launcher in another process. */
@@ -204,7 +205,7 @@ static int reports_write(const boot_t *b, int P, FILE *f)
 {
     for (int q = 0; q < P; q++) {
         size_t len;
-        const char *t = boot_gathered(b, q, &len);
+        const char *t = ctrl_gathered(b, q, &len);
         if (!t)
             return -EPROTO;
         fprintf(f, "%zu\n", len);
@@ -352,7 +353,7 @@ int stage_run(const stage_params_t *p, stage_summary_t *out, char *err, size_t e
         if ((rc = t.ops->connect(t.impl, q, pb, len, err, errlen)) != 0)
             goto fail_all;
     }
-    if (P > 1 && (rc = boot_watch(b, on_peer_fail, &t)) != 0) {
+    if (P > 1 && (rc = ctrl_watch(b, on_peer_fail, &t)) != 0) {
         snprintf(err, errlen, "rank %d: control-plane watcher: %s", rank, strerror(-rc));
         goto fail_all;
     }
@@ -388,7 +389,7 @@ int stage_run(const stage_params_t *p, stage_summary_t *out, char *err, size_t e
         rc = -ENOMEM;
         goto fail_all;
     }
-    if ((rc = boot_finish(b, report, replen, cfg->timeout, err, errlen)) != 0)
+    if ((rc = ctrl_finish(b, report, replen, cfg->timeout, err, errlen)) != 0)
         goto out;
     if (P > 1)
         transport_quiesce(&t);
@@ -406,12 +407,12 @@ fail_all:
      * plane's first failure says which (it is in the text when it is not this one's). */
     if (P > 1 && b && (rc == -ECONNRESET || rc == -ECANCELED || rc == -EPIPE)) {
         char why[512];
-        int first = boot_wait_failure(b, 1.0, why, sizeof why);
+        int first = ctrl_wait_failure(b, 1.0, why, sizeof why);
         size_t n = strlen(err);
         if (first >= 0 && first != rank && names_another_rank(why, err))
             snprintf(err + n, errlen > n ? errlen - n : 0, "; the first failure: %s", why);
     }
-    boot_abort(b, err);
+    ctrl_abort(b, err);
 out:
     if (rc)
         stage_summary_destroy(&sum);

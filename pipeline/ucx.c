@@ -26,6 +26,8 @@
 
 #include <ucp/api/ucp.h>
 
+#include "common/clock.h"
+
 typedef struct ucx ucx_t;
 
 typedef struct {
@@ -155,7 +157,7 @@ static void req_complete(ucx_t *u, transport_req_t *req, int status, const char 
     req->status = status;
     if (why)
         snprintf(req->why, sizeof req->why, "%s", why);
-    req->done_at = transport_now();
+    req->done_at = pn_now();
     req->impl = NULL;
     req->state = TRANSPORT_REQ_DONE;
     notify(u);
@@ -549,8 +551,8 @@ static void close_wait(ucx_t *u, ucs_status_ptr_t sp)
 {
     if (sp == NULL || UCS_PTR_IS_ERR(sp))
         return;
-    double end = transport_now() + 2.0;
-    while (ucp_request_check_status(sp) == UCS_INPROGRESS && transport_now() < end) {
+    double end = pn_now() + 2.0;
+    while (ucp_request_check_status(sp) == UCS_INPROGRESS && pn_now() < end) {
         if (ucp_worker_progress(u->worker))
             continue;
         if (ucp_worker_arm(u->worker) == UCS_OK) {
