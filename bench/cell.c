@@ -183,13 +183,13 @@ int cell_measure(void *ctx, const sweep_spec_t *s, results_cell_t *cell, const c
             rc = -ENOMEM;
     }
     if (!rc)
-        rc = cell_runcfg(s, cell, P > 1 ? cell->profile : "default", strcmp(emu->name, "none") ? emu->name : "auto",
+        rc = cell_runcfg(s, cell, P > 1 ? cell->profile : "default", emu->shapes ? emu->name : "auto",
                          cfg, err, errlen);
     double flop_mb[RESULTS_MAX_STAGES], peak[RESULTS_MAX_STAGES], mem[RESULTS_MAX_STAGES], loss = NAN;
     for (int q = 0; q < P; q++)
         flop_mb[q] = peak[q] = mem[q] = NAN;
     for (int rep = 0; rep < s->repeats && !rc; rep++) {
-        rc = run_repeat(cfg, topo, strcmp(emu->name, "shim") ? NULL : links, s, workdir, stop, r, cell->cell, rep,
+        rc = run_repeat(cfg, topo, emu->in_transport ? links : NULL, s, workdir, stop, r, cell->cell, rep,
                         flop_mb, peak, mem, &loss, err, errlen);
     }
     if (topo) /* restore before anything else can fail or stop */

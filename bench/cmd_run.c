@@ -105,9 +105,9 @@ int cmd_run(int argc, char **argv)
             return cli_usage_error(argv[0], "%s", err);
         if (netem_emulator_choose(cfg.emulator, links, cfg.stages - 1, &em, why, sizeof why, err, sizeof err))
             return cli_usage_error(argv[0], "%s", err);
-        if (!strcmp(em->name, "shim")) {
+        if (em->in_transport) {
             l.shim_links = links;
-        } else if (strcmp(em->name, "none")) {
+        } else if (em->changes_kernel) {
             if (netem_topo_create(&topo, cfg.stages, err, sizeof err) ||
                 netem_topo_apply(&topo, links, em->name, err, sizeof err)) {
                 fprintf(stderr, "pipenem run: network emulation: %s\n", err);

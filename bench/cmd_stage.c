@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "common/limits.h"
+#include "netem/emulator.h"
 #include "netem/profile.h"
 #include "pipeline/jobenv.h"
 #include "pipeline/runcfg.h"
@@ -78,7 +79,8 @@ int cmd_stage(int argc, char **argv)
     static netem_profile_t links[PN_MAX_WORLD];
     stage_params_t sp = {.cfg = &cfg, .rank = cfg.rank, .listen_fd = -1};
     if (strcmp(cfg.net, "default")) {
-        if (strcmp(cfg.emulator, "shim"))
+        const netem_emulator_t *em = netem_emulator_find(cfg.emulator);
+        if (!em || !em->in_transport)
             return cli_usage_error(argv[0], "--net %s with --emulator %s: on real hosts apply the profile with "
                                             "`pipenem netem apply` on each host, or shape inside the job with "
                                             "--emulator shim", cfg.net, cfg.emulator);
