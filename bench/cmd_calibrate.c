@@ -166,6 +166,37 @@ static int write_calibration(const char *path, const model_stage_params_t *p, co
     return 0;
 }
 
+static void print_header(const model_stage_params_t *p, int iters, int warmup)
+{
+    printf("# pipenem calibrate: %s  layers %d  hidden %d  heads %d  vocab %d\n", p->cfg.name, p->cfg.layers,
+           p->cfg.hidden, p->cfg.heads, p->cfg.vocab);
+    char desc[256];
+    model_compute_describe(p->compute, desc, sizeof desc);
+    char threads[16] = "default";
+    if (p->threads > 0)
+        snprintf(threads, sizeof threads, "%d", p->threads);
+    printf("# seq-len %d  micro-batch-size %d  stages %d  recompute %d  threads %s\n# compute %s\n", p->seq_len,
+           p->micro_batch_size, p->stages, p->recompute, threads, desc);
+    printf("# %d measured iterations per stage after %d warm-up; times are per micro-batch\n", iters, warmup);
+    printf("# FLOPs: 6*N_matmul + 6*L*T*d per token (fwd 1/3, bwd 2/3); sgemm: the stage's own GEMM calls replayed alone\n");
+    printf("#\n# %5s %7s %10s %10s %10s %10s %10s %10s %10s %8s %10s\n", "stage", "layers", "params", "fwd", "bwd",
+           "opt", "fwd+bwd", "achieved", "sgemm", "of_GEMM", "saved_act");
+    printf("# %5s %7s %10s %10s %10s %10s %10s %10s %10s %8s %10s\n", "", "", "M", "ms", "ms", "ms", "GFLOP",
+           "GFLOP/s", "GFLOP/s", "peak_%", "MiB/mb");
+}
+
+static void print_layers(const model_stage_params_t *p, const stage_result_t *r, const double *lf, const double *lb)
+{
+    printf("#\n# per layer (ms per micro-batch)\n# %7s %10s %10s\n", "part", "fwd", "bwd");
+    printf("  %7s %10.3f %10.3f\n", "embed", r[0].embed_fwd * 1e3, r[0].embed_bwd * 1e3);
+    for (int l = 0; l < p->cfg.layers; l++) {
+        char nm[16];
+        snprintf(nm, sizeof nm, "h%d", l);
+        printf("  %7s %10.3f %10.3f\n", nm, lf[l] * 1e3, lb[l] * 1e3);
+    }
+    printf("  %7s %10.3f %10.3f\n", "head", r[p->stages - 1].head_fwd * 1e3, r[p->stages - 1].head_bwd * 1e3);
+}
+
 int cmd_calibrate(int argc, char **argv)
 {
     const char *cmd = argv[0];
@@ -223,21 +254,7 @@ int cmd_calibrate(int argc, char **argv)
         return CLI_FAIL;
     }
     int status = CLI_OK;
-    printf("# pipenem calibrate: %s  layers %d  hidden %d  heads %d  vocab %d\n", p.cfg.name, p.cfg.layers,
-           p.cfg.hidden, p.cfg.heads, p.cfg.vocab);
-    char desc[256];
-    model_compute_describe(p.compute, desc, sizeof desc);
-    char threads[16] = "default";
-    if (p.threads > 0)
-        snprintf(threads, sizeof threads, "%d", p.threads);
-    printf("# seq-len %d  micro-batch-size %d  stages %d  recompute %d  threads %s\n# compute %s\n", p.seq_len,
-           p.micro_batch_size, p.stages, p.recompute, threads, desc);
-    printf("# %d measured iterations per stage after %d warm-up; times are per micro-batch\n", iters, warmup);
-    printf("# FLOPs: 6*N_matmul + 6*L*T*d per token (fwd 1/3, bwd 2/3); sgemm: the stage's own GEMM calls replayed alone\n");
-    printf("#\n# %5s %7s %10s %10s %10s %10s %10s %10s %10s %8s %10s\n", "stage", "layers", "params", "fwd", "bwd",
-           "opt", "fwd+bwd", "achieved", "sgemm", "of_GEMM", "saved_act");
-    printf("# %5s %7s %10s %10s %10s %10s %10s %10s %10s %8s %10s\n", "", "", "M", "ms", "ms", "ms", "GFLOP",
-           "GFLOP/s", "GFLOP/s", "peak_%", "MiB/mb");
+    print_header(&p, iters, warmup);
     int begin = 0;
     for (int s = 0; s < p.stages; s++) {
         fflush(stdout);
@@ -260,14 +277,7 @@ int cmd_calibrate(int argc, char **argv)
                r[s].saved_bytes / 1048576.0);
     }
     if (status == CLI_OK) {
-        printf("#\n# per layer (ms per micro-batch)\n# %7s %10s %10s\n", "part", "fwd", "bwd");
-        printf("  %7s %10.3f %10.3f\n", "embed", r[0].embed_fwd * 1e3, r[0].embed_bwd * 1e3);
-        for (int l = 0; l < p.cfg.layers; l++) {
-            char nm[16];
-            snprintf(nm, sizeof nm, "h%d", l);
-            printf("  %7s %10.3f %10.3f\n", nm, lf[l] * 1e3, lb[l] * 1e3);
-        }
-        printf("  %7s %10.3f %10.3f\n", "head", r[p.stages - 1].head_fwd * 1e3, r[p.stages - 1].head_bwd * 1e3);
+        print_layers(&p, r, lf, lb);
         printf("# peak memory %.1f MiB\n", model_peak_rss_bytes() / 1048576.0);
         if (out_path) {
             if (write_calibration(out_path, &p, r, lf, lb, argc, argv, err, sizeof err)) {

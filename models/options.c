@@ -86,6 +86,29 @@ static int parse_int(int opt, const char *arg, int lo, int hi, int *out, char *e
     return 0;
 }
 
+/* --partition A,B,...: layer counts, each >= 1, one per stage. */
+static int parse_partition(model_options_t *o, const char *arg, char *err, size_t errlen)
+{
+    int n = 0;
+    const char *s = arg;
+    while (1) {
+        char *end;
+        errno = 0;
+        long v = strtol(s, &end, 10);
+        if (end == s || errno || v < 1 || v > MODEL_MAX_LAYERS || (*end && *end != ','))
+            return pn_err(err, errlen, -EINVAL, "--partition: expected layer counts like 4,4,4 (each >= 1), "
+                          "bad entry %d in '%s'", n, arg);
+        if (n == PN_MAX_STAGES)
+            return pn_err(err, errlen, -EINVAL, "--partition: more than %d stages", PN_MAX_STAGES);
+        o->partition[n++] = (int)v;
+        if (!*end)
+            break;
+        s = end + 1;
+    }
+    o->n_partition = n;
+    return 0;
+}
+
 int model_options_parse(model_options_t *o, int opt, const char *arg, char *err, size_t errlen)
 {
     int rc = 0;
@@ -120,30 +143,9 @@ int model_options_parse(model_options_t *o, int opt, const char *arg, char *err,
     case MODEL_OPT_STAGES:
         rc = parse_int(opt, arg, 1, PN_MAX_STAGES, &o->stages, err, errlen);
         break;
-    case MODEL_OPT_PARTITION: {
-        int n = 0;
-        const char *s = arg;
-        while (1) {
-            char *end;
-            errno = 0;
-            long v = strtol(s, &end, 10);
-            if (end == s || errno || v < 1 || v > MODEL_MAX_LAYERS || (*end && *end != ',')) {
-                snprintf(err, errlen, "--partition: expected layer counts like 4,4,4 (each >= 1), "
-                         "bad entry %d in '%s'", n, arg);
-                return -EINVAL;
-            }
-            if (n == PN_MAX_STAGES) {
-                snprintf(err, errlen, "--partition: more than %d stages", PN_MAX_STAGES);
-                return -EINVAL;
-            }
-            o->partition[n++] = (int)v;
-            if (!*end)
-                break;
-            s = end + 1;
-        }
-        o->n_partition = n;
+    case MODEL_OPT_PARTITION:
+        rc = parse_partition(o, arg, err, errlen);
         break;
-    }
     case MODEL_OPT_BATCH_SIZE:
         rc = parse_int(opt, arg, 1, INT_MAX, &o->batch_size, err, errlen);
         break;
