@@ -37,7 +37,7 @@ const model_option_t runcfg_network_group[] = {
     {"ucx-tls", 0, RUNCFG_OPT_UCX_TLS, "T", "UCX transports to use (UCX_TLS)",
      "UCX's own choice; tcp between namespaces"},
     {"ucx-devices", 0, RUNCFG_OPT_UCX_DEVICES, "D", "the only network devices UCX listens on (UCX_NET_DEVICES)",
-     "lo, or each stage's own veth"},
+     "lo, or, with one network namespace per stage, that stage's own virtual link (veth)"},
     {NULL, 0, 0, NULL, NULL, NULL},
 };
 
