@@ -1,7 +1,8 @@
 /* The tc controller: puts a profile on a network device as its root qdisc (netem, or
  * TBF where only a rate is asked or netem is missing) over rtnetlink with libnl, reads
  * it back, and restores the device's original root qdisc. Every device is saved to the
- * state file (netem/state.h) before its first change, so nothing stays shaped. */
+ * state file (netem/state.h) before its first change, so nothing stays shaped. The
+ * qdisc kinds themselves are the table in netem/qdisc.h. */
 #ifndef PN_NETEM_TC_H
 #define PN_NETEM_TC_H
 
@@ -18,6 +19,7 @@ typedef struct {
     char ifname[16];
 } netem_dev_t;
 
+/* What netem_tc_apply installs (netem_qdisc_of maps it to its table entry). */
 typedef enum {
     NETEM_QDISC_NONE,   /* default profile: the original qdisc */
     NETEM_QDISC_NETEM,

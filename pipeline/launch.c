@@ -110,56 +110,15 @@ static void describe_status(int st, char *buf, size_t len)
         snprintf(buf, len, "exited with status %d", WEXITSTATUS(st));
 }
 
-int launch_run(const launch_params_t *p, stage_summary_t *out, launch_failure_t *fail, char *err, size_t errlen)
+/* Reaps every child (kill_at > 0: SIGKILL the survivors from then on; *p->stop: at
+ * once). Returns the culprit rank or -1, and the first stopped rank in *stopped_rank.
+ * The culprit is the first rank killed by a signal, else the first one stopped (a
+ * SIGSTOPped rank makes its neighbours time out first), else the first to fail: a
+ * survivor may be reaped before the rank whose death made it exit. */
+static int reap(const launch_params_t *p, pid_t *pids, int *status, int live, double kill_at, double grace,
+                launch_failure_t *fail, int *stopped_rank)
 {
-    const runcfg_t *cfg = p->cfg;
-    int P = cfg->stages, lfd = -1, port = 0, rc = 0;
-    double grace = p->grace > 0 ? p->grace : 10;
-    *fail = (launch_failure_t){.dead_rank = -1};
-    unsigned char rnd[16];
-    char token[40];
-    if (getrandom(rnd, sizeof rnd, 0) != (ssize_t)sizeof rnd) {
-        snprintf(err, errlen, "getrandom: %s", strerror(errno));
-        return -EIO;
-    }
-    for (size_t i = 0; i < sizeof rnd; i++)
-        snprintf(token + 2 * i, 3, "%02x", rnd[i]);
-    /* Bound before forking, so rank 0 needs no free-port guess and nobody races for it. */
-    if (P > 1 && (lfd = listen_open(p->topo, &port, err, errlen)) < 0)
-        return -EADDRNOTAVAIL;
-    FILE *reports = tmpfile();
-    pid_t *pids = calloc((size_t)P, sizeof *pids);
-    int *status = calloc((size_t)P, sizeof *status);
-    if (!reports || !pids || !status) {
-        snprintf(err, errlen, "cannot set up the stages: %s", strerror(errno ? errno : ENOMEM));
-        rc = -ENOMEM;
-        goto out;
-    }
-    fflush(stdout);
-    fflush(stderr);
-    int live = 0;
-    for (int r = 0; r < P; r++) {
-        pid_t pid = fork();
-        if (pid < 0) {
-            snprintf(err, errlen, "fork: %s", strerror(errno));
-            rc = -errno;
-            break;
-        }
-        if (pid == 0)
-            _exit(child_main(p, r, lfd, port, token, reports));
-        pids[r] = pid;
-        live++;
-        if (p->on_start)
-            p->on_start(p->arg, r, (int)pid);
-    }
-    if (lfd >= 0)
-        close(lfd);
-    lfd = -1;
-    /* The culprit is the first rank killed by a signal, else the first one stopped (a
-     * SIGSTOPped rank makes its neighbours time out first), else the first to fail: a
-     * survivor may be reaped before the rank whose death made it exit. */
-    int first_bad = -1, signalled = -1, stopped = -1;
-    double kill_at = rc ? pn_now() : 0;
+    int P = p->cfg->stages, first_bad = -1, signalled = -1, stopped = -1;
     while (live > 0) {
         int st;
         pid_t pid = waitpid(-1, &st, WUNTRACED | (kill_at > 0 || (p->stop && *p->stop) ? WNOHANG : 0));
@@ -209,6 +168,57 @@ int launch_run(const launch_params_t *p, stage_summary_t *out, launch_failure_t 
         first_bad = signalled;
     else if (stopped >= 0 && first_bad >= 0)
         first_bad = stopped;
+    *stopped_rank = stopped;
+    return first_bad;
+}
+
+int launch_run(const launch_params_t *p, stage_summary_t *out, launch_failure_t *fail, char *err, size_t errlen)
+{
+    const runcfg_t *cfg = p->cfg;
+    int P = cfg->stages, lfd = -1, port = 0, rc = 0;
+    double grace = p->grace > 0 ? p->grace : 10;
+    *fail = (launch_failure_t){.dead_rank = -1};
+    unsigned char rnd[16];
+    char token[40];
+    if (getrandom(rnd, sizeof rnd, 0) != (ssize_t)sizeof rnd) {
+        snprintf(err, errlen, "getrandom: %s", strerror(errno));
+        return -EIO;
+    }
+    for (size_t i = 0; i < sizeof rnd; i++)
+        snprintf(token + 2 * i, 3, "%02x", rnd[i]);
+    /* Bound before forking, so rank 0 needs no free-port guess and nobody races for it. */
+    if (P > 1 && (lfd = listen_open(p->topo, &port, err, errlen)) < 0)
+        return -EADDRNOTAVAIL;
+    FILE *reports = tmpfile();
+    pid_t *pids = calloc((size_t)P, sizeof *pids);
+    int *status = calloc((size_t)P, sizeof *status);
+    if (!reports || !pids || !status) {
+        snprintf(err, errlen, "cannot set up the stages: %s", strerror(errno ? errno : ENOMEM));
+        rc = -ENOMEM;
+        goto out;
+    }
+    fflush(stdout);
+    fflush(stderr);
+    int live = 0;
+    for (int r = 0; r < P; r++) {
+        pid_t pid = fork();
+        if (pid < 0) {
+            snprintf(err, errlen, "fork: %s", strerror(errno));
+            rc = -errno;
+            break;
+        }
+        if (pid == 0)
+            _exit(child_main(p, r, lfd, port, token, reports));
+        pids[r] = pid;
+        live++;
+        if (p->on_start)
+            p->on_start(p->arg, r, (int)pid);
+    }
+    if (lfd >= 0)
+        close(lfd);
+    lfd = -1;
+    int stopped = -1;
+    int first_bad = reap(p, pids, status, live, rc ? pn_now() : 0, grace, fail, &stopped);
     if (!rc && p->stop && *p->stop) {
         snprintf(err, errlen, "stopped by a signal; every stage was killed");
         rc = -EINTR;

@@ -294,6 +294,66 @@ void stage_summary_print(const stage_summary_t *s, const runcfg_t *cfg, FILE *f)
     }
 }
 
+/* The UCX transport of this rank, wrapped in the shim when the links are shaped there
+ * (the shim reads *clock_offset at every message). */
+static int transport_make(const stage_params_t *p, double *clock_offset, transport_t *t, char *err, size_t errlen)
+{
+    const runcfg_t *cfg = p->cfg;
+    ucx_params_t up = {.rank = p->rank, .size = cfg->stages,
+                       .tls = p->ucx_tls && *p->ucx_tls ? p->ucx_tls : cfg->ucx_tls,
+                       .net_devices = p->ucx_devices && *p->ucx_devices ? p->ucx_devices : cfg->ucx_devices};
+    char e[384];
+    int rc = ucx_transport_open(&up, t, e, sizeof e);
+    if (rc == 0 && p->shim_links) {
+        transport_t raw = *t;
+        if ((rc = shim_transport_wrap(&raw, p->shim_links, clock_offset, t, e, sizeof e)) != 0) {
+            transport_destroy(&raw);
+            memset(t, 0, sizeof *t);
+        }
+    }
+    if (rc)
+        snprintf(err, errlen, "rank %d: %s", p->rank, e);
+    return rc;
+}
+
+/* Connects to the neighbours, and to the twin of the tied-embedding exchange. */
+static int peers_connect(const runcfg_t *cfg, int rank, const boot_t *b, transport_t *t, char *err, size_t errlen)
+{
+    int P = cfg->stages, peers[3], np = 0, rc = 0;
+    if (rank > 0)
+        peers[np++] = rank - 1;
+    if (rank < P - 1)
+        peers[np++] = rank + 1;
+    if (cfg->model.tied_embeddings && P > 2 && (rank == 0 || rank == P - 1))
+        peers[np++] = rank == 0 ? P - 1 : 0;
+    for (int i = 0; i < np && !rc; i++) {
+        int q = peers[i];
+        size_t len;
+        const void *pb = boot_blob(b, q, &len);
+        rc = t->ops->connect(t->impl, q, pb, len, err, errlen);
+    }
+    return rc;
+}
+
+/* This rank's model partition, with room for the micro-batches its schedule keeps in
+ * flight at most. */
+static int model_make(const runcfg_t *cfg, int rank, model_stage_t *st, char *err, size_t errlen)
+{
+    model_stage_params_t mp = cfg->stage_params;
+    mp.stage = rank;
+    sched_op_t *ops = NULL;
+    size_t n = 0;
+    int rc = sched_ops_build(cfg->schedule, cfg->stages, cfg->micro_batches, cfg->slack, rank, &ops, &n, err, errlen);
+    if (rc)
+        return rc;
+    mp.max_inflight = sched_ops_peak_inflight(ops, n);
+    free(ops);
+    char e[384];
+    if ((rc = model_stage_init(st, &mp, e, sizeof e)) != 0)
+        snprintf(err, errlen, "rank %d: model: %s", rank, e);
+    return rc;
+}
+
 int stage_run(const stage_params_t *p, stage_summary_t *out, char *err, size_t errlen)
 {
     const runcfg_t *cfg = p->cfg;
@@ -312,25 +372,10 @@ int stage_run(const stage_params_t *p, stage_summary_t *out, char *err, size_t e
     }
     const void *blob = "";
     size_t bloblen = 0;
-    if (P > 1) {
-        ucx_params_t up = {.rank = rank, .size = P,
-                           .tls = p->ucx_tls && *p->ucx_tls ? p->ucx_tls : cfg->ucx_tls,
-                           .net_devices = p->ucx_devices && *p->ucx_devices ? p->ucx_devices : cfg->ucx_devices};
-        char e[384];
-        if ((rc = ucx_transport_open(&up, &t, e, sizeof e)) != 0) {
-            snprintf(err, errlen, "rank %d: %s", rank, e);
-            goto out;
-        }
-        if (p->shim_links) {
-            transport_t raw = t;
-            if ((rc = shim_transport_wrap(&raw, p->shim_links, &clock_offset, &t, e, sizeof e)) != 0) {
-                transport_destroy(&raw);
-                snprintf(err, errlen, "rank %d: %s", rank, e);
-                goto out;
-            }
-        }
+    if (P > 1 && (rc = transport_make(p, &clock_offset, &t, err, errlen)) != 0)
+        goto out;
+    if (P > 1)
         t.ops->address(t.impl, &blob, &bloblen);
-    }
     boot_params_t bp = {.rank = rank, .size = P, .port = p->port, .listen_fd = p->listen_fd, .token = p->token,
                         .config_hash = runcfg_hash(cfg), .timeout = cfg->timeout < 60 ? cfg->timeout : 60};
     snprintf(bp.host, sizeof bp.host, "%s", p->host);
@@ -338,43 +383,15 @@ int stage_run(const stage_params_t *p, stage_summary_t *out, char *err, size_t e
         goto out;
     fault_point(rank, FAULT_AT_BOOT, 0);
     clock_offset = boot_clock_offset(b, NULL);
-    /* neighbours, and the twin of the tied-embedding exchange */
-    int peers[3], np = 0;
-    if (rank > 0)
-        peers[np++] = rank - 1;
-    if (rank < P - 1)
-        peers[np++] = rank + 1;
-    if (cfg->model.tied_embeddings && P > 2 && (rank == 0 || rank == P - 1))
-        peers[np++] = rank == 0 ? P - 1 : 0;
-    for (int i = 0; i < np; i++) {
-        int q = peers[i];
-        size_t len;
-        const void *pb = boot_blob(b, q, &len);
-        if ((rc = t.ops->connect(t.impl, q, pb, len, err, errlen)) != 0)
-            goto fail_all;
-    }
+    if ((rc = peers_connect(cfg, rank, b, &t, err, errlen)) != 0)
+        goto fail_all;
     if (P > 1 && (rc = ctrl_watch(b, on_peer_fail, &t)) != 0) {
         snprintf(err, errlen, "rank %d: control-plane watcher: %s", rank, strerror(-rc));
         goto fail_all;
     }
-    model_stage_params_t mp = cfg->stage_params;
-    mp.stage = rank;
-    {
-        sched_op_t *ops = NULL;
-        size_t n = 0;
-        if ((rc = sched_ops_build(cfg->schedule, P, cfg->micro_batches, cfg->slack, rank, &ops, &n, err, errlen)))
-            goto fail_all;
-        mp.max_inflight = sched_ops_peak_inflight(ops, n);
-        free(ops);
-    }
-    {
-        char e[384];
-        if ((rc = model_stage_init(st, &mp, e, sizeof e)) != 0) {
-            snprintf(err, errlen, "rank %d: model: %s", rank, e);
-            goto fail_all;
-        }
-        st_ready = 1;
-    }
+    if ((rc = model_make(cfg, rank, st, err, errlen)) != 0)
+        goto fail_all;
+    st_ready = 1;
     exec_params_t ep = {.cfg = cfg, .st = st, .t = P > 1 ? &t : NULL, .boot = b, .stage = rank};
     if ((rc = exec_run(&ep, &r, err, errlen)) != 0)
         goto fail_all;
