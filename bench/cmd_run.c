@@ -69,6 +69,36 @@ static int own_option(void *ctx, int val, const char *arg)
     return 0;
 }
 
+/* The links --net asks for: shaped in the transport (the shim), or on one network
+ * namespace per stage with kernel qdiscs (topo, to be destroyed by the caller), or not at
+ * all. 0, or CLI_USAGE / CLI_FAIL after a message. */
+static int setup_links(const runcfg_t *cfg, netem_profile_t *links, netem_topo_t *topo, launch_params_t *l,
+                       const netem_emulator_t **em, char *why, size_t whylen)
+{
+    char err[1024];
+    if (!strcmp(cfg->net, "default"))
+        return 0;
+    if (cfg->stages > NETEM_TOPO_MAX_HOSTS)
+        return cli_usage_error("run", "--net with %d stages: the local topology holds at most %d hosts", cfg->stages,
+                               NETEM_TOPO_MAX_HOSTS);
+    if (netem_net_parse(cfg->net, cfg->stages, links, err, sizeof err))
+        return cli_usage_error("run", "%s", err);
+    if (netem_emulator_choose(cfg->emulator, links, cfg->stages - 1, em, why, whylen, err, sizeof err))
+        return cli_usage_error("run", "%s", err);
+    if ((*em)->in_transport) {
+        l->shim_links = links;
+    } else if ((*em)->changes_kernel) {
+        if (netem_topo_create(topo, cfg->stages, err, sizeof err) ||
+            netem_topo_apply(topo, links, (*em)->name, err, sizeof err)) {
+            fprintf(stderr, "pipenem run: network emulation: %s\n", err);
+            netem_topo_destroy(topo);
+            return CLI_FAIL;
+        }
+        l->topo = topo;
+    }
+    return 0;
+}
+
 int cmd_run(int argc, char **argv)
 {
     runcfg_t cfg;
@@ -97,26 +127,9 @@ int cmd_run(int argc, char **argv)
     memset(&topo, 0, sizeof topo);
     const netem_emulator_t *em = NULL;
     char why[256] = "default links: nothing emulated";
-    if (strcmp(cfg.net, "default")) {
-        if (cfg.stages > NETEM_TOPO_MAX_HOSTS)
-            return cli_usage_error(argv[0], "--net with %d stages: the local topology holds at most %d hosts",
-                                   cfg.stages, NETEM_TOPO_MAX_HOSTS);
-        if (netem_net_parse(cfg.net, cfg.stages, links, err, sizeof err))
-            return cli_usage_error(argv[0], "%s", err);
-        if (netem_emulator_choose(cfg.emulator, links, cfg.stages - 1, &em, why, sizeof why, err, sizeof err))
-            return cli_usage_error(argv[0], "%s", err);
-        if (em->in_transport) {
-            l.shim_links = links;
-        } else if (em->changes_kernel) {
-            if (netem_topo_create(&topo, cfg.stages, err, sizeof err) ||
-                netem_topo_apply(&topo, links, em->name, err, sizeof err)) {
-                fprintf(stderr, "pipenem run: network emulation: %s\n", err);
-                netem_topo_destroy(&topo);
-                return CLI_FAIL;
-            }
-            l.topo = &topo;
-        }
-    }
+    int nrc = setup_links(&cfg, links, &topo, &l, &em, why, sizeof why);
+    if (nrc)
+        return nrc;
     char line[4096];
     runcfg_describe(&cfg, line, sizeof line);
     printf("# pipenem run: %d stage processes on this machine, %s\n# %s\n# emulator: %s (%s)\n", cfg.stages,
