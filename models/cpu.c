@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "common/clock.h"
+#include "models/calib.h"
 #include "models/cpu_layers.h"
 
 /* ---------------------------------------------------------------- activation layout */
@@ -293,28 +294,28 @@ static int cpu_forward(model_stage_t *st, int slot, const float *in, float *out)
     int nl = st->layer_end - st->layer_begin;
     float *x0 = slot_base(st, slot);
     threads_apply(st);
-    double t0 = model_now();
+    double t0 = pn_now();
     if (st->first) {
         encoder_forward(x0, st->tokens, st->params + st->tensors[0].offset,
                         st->params + st->tensors[1].offset, B, T, C);
-        st->prof.embed_fwd += model_now() - t0;
+        st->prof.embed_fwd += pn_now() - t0;
     } else {
         memcpy(x0, in, (size_t)BT * C * sizeof(float));
     }
     for (int l = 0; l < nl; l++) {
         float *a[A_N], *w[MODEL_T_PER_LAYER];
-        double tl = model_now();
+        double tl = pn_now();
         layer_acts(st, slot, l, a);
         layer_params(st, l, 0, w);
         block_forward(a, layer_input(st, slot, l), w, B, T, C, NH);
-        st->prof.layer_fwd[l] += model_now() - tl;
+        st->prof.layer_fwd[l] += pn_now() - tl;
     }
     const float *y = layer_input(st, slot, nl); /* the last layer's output */
     if (!st->last) {
         memcpy(out, y, (size_t)BT * C * sizeof(float));
         return 0;
     }
-    double th = model_now();
+    double th = pn_now();
     const model_tensor_t *lnw = model_stage_tensor_find(st, "lnf.w");
     float *lp = slot_base(st, slot) + st->slot_floats - last_part_floats(st);
     float *lnf = lp, *mean = lp + (size_t)BT * C, *rstd = mean + BT, *probs = rstd + BT;
@@ -322,7 +323,7 @@ static int cpu_forward(model_stage_t *st, int slot, const float *in, float *out)
     matmul_forward(probs, lnf, head_weight(st, 0), NULL, BT, C, V);
     st->loss_sum += crossentropy_forward(probs, st->targets, BT, V) / BT;
     st->loss_count++;
-    st->prof.head_fwd += model_now() - th;
+    st->prof.head_fwd += pn_now() - th;
     return 0;
 }
 
@@ -334,7 +335,7 @@ static int cpu_backward(model_stage_t *st, int slot, const float *dout, float *d
     float *dy = s.dA, *dres2 = s.dB;
     threads_apply(st);
     if (st->last) {
-        double th = model_now();
+        double th = pn_now();
         const model_tensor_t *lnw = model_stage_tensor_find(st, "lnf.w");
         head_acts_t h = head_acts(st, slot);
         float *lnf = h.lnf, *mean = h.mean, *rstd = h.rstd, *probs = h.probs;
@@ -344,13 +345,13 @@ static int cpu_backward(model_stage_t *st, int slot, const float *dout, float *d
         memset(dy, 0, (size_t)BT * C * sizeof(float));
         layernorm_backward(dy, lnw->grad, lnw->grad + C, s.dln, layer_input(st, slot, nl), lnw->param,
                            mean, rstd, BT, C);
-        st->prof.head_bwd += model_now() - th;
+        st->prof.head_bwd += pn_now() - th;
     } else {
         memcpy(dy, dout, (size_t)BT * C * sizeof(float));
     }
     for (int l = nl - 1; l >= 0; l--) {
         float *a[A_N], *w[MODEL_T_PER_LAYER], *dw[MODEL_T_PER_LAYER];
-        double tl = model_now();
+        double tl = pn_now();
         layer_acts(st, slot, l, a);
         layer_params(st, l, 0, w);
         layer_params(st, l, 1, dw);
@@ -358,13 +359,13 @@ static int cpu_backward(model_stage_t *st, int slot, const float *dout, float *d
         if (st->p.recompute)
             block_forward(a, x, w, B, T, C, NH);
         block_backward(dy, dres2, &s, dw, dy, a, x, w, B, T, C, NH);
-        st->prof.layer_bwd[l] += model_now() - tl;
+        st->prof.layer_bwd[l] += pn_now() - tl;
     }
     if (st->first) {
-        double t0 = model_now();
+        double t0 = pn_now();
         encoder_backward(st->grads + st->tensors[0].offset, st->grads + st->tensors[1].offset, dy,
                          st->tokens, B, T, C);
-        st->prof.embed_bwd += model_now() - t0;
+        st->prof.embed_bwd += pn_now() - t0;
     } else {
         memcpy(din, dy, (size_t)BT * C * sizeof(float));
     }
@@ -522,52 +523,3 @@ const model_backend_t model_backend_cpu = {
     .step = cpu_step,
     .destroy = cpu_destroy,
 };
-
-/* ---------------------------------------------------------------- GEMM reference */
-
-int model_stage_gemm_reference(model_stage_t *st, int reps, double *flops, double *seconds)
-{
-    if (st->backend != &model_backend_cpu || reps < 1)
-        return -EINVAL;
-    size_t nb = (size_t)st->B * st->T * st->C;
-    float *in = calloc(nb, sizeof(float)), *out = calloc(nb, sizeof(float));
-    gemm_log_t lg = {0};
-    int rc = -ENOMEM;
-    if (!in || !out)
-        goto out;
-    for (size_t i = 0; i < nb; i++)
-        in[i] = out[i] = 0.01f * (float)((i * 7919) % 101) - 0.5f;
-    model_stage_reset(st);
-    gemm_recording = &lg;
-    rc = model_stage_forward(st, 0, 0, in, out);
-    if (!rc)
-        rc = model_stage_backward(st, 0, 0, out, in);
-    gemm_recording = NULL;
-    if (rc)
-        goto out;
-    rc = -ENOMEM;
-    if (lg.failed)
-        goto out;
-    /* Replayed on the very buffers the stage used, so that operands come from the same
-     * places in the memory hierarchy; only the stage's other work is missing. The
-     * activations and gradients it overwrites are dropped by the reset below. */
-    double f = 0;
-    for (size_t i = 0; i < lg.n; i++)
-        f += 2.0 * lg.calls[i].M * lg.calls[i].N * lg.calls[i].K;
-    double t0 = model_now();
-    for (int r = 0; r < reps; r++)
-        for (size_t i = 0; i < lg.n; i++) {
-            const gemm_call_t *c = &lg.calls[i];
-            cblas_sgemm(CblasRowMajor, c->ta ? CblasTrans : CblasNoTrans, c->tb ? CblasTrans : CblasNoTrans,
-                        c->M, c->N, c->K, c->alpha, c->A, c->lda, c->B, c->ldb, c->beta, c->C, c->ldc);
-        }
-    *seconds = (model_now() - t0) / reps;
-    *flops = f;
-    rc = 0;
-out:
-    model_stage_reset(st);
-    free(lg.calls);
-    free(in);
-    free(out);
-    return rc;
-}

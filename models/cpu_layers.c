@@ -1,9 +1,8 @@
 /* The cpu backend's layer kernels in fp32 (see cpu_layers.h). Every matrix product
  * (attention included, as per-head strided GEMMs over causal row blocks) goes through
- * OpenBLAS sgemm; the elementwise kernels use OpenMP. */
+ * OpenBLAS sgemm (calib.c's model_sgemm); the elementwise kernels use OpenMP. */
 #include "models/cpu_layers.h"
 
-#include <cblas.h>
 #include <math.h>
 #include <omp.h>
 #include <stdlib.h>
@@ -12,32 +11,6 @@
 /* Causal attention is computed in row blocks of this many queries, each against only
  * the keys it can see, which skips most of the masked upper triangle. */
 enum { ATT_BLOCK = 64 };
-
-/* ---------------------------------------------------------------- sgemm, logged */
-
-gemm_log_t *gemm_recording;
-
-void gemm(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
-          const float *B, int ldb, float beta, float *Cm, int ldc)
-{
-    gemm_log_t *lg = gemm_recording;
-    if (lg) {
-        if (lg->n == lg->cap) {
-            size_t cap = lg->cap ? 2 * lg->cap : 256;
-            gemm_call_t *c = realloc(lg->calls, cap * sizeof *c);
-            if (!c)
-                lg->failed = 1;
-            else {
-                lg->calls = c;
-                lg->cap = cap;
-            }
-        }
-        if (lg->n < lg->cap)
-            lg->calls[lg->n++] = (gemm_call_t){ta, tb, M, N, K, lda, ldb, ldc, alpha, beta, A, B, Cm};
-    }
-    cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
-                M, N, K, alpha, A, lda, B, ldb, beta, Cm, ldc);
-}
 
 /* ---------------------------------------------------------------- layers */
 

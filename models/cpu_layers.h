@@ -1,35 +1,24 @@
 /* Internal to models/: the cpu backend's layer kernels (cpu_layers.c), llm.c-style
  * mirrored forward/backward pairs, each backward also in its input half (B) and weight
- * half (W), and the sgemm every matrix product goes through, which can log its calls
- * for the GEMM reference. Not an API outside models/. */
+ * half (W). Not an API outside models/. */
 #ifndef PN_MODELS_CPU_LAYERS_H
 #define PN_MODELS_CPU_LAYERS_H
 
 #include <stddef.h>
 
+#include "models/calib.h"
+
 /* Elementwise loops over fewer elements than this run on one thread: below it the
  * fork/join costs more than the work (it dominated `tiny` before). */
 #define PAR_MIN ((size_t)1 << 15)
 
-typedef struct {
-    int ta, tb, M, N, K, lda, ldb, ldc;
-    float alpha, beta;
-    const float *A, *B;
-    float *C;
-} gemm_call_t;
-
-typedef struct {
-    gemm_call_t *calls;
-    size_t n, cap;
-    int failed;
-} gemm_log_t;
-
-/* Set only while model_stage_gemm_reference records one forward + backward. */
-extern gemm_log_t *gemm_recording;
-
-/* Row-major sgemm (ta/tb: transpose A/B), logged while gemm_recording is set. */
-void gemm(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
-          const float *B, int ldb, float beta, float *Cm, int ldc);
+/* Every product goes through calib.c's sgemm, which the GEMM reference records and
+ * replays; the short name keeps the kernels readable. */
+static inline void gemm(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
+                        const float *B, int ldb, float beta, float *Cm, int ldc)
+{
+    model_sgemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, Cm, ldc);
+}
 
 void encoder_forward(float *out, const int *tok, const float *wte, const float *wpe, int B, int T, int C);
 void encoder_backward(float *dwte, float *dwpe, const float *dout, const int *tok, int B, int T, int C);

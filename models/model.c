@@ -14,6 +14,8 @@
 #include <sys/resource.h>
 #include <time.h>
 
+#include "common/clock.h"
+
 static const model_config_t configs[] = {
     {"gpt3-small", 12, 768, 12, 50257, 2048},
     {"gpt3-medium", 24, 1024, 16, 50257, 2048},
@@ -74,35 +76,6 @@ int model_config_check(const model_config_t *c, char *err, size_t errlen)
 }
 
 /* ---------------------------------------------------------------- small helpers */
-
-double model_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-int model_time_parse(const char *s, double *out)
-{
-    char *end;
-    errno = 0;
-    double v = strtod(s, &end);
-    if (end == s || errno || !(v >= 0) || isinf(v))
-        return -EINVAL;
-    double unit;
-    if (!strcmp(end, "s"))
-        unit = 1;
-    else if (!strcmp(end, "ms"))
-        unit = 1e-3;
-    else if (!strcmp(end, "us"))
-        unit = 1e-6;
-    else if (!strcmp(end, "ns"))
-        unit = 1e-9;
-    else
-        return -EINVAL;
-    *out = v * unit;
-    return 0;
-}
 
 static uint64_t mix64(uint64_t x)
 {
@@ -327,8 +300,8 @@ static void tensor_init(float *x, size_t n, uint64_t seed, int kind, float std)
 static int stage_partition(model_stage_t *st, const model_stage_params_t *p, char *err, size_t errlen)
 {
     int L = p->cfg.layers, P = p->stages;
-    if (P < 1 || P > MODEL_MAX_STAGES) {
-        snprintf(err, errlen, "stages must be 1..%d, got %d", MODEL_MAX_STAGES, P);
+    if (P < 1 || P > PN_MAX_STAGES) {
+        snprintf(err, errlen, "stages must be 1..%d, got %d", PN_MAX_STAGES, P);
         return -EINVAL;
     }
     if (P > L) {
@@ -498,9 +471,9 @@ int model_stage_forward(model_stage_t *st, int iter, int mb, const float *in, fl
         return -ENOSPC;
     if (st->params && (st->first || st->last))
         model_data_batch(&st->data, iter, mb, st->B, st->T, st->tokens, st->targets);
-    double t0 = model_now();
+    double t0 = pn_now();
     int rc = st->backend->forward(st, slot, in, out);
-    st->prof.fwd += model_now() - t0;
+    st->prof.fwd += pn_now() - t0;
     st->prof.n_fwd++;
     if (rc)
         return rc;
@@ -558,9 +531,9 @@ int model_stage_step(model_stage_t *st, int iter)
     for (int i = 0; i < st->max_inflight; i++)
         if (st->slot_mb[i] >= 0)
             return -EBUSY;
-    double t0 = model_now();
+    double t0 = pn_now();
     int rc = st->backend->step(st);
-    st->prof.opt += model_now() - t0;
+    st->prof.opt += pn_now() - t0;
     st->prof.n_opt++;
     if (rc)
         return rc;

@@ -12,6 +12,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "common/clock.h"
+
 typedef struct {
     int w;                 /* slots */
     float **buf;           /* [w] */
@@ -86,13 +88,6 @@ static sendq_t *sendq_find(ctx_t *c, transport_dir_t dir, int peer)
     return NULL;
 }
 
-static double cpu_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
 static double clock_job(const ctx_t *c, double local)
 {
     return c->p->boot ? boot_time(c->p->boot, local) : local;
@@ -157,10 +152,10 @@ static int recvq_fill(ctx_t *c, recvq_t *q)
 
 static int wait_req(ctx_t *c, transport_req_t *req)
 {
-    double w0 = transport_now(), c0 = cpu_now();
+    double w0 = pn_now(), c0 = pn_cpu_now();
     int rc = transport_wait(c->p->t, req, c->p->cfg->timeout);
-    c->out->wait_wall += transport_now() - w0;
-    c->out->wait_cpu += cpu_now() - c0;
+    c->out->wait_wall += pn_now() - w0;
+    c->out->wait_cpu += pn_cpu_now() - c0;
     return rc;
 }
 
@@ -359,7 +354,7 @@ static int op_compute(ctx_t *c, int it, const sched_op_t *op, double *t0, char *
     int rc;
     if ((rc = input_get(c, it, op, &in, err, errlen)) || (rc = output_get(c, it, op, &o, err, errlen)))
         return rc;
-    *t0 = transport_now();
+    *t0 = pn_now();
     if (op->kind == SCHED_FWD)
         rc = model_stage_forward(st, it, op->mb, in.buf, o);
     else if (op->kind == SCHED_BWD)
@@ -432,7 +427,7 @@ static int op_other(ctx_t *c, int it, const sched_op_t *op, char *err, size_t er
 /* One op of iteration it, and its trace row. */
 static int op_run(ctx_t *c, int it, const sched_op_t *op, char *err, size_t errlen)
 {
-    double t0 = transport_now();
+    double t0 = pn_now();
     size_t bytes = 0;
     int rc;
     switch (op->kind) {
@@ -455,7 +450,7 @@ static int op_run(ctx_t *c, int it, const sched_op_t *op, char *err, size_t errl
         rc = op_other(c, it, op, err, errlen);
         break;
     }
-    if (!rc && (rc = row_add(c, it, op->kind, op->mb, t0, transport_now(), bytes)) != 0)
+    if (!rc && (rc = row_add(c, it, op->kind, op->mb, t0, pn_now(), bytes)) != 0)
         snprintf(err, errlen, "rank %d: out of memory for the trace", c->s);
     return rc;
 }
@@ -599,7 +594,7 @@ int exec_run(const exec_params_t *p, exec_result_t *out, char *err, size_t errle
         rc = ctx_init(&c, ops, n, err, errlen);
     if (rc)
         goto out;
-    double run_w0 = transport_now(), run_c0 = cpu_now();
+    double run_w0 = pn_now(), run_c0 = pn_cpu_now();
     for (int i = 0; i < c.n_rq && !rc; i++)
         if ((rc = recvq_fill(&c, &c.rq[i])))
             snprintf(err, errlen, "rank %d: posting receives: %s", s, strerror(-rc));
@@ -617,8 +612,8 @@ int exec_run(const exec_params_t *p, exec_result_t *out, char *err, size_t errle
     }
     if (rc || (rc = sends_drain(&c, err, errlen)))
         goto out;
-    r.run_wall = transport_now() - run_w0;
-    r.run_cpu = cpu_now() - run_c0;
+    r.run_wall = pn_now() - run_w0;
+    r.run_cpu = pn_cpu_now() - run_c0;
 out:
     if (rc && p->t) {
         /* UCX may still be writing into the rings (a rendezvous in progress): fail the
