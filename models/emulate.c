@@ -307,12 +307,7 @@ static void emu_destroy(model_stage_t *st)
  * interrupted sleep resumes without drift. */
 static void sleep_until(double start, double seconds)
 {
-    double d = start + seconds;
-    struct timespec ts = {(time_t)d, (long)((d - (time_t)d) * 1e9)};
-    if (ts.tv_nsec >= 1000000000L)
-        ts.tv_sec++, ts.tv_nsec -= 1000000000L;
-    while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR)
-        ;
+    pn_sleep_until(start + seconds);
 }
 
 /* The boundary tensors are the caller's real-size buffers; emulate leaves their contents

@@ -7,6 +7,7 @@
 
 #include <errno.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -34,9 +35,21 @@ static const struct {
     {"emulate", &model_backend_emulate},
 };
 
+/* Built once from the table. */
+static char config_names[256];
+static pthread_once_t config_names_once = PTHREAD_ONCE_INIT;
+
+static void config_names_build(void)
+{
+    size_t at = 0;
+    for (size_t i = 0; i < sizeof configs / sizeof *configs && at < sizeof config_names; i++)
+        at += (size_t)snprintf(config_names + at, sizeof config_names - at, "%s%s", i ? ", " : "", configs[i].name);
+}
+
 const char *model_config_names(void)
 {
-    return "gpt3-small, gpt3-medium, gpt3-large, gpt3-xl, gpt3-2.7b, tiny";
+    pthread_once(&config_names_once, config_names_build);
+    return config_names;
 }
 
 void model_partition_even(int layers, int stages, int *part)

@@ -176,7 +176,7 @@ int ctrl_wait_failure(boot_t *b, double wait, char *why, size_t len)
     if (!b || b->size == 1)
         return -1;
     double end = pn_now() + wait;
-    struct timespec ts = {(time_t)end, (long)((end - (double)(time_t)end) * 1e9)};
+    struct timespec ts = pn_timespec(end);
     pthread_mutex_lock(&b->lock);
     while (!b->failed && b->watching && pn_now() < end)
         if (pthread_cond_timedwait(&b->cond, &b->lock, &ts) == ETIMEDOUT)
@@ -227,7 +227,7 @@ int ctrl_finish(boot_t *b, const void *payload, size_t len, double timeout, char
     double deadline = timeout > 0 ? pn_now() + timeout : 0;
     while (!rc && !b->released && !b->failed) {
         if (deadline > 0) {
-            struct timespec ts = {(time_t)deadline, (long)((deadline - (double)(time_t)deadline) * 1e9)};
+            struct timespec ts = pn_timespec(deadline);
             if (pthread_cond_timedwait(&b->cond, &b->lock, &ts) == ETIMEDOUT && !b->released && !b->failed) {
                 snprintf(err, errlen, "the final barrier timed out after %.0f s", timeout);
                 rc = -ETIMEDOUT;

@@ -23,12 +23,6 @@
 
 enum { CLOCK_ROUNDS = 16 };
 
-static void sleep_s(double s)
-{
-    struct timespec ts = {(time_t)s, (long)((s - (double)(time_t)s) * 1e9)};
-    nanosleep(&ts, NULL);
-}
-
 int handshake_token_equal(const char *a, const char *b)
 {
     size_t la = strlen(a), lb = strlen(b);
@@ -229,7 +223,7 @@ static int connect_retry(const boot_params_t *p, double deadline, char *err, siz
         if (pn_now() >= deadline)
             break;
         /* rank 0 may not be listening yet */
-        sleep_s(0.05);
+        pn_sleep(0.05);
     }
     freeaddrinfo(ai);
     snprintf(err, errlen, "rank %d could not reach rank 0 at %s:%d: %s", p->rank, p->host, p->port, strerror(e));

@@ -161,8 +161,7 @@ static int reap(const launch_params_t *p, pid_t *pids, int *status, int live, do
             if (kill_at <= 0)
                 kill_at = pn_now();
         }
-        struct timespec ts = {0, 50 * 1000 * 1000};
-        nanosleep(&ts, NULL);
+        pn_sleep(0.05);
     }
     if (signalled >= 0)
         first_bad = signalled;

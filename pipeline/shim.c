@@ -120,9 +120,7 @@ static void sleep_until(shim_t *s, double at)
     double aim = at - s->wake_late;
     if (aim <= pn_now())
         return;
-    struct timespec ts = {(time_t)aim, (long)((aim - (double)(time_t)aim) * 1e9)};
-    while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR)
-        ;
+    pn_sleep_until(aim);
     double late = pn_now() - aim;
     if (late > SHIM_WAKE_LATE_MAX)
         late = SHIM_WAKE_LATE_MAX;   /* a preempted sleeper says nothing about the timer */

@@ -9,6 +9,7 @@
 #include <stdint.h>
 
 #include "common/err.h"
+#include "common/limits.h"
 
 /* What a message carries; with the iteration and micro-batch it is the matching key. */
 /* TIED: the tied-embedding gradient exchanged between the first and last stage. */
@@ -20,7 +21,11 @@ typedef struct {
     int mb;     /* 0 .. TRANSPORT_MB_MAX-1 */
 } transport_key_t;
 
+/* What a message key can carry (the bits of the UCX tag); the job's limits must fit. */
 enum { TRANSPORT_RANK_MAX = 1 << 14, TRANSPORT_ITER_MAX = 1 << 24, TRANSPORT_MB_MAX = 1 << 24 };
+_Static_assert((long)PN_MAX_WORLD <= (long)TRANSPORT_RANK_MAX, "a rank must fit the key");
+_Static_assert((long)PN_MAX_ITERS <= (long)TRANSPORT_ITER_MAX, "an iteration must fit the key");
+_Static_assert((long)PN_MAX_MICRO_BATCHES <= (long)TRANSPORT_MB_MAX, "a micro-batch must fit the key");
 
 typedef enum { TRANSPORT_REQ_IDLE = 0, TRANSPORT_REQ_PENDING, TRANSPORT_REQ_DONE } transport_req_state_t;
 

@@ -455,9 +455,7 @@ static int ucx_wait(void *impl, transport_req_t *req, double deadline)
         unsigned gen = atomic_load(&u->done_gen);
         pthread_mutex_unlock(&u->lock);
         int timed_out = 0;
-        struct timespec ts;
-        ts.tv_sec = (time_t)deadline;
-        ts.tv_nsec = (long)((deadline - (double)ts.tv_sec) * 1e9);
+        struct timespec ts = pn_timespec(deadline);
         pthread_mutex_lock(&u->gate);
         while (atomic_load(&u->done_gen) == gen && !timed_out) {
             if (deadline > 0)
