@@ -2,6 +2,7 @@
  * each terminal to a temporary name that is renamed on success, so an interrupted or
  * failed render never leaves a half image under the final name. */
 #include "bench/plot.h"
+#include "common/err.h"
 
 #include "bench/chrome.h"
 #include "bench/csvio.h"
@@ -10,7 +11,6 @@
 
 #include <errno.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,25 +18,13 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-static void errf(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void errf(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || !errlen)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
-
 /* Runs `gnuplot SCRIPT` in dir with stdout and stderr to dir/gnuplot.log; 0 when it exits 0. */
 static int run_gnuplot(const char *dir, const char *script, char *err, size_t errlen)
 {
     pid_t pid = fork();
     if (pid < 0) {
         int rc = -errno;
-        errf(err, errlen, "fork: %s", strerror(errno));
-        return rc;
+        return pn_err(err, errlen, rc, "fork: %s", strerror(errno));
     }
     if (pid == 0) {
         if (chdir(dir) != 0)
@@ -52,9 +40,8 @@ static int run_gnuplot(const char *dir, const char *script, char *err, size_t er
         if (errno != EINTR)
             return -errno;
     if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
-        errf(err, errlen, "gnuplot %s/%s failed (status %d); see %s/gnuplot.log", dir, script,
+        return pn_err(err, errlen, -EIO, "gnuplot %s/%s failed (status %d); see %s/gnuplot.log", dir, script,
              WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st), dir);
-        return -EIO;
     }
     return 0;
 }
@@ -85,8 +72,7 @@ static int render(const char *dir, const char *name, const char *data, size_t dl
     snprintf(pdir, sizeof pdir, "%s/plots", dir);
     if (mkdir(pdir, 0755) != 0 && errno != EEXIST) {
         int rc = -errno;
-        errf(err, errlen, "%s: cannot create: %s", pdir, strerror(errno));
-        return rc;
+        return pn_err(err, errlen, rc, "%s: cannot create: %s", pdir, strerror(errno));
     }
     snprintf(path, sizeof path, "%s/%s.dat", pdir, name);
     int rc = csvio_file_write_atomic(path, data, dlen, err, errlen);
@@ -120,7 +106,7 @@ static int render(const char *dir, const char *name, const char *data, size_t dl
         snprintf(fin, sizeof fin, "%s/%s.%s", pdir, name, ext[i]);
         if (!rc && rename(tmp, fin) != 0) {
             rc = -errno;
-            errf(err, errlen, "%s: cannot rename: %s", tmp, strerror(errno));
+            pn_err(err, errlen, 0, "%s: cannot rename: %s", tmp, strerror(errno));
         }
         unlink(tmp);
     }
@@ -128,6 +114,34 @@ static int render(const char *dir, const char *name, const char *data, size_t dl
         snprintf(path, sizeof path, "%s/gnuplot.log", pdir);
         unlink(path);
     }
+    return rc;
+}
+
+/* A plot being written: its data (NAME.dat) and its script body, both in memory. */
+typedef struct {
+    char *data, *body;
+    size_t dlen, blen;
+    FILE *d, *b;
+} plot_text_t;
+
+static int text_open(plot_text_t *t)
+{
+    memset(t, 0, sizeof *t);
+    t->d = open_memstream(&t->data, &t->dlen);
+    t->b = open_memstream(&t->body, &t->blen);
+    return t->d && t->b ? 0 : -ENOMEM;
+}
+
+/* Closes both streams, renders NAME when they hold blocks, frees the text (also after a
+ * failed text_open; a second call does nothing). */
+static int text_render(plot_text_t *t, int blocks, const char *dir, const char *name, int width, int height,
+                       char *err, size_t errlen)
+{
+    int bad = (t->d && fclose(t->d)) | (t->b && fclose(t->b)) | !t->d | !t->b;
+    int rc = bad ? -ENOMEM : blocks ? render(dir, name, t->data, t->dlen, t->body, width, height, err, errlen) : 0;
+    free(t->data);
+    free(t->body);
+    memset(t, 0, sizeof *t);
     return rc;
 }
 
@@ -151,12 +165,13 @@ int plot_iteration_time(const results_t *r, const char *dir, char *err, size_t e
     const char **sched = calloc(n, sizeof *sched);
     int *mbs = calloc(n, sizeof *mbs);
     const results_cell_t **prof = calloc(n, sizeof *prof);
-    char *data = NULL, *body = NULL;
-    size_t dlen = 0, blen = 0;
-    FILE *d = open_memstream(&data, &dlen), *b = open_memstream(&body, &blen);
-    int rc = -ENOMEM;
-    if (!sched || !mbs || !prof || !d || !b)
+    plot_text_t t;
+    int rc = text_open(&t);
+    FILE *d = t.d, *b = t.b;
+    if (!sched || !mbs || !prof || rc) {
+        rc = -ENOMEM;
         goto out;
+    }
     table_axes(r, sched, &ns, mbs, &nm, prof, &np);
     fprintf(b, "set title 'Iteration time per network setting' noenhanced\nset ylabel 'iteration time (s)'\n"
                "set xlabel 'network setting'\nset grid ytics\nset key outside right top noenhanced\n"
@@ -190,19 +205,9 @@ int plot_iteration_time(const results_t *r, const char *dir, char *err, size_t e
             block++;
         }
     fputc('\n', b);
-    if (fclose(d) | fclose(b)) {
-        d = b = NULL;
-        goto out;
-    }
-    d = b = NULL;
-    rc = block ? render(dir, "iteration_time", data, dlen, body, 900, 520, err, errlen) : 0;
+    rc = text_render(&t, block, dir, "iteration_time", 900, 520, err, errlen);
 out:
-    if (d)
-        fclose(d);
-    if (b)
-        fclose(b);
-    free(data);
-    free(body);
+    text_render(&t, 0, dir, NULL, 0, 0, NULL, 0);
     free(sched);
     free(mbs);
     free(prof);
@@ -252,8 +257,7 @@ int plot_timeline(const results_t *r, int cell, int iteration, const char *dir, 
     const results_cell_t *c = results_cell_find(r, cell);
     int it;
     if (!c || chrome_iteration_pick(r, cell, iteration, &it)) {
-        errf(err, errlen, "timeline: cell %d has no traced ops", cell);
-        return -ENOENT;
+        return pn_err(err, errlen, -ENOENT, "timeline: cell %d has no traced ops", cell);
     }
     double t0 = INFINITY, t1 = -INFINITY;
     int mb_max = 0;
@@ -265,18 +269,10 @@ int plot_timeline(const results_t *r, int cell, int iteration, const char *dir, 
             mb_max = o->micro_batch > mb_max ? o->micro_batch : mb_max;
         }
     }
-    char *data = NULL, *body = NULL;
-    size_t dlen = 0, blen = 0;
-    FILE *d = open_memstream(&data, &dlen), *b = open_memstream(&body, &blen);
-    if (!d || !b) {
-        if (d)
-            fclose(d);
-        if (b)
-            fclose(b);
-        free(data);
-        free(body);
-        return -ENOMEM;
-    }
+    plot_text_t t;
+    if (text_open(&t))
+        return text_render(&t, 0, dir, NULL, 0, 0, NULL, 0), -ENOMEM;
+    FILE *d = t.d, *b = t.b;
     char q[300], num[64];
     gp_quote(q, sizeof q, c->label);
     table_format_sig3(t1 - t0, num, sizeof num);
@@ -317,14 +313,7 @@ int plot_timeline(const results_t *r, int cell, int iteration, const char *dir, 
         blocks++;
     }
     fputc('\n', b);
-    int bad = fclose(d) | fclose(b);
-    int rc = -ENOMEM;
-    if (!bad) {
-        char name[64];
-        snprintf(name, sizeof name, "timeline_cell%d", cell);
-        rc = blocks ? render(dir, name, data, dlen, body, 1100, 140 + 90 * c->stages, err, errlen) : 0;
-    }
-    free(data);
-    free(body);
-    return rc;
+    char name[64];
+    snprintf(name, sizeof name, "timeline_cell%d", cell);
+    return text_render(&t, blocks, dir, name, 1100, 140 + 90 * c->stages, err, errlen);
 }

@@ -40,7 +40,7 @@ fi
 T=10                 # --timeout: the longest a single wait may take
 BOUND=$((T + 10))    # README: every process exits within --timeout plus 10 s
 SHAPED=${FAULT_PROFILE:-rate=200mbit}
-GRID=(--model tiny --stages 3 --batch-size 4 --seq-len 16 --schedules gpipe --micro-batch-sizes 1
+GRID=(--model tiny --stages 3 --batch-size 4 --seq-len 16 --schedule gpipe --micro-batch-sizes 1
 	--profiles "default,$SHAPED" --compute emulate:fwd=5ms,bwd=10ms --iters 3 --warmup 1 --timeout $T --no-plots)
 KEPT=(runs.csv iterations.csv ops.csv table.md)   # what a failed cell must leave as it was
 root=0
