@@ -1,0 +1,215 @@
+/* The host side of the cuda backend, on any machine: precision and device tables, the fp16
+ * loss-scale state machine, the `cuda:PREC,dev=N` argument, the GPU choice from --device
+ * or the launcher's local rank, and what `--compute cuda` says where no GPU is usable. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "models/model.h"
+#include "models/precision.h"
+#include "tests/testutil.h"
+
+static void test_precision_table(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *name;
+        int bytes, master, scaling;
+        const char *dtype, *compute;
+    } want[] = {
+        {"fp32", 4, 0, 0, "CUDA_R_32F", "CUBLAS_COMPUTE_32F"},
+        {"tf32", 4, 0, 0, "CUDA_R_32F", "CUBLAS_COMPUTE_32F_FAST_TF32"},
+        {"fp16", 2, 1, 1, "CUDA_R_16F", "CUBLAS_COMPUTE_32F"},
+        {"bf16", 2, 1, 0, "CUDA_R_16BF", "CUBLAS_COMPUTE_32F"},
+    };
+    for (int i = 0; i < MODEL_PREC_N; i++) {
+        model_prec_t p;
+        char err[256] = "";
+        assert_int_equal(model_prec_parse(want[i].name, &p, err, sizeof err), 0);
+        const model_prec_info_t *in = model_prec_info(p);
+        assert_non_null(in);
+        assert_string_equal(in->name, want[i].name);
+        assert_int_equal(in->elem_bytes, want[i].bytes);
+        assert_int_equal(in->master_fp32, want[i].master);
+        assert_int_equal(in->loss_scaling, want[i].scaling);
+        assert_string_equal(in->data_type, want[i].dtype);
+        assert_string_equal(in->compute, want[i].compute);
+    }
+    model_prec_t p;
+    char err[256] = "";
+    assert_int_equal(model_prec_parse("fp8", &p, err, sizeof err), -EINVAL);
+    print_message("fp8 -> %s\n", err);
+    assert_non_null(strstr(err, "unknown precision 'fp8'"));
+    assert_null(model_prec_info(MODEL_PREC_N));
+}
+
+static void test_device_table(void **state)
+{
+    (void)state;
+    /* names as cudaGetDeviceProperties reports them */
+    static const struct {
+        const char *name, *key;
+        double fp16;
+    } want[] = {
+        {"Tesla V100-SXM2-16GB", "v100", 125e12},  {"Tesla V100-PCIE-32GB", "v100-pcie", 112e12},
+        {"Tesla T4", "t4", 65e12},                 {"NVIDIA A100-SXM4-80GB", "a100", 312e12},
+        {"NVIDIA H100 80GB HBM3", "h100", 989e12}, {"NVIDIA H100 PCIe", "h100-pcie", 756e12},
+        {"NVIDIA H200", "h200", 989e12},           {"NVIDIA L4", "l4", 121e12},
+        {"NVIDIA L40S", "l40s", 362e12},           {"h100", "h100", 989e12},
+        {"A100", "a100", 312e12},
+    };
+    for (size_t i = 0; i < sizeof want / sizeof *want; i++) {
+        const model_device_t *d = model_device_find(want[i].name);
+        print_message("%-24s -> %s\n", want[i].name, d ? d->key : "(none)");
+        assert_non_null(d);
+        assert_string_equal(d->key, want[i].key);
+        assert_true(fabs(d->peak[MODEL_PREC_FP16] - want[i].fp16) < 1e6);
+    }
+    assert_null(model_device_find("NVIDIA GeForce RTX 4090"));
+    assert_null(model_device_find(NULL));
+    /* every entry: fp32 below the tensor-core rates, tf32 (where present) at most fp16,
+     * bf16 either absent or equal to fp16, a bandwidth and an efficiency in (0, 1) */
+    int n = 0;
+    for (const model_device_t *d; (d = model_device_at(n)); n++) {
+        assert_true(d->peak[MODEL_PREC_FP32] > 0 && d->peak[MODEL_PREC_FP32] < d->peak[MODEL_PREC_FP16]);
+        assert_true(d->peak[MODEL_PREC_TF32] <= d->peak[MODEL_PREC_FP16]);
+        assert_true(d->peak[MODEL_PREC_BF16] == 0 || d->peak[MODEL_PREC_BF16] == d->peak[MODEL_PREC_FP16]);
+        assert_true(d->mem_bw > 0 && d->efficiency > 0 && d->efficiency < 1);
+        assert_ptr_equal(model_device_find(d->key), d);
+        assert_non_null(strstr(model_device_keys(), d->key));
+    }
+    assert_true(n >= 8);
+}
+
+static void test_loss_scale(void **state)
+{
+    (void)state;
+    model_loss_scale_t ls;
+    model_loss_scale_init(&ls, 65536.0f, 3);
+    /* overflow: skip, halve */
+    assert_int_equal(model_loss_scale_update(&ls, 1), 0);
+    assert_true(ls.scale == 32768.0f && ls.skipped == 1 && ls.applied == 0);
+    /* two clean steps: applied, unchanged; the third doubles */
+    assert_int_equal(model_loss_scale_update(&ls, 0), 1);
+    assert_int_equal(model_loss_scale_update(&ls, 0), 1);
+    assert_true(ls.scale == 32768.0f);
+    assert_int_equal(model_loss_scale_update(&ls, 0), 1);
+    assert_true(ls.scale == 65536.0f && ls.applied == 3);
+    /* an overflow resets the run of clean steps */
+    assert_int_equal(model_loss_scale_update(&ls, 0), 1);
+    assert_int_equal(model_loss_scale_update(&ls, 0), 1);
+    assert_int_equal(model_loss_scale_update(&ls, 1), 0);
+    assert_int_equal(model_loss_scale_update(&ls, 0), 1);
+    assert_int_equal(model_loss_scale_update(&ls, 0), 1);
+    assert_true(ls.scale == 32768.0f);
+    /* floors at 1, caps at 2^24 */
+    for (int i = 0; i < 40; i++)
+        assert_int_equal(model_loss_scale_update(&ls, 1), 0);
+    assert_true(ls.scale == 1.0f);
+    for (int i = 0; i < 3 * 40; i++)
+        assert_int_equal(model_loss_scale_update(&ls, 0), 1);
+    assert_true(ls.scale == 16777216.0f);
+    print_message("after %ld skipped and %ld applied steps the scale is %g\n", ls.skipped, ls.applied, ls.scale);
+}
+
+static void test_cuda_arg(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *arg;
+        model_prec_t prec;
+        int dev;
+    } ok[] = {
+        {"", MODEL_PREC_FP32, -1},       {"fp16", MODEL_PREC_FP16, -1},  {"bf16,dev=1", MODEL_PREC_BF16, 1},
+        {"dev=2", MODEL_PREC_FP32, 2},   {"dev=0,tf32", MODEL_PREC_TF32, 0},
+    };
+    for (size_t i = 0; i < sizeof ok / sizeof *ok; i++) {
+        model_cuda_arg_t a;
+        char err[256] = "";
+        assert_int_equal(model_cuda_arg_parse(ok[i].arg, &a, err, sizeof err), 0);
+        assert_int_equal(a.prec, ok[i].prec);
+        assert_int_equal(a.device, ok[i].dev);
+    }
+    static const struct {
+        const char *arg, *needle;
+    } bad[] = {
+        {"fp17", "unknown part 'fp17'"},      {"fp16,bf16", "two precisions"}, {"dev=x", "dev=N"},
+        {"dev=1,dev=2", "given once"},        {"fp16,", "empty part"},         {",fp16", "empty part"},
+        {"dev=-1", "dev=N"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        model_cuda_arg_t a = {MODEL_PREC_BF16, 7};
+        char err[256] = "";
+        assert_int_equal(model_cuda_arg_parse(bad[i].arg, &a, err, sizeof err), -EINVAL);
+        print_message("cuda:%-12s -> %s\n", bad[i].arg, err);
+        assert_non_null(strstr(err, bad[i].needle));
+        assert_int_equal(a.prec, MODEL_PREC_BF16); /* untouched on failure */
+    }
+}
+
+/* A fake environment for model_gpu_pick: "NAME=value" entries. */
+static const char *fake_env_tab[4];
+static const char *fake_env(const char *name)
+{
+    size_t n = strlen(name);
+    for (int i = 0; i < 4 && fake_env_tab[i]; i++)
+        if (!strncmp(fake_env_tab[i], name, n) && fake_env_tab[i][n] == '=')
+            return fake_env_tab[i] + n + 1;
+    return NULL;
+}
+
+static int pick(int req, int count, const char *e0, const char *e1, int *dev, char *err, size_t errlen)
+{
+    fake_env_tab[0] = e0;
+    fake_env_tab[1] = e1;
+    fake_env_tab[2] = NULL;
+    *dev = -7;
+    return model_gpu_pick(req, count, fake_env, dev, err, errlen);
+}
+
+static void test_gpu_pick(void **state)
+{
+    (void)state;
+    char err[256] = "";
+    int dev;
+    assert_int_equal(pick(-1, 4, NULL, NULL, &dev, err, sizeof err), 0);
+    assert_int_equal(dev, 0);
+    assert_int_equal(pick(2, 4, "LOCAL_RANK=3", NULL, &dev, err, sizeof err), 0);
+    assert_int_equal(dev, 2); /* --device wins over the launcher */
+    assert_int_equal(pick(-1, 4, "LOCAL_RANK=3", NULL, &dev, err, sizeof err), 0);
+    assert_int_equal(dev, 3);
+    /* Open MPI's variable comes before Slurm's and torchrun's */
+    assert_int_equal(pick(-1, 4, "LOCAL_RANK=3", "OMPI_COMM_WORLD_LOCAL_RANK=1", &dev, err, sizeof err), 0);
+    assert_int_equal(dev, 1);
+    assert_int_equal(pick(-1, 2, "SLURM_LOCALID=5", NULL, &dev, err, sizeof err), 0);
+    assert_int_equal(dev, 1); /* more ranks than GPUs: they share, round robin */
+    assert_int_equal(pick(-1, 1, "SLURM_LOCALID=2", NULL, &dev, err, sizeof err), 0);
+    assert_int_equal(dev, 0);
+
+    assert_int_equal(pick(3, 2, NULL, NULL, &dev, err, sizeof err), -EINVAL);
+    print_message("%s\n", err);
+    assert_non_null(strstr(err, "device 3 is absent: 2 CUDA devices are visible"));
+    assert_int_equal(dev, -7);
+    assert_int_equal(pick(-1, 0, NULL, NULL, &dev, err, sizeof err), -ENODEV);
+    print_message("%s\n", err);
+    assert_non_null(strstr(err, "no CUDA device"));
+    assert_int_equal(pick(-1, 2, "LOCAL_RANK=abc", NULL, &dev, err, sizeof err), -EINVAL);
+    print_message("%s\n", err);
+    assert_non_null(strstr(err, "LOCAL_RANK='abc' is not a local rank"));
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_precision_table), cmocka_unit_test(test_device_table),
+        cmocka_unit_test(test_loss_scale),      cmocka_unit_test(test_cuda_arg),
+        cmocka_unit_test(test_gpu_pick),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
