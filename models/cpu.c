@@ -121,12 +121,12 @@ static void layernorm_forward(float *out,        // (N,C)
     }
 }
 
-static void layernorm_backward(float *dinp,       // (N,C) +=
-                               float *dw, float *db, // (C) +=
-                               const float *dout, // (N,C)
-                               const float *inp,  // (N,C)
-                               const float *w, const float *mean, const float *rstd,
-                               int N, int C)
+/* The input half of the LayerNorm backward (B). */
+static void layernorm_backward_input(float *dinp,       // (N,C) +=
+                                     const float *dout, // (N,C)
+                                     const float *inp,  // (N,C)
+                                     const float *w, const float *mean, const float *rstd,
+                                     int N, int C)
 {
 #pragma omp parallel for schedule(static) if ((size_t)N * C >= PAR_MIN)
     for (int n = 0; n < N; n++) {
@@ -145,6 +145,14 @@ static void layernorm_backward(float *dinp,       // (N,C) +=
             di[i] += (w[i] * d[i] - dnorm_mean - norm * dnorm_norm_mean) * s;
         }
     }
+}
+
+/* The weight half of the LayerNorm backward (W). */
+static void layernorm_backward_weights(float *dw, float *db,  // (C) +=
+                                       const float *dout,     // (N,C)
+                                       const float *inp,      // (N,C)
+                                       const float *mean, const float *rstd, int N, int C)
+{
 #pragma omp parallel for schedule(static) if ((size_t)N * C >= PAR_MIN)
     for (int c0 = 0; c0 < C; c0 += 16) {
         int c1 = c0 + 16 < C ? c0 + 16 : C;
@@ -163,6 +171,17 @@ static void layernorm_backward(float *dinp,       // (N,C) +=
     }
 }
 
+static void layernorm_backward(float *dinp,       // (N,C) +=
+                               float *dw, float *db, // (C) +=
+                               const float *dout, // (N,C)
+                               const float *inp,  // (N,C)
+                               const float *w, const float *mean, const float *rstd,
+                               int N, int C)
+{
+    layernorm_backward_input(dinp, dout, inp, w, mean, rstd, N, C);
+    layernorm_backward_weights(dw, db, dout, inp, mean, rstd, N, C);
+}
+
 static void matmul_forward(float *out,        // (N,OC)
                            const float *inp,  // (N,C)
                            const float *w,    // (OC,C)
@@ -177,15 +196,13 @@ static void matmul_forward(float *out,        // (N,OC)
     gemm(0, 1, N, OC, C, 1.0f, inp, C, w, C, bias ? 1.0f : 0.0f, out, OC);
 }
 
-static void matmul_backward(float *dinp,        // (N,C) overwritten
-                            float *dw,          // (OC,C) +=
-                            float *db,          // (OC) += or NULL
-                            const float *dout,  // (N,OC)
-                            const float *inp,   // (N,C)
-                            const float *w,     // (OC,C)
-                            int N, int C, int OC)
+/* The weight half of the matmul backward (W). */
+static void matmul_backward_weights(float *dw,          // (OC,C) +=
+                                    float *db,          // (OC) += or NULL
+                                    const float *dout,  // (N,OC)
+                                    const float *inp,   // (N,C)
+                                    int N, int C, int OC)
 {
-    gemm(0, 0, N, C, OC, 1.0f, dout, OC, w, C, 0.0f, dinp, C);
     gemm(1, 0, OC, C, N, 1.0f, dout, OC, inp, C, 1.0f, dw, C);
     if (db) {
 #pragma omp parallel for schedule(static) if ((size_t)N * OC >= PAR_MIN)
@@ -201,6 +218,24 @@ static void matmul_backward(float *dinp,        // (N,C) overwritten
                 db[o] += acc[o - o0];
         }
     }
+}
+
+/* The input half (B): dinp (N,C) overwritten = dout (N,OC) w (OC,C). */
+static void matmul_backward_input(float *dinp, const float *dout, const float *w, int N, int C, int OC)
+{
+    gemm(0, 0, N, C, OC, 1.0f, dout, OC, w, C, 0.0f, dinp, C);
+}
+
+static void matmul_backward(float *dinp,        // (N,C) overwritten
+                            float *dw,          // (OC,C) +=
+                            float *db,          // (OC) += or NULL
+                            const float *dout,  // (N,OC)
+                            const float *inp,   // (N,C)
+                            const float *w,     // (OC,C)
+                            int N, int C, int OC)
+{
+    matmul_backward_input(dinp, dout, w, N, C, OC);
+    matmul_backward_weights(dw, db, dout, inp, N, C, OC);
 }
 
 #define GELU_SCALE 0.7978845608028654f /* sqrt(2/pi) */
@@ -514,6 +549,56 @@ static void block_backward(float *dx, float *dres2, const scratch_t *s, float *d
                        a[A_LN1_MEAN], a[A_LN1_RSTD], BT, C);
 }
 
+/* What W needs of one layer, saved by B: the gradients at the outputs of the four
+ * matmuls and the two LayerNorms (11 B*T*C floats). */
+enum { G_FCPROJ, G_FC, G_LN2, G_ATTPROJ, G_QKV, G_LN1, G_N };
+
+static void layer_wgrads(float *base, size_t BTC, float *g[G_N])
+{
+    static const int mult[G_N] = {1, 4, 1, 1, 3, 1};
+    for (int i = 0; i < G_N; i++) {
+        g[i] = base;
+        base += mult[i] * BTC;
+    }
+}
+
+enum { G_LAYER_BTC = 11 };
+
+/* B of one block: dx as block_backward, and g filled for block_backward_weights. */
+static void block_backward_input(float *dx, const scratch_t *s, float *g[G_N], const float *dy,
+                                 float *a[A_N], const float *x, float *w[MODEL_T_PER_LAYER],
+                                 int B, int T, int C, int NH)
+{
+    int BT = B * T;
+    memcpy(g[G_FCPROJ], dy, (size_t)BT * C * sizeof(float));
+    matmul_backward_input(g[G_FC], dy, w[MODEL_T_FCPROJW], BT, 4 * C, C);
+    gelu_backward(g[G_FC], a[A_FCH], (size_t)BT * 4 * C);
+    matmul_backward_input(g[G_LN2], g[G_FC], w[MODEL_T_FCW], BT, C, 4 * C);
+    float *dres2 = g[G_ATTPROJ];
+    memcpy(dres2, dy, (size_t)BT * C * sizeof(float));
+    layernorm_backward_input(dres2, g[G_LN2], a[A_RES2], w[MODEL_T_LN2W], a[A_LN2_MEAN], a[A_LN2_RSTD], BT, C);
+    matmul_backward_input(s->datty, dres2, w[MODEL_T_ATTPROJW], BT, C, C);
+    attention_backward(g[G_QKV], s->datt, s->datty, a[A_QKV], a[A_ATT], B, T, C, NH);
+    matmul_backward_input(g[G_LN1], g[G_QKV], w[MODEL_T_QKVW], BT, C, 3 * C);
+    memcpy(dx, dres2, (size_t)BT * C * sizeof(float));
+    layernorm_backward_input(dx, g[G_LN1], x, w[MODEL_T_LN1W], a[A_LN1_MEAN], a[A_LN1_RSTD], BT, C);
+}
+
+/* W of one block, in block_backward's order of gradient additions. */
+static void block_backward_weights(float *dw[MODEL_T_PER_LAYER], float *g[G_N], float *a[A_N],
+                                   const float *x, int B, int T, int C)
+{
+    int BT = B * T;
+    matmul_backward_weights(dw[MODEL_T_FCPROJW], dw[MODEL_T_FCPROJB], g[G_FCPROJ], a[A_FCH_GELU], BT, 4 * C, C);
+    matmul_backward_weights(dw[MODEL_T_FCW], dw[MODEL_T_FCB], g[G_FC], a[A_LN2], BT, C, 4 * C);
+    layernorm_backward_weights(dw[MODEL_T_LN2W], dw[MODEL_T_LN2B], g[G_LN2], a[A_RES2], a[A_LN2_MEAN],
+                               a[A_LN2_RSTD], BT, C);
+    matmul_backward_weights(dw[MODEL_T_ATTPROJW], dw[MODEL_T_ATTPROJB], g[G_ATTPROJ], a[A_ATTY], BT, C, C);
+    matmul_backward_weights(dw[MODEL_T_QKVW], dw[MODEL_T_QKVB], g[G_QKV], a[A_LN1], BT, C, 3 * C);
+    layernorm_backward_weights(dw[MODEL_T_LN1W], dw[MODEL_T_LN1B], g[G_LN1], x, a[A_LN1_MEAN],
+                               a[A_LN1_RSTD], BT, C);
+}
+
 /* ---------------------------------------------------------------- the backend */
 
 static const float *head_weight(const model_stage_t *st, int grads)
@@ -581,7 +666,20 @@ static void cpu_destroy(model_stage_t *st)
     free(st->opt_m);
     free(st->opt_v);
     free(st->acts);
-    st->params = st->grads = st->opt_m = st->opt_v = st->acts = NULL;
+    free(st->wgrads);
+    st->params = st->grads = st->opt_m = st->opt_v = st->acts = st->wgrads = NULL;
+}
+
+/* The last stage's head pointers inside a slot. */
+typedef struct {
+    float *lnf, *mean, *rstd, *probs;
+} head_acts_t;
+
+static head_acts_t head_acts(const model_stage_t *st, int slot)
+{
+    size_t BTC = (size_t)st->B * st->T * st->C, BT = (size_t)st->B * st->T;
+    float *lp = slot_base(st, slot) + st->slot_floats - last_part_floats(st);
+    return (head_acts_t){lp, lp + BTC, lp + BTC + BT, lp + BTC + 2 * BT};
 }
 
 static int cpu_forward(model_stage_t *st, int slot, const float *in, float *out)
@@ -633,8 +731,8 @@ static int cpu_backward(model_stage_t *st, int slot, const float *dout, float *d
     if (st->last) {
         double th = model_now();
         const model_tensor_t *lnw = model_stage_tensor_find(st, "lnf.w");
-        float *lp = slot_base(st, slot) + st->slot_floats - last_part_floats(st);
-        float *lnf = lp, *mean = lp + (size_t)BT * C, *rstd = mean + BT, *probs = rstd + BT;
+        head_acts_t h = head_acts(st, slot);
+        float *lnf = h.lnf, *mean = h.mean, *rstd = h.rstd, *probs = h.probs;
         /* the iteration's loss is the mean over M micro-batches of B*T tokens */
         crossentropy_backward(probs, st->targets, BT, V, 1.0f / ((float)BT * st->p.micro_batches));
         matmul_backward(s.dln, (float *)head_weight(st, 1), NULL, probs, lnf, head_weight(st, 0), BT, C, V);
@@ -664,6 +762,106 @@ static int cpu_backward(model_stage_t *st, int slot, const float *dout, float *d
         st->prof.embed_bwd += model_now() - t0;
     } else {
         memcpy(din, dy, (size_t)BT * C * sizeof(float));
+    }
+    return 0;
+}
+
+/* The W area of a slot: G_LAYER_BTC B*T*C floats per layer, then lnf's (last stage) and
+ * the embeddings' (first stage) output gradients; allocated on the first B. */
+static float *wgrad_base(model_stage_t *st, int slot)
+{
+    size_t BTC = (size_t)st->B * st->T * st->C, nl = st->layer_end - st->layer_begin;
+    if (!st->wgrads) {
+        st->wgrad_floats = BTC * (G_LAYER_BTC * nl + (st->last ? 1 : 0) + (st->first ? 1 : 0));
+        st->wgrads = malloc((size_t)st->max_inflight * st->wgrad_floats * sizeof(float));
+        if (!st->wgrads)
+            return NULL;
+    }
+    return st->wgrads + (size_t)slot * st->wgrad_floats;
+}
+
+static int cpu_backward_input(model_stage_t *st, int slot, const float *dout, float *din)
+{
+    int B = st->B, T = st->T, C = st->C, NH = st->NH, V = st->V, BT = B * T;
+    int nl = st->layer_end - st->layer_begin;
+    size_t BTC = (size_t)BT * C;
+    float *gw = wgrad_base(st, slot);
+    if (!gw)
+        return -ENOMEM;
+    scratch_t s = scratch_get(st);
+    float *dy = s.dA;
+    threads_apply(st);
+    if (st->last) {
+        double th = model_now();
+        const model_tensor_t *lnw = model_stage_tensor_find(st, "lnf.w");
+        head_acts_t h = head_acts(st, slot);
+        float *glnf = gw + G_LAYER_BTC * BTC * nl;
+        /* the probabilities become the logits' gradient in place, which W reads */
+        crossentropy_backward(h.probs, st->targets, BT, V, 1.0f / ((float)BT * st->p.micro_batches));
+        matmul_backward_input(glnf, h.probs, head_weight(st, 0), BT, C, V);
+        memset(dy, 0, BTC * sizeof(float));
+        layernorm_backward_input(dy, glnf, layer_input(st, slot, nl), lnw->param, h.mean, h.rstd, BT, C);
+        st->prof.head_bwd += model_now() - th;
+    } else {
+        memcpy(dy, dout, BTC * sizeof(float));
+    }
+    for (int l = nl - 1; l >= 0; l--) {
+        float *a[A_N], *w[MODEL_T_PER_LAYER], *g[G_N];
+        double tl = model_now();
+        layer_acts(st, slot, l, a);
+        layer_params(st, l, 0, w);
+        layer_wgrads(gw + G_LAYER_BTC * BTC * l, BTC, g);
+        const float *x = layer_input(st, slot, l);
+        if (st->p.recompute)
+            block_forward(a, x, w, B, T, C, NH);
+        block_backward_input(dy, &s, g, dy, a, x, w, B, T, C, NH);
+        st->prof.layer_bwd[l] += model_now() - tl;
+    }
+    if (st->first)
+        memcpy(gw + G_LAYER_BTC * BTC * nl + (st->last ? BTC : 0), dy, BTC * sizeof(float));
+    else
+        memcpy(din, dy, BTC * sizeof(float));
+    return 0;
+}
+
+static int cpu_backward_weights(model_stage_t *st, int slot)
+{
+    int B = st->B, T = st->T, C = st->C, NH = st->NH, BT = B * T;
+    int nl = st->layer_end - st->layer_begin;
+    size_t BTC = (size_t)BT * C;
+    float *gw = wgrad_base(st, slot);
+    if (!gw)
+        return -ENOMEM;
+    threads_apply(st);
+    if (st->last) {
+        double th = model_now();
+        const model_tensor_t *lnw = model_stage_tensor_find(st, "lnf.w");
+        head_acts_t h = head_acts(st, slot);
+        float *glnf = gw + G_LAYER_BTC * BTC * nl;
+        matmul_backward_weights((float *)head_weight(st, 1), NULL, h.probs, h.lnf, BT, C, st->V);
+        layernorm_backward_weights(lnw->grad, lnw->grad + C, glnf, layer_input(st, slot, nl), h.mean,
+                                   h.rstd, BT, C);
+        st->prof.head_bwd += model_now() - th;
+    }
+    for (int l = nl - 1; l >= 0; l--) {
+        float *a[A_N], *w[MODEL_T_PER_LAYER], *dw[MODEL_T_PER_LAYER], *g[G_N];
+        double tl = model_now();
+        layer_acts(st, slot, l, a);
+        layer_params(st, l, 1, dw);
+        layer_wgrads(gw + G_LAYER_BTC * BTC * l, BTC, g);
+        const float *x = layer_input(st, slot, l);
+        if (st->p.recompute) {
+            layer_params(st, l, 0, w);
+            block_forward(a, x, w, B, T, C, NH);
+        }
+        block_backward_weights(dw, g, a, x, B, T, C);
+        st->prof.layer_bwd[l] += model_now() - tl;
+    }
+    if (st->first) {
+        double t0 = model_now();
+        encoder_backward(st->grads + st->tensors[0].offset, st->grads + st->tensors[1].offset,
+                         gw + G_LAYER_BTC * BTC * nl + (st->last ? BTC : 0), st->tokens, B, T, C);
+        st->prof.embed_bwd += model_now() - t0;
     }
     return 0;
 }
@@ -714,6 +912,8 @@ const model_backend_t model_backend_cpu = {
     .init = cpu_init,
     .forward = cpu_forward,
     .backward = cpu_backward,
+    .backward_input = cpu_backward_input,
+    .backward_weights = cpu_backward_weights,
     .step = cpu_step,
     .destroy = cpu_destroy,
 };

@@ -416,9 +416,10 @@ int model_stage_init(model_stage_t *st, const model_stage_params_t *p, char *err
     st->tensors = calloc(nt, sizeof *st->tensors);
     st->slot_iter = malloc(st->max_inflight * sizeof(int));
     st->slot_mb = malloc(st->max_inflight * sizeof(int));
+    st->slot_phase = calloc(st->max_inflight, sizeof(int));
     st->tokens = calloc((size_t)st->B * st->T, sizeof(int));
     st->targets = calloc((size_t)st->B * st->T, sizeof(int));
-    if (!ids || !kinds || !st->tensors || !st->slot_iter || !st->slot_mb || !st->tokens || !st->targets) {
+    if (!ids || !kinds || !st->tensors || !st->slot_iter || !st->slot_mb || !st->slot_phase || !st->tokens || !st->targets) {
         snprintf(err, errlen, "out of memory for the stage tables");
         rc = -ENOMEM;
         goto fail;
@@ -462,10 +463,11 @@ void model_stage_destroy(model_stage_t *st)
     free(st->tensors);
     free(st->slot_iter);
     free(st->slot_mb);
+    free(st->slot_phase);
     free(st->tokens);
     free(st->targets);
     st->tensors = NULL;
-    st->slot_iter = st->slot_mb = st->tokens = st->targets = NULL;
+    st->slot_iter = st->slot_mb = st->slot_phase = st->tokens = st->targets = NULL;
     st->n_tensors = 0;
 }
 
@@ -506,22 +508,65 @@ int model_stage_forward(model_stage_t *st, int iter, int mb, const float *in, fl
     return 0;
 }
 
-int model_stage_backward(model_stage_t *st, int iter, int mb, const float *dout, float *din)
+/* The slot of a forwarded (iter, mb) whose backward has not started (phase 0) or whose
+ * B ran (phase 1), after checking the arguments; a negative errno otherwise. Loads the
+ * micro-batch's tokens and targets where the stage needs them. */
+static int backward_slot(model_stage_t *st, int iter, int mb, int phase)
 {
-    if (!st->backend || mb < 0 || mb >= st->p.micro_batches || (!st->last && !dout) || (!st->first && !din))
+    if (!st->backend || mb < 0 || mb >= st->p.micro_batches)
         return -EINVAL;
     int slot = slot_find(st, iter, mb);
-    if (slot < 0)
+    if (slot < 0 || st->slot_phase[slot] != phase)
         return -ENOENT;
     if (st->params && (st->first || st->last))
         model_data_batch(&st->data, iter, mb, st->B, st->T, st->tokens, st->targets);
+    return slot;
+}
+
+/* The unsplit backward (split 0) or its B half (split 1). */
+static int backward_run(model_stage_t *st, int iter, int mb, const float *dout, float *din, int split)
+{
+    if ((!st->last && !dout) || (!st->first && !din))
+        return -EINVAL;
+    int slot = backward_slot(st, iter, mb, 0);
+    if (slot < 0)
+        return slot;
     double t0 = model_now();
-    int rc = st->backend->backward(st, slot, dout, din);
+    int rc = (split ? st->backend->backward_input : st->backend->backward)(st, slot, dout, din);
+    st->prof.bwd += model_now() - t0;
+    st->prof.n_bwd += !split;
+    if (rc)
+        return rc;
+    if (split)
+        st->slot_phase[slot] = 1;
+    else
+        st->slot_mb[slot] = -1;
+    return 0;
+}
+
+int model_stage_backward(model_stage_t *st, int iter, int mb, const float *dout, float *din)
+{
+    return backward_run(st, iter, mb, dout, din, 0);
+}
+
+int model_stage_backward_input(model_stage_t *st, int iter, int mb, const float *dout, float *din)
+{
+    return backward_run(st, iter, mb, dout, din, 1);
+}
+
+int model_stage_backward_weights(model_stage_t *st, int iter, int mb)
+{
+    int slot = backward_slot(st, iter, mb, 1);
+    if (slot < 0)
+        return slot;
+    double t0 = model_now();
+    int rc = st->backend->backward_weights(st, slot);
     st->prof.bwd += model_now() - t0;
     st->prof.n_bwd++;
     if (rc)
         return rc;
     st->slot_mb[slot] = -1;
+    st->slot_phase[slot] = 0;
     return 0;
 }
 
@@ -559,7 +604,7 @@ double model_stage_loss_pending(const model_stage_t *st)
 void model_stage_reset(model_stage_t *st)
 {
     for (int i = 0; i < st->max_inflight; i++)
-        st->slot_mb[i] = -1;
+        st->slot_mb[i] = -1, st->slot_phase[i] = 0;
     st->loss_sum = 0;
     st->loss_count = 0;
     if (st->grads)

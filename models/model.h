@@ -98,12 +98,16 @@ typedef struct model_stage {
     float *acts; size_t scratch_floats, slot_floats, act_floats;
     int max_inflight;
     int *slot_iter, *slot_mb;        /* (iter, mb) held by each slot; mb -1 = free */
+    int *slot_phase;                 /* 1: the slot's B ran, its W has not */
     int *tokens, *targets;           /* (B, T) scratch for the current batch */
     model_data_t data;
     double loss_sum; int loss_count; double last_loss;
     int steps;
     /* emulate: modelled seconds per micro-batch of this stage, and the device */
     double emu_fwd_s, emu_bwd_s, emu_opt_s, peak_flops, efficiency, mem_bw;
+    double emu_bwd_w_s;              /* the W part of emu_bwd_s (B is the rest) */
+    /* cpu: what W needs, saved by B: max_inflight slots of wgrad_floats, on first B */
+    float *wgrads; size_t wgrad_floats;
     char device[16];
     model_prof_t prof;
 } model_stage_t;
