@@ -110,6 +110,9 @@ typedef struct model_stage {
     float *wgrads; size_t wgrad_floats;
     char device[16];
     model_prof_t prof;
+    /* cuda: the backend's own state; bytes of a boundary element (0 = 4, fp32) */
+    void *backend_priv;
+    int act_elem_bytes;
 } model_stage_t;
 
 int    model_stage_init(model_stage_t *st, const model_stage_params_t *p, char *err, size_t errlen) MODEL_WUR;

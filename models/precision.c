@@ -4,6 +4,7 @@
 #include "models/precision.h"
 
 #include <errno.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
@@ -30,6 +31,84 @@ int model_prec_parse(const char *s, model_prec_t *out, char *err, size_t errlen)
             return 0;
         }
     return pn_err(err, errlen, -EINVAL, "unknown precision '%s' (known: fp32, tf32, fp16, bf16)", s);
+}
+
+/* ---------------------------------------------------------------- fp16 / bf16 on the host */
+
+static float bits_float(uint32_t u)
+{
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+static uint32_t float_bits(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return u;
+}
+
+static float half_to_float(uint16_t h)
+{
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff;
+    if (exp == 0x1f)
+        return bits_float(sign | 0x7f800000u | (man << 13));
+    if (exp == 0) /* zero or subnormal: man * 2^-24 */
+        return (sign ? -1.0f : 1.0f) * (float)man * 5.9604644775390625e-8f;
+    return bits_float(sign | ((exp + 112) << 23) | (man << 13));
+}
+
+static uint16_t float_to_half(float f)
+{
+    uint32_t u = float_bits(f), sign = (u >> 16) & 0x8000;
+    uint32_t a = u & 0x7fffffffu;
+    if (a >= 0x7f800000u) /* inf, NaN */
+        return (uint16_t)(sign | 0x7c00 | (a > 0x7f800000u ? 0x200 : 0));
+    if (a >= 0x477ff000u) /* rounds to above 65504 */
+        return (uint16_t)(sign | 0x7c00);
+    if (a < 0x38800000u) { /* below 2^-14: subnormal, in units of 2^-24, nearest even */
+        float m = bits_float(a) * 16777216.0f;
+        uint32_t q = (uint32_t)m;
+        float r = m - (float)q;
+        q += r > 0.5f || (r == 0.5f && (q & 1));
+        return (uint16_t)(sign | q);
+    }
+    uint32_t e = (a >> 23) - 112, man = a & 0x7fffff;
+    uint32_t h = (e << 10) | (man >> 13), rest = man & 0x1fff;
+    h += rest > 0x1000 || (rest == 0x1000 && (h & 1));
+    return (uint16_t)(sign | h);
+}
+
+static uint16_t float_to_bf16(float f)
+{
+    uint32_t u = float_bits(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u)
+        return (uint16_t)((u >> 16) | 0x40);
+    return (uint16_t)((u + 0x7fff + ((u >> 16) & 1)) >> 16);
+}
+
+void model_prec_to_float(model_prec_t p, const void *src, float *dst, size_t n)
+{
+    const uint16_t *h = src;
+    if (precs[p].elem_bytes == 4)
+        memmove(dst, src, n * sizeof(float));
+    else if (p == MODEL_PREC_FP16)
+        for (size_t i = 0; i < n; i++)
+            dst[i] = half_to_float(h[i]);
+    else
+        for (size_t i = 0; i < n; i++)
+            dst[i] = bits_float((uint32_t)h[i] << 16);
+}
+
+void model_prec_from_float(model_prec_t p, const float *src, void *dst, size_t n)
+{
+    uint16_t *h = dst;
+    if (precs[p].elem_bytes == 4)
+        memmove(dst, src, n * sizeof(float));
+    else
+        for (size_t i = 0; i < n; i++)
+            h[i] = p == MODEL_PREC_FP16 ? float_to_half(src[i]) : float_to_bf16(src[i]);
 }
 
 /* Dense peaks from the vendors' datasheets (SXM parts unless named; the sparse figures

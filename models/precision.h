@@ -26,6 +26,11 @@ const model_prec_info_t *model_prec_info(model_prec_t p);
 /* "fp16" -> MODEL_PREC_FP16; -EINVAL naming the known ones. */
 int model_prec_parse(const char *s, model_prec_t *out, char *err, size_t errlen) PN_WUR;
 
+/* Boundary tensors in the compute precision <-> fp32 on the host (round to nearest even;
+ * fp32/tf32 are plain copies). */
+void model_prec_to_float(model_prec_t p, const void *src, float *dst, size_t n);
+void model_prec_from_float(model_prec_t p, const float *src, void *dst, size_t n);
+
 /* A device of the peak table: dense (no sparsity) peaks per precision in FLOP/s (0: the
  * precision has no tensor-core path there), HBM bandwidth and the fraction of peak a tuned
  * GPT layer typically sustains (what emulate assumes). */

@@ -1,0 +1,534 @@
+/* The cuda backend's layers: models/cpu.c's mirrored forward/backward pairs on the GPU,
+ * every matrix product through cublasGemmEx / cublasGemmStridedBatchedEx (row-major
+ * products issued as their column-major transposes), the rest in models/cuda_kernels.cu.
+ * Templated over the stored element type T (float for fp32/tf32, __half, __nv_bfloat16);
+ * statistics, parameter gradients and the loss are fp32. */
+#include "models/cuda_priv.h"
+#include "models/cuda_kernels.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+extern "C" {
+#include "common/clock.h"
+}
+
+/* Causal attention in row blocks of this many queries, each against only the keys it can
+ * see (as cpu.c, with larger blocks: each block is one batched GEMM over the heads). */
+enum { ATT_BLOCK = 256 };
+
+/* ---------------------------------------------------------------- layout */
+
+static size_t up(size_t n) { return (n + 255) & ~(size_t)255; }
+
+void cuda_layer_sizes(const model_stage_t *st, size_t es, size_t b[CA_N])
+{
+    size_t BT = (size_t)st->B * st->T, BTC = BT * st->C, att = (size_t)st->B * st->NH * st->T * st->T;
+    size_t el[CA_N] = {BTC, BT, BT, 3 * BTC, BTC, att, BTC, BTC, BT, BT, 4 * BTC, 4 * BTC, BTC};
+    for (int i = 0; i < CA_N; i++) {
+        int stat = i == CA_LN1_MEAN || i == CA_LN1_RSTD || i == CA_LN2_MEAN || i == CA_LN2_RSTD;
+        b[i] = up(el[i] * (stat ? sizeof(float) : es));
+    }
+}
+
+size_t cuda_layer_bytes(const model_stage_t *st, size_t es)
+{
+    size_t b[CA_N], n = 0;
+    cuda_layer_sizes(st, es, b);
+    for (int i = 0; i < CA_N; i++)
+        n += b[i];
+    return n;
+}
+
+static size_t last_part_bytes(const model_stage_t *st, size_t es)
+{
+    size_t BT = (size_t)st->B * st->T;
+    return st->last ? up(BT * st->C * es) + 2 * up(BT * sizeof(float)) + up(BT * st->V * es) : 0;
+}
+
+size_t cuda_slot_bytes(const model_stage_t *st, size_t es)
+{
+    size_t btc = up((size_t)st->B * st->T * st->C * es), nl = st->layer_end - st->layer_begin;
+    return btc + nl * (st->p.recompute ? btc : cuda_layer_bytes(st, es)) + last_part_bytes(st, es);
+}
+
+/* dA, dB, dln, datty (BTC each), dqkv (3BTC), dfch (4BTC), datt (B,NH,T,T), and with
+ * recompute one layer's full activations: as cpu.c. */
+size_t cuda_scratch_bytes(const model_stage_t *st, size_t es)
+{
+    size_t BTC = (size_t)st->B * st->T * st->C;
+    return 4 * up(BTC * es) + up(3 * BTC * es) + up(4 * BTC * es) + up((size_t)st->B * st->NH * st->T * st->T * es) +
+           (st->p.recompute ? cuda_layer_bytes(st, es) : 0);
+}
+
+/* tokens, targets, the loss accumulator and the overflow flag */
+size_t cuda_misc_bytes(const model_stage_t *st)
+{
+    size_t BT = (size_t)st->B * st->T;
+    return 2 * up(BT * sizeof(int)) + up(sizeof(double)) + up(sizeof(int));
+}
+
+template <typename T> struct scratch_t {
+    T *dA, *dB, *dln, *datty, *dqkv, *dfch, *datt;
+    unsigned char *recomp;
+};
+
+template <typename T> static scratch_t<T> scratch_get(const model_stage_t *st)
+{
+    const cuda_t *c = cuda_of(st);
+    size_t BTC = (size_t)st->B * st->T * st->C, es = sizeof(T);
+    unsigned char *p = c->acts + c->misc_bytes;
+    scratch_t<T> x;
+    T **four[4] = {&x.dA, &x.dB, &x.dln, &x.datty};
+    for (int i = 0; i < 4; i++, p += up(BTC * es))
+        *four[i] = (T *)p;
+    x.dqkv = (T *)p;
+    p += up(3 * BTC * es);
+    x.dfch = (T *)p;
+    p += up(4 * BTC * es);
+    x.datt = (T *)p;
+    x.recomp = p + up((size_t)st->B * st->NH * st->T * st->T * es);
+    return x;
+}
+
+template <typename T> static T *slot_base(const model_stage_t *st, int slot)
+{
+    const cuda_t *c = cuda_of(st);
+    return (T *)(c->acts + c->misc_bytes + c->scratch_bytes + (size_t)slot * c->slot_bytes);
+}
+
+/* layer l's activations in a slot (with recompute: the output in the slot, the rest in the
+ * scratch); a[] are typed pointers, the statistics cast by the caller */
+template <typename T> static void layer_acts(const model_stage_t *st, int slot, int l, void *a[CA_N])
+{
+    size_t b[CA_N], btc = up((size_t)st->B * st->T * st->C * sizeof(T));
+    cuda_layer_sizes(st, sizeof(T), b);
+    unsigned char *base = (unsigned char *)slot_base<T>(st, slot) + btc;
+    unsigned char *p = st->p.recompute ? scratch_get<T>(st).recomp : base + (size_t)l * cuda_layer_bytes(st, sizeof(T));
+    for (int i = 0; i < CA_N; i++) {
+        a[i] = p;
+        p += b[i];
+    }
+    if (st->p.recompute)
+        a[CA_RES3] = base + (size_t)l * btc;
+}
+
+template <typename T> static T *layer_input(const model_stage_t *st, int slot, int l)
+{
+    if (l == 0)
+        return slot_base<T>(st, slot);
+    void *a[CA_N];
+    layer_acts<T>(st, slot, l - 1, a);
+    return (T *)a[CA_RES3];
+}
+
+/* the head's saved tensors: final LayerNorm output and statistics, probabilities */
+template <typename T> struct head_t {
+    T *lnf;
+    float *mean, *rstd;
+    T *probs;
+};
+
+template <typename T> static head_t<T> head_acts(const model_stage_t *st, int slot)
+{
+    size_t BT = (size_t)st->B * st->T;
+    unsigned char *p = (unsigned char *)slot_base<T>(st, slot) + cuda_of(st)->slot_bytes - last_part_bytes(st, sizeof(T));
+    head_t<T> h;
+    h.lnf = (T *)p;
+    p += up(BT * st->C * sizeof(T));
+    h.mean = (float *)p;
+    p += up(BT * sizeof(float));
+    h.rstd = (float *)p;
+    p += up(BT * sizeof(float));
+    h.probs = (T *)p;
+    return h;
+}
+
+/* parameter k of tensor table entry i: the compute copy (what GEMMs read) or the gradient */
+template <typename T> static T *wparam(const model_stage_t *st, int i)
+{
+    return (T *)cuda_of(st)->wc + st->tensors[i].offset;
+}
+
+static float *wgrad(const model_stage_t *st, int i)
+{
+    return cuda_of(st)->grads + st->tensors[i].offset;
+}
+
+static int layer_base(const model_stage_t *st, int l) { return (st->first ? 2 : 0) + l * MODEL_T_PER_LAYER; }
+
+static int head_index(const model_stage_t *st)
+{
+    const model_tensor_t *t = model_stage_tensor_find(st, "head");
+    if (!t)
+        t = model_stage_tensor_find(st, "wte"); /* tied, single stage */
+    return (int)(t - st->tensors);
+}
+
+/* ---------------------------------------------------------------- GEMM (row-major view) */
+
+/* C (M,N) = alpha op(A) op(B) + beta C, all row-major; ctype is the output's type (the
+ * compute type for activations, fp32 for parameter gradients). */
+static int gemm(const cuda_t *c, int ta, int tb, int M, int N, int K, float alpha, const void *A, int lda,
+                const void *B, int ldb, float beta, void *Cm, cudaDataType_t ctype, int ldc)
+{
+    CB(cublasGemmEx(c->blas, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N, N, M, K, &alpha, B,
+                    c->dt, ldb, A, c->dt, lda, &beta, Cm, ctype, ldc, c->ct, CUBLAS_GEMM_DEFAULT));
+    return 0;
+}
+
+/* the same over `count` problems at fixed element strides (heads) */
+static int gemm_batched(const cuda_t *c, int ta, int tb, int M, int N, int K, float alpha, const void *A, int lda,
+                        long long sa, const void *B, int ldb, long long sb, float beta, void *Cm, int ldc, long long sc,
+                        int count)
+{
+    CB(cublasGemmStridedBatchedEx(c->blas, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N, N, M, K,
+                                  &alpha, B, c->dt, ldb, sb, A, c->dt, lda, sa, &beta, Cm, c->dt, ldc, sc, count, c->ct,
+                                  CUBLAS_GEMM_DEFAULT));
+    return 0;
+}
+
+/* ---------------------------------------------------------------- layers */
+
+template <typename T>
+static int matmul_forward(const cuda_t *c, T *out,   // (N,OC)
+                          const T *inp,               // (N,C)
+                          const T *w,                 // (OC,C)
+                          const T *bias,              // (OC) or NULL
+                          int N, int C, int OC)
+{
+    if (bias)
+        CK(cuk::bias_fill(c->s, out, bias, N, OC));
+    return gemm(c, 0, 1, N, OC, C, 1.0f, inp, C, w, C, bias ? 1.0f : 0.0f, out, c->dt, OC);
+}
+
+template <typename T>
+static int matmul_backward(const cuda_t *c, T *dinp,  // (N,C) overwritten
+                           float *dw,                  // (OC,C) +=
+                           float *db,                  // (OC) += or NULL
+                           const T *dout,              // (N,OC)
+                           const T *inp,               // (N,C)
+                           const T *w,                 // (OC,C)
+                           int N, int C, int OC)
+{
+    TRY(gemm(c, 0, 0, N, C, OC, 1.0f, dout, OC, w, C, 0.0f, dinp, c->dt, C));
+    TRY(gemm(c, 1, 0, OC, C, N, 1.0f, dout, OC, inp, C, 1.0f, dw, CUDA_R_32F, C));
+    if (db)
+        CK(cuk::bias_backward(c->s, db, dout, N, OC));
+    return 0;
+}
+
+template <typename T>
+static int attention_forward(const cuda_t *c, T *out, // (B,T,C)
+                             T *att,                   // (B,NH,T,T) softmaxed, zero above the diagonal
+                             const T *qkv,             // (B,T,3C)
+                             int B, int T_, int C, int NH)
+{
+    int hs = C / NH, C3 = 3 * C;
+    long long TT = (long long)T_ * T_;
+    float scale = 1.0f / sqrtf((float)hs);
+    for (int b = 0; b < B; b++) {
+        const T *q = qkv + (size_t)b * T_ * C3, *k = q + C;
+        T *a = att + (size_t)b * NH * TT;
+        for (int r0 = 0; r0 < T_; r0 += ATT_BLOCK) {
+            int r1 = r0 + ATT_BLOCK < T_ ? r0 + ATT_BLOCK : T_;
+            TRY(gemm_batched(c, 0, 1, r1 - r0, r1, hs, scale, q + (size_t)r0 * C3, C3, hs, k, C3, hs, 0.0f,
+                             a + (size_t)r0 * T_, T_, TT, NH));
+        }
+    }
+    CK(cuk::softmax_causal_forward(c->s, att, (size_t)B * NH * T_, T_));
+    for (int b = 0; b < B; b++) {
+        const T *v = qkv + (size_t)b * T_ * C3 + 2 * C, *a = att + (size_t)b * NH * TT;
+        T *o = out + (size_t)b * T_ * C;
+        for (int r0 = 0; r0 < T_; r0 += ATT_BLOCK) {
+            int r1 = r0 + ATT_BLOCK < T_ ? r0 + ATT_BLOCK : T_;
+            TRY(gemm_batched(c, 0, 0, r1 - r0, hs, r1, 1.0f, a + (size_t)r0 * T_, T_, TT, v, C3, hs, 0.0f,
+                             o + (size_t)r0 * C, C, hs, NH));
+        }
+    }
+    return 0;
+}
+
+template <typename T>
+static int attention_backward(const cuda_t *c, T *dqkv, // (B,T,3C) overwritten
+                              T *datt,                   // (B,NH,T,T) scratch
+                              const T *dout,             // (B,T,C)
+                              const T *qkv,              // (B,T,3C)
+                              const T *att,              // (B,NH,T,T)
+                              int B, int T_, int C, int NH)
+{
+    int hs = C / NH, C3 = 3 * C;
+    long long TT = (long long)T_ * T_;
+    float scale = 1.0f / sqrtf((float)hs);
+    for (int b = 0; b < B; b++) {
+        size_t qo = (size_t)b * T_ * C3;
+        const T *v = qkv + qo + 2 * C, *d = dout + (size_t)b * T_ * C, *a = att + (size_t)b * NH * TT;
+        T *da = datt + (size_t)b * NH * TT, *dv = dqkv + qo + 2 * C;
+        for (int r0 = 0; r0 < T_; r0 += ATT_BLOCK) {
+            int r1 = r0 + ATT_BLOCK < T_ ? r0 + ATT_BLOCK : T_;
+            /* datt[r0:r1, 0:r1] = dout[r0:r1] v[0:r1]^T */
+            TRY(gemm_batched(c, 0, 1, r1 - r0, r1, hs, 1.0f, d + (size_t)r0 * C, C, hs, v, C3, hs, 0.0f,
+                             da + (size_t)r0 * T_, T_, TT, NH));
+            /* dv[r0:r1] = att[r0:T, r0:r1]^T dout[r0:T] */
+            TRY(gemm_batched(c, 1, 0, r1 - r0, hs, T_ - r0, 1.0f, a + (size_t)r0 * T_ + r0, T_, TT,
+                             d + (size_t)r0 * C, C, hs, 0.0f, dv + (size_t)r0 * C3, C3, hs, NH));
+        }
+    }
+    CK(cuk::softmax_causal_backward(c->s, datt, att, (size_t)B * NH * T_, T_, scale));
+    for (int b = 0; b < B; b++) {
+        size_t qo = (size_t)b * T_ * C3;
+        const T *q = qkv + qo, *k = q + C, *da = datt + (size_t)b * NH * TT;
+        T *dq = dqkv + qo, *dk = dq + C;
+        for (int r0 = 0; r0 < T_; r0 += ATT_BLOCK) {
+            int r1 = r0 + ATT_BLOCK < T_ ? r0 + ATT_BLOCK : T_;
+            TRY(gemm_batched(c, 0, 0, r1 - r0, hs, r1, 1.0f, da + (size_t)r0 * T_, T_, TT, k, C3, hs, 0.0f,
+                             dq + (size_t)r0 * C3, C3, hs, NH));
+            TRY(gemm_batched(c, 1, 0, r1 - r0, hs, T_ - r0, 1.0f, da + (size_t)r0 * T_ + r0, T_, TT,
+                             q + (size_t)r0 * C3, C3, hs, 0.0f, dk + (size_t)r0 * C3, C3, hs, NH));
+        }
+    }
+    return 0;
+}
+
+/* ---------------------------------------------------------------- one block */
+
+#define AT(i) ((T *)a[i])
+#define AF(i) ((float *)a[i])
+
+template <typename T>
+static int block_forward(const cuda_t *c, void *a[CA_N], const T *x, T *w[MODEL_T_PER_LAYER], int B, int T_, int C,
+                         int NH)
+{
+    int BT = B * T_;
+    size_t n = (size_t)BT * C;
+    CK(cuk::layernorm_forward(c->s, AT(CA_LN1), AF(CA_LN1_MEAN), AF(CA_LN1_RSTD), x, w[MODEL_T_LN1W],
+                              w[MODEL_T_LN1B], BT, C));
+    TRY(matmul_forward(c, AT(CA_QKV), AT(CA_LN1), w[MODEL_T_QKVW], w[MODEL_T_QKVB], BT, C, 3 * C));
+    TRY(attention_forward(c, AT(CA_ATTY), AT(CA_ATT), AT(CA_QKV), B, T_, C, NH));
+    TRY(matmul_forward(c, AT(CA_RES2), AT(CA_ATTY), w[MODEL_T_ATTPROJW], w[MODEL_T_ATTPROJB], BT, C, C));
+    CK(cuk::residual_add(c->s, AT(CA_RES2), x, n));
+    CK(cuk::layernorm_forward(c->s, AT(CA_LN2), AF(CA_LN2_MEAN), AF(CA_LN2_RSTD), AT(CA_RES2), w[MODEL_T_LN2W],
+                              w[MODEL_T_LN2B], BT, C));
+    TRY(matmul_forward(c, AT(CA_FCH), AT(CA_LN2), w[MODEL_T_FCW], w[MODEL_T_FCB], BT, C, 4 * C));
+    CK(cuk::gelu_forward(c->s, AT(CA_FCH_GELU), AT(CA_FCH), 4 * n));
+    TRY(matmul_forward(c, AT(CA_RES3), AT(CA_FCH_GELU), w[MODEL_T_FCPROJW], w[MODEL_T_FCPROJB], BT, 4 * C, C));
+    CK(cuk::residual_add(c->s, AT(CA_RES3), AT(CA_RES2), n));
+    return 0;
+}
+
+/* dx: gradient wrt the block input (overwritten; may be dy's buffer). dres2: scratch. */
+template <typename T>
+static int block_backward(const cuda_t *c, T *dx, T *dres2, const scratch_t<T> *s, float *dw[MODEL_T_PER_LAYER],
+                          const T *dy, void *a[CA_N], const T *x, T *w[MODEL_T_PER_LAYER], int B, int T_, int C, int NH)
+{
+    int BT = B * T_;
+    size_t n = (size_t)BT * C;
+    TRY(matmul_backward(c, s->dfch, dw[MODEL_T_FCPROJW], dw[MODEL_T_FCPROJB], dy, AT(CA_FCH_GELU),
+                        w[MODEL_T_FCPROJW], BT, 4 * C, C));
+    CK(cuk::gelu_backward(c->s, s->dfch, AT(CA_FCH), 4 * n));
+    TRY(matmul_backward(c, s->dln, dw[MODEL_T_FCW], dw[MODEL_T_FCB], s->dfch, AT(CA_LN2), w[MODEL_T_FCW], BT, C, 4 * C));
+    CK(cuk::copy(c->s, dres2, dy, n));
+    CK(cuk::layernorm_backward(c->s, dres2, dw[MODEL_T_LN2W], dw[MODEL_T_LN2B], s->dln, AT(CA_RES2), w[MODEL_T_LN2W],
+                               AF(CA_LN2_MEAN), AF(CA_LN2_RSTD), BT, C));
+    TRY(matmul_backward(c, s->datty, dw[MODEL_T_ATTPROJW], dw[MODEL_T_ATTPROJB], dres2, AT(CA_ATTY),
+                        w[MODEL_T_ATTPROJW], BT, C, C));
+    TRY(attention_backward(c, s->dqkv, s->datt, s->datty, AT(CA_QKV), AT(CA_ATT), B, T_, C, NH));
+    TRY(matmul_backward(c, s->dln, dw[MODEL_T_QKVW], dw[MODEL_T_QKVB], s->dqkv, AT(CA_LN1), w[MODEL_T_QKVW], BT, C, 3 * C));
+    CK(cuk::copy(c->s, dx, dres2, n));
+    CK(cuk::layernorm_backward(c->s, dx, dw[MODEL_T_LN1W], dw[MODEL_T_LN1B], s->dln, x, w[MODEL_T_LN1W],
+                               AF(CA_LN1_MEAN), AF(CA_LN1_RSTD), BT, C));
+    return 0;
+}
+
+template <typename T> static void layer_params(const model_stage_t *st, int l, T *w[MODEL_T_PER_LAYER], float *dw[MODEL_T_PER_LAYER])
+{
+    int base = layer_base(st, l);
+    for (int k = 0; k < MODEL_T_PER_LAYER; k++) {
+        w[k] = wparam<T>(st, base + k);
+        if (dw)
+            dw[k] = wgrad(st, base + k);
+    }
+}
+
+/* ---------------------------------------------------------------- the stage */
+
+/* Pinned staging, one region per use so that one call never overwrites what an earlier
+ * copy of the same call may still be reading: the boundary tensor, tokens, targets, loss.
+ * Every call ends with a stream synchronisation, so calls do not overlap. */
+static unsigned char *pin_at(const model_stage_t *st, int k)
+{
+    size_t BT = (size_t)st->B * st->T, nb = up(BT * st->C * cuda_of(st)->es);
+    return cuda_of(st)->pin + (k > 0 ? nb : 0) + (k > 1 ? up(BT * sizeof(int)) : 0) + (k > 2 ? up(BT * sizeof(int)) : 0);
+}
+static int *pin_tok(const model_stage_t *st) { return (int *)pin_at(st, 1); }
+static int *pin_tgt(const model_stage_t *st) { return (int *)pin_at(st, 2); }
+static double *pin_loss(const model_stage_t *st) { return (double *)pin_at(st, 3); }
+
+size_t cuda_pin_bytes(const model_stage_t *st, size_t es)
+{
+    size_t BT = (size_t)st->B * st->T;
+    return up(BT * st->C * es) + 2 * up(BT * sizeof(int)) + up(sizeof(double));
+}
+
+/* (B,T) ints from the host through pinned memory to the device */
+static int stage_ints(const cuda_t *c, int *dst, int *pin, const int *src, int n)
+{
+    memcpy(pin, src, (size_t)n * sizeof(int));
+    CK(cudaMemcpyAsync(dst, pin, (size_t)n * sizeof(int), cudaMemcpyHostToDevice, c->s));
+    return 0;
+}
+
+/* Adds the event-timed parts of the call that just finished into the profile: ev[0] is
+ * the start, then one event after each part in the order recorded. */
+static int prof_add(cuda_t *c, int n_parts, double *const part[])
+{
+    for (int i = 0; i < n_parts; i++) {
+        float ms;
+        CK(cudaEventElapsedTime(&ms, c->ev[i], c->ev[i + 1]));
+        *part[i] += ms * 1e-3;
+    }
+    return 0;
+}
+
+template <typename T> static int stage_forward(model_stage_t *st, int slot, const void *in, void *out)
+{
+    cuda_t *c = cuda_of(st);
+    int B = st->B, T_ = st->T, C = st->C, NH = st->NH, V = st->V, BT = B * T_, nl = st->layer_end - st->layer_begin;
+    size_t nb = (size_t)BT * C * sizeof(T);
+    T *x0 = slot_base<T>(st, slot);
+    double *part[CUDA_MAX_EVENTS];
+    int np = 0;
+    CK(cudaEventRecord(c->ev[0], c->s));
+    if (st->first) {
+        TRY(stage_ints(c, c->tok, pin_tok(st), st->tokens, BT));
+        CK(cuk::encoder_forward(c->s, x0, c->tok, wparam<T>(st, 0), wparam<T>(st, 1), BT, T_, C));
+        part[np++] = &st->prof.embed_fwd;
+        CK(cudaEventRecord(c->ev[np], c->s));
+    } else {
+        memcpy(c->pin, in, nb);
+        CK(cudaMemcpyAsync(x0, c->pin, nb, cudaMemcpyHostToDevice, c->s));
+    }
+    for (int l = 0; l < nl; l++) {
+        void *a[CA_N];
+        T *w[MODEL_T_PER_LAYER];
+        layer_acts<T>(st, slot, l, a);
+        layer_params<T>(st, l, w, NULL);
+        TRY(block_forward<T>(c, a, layer_input<T>(st, slot, l), w, B, T_, C, NH));
+        part[np++] = &st->prof.layer_fwd[l];
+        CK(cudaEventRecord(c->ev[np], c->s));
+    }
+    const T *y = layer_input<T>(st, slot, nl);
+    if (!st->last) {
+        CK(cudaMemcpyAsync(c->pin, y, nb, cudaMemcpyDeviceToHost, c->s));
+        CK(cudaStreamSynchronize(c->s));
+        memcpy(out, c->pin, nb);
+        return prof_add(c, np, part);
+    }
+    head_t<T> h = head_acts<T>(st, slot);
+    int lnw = (int)(model_stage_tensor_find(st, "lnf.w") - st->tensors);
+    TRY(stage_ints(c, c->tgt, pin_tgt(st), st->targets, BT));
+    CK(cudaMemsetAsync(c->loss, 0, sizeof(double), c->s));
+    CK(cuk::layernorm_forward(c->s, h.lnf, h.mean, h.rstd, y, wparam<T>(st, lnw), wparam<T>(st, lnw) + C, BT, C));
+    TRY(matmul_forward<T>(c, h.probs, h.lnf, wparam<T>(st, head_index(st)), NULL, BT, C, V));
+    CK(cuk::crossentropy_forward(c->s, h.probs, c->tgt, c->loss, BT, V));
+    double *lp = pin_loss(st);
+    CK(cudaMemcpyAsync(lp, c->loss, sizeof(double), cudaMemcpyDeviceToHost, c->s));
+    part[np++] = &st->prof.head_fwd;
+    CK(cudaEventRecord(c->ev[np], c->s));
+    CK(cudaStreamSynchronize(c->s));
+    st->loss_sum += *lp / BT;
+    st->loss_count++;
+    return prof_add(c, np, part);
+}
+
+template <typename T> static int stage_backward(model_stage_t *st, int slot, const void *dout, void *din)
+{
+    cuda_t *c = cuda_of(st);
+    int B = st->B, T_ = st->T, C = st->C, NH = st->NH, V = st->V, BT = B * T_, nl = st->layer_end - st->layer_begin;
+    size_t nb = (size_t)BT * C * sizeof(T);
+    scratch_t<T> s = scratch_get<T>(st);
+    T *dy = s.dA, *dres2 = s.dB;
+    double *part[CUDA_MAX_EVENTS];
+    int np = 0;
+    CK(cudaEventRecord(c->ev[0], c->s));
+    if (st->last) {
+        head_t<T> h = head_acts<T>(st, slot);
+        int lnw = (int)(model_stage_tensor_find(st, "lnf.w") - st->tensors), hi = head_index(st);
+        TRY(stage_ints(c, c->tgt, pin_tgt(st), st->targets, BT));
+        /* the mean over M micro-batches of B*T tokens, times the fp16 loss scale */
+        float scale = c->pi->loss_scaling ? c->ls.scale : 1.0f;
+        CK(cuk::crossentropy_backward(c->s, h.probs, c->tgt, BT, V, scale / ((float)BT * st->p.micro_batches)));
+        TRY(matmul_backward<T>(c, s.dln, wgrad(st, hi), NULL, h.probs, h.lnf, wparam<T>(st, hi), BT, C, V));
+        CK(cudaMemsetAsync(dy, 0, nb, c->s));
+        CK(cuk::layernorm_backward(c->s, dy, wgrad(st, lnw), wgrad(st, lnw) + C, s.dln, layer_input<T>(st, slot, nl),
+                                   wparam<T>(st, lnw), h.mean, h.rstd, BT, C));
+        part[np++] = &st->prof.head_bwd;
+        CK(cudaEventRecord(c->ev[np], c->s));
+    } else {
+        memcpy(c->pin, dout, nb);
+        CK(cudaMemcpyAsync(dy, c->pin, nb, cudaMemcpyHostToDevice, c->s));
+    }
+    for (int l = nl - 1; l >= 0; l--) {
+        void *a[CA_N];
+        T *w[MODEL_T_PER_LAYER];
+        float *dw[MODEL_T_PER_LAYER];
+        layer_acts<T>(st, slot, l, a);
+        layer_params<T>(st, l, w, dw);
+        const T *x = layer_input<T>(st, slot, l);
+        if (st->p.recompute)
+            TRY(block_forward<T>(c, a, x, w, B, T_, C, NH));
+        TRY(block_backward<T>(c, dy, dres2, &s, dw, dy, a, x, w, B, T_, C, NH));
+        part[np++] = &st->prof.layer_bwd[l];
+        CK(cudaEventRecord(c->ev[np], c->s));
+    }
+    if (st->first) {
+        /* the tokens again: another micro-batch may have been forwarded since this one */
+        TRY(stage_ints(c, c->tok, pin_tok(st), st->tokens, BT));
+        CK(cuk::encoder_backward(c->s, wgrad(st, 0), wgrad(st, 1), dy, c->tok, BT, T_, C));
+        part[np++] = &st->prof.embed_bwd;
+        CK(cudaEventRecord(c->ev[np], c->s));
+    } else {
+        CK(cudaMemcpyAsync(c->pin, dy, nb, cudaMemcpyDeviceToHost, c->s));
+    }
+    if (c->tied_twin >= 0) {
+        /* the exchange before the step reads the host copy: keep it current */
+        const model_tensor_t *t = &st->tensors[c->tied_twin];
+        float *tg = st->tied_grad;
+        CK(cudaStreamSynchronize(c->s));
+        if (!st->first)
+            memcpy(din, c->pin, nb);
+        CK(cudaMemcpyAsync(tg, c->grads + t->offset, t->numel * sizeof(float), cudaMemcpyDeviceToHost, c->s));
+        CK(cudaStreamSynchronize(c->s));
+        return prof_add(c, np, part);
+    }
+    CK(cudaStreamSynchronize(c->s));
+    if (!st->first)
+        memcpy(din, c->pin, nb);
+    return prof_add(c, np, part);
+}
+
+int cuda_stage_forward(model_stage_t *st, int slot, const void *in, void *out)
+{
+    switch (cuda_of(st)->prec) {
+    case MODEL_PREC_FP16:
+        return stage_forward<__half>(st, slot, in, out);
+    case MODEL_PREC_BF16:
+        return stage_forward<__nv_bfloat16>(st, slot, in, out);
+    default:
+        return stage_forward<float>(st, slot, in, out);
+    }
+}
+
+int cuda_stage_backward(model_stage_t *st, int slot, const void *dout, void *din)
+{
+    switch (cuda_of(st)->prec) {
+    case MODEL_PREC_FP16:
+        return stage_backward<__half>(st, slot, dout, din);
+    case MODEL_PREC_BF16:
+        return stage_backward<__nv_bfloat16>(st, slot, dout, din);
+    default:
+        return stage_backward<float>(st, slot, dout, din);
+    }
+}

@@ -1,0 +1,92 @@
+/* Internal to the cuda backend (C++): the per-stage device state shared by models/cuda.cu
+ * (set-up, optimizer, the backend table) and models/cuda_model.cu (the layers). */
+#ifndef PN_MODELS_CUDA_PRIV_H
+#define PN_MODELS_CUDA_PRIV_H
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+extern "C" {
+#include "models/backend.h"
+#include "models/precision.h"
+}
+
+/* Saved activations of one layer, in the order of models/cpu.c. */
+enum { CA_LN1, CA_LN1_MEAN, CA_LN1_RSTD, CA_QKV, CA_ATTY, CA_ATT, CA_RES2, CA_LN2, CA_LN2_MEAN,
+       CA_LN2_RSTD, CA_FCH, CA_FCH_GELU, CA_RES3, CA_N };
+
+/* Events per forward/backward: embeddings, each layer, head, and the start. */
+enum { CUDA_MAX_EVENTS = MODEL_MAX_LAYERS + 3 };
+
+typedef struct {
+    int dev, cc;                        /* device index, compute capability major*10+minor */
+    char name[256];
+    model_prec_t prec;
+    const model_prec_info_t *pi;
+    size_t es;                          /* bytes of a stored element (4 or 2) */
+    cudaDataType_t dt;                  /* cuBLAS operand type */
+    cublasComputeType_t ct;             /* cuBLAS compute type */
+    cudaStream_t s;
+    cublasHandle_t blas;
+    void *ws; size_t ws_bytes;          /* cuBLAS workspace */
+    /* one device allocation each */
+    float *params;                      /* (n_params) fp32 master, then (n_params) compute copy if fp16/bf16 */
+    void *wc;                           /* the weights GEMMs read: params itself, or the compute copy */
+    float *grads;                       /* (n_params) */
+    float *opt;                         /* (2 n_params): m then v */
+    unsigned char *acts;                /* misc, scratch, max_inflight slots */
+    size_t act_bytes, scratch_bytes, slot_bytes, layer_bytes, misc_bytes;
+    size_t dev_bytes;                   /* all of the above */
+    int *tok, *tgt;                     /* (B,T) in misc */
+    double *loss;                       /* in misc */
+    int *flag;                          /* in misc */
+    /* pinned host staging: a boundary tensor, tokens, targets, loss, flag */
+    unsigned char *pin; size_t pin_bytes;
+    int uploaded;                       /* host parameters copied to the device */
+    int tied_twin;                      /* tensor index of wte/head when its gradient is exchanged, else -1 */
+    int adam_t;                         /* AdamW steps applied (skipped fp16 steps do not count) */
+    int force_overflow;
+    model_loss_scale_t ls;
+    cudaEvent_t ev[CUDA_MAX_EVENTS];
+} cuda_t;
+
+static inline cuda_t *cuda_of(const model_stage_t *st) { return (cuda_t *)st->backend_priv; }
+
+/* Writes "cuda: WHAT: cudaGetErrorString" to stderr and returns -EIO (the backend table has
+ * no error buffer past init). */
+int cuda_fail(const char *what, cudaError_t e);
+int cuda_blas_fail(const char *what, cublasStatus_t e);
+
+/* Return from the calling function with cuda_fail / cuda_blas_fail / the status. */
+#define CK(call)                                                                                       \
+    do {                                                                                               \
+        cudaError_t e_ = (call);                                                                       \
+        if (e_ != cudaSuccess)                                                                         \
+            return cuda_fail(#call, e_);                                                               \
+    } while (0)
+#define CB(call)                                                                                       \
+    do {                                                                                               \
+        cublasStatus_t b_ = (call);                                                                    \
+        if (b_ != CUBLAS_STATUS_SUCCESS)                                                               \
+            return cuda_blas_fail(#call, b_);                                                          \
+    } while (0)
+#define TRY(call)                                                                                      \
+    do {                                                                                               \
+        int r_ = (call);                                                                               \
+        if (r_)                                                                                        \
+            return r_;                                                                                 \
+    } while (0)
+
+/* Activation layout (bytes, each piece rounded to 256 for aligned GEMM operands). */
+void   cuda_layer_sizes(const model_stage_t *st, size_t es, size_t bytes[CA_N]);
+size_t cuda_layer_bytes(const model_stage_t *st, size_t es);
+size_t cuda_slot_bytes(const model_stage_t *st, size_t es);
+size_t cuda_scratch_bytes(const model_stage_t *st, size_t es);
+size_t cuda_misc_bytes(const model_stage_t *st);
+size_t cuda_pin_bytes(const model_stage_t *st, size_t es);   /* pinned staging */
+
+/* The layers (models/cuda_model.cu), dispatched on the precision. */
+int cuda_stage_forward(model_stage_t *st, int slot, const void *in, void *out);
+int cuda_stage_backward(model_stage_t *st, int slot, const void *dout, void *din);
+
+#endif
