@@ -141,12 +141,6 @@ static int cuda_setup(model_stage_t *st, cuda_t *c, char *err, size_t errlen)
 {
     size_t n = st->n_params, BT = (size_t)st->B * st->T;
     cudaError_t e;
-    /* a waiting stage sleeps in the driver instead of spinning a core; refused (and
-     * already so) when another stage of this process set the device up first */
-    e = cudaSetDeviceFlags(cudaDeviceScheduleBlockingSync);
-    if (e != cudaSuccess && e != cudaErrorSetOnActiveProcess)
-        return pn_err(err, errlen, -EIO, "cuda: cudaSetDeviceFlags: %s", cudaGetErrorString(e));
-    (void)cudaGetLastError();
     if ((e = cudaStreamCreateWithFlags(&c->s, cudaStreamNonBlocking)) != cudaSuccess)
         return pn_err(err, errlen, -EIO, "cuda: device %d '%s': cannot create a stream: %s", c->dev, c->name,
                       cudaGetErrorString(e));
@@ -204,7 +198,19 @@ static int cuda_init(model_stage_t *st, const char *arg, char *err, size_t errle
     cudaDeviceProp prop;
     if ((rc = device_open(&a, &c->dev, &prop, err, errlen)))
         return rc;
+    /* A waiting stage sleeps in the driver instead of spinning a core: the flag must be
+     * given before the device's context exists (another stage of this process may have
+     * made it already, with the same flag). */
+#if CUDART_VERSION >= 12000
+    cudaError_t e = cudaInitDevice(c->dev, cudaDeviceScheduleBlockingSync, 0);
+    if (e == cudaSuccess || e == cudaErrorSetOnActiveProcess)
+        e = cudaSetDevice(c->dev);
+#else
     cudaError_t e = cudaSetDevice(c->dev);
+    if (e == cudaSuccess && (e = cudaSetDeviceFlags(cudaDeviceScheduleBlockingSync)) == cudaErrorSetOnActiveProcess)
+        e = cudaSuccess;
+#endif
+    (void)cudaGetLastError();
     if (e != cudaSuccess)
         return pn_err(err, errlen, -ENODEV, "cuda: device %d: %s", c->dev, cudaGetErrorString(e));
     snprintf(c->name, sizeof c->name, "%s", prop.name);
@@ -300,8 +306,9 @@ static int cuda_step(model_stage_t *st)
         int *hf = (int *)c->pin;
         CK(cudaMemsetAsync(c->flag, 0, sizeof(int), c->s));
         if (c->force_overflow) { /* the test hook: a real inf for the check below to find */
-            float inf = INFINITY;
-            CK(cudaMemcpy(c->grads, &inf, sizeof inf, cudaMemcpyHostToDevice));
+            float *inf = (float *)(c->pin + sizeof(int));
+            *inf = INFINITY;
+            CK(cudaMemcpyAsync(c->grads, inf, sizeof *inf, cudaMemcpyHostToDevice, c->s));
             c->force_overflow = 0;
         }
         CK(cuk::nonfinite(c->s, c->grads, n, c->flag));
