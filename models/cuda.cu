@@ -113,6 +113,7 @@ static void cuda_destroy(model_stage_t *st)
         (void)cudaFree(c->params);
         (void)cudaFreeHost(c->pin);
         (void)cudaFreeHost(st->tied_grad);
+        free(c->rec);
         free(c);
     }
     free(st->params);
@@ -393,4 +394,49 @@ extern "C" size_t model_cuda_device_bytes(const model_stage_t *st)
 {
     const cuda_t *c = st->backend == &model_backend_cuda ? cuda_of(st) : NULL;
     return c ? c->dev_bytes : 0;
+}
+
+extern "C" int model_cuda_gemm_reference(model_stage_t *st, int reps, double *flops, double *seconds)
+{
+    cuda_t *c = st->backend == &model_backend_cuda ? cuda_of(st) : NULL;
+    if (!c || reps < 1)
+        return -EINVAL;
+    size_t nb = model_stage_act_bytes(st);
+    void *in = calloc(1, nb), *out = calloc(1, nb);
+    int rc = -ENOMEM;
+    if (!in || !out)
+        goto out;
+    model_stage_reset(st);
+    c->rec_n = 0;
+    c->rec_failed = 0;
+    c->recording = 1;
+    rc = model_stage_forward(st, 0, 0, (const float *)in, (float *)out);
+    if (!rc)
+        rc = model_stage_backward(st, 0, 0, (const float *)out, (float *)in);
+    c->recording = 0;
+    if (!rc && c->rec_failed)
+        rc = -ENOMEM;
+    if (!rc) {
+        /* the same calls on the same buffers, nothing else: one pass to warm up, then reps */
+        double f = 0;
+        float ms = 0;
+        for (size_t i = 0; i < c->rec_n; i++)
+            f += 2.0 * c->rec[i].m * c->rec[i].n * c->rec[i].k * c->rec[i].count;
+        for (int r = -1; r < reps && !rc; r++) {
+            if (r == 0 && cudaEventRecord(c->ev[0], c->s) != cudaSuccess)
+                rc = -EIO;
+            for (size_t i = 0; i < c->rec_n && !rc; i++)
+                rc = cuda_gemm_replay(c, &c->rec[i]);
+        }
+        if (!rc && (cudaEventRecord(c->ev[1], c->s) != cudaSuccess || cudaEventSynchronize(c->ev[1]) != cudaSuccess ||
+                    cudaEventElapsedTime(&ms, c->ev[0], c->ev[1]) != cudaSuccess))
+            rc = cuda_fail("timing the GEMM reference", cudaGetLastError());
+        *flops = f;
+        *seconds = ms * 1e-3 / reps;
+    }
+out:
+    model_stage_reset(st);
+    free(in);
+    free(out);
+    return rc;
 }

@@ -36,6 +36,12 @@ void model_cuda_force_overflow(model_stage_t *st);
  * state, activations, cuBLAS workspace): allocated once at init, so also the peak. */
 size_t model_cuda_device_bytes(const model_stage_t *st);
 
+/* The GEMM reference of the benchmark, as model_stage_gemm_reference does for cpu: records
+ * the cuBLAS calls of one forward + backward of micro-batch 0, replays exactly those calls
+ * `reps` times (after one warm-up pass) timed by CUDA events; outputs the FLOPs of one
+ * replay and the mean seconds per replay. Ends with model_stage_reset. */
+int model_cuda_gemm_reference(model_stage_t *st, int reps, double *flops, double *seconds) PN_WUR;
+
 #ifdef __cplusplus
 }
 #endif

@@ -169,25 +169,53 @@ static int head_index(const model_stage_t *st)
 
 /* ---------------------------------------------------------------- GEMM (row-major view) */
 
-/* C (M,N) = alpha op(A) op(B) + beta C, all row-major; ctype is the output's type (the
- * compute type for activations, fp32 for parameter gradients). */
-static int gemm(const cuda_t *c, int ta, int tb, int M, int N, int K, float alpha, const void *A, int lda,
-                const void *B, int ldb, float beta, void *Cm, cudaDataType_t ctype, int ldc)
+static void gemm_record(const cuda_t *c, const cuda_gemm_t *g)
 {
-    CB(cublasGemmEx(c->blas, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N, N, M, K, &alpha, B,
-                    c->dt, ldb, A, c->dt, lda, &beta, Cm, ctype, ldc, c->ct, CUBLAS_GEMM_DEFAULT));
+    cuda_t *w = (cuda_t *)c; /* the log only: the GEMM itself leaves the state alone */
+    if (w->rec_n == w->rec_cap) {
+        size_t cap = w->rec_cap ? 2 * w->rec_cap : 256;
+        cuda_gemm_t *r = (cuda_gemm_t *)realloc(w->rec, cap * sizeof *r);
+        if (!r) {
+            w->rec_failed = 1;
+            return;
+        }
+        w->rec = r;
+        w->rec_cap = cap;
+    }
+    w->rec[w->rec_n++] = *g;
+}
+
+int cuda_gemm_replay(const cuda_t *c, const cuda_gemm_t *g)
+{
+    if (g->count == 1)
+        CB(cublasGemmEx(c->blas, g->opa, g->opb, g->m, g->n, g->k, &g->alpha, g->A, c->dt, g->lda, g->B, c->dt, g->ldb,
+                        &g->beta, g->C, g->ctype, g->ldc, c->ct, CUBLAS_GEMM_DEFAULT));
+    else
+        CB(cublasGemmStridedBatchedEx(c->blas, g->opa, g->opb, g->m, g->n, g->k, &g->alpha, g->A, c->dt, g->lda, g->sa,
+                                      g->B, c->dt, g->ldb, g->sb, &g->beta, g->C, g->ctype, g->ldc, g->sc, g->count,
+                                      c->ct, CUBLAS_GEMM_DEFAULT));
     return 0;
 }
 
-/* the same over `count` problems at fixed element strides (heads) */
+/* C (M,N) = alpha op(A) op(B) + beta C, all row-major, issued as the column-major
+ * C^T = op(B)^T op(A)^T; over `count` problems at element strides sa/sb/sc (heads).
+ * ctype is the output's type: the compute type for activations, fp32 for parameter
+ * gradients (batched products are activations only). */
 static int gemm_batched(const cuda_t *c, int ta, int tb, int M, int N, int K, float alpha, const void *A, int lda,
                         long long sa, const void *B, int ldb, long long sb, float beta, void *Cm, int ldc, long long sc,
-                        int count)
+                        int count, cudaDataType_t ctype)
 {
-    CB(cublasGemmStridedBatchedEx(c->blas, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N, N, M, K,
-                                  &alpha, B, c->dt, ldb, sb, A, c->dt, lda, sa, &beta, Cm, c->dt, ldc, sc, count, c->ct,
-                                  CUBLAS_GEMM_DEFAULT));
-    return 0;
+    cuda_gemm_t g = {tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N, N, M, K, ldb, lda, ldc, count,
+                     sb, sa, sc, alpha, beta, B, A, Cm, ctype};
+    if (c->recording)
+        gemm_record(c, &g);
+    return cuda_gemm_replay(c, &g);
+}
+
+static int gemm(const cuda_t *c, int ta, int tb, int M, int N, int K, float alpha, const void *A, int lda,
+                const void *B, int ldb, float beta, void *Cm, cudaDataType_t ctype, int ldc)
+{
+    return gemm_batched(c, ta, tb, M, N, K, alpha, A, lda, 0, B, ldb, 0, beta, Cm, ldc, 0, 1, ctype);
 }
 
 /* ---------------------------------------------------------------- layers */
@@ -235,7 +263,7 @@ static int attention_forward(const cuda_t *c, T *out, // (B,T,C)
         for (int r0 = 0; r0 < T_; r0 += ATT_BLOCK) {
             int r1 = r0 + ATT_BLOCK < T_ ? r0 + ATT_BLOCK : T_;
             TRY(gemm_batched(c, 0, 1, r1 - r0, r1, hs, scale, q + (size_t)r0 * C3, C3, hs, k, C3, hs, 0.0f,
-                             a + (size_t)r0 * T_, T_, TT, NH));
+                             a + (size_t)r0 * T_, T_, TT, NH, c->dt));
         }
     }
     CK(cuk::softmax_causal_forward(c->s, att, (size_t)B * NH * T_, T_));
@@ -245,7 +273,7 @@ static int attention_forward(const cuda_t *c, T *out, // (B,T,C)
         for (int r0 = 0; r0 < T_; r0 += ATT_BLOCK) {
             int r1 = r0 + ATT_BLOCK < T_ ? r0 + ATT_BLOCK : T_;
             TRY(gemm_batched(c, 0, 0, r1 - r0, hs, r1, 1.0f, a + (size_t)r0 * T_, T_, TT, v, C3, hs, 0.0f,
-                             o + (size_t)r0 * C, C, hs, NH));
+                             o + (size_t)r0 * C, C, hs, NH, c->dt));
         }
     }
     return 0;
@@ -270,10 +298,10 @@ static int attention_backward(const cuda_t *c, T *dqkv, // (B,T,3C) overwritten
             int r1 = r0 + ATT_BLOCK < T_ ? r0 + ATT_BLOCK : T_;
             /* datt[r0:r1, 0:r1] = dout[r0:r1] v[0:r1]^T */
             TRY(gemm_batched(c, 0, 1, r1 - r0, r1, hs, 1.0f, d + (size_t)r0 * C, C, hs, v, C3, hs, 0.0f,
-                             da + (size_t)r0 * T_, T_, TT, NH));
+                             da + (size_t)r0 * T_, T_, TT, NH, c->dt));
             /* dv[r0:r1] = att[r0:T, r0:r1]^T dout[r0:T] */
             TRY(gemm_batched(c, 1, 0, r1 - r0, hs, T_ - r0, 1.0f, a + (size_t)r0 * T_ + r0, T_, TT,
-                             d + (size_t)r0 * C, C, hs, 0.0f, dv + (size_t)r0 * C3, C3, hs, NH));
+                             d + (size_t)r0 * C, C, hs, 0.0f, dv + (size_t)r0 * C3, C3, hs, NH, c->dt));
         }
     }
     CK(cuk::softmax_causal_backward(c->s, datt, att, (size_t)B * NH * T_, T_, scale));
@@ -284,9 +312,9 @@ static int attention_backward(const cuda_t *c, T *dqkv, // (B,T,3C) overwritten
         for (int r0 = 0; r0 < T_; r0 += ATT_BLOCK) {
             int r1 = r0 + ATT_BLOCK < T_ ? r0 + ATT_BLOCK : T_;
             TRY(gemm_batched(c, 0, 0, r1 - r0, hs, r1, 1.0f, da + (size_t)r0 * T_, T_, TT, k, C3, hs, 0.0f,
-                             dq + (size_t)r0 * C3, C3, hs, NH));
+                             dq + (size_t)r0 * C3, C3, hs, NH, c->dt));
             TRY(gemm_batched(c, 1, 0, r1 - r0, hs, T_ - r0, 1.0f, da + (size_t)r0 * T_ + r0, T_, TT,
-                             q + (size_t)r0 * C3, C3, hs, 0.0f, dk + (size_t)r0 * C3, C3, hs, NH));
+                             q + (size_t)r0 * C3, C3, hs, 0.0f, dk + (size_t)r0 * C3, C3, hs, NH, c->dt));
         }
     }
     return 0;

@@ -18,6 +18,17 @@ enum { CA_LN1, CA_LN1_MEAN, CA_LN1_RSTD, CA_QKV, CA_ATTY, CA_ATT, CA_RES2, CA_LN
 /* Events per forward/backward: embeddings, each layer, head, and the start. */
 enum { CUDA_MAX_EVENTS = MODEL_MAX_LAYERS + 3 };
 
+/* One recorded cuBLAS call (the GEMM reference of the benchmark), in column-major terms. */
+typedef struct {
+    cublasOperation_t opa, opb;
+    int m, n, k, lda, ldb, ldc, count;
+    long long sa, sb, sc;
+    float alpha, beta;
+    const void *A, *B;
+    void *C;
+    cudaDataType_t ctype;
+} cuda_gemm_t;
+
 typedef struct {
     int dev, cc;                        /* device index, compute capability major*10+minor */
     char name[256];
@@ -48,6 +59,8 @@ typedef struct {
     int force_overflow;
     model_loss_scale_t ls;
     cudaEvent_t ev[CUDA_MAX_EVENTS];
+    /* set while model_cuda_gemm_reference records one forward + backward */
+    cuda_gemm_t *rec; size_t rec_n, rec_cap; int recording, rec_failed;
 } cuda_t;
 
 static inline cuda_t *cuda_of(const model_stage_t *st) { return (cuda_t *)st->backend_priv; }
@@ -84,6 +97,9 @@ size_t cuda_slot_bytes(const model_stage_t *st, size_t es);
 size_t cuda_scratch_bytes(const model_stage_t *st, size_t es);
 size_t cuda_misc_bytes(const model_stage_t *st);
 size_t cuda_pin_bytes(const model_stage_t *st, size_t es);   /* pinned staging */
+
+/* Issues one recorded call again (models/cuda_model.cu). */
+int cuda_gemm_replay(const cuda_t *c, const cuda_gemm_t *g);
 
 /* The layers (models/cuda_model.cu), dispatched on the precision. */
 int cuda_stage_forward(model_stage_t *st, int slot, const void *in, void *out);
