@@ -223,8 +223,14 @@ static int backend_lookup(const char *compute, const model_backend_t **b, const 
         snprintf(err, errlen, "compute backend 'cuda' is not in this build: it was built without "
                  "nvcc (CUDA=no or no CUDA toolkit); use cpu or emulate:v100|a100|h100");
     else
-        snprintf(err, errlen, "unknown compute backend '%s' (known: cpu, emulate:v100|a100|h100, "
-                 "emulate:fwd=25ms,bwd=75ms, emulate:CALIBRATION_FILE)", compute);
+        snprintf(err, errlen, "unknown compute backend '%s' (known: cpu, %semulate:v100|a100|h100, "
+                 "emulate:fwd=25ms,bwd=75ms, emulate:CALIBRATION_FILE)", compute,
+#ifdef PN_HAVE_CUDA
+                 "cuda[:fp32|tf32|fp16|bf16], "
+#else
+                 ""
+#endif
+                 );
     return -EINVAL;
 }
 

@@ -251,6 +251,84 @@ static void test_half_conversion(void **state)
     assert_memory_equal(f, g, sizeof f);
 }
 
+/* emulate speaks the same precisions: the device's peak for it and its boundary bytes */
+static int emu_stage(model_stage_t *st, const char *compute, char *err, size_t errlen)
+{
+    model_stage_params_t p = {0};
+    if (model_config_get("gpt3-small", &p.cfg, err, errlen))
+        return -EINVAL;
+    p.seq_len = 1024, p.micro_batch_size = 2, p.micro_batches = 4, p.stages = 2, p.stage = 0;
+    p.compute = compute, p.dataset = "random", p.seed = 1, p.lr = 1e-3f;
+    return model_stage_init(st, &p, err, errlen);
+}
+
+static void test_emulate_precision(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *compute;
+        double peak;
+        size_t elem;
+        const char *desc;
+    } ok[] = {
+        {"emulate:v100", 125e12, 4, "peak 125.0 TFLOP/s dense fp16/bf16"},
+        {"emulate:v100,fp16", 125e12, 2, "emulate:v100,fp16 (peak 125.0 TFLOP/s dense fp16"},
+        {"emulate:v100,fp32", 15.7e12, 4, "peak 15.7 TFLOP/s dense fp32"},
+        {"emulate:a100,eff=0.3,tf32", 156e12, 4, "efficiency 0.30"},
+        {"emulate:h200,bf16", 989e12, 2, "peak 989.0 TFLOP/s dense bf16"},
+        {"emulate:l4,fp16,eff=0.5", 121e12, 2, "efficiency 0.50"},
+    };
+    for (size_t i = 0; i < sizeof ok / sizeof *ok; i++) {
+        model_stage_t st;
+        char err[512] = "", desc[256];
+        if (emu_stage(&st, ok[i].compute, err, sizeof err))
+            fail_msg("%s: %s", ok[i].compute, err);
+        model_account_t a;
+        model_stage_account(&st, &a);
+        model_stage_describe(&st, desc, sizeof desc);
+        print_message("%-28s %s; boundary %zu bytes\n", ok[i].compute, desc, a.boundary_bytes);
+        assert_true(fabs(a.peak_flops - ok[i].peak) < 1e6);
+        assert_int_equal(model_stage_act_bytes(&st), (size_t)2 * 1024 * 768 * ok[i].elem);
+        assert_int_equal(a.boundary_bytes, model_stage_act_bytes(&st));
+        assert_non_null(strstr(desc, ok[i].desc));
+        model_stage_destroy(&st);
+    }
+    static const struct {
+        const char *compute, *needle;
+    } bad[] = {
+        {"emulate:v100,bf16", "no dense peak for this precision"},
+        {"emulate:t4,tf32", "no dense peak for this precision"},
+        {"emulate:a100,fp16,bf16", "two precisions"},
+        {"emulate:a100,fp8", "expected ',eff=X' with 0 < X <= 1 or a precision"},
+        {"emulate:b300", "known: v100, v100-pcie, t4"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        char err[512] = "";
+        assert_int_equal(model_compute_check(bad[i].compute, err, sizeof err), -EINVAL);
+        print_message("%-28s -> %s\n", bad[i].compute, err);
+        assert_non_null(strstr(err, bad[i].needle));
+    }
+    /* a calibration file measured on cuda:fp16 replays with fp16 boundaries */
+    char path[] = "/tmp/pn-calib-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    FILE *f = fdopen(fd, "w");
+    fprintf(f, "pipenem-calibration 1\nhidden 768\nheads 12\nvocab 50257\nseq_len 1024\nmicro_batch_size 2\n"
+               "recompute 0\nprecision fp16\nembed 0.001 0.002\nhead 0.003 0.006\nopt_per_param 1e-12\n");
+    for (int l = 0; l < 12; l++)
+        fprintf(f, "layer %d 0.001 0.002\n", l);
+    fclose(f);
+    char compute[64], err[512] = "";
+    snprintf(compute, sizeof compute, "emulate:%s", path);
+    model_stage_t st;
+    int rc = emu_stage(&st, compute, err, sizeof err);
+    unlink(path);
+    if (rc)
+        fail_msg("%s", err);
+    assert_int_equal(model_stage_act_bytes(&st), (size_t)2 * 1024 * 768 * 2);
+    model_stage_destroy(&st);
+}
+
 #ifdef PN_HAVE_CUDA
 /* Where no GPU is usable (this is the case CI sees), `--compute cuda` fails at init with
  * the cause named, in the library and in the command's exit status; on a GPU machine
@@ -300,6 +378,7 @@ int main(void)
         cmocka_unit_test(test_precision_table), cmocka_unit_test(test_device_table),
         cmocka_unit_test(test_loss_scale),      cmocka_unit_test(test_cuda_arg),
         cmocka_unit_test(test_gpu_pick),        cmocka_unit_test(test_half_conversion),
+        cmocka_unit_test(test_emulate_precision),
 #ifdef PN_HAVE_CUDA
         cmocka_unit_test(test_cuda_unusable),
 #endif
