@@ -28,6 +28,7 @@ static const struct option group[] = {
     {"threads", required_argument, NULL, MODEL_OPT_THREADS},
     {"seed", required_argument, NULL, MODEL_OPT_SEED},
     {"lr", required_argument, NULL, MODEL_OPT_LR},
+    {"device", required_argument, NULL, MODEL_OPT_DEVICE},
 };
 
 void model_options_defaults(model_options_t *o)
@@ -40,6 +41,7 @@ void model_options_defaults(model_options_t *o)
     snprintf(o->dataset, sizeof o->dataset, "random");
     o->seed = 1234;
     o->lr = 6e-4f;
+    o->device = -1;
 }
 
 int model_options_table(struct option *dst, size_t cap, const struct option *own)
@@ -177,6 +179,9 @@ int model_options_parse(model_options_t *o, int opt, const char *arg, char *err,
     case MODEL_OPT_THREADS:
         rc = parse_int(opt, arg, 1, 1024, &o->threads, err, errlen);
         break;
+    case MODEL_OPT_DEVICE:
+        rc = parse_int(opt, arg, 0, 1023, &o->device, err, errlen);
+        break;
     case MODEL_OPT_SEED: {
         char *end;
         errno = 0;
@@ -254,6 +259,21 @@ int model_options_finish(model_options_t *o, model_stage_params_t *p, char *err,
         snprintf(err, errlen, "--stages %d is more than the %d layers of %s", stages, cfg.layers, cfg.name);
         return -EINVAL;
     }
+    if (o->device >= 0) {
+        /* --device N becomes part of the compute spec (cuda:PREC,dev=N), which every
+         * stage process receives */
+        size_t n = strlen(o->compute);
+        if (strncmp(o->compute, "cuda", 4) || (o->compute[4] && o->compute[4] != ':')) {
+            snprintf(err, errlen, "--device %d needs --compute cuda[:PREC], not '%s'", o->device, o->compute);
+            return -EINVAL;
+        }
+        if (n + 16 >= sizeof o->compute) {
+            snprintf(err, errlen, "--compute: value too long");
+            return -EINVAL;
+        }
+        snprintf(o->compute + n, sizeof o->compute - n, "%sdev=%d", o->compute[4] ? "," : ":", o->device);
+        o->device = -1;
+    }
     rc = model_compute_check(o->compute, err, errlen);
     if (rc)
         return rc;
@@ -299,6 +319,8 @@ const char *model_options_help(void)
            "  --micro-batch-size b    sequences per micro-batch (default 1); N/b micro-batches\n"
            "  --compute C             cpu | emulate:v100|a100|h100[,eff=X] | emulate:fwd=25ms,bwd=75ms[,opt=T]\n"
            "                          | emulate:FILE (written by pipenem calibrate --out)\n"
+           "                          | cuda[:fp32|tf32|fp16|bf16] (GPU; emulate:DEV,PREC models one)\n"
+           "  --device N              cuda: the GPU (default: the launcher's local rank, else 0)\n"
            "  --dataset D             random (default) or a text file (byte tokens)\n"
            "  --recompute             keep only each layer's input, recompute in backward\n"
            "  --tied-embeddings       one embedding/head matrix, gradients summed across first and last stage\n"

@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "models/model.h"
+#include "models/options.h"
 #include "models/precision.h"
 #ifdef PN_HAVE_CUDA
 #include "models/cuda.h"
@@ -251,6 +252,54 @@ static void test_half_conversion(void **state)
     assert_memory_equal(f, g, sizeof f);
 }
 
+#ifdef PN_HAVE_CUDA
+/* --device N joins the compute spec; it needs cuda */
+static int device_opts(const char *compute, const char *device, model_stage_params_t *p, char *err, size_t errlen)
+{
+    static model_options_t o;
+    model_options_defaults(&o);
+    int rc;
+    if ((rc = model_options_parse(&o, MODEL_OPT_MODEL, "tiny", err, errlen)) != 1 ||
+        (rc = model_options_parse(&o, MODEL_OPT_COMPUTE, compute, err, errlen)) != 1 ||
+        (device && (rc = model_options_parse(&o, MODEL_OPT_DEVICE, device, err, errlen)) != 1))
+        return rc;
+    return model_options_finish(&o, p, err, errlen);
+}
+
+static void test_device_option(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *compute, *device, *want;
+    } ok[] = {
+        {"cuda", "1", "cuda:dev=1"}, {"cuda:fp16", "0", "cuda:fp16,dev=0"}, {"cuda:bf16", NULL, "cuda:bf16"},
+    };
+    for (size_t i = 0; i < sizeof ok / sizeof *ok; i++) {
+        model_stage_params_t p;
+        char err[512] = "";
+        if (device_opts(ok[i].compute, ok[i].device, &p, err, sizeof err))
+            fail_msg("%s --device %s: %s", ok[i].compute, ok[i].device, err);
+        assert_string_equal(p.compute, ok[i].want);
+    }
+    static const struct {
+        const char *compute, *device, *needle;
+    } bad[] = {
+        {"cpu", "1", "--device 1 needs --compute cuda[:PREC], not 'cpu'"},
+        {"emulate:v100", "0", "needs --compute cuda"},
+        {"cuda", "x", "--device: expected an integer 0..1023"},
+        {"cuda:dev=1", "2", "given once"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        model_stage_params_t p;
+        char err[512] = "";
+        assert_true(device_opts(bad[i].compute, bad[i].device, &p, err, sizeof err) < 0);
+        print_message("--compute %s --device %s -> %s\n", bad[i].compute, bad[i].device, err);
+        assert_non_null(strstr(err, bad[i].needle));
+    }
+}
+
+#endif
+
 /* emulate speaks the same precisions: the device's peak for it and its boundary bytes */
 static int emu_stage(model_stage_t *st, const char *compute, char *err, size_t errlen)
 {
@@ -380,6 +429,7 @@ int main(void)
         cmocka_unit_test(test_gpu_pick),        cmocka_unit_test(test_half_conversion),
         cmocka_unit_test(test_emulate_precision),
 #ifdef PN_HAVE_CUDA
+        cmocka_unit_test(test_device_option),
         cmocka_unit_test(test_cuda_unusable),
 #endif
     };
