@@ -4,6 +4,10 @@
 #include "bench/cli.h"
 #include "models/model.h"
 #include "models/options.h"
+#include "models/precision.h"
+#ifdef PN_HAVE_CUDA
+#include "models/cuda.h"
+#endif
 
 #include <errno.h>
 #include <limits.h>
@@ -14,7 +18,7 @@
 #include <unistd.h>
 
 static const char usage_text[] =
-    "usage: pipenem calibrate --model M --seq-len T --micro-batch-size b --compute cpu\n"
+    "usage: pipenem calibrate --model M --seq-len T --micro-batch-size b --compute cpu|cuda[:PREC]\n"
     "                         [--stages P | --partition A,B,..] [--iters N] [--warmup W] [--out FILE]\n"
     "Measures forward and backward time per layer and per stage, the achieved FLOP/s, and\n"
     "the sgemm FLOP/s of the same GEMM shapes in the same run (\"% of GEMM peak\").\n"
@@ -68,6 +72,8 @@ static int calibrate_stage(const model_stage_params_t *base, int s, int iters, i
     }
     for (size_t i = 0; i < nb / sizeof(float); i++)
         in[i] = out[i] = 0.01f * (float)(i % 89) - 0.4f;
+    if (nb != (size_t)st.B * st.T * st.C * sizeof(float)) /* fp16/bf16 boundaries: zeros, not float bits */
+        memset(in, 0, nb), memset(out, 0, nb);
     for (int it = 0; it < warmup + iters; it++) {
         if (it == warmup)
             model_stage_prof_reset(&st);
@@ -102,6 +108,11 @@ static int calibrate_stage(const model_stage_params_t *base, int s, int iters, i
             layer_bwd[st.layer_begin + l] = r->bwd / r->layers;
         }
     } else {
+#ifdef PN_HAVE_CUDA
+        if (!strncmp(p.compute, "cuda", 4))
+            rc = model_cuda_gemm_reference(&st, 3, &r->gemm_flops, &r->gemm_s);
+        else
+#endif
         rc = model_stage_gemm_reference(&st, 1, &r->gemm_flops, &r->gemm_s);
         if (rc) {
             snprintf(err, errlen, "stage %d: the sgemm reference failed: %s", s, strerror(-rc));
@@ -137,6 +148,9 @@ static int write_calibration(const char *path, const model_stage_params_t *p, co
                "micro_batch_size %d\nrecompute %d\ntied_embeddings %d\nthreads %d\n",
             p->cfg.name, p->cfg.layers, p->cfg.hidden, p->cfg.heads, p->cfg.vocab, p->seq_len,
             p->micro_batch_size, p->recompute, p->tied_embeddings, p->threads);
+    model_cuda_arg_t ca;
+    if (!strncmp(p->compute, "cuda", 4) && !model_cuda_arg_parse(p->compute[4] ? p->compute + 5 : "", &ca, NULL, 0))
+        fprintf(f, "precision %s\n", model_prec_info(ca.prec)->name); /* the replay's boundary bytes */
     fprintf(f, "embed %.9g %.9g\n", r[0].embed_fwd, r[0].embed_bwd);
     for (int l = 0; l < p->cfg.layers; l++)
         fprintf(f, "layer %d %.9g %.9g\n", l, layer_fwd[l], layer_bwd[l]);
@@ -205,8 +219,8 @@ int cmd_calibrate(int argc, char **argv)
     model_stage_params_t p;
     if (model_options_finish(&mo, &p, err, sizeof err))
         return cli_usage_error(cmd, "%s", err);
-    if (out_path && strncmp(p.compute, "cpu", 3))
-        return cli_usage_error(cmd, "--out needs measured compute (--compute cpu), not '%s'", p.compute);
+    if (out_path && strncmp(p.compute, "cpu", 3) && strncmp(p.compute, "cuda", 4))
+        return cli_usage_error(cmd, "--out needs measured compute (--compute cpu or cuda[:PREC]), not '%s'", p.compute);
 
     stage_result_t *r = calloc(p.stages, sizeof *r);
     double *lf = calloc(p.cfg.layers, sizeof *lf), *lb = calloc(p.cfg.layers, sizeof *lb);
