@@ -83,7 +83,7 @@ FUZZ_CFLAGS  := $(filter-out -Werror,$(CFLAGS_BASE)) -O1 -g $(FUZZ_SAN) $(PKG_CF
 FUZZ_LIB_OBJS := $(LIB_SRCS:%.c=$(FUZZ_BUILD)/%.o)
 FUZZ_BINS    := $(FUZZ_SRCS:tests/fuzz/%.c=$(FUZZ_BUILD)/%)
 
-.PHONY: all deps test test-run bench bench-run run probe clean fuzz fuzz-build test-faults test-valgrind
+.PHONY: all deps test test-run bench bench-run run probe clean fuzz fuzz-build test-faults test-valgrind gpu-pack
 .DEFAULT_GOAL := all
 
 # Each build folder has its own binary; ./pipenem is the plain build's, so a sanitizer
@@ -164,7 +164,12 @@ test-valgrind: deps
 	@$(MAKE) --no-print-directory all
 	@bash tests/run.sh --valgrind $(BUILD)/tests $(VALGRIND_TESTS)
 
+# What tests/gpu/check.sh needs on a GPU machine: the binaries and the libraries a bare
+# machine lacks, in build-gpu/pack.tar.gz (carry build-gpu; run tests/gpu/check.sh there).
+gpu-pack: all
+	@$(if $(CUDA_SRCS),bash tests/gpu/pack.sh $(BUILD) build-gpu,echo "make gpu-pack: built without CUDA (no nvcc found; CUDA=$(CUDA))" >&2; exit 1)
+
 clean:
-	rm -rf build build-san build-fuzz pipenem
+	rm -rf build build-san build-fuzz build-gpu pipenem
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
