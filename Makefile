@@ -30,7 +30,8 @@ override LDLIBS  += $(PKG_LIBS) -lcsv -fopenmp -lm -lpthread
 # CUDA_HOME is where nvcc lives; the architectures follow nvcc's major version the way
 # nccl-tests picks them (CUDA 13 dropped Volta: V100/p3 needs a CUDA 12 toolkit), and
 # GENCODE= overrides them (CI: GENCODE=-arch=sm_80, one architecture). cudart is linked
-# statically; cuBLAS is found beside it and reached through an rpath.
+# statically; cuBLAS is found beside it and dlopen'ed at the first cuda stage through the
+# rpath (so no binary maps it unless it computes on a GPU).
 NVCC ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
 ifeq ($(CUDA),no)
 HAVE_CUDA :=
@@ -60,7 +61,7 @@ endif
 NVCCFLAGS := -std=c++17 -O2 -g -I. -I$(CUDA_HOME)/include $(GENCODE) -Werror all-warnings \
              -Xcompiler -Wall,-Wextra,-Werror,-fno-omit-frame-pointer -MMD -MP
 override CFLAGS += -DPN_HAVE_CUDA=1 -I$(CUDA_HOME)/include
-CUDA_LDLIBS := -L$(CUDA_LIBDIR) -Wl,-rpath,$(CUDA_LIBDIR) -lcublas -lcudart_static -ldl -lrt -lstdc++
+CUDA_LDLIBS := -L$(CUDA_LIBDIR) -Wl,-rpath,$(CUDA_LIBDIR) -lcudart_static -ldl -lrt -lstdc++
 endif
 
 LIB_SRCS := $(wildcard common/*.c schedules/*.c models/*.c netem/*.c pipeline/*.c) \

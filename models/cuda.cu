@@ -6,7 +6,9 @@
 #include "models/cuda_kernels.h"
 #include "models/cuda_priv.h"
 
+#include <dlfcn.h>
 #include <errno.h>
+#include <pthread.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,8 +29,47 @@ int cuda_fail(const char *what, cudaError_t e)
 
 int cuda_blas_fail(const char *what, cublasStatus_t e)
 {
-    fprintf(stderr, "cuda: %s: %s\n", what, cublasGetStatusString(e));
+    fprintf(stderr, "cuda: %s: %s\n", what, cuda_blas.status_string(e));
     return -EIO;
+}
+
+/* ---------------------------------------------------------------- cuBLAS */
+
+cuda_blas_t cuda_blas;
+static pthread_once_t blas_once = PTHREAD_ONCE_INIT;
+static char blas_err[512];
+
+#define BLAS_SONAME_(m) "libcublas.so." #m
+#define BLAS_SONAME(m) BLAS_SONAME_(m)
+
+static void blas_open(void)
+{
+    /* the soname of the headers built against; the rpath set at link time is searched */
+    const char *so = BLAS_SONAME(CUBLAS_VER_MAJOR);
+    void *h = dlopen(so, RTLD_NOW | RTLD_LOCAL);
+    if (!h) {
+        snprintf(blas_err, sizeof blas_err, "cuda: cannot load %s: %s (install the CUDA toolkit's cuBLAS or the "
+                 "nvidia-cublas wheel, or add its folder to LD_LIBRARY_PATH)", so, dlerror());
+        return;
+    }
+    static const char *const names[] = {"cublasCreate_v2", "cublasDestroy_v2", "cublasSetStream_v2",
+                                        "cublasSetWorkspace_v2", "cublasGemmEx", "cublasGemmStridedBatchedEx",
+                                        "cublasGetStatusString"};
+    void **slot = (void **)&cuda_blas;
+    for (size_t i = 0; i < sizeof names / sizeof *names; i++)
+        if (!(slot[i] = dlsym(h, names[i]))) {
+            snprintf(blas_err, sizeof blas_err, "cuda: %s lacks %s: not the cuBLAS %d this was built for", so, names[i],
+                     CUBLAS_VER_MAJOR);
+            memset(&cuda_blas, 0, sizeof cuda_blas);
+            return;
+        }
+}
+
+int cuda_blas_load(char *err, size_t errlen)
+{
+    static_assert(sizeof(cuda_blas_t) == 7 * sizeof(void *), "one slot per name in blas_open");
+    pthread_once(&blas_once, blas_open);
+    return blas_err[0] ? pn_err(err, errlen, -ENOENT, "%s", blas_err) : 0;
 }
 
 /* ---------------------------------------------------------------- device choice */
@@ -69,6 +110,8 @@ extern "C" int model_cuda_probe(const char *arg, char *name, size_t namelen, cha
     int dev, rc = model_cuda_arg_parse(arg ? arg : "", &a, err, errlen);
     if (!rc)
         rc = device_open(&a, &dev, &prop, err, errlen);
+    if (!rc)
+        rc = cuda_blas_load(err, errlen);
     if (!rc && name)
         snprintf(name, namelen, "%s", prop.name);
     return rc;
@@ -103,7 +146,7 @@ static void cuda_destroy(model_stage_t *st)
             if (c->ev[i])
                 (void)cudaEventDestroy(c->ev[i]);
         if (c->blas)
-            (void)cublasDestroy(c->blas);
+            (void)cuda_blas.destroy(c->blas);
         if (c->s)
             (void)cudaStreamDestroy(c->s);
         (void)cudaFree(c->ws);
@@ -148,9 +191,9 @@ static int cuda_setup(model_stage_t *st, cuda_t *c, char *err, size_t errlen)
     for (int i = 0; i < CUDA_MAX_EVENTS; i++)
         if ((e = cudaEventCreateWithFlags(&c->ev[i], cudaEventBlockingSync)) != cudaSuccess)
             return pn_err(err, errlen, -EIO, "cuda: cudaEventCreate: %s", cudaGetErrorString(e));
-    cublasStatus_t b = cublasCreate(&c->blas);
+    cublasStatus_t b = cuda_blas.create(&c->blas);
     if (b != CUBLAS_STATUS_SUCCESS)
-        return pn_err(err, errlen, -EIO, "cuda: cublasCreate: %s", cublasGetStatusString(b));
+        return pn_err(err, errlen, -EIO, "cuda: cublasCreate: %s", cuda_blas.status_string(b));
     int rc;
     size_t wc = c->pi->master_fp32 ? n * c->es : 0;
     c->misc_bytes = cuda_misc_bytes(st);
@@ -169,9 +212,9 @@ static int cuda_setup(model_stage_t *st, cuda_t *c, char *err, size_t errlen)
     c->tgt = (int *)(c->acts + ((BT * sizeof(int) + 255) & ~(size_t)255));
     c->loss = (double *)((unsigned char *)c->tgt + ((BT * sizeof(int) + 255) & ~(size_t)255));
     c->flag = (int *)((unsigned char *)c->loss + 256);
-    if ((b = cublasSetStream(c->blas, c->s)) != CUBLAS_STATUS_SUCCESS ||
-        (b = cublasSetWorkspace(c->blas, c->ws, CUBLAS_WS_BYTES)) != CUBLAS_STATUS_SUCCESS)
-        return pn_err(err, errlen, -EIO, "cuda: cuBLAS set-up: %s", cublasGetStatusString(b));
+    if ((b = cuda_blas.set_stream(c->blas, c->s)) != CUBLAS_STATUS_SUCCESS ||
+        (b = cuda_blas.set_workspace(c->blas, c->ws, CUBLAS_WS_BYTES)) != CUBLAS_STATUS_SUCCESS)
+        return pn_err(err, errlen, -EIO, "cuda: cuBLAS set-up: %s", cuda_blas.status_string(b));
     if ((e = cudaMemsetAsync(c->grads, 0, n * sizeof(float), c->s)) != cudaSuccess ||
         (e = cudaMemsetAsync(c->opt, 0, 2 * n * sizeof(float), c->s)) != cudaSuccess ||
         (e = cudaStreamSynchronize(c->s)) != cudaSuccess)
@@ -197,7 +240,7 @@ static int cuda_init(model_stage_t *st, const char *arg, char *err, size_t errle
     st->backend_priv = c;
     c->tied_twin = -1;
     cudaDeviceProp prop;
-    if ((rc = device_open(&a, &c->dev, &prop, err, errlen)))
+    if ((rc = device_open(&a, &c->dev, &prop, err, errlen)) || (rc = cuda_blas_load(err, errlen)))
         return rc;
     /* A waiting stage sleeps in the driver instead of spinning a core: the flag must be
      * given before the device's context exists (another stage of this process may have

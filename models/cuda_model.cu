@@ -188,10 +188,10 @@ static void gemm_record(const cuda_t *c, const cuda_gemm_t *g)
 int cuda_gemm_replay(const cuda_t *c, const cuda_gemm_t *g)
 {
     if (g->count == 1)
-        CB(cublasGemmEx(c->blas, g->opa, g->opb, g->m, g->n, g->k, &g->alpha, g->A, c->dt, g->lda, g->B, c->dt, g->ldb,
+        CB(cuda_blas.gemm(c->blas, g->opa, g->opb, g->m, g->n, g->k, &g->alpha, g->A, c->dt, g->lda, g->B, c->dt, g->ldb,
                         &g->beta, g->C, g->ctype, g->ldc, c->ct, CUBLAS_GEMM_DEFAULT));
     else
-        CB(cublasGemmStridedBatchedEx(c->blas, g->opa, g->opb, g->m, g->n, g->k, &g->alpha, g->A, c->dt, g->lda, g->sa,
+        CB(cuda_blas.gemm_batched(c->blas, g->opa, g->opb, g->m, g->n, g->k, &g->alpha, g->A, c->dt, g->lda, g->sa,
                                       g->B, c->dt, g->ldb, g->sb, &g->beta, g->C, g->ctype, g->ldc, g->sc, g->count,
                                       c->ct, CUBLAS_GEMM_DEFAULT));
     return 0;

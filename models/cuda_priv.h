@@ -11,6 +11,28 @@ extern "C" {
 #include "models/precision.h"
 }
 
+/* cuBLAS, loaded with dlopen at the first cuda stage: a pipenem that never computes on a
+ * GPU neither needs nor maps it (600 MB with cuBLASLt), and its absence is an error
+ * message, not a loader failure. */
+typedef struct {
+    decltype(&cublasCreate_v2) create;
+    decltype(&cublasDestroy_v2) destroy;
+    decltype(&cublasSetStream_v2) set_stream;
+    decltype(&cublasSetWorkspace_v2) set_workspace;
+    /* the C symbols (compute type cublasComputeType_t), not the header's C++ overloads */
+    cublasStatus_t (*gemm)(cublasHandle_t, cublasOperation_t, cublasOperation_t, int, int, int, const void *,
+                           const void *, cudaDataType, int, const void *, cudaDataType, int, const void *, void *,
+                           cudaDataType, int, cublasComputeType_t, cublasGemmAlgo_t);
+    cublasStatus_t (*gemm_batched)(cublasHandle_t, cublasOperation_t, cublasOperation_t, int, int, int, const void *,
+                                   const void *, cudaDataType, int, long long, const void *, cudaDataType, int,
+                                   long long, const void *, void *, cudaDataType, int, long long, int,
+                                   cublasComputeType_t, cublasGemmAlgo_t);
+    decltype(&cublasGetStatusString) status_string;
+} cuda_blas_t;
+extern cuda_blas_t cuda_blas;
+/* Loads it once (thread-safe); -ENOENT naming the library and the loader's reason. */
+int cuda_blas_load(char *err, size_t errlen);
+
 /* Saved activations of one layer, in the order of models/cpu.c. */
 enum { CA_LN1, CA_LN1_MEAN, CA_LN1_RSTD, CA_QKV, CA_ATTY, CA_ATT, CA_RES2, CA_LN2, CA_LN2_MEAN,
        CA_LN2_RSTD, CA_FCH, CA_FCH_GELU, CA_RES3, CA_N };

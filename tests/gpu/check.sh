@@ -56,29 +56,25 @@ fi
 export LD_LIBRARY_PATH=${lib}${lib:+:}${LD_LIBRARY_PATH:-}
 export PIPENEM=$pipenem
 
-# ---- cuBLAS: the binary's rpath, else wherever this machine keeps it
+# ---- shared libraries: the pack's, then cuBLAS (dlopen'ed by the first cuda stage: the
+# binary's rpath, else wherever this machine keeps it)
 missing=$(ldd "$pipenem" 2>/dev/null | awk '/not found/ {print $1}' | tr '\n' ' ')
 if [ -n "$missing" ]; then
-	for so in $missing; do
-		dir=
-		for d in "${CUDA_HOME:-/usr/local/cuda}/lib64" /usr/local/cuda*/lib64 /usr/local/cuda*/targets/*/lib \
-			/usr/lib/x86_64-linux-gnu /usr/lib64; do
-			[ -e "$d/$so" ] && { dir=$d; break; }
-		done
-		if [ -z "$dir" ]; then # pip wheels (nvidia-cublas, torch's dependencies)
-			f=$(find /usr/local/lib /usr/lib/python3* /opt /root/.local -name "$so" 2>/dev/null | head -1)
-			[ -n "$f" ] && dir=$(dirname "$f")
-		fi
-		[ -n "$dir" ] && export LD_LIBRARY_PATH=$LD_LIBRARY_PATH:$dir
-	done
-	still=$(ldd "$pipenem" 2>/dev/null | awk '/not found/ {print $1}' | tr '\n' ' ')
-	if [ -n "$still" ]; then
-		record libraries fail "not found on this machine: $still(install the CUDA toolkit or nvidia-cublas)"
-		finish
-	fi
+	record libraries fail "not found on this machine nor in the pack: $missing"
+	finish
 fi
+so=$(grep -aom1 'libcublas\.so\.[0-9][0-9]*' "$pipenem")
+blas=
+for d in "${CUDA_HOME:-/usr/local/cuda}/lib64" /usr/local/cuda*/lib64 /usr/local/cuda*/targets/*/lib \
+	/usr/lib/x86_64-linux-gnu /usr/lib64; do
+	[ -e "$d/$so" ] && { blas=$d/$so; break; }
+done
+if [ -z "$blas" ]; then # pip wheels (nvidia-cublas, PyTorch's dependencies)
+	blas=$(find /usr/local/lib /usr/lib/python3* /opt /root/.local -name "$so" 2>/dev/null | head -1)
+fi
+[ -n "$blas" ] && export LD_LIBRARY_PATH=$LD_LIBRARY_PATH:$(dirname "$blas")
 note "$(date -u +%FT%TZ) $(uname -n): $( (nvidia-smi -L 2>/dev/null || echo 'no nvidia-smi') | head -1)"
-note "cuBLAS: $(ldd "$pipenem" | awk '/libcublas\.so/ {print $3}')"
+note "cuBLAS: ${blas:-$so not found (the probe says what the backend makes of it)}"
 
 # ---- a cmocka program: pass/fail/skip from its summary lines
 cmocka_step() { # NAME LIMIT PROGRAM
