@@ -5,6 +5,7 @@
 #include "models/cuda.h"
 #include "models/cuda_kernels.h"
 #include "models/cuda_priv.h"
+#include "models/cuda_layout.h"
 
 #include <dlfcn.h>
 #include <errno.h>
@@ -208,10 +209,11 @@ static int cuda_setup(model_stage_t *st, cuda_t *c, char *err, size_t errlen)
         (rc = dev_alloc(c, (void **)&c->acts, c->act_bytes, "activations", err, errlen)))
         return rc;
     c->wc = c->pi->master_fp32 ? (void *)(c->params + n) : (void *)c->params;
+    /* the misc part of the activation block (cuda_misc_bytes) */
     c->tok = (int *)c->acts;
-    c->tgt = (int *)(c->acts + ((BT * sizeof(int) + 255) & ~(size_t)255));
-    c->loss = (double *)((unsigned char *)c->tgt + ((BT * sizeof(int) + 255) & ~(size_t)255));
-    c->flag = (int *)((unsigned char *)c->loss + 256);
+    c->tgt = (int *)(c->acts + up(BT * sizeof(int)));
+    c->loss = (double *)((unsigned char *)c->tgt + up(BT * sizeof(int)));
+    c->flag = (int *)((unsigned char *)c->loss + up(sizeof(double)));
     if ((b = cuda_blas.set_stream(c->blas, c->s)) != CUBLAS_STATUS_SUCCESS ||
         (b = cuda_blas.set_workspace(c->blas, c->ws, CUBLAS_WS_BYTES)) != CUBLAS_STATUS_SUCCESS)
         return pn_err(err, errlen, -EIO, "cuda: cuBLAS set-up: %s", cuda_blas.status_string(b));
