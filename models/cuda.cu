@@ -152,6 +152,7 @@ static void cuda_destroy(model_stage_t *st)
             (void)cudaStreamDestroy(c->s);
         (void)cudaFree(c->ws);
         (void)cudaFree(c->acts);
+        (void)cudaFree(c->wstash);
         (void)cudaFree(c->opt);
         (void)cudaFree(c->grads);
         (void)cudaFree(c->params);
@@ -318,19 +319,14 @@ static int cuda_backward(model_stage_t *st, int slot, const float *dout, float *
     return cuda_stage_backward(st, slot, dout, din);
 }
 
-/* The split backward (zero-bubble schedules) keeps W's inputs per slot; the cuda layout
- * has no room for them yet, so it says so instead of computing something else. */
 static int cuda_backward_input(model_stage_t *st, int slot, const float *dout, float *din)
 {
-    (void)st, (void)slot, (void)dout, (void)din;
-    fprintf(stderr, "cuda: the split backward (B/W of zero-bubble schedules) is not implemented on the cuda "
-                    "backend; use gpipe, 1f1b or interleaved-1f1b\n");
-    return -ENOTSUP;
+    return cuda_stage_backward_input(st, slot, dout, din);
 }
 
 static int cuda_backward_weights(model_stage_t *st, int slot)
 {
-    return cuda_backward_input(st, slot, NULL, NULL);
+    return cuda_stage_backward_weights(st, slot);
 }
 
 static int cuda_step(model_stage_t *st)

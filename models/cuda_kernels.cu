@@ -98,7 +98,8 @@ template <typename T> __global__ void k_ln_fwd(T *out, float *mean, float *rstd,
 }
 
 /* Each block's warps take rows in turn and sum dw/db in shared memory (2C floats), added
- * to the global gradients once per block. */
+ * to the global gradients once per block. dinp NULL: weights only (W); dw NULL: the
+ * input gradient only (B). */
 template <typename T>
 __global__ void k_ln_bwd(T *dinp, float *dw, float *db, const T *dout, const T *inp, const T *w, const float *mean,
                          const float *rstd, int N, int C)
@@ -111,24 +112,31 @@ __global__ void k_ln_bwd(T *dinp, float *dw, float *db, const T *dout, const T *
     int warps = blockDim.x / 32, lane = threadIdx.x % 32;
     for (int row = blockIdx.x * warps + threadIdx.x / 32; row < N; row += gridDim.x * warps) {
         const T *d = dout + (size_t)row * C, *x = inp + (size_t)row * C;
-        float m = mean[row], sd = rstd[row], dnm = 0, dnnm = 0;
-        for (int i = lane; i < C; i += 32) {
-            float dn = tof(w[i]) * tof(d[i]);
-            dnm += dn;
-            dnnm += dn * (tof(x[i]) - m) * sd;
+        float m = mean[row], sd = rstd[row];
+        if (dinp) {
+            float dnm = 0, dnnm = 0;
+            for (int i = lane; i < C; i += 32) {
+                float dn = tof(w[i]) * tof(d[i]);
+                dnm += dn;
+                dnnm += dn * (tof(x[i]) - m) * sd;
+            }
+            dnm = warp_sum(dnm) / C;
+            dnnm = warp_sum(dnnm) / C;
+            T *di = dinp + (size_t)row * C;
+            for (int i = lane; i < C; i += 32) {
+                float norm = (tof(x[i]) - m) * sd;
+                di[i] = fromf<T>(tof(di[i]) + (tof(w[i]) * tof(d[i]) - dnm - norm * dnnm) * sd);
+            }
         }
-        dnm = warp_sum(dnm) / C;
-        dnnm = warp_sum(dnnm) / C;
-        T *di = dinp + (size_t)row * C;
-        for (int i = lane; i < C; i += 32) {
-            float norm = (tof(x[i]) - m) * sd, dv = tof(d[i]);
-            di[i] = fromf<T>(tof(di[i]) + (tof(w[i]) * dv - dnm - norm * dnnm) * sd);
-            atomicAdd(&sdw[i], dv * norm);
-            atomicAdd(&sdb[i], dv);
-        }
+        if (dw)
+            for (int i = lane; i < C; i += 32) {
+                float dv = tof(d[i]);
+                atomicAdd(&sdw[i], dv * (tof(x[i]) - m) * sd);
+                atomicAdd(&sdb[i], dv);
+            }
     }
     __syncthreads();
-    for (int i = threadIdx.x; i < C; i += blockDim.x) {
+    for (int i = threadIdx.x; dw && i < C; i += blockDim.x) {
         atomicAdd(&dw[i], sdw[i]);
         atomicAdd(&db[i], sdb[i]);
     }
@@ -262,6 +270,7 @@ template <typename T> cudaError_t cast_from_float(cudaStream_t s, T *dst, const 
     k_cast<<<blocks_for(n, 256), 256, 0, s>>>(dst, src, n);
     return cudaGetLastError();
 }
+
 
 /* ---------------------------------------------------------------- causal softmax: a warp per row */
 

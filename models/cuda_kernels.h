@@ -19,7 +19,7 @@ template <typename T> cudaError_t encoder_backward(cudaStream_t s, float *dwte, 
                                                    const int *tok, int BT, int T_, int C);
 template <typename T> cudaError_t layernorm_forward(cudaStream_t s, T *out, float *mean, float *rstd, const T *inp,
                                                     const T *w, const T *b, int N, int C);
-/* dinp += ; dw, db += */
+/* dinp += ; dw, db += (dinp NULL: weights only; dw and db NULL: input only) */
 template <typename T> cudaError_t layernorm_backward(cudaStream_t s, T *dinp, float *dw, float *db, const T *dout,
                                                      const T *inp, const T *w, const float *mean, const float *rstd,
                                                      int N, int C);

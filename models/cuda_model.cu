@@ -85,6 +85,22 @@ static int matmul_forward(const cuda_t *c, T *out,   // (N,OC)
     return gemm(c, 0, 1, N, OC, C, 1.0f, inp, C, w, C, bias ? 1.0f : 0.0f, out, c->dt, OC);
 }
 
+/* the input half (B) of matmul_backward: dinp (N,C) = dout (N,OC) w (OC,C), overwritten */
+template <typename T> static int matmul_backward_input(const cuda_t *c, T *dinp, const T *dout, const T *w, int N, int C, int OC)
+{
+    return gemm(c, 0, 0, N, C, OC, 1.0f, dout, OC, w, C, 0.0f, dinp, c->dt, C);
+}
+
+/* the weight half (W): dw (OC,C) += dout^T inp, db (OC) += column sums of dout */
+template <typename T>
+static int matmul_backward_weights(const cuda_t *c, float *dw, float *db, const T *dout, const T *inp, int N, int C, int OC)
+{
+    TRY(gemm(c, 1, 0, OC, C, N, 1.0f, dout, OC, inp, C, 1.0f, dw, CUDA_R_32F, C));
+    if (db)
+        CK(cuk::bias_backward(c->s, db, dout, N, OC));
+    return 0;
+}
+
 template <typename T>
 static int matmul_backward(const cuda_t *c, T *dinp,  // (N,C) overwritten
                            float *dw,                  // (OC,C) +=
@@ -94,11 +110,8 @@ static int matmul_backward(const cuda_t *c, T *dinp,  // (N,C) overwritten
                            const T *w,                 // (OC,C)
                            int N, int C, int OC)
 {
-    TRY(gemm(c, 0, 0, N, C, OC, 1.0f, dout, OC, w, C, 0.0f, dinp, c->dt, C));
-    TRY(gemm(c, 1, 0, OC, C, N, 1.0f, dout, OC, inp, C, 1.0f, dw, CUDA_R_32F, C));
-    if (db)
-        CK(cuk::bias_backward(c->s, db, dout, N, OC));
-    return 0;
+    TRY(matmul_backward_input(c, dinp, dout, w, N, C, OC));
+    return matmul_backward_weights(c, dw, db, dout, inp, N, C, OC);
 }
 
 template <typename T>
@@ -223,6 +236,60 @@ static int block_backward(const cuda_t *c, T *dx, T *dres2, const scratch_t<T> *
     return 0;
 }
 
+/* What W needs of one layer, saved by B (as cpu.c): the gradients at the outputs of the
+ * four matmuls and the two LayerNorms, 11 B*T*C elements. */
+enum { G_FCPROJ, G_FC, G_LN2, G_ATTPROJ, G_QKV, G_LN1, G_N, G_LAYER_BTC = 11 };
+
+template <typename T> static void layer_wgrads(T *base, size_t BTC, T *g[G_N])
+{
+    static const int mult[G_N] = {1, 4, 1, 1, 3, 1};
+    for (int i = 0; i < G_N; i++) {
+        g[i] = base;
+        base += mult[i] * BTC;
+    }
+}
+
+/* B of one block: dx as block_backward, and g filled for block_backward_weights. */
+template <typename T>
+static int block_backward_input(const cuda_t *c, T *dx, const scratch_t<T> *s, T *g[G_N], const T *dy, void *a[CA_N],
+                                const T *x, T *w[MODEL_T_PER_LAYER], int B, int T_, int C, int NH)
+{
+    int BT = B * T_;
+    size_t n = (size_t)BT * C;
+    CK(cuk::copy(c->s, g[G_FCPROJ], dy, n));
+    TRY(matmul_backward_input(c, g[G_FC], dy, w[MODEL_T_FCPROJW], BT, 4 * C, C));
+    CK(cuk::gelu_backward(c->s, g[G_FC], AT(CA_FCH), 4 * n));
+    TRY(matmul_backward_input(c, g[G_LN2], g[G_FC], w[MODEL_T_FCW], BT, C, 4 * C));
+    T *dres2 = g[G_ATTPROJ];
+    CK(cuk::copy(c->s, dres2, dy, n));
+    CK(cuk::layernorm_backward<T>(c->s, dres2, NULL, NULL, g[G_LN2], AT(CA_RES2), w[MODEL_T_LN2W], AF(CA_LN2_MEAN),
+                                  AF(CA_LN2_RSTD), BT, C));
+    TRY(matmul_backward_input(c, s->datty, dres2, w[MODEL_T_ATTPROJW], BT, C, C));
+    TRY(attention_backward(c, g[G_QKV], s->datt, s->datty, AT(CA_QKV), AT(CA_ATT), B, T_, C, NH));
+    TRY(matmul_backward_input(c, g[G_LN1], g[G_QKV], w[MODEL_T_QKVW], BT, C, 3 * C));
+    CK(cuk::copy(c->s, dx, dres2, n));
+    CK(cuk::layernorm_backward<T>(c->s, dx, NULL, NULL, g[G_LN1], x, w[MODEL_T_LN1W], AF(CA_LN1_MEAN),
+                                  AF(CA_LN1_RSTD), BT, C));
+    return 0;
+}
+
+/* W of one block, in block_backward's order of gradient additions. */
+template <typename T>
+static int block_backward_weights(const cuda_t *c, float *dw[MODEL_T_PER_LAYER], T *g[G_N], void *a[CA_N], const T *x,
+                                  T *w[MODEL_T_PER_LAYER], int B, int T_, int C)
+{
+    int BT = B * T_;
+    TRY(matmul_backward_weights(c, dw[MODEL_T_FCPROJW], dw[MODEL_T_FCPROJB], g[G_FCPROJ], AT(CA_FCH_GELU), BT, 4 * C, C));
+    TRY(matmul_backward_weights(c, dw[MODEL_T_FCW], dw[MODEL_T_FCB], g[G_FC], AT(CA_LN2), BT, C, 4 * C));
+    CK(cuk::layernorm_backward<T>(c->s, NULL, dw[MODEL_T_LN2W], dw[MODEL_T_LN2B], g[G_LN2], AT(CA_RES2),
+                                  w[MODEL_T_LN2W], AF(CA_LN2_MEAN), AF(CA_LN2_RSTD), BT, C));
+    TRY(matmul_backward_weights(c, dw[MODEL_T_ATTPROJW], dw[MODEL_T_ATTPROJB], g[G_ATTPROJ], AT(CA_ATTY), BT, C, C));
+    TRY(matmul_backward_weights(c, dw[MODEL_T_QKVW], dw[MODEL_T_QKVB], g[G_QKV], AT(CA_LN1), BT, C, 3 * C));
+    CK(cuk::layernorm_backward<T>(c->s, NULL, dw[MODEL_T_LN1W], dw[MODEL_T_LN1B], g[G_LN1], x, w[MODEL_T_LN1W],
+                                  AF(CA_LN1_MEAN), AF(CA_LN1_RSTD), BT, C));
+    return 0;
+}
+
 /* ---------------------------------------------------------------- the stage */
 
 /* Adds the event-timed parts of the call that just finished into the profile: ev[0] is
@@ -288,6 +355,24 @@ template <typename T> static int stage_forward(model_stage_t *st, int slot, cons
     return prof_add(c, np, part);
 }
 
+/* Ends a backward half: din from the device (not stage 0), the tied twin's gradient to the
+ * host (after W), the stream drained, the events read. */
+template <typename T> static int backward_end(model_stage_t *st, const T *dy, void *din, int tied, int np, double *part[])
+{
+    cuda_t *c = cuda_of(st);
+    size_t nb = (size_t)st->B * st->T * st->C * sizeof(T);
+    if (din)
+        CK(cudaMemcpyAsync(c->pin, dy, nb, cudaMemcpyDeviceToHost, c->s));
+    if (tied) {
+        const model_tensor_t *t = &st->tensors[c->tied_twin];
+        CK(cudaMemcpyAsync(st->tied_grad, c->grads + t->offset, t->numel * sizeof(float), cudaMemcpyDeviceToHost, c->s));
+    }
+    CK(cudaStreamSynchronize(c->s));
+    if (din)
+        memcpy(din, c->pin, nb);
+    return prof_add(c, np, part);
+}
+
 template <typename T> static int stage_backward(model_stage_t *st, int slot, const void *dout, void *din)
 {
     cuda_t *c = cuda_of(st);
@@ -334,46 +419,151 @@ template <typename T> static int stage_backward(model_stage_t *st, int slot, con
         CK(cuk::encoder_backward(c->s, wgrad(st, 0), wgrad(st, 1), dy, c->tok, BT, T_, C));
         part[np++] = &st->prof.embed_bwd;
         CK(cudaEventRecord(c->ev[np], c->s));
-    } else {
-        CK(cudaMemcpyAsync(c->pin, dy, nb, cudaMemcpyDeviceToHost, c->s));
     }
-    if (c->tied_twin >= 0) {
-        /* the exchange before the step reads the host copy: keep it current */
-        const model_tensor_t *t = &st->tensors[c->tied_twin];
-        float *tg = st->tied_grad;
-        CK(cudaStreamSynchronize(c->s));
-        if (!st->first)
-            memcpy(din, c->pin, nb);
-        CK(cudaMemcpyAsync(tg, c->grads + t->offset, t->numel * sizeof(float), cudaMemcpyDeviceToHost, c->s));
-        CK(cudaStreamSynchronize(c->s));
-        return prof_add(c, np, part);
-    }
-    CK(cudaStreamSynchronize(c->s));
-    if (!st->first)
-        memcpy(din, c->pin, nb);
-    return prof_add(c, np, part);
+    return backward_end<T>(st, dy, st->first ? NULL : din, c->tied_twin >= 0, np, part);
 }
+
+/* The W area of a slot (G_LAYER_BTC B*T*C elements per layer, then lnf's and the
+ * embeddings' output gradients), allocated once, on the first B: only the zero-bubble
+ * schedules split the backward. */
+template <typename T> static T *wstash(model_stage_t *st, int slot)
+{
+    cuda_t *c = cuda_of(st);
+    size_t BTC = (size_t)st->B * st->T * st->C, nl = st->layer_end - st->layer_begin;
+    if (!c->wstash) {
+        c->wstash_elems = BTC * (G_LAYER_BTC * nl + (st->last ? 1 : 0) + (st->first ? 1 : 0));
+        size_t bytes = (size_t)st->max_inflight * c->wstash_elems * sizeof(T);
+        cudaError_t e = cudaMalloc((void **)&c->wstash, bytes);
+        if (e != cudaSuccess) {
+            c->wstash = NULL;
+            cuda_fail("the split backward's per-slot gradients (cudaMalloc)", e);
+            return NULL;
+        }
+        c->dev_bytes += bytes;
+    }
+    return (T *)c->wstash + (size_t)slot * c->wstash_elems;
+}
+
+template <typename T> static int stage_backward_input(model_stage_t *st, int slot, const void *dout, void *din)
+{
+    cuda_t *c = cuda_of(st);
+    int B = st->B, T_ = st->T, C = st->C, NH = st->NH, V = st->V, BT = B * T_, nl = st->layer_end - st->layer_begin;
+    size_t BTC = (size_t)BT * C;
+    T *gw = wstash<T>(st, slot);
+    if (!gw)
+        return -ENOMEM;
+    scratch_t<T> s = scratch_get<T>(st);
+    T *dy = s.dA;
+    double *part[CUDA_MAX_EVENTS];
+    int np = 0;
+    CK(cudaEventRecord(c->ev[0], c->s));
+    if (st->last) {
+        head_t<T> h = head_acts<T>(st, slot);
+        int lnw = (int)(model_stage_tensor_find(st, "lnf.w") - st->tensors);
+        T *glnf = gw + G_LAYER_BTC * BTC * nl;
+        TRY(stage_ints(c, c->tgt, pin_tgt(st), st->targets, BT));
+        float scale = c->pi->loss_scaling ? c->ls.scale : 1.0f;
+        /* the probabilities become the logits' gradient in place, which W reads */
+        CK(cuk::crossentropy_backward(c->s, h.probs, c->tgt, BT, V, scale / ((float)BT * st->p.micro_batches)));
+        TRY(matmul_backward_input<T>(c, glnf, h.probs, wparam<T>(st, head_index(st)), BT, C, V));
+        CK(cudaMemsetAsync(dy, 0, BTC * sizeof(T), c->s));
+        CK(cuk::layernorm_backward<T>(c->s, dy, NULL, NULL, glnf, layer_input<T>(st, slot, nl), wparam<T>(st, lnw),
+                                      h.mean, h.rstd, BT, C));
+        part[np++] = &st->prof.head_bwd;
+        CK(cudaEventRecord(c->ev[np], c->s));
+    } else {
+        memcpy(c->pin, dout, BTC * sizeof(T));
+        CK(cudaMemcpyAsync(dy, c->pin, BTC * sizeof(T), cudaMemcpyHostToDevice, c->s));
+    }
+    for (int l = nl - 1; l >= 0; l--) {
+        void *a[CA_N];
+        T *w[MODEL_T_PER_LAYER], *g[G_N];
+        layer_acts<T>(st, slot, l, a);
+        layer_params<T>(st, l, w, NULL);
+        layer_wgrads<T>(gw + G_LAYER_BTC * BTC * l, BTC, g);
+        const T *x = layer_input<T>(st, slot, l);
+        if (st->p.recompute)
+            TRY(block_forward<T>(c, a, x, w, B, T_, C, NH));
+        TRY(block_backward_input<T>(c, dy, &s, g, dy, a, x, w, B, T_, C, NH));
+        part[np++] = &st->prof.layer_bwd[l];
+        CK(cudaEventRecord(c->ev[np], c->s));
+    }
+    if (st->first)
+        CK(cuk::copy(c->s, gw + G_LAYER_BTC * BTC * nl + (st->last ? BTC : 0), dy, BTC));
+    return backward_end<T>(st, dy, st->first ? NULL : din, 0, np, part);
+}
+
+template <typename T> static int stage_backward_weights(model_stage_t *st, int slot)
+{
+    cuda_t *c = cuda_of(st);
+    int B = st->B, T_ = st->T, C = st->C, NH = st->NH, BT = B * T_, nl = st->layer_end - st->layer_begin;
+    size_t BTC = (size_t)BT * C;
+    T *gw = wstash<T>(st, slot);
+    if (!gw)
+        return -ENOMEM;
+    double *part[CUDA_MAX_EVENTS];
+    int np = 0;
+    CK(cudaEventRecord(c->ev[0], c->s));
+    if (st->last) {
+        head_t<T> h = head_acts<T>(st, slot);
+        int lnw = (int)(model_stage_tensor_find(st, "lnf.w") - st->tensors), hi = head_index(st);
+        TRY(matmul_backward_weights<T>(c, wgrad(st, hi), NULL, h.probs, h.lnf, BT, C, st->V));
+        CK(cuk::layernorm_backward<T>(c->s, NULL, wgrad(st, lnw), wgrad(st, lnw) + C, gw + G_LAYER_BTC * BTC * nl,
+                                      layer_input<T>(st, slot, nl), wparam<T>(st, lnw), h.mean, h.rstd, BT, C));
+        part[np++] = &st->prof.head_bwd;
+        CK(cudaEventRecord(c->ev[np], c->s));
+    }
+    for (int l = nl - 1; l >= 0; l--) {
+        void *a[CA_N];
+        T *w[MODEL_T_PER_LAYER], *g[G_N];
+        float *dw[MODEL_T_PER_LAYER];
+        layer_acts<T>(st, slot, l, a);
+        layer_params<T>(st, l, w, dw);
+        layer_wgrads<T>(gw + G_LAYER_BTC * BTC * l, BTC, g);
+        const T *x = layer_input<T>(st, slot, l);
+        if (st->p.recompute)
+            TRY(block_forward<T>(c, a, x, w, B, T_, C, NH));
+        TRY(block_backward_weights<T>(c, dw, g, a, x, w, B, T_, C));
+        part[np++] = &st->prof.layer_bwd[l];
+        CK(cudaEventRecord(c->ev[np], c->s));
+    }
+    if (st->first) {
+        TRY(stage_ints(c, c->tok, pin_tok(st), st->tokens, BT));
+        CK(cuk::encoder_backward(c->s, wgrad(st, 0), wgrad(st, 1), gw + G_LAYER_BTC * BTC * nl + (st->last ? BTC : 0),
+                                 c->tok, BT, T_, C));
+        part[np++] = &st->prof.embed_bwd;
+        CK(cudaEventRecord(c->ev[np], c->s));
+    }
+    return backward_end<T>(st, (const T *)NULL, NULL, c->tied_twin >= 0, np, part);
+}
+
+/* The stage entry points: the element type follows the precision. */
+#define BY_PREC(fn, st, ...)                                                                           \
+    switch (cuda_of(st)->prec) {                                                                       \
+    case MODEL_PREC_FP16:                                                                              \
+        return fn<__half>(st, __VA_ARGS__);                                                            \
+    case MODEL_PREC_BF16:                                                                              \
+        return fn<__nv_bfloat16>(st, __VA_ARGS__);                                                     \
+    default:                                                                                           \
+        return fn<float>(st, __VA_ARGS__);                                                             \
+    }
 
 int cuda_stage_forward(model_stage_t *st, int slot, const void *in, void *out)
 {
-    switch (cuda_of(st)->prec) {
-    case MODEL_PREC_FP16:
-        return stage_forward<__half>(st, slot, in, out);
-    case MODEL_PREC_BF16:
-        return stage_forward<__nv_bfloat16>(st, slot, in, out);
-    default:
-        return stage_forward<float>(st, slot, in, out);
-    }
+    BY_PREC(stage_forward, st, slot, in, out)
 }
 
 int cuda_stage_backward(model_stage_t *st, int slot, const void *dout, void *din)
 {
-    switch (cuda_of(st)->prec) {
-    case MODEL_PREC_FP16:
-        return stage_backward<__half>(st, slot, dout, din);
-    case MODEL_PREC_BF16:
-        return stage_backward<__nv_bfloat16>(st, slot, dout, din);
-    default:
-        return stage_backward<float>(st, slot, dout, din);
-    }
+    BY_PREC(stage_backward, st, slot, dout, din)
+}
+
+int cuda_stage_backward_input(model_stage_t *st, int slot, const void *dout, void *din)
+{
+    BY_PREC(stage_backward_input, st, slot, dout, din)
+}
+
+int cuda_stage_backward_weights(model_stage_t *st, int slot)
+{
+    BY_PREC(stage_backward_weights, st, slot)
 }

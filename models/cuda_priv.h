@@ -81,6 +81,7 @@ typedef struct {
     int force_overflow;
     model_loss_scale_t ls;
     cudaEvent_t ev[CUDA_MAX_EVENTS];
+    void *wstash; size_t wstash_elems;  /* the split backward's per-slot W inputs (first B) */
     /* set while model_cuda_gemm_reference records one forward + backward */
     cuda_gemm_t *rec; size_t rec_n, rec_cap; int recording, rec_failed;
 } cuda_t;
@@ -126,5 +127,7 @@ int cuda_gemm_replay(const cuda_t *c, const cuda_gemm_t *g);
 /* The layers (models/cuda_model.cu), dispatched on the precision. */
 int cuda_stage_forward(model_stage_t *st, int slot, const void *in, void *out);
 int cuda_stage_backward(model_stage_t *st, int slot, const void *dout, void *din);
+int cuda_stage_backward_input(model_stage_t *st, int slot, const void *dout, void *din);   /* B */
+int cuda_stage_backward_weights(model_stage_t *st, int slot);                              /* W */
 
 #endif

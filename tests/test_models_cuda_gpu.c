@@ -4,7 +4,8 @@
  * elementwise |a-b| <= atol + rtol|b| (rtol 10x that, atol 10x that times the tensor's
  * rms); the largest error is printed per tensor. Models: `tiny` in 2 stages and a d=768,
  * T=256, 2-layer config split one layer per stage; variants plain, --recompute and
- * --tied-embeddings; plus a forced fp16 overflow (step skipped, scale halved).
+ * --tied-embeddings; plus a forced fp16 overflow (step skipped, scale halved) and the split
+ * backward (B then W) against the whole one.
  * PN_GPU_QUICK=1 runs only fp32 and bf16 of the plain variant. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -103,7 +104,7 @@ static int compare(const char *what, const char *name, const float *a, const flo
 /* Forward and backward of every micro-batch of iteration `it` through the P stages of
  * one backend, the tied exchange, then (if step) the optimizer. Boundary buffers are the
  * backend's own bytes (fp16/bf16 for cuda). */
-static void iteration(model_stage_t st[P], int it, int step)
+static void iteration_split(model_stage_t st[P], int it, int step, int split)
 {
     size_t nb = model_stage_act_bytes(&st[0]);
     void *act[M], *grd[M];
@@ -113,10 +114,18 @@ static void iteration(model_stage_t st[P], int it, int step)
         assert_int_equal(model_stage_forward(&st[0], it, m, NULL, act[m]), 0);
         assert_int_equal(model_stage_forward(&st[1], it, m, act[m], NULL), 0);
     }
-    for (int m = 0; m < M; m++) {
+    for (int m = 0; m < M && !split; m++) {
         assert_int_equal(model_stage_backward(&st[1], it, m, NULL, grd[m]), 0);
         assert_int_equal(model_stage_backward(&st[0], it, m, grd[m], NULL), 0);
     }
+    /* zero-bubble order: every B first, the Ws after */
+    for (int m = 0; m < M && split; m++) {
+        assert_int_equal(model_stage_backward_input(&st[1], it, m, NULL, grd[m]), 0);
+        assert_int_equal(model_stage_backward_input(&st[0], it, m, grd[m], NULL), 0);
+    }
+    for (int m = 0; m < M && split; m++)
+        for (int s = 0; s < P; s++)
+            assert_int_equal(model_stage_backward_weights(&st[s], it, m), 0);
     for (int m = 0; m < M; m++) {
         free(act[m]);
         free(grd[m]);
@@ -135,6 +144,11 @@ static void iteration(model_stage_t st[P], int it, int step)
     }
     for (int s = 0; s < P; s++)
         assert_int_equal(model_stage_step(&st[s], it), 0);
+}
+
+static void iteration(model_stage_t st[P], int it, int step)
+{
+    iteration_split(st, it, step, 0);
 }
 
 static int run_case(const case_t *k)
@@ -235,6 +249,45 @@ static void test_cuda_vs_cpu_d768(void **state)
     run_cases("d768");
 }
 
+/* B then W (zero-bubble schedules) against the whole backward, on the GPU: the same
+ * gradients (up to the order of atomic additions) and, after a step, parameters */
+static void test_split_backward(void **state)
+{
+    (void)state;
+    if (!have_gpu()) {
+        print_message("SKIP: no usable GPU: %s\n", gpu_why);
+        skip();
+    }
+    const char *precs[] = {"fp32", "bf16"};
+    int ok = 1;
+    for (int v = 0; v < 2; v++)
+        for (int i = 0; i < 2; i++) {
+            char compute[32], why[256];
+            if (model_cuda_probe(precs[i], NULL, 0, why, sizeof why))
+                continue;
+            snprintf(compute, sizeof compute, "cuda:%s", precs[i]);
+            case_t k = {"tiny", precs[i], v, 0};
+            model_stage_t a[P], b[P];
+            stages_init(a, &k, compute);
+            stages_init(b, &k, compute);
+            iteration_split(a, 0, 0, 0);
+            iteration_split(b, 0, 0, 1);
+            print_message("# %s%s: B then W vs backward\n", compute, v ? " --recompute" : "");
+            double tol = i ? 1e-2 : 1e-6;
+            for (int s = 0; s < P; s++) {
+                assert_int_equal(model_cuda_sync_host(&a[s]), 0);
+                assert_int_equal(model_cuda_sync_host(&b[s]), 0);
+                for (int t = 0; t < a[s].n_tensors; t++)
+                    ok &= compare("grad", b[s].tensors[t].name, b[s].tensors[t].grad, a[s].tensors[t].grad,
+                                  a[s].tensors[t].numel, 1.0, tol);
+                model_stage_destroy(&a[s]);
+                model_stage_destroy(&b[s]);
+            }
+        }
+    if (!ok)
+        fail_msg("B then W differs from the whole backward");
+}
+
 static void test_fp16_overflow(void **state)
 {
     (void)state;
@@ -282,6 +335,7 @@ int main(void)
 #ifdef PN_HAVE_CUDA
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_fp16_overflow),
+        cmocka_unit_test(test_split_backward),
         cmocka_unit_test(test_cuda_vs_cpu_tiny),
         cmocka_unit_test(test_cuda_vs_cpu_d768),
     };
