@@ -312,8 +312,8 @@ template <typename T> static int stage_forward(model_stage_t *st, int slot, cons
     T *x0 = slot_base<T>(st, slot);
     double *part[CUDA_MAX_EVENTS];
     int np = 0;
-    CK(cudaEventRecord(c->ev[0], c->s));
     if (st->first) {
+        CK(cudaEventRecord(c->ev[0], c->s));
         TRY(stage_ints(c, c->tok, pin_tok(st), st->tokens, BT));
         CK(cuk::encoder_forward(c->s, x0, c->tok, wparam<T>(st, 0), wparam<T>(st, 1), BT, T_, C));
         part[np++] = &st->prof.embed_fwd;
@@ -321,6 +321,7 @@ template <typename T> static int stage_forward(model_stage_t *st, int slot, cons
     } else {
         memcpy(c->pin, in, nb);
         CK(cudaMemcpyAsync(x0, c->pin, nb, cudaMemcpyHostToDevice, c->s));
+        CK(cudaEventRecord(c->ev[0], c->s)); /* the layers' times leave the copy out */
     }
     for (int l = 0; l < nl; l++) {
         void *a[CA_N];
@@ -382,8 +383,8 @@ template <typename T> static int stage_backward(model_stage_t *st, int slot, con
     T *dy = s.dA, *dres2 = s.dB;
     double *part[CUDA_MAX_EVENTS];
     int np = 0;
-    CK(cudaEventRecord(c->ev[0], c->s));
     if (st->last) {
+        CK(cudaEventRecord(c->ev[0], c->s));
         head_t<T> h = head_acts<T>(st, slot);
         int lnw = (int)(model_stage_tensor_find(st, "lnf.w") - st->tensors), hi = head_index(st);
         TRY(stage_ints(c, c->tgt, pin_tgt(st), st->targets, BT));
@@ -399,6 +400,7 @@ template <typename T> static int stage_backward(model_stage_t *st, int slot, con
     } else {
         memcpy(c->pin, dout, nb);
         CK(cudaMemcpyAsync(dy, c->pin, nb, cudaMemcpyHostToDevice, c->s));
+        CK(cudaEventRecord(c->ev[0], c->s));
     }
     for (int l = nl - 1; l >= 0; l--) {
         void *a[CA_N];
@@ -456,8 +458,8 @@ template <typename T> static int stage_backward_input(model_stage_t *st, int slo
     T *dy = s.dA;
     double *part[CUDA_MAX_EVENTS];
     int np = 0;
-    CK(cudaEventRecord(c->ev[0], c->s));
     if (st->last) {
+        CK(cudaEventRecord(c->ev[0], c->s));
         head_t<T> h = head_acts<T>(st, slot);
         int lnw = (int)(model_stage_tensor_find(st, "lnf.w") - st->tensors);
         T *glnf = gw + G_LAYER_BTC * BTC * nl;
@@ -474,6 +476,7 @@ template <typename T> static int stage_backward_input(model_stage_t *st, int slo
     } else {
         memcpy(c->pin, dout, BTC * sizeof(T));
         CK(cudaMemcpyAsync(dy, c->pin, BTC * sizeof(T), cudaMemcpyHostToDevice, c->s));
+        CK(cudaEventRecord(c->ev[0], c->s));
     }
     for (int l = nl - 1; l >= 0; l--) {
         void *a[CA_N];
