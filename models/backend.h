@@ -44,8 +44,6 @@ enum {
 
 /* Shared by the backends. */
 double model_stage_fwd_flops(const model_stage_t *st);   /* per micro-batch, the formula */
-int    model_time_parse(const char *s, double *out);     /* "25ms", "1.5s", "300us" -> seconds */
-double model_now(void);                                  /* CLOCK_MONOTONIC seconds */
 
 /* The cpu layout of the activation block (floats); the accounting reports it for every
  * backend, since it is what a real implementation of this model holds. */

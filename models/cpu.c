@@ -11,403 +11,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Causal attention is computed in row blocks of this many queries, each against only
- * the keys it can see, which skips most of the masked upper triangle. */
-enum { ATT_BLOCK = 64 };
-
-/* Elementwise loops over fewer elements than this run on one thread: below it the
- * fork/join costs more than the work (it dominated `tiny` before). */
-#define PAR_MIN ((size_t)1 << 15)
-
-/* ---------------------------------------------------------------- sgemm, logged */
-
-typedef struct {
-    int ta, tb, M, N, K, lda, ldb, ldc;
-    float alpha, beta;
-    const float *A, *B;
-    float *C;
-} gemm_call_t;
-
-typedef struct {
-    gemm_call_t *calls;
-    size_t n, cap;
-    int failed;
-} gemm_log_t;
-
-/* Set only while model_stage_gemm_reference records one forward + backward. */
-static gemm_log_t *gemm_recording;
-
-static void gemm(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
-                 const float *B, int ldb, float beta, float *Cm, int ldc)
-{
-    gemm_log_t *lg = gemm_recording;
-    if (lg) {
-        if (lg->n == lg->cap) {
-            size_t cap = lg->cap ? 2 * lg->cap : 256;
-            gemm_call_t *c = realloc(lg->calls, cap * sizeof *c);
-            if (!c)
-                lg->failed = 1;
-            else {
-                lg->calls = c;
-                lg->cap = cap;
-            }
-        }
-        if (lg->n < lg->cap)
-            lg->calls[lg->n++] = (gemm_call_t){ta, tb, M, N, K, lda, ldb, ldc, alpha, beta, A, B, Cm};
-    }
-    cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
-                M, N, K, alpha, A, lda, B, ldb, beta, Cm, ldc);
-}
-
-/* ---------------------------------------------------------------- layers */
-
-static void encoder_forward(float *out,          // (B,T,C)
-                            const int *tok,      // (B,T)
-                            const float *wte,    // (V,C)
-                            const float *wpe,    // (context,C)
-                            int B, int T, int C)
-{
-#pragma omp parallel for schedule(static) if ((size_t)B * T * C >= PAR_MIN)
-    for (int bt = 0; bt < B * T; bt++) {
-        const float *e = wte + (size_t)tok[bt] * C, *p = wpe + (size_t)(bt % T) * C;
-        float *o = out + (size_t)bt * C;
-        for (int i = 0; i < C; i++)
-            o[i] = e[i] + p[i];
-    }
-}
-
-static void encoder_backward(float *dwte,        // (V,C)
-                             float *dwpe,        // (context,C)
-                             const float *dout,  // (B,T,C)
-                             const int *tok, int B, int T, int C)
-{
-    /* split by channel so that no two threads add into the same row element */
-#pragma omp parallel for schedule(static) if ((size_t)B * T * C >= PAR_MIN)
-    for (int c0 = 0; c0 < C; c0 += 16) {
-        int c1 = c0 + 16 < C ? c0 + 16 : C;
-        for (int bt = 0; bt < B * T; bt++) {
-            const float *d = dout + (size_t)bt * C;
-            float *e = dwte + (size_t)tok[bt] * C, *p = dwpe + (size_t)(bt % T) * C;
-            for (int i = c0; i < c1; i++) {
-                e[i] += d[i];
-                p[i] += d[i];
-            }
-        }
-    }
-}
-
-static void layernorm_forward(float *out,        // (N,C)
-                              float *mean,       // (N)
-                              float *rstd,       // (N)
-                              const float *inp,  // (N,C)
-                              const float *w, const float *b, // (C)
-                              int N, int C)
-{
-#pragma omp parallel for schedule(static) if ((size_t)N * C >= PAR_MIN)
-    for (int n = 0; n < N; n++) {
-        const float *x = inp + (size_t)n * C;
-        float m = 0, v = 0;
-        for (int i = 0; i < C; i++)
-            m += x[i];
-        m /= C;
-        for (int i = 0; i < C; i++)
-            v += (x[i] - m) * (x[i] - m);
-        float s = 1.0f / sqrtf(v / C + 1e-5f);
-        float *o = out + (size_t)n * C;
-        for (int i = 0; i < C; i++)
-            o[i] = (x[i] - m) * s * w[i] + b[i];
-        mean[n] = m;
-        rstd[n] = s;
-    }
-}
-
-/* The input half of the LayerNorm backward (B). */
-static void layernorm_backward_input(float *dinp,       // (N,C) +=
-                                     const float *dout, // (N,C)
-                                     const float *inp,  // (N,C)
-                                     const float *w, const float *mean, const float *rstd,
-                                     int N, int C)
-{
-#pragma omp parallel for schedule(static) if ((size_t)N * C >= PAR_MIN)
-    for (int n = 0; n < N; n++) {
-        const float *d = dout + (size_t)n * C, *x = inp + (size_t)n * C;
-        float m = mean[n], s = rstd[n], dnorm_mean = 0, dnorm_norm_mean = 0;
-        for (int i = 0; i < C; i++) {
-            float dn = w[i] * d[i];
-            dnorm_mean += dn;
-            dnorm_norm_mean += dn * (x[i] - m) * s;
-        }
-        dnorm_mean /= C;
-        dnorm_norm_mean /= C;
-        float *di = dinp + (size_t)n * C;
-        for (int i = 0; i < C; i++) {
-            float norm = (x[i] - m) * s;
-            di[i] += (w[i] * d[i] - dnorm_mean - norm * dnorm_norm_mean) * s;
-        }
-    }
-}
-
-/* The weight half of the LayerNorm backward (W). */
-static void layernorm_backward_weights(float *dw, float *db,  // (C) +=
-                                       const float *dout,     // (N,C)
-                                       const float *inp,      // (N,C)
-                                       const float *mean, const float *rstd, int N, int C)
-{
-#pragma omp parallel for schedule(static) if ((size_t)N * C >= PAR_MIN)
-    for (int c0 = 0; c0 < C; c0 += 16) {
-        int c1 = c0 + 16 < C ? c0 + 16 : C;
-        float aw[16] = {0}, ab[16] = {0};
-        for (int n = 0; n < N; n++) {
-            const float *d = dout + (size_t)n * C, *x = inp + (size_t)n * C;
-            for (int i = c0; i < c1; i++) {
-                aw[i - c0] += d[i] * (x[i] - mean[n]) * rstd[n];
-                ab[i - c0] += d[i];
-            }
-        }
-        for (int i = c0; i < c1; i++) {
-            dw[i] += aw[i - c0];
-            db[i] += ab[i - c0];
-        }
-    }
-}
-
-static void layernorm_backward(float *dinp,       // (N,C) +=
-                               float *dw, float *db, // (C) +=
-                               const float *dout, // (N,C)
-                               const float *inp,  // (N,C)
-                               const float *w, const float *mean, const float *rstd,
-                               int N, int C)
-{
-    layernorm_backward_input(dinp, dout, inp, w, mean, rstd, N, C);
-    layernorm_backward_weights(dw, db, dout, inp, mean, rstd, N, C);
-}
-
-static void matmul_forward(float *out,        // (N,OC)
-                           const float *inp,  // (N,C)
-                           const float *w,    // (OC,C)
-                           const float *bias, // (OC) or NULL
-                           int N, int C, int OC)
-{
-    if (bias) {
-#pragma omp parallel for schedule(static) if ((size_t)N * OC >= PAR_MIN)
-        for (int n = 0; n < N; n++)
-            memcpy(out + (size_t)n * OC, bias, OC * sizeof(float));
-    }
-    gemm(0, 1, N, OC, C, 1.0f, inp, C, w, C, bias ? 1.0f : 0.0f, out, OC);
-}
-
-/* The weight half of the matmul backward (W). */
-static void matmul_backward_weights(float *dw,          // (OC,C) +=
-                                    float *db,          // (OC) += or NULL
-                                    const float *dout,  // (N,OC)
-                                    const float *inp,   // (N,C)
-                                    int N, int C, int OC)
-{
-    gemm(1, 0, OC, C, N, 1.0f, dout, OC, inp, C, 1.0f, dw, C);
-    if (db) {
-#pragma omp parallel for schedule(static) if ((size_t)N * OC >= PAR_MIN)
-        for (int o0 = 0; o0 < OC; o0 += 64) {
-            int o1 = o0 + 64 < OC ? o0 + 64 : OC;
-            float acc[64] = {0};
-            for (int n = 0; n < N; n++) {
-                const float *d = dout + (size_t)n * OC;
-                for (int o = o0; o < o1; o++)
-                    acc[o - o0] += d[o];
-            }
-            for (int o = o0; o < o1; o++)
-                db[o] += acc[o - o0];
-        }
-    }
-}
-
-/* The input half (B): dinp (N,C) overwritten = dout (N,OC) w (OC,C). */
-static void matmul_backward_input(float *dinp, const float *dout, const float *w, int N, int C, int OC)
-{
-    gemm(0, 0, N, C, OC, 1.0f, dout, OC, w, C, 0.0f, dinp, C);
-}
-
-static void matmul_backward(float *dinp,        // (N,C) overwritten
-                            float *dw,          // (OC,C) +=
-                            float *db,          // (OC) += or NULL
-                            const float *dout,  // (N,OC)
-                            const float *inp,   // (N,C)
-                            const float *w,     // (OC,C)
-                            int N, int C, int OC)
-{
-    matmul_backward_input(dinp, dout, w, N, C, OC);
-    matmul_backward_weights(dw, db, dout, inp, N, C, OC);
-}
-
-#define GELU_SCALE 0.7978845608028654f /* sqrt(2/pi) */
-
-/* tanh through expf: within 2e-7 of tanhf and several times faster, which matters
- * because GELU runs on 4*B*T*C elements per layer and direction. */
-static inline float fast_tanhf(float u)
-{
-    return 1.0f - 2.0f / (1.0f + expf(2.0f * u));
-}
-
-static void gelu_forward(float *out, const float *inp, size_t n)
-{
-#pragma omp parallel for schedule(static) if (n >= PAR_MIN)
-    for (size_t i = 0; i < n; i++) {
-        float x = inp[i];
-        out[i] = 0.5f * x * (1.0f + fast_tanhf(GELU_SCALE * (x + 0.044715f * x * x * x)));
-    }
-}
-
-/* in place: dx[i] = dy[i] * gelu'(inp[i]) */
-static void gelu_backward(float *d, const float *inp, size_t n)
-{
-#pragma omp parallel for schedule(static) if (n >= PAR_MIN)
-    for (size_t i = 0; i < n; i++) {
-        float x = inp[i];
-        float u = GELU_SCALE * (x + 0.044715f * x * x * x);
-        float th = fast_tanhf(u), sech2 = 1.0f - th * th;
-        float g = 0.5f * (1.0f + th) + 0.5f * x * sech2 * GELU_SCALE * (1.0f + 3.0f * 0.044715f * x * x);
-        d[i] *= g;
-    }
-}
-
-static void residual_add(float *out, const float *a, size_t n)
-{
-#pragma omp parallel for schedule(static) if (n >= PAR_MIN)
-    for (size_t i = 0; i < n; i++)
-        out[i] += a[i];
-}
-
-static void attention_forward(float *out,       // (B,T,C)
-                              float *att,       // (B,NH,T,T) softmaxed, zero above the diagonal
-                              const float *qkv, // (B,T,3C)
-                              int B, int T, int C, int NH)
-{
-    int hs = C / NH, C3 = 3 * C;
-    float scale = 1.0f / sqrtf((float)hs);
-    for (int b = 0; b < B; b++)
-        for (int h = 0; h < NH; h++) {
-            const float *q = qkv + (size_t)b * T * C3 + h * hs, *k = q + C;
-            float *a = att + ((size_t)b * NH + h) * T * T;
-            for (int r0 = 0; r0 < T; r0 += ATT_BLOCK) {
-                int r1 = r0 + ATT_BLOCK < T ? r0 + ATT_BLOCK : T;
-                gemm(0, 1, r1 - r0, r1, hs, scale, q + (size_t)r0 * C3, C3, k, C3, 0.0f,
-                     a + (size_t)r0 * T, T);
-            }
-        }
-#pragma omp parallel for schedule(static) if ((size_t)B * NH * T * T >= PAR_MIN)
-    for (size_t r = 0; r < (size_t)B * NH * T; r++) {
-        int t = (int)(r % T);
-        float *a = att + r * T, mx = -INFINITY, sum = 0;
-        for (int j = 0; j <= t; j++)
-            mx = a[j] > mx ? a[j] : mx;
-        for (int j = 0; j <= t; j++) {
-            a[j] = expf(a[j] - mx);
-            sum += a[j];
-        }
-        float inv = 1.0f / sum;
-        for (int j = 0; j <= t; j++)
-            a[j] *= inv;
-        for (int j = t + 1; j < T; j++)
-            a[j] = 0.0f;
-    }
-    for (int b = 0; b < B; b++)
-        for (int h = 0; h < NH; h++) {
-            const float *v = qkv + (size_t)b * T * C3 + h * hs + 2 * C;
-            const float *a = att + ((size_t)b * NH + h) * T * T;
-            float *o = out + (size_t)b * T * C + h * hs;
-            for (int r0 = 0; r0 < T; r0 += ATT_BLOCK) {
-                int r1 = r0 + ATT_BLOCK < T ? r0 + ATT_BLOCK : T;
-                gemm(0, 0, r1 - r0, hs, r1, 1.0f, a + (size_t)r0 * T, T, v, C3, 0.0f,
-                     o + (size_t)r0 * C, C);
-            }
-        }
-}
-
-static void attention_backward(float *dqkv,        // (B,T,3C) overwritten
-                               float *datt,        // (B,NH,T,T) scratch
-                               const float *dout,  // (B,T,C)
-                               const float *qkv,   // (B,T,3C)
-                               const float *att,   // (B,NH,T,T)
-                               int B, int T, int C, int NH)
-{
-    int hs = C / NH, C3 = 3 * C;
-    float scale = 1.0f / sqrtf((float)hs);
-    for (int b = 0; b < B; b++)
-        for (int h = 0; h < NH; h++) {
-            size_t qo = (size_t)b * T * C3 + h * hs;
-            const float *v = qkv + qo + 2 * C, *d = dout + (size_t)b * T * C + h * hs;
-            const float *a = att + ((size_t)b * NH + h) * T * T;
-            float *da = datt + ((size_t)b * NH + h) * T * T, *dv = dqkv + qo + 2 * C;
-            for (int r0 = 0; r0 < T; r0 += ATT_BLOCK) {
-                int r1 = r0 + ATT_BLOCK < T ? r0 + ATT_BLOCK : T;
-                /* datt[r0:r1, 0:r1] = dout[r0:r1] v[0:r1]^T */
-                gemm(0, 1, r1 - r0, r1, hs, 1.0f, d + (size_t)r0 * C, C, v, C3, 0.0f,
-                     da + (size_t)r0 * T, T);
-                /* dv[r0:r1] = att[r0:T, r0:r1]^T dout[r0:T] (rows above r0 see no key >= r0) */
-                gemm(1, 0, r1 - r0, hs, T - r0, 1.0f, a + (size_t)r0 * T + r0, T, d + (size_t)r0 * C, C,
-                     0.0f, dv + (size_t)r0 * C3, C3);
-            }
-        }
-#pragma omp parallel for schedule(static) if ((size_t)B * NH * T * T >= PAR_MIN)
-    for (size_t r = 0; r < (size_t)B * NH * T; r++) {
-        int t = (int)(r % T);
-        const float *a = att + r * T;
-        float *da = datt + r * T, dot = 0;
-        for (int j = 0; j <= t; j++)
-            dot += a[j] * da[j];
-        for (int j = 0; j <= t; j++)
-            da[j] = a[j] * (da[j] - dot) * scale;
-        for (int j = t + 1; j < T; j++)
-            da[j] = 0.0f;
-    }
-    for (int b = 0; b < B; b++)
-        for (int h = 0; h < NH; h++) {
-            size_t qo = (size_t)b * T * C3 + h * hs;
-            const float *q = qkv + qo, *k = q + C;
-            const float *da = datt + ((size_t)b * NH + h) * T * T;
-            float *dq = dqkv + qo, *dk = dq + C;
-            for (int r0 = 0; r0 < T; r0 += ATT_BLOCK) {
-                int r1 = r0 + ATT_BLOCK < T ? r0 + ATT_BLOCK : T;
-                gemm(0, 0, r1 - r0, hs, r1, 1.0f, da + (size_t)r0 * T, T, k, C3, 0.0f,
-                     dq + (size_t)r0 * C3, C3);
-                gemm(1, 0, r1 - r0, hs, T - r0, 1.0f, da + (size_t)r0 * T + r0, T, q + (size_t)r0 * C3, C3,
-                     0.0f, dk + (size_t)r0 * C3, C3);
-            }
-        }
-}
-
-/* Softmax of the logits in place and the summed loss against the targets. */
-static double crossentropy_forward(float *probs, const int *targets, int N, int V)
-{
-    double loss = 0;
-#pragma omp parallel for schedule(static) reduction(+ : loss) if ((size_t)N * V >= PAR_MIN)
-    for (int n = 0; n < N; n++) {
-        float *p = probs + (size_t)n * V, mx = -INFINITY;
-        for (int i = 0; i < V; i++)
-            mx = p[i] > mx ? p[i] : mx;
-        double sum = 0;
-        for (int i = 0; i < V; i++) {
-            p[i] = expf(p[i] - mx);
-            sum += p[i];
-        }
-        float inv = (float)(1.0 / sum);
-        for (int i = 0; i < V; i++)
-            p[i] *= inv;
-        loss += -log(fmax(p[targets[n]], 1e-30));
-    }
-    return loss;
-}
-
-/* in place: dlogits = (probs - onehot(target)) * dloss */
-static void crossentropy_backward(float *probs, const int *targets, int N, int V, float dloss)
-{
-#pragma omp parallel for schedule(static) if ((size_t)N * V >= PAR_MIN)
-    for (int n = 0; n < N; n++) {
-        float *p = probs + (size_t)n * V;
-        p[targets[n]] -= 1.0f;
-        for (int i = 0; i < V; i++)
-            p[i] *= dloss;
-    }
-}
+#include "common/clock.h"
+#include "models/calib.h"
+#include "models/cpu_layers.h"
 
 /* ---------------------------------------------------------------- activation layout */
 
@@ -688,28 +294,28 @@ static int cpu_forward(model_stage_t *st, int slot, const float *in, float *out)
     int nl = st->layer_end - st->layer_begin;
     float *x0 = slot_base(st, slot);
     threads_apply(st);
-    double t0 = model_now();
+    double t0 = pn_now();
     if (st->first) {
         encoder_forward(x0, st->tokens, st->params + st->tensors[0].offset,
                         st->params + st->tensors[1].offset, B, T, C);
-        st->prof.embed_fwd += model_now() - t0;
+        st->prof.embed_fwd += pn_now() - t0;
     } else {
         memcpy(x0, in, (size_t)BT * C * sizeof(float));
     }
     for (int l = 0; l < nl; l++) {
         float *a[A_N], *w[MODEL_T_PER_LAYER];
-        double tl = model_now();
+        double tl = pn_now();
         layer_acts(st, slot, l, a);
         layer_params(st, l, 0, w);
         block_forward(a, layer_input(st, slot, l), w, B, T, C, NH);
-        st->prof.layer_fwd[l] += model_now() - tl;
+        st->prof.layer_fwd[l] += pn_now() - tl;
     }
     const float *y = layer_input(st, slot, nl); /* the last layer's output */
     if (!st->last) {
         memcpy(out, y, (size_t)BT * C * sizeof(float));
         return 0;
     }
-    double th = model_now();
+    double th = pn_now();
     const model_tensor_t *lnw = model_stage_tensor_find(st, "lnf.w");
     float *lp = slot_base(st, slot) + st->slot_floats - last_part_floats(st);
     float *lnf = lp, *mean = lp + (size_t)BT * C, *rstd = mean + BT, *probs = rstd + BT;
@@ -717,7 +323,7 @@ static int cpu_forward(model_stage_t *st, int slot, const float *in, float *out)
     matmul_forward(probs, lnf, head_weight(st, 0), NULL, BT, C, V);
     st->loss_sum += crossentropy_forward(probs, st->targets, BT, V) / BT;
     st->loss_count++;
-    st->prof.head_fwd += model_now() - th;
+    st->prof.head_fwd += pn_now() - th;
     return 0;
 }
 
@@ -729,7 +335,7 @@ static int cpu_backward(model_stage_t *st, int slot, const float *dout, float *d
     float *dy = s.dA, *dres2 = s.dB;
     threads_apply(st);
     if (st->last) {
-        double th = model_now();
+        double th = pn_now();
         const model_tensor_t *lnw = model_stage_tensor_find(st, "lnf.w");
         head_acts_t h = head_acts(st, slot);
         float *lnf = h.lnf, *mean = h.mean, *rstd = h.rstd, *probs = h.probs;
@@ -739,13 +345,13 @@ static int cpu_backward(model_stage_t *st, int slot, const float *dout, float *d
         memset(dy, 0, (size_t)BT * C * sizeof(float));
         layernorm_backward(dy, lnw->grad, lnw->grad + C, s.dln, layer_input(st, slot, nl), lnw->param,
                            mean, rstd, BT, C);
-        st->prof.head_bwd += model_now() - th;
+        st->prof.head_bwd += pn_now() - th;
     } else {
         memcpy(dy, dout, (size_t)BT * C * sizeof(float));
     }
     for (int l = nl - 1; l >= 0; l--) {
         float *a[A_N], *w[MODEL_T_PER_LAYER], *dw[MODEL_T_PER_LAYER];
-        double tl = model_now();
+        double tl = pn_now();
         layer_acts(st, slot, l, a);
         layer_params(st, l, 0, w);
         layer_params(st, l, 1, dw);
@@ -753,13 +359,13 @@ static int cpu_backward(model_stage_t *st, int slot, const float *dout, float *d
         if (st->p.recompute)
             block_forward(a, x, w, B, T, C, NH);
         block_backward(dy, dres2, &s, dw, dy, a, x, w, B, T, C, NH);
-        st->prof.layer_bwd[l] += model_now() - tl;
+        st->prof.layer_bwd[l] += pn_now() - tl;
     }
     if (st->first) {
-        double t0 = model_now();
+        double t0 = pn_now();
         encoder_backward(st->grads + st->tensors[0].offset, st->grads + st->tensors[1].offset, dy,
                          st->tokens, B, T, C);
-        st->prof.embed_bwd += model_now() - t0;
+        st->prof.embed_bwd += pn_now() - t0;
     } else {
         memcpy(din, dy, (size_t)BT * C * sizeof(float));
     }
@@ -792,7 +398,7 @@ static int cpu_backward_input(model_stage_t *st, int slot, const float *dout, fl
     float *dy = s.dA;
     threads_apply(st);
     if (st->last) {
-        double th = model_now();
+        double th = pn_now();
         const model_tensor_t *lnw = model_stage_tensor_find(st, "lnf.w");
         head_acts_t h = head_acts(st, slot);
         float *glnf = gw + G_LAYER_BTC * BTC * nl;
@@ -801,13 +407,13 @@ static int cpu_backward_input(model_stage_t *st, int slot, const float *dout, fl
         matmul_backward_input(glnf, h.probs, head_weight(st, 0), BT, C, V);
         memset(dy, 0, BTC * sizeof(float));
         layernorm_backward_input(dy, glnf, layer_input(st, slot, nl), lnw->param, h.mean, h.rstd, BT, C);
-        st->prof.head_bwd += model_now() - th;
+        st->prof.head_bwd += pn_now() - th;
     } else {
         memcpy(dy, dout, BTC * sizeof(float));
     }
     for (int l = nl - 1; l >= 0; l--) {
         float *a[A_N], *w[MODEL_T_PER_LAYER], *g[G_N];
-        double tl = model_now();
+        double tl = pn_now();
         layer_acts(st, slot, l, a);
         layer_params(st, l, 0, w);
         layer_wgrads(gw + G_LAYER_BTC * BTC * l, BTC, g);
@@ -815,7 +421,7 @@ static int cpu_backward_input(model_stage_t *st, int slot, const float *dout, fl
         if (st->p.recompute)
             block_forward(a, x, w, B, T, C, NH);
         block_backward_input(dy, &s, g, dy, a, x, w, B, T, C, NH);
-        st->prof.layer_bwd[l] += model_now() - tl;
+        st->prof.layer_bwd[l] += pn_now() - tl;
     }
     if (st->first)
         memcpy(gw + G_LAYER_BTC * BTC * nl + (st->last ? BTC : 0), dy, BTC * sizeof(float));
@@ -834,18 +440,18 @@ static int cpu_backward_weights(model_stage_t *st, int slot)
         return -ENOMEM;
     threads_apply(st);
     if (st->last) {
-        double th = model_now();
+        double th = pn_now();
         const model_tensor_t *lnw = model_stage_tensor_find(st, "lnf.w");
         head_acts_t h = head_acts(st, slot);
         float *glnf = gw + G_LAYER_BTC * BTC * nl;
         matmul_backward_weights((float *)head_weight(st, 1), NULL, h.probs, h.lnf, BT, C, st->V);
         layernorm_backward_weights(lnw->grad, lnw->grad + C, glnf, layer_input(st, slot, nl), h.mean,
                                    h.rstd, BT, C);
-        st->prof.head_bwd += model_now() - th;
+        st->prof.head_bwd += pn_now() - th;
     }
     for (int l = nl - 1; l >= 0; l--) {
         float *a[A_N], *w[MODEL_T_PER_LAYER], *dw[MODEL_T_PER_LAYER], *g[G_N];
-        double tl = model_now();
+        double tl = pn_now();
         layer_acts(st, slot, l, a);
         layer_params(st, l, 1, dw);
         layer_wgrads(gw + G_LAYER_BTC * BTC * l, BTC, g);
@@ -855,13 +461,13 @@ static int cpu_backward_weights(model_stage_t *st, int slot)
             block_forward(a, x, w, B, T, C, NH);
         }
         block_backward_weights(dw, g, a, x, B, T, C);
-        st->prof.layer_bwd[l] += model_now() - tl;
+        st->prof.layer_bwd[l] += pn_now() - tl;
     }
     if (st->first) {
-        double t0 = model_now();
+        double t0 = pn_now();
         encoder_backward(st->grads + st->tensors[0].offset, st->grads + st->tensors[1].offset,
                          gw + G_LAYER_BTC * BTC * nl + (st->last ? BTC : 0), st->tokens, B, T, C);
-        st->prof.embed_bwd += model_now() - t0;
+        st->prof.embed_bwd += pn_now() - t0;
     }
     return 0;
 }
@@ -917,52 +523,3 @@ const model_backend_t model_backend_cpu = {
     .step = cpu_step,
     .destroy = cpu_destroy,
 };
-
-/* ---------------------------------------------------------------- GEMM reference */
-
-int model_stage_gemm_reference(model_stage_t *st, int reps, double *flops, double *seconds)
-{
-    if (st->backend != &model_backend_cpu || reps < 1)
-        return -EINVAL;
-    size_t nb = (size_t)st->B * st->T * st->C;
-    float *in = calloc(nb, sizeof(float)), *out = calloc(nb, sizeof(float));
-    gemm_log_t lg = {0};
-    int rc = -ENOMEM;
-    if (!in || !out)
-        goto out;
-    for (size_t i = 0; i < nb; i++)
-        in[i] = out[i] = 0.01f * (float)((i * 7919) % 101) - 0.5f;
-    model_stage_reset(st);
-    gemm_recording = &lg;
-    rc = model_stage_forward(st, 0, 0, in, out);
-    if (!rc)
-        rc = model_stage_backward(st, 0, 0, out, in);
-    gemm_recording = NULL;
-    if (rc)
-        goto out;
-    rc = -ENOMEM;
-    if (lg.failed)
-        goto out;
-    /* Replayed on the very buffers the stage used, so that operands come from the same
-     * places in the memory hierarchy; only the stage's other work is missing. The
-     * activations and gradients it overwrites are dropped by the reset below. */
-    double f = 0;
-    for (size_t i = 0; i < lg.n; i++)
-        f += 2.0 * lg.calls[i].M * lg.calls[i].N * lg.calls[i].K;
-    double t0 = model_now();
-    for (int r = 0; r < reps; r++)
-        for (size_t i = 0; i < lg.n; i++) {
-            const gemm_call_t *c = &lg.calls[i];
-            cblas_sgemm(CblasRowMajor, c->ta ? CblasTrans : CblasNoTrans, c->tb ? CblasTrans : CblasNoTrans,
-                        c->M, c->N, c->K, c->alpha, c->A, c->lda, c->B, c->ldb, c->beta, c->C, c->ldc);
-        }
-    *seconds = (model_now() - t0) / reps;
-    *flops = f;
-    rc = 0;
-out:
-    model_stage_reset(st);
-    free(lg.calls);
-    free(in);
-    free(out);
-    return rc;
-}

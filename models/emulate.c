@@ -15,6 +15,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/clock.h"
+#include "common/parse.h"
+
 /* Devices (peaks per precision, HBM bandwidth, efficiency): the table the cuda backend
  * reads its MFU from (models/precision.c), so emulated and real runs use the same numbers. */
 
@@ -170,7 +173,7 @@ static int spec_parse(const char *arg, emu_spec_t *s, char *err, size_t errlen)
             snprintf(item, sizeof item, "%.*s", (int)(n < 63 ? n : 63), o);
             char *eq = strchr(item, '=');
             double v;
-            if (!eq || model_time_parse(eq + 1, &v)) {
+            if (!eq || pn_parse_duration(eq + 1, &v)) {
                 snprintf(err, errlen, "emulate: bad time '%s' (expected fwd=25ms, bwd=75ms or opt=5ms; "
                          "units s, ms, us, ns)", item);
                 return -EINVAL;
@@ -341,34 +344,34 @@ static void sleep_until(double start, double seconds)
 static int emu_forward(model_stage_t *st, int slot, const float *in, float *out)
 {
     (void)slot, (void)in, (void)out;
-    sleep_until(model_now(), st->emu_fwd_s);
+    sleep_until(pn_now(), st->emu_fwd_s);
     return 0;
 }
 
 static int emu_backward(model_stage_t *st, int slot, const float *dout, float *din)
 {
     (void)slot, (void)dout, (void)din;
-    sleep_until(model_now(), st->emu_bwd_s);
+    sleep_until(pn_now(), st->emu_bwd_s);
     return 0;
 }
 
 static int emu_backward_input(model_stage_t *st, int slot, const float *dout, float *din)
 {
     (void)slot, (void)dout, (void)din;
-    sleep_until(model_now(), st->emu_bwd_s - st->emu_bwd_w_s);
+    sleep_until(pn_now(), st->emu_bwd_s - st->emu_bwd_w_s);
     return 0;
 }
 
 static int emu_backward_weights(model_stage_t *st, int slot)
 {
     (void)slot;
-    sleep_until(model_now(), st->emu_bwd_w_s);
+    sleep_until(pn_now(), st->emu_bwd_w_s);
     return 0;
 }
 
 static int emu_step(model_stage_t *st)
 {
-    sleep_until(model_now(), st->emu_opt_s);
+    sleep_until(pn_now(), st->emu_opt_s);
     return 0;
 }
 

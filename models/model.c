@@ -2,6 +2,7 @@
  * bookkeeping for in-flight micro-batches and the accounting; the arithmetic itself is
  * in the backends (cpu.c, emulate.c) reached through a const table. */
 #include "models/model.h"
+#include "common/clock.h"
 #include "models/backend.h"
 
 #include <errno.h>
@@ -12,6 +13,8 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <time.h>
+
+#include "common/clock.h"
 
 static const model_config_t configs[] = {
     {"gpt3-small", 12, 768, 12, 50257, 2048},
@@ -76,35 +79,6 @@ int model_config_check(const model_config_t *c, char *err, size_t errlen)
 }
 
 /* ---------------------------------------------------------------- small helpers */
-
-double model_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-int model_time_parse(const char *s, double *out)
-{
-    char *end;
-    errno = 0;
-    double v = strtod(s, &end);
-    if (end == s || errno || !(v >= 0) || isinf(v))
-        return -EINVAL;
-    double unit;
-    if (!strcmp(end, "s"))
-        unit = 1;
-    else if (!strcmp(end, "ms"))
-        unit = 1e-3;
-    else if (!strcmp(end, "us"))
-        unit = 1e-6;
-    else if (!strcmp(end, "ns"))
-        unit = 1e-9;
-    else
-        return -EINVAL;
-    *out = v * unit;
-    return 0;
-}
 
 static uint64_t mix64(uint64_t x)
 {
@@ -335,8 +309,8 @@ static void tensor_init(float *x, size_t n, uint64_t seed, int kind, float std)
 static int stage_partition(model_stage_t *st, const model_stage_params_t *p, char *err, size_t errlen)
 {
     int L = p->cfg.layers, P = p->stages;
-    if (P < 1 || P > MODEL_MAX_STAGES) {
-        snprintf(err, errlen, "stages must be 1..%d, got %d", MODEL_MAX_STAGES, P);
+    if (P < 1 || P > PN_MAX_STAGES) {
+        snprintf(err, errlen, "stages must be 1..%d, got %d", PN_MAX_STAGES, P);
         return -EINVAL;
     }
     if (P > L) {
@@ -506,9 +480,9 @@ int model_stage_forward(model_stage_t *st, int iter, int mb, const float *in, fl
         return -ENOSPC;
     if (st->params && (st->first || st->last))
         model_data_batch(&st->data, iter, mb, st->B, st->T, st->tokens, st->targets);
-    double t0 = model_now();
+    double t0 = pn_now();
     int rc = st->backend->forward(st, slot, in, out);
-    st->prof.fwd += model_now() - t0;
+    st->prof.fwd += pn_now() - t0;
     st->prof.n_fwd++;
     if (rc)
         return rc;
@@ -517,66 +491,45 @@ int model_stage_forward(model_stage_t *st, int iter, int mb, const float *in, fl
     return 0;
 }
 
-/* The slot of a forwarded (iter, mb) whose backward has not started (phase 0) or whose
- * B ran (phase 1), after checking the arguments; a negative errno otherwise. Loads the
- * micro-batch's tokens and targets where the stage needs them. */
-static int backward_slot(model_stage_t *st, int iter, int mb, int phase)
+/* kind 0: the whole backward of (iter, mb); 1: its B; 2: its W (after its B). */
+static int backward_op(model_stage_t *st, int iter, int mb, const float *dout, float *din, int kind)
 {
-    if (!st->backend || mb < 0 || mb >= st->p.micro_batches)
+    const model_backend_t *b = st->backend;
+    if (!b || mb < 0 || mb >= st->p.micro_batches ||
+        (kind < 2 && ((!st->last && !dout) || (!st->first && !din))))
         return -EINVAL;
+    if (kind && (!b->backward_input || !b->backward_weights))
+        return -ENOTSUP;
     int slot = slot_find(st, iter, mb);
-    if (slot < 0 || st->slot_phase[slot] != phase)
+    if (slot < 0 || st->slot_phase[slot] != (kind == 2))
         return -ENOENT;
     if (st->params && (st->first || st->last))
         model_data_batch(&st->data, iter, mb, st->B, st->T, st->tokens, st->targets);
-    return slot;
-}
-
-/* The unsplit backward (split 0) or its B half (split 1). */
-static int backward_run(model_stage_t *st, int iter, int mb, const float *dout, float *din, int split)
-{
-    if ((!st->last && !dout) || (!st->first && !din))
-        return -EINVAL;
-    int slot = backward_slot(st, iter, mb, 0);
-    if (slot < 0)
-        return slot;
-    double t0 = model_now();
-    int rc = (split ? st->backend->backward_input : st->backend->backward)(st, slot, dout, din);
-    st->prof.bwd += model_now() - t0;
-    st->prof.n_bwd += !split;
+    double t0 = pn_now();
+    int rc = kind == 2 ? b->backward_weights(st, slot) : (kind ? b->backward_input : b->backward)(st, slot, dout, din);
+    st->prof.bwd += pn_now() - t0;
+    st->prof.n_bwd += kind != 1;
     if (rc)
         return rc;
-    if (split)
-        st->slot_phase[slot] = 1;
-    else
+    st->slot_phase[slot] = kind == 1;
+    if (kind != 1)
         st->slot_mb[slot] = -1;
     return 0;
 }
 
 int model_stage_backward(model_stage_t *st, int iter, int mb, const float *dout, float *din)
 {
-    return backward_run(st, iter, mb, dout, din, 0);
+    return backward_op(st, iter, mb, dout, din, 0);
 }
 
 int model_stage_backward_input(model_stage_t *st, int iter, int mb, const float *dout, float *din)
 {
-    return backward_run(st, iter, mb, dout, din, 1);
+    return backward_op(st, iter, mb, dout, din, 1);
 }
 
 int model_stage_backward_weights(model_stage_t *st, int iter, int mb)
 {
-    int slot = backward_slot(st, iter, mb, 1);
-    if (slot < 0)
-        return slot;
-    double t0 = model_now();
-    int rc = st->backend->backward_weights(st, slot);
-    st->prof.bwd += model_now() - t0;
-    st->prof.n_bwd++;
-    if (rc)
-        return rc;
-    st->slot_mb[slot] = -1;
-    st->slot_phase[slot] = 0;
-    return 0;
+    return backward_op(st, iter, mb, NULL, NULL, 2);
 }
 
 int model_stage_step(model_stage_t *st, int iter)
@@ -587,9 +540,9 @@ int model_stage_step(model_stage_t *st, int iter)
     for (int i = 0; i < st->max_inflight; i++)
         if (st->slot_mb[i] >= 0)
             return -EBUSY;
-    double t0 = model_now();
+    double t0 = pn_now();
     int rc = st->backend->step(st);
-    st->prof.opt += model_now() - t0;
+    st->prof.opt += pn_now() - t0;
     st->prof.n_opt++;
     if (rc)
         return rc;

@@ -6,10 +6,10 @@
 
 #include <stddef.h>
 
-#define MODEL_WUR __attribute__((warn_unused_result))
+#include "common/err.h"
+#include "common/limits.h"
 
 enum {
-    MODEL_MAX_STAGES = 256,
     MODEL_MAX_LAYERS = 256,
 };
 
@@ -19,14 +19,14 @@ typedef struct {
 } model_config_t;
 
 /* Known names: gpt3-small, gpt3-medium, gpt3-large, gpt3-xl, gpt3-2.7b, tiny. */
-int model_config_get(const char *name, model_config_t *out, char *err, size_t errlen) MODEL_WUR;
+int model_config_get(const char *name, model_config_t *out, char *err, size_t errlen) PN_WUR;
 /* The partition used when none is given: layers/stages each, the first layers % stages
  * stages one more. */
 void model_partition_even(int layers, int stages, int *part);
 /* "gpt3-small, gpt3-medium, ..." for --help and error messages */
 const char *model_config_names(void);
 /* heads dividing hidden, positive sizes: -EINVAL with the bad part named. */
-int model_config_check(const model_config_t *cfg, char *err, size_t errlen) MODEL_WUR;
+int model_config_check(const model_config_t *cfg, char *err, size_t errlen) PN_WUR;
 
 typedef struct {
     model_config_t cfg;
@@ -83,7 +83,7 @@ struct model_backend;
 /* Defined here so the caller can allocate it; fields are read-only outside models/. */
 typedef struct model_stage {
     model_stage_params_t p;          /* copy; p.partition points at part */
-    int part[MODEL_MAX_STAGES];      /* layers per stage */
+    int part[PN_MAX_STAGES];      /* layers per stage */
     int layer_begin, layer_end;      /* global layers [begin, end) held here */
     int first, last;                 /* holds the embeddings / the head and loss */
     int B, T, C, NH, V;
@@ -115,26 +115,26 @@ typedef struct model_stage {
     int act_elem_bytes;
 } model_stage_t;
 
-int    model_stage_init(model_stage_t *st, const model_stage_params_t *p, char *err, size_t errlen) MODEL_WUR;
+int    model_stage_init(model_stage_t *st, const model_stage_params_t *p, char *err, size_t errlen) PN_WUR;
 size_t model_stage_act_bytes(const model_stage_t *st);  /* boundary tensor (B,T,C) fp32 per micro-batch */
 /* Stage 0 ignores `in` and reads tokens of (iter, mb) from the dataset itself; the last
  * stage ignores `out` and computes the loss against the targets of (iter, mb). Every
  * stage derives the same (iter, mb) batch from the seed, so no tokens cross stages.
  * Errors: -EINVAL (mb out of range, missing buffer), -EEXIST ((iter, mb) already in
  * flight), -ENOSPC (max_inflight micro-batches already in flight). */
-int    model_stage_forward(model_stage_t *st, int iter, int mb, const float *in, float *out) MODEL_WUR;
+int    model_stage_forward(model_stage_t *st, int iter, int mb, const float *in, float *out) PN_WUR;
 /* Last stage ignores dout (starts from the loss); stage 0 ignores din. Adds into grads.
  * Releases the micro-batch's slot. -ENOENT if (iter, mb) was not forwarded. */
-int    model_stage_backward(model_stage_t *st, int iter, int mb, const float *dout, float *din) MODEL_WUR;
+int    model_stage_backward(model_stage_t *st, int iter, int mb, const float *dout, float *din) PN_WUR;
 /* The backward split in two (zero-bubble schedules). B: the input gradient din (stage 0:
  * none) from dout (last stage: from the loss); the slot stays held. -ENOENT if (iter, mb)
  * was not forwarded or its B already ran. W: adds the parameter gradients of a micro-batch
- * whose B ran and releases its slot; -ENOENT otherwise. model_stage_backward equals B then
- * W bit for bit on the cpu. */
-int    model_stage_backward_input(model_stage_t *st, int iter, int mb, const float *dout, float *din) MODEL_WUR;
-int    model_stage_backward_weights(model_stage_t *st, int iter, int mb) MODEL_WUR;
+ * whose B ran and releases its slot; -ENOENT otherwise. -ENOTSUP where the backend has no
+ * split backward. model_stage_backward equals B then W bit for bit on the cpu. */
+int    model_stage_backward_input(model_stage_t *st, int iter, int mb, const float *dout, float *din) PN_WUR;
+int    model_stage_backward_weights(model_stage_t *st, int iter, int mb) PN_WUR;
 /* AdamW on grads averaged over M, then zero. -EBUSY if micro-batches are still in flight. */
-int    model_stage_step(model_stage_t *st, int iter) MODEL_WUR;
+int    model_stage_step(model_stage_t *st, int iter) PN_WUR;
 double model_stage_loss(const model_stage_t *st);       /* last stage: mean loss of the last stepped iteration; NAN otherwise or under emulate */
 void   model_stage_destroy(model_stage_t *st);
 
@@ -150,7 +150,7 @@ const model_tensor_t *model_stage_tensor_find(const model_stage_t *st, const cha
  * matrix held twice. Before model_stage_step, each of the two stages adds its twin's
  * gradient into the buffer this returns (V*C floats), so both apply the same update.
  * -ENOENT on a stage that holds no twin (middle stages, untied, or a single stage). */
-int    model_stage_tied_grad(model_stage_t *st, float **grad, size_t *numel) MODEL_WUR;
+int    model_stage_tied_grad(model_stage_t *st, float **grad, size_t *numel) PN_WUR;
 
 /* Accounting. FLOPs follow the convention of DESIGN.md: 6*N_matmul + 6*L*T*d per token
  * for training (forward a third of it, backward two thirds; recompute not counted). */
@@ -180,17 +180,17 @@ void   model_stage_prof_reset(model_stage_t *st);
  * transposes, strides and buffers; no other work) `reps` times. Outputs the FLOPs of one
  * replay and the mean seconds per replay. Ends with model_stage_reset (gradients zeroed,
  * nothing in flight); parameters are untouched. */
-int    model_stage_gemm_reference(model_stage_t *st, int reps, double *flops, double *seconds) MODEL_WUR;
+int    model_stage_gemm_reference(model_stage_t *st, int reps, double *flops, double *seconds) PN_WUR;
 
 /* The same for a compute argument alone (no threads), e.g. before any stage exists. */
 void   model_compute_describe(const char *compute, char *buf, size_t len);
 /* The compute argument alone: -EINVAL naming an unknown backend, an unknown device, a
  * bad fwd=/bwd= time or an unreadable calibration file. */
-int    model_compute_check(const char *compute, char *err, size_t errlen) MODEL_WUR;
+int    model_compute_check(const char *compute, char *err, size_t errlen) PN_WUR;
 
 /* Data: tokens and targets (next tokens) of micro-batch (iter, mb), each (B, T). */
 int    model_data_open(model_data_t *d, const char *dataset, int vocab, int seq_len,
-                       unsigned long long seed, char *err, size_t errlen) MODEL_WUR;
+                       unsigned long long seed, char *err, size_t errlen) PN_WUR;
 void   model_data_batch(const model_data_t *d, int iter, int mb, int B, int T, int *tokens, int *targets);
 void   model_data_close(model_data_t *d);
 

@@ -2,25 +2,11 @@
 #include "netem/emulator.h"
 
 #include <errno.h>
-#include <stdarg.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "netem/tc.h"
-
-static int fail(char *err, size_t errlen, int rc, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-
-static int fail(char *err, size_t errlen, int rc, const char *fmt, ...)
-{
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return rc;
-}
 
 static int all_default(const netem_profile_t *l, int n)
 {
@@ -111,33 +97,53 @@ static int none_usable(const netem_profile_t *l, int n, char *why, size_t whylen
     return all_default(l, n);
 }
 
+/* Ordered by fidelity: auto takes the first usable entry (none is usable only for
+ * all-default links, which auto settles before the loop). */
 static const netem_emulator_t emulators[] = {
-    {"netem", "kernel qdiscs: netem for delay/jitter/loss/rate, TBF for rate only", 2,
-     kernel_usable, kernel_apply},
-    {"shim", "in-transport shaper: delay and rate on the pipeline's own messages", 1, shim_usable,
-     shim_apply},
-    {"none", "nothing shaped (all links default)", 0, none_usable, shim_apply},
+    {.name = "netem", .summary = "kernel qdiscs: netem for delay/jitter/loss/rate, TBF for rate only",
+     .fidelity = 2, .changes_kernel = 1, .shapes = 1, .usable = kernel_usable, .apply = kernel_apply},
+    {.name = "shim", .summary = "in-transport shaper: delay and rate on the pipeline's own messages",
+     .fidelity = 1, .in_transport = 1, .shapes = 1, .usable = shim_usable, .apply = shim_apply},
+    {.name = "none", .summary = "nothing shaped (all links default)", .fidelity = 0, .usable = none_usable,
+     .apply = shim_apply},
 };
 
 #define N_EMULATORS (sizeof emulators / sizeof *emulators)
 
-const char *netem_emulator_names(void)
+/* Built once from the table: "auto" and every entry that can be asked for. */
+static char names[64];
+static pthread_once_t names_once = PTHREAD_ONCE_INIT;
+
+static void names_build(void)
 {
-    return "auto, netem, shim";
+    size_t at = (size_t)snprintf(names, sizeof names, "auto");
+    for (size_t i = 0; i < N_EMULATORS && at < sizeof names; i++)
+        if (emulators[i].shapes)
+            at += (size_t)snprintf(names + at, sizeof names - at, ", %s", emulators[i].name);
 }
 
-static const netem_emulator_t *lookup(const char *name)
+const char *netem_emulator_names(void)
+{
+    pthread_once(&names_once, names_build);
+    return names;
+}
+
+/* The entry for all-default links (the one that does not shape). */
+static const netem_emulator_t *unshaped(void)
 {
     for (size_t i = 0; i < N_EMULATORS; i++)
-        if (!strcmp(emulators[i].name, name))
+        if (!emulators[i].shapes)
             return &emulators[i];
     return NULL;
 }
 
-/* "none" is what auto records for all-default links; nobody asks for it by name. */
+/* Only entries that shape can be asked for by name. */
 const netem_emulator_t *netem_emulator_find(const char *name)
 {
-    return name && strcmp(name, "none") ? lookup(name) : NULL;
+    for (size_t i = 0; name && i < N_EMULATORS; i++)
+        if (emulators[i].shapes && !strcmp(emulators[i].name, name))
+            return &emulators[i];
+    return NULL;
 }
 
 int netem_emulator_choose(const char *asked, const netem_profile_t *links, int n,
@@ -147,7 +153,7 @@ int netem_emulator_choose(const char *asked, const netem_profile_t *links, int n
     char r[160];
     if (!asked || !strcmp(asked, "auto")) {
         if (all_default(links, n)) {
-            *out = lookup("none");
+            *out = unshaped();
             snprintf(why, whylen, "auto: default profile, nothing to emulate");
             return 0;
         }
@@ -162,13 +168,13 @@ int netem_emulator_choose(const char *asked, const netem_profile_t *links, int n
             snprintf(rejected + at, sizeof rejected - at, "%s%s not usable: %s", at ? "; " : "",
                      emulators[i].name, r);
         }
-        return fail(err, errlen, -EOPNOTSUPP, "no emulator can do these links here: %s", rejected);
+        return pn_err(err, errlen, -EOPNOTSUPP, "no emulator can do these links here: %s", rejected);
     }
     const netem_emulator_t *e = netem_emulator_find(asked);
     if (!e)
-        return fail(err, errlen, -EINVAL, "unknown emulator '%s' (%s)", asked, netem_emulator_names());
+        return pn_err(err, errlen, -EINVAL, "unknown emulator '%s' (%s)", asked, netem_emulator_names());
     if (!all_default(links, n) && !e->usable(links, n, r, sizeof r))
-        return fail(err, errlen, -EOPNOTSUPP, "emulator '%s' cannot do these links here: %s", asked, r);
+        return pn_err(err, errlen, -EOPNOTSUPP, "emulator '%s' cannot do these links here: %s", asked, r);
     if (all_default(links, n))
         snprintf(r, sizeof r, "default profile: unshaped");
     *out = e;

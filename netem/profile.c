@@ -13,20 +13,6 @@
 
 #define PROFILE_TEXT_MAX 512
 
-static int fail(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static int fail(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return -EINVAL;
-}
-
 typedef struct {
     const char *name;
     double scale;
@@ -76,26 +62,26 @@ static int unit_value(const char *what, const char *s, const unit_t *units,
     double v;
     const char *u;
     if (!*s)
-        return fail(err, errlen, "%s is empty", what);
+        return pn_err(err, errlen, -EINVAL, "%s is empty", what);
     if (*s == '-')
-        return fail(err, errlen, "%s '%s' is negative", what, s);
+        return pn_err(err, errlen, -EINVAL, "%s '%s' is negative", what, s);
     if (number_split(s, &v, &u) < 0)
-        return fail(err, errlen, "%s '%s' is not a number with a unit (%s)", what, s, unit_list);
+        return pn_err(err, errlen, -EINVAL, "%s '%s' is not a number with a unit (%s)", what, s, unit_list);
     if (!*u)
-        return fail(err, errlen, "%s '%s' has no unit (%s)", what, s, unit_list);
+        return pn_err(err, errlen, -EINVAL, "%s '%s' has no unit (%s)", what, s, unit_list);
     for (const unit_t *t = units; t->name; t++) {
         if (!strcmp(u, t->name)) {
             *out = v * t->scale;
             if (!isfinite(*out))
-                return fail(err, errlen, "%s '%s' is out of range", what, s);
+                return pn_err(err, errlen, -EINVAL, "%s '%s' is out of range", what, s);
             return 0;
         }
     }
     if (units == rate_units && (!strcmp(u, "mbps") || !strcmp(u, "gbps") || !strcmp(u, "MBps") ||
                                 !strcmp(u, "GBps") || !strcmp(u, "KBps") || !strcmp(u, "tbps")))
-        return fail(err, errlen, "%s '%s': unit '%s' is ambiguous (tc reads it as bytes/s); "
+        return pn_err(err, errlen, -EINVAL, "%s '%s': unit '%s' is ambiguous (tc reads it as bytes/s); "
                     "write Mbps/Gbps or mbit/gbit", what, s, u);
-    return fail(err, errlen, "%s '%s' has unknown unit '%s' (%s)", what, s, u, unit_list);
+    return pn_err(err, errlen, -EINVAL, "%s '%s' has unknown unit '%s' (%s)", what, s, u, unit_list);
 }
 
 #define TIME_UNITS "us, ms, s"
@@ -116,11 +102,11 @@ static int parse_rate(const char *what, const char *s, double *out, char *err, s
     if (rc < 0)
         return rc;
     if (*out <= 0)
-        return fail(err, errlen, "%s '%s' must be above zero (leave it out for unlimited)", what, s);
+        return pn_err(err, errlen, -EINVAL, "%s '%s' must be above zero (leave it out for unlimited)", what, s);
     if (*out < 8)
-        return fail(err, errlen, "%s '%s' is below 1 byte per second", what, s);
+        return pn_err(err, errlen, -EINVAL, "%s '%s' is below 1 byte per second", what, s);
     if (*out > 1e15) /* like the one-hour delay cap: keeps every rate printable with a unit */
-        return fail(err, errlen, "%s '%s' is above 1000 Tbit/s", what, s);
+        return pn_err(err, errlen, -EINVAL, "%s '%s' is above 1000 Tbit/s", what, s);
     return 0;
 }
 
@@ -129,15 +115,15 @@ static int parse_loss(const char *s, double *out, char *err, size_t errlen)
     double v;
     const char *u;
     if (!*s)
-        return fail(err, errlen, "loss is empty");
+        return pn_err(err, errlen, -EINVAL, "loss is empty");
     if (*s == '-')
-        return fail(err, errlen, "loss '%s' is negative", s);
+        return pn_err(err, errlen, -EINVAL, "loss '%s' is negative", s);
     if (number_split(s, &v, &u) < 0 || (*u && strcmp(u, "%")))
-        return fail(err, errlen, "loss '%s' is not a percentage like 0.1%% or a fraction like 0.001", s);
+        return pn_err(err, errlen, -EINVAL, "loss '%s' is not a percentage like 0.1%% or a fraction like 0.001", s);
     if (*u)
         v /= 100.0;
     if (v > 1.0)
-        return fail(err, errlen, "loss '%s' is above 100%%%s", s, *u ? "" : " (write 5% for a percentage)");
+        return pn_err(err, errlen, -EINVAL, "loss '%s' is above 100%%%s", s, *u ? "" : " (write 5% for a percentage)");
     *out = v;
     return 0;
 }
@@ -145,14 +131,14 @@ static int parse_loss(const char *s, double *out, char *err, size_t errlen)
 static int parse_limit(const char *s, uint32_t *out, char *err, size_t errlen)
 {
     if (!*s)
-        return fail(err, errlen, "limit is empty");
+        return pn_err(err, errlen, -EINVAL, "limit is empty");
     for (const char *p = s; *p; p++)
         if (!isdigit((unsigned char)*p))
-            return fail(err, errlen, "limit '%s' is not a whole number of packets", s);
+            return pn_err(err, errlen, -EINVAL, "limit '%s' is not a whole number of packets", s);
     errno = 0;
     unsigned long long v = strtoull(s, NULL, 10);
     if (errno || v == 0 || v > UINT32_MAX)
-        return fail(err, errlen, "limit '%s' must be between 1 and %u packets", s, UINT32_MAX);
+        return pn_err(err, errlen, -EINVAL, "limit '%s' must be between 1 and %u packets", s, UINT32_MAX);
     *out = (uint32_t)v;
     return 0;
 }
@@ -163,13 +149,13 @@ static int parse_keyvalues(char *text, netem_profile_t *p, char *err, size_t err
     int seen[5] = {0};
     char *save = NULL;
     if (text[strlen(text) - 1] == ',')
-        return fail(err, errlen, "profile '%s' ends with a comma", text);
+        return pn_err(err, errlen, -EINVAL, "profile '%s' ends with a comma", text);
     if (text[0] == ',' || strstr(text, ",,"))
-        return fail(err, errlen, "profile '%s' has an empty item between commas", text);
+        return pn_err(err, errlen, -EINVAL, "profile '%s' has an empty item between commas", text);
     for (char *item = strtok_r(text, ",", &save); item; item = strtok_r(NULL, ",", &save)) {
         char *eq = strchr(item, '=');
         if (!eq)
-            return fail(err, errlen, "'%s' is not key=value (keys: delay, jitter, loss, rate, limit)", item);
+            return pn_err(err, errlen, -EINVAL, "'%s' is not key=value (keys: delay, jitter, loss, rate, limit)", item);
         *eq = '\0';
         const char *key = item, *val = eq + 1;
         int k = -1;
@@ -177,9 +163,9 @@ static int parse_keyvalues(char *text, netem_profile_t *p, char *err, size_t err
             if (!strcmp(key, keys[i]))
                 k = i;
         if (k < 0)
-            return fail(err, errlen, "unknown key '%s' (keys: delay, jitter, loss, rate, limit)", key);
+            return pn_err(err, errlen, -EINVAL, "unknown key '%s' (keys: delay, jitter, loss, rate, limit)", key);
         if (seen[k]++)
-            return fail(err, errlen, "key '%s' is given twice", key);
+            return pn_err(err, errlen, -EINVAL, "key '%s' is given twice", key);
         int rc;
         switch (k) {
         case 0: rc = parse_time("delay", val, &p->delay, err, errlen); break;
@@ -199,12 +185,12 @@ int netem_profile_parse(const char *text, netem_profile_t *out, char *err, size_
     netem_profile_t p = {0};
     char buf[PROFILE_TEXT_MAX];
     if (!text || !*text)
-        return fail(err, errlen, "profile is empty (use 'default', DELAY/RATE or key=value)");
+        return pn_err(err, errlen, -EINVAL, "profile is empty (use 'default', DELAY/RATE or key=value)");
     if (strlen(text) >= sizeof buf)
-        return fail(err, errlen, "profile '%.32s...' is too long", text);
+        return pn_err(err, errlen, -EINVAL, "profile '%.32s...' is too long", text);
     for (const char *c = text; *c; c++)
         if (isspace((unsigned char)*c))
-            return fail(err, errlen, "profile '%s' contains a space", text);
+            return pn_err(err, errlen, -EINVAL, "profile '%s' contains a space", text);
     strcpy(buf, text);
     int rc;
     if (!strcmp(buf, "default")) {
@@ -215,21 +201,21 @@ int netem_profile_parse(const char *text, netem_profile_t *out, char *err, size_
         char *slash = strchr(buf, '/');
         *slash = '\0';
         if (strchr(slash + 1, '/'))
-            return fail(err, errlen, "profile '%s' has more than one '/' (DELAY/RATE)", text);
+            return pn_err(err, errlen, -EINVAL, "profile '%s' has more than one '/' (DELAY/RATE)", text);
         rc = parse_time("delay", buf, &p.delay, err, errlen);
         if (rc == 0)
             rc = parse_rate("rate", slash + 1, &p.rate, err, errlen);
     } else {
-        return fail(err, errlen, "profile '%s' is not 'default', DELAY/RATE (10ms/1Gbps) or "
+        return pn_err(err, errlen, -EINVAL, "profile '%s' is not 'default', DELAY/RATE (10ms/1Gbps) or "
                     "key=value (delay=10ms,rate=1gbit)", text);
     }
     if (rc < 0)
         return rc;
     if (p.jitter > 0 && p.jitter > p.delay)
-        return fail(err, errlen, "jitter %gms exceeds delay %gms in '%s'", p.jitter * 1e3,
+        return pn_err(err, errlen, -EINVAL, "jitter %gms exceeds delay %gms in '%s'", p.jitter * 1e3,
                     p.delay * 1e3, text);
     if (p.delay > 3600)
-        return fail(err, errlen, "delay in '%s' is above one hour", text);
+        return pn_err(err, errlen, -EINVAL, "delay in '%s' is above one hour", text);
     *out = p;
     return 0;
 }
@@ -269,7 +255,7 @@ static void rate_text(double bps, char *buf, size_t len)
 }
 
 static int put(char *buf, size_t len, size_t *at, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
+    PN_PRINTF(4, 5);
 
 static int put(char *buf, size_t len, size_t *at, const char *fmt, ...)
 {
@@ -389,21 +375,21 @@ int netem_net_parse(const char *text, int hosts, netem_profile_t *links, char *e
 {
     char perr[256];
     if (hosts < 1)
-        return fail(err, errlen, "--net needs at least one host (got %d)", hosts);
+        return pn_err(err, errlen, -EINVAL, "--net needs at least one host (got %d)", hosts);
     if (!text || !*text)
-        return fail(err, errlen, "--net is empty (use a profile or 0-1=PROFILE,1-2=PROFILE)");
+        return pn_err(err, errlen, -EINVAL, "--net is empty (use a profile or 0-1=PROFILE,1-2=PROFILE)");
     int n = hosts - 1;
     if (!link_item_at(text)) {
         netem_profile_t p;
         int rc = netem_profile_parse(text, &p, perr, sizeof perr);
         if (rc < 0)
-            return fail(err, errlen, "--net: %s", perr);
+            return pn_err(err, errlen, -EINVAL, "--net: %s", perr);
         for (int i = 0; i < n; i++)
             links[i] = p;
         return 0;
     }
     if (strlen(text) >= 4096)
-        return fail(err, errlen, "--net '%.32s...' is too long", text);
+        return pn_err(err, errlen, -EINVAL, "--net '%.32s...' is too long", text);
     netem_profile_t tmp[n > 0 ? n : 1];
     char seen[n > 0 ? n : 1];
     memset(tmp, 0, sizeof tmp);
@@ -411,7 +397,7 @@ int netem_net_parse(const char *text, int hosts, netem_profile_t *links, char *e
     const char *s = text;
     while (*s) {
         if (!link_item_at(s))
-            return fail(err, errlen, "--net item '%s' does not start with a link like 0-1=", s);
+            return pn_err(err, errlen, -EINVAL, "--net item '%s' does not start with a link like 0-1=", s);
         char *end;
         long a = strtol(s, &end, 10);
         long b = strtol(end + 1, &end, 10);
@@ -423,18 +409,18 @@ int netem_net_parse(const char *text, int hosts, netem_profile_t *links, char *e
         char item[512];
         size_t plen = (size_t)(stop - prof);
         if (plen >= sizeof item)
-            return fail(err, errlen, "--net profile of link %ld-%ld is too long", a, b);
+            return pn_err(err, errlen, -EINVAL, "--net profile of link %ld-%ld is too long", a, b);
         memcpy(item, prof, plen);
         item[plen] = '\0';
         if (a == LONG_MAX || b != a + 1) /* strtol saturates: a + 1 would overflow */
-            return fail(err, errlen, "--net link '%ld-%ld' does not join neighbouring hosts (i-(i+1))", a, b);
+            return pn_err(err, errlen, -EINVAL, "--net link '%ld-%ld' does not join neighbouring hosts (i-(i+1))", a, b);
         if (b >= hosts)
-            return fail(err, errlen, "--net link '%ld-%ld' names host %ld, but there are %d hosts (0-%d)",
+            return pn_err(err, errlen, -EINVAL, "--net link '%ld-%ld' names host %ld, but there are %d hosts (0-%d)",
                         a, b, b, hosts, hosts - 1);
         if (seen[a]++)
-            return fail(err, errlen, "--net link '%ld-%ld' is given twice", a, b);
+            return pn_err(err, errlen, -EINVAL, "--net link '%ld-%ld' is given twice", a, b);
         if (netem_profile_parse(item, &tmp[a], perr, sizeof perr) < 0)
-            return fail(err, errlen, "--net link %ld-%ld: %s", a, b, perr);
+            return pn_err(err, errlen, -EINVAL, "--net link %ld-%ld: %s", a, b, perr);
         s = *stop ? stop + 1 : stop;
     }
     for (int i = 0; i < n; i++)

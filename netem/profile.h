@@ -7,6 +7,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "common/err.h"
+
 typedef struct {
     double delay;    /* one-way, seconds */
     double jitter;   /* seconds */
@@ -17,7 +19,7 @@ typedef struct {
 
 /* Parses one profile. Errors: -EINVAL with a message naming the bad part. */
 int netem_profile_parse(const char *text, netem_profile_t *out, char *err, size_t errlen)
-    __attribute__((warn_unused_result));
+    PN_WUR;
 
 /* "10ms/1Gbps", "default", or a key=value list; the output parses back to the same
  * profile. Returns the length written, or -ENOSPC when buf is too small. */
@@ -33,7 +35,7 @@ int netem_profile_label(const netem_profile_t *p, char *buf, size_t len);
  * links[i] is the link between host i and i+1 (hosts-1 entries); unnamed links default.
  * Errors: -EINVAL with a message naming the bad part. */
 int netem_net_parse(const char *text, int hosts, netem_profile_t *links, char *err,
-                    size_t errlen) __attribute__((warn_unused_result));
+                    size_t errlen) PN_WUR;
 
 /* Goodput a TCP stream can reach over a link of `rate` bits/s whose shaper counts
  * whole Ethernet frames (netem, TBF): MSS / frame = 1448 / 1514 of the rate at MTU

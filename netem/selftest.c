@@ -11,7 +11,6 @@
 #include <netinet/tcp.h>
 #include <pthread.h>
 #include <sched.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,32 +19,12 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/clock.h"
 #include "netem/emulator.h"
 
 #define PORT 5299
 #define PING_BYTES 64
 #define CHUNK (256 * 1024)
-
-static int fail(char *err, size_t errlen, int rc, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-
-static int fail(char *err, size_t errlen, int rc, const char *fmt, ...)
-{
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return rc;
-}
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 /* A TCP socket created inside namespace ns; -errno on failure. */
 static int socket_in(const char *ns)
@@ -140,7 +119,7 @@ static void *server_main(void *arg)
                     continue;
                 break;
             }
-            double t = now();
+            double t = pn_now();
             if (total == 0)
                 t0 = t;
             total += (unsigned long long)r;
@@ -185,17 +164,17 @@ static int pair_open(const netem_topo_t *t, int sink, double warm, double win, p
     int one = 1;
     p->lfd = socket_in(netem_topo_host_ns(t, 1));
     if (p->lfd < 0)
-        return fail(err, errlen, p->lfd, "socket in %s: %s", netem_topo_host_ns(t, 1), strerror(-p->lfd));
+        return pn_err(err, errlen, p->lfd, "socket in %s: %s", netem_topo_host_ns(t, 1), strerror(-p->lfd));
     setsockopt(p->lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
     if (bind(p->lfd, (struct sockaddr *)&sa, sizeof sa) < 0 || listen(p->lfd, 1) < 0) {
         int rc = -errno;
         close(p->lfd);
-        return fail(err, errlen, rc, "listen on %s: %s", netem_topo_host_addr(t, 1), strerror(-rc));
+        return pn_err(err, errlen, rc, "listen on %s: %s", netem_topo_host_addr(t, 1), strerror(-rc));
     }
     p->srv = (server_t){.lfd = p->lfd, .sink = sink, .warm = warm, .win = win};
     if (pthread_create(&p->th, NULL, server_main, &p->srv) != 0) {
         close(p->lfd);
-        return fail(err, errlen, -EAGAIN, "cannot start the server thread");
+        return pn_err(err, errlen, -EAGAIN, "cannot start the server thread");
     }
     p->cfd = socket_in(netem_topo_host_ns(t, 0));
     if (p->cfd >= 0) {
@@ -207,7 +186,7 @@ static int pair_open(const netem_topo_t *t, int sink, double warm, double win, p
             return 0;
     }
     int rc = p->cfd < 0 ? p->cfd : -errno;
-    fail(err, errlen, rc, "connect %s -> %s: %s", netem_topo_host_addr(t, 0), netem_topo_host_addr(t, 1),
+    pn_err(err, errlen, rc, "connect %s -> %s: %s", netem_topo_host_addr(t, 0), netem_topo_host_addr(t, 1),
          strerror(-rc));
     shutdown(p->lfd, SHUT_RDWR);   /* wakes accept */
     if (p->cfd >= 0)
@@ -241,15 +220,15 @@ static int measure_rtt(const netem_topo_t *t, const netem_profile_t *prof, int n
     char buf[PING_BYTES] = {0};
     int got = 0;
     for (int i = 0; s && i < n; i++) {
-        double t0 = now();
+        double t0 = pn_now();
         if (full_io(p.cfd, buf, sizeof buf, 1) < 0 || full_io(p.cfd, buf, sizeof buf, 0) < 0)
             break;
-        s[got++] = now() - t0;
+        s[got++] = pn_now() - t0;
     }
     pair_close(&p);
     if (got < n) {
         free(s);
-        return fail(err, errlen, -EIO, "round-trip exchange stopped after %d of %d messages", got, n);
+        return pn_err(err, errlen, -EIO, "round-trip exchange stopped after %d of %d messages", got, n);
     }
     qsort(s, (size_t)n, sizeof *s, cmp_double);
     *min = s[0];
@@ -272,17 +251,17 @@ static int measure_goodput(const netem_topo_t *t, const netem_profile_t *prof, d
         return rc;
     char *buf = calloc(1, CHUNK);
     /* Send a little past the last window: the receiver sees it end a round trip later. */
-    double end = now() + warm + WINDOWS * win + 0.2 + 4 * warm / 30;
-    while (buf && now() < end)
+    double end = pn_now() + warm + WINDOWS * win + 0.2 + 4 * warm / 30;
+    while (buf && pn_now() < end)
         if (full_io(p.cfd, buf, CHUNK, 1) < 0) {
-            rc = fail(err, errlen, -EIO, "bulk send failed: %s", strerror(errno));
+            rc = pn_err(err, errlen, -EIO, "bulk send failed: %s", strerror(errno));
             break;
         }
     free(buf);
     shutdown(p.cfd, SHUT_WR);
     int src = pair_close(&p);
     if (rc == 0 && src < 0)
-        rc = fail(err, errlen, src, "the receiver did not see %d full windows", WINDOWS);
+        rc = pn_err(err, errlen, src, "the receiver did not see %d full windows", WINDOWS);
     if (rc == 0) {
         *median = p.srv.median;
         *mean = p.srv.mean;
@@ -308,25 +287,26 @@ int netem_selftest_run(netem_topo_t *t, const netem_profile_t *p, const char *em
     netem_selftest_result_t r;
     memset(&r, 0, sizeof r);
     if (t->hosts < 2)
-        return fail(err, errlen, -EINVAL, "the self-test needs a topology of at least 2 hosts");
+        return pn_err(err, errlen, -EINVAL, "the self-test needs a topology of at least 2 hosts");
     static const netem_profile_t unshaped;
     /* Which backend, first: the meter (and so the base path) depends on it. */
     int rc = apply_all(t, p, emulator, err, errlen);
     if (rc < 0)
         return rc;
     const netem_selftest_meter_t *m = &netem_selftest_tcp;
-    int shim = !strcmp(t->emulator->name, "shim");
+    const netem_emulator_t *chosen = t->emulator;
+    int shim = chosen->in_transport;
     snprintf(r.emulator, sizeof r.emulator, "%s", t->emulator->name);
     snprintf(r.why, sizeof r.why, "%s", t->why);
     if (shim) {
         if (!shim_meter)
-            return fail(err, errlen, -ENOSYS, "emulator shim (%s): its self-test needs the pipeline "
+            return pn_err(err, errlen, -ENOSYS, "emulator shim (%s): its self-test needs the pipeline "
                         "transport, which this program does not link", t->why);
         m = shim_meter;
     }
     snprintf(r.meter, sizeof r.meter, "%s", m->name);
     /* The base path, unshaped: the kernel without qdiscs, or the shim with default links. */
-    if ((rc = apply_all(t, &unshaped, shim ? "shim" : "auto", err, errlen)) < 0)
+    if ((rc = apply_all(t, &unshaped, shim ? chosen->name : "auto", err, errlen)) < 0)
         return rc;
     double base_median, ceil_mean;
     if ((rc = m->rtt(t, &unshaped, 200, &r.rtt_base, &base_median, err, errlen)) < 0)
@@ -357,7 +337,7 @@ int netem_selftest_run(netem_topo_t *t, const netem_profile_t *p, const char *em
     if (r.goodput_judged && r.goodput_measured < r.goodput_expected * (1 - NETEM_SELFTEST_TOLERANCE) &&
         r.ceiling == 0) {
         double mean;
-        if ((rc = apply_all(t, &unshaped, shim ? "shim" : "auto", err, errlen)) < 0 ||
+        if ((rc = apply_all(t, &unshaped, shim ? chosen->name : "auto", err, errlen)) < 0 ||
             (rc = m->goodput(t, &unshaped, 0.3, 0.25, &r.ceiling, &mean, err, errlen)) < 0 ||
             (rc = apply_all(t, p, emulator, err, errlen)) < 0)
             return rc;

@@ -7,6 +7,7 @@
 
 #include <stddef.h>
 
+#include "common/err.h"
 #include "netem/profile.h"
 #include "netem/topo.h"
 
@@ -60,6 +61,6 @@ extern const netem_selftest_meter_t netem_selftest_tcp;
 int netem_selftest_run(netem_topo_t *t, const netem_profile_t *p, const char *emulator,
                        int with_ceiling, const netem_selftest_meter_t *shim_meter,
                        netem_selftest_result_t *out, char *err, size_t errlen)
-    __attribute__((warn_unused_result));
+    PN_WUR;
 
 #endif

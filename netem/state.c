@@ -8,7 +8,6 @@
 #include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,20 +27,6 @@ typedef struct {
 } state_file_t;
 
 static pthread_mutex_t state_mu = PTHREAD_MUTEX_INITIALIZER;
-
-static int fail(char *err, size_t errlen, int rc, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-
-static int fail(char *err, size_t errlen, int rc, const char *fmt, ...)
-{
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return rc;
-}
 
 const char *netem_state_dir(void)
 {
@@ -88,16 +73,16 @@ static int lock_dir(char *err, size_t errlen)
     char path[512];
     const char *dir = netem_state_dir();
     if (mkdir(dir, 0755) < 0 && errno != EEXIST)
-        return fail(err, errlen, -errno, "cannot create state directory %s: %s%s", dir,
+        return pn_err(err, errlen, -errno, "cannot create state directory %s: %s%s", dir,
                     strerror(errno), errno == EACCES ? " (changing the network needs root)" : "");
     snprintf(path, sizeof path, "%s/.lock", dir);
     int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
     if (fd < 0)
-        return fail(err, errlen, -errno, "cannot open %s: %s", path, strerror(errno));
+        return pn_err(err, errlen, -errno, "cannot open %s: %s", path, strerror(errno));
     if (flock(fd, LOCK_EX) < 0) {
         int e = errno;
         close(fd);
-        return fail(err, errlen, -e, "cannot lock %s: %s", path, strerror(e));
+        return pn_err(err, errlen, -e, "cannot lock %s: %s", path, strerror(e));
     }
     return fd;
 }
@@ -177,14 +162,14 @@ static int file_store(const char *path, const state_file_t *sf, char *err, size_
 {
     if (sf->n == 0) {
         if (unlink(path) < 0 && errno != ENOENT)
-            return fail(err, errlen, -errno, "cannot remove %s: %s", path, strerror(errno));
+            return pn_err(err, errlen, -errno, "cannot remove %s: %s", path, strerror(errno));
         return 0;
     }
     char tmp[600];
     snprintf(tmp, sizeof tmp, "%s.tmp", path);
     FILE *f = fopen(tmp, "w");
     if (!f)
-        return fail(err, errlen, -errno, "cannot write %s: %s", tmp, strerror(errno));
+        return pn_err(err, errlen, -errno, "cannot write %s: %s", tmp, strerror(errno));
     fprintf(f, "owner %ld %llu\n", sf->pid, sf->start);
     for (int i = 0; i < sf->n; i++) {
         const netem_state_entry_t *e = &sf->e[i];
@@ -202,7 +187,7 @@ static int file_store(const char *path, const state_file_t *sf, char *err, size_
     if (bad || rename(tmp, path) < 0) {
         int e = errno;
         unlink(tmp);
-        return fail(err, errlen, -e, "cannot write %s: %s", path, strerror(e));
+        return pn_err(err, errlen, -e, "cannot write %s: %s", path, strerror(e));
     }
     return 0;
 }
@@ -230,11 +215,11 @@ int netem_state_add(const netem_state_entry_t *e, int persist, char *err, size_t
     else
         run_path(getpid(), path, sizeof path);
     if ((rc = file_load(path, &sf)) < 0) {
-        fail(err, errlen, rc, "cannot read %s: %s", path, strerror(-rc));
+        pn_err(err, errlen, rc, "cannot read %s: %s", path, strerror(-rc));
         goto unlock;
     }
     if (sf.n >= STATE_MAX_ENTRIES) {
-        rc = fail(err, errlen, -ENOSPC, "state file %s is full (%d records)", path, sf.n);
+        rc = pn_err(err, errlen, -ENOSPC, "state file %s is full (%d records)", path, sf.n);
         goto unlock;
     }
     sf.pid = persist ? 0 : getpid();
@@ -391,7 +376,7 @@ static int file_undo(const char *path, state_file_t *sf, int *undone,
                 (*undone)++;
         } else if (!first) {
             first = rc;
-            fail(err, errlen, rc, "%s", line);
+            pn_err(err, errlen, rc, "%s", line);
         }
     }
     int rc = file_store(path, sf, first ? NULL : err, errlen);

@@ -8,6 +8,7 @@
 
 #include <stddef.h>
 
+#include "common/err.h"
 #include "netem/tc.h"
 
 typedef enum { NETEM_STATE_QDISC, NETEM_STATE_NETNS } netem_state_kind_t;
@@ -25,7 +26,7 @@ const char *netem_state_dir(void);
 /* Records e before the change it undoes is made (persist: `netem apply`'s file, else
  * this process's run file). Installs the exit and signal guards on first use. */
 int netem_state_add(const netem_state_entry_t *e, int persist, char *err, size_t errlen)
-    __attribute__((warn_unused_result));
+    PN_WUR;
 
 /* The recorded original of a device, from any state file: 1 found, 0 not. */
 int netem_state_find_qdisc(const netem_dev_t *d, netem_state_entry_t *out);
@@ -35,18 +36,18 @@ void netem_state_forget_qdisc(const netem_dev_t *d);
 void netem_state_forget_netns(const char *netns);
 
 /* Undoes every record of this process's run file (newest first) and removes it. */
-int netem_state_undo_mine(char *err, size_t errlen) __attribute__((warn_unused_result));
+int netem_state_undo_mine(char *err, size_t errlen) PN_WUR;
 
 /* `clear --all`: undoes every record of every state file whose owning process is gone
  * (and of applied.state), newest first. Files of live runs are left alone and counted
  * in *live. Prints one line per undone record to `log` when not NULL. */
 int netem_state_undo_all(int *undone, int *live, void (*log)(const char *line, void *arg),
-                         void *arg, char *err, size_t errlen) __attribute__((warn_unused_result));
+                         void *arg, char *err, size_t errlen) PN_WUR;
 
 /* Blocks SIGINT, SIGTERM and SIGHUP in the calling thread (and the threads it creates
  * later) and starts a thread that, on one of them, undoes this process's records and
  * then dies of that signal. Call early, before other threads exist. Idempotent. */
-int netem_state_guard_start(void) __attribute__((warn_unused_result));
+int netem_state_guard_start(void) PN_WUR;
 
 /* In a forked child that owns nothing: unblock the guarded signals again. */
 void netem_state_guard_child(void);

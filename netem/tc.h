@@ -1,13 +1,15 @@
 /* The tc controller: puts a profile on a network device as its root qdisc (netem, or
  * TBF where only a rate is asked or netem is missing) over rtnetlink with libnl, reads
  * it back, and restores the device's original root qdisc. Every device is saved to the
- * state file (netem/state.h) before its first change, so nothing stays shaped. */
+ * state file (netem/state.h) before its first change, so nothing stays shaped. The
+ * qdisc kinds themselves are the table in netem/qdisc.h. */
 #ifndef PN_NETEM_TC_H
 #define PN_NETEM_TC_H
 
 #include <stddef.h>
 #include <stdint.h>
 
+#include "common/err.h"
 #include "netem/profile.h"
 
 /* A device: ifname inside the named network namespace (/run/netns/NAME), or inside the
@@ -17,6 +19,7 @@ typedef struct {
     char ifname[16];
 } netem_dev_t;
 
+/* What netem_tc_apply installs (netem_qdisc_of maps it to its table entry). */
 typedef enum {
     NETEM_QDISC_NONE,   /* default profile: the original qdisc */
     NETEM_QDISC_NETEM,
@@ -38,7 +41,7 @@ enum {
 };
 
 int netem_dev_init(netem_dev_t *d, const char *netns, const char *ifname, char *err,
-                   size_t errlen) __attribute__((warn_unused_result));
+                   size_t errlen) PN_WUR;
 
 /* The netem packet limit for a profile: the packets in flight over rate x (delay +
  * jitter) at MTU-sized frames, doubled for headroom, plus netem's default of 1000. */
@@ -50,7 +53,7 @@ uint32_t netem_tc_limit(const netem_profile_t *p);
  * -EBUSY when d has a classful qdisc tree pipenem could not restore exactly. */
 int netem_tc_apply(const netem_dev_t *d, const netem_profile_t *p, int flags,
                    netem_tc_applied_t *out, char *err, size_t errlen)
-    __attribute__((warn_unused_result));
+    PN_WUR;
 
 /* Per-source shaping on one device: packets whose IPv4 source is src[i] get profile
  * p[i] (default profiles are skipped), all others pass unshaped. An HTB root 1: whose
@@ -60,13 +63,13 @@ int netem_tc_apply(const netem_dev_t *d, const netem_profile_t *p, int flags,
  * profiles meet at one host. Same saving, flags and errors as netem_tc_apply. */
 int netem_tc_apply_by_source(const netem_dev_t *d, int n, const char *const *src,
                              const netem_profile_t *p, int flags, char *err, size_t errlen)
-    __attribute__((warn_unused_result));
+    PN_WUR;
 
 /* Reads d's root qdisc back from the kernel: kind is its name ("netem", "tbf",
  * "noqueue", ...); *p the profile it implements (all zero for anything else), with
  * p->limit set only when it differs from the derived one; *limit the queue limit. */
 int netem_tc_show(const netem_dev_t *d, netem_profile_t *p, char *kind, size_t kindlen,
-                  uint32_t *limit, char *err, size_t errlen) __attribute__((warn_unused_result));
+                  uint32_t *limit, char *err, size_t errlen) PN_WUR;
 
 /* One class of a per-source tree (netem_tc_apply_by_source) read back from the kernel. */
 typedef struct {
@@ -78,12 +81,12 @@ typedef struct {
 /* Reads back a per-source tree on d: up to max classes into out, their count in *n
  * (0 when d's root is not such a tree). */
 int netem_tc_show_by_source(const netem_dev_t *d, netem_tc_class_t *out, int max, int *n,
-                            char *err, size_t errlen) __attribute__((warn_unused_result));
+                            char *err, size_t errlen) PN_WUR;
 
 /* Restores d's saved original root qdisc and forgets it. 0 also when d was never
  * changed (nothing to do). */
 int netem_tc_clear(const netem_dev_t *d, char *err, size_t errlen)
-    __attribute__((warn_unused_result));
+    PN_WUR;
 
 /* Root qdisc of d as a raw netlink record (the unit of save and restore). */
 typedef struct {
@@ -95,9 +98,9 @@ typedef struct {
 } netem_qdisc_saved_t;
 
 int netem_tc_save(const netem_dev_t *d, netem_qdisc_saved_t *out, char *err, size_t errlen)
-    __attribute__((warn_unused_result));
+    PN_WUR;
 int netem_tc_restore(const netem_dev_t *d, const netem_qdisc_saved_t *s, char *err,
-                     size_t errlen) __attribute__((warn_unused_result));
+                     size_t errlen) PN_WUR;
 
 /* Which qdisc kinds this kernel offers, tried on a veth in a scratch namespace. */
 typedef struct {
@@ -112,7 +115,7 @@ typedef struct {
 } netem_tc_probe_t;
 
 int netem_tc_probe(netem_tc_probe_t *out, char *err, size_t errlen)
-    __attribute__((warn_unused_result));
+    PN_WUR;
 
 /* 1 when the kernel has sch_netem (probed once per process, cached). */
 int netem_tc_have_netem(void);

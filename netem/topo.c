@@ -20,22 +20,8 @@
 #include "netem/state.h"
 #include "netem/tc.h"
 
-static int fail(char *err, size_t errlen, int rc, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-
-static int fail(char *err, size_t errlen, int rc, const char *fmt, ...)
-{
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return rc;
-}
-
 /* Names are checked to fit at create time (ids are at most 11 characters). */
-static void name_set(char *dst, size_t cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void name_set(char *dst, size_t cap, const char *fmt, ...) PN_PRINTF(3, 4);
 
 static void name_set(char *dst, size_t cap, const char *fmt, ...)
 {
@@ -58,12 +44,12 @@ int netem_topo_ip(char *err, size_t errlen, const char *arg, ...)
     argv[n] = NULL;
     int pfd[2];
     if (pipe2(pfd, O_CLOEXEC) < 0)
-        return fail(err, errlen, -errno, "pipe: %s", strerror(errno));
+        return pn_err(err, errlen, -errno, "pipe: %s", strerror(errno));
     pid_t pid = fork();
     if (pid < 0) {
         close(pfd[0]);
         close(pfd[1]);
-        return fail(err, errlen, -errno, "fork: %s", strerror(errno));
+        return pn_err(err, errlen, -errno, "fork: %s", strerror(errno));
     }
     if (pid == 0) {
         sigset_t all;
@@ -99,7 +85,7 @@ int netem_topo_ip(char *err, size_t errlen, const char *arg, ...)
     for (int i = 0; argv[i] && at < sizeof cmd - 1; i++)
         at += (size_t)snprintf(cmd + at, sizeof cmd - at, "%s%s", i ? " " : "", argv[i]);
     int rc = strstr(out, "Operation not permitted") || strstr(out, "Permission denied") ? -EPERM : -EIO;
-    return fail(err, errlen, rc, "'%s' failed: %s", cmd, got ? out : "(no message)");
+    return pn_err(err, errlen, rc, "'%s' failed: %s", cmd, got ? out : "(no message)");
 }
 
 static int netns_exists(const char *name)
@@ -124,10 +110,10 @@ static int netns_make(const char *name, char *err, size_t errlen)
     e.kind = NETEM_STATE_NETNS;
     snprintf(e.netns, sizeof e.netns, "%s", name);
     if (!netem_tc_may_change())
-        return fail(err, errlen, -EPERM, "creating network namespace %s: permission denied "
+        return pn_err(err, errlen, -EPERM, "creating network namespace %s: permission denied "
                     "(needs root or CAP_NET_ADMIN); nothing was changed", name);
     if (netns_exists(name))
-        return fail(err, errlen, -EEXIST, "network namespace %s already exists", name);
+        return pn_err(err, errlen, -EEXIST, "network namespace %s already exists", name);
     int rc = netem_state_add(&e, 0, err, errlen);
     if (rc < 0)
         return rc;
@@ -199,7 +185,7 @@ int netem_topo_create(netem_topo_t *t, int hosts, char *err, size_t errlen)
     static int seq;
     memset(t, 0, sizeof *t);
     if (hosts < 1 || hosts > NETEM_TOPO_MAX_HOSTS)
-        return fail(err, errlen, -EINVAL, "a topology has 1 to %d hosts, not %d", NETEM_TOPO_MAX_HOSTS,
+        return pn_err(err, errlen, -EINVAL, "a topology has 1 to %d hosts, not %d", NETEM_TOPO_MAX_HOSTS,
                     hosts);
     int k = __atomic_fetch_add(&seq, 1, __ATOMIC_RELAXED);
     if (k == 0)

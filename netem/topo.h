@@ -11,6 +11,7 @@
 
 #include <stddef.h>
 
+#include "common/err.h"
 #include "netem/profile.h"
 
 #define NETEM_TOPO_MAX_HOSTS 64
@@ -33,26 +34,26 @@ typedef struct {
 
 /* Builds the namespaces, veths and bridge; on error everything made so far is removed. */
 int netem_topo_create(netem_topo_t *t, int hosts, char *err, size_t errlen)
-    __attribute__((warn_unused_result));
+    PN_WUR;
 
 const char *netem_topo_host_ns(const netem_topo_t *t, int host);
 const char *netem_topo_host_addr(const netem_topo_t *t, int host);   /* dotted IPv4 */
 const char *netem_topo_host_ifname(const netem_topo_t *t, int host); /* for UCX_NET_DEVICES */
 
 /* setns of the calling thread into the host's namespace (for a while: callers come back). */
-int netem_topo_enter(const netem_topo_t *t, int host) __attribute__((warn_unused_result));
+int netem_topo_enter(const netem_topo_t *t, int host) PN_WUR;
 
 /* Moves a forked process into the host for good: its namespace, and a private /sys
  * mounted there. UCX lists interfaces from /sys/class/net, which shows the namespace of
  * whoever mounted sysfs, so without this (as `ip netns exec` does it) UCX would not see
  * the host's veth. The message names the namespace and the step that failed. */
 int netem_topo_become_host(const netem_topo_t *t, int host, char *err, size_t errlen)
-    __attribute__((warn_unused_result));
+    PN_WUR;
 
 /* Puts links[0..hosts-2] on the topology with the emulator named "auto", "netem" or
  * "shim" (see netem/emulator.h); t->emulator and t->why say what was chosen. */
 int netem_topo_apply(netem_topo_t *t, const netem_profile_t *links, const char *emulator,
-                     char *err, size_t errlen) __attribute__((warn_unused_result));
+                     char *err, size_t errlen) PN_WUR;
 
 /* The backend netem_topo_apply chose ("netem", "shim", "none"), NULL before any apply;
  * what every result records. */
@@ -63,18 +64,18 @@ void netem_topo_destroy(netem_topo_t *t);
 
 /* Runs `ip ARGS...` (NULL-terminated), no shell; its stderr goes into err. */
 int netem_topo_ip(char *err, size_t errlen, const char *arg, ...)
-    __attribute__((sentinel, warn_unused_result));
+    __attribute__((sentinel)) PN_WUR;
 
 /* Deletes a namespace by name; 0 when it does not exist. */
 int netem_topo_netns_delete(const char *name, char *err, size_t errlen)
-    __attribute__((warn_unused_result));
+    PN_WUR;
 
 /* A scratch namespace with one veth pair (ifname up, peer ifname-p), recorded in the
  * state file; and its removal. Used by probes and tests. */
 int netem_topo_scratch_create(const char *netns, const char *ifname, char *err, size_t errlen)
-    __attribute__((warn_unused_result));
+    PN_WUR;
 int netem_topo_scratch_destroy(const char *netns, char *err, size_t errlen)
-    __attribute__((warn_unused_result));
+    PN_WUR;
 
 /* Every namespace and host link whose name starts with prefix (e.g. "pn1234"): how many
  * are left on the machine, listed into buf. For leak checks. */

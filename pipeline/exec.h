@@ -6,13 +6,12 @@
 
 #include <stdio.h>
 
+#include "common/err.h"
 #include "models/model.h"
 #include "pipeline/boot.h"
 #include "pipeline/runcfg.h"
 #include "pipeline/transport.h"
 #include "schedules/sched.h"
-
-#define EXEC_WUR __attribute__((warn_unused_result))
 
 /* One trace row: times in seconds on rank 0's clock since the job's start. */
 typedef struct {
@@ -25,7 +24,11 @@ typedef struct {
 
 typedef struct {
     const runcfg_t *cfg;
-    model_stage_t *st;     /* initialised for this stage */
+    model_stage_t *st;     /* initialised for this stage (one chunk per stage) */
+    /* With several chunks per stage (interleaved-1f1b, zb-v): the stage's chunks in model
+     * order, each initialised as chunk c of the model split into all chunks; st unused. */
+    model_stage_t *const *chunks;
+    int n_chunks;          /* 0: st alone */
     transport_t *t;        /* connected to the neighbours; NULL with one stage */
     const boot_t *boot;    /* clock alignment; NULL = this process's clock */
     int stage;
@@ -42,11 +45,11 @@ typedef struct {
 } exec_result_t;
 
 /* Runs cfg->warmup + cfg->iters iterations. On a failure, err names this rank, the op
- * and iteration it was in and why; the caller tells the other ranks (boot_abort). */
-int exec_run(const exec_params_t *p, exec_result_t *out, char *err, size_t errlen) EXEC_WUR;
+ * and iteration it was in and why; the caller tells the other ranks (ctrl_abort). */
+int exec_run(const exec_params_t *p, exec_result_t *out, char *err, size_t errlen) PN_WUR;
 void exec_result_destroy(exec_result_t *r);
 
 /* The trace CSV: header `rank,iteration,op,micro_batch,start_s,end_s,bytes`. */
-int exec_trace_write(FILE *f, const exec_row_t *rows, size_t n, int header) EXEC_WUR;
+int exec_trace_write(FILE *f, const exec_row_t *rows, size_t n, int header) PN_WUR;
 
 #endif

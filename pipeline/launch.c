@@ -19,12 +19,7 @@
 #include <time.h>
 #include <unistd.h>
 
-static double mono(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
+#include "common/clock.h"
 
 /* The rendezvous socket on an ephemeral port: on loopback, or on host 0's address
  * inside its namespace (a socket stays in the namespace it was made in). */
@@ -115,6 +110,68 @@ static void describe_status(int st, char *buf, size_t len)
         snprintf(buf, len, "exited with status %d", WEXITSTATUS(st));
 }
 
+/* Reaps every child (kill_at > 0: SIGKILL the survivors from then on; *p->stop: at
+ * once). Returns the culprit rank or -1, and the first stopped rank in *stopped_rank.
+ * The culprit is the first rank killed by a signal, else the first one stopped (a
+ * SIGSTOPped rank makes its neighbours time out first), else the first to fail: a
+ * survivor may be reaped before the rank whose death made it exit. */
+static int reap(const launch_params_t *p, pid_t *pids, int *status, int live, double kill_at, double grace,
+                launch_failure_t *fail, int *stopped_rank)
+{
+    int P = p->cfg->stages, first_bad = -1, signalled = -1, stopped = -1;
+    while (live > 0) {
+        int st;
+        pid_t pid = waitpid(-1, &st, WUNTRACED | (kill_at > 0 || (p->stop && *p->stop) ? WNOHANG : 0));
+        if (pid < 0 && errno == EINTR)
+            continue;
+        if (pid > 0) {
+            for (int r = 0; r < P; r++)
+                if (pids[r] == pid && WIFSTOPPED(st)) {
+                    if (stopped < 0)
+                        stopped = r;
+                    fprintf(stderr, "pipenem: rank %d (pid %d) was stopped by signal %d (%s)\n", r, (int)pid,
+                            WSTOPSIG(st), strsignal(WSTOPSIG(st)));
+                } else if (pids[r] == pid) {
+                    status[r] = st;
+                    pids[r] = 0;
+                    live--;
+                    if (WIFEXITED(st) && WEXITSTATUS(st) == 0)
+                        break;
+                    if (first_bad < 0) {
+                        first_bad = r;
+                        kill_at = pn_now() + grace;
+                    }
+                    if (WIFSIGNALED(st) && signalled < 0 && !fail->killed)
+                        signalled = r;
+                }
+            continue;
+        }
+        if (pid < 0 && errno == ECHILD)
+            break;
+        int stop = p->stop && *p->stop;
+        if (!fail->killed && (stop || (kill_at > 0 && pn_now() >= kill_at))) {
+            for (int r = 0; r < P; r++)
+                if (pids[r] > 0) {
+                    if (!stop)
+                        fprintf(stderr, "pipenem: rank %d (pid %d) did not stop %.0f s after the failure: killing it\n",
+                                r, (int)pids[r], grace);
+                    kill(pids[r], SIGKILL);
+                }
+            fail->killed = 1;
+            if (kill_at <= 0)
+                kill_at = pn_now();
+        }
+        struct timespec ts = {0, 50 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    if (signalled >= 0)
+        first_bad = signalled;
+    else if (stopped >= 0 && first_bad >= 0)
+        first_bad = stopped;
+    *stopped_rank = stopped;
+    return first_bad;
+}
+
 int launch_run(const launch_params_t *p, stage_summary_t *out, launch_failure_t *fail, char *err, size_t errlen)
 {
     const runcfg_t *cfg = p->cfg;
@@ -160,60 +217,8 @@ int launch_run(const launch_params_t *p, stage_summary_t *out, launch_failure_t 
     if (lfd >= 0)
         close(lfd);
     lfd = -1;
-    /* The culprit is the first rank killed by a signal, else the first one stopped (a
-     * SIGSTOPped rank makes its neighbours time out first), else the first to fail: a
-     * survivor may be reaped before the rank whose death made it exit. */
-    int first_bad = -1, signalled = -1, stopped = -1;
-    double kill_at = rc ? mono() : 0;
-    while (live > 0) {
-        int st;
-        pid_t pid = waitpid(-1, &st, WUNTRACED | (kill_at > 0 || (p->stop && *p->stop) ? WNOHANG : 0));
-        if (pid < 0 && errno == EINTR)
-            continue;
-        if (pid > 0) {
-            for (int r = 0; r < P; r++)
-                if (pids[r] == pid && WIFSTOPPED(st)) {
-                    if (stopped < 0)
-                        stopped = r;
-                    fprintf(stderr, "pipenem: rank %d (pid %d) was stopped by signal %d (%s)\n", r, (int)pid,
-                            WSTOPSIG(st), strsignal(WSTOPSIG(st)));
-                } else if (pids[r] == pid) {
-                    status[r] = st;
-                    pids[r] = 0;
-                    live--;
-                    if (WIFEXITED(st) && WEXITSTATUS(st) == 0)
-                        break;
-                    if (first_bad < 0) {
-                        first_bad = r;
-                        kill_at = mono() + grace;
-                    }
-                    if (WIFSIGNALED(st) && signalled < 0 && !fail->killed)
-                        signalled = r;
-                }
-            continue;
-        }
-        if (pid < 0 && errno == ECHILD)
-            break;
-        int stop = p->stop && *p->stop;
-        if (!fail->killed && (stop || (kill_at > 0 && mono() >= kill_at))) {
-            for (int r = 0; r < P; r++)
-                if (pids[r] > 0) {
-                    if (!stop)
-                        fprintf(stderr, "pipenem: rank %d (pid %d) did not stop %.0f s after the failure: killing it\n",
-                                r, (int)pids[r], grace);
-                    kill(pids[r], SIGKILL);
-                }
-            fail->killed = 1;
-            if (kill_at <= 0)
-                kill_at = mono();
-        }
-        struct timespec ts = {0, 50 * 1000 * 1000};
-        nanosleep(&ts, NULL);
-    }
-    if (signalled >= 0)
-        first_bad = signalled;
-    else if (stopped >= 0 && first_bad >= 0)
-        first_bad = stopped;
+    int stopped = -1;
+    int first_bad = reap(p, pids, status, live, rc ? pn_now() : 0, grace, fail, &stopped);
     if (!rc && p->stop && *p->stop) {
         snprintf(err, errlen, "stopped by a signal; every stage was killed");
         rc = -EINTR;

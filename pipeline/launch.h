@@ -8,12 +8,11 @@
 
 #include <signal.h>
 
+#include "common/err.h"
 #include "netem/profile.h"
 #include "netem/topo.h"
 #include "pipeline/runcfg.h"
 #include "pipeline/stage.h"
-
-#define LAUNCH_WUR __attribute__((warn_unused_result))
 
 typedef struct {
     const runcfg_t *cfg;                 /* finished (runcfg_finish) */
@@ -40,6 +39,6 @@ typedef struct {
  * the dead rank, *fail filled, and no stage process left. Each stage prints its own
  * error, if any, to stderr as "pipenem: rank R: ...". */
 int launch_run(const launch_params_t *p, stage_summary_t *out, launch_failure_t *fail, char *err,
-               size_t errlen) LAUNCH_WUR;
+               size_t errlen) PN_WUR;
 
 #endif

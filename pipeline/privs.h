@@ -7,6 +7,8 @@
 
 #include <stddef.h>
 
+#include "common/err.h"
+
 /* Becomes user (a name or a numeric uid) for good: supplementary groups dropped, the
  * user's primary group, then the uid, no_new_privs set, and regaining root is checked to
  * fail. A no-op returning 0 when not running as root. Keeps the parent-death signal
@@ -14,8 +16,8 @@
  * with the reason. */
 /* Checks, before anything starts, that user (a name or a numeric uid) exists and is not
  * root: 0, or -EINVAL with "--user NAME: ..." in err. */
-int privs_check_user(const char *user, char *err, size_t errlen) __attribute__((warn_unused_result));
+int privs_check_user(const char *user, char *err, size_t errlen) PN_WUR;
 
-int privs_drop(const char *user, int pdeath_signal, char *err, size_t errlen) __attribute__((warn_unused_result));
+int privs_drop(const char *user, int pdeath_signal, char *err, size_t errlen) PN_WUR;
 
 #endif

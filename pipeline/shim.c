@@ -10,6 +10,7 @@
 #include <sys/prctl.h>
 #include <time.h>
 
+#include "common/clock.h"
 #include "netem/shaper.h"
 
 #define SHIM_MAGIC 0x50534831u /* "PSH1" */
@@ -86,7 +87,7 @@ static int shim_send(void *impl, transport_req_t *req)
     shim_pend_t *p = pend_new(s, req);
     if (!p)
         return -ENOMEM;
-    double t0 = transport_now() - *s->offset;
+    double t0 = pn_now() - *s->offset;
     /* Only neighbours have an emulated link (the tied-embedding exchange between the
      * first and last stage is not shaped: the topology has no such link either). */
     p->hdr.deliver = sh ? netem_shaper_deliver(sh, t0, netem_shaper_wire_bytes(req->bytes, SHIM_MTU)) : t0;
@@ -117,12 +118,12 @@ static int shim_recv(void *impl, transport_req_t *req)
 static void sleep_until(shim_t *s, double at)
 {
     double aim = at - s->wake_late;
-    if (aim <= transport_now())
+    if (aim <= pn_now())
         return;
     struct timespec ts = {(time_t)aim, (long)((aim - (double)(time_t)aim) * 1e9)};
     while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR)
         ;
-    double late = transport_now() - aim;
+    double late = pn_now() - aim;
     if (late > SHIM_WAKE_LATE_MAX)
         late = SHIM_WAKE_LATE_MAX;   /* a preempted sleeper says nothing about the timer */
     s->wake_late += (late - s->wake_late) / 8;
@@ -146,7 +147,7 @@ static int shim_wait(void *impl, transport_req_t *req, double deadline)
             rc = -EPROTO;
         } else {
             sleep_until(s, p->hdr.deliver + *s->offset);
-            req->done_at = transport_now();
+            req->done_at = pn_now();
         }
     }
     if (rc)

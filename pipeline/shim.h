@@ -6,6 +6,7 @@
 #ifndef PN_PIPELINE_SHIM_H
 #define PN_PIPELINE_SHIM_H
 
+#include "common/err.h"
 #include "netem/profile.h"
 #include "pipeline/transport.h"
 
@@ -13,6 +14,6 @@
  * (size-1 entries). *clock_offset is this rank's clock minus rank 0's (seconds), read at
  * every send and receive, so it may be filled in after the bootstrap. */
 int shim_transport_wrap(transport_t *inner, const netem_profile_t *links, const double *clock_offset,
-                        transport_t *out, char *err, size_t errlen) TRANSPORT_WUR;
+                        transport_t *out, char *err, size_t errlen) PN_WUR;
 
 #endif

@@ -6,11 +6,10 @@
 
 #include <stdio.h>
 
+#include "common/err.h"
 #include "netem/profile.h"
 #include "pipeline/exec.h"
 #include "pipeline/runcfg.h"
-
-#define STAGE_WUR __attribute__((warn_unused_result))
 
 typedef struct {
     const runcfg_t *cfg;     /* finished (runcfg_finish) */
@@ -47,11 +46,11 @@ typedef struct {
 
 /* Runs this rank. On rank 0 (only), fills *out on success. A failure anywhere makes
  * every rank return an error naming the rank and op involved. */
-int stage_run(const stage_params_t *p, stage_summary_t *out, char *err, size_t errlen) STAGE_WUR;
+int stage_run(const stage_params_t *p, stage_summary_t *out, char *err, size_t errlen) PN_WUR;
 void stage_summary_destroy(stage_summary_t *s);
 
 /* The summary from the reports rank 0 wrote to stage_params_t.reports_out. */
-int stage_summary_read(const runcfg_t *cfg, FILE *f, stage_summary_t *out, char *err, size_t errlen) STAGE_WUR;
+int stage_summary_read(const runcfg_t *cfg, FILE *f, stage_summary_t *out, char *err, size_t errlen) PN_WUR;
 
 /* nccl-tests-style table of the summary onto f: '#' header, units row, one row per
  * iteration (iteration, time, loss, tokens/s), then per-stage throughput and memory. */
@@ -61,6 +60,6 @@ void stage_summary_print(const stage_summary_t *s, const runcfg_t *cfg, FILE *f)
  * iters, warmup, loss[warmup + iters] and ranks[stages] set. Every count, index and
  * micro-batch number is range-checked before use: -EPROTO with a message otherwise.
  * Exposed for the fuzz target. */
-int stage_report_parse(stage_summary_t *s, int q, const char *text, size_t len, char *err, size_t errlen) STAGE_WUR;
+int stage_report_parse(stage_summary_t *s, int q, const char *text, size_t len, char *err, size_t errlen) PN_WUR;
 
 #endif

@@ -6,12 +6,7 @@
 #include <string.h>
 #include <time.h>
 
-double transport_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
+#include "common/clock.h"
 
 const char *transport_dir_name(transport_dir_t d)
 {
@@ -59,7 +54,7 @@ int transport_wait(transport_t *t, transport_req_t *req, double timeout)
 {
     if (!req || req->state == TRANSPORT_REQ_IDLE)
         return -EINVAL;
-    double deadline = timeout > 0 ? transport_now() + timeout : 0;
+    double deadline = timeout > 0 ? pn_now() + timeout : 0;
     return t->ops->wait(t->impl, req, deadline);
 }
 

@@ -8,7 +8,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define TRANSPORT_WUR __attribute__((warn_unused_result))
+#include "common/err.h"
 
 /* What a message carries; with the iteration and micro-batch it is the matching key. */
 /* TIED: the tied-embedding gradient exchanged between the first and last stage. */
@@ -66,16 +66,13 @@ typedef struct {
     int rank, size;
 } transport_t;
 
-/* Monotonic seconds: the clock every transport and trace uses locally. */
-double transport_now(void);
-
 /* Fills req for a send/receive of bytes at buf with peer and posts it. */
 int transport_send(transport_t *t, int peer, transport_key_t key, const void *buf, size_t bytes,
-                   transport_req_t *req) TRANSPORT_WUR;
+                   transport_req_t *req) PN_WUR;
 int transport_recv(transport_t *t, int peer, transport_key_t key, void *buf, size_t bytes,
-                   transport_req_t *req) TRANSPORT_WUR;
+                   transport_req_t *req) PN_WUR;
 /* Waits at most timeout seconds (<= 0: forever). */
-int transport_wait(transport_t *t, transport_req_t *req, double timeout) TRANSPORT_WUR;
+int transport_wait(transport_t *t, transport_req_t *req, double timeout) PN_WUR;
 void transport_fail(transport_t *t, int status, const char *why);
 void transport_quiesce(transport_t *t);
 /* Accepts a half-built or NULL transport. */

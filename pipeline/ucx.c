@@ -20,62 +20,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
-#include <sys/eventfd.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <ucp/api/ucp.h>
 
-typedef struct ucx ucx_t;
-
-typedef struct {
-    ucx_t *u;
-    int rank;
-    ucp_ep_h ep;
-    int lost;
-} ucx_peer_t;
-
-/* A message UCX has handed us (probed and removed) before its receive was posted. */
-typedef struct ucx_unexp {
-    ucp_tag_message_h msg;
-    ucp_tag_recv_info_t info;
-    struct ucx_unexp *next;
-} ucx_unexp_t;
-
-/* One in-flight UCX request. The callback finds the caller's request through it, and a
- * failure can detach the caller's request while UCX still owns the operation. */
-typedef struct ucx_slot {
-    ucx_t *u;
-    transport_req_t *req;
-    void *ucx_req;
-    struct ucx_slot *prev, *next;
-} ucx_slot_t;
-
-struct ucx {
-    int rank, size;
-    ucp_context_h ctx;
-    ucp_worker_h worker;
-    ucp_address_t *addr;
-    size_t addr_len;
-    int efd, wake_fd, epfd;
-    pthread_mutex_t lock;
-    pthread_mutex_t gate;             /* guards sleeping on gate_cond (taken after lock) */
-    pthread_cond_t gate_cond;         /* completions, and hand-offs of the lock */
-    atomic_uint done_gen;             /* completions so far */
-    atomic_int want;                  /* stage threads waiting for the lock */
-    atomic_uint taken;                /* times a stage thread got it */
-    atomic_int handing;               /* the progress thread waits for a hand-off */
-    int sync_ready;
-    pthread_t thread;
-    int thread_started, stop;
-    ucx_peer_t *peers;
-    transport_req_t *posted;          /* receives waiting for their message */
-    ucx_unexp_t *unexp, *unexp_tail;  /* messages waiting for their receive */
-    ucx_unexp_t *rejected;            /* wrong-size messages, never received */
-    ucx_slot_t *slots;                /* requests UCX still owns */
-    int failed, fail_status, quiet;
-    char fail_why[160];
-};
+#include "common/clock.h"
+#include "pipeline/ucx_int.h"
 
 uint64_t ucx_tag_make(int src, transport_key_t key)
 {
@@ -99,7 +50,7 @@ static int status_errno(ucs_status_t st)
     }
 }
 
-static void wake(ucx_t *u)
+void ucx_wake(ucx_t *u)
 {
     uint64_t one = 1;
     if (write(u->wake_fd, &one, sizeof one) < 0) {
@@ -155,7 +106,7 @@ static void req_complete(ucx_t *u, transport_req_t *req, int status, const char 
     req->status = status;
     if (why)
         snprintf(req->why, sizeof req->why, "%s", why);
-    req->done_at = transport_now();
+    req->done_at = pn_now();
     req->impl = NULL;
     req->state = TRANSPORT_REQ_DONE;
     notify(u);
@@ -175,7 +126,7 @@ static ucx_slot_t *slot_new(ucx_t *u, transport_req_t *req)
     return s;
 }
 
-static void slot_free(ucx_t *u, ucx_slot_t *s)
+void ucx_slot_free(ucx_t *u, ucx_slot_t *s)
 {
     if (s->prev)
         s->prev->next = s->next;
@@ -203,7 +154,7 @@ static void slot_done(ucx_slot_t *s, void *request, ucs_status_t st, size_t got)
         }
         req_complete(u, req, rc, rc ? why : NULL);
     }
-    slot_free(u, s);
+    ucx_slot_free(u, s);
     ucp_request_free(request);
     pthread_mutex_unlock(&u->lock);
 }
@@ -222,13 +173,13 @@ static void recv_cb(void *request, ucs_status_t st, const ucp_tag_recv_info_t *i
 static int track(ucx_t *u, transport_req_t *req, ucs_status_ptr_t sp, ucx_slot_t *slot)
 {
     if (sp == NULL) {
-        slot_free(u, slot);
+        ucx_slot_free(u, slot);
         req_complete(u, req, 0, NULL);
         return 0;
     }
     if (UCS_PTR_IS_ERR(sp)) {
         char why[160];
-        slot_free(u, slot);
+        ucx_slot_free(u, slot);
         snprintf(why, sizeof why, "UCX %s rank %d failed: %s", req->is_recv ? "receive from" : "send to",
                  req->peer, ucs_status_string(UCS_PTR_STATUS(sp)));
         req_complete(u, req, status_errno(UCS_PTR_STATUS(sp)), why);
@@ -333,7 +284,7 @@ static void *progress_main(void *arg)
     return NULL;
 }
 
-static void fail_locked(ucx_t *u, int status, const char *why)
+void ucx_fail_locked(ucx_t *u, int status, const char *why)
 {
     if (!u->failed) {
         u->failed = 1;
@@ -419,7 +370,7 @@ static int ucx_connect(void *impl, int peer, const void *blob, size_t len, char 
     app_lock(u);
     ucs_status_t st = p->ep ? UCS_ERR_ALREADY_EXISTS : ucp_ep_create(u->worker, &ep, &p->ep);
     pthread_mutex_unlock(&u->lock);
-    wake(u);
+    ucx_wake(u);
     if (st != UCS_OK) {
         snprintf(err, errlen, "UCX endpoint from rank %d to rank %d: %s", u->rank, peer, ucs_status_string(st));
         return -ECONNREFUSED;
@@ -455,7 +406,7 @@ static int ucx_send(void *impl, transport_req_t *req)
         }
     }
     pthread_mutex_unlock(&u->lock);
-    wake(u);
+    ucx_wake(u);
     return rc;
 }
 
@@ -487,7 +438,7 @@ static int ucx_recv(void *impl, transport_req_t *req)
         u->posted = req;
     }
     pthread_mutex_unlock(&u->lock);
-    wake(u);
+    ucx_wake(u);
     return 0;
 }
 
@@ -531,9 +482,9 @@ static void ucx_fail(void *impl, int status, const char *why)
 {
     ucx_t *u = impl;
     app_lock(u);
-    fail_locked(u, status, why);
+    ucx_fail_locked(u, status, why);
     pthread_mutex_unlock(&u->lock);
-    wake(u);
+    ucx_wake(u);
 }
 
 static void ucx_quiesce(void *impl)
@@ -542,100 +493,6 @@ static void ucx_quiesce(void *impl)
     app_lock(u);
     u->quiet = 1;
     pthread_mutex_unlock(&u->lock);
-}
-
-/* Waits (progressing by hand: the thread is gone) for a close request, at most 2 s. */
-static void close_wait(ucx_t *u, ucs_status_ptr_t sp)
-{
-    if (sp == NULL || UCS_PTR_IS_ERR(sp))
-        return;
-    double end = transport_now() + 2.0;
-    while (ucp_request_check_status(sp) == UCS_INPROGRESS && transport_now() < end) {
-        if (ucp_worker_progress(u->worker))
-            continue;
-        if (ucp_worker_arm(u->worker) == UCS_OK) {
-            struct epoll_event ev;
-            epoll_wait(u->epfd, &ev, 1, 10);
-        }
-    }
-    if (ucp_request_check_status(sp) == UCS_INPROGRESS)
-        ucp_request_cancel(u->worker, sp);
-    ucp_request_free(sp);
-}
-
-static void ucx_destroy(void *impl)
-{
-    ucx_t *u = impl;
-    if (!u)
-        return;
-    if (u->thread_started) {
-        pthread_mutex_lock(&u->lock);
-        u->stop = 1;
-        u->quiet = 1;
-        pthread_mutex_unlock(&u->lock);
-        wake(u);
-        pthread_join(u->thread, NULL);
-    }
-    if (u->sync_ready) {
-        pthread_mutex_lock(&u->lock);
-        fail_locked(u, -ECANCELED, "transport closed");
-        pthread_mutex_unlock(&u->lock);
-    }
-    if (u->peers && u->worker) {
-        for (int i = 0; i < u->size; i++)
-            if (u->peers[i].ep) {
-                ucp_request_param_t prm = {.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS,
-                                           .flags = UCP_EP_CLOSE_FLAG_FORCE};
-                close_wait(u, ucp_ep_close_nbx(u->peers[i].ep, &prm));
-                u->peers[i].ep = NULL;
-            }
-    }
-    /* Rejected messages are released by receiving them into zero bytes: UCX reports the
-     * truncation without writing anything and returns its buffers. */
-    if (u->worker)
-        for (ucx_unexp_t *m = u->rejected; m; m = m->next) {
-            static char none;
-            ucp_request_param_t prm = {.op_attr_mask = 0};
-            close_wait(u, ucp_tag_msg_recv_nbx(u->worker, &none, 0, m->msg, &prm));
-        }
-    /* Requests still in UCX (e.g. receives whose peer vanished) are cancelled; their
-     * callbacks free the slots. */
-    if (u->worker) {
-        for (ucx_slot_t *s = u->slots, *next; s; s = next) {
-            next = s->next;
-            if (s->ucx_req)
-                ucp_request_cancel(u->worker, s->ucx_req);
-        }
-        for (int i = 0; i < 100 && u->slots; i++)
-            ucp_worker_progress(u->worker);
-        while (u->slots)
-            slot_free(u, u->slots); /* UCX never called back: leak its request, not ours */
-    }
-    for (ucx_unexp_t *m = u->unexp, *n; m; m = n) {
-        n = m->next;
-        free(m);
-    }
-    for (ucx_unexp_t *m = u->rejected, *n; m; m = n) {
-        n = m->next;
-        free(m);
-    }
-    if (u->addr)
-        ucp_worker_release_address(u->worker, u->addr);
-    if (u->epfd >= 0)
-        close(u->epfd);
-    if (u->wake_fd >= 0)
-        close(u->wake_fd);
-    if (u->worker)
-        ucp_worker_destroy(u->worker);
-    if (u->ctx)
-        ucp_cleanup(u->ctx);
-    if (u->sync_ready) {
-        pthread_cond_destroy(&u->gate_cond);
-        pthread_mutex_destroy(&u->gate);
-        pthread_mutex_destroy(&u->lock);
-    }
-    free(u->peers);
-    free(u);
 }
 
 static const transport_ops_t ucx_ops = {
@@ -650,30 +507,6 @@ static const transport_ops_t ucx_ops = {
     .destroy = ucx_destroy,
 };
 
-static int sync_init(ucx_t *u)
-{
-    pthread_mutexattr_t ma;
-    pthread_condattr_t ca;
-    pthread_mutexattr_init(&ma);
-    /* Error callbacks may arrive while this thread already holds the lock in progress. */
-    pthread_mutexattr_settype(&ma, PTHREAD_MUTEX_RECURSIVE);
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    int rc = pthread_mutex_init(&u->lock, &ma);
-    if (!rc) {
-        if ((rc = pthread_mutex_init(&u->gate, NULL)) == 0 && (rc = pthread_cond_init(&u->gate_cond, &ca)) != 0)
-            pthread_mutex_destroy(&u->gate);
-        if (rc)
-            pthread_mutex_destroy(&u->lock);
-    }
-    pthread_mutexattr_destroy(&ma);
-    pthread_condattr_destroy(&ca);
-    if (rc)
-        return -rc;
-    u->sync_ready = 1;
-    return 0;
-}
-
 int ucx_transport_open(const ucx_params_t *p, transport_t *out, char *err, size_t errlen)
 {
     if (p->size < 1 || p->size > TRANSPORT_RANK_MAX || p->rank < 0 || p->rank >= p->size) {
@@ -682,7 +515,6 @@ int ucx_transport_open(const ucx_params_t *p, transport_t *out, char *err, size_
         return -EINVAL;
     }
     int rc = -ENOMEM;
-    ucp_config_t *cfg = NULL;
     ucx_t *u = calloc(1, sizeof *u);
     if (!u || !(u->peers = calloc((size_t)p->size, sizeof *u->peers))) {
         snprintf(err, errlen, "out of memory");
@@ -695,74 +527,20 @@ int ucx_transport_open(const ucx_params_t *p, transport_t *out, char *err, size_
         u->peers[i].u = u;
         u->peers[i].rank = i;
     }
-    if ((rc = sync_init(u)) != 0) {
-        snprintf(err, errlen, "pthread init: %s", strerror(-rc));
+    if ((rc = ucx_setup(u, p, err, errlen)) != 0)
         goto fail;
-    }
-    /* A blocking TCP connect to a peer whose link is down holds the worker for the
-     * kernel's SYN retries (~2 min), past every timeout of ours: connect without blocking
-     * and let a failed connection surface as a peer error. UCX reads this one from the
-     * environment only (ucp_config_modify refuses transport keys); the user's value wins. */
-    setenv("UCX_TCP_CONN_NB", "y", 0);
-    ucs_status_t st = ucp_config_read(NULL, NULL, &cfg);
-    if (st == UCS_OK && p->tls && *p->tls)
-        st = ucp_config_modify(cfg, "TLS", p->tls);
-    if (st == UCS_OK && p->net_devices && *p->net_devices)
-        st = ucp_config_modify(cfg, "NET_DEVICES", p->net_devices);
-    /* A blocking TCP connect to a peer whose link is down holds the worker for the
-     * kernel's SYN retries (~2 min), past every timeout of ours: connect without blocking
-     * and let a failed connection surface as a peer error (unless the user chose). */
-    if (st != UCS_OK) {
-        snprintf(err, errlen, "UCX configuration (TLS=%s NET_DEVICES=%s): %s", p->tls ? p->tls : "default",
-                 p->net_devices ? p->net_devices : "default", ucs_status_string(st));
-        rc = -EINVAL;
-        goto fail;
-    }
-    ucp_params_t prm = {
-        .field_mask = UCP_PARAM_FIELD_FEATURES,
-        .features = UCP_FEATURE_TAG | UCP_FEATURE_WAKEUP,
-    };
-    if ((st = ucp_init(&prm, cfg, &u->ctx)) != UCS_OK) {
-        snprintf(err, errlen, "UCX init: %s", ucs_status_string(st));
-        rc = -EIO;
-        goto fail;
-    }
-    ucp_worker_params_t wp = {
-        .field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE,
-        /* The progress thread and the caller take turns under our own lock. */
-        .thread_mode = UCS_THREAD_MODE_SERIALIZED,
-    };
-    if ((st = ucp_worker_create(u->ctx, &wp, &u->worker)) != UCS_OK ||
-        (st = ucp_worker_get_address(u->worker, &u->addr, &u->addr_len)) != UCS_OK ||
-        (st = ucp_worker_get_efd(u->worker, &u->efd)) != UCS_OK) {
-        snprintf(err, errlen, "UCX worker: %s", ucs_status_string(st));
-        rc = -EIO;
-        goto fail;
-    }
-    struct epoll_event ev = {.events = EPOLLIN};
-    if ((u->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) < 0 ||
-        (u->epfd = epoll_create1(EPOLL_CLOEXEC)) < 0 ||
-        (ev.data.fd = u->efd, epoll_ctl(u->epfd, EPOLL_CTL_ADD, u->efd, &ev)) < 0 ||
-        (ev.data.fd = u->wake_fd, epoll_ctl(u->epfd, EPOLL_CTL_ADD, u->wake_fd, &ev)) < 0) {
-        rc = -errno;
-        snprintf(err, errlen, "event fds: %s", strerror(errno));
-        goto fail;
-    }
     if ((rc = pthread_create(&u->thread, NULL, progress_main, u)) != 0) {
         snprintf(err, errlen, "progress thread: %s", strerror(rc));
         rc = -rc;
         goto fail;
     }
     u->thread_started = 1;
-    ucp_config_release(cfg);
     out->ops = &ucx_ops;
     out->impl = u;
     out->rank = p->rank;
     out->size = p->size;
     return 0;
 fail:
-    if (cfg)
-        ucp_config_release(cfg);
     if (u)
         ucx_destroy(u);
     return rc;

@@ -6,6 +6,7 @@
 
 #include <stdint.h>
 
+#include "common/err.h"
 #include "pipeline/transport.h"
 
 typedef struct {
@@ -22,6 +23,6 @@ typedef struct {
 uint64_t ucx_tag_make(int src, transport_key_t key);
 
 int ucx_transport_open(const ucx_params_t *p, transport_t *out, char *err, size_t errlen)
-    TRANSPORT_WUR;
+    PN_WUR;
 
 #endif

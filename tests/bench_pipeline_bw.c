@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "pipeline/boot.h"
+#include "pipeline/ctrl.h"
 #include "pipeline/transport.h"
 #include "pipeline/ucx.h"
 
@@ -76,7 +77,7 @@ static int rank_main(int rank, int lfd, int port, const char *tls, const char *d
     if (rc && !err[0])
         snprintf(err, sizeof err, "%s", strerror(-rc));
     if (!rc)
-        rc = boot_finish(b, NULL, 0, 30, err, sizeof err);
+        rc = ctrl_finish(b, NULL, 0, 30, err, sizeof err);
     if (rc)
         fprintf(stderr, "rank %d: %s\n", rank, err);
     transport_quiesce(&t);

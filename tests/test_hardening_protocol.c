@@ -28,6 +28,8 @@
 
 #include "models/model.h"
 #include "pipeline/boot.h"
+#include "pipeline/ctrl.h"
+#include "pipeline/wire.h"
 #include "pipeline/exec.h"
 #include "pipeline/runcfg.h"
 #include "pipeline/ucx.h"
@@ -205,9 +207,9 @@ static int answer(int fd, char *text, size_t textlen)
         return -1;
     int type, origin;
     size_t len;
-    if (boot_header_parse(buf, sizeof buf, &type, &len))
+    if (wire_header_parse(buf, sizeof buf, &type, &len))
         return -1;
-    boot_text_parse(buf + 12, got - 12 < len ? got - 12 : len, &origin, text, textlen);
+    wire_text_parse(buf + 12, got - 12 < len ? got - 12 : len, &origin, text, textlen);
     return type;
 }
 
@@ -252,7 +254,7 @@ static int evil_rank1(int port)
         return fprintf(stderr, "rank 1: %s\n", err), 7;
     char report[256];
     int rl = snprintf(report, sizeof report, "R 0 0 0 0 0 0 0 0 0 %d 1\nT 0 1 -7 0.1 0.2 0\n", cfg.warmup + cfg.iters);
-    int rc = boot_finish(b, report, (size_t)rl, 20, err, sizeof err);
+    int rc = ctrl_finish(b, report, (size_t)rl, 20, err, sizeof err);
     transport_quiesce(&t);
     exec_result_destroy(&r);
     model_stage_destroy(st);

@@ -20,6 +20,9 @@
 #include <unistd.h>
 
 #include "pipeline/boot.h"
+#include "pipeline/ctrl.h"
+#include "pipeline/handshake.h"
+#include "pipeline/jobenv.h"
 #include "tests/testutil.h"
 
 enum { MAXR = 4 };
@@ -79,7 +82,7 @@ static int rank_main(job_t *j, int rank)
         }
     }
     res->offset = boot_clock_offset(b, &res->rtt);
-    if ((rc = boot_watch(b, on_fail, res)) != 0)
+    if ((rc = ctrl_watch(b, on_fail, res)) != 0)
         return res->rc = rc, 1;
     if (rank == j->die_rank) {
         struct timespec ts = {0, 100 * 1000 * 1000};
@@ -89,12 +92,12 @@ static int rank_main(job_t *j, int rank)
     char payload[32];
     snprintf(payload, sizeof payload, "report-%d", rank);
     double t0 = mono();
-    rc = boot_finish(b, payload, strlen(payload) + 1, 20, res->err, sizeof res->err);
+    rc = ctrl_finish(b, payload, strlen(payload) + 1, 20, res->err, sizeof res->err);
     res->fail_after = mono() - t0;
     if (!rc && rank == 0)
         for (int q = 0; q < j->size; q++) {
             size_t len;
-            const char *got = boot_gathered(b, q, &len);
+            const char *got = ctrl_gathered(b, q, &len);
             char want[32];
             snprintf(want, sizeof want, "report-%d", q);
             if (!got || strcmp(got, want)) {
@@ -219,15 +222,15 @@ static void test_parse(void **state)
     (void)state;
     char host[64], err[256];
     int port;
-    assert_int_equal(boot_url_parse("tcp://10.0.0.1:29500", host, sizeof host, &port, err, sizeof err), 0);
+    assert_int_equal(jobenv_url_parse("tcp://10.0.0.1:29500", host, sizeof host, &port, err, sizeof err), 0);
     assert_string_equal(host, "10.0.0.1");
     assert_int_equal(port, 29500);
-    assert_int_equal(boot_url_parse("tcp://[fe80::1]:1", host, sizeof host, &port, err, sizeof err), 0);
+    assert_int_equal(jobenv_url_parse("tcp://[fe80::1]:1", host, sizeof host, &port, err, sizeof err), 0);
     assert_string_equal(host, "fe80::1");
     static const char *const bad[] = {"10.0.0.1:29500", "tcp://host", "tcp://:80", "tcp://h:0", "tcp://h:65536",
                                       "tcp://h:12x", "tcp://[::1]80", "udp://h:1"};
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
-        int rc = boot_url_parse(bad[i], host, sizeof host, &port, err, sizeof err);
+        int rc = jobenv_url_parse(bad[i], host, sizeof host, &port, err, sizeof err);
         print_message("%s -> %s\n", bad[i], err);
         assert_int_equal(rc, -EINVAL);
         assert_non_null(strstr(err, bad[i]));
@@ -237,23 +240,23 @@ static void test_parse(void **state)
     unsetenv("SLURM_PROCID");
     unsetenv("OMPI_COMM_WORLD_RANK");
     unsetenv("PMI_RANK");
-    assert_int_equal(boot_env_rank(&r, &s, &src, err, sizeof err), -ENOENT);
+    assert_int_equal(jobenv_rank(&r, &s, &src, err, sizeof err), -ENOENT);
     setenv("OMPI_COMM_WORLD_RANK", "2", 1);
     setenv("OMPI_COMM_WORLD_SIZE", "3", 1);
-    assert_int_equal(boot_env_rank(&r, &s, &src, err, sizeof err), 0);
+    assert_int_equal(jobenv_rank(&r, &s, &src, err, sizeof err), 0);
     assert_int_equal(r, 2);
     assert_int_equal(s, 3);
     setenv("OMPI_COMM_WORLD_RANK", "3", 1);
-    assert_int_equal(boot_env_rank(&r, &s, &src, err, sizeof err), -EINVAL);
+    assert_int_equal(jobenv_rank(&r, &s, &src, err, sizeof err), -EINVAL);
     setenv("OMPI_COMM_WORLD_RANK", "x", 1);
-    assert_int_equal(boot_env_rank(&r, &s, &src, err, sizeof err), -EINVAL);
+    assert_int_equal(jobenv_rank(&r, &s, &src, err, sizeof err), -EINVAL);
     print_message("bad env -> %s\n", err);
     unsetenv("OMPI_COMM_WORLD_RANK");
     unsetenv("OMPI_COMM_WORLD_SIZE");
-    assert_true(boot_token_equal("abc", "abc"));
-    assert_false(boot_token_equal("abc", "abd"));
-    assert_false(boot_token_equal("abc", "abcd"));
-    assert_false(boot_token_equal("", "a"));
+    assert_true(handshake_token_equal("abc", "abc"));
+    assert_false(handshake_token_equal("abc", "abd"));
+    assert_false(handshake_token_equal("abc", "abcd"));
+    assert_false(handshake_token_equal("", "a"));
 }
 
 int main(void)

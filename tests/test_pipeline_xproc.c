@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include "pipeline/boot.h"
+#include "pipeline/ctrl.h"
 #include "pipeline/transport.h"
 #include "pipeline/ucx.h"
 #include "tests/testutil.h"
@@ -149,7 +150,7 @@ static int rank_main(job_t *j, int rank)
     /* After the barrier: a send completes once its bytes are in the socket buffer, before
      * the interface has carried them; the peer has received them by now. */
     if (!rc)
-        rc = boot_finish(b, NULL, 0, 30, err, sizeof err);
+        rc = ctrl_finish(b, NULL, 0, 30, err, sizeof err);
     if (j->ifname[rank])
         if_bytes(j->ifname[rank], &res->if_rx1, &res->if_tx1);
     transport_quiesce(&t);

@@ -8,6 +8,8 @@
 #include <string.h>
 
 #include "pipeline/boot.h"
+#include "pipeline/handshake.h"
+#include "pipeline/wire.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
@@ -25,7 +27,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     case 0: {
         int type;
         size_t n;
-        if (len >= BOOT_HEADER_BYTES && boot_header_parse(copy, 1 << 20, &type, &n) == 0 && n > (1 << 20))
+        if (len >= WIRE_HEADER_BYTES && wire_header_parse(copy, 1 << 20, &type, &n) == 0 && n > (1 << 20))
             abort();
         break;
     }
@@ -35,7 +37,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         void *blob = NULL;
         size_t bl = 0;
         char why[256];
-        if (boot_hello_check(&p, copy, len, seen, &r, &blob, &bl, why, sizeof why) == 0) {
+        if (handshake_hello_check(&p, copy, len, seen, &r, &blob, &bl, why, sizeof why) == 0) {
             if (r <= 0 || r >= world || seen[r] || bl > BOOT_BLOB_MAX)
                 abort();
             free(blob);
@@ -45,7 +47,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     case 2: {
         uint64_t h;
         char tok[BOOT_TOKEN_MAX + 1];
-        if (boot_welcome_parse(copy, len, &h, tok) == 0 && strlen(tok) > BOOT_TOKEN_MAX)
+        if (handshake_welcome_parse(copy, len, &h, tok) == 0 && strlen(tok) > BOOT_TOKEN_MAX)
             abort();
         break;
     }
@@ -53,7 +55,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         void *blobs[8] = {0};
         size_t lens[8] = {0};
         double clock[3];
-        if (boot_table_parse(copy, len, world, clock, blobs, lens) == 0)
+        if (handshake_table_parse(copy, len, world, clock, blobs, lens) == 0)
             for (int q = 0; q < world; q++) {
                 if (lens[q] > BOOT_BLOB_MAX)
                     abort();
@@ -68,7 +70,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     default: {
         int origin;
         char why[64];
-        boot_text_parse(copy, len, &origin, why, sizeof why);
+        wire_text_parse(copy, len, &origin, why, sizeof why);
         for (const char *c = why; *c; c++)
             if ((unsigned char)*c < 0x20 || *c == 0x7f)
                 abort(); /* text shown on a terminal must be printable */

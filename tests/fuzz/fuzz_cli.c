@@ -15,7 +15,7 @@
 
 #include "bench/report.h"
 #include "bench/sweep.h"
-#include "pipeline/boot.h"
+#include "pipeline/jobenv.h"
 #include "pipeline/runcfg.h"
 #include "schedules/sched.h"
 
@@ -119,7 +119,7 @@ static void fuzz_url(char *text)
 {
     char host[256], err[512];
     int port;
-    if (boot_url_parse(text, host, sizeof host, &port, err, sizeof err) == 0 && (port < 1 || port > 65535))
+    if (jobenv_url_parse(text, host, sizeof host, &port, err, sizeof err) == 0 && (port < 1 || port > 65535))
         abort();
 }
 
