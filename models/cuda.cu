@@ -143,6 +143,8 @@ static void cuda_destroy(model_stage_t *st)
     cuda_t *c = cuda_of(st);
     if (c) {
         /* errors are of no use here: everything goes whatever they say */
+        if (c->s) /* set up far enough to hold device memory */
+            (void)cudaSetDevice(c->dev);
         for (int i = 0; i < CUDA_MAX_EVENTS; i++)
             if (c->ev[i])
                 (void)cudaEventDestroy(c->ev[i]);
@@ -304,40 +306,46 @@ static int params_upload(model_stage_t *st)
     return 0;
 }
 
+/* Every entry first makes the stage's GPU current (the runtime's current device is per
+ * thread, and one process may hold stages on several GPUs) and, before the first
+ * forward or step, uploads the parameters. */
+static int enter(model_stage_t *st)
+{
+    CK(cudaSetDevice(cuda_of(st)->dev));
+    return cuda_of(st)->uploaded ? 0 : params_upload(st);
+}
+
 static int cuda_forward(model_stage_t *st, int slot, const float *in, float *out)
 {
-    if (!cuda_of(st)->uploaded) {
-        int rc = params_upload(st);
-        if (rc)
-            return rc;
-    }
-    return cuda_stage_forward(st, slot, in, out);
+    int rc = enter(st);
+    return rc ? rc : cuda_stage_forward(st, slot, in, out);
 }
 
 static int cuda_backward(model_stage_t *st, int slot, const float *dout, float *din)
 {
-    return cuda_stage_backward(st, slot, dout, din);
+    int rc = enter(st);
+    return rc ? rc : cuda_stage_backward(st, slot, dout, din);
 }
 
 static int cuda_backward_input(model_stage_t *st, int slot, const float *dout, float *din)
 {
-    return cuda_stage_backward_input(st, slot, dout, din);
+    int rc = enter(st);
+    return rc ? rc : cuda_stage_backward_input(st, slot, dout, din);
 }
 
 static int cuda_backward_weights(model_stage_t *st, int slot)
 {
-    return cuda_stage_backward_weights(st, slot);
+    int rc = enter(st);
+    return rc ? rc : cuda_stage_backward_weights(st, slot);
 }
 
 static int cuda_step(model_stage_t *st)
 {
     cuda_t *c = cuda_of(st);
     size_t n = st->n_params;
-    if (!c->uploaded) {
-        int rc = params_upload(st);
-        if (rc)
-            return rc;
-    }
+    int rc = enter(st);
+    if (rc)
+        return rc;
     if (c->tied_twin >= 0) {
         /* the twin's gradient was added into the host copy by the exchange */
         const model_tensor_t *t = &st->tensors[c->tied_twin];
@@ -383,7 +391,7 @@ static int cuda_step(model_stage_t *st)
 static void cuda_reset(model_stage_t *st)
 {
     cuda_t *c = cuda_of(st);
-    if (c && c->grads && (cudaMemsetAsync(c->grads, 0, st->n_params * sizeof(float), c->s) != cudaSuccess ||
+    if (c && c->grads && (cudaSetDevice(c->dev) != cudaSuccess || cudaMemsetAsync(c->grads, 0, st->n_params * sizeof(float), c->s) != cudaSuccess ||
                           cudaStreamSynchronize(c->s) != cudaSuccess))
         fprintf(stderr, "cuda: zeroing the gradients failed: %s\n", cudaGetErrorString(cudaGetLastError()));
 }
@@ -411,6 +419,7 @@ extern "C" int model_cuda_sync_host(model_stage_t *st)
         return -EINVAL;
     if (!c->uploaded)
         return 0; /* the host holds the initial parameters and zero gradients */
+    CK(cudaSetDevice(c->dev));
     CK(cudaMemcpyAsync(st->params, c->params, st->n_params * sizeof(float), cudaMemcpyDeviceToHost, c->s));
     CK(cudaMemcpyAsync(st->grads, c->grads, st->n_params * sizeof(float), cudaMemcpyDeviceToHost, c->s));
     CK(cudaStreamSynchronize(c->s));
