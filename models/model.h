@@ -37,9 +37,13 @@ typedef struct {
     const char *dataset;      /* "random" or a text file path */
     unsigned long long seed; int threads; int recompute; int tied_embeddings;
     float lr;
+    int process_chunks;       /* chunks of the model this process holds (0 = 1): see below */
 } model_stage_params_t;
 /* Notes on the fields:
  * - partition: `stages` layer counts (each >= 1, summing to cfg.layers); copied by init.
+ * - process_chunks: with several chunks per process (interleaved, V-shape), `stages` counts
+ *   chunks and each chunk is one model_stage_t; emulate's explicit fwd=/bwd=/opt= times,
+ *   which are per process, are then shared out evenly among its chunks.
  * - max_inflight: the schedule's peak of micro-batches between forward and backward on
  *   this stage (GPipe: M; 1F1B: min(stages - stage, M)); cpu allocates that many slots.
  * - threads: > 0 sets OpenMP and OpenBLAS threads for the whole process; 0 leaves the

@@ -16,6 +16,8 @@ const model_option_t runcfg_pipeline_group[] = {
     {"schedule", 's', RUNCFG_OPT_SCHEDULE, "S", "pipeline schedule: {schedules}", "1f1b"},
     {"slack", 'k', RUNCFG_OPT_SLACK, "K", "extra micro-batches in flight per hop (1f1b-slack only)",
      "1 with 1f1b-slack, else 0"},
+    {"chunks", 0, RUNCFG_OPT_CHUNKS, "V", "model chunks per stage (interleaved-1f1b; zb-v holds 2)",
+     "2 with interleaved-1f1b and zb-v, else 1"},
     {"iters", 'n', RUNCFG_OPT_ITERS, "N", "measured iterations", "10"},
     {"warmup", 'w', RUNCFG_OPT_WARMUP, "W", "iterations run first and left out of the figures", "1"},
     {"timeout", 0, RUNCFG_OPT_TIMEOUT, "SECONDS", "a single wait of a stage longer than this fails the job", "300"},
@@ -118,6 +120,7 @@ int runcfg_option(runcfg_t *c, int opt, const char *arg, char *err, size_t errle
         rc = copy_str("schedule", arg, c->schedule, sizeof c->schedule, err, errlen);
         break;
     case RUNCFG_OPT_SLACK: rc = parse_int("slack", arg, 0, PN_MAX_SLACK, &c->slack, err, errlen); break;
+    case RUNCFG_OPT_CHUNKS: rc = parse_int("chunks", arg, 1, 64, &c->chunks, err, errlen); break;
     case RUNCFG_OPT_ITERS: rc = parse_int("iters", arg, 1, PN_MAX_ITERS, &c->iters, err, errlen); break;
     case RUNCFG_OPT_WARMUP: rc = parse_int("warmup", arg, 0, PN_MAX_ITERS, &c->warmup, err, errlen); break;
     case RUNCFG_OPT_NET: rc = copy_str("net", arg, c->net, sizeof c->net, err, errlen); break;
@@ -181,11 +184,9 @@ int runcfg_finish(runcfg_t *c, char *err, size_t errlen)
         snprintf(err, errlen, "--slack %d needs --schedule 1f1b-slack (got %s)", c->slack, c->schedule);
         return -EINVAL;
     }
-    sched_op_t *ops = NULL;
-    size_t n = 0;
-    rc = sched_ops_build(c->schedule, c->stages, c->micro_batches, c->slack, 0, &ops, &n, err, errlen);
-    free(ops);
-    if (rc)
+    sched_spec_t spec = {c->schedule, c->stages, c->micro_batches, c->slack, c->chunks};
+    int v;
+    if ((rc = sched_spec_check(&spec, &v, err, errlen)))
         return rc;
     if (c->stages > 1) {
         netem_profile_t *links = calloc((size_t)c->stages - 1, sizeof *links);
@@ -225,6 +226,8 @@ int runcfg_format(const runcfg_t *c, char *buf, size_t len)
                       " schedule=%s slack=%d iters=%d warmup=%d net=%s emulator=%s",
                       m->batch_size, m->micro_batch_size, m->compute, m->dataset, m->recompute, m->tied_embeddings,
                       m->seed, (double)m->lr, c->schedule, c->slack, c->iters, c->warmup, c->net, c->emulator);
+    if (c->chunks && n >= 0 && (size_t)n < len) /* only where given: older runs keep their hash */
+        n += snprintf(buf + n, len - (size_t)n, " chunks=%d", c->chunks);
     return n;
 }
 
@@ -239,7 +242,11 @@ int runcfg_describe(const runcfg_t *c, char *buf, size_t len)
     r.model.seq_len = p->seq_len;
     r.model.micro_batch_size = p->micro_batch_size;
     r.model.batch_size = p->micro_batch_size * p->micro_batches;
-    if (!r.model.n_partition && c->stages <= PN_MAX_STAGES) {
+    sched_spec_t spec = {c->schedule, c->stages, c->micro_batches, c->slack, c->chunks};
+    int v = 1;
+    if (sched_spec_check(&spec, &v, NULL, 0) == 0 && v > 1)
+        r.chunks = v; /* several chunks per stage: the layers split evenly over all of them */
+    else if (!r.model.n_partition && c->stages <= PN_MAX_STAGES) {
         model_partition_even(p->cfg.layers, c->stages, r.model.partition);
         r.model.n_partition = c->stages;
     }
