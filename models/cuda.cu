@@ -78,7 +78,7 @@ int cuda_blas_load(char *err, size_t errlen)
 static const char *env_get(const char *name) { return getenv(name); }
 
 /* The device the argument selects, with the reason named when there is none. */
-static int device_open(const model_cuda_arg_t *a, int *dev, cudaDeviceProp *prop, char *err, size_t errlen)
+static int device_open(const model_cuda_arg_t *a, int stage, int *dev, cudaDeviceProp *prop, char *err, size_t errlen)
 {
     int n = 0;
     cudaError_t e = cudaGetDeviceCount(&n);
@@ -91,7 +91,7 @@ static int device_open(const model_cuda_arg_t *a, int *dev, cudaDeviceProp *prop
         return pn_err(err, errlen, -ENODEV, "cuda: the driver cannot list devices: %s (%s)", cudaGetErrorString(e),
                       cudaGetErrorName(e));
     char why[256];
-    int rc = model_gpu_pick(a->device, n, env_get, dev, why, sizeof why);
+    int rc = model_gpu_pick(a->device, n, stage, env_get, dev, why, sizeof why);
     if (rc)
         return pn_err(err, errlen, rc, "cuda: %s", why);
     if ((e = cudaGetDeviceProperties(prop, *dev)) != cudaSuccess)
@@ -110,7 +110,7 @@ extern "C" int model_cuda_probe(const char *arg, char *name, size_t namelen, cha
     cudaDeviceProp prop;
     int dev, rc = model_cuda_arg_parse(arg ? arg : "", &a, err, errlen);
     if (!rc)
-        rc = device_open(&a, &dev, &prop, err, errlen);
+        rc = device_open(&a, 0, &dev, &prop, err, errlen);
     if (!rc)
         rc = cuda_blas_load(err, errlen);
     if (!rc && name)
@@ -245,7 +245,7 @@ static int cuda_init(model_stage_t *st, const char *arg, char *err, size_t errle
     st->backend_priv = c;
     c->tied_twin = -1;
     cudaDeviceProp prop;
-    if ((rc = device_open(&a, &c->dev, &prop, err, errlen)) || (rc = cuda_blas_load(err, errlen)))
+    if ((rc = device_open(&a, st->p.stage, &c->dev, &prop, err, errlen)) || (rc = cuda_blas_load(err, errlen)))
         return rc;
     /* A waiting stage sleeps in the driver instead of spinning a core: the flag must be
      * given before the device's context exists (another stage of this process may have
