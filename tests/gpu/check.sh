@@ -43,6 +43,7 @@ finish() {
 bin= lib=
 if [ -f "$pack/pack.tar.gz" ]; then
 	work=$(mktemp -d /tmp/pn-gpu.XXXXXX)
+	trap 'rm -rf "$work"' EXIT
 	tar xzf "$pack/pack.tar.gz" -C "$work" || { record unpack fail "cannot unpack $pack/pack.tar.gz"; finish; }
 	bin=$work/bin lib=$work/lib
 	t_unit=$bin/test_models_cuda t_cmp=$bin/test_models_cuda_gpu t_bench=$bin/bench_models_cuda pipenem=$bin/pipenem
