@@ -370,6 +370,9 @@ static int cuda_step(model_stage_t *st)
             CK(cudaStreamSynchronize(c->s));
             return 0;
         }
+        if (c->ls.scale != scale)
+            fprintf(stderr, "cuda: fp16 loss scale %g -> %g after %d clean steps\n", scale, c->ls.scale,
+                    c->ls.growth_interval);
     }
     const float wd = 0.1f;
     int t = ++c->adam_t;
