@@ -378,6 +378,7 @@ static int emu_step(model_stage_t *st)
 
 const model_backend_t model_backend_emulate = {
     .name = "emulate",
+    .modelled = 1,
     .check = emu_check,
     .describe = emu_describe,
     .init = emu_init,

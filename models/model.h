@@ -190,6 +190,9 @@ int    model_stage_gemm_reference(model_stage_t *st, int reps, double *flops, do
 
 /* The same for a compute argument alone (no threads), e.g. before any stage exists. */
 void   model_compute_describe(const char *compute, char *buf, size_t len);
+/* 1 if the compute backend's times come from a model (emulate): a stage's costs are then
+ * known before it runs (model_stage_account); 0 otherwise, and for an invalid argument. */
+int    model_compute_modelled(const char *compute);
 /* The compute argument alone: -EINVAL naming an unknown backend, an unknown device, a
  * bad fwd=/bwd= time or an unreadable calibration file. */
 int    model_compute_check(const char *compute, char *err, size_t errlen) PN_WUR;
