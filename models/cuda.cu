@@ -401,6 +401,7 @@ static void cuda_reset(model_stage_t *st)
 
 extern "C" const model_backend_t model_backend_cuda = {
     .name = "cuda",
+    .modelled = 0, /* measured on the device */
     .check = cuda_check,
     .describe = cuda_describe,
     .init = cuda_init,
