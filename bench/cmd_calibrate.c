@@ -8,6 +8,10 @@
 #include "models/options.h"
 #include "bench/vocab.h"
 #include "pipeline/runcfg.h"
+#include "models/precision.h"
+#ifdef PN_HAVE_CUDA
+#include "models/cuda.h"
+#endif
 
 #include <errno.h>
 #include <limits.h>
@@ -40,7 +44,7 @@ static const cli_override_t overrides[] = {
 
 static const cli_spec_t spec = {
     "calibrate",
-    "usage: pipenem calibrate --model M --seq-len T --micro-batch-size b --compute cpu\n"
+    "usage: pipenem calibrate --model M --seq-len T --micro-batch-size b --compute cpu|cuda[:PREC]\n"
     "                         [--stages P | --partition A,B,..] [--iters N] [--warmup W] [--out FILE]\n"
     "Measures forward and backward time per layer and per stage, the achieved FLOP/s, and\n"
     "the sgemm FLOP/s of the same GEMM shapes in the same run (\"% of GEMM peak\").\n\n",
@@ -54,6 +58,7 @@ typedef struct {
     double flops;                        /* fwd + bwd, the accounting formula */
     double gemm_flops, gemm_s;           /* the sgemm reference; 0 if none */
     size_t params, saved_bytes;
+    size_t device_bytes;                 /* cuda: the stage's device allocations; 0 otherwise */
 } stage_result_t;
 
 static int parse_count(const char *cmd, const char *name, const char *arg, int lo, int *out)
@@ -85,6 +90,8 @@ static int calibrate_stage(const model_stage_params_t *base, int s, int iters, i
     }
     for (size_t i = 0; i < nb / sizeof(float); i++)
         in[i] = out[i] = 0.01f * (float)(i % 89) - 0.4f;
+    if (nb != (size_t)st.B * st.T * st.C * sizeof(float)) /* fp16/bf16 boundaries: zeros, not float bits */
+        memset(in, 0, nb), memset(out, 0, nb);
     for (int it = 0; it < warmup + iters; it++) {
         if (it == warmup)
             model_stage_prof_reset(&st);
@@ -108,6 +115,9 @@ static int calibrate_stage(const model_stage_params_t *base, int s, int iters, i
     r->flops = a.fwd_flops + a.bwd_flops;
     r->params = a.params;
     r->saved_bytes = a.saved_bytes_per_mb;
+#ifdef PN_HAVE_CUDA
+    r->device_bytes = model_cuda_device_bytes(&st);
+#endif
     for (int l = 0; l < r->layers; l++) {
         layer_fwd[st.layer_begin + l] = st.prof.layer_fwd[l] / iters;
         layer_bwd[st.layer_begin + l] = st.prof.layer_bwd[l] / iters;
@@ -119,6 +129,11 @@ static int calibrate_stage(const model_stage_params_t *base, int s, int iters, i
             layer_bwd[st.layer_begin + l] = r->bwd / r->layers;
         }
     } else {
+#ifdef PN_HAVE_CUDA
+        if (!strncmp(p.compute, "cuda", 4))
+            rc = model_cuda_gemm_reference(&st, 3, &r->gemm_flops, &r->gemm_s);
+        else
+#endif
         rc = model_stage_gemm_reference(&st, 1, &r->gemm_flops, &r->gemm_s);
         if (rc) {
             snprintf(err, errlen, "stage %d: the sgemm reference failed: %s", s, strerror(-rc));
@@ -154,6 +169,9 @@ static int write_calibration(const char *path, const model_stage_params_t *p, co
                "micro_batch_size %d\nrecompute %d\ntied_embeddings %d\nthreads %d\n",
             p->cfg.name, p->cfg.layers, p->cfg.hidden, p->cfg.heads, p->cfg.vocab, p->seq_len,
             p->micro_batch_size, p->recompute, p->tied_embeddings, p->threads);
+    model_cuda_arg_t ca;
+    if (!strncmp(p->compute, "cuda", 4) && !model_cuda_arg_parse(p->compute[4] ? p->compute + 5 : "", &ca, NULL, 0))
+        fprintf(f, "precision %s\n", model_prec_info(ca.prec)->name); /* the replay's boundary bytes */
     fprintf(f, "embed %.9g %.9g\n", r[0].embed_fwd, r[0].embed_bwd);
     for (int l = 0; l < p->cfg.layers; l++)
         fprintf(f, "layer %d %.9g %.9g\n", l, layer_fwd[l], layer_bwd[l]);
@@ -248,8 +266,8 @@ int cmd_calibrate(int argc, char **argv)
     model_stage_params_t p;
     if (model_options_finish(&mo, &p, err, sizeof err))
         return cli_usage_error(cmd, "%s", err);
-    if (out_path && strncmp(p.compute, "cpu", 3))
-        return cli_usage_error(cmd, "--out needs measured compute (--compute cpu), not '%s'", p.compute);
+    if (out_path && strncmp(p.compute, "cpu", 3) && strncmp(p.compute, "cuda", 4))
+        return cli_usage_error(cmd, "--out needs measured compute (--compute cpu or cuda[:PREC]), not '%s'", p.compute);
 
     stage_result_t *r = calloc(p.stages, sizeof *r);
     double *lf = calloc(p.cfg.layers, sizeof *lf), *lb = calloc(p.cfg.layers, sizeof *lb);
@@ -284,6 +302,12 @@ int cmd_calibrate(int argc, char **argv)
     if (status == CLI_OK) {
         print_layers(&p, r, lf, lb);
         printf("# peak memory %.1f MiB\n", model_peak_rss_bytes() / 1048576.0);
+        size_t dev = 0;
+        for (int s = 0; s < p.stages; s++)
+            dev = r[s].device_bytes > dev ? r[s].device_bytes : dev;
+        if (dev)
+            printf("# peak device memory %.1f MiB (the largest stage: its allocations and cuBLAS workspace)\n",
+                   dev / 1048576.0);
         if (out_path) {
             if (write_calibration(out_path, &p, r, lf, lb, argc, argv, err, sizeof err)) {
                 fprintf(stderr, "pipenem calibrate: %s\n", err);

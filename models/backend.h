@@ -26,10 +26,15 @@ typedef struct model_backend {
     int (*backward_weights)(model_stage_t *st, int slot);
     int (*step)(model_stage_t *st);
     void (*destroy)(model_stage_t *st);
+    /* optional: model_stage_reset zeroes gradients the backend holds outside st->grads */
+    void (*reset)(model_stage_t *st);
 } model_backend_t;
 
 extern const model_backend_t model_backend_cpu;
 extern const model_backend_t model_backend_emulate;
+#ifdef PN_HAVE_CUDA
+extern const model_backend_t model_backend_cuda;   /* models/cuda.cu */
+#endif
 
 /* Per-layer tensor order of the parameter table (12 tensors per transformer layer). */
 enum {

@@ -33,6 +33,9 @@ static const struct {
 } backends[] = {
     {"cpu", &model_backend_cpu},
     {"emulate", &model_backend_emulate},
+#ifdef PN_HAVE_CUDA
+    {"cuda", &model_backend_cuda},
+#endif
 };
 
 /* Built once from the table. */
@@ -204,11 +207,17 @@ static int backend_lookup(const char *compute, const model_backend_t **b, const 
         }
     }
     if (!strncmp(compute, "cuda", 4))
-        snprintf(err, errlen, "compute backend 'cuda' is not implemented in this build "
-                 "(use cpu or emulate:v100|a100|h100)");
+        snprintf(err, errlen, "compute backend 'cuda' is not in this build: it was built without "
+                 "nvcc (CUDA=no or no CUDA toolkit); use cpu or emulate:v100|a100|h100");
     else
-        snprintf(err, errlen, "unknown compute backend '%s' (known: cpu, emulate:v100|a100|h100, "
-                 "emulate:fwd=25ms,bwd=75ms, emulate:CALIBRATION_FILE)", compute);
+        snprintf(err, errlen, "unknown compute backend '%s' (known: cpu, %semulate:v100|a100|h100, "
+                 "emulate:fwd=25ms,bwd=75ms, emulate:CALIBRATION_FILE)", compute,
+#ifdef PN_HAVE_CUDA
+                 "cuda[:fp32|tf32|fp16|bf16], "
+#else
+                 ""
+#endif
+                 );
     return -EINVAL;
 }
 
@@ -467,7 +476,7 @@ void model_stage_destroy(model_stage_t *st)
 
 size_t model_stage_act_bytes(const model_stage_t *st)
 {
-    return (size_t)st->B * st->T * st->C * sizeof(float);
+    return (size_t)st->B * st->T * st->C * (st->act_elem_bytes ? (size_t)st->act_elem_bytes : sizeof(float));
 }
 
 static int slot_find(const model_stage_t *st, int iter, int mb)
@@ -584,6 +593,8 @@ void model_stage_reset(model_stage_t *st)
         memset(st->grads, 0, st->n_params * sizeof(float));
     if (st->tied_grad)
         memset(st->tied_grad, 0, (size_t)st->V * st->C * sizeof(float));
+    if (st->backend && st->backend->reset)
+        st->backend->reset(st);
 }
 
 const model_tensor_t *model_stage_tensor(const model_stage_t *st, int i)

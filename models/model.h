@@ -33,7 +33,7 @@ typedef struct {
     int seq_len, micro_batch_size, micro_batches;  /* M = batch / micro_batch_size */
     int stages, stage; const int *partition;       /* NULL = even split */
     int max_inflight;         /* micro-batches whose activations are held at once; 0 = M */
-    const char *compute;      /* "cpu", "emulate:v100", "emulate:fwd=25ms,bwd=75ms", "emulate:FILE" */
+    const char *compute;      /* "cpu", "cuda:bf16", "emulate:v100[,fp16]", "emulate:fwd=25ms,bwd=75ms", "emulate:FILE" */
     const char *dataset;      /* "random" or a text file path */
     unsigned long long seed; int threads; int recompute; int tied_embeddings;
     float lr;
@@ -114,10 +114,15 @@ typedef struct model_stage {
     float *wgrads; size_t wgrad_floats;
     char device[16];
     model_prof_t prof;
+    /* cuda: the backend's own state; bytes of a boundary element (0 = 4, fp32) */
+    void *backend_priv;
+    int act_elem_bytes;
 } model_stage_t;
 
 int    model_stage_init(model_stage_t *st, const model_stage_params_t *p, char *err, size_t errlen) PN_WUR;
-size_t model_stage_act_bytes(const model_stage_t *st);  /* boundary tensor (B,T,C) fp32 per micro-batch */
+/* The boundary tensor (B,T,C) of one micro-batch, in the compute precision (fp32: 4 bytes an
+ * element; cuda:fp16|bf16 and emulate:DEV,fp16|bf16: 2, see models/precision.h). */
+size_t model_stage_act_bytes(const model_stage_t *st);
 /* Stage 0 ignores `in` and reads tokens of (iter, mb) from the dataset itself; the last
  * stage ignores `out` and computes the loss against the targets of (iter, mb). Every
  * stage derives the same (iter, mb) batch from the seed, so no tokens cross stages.

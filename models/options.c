@@ -26,7 +26,8 @@ const model_option_t model_options_group[] = {
     {"micro-batch-size", 'u', MODEL_OPT_MICRO_BATCH_SIZE, "b", "sequences per micro-batch: N / b micro-batches",
      "1"},
     {"compute", 'c', MODEL_OPT_COMPUTE, "SPEC",
-     "cpu (real training) | emulate:v100|a100|h100[,eff=X] | emulate:fwd=25ms,bwd=75ms[,opt=T]\n"
+     "cpu (real training) | cuda[:fp32|tf32|fp16|bf16] (GPU) | emulate:DEV[,PREC][,eff=X]\n"
+     "(DEV v100|a100|h100|h200|l4|...) | emulate:fwd=25ms,bwd=75ms[,opt=T]\n"
      "| emulate:FILE (written by `pipenem calibrate`); emulate sleeps for the modelled time\n"
      "on real-size tensors instead of computing",
      "cpu"},
@@ -37,6 +38,7 @@ const model_option_t model_options_group[] = {
     {"threads", 0, MODEL_OPT_THREADS, "N", "OpenMP and OpenBLAS threads per stage (cpu)", "the libraries' default"},
     {"seed", 0, MODEL_OPT_SEED, "S", "parameter and data seed", "1234"},
     {"lr", 0, MODEL_OPT_LR, "X", "AdamW learning rate", "6e-4"},
+    {"device", 0, MODEL_OPT_DEVICE, "N", "cuda: the GPU", "the launcher's local rank, else the stage index"},
     {NULL, 0, 0, NULL, NULL, NULL},
 };
 
@@ -50,6 +52,7 @@ void model_options_defaults(model_options_t *o)
     snprintf(o->dataset, sizeof o->dataset, "random");
     o->seed = 1234;
     o->lr = 6e-4f;
+    o->device = -1;
 }
 
 int model_options_getopt(struct option *dst, size_t cap, const struct option *own,
@@ -195,6 +198,9 @@ int model_options_parse(model_options_t *o, int opt, const char *arg, char *err,
     case MODEL_OPT_THREADS:
         rc = parse_int(opt, arg, 1, 1024, &o->threads, err, errlen);
         break;
+    case MODEL_OPT_DEVICE:
+        rc = parse_int(opt, arg, 0, 1023, &o->device, err, errlen);
+        break;
     case MODEL_OPT_SEED: {
         char *end;
         errno = 0;
@@ -271,6 +277,21 @@ int model_options_finish(model_options_t *o, model_stage_params_t *p, char *err,
     if (stages > cfg.layers) {
         snprintf(err, errlen, "--stages %d is more than the %d layers of %s", stages, cfg.layers, cfg.name);
         return -EINVAL;
+    }
+    if (o->device >= 0) {
+        /* --device N becomes part of the compute spec (cuda:PREC,dev=N), which every
+         * stage process receives */
+        size_t n = strlen(o->compute);
+        if (strncmp(o->compute, "cuda", 4) || (o->compute[4] && o->compute[4] != ':')) {
+            snprintf(err, errlen, "--device %d needs --compute cuda[:PREC], not '%s'", o->device, o->compute);
+            return -EINVAL;
+        }
+        if (n + 16 >= sizeof o->compute) {
+            snprintf(err, errlen, "--compute: value too long");
+            return -EINVAL;
+        }
+        snprintf(o->compute + n, sizeof o->compute - n, "%sdev=%d", o->compute[4] ? "," : ":", o->device);
+        o->device = -1;
     }
     rc = model_compute_check(o->compute, err, errlen);
     if (rc)

@@ -30,7 +30,7 @@ enum {
     MODEL_OPT_VOCAB, MODEL_OPT_SEQ_LEN, MODEL_OPT_STAGES, MODEL_OPT_PARTITION,
     MODEL_OPT_BATCH_SIZE, MODEL_OPT_MICRO_BATCH_SIZE, MODEL_OPT_COMPUTE, MODEL_OPT_DATASET,
     MODEL_OPT_RECOMPUTE, MODEL_OPT_TIED_EMBEDDINGS, MODEL_OPT_THREADS, MODEL_OPT_SEED,
-    MODEL_OPT_LR, MODEL_OPT_END
+    MODEL_OPT_LR, MODEL_OPT_DEVICE, MODEL_OPT_END
 };
 
 typedef struct {
@@ -44,6 +44,7 @@ typedef struct {
     char compute[512];
     char dataset[1024];
     int recompute, tied_embeddings, threads;
+    int device;                         /* --device N for cuda, -1 = not given */
     unsigned long long seed;
     float lr;
 } model_options_t;
