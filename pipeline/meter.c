@@ -207,7 +207,7 @@ static void shim_rank(const netem_topo_t *topo, int rank, const shim_job_t *job,
 close:
     transport_quiesce(&t);
     transport_destroy(&t);
-out:
+out:;
     /* nothing is left to tell if the parent is gone: it then reads "died without a word" */
     int wrc = 0;
     if (rc == 0 && ((job->mode == 0 && rank == 0) || (job->mode == 1 && rank == 1)))
