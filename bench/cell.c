@@ -5,6 +5,7 @@
  * metrics, the simulator's prediction and the straggler replay. Without root (no namespaces) the
  * stages run over loopback and only the in-transport shaper can emulate a profile. */
 #include "bench/cell.h"
+#include "common/err.h"
 
 #include "bench/csvio.h"
 #include "bench/metrics.h"
@@ -24,29 +25,17 @@
 #include <errno.h>
 #include <math.h>
 #include <signal.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-
-static void errf(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void errf(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || !errlen)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 /* The pipeline configuration of the cell, through runcfg's own option parser so that the
  * sweep and `pipenem run` agree on every field and check. */
 static int cell_runcfg(const sweep_spec_t *s, const results_cell_t *c, const char *net, const char *emulator,
                        runcfg_t *cfg, char *err, size_t errlen)
 {
-    char stages[16], batch[16], mbs[16], seq[16], iters[16], warmup[16], slack[16], threads[24];
+    char stages[16], batch[16], mbs[16], seq[16], iters[16], warmup[16], slack[16], chunks[16], threads[24];
     /* The stages share this machine's cores: one OpenMP team per core each would fight. */
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
     snprintf(threads, sizeof threads, "%ld", ncpu > s->stages ? ncpu / s->stages : 1);
@@ -57,6 +46,7 @@ static int cell_runcfg(const sweep_spec_t *s, const results_cell_t *c, const cha
     snprintf(iters, sizeof iters, "%d", s->iters);
     snprintf(warmup, sizeof warmup, "%d", s->warmup);
     snprintf(slack, sizeof slack, "%d", s->slack);
+    snprintf(chunks, sizeof chunks, "%d", s->chunks);
     const struct {
         int opt;
         const char *arg;
@@ -68,19 +58,21 @@ static int cell_runcfg(const sweep_spec_t *s, const results_cell_t *c, const cha
         {RUNCFG_OPT_ITERS, iters},            {RUNCFG_OPT_WARMUP, warmup},
         {RUNCFG_OPT_NET, net},                {RUNCFG_OPT_EMULATOR, emulator},
         {MODEL_OPT_THREADS, threads},         {RUNCFG_OPT_TIMEOUT, s->timeout},
+        {RUNCFG_OPT_CHUNKS, chunks},
     };
     runcfg_defaults(cfg);
     for (size_t i = 0; i < sizeof set / sizeof *set; i++) {
         if (set[i].opt == RUNCFG_OPT_SLACK && sched_uses_slack(c->schedule) != 1)
             continue; /* only 1f1b-slack takes a K */
+        if (set[i].opt == RUNCFG_OPT_CHUNKS && (!s->chunks || sched_uses_chunks(c->schedule) != 1))
+            continue; /* only interleaved-1f1b takes a chunk count */
         if (set[i].opt == RUNCFG_OPT_TIMEOUT && !s->timeout[0])
             continue;
         int rc = runcfg_option(cfg, set[i].opt, set[i].arg, err, errlen);
         if (rc < 0)
             return rc;
         if (rc == 0) {
-            errf(err, errlen, "internal: runcfg does not take option %d", set[i].opt);
-            return -EINVAL;
+            return pn_err(err, errlen, -EINVAL, "internal: runcfg does not take option %d", set[i].opt);
         }
     }
     return runcfg_finish(cfg, err, errlen);
@@ -105,8 +97,7 @@ static int straggler_compute(const runcfg_t *cfg, int rank, double factor, char 
     model_stage_destroy(st);
     free(st);
     if (!(a.fwd_s > 0)) {
-        errf(err, errlen, "--straggler needs an emulated compute backend (emulate:...), not '%s'", mp.compute);
-        return -EINVAL;
+        return pn_err(err, errlen, -EINVAL, "--straggler needs an emulated compute backend (emulate:...), not '%s'", mp.compute);
     }
     snprintf(out, len, "emulate:fwd=%.9gms,bwd=%.9gms,opt=%.9gms", 1e3 * factor * a.fwd_s, 1e3 * factor * a.bwd_s,
              1e3 * factor * a.opt_s);
@@ -188,8 +179,7 @@ int cell_measure(void *ctx, const sweep_spec_t *s, results_cell_t *cell, const c
     }
     runcfg_t *cfg = NULL;
     if (!rc && !emu) {
-        errf(err, errlen, "internal: no emulator was chosen for %s", cell->profile);
-        rc = -EINVAL;
+        rc = pn_err(err, errlen, -EINVAL, "internal: no emulator was chosen for %s", cell->profile);
     }
     if (!rc) {
         snprintf(cell->emulator, sizeof cell->emulator, "%s", emu->name);
@@ -197,13 +187,13 @@ int cell_measure(void *ctx, const sweep_spec_t *s, results_cell_t *cell, const c
             rc = -ENOMEM;
     }
     if (!rc)
-        rc = cell_runcfg(s, cell, P > 1 ? cell->profile : "default", strcmp(emu->name, "none") ? emu->name : "auto",
+        rc = cell_runcfg(s, cell, P > 1 ? cell->profile : "default", emu->shapes ? emu->name : "auto",
                          cfg, err, errlen);
     double flop_mb[RESULTS_MAX_STAGES], peak[RESULTS_MAX_STAGES], mem[RESULTS_MAX_STAGES], loss = NAN;
     for (int q = 0; q < P; q++)
         flop_mb[q] = peak[q] = mem[q] = NAN;
     for (int rep = 0; rep < s->repeats && !rc; rep++) {
-        rc = run_repeat(cfg, topo, strcmp(emu->name, "shim") ? NULL : links, s, workdir, stop, r, cell->cell, rep,
+        rc = run_repeat(cfg, topo, emu->in_transport ? links : NULL, s, workdir, stop, r, cell->cell, rep,
                         flop_mb, peak, mem, &loss, err, errlen);
     }
     if (topo) /* restore before anything else can fail or stop */
@@ -226,8 +216,14 @@ int cell_measure(void *ctx, const sweep_spec_t *s, results_cell_t *cell, const c
     if ((rc = metrics_cell_compute(r, &mp, cell, err, errlen)))
         return rc;
     cell->final_loss = loss;
-    if ((rc = predict_time(r, cell, s->slack, &prof, &cell->predicted, err, errlen)) ||
-        (rc = predict_ideal(r, cell, &prof, &cell->ideal, err, errlen)))
+    /* The trace names no chunk, so a stage of several chunks cannot be replayed yet: no ideal time. */
+    sched_spec_t spec = {cell->schedule, P, cell->micro_batches, s->slack, sched_uses_chunks(cell->schedule) == 1 ? s->chunks : 0};
+    int v = 1;
+    if (sched_spec_check(&spec, &v, err, errlen))
+        return -EINVAL;
+    cell->ideal = NAN;
+    if ((rc = predict_time_chunks(r, cell, s->slack, spec.chunks, &prof, &cell->predicted, err, errlen)) ||
+        (v == 1 && (rc = predict_ideal(r, cell, &prof, &cell->ideal, err, errlen))))
         return rc;
     metrics_straggler(cell->iter_median, cell->ideal, &cell->straggler_delay, &cell->straggler_slowdown);
     return 0;

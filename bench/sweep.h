@@ -25,6 +25,7 @@ typedef struct {
     int stages, batch_size, seq_len;
     int iters, warmup;                    /* measured iterations, after `warmup` more */
     int repeats, slack;
+    int chunks;                           /* --chunks of interleaved-1f1b cells (0 = its default) */
     char compute[96];                     /* compute backend spec */
     char emulator[32];                    /* network emulator backend requested */
     int straggler_rank;                   /* -1 = none */
@@ -33,7 +34,7 @@ typedef struct {
     char user[64];                        /* stage processes run as this user ("" = as started) */
 } sweep_spec_t;
 
-/* The defaults of issue 5's default sweep: gpipe,1f1b x 1,2,4 x default,1ms/5Gbps,
+/* The defaults, DT-FM's GPT-3 small table: gpipe,1f1b x 1,2,4 x default,1ms/5Gbps,
  * 5ms/2Gbps,10ms/1Gbps; gpt3-small, 3 stages, batch 64, seq 2048, 10 measured iterations
  * after 1 warm-up, 1 repeat, emulate:v100, emulator auto, no straggler. */
 int sweep_spec_default(sweep_spec_t *s, char *err, size_t errlen) __attribute__((warn_unused_result));
