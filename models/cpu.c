@@ -235,10 +235,10 @@ static int cpu_init(model_stage_t *st, const char *arg, char *err, size_t errlen
     int rc = cpu_check(arg, err, errlen);
     if (rc)
         return rc;
-    if (st->p.threads > 0) {
+    if (st->p.threads > 0)
         omp_set_num_threads(st->p.threads);
-        openblas_set_num_threads(st->p.threads);
-    }
+    /* OpenMP is the one thread pool: the products are split over its threads (calib.c) */
+    openblas_set_num_threads(1);
     size_t n = st->n_params;
     st->params = malloc(n * sizeof(float));
     st->grads = calloc(n, sizeof(float));

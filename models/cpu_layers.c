@@ -229,50 +229,92 @@ void residual_add(float *out, const float *a, size_t n)
         out[i] += a[i];
 }
 
+/* One (sequence, head) of the attention forward, a row block at a time: the scores of
+ * the block's queries against the keys they can see, their softmax while the block is
+ * in cache, and its share of the output. */
+static void attention_head_forward(float *o,       // (T,C) strided, this head's columns
+                                   float *a,       // (T,T)
+                                   const float *q, // (T,3C) strided, this head's q; k and v follow
+                                   int T, int C, int hs, float scale)
+{
+    int C3 = 3 * C;
+    const float *k = q + C, *v = q + 2 * C;
+    for (int r0 = 0; r0 < T; r0 += ATT_BLOCK) {
+        int r1 = r0 + ATT_BLOCK < T ? r0 + ATT_BLOCK : T;
+        gemm(0, 1, r1 - r0, r1, hs, scale, q + (size_t)r0 * C3, C3, k, C3, 0.0f, a + (size_t)r0 * T, T);
+        for (int t = r0; t < r1; t++) {
+            float *ar = a + (size_t)t * T, mx = -INFINITY, sum = 0;
+            for (int j = 0; j <= t; j++)
+                mx = ar[j] > mx ? ar[j] : mx;
+            for (int j = 0; j <= t; j++) {
+                ar[j] = expf(ar[j] - mx);
+                sum += ar[j];
+            }
+            float inv = 1.0f / sum;
+            for (int j = 0; j <= t; j++)
+                ar[j] *= inv;
+            for (int j = t + 1; j < T; j++)
+                ar[j] = 0.0f;
+        }
+        gemm(0, 0, r1 - r0, hs, r1, 1.0f, a + (size_t)r0 * T, T, v, C3, 0.0f, o + (size_t)r0 * C, C);
+    }
+}
+
+/* The heads run in parallel, each on one thread with single-threaded products: a head's
+ * blocks are too small to split, and its (T,T) scores stay in that core's cache from
+ * the product through the softmax to the next product. */
 void attention_forward(float *out,       // (B,T,C)
                        float *att,       // (B,NH,T,T) softmaxed, zero above the diagonal
                        const float *qkv, // (B,T,3C)
                        int B, int T, int C, int NH)
 {
-    int hs = C / NH, C3 = 3 * C;
+    int hs = C / NH;
     float scale = 1.0f / sqrtf((float)hs);
-    for (int b = 0; b < B; b++)
-        for (int h = 0; h < NH; h++) {
-            const float *q = qkv + (size_t)b * T * C3 + h * hs, *k = q + C;
-            float *a = att + ((size_t)b * NH + h) * T * T;
-            for (int r0 = 0; r0 < T; r0 += ATT_BLOCK) {
-                int r1 = r0 + ATT_BLOCK < T ? r0 + ATT_BLOCK : T;
-                gemm(0, 1, r1 - r0, r1, hs, scale, q + (size_t)r0 * C3, C3, k, C3, 0.0f,
-                     a + (size_t)r0 * T, T);
-            }
-        }
 #pragma omp parallel for schedule(static) if ((size_t)B * NH * T * T >= PAR_MIN)
-    for (size_t r = 0; r < (size_t)B * NH * T; r++) {
-        int t = (int)(r % T);
-        float *a = att + r * T, mx = -INFINITY, sum = 0;
-        for (int j = 0; j <= t; j++)
-            mx = a[j] > mx ? a[j] : mx;
-        for (int j = 0; j <= t; j++) {
-            a[j] = expf(a[j] - mx);
-            sum += a[j];
-        }
-        float inv = 1.0f / sum;
-        for (int j = 0; j <= t; j++)
-            a[j] *= inv;
-        for (int j = t + 1; j < T; j++)
-            a[j] = 0.0f;
+    for (int bh = 0; bh < B * NH; bh++) {
+        int b = bh / NH, h = bh % NH;
+        attention_head_forward(out + (size_t)b * T * C + h * hs, att + (size_t)bh * T * T,
+                               qkv + (size_t)b * T * 3 * C + h * hs, T, C, hs, scale);
     }
-    for (int b = 0; b < B; b++)
-        for (int h = 0; h < NH; h++) {
-            const float *v = qkv + (size_t)b * T * C3 + h * hs + 2 * C;
-            const float *a = att + ((size_t)b * NH + h) * T * T;
-            float *o = out + (size_t)b * T * C + h * hs;
-            for (int r0 = 0; r0 < T; r0 += ATT_BLOCK) {
-                int r1 = r0 + ATT_BLOCK < T ? r0 + ATT_BLOCK : T;
-                gemm(0, 0, r1 - r0, hs, r1, 1.0f, a + (size_t)r0 * T, T, v, C3, 0.0f,
-                     o + (size_t)r0 * C, C);
-            }
+}
+
+/* One (sequence, head) of the attention backward. First pass, per row block: the
+ * gradient at the probabilities, through the softmax to the scores, and dq, which
+ * needs only the block's rows. Second pass: dv and dk, which need the rows below. */
+static void attention_head_backward(float *dq,       // (T,3C) strided, this head's dq; dk and dv follow
+                                    float *da,       // (T,T) scratch
+                                    const float *d,  // (T,C) strided, this head's dout
+                                    const float *q,  // (T,3C) strided, this head's q; k and v follow
+                                    const float *a,  // (T,T)
+                                    int T, int C, int hs, float scale)
+{
+    int C3 = 3 * C;
+    const float *k = q + C, *v = q + 2 * C;
+    float *dk = dq + C, *dv = dq + 2 * C;
+    for (int r0 = 0; r0 < T; r0 += ATT_BLOCK) {
+        int r1 = r0 + ATT_BLOCK < T ? r0 + ATT_BLOCK : T;
+        /* da[r0:r1, 0:r1] = dout[r0:r1] v[0:r1]^T */
+        gemm(0, 1, r1 - r0, r1, hs, 1.0f, d + (size_t)r0 * C, C, v, C3, 0.0f, da + (size_t)r0 * T, T);
+        for (int t = r0; t < r1; t++) {
+            const float *ar = a + (size_t)t * T;
+            float *dr = da + (size_t)t * T, dot = 0;
+            for (int j = 0; j <= t; j++)
+                dot += ar[j] * dr[j];
+            for (int j = 0; j <= t; j++)
+                dr[j] = ar[j] * (dr[j] - dot) * scale;
+            for (int j = t + 1; j < T; j++)
+                dr[j] = 0.0f;
         }
+        gemm(0, 0, r1 - r0, hs, r1, 1.0f, da + (size_t)r0 * T, T, k, C3, 0.0f, dq + (size_t)r0 * C3, C3);
+    }
+    for (int r0 = 0; r0 < T; r0 += ATT_BLOCK) {
+        int r1 = r0 + ATT_BLOCK < T ? r0 + ATT_BLOCK : T;
+        /* dv[r0:r1] = att[r0:T, r0:r1]^T dout[r0:T] (rows above r0 see no key >= r0) */
+        gemm(1, 0, r1 - r0, hs, T - r0, 1.0f, a + (size_t)r0 * T + r0, T, d + (size_t)r0 * C, C, 0.0f,
+             dv + (size_t)r0 * C3, C3);
+        gemm(1, 0, r1 - r0, hs, T - r0, 1.0f, da + (size_t)r0 * T + r0, T, q + (size_t)r0 * C3, C3, 0.0f,
+             dk + (size_t)r0 * C3, C3);
+    }
 }
 
 void attention_backward(float *dqkv,        // (B,T,3C) overwritten
@@ -282,50 +324,15 @@ void attention_backward(float *dqkv,        // (B,T,3C) overwritten
                         const float *att,   // (B,NH,T,T)
                         int B, int T, int C, int NH)
 {
-    int hs = C / NH, C3 = 3 * C;
+    int hs = C / NH;
     float scale = 1.0f / sqrtf((float)hs);
-    for (int b = 0; b < B; b++)
-        for (int h = 0; h < NH; h++) {
-            size_t qo = (size_t)b * T * C3 + h * hs;
-            const float *v = qkv + qo + 2 * C, *d = dout + (size_t)b * T * C + h * hs;
-            const float *a = att + ((size_t)b * NH + h) * T * T;
-            float *da = datt + ((size_t)b * NH + h) * T * T, *dv = dqkv + qo + 2 * C;
-            for (int r0 = 0; r0 < T; r0 += ATT_BLOCK) {
-                int r1 = r0 + ATT_BLOCK < T ? r0 + ATT_BLOCK : T;
-                /* datt[r0:r1, 0:r1] = dout[r0:r1] v[0:r1]^T */
-                gemm(0, 1, r1 - r0, r1, hs, 1.0f, d + (size_t)r0 * C, C, v, C3, 0.0f,
-                     da + (size_t)r0 * T, T);
-                /* dv[r0:r1] = att[r0:T, r0:r1]^T dout[r0:T] (rows above r0 see no key >= r0) */
-                gemm(1, 0, r1 - r0, hs, T - r0, 1.0f, a + (size_t)r0 * T + r0, T, d + (size_t)r0 * C, C,
-                     0.0f, dv + (size_t)r0 * C3, C3);
-            }
-        }
 #pragma omp parallel for schedule(static) if ((size_t)B * NH * T * T >= PAR_MIN)
-    for (size_t r = 0; r < (size_t)B * NH * T; r++) {
-        int t = (int)(r % T);
-        const float *a = att + r * T;
-        float *da = datt + r * T, dot = 0;
-        for (int j = 0; j <= t; j++)
-            dot += a[j] * da[j];
-        for (int j = 0; j <= t; j++)
-            da[j] = a[j] * (da[j] - dot) * scale;
-        for (int j = t + 1; j < T; j++)
-            da[j] = 0.0f;
+    for (int bh = 0; bh < B * NH; bh++) {
+        int b = bh / NH, h = bh % NH;
+        size_t qo = (size_t)b * T * 3 * C + h * hs;
+        attention_head_backward(dqkv + qo, datt + (size_t)bh * T * T, dout + (size_t)b * T * C + h * hs,
+                                qkv + qo, att + (size_t)bh * T * T, T, C, hs, scale);
     }
-    for (int b = 0; b < B; b++)
-        for (int h = 0; h < NH; h++) {
-            size_t qo = (size_t)b * T * C3 + h * hs;
-            const float *q = qkv + qo, *k = q + C;
-            const float *da = datt + ((size_t)b * NH + h) * T * T;
-            float *dq = dqkv + qo, *dk = dq + C;
-            for (int r0 = 0; r0 < T; r0 += ATT_BLOCK) {
-                int r1 = r0 + ATT_BLOCK < T ? r0 + ATT_BLOCK : T;
-                gemm(0, 0, r1 - r0, hs, r1, 1.0f, da + (size_t)r0 * T, T, k, C3, 0.0f,
-                     dq + (size_t)r0 * C3, C3);
-                gemm(1, 0, r1 - r0, hs, T - r0, 1.0f, da + (size_t)r0 * T + r0, T, q + (size_t)r0 * C3, C3,
-                     0.0f, dk + (size_t)r0 * C3, C3);
-            }
-        }
 }
 
 /* Softmax of the logits in place and the summed loss against the targets. */
