@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <omp.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "common/clock.h"
 
@@ -22,6 +23,43 @@ typedef struct {
     size_t n, cap;
     int failed;
 } gemm_log_t;
+
+const char *const model_kernel_names[MODEL_K_N] = {"gemm", "attention", "layernorm", "gelu", "residual",
+                                                    "bias", "encoder", "crossentropy", "adamw"};
+
+static int kprof_on, kprof_depth;
+static double kprof_s[MODEL_K_N];
+
+void model_kprof_enable(int on)
+{
+    if (on)
+        memset(kprof_s, 0, sizeof kprof_s);
+    kprof_on = on;
+    kprof_depth = 0;
+}
+
+void model_kprof_get(double s[MODEL_K_N])
+{
+    memcpy(s, kprof_s, sizeof kprof_s);
+}
+
+/* 0 when off or nested in another timed kernel. */
+double model_kprof_start(void)
+{
+    if (!kprof_on || omp_in_parallel())
+        return 0;
+    return kprof_depth++ ? 0 : pn_now();
+}
+
+void model_kprof_stop(model_kernel_t k, double t0)
+{
+    if (!kprof_on || omp_in_parallel())
+        return;
+    if (kprof_depth > 0)
+        kprof_depth--;
+    if (t0 > 0)
+        kprof_s[k] += pn_now() - t0;
+}
 
 /* Set only while model_stage_gemm_reference records one forward + backward. */
 static gemm_log_t *gemm_recording;
@@ -103,10 +141,12 @@ void model_sgemm(int ta, int tb, int M, int N, int K, float alpha, const float *
         gemm_record(gemm_recording, &c);
     }
     int nt = omp_in_parallel() ? 1 : omp_get_max_threads();
+    double t0 = model_kprof_start();
     if (nt > 1 && (double)M * N * K >= SPLIT_MIN && (M >= nt * SPLIT_ALIGN || N >= nt * SPLIT_ALIGN))
         sgemm_split(&c, nt);
     else
         sgemm1(&c);
+    model_kprof_stop(MODEL_K_GEMM, t0);
 }
 
 int model_stage_gemm_reference(model_stage_t *st, int reps, double *flops, double *seconds)

@@ -502,12 +502,14 @@ static int cpu_step(model_stage_t *st)
     int t = st->steps + 1;
     float ic1 = 1.0f / (1.0f - powf(0.9f, t)), ic2 = 1.0f / (1.0f - powf(0.95f, t));
     threads_apply(st);
+    double t0 = model_kprof_start();
     for (int k = 0; k < st->n_tensors; k++) {
         const model_tensor_t *tn = &st->tensors[k];
         size_t o = tn->offset;
         adamw_update(st->params + o, st->grads + o, st->opt_m + o, st->opt_v + o, tn->numel, st->p.lr,
                      tn->decay ? wd : 0.0f, ic1, ic2);
     }
+    model_kprof_stop(MODEL_K_ADAMW, t0);
     return 0;
 }
 

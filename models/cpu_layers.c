@@ -20,6 +20,7 @@ void encoder_forward(float *out,          // (B,T,C)
                      const float *wpe,    // (context,C)
                      int B, int T, int C)
 {
+    double t0 = model_kprof_start();
 #pragma omp parallel for schedule(static) if ((size_t)B * T * C >= PAR_MIN)
     for (int bt = 0; bt < B * T; bt++) {
         const float *e = wte + (size_t)tok[bt] * C, *p = wpe + (size_t)(bt % T) * C;
@@ -27,6 +28,7 @@ void encoder_forward(float *out,          // (B,T,C)
         for (int i = 0; i < C; i++)
             o[i] = e[i] + p[i];
     }
+    model_kprof_stop(MODEL_K_ENCODER, t0);
 }
 
 void encoder_backward(float *dwte,        // (V,C)
@@ -34,6 +36,7 @@ void encoder_backward(float *dwte,        // (V,C)
                       const float *dout,  // (B,T,C)
                       const int *tok, int B, int T, int C)
 {
+    double t0 = model_kprof_start();
     /* split by channel so that no two threads add into the same row element */
 #pragma omp parallel for schedule(static) if ((size_t)B * T * C >= PAR_MIN)
     for (int c0 = 0; c0 < C; c0 += 16) {
@@ -47,6 +50,7 @@ void encoder_backward(float *dwte,        // (V,C)
             }
         }
     }
+    model_kprof_stop(MODEL_K_ENCODER, t0);
 }
 
 void layernorm_forward(float *out,        // (N,C)
@@ -56,6 +60,7 @@ void layernorm_forward(float *out,        // (N,C)
                        const float *w, const float *b, // (C)
                        int N, int C)
 {
+    double t0 = model_kprof_start();
 #pragma omp parallel for schedule(static) if ((size_t)N * C >= PAR_MIN)
     for (int n = 0; n < N; n++) {
         const float *x = inp + (size_t)n * C;
@@ -72,6 +77,7 @@ void layernorm_forward(float *out,        // (N,C)
         mean[n] = m;
         rstd[n] = s;
     }
+    model_kprof_stop(MODEL_K_LAYERNORM, t0);
 }
 
 /* The input half of the LayerNorm backward (B). */
@@ -81,6 +87,7 @@ void layernorm_backward_input(float *dinp,       // (N,C) +=
                               const float *w, const float *mean, const float *rstd,
                               int N, int C)
 {
+    double t0 = model_kprof_start();
 #pragma omp parallel for schedule(static) if ((size_t)N * C >= PAR_MIN)
     for (int n = 0; n < N; n++) {
         const float *d = dout + (size_t)n * C, *x = inp + (size_t)n * C;
@@ -98,6 +105,7 @@ void layernorm_backward_input(float *dinp,       // (N,C) +=
             di[i] += (w[i] * d[i] - dnorm_mean - norm * dnorm_norm_mean) * s;
         }
     }
+    model_kprof_stop(MODEL_K_LAYERNORM, t0);
 }
 
 /* The weight half of the LayerNorm backward (W). */
@@ -106,6 +114,7 @@ void layernorm_backward_weights(float *dw, float *db,  // (C) +=
                                 const float *inp,      // (N,C)
                                 const float *mean, const float *rstd, int N, int C)
 {
+    double t0 = model_kprof_start();
 #pragma omp parallel for schedule(static) if ((size_t)N * C >= PAR_MIN)
     for (int c0 = 0; c0 < C; c0 += 16) {
         int c1 = c0 + 16 < C ? c0 + 16 : C;
@@ -122,6 +131,7 @@ void layernorm_backward_weights(float *dw, float *db,  // (C) +=
             db[i] += ab[i - c0];
         }
     }
+    model_kprof_stop(MODEL_K_LAYERNORM, t0);
 }
 
 void layernorm_backward(float *dinp,       // (N,C) +=
@@ -142,9 +152,11 @@ void matmul_forward(float *out,        // (N,OC)
                     int N, int C, int OC)
 {
     if (bias) {
+        double t0 = model_kprof_start();
 #pragma omp parallel for schedule(static) if ((size_t)N * OC >= PAR_MIN)
         for (int n = 0; n < N; n++)
             memcpy(out + (size_t)n * OC, bias, OC * sizeof(float));
+        model_kprof_stop(MODEL_K_BIAS, t0);
     }
     gemm(0, 1, N, OC, C, 1.0f, inp, C, w, C, bias ? 1.0f : 0.0f, out, OC);
 }
@@ -158,6 +170,7 @@ void matmul_backward_weights(float *dw,          // (OC,C) +=
 {
     gemm(1, 0, OC, C, N, 1.0f, dout, OC, inp, C, 1.0f, dw, C);
     if (db) {
+        double t0 = model_kprof_start();
 #pragma omp parallel for schedule(static) if ((size_t)N * OC >= PAR_MIN)
         for (int o0 = 0; o0 < OC; o0 += 64) {
             int o1 = o0 + 64 < OC ? o0 + 64 : OC;
@@ -170,6 +183,7 @@ void matmul_backward_weights(float *dw,          // (OC,C) +=
             for (int o = o0; o < o1; o++)
                 db[o] += acc[o - o0];
         }
+        model_kprof_stop(MODEL_K_BIAS, t0);
     }
 }
 
@@ -202,16 +216,19 @@ static inline float fast_tanhf(float u)
 
 void gelu_forward(float *out, const float *inp, size_t n)
 {
+    double t0 = model_kprof_start();
 #pragma omp parallel for schedule(static) if (n >= PAR_MIN)
     for (size_t i = 0; i < n; i++) {
         float x = inp[i];
         out[i] = 0.5f * x * (1.0f + fast_tanhf(GELU_SCALE * (x + 0.044715f * x * x * x)));
     }
+    model_kprof_stop(MODEL_K_GELU, t0);
 }
 
 /* in place: dx[i] = dy[i] * gelu'(inp[i]) */
 void gelu_backward(float *d, const float *inp, size_t n)
 {
+    double t0 = model_kprof_start();
 #pragma omp parallel for schedule(static) if (n >= PAR_MIN)
     for (size_t i = 0; i < n; i++) {
         float x = inp[i];
@@ -220,13 +237,16 @@ void gelu_backward(float *d, const float *inp, size_t n)
         float g = 0.5f * (1.0f + th) + 0.5f * x * sech2 * GELU_SCALE * (1.0f + 3.0f * 0.044715f * x * x);
         d[i] *= g;
     }
+    model_kprof_stop(MODEL_K_GELU, t0);
 }
 
 void residual_add(float *out, const float *a, size_t n)
 {
+    double t0 = model_kprof_start();
 #pragma omp parallel for schedule(static) if (n >= PAR_MIN)
     for (size_t i = 0; i < n; i++)
         out[i] += a[i];
+    model_kprof_stop(MODEL_K_RESIDUAL, t0);
 }
 
 /* One (sequence, head) of the attention forward, a row block at a time: the scores of
@@ -268,6 +288,7 @@ void attention_forward(float *out,       // (B,T,C)
                        const float *qkv, // (B,T,3C)
                        int B, int T, int C, int NH)
 {
+    double t0 = model_kprof_start();
     int hs = C / NH;
     float scale = 1.0f / sqrtf((float)hs);
 #pragma omp parallel for schedule(static) if ((size_t)B * NH * T * T >= PAR_MIN)
@@ -276,6 +297,7 @@ void attention_forward(float *out,       // (B,T,C)
         attention_head_forward(out + (size_t)b * T * C + h * hs, att + (size_t)bh * T * T,
                                qkv + (size_t)b * T * 3 * C + h * hs, T, C, hs, scale);
     }
+    model_kprof_stop(MODEL_K_ATTENTION, t0);
 }
 
 /* One (sequence, head) of the attention backward. First pass, per row block: the
@@ -324,6 +346,7 @@ void attention_backward(float *dqkv,        // (B,T,3C) overwritten
                         const float *att,   // (B,NH,T,T)
                         int B, int T, int C, int NH)
 {
+    double t0 = model_kprof_start();
     int hs = C / NH;
     float scale = 1.0f / sqrtf((float)hs);
 #pragma omp parallel for schedule(static) if ((size_t)B * NH * T * T >= PAR_MIN)
@@ -333,11 +356,13 @@ void attention_backward(float *dqkv,        // (B,T,3C) overwritten
         attention_head_backward(dqkv + qo, datt + (size_t)bh * T * T, dout + (size_t)b * T * C + h * hs,
                                 qkv + qo, att + (size_t)bh * T * T, T, C, hs, scale);
     }
+    model_kprof_stop(MODEL_K_ATTENTION, t0);
 }
 
 /* Softmax of the logits in place and the summed loss against the targets. */
 double crossentropy_forward(float *probs, const int *targets, int N, int V)
 {
+    double t0 = model_kprof_start();
     double loss = 0;
 #pragma omp parallel for schedule(static) reduction(+ : loss) if ((size_t)N * V >= PAR_MIN)
     for (int n = 0; n < N; n++) {
@@ -354,12 +379,14 @@ double crossentropy_forward(float *probs, const int *targets, int N, int V)
             p[i] *= inv;
         loss += -log(fmax(p[targets[n]], 1e-30));
     }
+    model_kprof_stop(MODEL_K_XENT, t0);
     return loss;
 }
 
 /* in place: dlogits = (probs - onehot(target)) * dloss */
 void crossentropy_backward(float *probs, const int *targets, int N, int V, float dloss)
 {
+    double t0 = model_kprof_start();
 #pragma omp parallel for schedule(static) if ((size_t)N * V >= PAR_MIN)
     for (int n = 0; n < N; n++) {
         float *p = probs + (size_t)n * V;
@@ -367,5 +394,6 @@ void crossentropy_backward(float *probs, const int *targets, int N, int V, float
         for (int i = 0; i < V; i++)
             p[i] *= dloss;
     }
+    model_kprof_stop(MODEL_K_XENT, t0);
 }
 
