@@ -71,13 +71,17 @@ void layernorm_forward(float *out,        // (N,C)
     for (int n = 0; n < N; n++) {
         const float *x = inp + (size_t)n * C;
         float m = 0, v = 0;
+        /* the row sums in vector lanes: the order depends on C only, not on the threads */
+#pragma omp simd reduction(+ : m)
         for (int i = 0; i < C; i++)
             m += x[i];
         m /= C;
+#pragma omp simd reduction(+ : v)
         for (int i = 0; i < C; i++)
             v += (x[i] - m) * (x[i] - m);
         float s = 1.0f / sqrtf(v / C + 1e-5f);
         float *o = out + (size_t)n * C;
+#pragma omp simd
         for (int i = 0; i < C; i++)
             o[i] = (x[i] - m) * s * w[i] + b[i];
         mean[n] = m;
@@ -98,6 +102,7 @@ void layernorm_backward_input(float *dinp,       // (N,C) +=
     for (int n = 0; n < N; n++) {
         const float *d = dout + (size_t)n * C, *x = inp + (size_t)n * C;
         float m = mean[n], s = rstd[n], dnorm_mean = 0, dnorm_norm_mean = 0;
+#pragma omp simd reduction(+ : dnorm_mean, dnorm_norm_mean)
         for (int i = 0; i < C; i++) {
             float dn = w[i] * d[i];
             dnorm_mean += dn;
@@ -106,6 +111,7 @@ void layernorm_backward_input(float *dinp,       // (N,C) +=
         dnorm_mean /= C;
         dnorm_norm_mean /= C;
         float *di = dinp + (size_t)n * C;
+#pragma omp simd
         for (int i = 0; i < C; i++) {
             float norm = (x[i] - m) * s;
             di[i] += (w[i] * d[i] - dnorm_mean - norm * dnorm_norm_mean) * s;
@@ -127,6 +133,7 @@ void layernorm_backward_weights(float *dw, float *db,  // (C) +=
         float aw[16] = {0}, ab[16] = {0};
         for (int n = 0; n < N; n++) {
             const float *d = dout + (size_t)n * C, *x = inp + (size_t)n * C;
+#pragma omp simd
             for (int i = c0; i < c1; i++) {
                 aw[i - c0] += d[i] * (x[i] - mean[n]) * rstd[n];
                 ab[i - c0] += d[i];
@@ -183,6 +190,7 @@ void matmul_backward_weights(float *dw,          // (OC,C) +=
             float acc[64] = {0};
             for (int n = 0; n < N; n++) {
                 const float *d = dout + (size_t)n * OC;
+#pragma omp simd
                 for (int o = o0; o < o1; o++)
                     acc[o - o0] += d[o];
             }
@@ -274,7 +282,7 @@ void gelu_backward(float *d, const float *inp, size_t n)
 void residual_add(float *out, const float *a, size_t n)
 {
     double t0 = model_kprof_start();
-#pragma omp parallel for schedule(static) if (n >= PAR_MIN)
+#pragma omp parallel for simd schedule(static) if (n >= PAR_MIN)
     for (size_t i = 0; i < n; i++)
         out[i] += a[i];
     model_kprof_stop(MODEL_K_RESIDUAL, t0);
