@@ -253,22 +253,40 @@ static inline float tanh_vec(float u)
     return 1.0f - 2.0f / (1.0f + exp_vec(2.0f * u));
 }
 
-void gelu_forward(float *out, const float *inp, size_t n)
+/* The exp-heavy loops are built twice, for AVX2 and for the x86-64 baseline, the one
+ * that the CPU runs chosen at load time: twice the lanes. Without FMA contraction (C11
+ * mode turns it off) both compute the same elementwise values; a sum over vector lanes
+ * (the softmax rows) is ordered by the lane count, the same on every run of one machine. */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define VEC_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define VEC_CLONES
+#endif
+
+/* GELU runs on the threads in chunks of this many elements. */
+enum { GELU_CHUNK = 4096 };
+
+VEC_CLONES static void gelu_forward_range(float *out, const float *inp, size_t n)
 {
-    double t0 = model_kprof_start();
-#pragma omp parallel for simd schedule(static) if (n >= PAR_MIN)
+#pragma omp simd
     for (size_t i = 0; i < n; i++) {
         float x = inp[i];
         out[i] = 0.5f * x * (1.0f + tanh_vec(GELU_SCALE * (x + 0.044715f * x * x * x)));
     }
+}
+
+void gelu_forward(float *out, const float *inp, size_t n)
+{
+    double t0 = model_kprof_start();
+#pragma omp parallel for schedule(static) if (n >= PAR_MIN)
+    for (size_t c = 0; c < n; c += GELU_CHUNK)
+        gelu_forward_range(out + c, inp + c, n - c < GELU_CHUNK ? n - c : GELU_CHUNK);
     model_kprof_stop(MODEL_K_GELU, t0);
 }
 
-/* in place: dx[i] = dy[i] * gelu'(inp[i]) */
-void gelu_backward(float *d, const float *inp, size_t n)
+VEC_CLONES static void gelu_backward_range(float *d, const float *inp, size_t n)
 {
-    double t0 = model_kprof_start();
-#pragma omp parallel for simd schedule(static) if (n >= PAR_MIN)
+#pragma omp simd
     for (size_t i = 0; i < n; i++) {
         float x = inp[i];
         float u = GELU_SCALE * (x + 0.044715f * x * x * x);
@@ -276,6 +294,15 @@ void gelu_backward(float *d, const float *inp, size_t n)
         float g = 0.5f * (1.0f + th) + 0.5f * x * sech2 * GELU_SCALE * (1.0f + 3.0f * 0.044715f * x * x);
         d[i] *= g;
     }
+}
+
+/* in place: dx[i] = dy[i] * gelu'(inp[i]) */
+void gelu_backward(float *d, const float *inp, size_t n)
+{
+    double t0 = model_kprof_start();
+#pragma omp parallel for schedule(static) if (n >= PAR_MIN)
+    for (size_t c = 0; c < n; c += GELU_CHUNK)
+        gelu_backward_range(d + c, inp + c, n - c < GELU_CHUNK ? n - c : GELU_CHUNK);
     model_kprof_stop(MODEL_K_GELU, t0);
 }
 
@@ -286,6 +313,40 @@ void residual_add(float *out, const float *a, size_t n)
     for (size_t i = 0; i < n; i++)
         out[i] += a[i];
     model_kprof_stop(MODEL_K_RESIDUAL, t0);
+}
+
+/* Row t of a causal softmax in place: keys 0..t, zeros after. */
+VEC_CLONES static void softmax_causal_row(float *ar, int t, int T)
+{
+    float mx = -INFINITY, sum = 0;
+#pragma omp simd reduction(max : mx)
+    for (int j = 0; j <= t; j++)
+        mx = ar[j] > mx ? ar[j] : mx;
+#pragma omp simd reduction(+ : sum)
+    for (int j = 0; j <= t; j++) {
+        ar[j] = exp_vec(ar[j] - mx);
+        sum += ar[j];
+    }
+    float inv = 1.0f / sum;
+#pragma omp simd
+    for (int j = 0; j <= t; j++)
+        ar[j] *= inv;
+    for (int j = t + 1; j < T; j++)
+        ar[j] = 0.0f;
+}
+
+/* dr (row t of the probabilities' gradient) becomes the scores' gradient, times scale. */
+VEC_CLONES static void softmax_causal_row_backward(float *dr, const float *ar, int t, int T, float scale)
+{
+    float dot = 0;
+#pragma omp simd reduction(+ : dot)
+    for (int j = 0; j <= t; j++)
+        dot += ar[j] * dr[j];
+#pragma omp simd
+    for (int j = 0; j <= t; j++)
+        dr[j] = ar[j] * (dr[j] - dot) * scale;
+    for (int j = t + 1; j < T; j++)
+        dr[j] = 0.0f;
 }
 
 /* One (sequence, head) of the attention forward, a row block at a time: the scores of
@@ -301,22 +362,8 @@ static void attention_head_forward(float *o,       // (T,C) strided, this head's
     for (int r0 = 0; r0 < T; r0 += ATT_BLOCK) {
         int r1 = r0 + ATT_BLOCK < T ? r0 + ATT_BLOCK : T;
         gemm(0, 1, r1 - r0, r1, hs, scale, q + (size_t)r0 * C3, C3, k, C3, 0.0f, a + (size_t)r0 * T, T);
-        for (int t = r0; t < r1; t++) {
-            float *ar = a + (size_t)t * T, mx = -INFINITY, sum = 0;
-#pragma omp simd reduction(max : mx)
-            for (int j = 0; j <= t; j++)
-                mx = ar[j] > mx ? ar[j] : mx;
-#pragma omp simd reduction(+ : sum)
-            for (int j = 0; j <= t; j++) {
-                ar[j] = exp_vec(ar[j] - mx);
-                sum += ar[j];
-            }
-            float inv = 1.0f / sum;
-            for (int j = 0; j <= t; j++)
-                ar[j] *= inv;
-            for (int j = t + 1; j < T; j++)
-                ar[j] = 0.0f;
-        }
+        for (int t = r0; t < r1; t++)
+            softmax_causal_row(a + (size_t)t * T, t, T);
         gemm(0, 0, r1 - r0, hs, r1, 1.0f, a + (size_t)r0 * T, T, v, C3, 0.0f, o + (size_t)r0 * C, C);
     }
 }
@@ -358,16 +405,8 @@ static void attention_head_backward(float *dq,       // (T,3C) strided, this hea
         int r1 = r0 + ATT_BLOCK < T ? r0 + ATT_BLOCK : T;
         /* da[r0:r1, 0:r1] = dout[r0:r1] v[0:r1]^T */
         gemm(0, 1, r1 - r0, r1, hs, 1.0f, d + (size_t)r0 * C, C, v, C3, 0.0f, da + (size_t)r0 * T, T);
-        for (int t = r0; t < r1; t++) {
-            const float *ar = a + (size_t)t * T;
-            float *dr = da + (size_t)t * T, dot = 0;
-            for (int j = 0; j <= t; j++)
-                dot += ar[j] * dr[j];
-            for (int j = 0; j <= t; j++)
-                dr[j] = ar[j] * (dr[j] - dot) * scale;
-            for (int j = t + 1; j < T; j++)
-                dr[j] = 0.0f;
-        }
+        for (int t = r0; t < r1; t++)
+            softmax_causal_row_backward(da + (size_t)t * T, a + (size_t)t * T, t, T, scale);
         gemm(0, 0, r1 - r0, hs, r1, 1.0f, da + (size_t)r0 * T, T, k, C3, 0.0f, dq + (size_t)r0 * C3, C3);
     }
     for (int r0 = 0; r0 < T; r0 += ATT_BLOCK) {
