@@ -45,7 +45,7 @@ static int cell_runcfg(const sweep_spec_t *s, const results_cell_t *c, const cha
     snprintf(seq, sizeof seq, "%d", s->seq_len);
     snprintf(iters, sizeof iters, "%d", s->iters);
     snprintf(warmup, sizeof warmup, "%d", s->warmup);
-    snprintf(slack, sizeof slack, "%d", s->slack);
+    snprintf(slack, sizeof slack, s->slack < 0 ? "auto" : "%d", s->slack);
     snprintf(chunks, sizeof chunks, "%d", s->chunks);
     const struct {
         int opt;
@@ -178,6 +178,7 @@ int cell_measure(void *ctx, const sweep_spec_t *s, results_cell_t *cell, const c
         rc = netem_emulator_choose(asked, links, P > 1 ? P - 1 : 0, &emu, why, sizeof why, err, errlen);
     }
     runcfg_t *cfg = NULL;
+    int slack = s->slack; /* as the cell resolved it (auto: the simulator's K) */
     if (!rc && !emu) {
         rc = pn_err(err, errlen, -EINVAL, "internal: no emulator was chosen for %s", cell->profile);
     }
@@ -189,6 +190,8 @@ int cell_measure(void *ctx, const sweep_spec_t *s, results_cell_t *cell, const c
     if (!rc)
         rc = cell_runcfg(s, cell, P > 1 ? cell->profile : "default", emu->shapes ? emu->name : "auto",
                          cfg, err, errlen);
+    if (!rc)
+        slack = cfg->slack;
     double flop_mb[RESULTS_MAX_STAGES], peak[RESULTS_MAX_STAGES], mem[RESULTS_MAX_STAGES], loss = NAN;
     for (int q = 0; q < P; q++)
         flop_mb[q] = peak[q] = mem[q] = NAN;
@@ -217,12 +220,12 @@ int cell_measure(void *ctx, const sweep_spec_t *s, results_cell_t *cell, const c
         return rc;
     cell->final_loss = loss;
     /* The trace names no chunk, so a stage of several chunks cannot be replayed yet: no ideal time. */
-    sched_spec_t spec = {cell->schedule, P, cell->micro_batches, s->slack, sched_uses_chunks(cell->schedule) == 1 ? s->chunks : 0};
+    sched_spec_t spec = {cell->schedule, P, cell->micro_batches, slack, sched_uses_chunks(cell->schedule) == 1 ? s->chunks : 0};
     int v = 1;
     if (sched_spec_check(&spec, &v, err, errlen))
         return -EINVAL;
     cell->ideal = NAN;
-    if ((rc = predict_time_chunks(r, cell, s->slack, spec.chunks, &prof, &cell->predicted, err, errlen)) ||
+    if ((rc = predict_time_chunks(r, cell, slack, spec.chunks, &prof, &cell->predicted, err, errlen)) ||
         (v == 1 && (rc = predict_ideal(r, cell, &prof, &cell->ideal, err, errlen))))
         return rc;
     metrics_straggler(cell->iter_median, cell->ideal, &cell->straggler_delay, &cell->straggler_slowdown);

@@ -372,6 +372,7 @@ static int model_make(const runcfg_t *cfg, int rank, model_stage_t *st, int *rea
         char e[384];
         mp.stages = plan.chunks;
         mp.stage = c;
+        mp.process_chunks = v;
         if (v > 1)
             mp.partition = NULL;
         mp.max_inflight = chunk_peak(plan.ops[rank], plan.n_ops[rank], c);
