@@ -482,7 +482,11 @@ static void adamw_update(float *restrict p, float *restrict g, float *restrict m
                          float lr, float decay, float ic1, float ic2)
 {
     const float b1 = 0.9f, b2 = 0.95f, eps = 1e-8f;
+#if defined(__clang__) /* keeps sqrtf's errno and cannot vectorize: -Werror refuses a failed simd */
+#pragma omp parallel for schedule(static) if (n >= PAR_MIN)
+#else
 #pragma omp parallel for simd schedule(static) if (n >= PAR_MIN)
+#endif
     for (size_t i = 0; i < n; i++) {
         float gi = g[i];
         float mi = b1 * m[i] + (1 - b1) * gi, vi = b2 * v[i] + (1 - b2) * gi * gi;

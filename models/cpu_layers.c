@@ -319,7 +319,10 @@ void residual_add(float *out, const float *a, size_t n)
 VEC_CLONES static void softmax_causal_row(float *ar, int t, int T)
 {
     float mx = -INFINITY, sum = 0;
+    /* clang keeps NaN-exact compares here and fails (an error under -Werror) to vectorize */
+#if !defined(__clang__)
 #pragma omp simd reduction(max : mx)
+#endif
     for (int j = 0; j <= t; j++)
         mx = ar[j] > mx ? ar[j] : mx;
 #pragma omp simd reduction(+ : sum)
