@@ -235,10 +235,10 @@ static int cpu_init(model_stage_t *st, const char *arg, char *err, size_t errlen
     int rc = cpu_check(arg, err, errlen);
     if (rc)
         return rc;
-    if (st->p.threads > 0) {
+    if (st->p.threads > 0)
         omp_set_num_threads(st->p.threads);
-        openblas_set_num_threads(st->p.threads);
-    }
+    /* OpenMP is the one thread pool: the products are split over its threads (calib.c) */
+    openblas_set_num_threads(1);
     size_t n = st->n_params;
     st->params = malloc(n * sizeof(float));
     st->grads = calloc(n, sizeof(float));
@@ -482,7 +482,11 @@ static void adamw_update(float *restrict p, float *restrict g, float *restrict m
                          float lr, float decay, float ic1, float ic2)
 {
     const float b1 = 0.9f, b2 = 0.95f, eps = 1e-8f;
+#if defined(__clang__) /* keeps sqrtf's errno and cannot vectorize: -Werror refuses a failed simd */
+#pragma omp parallel for schedule(static) if (n >= PAR_MIN)
+#else
 #pragma omp parallel for simd schedule(static) if (n >= PAR_MIN)
+#endif
     for (size_t i = 0; i < n; i++) {
         float gi = g[i];
         float mi = b1 * m[i] + (1 - b1) * gi, vi = b2 * v[i] + (1 - b2) * gi * gi;
@@ -502,12 +506,14 @@ static int cpu_step(model_stage_t *st)
     int t = st->steps + 1;
     float ic1 = 1.0f / (1.0f - powf(0.9f, t)), ic2 = 1.0f / (1.0f - powf(0.95f, t));
     threads_apply(st);
+    double t0 = model_kprof_start();
     for (int k = 0; k < st->n_tensors; k++) {
         const model_tensor_t *tn = &st->tensors[k];
         size_t o = tn->offset;
         adamw_update(st->params + o, st->grads + o, st->opt_m + o, st->opt_v + o, tn->numel, st->p.lr,
                      tn->decay ? wd : 0.0f, ic1, ic2);
     }
+    model_kprof_stop(MODEL_K_ADAMW, t0);
     return 0;
 }
 

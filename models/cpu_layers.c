@@ -8,6 +8,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* Lets the loops below vectorize without changing a value: no errno from sqrtf, and
+ * comparisons that may not trap, so that exp_vec's clamps become selects. */
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC optimize("no-math-errno", "no-trapping-math")
+#endif
+
 /* Causal attention is computed in row blocks of this many queries, each against only
  * the keys it can see, which skips most of the masked upper triangle. */
 enum { ATT_BLOCK = 64 };
@@ -20,6 +26,7 @@ void encoder_forward(float *out,          // (B,T,C)
                      const float *wpe,    // (context,C)
                      int B, int T, int C)
 {
+    double t0 = model_kprof_start();
 #pragma omp parallel for schedule(static) if ((size_t)B * T * C >= PAR_MIN)
     for (int bt = 0; bt < B * T; bt++) {
         const float *e = wte + (size_t)tok[bt] * C, *p = wpe + (size_t)(bt % T) * C;
@@ -27,6 +34,7 @@ void encoder_forward(float *out,          // (B,T,C)
         for (int i = 0; i < C; i++)
             o[i] = e[i] + p[i];
     }
+    model_kprof_stop(MODEL_K_ENCODER, t0);
 }
 
 void encoder_backward(float *dwte,        // (V,C)
@@ -34,6 +42,7 @@ void encoder_backward(float *dwte,        // (V,C)
                       const float *dout,  // (B,T,C)
                       const int *tok, int B, int T, int C)
 {
+    double t0 = model_kprof_start();
     /* split by channel so that no two threads add into the same row element */
 #pragma omp parallel for schedule(static) if ((size_t)B * T * C >= PAR_MIN)
     for (int c0 = 0; c0 < C; c0 += 16) {
@@ -47,6 +56,7 @@ void encoder_backward(float *dwte,        // (V,C)
             }
         }
     }
+    model_kprof_stop(MODEL_K_ENCODER, t0);
 }
 
 void layernorm_forward(float *out,        // (N,C)
@@ -56,22 +66,28 @@ void layernorm_forward(float *out,        // (N,C)
                        const float *w, const float *b, // (C)
                        int N, int C)
 {
+    double t0 = model_kprof_start();
 #pragma omp parallel for schedule(static) if ((size_t)N * C >= PAR_MIN)
     for (int n = 0; n < N; n++) {
         const float *x = inp + (size_t)n * C;
         float m = 0, v = 0;
+        /* the row sums in vector lanes: the order depends on C only, not on the threads */
+#pragma omp simd reduction(+ : m)
         for (int i = 0; i < C; i++)
             m += x[i];
         m /= C;
+#pragma omp simd reduction(+ : v)
         for (int i = 0; i < C; i++)
             v += (x[i] - m) * (x[i] - m);
         float s = 1.0f / sqrtf(v / C + 1e-5f);
         float *o = out + (size_t)n * C;
+#pragma omp simd
         for (int i = 0; i < C; i++)
             o[i] = (x[i] - m) * s * w[i] + b[i];
         mean[n] = m;
         rstd[n] = s;
     }
+    model_kprof_stop(MODEL_K_LAYERNORM, t0);
 }
 
 /* The input half of the LayerNorm backward (B). */
@@ -81,10 +97,12 @@ void layernorm_backward_input(float *dinp,       // (N,C) +=
                               const float *w, const float *mean, const float *rstd,
                               int N, int C)
 {
+    double t0 = model_kprof_start();
 #pragma omp parallel for schedule(static) if ((size_t)N * C >= PAR_MIN)
     for (int n = 0; n < N; n++) {
         const float *d = dout + (size_t)n * C, *x = inp + (size_t)n * C;
         float m = mean[n], s = rstd[n], dnorm_mean = 0, dnorm_norm_mean = 0;
+#pragma omp simd reduction(+ : dnorm_mean, dnorm_norm_mean)
         for (int i = 0; i < C; i++) {
             float dn = w[i] * d[i];
             dnorm_mean += dn;
@@ -93,11 +111,13 @@ void layernorm_backward_input(float *dinp,       // (N,C) +=
         dnorm_mean /= C;
         dnorm_norm_mean /= C;
         float *di = dinp + (size_t)n * C;
+#pragma omp simd
         for (int i = 0; i < C; i++) {
             float norm = (x[i] - m) * s;
             di[i] += (w[i] * d[i] - dnorm_mean - norm * dnorm_norm_mean) * s;
         }
     }
+    model_kprof_stop(MODEL_K_LAYERNORM, t0);
 }
 
 /* The weight half of the LayerNorm backward (W). */
@@ -106,12 +126,14 @@ void layernorm_backward_weights(float *dw, float *db,  // (C) +=
                                 const float *inp,      // (N,C)
                                 const float *mean, const float *rstd, int N, int C)
 {
+    double t0 = model_kprof_start();
 #pragma omp parallel for schedule(static) if ((size_t)N * C >= PAR_MIN)
     for (int c0 = 0; c0 < C; c0 += 16) {
         int c1 = c0 + 16 < C ? c0 + 16 : C;
         float aw[16] = {0}, ab[16] = {0};
         for (int n = 0; n < N; n++) {
             const float *d = dout + (size_t)n * C, *x = inp + (size_t)n * C;
+#pragma omp simd
             for (int i = c0; i < c1; i++) {
                 aw[i - c0] += d[i] * (x[i] - mean[n]) * rstd[n];
                 ab[i - c0] += d[i];
@@ -122,6 +144,7 @@ void layernorm_backward_weights(float *dw, float *db,  // (C) +=
             db[i] += ab[i - c0];
         }
     }
+    model_kprof_stop(MODEL_K_LAYERNORM, t0);
 }
 
 void layernorm_backward(float *dinp,       // (N,C) +=
@@ -142,9 +165,11 @@ void matmul_forward(float *out,        // (N,OC)
                     int N, int C, int OC)
 {
     if (bias) {
+        double t0 = model_kprof_start();
 #pragma omp parallel for schedule(static) if ((size_t)N * OC >= PAR_MIN)
         for (int n = 0; n < N; n++)
             memcpy(out + (size_t)n * OC, bias, OC * sizeof(float));
+        model_kprof_stop(MODEL_K_BIAS, t0);
     }
     gemm(0, 1, N, OC, C, 1.0f, inp, C, w, C, bias ? 1.0f : 0.0f, out, OC);
 }
@@ -158,18 +183,21 @@ void matmul_backward_weights(float *dw,          // (OC,C) +=
 {
     gemm(1, 0, OC, C, N, 1.0f, dout, OC, inp, C, 1.0f, dw, C);
     if (db) {
+        double t0 = model_kprof_start();
 #pragma omp parallel for schedule(static) if ((size_t)N * OC >= PAR_MIN)
         for (int o0 = 0; o0 < OC; o0 += 64) {
             int o1 = o0 + 64 < OC ? o0 + 64 : OC;
             float acc[64] = {0};
             for (int n = 0; n < N; n++) {
                 const float *d = dout + (size_t)n * OC;
+#pragma omp simd
                 for (int o = o0; o < o1; o++)
                     acc[o - o0] += d[o];
             }
             for (int o = o0; o < o1; o++)
                 db[o] += acc[o - o0];
         }
+        model_kprof_stop(MODEL_K_BIAS, t0);
     }
 }
 
@@ -191,88 +219,207 @@ void matmul_backward(float *dinp,        // (N,C) overwritten
     matmul_backward_weights(dw, db, dout, inp, N, C, OC);
 }
 
+/* exp for the elementwise loops, in a form the compiler vectorizes (libm's expf is a call
+ * per element; GELU and the attention softmax spent most of their time in it): Cephes'
+ * expf, 2^n times a degree-6 polynomial on [-ln2/2, ln2/2], within 2 ulp of expf for
+ * x in [-87, 88]; the input is clamped there, so exp of very negative numbers is 1e-38,
+ * not 0, and nothing overflows. */
+static inline float exp_vec(float x)
+{
+    x = x < -87.0f ? -87.0f : x;
+    x = x > 88.0f ? 88.0f : x;
+    /* n = round(x / ln2) through the 1.5 * 2^23 trick (no SSE4.1 round needed) */
+    float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+    float r = x - n * 0.693359375f + n * 2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    union {
+        int i;
+        float f;
+    } two_n = {.i = ((int)n + 127) << 23};
+    return p * two_n.f;
+}
+
 #define GELU_SCALE 0.7978845608028654f /* sqrt(2/pi) */
 
-/* tanh through expf: within 2e-7 of tanhf and several times faster, which matters
- * because GELU runs on 4*B*T*C elements per layer and direction. */
-static inline float fast_tanhf(float u)
+/* tanh through exp: within 3e-7 of tanhf */
+static inline float tanh_vec(float u)
 {
-    return 1.0f - 2.0f / (1.0f + expf(2.0f * u));
+    return 1.0f - 2.0f / (1.0f + exp_vec(2.0f * u));
+}
+
+/* The exp-heavy loops are built twice, for AVX2 and for the x86-64 baseline, the one
+ * that the CPU runs chosen at load time: twice the lanes. Without FMA contraction (C11
+ * mode turns it off) both compute the same elementwise values; a sum over vector lanes
+ * (the softmax rows) is ordered by the lane count, the same on every run of one machine. */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define VEC_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define VEC_CLONES
+#endif
+
+/* GELU runs on the threads in chunks of this many elements. */
+enum { GELU_CHUNK = 4096 };
+
+VEC_CLONES static void gelu_forward_range(float *out, const float *inp, size_t n)
+{
+#pragma omp simd
+    for (size_t i = 0; i < n; i++) {
+        float x = inp[i];
+        out[i] = 0.5f * x * (1.0f + tanh_vec(GELU_SCALE * (x + 0.044715f * x * x * x)));
+    }
 }
 
 void gelu_forward(float *out, const float *inp, size_t n)
 {
+    double t0 = model_kprof_start();
 #pragma omp parallel for schedule(static) if (n >= PAR_MIN)
+    for (size_t c = 0; c < n; c += GELU_CHUNK)
+        gelu_forward_range(out + c, inp + c, n - c < GELU_CHUNK ? n - c : GELU_CHUNK);
+    model_kprof_stop(MODEL_K_GELU, t0);
+}
+
+VEC_CLONES static void gelu_backward_range(float *d, const float *inp, size_t n)
+{
+#pragma omp simd
     for (size_t i = 0; i < n; i++) {
         float x = inp[i];
-        out[i] = 0.5f * x * (1.0f + fast_tanhf(GELU_SCALE * (x + 0.044715f * x * x * x)));
+        float u = GELU_SCALE * (x + 0.044715f * x * x * x);
+        float th = tanh_vec(u), sech2 = 1.0f - th * th;
+        float g = 0.5f * (1.0f + th) + 0.5f * x * sech2 * GELU_SCALE * (1.0f + 3.0f * 0.044715f * x * x);
+        d[i] *= g;
     }
 }
 
 /* in place: dx[i] = dy[i] * gelu'(inp[i]) */
 void gelu_backward(float *d, const float *inp, size_t n)
 {
+    double t0 = model_kprof_start();
 #pragma omp parallel for schedule(static) if (n >= PAR_MIN)
-    for (size_t i = 0; i < n; i++) {
-        float x = inp[i];
-        float u = GELU_SCALE * (x + 0.044715f * x * x * x);
-        float th = fast_tanhf(u), sech2 = 1.0f - th * th;
-        float g = 0.5f * (1.0f + th) + 0.5f * x * sech2 * GELU_SCALE * (1.0f + 3.0f * 0.044715f * x * x);
-        d[i] *= g;
-    }
+    for (size_t c = 0; c < n; c += GELU_CHUNK)
+        gelu_backward_range(d + c, inp + c, n - c < GELU_CHUNK ? n - c : GELU_CHUNK);
+    model_kprof_stop(MODEL_K_GELU, t0);
 }
 
 void residual_add(float *out, const float *a, size_t n)
 {
-#pragma omp parallel for schedule(static) if (n >= PAR_MIN)
+    double t0 = model_kprof_start();
+#pragma omp parallel for simd schedule(static) if (n >= PAR_MIN)
     for (size_t i = 0; i < n; i++)
         out[i] += a[i];
+    model_kprof_stop(MODEL_K_RESIDUAL, t0);
 }
 
+/* Row t of a causal softmax in place: keys 0..t, zeros after. */
+VEC_CLONES static void softmax_causal_row(float *ar, int t, int T)
+{
+    float mx = -INFINITY, sum = 0;
+    /* clang keeps NaN-exact compares here and fails (an error under -Werror) to vectorize */
+#if !defined(__clang__)
+#pragma omp simd reduction(max : mx)
+#endif
+    for (int j = 0; j <= t; j++)
+        mx = ar[j] > mx ? ar[j] : mx;
+#pragma omp simd reduction(+ : sum)
+    for (int j = 0; j <= t; j++) {
+        ar[j] = exp_vec(ar[j] - mx);
+        sum += ar[j];
+    }
+    float inv = 1.0f / sum;
+#pragma omp simd
+    for (int j = 0; j <= t; j++)
+        ar[j] *= inv;
+    for (int j = t + 1; j < T; j++)
+        ar[j] = 0.0f;
+}
+
+/* dr (row t of the probabilities' gradient) becomes the scores' gradient, times scale. */
+VEC_CLONES static void softmax_causal_row_backward(float *dr, const float *ar, int t, int T, float scale)
+{
+    float dot = 0;
+#pragma omp simd reduction(+ : dot)
+    for (int j = 0; j <= t; j++)
+        dot += ar[j] * dr[j];
+#pragma omp simd
+    for (int j = 0; j <= t; j++)
+        dr[j] = ar[j] * (dr[j] - dot) * scale;
+    for (int j = t + 1; j < T; j++)
+        dr[j] = 0.0f;
+}
+
+/* One (sequence, head) of the attention forward, a row block at a time: the scores of
+ * the block's queries against the keys they can see, their softmax while the block is
+ * in cache, and its share of the output. */
+static void attention_head_forward(float *o,       // (T,C) strided, this head's columns
+                                   float *a,       // (T,T)
+                                   const float *q, // (T,3C) strided, this head's q; k and v follow
+                                   int T, int C, int hs, float scale)
+{
+    int C3 = 3 * C;
+    const float *k = q + C, *v = q + 2 * C;
+    for (int r0 = 0; r0 < T; r0 += ATT_BLOCK) {
+        int r1 = r0 + ATT_BLOCK < T ? r0 + ATT_BLOCK : T;
+        gemm(0, 1, r1 - r0, r1, hs, scale, q + (size_t)r0 * C3, C3, k, C3, 0.0f, a + (size_t)r0 * T, T);
+        for (int t = r0; t < r1; t++)
+            softmax_causal_row(a + (size_t)t * T, t, T);
+        gemm(0, 0, r1 - r0, hs, r1, 1.0f, a + (size_t)r0 * T, T, v, C3, 0.0f, o + (size_t)r0 * C, C);
+    }
+}
+
+/* The heads run in parallel, each on one thread with single-threaded products: a head's
+ * blocks are too small to split, and its (T,T) scores stay in that core's cache from
+ * the product through the softmax to the next product. */
 void attention_forward(float *out,       // (B,T,C)
                        float *att,       // (B,NH,T,T) softmaxed, zero above the diagonal
                        const float *qkv, // (B,T,3C)
                        int B, int T, int C, int NH)
 {
-    int hs = C / NH, C3 = 3 * C;
+    double t0 = model_kprof_start();
+    int hs = C / NH;
     float scale = 1.0f / sqrtf((float)hs);
-    for (int b = 0; b < B; b++)
-        for (int h = 0; h < NH; h++) {
-            const float *q = qkv + (size_t)b * T * C3 + h * hs, *k = q + C;
-            float *a = att + ((size_t)b * NH + h) * T * T;
-            for (int r0 = 0; r0 < T; r0 += ATT_BLOCK) {
-                int r1 = r0 + ATT_BLOCK < T ? r0 + ATT_BLOCK : T;
-                gemm(0, 1, r1 - r0, r1, hs, scale, q + (size_t)r0 * C3, C3, k, C3, 0.0f,
-                     a + (size_t)r0 * T, T);
-            }
-        }
 #pragma omp parallel for schedule(static) if ((size_t)B * NH * T * T >= PAR_MIN)
-    for (size_t r = 0; r < (size_t)B * NH * T; r++) {
-        int t = (int)(r % T);
-        float *a = att + r * T, mx = -INFINITY, sum = 0;
-        for (int j = 0; j <= t; j++)
-            mx = a[j] > mx ? a[j] : mx;
-        for (int j = 0; j <= t; j++) {
-            a[j] = expf(a[j] - mx);
-            sum += a[j];
-        }
-        float inv = 1.0f / sum;
-        for (int j = 0; j <= t; j++)
-            a[j] *= inv;
-        for (int j = t + 1; j < T; j++)
-            a[j] = 0.0f;
+    for (int bh = 0; bh < B * NH; bh++) {
+        int b = bh / NH, h = bh % NH;
+        attention_head_forward(out + (size_t)b * T * C + h * hs, att + (size_t)bh * T * T,
+                               qkv + (size_t)b * T * 3 * C + h * hs, T, C, hs, scale);
     }
-    for (int b = 0; b < B; b++)
-        for (int h = 0; h < NH; h++) {
-            const float *v = qkv + (size_t)b * T * C3 + h * hs + 2 * C;
-            const float *a = att + ((size_t)b * NH + h) * T * T;
-            float *o = out + (size_t)b * T * C + h * hs;
-            for (int r0 = 0; r0 < T; r0 += ATT_BLOCK) {
-                int r1 = r0 + ATT_BLOCK < T ? r0 + ATT_BLOCK : T;
-                gemm(0, 0, r1 - r0, hs, r1, 1.0f, a + (size_t)r0 * T, T, v, C3, 0.0f,
-                     o + (size_t)r0 * C, C);
-            }
-        }
+    model_kprof_stop(MODEL_K_ATTENTION, t0);
+}
+
+/* One (sequence, head) of the attention backward. First pass, per row block: the
+ * gradient at the probabilities, through the softmax to the scores, and dq, which
+ * needs only the block's rows. Second pass: dv and dk, which need the rows below. */
+static void attention_head_backward(float *dq,       // (T,3C) strided, this head's dq; dk and dv follow
+                                    float *da,       // (T,T) scratch
+                                    const float *d,  // (T,C) strided, this head's dout
+                                    const float *q,  // (T,3C) strided, this head's q; k and v follow
+                                    const float *a,  // (T,T)
+                                    int T, int C, int hs, float scale)
+{
+    int C3 = 3 * C;
+    const float *k = q + C, *v = q + 2 * C;
+    float *dk = dq + C, *dv = dq + 2 * C;
+    for (int r0 = 0; r0 < T; r0 += ATT_BLOCK) {
+        int r1 = r0 + ATT_BLOCK < T ? r0 + ATT_BLOCK : T;
+        /* da[r0:r1, 0:r1] = dout[r0:r1] v[0:r1]^T */
+        gemm(0, 1, r1 - r0, r1, hs, 1.0f, d + (size_t)r0 * C, C, v, C3, 0.0f, da + (size_t)r0 * T, T);
+        for (int t = r0; t < r1; t++)
+            softmax_causal_row_backward(da + (size_t)t * T, a + (size_t)t * T, t, T, scale);
+        gemm(0, 0, r1 - r0, hs, r1, 1.0f, da + (size_t)r0 * T, T, k, C3, 0.0f, dq + (size_t)r0 * C3, C3);
+    }
+    for (int r0 = 0; r0 < T; r0 += ATT_BLOCK) {
+        int r1 = r0 + ATT_BLOCK < T ? r0 + ATT_BLOCK : T;
+        /* dv[r0:r1] = att[r0:T, r0:r1]^T dout[r0:T] (rows above r0 see no key >= r0) */
+        gemm(1, 0, r1 - r0, hs, T - r0, 1.0f, a + (size_t)r0 * T + r0, T, d + (size_t)r0 * C, C, 0.0f,
+             dv + (size_t)r0 * C3, C3);
+        gemm(1, 0, r1 - r0, hs, T - r0, 1.0f, da + (size_t)r0 * T + r0, T, q + (size_t)r0 * C3, C3, 0.0f,
+             dk + (size_t)r0 * C3, C3);
+    }
 }
 
 void attention_backward(float *dqkv,        // (B,T,3C) overwritten
@@ -282,55 +429,23 @@ void attention_backward(float *dqkv,        // (B,T,3C) overwritten
                         const float *att,   // (B,NH,T,T)
                         int B, int T, int C, int NH)
 {
-    int hs = C / NH, C3 = 3 * C;
+    double t0 = model_kprof_start();
+    int hs = C / NH;
     float scale = 1.0f / sqrtf((float)hs);
-    for (int b = 0; b < B; b++)
-        for (int h = 0; h < NH; h++) {
-            size_t qo = (size_t)b * T * C3 + h * hs;
-            const float *v = qkv + qo + 2 * C, *d = dout + (size_t)b * T * C + h * hs;
-            const float *a = att + ((size_t)b * NH + h) * T * T;
-            float *da = datt + ((size_t)b * NH + h) * T * T, *dv = dqkv + qo + 2 * C;
-            for (int r0 = 0; r0 < T; r0 += ATT_BLOCK) {
-                int r1 = r0 + ATT_BLOCK < T ? r0 + ATT_BLOCK : T;
-                /* datt[r0:r1, 0:r1] = dout[r0:r1] v[0:r1]^T */
-                gemm(0, 1, r1 - r0, r1, hs, 1.0f, d + (size_t)r0 * C, C, v, C3, 0.0f,
-                     da + (size_t)r0 * T, T);
-                /* dv[r0:r1] = att[r0:T, r0:r1]^T dout[r0:T] (rows above r0 see no key >= r0) */
-                gemm(1, 0, r1 - r0, hs, T - r0, 1.0f, a + (size_t)r0 * T + r0, T, d + (size_t)r0 * C, C,
-                     0.0f, dv + (size_t)r0 * C3, C3);
-            }
-        }
 #pragma omp parallel for schedule(static) if ((size_t)B * NH * T * T >= PAR_MIN)
-    for (size_t r = 0; r < (size_t)B * NH * T; r++) {
-        int t = (int)(r % T);
-        const float *a = att + r * T;
-        float *da = datt + r * T, dot = 0;
-        for (int j = 0; j <= t; j++)
-            dot += a[j] * da[j];
-        for (int j = 0; j <= t; j++)
-            da[j] = a[j] * (da[j] - dot) * scale;
-        for (int j = t + 1; j < T; j++)
-            da[j] = 0.0f;
+    for (int bh = 0; bh < B * NH; bh++) {
+        int b = bh / NH, h = bh % NH;
+        size_t qo = (size_t)b * T * 3 * C + h * hs;
+        attention_head_backward(dqkv + qo, datt + (size_t)bh * T * T, dout + (size_t)b * T * C + h * hs,
+                                qkv + qo, att + (size_t)bh * T * T, T, C, hs, scale);
     }
-    for (int b = 0; b < B; b++)
-        for (int h = 0; h < NH; h++) {
-            size_t qo = (size_t)b * T * C3 + h * hs;
-            const float *q = qkv + qo, *k = q + C;
-            const float *da = datt + ((size_t)b * NH + h) * T * T;
-            float *dq = dqkv + qo, *dk = dq + C;
-            for (int r0 = 0; r0 < T; r0 += ATT_BLOCK) {
-                int r1 = r0 + ATT_BLOCK < T ? r0 + ATT_BLOCK : T;
-                gemm(0, 0, r1 - r0, hs, r1, 1.0f, da + (size_t)r0 * T, T, k, C3, 0.0f,
-                     dq + (size_t)r0 * C3, C3);
-                gemm(1, 0, r1 - r0, hs, T - r0, 1.0f, da + (size_t)r0 * T + r0, T, q + (size_t)r0 * C3, C3,
-                     0.0f, dk + (size_t)r0 * C3, C3);
-            }
-        }
+    model_kprof_stop(MODEL_K_ATTENTION, t0);
 }
 
 /* Softmax of the logits in place and the summed loss against the targets. */
 double crossentropy_forward(float *probs, const int *targets, int N, int V)
 {
+    double t0 = model_kprof_start();
     double loss = 0;
 #pragma omp parallel for schedule(static) reduction(+ : loss) if ((size_t)N * V >= PAR_MIN)
     for (int n = 0; n < N; n++) {
@@ -347,12 +462,14 @@ double crossentropy_forward(float *probs, const int *targets, int N, int V)
             p[i] *= inv;
         loss += -log(fmax(p[targets[n]], 1e-30));
     }
+    model_kprof_stop(MODEL_K_XENT, t0);
     return loss;
 }
 
 /* in place: dlogits = (probs - onehot(target)) * dloss */
 void crossentropy_backward(float *probs, const int *targets, int N, int V, float dloss)
 {
+    double t0 = model_kprof_start();
 #pragma omp parallel for schedule(static) if ((size_t)N * V >= PAR_MIN)
     for (int n = 0; n < N; n++) {
         float *p = probs + (size_t)n * V;
@@ -360,5 +477,6 @@ void crossentropy_backward(float *probs, const int *targets, int N, int V, float
         for (int i = 0; i < V; i++)
             p[i] *= dloss;
     }
+    model_kprof_stop(MODEL_K_XENT, t0);
 }
 

@@ -46,9 +46,10 @@ typedef struct {
  *   which are per process, are then shared out evenly among its chunks.
  * - max_inflight: the schedule's peak of micro-batches between forward and backward on
  *   this stage (GPipe: M; 1F1B: min(stages - stage, M)); cpu allocates that many slots.
- * - threads: > 0 sets OpenMP and OpenBLAS threads for the whole process; 0 leaves the
- *   libraries' defaults. Stages sharing cores should use 1 (OpenBLAS worker threads
- *   poll between calls and compete with OpenMP and with the other stages).
+ * - threads: > 0 sets the OpenMP threads for the whole process; 0 leaves OpenMP's
+ *   default. cpu runs OpenBLAS at one thread and splits each product over the OpenMP
+ *   threads itself (two pools polling between calls competed for the same cores).
+ *   Stages sharing cores should use 1.
  * - compute "emulate:...": sleeps for the modelled time (see model_account_t), leaves
  *   the caller's boundary buffers untouched (a GPU would produce them without host CPU),
  *   holds no parameters or activations, and reports NAN as loss.
