@@ -27,6 +27,11 @@ override CFLAGS  += $(CFLAGS_BASE) $(CFLAGS_OPT) $(PKG_CFLAGS)
 override LDLIBS  += $(PKG_LIBS) -lcsv -fopenmp -lm -lpthread
 
 # CUDA: objects from models/*.cu only where nvcc exists (CUDA=auto) or is demanded.
+# CUDA_HOME is where nvcc lives; the architectures follow nvcc's major version the way
+# nccl-tests picks them (CUDA 13 dropped Volta: V100/p3 needs a CUDA 12 toolkit), and
+# GENCODE= overrides them (CI: GENCODE=-arch=sm_80, one architecture). cudart is linked
+# statically; cuBLAS is found beside it and dlopen'ed at the first cuda stage through the
+# rpath (so no binary maps it unless it computes on a GPU).
 NVCC ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
 ifeq ($(CUDA),no)
 HAVE_CUDA :=
@@ -36,10 +41,27 @@ else ifeq ($(CUDA),yes)
 $(error CUDA=yes but nvcc was not found; install the CUDA toolkit or use CUDA=no)
 endif
 CUDA_SRCS := $(if $(HAVE_CUDA),$(wildcard models/*.cu))
+CUDA_LDLIBS :=
 ifneq ($(CUDA_SRCS),)
-CUDA_HOME := $(patsubst %/bin/nvcc,%,$(NVCC))
+CUDA_HOME  ?= $(realpath $(dir $(realpath $(NVCC)))..)
+NVCC_MAJOR := $(shell $(NVCC) --version | sed -n 's/.*release \([0-9]*\)\..*/\1/p')
+GENCODE_12 := -gencode=arch=compute_70,code=sm_70 -gencode=arch=compute_80,code=sm_80 \
+              -gencode=arch=compute_90,code=sm_90 -gencode=arch=compute_90,code=compute_90
+GENCODE_13 := -gencode=arch=compute_75,code=sm_75 -gencode=arch=compute_80,code=sm_80 \
+              -gencode=arch=compute_90,code=sm_90 -gencode=arch=compute_90,code=compute_90
+GENCODE_11 := -gencode=arch=compute_70,code=sm_70 -gencode=arch=compute_80,code=sm_80 \
+              -gencode=arch=compute_80,code=compute_80
+GENCODE    ?= $(or $(GENCODE_$(NVCC_MAJOR)),$(GENCODE_13))
+CUDA_LIBDIR := $(firstword $(patsubst %/libcublas.so,%,$(wildcard $(CUDA_HOME)/lib64/libcublas.so \
+                 $(CUDA_HOME)/targets/*/lib/libcublas.so $(CUDA_HOME)/lib/libcublas.so \
+                 /usr/lib/x86_64-linux-gnu/libcublas.so /usr/lib64/libcublas.so)))
+ifeq ($(CUDA_LIBDIR),)
+$(error nvcc is $(NVCC) but libcublas.so is not under $(CUDA_HOME) (lib64, targets/*/lib) nor /usr/lib*; set CUDA_HOME or CUDA=no)
+endif
+NVCCFLAGS := -std=c++17 -O2 -g -I. -I$(CUDA_HOME)/include $(GENCODE) -Werror all-warnings \
+             -Xcompiler -Wall,-Wextra,-Werror,-fno-omit-frame-pointer -MMD -MP
 override CFLAGS += -DPN_HAVE_CUDA=1 -I$(CUDA_HOME)/include
-override LDLIBS += -L$(CUDA_HOME)/lib64 -lcublas -lcudart
+CUDA_LDLIBS := -L$(CUDA_LIBDIR) -Wl,-rpath,$(CUDA_LIBDIR) -lcudart_static -ldl -lrt -lstdc++
 endif
 
 LIB_SRCS := $(wildcard common/*.c schedules/*.c models/*.c netem/*.c pipeline/*.c) \
@@ -62,7 +84,7 @@ FUZZ_CFLAGS  := $(filter-out -Werror,$(CFLAGS_BASE)) -O1 -g $(FUZZ_SAN) $(PKG_CF
 FUZZ_LIB_OBJS := $(LIB_SRCS:%.c=$(FUZZ_BUILD)/%.o)
 FUZZ_BINS    := $(FUZZ_SRCS:tests/fuzz/%.c=$(FUZZ_BUILD)/%)
 
-.PHONY: all deps test test-run bench bench-run run probe clean fuzz fuzz-build test-faults test-valgrind
+.PHONY: all deps test test-run bench bench-run run probe clean fuzz fuzz-build test-faults test-valgrind gpu-pack
 .DEFAULT_GOAL := all
 
 # Each build folder has its own binary; ./pipenem is the plain build's, so a sanitizer
@@ -72,7 +94,7 @@ all: probe $(BUILD)/pipenem $(if $(SANITIZE),,pipenem) $(TEST_BINS) $(BENCH_BINS
 probe:
 	@missing=""; for p in $(PKGS); do pkg-config --exists $$p || missing="$$missing $$p"; done; \
 	  if [ -n "$$missing" ]; then echo "make: pkg-config cannot find:$$missing (run 'make deps')" >&2; exit 1; fi
-	@echo "# probe: cc=$(CC) cuda=$(if $(HAVE_CUDA),$(NVCC),none)$(if $(CUDA_SRCS),, (no .cu sources built)) sanitize=$(or $(SANITIZE),none) build=$(BUILD)"
+	@echo "# probe: cc=$(CC) cuda=$(if $(HAVE_CUDA),$(NVCC),none)$(if $(CUDA_SRCS), $(NVCC_MAJOR).x gencode='$(GENCODE)' cublas=$(CUDA_LIBDIR), (no .cu sources built)) sanitize=$(or $(SANITIZE),none) build=$(BUILD)"
 
 deps:
 	@bash .ci/deps
@@ -82,7 +104,7 @@ $(BUILD)/libpipenem.a: $(LIB_OBJS)
 	$(AR) rcs $@ $^
 
 $(BUILD)/pipenem: $(BUILD)/bench/main.o $(BUILD)/libpipenem.a
-	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) $(CUDA_LDLIBS)
 
 pipenem: $(BUILD)/pipenem
 	cp $< $@
@@ -93,11 +115,11 @@ $(BUILD)/%.o: %.c
 
 $(BUILD)/%.cu.o: %.cu
 	@mkdir -p $(@D)
-	$(NVCC) -O2 -Xcompiler -fPIC -I. -c -o $@ $<
+	$(NVCC) $(NVCCFLAGS) -c -o $@ $<
 
 $(BUILD)/tests/%: tests/%.c $(BUILD)/libpipenem.a $(BUILD)/pipenem
 	@mkdir -p $(@D)
-	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libpipenem.a $(LDLIBS)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libpipenem.a $(LDLIBS) $(CUDA_LDLIBS)
 
 # The README's commands: each sets up what it needs first.
 test: deps
@@ -143,7 +165,12 @@ test-valgrind: deps
 	@$(MAKE) --no-print-directory all
 	@bash tests/run.sh --valgrind $(BUILD)/tests $(VALGRIND_TESTS)
 
+# What tests/gpu/check.sh needs on a GPU machine: the binaries and the libraries a bare
+# machine lacks, in build-gpu/pack.tar.gz (carry build-gpu; run tests/gpu/check.sh there).
+gpu-pack: all
+	@$(if $(CUDA_SRCS),bash tests/gpu/pack.sh $(BUILD) build-gpu,echo "make gpu-pack: built without CUDA (no nvcc found; CUDA=$(CUDA))" >&2; exit 1)
+
 clean:
-	rm -rf build build-san build-fuzz pipenem
+	rm -rf build build-san build-fuzz build-gpu pipenem
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

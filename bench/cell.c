@@ -5,6 +5,7 @@
  * metrics, the simulator's prediction and the straggler replay. Without root (no namespaces) the
  * stages run over loopback and only the in-transport shaper can emulate a profile. */
 #include "bench/cell.h"
+#include "common/err.h"
 
 #include "bench/csvio.h"
 #include "bench/metrics.h"
@@ -24,22 +25,10 @@
 #include <errno.h>
 #include <math.h>
 #include <signal.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-
-static void errf(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void errf(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || !errlen)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 /* The pipeline configuration of the cell, through runcfg's own option parser so that the
  * sweep and `pipenem run` agree on every field and check. */
@@ -79,8 +68,7 @@ static int cell_runcfg(const sweep_spec_t *s, const results_cell_t *c, const cha
         if (rc < 0)
             return rc;
         if (rc == 0) {
-            errf(err, errlen, "internal: runcfg does not take option %d", set[i].opt);
-            return -EINVAL;
+            return pn_err(err, errlen, -EINVAL, "internal: runcfg does not take option %d", set[i].opt);
         }
     }
     return runcfg_finish(cfg, err, errlen);
@@ -105,8 +93,7 @@ static int straggler_compute(const runcfg_t *cfg, int rank, double factor, char 
     model_stage_destroy(st);
     free(st);
     if (!(a.fwd_s > 0)) {
-        errf(err, errlen, "--straggler needs an emulated compute backend (emulate:...), not '%s'", mp.compute);
-        return -EINVAL;
+        return pn_err(err, errlen, -EINVAL, "--straggler needs an emulated compute backend (emulate:...), not '%s'", mp.compute);
     }
     snprintf(out, len, "emulate:fwd=%.9gms,bwd=%.9gms,opt=%.9gms", 1e3 * factor * a.fwd_s, 1e3 * factor * a.bwd_s,
              1e3 * factor * a.opt_s);
@@ -188,8 +175,7 @@ int cell_measure(void *ctx, const sweep_spec_t *s, results_cell_t *cell, const c
     }
     runcfg_t *cfg = NULL;
     if (!rc && !emu) {
-        errf(err, errlen, "internal: no emulator was chosen for %s", cell->profile);
-        rc = -EINVAL;
+        rc = pn_err(err, errlen, -EINVAL, "internal: no emulator was chosen for %s", cell->profile);
     }
     if (!rc) {
         snprintf(cell->emulator, sizeof cell->emulator, "%s", emu->name);
@@ -197,13 +183,13 @@ int cell_measure(void *ctx, const sweep_spec_t *s, results_cell_t *cell, const c
             rc = -ENOMEM;
     }
     if (!rc)
-        rc = cell_runcfg(s, cell, P > 1 ? cell->profile : "default", strcmp(emu->name, "none") ? emu->name : "auto",
+        rc = cell_runcfg(s, cell, P > 1 ? cell->profile : "default", emu->shapes ? emu->name : "auto",
                          cfg, err, errlen);
     double flop_mb[RESULTS_MAX_STAGES], peak[RESULTS_MAX_STAGES], mem[RESULTS_MAX_STAGES], loss = NAN;
     for (int q = 0; q < P; q++)
         flop_mb[q] = peak[q] = mem[q] = NAN;
     for (int rep = 0; rep < s->repeats && !rc; rep++) {
-        rc = run_repeat(cfg, topo, strcmp(emu->name, "shim") ? NULL : links, s, workdir, stop, r, cell->cell, rep,
+        rc = run_repeat(cfg, topo, emu->in_transport ? links : NULL, s, workdir, stop, r, cell->cell, rep,
                         flop_mb, peak, mem, &loss, err, errlen);
     }
     if (topo) /* restore before anything else can fail or stop */

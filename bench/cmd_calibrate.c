@@ -2,8 +2,16 @@
  * achieved FLOP/s and, in the same run, the sgemm FLOP/s of the same GEMM shapes; --out
  * writes the per-layer times as a file that `--compute emulate:FILE` replays. */
 #include "bench/cli.h"
+#include "common/limits.h"
+#include "common/parse.h"
 #include "models/model.h"
 #include "models/options.h"
+#include "bench/vocab.h"
+#include "pipeline/runcfg.h"
+#include "models/precision.h"
+#ifdef PN_HAVE_CUDA
+#include "models/cuda.h"
+#endif
 
 #include <errno.h>
 #include <limits.h>
@@ -13,18 +21,34 @@
 #include <string.h>
 #include <unistd.h>
 
-static const char usage_text[] =
-    "usage: pipenem calibrate --model M --seq-len T --micro-batch-size b --compute cpu\n"
+/* One micro-batch is measured at a time, so no batch; data and learning rate do not
+ * change the time of a step. */
+static const int model_except[] = {MODEL_OPT_BATCH_SIZE, MODEL_OPT_DATASET, MODEL_OPT_LR, 0};
+static const int pipeline_only[] = {RUNCFG_OPT_ITERS, RUNCFG_OPT_WARMUP, 0};
+static const int output_only[] = {VOCAB_OPT_OUT, 0};
+
+static const cli_section_t sections[] = {
+    {"model and compute", model_options_group, NULL, model_except, 0},
+    {"measurement", runcfg_pipeline_group, pipeline_only, NULL, 0},
+    {"output", vocab_output_group, output_only, NULL, 0},
+    {NULL, NULL, NULL, NULL, 0},
+};
+
+static const cli_override_t overrides[] = {
+    {RUNCFG_OPT_ITERS, NULL, "measured iterations per stage, one micro-batch each", "3"},
+    {RUNCFG_OPT_WARMUP, NULL, "unmeasured iterations first", NULL},
+    {VOCAB_OPT_OUT, "FILE", "write the per-layer times, for --compute emulate:FILE", "none"},
+    {0, NULL, NULL, NULL},
+};
+
+static const cli_spec_t spec = {
+    "calibrate",
+    "usage: pipenem calibrate --model M --seq-len T --micro-batch-size b --compute cpu|cuda[:PREC]\n"
     "                         [--stages P | --partition A,B,..] [--iters N] [--warmup W] [--out FILE]\n"
     "Measures forward and backward time per layer and per stage, the achieved FLOP/s, and\n"
-    "the sgemm FLOP/s of the same GEMM shapes in the same run (\"% of GEMM peak\").\n"
-    "--out FILE writes the per-layer times for --compute emulate:FILE.\n\n"
-    "  --iters N               measured iterations per stage (default 3)\n"
-    "  --warmup W              unmeasured iterations first (default 1)\n"
-    "  --out FILE              write the calibration file\n"
-    "  -h, --help              this text\n";
-
-enum { OPT_ITERS = 0x3000, OPT_WARMUP, OPT_OUT };
+    "the sgemm FLOP/s of the same GEMM shapes in the same run (\"% of GEMM peak\").\n\n",
+    sections, overrides, NULL, NULL,
+};
 
 typedef struct {
     int layers;                          /* of this stage */
@@ -37,12 +61,8 @@ typedef struct {
 
 static int parse_count(const char *cmd, const char *name, const char *arg, int lo, int *out)
 {
-    char *end;
-    errno = 0;
-    long v = strtol(arg, &end, 10);
-    if (end == arg || *end || errno || v < lo || v > 1000000)
+    if (pn_parse_int(arg, lo, PN_MAX_ITERS, out))
         return cli_usage_error(cmd, "--%s: expected an integer >= %d, got '%s'", name, lo, arg);
-    *out = (int)v;
     return 0;
 }
 
@@ -68,6 +88,8 @@ static int calibrate_stage(const model_stage_params_t *base, int s, int iters, i
     }
     for (size_t i = 0; i < nb / sizeof(float); i++)
         in[i] = out[i] = 0.01f * (float)(i % 89) - 0.4f;
+    if (nb != (size_t)st.B * st.T * st.C * sizeof(float)) /* fp16/bf16 boundaries: zeros, not float bits */
+        memset(in, 0, nb), memset(out, 0, nb);
     for (int it = 0; it < warmup + iters; it++) {
         if (it == warmup)
             model_stage_prof_reset(&st);
@@ -102,6 +124,11 @@ static int calibrate_stage(const model_stage_params_t *base, int s, int iters, i
             layer_bwd[st.layer_begin + l] = r->bwd / r->layers;
         }
     } else {
+#ifdef PN_HAVE_CUDA
+        if (!strncmp(p.compute, "cuda", 4))
+            rc = model_cuda_gemm_reference(&st, 3, &r->gemm_flops, &r->gemm_s);
+        else
+#endif
         rc = model_stage_gemm_reference(&st, 1, &r->gemm_flops, &r->gemm_s);
         if (rc) {
             snprintf(err, errlen, "stage %d: the sgemm reference failed: %s", s, strerror(-rc));
@@ -137,6 +164,9 @@ static int write_calibration(const char *path, const model_stage_params_t *p, co
                "micro_batch_size %d\nrecompute %d\ntied_embeddings %d\nthreads %d\n",
             p->cfg.name, p->cfg.layers, p->cfg.hidden, p->cfg.heads, p->cfg.vocab, p->seq_len,
             p->micro_batch_size, p->recompute, p->tied_embeddings, p->threads);
+    model_cuda_arg_t ca;
+    if (!strncmp(p->compute, "cuda", 4) && !model_cuda_arg_parse(p->compute[4] ? p->compute + 5 : "", &ca, NULL, 0))
+        fprintf(f, "precision %s\n", model_prec_info(ca.prec)->name); /* the replay's boundary bytes */
     fprintf(f, "embed %.9g %.9g\n", r[0].embed_fwd, r[0].embed_bwd);
     for (int l = 0; l < p->cfg.layers; l++)
         fprintf(f, "layer %d %.9g %.9g\n", l, layer_fwd[l], layer_bwd[l]);
@@ -150,27 +180,50 @@ static int write_calibration(const char *path, const model_stage_params_t *p, co
     return 0;
 }
 
+static void print_header(const model_stage_params_t *p, int iters, int warmup)
+{
+    printf("# pipenem calibrate: %s  layers %d  hidden %d  heads %d  vocab %d\n", p->cfg.name, p->cfg.layers,
+           p->cfg.hidden, p->cfg.heads, p->cfg.vocab);
+    char desc[256];
+    model_compute_describe(p->compute, desc, sizeof desc);
+    char threads[16] = "default";
+    if (p->threads > 0)
+        snprintf(threads, sizeof threads, "%d", p->threads);
+    printf("# seq-len %d  micro-batch-size %d  stages %d  recompute %d  threads %s\n# compute %s\n", p->seq_len,
+           p->micro_batch_size, p->stages, p->recompute, threads, desc);
+    printf("# %d measured iterations per stage after %d warm-up; times are per micro-batch\n", iters, warmup);
+    printf("# FLOPs: 6*N_matmul + 6*L*T*d per token (fwd 1/3, bwd 2/3); sgemm: the stage's own GEMM calls replayed alone\n");
+    printf("#\n# %5s %7s %10s %10s %10s %10s %10s %10s %10s %8s %10s\n", "stage", "layers", "params", "fwd", "bwd",
+           "opt", "fwd+bwd", "achieved", "sgemm", "of_GEMM", "saved_act");
+    printf("# %5s %7s %10s %10s %10s %10s %10s %10s %10s %8s %10s\n", "", "", "M", "ms", "ms", "ms", "GFLOP",
+           "GFLOP/s", "GFLOP/s", "peak_%", "MiB/mb");
+}
+
+static void print_layers(const model_stage_params_t *p, const stage_result_t *r, const double *lf, const double *lb)
+{
+    printf("#\n# per layer (ms per micro-batch)\n# %7s %10s %10s\n", "part", "fwd", "bwd");
+    printf("  %7s %10.3f %10.3f\n", "embed", r[0].embed_fwd * 1e3, r[0].embed_bwd * 1e3);
+    for (int l = 0; l < p->cfg.layers; l++) {
+        char nm[16];
+        snprintf(nm, sizeof nm, "h%d", l);
+        printf("  %7s %10.3f %10.3f\n", nm, lf[l] * 1e3, lb[l] * 1e3);
+    }
+    printf("  %7s %10.3f %10.3f\n", "head", r[p->stages - 1].head_fwd * 1e3, r[p->stages - 1].head_bwd * 1e3);
+}
+
 int cmd_calibrate(int argc, char **argv)
 {
     const char *cmd = argv[0];
-    static const struct option own[] = {
-        {"help", no_argument, NULL, 'h'},
-        {"iters", required_argument, NULL, OPT_ITERS},
-        {"warmup", required_argument, NULL, OPT_WARMUP},
-        {"out", required_argument, NULL, OPT_OUT},
-        {NULL, 0, NULL, 0},
-    };
-    struct option table[64];
-    if (model_options_table(table, 64, own) < 0)
-        return cli_usage_error(cmd, "internal: option table too small");
+    cli_parser_t cp;
+    if (cli_parser_init(&cp, &spec))
+        return cli_usage_error(cmd, "internal: the option table is inconsistent");
     model_options_t mo;
     model_options_defaults(&mo);
     mo.batch_size = 1;
     int iters = 3, warmup = 1, c;
     const char *out_path = NULL;
     char err[1024];
-    optind = 1;
-    while ((c = cli_getopt(cmd, argc, argv, "h", table)) != -1) {
+    while ((c = cli_next(&cp, argc, argv)) != -1) {
         if (c == -2)
             return CLI_USAGE;
         int r = model_options_parse(&mo, c, optarg, err, sizeof err);
@@ -179,19 +232,18 @@ int cmd_calibrate(int argc, char **argv)
         if (r > 0)
             continue;
         switch (c) {
-        case 'h':
-            fputs(usage_text, stdout);
-            fputs(model_options_help(), stdout);
+        case CLI_OPT_HELP:
+            cli_help(&spec, stdout);
             return CLI_OK;
-        case OPT_ITERS:
+        case RUNCFG_OPT_ITERS:
             if (parse_count(cmd, "iters", optarg, 1, &iters))
                 return CLI_USAGE;
             break;
-        case OPT_WARMUP:
+        case RUNCFG_OPT_WARMUP:
             if (parse_count(cmd, "warmup", optarg, 0, &warmup))
                 return CLI_USAGE;
             break;
-        case OPT_OUT:
+        case VOCAB_OPT_OUT:
             out_path = optarg;
             break;
         default:
@@ -205,8 +257,8 @@ int cmd_calibrate(int argc, char **argv)
     model_stage_params_t p;
     if (model_options_finish(&mo, &p, err, sizeof err))
         return cli_usage_error(cmd, "%s", err);
-    if (out_path && strncmp(p.compute, "cpu", 3))
-        return cli_usage_error(cmd, "--out needs measured compute (--compute cpu), not '%s'", p.compute);
+    if (out_path && strncmp(p.compute, "cpu", 3) && strncmp(p.compute, "cuda", 4))
+        return cli_usage_error(cmd, "--out needs measured compute (--compute cpu or cuda[:PREC]), not '%s'", p.compute);
 
     stage_result_t *r = calloc(p.stages, sizeof *r);
     double *lf = calloc(p.cfg.layers, sizeof *lf), *lb = calloc(p.cfg.layers, sizeof *lb);
@@ -216,21 +268,7 @@ int cmd_calibrate(int argc, char **argv)
         return CLI_FAIL;
     }
     int status = CLI_OK;
-    printf("# pipenem calibrate: %s  layers %d  hidden %d  heads %d  vocab %d\n", p.cfg.name, p.cfg.layers,
-           p.cfg.hidden, p.cfg.heads, p.cfg.vocab);
-    char desc[256];
-    model_compute_describe(p.compute, desc, sizeof desc);
-    char threads[16] = "default";
-    if (p.threads > 0)
-        snprintf(threads, sizeof threads, "%d", p.threads);
-    printf("# seq-len %d  micro-batch-size %d  stages %d  recompute %d  threads %s\n# compute %s\n", p.seq_len,
-           p.micro_batch_size, p.stages, p.recompute, threads, desc);
-    printf("# %d measured iterations per stage after %d warm-up; times are per micro-batch\n", iters, warmup);
-    printf("# FLOPs: 6*N_matmul + 6*L*T*d per token (fwd 1/3, bwd 2/3); sgemm: the stage's own GEMM calls replayed alone\n");
-    printf("#\n# %5s %7s %10s %10s %10s %10s %10s %10s %10s %8s %10s\n", "stage", "layers", "params", "fwd", "bwd",
-           "opt", "fwd+bwd", "achieved", "sgemm", "of_GEMM", "saved_act");
-    printf("# %5s %7s %10s %10s %10s %10s %10s %10s %10s %8s %10s\n", "", "", "M", "ms", "ms", "ms", "GFLOP",
-           "GFLOP/s", "GFLOP/s", "peak_%", "MiB/mb");
+    print_header(&p, iters, warmup);
     int begin = 0;
     for (int s = 0; s < p.stages; s++) {
         fflush(stdout);
@@ -253,14 +291,7 @@ int cmd_calibrate(int argc, char **argv)
                r[s].saved_bytes / 1048576.0);
     }
     if (status == CLI_OK) {
-        printf("#\n# per layer (ms per micro-batch)\n# %7s %10s %10s\n", "part", "fwd", "bwd");
-        printf("  %7s %10.3f %10.3f\n", "embed", r[0].embed_fwd * 1e3, r[0].embed_bwd * 1e3);
-        for (int l = 0; l < p.cfg.layers; l++) {
-            char nm[16];
-            snprintf(nm, sizeof nm, "h%d", l);
-            printf("  %7s %10.3f %10.3f\n", nm, lf[l] * 1e3, lb[l] * 1e3);
-        }
-        printf("  %7s %10.3f %10.3f\n", "head", r[p.stages - 1].head_fwd * 1e3, r[p.stages - 1].head_bwd * 1e3);
+        print_layers(&p, r, lf, lb);
         printf("# peak memory %.1f MiB\n", model_peak_rss_bytes() / 1048576.0);
         if (out_path) {
             if (write_calibration(out_path, &p, r, lf, lb, argc, argv, err, sizeof err)) {

@@ -3,48 +3,51 @@
 #include "bench/cli.h"
 #include "bench/report.h"
 #include "bench/results.h"
+#include "bench/vocab.h"
+#include "common/limits.h"
+#include "common/parse.h"
 
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-static const char usage[] =
+static const int output_only[] = {VOCAB_OPT_ITERATION, VOCAB_OPT_TIMELINE, VOCAB_OPT_NO_PLOTS, 0};
+
+static const cli_section_t sections[] = {
+    {"options", vocab_output_group, output_only, NULL, 0},
+    {NULL, NULL, NULL, NULL, 0},
+};
+
+static const cli_spec_t spec = {
+    "report",
     "usage: pipenem report DIR [options]\n"
-    "Regenerates DIR/table.md, DIR/trace.json and DIR/plots/ from DIR/runs.csv, iterations.csv and ops.csv.\n"
-    "  -i, --iteration N     iteration shown in trace.json and timelines (default: each cell's last)\n"
-    "  -t, --timeline LIST   cells to draw timelines of: all, none or 0,3,... (default: per schedule,\n"
-    "                        the smallest micro-batch size on the first and last network setting)\n"
-    "      --no-plots        skip gnuplot even when it is installed\n"
-    "  -h, --help            this text\n";
+    "Regenerates DIR/table.md, DIR/trace.json and DIR/plots/ from DIR/runs.csv, iterations.csv and ops.csv.\n",
+    sections, NULL, NULL, NULL,
+};
 
 int cmd_report(int argc, char **argv)
 {
-    static const struct option opts[] = {
-        {"iteration", required_argument, NULL, 'i'}, {"timeline", required_argument, NULL, 't'},
-        {"no-plots", no_argument, NULL, 'P'},        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
-    };
     report_opts_t o = {.iteration = -1, .plots = 1};
     const char *timeline = NULL;
     int c;
-    optind = 1;
-    while ((c = cli_getopt(argv[0], argc, argv, "i:t:h", opts)) != -1) {
-        char *end;
+    cli_parser_t p;
+    if (cli_parser_init(&p, &spec))
+        return cli_usage_error(argv[0], "internal: the option table is inconsistent");
+    while ((c = cli_next(&p, argc, argv)) != -1) {
         switch (c) {
-        case 'i':
-            o.iteration = (int)strtol(optarg, &end, 10);
-            if (end == optarg || *end || o.iteration < 0)
+        case VOCAB_OPT_ITERATION:
+            if (pn_parse_int(optarg, 0, PN_MAX_ITERS, &o.iteration))
                 return cli_usage_error(argv[0], "--iteration: '%s' is not an iteration number (0, 1, ...)", optarg);
             break;
-        case 't':
+        case VOCAB_OPT_TIMELINE:
             timeline = optarg;
             break;
-        case 'P':
+        case VOCAB_OPT_NO_PLOTS:
             o.plots = 0;
             break;
-        case 'h':
-            fputs(usage, stdout);
+        case CLI_OPT_HELP:
+            cli_help(&spec, stdout);
             return CLI_OK;
         default:
             return CLI_USAGE;

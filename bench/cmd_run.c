@@ -3,6 +3,7 @@
  * one stage process per stage through pipeline/launch.h and prints the job's table. */
 #include "bench/cli.h"
 #include "bench/results.h"
+#include "bench/vocab.h"
 
 #include <signal.h>
 #include <stdio.h>
@@ -17,12 +18,29 @@
 #include "pipeline/runcfg.h"
 #include "pipeline/stage.h"
 
-static const char usage[] =
+static const cli_section_t sections[] = {
+    {"model and compute", model_options_group, NULL, NULL, 0},
+    {"pipeline", runcfg_pipeline_group, NULL, NULL, 0},
+    {"network", runcfg_network_group, NULL, NULL, 0},
+    {"stage processes", vocab_local_group, NULL, NULL, 0},
+    {NULL, runcfg_multihost_group, NULL, NULL, 1},   /* refused with a pointer to `stage` */
+    {NULL, NULL, NULL, NULL, 0},
+};
+
+static const cli_override_t overrides[] = {
+    {MODEL_OPT_BATCH_SIZE, NULL, NULL, "8, so that a cpu run of gpt3-small takes minutes; sweep's is 64, as in DT-FM's table"},
+    {MODEL_OPT_COMPUTE, NULL, NULL, "cpu, real training on this machine; sweep's is emulate:v100, as DT-FM's V100s"},
+    {MODEL_OPT_THREADS, NULL, NULL, "the cores divided among the stages"},
+    {0, NULL, NULL, NULL},
+};
+
+static const cli_spec_t spec = {
+    "run",
     "usage: pipenem run --stages P [options]\n"
     "run one configuration with one stage process per stage on this machine, print per-iteration\n"
-    "time, loss and tokens/s, then throughput and memory per stage.\n\n"
-    "  --user NAME                   started as root: stage processes run as NAME (e.g. nobody);\n"
-    "                                only the launcher keeps root (network emulation)\n";
+    "time, loss and tokens/s, then throughput and memory per stage.\n\n",
+    sections, overrides, NULL, NULL,
+};
 
 static volatile sig_atomic_t got_signal;
 
@@ -35,45 +53,61 @@ static void on_start(void *arg, int rank, int pid)
     fflush(stdout);
 }
 
+/* run's own options: --user, and the multi-host ones refused with a reason. */
+static int own_option(void *ctx, int val, const char *arg)
+{
+    if (val == VOCAB_OPT_USER) {
+        if (!*arg)
+            return cli_usage_error("run", "--user needs a user name");
+        *(const char **)ctx = arg;
+        return 1;
+    }
+    for (const model_option_t *o = runcfg_multihost_group; o->name; o++)
+        if (o->val == val)
+            return cli_usage_error("run", "--%s is for `pipenem stage` (multi-host); run starts every stage itself",
+                                   o->name);
+    return 0;
+}
+
+/* The links --net asks for: shaped in the transport (the shim), or on one network
+ * namespace per stage with kernel qdiscs (topo, to be destroyed by the caller), or not at
+ * all. 0, or CLI_USAGE / CLI_FAIL after a message. */
+static int setup_links(const runcfg_t *cfg, netem_profile_t *links, netem_topo_t *topo, launch_params_t *l,
+                       const netem_emulator_t **em, char *why, size_t whylen)
+{
+    char err[1024];
+    if (!strcmp(cfg->net, "default"))
+        return 0;
+    if (cfg->stages > NETEM_TOPO_MAX_HOSTS)
+        return cli_usage_error("run", "--net with %d stages: the local topology holds at most %d hosts", cfg->stages,
+                               NETEM_TOPO_MAX_HOSTS);
+    if (netem_net_parse(cfg->net, cfg->stages, links, err, sizeof err))
+        return cli_usage_error("run", "%s", err);
+    if (netem_emulator_choose(cfg->emulator, links, cfg->stages - 1, em, why, whylen, err, sizeof err))
+        return cli_usage_error("run", "%s", err);
+    if ((*em)->in_transport) {
+        l->shim_links = links;
+    } else if ((*em)->changes_kernel) {
+        if (netem_topo_create(topo, cfg->stages, err, sizeof err) ||
+            netem_topo_apply(topo, links, (*em)->name, err, sizeof err)) {
+            fprintf(stderr, "pipenem run: network emulation: %s\n", err);
+            netem_topo_destroy(topo);
+            return CLI_FAIL;
+        }
+        l->topo = topo;
+    }
+    return 0;
+}
+
 int cmd_run(int argc, char **argv)
 {
-    enum { OPT_USER = 0x7000 };
-    static const struct option own[] = {{"help", no_argument, NULL, 'h'},
-                                         {"user", required_argument, NULL, OPT_USER},
-                                         {NULL, 0, NULL, 0}};
-    struct option opts[96];
     runcfg_t cfg;
     char err[1024];
     const char *user = NULL;
     runcfg_defaults(&cfg);
-    if (runcfg_options_table(opts, sizeof opts / sizeof *opts, own) < 0)
-        return cli_usage_error(argv[0], "internal: option table too small");
-    optind = 1;
-    int c;
-    while ((c = cli_getopt(argv[0], argc, argv, "h", opts)) != -1) {
-        if (c == -2)
-            return CLI_USAGE;
-        if (c == 'h') {
-            printf("%s%s", usage, runcfg_help());
-            return CLI_OK;
-        }
-        if (c == OPT_USER) {
-            if (!*optarg)
-                return cli_usage_error(argv[0], "--user needs a user name");
-            user = optarg;
-            continue;
-        }
-        if (c == RUNCFG_OPT_DIST_URL || c == RUNCFG_OPT_RANK || c == RUNCFG_OPT_WORLD_SIZE || c == RUNCFG_OPT_TOKEN)
-            for (const struct option *o = opts; o->name; o++)
-                if (o->val == c)
-                    return cli_usage_error(argv[0], "--%s is for `pipenem stage` (multi-host); run starts every "
-                                                    "stage itself", o->name);
-        int rc = runcfg_option(&cfg, c, optarg, err, sizeof err);
-        if (rc < 0)
-            return cli_usage_error(argv[0], "%s", err);
-        if (rc == 0)
-            return cli_usage_error(argv[0], "option '%s' is not handled", argv[optind - 1]);
-    }
+    int prc = cli_parse_runcfg(&spec, argc, argv, &cfg, own_option, &user);
+    if (prc)
+        return prc < 0 ? CLI_OK : prc;
     if (optind < argc)
         return cli_usage_error(argv[0], "unexpected argument '%s'", argv[optind]);
     if (runcfg_finish(&cfg, err, sizeof err))
@@ -93,26 +127,9 @@ int cmd_run(int argc, char **argv)
     memset(&topo, 0, sizeof topo);
     const netem_emulator_t *em = NULL;
     char why[256] = "default links: nothing emulated";
-    if (strcmp(cfg.net, "default")) {
-        if (cfg.stages > NETEM_TOPO_MAX_HOSTS)
-            return cli_usage_error(argv[0], "--net with %d stages: the local topology holds at most %d hosts",
-                                   cfg.stages, NETEM_TOPO_MAX_HOSTS);
-        if (netem_net_parse(cfg.net, cfg.stages, links, err, sizeof err))
-            return cli_usage_error(argv[0], "%s", err);
-        if (netem_emulator_choose(cfg.emulator, links, cfg.stages - 1, &em, why, sizeof why, err, sizeof err))
-            return cli_usage_error(argv[0], "%s", err);
-        if (!strcmp(em->name, "shim")) {
-            l.shim_links = links;
-        } else if (strcmp(em->name, "none")) {
-            if (netem_topo_create(&topo, cfg.stages, err, sizeof err) ||
-                netem_topo_apply(&topo, links, em->name, err, sizeof err)) {
-                fprintf(stderr, "pipenem run: network emulation: %s\n", err);
-                netem_topo_destroy(&topo);
-                return CLI_FAIL;
-            }
-            l.topo = &topo;
-        }
-    }
+    int nrc = setup_links(&cfg, links, &topo, &l, &em, why, sizeof why);
+    if (nrc)
+        return nrc;
     char line[4096];
     runcfg_describe(&cfg, line, sizeof line);
     printf("# pipenem run: %d stage processes on this machine, %s\n# %s\n# emulator: %s (%s)\n", cfg.stages,

@@ -9,6 +9,9 @@
 #include <string.h>
 
 #include "bench/cli.h"
+#include "bench/vocab.h"
+#include "pipeline/runcfg.h"
+#include "common/limits.h"
 #include "schedules/sched.h"
 #include "schedules/sim.h"
 
@@ -17,23 +20,49 @@
 #define UNIT_FWD 1.0
 #define UNIT_BWD 2.0
 
-static const char usage[] =
+enum { SCHEDULE_OPT_OPS = 0x3200, SCHEDULE_OPT_CHECK, SCHEDULE_OPT_NO_TIMELINE };
+
+static const model_option_t own_group[] = {
+    {"ops", 0, SCHEDULE_OPT_OPS, "FILE",
+     "check op lists from FILE instead of building a schedule: one line per stage, tokens as printed "
+     "('stage N:' lines of this command's output are picked out); '-' = stdin", "none"},
+    {"check", 0, SCHEDULE_OPT_CHECK, NULL, "validate every stage and link; exit 0 if valid, 1 if not", NULL},
+    {"no-timeline", 0, SCHEDULE_OPT_NO_TIMELINE, NULL, "skip the timeline", NULL},
+    {NULL, 0, 0, NULL, NULL, NULL},
+};
+
+static const int sched_only[] = {RUNCFG_OPT_SCHEDULE, RUNCFG_OPT_SLACK, 0};
+static const int stages_only[] = {MODEL_OPT_STAGES, 0};
+
+static const cli_section_t sections[] = {
+    {"schedule", runcfg_pipeline_group, sched_only, NULL, 0},
+    {NULL, model_options_group, stages_only, NULL, 0},
+    {NULL, vocab_analysis_group, NULL, NULL, 0},
+    {"checking", own_group, NULL, NULL, 0},
+    {NULL, NULL, NULL, NULL, 0},
+};
+
+static const cli_override_t overrides[] = {
+    {RUNCFG_OPT_SLACK, "K|auto", "extra micro-batches in flight per hop of 1f1b-slack, or auto: the smallest "
+     "K with the least idle time", "1"},
+    {MODEL_OPT_STAGES, NULL, "pipeline stages", "4"},
+    {0, NULL, NULL, NULL},
+};
+
+static const cli_deprecated_t deprecated[] = {
+    {'p', NULL, MODEL_OPT_STAGES},
+    {'c', NULL, SCHEDULE_OPT_CHECK},
+    {0, NULL, 0},
+};
+
+static const cli_spec_t spec = {
+    CMD,
     "usage: pipenem schedule [options]\n"
-    "print each stage's op order and a textbook timeline of a pipeline schedule.\n"
-    "\n"
-    "  -s, --schedule NAME       schedule: %s (default 1f1b)\n"
-    "  -p, --stages P            pipeline stages, >= 1 (default 4)\n"
-    "  -m, --micro-batches M     micro-batches per iteration, >= 1 (default 8)\n"
-    "  -k, --slack K|auto        extra micro-batches in flight per hop (1f1b-slack; default 1)\n"
-    "      --ops FILE            check op lists from FILE instead of building a schedule: one line\n"
-    "                            per stage, tokens as printed ('stage N:' lines of this command's\n"
-    "                            output are picked out); '-' = stdin\n"
-    "  -c, --check               validate every stage and link; exit 0 if valid, 1 if not\n"
-    "      --no-timeline         skip the timeline\n"
-    "  -h, --help                this text\n"
-    "\n"
-    "Timeline: forward 1 unit, backward 2 units per micro-batch, optimizer 0, free links;\n"
-    "one column per unit, Fi / Bi = forward / backward of micro-batch i, '.' = idle.\n";
+    "print each stage's op order and a textbook timeline of a pipeline schedule.\n\n",
+    sections, overrides, deprecated,
+    "\nTimeline: forward 1 unit, backward 2 units per micro-batch, optimizer 0, free links;\n"
+    "one column per unit, Fi / Bi = forward / backward of micro-batch i, '.' = idle.\n",
+};
 
 static char *read_all(const char *path, char *err, size_t errlen)
 {
@@ -149,163 +178,182 @@ static int print_timeline(const sim_result_t *r)
     return 0;
 }
 
-int cmd_schedule(int argc, char **argv)
+typedef struct {
+    const char *schedule, *ops_path, *slack_arg;
+    int P, M, K, check, timeline, have_p, have_m;
+} sched_args_t;
+
+/* 0, -1 after --help, or CLI_USAGE after a message. */
+static int parse(int argc, char **argv, sched_args_t *a)
 {
-    static const struct option opts[] = {
-        {"schedule", required_argument, NULL, 's'},
-        {"stages", required_argument, NULL, 'p'},
-        {"micro-batches", required_argument, NULL, 'm'},
-        {"slack", required_argument, NULL, 'k'},
-        {"ops", required_argument, NULL, 'O'},
-        {"check", no_argument, NULL, 'c'},
-        {"no-timeline", no_argument, NULL, 'T'},
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
-    };
-    const char *schedule = NULL, *ops_path = NULL, *slack_arg = NULL;
-    int P = 4, M = 8, K = 1, check = 0, timeline = 1, have_p = 0, have_m = 0, c;
-    optind = 1;
-    while ((c = cli_getopt(CMD, argc, argv, "s:p:m:k:ch", opts)) != -1) {
+    cli_parser_t p;
+    if (cli_parser_init(&p, &spec))
+        return cli_usage_error(CMD, "internal: the option table is inconsistent");
+    int c;
+    while ((c = cli_next(&p, argc, argv)) != -1) {
         switch (c) {
         case -2: return CLI_USAGE;
-        case 'h': printf(usage, sched_names()); return CLI_OK;
-        case 's': schedule = optarg; break;
-        case 'p':
-            if (cli_parse_int(CMD, "--stages", optarg, 1, 4096, &P))
+        case CLI_OPT_HELP: cli_help(&spec, stdout); return -1;
+        case RUNCFG_OPT_SCHEDULE: a->schedule = optarg; break;
+        case MODEL_OPT_STAGES:
+            if (cli_parse_int(CMD, "--stages", optarg, 1, PN_MAX_STAGES, &a->P))
                 return CLI_USAGE;
-            have_p = 1;
+            a->have_p = 1;
             break;
-        case 'm':
-            if (cli_parse_int(CMD, "--micro-batches", optarg, 1, 1 << 20, &M))
+        case VOCAB_OPT_MICRO_BATCHES:
+            if (cli_parse_int(CMD, "--micro-batches", optarg, 1, PN_MAX_MICRO_BATCHES, &a->M))
                 return CLI_USAGE;
-            have_m = 1;
+            a->have_m = 1;
             break;
-        case 'k': slack_arg = optarg; break;
-        case 'O': ops_path = optarg; break;
-        case 'c': check = 1; break;
-        case 'T': timeline = 0; break;
+        case RUNCFG_OPT_SLACK: a->slack_arg = optarg; break;
+        case SCHEDULE_OPT_OPS: a->ops_path = optarg; break;
+        case SCHEDULE_OPT_CHECK: a->check = 1; break;
+        case SCHEDULE_OPT_NO_TIMELINE: a->timeline = 0; break;
+        default: return cli_usage_error(CMD, "option '%s' is not handled", cli_opt_name(&spec, c));
         }
     }
     if (optind < argc)
         return cli_usage_error(CMD, "unexpected argument '%s'", argv[optind]);
-    if (ops_path && (schedule || slack_arg || have_p))
+    if (a->ops_path && (a->schedule || a->slack_arg || a->have_p))
         return cli_usage_error(CMD, "--ops takes the stages and order from the file; drop %s",
-                               schedule ? "--schedule" : slack_arg ? "--slack" : "--stages");
-    if (!schedule)
-        schedule = "1f1b";
-    if (!ops_path && sched_uses_slack(schedule) < 0)
-        return cli_usage_error(CMD, "unknown schedule '%s' (known: %s)", schedule, sched_names());
-    if (slack_arg && sched_uses_slack(schedule) == 0)
-        return cli_usage_error(CMD, "--slack applies to 1f1b-slack, not %s", schedule);
-    if (slack_arg && strcmp(slack_arg, "auto") && cli_parse_int(CMD, "--slack", slack_arg, 0, 1 << 20, &K))
+                               a->schedule ? "--schedule" : a->slack_arg ? "--slack" : "--stages");
+    if (!a->schedule)
+        a->schedule = "1f1b";
+    if (!a->ops_path && sched_uses_slack(a->schedule) < 0)
+        return cli_usage_error(CMD, "unknown schedule '%s' (known: %s)", a->schedule, sched_names());
+    if (a->slack_arg && sched_uses_slack(a->schedule) == 0)
+        return cli_usage_error(CMD, "--slack applies to 1f1b-slack, not %s", a->schedule);
+    if (a->slack_arg && strcmp(a->slack_arg, "auto") &&
+        cli_parse_int(CMD, "--slack", a->slack_arg, 0, PN_MAX_SLACK, &a->K))
         return CLI_USAGE;
+    return 0;
+}
 
+/* The plan: read from --ops, or built (slack auto: unit costs on free links). */
+static int load_plan(sched_args_t *a, sched_plan_t *plan, char *label, size_t labellen)
+{
     char err[512] = "";
-    sched_plan_t plan = {0};
-    sim_result_t res = {0};
-    int *peak = NULL, rc = CLI_FAIL, valid;
-    char label[64];
-    if (ops_path) {
-        char *text = read_all(ops_path, err, sizeof err);
+    if (a->ops_path) {
+        char *text = read_all(a->ops_path, err, sizeof err);
         if (!text) {
             fprintf(stderr, "pipenem %s: %s\n", CMD, err);
             return CLI_FAIL;
         }
         keep_op_lines(text);
-        int prc = sched_plan_parse(text, have_m ? M : 0, &plan, err, sizeof err);
+        int prc = sched_plan_parse(text, a->have_m ? a->M : 0, plan, err, sizeof err);
         free(text);
         if (prc) {
-            fprintf(stderr, "pipenem %s: %s: %s\n", CMD, ops_path, err);
+            fprintf(stderr, "pipenem %s: %s: %s\n", CMD, a->ops_path, err);
             return CLI_FAIL;
         }
-        snprintf(label, sizeof label, "op lists from %s", ops_path);
-    } else {
-        sim_cost_t *unit = calloc((size_t)P, sizeof *unit);
+        snprintf(label, labellen, "op lists from %s", a->ops_path);
+        return 0;
+    }
+    int auto_k = a->slack_arg && !strcmp(a->slack_arg, "auto");
+    if (auto_k) {
+        sim_cost_t *unit = calloc((size_t)a->P, sizeof *unit);
         if (!unit)
             return CLI_FAIL;
-        for (int s = 0; s < P; s++)
+        for (int s = 0; s < a->P; s++)
             unit[s] = (sim_cost_t){UNIT_FWD, UNIT_BWD, 0};
-        sim_config_t cfg = {schedule, P, M, K, unit, NULL, NULL, 0, 0, SIM_SEND_PIPELINED};
-        int auto_k = slack_arg && !strcmp(slack_arg, "auto");
-        /* auto with unit costs on free links: K = 0 already has no extra idle time */
-        if (auto_k && sim_slack_auto(&cfg, &K, NULL, err, sizeof err)) {
-            free(unit);
-            fprintf(stderr, "pipenem %s: %s\n", CMD, err);
-            return CLI_FAIL;
-        }
+        sim_config_t cfg = {a->schedule, a->P, a->M, a->K, unit, NULL, NULL, 0, 0, SIM_SEND_PIPELINED};
+        int rc = sim_slack_auto(&cfg, &a->K, NULL, err, sizeof err);
         free(unit);
-        if (sched_plan_build(schedule, P, M, K, &plan, err, sizeof err)) {
+        if (rc) {
             fprintf(stderr, "pipenem %s: %s\n", CMD, err);
             return CLI_FAIL;
         }
-        if (sched_uses_slack(schedule) > 0)
-            snprintf(label, sizeof label, "%s, slack %d%s", schedule, K, auto_k ? " (auto)" : "");
-        else
-            snprintf(label, sizeof label, "%s", schedule);
     }
-    P = plan.stages;
-    M = plan.micro_batches;
-    peak = calloc((size_t)P, sizeof *peak);
-    if (!peak)
-        goto out;
-
-    /* Each stage alone first, so every broken stage gets its own verdict. */
-    char *stage_err = calloc((size_t)P, 256);
-    if (!stage_err)
-        goto out;
-    int stages_ok = 1;
-    for (int s = 0; s < P; s++)
-        if (sched_ops_validate(P, M, s, plan.ops[s], plan.n_ops[s], stage_err + (size_t)s * 256, 256))
-            stages_ok = 0;
-    valid = stages_ok && !sched_plan_validate(&plan, peak, err, sizeof err);
-    if (valid) {
-        double **dur = calloc((size_t)P, sizeof *dur), **bytes = calloc((size_t)P, sizeof *bytes);
-        int ok = dur && bytes;
-        for (int s = 0; ok && s < P; s++) {
-            dur[s] = calloc(plan.n_ops[s] + 1, sizeof **dur);
-            bytes[s] = calloc(plan.n_ops[s] + 1, sizeof **bytes);
-            ok = dur[s] && bytes[s];
-            for (size_t j = 0; ok && j < plan.n_ops[s]; j++)
-                dur[s][j] = plan.ops[s][j].kind == SCHED_FWD ? UNIT_FWD
-                            : plan.ops[s][j].kind == SCHED_BWD ? UNIT_BWD : 0;
-        }
-        sim_graph_t g = {&plan, (const double *const *)dur, (const double *const *)bytes, NULL, NULL,
-                         SIM_SEND_PIPELINED};
-        int src = ok ? sim_graph_run(&g, &res, err, sizeof err) : -ENOMEM;
-        for (int s = 0; dur && bytes && s < P; s++) {
-            free(dur[s]);
-            free(bytes[s]);
-        }
-        free(dur);
-        free(bytes);
-        if (src) {
-            fprintf(stderr, "pipenem %s: simulating: %s\n", CMD, err[0] ? err : "out of memory");
-            free(stage_err);
-            goto out;
-        }
+    if (sched_plan_build(a->schedule, a->P, a->M, a->K, plan, err, sizeof err)) {
+        fprintf(stderr, "pipenem %s: %s\n", CMD, err);
+        return CLI_FAIL;
     }
+    if (sched_uses_slack(a->schedule) > 0)
+        snprintf(label, labellen, "%s, slack %d%s", a->schedule, a->K, auto_k ? " (auto)" : "");
+    else
+        snprintf(label, labellen, "%s", a->schedule);
+    return 0;
+}
 
-    printf("# pipenem schedule: %s, %d stages, %d micro-batches\n", label, P, M);
-    printf("# unit costs: forward %g, backward %g per micro-batch, optimizer 0, links free\n", UNIT_FWD,
-           UNIT_BWD);
+/* The plan on unit costs and free links (the timeline's times). */
+static int simulate_units(const sched_plan_t *plan, sim_result_t *res, char *err, size_t errlen)
+{
+    int P = plan->stages;
+    double **dur = calloc((size_t)P, sizeof *dur), **bytes = calloc((size_t)P, sizeof *bytes);
+    int ok = dur && bytes;
+    for (int s = 0; ok && s < P; s++) {
+        dur[s] = calloc(plan->n_ops[s] + 1, sizeof **dur);
+        bytes[s] = calloc(plan->n_ops[s] + 1, sizeof **bytes);
+        ok = dur[s] && bytes[s];
+        for (size_t j = 0; ok && j < plan->n_ops[s]; j++)
+            dur[s][j] = plan->ops[s][j].kind == SCHED_FWD ? UNIT_FWD : plan->ops[s][j].kind == SCHED_BWD ? UNIT_BWD : 0;
+    }
+    sim_graph_t g = {plan, (const double *const *)dur, (const double *const *)bytes, NULL, NULL, SIM_SEND_PIPELINED};
+    int rc = ok ? sim_graph_run(&g, res, err, errlen) : -ENOMEM;
+    for (int s = 0; dur && bytes && s < P; s++) {
+        free(dur[s]);
+        free(bytes[s]);
+    }
+    free(dur);
+    free(bytes);
+    return rc;
+}
+
+static void print_stages(const sched_args_t *a, const sched_plan_t *plan, const sim_result_t *res, int valid,
+                         const char *stage_err)
+{
+    int P = plan->stages, M = plan->micro_batches;
     printf("#\n#%6s %7s %7s %9s %8s %8s  %s\n", "stage", "ops", "warmup", "peak_act", "busy", "bubble",
            "check");
     printf("#%6s %7s %7s %9s %8s %8s\n", "(id)", "(n)", "(mb)", "(mb)", "(units)", "(%)");
     for (int s = 0; s < P; s++) {
         char warm[16] = "-", busy[16] = "-", bub[16] = "-", pk[16];
-        if (!ops_path)
-            snprintf(warm, sizeof warm, "%d", sched_warmup(schedule, P, M, K, s, NULL, 0));
+        if (!a->ops_path)
+            snprintf(warm, sizeof warm, "%d", sched_warmup(a->schedule, P, M, a->K, s, NULL, 0));
         if (valid) {
-            snprintf(busy, sizeof busy, "%.0f", res.busy[s]);
-            snprintf(bub, sizeof bub, "%.2f", 100 * res.bubble[s]);
+            snprintf(busy, sizeof busy, "%.0f", res->busy[s]);
+            snprintf(bub, sizeof bub, "%.2f", 100 * res->bubble[s]);
         }
-        snprintf(pk, sizeof pk, "%d", sched_ops_peak_inflight(plan.ops[s], plan.n_ops[s]));
+        snprintf(pk, sizeof pk, "%d", sched_ops_peak_inflight(plan->ops[s], plan->n_ops[s]));
         const char *verdict = stage_err[(size_t)s * 256] ? stage_err + (size_t)s * 256 : "ok";
-        printf(" %6d %7zu %7s %9s %8s %8s  %s\n", s, plan.n_ops[s], warm, pk, busy, bub, verdict);
+        printf(" %6d %7zu %7s %9s %8s %8s  %s\n", s, plan->n_ops[s], warm, pk, busy, bub, verdict);
     }
-    free(stage_err);
+}
+
+int cmd_schedule(int argc, char **argv)
+{
+    sched_args_t a = {.P = 4, .M = 8, .K = 1, .timeline = 1};
+    int rc = parse(argc, argv, &a);
+    if (rc)
+        return rc < 0 ? CLI_OK : rc;
+    char err[512] = "", label[64];
+    sched_plan_t plan = {0};
+    sim_result_t res = {0};
+    char *stage_err = NULL;
+    int *peak = NULL, valid = 0, stages_ok = 1;
+    if ((rc = load_plan(&a, &plan, label, sizeof label)))
+        return rc;
+    rc = CLI_FAIL;
+    int P = plan.stages, M = plan.micro_batches;
+    peak = calloc((size_t)P, sizeof *peak);
+    stage_err = calloc((size_t)P, 256);
+    if (!peak || !stage_err)
+        goto out;
+    /* Each stage alone first, so every broken stage gets its own verdict. */
+    for (int s = 0; s < P; s++)
+        if (sched_ops_validate(P, M, s, plan.ops[s], plan.n_ops[s], stage_err + (size_t)s * 256, 256))
+            stages_ok = 0;
+    valid = stages_ok && !sched_plan_validate(&plan, peak, err, sizeof err);
+    if (valid && simulate_units(&plan, &res, err, sizeof err)) {
+        fprintf(stderr, "pipenem %s: simulating: %s\n", CMD, err[0] ? err : "out of memory");
+        goto out;
+    }
+    printf("# pipenem schedule: %s, %d stages, %d micro-batches\n", label, P, M);
+    printf("# unit costs: forward %g, backward %g per micro-batch, optimizer 0, links free\n", UNIT_FWD,
+           UNIT_BWD);
+    print_stages(&a, &plan, &res, valid, stage_err);
     print_op_order(&plan);
-    if (valid && timeline && print_timeline(&res))
+    if (valid && a.timeline && print_timeline(&res))
         goto out;
     printf("#\n");
     if (valid)
@@ -313,12 +361,13 @@ int cmd_schedule(int argc, char **argv)
                res.time, 100 * res.bubble_mean, 100.0 * (P - 1) / (M + P - 1));
     else
         printf("# %s\n", stages_ok ? err : "see the check column");
-    if (check || !valid)
+    if (a.check || !valid)
         printf("# check: %s\n", valid ? "OK" : "FAILED");
     else
         printf("# OK\n");
     rc = valid ? CLI_OK : CLI_FAIL;
 out:
+    free(stage_err);
     free(peak);
     sim_result_destroy(&res);
     sched_plan_destroy(&plan);

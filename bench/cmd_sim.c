@@ -10,52 +10,99 @@
 #include <strings.h>
 
 #include "bench/cli.h"
+#include "bench/vocab.h"
+#include "common/parse.h"
+#include "pipeline/runcfg.h"
+#include "common/limits.h"
 #include "models/model.h"
 #include "netem/profile.h"
 #include "schedules/sched.h"
 #include "schedules/sim.h"
 
 #define CMD "sim"
-#define MAX_STAGES 4096
 #define MAX_SCHEDULES 16
+#define STR_(x) #x
+#define STR(x) STR_(x)
 
-static const char usage[] =
+enum {
+    SIM_OPT_FWD = 0x3100, SIM_OPT_BWD, SIM_OPT_OPT, SIM_OPT_BYTES, SIM_OPT_GRAD, SIM_OPT_OVERHEAD, SIM_OPT_MODE,
+    SIM_OPT_CRIT,
+};
+
+static const model_option_t cost_group[] = {
+    {"fwd-ms", 'f', SIM_OPT_FWD, "T[,T..]", "forward time per micro-batch, ms: one value or one per stage",
+     "none: required without --model"},
+    {"bwd-ms", 'B', SIM_OPT_BWD, "T[,T..]", "backward time per micro-batch, ms: one value or one per stage",
+     "none: required without --model"},
+    {"opt-ms", 0, SIM_OPT_OPT, "T[,T..]", "optimizer step per iteration, ms", "0"},
+    {"bytes", 0, SIM_OPT_BYTES, "SIZE", "bytes per activation message, e.g. 6.3MB, 4MiB", "0"},
+    {"grad-bytes", 0, SIM_OPT_GRAD, "SIZE", "bytes per gradient message", "--bytes"},
+    {NULL, 0, 0, NULL, NULL, NULL},
+};
+
+static const model_option_t link_group[] = {
+    {"overhead-us", 0, SIM_OPT_OVERHEAD, "T", "per-message overhead occupying the link, us", "0"},
+    {"send-mode", 0, SIM_OPT_MODE, "MODE",
+     "pipelined, or blocking: the next send of a stage waits until the previous one was delivered", "pipelined"},
+    {"critical-path", 0, SIM_OPT_CRIT, NULL, "list the ops on each schedule's critical path", NULL},
+    {NULL, 0, 0, NULL, NULL, NULL},
+};
+
+static const int sched_only[] = {RUNCFG_OPT_SCHEDULE, RUNCFG_OPT_SLACK, 0};
+static const int size_only[] = {MODEL_OPT_STAGES, MODEL_OPT_BATCH_SIZE, MODEL_OPT_MICRO_BATCH_SIZE, 0};
+static const int model_only[] = {MODEL_OPT_MODEL, MODEL_OPT_SEQ_LEN, MODEL_OPT_COMPUTE, 0};
+static const int net_only[] = {RUNCFG_OPT_NET, 0};
+
+static const cli_section_t sections[] = {
+    {"schedules and sizes", runcfg_pipeline_group, sched_only, NULL, 0},
+    {NULL, model_options_group, size_only, NULL, 0},
+    {NULL, vocab_analysis_group, NULL, NULL, 0},
+    {"costs, given", cost_group, NULL, NULL, 0},
+    {"or costs from a model", model_options_group, model_only, NULL, 0},
+    {"links", runcfg_network_group, net_only, NULL, 0},
+    {NULL, link_group, NULL, NULL, 0},
+    {NULL, NULL, NULL, NULL, 0},
+};
+
+static const cli_override_t overrides[] = {
+    {RUNCFG_OPT_SCHEDULE, "LIST", "comma-separated schedules: {schedules}", "all of them"},
+    {RUNCFG_OPT_SLACK, "K|auto", "extra micro-batches in flight per hop of 1f1b-slack, or auto: the smallest K in 0.."
+     STR(SIM_SLACK_AUTO_MAX) " within 1% of the best", "auto"},
+    {MODEL_OPT_STAGES, NULL, "pipeline stages", "3"},
+    {MODEL_OPT_BATCH_SIZE, NULL, "sequences per iteration; with --micro-batch-size b, M = N / b", "64"},
+    {VOCAB_OPT_MICRO_BATCHES, NULL, "micro-batches per iteration, instead of --batch-size / --micro-batch-size",
+     "64 / 1"},
+    {MODEL_OPT_MODEL, NULL, "take costs and message sizes from a model: {models}", "none"},
+    {MODEL_OPT_SEQ_LEN, NULL, "sequence length of --model", NULL},
+    {MODEL_OPT_COMPUTE, "emulate:..", "device model of --model: emulate:v100|a100|h100[,eff=X], "
+     "emulate:fwd=25ms,bwd=75ms or emulate:FILE", "emulate:v100"},
+    {RUNCFG_OPT_NET, NULL, "link profile between neighbouring stages: 10ms/1Gbps, delay=..,rate=.., or "
+     "0-1=P,1-2=P", "free links"},
+    {0, NULL, NULL, NULL},
+};
+
+static const cli_deprecated_t deprecated[] = {
+    {'p', NULL, MODEL_OPT_STAGES},
+    {'b', NULL, MODEL_OPT_BATCH_SIZE},
+    {'n', NULL, RUNCFG_OPT_NET},
+    {0, NULL, 0},
+};
+
+static const cli_spec_t spec = {
+    CMD,
     "usage: pipenem sim [options]\n"
-    "predict iteration time, bubble fraction and per-stage busy share with the simulator.\n"
-    "\n"
-    "  -s, --schedule LIST        comma-separated schedules: %s\n"
-    "                             (default: all of them)\n"
-    "  -p, --stages P             pipeline stages (default 3)\n"
-    "  -m, --micro-batches M      micro-batches per iteration; or\n"
-    "  -b, --batch-size N         global batch (default 64) with\n"
-    "  -u, --micro-batch-size U   micro-batch size (default 1): M = N / U\n"
-    "  -f, --fwd-ms T[,T...]      forward time per micro-batch, ms: one value or one per stage\n"
-    "  -B, --bwd-ms T[,T...]      backward time per micro-batch, ms: one value or one per stage\n"
-    "      --opt-ms T[,T...]      optimizer step per iteration, ms (default 0)\n"
-    "      --bytes SIZE           bytes per activation message, e.g. 6.3MB, 4MiB (default 0)\n"
-    "      --grad-bytes SIZE      bytes per gradient message (default: --bytes)\n"
-    "      --model NAME           take costs and message sizes from a model instead: %s\n"
-    "      --seq-len T            sequence length of --model (default: its context)\n"
-    "      --compute emulate:...  device model of --model: emulate:v100|a100|h100[,eff=X],\n"
-    "                             emulate:fwd=25ms,bwd=75ms or emulate:FILE (default emulate:v100)\n"
-    "  -n, --net PROFILE          link profile between neighbouring stages: 10ms/1Gbps,\n"
-    "                             delay=..,rate=.., or 0-1=P,1-2=P (default: free links)\n"
-    "      --overhead-us T        per-message overhead occupying the link, us (default 0)\n"
-    "      --send-mode MODE       pipelined (default) or blocking: the next send of a stage\n"
-    "                             waits until the previous one was delivered\n"
-    "  -k, --slack K|auto         slack of 1f1b-slack (default auto: smallest K in 0..%d within\n"
-    "                             1%% of the best)\n"
-    "      --critical-path        list the ops on each schedule's critical path\n"
-    "  -h, --help                 this text\n"
-    "\n"
-    "Times are printed in ms. no_delay is the same configuration on free links.\n";
+    "predict iteration time, bubble fraction and per-stage busy share with the simulator.\n\n",
+    sections, overrides, deprecated,
+    "\nTimes are printed in ms. The no_delay column is the same configuration on free links\n"
+    "(no delay, no rate limit).\n",
+};
 
 /* One value, or one per stage, each a finite number >= 0; scaled by `unit`. */
 static int parse_list(const char *opt, const char *s, int P, double unit, double *out)
 {
     int n = 0;
     const char *p = s;
-    double vals[MAX_STAGES];
+    double vals[PN_MAX_STAGES];
     while (1) {
         char *end;
         errno = 0;
@@ -63,8 +110,8 @@ static int parse_list(const char *opt, const char *s, int P, double unit, double
         if (end == p || (*end && *end != ',') || errno || !isfinite(v) || v < 0)
             return cli_usage_error(CMD, "%s '%s': '%.*s' is not a number >= 0", opt, s,
                                    (int)strcspn(p, ","), p);
-        if (n == MAX_STAGES)
-            return cli_usage_error(CMD, "%s: more than %d values", opt, MAX_STAGES);
+        if (n == PN_MAX_STAGES)
+            return cli_usage_error(CMD, "%s: more than %d values", opt, PN_MAX_STAGES);
         vals[n++] = v * unit;
         if (!*end)
             break;
@@ -77,26 +124,14 @@ static int parse_list(const char *opt, const char *s, int P, double unit, double
     return 0;
 }
 
-/* A byte count with an optional unit: B, kB/KB, MB, GB (powers of 1000), KiB, MiB,
- * GiB (powers of 1024), or k/K/M/G alone. */
+/* A byte count with an optional unit (common/parse.h). */
 static int parse_size(const char *opt, const char *s, double *out)
 {
-    static const struct {
-        const char *unit;
-        double mult;
-    } units[] = {{"", 1}, {"B", 1}, {"k", 1e3}, {"K", 1e3}, {"kB", 1e3}, {"KB", 1e3},
-                 {"M", 1e6}, {"MB", 1e6}, {"G", 1e9}, {"GB", 1e9}, {"KiB", 1024.0},
-                 {"MiB", 1048576.0}, {"GiB", 1073741824.0}};
-    char *end;
-    errno = 0;
-    double v = strtod(s, &end);
-    if (end != s && !errno && isfinite(v) && v >= 0)
-        for (size_t i = 0; i < sizeof units / sizeof *units; i++)
-            if (!strcmp(end, units[i].unit)) {
-                *out = v * units[i].mult;
-                return 0;
-            }
-    return cli_usage_error(CMD, "%s '%s': want a size >= 0 such as 6300000, 6.3MB or 4MiB", opt, s);
+    uint64_t v;
+    if (pn_parse_size(s, &v))
+        return cli_usage_error(CMD, "%s '%s': want a size >= 0 such as 6300000, 6.3MB or 4MiB", opt, s);
+    *out = (double)v;
+    return 0;
 }
 
 static void print_critical(const char *name, const sim_result_t *r, int list)
@@ -171,223 +206,200 @@ static int model_costs(const char *name, int seq_len, const char *compute, int P
     return 0;
 }
 
-int cmd_sim(int argc, char **argv)
+typedef struct {
+    const char *sched_arg, *fwd_arg, *bwd_arg, *opt_arg, *net, *slack_arg, *grad_arg, *model, *compute, *bytes_arg;
+    int seq_len, P, M, batch, mbs, have_b, have_u, list_path, K, derived;
+    double act_bytes, grad_bytes, overhead_us;
+    sim_send_mode_t mode;
+    char sched_buf[512];
+    const char *scheds[MAX_SCHEDULES];
+    int n_sched;
+} sim_args_t;
+
+static int sim_option(sim_args_t *a, int c, const char *arg)
 {
-    enum { O_OPT = 256, O_BYTES, O_GRAD, O_OVERHEAD, O_MODE, O_CRIT, O_MODEL, O_SEQ, O_COMPUTE };
-    static const struct option opts[] = {
-        {"schedule", required_argument, NULL, 's'},
-        {"stages", required_argument, NULL, 'p'},
-        {"micro-batches", required_argument, NULL, 'm'},
-        {"batch-size", required_argument, NULL, 'b'},
-        {"micro-batch-size", required_argument, NULL, 'u'},
-        {"fwd-ms", required_argument, NULL, 'f'},
-        {"bwd-ms", required_argument, NULL, 'B'},
-        {"opt-ms", required_argument, NULL, O_OPT},
-        {"bytes", required_argument, NULL, O_BYTES},
-        {"grad-bytes", required_argument, NULL, O_GRAD},
-        {"net", required_argument, NULL, 'n'},
-        {"overhead-us", required_argument, NULL, O_OVERHEAD},
-        {"send-mode", required_argument, NULL, O_MODE},
-        {"slack", required_argument, NULL, 'k'},
-        {"critical-path", no_argument, NULL, O_CRIT},
-        {"model", required_argument, NULL, O_MODEL},
-        {"seq-len", required_argument, NULL, O_SEQ},
-        {"compute", required_argument, NULL, O_COMPUTE},
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
-    };
-    const char *sched_arg = NULL, *fwd_arg = NULL, *bwd_arg = NULL, *opt_arg = "0", *net = NULL;
-    const char *slack_arg = "auto", *grad_arg = NULL, *model = NULL, *compute = NULL;
-    const char *bytes_arg = NULL;
-    int seq_len = 0;
-    int P = 3, M = 0, batch = 64, mbs = 1, have_b = 0, have_u = 0, list_path = 0, c;
-    double act_bytes = 0, grad_bytes = 0, overhead_us = 0;
-    sim_send_mode_t mode = SIM_SEND_PIPELINED;
-    optind = 1;
-    while ((c = cli_getopt(CMD, argc, argv, "s:p:m:b:u:f:B:n:k:h", opts)) != -1) {
-        switch (c) {
-        case -2: return CLI_USAGE;
-        case 'h': printf(usage, sched_names(), model_config_names(), SIM_SLACK_AUTO_MAX); return CLI_OK;
-        case 's': sched_arg = optarg; break;
-        case 'p':
-            if (cli_parse_int(CMD, "--stages", optarg, 1, MAX_STAGES, &P))
-                return CLI_USAGE;
-            break;
-        case 'm':
-            if (cli_parse_int(CMD, "--micro-batches", optarg, 1, 1 << 20, &M))
-                return CLI_USAGE;
-            break;
-        case 'b':
-            if (cli_parse_int(CMD, "--batch-size", optarg, 1, 1 << 30, &batch))
-                return CLI_USAGE;
-            have_b = 1;
-            break;
-        case 'u':
-            if (cli_parse_int(CMD, "--micro-batch-size", optarg, 1, 1 << 30, &mbs))
-                return CLI_USAGE;
-            have_u = 1;
-            break;
-        case 'f': fwd_arg = optarg; break;
-        case 'B': bwd_arg = optarg; break;
-        case O_OPT: opt_arg = optarg; break;
-        case O_BYTES:
-            if (parse_size("--bytes", optarg, &act_bytes))
-                return CLI_USAGE;
-            bytes_arg = optarg;
-            break;
-        case O_GRAD: grad_arg = optarg; break;
-        case 'n': net = optarg; break;
-        case O_OVERHEAD: {
-            char *end;
-            overhead_us = strtod(optarg, &end);
-            if (end == optarg || *end || !isfinite(overhead_us) || overhead_us < 0)
-                return cli_usage_error(CMD, "--overhead-us '%s': want a number >= 0", optarg);
-            break;
-        }
-        case O_MODE:
-            if (sim_send_mode_parse(optarg, &mode))
-                return cli_usage_error(CMD, "--send-mode '%s': want pipelined or blocking", optarg);
-            break;
-        case 'k': slack_arg = optarg; break;
-        case O_CRIT: list_path = 1; break;
-        case O_MODEL: model = optarg; break;
-        case O_SEQ:
-            if (cli_parse_int(CMD, "--seq-len", optarg, 1, 1 << 20, &seq_len))
-                return CLI_USAGE;
-            break;
-        case O_COMPUTE: compute = optarg; break;
-        }
+    switch (c) {
+    case RUNCFG_OPT_SCHEDULE: a->sched_arg = arg; return 0;
+    case MODEL_OPT_STAGES: return cli_parse_int(CMD, "--stages", arg, 1, PN_MAX_STAGES, &a->P);
+    case VOCAB_OPT_MICRO_BATCHES: return cli_parse_int(CMD, "--micro-batches", arg, 1, PN_MAX_MICRO_BATCHES, &a->M);
+    case MODEL_OPT_BATCH_SIZE:
+        a->have_b = 1;
+        return cli_parse_int(CMD, "--batch-size", arg, 1, 1 << 30, &a->batch);
+    case MODEL_OPT_MICRO_BATCH_SIZE:
+        a->have_u = 1;
+        return cli_parse_int(CMD, "--micro-batch-size", arg, 1, 1 << 30, &a->mbs);
+    case SIM_OPT_FWD: a->fwd_arg = arg; return 0;
+    case SIM_OPT_BWD: a->bwd_arg = arg; return 0;
+    case SIM_OPT_OPT: a->opt_arg = arg; return 0;
+    case SIM_OPT_BYTES: a->bytes_arg = arg; return parse_size("--bytes", arg, &a->act_bytes);
+    case SIM_OPT_GRAD: a->grad_arg = arg; return 0;
+    case RUNCFG_OPT_NET: a->net = arg; return 0;
+    case SIM_OPT_OVERHEAD: {
+        char *end;
+        a->overhead_us = strtod(arg, &end);
+        if (end == arg || *end || !isfinite(a->overhead_us) || a->overhead_us < 0)
+            return cli_usage_error(CMD, "--overhead-us '%s': want a number >= 0", arg);
+        return 0;
     }
-    if (optind < argc)
-        return cli_usage_error(CMD, "unexpected argument '%s'", argv[optind]);
-    if (!model && (seq_len || compute))
-        return cli_usage_error(CMD, "%s applies to --model", seq_len ? "--seq-len" : "--compute");
-    if (model && (fwd_arg || bwd_arg || strcmp(opt_arg, "0") || bytes_arg || grad_arg))
+    case SIM_OPT_MODE:
+        if (sim_send_mode_parse(arg, &a->mode))
+            return cli_usage_error(CMD, "--send-mode '%s': want pipelined or blocking", arg);
+        return 0;
+    case RUNCFG_OPT_SLACK: a->slack_arg = arg; return 0;
+    case SIM_OPT_CRIT: a->list_path = 1; return 0;
+    case MODEL_OPT_MODEL: a->model = arg; return 0;
+    case MODEL_OPT_SEQ_LEN: return cli_parse_int(CMD, "--seq-len", arg, 1, 1 << 20, &a->seq_len);
+    case MODEL_OPT_COMPUTE: a->compute = arg; return 0;
+    default: return cli_usage_error(CMD, "option '%s' is not handled", cli_opt_name(&spec, c));
+    }
+}
+
+/* The combinations: costs from the flags or from --model, M given or derived. */
+static int sim_check(sim_args_t *a)
+{
+    if (!a->model && (a->seq_len || a->compute))
+        return cli_usage_error(CMD, "%s applies to --model", a->seq_len ? "--seq-len" : "--compute");
+    if (a->model && (a->fwd_arg || a->bwd_arg || strcmp(a->opt_arg, "0") || a->bytes_arg || a->grad_arg))
         return cli_usage_error(CMD, "--model gives the costs and sizes; drop %s",
-                               fwd_arg ? "--fwd-ms" : bwd_arg ? "--bwd-ms" : bytes_arg ? "--bytes"
-                               : grad_arg ? "--grad-bytes" : "--opt-ms");
-    if (compute && strncmp(compute, "emulate", 7))
+                               a->fwd_arg ? "--fwd-ms" : a->bwd_arg ? "--bwd-ms" : a->bytes_arg ? "--bytes"
+                               : a->grad_arg ? "--grad-bytes" : "--opt-ms");
+    if (a->compute && strncmp(a->compute, "emulate", 7))
         return cli_usage_error(CMD, "--compute '%s': the simulator needs modelled times, "
-                               "use emulate:DEVICE, emulate:fwd=..,bwd=.. or emulate:FILE", compute);
-    if (M && (have_b || have_u)) {
-        if (have_b && have_u && batch / mbs != M)
+                               "use emulate:DEVICE, emulate:fwd=..,bwd=.. or emulate:FILE", a->compute);
+    if (a->M && (a->have_b || a->have_u)) {
+        if (a->have_b && a->have_u && a->batch / a->mbs != a->M)
             return cli_usage_error(CMD, "--micro-batches %d contradicts --batch-size %d / "
-                                   "--micro-batch-size %d", M, batch, mbs);
-        if (!(have_b && have_u))
+                                   "--micro-batch-size %d", a->M, a->batch, a->mbs);
+        if (!(a->have_b && a->have_u))
             return cli_usage_error(CMD, "give --micro-batches, or --batch-size with --micro-batch-size, "
                                    "not both");
     }
-    int derived = !M;
-    if (!M) {
-        if (batch % mbs)
+    a->derived = !a->M;
+    if (!a->M) {
+        if (a->batch % a->mbs)
             return cli_usage_error(CMD, "--batch-size %d is not a multiple of --micro-batch-size %d",
-                                   batch, mbs);
-        M = batch / mbs;
+                                   a->batch, a->mbs);
+        a->M = a->batch / a->mbs;
     }
-    if (!model && (!fwd_arg || !bwd_arg))
+    if (!a->model && (!a->fwd_arg || !a->bwd_arg))
         return cli_usage_error(CMD, "%s is required (time per micro-batch per stage, ms)",
-                               !fwd_arg ? "--fwd-ms" : "--bwd-ms");
-    int K = SIM_SLACK_AUTO;
-    if (strcmp(slack_arg, "auto") && cli_parse_int(CMD, "--slack", slack_arg, 0, 1 << 20, &K))
+                               !a->fwd_arg ? "--fwd-ms" : "--bwd-ms");
+    a->K = SIM_SLACK_AUTO;
+    if (strcmp(a->slack_arg, "auto") && cli_parse_int(CMD, "--slack", a->slack_arg, 0, PN_MAX_SLACK, &a->K))
         return CLI_USAGE;
-    grad_bytes = act_bytes;
-    if (grad_arg && parse_size("--grad-bytes", grad_arg, &grad_bytes))
+    a->grad_bytes = a->act_bytes;
+    if (a->grad_arg && parse_size("--grad-bytes", a->grad_arg, &a->grad_bytes))
         return CLI_USAGE;
-
-    /* schedules */
-    char sched_buf[512];
-    const char *scheds[MAX_SCHEDULES];
-    int n_sched = 0;
-    snprintf(sched_buf, sizeof sched_buf, "%s", sched_arg ? sched_arg : sched_names());
-    for (char *save = NULL, *t = strtok_r(sched_buf, ", ", &save); t; t = strtok_r(NULL, ", ", &save)) {
+    snprintf(a->sched_buf, sizeof a->sched_buf, "%s", a->sched_arg ? a->sched_arg : sched_default_names());
+    for (char *save = NULL, *t = strtok_r(a->sched_buf, ", ", &save); t; t = strtok_r(NULL, ", ", &save)) {
         if (sched_uses_slack(t) < 0)
             return cli_usage_error(CMD, "unknown schedule '%s' (known: %s)", t, sched_names());
-        if (n_sched == MAX_SCHEDULES)
+        if (a->n_sched == MAX_SCHEDULES)
             return cli_usage_error(CMD, "more than %d schedules", MAX_SCHEDULES);
-        scheds[n_sched++] = t;
+        a->scheds[a->n_sched++] = t;
     }
-    if (!n_sched)
+    if (!a->n_sched)
         return cli_usage_error(CMD, "--schedule is empty (known: %s)", sched_names());
+    return 0;
+}
 
-    int rc = CLI_FAIL;
-    sim_cost_t *cost = calloc((size_t)P, sizeof *cost);
-    double *tmp = calloc((size_t)P, sizeof *tmp);
-    sim_link_t *links = calloc((size_t)P, sizeof *links);
-    netem_profile_t *profiles = NULL;
-    sim_result_t *res = calloc((size_t)n_sched, sizeof *res);
-    if (!cost || !tmp || !links || !res)
-        goto out;
-    char model_label[320] = "";
-    if (model) {
-        if (!compute)
-            compute = "emulate:v100";
-        if ((rc = model_costs(model, seq_len, compute, P, M, mbs, cost, &act_bytes, model_label,
-                              sizeof model_label)))
-            goto out;
-        grad_bytes = act_bytes;
-        rc = CLI_FAIL;
-    } else {
-        if (parse_list("--fwd-ms", fwd_arg, P, 1e-3, tmp)) {
-            rc = CLI_USAGE;
-            goto out;
+/* 0, -1 after --help, or CLI_USAGE after a message. */
+static int sim_parse(int argc, char **argv, sim_args_t *a)
+{
+    cli_parser_t p;
+    if (cli_parser_init(&p, &spec))
+        return cli_usage_error(CMD, "internal: the option table is inconsistent");
+    int c;
+    while ((c = cli_next(&p, argc, argv)) != -1) {
+        if (c == -2)
+            return CLI_USAGE;
+        if (c == CLI_OPT_HELP) {
+            cli_help(&spec, stdout);
+            return -1;
         }
-        for (int s = 0; s < P; s++)
-            cost[s].fwd = tmp[s];
-        if (parse_list("--bwd-ms", bwd_arg, P, 1e-3, tmp)) {
-            rc = CLI_USAGE;
-            goto out;
-        }
-        for (int s = 0; s < P; s++)
-            cost[s].bwd = tmp[s];
-        if (parse_list("--opt-ms", opt_arg, P, 1e-3, tmp)) {
-            rc = CLI_USAGE;
-            goto out;
-        }
-        for (int s = 0; s < P; s++)
-            cost[s].opt = tmp[s];
+        if (sim_option(a, c, optarg))
+            return CLI_USAGE;
     }
-    /* Both directions of a link share its profile: rate is per direction (full duplex).
-     * Jitter and loss have no counterpart in the model and are reported as ignored. */
-    int ignored = 0;
-    if (net) {
-        char perr[256];
-        if (!(profiles = calloc((size_t)P, sizeof *profiles)))
-            goto out;
-        if (netem_net_parse(net, P, profiles, perr, sizeof perr)) {
-            rc = cli_usage_error(CMD, "--net '%s': %s", net, perr);
-            goto out;
+    if (optind < argc)
+        return cli_usage_error(CMD, "unexpected argument '%s'", argv[optind]);
+    return sim_check(a);
+}
+
+/* Per-stage costs: from --model, or from the --fwd-ms/--bwd-ms/--opt-ms lists. */
+static int sim_costs(sim_args_t *a, sim_cost_t *cost, char *label, size_t labellen)
+{
+    if (a->model) {
+        if (!a->compute)
+            a->compute = "emulate:v100";
+        int rc = model_costs(a->model, a->seq_len, a->compute, a->P, a->M, a->mbs, cost, &a->act_bytes, label,
+                             labellen);
+        a->grad_bytes = a->act_bytes;
+        return rc;
+    }
+    const char *args[3] = {a->fwd_arg, a->bwd_arg, a->opt_arg}, *names[3] = {"--fwd-ms", "--bwd-ms", "--opt-ms"};
+    double *tmp = calloc((size_t)a->P, sizeof *tmp);
+    if (!tmp)
+        return CLI_FAIL;
+    for (int k = 0; k < 3; k++) {
+        if (parse_list(names[k], args[k], a->P, 1e-3, tmp)) {
+            free(tmp);
+            return CLI_USAGE;
         }
-        for (int i = 0; i + 1 < P; i++) {
+        for (int s = 0; s < a->P; s++)
+            *(k == 0 ? &cost[s].fwd : k == 1 ? &cost[s].bwd : &cost[s].opt) = tmp[s];
+    }
+    free(tmp);
+    return 0;
+}
+
+/* Both directions of a link share its profile: rate is per direction (full duplex).
+ * Jitter and loss have no counterpart in the model; *ignored says they were given. */
+static int sim_links(const sim_args_t *a, sim_link_t *links, netem_profile_t *profiles, int *ignored)
+{
+    *ignored = 0;
+    if (a->net) {
+        char perr[256];
+        if (netem_net_parse(a->net, a->P, profiles, perr, sizeof perr))
+            return cli_usage_error(CMD, "--net '%s': %s", a->net, perr);
+        for (int i = 0; i + 1 < a->P; i++) {
             links[i].delay = profiles[i].delay;
             links[i].bandwidth = profiles[i].rate;
-            ignored |= profiles[i].jitter > 0 || profiles[i].loss > 0;
+            *ignored |= profiles[i].jitter > 0 || profiles[i].loss > 0;
         }
     }
-    for (int i = 0; i + 1 < P; i++)
-        links[i].overhead = overhead_us * 1e-6;
+    for (int i = 0; i + 1 < a->P; i++)
+        links[i].overhead = a->overhead_us * 1e-6;
+    return 0;
+}
 
-    printf("# pipenem sim: %d stages, %d micro-batches", P, M);
-    if (derived)
-        printf(" (batch %d / micro-batch size %d)", batch, mbs);
-    if (model) {
-        printf("\n# costs from %s; per micro-batch, stage by stage:\n#   forward", model_label);
-        for (int s = 0; s < P; s++)
-            printf("%s%.3f", s ? "/" : " ", cost[s].fwd * 1e3);
-        printf(" ms, backward");
-        for (int s = 0; s < P; s++)
-            printf("%s%.3f", s ? "/" : " ", cost[s].bwd * 1e3);
-        printf(" ms, optimizer");
-        for (int s = 0; s < P; s++)
-            printf("%s%.3f", s ? "/" : " ", cost[s].opt * 1e3);
+static void print_costs(const char *what, const sim_cost_t *cost, int P, int k)
+{
+    printf("%s", what);
+    for (int s = 0; s < P; s++)
+        printf("%s%.3f", s ? "/" : " ", (k == 0 ? cost[s].fwd : k == 1 ? cost[s].bwd : cost[s].opt) * 1e3);
+}
+
+static void print_header(const sim_args_t *a, const sim_cost_t *cost, const netem_profile_t *profiles,
+                         const char *model_label, int ignored)
+{
+    int P = a->P;
+    printf("# pipenem sim: %d stages, %d micro-batches", P, a->M);
+    if (a->derived)
+        printf(" (batch %d / micro-batch size %d)", a->batch, a->mbs);
+    if (a->model) {
+        printf("\n# costs from %s; per micro-batch, stage by stage:\n#  ", model_label);
+        print_costs(" forward", cost, P, 0);
+        print_costs(" ms, backward", cost, P, 1);
+        print_costs(" ms, optimizer", cost, P, 2);
         printf(" ms per iteration\n");
     } else {
         printf("\n# costs per micro-batch: forward %s ms, backward %s ms; optimizer %s ms per iteration\n",
-               fwd_arg, bwd_arg, opt_arg);
+               a->fwd_arg, a->bwd_arg, a->opt_arg);
     }
     printf("# links:");
     for (int i = 0; i + 1 < P; i++) {
         char label[128] = "free";
-        if (profiles && !netem_profile_is_default(&profiles[i]) &&
+        if (a->net && !netem_profile_is_default(&profiles[i]) &&
             netem_profile_label(&profiles[i], label, sizeof label) < 0)
             snprintf(label, sizeof label, "?");
         if (i < 8 || i + 2 == P)
@@ -398,66 +410,91 @@ int cmd_sim(int argc, char **argv)
     if (P == 1)
         printf(" none (one stage)");
     printf("\n# messages %.0f B activations, %.0f B gradients; overhead %g us; send mode %s\n",
-           act_bytes, grad_bytes, overhead_us, sim_send_mode_name(mode));
+           a->act_bytes, a->grad_bytes, a->overhead_us, sim_send_mode_name(a->mode));
     if (ignored)
         printf("# note: the simulator models delay and rate; jitter and loss in --net are ignored\n");
     printf("#\n#%13s %6s %12s %12s %8s %9s  %s\n", "schedule", "slack", "iter_time", "no_delay",
            "bubble", "peak_act", "busy share per stage");
     printf("#%13s %6s %12s %12s %8s %9s  %s\n", "", "(K)", "(ms)", "(ms)", "(%)", "(mb)", "(%)");
-    int failed = 0;
+}
+
+/* One schedule's row (and its slack search): 0, or 1 after printing why it failed. */
+static int sim_row(const sim_args_t *a, const char *name, const sim_cost_t *cost, const sim_link_t *links,
+                   sim_result_t *res)
+{
+    int P = a->P;
     char err[512];
-    for (int i = 0; i < n_sched; i++) {
-        sim_config_t cfg = {scheds[i], P, M, K, cost, links, links, act_bytes, grad_bytes, mode};
-        sim_config_t free_cfg = cfg;
-        free_cfg.link_fwd = free_cfg.link_bwd = NULL;
-        sim_result_t nd;
-        double times[SIM_SLACK_AUTO_MAX + 1];
-        int auto_k = -1;
-        if (sched_uses_slack(scheds[i]) > 0 && K == SIM_SLACK_AUTO &&
-            sim_slack_auto(&cfg, &auto_k, times, err, sizeof err)) {
-            printf("%14s  failed: %s\n", scheds[i], err);
-            failed = 1;
-            continue;
-        }
-        if (auto_k >= 0)
-            cfg.slack = free_cfg.slack = auto_k;
-        if (sim_run(&cfg, &res[i], err, sizeof err) || sim_run(&free_cfg, &nd, err, sizeof err)) {
-            printf("%14s  failed: %s\n", scheds[i], err);
-            failed = 1;
-            continue;
-        }
-        char slack[16] = "-";
-        if (res[i].slack >= 0)
-            snprintf(slack, sizeof slack, "%d", res[i].slack);
-        int peak = 0;
-        for (int s = 0; s < P; s++)
-            peak = res[i].peak_inflight[s] > peak ? res[i].peak_inflight[s] : peak;
-        printf(" %13s %6s %12.3f %12.3f %8.2f %9d ", scheds[i], slack, res[i].time * 1e3, nd.time * 1e3,
-               100 * res[i].bubble_mean, peak);
-        for (int s = 0; s < P; s++)
-            printf("%s%.1f", s ? "/" : " ", res[i].time > 0 ? 100 * res[i].busy[s] / res[i].time : 0);
-        putchar('\n');
-        sim_result_destroy(&nd);
-        if (auto_k >= 0) {
-            printf("#%13s slack auto:", "");
-            for (int k = 0; k <= SIM_SLACK_AUTO_MAX; k++)
-                printf(" K=%d %.3f", k, times[k] * 1e3);
-            printf(" ms -> K=%d\n", auto_k);
-        }
+    sim_config_t cfg = {name, P, a->M, a->K, cost, links, links, a->act_bytes, a->grad_bytes, a->mode};
+    sim_config_t free_cfg = cfg;
+    free_cfg.link_fwd = free_cfg.link_bwd = NULL;
+    sim_result_t nd;
+    double times[SIM_SLACK_AUTO_MAX + 1];
+    int auto_k = -1;
+    if (sched_uses_slack(name) > 0 && a->K == SIM_SLACK_AUTO && sim_slack_auto(&cfg, &auto_k, times, err, sizeof err)) {
+        printf("%14s  failed: %s\n", name, err);
+        return 1;
     }
+    if (auto_k >= 0)
+        cfg.slack = free_cfg.slack = auto_k;
+    if (sim_run(&cfg, res, err, sizeof err) || sim_run(&free_cfg, &nd, err, sizeof err)) {
+        printf("%14s  failed: %s\n", name, err);
+        return 1;
+    }
+    char slack[16] = "-";
+    if (res->slack >= 0)
+        snprintf(slack, sizeof slack, "%d", res->slack);
+    int peak = 0;
+    for (int s = 0; s < P; s++)
+        peak = res->peak_inflight[s] > peak ? res->peak_inflight[s] : peak;
+    printf(" %13s %6s %12.3f %12.3f %8.2f %9d ", name, slack, res->time * 1e3, nd.time * 1e3,
+           100 * res->bubble_mean, peak);
+    for (int s = 0; s < P; s++)
+        printf("%s%.1f", s ? "/" : " ", res->time > 0 ? 100 * res->busy[s] / res->time : 0);
+    putchar('\n');
+    sim_result_destroy(&nd);
+    if (auto_k >= 0) {
+        printf("#%13s slack auto:", "");
+        for (int k = 0; k <= SIM_SLACK_AUTO_MAX; k++)
+            printf(" K=%d %.3f", k, times[k] * 1e3);
+        printf(" ms -> K=%d\n", auto_k);
+    }
+    return 0;
+}
+
+int cmd_sim(int argc, char **argv)
+{
+    sim_args_t a = {.opt_arg = "0", .slack_arg = "auto", .P = 3, .batch = 64, .mbs = 1,
+                    .mode = SIM_SEND_PIPELINED};
+    int rc = sim_parse(argc, argv, &a);
+    if (rc)
+        return rc < 0 ? CLI_OK : rc;
+    rc = CLI_FAIL;
+    sim_cost_t *cost = calloc((size_t)a.P, sizeof *cost);
+    sim_link_t *links = calloc((size_t)a.P, sizeof *links);
+    netem_profile_t *profiles = calloc((size_t)a.P, sizeof *profiles);
+    sim_result_t *res = calloc((size_t)a.n_sched, sizeof *res);
+    char model_label[320] = "";
+    int ignored = 0, failed = 0;
+    if (!cost || !links || !profiles || !res)
+        goto out;
+    if ((rc = sim_costs(&a, cost, model_label, sizeof model_label)) ||
+        (rc = sim_links(&a, links, profiles, &ignored)))
+        goto out;
+    print_header(&a, cost, profiles, model_label, ignored);
+    for (int i = 0; i < a.n_sched; i++)
+        failed |= sim_row(&a, a.scheds[i], cost, links, &res[i]);
     printf("#\n");
-    for (int i = 0; i < n_sched; i++)
+    for (int i = 0; i < a.n_sched; i++)
         if (res[i].span)
-            print_critical(scheds[i], &res[i], list_path);
+            print_critical(a.scheds[i], &res[i], a.list_path);
     printf("# %s\n", failed ? "FAILED" : "OK");
     rc = failed ? CLI_FAIL : CLI_OK;
 out:
-    for (int i = 0; res && i < n_sched; i++)
+    for (int i = 0; res && i < a.n_sched; i++)
         sim_result_destroy(&res[i]);
     free(res);
     free(profiles);
     free(links);
-    free(tmp);
     free(cost);
     return rc;
 }

@@ -9,41 +9,50 @@
 #include <string.h>
 
 #include "common/limits.h"
+#include "netem/emulator.h"
 #include "netem/profile.h"
 #include "pipeline/jobenv.h"
 #include "pipeline/runcfg.h"
 #include "pipeline/stage.h"
 
-static const char usage[] =
+static const cli_section_t sections[] = {
+    {"multi-host", runcfg_multihost_group, NULL, NULL, 0},
+    {"model and compute", model_options_group, NULL, NULL, 0},
+    {"pipeline", runcfg_pipeline_group, NULL, NULL, 0},
+    {"network", runcfg_network_group, NULL, NULL, 0},
+    {NULL, NULL, NULL, NULL, 0},
+};
+
+static const cli_override_t overrides[] = {
+    {MODEL_OPT_STAGES, NULL, NULL, "the world size"},
+    {MODEL_OPT_BATCH_SIZE, NULL, NULL, "8, as run's; sweep's is 64, as in DT-FM's table"},
+    {MODEL_OPT_COMPUTE, NULL, NULL, "cpu, as run's; sweep's is emulate:v100, as DT-FM's V100s"},
+    {RUNCFG_OPT_EMULATOR, NULL,
+     "how --net is applied: on real hosts only shim shapes inside the job (the transport\n"
+     "itself holds back and paces each message); kernel shaping is `pipenem netem apply`\n"
+     "on each host",
+     NULL},
+    {RUNCFG_OPT_UCX_TLS, NULL, NULL, "UCX's own choice"},
+    {RUNCFG_OPT_UCX_DEVICES, NULL, NULL, "the interface that reaches rank 0"},
+    {0, NULL, NULL, NULL},
+};
+
+static const cli_spec_t spec = {
+    "stage",
     "usage: pipenem stage --dist-url tcp://HOST:PORT [--world-size P --rank R] [--token T] [options]\n"
     "run one pipeline stage of a multi-host job; rank 0 listens on HOST:PORT and prints the results.\n"
-    "Rank and world size come from --rank/--world-size or from SLURM_PROCID/SLURM_NTASKS,\n"
-    "OMPI_COMM_WORLD_RANK/SIZE, PMI_RANK/PMI_SIZE; every rank must get the same options.\n\n";
+    "Every rank must get the same options.\n\n",
+    sections, overrides, NULL, NULL,
+};
 
 int cmd_stage(int argc, char **argv)
 {
-    static const struct option own[] = {{"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
-    struct option opts[96];
     runcfg_t cfg;
     char err[1024];
     runcfg_defaults(&cfg);
-    if (runcfg_options_table(opts, sizeof opts / sizeof *opts, own) < 0)
-        return cli_usage_error(argv[0], "internal: option table too small");
-    optind = 1;
-    int c;
-    while ((c = cli_getopt(argv[0], argc, argv, "h", opts)) != -1) {
-        if (c == -2)
-            return CLI_USAGE;
-        if (c == 'h') {
-            printf("%s%s", usage, runcfg_help());
-            return CLI_OK;
-        }
-        int rc = runcfg_option(&cfg, c, optarg, err, sizeof err);
-        if (rc < 0)
-            return cli_usage_error(argv[0], "%s", err);
-        if (rc == 0)
-            return cli_usage_error(argv[0], "option '%s' is not handled", argv[optind - 1]);
-    }
+    int prc = cli_parse_runcfg(&spec, argc, argv, &cfg, NULL, NULL);
+    if (prc)
+        return prc < 0 ? CLI_OK : prc;
     if (optind < argc)
         return cli_usage_error(argv[0], "unexpected argument '%s'", argv[optind]);
     if (cfg.rank < 0 || cfg.world_size < 0) {
@@ -70,7 +79,8 @@ int cmd_stage(int argc, char **argv)
     static netem_profile_t links[PN_MAX_WORLD];
     stage_params_t sp = {.cfg = &cfg, .rank = cfg.rank, .listen_fd = -1};
     if (strcmp(cfg.net, "default")) {
-        if (strcmp(cfg.emulator, "shim"))
+        const netem_emulator_t *em = netem_emulator_find(cfg.emulator);
+        if (!em || !em->in_transport)
             return cli_usage_error(argv[0], "--net %s with --emulator %s: on real hosts apply the profile with "
                                             "`pipenem netem apply` on each host, or shape inside the job with "
                                             "--emulator shim", cfg.net, cfg.emulator);

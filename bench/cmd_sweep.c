@@ -8,6 +8,7 @@
 #include "bench/results.h"
 #include "bench/sweep.h"
 #include "bench/table.h"
+#include "bench/vocab.h"
 #include "pipeline/privs.h"
 #include "pipeline/runcfg.h"
 
@@ -21,39 +22,56 @@
 #include <sys/stat.h>
 #include <time.h>
 
-static const char usage[] =
+static const int schedule_only[] = {RUNCFG_OPT_SCHEDULE, 0};
+static const int model_only[] = {MODEL_OPT_MODEL, MODEL_OPT_STAGES, MODEL_OPT_BATCH_SIZE, MODEL_OPT_SEQ_LEN,
+                                 MODEL_OPT_COMPUTE, 0};
+static const int pipeline_only[] = {RUNCFG_OPT_ITERS, RUNCFG_OPT_WARMUP, RUNCFG_OPT_SLACK, RUNCFG_OPT_TIMEOUT, 0};
+static const int network_only[] = {RUNCFG_OPT_EMULATOR, 0};
+
+static const cli_section_t sections[] = {
+    {"grid", runcfg_pipeline_group, schedule_only, NULL, 0},
+    {NULL, vocab_grid_group, NULL, NULL, 0},
+    {"configuration (every cell)", model_options_group, model_only, NULL, 0},
+    {NULL, runcfg_pipeline_group, pipeline_only, NULL, 0},
+    {NULL, runcfg_network_group, network_only, NULL, 0},
+    {NULL, vocab_local_group, NULL, NULL, 0},
+    {"output", vocab_output_group, NULL, NULL, 0},
+    {NULL, NULL, NULL, NULL, 0},
+};
+
+static const cli_override_t overrides[] = {
+    {RUNCFG_OPT_SCHEDULE, "LIST", "schedules to compare: {schedules}", "gpipe,1f1b"},
+    {MODEL_OPT_STAGES, NULL, "pipeline stages, one host each", "3, DT-FM's 3 hosts"},
+    {MODEL_OPT_BATCH_SIZE, NULL, NULL, "64, as in DT-FM's table"},
+    {MODEL_OPT_SEQ_LEN, NULL, NULL, "2048, as in DT-FM's table"},
+    {MODEL_OPT_COMPUTE, NULL, NULL, "emulate:v100, DT-FM's V100s modelled: real gpt3-small compute on a CPU "
+                                    "would take hours per cell"},
+    {RUNCFG_OPT_TIMEOUT, NULL, "a single wait of a stage longer than this fails its cell", NULL},
+    {RUNCFG_OPT_EMULATOR, NULL,
+     "how the profiles are applied: {emulators}. netem: kernel qdiscs in one network namespace per "
+     "stage (needs root); shim: the transport itself holds back and paces each message (no root); "
+     "auto: the most faithful one usable here", NULL},
+    {0, NULL, NULL, NULL},
+};
+
+static const cli_deprecated_t deprecated[] = {
+    {0, "schedules", RUNCFG_OPT_SCHEDULE},
+    {'m', NULL, MODEL_OPT_MODEL},
+    {'B', NULL, MODEL_OPT_BATCH_SIZE},
+    {'K', NULL, RUNCFG_OPT_SLACK},
+    {0, NULL, 0},
+};
+
+static const cli_spec_t spec = {
+    "sweep",
     "usage: pipenem sweep [options]\n"
     "       pipenem sweep --resume DIR\n"
     "Measures every cell of schedules x network profiles x micro-batch sizes and writes a results\n"
     "directory: runs.csv, iterations.csv, ops.csv, table.md, trace.json, plots/, command.txt,\n"
-    "environment.txt. Default: the issue 5 default sweep (24 cells).\n"
-    "grid:\n"
-    "  -s, --schedules LIST          gpipe,1f1b (known: gpipe, 1f1b, 1f1b-slack)\n"
-    "  -b, --micro-batch-sizes LIST  1,2,4 (each must divide the batch size)\n"
-    "  -p, --profiles LIST           default,1ms/5Gbps,5ms/2Gbps,10ms/1Gbps; key=value profiles\n"
-    "                                go between ';' (default;delay=5ms,rate=1gbit)\n"
-    "configuration (every cell):\n"
-    "  -m, --model NAME              gpt3-small\n"
-    "  -P, --stages N                3 (one host per stage)\n"
-    "  -B, --batch-size N            64 (sequences per iteration)\n"
-    "  -T, --seq-len N               2048\n"
-    "  -n, --iters N                 10 measured iterations per run,\n"
-    "  -w, --warmup N                after 1 warm-up iteration (not counted)\n"
-    "  -r, --repeat N                1 run per cell (iterations of all runs are pooled)\n"
-    "  -c, --compute SPEC            emulate:v100 (cpu, emulate:v100|a100|h100, emulate:fwd=25ms,bwd=75ms)\n"
-    "  -e, --emulator NAME           auto (network emulator backend)\n"
-    "  -K, --slack K                 1 (extra micro-batches in flight per hop of 1f1b-slack)\n"
-    "      --straggler RANK:FACTOR   stage RANK computes FACTOR times slower (1:1.5)\n"
-    "      --timeout S               seconds a single wait of a stage may take before its cell fails\n"
-    "      --user NAME               started as root: stage processes run as NAME (e.g. nobody)\n"
-    "output:\n"
-    "  -o, --out DIR                 results/sweep-YYYYmmdd-HHMMSS (must not hold a sweep yet)\n"
-    "      --resume DIR              finish the sweep in DIR (its own arguments, missing cells only)\n"
-    "  -i, --iteration N             iteration shown in trace.json and timelines (default: last)\n"
-    "  -t, --timeline LIST           cells to draw timelines of: all, none, 0,3 (default: per schedule,\n"
-    "                                smallest micro-batch size on the first and last profile)\n"
-    "      --no-plots                no gnuplot plots\n"
-    "  -h, --help                    this text\n";
+    "environment.txt. With no options: the 24 cells of DT-FM's GPT-3 small table (gpipe and 1f1b,\n"
+    "micro-batch sizes 1, 2 and 4, four network settings; 3 stages, batch 64, V100s).\n\n",
+    sections, overrides, deprecated, NULL,
+};
 
 static volatile sig_atomic_t stop_flag;
 
@@ -71,132 +89,82 @@ typedef struct {
     int have_timeline;
 } opts_t;
 
-static int copy_opt(const char *cmd, const char *opt, const char *text, char *dst, size_t len)
+/* One option into o (argv parsed by the caller): 0 or CLI_USAGE after a message. */
+static int sweep_option(opts_t *o, int c, const char *arg, const char **resume)
 {
-    if (!*text)
-        return cli_usage_error(cmd, "%s: empty value", opt);
-    if (strlen(text) >= len)
-        return cli_usage_error(cmd, "%s: '%s' is longer than %zu characters", opt, text, len - 1);
-    strcpy(dst, text);
-    return 0;
+    const char *cmd = "sweep";
+    sweep_spec_t *s = &o->spec;
+    char err[1024] = "";
+    int rc = 0;
+    switch (c) {
+    case RUNCFG_OPT_SCHEDULE: rc = sweep_schedules_parse(arg, s, err, sizeof err); break;
+    case VOCAB_OPT_MICRO_BATCH_SIZES: rc = sweep_mbs_parse(arg, s, err, sizeof err); break;
+    case VOCAB_OPT_PROFILES: rc = sweep_profiles_parse(arg, s, err, sizeof err); break;
+    case VOCAB_OPT_STRAGGLER:
+        rc = sweep_straggler_parse(arg, &s->straggler_rank, &s->straggler_factor, err, sizeof err);
+        break;
+    case MODEL_OPT_MODEL: return cli_copy(cmd, "--model", arg, s->model, sizeof s->model);
+    case MODEL_OPT_STAGES: return cli_parse_int(cmd, "--stages", arg, 1, INT_MAX, &s->stages);
+    case MODEL_OPT_BATCH_SIZE: return cli_parse_int(cmd, "--batch-size", arg, 1, INT_MAX, &s->batch_size);
+    case MODEL_OPT_SEQ_LEN: return cli_parse_int(cmd, "--seq-len", arg, 1, INT_MAX, &s->seq_len);
+    case RUNCFG_OPT_ITERS: return cli_parse_int(cmd, "--iters", arg, 1, INT_MAX, &s->iters);
+    case RUNCFG_OPT_WARMUP: return cli_parse_int(cmd, "--warmup", arg, 0, INT_MAX, &s->warmup);
+    case VOCAB_OPT_REPEAT: return cli_parse_int(cmd, "--repeat", arg, 1, INT_MAX, &s->repeats);
+    case MODEL_OPT_COMPUTE: return cli_copy(cmd, "--compute", arg, s->compute, sizeof s->compute);
+    case RUNCFG_OPT_EMULATOR: return cli_copy(cmd, "--emulator", arg, s->emulator, sizeof s->emulator);
+    case RUNCFG_OPT_SLACK: return cli_parse_int(cmd, "--slack", arg, 0, INT_MAX, &s->slack);
+    case RUNCFG_OPT_TIMEOUT: {
+        runcfg_t scratch; /* checked by the parser every stage uses */
+        runcfg_defaults(&scratch);
+        if (runcfg_option(&scratch, RUNCFG_OPT_TIMEOUT, arg, err, sizeof err) < 0)
+            return cli_usage_error(cmd, "%s", err);
+        return cli_copy(cmd, "--timeout", arg, s->timeout, sizeof s->timeout);
+    }
+    case VOCAB_OPT_USER:
+        if ((rc = cli_copy(cmd, "--user", arg, s->user, sizeof s->user)))
+            return rc;
+        rc = privs_check_user(arg, err, sizeof err);
+        break;
+    case VOCAB_OPT_OUT: return cli_copy(cmd, "--out", arg, o->out, sizeof o->out);
+    case VOCAB_OPT_RESUME: *resume = arg; return 0;
+    case VOCAB_OPT_ITERATION: return cli_parse_int(cmd, "--iteration", arg, 0, INT_MAX, &o->iteration);
+    case VOCAB_OPT_TIMELINE:
+        o->have_timeline = 1;
+        return cli_copy(cmd, "--timeline", arg, o->timeline, sizeof o->timeline);
+    case VOCAB_OPT_NO_PLOTS: o->plots = 0; return 0;
+    default: return cli_usage_error(cmd, "option '%s' is not handled", cli_opt_name(&spec, c));
+    }
+    return rc ? cli_usage_error(cmd, "%s", err) : 0;
 }
 
-/* Parses the sweep's own options (argv[0] is the command word). */
+/* Parses the sweep's options (argv[0] is the command word): 0, -1 after --help, or
+ * CLI_USAGE after a message. */
 static int parse(int argc, char **argv, opts_t *o, const char **resume)
 {
-    static const struct option lopts[] = {
-        {"schedules", required_argument, NULL, 's'}, {"micro-batch-sizes", required_argument, NULL, 'b'},
-        {"profiles", required_argument, NULL, 'p'},  {"model", required_argument, NULL, 'm'},
-        {"stages", required_argument, NULL, 'P'},    {"batch-size", required_argument, NULL, 'B'},
-        {"seq-len", required_argument, NULL, 'T'},   {"iters", required_argument, NULL, 'n'},
-        {"warmup", required_argument, NULL, 'w'},    {"repeat", required_argument, NULL, 'r'},
-        {"compute", required_argument, NULL, 'c'},   {"emulator", required_argument, NULL, 'e'},
-        {"slack", required_argument, NULL, 'K'},     {"straggler", required_argument, NULL, 'S'},
-        {"out", required_argument, NULL, 'o'},       {"resume", required_argument, NULL, 'R'},
-        {"iteration", required_argument, NULL, 'i'}, {"timeline", required_argument, NULL, 't'},
-        {"no-plots", no_argument, NULL, 'N'},        {"help", no_argument, NULL, 'h'},
-        {"timeout", required_argument, NULL, 'O'},   {"user", required_argument, NULL, 'U'},
-        {NULL, 0, NULL, 0},
-    };
-    const char *cmd = "sweep";
-    char err[1024] = "";
+    cli_parser_t p;
+    if (cli_parser_init(&p, &spec))
+        return cli_usage_error("sweep", "internal: the option table is inconsistent");
     int c, rc = 0, n_opts = 0;
-    optind = 1;
-    while (!rc && (c = cli_getopt(cmd, argc, argv, "s:b:p:m:P:B:T:n:w:r:c:e:K:o:i:t:h", lopts)) != -1) {
-        n_opts += c != 'R';
-        switch (c) {
-        case 's':
-            if (sweep_schedules_parse(optarg, &o->spec, err, sizeof err))
-                rc = cli_usage_error(cmd, "%s", err);
-            break;
-        case 'b':
-            if (sweep_mbs_parse(optarg, &o->spec, err, sizeof err))
-                rc = cli_usage_error(cmd, "%s", err);
-            break;
-        case 'p':
-            if (sweep_profiles_parse(optarg, &o->spec, err, sizeof err))
-                rc = cli_usage_error(cmd, "%s", err);
-            break;
-        case 'm':
-            rc = copy_opt(cmd, "--model", optarg, o->spec.model, sizeof o->spec.model);
-            break;
-        case 'P':
-            rc = cli_parse_int(cmd, "--stages", optarg, 1, INT_MAX, &o->spec.stages);
-            break;
-        case 'B':
-            rc = cli_parse_int(cmd, "--batch-size", optarg, 1, INT_MAX, &o->spec.batch_size);
-            break;
-        case 'T':
-            rc = cli_parse_int(cmd, "--seq-len", optarg, 1, INT_MAX, &o->spec.seq_len);
-            break;
-        case 'n':
-            rc = cli_parse_int(cmd, "--iters", optarg, 1, INT_MAX, &o->spec.iters);
-            break;
-        case 'w':
-            rc = cli_parse_int(cmd, "--warmup", optarg, 0, INT_MAX, &o->spec.warmup);
-            break;
-        case 'r':
-            rc = cli_parse_int(cmd, "--repeat", optarg, 1, INT_MAX, &o->spec.repeats);
-            break;
-        case 'c':
-            rc = copy_opt(cmd, "--compute", optarg, o->spec.compute, sizeof o->spec.compute);
-            break;
-        case 'e':
-            rc = copy_opt(cmd, "--emulator", optarg, o->spec.emulator, sizeof o->spec.emulator);
-            break;
-        case 'K':
-            rc = cli_parse_int(cmd, "--slack", optarg, 0, INT_MAX, &o->spec.slack);
-            break;
-        case 'S':
-            if (sweep_straggler_parse(optarg, &o->spec.straggler_rank, &o->spec.straggler_factor, err, sizeof err))
-                rc = cli_usage_error(cmd, "%s", err);
-            break;
-        case 'O': {
-            runcfg_t scratch; /* checked by the parser every stage uses */
-            runcfg_defaults(&scratch);
-            if (runcfg_option(&scratch, RUNCFG_OPT_TIMEOUT, optarg, err, sizeof err) < 0)
-                rc = cli_usage_error(cmd, "%s", err);
-            else
-                rc = copy_opt(cmd, "--timeout", optarg, o->spec.timeout, sizeof o->spec.timeout);
-            break;
-        }
-        case 'U':
-            if (!(rc = copy_opt(cmd, "--user", optarg, o->spec.user, sizeof o->spec.user)) &&
-                privs_check_user(optarg, err, sizeof err))
-                rc = cli_usage_error(cmd, "%s", err);
-            break;
-        case 'o':
-            rc = copy_opt(cmd, "--out", optarg, o->out, sizeof o->out);
-            break;
-        case 'R':
-            *resume = optarg;
-            break;
-        case 'i':
-            rc = cli_parse_int(cmd, "--iteration", optarg, 0, INT_MAX, &o->iteration);
-            break;
-        case 't':
-            rc = copy_opt(cmd, "--timeline", optarg, o->timeline, sizeof o->timeline);
-            o->have_timeline = 1;
-            break;
-        case 'N':
-            o->plots = 0;
-            break;
-        case 'h':
-            fputs(usage, stdout);
-            return -1;
-        default:
+    while (!rc && (c = cli_next(&p, argc, argv)) != -1) {
+        if (c == -2)
             return CLI_USAGE;
+        if (c == CLI_OPT_HELP) {
+            cli_help(&spec, stdout);
+            return -1;
         }
+        n_opts += c != VOCAB_OPT_RESUME;
+        rc = sweep_option(o, c, optarg, resume);
     }
     if (rc)
         return rc;
+    char err[1024] = "";
     if (optind < argc)
-        return cli_usage_error(cmd, "unexpected argument '%s'", argv[optind]);
+        return cli_usage_error("sweep", "unexpected argument '%s'", argv[optind]);
     if (*resume && n_opts)
-        return cli_usage_error(cmd, "--resume DIR takes the sweep's arguments from DIR/sweep.args; "
-                                    "give no other option with it");
+        return cli_usage_error("sweep", "--resume DIR takes the sweep's arguments from DIR/sweep.args; "
+                                        "give no other option with it");
     if (sweep_spec_check(&o->spec, err, sizeof err) || cell_check(&o->spec, err, sizeof err))
-        return cli_usage_error(cmd, "%s", err);
+        return cli_usage_error("sweep", "%s", err);
     return 0;
 }
 
@@ -228,6 +196,163 @@ static void progress(void *ctx, const results_cell_t *c, int position, int todo,
     fflush(stdout);
 }
 
+/* --resume DIR: the saved words parse exactly as they did the first time. */
+static int load_resume(const char *dir, char *cmd_word, opts_t *o, char ***saved)
+{
+    char err[1024] = "";
+    int n_saved = 0;
+    if (sweep_args_read(dir, &n_saved, saved, err, sizeof err)) {
+        fprintf(stderr, "pipenem sweep: --resume %s: %s\n", dir, err);
+        return CLI_FAIL;
+    }
+    char **av = calloc((size_t)n_saved + 2, sizeof *av);
+    if (!av)
+        return CLI_FAIL;
+    av[0] = cmd_word;
+    memcpy(av + 1, *saved, (size_t)n_saved * sizeof *av);
+    const char *again = NULL;
+    int rc = sweep_spec_default(&o->spec, err, sizeof err);
+    if (!rc)
+        rc = parse(n_saved + 1, av, o, &again);
+    free(av);
+    if (rc || again) {
+        fprintf(stderr, "pipenem sweep: --resume %s: its sweep.args no longer parse\n", dir);
+        return CLI_FAIL;
+    }
+    snprintf(o->out, sizeof o->out, "%s", dir);
+    return 0;
+}
+
+/* The cells to draw timelines of: --timeline's, or chosen on the whole grid (not on the
+ * cells finished so far, so the plots of an unfinished sweep are the ones it will end
+ * with, and `report` picks the same). */
+static int timeline_cells(const opts_t *o, int **tl, size_t *tl_n)
+{
+    char err[1024] = "";
+    int all = 0;
+    *tl = NULL;
+    *tl_n = 0;
+    if (o->have_timeline && report_timeline_parse(o->timeline, tl, tl_n, &all, err, sizeof err))
+        return cli_usage_error("sweep", "%s", err);
+    if (o->have_timeline && !all)
+        return 0;
+    results_t grid;
+    results_init(&grid);
+    int n = sweep_cells(&o->spec), ok = 1;
+    for (int i = 0; i < n && ok; i++) {
+        results_cell_t c;
+        sweep_cell_config(&o->spec, i, &c);
+        ok = results_cell_add(&grid, &c) == 0;
+    }
+    free(*tl);
+    *tl = malloc((size_t)n * sizeof **tl);
+    *tl_n = 0;
+    if (*tl && ok && all)
+        for (int i = 0; i < n; i++)
+            (*tl)[(*tl_n)++] = i;
+    else if (*tl && ok)
+        report_timeline_default(&grid, *tl, tl_n);
+    results_destroy(&grid);
+    if (!*tl || !ok) {
+        fprintf(stderr, "pipenem sweep: out of memory\n");
+        return CLI_FAIL;
+    }
+    return 0;
+}
+
+/* The results directory: what --resume finds there, or a new one with the arguments. */
+static int open_out(const opts_t *o, int resume, int argc, char **argv, results_t *r)
+{
+    char err[1024] = "";
+    if (resume) {
+        if (results_read(o->out, r, err, sizeof err)) {
+            fprintf(stderr, "pipenem sweep: --resume %s: %s\n", o->out, err);
+            return CLI_FAIL;
+        }
+    } else {
+        char runs[4200];
+        snprintf(runs, sizeof runs, "%s/runs.csv", o->out);
+        if (access(runs, F_OK) == 0)
+            return cli_usage_error("sweep", "--out %s already holds a sweep (use --resume %s, or another --out)",
+                                   o->out, o->out);
+        if (mkdir(o->out, 0755) && errno != EEXIST) {
+            fprintf(stderr, "pipenem sweep: --out %s: cannot create: %s\n", o->out, strerror(errno));
+            return CLI_FAIL;
+        }
+        if (sweep_args_write(o->out, argc - 1, argv + 1, err, sizeof err) ||
+            results_command_write(o->out, argc, argv, err, sizeof err)) {
+            fprintf(stderr, "pipenem sweep: %s\n", err);
+            return CLI_FAIL;
+        }
+    }
+    char emu[96];
+    snprintf(emu, sizeof emu, "%s asked; the backend each cell used is runs.csv's emulator column", o->spec.emulator);
+    if (results_env_write(o->out, o->spec.compute, emu, err, sizeof err)) {
+        fprintf(stderr, "pipenem sweep: %s\n", err);
+        return CLI_FAIL;
+    }
+    return 0;
+}
+
+static void print_header(const opts_t *o, int resume, const results_t *r)
+{
+    const sweep_spec_t *s = &o->spec;
+    printf("# pipenem sweep: %d schedule(s) x %d profile(s) x %d micro-batch size(s) = %d cells%s\n", s->n_sched,
+           s->n_prof, s->n_mbs, sweep_cells(s), resume ? " (resumed)" : "");
+    printf("# model %s, %d stages, batch %d, sequence %d, %d measured iterations after %d warm-up, %d repeat(s), "
+           "compute %s, "
+           "emulator %s", s->model, s->stages, s->batch_size, s->seq_len, s->iters, s->warmup, s->repeats,
+           s->compute, s->emulator);
+    if (s->straggler_rank >= 0)
+        printf(", straggler: stage %d x%g", s->straggler_rank, s->straggler_factor);
+    printf("\n# results: %s\n", o->out);
+    if (r->n_cells)
+        printf("# %zu cell(s) already measured, kept\n", r->n_cells);
+    char names[256], units[256];
+    report_row_header(names, units, sizeof names);
+    printf("#      %s\n#      %s\n", names + 1, units + 1);
+    fflush(stdout);
+}
+
+/* The loop over the missing cells, Ctrl-C stopping it after the current cell's clean-up,
+ * then the table and the verdict. */
+static int measure(const opts_t *o, const int *tl, size_t tl_n, results_t *r)
+{
+    char err[1024] = "";
+    struct sigaction sa = {0}, old_int, old_term;
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, &old_int);
+    sigaction(SIGTERM, &sa, &old_term);
+    report_opts_t ro = {.iteration = o->iteration, .timeline = tl, .n_timeline = tl_n, .plots = o->plots};
+    sweep_loop_t loop = {.dir = o->out, .measure = cell_measure, .progress = progress, .report = &ro,
+                         .stop = &stop_flag};
+    sweep_summary_t sum = {0};
+    int rc = sweep_run(&o->spec, &loop, r, &sum, err, sizeof err);
+    sigaction(SIGINT, &old_int, NULL);
+    sigaction(SIGTERM, &old_term, NULL);
+    if (rc) {
+        fprintf(stderr, "pipenem sweep: %s\n", err);
+        printf("# FAILED: %s\n", err);
+        return CLI_FAIL;
+    }
+    char *md = NULL;
+    if (!sum.interrupted && table_markdown(r, &md) == 0) {
+        printf("#\n# %s/table.md:\n\n%s\n", o->out, md);
+        free(md);
+    }
+    printf("# %d measured, %d failed, %d kept from before; files in %s\n", sum.measured, sum.failed, sum.skipped,
+           o->out);
+    if (sum.interrupted)
+        printf("# INTERRUPTED: network restored, finished cells kept; continue with: pipenem sweep --resume %s\n",
+               o->out);
+    else if (sum.failed)
+        printf("# FAILED: %d cell(s) failed; pipenem sweep --resume %s retries them\n", sum.failed, o->out);
+    else
+        printf("# OK\n");
+    return sum.interrupted || sum.failed ? CLI_FAIL : CLI_OK;
+}
+
 int cmd_sweep(int argc, char **argv)
 {
     opts_t o = {.iteration = -1, .plots = 1};
@@ -241,31 +366,9 @@ int cmd_sweep(int argc, char **argv)
     if (rc)
         return rc < 0 ? CLI_OK : rc;
     char **saved = NULL;
-    int n_saved = 0;
-    if (resume) {
-        if (sweep_args_read(resume, &n_saved, &saved, err, sizeof err)) {
-            fprintf(stderr, "pipenem sweep: --resume %s: %s\n", resume, err);
-            return CLI_FAIL;
-        }
-        /* The saved words parse exactly as they did the first time. */
-        char **av = calloc((size_t)n_saved + 2, sizeof *av);
-        if (!av) {
-            free(saved);
-            return CLI_FAIL;
-        }
-        av[0] = argv[0];
-        memcpy(av + 1, saved, (size_t)n_saved * sizeof *av);
-        const char *again = NULL;
-        rc = sweep_spec_default(&o.spec, err, sizeof err);
-        if (!rc)
-            rc = parse(n_saved + 1, av, &o, &again);
-        free(av);
-        if (rc || again) {
-            fprintf(stderr, "pipenem sweep: --resume %s: its sweep.args no longer parse\n", resume);
-            free(saved);
-            return CLI_FAIL;
-        }
-        snprintf(o.out, sizeof o.out, "%s", resume);
+    if (resume && (rc = load_resume(resume, argv[0], &o, &saved))) {
+        free(saved);
+        return rc;
     }
     if (!o.out[0]) {
         time_t t = time(NULL);
@@ -276,121 +379,17 @@ int cmd_sweep(int argc, char **argv)
     }
     results_t r;
     results_init(&r);
-    int *tl = NULL, tl_all = 0;
+    int *tl = NULL;
     size_t tl_n = 0;
-    if (o.have_timeline && report_timeline_parse(o.timeline, &tl, &tl_n, &tl_all, err, sizeof err)) {
-        free(saved);
-        return cli_usage_error("sweep", "%s", err);
+    rc = timeline_cells(&o, &tl, &tl_n);
+    if (!rc)
+        rc = open_out(&o, resume != NULL, argc, argv, &r);
+    if (!rc) {
+        print_header(&o, resume != NULL, &r);
+        rc = measure(&o, tl, tl_n, &r);
     }
-    if (tl_all || !o.have_timeline) {
-        /* Chosen on the whole grid, not on the cells finished so far, so the plots of an
-         * unfinished sweep are the ones it will end with, and `report` picks the same. */
-        results_t grid;
-        results_init(&grid);
-        int n = sweep_cells(&o.spec), ok = 1;
-        for (int i = 0; i < n && ok; i++) {
-            results_cell_t c;
-            sweep_cell_config(&o.spec, i, &c);
-            ok = results_cell_add(&grid, &c) == 0;
-        }
-        free(tl);
-        tl = malloc((size_t)n * sizeof *tl);
-        tl_n = 0;
-        if (tl && ok && tl_all)
-            for (int i = 0; i < n; i++)
-                tl[tl_n++] = i;
-        else if (tl && ok)
-            report_timeline_default(&grid, tl, &tl_n);
-        results_destroy(&grid);
-        if (!tl || !ok) {
-            free(saved);
-            fprintf(stderr, "pipenem sweep: out of memory\n");
-            return CLI_FAIL;
-        }
-    }
-    int status = CLI_FAIL;
-    if (resume) {
-        if (results_read(o.out, &r, err, sizeof err)) {
-            fprintf(stderr, "pipenem sweep: --resume %s: %s\n", o.out, err);
-            goto out;
-        }
-    } else {
-        char runs[4200];
-        snprintf(runs, sizeof runs, "%s/runs.csv", o.out);
-        if (access(runs, F_OK) == 0) {
-            status = cli_usage_error("sweep", "--out %s already holds a sweep (use --resume %s, or another --out)",
-                                     o.out, o.out);
-            goto out;
-        }
-        if (mkdir(o.out, 0755) && errno != EEXIST) {
-            fprintf(stderr, "pipenem sweep: --out %s: cannot create: %s\n", o.out, strerror(errno));
-            goto out;
-        }
-        if (sweep_args_write(o.out, argc - 1, argv + 1, err, sizeof err) ||
-            results_command_write(o.out, argc, argv, err, sizeof err)) {
-            fprintf(stderr, "pipenem sweep: %s\n", err);
-            goto out;
-        }
-    }
-    char emu[96];
-    snprintf(emu, sizeof emu, "%s asked; the backend each cell used is runs.csv's emulator column", o.spec.emulator);
-    if (results_env_write(o.out, o.spec.compute, emu, err, sizeof err)) {
-        fprintf(stderr, "pipenem sweep: %s\n", err);
-        goto out;
-    }
-
-    const sweep_spec_t *s = &o.spec;
-    printf("# pipenem sweep: %d schedule(s) x %d profile(s) x %d micro-batch size(s) = %d cells%s\n", s->n_sched,
-           s->n_prof, s->n_mbs, sweep_cells(s), resume ? " (resumed)" : "");
-    printf("# model %s, %d stages, batch %d, sequence %d, %d measured iterations after %d warm-up, %d repeat(s), "
-           "compute %s, "
-           "emulator %s", s->model, s->stages, s->batch_size, s->seq_len, s->iters, s->warmup, s->repeats,
-           s->compute, s->emulator);
-    if (s->straggler_rank >= 0)
-        printf(", straggler: stage %d x%g", s->straggler_rank, s->straggler_factor);
-    printf("\n# results: %s\n", o.out);
-    if (r.n_cells)
-        printf("# %zu cell(s) already measured, kept\n", r.n_cells);
-    char names[256], units[256];
-    report_row_header(names, units, sizeof names);
-    printf("#      %s\n#      %s\n", names + 1, units + 1);
-    fflush(stdout);
-
-    struct sigaction sa = {0}, old_int, old_term;
-    sa.sa_handler = on_signal;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGINT, &sa, &old_int);
-    sigaction(SIGTERM, &sa, &old_term);
-    report_opts_t ro = {.iteration = o.iteration, .timeline = tl, .n_timeline = tl_n, .plots = o.plots};
-    sweep_loop_t loop = {.dir = o.out, .measure = cell_measure, .progress = progress, .report = &ro,
-                         .stop = &stop_flag};
-    sweep_summary_t sum = {0};
-    rc = sweep_run(s, &loop, &r, &sum, err, sizeof err);
-    sigaction(SIGINT, &old_int, NULL);
-    sigaction(SIGTERM, &old_term, NULL);
-    if (rc) {
-        fprintf(stderr, "pipenem sweep: %s\n", err);
-        printf("# FAILED: %s\n", err);
-        goto out;
-    }
-    char *md = NULL;
-    if (!sum.interrupted && table_markdown(&r, &md) == 0) {
-        printf("#\n# %s/table.md:\n\n%s\n", o.out, md);
-        free(md);
-    }
-    printf("# %d measured, %d failed, %d kept from before; files in %s\n", sum.measured, sum.failed, sum.skipped,
-           o.out);
-    if (sum.interrupted)
-        printf("# INTERRUPTED: network restored, finished cells kept; continue with: pipenem sweep --resume %s\n",
-               o.out);
-    else if (sum.failed)
-        printf("# FAILED: %d cell(s) failed; pipenem sweep --resume %s retries them\n", sum.failed, o.out);
-    else
-        printf("# OK\n");
-    status = sum.interrupted || sum.failed ? CLI_FAIL : CLI_OK;
-out:
     free(tl);
     free(saved);
     results_destroy(&r);
-    return status;
+    return rc;
 }

@@ -2,28 +2,17 @@
  * line at a time so that every row and every parse error can be placed by line and
  * column, which is what `report` and `--resume` need to reject a damaged file clearly. */
 #include "bench/csvio.h"
+#include "common/err.h"
 
 #include <csv.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
-
-static void errf(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void errf(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || !errlen)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 /* Parser state shared with the libcsv callbacks. */
 typedef struct {
@@ -110,8 +99,7 @@ int csvio_file_read(const char *path, char **data, size_t *len, char *err, size_
     FILE *f = fopen(path, "rb");
     if (!f) {
         rc = -errno;
-        errf(err, errlen, "%s: cannot open: %s", path, strerror(errno));
-        return rc;
+        return pn_err(err, errlen, rc, "%s: cannot open: %s", path, strerror(errno));
     }
     size_t cap = 1 << 16, n = 0;
     char *buf = malloc(cap);
@@ -137,7 +125,7 @@ int csvio_file_read(const char *path, char **data, size_t *len, char *err, size_
     }
     if (ferror(f)) {
         rc = -EIO;
-        errf(err, errlen, "%s: read error", path);
+        pn_err(err, errlen, 0, "%s: read error", path);
         free(buf);
         fclose(f);
         return rc;
@@ -161,7 +149,7 @@ int csvio_read(const char *path, csvio_table_t *out, char *err, size_t errlen)
         for (size_t i = 0; i < off; i++, col++)
             if (text[i] == '\n')
                 line++, col = 0;
-        errf(err, errlen, "%s, line %zu, column %zu: malformed CSV: a NUL byte", path, line, col);
+        pn_err(err, errlen, 0, "%s, line %zu, column %zu: malformed CSV: a NUL byte", path, line, col);
         free(text);
         return -EINVAL;
     }
@@ -182,10 +170,9 @@ int csvio_read(const char *path, csvio_table_t *out, char *err, size_t errlen)
         if (r.oom) {
             rc = -ENOMEM;
         } else if (done != chunk) {
-            errf(err, errlen, "%s, line %zu, column %zu: malformed CSV: %s (a quote inside an unquoted "
+            rc = pn_err(err, errlen, -EINVAL, "%s, line %zu, column %zu: malformed CSV: %s (a quote inside an unquoted "
                  "field, or text after a closing quote)", path, r.cur_line, done + 1,
                  csv_strerror(csv_error(&p)));
-            rc = -EINVAL;
         }
         pos += chunk;
         if (nl)
@@ -194,26 +181,22 @@ int csvio_read(const char *path, csvio_table_t *out, char *err, size_t errlen)
             break;
     }
     if (!rc && !r.bad_line && csv_fini(&p, on_field, on_row, &r) != 0) {
-        errf(err, errlen, "%s, line %zu: malformed CSV: a quoted field is not closed before the end of the file",
+        rc = pn_err(err, errlen, -EINVAL, "%s, line %zu: malformed CSV: a quoted field is not closed before the end of the file",
              path, r.row_fields ? r.row_line : r.cur_line);
-        rc = -EINVAL;
     }
     csv_free(&p);
     if (!rc && r.oom)
         rc = -ENOMEM;
     if (!rc && r.bad_line) {
-        errf(err, errlen, "%s, line %zu, column %zu: %zu fields where the header has %zu", path,
+        rc = pn_err(err, errlen, -EINVAL, "%s, line %zu, column %zu: %zu fields where the header has %zu", path,
              r.bad_line, r.bad_count > r.cols ? r.cols + 1 : r.bad_count, r.bad_count, r.cols);
-        rc = -EINVAL;
     }
     if (!rc && r.rows == 0) {
-        errf(err, errlen, "%s, line 1: empty file (no header row)", path);
-        rc = -EINVAL;
+        rc = pn_err(err, errlen, -EINVAL, "%s, line 1: empty file (no header row)", path);
     }
     for (size_t c = 0; !rc && c < r.cols; c++)
         if (!r.field[c][0]) {
-            errf(err, errlen, "%s, line 1, column %zu: empty column name", path, c + 1);
-            rc = -EINVAL;
+            rc = pn_err(err, errlen, -EINVAL, "%s, line 1, column %zu: empty column name", path, c + 1);
         }
     free(text);
     if (rc) {
@@ -265,8 +248,7 @@ int csvio_col_require(const csvio_table_t *t, const char *name, size_t *col, cha
 {
     int c = csvio_col(t, name);
     if (c < 0) {
-        errf(err, errlen, "%s, line 1: missing column '%s'", t->path, name);
-        return -EINVAL;
+        return pn_err(err, errlen, -EINVAL, "%s, line 1: missing column '%s'", t->path, name);
     }
     *col = (size_t)c;
     return 0;
@@ -285,9 +267,8 @@ int csvio_get_double(const csvio_table_t *t, size_t row, size_t col, double *out
     errno = 0;
     double v = strtod(s, &end);
     if (end == s || *end || errno == ERANGE) {
-        errf(err, errlen, "%s, line %zu, column %zu (%s): '%s' is not a number", t->path, t->line[row],
+        return pn_err(err, errlen, -EINVAL, "%s, line %zu, column %zu (%s): '%s' is not a number", t->path, t->line[row],
              col + 1, t->field[col], s);
-        return -EINVAL;
     }
     *out = v;
     return 0;
@@ -303,14 +284,12 @@ int csvio_get_int(const csvio_table_t *t, size_t row, size_t col, long long min,
     errno = 0;
     long long v = strtoll(s, &end, 10);
     if (!*s || end == s || *end || errno == ERANGE) {
-        errf(err, errlen, "%s, line %zu, column %zu (%s): '%s' is not a whole number", t->path,
+        return pn_err(err, errlen, -EINVAL, "%s, line %zu, column %zu (%s): '%s' is not a whole number", t->path,
              t->line[row], col + 1, t->field[col], s);
-        return -EINVAL;
     }
     if (v < min || v > max) {
-        errf(err, errlen, "%s, line %zu, column %zu (%s): %lld is outside %lld..%lld", t->path,
+        return pn_err(err, errlen, -EINVAL, "%s, line %zu, column %zu (%s): %lld is outside %lld..%lld", t->path,
              t->line[row], col + 1, t->field[col], v, min, max);
-        return -EINVAL;
     }
     *out = v;
     return 0;
@@ -350,7 +329,7 @@ int csvio_writer_open(csvio_writer_t *w, const char *path, char *err, size_t err
     w->f = fopen(w->tmp, "w");
     if (!w->f) {
         int rc = -errno;
-        errf(err, errlen, "%s: cannot create: %s", w->tmp, strerror(errno));
+        pn_err(err, errlen, 0, "%s: cannot create: %s", w->tmp, strerror(errno));
         csvio_writer_abort(w);
         return rc;
     }
@@ -410,10 +389,10 @@ int csvio_writer_commit(csvio_writer_t *w, char *err, size_t errlen)
     w->f = NULL;
     if (w->error) {
         rc = -w->error;
-        errf(err, errlen, "%s: write failed: %s", w->tmp, strerror(w->error));
+        pn_err(err, errlen, 0, "%s: write failed: %s", w->tmp, strerror(w->error));
     } else if (rename(w->tmp, w->path) != 0) {
         rc = -errno;
-        errf(err, errlen, "%s: cannot rename to %s: %s", w->tmp, w->path, strerror(errno));
+        pn_err(err, errlen, 0, "%s: cannot rename to %s: %s", w->tmp, w->path, strerror(errno));
     } else {
         free(w->tmp);
         w->tmp = NULL;

@@ -1,24 +1,13 @@
 /* Metrics from a cell's op trace. Iteration boundaries come from the ops themselves
  * (every op carries its iteration), so nothing depends on how the stages were launched. */
 #include "bench/metrics.h"
+#include "common/err.h"
 
 #include <errno.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-static void errf(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void errf(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || !errlen)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 static int cmp_double(const void *a, const void *b)
 {
@@ -73,8 +62,7 @@ int metrics_iter_times(const results_t *r, int cell, int repeat, double **times,
             iters = o->iteration + 1;
     }
     if (iters == 0) {
-        errf(err, errlen, "cell %d repeat %d has no traced ops", cell, repeat);
-        return -EINVAL;
+        return pn_err(err, errlen, -EINVAL, "cell %d repeat %d has no traced ops", cell, repeat);
     }
     double *first = malloc((size_t)iters * sizeof *first), *last = malloc((size_t)iters * sizeof *last);
     double *t = malloc((size_t)iters * sizeof *t);
@@ -96,8 +84,7 @@ int metrics_iter_times(const results_t *r, int cell, int repeat, double **times,
     int rc = 0;
     for (int k = 0; k < iters && !rc; k++) {
         if (isinf(last[k])) {
-            errf(err, errlen, "cell %d repeat %d: iteration %d has no traced ops", cell, repeat, k);
-            rc = -EINVAL;
+            rc = pn_err(err, errlen, -EINVAL, "cell %d repeat %d: iteration %d has no traced ops", cell, repeat, k);
         } else {
             t[k] = last[k] - (k ? last[k - 1] : first[k]);
         }
@@ -118,8 +105,7 @@ int metrics_cell_compute(results_t *r, const metrics_params_t *p, results_cell_t
 {
     int stages = cell->stages;
     if (stages < 1 || stages > RESULTS_MAX_STAGES) {
-        errf(err, errlen, "cell %d: %d stages (1..%d)", cell->cell, stages, RESULTS_MAX_STAGES);
-        return -EINVAL;
+        return pn_err(err, errlen, -EINVAL, "cell %d: %d stages (1..%d)", cell->cell, stages, RESULTS_MAX_STAGES);
     }
     size_t cap = 0, n = 0;
     double *measured = NULL;
@@ -164,9 +150,8 @@ int metrics_cell_compute(results_t *r, const metrics_params_t *p, results_cell_t
         free(t);
     }
     if (!rc && n == 0) {
-        errf(err, errlen, "cell %d: no measured iteration (every traced iteration is warm-up: --warmup %d)",
+        rc = pn_err(err, errlen, -EINVAL, "cell %d: no measured iteration (every traced iteration is warm-up: --warmup %d)",
              cell->cell, p->warmup);
-        rc = -EINVAL;
     }
     if (rc) {
         r->n_iters = first_iter_row;

@@ -2,6 +2,7 @@
  * each terminal to a temporary name that is renamed on success, so an interrupted or
  * failed render never leaves a half image under the final name. */
 #include "bench/plot.h"
+#include "common/err.h"
 
 #include "bench/chrome.h"
 #include "bench/csvio.h"
@@ -10,7 +11,6 @@
 
 #include <errno.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,25 +18,13 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-static void errf(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void errf(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || !errlen)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
-
 /* Runs `gnuplot SCRIPT` in dir with stdout and stderr to dir/gnuplot.log; 0 when it exits 0. */
 static int run_gnuplot(const char *dir, const char *script, char *err, size_t errlen)
 {
     pid_t pid = fork();
     if (pid < 0) {
         int rc = -errno;
-        errf(err, errlen, "fork: %s", strerror(errno));
-        return rc;
+        return pn_err(err, errlen, rc, "fork: %s", strerror(errno));
     }
     if (pid == 0) {
         if (chdir(dir) != 0)
@@ -52,9 +40,8 @@ static int run_gnuplot(const char *dir, const char *script, char *err, size_t er
         if (errno != EINTR)
             return -errno;
     if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
-        errf(err, errlen, "gnuplot %s/%s failed (status %d); see %s/gnuplot.log", dir, script,
+        return pn_err(err, errlen, -EIO, "gnuplot %s/%s failed (status %d); see %s/gnuplot.log", dir, script,
              WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st), dir);
-        return -EIO;
     }
     return 0;
 }
@@ -85,8 +72,7 @@ static int render(const char *dir, const char *name, const char *data, size_t dl
     snprintf(pdir, sizeof pdir, "%s/plots", dir);
     if (mkdir(pdir, 0755) != 0 && errno != EEXIST) {
         int rc = -errno;
-        errf(err, errlen, "%s: cannot create: %s", pdir, strerror(errno));
-        return rc;
+        return pn_err(err, errlen, rc, "%s: cannot create: %s", pdir, strerror(errno));
     }
     snprintf(path, sizeof path, "%s/%s.dat", pdir, name);
     int rc = csvio_file_write_atomic(path, data, dlen, err, errlen);
@@ -120,7 +106,7 @@ static int render(const char *dir, const char *name, const char *data, size_t dl
         snprintf(fin, sizeof fin, "%s/%s.%s", pdir, name, ext[i]);
         if (!rc && rename(tmp, fin) != 0) {
             rc = -errno;
-            errf(err, errlen, "%s: cannot rename: %s", tmp, strerror(errno));
+            pn_err(err, errlen, 0, "%s: cannot rename: %s", tmp, strerror(errno));
         }
         unlink(tmp);
     }
@@ -252,8 +238,7 @@ int plot_timeline(const results_t *r, int cell, int iteration, const char *dir, 
     const results_cell_t *c = results_cell_find(r, cell);
     int it;
     if (!c || chrome_iteration_pick(r, cell, iteration, &it)) {
-        errf(err, errlen, "timeline: cell %d has no traced ops", cell);
-        return -ENOENT;
+        return pn_err(err, errlen, -ENOENT, "timeline: cell %d has no traced ops", cell);
     }
     double t0 = INFINITY, t1 = -INFINITY;
     int mb_max = 0;

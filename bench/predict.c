@@ -2,27 +2,16 @@
  * measured costs come from the cell's own trace, so the prediction differs from the
  * measurement only by what the simulator does not model (runtime overheads, jitter). */
 #include "bench/predict.h"
+#include "common/err.h"
 
 #include "bench/metrics.h"
 #include "schedules/sched.h"
 
 #include <errno.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-static void errf(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void errf(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || !errlen)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 void predict_link(const netem_profile_t *p, sim_link_t *out)
 {
@@ -168,9 +157,8 @@ static int predict_one(const results_t *r, const results_cell_t *cell, sel_t sel
         if (isnan(cost[s].fwd) && isnan(cost[s].bwd) && s == 0)
             return -ENOENT;
         if (isnan(cost[s].fwd) || isnan(cost[s].bwd)) {
-            errf(err, errlen, "cell %d: stage %d has no measured FWD or BWD in iteration %d to take its cost from",
+            return pn_err(err, errlen, -EINVAL, "cell %d: stage %d has no measured FWD or BWD in iteration %d to take its cost from",
                  cell->cell, s, sel.iteration);
-            return -EINVAL;
         }
         if (isnan(cost[s].opt))
             cost[s].opt = 0;
@@ -217,8 +205,7 @@ static int median_over_iterations(const results_cell_t *cell, per_iteration_fn e
                 n++;
         }
     if (!rc && !n) {
-        errf(err, errlen, "cell %d: %s", cell->cell, none_why);
-        rc = -EINVAL;
+        rc = pn_err(err, errlen, -EINVAL, "cell %d: %s", cell->cell, none_why);
     }
     if (!rc) {
         metrics_stats_t st;
@@ -248,8 +235,7 @@ int predict_time(const results_t *r, const results_cell_t *cell, int slack, cons
 {
     int S = cell->stages;
     if (S < 1 || S > RESULTS_MAX_STAGES) {
-        errf(err, errlen, "cell %d: %d stages", cell->cell, S);
-        return -EINVAL;
+        return pn_err(err, errlen, -EINVAL, "cell %d: %d stages", cell->cell, S);
     }
     /* The median, like the measured time it is set against: each iteration predicted from
      * what that iteration's ops cost on a machine whose load varies. */
@@ -283,8 +269,7 @@ static int replay_one(const results_t *r, const results_cell_t *cell, int repeat
             continue;
         sim_trace_op_t *t = &ops[o->rank][k[o->rank]++];
         if (sched_op_kind_parse(o->op, &t->kind)) {
-            errf(err, errlen, "cell %d rank %d iteration %d: unknown op '%s'", cell->cell, o->rank, it, o->op);
-            rc = -EINVAL;
+            rc = pn_err(err, errlen, -EINVAL, "cell %d rank %d iteration %d: unknown op '%s'", cell->cell, o->rank, it, o->op);
             break;
         }
         t->mb = o->micro_batch;
@@ -317,8 +302,7 @@ int predict_ideal(const results_t *r, const results_cell_t *cell, const netem_pr
 {
     int S = cell->stages;
     if (S < 1 || S > RESULTS_MAX_STAGES) {
-        errf(err, errlen, "cell %d: %d stages", cell->cell, S);
-        return -EINVAL;
+        return pn_err(err, errlen, -EINVAL, "cell %d: %d stages", cell->cell, S);
     }
     sim_link_t fwd, bwd, link_fwd[RESULTS_MAX_STAGES], link_bwd[RESULTS_MAX_STAGES];
     predict_cell_links(r, cell, p, &fwd, &bwd);

@@ -2,13 +2,13 @@
  * through csvio (temporary name + rename) and read back with every field checked. The
  * columns of runs.csv come from one table so that writer and reader cannot drift apart. */
 #include "bench/results.h"
+#include "common/err.h"
 
 #include "bench/csvio.h"
 
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,17 +19,6 @@
 #include <csv.h>
 #include <netlink/version.h>
 #include <ucp/api/ucp.h>
-
-static void errf(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void errf(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || !errlen)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 enum { COL_INT, COL_DOUBLE, COL_STR };
 
@@ -336,9 +325,8 @@ static int get_str(const csvio_table_t *t, size_t row, size_t col, char *out, si
 {
     const char *s = csvio_get(t, row, col);
     if (strlen(s) >= size) {
-        errf(err, errlen, "%s, line %zu, column %zu (%s): longer than %zu characters", t->path,
+        return pn_err(err, errlen, -EINVAL, "%s, line %zu, column %zu (%s): longer than %zu characters", t->path,
              t->line[row], col + 1, csvio_get(t, 0, col), size - 1);
-        return -EINVAL;
     }
     strcpy(out, s);
     return 0;
@@ -349,9 +337,8 @@ static int get_double(const csvio_table_t *t, size_t row, size_t col, double *ou
 {
     int rc = csvio_get_double(t, row, col, out, err, errlen);
     if (!rc && isinf(*out)) {
-        errf(err, errlen, "%s, line %zu, column %zu (%s): infinite", t->path, t->line[row], col + 1,
+        rc = pn_err(err, errlen, -EINVAL, "%s, line %zu, column %zu (%s): infinite", t->path, t->line[row], col + 1,
              csvio_get(t, 0, col));
-        rc = -EINVAL;
     }
     return rc;
 }
@@ -394,17 +381,15 @@ static int read_runs(const char *path, results_t *r, char *err, size_t errlen)
                 rc = get_str(&t, row, idx[i], base + col->off, col->size, err, errlen);
         }
         if (!rc && (c.stages < 1 || c.stages > ns)) {
-            errf(err, errlen, "%s, line %zu, column %zu (stages): %d stages but the file has per-stage "
+            rc = pn_err(err, errlen, -EINVAL, "%s, line %zu, column %zu (stages): %d stages but the file has per-stage "
                  "columns for %d", t.path, t.line[row], idx[6] + 1, c.stages, ns);
-            rc = -EINVAL;
         }
         for (size_t k = 0; k < N_STAGE_COLS && !rc; k++)
             for (int s = 0; s < ns && !rc; s++)
                 rc = get_double(&t, row, (size_t)sidx[k][s], (double *)(base + stage_cols[k].off) + s, err, errlen);
         if (!rc && results_cell_find(r, c.cell)) {
-            errf(err, errlen, "%s, line %zu, column %zu (cell): cell %d appears twice", t.path,
+            rc = pn_err(err, errlen, -EINVAL, "%s, line %zu, column %zu (cell): cell %d appears twice", t.path,
                  t.line[row], idx[0] + 1, c.cell);
-            rc = -EINVAL;
         }
         if (!rc)
             rc = results_cell_add(r, &c);
@@ -472,8 +457,7 @@ static int read_ops(const char *path, int with_cell, int cell, int repeat, resul
         if (!rc)
             rc = get_str(&t, row, idx[4], o.op, sizeof o.op, err, errlen);
         if (!rc && !o.op[0]) {
-            errf(err, errlen, "%s, line %zu, column %zu (op): empty op name", t.path, t.line[row], idx[4] + 1);
-            rc = -EINVAL;
+            rc = pn_err(err, errlen, -EINVAL, "%s, line %zu, column %zu (op): empty op name", t.path, t.line[row], idx[4] + 1);
         }
         if (!rc)
             rc = get_int(&t, row, idx[5], -1, INT_MAX, &o.micro_batch, err, errlen);
@@ -482,9 +466,8 @@ static int read_ops(const char *path, int with_cell, int cell, int repeat, resul
         if (!rc)
             rc = get_double(&t, row, idx[7], &o.end, err, errlen);
         if (!rc && (isnan(o.start) || isnan(o.end) || o.end < o.start)) {
-            errf(err, errlen, "%s, line %zu, column %zu (end_s): the op ends before it starts or has no time",
+            rc = pn_err(err, errlen, -EINVAL, "%s, line %zu, column %zu (end_s): the op ends before it starts or has no time",
                  t.path, t.line[row], idx[7] + 1);
-            rc = -EINVAL;
         }
         if (!rc) {
             long long b;

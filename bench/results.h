@@ -7,9 +7,10 @@
 
 #include <stddef.h>
 
+#include "common/limits.h"
 #include "pipeline/exec.h"
 
-#define RESULTS_MAX_STAGES 32
+#define RESULTS_MAX_STAGES PN_MAX_STAGES /* per-stage columns of runs.csv */
 
 /* One cell of a sweep: its configuration and what was measured. NaN = not available. */
 typedef struct {

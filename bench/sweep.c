@@ -3,6 +3,7 @@
  * temporary name, tables and plots regenerated) so that an interrupt loses at most the
  * cell that was running, and --resume measures exactly the cells that are missing. */
 #include "bench/sweep.h"
+#include "common/err.h"
 
 #include "bench/csvio.h"
 #include "models/model.h"
@@ -13,24 +14,12 @@
 #include <errno.h>
 #include <ftw.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
-
-static void errf(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void errf(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || !errlen)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 /* Splits a comma list into items (copied into `buf`); with `join_kv`, an item of the
  * form key=value following another key=value item belongs to it (profiles such as
@@ -39,8 +28,7 @@ static int split_list(const char *opt, const char *text, int join_kv, char *buf,
                       char *items[SWEEP_MAX_AXIS], int *n, char *err, size_t errlen)
 {
     if (strlen(text) >= buflen) {
-        errf(err, errlen, "%s: the list is too long", opt);
-        return -EINVAL;
+        return pn_err(err, errlen, -EINVAL, "%s: the list is too long", opt);
     }
     strcpy(buf, text);
     char sep = join_kv && strchr(text, ';') ? ';' : ',';
@@ -54,12 +42,10 @@ static int split_list(const char *opt, const char *text, int join_kv, char *buf,
             p[-1] = ','; /* glue back onto the previous item */
         } else {
             if (!*p) {
-                errf(err, errlen, "%s: item %d is empty (in '%s')", opt, k + 1, text);
-                return -EINVAL;
+                return pn_err(err, errlen, -EINVAL, "%s: item %d is empty (in '%s')", opt, k + 1, text);
             }
             if (k == SWEEP_MAX_AXIS) {
-                errf(err, errlen, "%s: more than %d items", opt, SWEEP_MAX_AXIS);
-                return -EINVAL;
+                return pn_err(err, errlen, -EINVAL, "%s: more than %d items", opt, SWEEP_MAX_AXIS);
             }
             items[k++] = p;
         }
@@ -75,18 +61,16 @@ int sweep_schedules_parse(const char *text, sweep_spec_t *s, char *err, size_t e
 {
     char buf[1024], *items[SWEEP_MAX_AXIS];
     int n;
-    int rc = split_list("--schedules", text, 0, buf, sizeof buf, items, &n, err, errlen);
+    int rc = split_list("--schedule", text, 0, buf, sizeof buf, items, &n, err, errlen);
     if (rc)
         return rc;
     for (int i = 0; i < n; i++) {
         if (sched_uses_slack(items[i]) < 0 || strlen(items[i]) >= sizeof s->schedules[0]) {
-            errf(err, errlen, "--schedules: unknown schedule '%s' (item %d; known: %s)", items[i], i + 1, sched_names());
-            return -EINVAL;
+            return pn_err(err, errlen, -EINVAL, "--schedule: unknown schedule '%s' (item %d; known: %s)", items[i], i + 1, sched_names());
         }
         for (int j = 0; j < i; j++)
             if (!strcmp(items[j], items[i])) {
-                errf(err, errlen, "--schedules: '%s' is listed twice (items %d and %d)", items[i], j + 1, i + 1);
-                return -EINVAL;
+                return pn_err(err, errlen, -EINVAL, "--schedule: '%s' is listed twice (items %d and %d)", items[i], j + 1, i + 1);
             }
     }
     for (int i = 0; i < n; i++)
@@ -107,14 +91,12 @@ int sweep_mbs_parse(const char *text, sweep_spec_t *s, char *err, size_t errlen)
         errno = 0;
         long x = strtol(items[i], &end, 10);
         if (*end || end == items[i] || errno || x < 1 || x > 1 << 20) {
-            errf(err, errlen, "--micro-batch-sizes: '%s' (item %d) is not a positive whole number", items[i], i + 1);
-            return -EINVAL;
+            return pn_err(err, errlen, -EINVAL, "--micro-batch-sizes: '%s' (item %d) is not a positive whole number", items[i], i + 1);
         }
         v[i] = (int)x;
         for (int j = 0; j < i; j++)
             if (v[j] == v[i]) {
-                errf(err, errlen, "--micro-batch-sizes: %d is listed twice (items %d and %d)", v[i], j + 1, i + 1);
-                return -EINVAL;
+                return pn_err(err, errlen, -EINVAL, "--micro-batch-sizes: %d is listed twice (items %d and %d)", v[i], j + 1, i + 1);
             }
     }
     memcpy(s->mbs, v, (size_t)n * sizeof *v);
@@ -134,18 +116,15 @@ int sweep_profiles_parse(const char *text, sweep_spec_t *s, char *err, size_t er
         netem_profile_t p;
         char why[256] = "";
         if (netem_profile_parse(items[i], &p, why, sizeof why)) {
-            errf(err, errlen, "--profiles: item %d '%s': %s", i + 1, items[i], why);
-            return -EINVAL;
+            return pn_err(err, errlen, -EINVAL, "--profiles: item %d '%s': %s", i + 1, items[i], why);
         }
         if (netem_profile_format(&p, canon[i], sizeof canon[i]) < 0 ||
             netem_profile_label(&p, label[i], sizeof label[i]) < 0) {
-            errf(err, errlen, "--profiles: item %d '%s' is too long to print", i + 1, items[i]);
-            return -EINVAL;
+            return pn_err(err, errlen, -EINVAL, "--profiles: item %d '%s' is too long to print", i + 1, items[i]);
         }
         for (int j = 0; j < i; j++)
             if (!strcmp(canon[j], canon[i])) {
-                errf(err, errlen, "--profiles: items %d and %d are the same profile (%s)", j + 1, i + 1, canon[i]);
-                return -EINVAL;
+                return pn_err(err, errlen, -EINVAL, "--profiles: items %d and %d are the same profile (%s)", j + 1, i + 1, canon[i]);
             }
     }
     for (int i = 0; i < n; i++) {
@@ -161,20 +140,17 @@ int sweep_straggler_parse(const char *text, int *rank, double *factor, char *err
     const char *colon = strchr(text, ':');
     char *end;
     if (!colon) {
-        errf(err, errlen, "--straggler: '%s' is not RANK:FACTOR (e.g. 1:1.5)", text);
-        return -EINVAL;
+        return pn_err(err, errlen, -EINVAL, "--straggler: '%s' is not RANK:FACTOR (e.g. 1:1.5)", text);
     }
     errno = 0;
     long r = strtol(text, &end, 10);
     if (end != colon || end == text || errno || r < 0 || r >= RESULTS_MAX_STAGES) {
-        errf(err, errlen, "--straggler: rank '%.*s' is not a stage number (0..%d)", (int)(colon - text), text,
+        return pn_err(err, errlen, -EINVAL, "--straggler: rank '%.*s' is not a stage number (0..%d)", (int)(colon - text), text,
              RESULTS_MAX_STAGES - 1);
-        return -EINVAL;
     }
     double f = strtod(colon + 1, &end);
     if (*end || end == colon + 1 || !isfinite(f) || f <= 0) {
-        errf(err, errlen, "--straggler: factor '%s' is not a positive number (1.5 = 1.5x slower compute)", colon + 1);
-        return -EINVAL;
+        return pn_err(err, errlen, -EINVAL, "--straggler: factor '%s' is not a positive number (1.5 = 1.5x slower compute)", colon + 1);
     }
     *rank = (int)r;
     *factor = f;
@@ -207,57 +183,45 @@ int sweep_spec_default(sweep_spec_t *s, char *err, size_t errlen)
 int sweep_spec_check(const sweep_spec_t *s, char *err, size_t errlen)
 {
     if (s->stages < 1 || s->stages > RESULTS_MAX_STAGES) {
-        errf(err, errlen, "--stages %d: must be 1..%d", s->stages, RESULTS_MAX_STAGES);
-        return -EINVAL;
+        return pn_err(err, errlen, -EINVAL, "--stages %d: must be 1..%d", s->stages, RESULTS_MAX_STAGES);
     }
     if (s->batch_size < 1) {
-        errf(err, errlen, "--batch-size %d: must be positive", s->batch_size);
-        return -EINVAL;
+        return pn_err(err, errlen, -EINVAL, "--batch-size %d: must be positive", s->batch_size);
     }
     if (s->seq_len < 1) {
-        errf(err, errlen, "--seq-len %d: must be positive", s->seq_len);
-        return -EINVAL;
+        return pn_err(err, errlen, -EINVAL, "--seq-len %d: must be positive", s->seq_len);
     }
     if (s->iters < 1 || s->warmup < 0) {
-        errf(err, errlen, "--iters %d --warmup %d: need at least one measured iteration and no negative warm-up",
+        return pn_err(err, errlen, -EINVAL, "--iters %d --warmup %d: need at least one measured iteration and no negative warm-up",
              s->iters, s->warmup);
-        return -EINVAL;
     }
     if (s->repeats < 1) {
-        errf(err, errlen, "--repeat %d: must be at least 1", s->repeats);
-        return -EINVAL;
+        return pn_err(err, errlen, -EINVAL, "--repeat %d: must be at least 1", s->repeats);
     }
     if (s->slack < 0) {
-        errf(err, errlen, "--slack %d: must be 0 or more", s->slack);
-        return -EINVAL;
+        return pn_err(err, errlen, -EINVAL, "--slack %d: must be 0 or more", s->slack);
     }
     for (int i = 0; i < s->n_mbs; i++)
         if (s->batch_size % s->mbs[i]) {
-            errf(err, errlen, "--micro-batch-sizes: %d does not divide --batch-size %d", s->mbs[i], s->batch_size);
-            return -EINVAL;
+            return pn_err(err, errlen, -EINVAL, "--micro-batch-sizes: %d does not divide --batch-size %d", s->mbs[i], s->batch_size);
         }
     if (s->straggler_rank >= s->stages) {
-        errf(err, errlen, "--straggler %d:%g: there are only stages 0..%d", s->straggler_rank,
+        return pn_err(err, errlen, -EINVAL, "--straggler %d:%g: there are only stages 0..%d", s->straggler_rank,
              s->straggler_factor, s->stages - 1);
-        return -EINVAL;
     }
     model_config_t mc;
     char why[512];
     if (model_config_get(s->model, &mc, why, sizeof why)) {
-        errf(err, errlen, "--model: %s", why);
-        return -EINVAL;
+        return pn_err(err, errlen, -EINVAL, "--model: %s", why);
     }
     if (model_compute_check(s->compute, why, sizeof why)) {
-        errf(err, errlen, "--compute: %s", why);
-        return -EINVAL;
+        return pn_err(err, errlen, -EINVAL, "--compute: %s", why);
     }
     if (strcmp(s->emulator, "auto") && !netem_emulator_find(s->emulator)) {
-        errf(err, errlen, "--emulator: unknown emulator '%s' (known: %s)", s->emulator, netem_emulator_names());
-        return -EINVAL;
+        return pn_err(err, errlen, -EINVAL, "--emulator: unknown emulator '%s' (known: %s)", s->emulator, netem_emulator_names());
     }
     if (!s->n_sched || !s->n_mbs || !s->n_prof) {
-        errf(err, errlen, "the grid is empty");
-        return -EINVAL;
+        return pn_err(err, errlen, -EINVAL, "the grid is empty");
     }
     return 0;
 }
@@ -316,19 +280,17 @@ static int check_resumed(const sweep_spec_t *s, results_t *r, char *err, size_t 
         const results_cell_t *c = &r->cells[i];
         results_cell_t want;
         if (c->cell < 0 || c->cell >= total) {
-            errf(err, errlen, "runs.csv has cell %d but this sweep has cells 0..%d", c->cell, total - 1);
-            return -EINVAL;
+            return pn_err(err, errlen, -EINVAL, "runs.csv has cell %d but this sweep has cells 0..%d", c->cell, total - 1);
         }
         sweep_cell_config(s, c->cell, &want);
         if (strcmp(c->schedule, want.schedule) || c->micro_batch_size != want.micro_batch_size ||
             strcmp(c->profile, want.profile) || strcmp(c->model, want.model) || c->stages != want.stages ||
             c->batch_size != want.batch_size || c->seq_len != want.seq_len) {
-            errf(err, errlen, "runs.csv cell %d is %s, micro-batch size %d, %s (%s, %d stages, batch %d, seq %d) "
+            return pn_err(err, errlen, -EINVAL, "runs.csv cell %d is %s, micro-batch size %d, %s (%s, %d stages, batch %d, seq %d) "
                  "but this sweep's cell %d is %s, micro-batch size %d, %s (%s, %d stages, batch %d, seq %d)",
                  c->cell, c->schedule, c->micro_batch_size, c->profile, c->model, c->stages, c->batch_size,
                  c->seq_len, c->cell, want.schedule, want.micro_batch_size, want.profile, want.model, want.stages,
                  want.batch_size, want.seq_len);
-            return -EINVAL;
         }
     }
     /* Ops or iterations of a cell without a runs.csv row are from an interrupted cell. */
@@ -380,7 +342,7 @@ int sweep_run(const sweep_spec_t *s, const sweep_loop_t *loop, results_t *r, swe
         rm_tree(cdir);
         if ((mkdir(work, 0755) && errno != EEXIST) || mkdir(cdir, 0755)) {
             rc = -errno;
-            errf(err, errlen, "%s: cannot create: %s", cdir, strerror(errno));
+            pn_err(err, errlen, 0, "%s: cannot create: %s", cdir, strerror(errno));
             break;
         }
         double t0 = now();
@@ -394,7 +356,7 @@ int sweep_run(const sweep_spec_t *s, const sweep_loop_t *loop, results_t *r, swe
         if (st == -ENOSYS) { /* the machine or build cannot measure at all: stop here */
             results_cell_remove(r, i);
             rc = st;
-            errf(err, errlen, "%s", why);
+            pn_err(err, errlen, 0, "%s", why);
             break;
         }
         if (st) {
@@ -433,8 +395,7 @@ int sweep_args_write(const char *dir, int argc, char **argv, char *err, size_t e
         if (strchr(argv[i], '\n')) {
             fclose(f);
             free(buf);
-            errf(err, errlen, "argument %d contains a line break, which sweep.args cannot keep", i + 1);
-            return -EINVAL;
+            return pn_err(err, errlen, -EINVAL, "argument %d contains a line break, which sweep.args cannot keep", i + 1);
         }
         fprintf(f, "%s\n", argv[i]);
     }
@@ -455,7 +416,7 @@ int sweep_args_read(const char *dir, int *argc, char ***argv, char *err, size_t 
     if (rc)
         return rc;
     if (len && text[len - 1] != '\n') {
-        errf(err, errlen, "%s: the last line is cut off (no line break)", path);
+        pn_err(err, errlen, 0, "%s: the last line is cut off (no line break)", path);
         free(text);
         return -EINVAL;
     }

@@ -33,7 +33,7 @@ typedef struct {
     char user[64];                        /* stage processes run as this user ("" = as started) */
 } sweep_spec_t;
 
-/* The defaults of issue 5's default sweep: gpipe,1f1b x 1,2,4 x default,1ms/5Gbps,
+/* The defaults, DT-FM's GPT-3 small table: gpipe,1f1b x 1,2,4 x default,1ms/5Gbps,
  * 5ms/2Gbps,10ms/1Gbps; gpt3-small, 3 stages, batch 64, seq 2048, 10 measured iterations
  * after 1 warm-up, 1 repeat, emulate:v100, emulator auto, no straggler. */
 int sweep_spec_default(sweep_spec_t *s, char *err, size_t errlen) __attribute__((warn_unused_result));

@@ -126,106 +126,126 @@ static void put_header(FILE *f, const char *first, const int *mbs, size_t nm)
     fputc('\n', f);
 }
 
-int table_markdown(const results_t *r, char **text)
-{
-    size_t n = r->n_cells ? r->n_cells : 1;
-    const char **sched = calloc(n, sizeof *sched);
-    int *mbs = calloc(n, sizeof *mbs);
-    const results_cell_t **prof = calloc(n, sizeof *prof);
-    char *buf = NULL;
-    size_t len = 0;
-    FILE *f = open_memstream(&buf, &len);
-    if (!sched || !mbs || !prof || !f) {
-        if (f)
-            fclose(f);
-        free(buf);
-        free(sched);
-        free(mbs);
-        free(prof);
-        return -ENOMEM;
-    }
+/* The table's axes, in the order the tables list them. */
+typedef struct {
+    const results_t *r;
+    const char **sched;
+    int *mbs;
+    const results_cell_t **prof;
     size_t ns, nm, np;
-    table_axes(r, sched, &ns, mbs, &nm, prof, &np);
+} axes_t;
 
+static void put_intro(FILE *f, const axes_t *x)
+{
     fputs("# pipenem sweep\n\n", f);
-    if (r->n_cells) {
-        const results_cell_t *c0 = prof[0];
-        fprintf(f, "Model %s, %d stages, batch %d, sequence %d, %d measured iterations after %d warm-up, %d repeat(s), "
-                   "compute %s", c0->model, c0->stages, c0->batch_size, c0->seq_len, c0->iters, c0->warmup,
-                c0->repeats, c0->compute);
-        if (c0->straggler_rank >= 0)
-            fprintf(f, ", straggler: stage %d computes %gx slower", c0->straggler_rank, c0->straggler_factor);
-        fputs(".\nNetwork emulator per setting:", f);
-        for (size_t p = 0; p < np; p++)
-            fprintf(f, "%s %s: %s", p ? ";" : "", prof[p]->label, prof[p]->emulator);
-        fputs(".\nEach cell is the median iteration time of the measured iterations; "
-              "\"not run\" marks a cell the sweep has not finished.\n", f);
-    } else {
+    if (!x->r->n_cells) {
         fputs("No cell has finished yet.\n", f);
+        return;
     }
+    const results_cell_t *c0 = x->prof[0];
+    fprintf(f, "Model %s, %d stages, batch %d, sequence %d, %d measured iterations after %d warm-up, %d repeat(s), "
+               "compute %s", c0->model, c0->stages, c0->batch_size, c0->seq_len, c0->iters, c0->warmup,
+            c0->repeats, c0->compute);
+    if (c0->straggler_rank >= 0)
+        fprintf(f, ", straggler: stage %d computes %gx slower", c0->straggler_rank, c0->straggler_factor);
+    fputs(".\nNetwork emulator per setting:", f);
+    for (size_t p = 0; p < x->np; p++)
+        fprintf(f, "%s %s: %s", p ? ";" : "", x->prof[p]->label, x->prof[p]->emulator);
+    fputs(".\nEach cell is the median iteration time of the measured iterations; "
+          "\"not run\" marks a cell the sweep has not finished.\n", f);
+}
 
-    for (size_t a = 0; a < ns; a++) {
-        fprintf(f, "\n## Schedule: %s\n\n", sched[a]);
-        put_header(f, "Network setting", mbs, nm);
-        for (size_t p = 0; p < np; p++) {
-            fprintf(f, "| %s |", prof[p]->label);
-            for (size_t m = 0; m < nm; m++) {
-                const results_cell_t *c = table_cell_find(r, sched[a], mbs[m], prof[p]->profile);
-                fputc(' ', f);
-                if (c)
-                    put_num(f, c->iter_median, " s");
-                else
-                    fputs("not run", f);
-                fputs(" |", f);
-            }
-            fputc('\n', f);
+/* Network setting x micro-batch size of schedule a: its median iteration time, or with
+ * base >= 0 that divided by schedule base's. */
+static void put_grid(FILE *f, const axes_t *x, size_t a, long base)
+{
+    put_header(f, "Network setting", x->mbs, x->nm);
+    for (size_t p = 0; p < x->np; p++) {
+        fprintf(f, "| %s |", x->prof[p]->label);
+        for (size_t m = 0; m < x->nm; m++) {
+            const results_cell_t *c = table_cell_find(x->r, x->sched[a], x->mbs[m], x->prof[p]->profile);
+            const results_cell_t *b =
+                base >= 0 ? table_cell_find(x->r, x->sched[base], x->mbs[m], x->prof[p]->profile) : NULL;
+            fputc(' ', f);
+            if (c && base < 0)
+                put_num(f, c->iter_median, " s");
+            else if (c && b)
+                put_num(f, c->iter_median / b->iter_median, "");
+            else
+                fputs("not run", f);
+            fputs(" |", f);
         }
+        fputc('\n', f);
     }
+}
 
-    if (ns > 1) {
+static void row_predicted(FILE *f, const results_cell_t *c)
+{
+    put_num(f, c->iter_median, " s");
+    fputs(" | ", f);
+    put_num(f, c->predicted, " s");
+    fputs(" | ", f);
+    put_num(f, c->predicted / c->iter_median, "");
+}
+
+static void row_metrics(FILE *f, const results_cell_t *c)
+{
+    put_num(f, c->iter_median, " s");
+    fputs(" | ", f);
+    put_num(f, c->iter_stdev, " s");
+    fputs(" | ", f);
+    put_num(f, c->tokens_per_s, "");
+    fputs(" | ", f);
+    put_stages(f, c->flops, c->stages, 1e-12, "");
+    fputs(" | ", f);
+    put_num(f, c->mfu * 100, "%");
+    fputs(" | ", f);
+    put_memory(f, c->mem_peak, c->stages);
+    fputs(" | ", f);
+    put_stages(f, c->bubble, c->stages, 100, "%");
+    fputs(" | ", f);
+    put_num(f, c->straggler_slowdown, "");
+    fputs(" | ", f);
+    put_num(f, c->final_loss, "");
+}
+
+/* One row per finished cell, schedule, then setting, then micro-batch size. */
+static void put_rows(FILE *f, const axes_t *x, void (*row)(FILE *, const results_cell_t *))
+{
+    for (size_t a = 0; a < x->ns; a++)
+        for (size_t p = 0; p < x->np; p++)
+            for (size_t m = 0; m < x->nm; m++) {
+                const results_cell_t *c = table_cell_find(x->r, x->sched[a], x->mbs[m], x->prof[p]->profile);
+                if (!c)
+                    continue;
+                fprintf(f, "| %s | %s | %d | ", c->schedule, c->label, c->micro_batch_size);
+                row(f, c);
+                fputs(" |\n", f);
+            }
+}
+
+static void put_tables(FILE *f, const axes_t *x)
+{
+    put_intro(f, x);
+    for (size_t a = 0; a < x->ns; a++) {
+        fprintf(f, "\n## Schedule: %s\n\n", x->sched[a]);
+        put_grid(f, x, a, -1);
+    }
+    if (x->ns > 1) {
         fprintf(f, "\n## Schedule comparison\n\nIteration time of each schedule divided by %s's "
-                   "(below 1: faster than %s).\n", sched[0], sched[0]);
-        for (size_t a = 1; a < ns; a++) {
-            fprintf(f, "\n### %s / %s\n\n", sched[a], sched[0]);
-            put_header(f, "Network setting", mbs, nm);
-            for (size_t p = 0; p < np; p++) {
-                fprintf(f, "| %s |", prof[p]->label);
-                for (size_t m = 0; m < nm; m++) {
-                    const results_cell_t *c = table_cell_find(r, sched[a], mbs[m], prof[p]->profile);
-                    const results_cell_t *b = table_cell_find(r, sched[0], mbs[m], prof[p]->profile);
-                    fputc(' ', f);
-                    if (c && b)
-                        put_num(f, c->iter_median / b->iter_median, "");
-                    else
-                        fputs("not run", f);
-                    fputs(" |", f);
-                }
-                fputc('\n', f);
-            }
+                   "(below 1: faster than %s).\n", x->sched[0], x->sched[0]);
+        for (size_t a = 1; a < x->ns; a++) {
+            fprintf(f, "\n### %s / %s\n\n", x->sched[a], x->sched[0]);
+            put_grid(f, x, a, 0);
         }
     }
-
     fputs("\n## Predicted vs measured\n\nPredicted: the simulator's iteration time from the measured "
           "compute costs (mean per op kind and stage) and the profile's link model (its delay and the TCP "
           "goodput of its rate), capped by the bandwidth the path reached in the cell (the only model an "
           "unshaped link has); each measured iteration from its own compute costs, and the median of those.\n\n"
           "| Schedule | Network setting | Micro batch size | Measured | Predicted | Predicted / measured |\n"
           "| --- | --- | ---: | ---: | ---: | ---: |\n", f);
-    for (size_t a = 0; a < ns; a++)
-        for (size_t p = 0; p < np; p++)
-            for (size_t m = 0; m < nm; m++) {
-                const results_cell_t *c = table_cell_find(r, sched[a], mbs[m], prof[p]->profile);
-                if (!c)
-                    continue;
-                fprintf(f, "| %s | %s | %d | ", c->schedule, c->label, c->micro_batch_size);
-                put_num(f, c->iter_median, " s");
-                fputs(" | ", f);
-                put_num(f, c->predicted, " s");
-                fputs(" | ", f);
-                put_num(f, c->predicted / c->iter_median, "");
-                fputs(" |\n", f);
-            }
-
+    put_rows(f, x, row_predicted);
     fputs("\n## Metrics\n\nPer stage values are listed stage 0 first. Bubble: idle share of the "
           "iteration. Straggler slowdown: measured time / replay with every op at the median of "
           "its kind.\n\n"
@@ -233,37 +253,30 @@ int table_markdown(const results_t *r, char **text)
           "TFLOP/s per stage | MFU | Peak memory per stage | Bubble per stage | Straggler slowdown | "
           "Final loss |\n"
           "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n", f);
-    for (size_t a = 0; a < ns; a++)
-        for (size_t p = 0; p < np; p++)
-            for (size_t m = 0; m < nm; m++) {
-                const results_cell_t *c = table_cell_find(r, sched[a], mbs[m], prof[p]->profile);
-                if (!c)
-                    continue;
-                fprintf(f, "| %s | %s | %d | ", c->schedule, c->label, c->micro_batch_size);
-                put_num(f, c->iter_median, " s");
-                fputs(" | ", f);
-                put_num(f, c->iter_stdev, " s");
-                fputs(" | ", f);
-                put_num(f, c->tokens_per_s, "");
-                fputs(" | ", f);
-                put_stages(f, c->flops, c->stages, 1e-12, "");
-                fputs(" | ", f);
-                put_num(f, c->mfu * 100, "%");
-                fputs(" | ", f);
-                put_memory(f, c->mem_peak, c->stages);
-                fputs(" | ", f);
-                put_stages(f, c->bubble, c->stages, 100, "%");
-                fputs(" | ", f);
-                put_num(f, c->straggler_slowdown, "");
-                fputs(" | ", f);
-                put_num(f, c->final_loss, "");
-                fputs(" |\n", f);
-            }
-    int bad = ferror(f);
-    fclose(f);
-    free(sched);
-    free(mbs);
-    free(prof);
+    put_rows(f, x, row_metrics);
+}
+
+int table_markdown(const results_t *r, char **text)
+{
+    size_t n = r->n_cells ? r->n_cells : 1;
+    axes_t x = {.r = r};
+    x.sched = calloc(n, sizeof *x.sched);
+    x.mbs = calloc(n, sizeof *x.mbs);
+    x.prof = calloc(n, sizeof *x.prof);
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    int bad = !x.sched || !x.mbs || !x.prof || !f;
+    if (!bad) {
+        table_axes(r, x.sched, &x.ns, x.mbs, &x.nm, x.prof, &x.np);
+        put_tables(f, &x);
+        bad = ferror(f);
+    }
+    if (f)
+        fclose(f);
+    free(x.sched);
+    free(x.mbs);
+    free(x.prof);
     if (bad) {
         free(buf);
         return -ENOMEM;

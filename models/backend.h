@@ -17,12 +17,23 @@ typedef struct model_backend {
     /* slot: index of the activation slot of this micro-batch. */
     int (*forward)(model_stage_t *st, int slot, const float *in, float *out);
     int (*backward)(model_stage_t *st, int slot, const float *dout, float *din);
+    /* B: computes din from dout (the last stage from its loss) and keeps in the slot what
+     * W needs; touches no parameter gradient. */
+    int (*backward_input)(model_stage_t *st, int slot, const float *dout, float *din);
+    /* W: adds the slot's parameter gradients into grads (after its B). backward(slot) ==
+     * backward_input(slot) then backward_weights(slot), bit for bit on the cpu. */
+    int (*backward_weights)(model_stage_t *st, int slot);
     int (*step)(model_stage_t *st);
     void (*destroy)(model_stage_t *st);
+    /* optional: model_stage_reset zeroes gradients the backend holds outside st->grads */
+    void (*reset)(model_stage_t *st);
 } model_backend_t;
 
 extern const model_backend_t model_backend_cpu;
 extern const model_backend_t model_backend_emulate;
+#ifdef PN_HAVE_CUDA
+extern const model_backend_t model_backend_cuda;   /* models/cuda.cu */
+#endif
 
 /* Per-layer tensor order of the parameter table (12 tensors per transformer layer). */
 enum {

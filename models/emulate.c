@@ -4,6 +4,7 @@
  * without its compute.
  * It holds no parameters or activations; only the tied-embedding gradient is real. */
 #include "models/backend.h"
+#include "models/precision.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -17,16 +18,8 @@
 #include "common/clock.h"
 #include "common/parse.h"
 
-/* Dense fp16/bf16 tensor-core peaks (SXM parts) and HBM bandwidth; the efficiency is the
- * fraction of peak a tuned Megatron-style GPT layer typically sustains. */
-static const struct {
-    const char *name;
-    double peak_flops, efficiency, mem_bw;
-} devices[] = {
-    {"v100", 125e12, 0.40, 900e9},
-    {"a100", 312e12, 0.50, 1555e9},
-    {"h100", 989e12, 0.40, 3350e9},
-};
+/* Devices (peaks per precision, HBM bandwidth, efficiency): the table the cuda backend
+ * reads its MFU from (models/precision.c), so emulated and real runs use the same numbers. */
 
 /* AdamW in fp32 reads and writes parameter, m and v, reads the gradient and zeroes it. */
 #define OPT_BYTES_PER_PARAM 32.0
@@ -35,6 +28,7 @@ typedef struct {
     int hidden, heads, vocab, seq_len, mbs, recompute, n_layers;
     double embed_fwd, embed_bwd, head_fwd, head_bwd, opt_per_param;
     double layer_fwd[MODEL_MAX_LAYERS], layer_bwd[MODEL_MAX_LAYERS];
+    int prec;                   /* "precision NAME" (cuda calibrations), -1 if absent: fp32 */
 } calib_t;
 
 static int calib_read(const char *path, calib_t *c, char *err, size_t errlen)
@@ -46,7 +40,7 @@ static int calib_read(const char *path, calib_t *c, char *err, size_t errlen)
         return -e;
     }
     memset(c, 0, sizeof *c);
-    c->hidden = c->heads = c->vocab = c->seq_len = c->mbs = c->recompute = -1;
+    c->hidden = c->heads = c->vocab = c->seq_len = c->mbs = c->recompute = c->prec = -1;
     char line[512];
     int lineno = 0, rc = 0, magic = 0;
     while (fgets(line, sizeof line, f)) {
@@ -75,7 +69,12 @@ static int calib_read(const char *path, calib_t *c, char *err, size_t errlen)
             ok = sscanf(rest, "%d", &c->mbs) == 1;
         else if (!strcmp(key, "recompute"))
             ok = sscanf(rest, "%d", &c->recompute) == 1;
-        else if (!strcmp(key, "embed"))
+        else if (!strcmp(key, "precision")) {
+            char pn[16];
+            model_prec_t pr;
+            ok = sscanf(rest, "%15s", pn) == 1 && !model_prec_parse(pn, &pr, NULL, 0);
+            c->prec = ok ? (int)pr : -1;
+        } else if (!strcmp(key, "embed"))
             ok = sscanf(rest, "%lf %lf", &c->embed_fwd, &c->embed_bwd) == 2;
         else if (!strcmp(key, "head"))
             ok = sscanf(rest, "%lf %lf", &c->head_fwd, &c->head_bwd) == 2;
@@ -116,10 +115,39 @@ typedef enum { EMU_DEVICE, EMU_TIMES, EMU_FILE } emu_kind_t;
 
 typedef struct {
     emu_kind_t kind;
-    int device;
+    const model_device_t *dev;
+    int prec;                  /* a model_prec_t after the device, -1 if none was given */
     double efficiency, fwd, bwd, opt;
     calib_t calib;
 } emu_spec_t;
+
+/* ",eff=X" and ",fp32|tf32|fp16|bf16" after a device name, in any order */
+static int device_parse(const char *o, const model_device_t *d, emu_spec_t *s, char *err, size_t errlen)
+{
+    s->kind = EMU_DEVICE;
+    s->dev = d;
+    s->prec = -1;
+    s->efficiency = d->efficiency;
+    while (*o == ',') {
+        o++;
+        size_t n = strcspn(o, ",");
+        char item[32], *end;
+        model_prec_t pr;
+        snprintf(item, sizeof item, "%.*s", (int)(n < 31 ? n : 31), o);
+        if (!model_prec_parse(item, &pr, NULL, 0)) {
+            if (s->prec >= 0 || d->peak[pr] <= 0)
+                return pn_err(err, errlen, -EINVAL, "emulate:%s: %s", d->key, s->prec >= 0 ? "two precisions" :
+                              "the device has no dense peak for this precision (no such tensor cores)");
+            s->prec = (int)pr;
+        } else if (strncmp(item, "eff=", 4) || (s->efficiency = strtod(item + 4, &end), end == item + 4) ||
+                   !(s->efficiency > 0 && s->efficiency <= 1) || *end) {
+            return pn_err(err, errlen, -EINVAL, "emulate:%s: expected ',eff=X' with 0 < X <= 1 or a precision "
+                          "(fp32, tf32, fp16, bf16) after the device, got '%s'", d->key, item);
+        }
+        o += n;
+    }
+    return 0;
+}
 
 static int spec_parse(const char *arg, emu_spec_t *s, char *err, size_t errlen)
 {
@@ -130,25 +158,11 @@ static int spec_parse(const char *arg, emu_spec_t *s, char *err, size_t errlen)
         return -EINVAL;
     }
     size_t tok = strcspn(arg, ",");
-    for (size_t i = 0; i < sizeof devices / sizeof *devices; i++)
-        if (strlen(devices[i].name) == tok && !strncmp(arg, devices[i].name, tok)) {
-            s->kind = EMU_DEVICE;
-            s->device = (int)i;
-            s->efficiency = devices[i].efficiency;
-            const char *o = arg + tok;
-            while (*o == ',') {
-                o++;
-                char *end;
-                if (strncmp(o, "eff=", 4) || (s->efficiency = strtod(o + 4, &end), end == o + 4) ||
-                    !(s->efficiency > 0 && s->efficiency <= 1) || (*end && *end != ',')) {
-                    snprintf(err, errlen, "emulate:%s: expected ',eff=X' with 0 < X <= 1 after the device, got '%s'",
-                             devices[i].name, o);
-                    return -EINVAL;
-                }
-                o = end;
-            }
-            return 0;
-        }
+    char key[32];
+    snprintf(key, sizeof key, "%.*s", (int)(tok < 31 ? tok : 31), arg);
+    const model_device_t *d = model_device_find(key);
+    if (d && !strcmp(d->key, key))
+        return device_parse(arg + tok, d, s, err, errlen);
     if (memchr(arg, '=', tok)) {
         s->kind = EMU_TIMES;
         int have_fwd = 0, have_bwd = 0;
@@ -191,9 +205,16 @@ static int spec_parse(const char *arg, emu_spec_t *s, char *err, size_t errlen)
         s->kind = EMU_FILE;
         return calib_read(arg, &s->calib, err, errlen);
     }
-    snprintf(err, errlen, "unknown device '%s' (known: v100, a100, h100; or fwd=/bwd= times, or a "
-             "calibration file)", arg);
+    snprintf(err, errlen, "unknown device '%s' (known: %s; or fwd=/bwd= times, or a calibration file)", arg,
+             model_device_keys());
     return -EINVAL;
+}
+
+/* Without a precision the device's fp16/bf16 tensor-core peak, with fp32 boundaries (as
+ * before precisions existed); with one, that precision's peak and element size. */
+static double device_peak(const emu_spec_t *s)
+{
+    return s->dev->peak[s->prec >= 0 ? s->prec : MODEL_PREC_FP16];
 }
 
 static int emu_check(const char *arg, char *err, size_t errlen)
@@ -209,9 +230,10 @@ static void emu_describe(const char *arg, char *buf, size_t len)
     if (spec_parse(arg, &s, err, sizeof err))
         snprintf(buf, len, "emulate:%s (%s)", arg, err);
     else if (s.kind == EMU_DEVICE)
-        snprintf(buf, len, "emulate:%s (peak %.1f TFLOP/s dense fp16/bf16, efficiency %.2f, memory %.0f GB/s)",
-                 devices[s.device].name, devices[s.device].peak_flops * 1e-12, s.efficiency,
-                 devices[s.device].mem_bw * 1e-9);
+        snprintf(buf, len, "emulate:%s%s%s (peak %.1f TFLOP/s dense %s, efficiency %.2f, memory %.0f GB/s)",
+                 s.dev->key, s.prec >= 0 ? "," : "", s.prec >= 0 ? model_prec_info(s.prec)->name : "",
+                 device_peak(&s) * 1e-12, s.prec >= 0 ? model_prec_info(s.prec)->name : "fp16/bf16", s.efficiency,
+                 s.dev->mem_bw * 1e-9);
     else if (s.kind == EMU_TIMES)
         snprintf(buf, len, "emulate (fwd %.3f ms, bwd %.3f ms, opt %.3f ms per micro-batch and stage)",
                  s.fwd * 1e3, s.bwd * 1e3, s.opt * 1e3);
@@ -227,14 +249,18 @@ static int emu_init(model_stage_t *st, const char *arg, char *err, size_t errlen
         return rc;
     int nl = st->layer_end - st->layer_begin;
     if (s.kind == EMU_DEVICE) {
-        snprintf(st->device, sizeof st->device, "%s", devices[s.device].name);
-        st->peak_flops = devices[s.device].peak_flops;
+        snprintf(st->device, sizeof st->device, "%s", s.dev->key);
+        st->peak_flops = device_peak(&s);
         st->efficiency = s.efficiency;
-        st->mem_bw = devices[s.device].mem_bw;
+        st->mem_bw = s.dev->mem_bw;
+        st->act_elem_bytes = s.prec >= 0 ? model_prec_info(s.prec)->elem_bytes : 4;
         double rate = st->peak_flops * st->efficiency;
         double fwd = model_stage_fwd_flops(st);
         st->emu_fwd_s = fwd / rate;
         st->emu_bwd_s = 2 * fwd / rate;
+        /* W (dW = dout^T x per matmul) is half the backward's FLOPs; B the other half,
+         * plus any recompute, which B needs and W reuses */
+        st->emu_bwd_w_s = fwd / rate;
         if (st->p.recompute) {
             /* recompute repeats the layers' forward (not the head's) inside backward */
             double C = st->C, T = st->T, tokens = (double)st->B * st->T;
@@ -245,6 +271,7 @@ static int emu_init(model_stage_t *st, const char *arg, char *err, size_t errlen
         st->emu_fwd_s = s.fwd;
         st->emu_bwd_s = s.bwd;
         st->emu_opt_s = s.opt;
+        st->emu_bwd_w_s = s.bwd / 2;
     } else {
         const calib_t *c = &s.calib;
         const char *what = NULL;
@@ -280,6 +307,9 @@ static int emu_init(model_stage_t *st, const char *arg, char *err, size_t errlen
         if (st->last)
             st->emu_fwd_s += c->head_fwd, st->emu_bwd_s += c->head_bwd;
         st->emu_opt_s = c->opt_per_param * st->n_params;
+        st->emu_bwd_w_s = st->emu_bwd_s / 2; /* the calibration measured whole backwards */
+        if (c->prec >= 0) /* a cuda calibration: its boundary tensors were in that precision */
+            st->act_elem_bytes = model_prec_info(c->prec)->elem_bytes;
     }
     if (st->p.tied_embeddings && st->p.stages > 1 && (st->first || st->last)) {
         st->tied_grad = calloc((size_t)st->V * st->C, sizeof(float));
@@ -320,6 +350,20 @@ static int emu_backward(model_stage_t *st, int slot, const float *dout, float *d
     return 0;
 }
 
+static int emu_backward_input(model_stage_t *st, int slot, const float *dout, float *din)
+{
+    (void)slot, (void)dout, (void)din;
+    sleep_until(pn_now(), st->emu_bwd_s - st->emu_bwd_w_s);
+    return 0;
+}
+
+static int emu_backward_weights(model_stage_t *st, int slot)
+{
+    (void)slot;
+    sleep_until(pn_now(), st->emu_bwd_w_s);
+    return 0;
+}
+
 static int emu_step(model_stage_t *st)
 {
     sleep_until(pn_now(), st->emu_opt_s);
@@ -333,6 +377,8 @@ const model_backend_t model_backend_emulate = {
     .init = emu_init,
     .forward = emu_forward,
     .backward = emu_backward,
+    .backward_input = emu_backward_input,
+    .backward_weights = emu_backward_weights,
     .step = emu_step,
     .destroy = emu_destroy,
 };

@@ -1,6 +1,8 @@
 /* Parsing and checking of the model/compute option group, so that every subcommand
  * that builds stages accepts the same words and rejects bad ones with the same message. */
 #include "models/options.h"
+#include "common/limits.h"
+#include "common/parse.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -10,24 +12,34 @@
 #include <string.h>
 #include <unistd.h>
 
-static const struct option group[] = {
-    {"model", required_argument, NULL, MODEL_OPT_MODEL},
-    {"layers", required_argument, NULL, MODEL_OPT_LAYERS},
-    {"hidden", required_argument, NULL, MODEL_OPT_HIDDEN},
-    {"heads", required_argument, NULL, MODEL_OPT_HEADS},
-    {"vocab", required_argument, NULL, MODEL_OPT_VOCAB},
-    {"seq-len", required_argument, NULL, MODEL_OPT_SEQ_LEN},
-    {"stages", required_argument, NULL, MODEL_OPT_STAGES},
-    {"partition", required_argument, NULL, MODEL_OPT_PARTITION},
-    {"batch-size", required_argument, NULL, MODEL_OPT_BATCH_SIZE},
-    {"micro-batch-size", required_argument, NULL, MODEL_OPT_MICRO_BATCH_SIZE},
-    {"compute", required_argument, NULL, MODEL_OPT_COMPUTE},
-    {"dataset", required_argument, NULL, MODEL_OPT_DATASET},
-    {"recompute", no_argument, NULL, MODEL_OPT_RECOMPUTE},
-    {"tied-embeddings", no_argument, NULL, MODEL_OPT_TIED_EMBEDDINGS},
-    {"threads", required_argument, NULL, MODEL_OPT_THREADS},
-    {"seed", required_argument, NULL, MODEL_OPT_SEED},
-    {"lr", required_argument, NULL, MODEL_OPT_LR},
+const model_option_t model_options_group[] = {
+    {"model", 0, MODEL_OPT_MODEL, "NAME", "model config: {models}", "gpt3-small"},
+    {"layers", 0, MODEL_OPT_LAYERS, "N", "transformer layers (overrides the config)", "the config's"},
+    {"hidden", 0, MODEL_OPT_HIDDEN, "D", "model width (overrides the config)", "the config's"},
+    {"heads", 0, MODEL_OPT_HEADS, "H", "attention heads, must divide --hidden (overrides the config)", "the config's"},
+    {"vocab", 0, MODEL_OPT_VOCAB, "V", "vocabulary size (overrides the config)", "the config's"},
+    {"seq-len", 'T', MODEL_OPT_SEQ_LEN, "T", "tokens per sequence", "the model's context"},
+    {"stages", 'P', MODEL_OPT_STAGES, "P", "pipeline stages, the layers split evenly",
+     "the number of --partition entries, else 1"},
+    {"partition", 0, MODEL_OPT_PARTITION, "A,B,..", "layers per stage (must sum to the layer count)", "even split"},
+    {"batch-size", 0, MODEL_OPT_BATCH_SIZE, "N", "sequences per iteration", "8"},
+    {"micro-batch-size", 'u', MODEL_OPT_MICRO_BATCH_SIZE, "b", "sequences per micro-batch: N / b micro-batches",
+     "1"},
+    {"compute", 'c', MODEL_OPT_COMPUTE, "SPEC",
+     "cpu (real training) | cuda[:fp32|tf32|fp16|bf16] (GPU) | emulate:DEV[,PREC][,eff=X]\n"
+     "(DEV v100|a100|h100|h200|l4|...) | emulate:fwd=25ms,bwd=75ms[,opt=T]\n"
+     "| emulate:FILE (written by `pipenem calibrate`); emulate sleeps for the modelled time\n"
+     "on real-size tensors instead of computing",
+     "cpu"},
+    {"dataset", 0, MODEL_OPT_DATASET, "D", "random or a text file (byte tokens)", "random"},
+    {"recompute", 0, MODEL_OPT_RECOMPUTE, NULL, "keep only each layer's input, recompute the rest in backward", NULL},
+    {"tied-embeddings", 0, MODEL_OPT_TIED_EMBEDDINGS, NULL,
+     "one embedding/head matrix, gradients summed across the first and last stage", NULL},
+    {"threads", 0, MODEL_OPT_THREADS, "N", "OpenMP and OpenBLAS threads per stage (cpu)", "the libraries' default"},
+    {"seed", 0, MODEL_OPT_SEED, "S", "parameter and data seed", "1234"},
+    {"lr", 0, MODEL_OPT_LR, "X", "AdamW learning rate", "6e-4"},
+    {"device", 0, MODEL_OPT_DEVICE, "N", "cuda: the GPU", "the launcher's local rank, else 0"},
+    {NULL, 0, 0, NULL, NULL, NULL},
 };
 
 void model_options_defaults(model_options_t *o)
@@ -40,41 +52,63 @@ void model_options_defaults(model_options_t *o)
     snprintf(o->dataset, sizeof o->dataset, "random");
     o->seed = 1234;
     o->lr = 6e-4f;
+    o->device = -1;
 }
 
 int model_options_table(struct option *dst, size_t cap, const struct option *own)
 {
-    size_t n = 0, ng = sizeof group / sizeof *group;
+    size_t n = 0;
     while (own && own[n].name)
         n++;
-    if (n + ng + 1 > cap)
+    if (n + 1 > cap)
         return -ENOSPC;
     if (n)
         memcpy(dst, own, n * sizeof *dst);
-    memcpy(dst + n, group, ng * sizeof *dst);
-    memset(&dst[n + ng], 0, sizeof *dst);
-    return (int)(n + ng);
+    for (const model_option_t *g = model_options_group; g->name; g++, n++) {
+        if (n + 2 > cap)
+            return -ENOSPC;
+        dst[n] = (struct option){g->name, g->arg ? required_argument : no_argument, NULL, g->val};
+    }
+    memset(&dst[n], 0, sizeof *dst);
+    return (int)n;
 }
 
 static const char *opt_name(int opt)
 {
-    for (size_t i = 0; i < sizeof group / sizeof *group; i++)
-        if (group[i].val == opt)
-            return group[i].name;
+    for (const model_option_t *g = model_options_group; g->name; g++)
+        if (g->val == opt)
+            return g->name;
     return "?";
 }
 
 /* A whole-string integer in [lo, hi]. */
 static int parse_int(int opt, const char *arg, int lo, int hi, int *out, char *err, size_t errlen)
 {
-    char *end;
-    errno = 0;
-    long v = strtol(arg, &end, 10);
-    if (end == arg || *end || errno || v < lo || v > hi) {
-        snprintf(err, errlen, "--%s: expected an integer %d..%d, got '%s'", opt_name(opt), lo, hi, arg);
-        return -EINVAL;
+    if (pn_parse_int(arg, lo, hi, out))
+        return pn_err(err, errlen, -EINVAL, "--%s: expected an integer %d..%d, got '%s'", opt_name(opt), lo, hi, arg);
+    return 0;
+}
+
+/* --partition A,B,...: layer counts, each >= 1, one per stage. */
+static int parse_partition(model_options_t *o, const char *arg, char *err, size_t errlen)
+{
+    int n = 0;
+    const char *s = arg;
+    while (1) {
+        char *end;
+        errno = 0;
+        long v = strtol(s, &end, 10);
+        if (end == s || errno || v < 1 || v > MODEL_MAX_LAYERS || (*end && *end != ','))
+            return pn_err(err, errlen, -EINVAL, "--partition: expected layer counts like 4,4,4 (each >= 1), "
+                          "bad entry %d in '%s'", n, arg);
+        if (n == PN_MAX_STAGES)
+            return pn_err(err, errlen, -EINVAL, "--partition: more than %d stages", PN_MAX_STAGES);
+        o->partition[n++] = (int)v;
+        if (!*end)
+            break;
+        s = end + 1;
     }
-    *out = (int)v;
+    o->n_partition = n;
     return 0;
 }
 
@@ -112,30 +146,9 @@ int model_options_parse(model_options_t *o, int opt, const char *arg, char *err,
     case MODEL_OPT_STAGES:
         rc = parse_int(opt, arg, 1, PN_MAX_STAGES, &o->stages, err, errlen);
         break;
-    case MODEL_OPT_PARTITION: {
-        int n = 0;
-        const char *s = arg;
-        while (1) {
-            char *end;
-            errno = 0;
-            long v = strtol(s, &end, 10);
-            if (end == s || errno || v < 1 || v > MODEL_MAX_LAYERS || (*end && *end != ',')) {
-                snprintf(err, errlen, "--partition: expected layer counts like 4,4,4 (each >= 1), "
-                         "bad entry %d in '%s'", n, arg);
-                return -EINVAL;
-            }
-            if (n == PN_MAX_STAGES) {
-                snprintf(err, errlen, "--partition: more than %d stages", PN_MAX_STAGES);
-                return -EINVAL;
-            }
-            o->partition[n++] = (int)v;
-            if (!*end)
-                break;
-            s = end + 1;
-        }
-        o->n_partition = n;
+    case MODEL_OPT_PARTITION:
+        rc = parse_partition(o, arg, err, errlen);
         break;
-    }
     case MODEL_OPT_BATCH_SIZE:
         rc = parse_int(opt, arg, 1, INT_MAX, &o->batch_size, err, errlen);
         break;
@@ -176,6 +189,9 @@ int model_options_parse(model_options_t *o, int opt, const char *arg, char *err,
         break;
     case MODEL_OPT_THREADS:
         rc = parse_int(opt, arg, 1, 1024, &o->threads, err, errlen);
+        break;
+    case MODEL_OPT_DEVICE:
+        rc = parse_int(opt, arg, 0, 1023, &o->device, err, errlen);
         break;
     case MODEL_OPT_SEED: {
         char *end;
@@ -254,6 +270,21 @@ int model_options_finish(model_options_t *o, model_stage_params_t *p, char *err,
         snprintf(err, errlen, "--stages %d is more than the %d layers of %s", stages, cfg.layers, cfg.name);
         return -EINVAL;
     }
+    if (o->device >= 0) {
+        /* --device N becomes part of the compute spec (cuda:PREC,dev=N), which every
+         * stage process receives */
+        size_t n = strlen(o->compute);
+        if (strncmp(o->compute, "cuda", 4) || (o->compute[4] && o->compute[4] != ':')) {
+            snprintf(err, errlen, "--device %d needs --compute cuda[:PREC], not '%s'", o->device, o->compute);
+            return -EINVAL;
+        }
+        if (n + 16 >= sizeof o->compute) {
+            snprintf(err, errlen, "--compute: value too long");
+            return -EINVAL;
+        }
+        snprintf(o->compute + n, sizeof o->compute - n, "%sdev=%d", o->compute[4] ? "," : ":", o->device);
+        o->device = -1;
+    }
     rc = model_compute_check(o->compute, err, errlen);
     if (rc)
         return rc;
@@ -285,24 +316,4 @@ int model_options_finish(model_options_t *o, model_stage_params_t *p, char *err,
     p->tied_embeddings = o->tied_embeddings;
     p->lr = o->lr;
     return 0;
-}
-
-const char *model_options_help(void)
-{
-    return "model and compute:\n"
-           "  --model NAME            gpt3-small (default), gpt3-medium, gpt3-large, gpt3-xl, gpt3-2.7b, tiny\n"
-           "  --layers N --hidden D --heads H --vocab V   override the config\n"
-           "  --seq-len T             tokens per sequence (default: the model's context)\n"
-           "  --stages P              pipeline stages, layers split evenly\n"
-           "  --partition A,B,...     layers per stage (must sum to the layer count)\n"
-           "  --batch-size N          sequences per iteration (default 8)\n"
-           "  --micro-batch-size b    sequences per micro-batch (default 1); N/b micro-batches\n"
-           "  --compute C             cpu | emulate:v100|a100|h100[,eff=X] | emulate:fwd=25ms,bwd=75ms[,opt=T]\n"
-           "                          | emulate:FILE (written by pipenem calibrate --out)\n"
-           "  --dataset D             random (default) or a text file (byte tokens)\n"
-           "  --recompute             keep only each layer's input, recompute in backward\n"
-           "  --tied-embeddings       one embedding/head matrix, gradients summed across first and last stage\n"
-           "  --threads N             OpenMP and OpenBLAS threads (cpu)\n"
-           "  --seed S                parameter and data seed (default 1234)\n"
-           "  --lr X                  AdamW learning rate (default 6e-4)\n";
 }

@@ -1,6 +1,7 @@
 /* The shared run configuration: option table, parsing with a message per bad value,
  * cross-field checks, and the canonical text whose hash every rank compares. */
 #include "pipeline/runcfg.h"
+#include "common/parse.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -11,21 +12,43 @@
 #include "netem/profile.h"
 #include "schedules/sched.h"
 
-static const struct option group[] = {
-    {"schedule", required_argument, NULL, RUNCFG_OPT_SCHEDULE},
-    {"slack", required_argument, NULL, RUNCFG_OPT_SLACK},
-    {"iters", required_argument, NULL, RUNCFG_OPT_ITERS},
-    {"warmup", required_argument, NULL, RUNCFG_OPT_WARMUP},
-    {"net", required_argument, NULL, RUNCFG_OPT_NET},
-    {"emulator", required_argument, NULL, RUNCFG_OPT_EMULATOR},
-    {"dist-url", required_argument, NULL, RUNCFG_OPT_DIST_URL},
-    {"world-size", required_argument, NULL, RUNCFG_OPT_WORLD_SIZE},
-    {"rank", required_argument, NULL, RUNCFG_OPT_RANK},
-    {"token", required_argument, NULL, RUNCFG_OPT_TOKEN},
-    {"timeout", required_argument, NULL, RUNCFG_OPT_TIMEOUT},
-    {"trace", required_argument, NULL, RUNCFG_OPT_TRACE},
-    {"ucx-tls", required_argument, NULL, RUNCFG_OPT_UCX_TLS},
-    {"ucx-devices", required_argument, NULL, RUNCFG_OPT_UCX_DEVICES},
+const model_option_t runcfg_pipeline_group[] = {
+    {"schedule", 's', RUNCFG_OPT_SCHEDULE, "S", "pipeline schedule: {schedules}", "1f1b"},
+    {"slack", 'k', RUNCFG_OPT_SLACK, "K", "extra micro-batches in flight per hop (1f1b-slack only)",
+     "1 with 1f1b-slack, else 0"},
+    {"iters", 'n', RUNCFG_OPT_ITERS, "N", "measured iterations", "10"},
+    {"warmup", 'w', RUNCFG_OPT_WARMUP, "W", "iterations run first and left out of the figures", "1"},
+    {"timeout", 0, RUNCFG_OPT_TIMEOUT, "SECONDS", "a single wait of a stage longer than this fails the job", "300"},
+    {"trace", 0, RUNCFG_OPT_TRACE, "FILE", "write the per-op trace as CSV (rank, iteration, op, micro-batch, times)",
+     "none"},
+    {NULL, 0, 0, NULL, NULL, NULL},
+};
+
+const model_option_t runcfg_network_group[] = {
+    {"net", 'N', RUNCFG_OPT_NET, "NET",
+     "link profiles: default | PROFILE | 0-1=PROFILE,1-2=PROFILE, where PROFILE is\n"
+     "DELAY/RATE (10ms/1Gbps) or delay=10ms,jitter=1ms,loss=0.1%,rate=1gbit",
+     "default (no shaping)"},
+    {"emulator", 'e', RUNCFG_OPT_EMULATOR, "E",
+     "how --net is applied: {emulators}. netem: kernel qdiscs in one network\n"
+     "namespace per stage (needs root); shim: the transport itself holds back and paces\n"
+     "each message (no root); auto: the most faithful one usable here",
+     "auto"},
+    {"ucx-tls", 0, RUNCFG_OPT_UCX_TLS, "T", "UCX transports to use (UCX_TLS)",
+     "UCX's own choice; tcp between namespaces"},
+    {"ucx-devices", 0, RUNCFG_OPT_UCX_DEVICES, "D", "the only network devices UCX listens on (UCX_NET_DEVICES)",
+     "lo, or, with one network namespace per stage, that stage's own virtual link (veth)"},
+    {NULL, 0, 0, NULL, NULL, NULL},
+};
+
+const model_option_t runcfg_multihost_group[] = {
+    {"dist-url", 0, RUNCFG_OPT_DIST_URL, "tcp://HOST:PORT", "rank 0's rendezvous address (rank 0 listens there only)",
+     "none; needed with more than one rank"},
+    {"world-size", 0, RUNCFG_OPT_WORLD_SIZE, "P", "ranks of the job",
+     "SLURM_NTASKS, OMPI_COMM_WORLD_SIZE or PMI_SIZE"},
+    {"rank", 0, RUNCFG_OPT_RANK, "R", "this process's rank", "SLURM_PROCID, OMPI_COMM_WORLD_RANK or PMI_RANK"},
+    {"token", 0, RUNCFG_OPT_TOKEN, "T", "job token shared by all ranks", "PIPENEM_TOKEN, or the launcher's job id"},
+    {NULL, 0, 0, NULL, NULL, NULL},
 };
 
 void runcfg_defaults(runcfg_t *c)
@@ -33,6 +56,7 @@ void runcfg_defaults(runcfg_t *c)
     memset(c, 0, sizeof *c);
     model_options_defaults(&c->model);
     snprintf(c->schedule, sizeof c->schedule, "1f1b");
+    c->slack = -1;   /* runcfg_finish: 1 for 1f1b-slack, else 0 */
     c->iters = 10;
     c->warmup = 1;
     snprintf(c->net, sizeof c->net, "default");
@@ -44,55 +68,29 @@ void runcfg_defaults(runcfg_t *c)
 
 int runcfg_options_table(struct option *dst, size_t cap, const struct option *own)
 {
-    size_t n = 0, ng = sizeof group / sizeof *group;
+    size_t n = 0;
     while (own && own[n].name)
         n++;
-    if (n + ng + 1 > cap)
+    if (n + 1 > cap)
         return -ENOSPC;
     if (n) /* own may be NULL */
         memcpy(dst, own, n * sizeof *dst);
-    memcpy(dst + n, group, ng * sizeof *dst);
-    memset(&dst[n + ng], 0, sizeof *dst);
+    const model_option_t *groups[] = {runcfg_pipeline_group, runcfg_network_group, runcfg_multihost_group};
+    for (size_t g = 0; g < sizeof groups / sizeof *groups; g++)
+        for (const model_option_t *o = groups[g]; o->name; o++, n++) {
+            if (n + 2 > cap)
+                return -ENOSPC;
+            dst[n] = (struct option){o->name, o->arg ? required_argument : no_argument, NULL, o->val};
+        }
     /* the model group goes after ours and terminates the table */
-    int k = model_options_table(dst + n + ng, cap - n - ng, NULL);
-    return k < 0 ? -ENOSPC : (int)(n + ng) + k;
-}
-
-const char *runcfg_help(void)
-{
-    static char buf[8192];
-    if (!buf[0])
-        snprintf(buf, sizeof buf, "%s%s", model_options_help(),
-                 "pipeline:\n"
-                 "  --schedule S            gpipe, 1f1b (default), 1f1b-slack\n"
-                 "  --slack K               extra micro-batches in flight per hop (1f1b-slack)\n"
-                 "  --iters N               measured iterations (default 10)\n"
-                 "  --warmup W              iterations run first and left out of the summary (default 1)\n"
-                 "  --net NET               default | PROFILE | 0-1=PROFILE,1-2=PROFILE (e.g. 10ms/1Gbps)\n"
-                 "  --emulator E            auto (default: the most faithful usable) | netem (kernel qdiscs in\n"
-                 "                          per-host namespaces) | shim (in-transport shaper, no root)\n"
-                 "  --timeout SECONDS       a single wait longer than this fails the job (default 300)\n"
-                 "  --trace FILE            write this rank's per-op trace CSV\n"
-                 "  --ucx-tls T --ucx-devices D   force UCX_TLS / UCX_NET_DEVICES (UCX listens on these devices\n"
-                 "                                only; default: run: lo, or each host's veth; stage: the\n"
-                 "                                interface that reaches rank 0)\n"
-                 "multi-host (pipenem stage):\n"
-                 "  --dist-url tcp://HOST:PORT   rank 0's rendezvous address (rank 0 listens there only)\n"
-                 "  --world-size P --rank R      or SLURM_PROCID/NTASKS, OMPI_COMM_WORLD_RANK/SIZE, PMI_RANK/SIZE\n"
-                 "  --token T                    job token shared by all ranks (or PIPENEM_TOKEN, the launcher's job id)\n");
-    return buf;
+    int k = model_options_table(dst + n, cap - n, NULL);
+    return k < 0 ? -ENOSPC : (int)n + k;
 }
 
 static int parse_int(const char *name, const char *arg, int lo, int hi, int *out, char *err, size_t errlen)
 {
-    char *end;
-    errno = 0;
-    long v = strtol(arg, &end, 10);
-    if (end == arg || *end || errno || v < lo || v > hi) {
-        snprintf(err, errlen, "--%s: expected an integer %d..%d, got '%s'", name, lo, hi, arg);
-        return -EINVAL;
-    }
-    *out = (int)v;
+    if (pn_parse_int(arg, lo, hi, out))
+        return pn_err(err, errlen, -EINVAL, "--%s: expected an integer %d..%d, got '%s'", name, lo, hi, arg);
     return 0;
 }
 
@@ -119,20 +117,20 @@ int runcfg_option(runcfg_t *c, int opt, const char *arg, char *err, size_t errle
         }
         rc = copy_str("schedule", arg, c->schedule, sizeof c->schedule, err, errlen);
         break;
-    case RUNCFG_OPT_SLACK: rc = parse_int("slack", arg, 0, 1 << 16, &c->slack, err, errlen); break;
-    case RUNCFG_OPT_ITERS: rc = parse_int("iters", arg, 1, 1 << 20, &c->iters, err, errlen); break;
-    case RUNCFG_OPT_WARMUP: rc = parse_int("warmup", arg, 0, 1 << 20, &c->warmup, err, errlen); break;
+    case RUNCFG_OPT_SLACK: rc = parse_int("slack", arg, 0, PN_MAX_SLACK, &c->slack, err, errlen); break;
+    case RUNCFG_OPT_ITERS: rc = parse_int("iters", arg, 1, PN_MAX_ITERS, &c->iters, err, errlen); break;
+    case RUNCFG_OPT_WARMUP: rc = parse_int("warmup", arg, 0, PN_MAX_ITERS, &c->warmup, err, errlen); break;
     case RUNCFG_OPT_NET: rc = copy_str("net", arg, c->net, sizeof c->net, err, errlen); break;
     case RUNCFG_OPT_EMULATOR:
-        if (strcmp(arg, "auto") && strcmp(arg, "netem") && strcmp(arg, "shim")) {
+        if (strcmp(arg, "auto") && !netem_emulator_find(arg)) {
             snprintf(err, errlen, "--emulator: expected %s, got '%s'", netem_emulator_names(), arg);
             return -EINVAL;
         }
         rc = copy_str("emulator", arg, c->emulator, sizeof c->emulator, err, errlen);
         break;
     case RUNCFG_OPT_DIST_URL: rc = copy_str("dist-url", arg, c->dist_url, sizeof c->dist_url, err, errlen); break;
-    case RUNCFG_OPT_WORLD_SIZE: rc = parse_int("world-size", arg, 1, 16384, &c->world_size, err, errlen); break;
-    case RUNCFG_OPT_RANK: rc = parse_int("rank", arg, 0, 16383, &c->rank, err, errlen); break;
+    case RUNCFG_OPT_WORLD_SIZE: rc = parse_int("world-size", arg, 1, PN_MAX_WORLD, &c->world_size, err, errlen); break;
+    case RUNCFG_OPT_RANK: rc = parse_int("rank", arg, 0, PN_MAX_WORLD - 1, &c->rank, err, errlen); break;
     case RUNCFG_OPT_TOKEN: rc = copy_str("token", arg, c->token, sizeof c->token, err, errlen); break;
     case RUNCFG_OPT_TIMEOUT: {
         char *end;
@@ -172,11 +170,13 @@ int runcfg_finish(runcfg_t *c, char *err, size_t errlen)
     }
     /* The transport's tag holds 24 bits of micro-batch, and every op list is built up
      * front: a typo like --batch-size 255251522 must not spend minutes building one. */
-    if (c->micro_batches > RUNCFG_MB_MAX) {
+    if (c->micro_batches > PN_MAX_MICRO_BATCHES) {
         snprintf(err, errlen, "--batch-size / --micro-batch-size give %d micro-batches; at most %d", c->micro_batches,
-                 RUNCFG_MB_MAX);
+                 PN_MAX_MICRO_BATCHES);
         return -EINVAL;
     }
+    if (c->slack < 0)
+        c->slack = sched_uses_slack(c->schedule) == 1 ? 1 : 0;
     if (c->slack && sched_uses_slack(c->schedule) != 1) {
         snprintf(err, errlen, "--slack %d needs --schedule 1f1b-slack (got %s)", c->slack, c->schedule);
         return -EINVAL;

@@ -9,9 +9,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "common/err.h"
+#include "common/limits.h"
 #include "models/options.h"
-
-#define RUNCFG_WUR __attribute__((warn_unused_result))
 
 /* getopt values of the pipeline group (the model group owns 0x1000..0x1fff). */
 enum {
@@ -21,13 +21,11 @@ enum {
     RUNCFG_OPT_UCX_TLS, RUNCFG_OPT_UCX_DEVICES, RUNCFG_OPT_END
 };
 
-enum { RUNCFG_MB_MAX = 1 << 16 };   /* micro-batches per iteration */
-
-typedef struct {
+typedef struct runcfg {
     /* ---- shared by every rank (hashed) ---- */
     model_options_t model;   /* --model ... --lr (models/options.h) */
     char schedule[32];
-    int slack;               /* K of 1f1b-slack */
+    int slack;               /* K of 1f1b-slack; -1 until runcfg_finish = the default */
     int iters, warmup;       /* measured iterations after warm-up ones */
     char net[512];           /* --net: "default", a profile, or a per-link list */
     char emulator[16];       /* how --net is applied: "auto", "netem" or "shim" */
@@ -47,18 +45,21 @@ void runcfg_defaults(runcfg_t *c);
 
 /* The caller's own long options (may be NULL) followed by the model group's and the
  * pipeline group's, terminated, into dst. Returns the entry count or -ENOSPC. */
-int runcfg_options_table(struct option *dst, size_t cap, const struct option *own) RUNCFG_WUR;
-/* The help text of both groups. */
-const char *runcfg_help(void);
+int runcfg_options_table(struct option *dst, size_t cap, const struct option *own) PN_WUR;
+/* The option groups this module parses (name-NULL terminated): schedule and iterations,
+ * the links and their emulation, and the multi-host launch of `pipenem stage`. */
+extern const model_option_t runcfg_pipeline_group[];
+extern const model_option_t runcfg_network_group[];
+extern const model_option_t runcfg_multihost_group[];
 
 /* Applies one parsed option: 1 if it belongs to either group, 0 if not, -EINVAL with a
  * message naming the option and the bad value. */
-int runcfg_option(runcfg_t *c, int opt, const char *arg, char *err, size_t errlen) RUNCFG_WUR;
+int runcfg_option(runcfg_t *c, int opt, const char *arg, char *err, size_t errlen) PN_WUR;
 
 /* Cross-field checks and derived values: the model group's checks, schedule name and
  * slack, warmup below iters, --net against the stage count and emulator, world size
  * against stages. -EINVAL naming the combination that is wrong. */
-int runcfg_finish(runcfg_t *c, char *err, size_t errlen) RUNCFG_WUR;
+int runcfg_finish(runcfg_t *c, char *err, size_t errlen) PN_WUR;
 
 /* "model=tiny seq_len=... " of the shared fields as given (0 = the model's default), in a
  * fixed order: what ranks compare. */

@@ -129,7 +129,7 @@ static void test_sweep_stages_run_as_user(void **state)
         if (!freopen("/dev/null", "w", stdout))
             _exit(127);
         execl(tu_pipenem(), "pipenem", "sweep", "--model", "tiny", "--stages", "3", "--batch-size", "4", "--seq-len",
-              "16", "--schedules", "gpipe", "--micro-batch-sizes", "1", "--profiles", "default", "--compute",
+              "16", "--schedule", "gpipe", "--micro-batch-sizes", "1", "--profiles", "default", "--compute",
               "emulate:fwd=40ms,bwd=40ms", "--iters", "3", "--no-plots", "--user", "nobody", "--out", out,
               (char *)NULL);
         _exit(127);

@@ -27,7 +27,7 @@ static void expect(int rc_want, const char *needle, const char *args)
 static void test_schedule_check_and_timeline(void **state)
 {
     (void)state;
-    expect(0, "# check: OK", "schedule -s gpipe -p 3 -m 4 --check");
+    expect(0, "# check: OK", "schedule -s gpipe -P 3 -m 4 --check");
     assert_non_null(strstr(out, "(units)"));
     assert_non_null(strstr(out, "stage 0| F0 F1 F2 F3 .. .. .. .. .. .. B0 B0 B1 B1 B2 B2 B3 B3\n"));
     assert_non_null(strstr(out, "stage 1| .. F0 F1 F2 F3 .. .. .. B0 B0 B1 B1 B2 B2 B3 B3 .. ..\n"));
@@ -35,8 +35,8 @@ static void test_schedule_check_and_timeline(void **state)
     assert_non_null(strstr(out, "iteration 18 units"));
     assert_non_null(strstr(out, "stage 1: Ra0 F0 Sa0 Ra1 F1 Sa1"));
     static const char *const ok[] = {
-        "schedule -s 1f1b -p 8 -m 16 --check", "schedule -s 1f1b-slack -k 2 -p 5 -m 9 --check",
-        "schedule -s 1f1b-slack -k auto -p 4 -m 4 --check --no-timeline", "schedule -p 1 -m 1 --check",
+        "schedule -s 1f1b -P 8 -m 16 --check", "schedule -s 1f1b-slack -k 2 -P 5 -m 9 --check",
+        "schedule -s 1f1b-slack -k auto -P 4 -m 4 --check --no-timeline", "schedule -P 1 -m 1 --check",
         "schedule",
     };
     for (size_t i = 0; i < sizeof ok / sizeof *ok; i++)
@@ -51,7 +51,7 @@ static void test_schedule_ops_file(void **state)
     char dir[] = "/tmp/pn_sched_cli_XXXXXX", path[64], args[1024];
     assert_non_null(mkdtemp(dir));
     snprintf(path, sizeof path, "%s/ops", dir);
-    snprintf(args, sizeof args, "schedule -s 1f1b -p 3 -m 5 > %s && %s schedule --ops %s --check",
+    snprintf(args, sizeof args, "schedule -s 1f1b -P 3 -m 5 > %s && %s schedule --ops %s --check",
              path, tu_pipenem(), path);
     expect(0, "# check: OK", args);
     static const struct {
@@ -87,13 +87,13 @@ static void test_schedule_usage_errors(void **state)
     static const struct {
         const char *args, *needle;
     } bad[] = {
-        {"schedule -p 0", "--stages '0'"},
+        {"schedule -P 0", "--stages '0'"},
         {"schedule -m -3", "--micro-batches '-3'"},
         {"schedule -m 4x", "--micro-batches '4x'"},
         {"schedule -s pipedream", "unknown schedule 'pipedream'"},
         {"schedule -s gpipe -k 1", "--slack applies to 1f1b-slack"},
         {"schedule -s 1f1b-slack -k many", "--slack 'many'"},
-        {"schedule --ops x -p 3", "drop --stages"},
+        {"schedule --ops x -P 3", "drop --stages"},
         {"schedule stray", "unexpected argument 'stray'"},
         {"schedule --bogus", "'--bogus'"},
         {"schedule -p", "needs a value"},
@@ -108,7 +108,7 @@ static void test_schedule_usage_errors(void **state)
 static void test_sim_output(void **state)
 {
     (void)state;
-    expect(0, "# OK", "sim -p 3 -m 64 -f 25 -B 75 --bytes 6.3MB");
+    expect(0, "# OK", "sim -P 3 -m 64 -f 25 -B 75 --bytes 6.3MB");
     assert_non_null(strstr(out, "(ms)"));
     for (const char *s = "gpipe\0" "1f1b\0" "1f1b-slack\0"; *s; s += strlen(s) + 1) {
         char row[64];
@@ -120,9 +120,9 @@ static void test_sim_output(void **state)
     assert_non_null(strstr(out, "slack auto:"));
     assert_non_null(strstr(out, "critical path gpipe"));
     expect(0, "# pipenem sim: 2 stages, 4 micro-batches (batch 64 / micro-batch size 16)",
-           "sim -p 2 -u 16 -f 1 -B 2 -s gpipe --critical-path");
+           "sim -P 2 -u 16 -f 1 -B 2 -s gpipe --critical-path");
     assert_non_null(strstr(out, "s0:F0"));
-    expect(0, "# OK", "sim -p 2 -m 4 -f 1,2 -B 2,4 --opt-ms 1 -s 1f1b --send-mode blocking --overhead-us 5 --bytes 4KiB");
+    expect(0, "# OK", "sim -P 2 -m 4 -f 1,2 -B 2,4 --opt-ms 1 -s 1f1b --send-mode blocking --overhead-us 5 --bytes 4KiB");
 }
 
 /* The acceptance scenario through the command line: 1f1b-slack with --slack auto is
@@ -131,7 +131,7 @@ static void test_sim_output(void **state)
 static void test_sim_net_slack_auto(void **state)
 {
     (void)state;
-    expect(0, "# OK", "sim -p 3 -m 64 -f 25 -B 75 --bytes 6.3MB --net 10ms/1Gbps");
+    expect(0, "# OK", "sim -P 3 -m 64 -f 25 -B 75 --bytes 6.3MB --net 10ms/1Gbps");
     assert_non_null(strstr(out, "0-1 delay 10ms"));
     double t[3] = {0};
     static const char *const names[] = {"gpipe", "1f1b", "1f1b-slack"};
@@ -148,7 +148,7 @@ static void test_sim_net_slack_auto(void **state)
     if (!(t[0] > 0 && t[1] > 0 && t[2] > 0 && t[2] < t[0] && t[2] < t[1]))
         fail_msg("1f1b-slack is not the fastest:\n%s", out);
     expect(2, "--net '10qs'", "sim -f 25 -B 75 --net 10qs");
-    expect(2, "--net", "sim -p 2 -f 25 -B 75 --net 0-5=10ms/1Gbps");
+    expect(2, "--net", "sim -P 2 -f 25 -B 75 --net 0-5=10ms/1Gbps");
 }
 
 /* --model: the costs and message size come from the models module (emulate device
@@ -156,13 +156,13 @@ static void test_sim_net_slack_auto(void **state)
 static void test_sim_model(void **state)
 {
     (void)state;
-    expect(0, "# OK", "sim --model gpt3-small -p 3 -m 8 --compute emulate:v100 -s 1f1b");
+    expect(0, "# OK", "sim --model gpt3-small -P 3 -m 8 --compute emulate:v100 -s 1f1b");
     assert_non_null(strstr(out, "costs from gpt3-small seq 2048 micro-batch 1 on emulate:v100"));
     assert_non_null(strstr(out, "messages 6291456 B activations"));
     expect(2, "drop --fwd-ms", "sim --model gpt3-small -f 25");
     expect(2, "--seq-len applies to --model", "sim -f 25 -B 75 --seq-len 128");
     expect(2, "--compute 'cpu'", "sim --model tiny --compute cpu");
-    expect(2, "--model", "sim --model gpt5 -p 2");
+    expect(2, "--model", "sim --model gpt5 -P 2");
 }
 
 static void test_sim_usage_errors(void **state)
@@ -176,9 +176,9 @@ static void test_sim_usage_errors(void **state)
         {"sim -f -1 -B 75", "--fwd-ms '-1'"},
         {"sim -f nan -B 75", "--fwd-ms 'nan'"},
         {"sim -f 25 -B 75,1", "--bwd-ms has 2 values; want 1 or 3"},
-        {"sim -f 25 -B 75 -p 0", "--stages '0'"},
+        {"sim -f 25 -B 75 -P 0", "--stages '0'"},
         {"sim -f 25 -B 75 -m 0", "--micro-batches '0'"},
-        {"sim -f 25 -B 75 -b 10 -u 3", "not a multiple"},
+        {"sim -f 25 -B 75 --batch-size 10 -u 3", "not a multiple"},
         {"sim -f 25 -B 75 -m 8 -u 2", "not both"},
         {"sim -f 25 -B 75 -s gpipe,zb", "unknown schedule 'zb'"},
         {"sim -f 25 -B 75 --bytes 6.3XB", "--bytes '6.3XB'"},

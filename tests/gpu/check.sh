@@ -1,0 +1,162 @@
+#!/usr/bin/env bash
+# Every GPU test and benchmark of the cuda backend in one go, for a machine with an NVIDIA
+# GPU, from what travels with the working tree: `make gpu-pack` here writes
+# build-gpu/pack.tar.gz (binaries + the shared libraries a bare machine lacks); this script
+# unpacks it, finds cuBLAS on the machine (CUDA toolkit or the nvidia-cublas wheel), and runs
+#   unit      host-side unit tests (precision, devices, loss scale, options)
+#   probe     can `--compute cuda` run here at all? (else every GPU step SKIPs with the reason)
+#   compare   cuda vs cpu: loss, every gradient by name, parameters after 3 AdamW steps,
+#             tiny and d=768 T=256 2 layers (one per stage), plain/recompute/tied, each
+#             precision; the forced fp16 overflow (tests/test_models_cuda_gpu.c)
+#   pipeline  a 3-process `pipenem run --compute cuda` on one GPU: losses match --stages 1
+#   memcheck, racecheck   compute-sanitizer over a `tiny` calibrate run, where it runs
+#   bench     gpt3-small 4-layer stage vs cuBLAS on the same GEMMs, MFU (bench_models_cuda)
+# and ends with "gpu: N passed, N failed, N skipped" (exit 0 only without failures).
+# Logs go to $OUT when set (the device tool), else to a temporary folder.
+# usage: tests/gpu/check.sh [PACK_DIR=build-gpu]   (or a native build: BUILD=build tests/gpu/check.sh)
+# PN_GPU_QUICK=1 trims the comparisons and the benchmark to a few minutes.
+set -u
+cd "$(dirname "$0")/../.."
+pack=${1:-build-gpu}
+logs=${OUT:-$(mktemp -d /tmp/pn-gpu-logs.XXXXXX)}
+mkdir -p "$logs"
+passed=0 failed=0 skipped=0
+results=()
+
+note() { printf '# %s\n' "$*"; }
+record() { # NAME RESULT(pass|fail|skip) DETAIL
+	case $2 in pass) passed=$((passed + 1)) ;; fail) failed=$((failed + 1)) ;; *) skipped=$((skipped + 1)) ;; esac
+	results+=("$(printf '%-10s %-5s %s' "$1" "$2" "$3")")
+	note "$1: $2${3:+ ($3)}"
+}
+finish() {
+	echo "#"
+	printf '#   %s\n' "${results[@]}"
+	echo "# logs: $logs"
+	echo "gpu: $passed passed, $failed failed, $skipped skipped"
+	[ "$failed" -eq 0 ]
+	exit $?
+}
+
+# ---- the binaries: the pack, or a native build
+bin= lib=
+if [ -f "$pack/pack.tar.gz" ]; then
+	work=$(mktemp -d /tmp/pn-gpu.XXXXXX)
+	tar xzf "$pack/pack.tar.gz" -C "$work" || { record unpack fail "cannot unpack $pack/pack.tar.gz"; finish; }
+	bin=$work/bin lib=$work/lib
+	t_unit=$bin/test_models_cuda t_cmp=$bin/test_models_cuda_gpu t_bench=$bin/bench_models_cuda pipenem=$bin/pipenem
+elif [ -x "${BUILD:-build}/pipenem" ] && [ -x "${BUILD:-build}/tests/test_models_cuda_gpu" ]; then
+	b=${BUILD:-build}
+	t_unit=$b/tests/test_models_cuda t_cmp=$b/tests/test_models_cuda_gpu t_bench=$b/tests/bench_models_cuda
+	pipenem=$b/pipenem
+else
+	record setup fail "no $pack/pack.tar.gz and no ${BUILD:-build}/ with the cuda tests: run 'make gpu-pack' where it builds"
+	finish
+fi
+export LD_LIBRARY_PATH=${lib}${lib:+:}${LD_LIBRARY_PATH:-}
+export PIPENEM=$pipenem
+
+# ---- shared libraries: the pack's, then cuBLAS (dlopen'ed by the first cuda stage: the
+# binary's rpath, else wherever this machine keeps it)
+missing=$(ldd "$pipenem" 2>/dev/null | awk '/not found/ {print $1}' | tr '\n' ' ')
+if [ -n "$missing" ]; then
+	record libraries fail "not found on this machine nor in the pack: $missing"
+	finish
+fi
+so=$(grep -aom1 'libcublas\.so\.[0-9][0-9]*' "$pipenem")
+blas=
+for d in "${CUDA_HOME:-/usr/local/cuda}/lib64" /usr/local/cuda*/lib64 /usr/local/cuda*/targets/*/lib \
+	/usr/lib/x86_64-linux-gnu /usr/lib64; do
+	[ -e "$d/$so" ] && { blas=$d/$so; break; }
+done
+if [ -z "$blas" ]; then # pip wheels (nvidia-cublas, PyTorch's dependencies)
+	blas=$(find /usr/local/lib /usr/lib/python3* /opt /root/.local -name "$so" 2>/dev/null | head -1)
+fi
+[ -n "$blas" ] && export LD_LIBRARY_PATH=$LD_LIBRARY_PATH:$(dirname "$blas")
+note "$(date -u +%FT%TZ) $(uname -n): $( (nvidia-smi -L 2>/dev/null || echo 'no nvidia-smi') | head -1)"
+note "cuBLAS: ${blas:-$so not found (the probe says what the backend makes of it)}"
+
+# ---- a cmocka program: pass/fail/skip from its summary lines
+cmocka_step() { # NAME LIMIT PROGRAM
+	local name=$1 limit=$2 prog=$3 log=$logs/$1.log
+	note "--- $name: $prog"
+	timeout -k 10 "$limit" "$prog" >"$log" 2>&1
+	local rc=$? p f s
+	cat "$log"
+	p=$(grep -E '^\[  PASSED  \] [0-9]+ test' "$log" | awk '{s+=$4} END {print s+0}')
+	f=$(grep -E '^\[  FAILED  \] [0-9]+ test' "$log" | awk '{s+=$4} END {print s+0}')
+	s=$(grep -E '^\[  SKIPPED \] [0-9]+ test' "$log" | awk '{s+=$4} END {print s+0}')
+	if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then
+		record "$name" fail "exit status $rc (124: over ${limit}s)"
+	elif [ "$f" -gt 0 ]; then
+		record "$name" fail "$f of $((p + f + s)) failed"
+	elif [ "$p" -eq 0 ] && [ "$s" -gt 0 ]; then
+		record "$name" skip "$(grep -m1 -o 'SKIP: .*' "$log")"
+	else
+		record "$name" pass "$p passed, $s skipped"
+	fi
+}
+
+cmocka_step unit 120 "$t_unit"
+
+# ---- probe: one tiny calibrate step on the GPU
+note "--- probe"
+probe_log=$logs/probe.log
+if ! timeout -k 10 120 "$pipenem" calibrate --model tiny --seq-len 32 --compute cuda --iters 1 --warmup 0 >"$probe_log" 2>&1; then
+	cat "$probe_log"
+	why=$(grep -m1 -o 'cuda: .*' "$probe_log" || tail -1 "$probe_log")
+	for s in compare pipeline memcheck racecheck bench; do record "$s" skip "no usable GPU: $why"; done
+	finish
+fi
+cat "$probe_log"
+record probe pass "$(grep -m1 '^# compute' "$probe_log" | cut -c3-)"
+
+cmocka_step compare 900 "$t_cmp"
+
+# ---- pipeline: 3 processes on one GPU against one
+note "--- pipeline"
+run_losses() { # STAGES LOG -> the loss column of the iteration rows
+	timeout -k 10 300 "$pipenem" run --stages "$1" --model tiny --compute cuda --seq-len 64 --batch-size 4 \
+		--micro-batch-size 2 --iters 3 --warmup 0 --net default >"$2" 2>&1 || return 1
+	awk '/^ +[0-9]+ +[0-9.]+ +[-0-9.e+]+ +[0-9.]+ *$/ {print $3}' "$2"
+}
+if l1=$(run_losses 1 "$logs/pipeline-1.log") && l3=$(run_losses 3 "$logs/pipeline-3.log") && [ -n "$l1" ]; then
+	cmp=$(paste <(echo "$l1") <(echo "$l3") | awk '{d = $1 - $2; if (d < 0) d = -d; r = d / ($1 < 0 ? -$1 : $1);
+		if (r > w) w = r; printf "#   iteration %d: 1 stage %s, 3 stages %s, rel %.2e\n", NR - 1, $1, $2, r}
+		END {printf "worst %.3e\n", w}')
+	echo "$cmp"
+	worst=$(echo "$cmp" | awk '/^worst/ {print $2}')
+	if [ "$(echo "$l1" | wc -l)" -eq "$(echo "$l3" | wc -l)" ] && awk -v w="$worst" 'BEGIN {exit !(w <= 1e-5)}'; then
+		record pipeline pass "3 stages match 1 within $worst (tol 1e-5)"
+	else
+		record pipeline fail "losses differ: worst relative $worst (tol 1e-5)"
+	fi
+else
+	tail -20 "$logs"/pipeline-*.log
+	record pipeline fail "pipenem run --compute cuda failed (logs pipeline-1.log, pipeline-3.log)"
+fi
+
+# ---- compute-sanitizer over tiny
+sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1)
+for tool in memcheck racecheck; do
+	note "--- $tool"
+	if [ -z "$sanitizer" ]; then
+		record "$tool" skip "compute-sanitizer is not installed"
+		continue
+	fi
+	log=$logs/$tool.log
+	timeout -k 10 300 "$sanitizer" --tool "$tool" --error-exitcode 9 "$pipenem" calibrate --model tiny --seq-len 64 \
+		--micro-batch-size 2 --compute cuda --iters 1 --warmup 1 >"$log" 2>&1
+	rc=$?
+	tail -15 "$log"
+	if grep -qiE 'device not supported|unable to (attach|initialize)|error 999|LibraryNotLoaded' "$log"; then
+		record "$tool" skip "compute-sanitizer cannot run on this machine: $(grep -m1 -iE 'not supported|unable|999' "$log")"
+	elif [ "$rc" -eq 0 ] && grep -q 'ERROR SUMMARY: 0 errors' "$log"; then
+		record "$tool" pass "0 errors"
+	else
+		record "$tool" fail "exit $rc: $(grep -m1 'ERROR SUMMARY' "$log" || echo 'see the log')"
+	fi
+done
+
+cmocka_step bench 600 "$t_bench"
+finish
