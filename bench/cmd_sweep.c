@@ -26,7 +26,7 @@ static const int schedule_only[] = {RUNCFG_OPT_SCHEDULE, 0};
 static const int model_only[] = {MODEL_OPT_MODEL, MODEL_OPT_STAGES, MODEL_OPT_BATCH_SIZE, MODEL_OPT_SEQ_LEN,
                                  MODEL_OPT_COMPUTE, 0};
 static const int pipeline_only[] = {RUNCFG_OPT_ITERS, RUNCFG_OPT_WARMUP, RUNCFG_OPT_SLACK, RUNCFG_OPT_TIMEOUT, 0};
-static const int network_only[] = {RUNCFG_OPT_EMULATOR, 0};
+static const int network_only[] = {RUNCFG_OPT_EMULATOR, RUNCFG_OPT_TRANSPORT, 0};
 
 static const cli_section_t sections[] = {
     {"grid", runcfg_pipeline_group, schedule_only, NULL, 0},
@@ -112,6 +112,7 @@ static int sweep_option(opts_t *o, int c, const char *arg, const char **resume)
     case VOCAB_OPT_REPEAT: return cli_parse_int(cmd, "--repeat", arg, 1, INT_MAX, &s->repeats);
     case MODEL_OPT_COMPUTE: return cli_copy(cmd, "--compute", arg, s->compute, sizeof s->compute);
     case RUNCFG_OPT_EMULATOR: return cli_copy(cmd, "--emulator", arg, s->emulator, sizeof s->emulator);
+    case RUNCFG_OPT_TRANSPORT: return cli_copy(cmd, "--transport", arg, s->transport, sizeof s->transport);
     case RUNCFG_OPT_SLACK: return cli_parse_int(cmd, "--slack", arg, 0, INT_MAX, &s->slack);
     case RUNCFG_OPT_TIMEOUT: {
         runcfg_t scratch; /* checked by the parser every stage uses */
