@@ -162,8 +162,11 @@ void nccl_destroy(void *impl)
         chan_t *c = n->chans[i];
         if (c->comm)
             comm_close(c);
-        if (c->stream)
+        if (c->stream) {
+            /* its host functions point at c: let the (aborted) work drain first */
+            cudaStreamSynchronize(c->stream);
             cudaStreamDestroy(c->stream);
+        }
         cudaFreeHost(c->hdr_host);
         cudaFree(c->hdr_dev);
         cudaFree(c->bounce);
