@@ -269,7 +269,7 @@ static void chan_step(chan_t *c)
 {
     nccl_t *n = c->n;
     char buf[160];
-    ncclResult_t r;
+    ncclResult_t r = ncclInternalError; /* if the query itself fails */
     if (n->failed || !c->comm)
         return;
     if (nccl_lib.CommGetAsyncError(c->comm, &r) != ncclSuccess || (r != ncclSuccess && r != ncclInProgress)) {
