@@ -1,16 +1,14 @@
 /* UCX transport: UCP tag messages between neighbouring stages. A progress thread owns the
- * waiting (epoll on the worker's event fd, re-armed after every drain) so that rendezvous
- * transfers advance while the stage computes; callers sleep on a condition variable
- * (the gate below).
+ * worker: it issues every send and receive, polls while a transfer streams (at most
+ * UCX_POLL_WINDOW after the last event) and otherwise sleeps in epoll on the worker's
+ * event fd, so that rendezvous transfers advance while the stage computes.
  *
- * One lock serialises the worker. While data streams in, the progress thread would hold
- * it for as long as ucp_worker_progress finds work (a whole multi-megabyte transfer), and
- * the stage thread could neither post its next message nor return from a completed wait:
- * transport time would show up inside compute ops and delay sends. So the stage thread
- * announces that it wants the lock (app_lock) and the progress thread hands it over
- * between two progress calls (hand_off); waiters sleep on a separate gate, not on the
- * lock's own condition, so that their wake-up is announced the same way. Lock order:
- * lock, then gate. */
+ * The stage thread never waits for the worker: a send or receive goes into a command
+ * queue (its own small lock) and wakes the progress thread only if it sleeps; a wait
+ * sleeps on the gate until a completion, published with release order, marks its request
+ * done. The rare calls that need the worker itself (connect, fail, quiesce) announce that
+ * they want the lock (app_lock) and the progress thread hands it over between two
+ * progress calls (hand_off). Lock order: lock, then gate or cmd_lock. */
 #include "pipeline/ucx.h"
 
 #include <errno.h>
@@ -456,10 +454,7 @@ static void progress_burst(ucx_t *u)
             continue;
         }
         probe_all(u);
-        static double win = -1;
-        if (win < 0)
-            win = getenv("PN_POLL") ? atof(getenv("PN_POLL")) : UCX_POLL_WINDOW;
-        if ((!u->slots || pn_now() - last > win) && !atomic_load(&u->cmd_pending))
+        if ((!u->slots || pn_now() - last > UCX_POLL_WINDOW) && !atomic_load(&u->cmd_pending))
             return;
     }
 }
@@ -506,6 +501,13 @@ static void *progress_main(void *arg)
 static int cmd_post(ucx_t *u, transport_req_t *req)
 {
     pthread_mutex_lock(&u->cmd_lock);
+    if (__atomic_load_n(&u->failed, __ATOMIC_ACQUIRE)) {
+        /* ucx_fail_locked has emptied the queue for the last time (it sets failed
+         * first): this request is failed here, in no list */
+        pthread_mutex_unlock(&u->cmd_lock);
+        req_complete(u, req, u->fail_status, u->fail_why);
+        return 0;
+    }
     req->next = NULL;
     if (u->cmds_tail)
         u->cmds_tail->next = req;
@@ -541,10 +543,12 @@ static int ucx_wait(void *impl, transport_req_t *req, double deadline)
         if (__atomic_load_n(&req->state, __ATOMIC_ACQUIRE) == TRANSPORT_REQ_DONE)
             return req->status;
         if (__atomic_load_n(&u->failed, __ATOMIC_ACQUIRE)) {
+            /* ucx_fail_locked completes every request it finds, and cmd_post every later
+             * one: once its lock is released, req is done. */
             app_lock(u);
-            req_complete(u, req, u->fail_status, u->fail_why);
             pthread_mutex_unlock(&u->lock);
-            return req->status;
+            if (__atomic_load_n(&req->state, __ATOMIC_ACQUIRE) == TRANSPORT_REQ_DONE)
+                return req->status;
         }
         int timed_out = 0;
         pthread_mutex_lock(&u->gate);

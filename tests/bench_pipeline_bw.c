@@ -29,7 +29,7 @@
 #include "pipeline/transport.h"
 #include "pipeline/ucx.h"
 
-enum { BYTES = 25 * 1024 * 1024 / 4 * 4, WARM = 3, N = 40, W = 4 };
+enum { BYTES = 25 * 1024 * 1024 / 4 * 4, WARM = 3, N = 40, W = 4, TRIALS = 5 };
 
 /* One path: where the two ranks live and what UCX may use. */
 typedef struct {
@@ -64,7 +64,7 @@ static int rank_main(int rank, int lfd, int port, const path_t *pa, double *mbps
     float *buf[W];
     transport_req_t req[W];
     for (int i = 0; i < W; i++) {
-        buf[i] = i && getenv("PN_BW_SHARED") ? buf[0] : aligned_alloc(64, BYTES);
+        buf[i] = aligned_alloc(64, BYTES);
         memset(buf[i], rank + 1, BYTES);
     }
     double t0 = 0;
@@ -92,8 +92,7 @@ static int rank_main(int rank, int lfd, int port, const path_t *pa, double *mbps
     transport_destroy(&t);
     boot_close(b);
     for (int i = 0; i < W; i++)
-        if (!i || !getenv("PN_BW_SHARED"))
-            free(buf[i]);
+        free(buf[i]);
     return rc ? 1 : 0;
 }
 
@@ -168,22 +167,31 @@ static void bench_path(const path_t *pa)
         print_message("SKIP: ucx_perftest is not installed (package ucx-utils)\n");
         skip();
     }
-    /* best of three of each, interleaved: the machine is shared and timings are noisy */
-    double ref = -1, got = -1;
-    for (int k = 0; k < 3; k++) {
+    /* Paired trials (ucx_perftest, then the pipeline, back to back): the machine is shared,
+     * and a ratio within a pair sees the same load; the median pair is the figure. */
+    double ratio[TRIALS], ref = -1, got = -1;
+    int n = 0;
+    for (int k = 0; k < TRIALS; k++) {
         double r = perftest_bw(pa), g = pipeline_bw(pa);
-        if (r > ref)
-            ref = r;
-        if (g > got)
-            got = g;
+        print_message("  trial %d: pipeline %.1f MB/s, ucx_perftest %.1f MB/s\n", k, g, r);
+        if (r > 0 && g > 0)
+            ratio[n++] = g / r;
+        ref = r > ref ? r : ref;
+        got = g > got ? g : got;
     }
-    double ratio = ref > 0 && got > 0 ? got / ref : 0;
-    print_message("25 MB tensors over %s: pipeline transport %.1f MB/s, ucx_perftest -t tag_bw %.1f MB/s, "
-                  "ratio %.3f (target >= %.2f)\n", pa->name, got, ref, ratio, pa->target);
+    for (int i = 1; i < n; i++) /* insertion sort of at most TRIALS */
+        for (int j = i; j > 0 && ratio[j] < ratio[j - 1]; j--) {
+            double x = ratio[j];
+            ratio[j] = ratio[j - 1];
+            ratio[j - 1] = x;
+        }
+    double med = n ? ratio[n / 2] : 0;
+    print_message("25 MB tensors over %s: ratio %.3f (median of %d paired trials; target >= %.2f); best pipeline "
+                  "transport %.1f MB/s, best ucx_perftest -t tag_bw %.1f MB/s\n", pa->name, med, n, pa->target, got, ref);
     if (got <= 0 || ref <= 0)
         fail_msg("a measurement failed (pipeline %.1f, ucx_perftest %.1f)", got, ref);
-    if (ratio < pa->target)
-        fail_msg("ratio %.3f below %.2f", ratio, pa->target);
+    if (med < pa->target)
+        fail_msg("ratio %.3f below %.2f", med, pa->target);
 }
 
 static void bench_ucx_default(void **state)
@@ -259,6 +267,8 @@ static void bench_idle_cpu(void **state)
 
 int main(void)
 {
+    if (getenv("PN_BW_FILTER"))
+        cmocka_set_test_filter(getenv("PN_BW_FILTER"));
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(bench_ucx_default),
         cmocka_unit_test(bench_tcp_lo),
