@@ -36,12 +36,12 @@ typedef struct {
 static const col_t run_cols[] = {
     CI(cell), CS(schedule), CI(micro_batch_size), CS(profile), CS(label), CS(model), CI(stages),
     CI(batch_size), CI(seq_len), CI(micro_batches), CI(iters), CI(warmup), CI(repeats),
-    CS(compute), CS(emulator), CS(transport), CI(straggler_rank), CD("straggler_factor", straggler_factor),
+    CS(compute), CS(emulator), CI(straggler_rank), CD("straggler_factor", straggler_factor),
     CD("iter_median_s", iter_median), CD("iter_mean_s", iter_mean), CD("iter_min_s", iter_min),
     CD("iter_max_s", iter_max), CD("iter_stdev_s", iter_stdev), CD("predicted_s", predicted),
     CD("ideal_s", ideal), CD("tokens_per_s", tokens_per_s), CD("mfu", mfu),
     CD("straggler_delay", straggler_delay), CD("straggler_slowdown", straggler_slowdown),
-    CD("final_loss", final_loss), CD("wall_s", wall),
+    CD("final_loss", final_loss), CD("wall_s", wall), CS(transport),
 };
 #define N_RUN_COLS (sizeof run_cols / sizeof *run_cols)
 
