@@ -140,8 +140,8 @@ static int enqueued(chan_t *c, ncclResult_t r)
 }
 
 /* Device memory for req's tensor: the tensor itself, or the channel's staging buffer when
- * it lives in host memory (the cuda backend's boundary tensors are pinned host buffers
- * today; device-resident ones go straight through). */
+ * it lives in host memory (the cuda backend hands the executor host buffers today;
+ * device-resident ones go straight through). */
 static void *dev_buf(chan_t *c, transport_req_t *r, int *staged)
 {
     struct cudaPointerAttributes a;
@@ -167,6 +167,7 @@ static void *dev_buf(chan_t *c, transport_req_t *r, int *staged)
 static void send_start(chan_t *c, transport_req_t *r)
 {
     int staged;
+    c->cur = r; /* from here a failure of the channel completes it */
     void *d = dev_buf(c, r, &staged);
     if (!d) {
         chan_fail(c, "send", "cudaMalloc of the staging buffer failed");
@@ -186,7 +187,6 @@ static void send_start(chan_t *c, transport_req_t *r)
         nr = nccl_lib.Send(d, r->bytes, ncclUint8, 1, c->comm, c->stream);
     ncclResult_t ge = nccl_lib.GroupEnd();
     if (enqueued(c, nr == ncclSuccess || nr == ncclInProgress ? ge : nr) == 0) {
-        c->cur = r;
         c->busy = 2;
         c->busy_since = pn_now();
     }
