@@ -343,6 +343,11 @@ static int ucx_connect(void *impl, int peer, const void *blob, size_t len, char 
         .field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE |
                       UCP_EP_PARAM_FIELD_ERR_HANDLER,
         .address = blob,
+        /* A dead peer fails its requests at once, and a forced close is defined. The cost
+         * (UCX 1.13, `ucx_info -e -u twe`): only transports that report peer failure, so
+         * no shared memory between local processes and no RMA lane on tcp: rendezvous
+         * data comes as active messages with one copy more, about a third of the
+         * bandwidth of ucx_perftest's endpoints (bench_pipeline_bw prints both). */
         .err_mode = UCP_ERR_HANDLING_MODE_PEER,
         .err_handler = {.cb = ep_error, .arg = p},
     };
