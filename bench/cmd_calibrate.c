@@ -31,6 +31,7 @@ static const cli_section_t sections[] = {
     {"model and compute", model_options_group, NULL, model_except, 0},
     {"measurement", runcfg_pipeline_group, pipeline_only, NULL, 0},
     {"output", vocab_output_group, output_only, NULL, 0},
+    {NULL, model_options_group, model_except, NULL, 1},   /* accepted for one more release, with a note */
     {NULL, NULL, NULL, NULL, 0},
 };
 
@@ -226,6 +227,10 @@ int cmd_calibrate(int argc, char **argv)
     while ((c = cli_next(&cp, argc, argv)) != -1) {
         if (c == -2)
             return CLI_USAGE;
+        for (const int *x = model_except; *x; x++)
+            if (*x == c)
+                fprintf(stderr, "pipenem calibrate: note: %s does not change what calibrate measures; it is "
+                                "ignored and goes away in the next release\n", cli_opt_name(&spec, c));
         int r = model_options_parse(&mo, c, optarg, err, sizeof err);
         if (r < 0)
             return cli_usage_error(cmd, "%s", err);

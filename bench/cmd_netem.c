@@ -7,6 +7,7 @@
 
 #include "netem/emulator.h"
 #include "netem/profile.h"
+#include "netem/qdisc.h"
 #include "netem/selftest.h"
 #include "netem/state.h"
 #include "netem/tc.h"
@@ -89,14 +90,8 @@ static int do_apply(const char *ns, int argc, char **argv)
         return runtime_error(err);
     netem_profile_format(&p, text, sizeof text);
     printf("# pipenem netem apply: %s%s%s <- %s\n", ns ? ns : "", ns ? "/" : "", d.ifname, text);
-    if (a.kind == NETEM_QDISC_NETEM)
-        printf("# qdisc netem, limit %u packets%s\n", a.limit,
-               a.limit_derived ? " (derived: 2 x rate x (delay + jitter) / 1514 B + 1000)" : " (given)");
-    else if (a.kind == NETEM_QDISC_TBF)
-        printf("# qdisc tbf, burst %u bytes, queue limit %u bytes (20 ms at the rate + burst)\n",
-               a.burst, a.limit);
-    else
-        printf("# default: original root qdisc restored\n");
+    netem_qdisc_describe(&a, text, sizeof text);
+    printf("# %s\n", text);
     printf("# original root qdisc recorded in %s; `pipenem netem clear %s%s%s%s` restores it\n",
            netem_state_dir(), ns ? "--netns " : "", ns ? ns : "", ns ? " " : "", d.ifname);
     printf("# OK\n");
@@ -116,16 +111,17 @@ static int do_show(const char *ns, int argc, char **argv)
     if (netem_tc_show(&d, &p, kind, sizeof kind, &limit, err, sizeof err) < 0)
         return runtime_error(err);
     printf("# %-16s %-8s %-24s %s\n", "device", "qdisc", "profile", "limit");
-    static const char *const kernel_defaults[] = {"noqueue", "mq", "pfifo_fast", "fq_codel", "noop", "none"};
-    snprintf(text, sizeof text, "-");   /* someone else's qdisc: no profile of ours */
-    if (!strcmp(kind, "netem") || !strcmp(kind, "tbf"))
+    /* the kind's table entry: a shaper of ours reads back as a profile, a kernel's default
+     * root is the default profile, anything else is someone else's ("-") */
+    const netem_qdisc_ops_t *q = netem_qdisc_find(kind);
+    snprintf(text, sizeof text, "-");
+    if (q && q->parse)
         netem_profile_format(&p, text, sizeof text);
-    for (size_t i = 0; i < sizeof kernel_defaults / sizeof *kernel_defaults; i++)
-        if (!strcmp(kind, kernel_defaults[i]))
-            snprintf(text, sizeof text, "default");
-    printf("  %-16s %-8s %-24s %u%s\n", d.ifname, kind, text, limit,
-           !strcmp(kind, "tbf") ? " bytes" : !strcmp(kind, "netem") ? " packets" : "");
-    if (!strcmp(kind, "htb")) {   /* perhaps a per-source tree of ours */
+    if (q && q->kernel_default)
+        snprintf(text, sizeof text, "default");
+    printf("  %-16s %-8s %-24s %u%s%s\n", d.ifname, kind, text, limit, q && q->limit_unit ? " " : "",
+           q && q->limit_unit ? q->limit_unit : "");
+    if (q && q->per_source) {   /* perhaps a per-source tree of ours */
         netem_tc_class_t cl[16];
         int n = 0;
         if (netem_tc_show_by_source(&d, cl, 16, &n, err, sizeof err) < 0)
@@ -191,7 +187,12 @@ static int do_probe(int argc)
         printf("  %-10s %-10s %s\n", pr.rows[i].kind, pr.rows[i].rc == 0 ? "yes" : "no",
                pr.rows[i].rc == 0 ? "" : strerror(-pr.rows[i].rc));
     printf("# may change qdiscs here: %s\n", pr.may_change ? "yes (CAP_NET_ADMIN)" : "no");
-    int netem = pr.rows[0].rc == 0, tbf = pr.rows[1].rc == 0;
+    int netem = 0, tbf = 0;
+    for (int i = 0; i < NETEM_TC_PROBE_KINDS; i++) {
+        const netem_qdisc_ops_t *q = netem_qdisc_find(pr.rows[i].kind);
+        netem |= q && q->id == NETEM_QDISC_NETEM && pr.rows[i].rc == 0;
+        tbf |= q && q->id == NETEM_QDISC_TBF && pr.rows[i].rc == 0;
+    }
     printf("# emulators: netem %s, shim yes (no kernel support needed)\n",
            netem ? "yes" : tbf ? "rate only (TBF; delay needs the shim)" : "no");
     printf("# OK\n");

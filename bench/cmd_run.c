@@ -32,6 +32,7 @@ static const cli_override_t overrides[] = {
     {MODEL_OPT_BATCH_SIZE, NULL, NULL, "8, so that a cpu run of gpt3-small takes minutes; sweep's is 64, as in DT-FM's table"},
     {MODEL_OPT_COMPUTE, NULL, NULL, "cpu, real training on this machine; sweep's is emulate:v100, as DT-FM's V100s"},
     {MODEL_OPT_THREADS, NULL, NULL, "the cores divided among the stages"},
+    {MODEL_OPT_STAGES, NULL, NULL, "the number of --partition entries, else 1; sweep's is 3, DT-FM's hosts"},
     {0, NULL, NULL, NULL},
 };
 

@@ -24,7 +24,7 @@ static const cli_section_t sections[] = {
 };
 
 static const cli_override_t overrides[] = {
-    {MODEL_OPT_STAGES, NULL, NULL, "the world size"},
+    {MODEL_OPT_STAGES, NULL, NULL, "the world size: one stage per rank"},
     {MODEL_OPT_BATCH_SIZE, NULL, NULL, "8, as run's; sweep's is 64, as in DT-FM's table"},
     {MODEL_OPT_COMPUTE, NULL, NULL, "cpu, as run's; sweep's is emulate:v100, as DT-FM's V100s"},
     {RUNCFG_OPT_EMULATOR, NULL,

@@ -117,6 +117,34 @@ static int render(const char *dir, const char *name, const char *data, size_t dl
     return rc;
 }
 
+/* A plot being written: its data (NAME.dat) and its script body, both in memory. */
+typedef struct {
+    char *data, *body;
+    size_t dlen, blen;
+    FILE *d, *b;
+} plot_text_t;
+
+static int text_open(plot_text_t *t)
+{
+    memset(t, 0, sizeof *t);
+    t->d = open_memstream(&t->data, &t->dlen);
+    t->b = open_memstream(&t->body, &t->blen);
+    return t->d && t->b ? 0 : -ENOMEM;
+}
+
+/* Closes both streams, renders NAME when they hold blocks, frees the text (also after a
+ * failed text_open; a second call does nothing). */
+static int text_render(plot_text_t *t, int blocks, const char *dir, const char *name, int width, int height,
+                       char *err, size_t errlen)
+{
+    int bad = (t->d && fclose(t->d)) | (t->b && fclose(t->b)) | !t->d | !t->b;
+    int rc = bad ? -ENOMEM : blocks ? render(dir, name, t->data, t->dlen, t->body, width, height, err, errlen) : 0;
+    free(t->data);
+    free(t->body);
+    memset(t, 0, sizeof *t);
+    return rc;
+}
+
 /* A label safe inside a gnuplot single-quoted string. */
 static void gp_quote(char *out, size_t len, const char *s)
 {
@@ -137,12 +165,13 @@ int plot_iteration_time(const results_t *r, const char *dir, char *err, size_t e
     const char **sched = calloc(n, sizeof *sched);
     int *mbs = calloc(n, sizeof *mbs);
     const results_cell_t **prof = calloc(n, sizeof *prof);
-    char *data = NULL, *body = NULL;
-    size_t dlen = 0, blen = 0;
-    FILE *d = open_memstream(&data, &dlen), *b = open_memstream(&body, &blen);
-    int rc = -ENOMEM;
-    if (!sched || !mbs || !prof || !d || !b)
+    plot_text_t t;
+    int rc = text_open(&t);
+    FILE *d = t.d, *b = t.b;
+    if (!sched || !mbs || !prof || rc) {
+        rc = -ENOMEM;
         goto out;
+    }
     table_axes(r, sched, &ns, mbs, &nm, prof, &np);
     fprintf(b, "set title 'Iteration time per network setting' noenhanced\nset ylabel 'iteration time (s)'\n"
                "set xlabel 'network setting'\nset grid ytics\nset key outside right top noenhanced\n"
@@ -176,19 +205,9 @@ int plot_iteration_time(const results_t *r, const char *dir, char *err, size_t e
             block++;
         }
     fputc('\n', b);
-    if (fclose(d) | fclose(b)) {
-        d = b = NULL;
-        goto out;
-    }
-    d = b = NULL;
-    rc = block ? render(dir, "iteration_time", data, dlen, body, 900, 520, err, errlen) : 0;
+    rc = text_render(&t, block, dir, "iteration_time", 900, 520, err, errlen);
 out:
-    if (d)
-        fclose(d);
-    if (b)
-        fclose(b);
-    free(data);
-    free(body);
+    text_render(&t, 0, dir, NULL, 0, 0, NULL, 0);
     free(sched);
     free(mbs);
     free(prof);
@@ -250,18 +269,10 @@ int plot_timeline(const results_t *r, int cell, int iteration, const char *dir, 
             mb_max = o->micro_batch > mb_max ? o->micro_batch : mb_max;
         }
     }
-    char *data = NULL, *body = NULL;
-    size_t dlen = 0, blen = 0;
-    FILE *d = open_memstream(&data, &dlen), *b = open_memstream(&body, &blen);
-    if (!d || !b) {
-        if (d)
-            fclose(d);
-        if (b)
-            fclose(b);
-        free(data);
-        free(body);
-        return -ENOMEM;
-    }
+    plot_text_t t;
+    if (text_open(&t))
+        return text_render(&t, 0, dir, NULL, 0, 0, NULL, 0), -ENOMEM;
+    FILE *d = t.d, *b = t.b;
     char q[300], num[64];
     gp_quote(q, sizeof q, c->label);
     table_format_sig3(t1 - t0, num, sizeof num);
@@ -302,14 +313,7 @@ int plot_timeline(const results_t *r, int cell, int iteration, const char *dir, 
         blocks++;
     }
     fputc('\n', b);
-    int bad = fclose(d) | fclose(b);
-    int rc = -ENOMEM;
-    if (!bad) {
-        char name[64];
-        snprintf(name, sizeof name, "timeline_cell%d", cell);
-        rc = blocks ? render(dir, name, data, dlen, body, 1100, 140 + 90 * c->stages, err, errlen) : 0;
-    }
-    free(data);
-    free(body);
-    return rc;
+    char name[64];
+    snprintf(name, sizeof name, "timeline_cell%d", cell);
+    return text_render(&t, blocks, dir, name, 1100, 140 + 90 * c->stages, err, errlen);
 }

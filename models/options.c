@@ -55,22 +55,30 @@ void model_options_defaults(model_options_t *o)
     o->device = -1;
 }
 
-int model_options_table(struct option *dst, size_t cap, const struct option *own)
+int model_options_getopt(struct option *dst, size_t cap, const struct option *own,
+                         const model_option_t *const *groups, size_t n_groups)
 {
     size_t n = 0;
     while (own && own[n].name)
         n++;
     if (n + 1 > cap)
         return -ENOSPC;
-    if (n)
+    if (n) /* own may be NULL */
         memcpy(dst, own, n * sizeof *dst);
-    for (const model_option_t *g = model_options_group; g->name; g++, n++) {
-        if (n + 2 > cap)
-            return -ENOSPC;
-        dst[n] = (struct option){g->name, g->arg ? required_argument : no_argument, NULL, g->val};
-    }
+    for (size_t g = 0; g < n_groups; g++)
+        for (const model_option_t *o = groups[g]; o->name; o++, n++) {
+            if (n + 2 > cap)
+                return -ENOSPC;
+            dst[n] = (struct option){o->name, o->arg ? required_argument : no_argument, NULL, o->val};
+        }
     memset(&dst[n], 0, sizeof *dst);
     return (int)n;
+}
+
+int model_options_table(struct option *dst, size_t cap, const struct option *own)
+{
+    const model_option_t *const groups[] = {model_options_group};
+    return model_options_getopt(dst, cap, own, groups, 1);
 }
 
 static const char *opt_name(int opt)

@@ -56,6 +56,12 @@ void model_options_defaults(model_options_t *o);
 /* The model and compute group (name-NULL terminated). */
 extern const model_option_t model_options_group[];
 
+/* getopt_long's table: the caller's own long options (NULL-name terminated, may be NULL),
+ * then every option of the groups, terminated, into dst. Returns the number of entries
+ * without the terminator, or -ENOSPC if cap is too small. */
+int model_options_getopt(struct option *dst, size_t cap, const struct option *own,
+                         const model_option_t *const *groups, size_t n_groups) PN_WUR;
+
 /* The caller's own long options (NULL-name terminated, may be NULL) followed by the
  * group's, terminated, into dst. Returns the number of entries without the terminator,
  * or -ENOSPC if cap is too small (cap >= own + MODEL_OPT_END - MODEL_OPT_MODEL + 1). */

@@ -74,23 +74,9 @@ void runcfg_defaults(runcfg_t *c)
 
 int runcfg_options_table(struct option *dst, size_t cap, const struct option *own)
 {
-    size_t n = 0;
-    while (own && own[n].name)
-        n++;
-    if (n + 1 > cap)
-        return -ENOSPC;
-    if (n) /* own may be NULL */
-        memcpy(dst, own, n * sizeof *dst);
-    const model_option_t *groups[] = {runcfg_pipeline_group, runcfg_network_group, runcfg_multihost_group};
-    for (size_t g = 0; g < sizeof groups / sizeof *groups; g++)
-        for (const model_option_t *o = groups[g]; o->name; o++, n++) {
-            if (n + 2 > cap)
-                return -ENOSPC;
-            dst[n] = (struct option){o->name, o->arg ? required_argument : no_argument, NULL, o->val};
-        }
-    /* the model group goes after ours and terminates the table */
-    int k = model_options_table(dst + n, cap - n, NULL);
-    return k < 0 ? -ENOSPC : (int)n + k;
+    const model_option_t *const groups[] = {runcfg_pipeline_group, runcfg_network_group, runcfg_multihost_group,
+                                            model_options_group};
+    return model_options_getopt(dst, cap, own, groups, sizeof groups / sizeof *groups);
 }
 
 static int parse_int(const char *name, const char *arg, int lo, int hi, int *out, char *err, size_t errlen)

@@ -26,7 +26,7 @@ static void bench_predicted_vs_measured(void **state)
     snprintf(dir, sizeof dir, "/tmp/pn-bench-sweep-XXXXXX");
     assert_non_null(mkdtemp(dir));
     int rc = tu_pipenem_run(out, sizeof out,
-                            "sweep --model gpt3-small --stages 3 --seq-len 64 --batch-size 8 --schedules gpipe,1f1b "
+                            "sweep --model gpt3-small --stages 3 --seq-len 64 --batch-size 8 --schedule gpipe,1f1b "
                             "--micro-batch-sizes 1,2 --profiles default,5ms/2Gbps,10ms/1Gbps --iters 4 --warmup 1 "
                             "--compute emulate:fwd=10ms,bwd=20ms --no-plots --out %s/run",
                             dir);

@@ -23,7 +23,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#define GRID "--model tiny --stages 2 --batch-size 4 --seq-len 16 --schedules gpipe,1f1b " \
+#define GRID "--model tiny --stages 2 --batch-size 4 --seq-len 16 --schedule gpipe,1f1b " \
              "--micro-batch-sizes 1,2 --profiles default,10ms/1Gbps --iters 3 --warmup 1 "     \
              "--compute emulate:fwd=5ms,bwd=10ms"
 
@@ -311,7 +311,7 @@ static void test_straggler_slowdown(void **state)
     char dir[300];
     snprintf(dir, sizeof dir, "%s/straggler", base);
     int rc = tu_pipenem_run(out, sizeof out,
-                            "sweep --model gpt3-small --stages 3 --batch-size %d --seq-len 16 --schedules gpipe,1f1b "
+                            "sweep --model gpt3-small --stages 3 --batch-size %d --seq-len 16 --schedule gpipe,1f1b "
                             "--micro-batch-sizes 1 --profiles default --iters 3 --warmup 1 "
                             "--compute emulate:fwd=20ms,bwd=40ms --straggler 1:1.5 --no-plots --out %s",
                             M, dir);

@@ -209,6 +209,7 @@ static void test_old_spellings(void **state)
         {"sweep -B 3", 2, "use --batch-size", "does not divide --batch-size 3"},
         {"sweep -K x", 2, "use -k (--slack)", "--slack: 'x'"},
         {"netem -n pnx probe", 2, "use --netns", "--netns does not apply to probe"},
+        {"calibrate --model tiny --seq-len 16 --lr 0.1 --iters 1 --warmup 0", 0, "--lr does not change", "# OK"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         int rc = tu_pipenem_run(out, sizeof out, "%s", cases[i].args);

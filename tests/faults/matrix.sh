@@ -17,7 +17,7 @@ jobs=${2:-${FAULT_JOBS:-4}}
 T=10       # --timeout: the longest a single wait may take
 GRACE=10   # the launcher kills stragglers this long after the first failure
 BOUND=$((T + GRACE + 8))
-GRID=(--model tiny --stages 3 --batch-size 4 --seq-len 16 --schedules gpipe --micro-batch-sizes 1,2
+GRID=(--model tiny --stages 3 --batch-size 4 --seq-len 16 --schedule gpipe --micro-batch-sizes 1,2
 	--profiles default --compute emulate:fwd=5ms,bwd=10ms --iters 3 --warmup 1 --timeout $T --no-plots)
 KEPT=(runs.csv iterations.csv ops.csv table.md)   # what a failed cell must leave as it was
 work=$(mktemp -d /tmp/pn-faults-XXXXXX)
