@@ -58,6 +58,7 @@ typedef struct {
     double flops;                        /* fwd + bwd, the accounting formula */
     double gemm_flops, gemm_s;           /* the sgemm reference; 0 if none */
     size_t params, saved_bytes;
+    size_t device_bytes;                 /* cuda: the stage's device allocations; 0 otherwise */
 } stage_result_t;
 
 static int parse_count(const char *cmd, const char *name, const char *arg, int lo, int *out)
@@ -114,6 +115,9 @@ static int calibrate_stage(const model_stage_params_t *base, int s, int iters, i
     r->flops = a.fwd_flops + a.bwd_flops;
     r->params = a.params;
     r->saved_bytes = a.saved_bytes_per_mb;
+#ifdef PN_HAVE_CUDA
+    r->device_bytes = model_cuda_device_bytes(&st);
+#endif
     for (int l = 0; l < r->layers; l++) {
         layer_fwd[st.layer_begin + l] = st.prof.layer_fwd[l] / iters;
         layer_bwd[st.layer_begin + l] = st.prof.layer_bwd[l] / iters;
@@ -298,6 +302,12 @@ int cmd_calibrate(int argc, char **argv)
     if (status == CLI_OK) {
         print_layers(&p, r, lf, lb);
         printf("# peak memory %.1f MiB\n", model_peak_rss_bytes() / 1048576.0);
+        size_t dev = 0;
+        for (int s = 0; s < p.stages; s++)
+            dev = r[s].device_bytes > dev ? r[s].device_bytes : dev;
+        if (dev)
+            printf("# peak device memory %.1f MiB (the largest stage: its allocations and cuBLAS workspace)\n",
+                   dev / 1048576.0);
         if (out_path) {
             if (write_calibration(out_path, &p, r, lf, lb, argc, argv, err, sizeof err)) {
                 fprintf(stderr, "pipenem calibrate: %s\n", err);

@@ -8,6 +8,7 @@
 
 typedef struct model_backend {
     const char *name;
+    int modelled; /* its times come from a model (emulate), so they are known before a run */
     /* arg: what followed "NAME:" in --compute ("" if nothing). Checks only, no memory. */
     int (*check)(const char *arg, char *err, size_t errlen);
     /* A line for headers: what the argument means (device peak and efficiency, ...). */

@@ -78,7 +78,7 @@ int cuda_blas_load(char *err, size_t errlen)
 static const char *env_get(const char *name) { return getenv(name); }
 
 /* The device the argument selects, with the reason named when there is none. */
-static int device_open(const model_cuda_arg_t *a, int *dev, cudaDeviceProp *prop, char *err, size_t errlen)
+static int device_open(const model_cuda_arg_t *a, int stage, int *dev, cudaDeviceProp *prop, char *err, size_t errlen)
 {
     int n = 0;
     cudaError_t e = cudaGetDeviceCount(&n);
@@ -91,7 +91,7 @@ static int device_open(const model_cuda_arg_t *a, int *dev, cudaDeviceProp *prop
         return pn_err(err, errlen, -ENODEV, "cuda: the driver cannot list devices: %s (%s)", cudaGetErrorString(e),
                       cudaGetErrorName(e));
     char why[256];
-    int rc = model_gpu_pick(a->device, n, env_get, dev, why, sizeof why);
+    int rc = model_gpu_pick(a->device, n, stage, env_get, dev, why, sizeof why);
     if (rc)
         return pn_err(err, errlen, rc, "cuda: %s", why);
     if ((e = cudaGetDeviceProperties(prop, *dev)) != cudaSuccess)
@@ -110,7 +110,7 @@ extern "C" int model_cuda_probe(const char *arg, char *name, size_t namelen, cha
     cudaDeviceProp prop;
     int dev, rc = model_cuda_arg_parse(arg ? arg : "", &a, err, errlen);
     if (!rc)
-        rc = device_open(&a, &dev, &prop, err, errlen);
+        rc = device_open(&a, 0, &dev, &prop, err, errlen);
     if (!rc)
         rc = cuda_blas_load(err, errlen);
     if (!rc && name)
@@ -143,6 +143,8 @@ static void cuda_destroy(model_stage_t *st)
     cuda_t *c = cuda_of(st);
     if (c) {
         /* errors are of no use here: everything goes whatever they say */
+        if (c->s) /* set up far enough to hold device memory */
+            (void)cudaSetDevice(c->dev);
         for (int i = 0; i < CUDA_MAX_EVENTS; i++)
             if (c->ev[i])
                 (void)cudaEventDestroy(c->ev[i]);
@@ -243,7 +245,7 @@ static int cuda_init(model_stage_t *st, const char *arg, char *err, size_t errle
     st->backend_priv = c;
     c->tied_twin = -1;
     cudaDeviceProp prop;
-    if ((rc = device_open(&a, &c->dev, &prop, err, errlen)) || (rc = cuda_blas_load(err, errlen)))
+    if ((rc = device_open(&a, st->p.stage, &c->dev, &prop, err, errlen)) || (rc = cuda_blas_load(err, errlen)))
         return rc;
     /* A waiting stage sleeps in the driver instead of spinning a core: the flag must be
      * given before the device's context exists (another stage of this process may have
@@ -304,40 +306,46 @@ static int params_upload(model_stage_t *st)
     return 0;
 }
 
+/* Every entry first makes the stage's GPU current (the runtime's current device is per
+ * thread, and one process may hold stages on several GPUs) and, before the first
+ * forward or step, uploads the parameters. */
+static int enter(model_stage_t *st)
+{
+    CK(cudaSetDevice(cuda_of(st)->dev));
+    return cuda_of(st)->uploaded ? 0 : params_upload(st);
+}
+
 static int cuda_forward(model_stage_t *st, int slot, const float *in, float *out)
 {
-    if (!cuda_of(st)->uploaded) {
-        int rc = params_upload(st);
-        if (rc)
-            return rc;
-    }
-    return cuda_stage_forward(st, slot, in, out);
+    int rc = enter(st);
+    return rc ? rc : cuda_stage_forward(st, slot, in, out);
 }
 
 static int cuda_backward(model_stage_t *st, int slot, const float *dout, float *din)
 {
-    return cuda_stage_backward(st, slot, dout, din);
+    int rc = enter(st);
+    return rc ? rc : cuda_stage_backward(st, slot, dout, din);
 }
 
 static int cuda_backward_input(model_stage_t *st, int slot, const float *dout, float *din)
 {
-    return cuda_stage_backward_input(st, slot, dout, din);
+    int rc = enter(st);
+    return rc ? rc : cuda_stage_backward_input(st, slot, dout, din);
 }
 
 static int cuda_backward_weights(model_stage_t *st, int slot)
 {
-    return cuda_stage_backward_weights(st, slot);
+    int rc = enter(st);
+    return rc ? rc : cuda_stage_backward_weights(st, slot);
 }
 
 static int cuda_step(model_stage_t *st)
 {
     cuda_t *c = cuda_of(st);
     size_t n = st->n_params;
-    if (!c->uploaded) {
-        int rc = params_upload(st);
-        if (rc)
-            return rc;
-    }
+    int rc = enter(st);
+    if (rc)
+        return rc;
     if (c->tied_twin >= 0) {
         /* the twin's gradient was added into the host copy by the exchange */
         const model_tensor_t *t = &st->tensors[c->tied_twin];
@@ -362,6 +370,9 @@ static int cuda_step(model_stage_t *st)
             CK(cudaStreamSynchronize(c->s));
             return 0;
         }
+        if (c->ls.scale != scale)
+            fprintf(stderr, "cuda: fp16 loss scale %g -> %g after %d clean steps\n", scale, c->ls.scale,
+                    c->ls.growth_interval);
     }
     const float wd = 0.1f;
     int t = ++c->adam_t;
@@ -383,13 +394,14 @@ static int cuda_step(model_stage_t *st)
 static void cuda_reset(model_stage_t *st)
 {
     cuda_t *c = cuda_of(st);
-    if (c && c->grads && (cudaMemsetAsync(c->grads, 0, st->n_params * sizeof(float), c->s) != cudaSuccess ||
+    if (c && c->grads && (cudaSetDevice(c->dev) != cudaSuccess || cudaMemsetAsync(c->grads, 0, st->n_params * sizeof(float), c->s) != cudaSuccess ||
                           cudaStreamSynchronize(c->s) != cudaSuccess))
         fprintf(stderr, "cuda: zeroing the gradients failed: %s\n", cudaGetErrorString(cudaGetLastError()));
 }
 
 extern "C" const model_backend_t model_backend_cuda = {
     .name = "cuda",
+    .modelled = 0, /* measured on the device */
     .check = cuda_check,
     .describe = cuda_describe,
     .init = cuda_init,
@@ -411,6 +423,7 @@ extern "C" int model_cuda_sync_host(model_stage_t *st)
         return -EINVAL;
     if (!c->uploaded)
         return 0; /* the host holds the initial parameters and zero gradients */
+    CK(cudaSetDevice(c->dev));
     CK(cudaMemcpyAsync(st->params, c->params, st->n_params * sizeof(float), cudaMemcpyDeviceToHost, c->s));
     CK(cudaMemcpyAsync(st->grads, c->grads, st->n_params * sizeof(float), cudaMemcpyDeviceToHost, c->s));
     CK(cudaStreamSynchronize(c->s));

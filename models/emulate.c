@@ -268,10 +268,11 @@ static int emu_init(model_stage_t *st, const char *arg, char *err, size_t errlen
         }
         st->emu_opt_s = st->n_params * OPT_BYTES_PER_PARAM / st->mem_bw;
     } else if (s.kind == EMU_TIMES) {
-        st->emu_fwd_s = s.fwd;
-        st->emu_bwd_s = s.bwd;
-        st->emu_opt_s = s.opt;
-        st->emu_bwd_w_s = s.bwd / 2;
+        double share = st->p.process_chunks > 1 ? 1.0 / st->p.process_chunks : 1.0;
+        st->emu_fwd_s = s.fwd * share;
+        st->emu_bwd_s = s.bwd * share;
+        st->emu_opt_s = s.opt * share;
+        st->emu_bwd_w_s = s.bwd * share / 2;
     } else {
         const calib_t *c = &s.calib;
         const char *what = NULL;
@@ -372,6 +373,7 @@ static int emu_step(model_stage_t *st)
 
 const model_backend_t model_backend_emulate = {
     .name = "emulate",
+    .modelled = 1,
     .check = emu_check,
     .describe = emu_describe,
     .init = emu_init,

@@ -232,6 +232,13 @@ void model_compute_describe(const char *compute, char *buf, size_t len)
         b->describe(arg, buf, len);
 }
 
+int model_compute_modelled(const char *compute)
+{
+    const model_backend_t *b;
+    const char *arg;
+    return backend_lookup(compute, &b, &arg, NULL, 0) == 0 && b->modelled;
+}
+
 int model_compute_check(const char *compute, char *err, size_t errlen)
 {
     const model_backend_t *b;

@@ -33,13 +33,17 @@ typedef struct {
     int seq_len, micro_batch_size, micro_batches;  /* M = batch / micro_batch_size */
     int stages, stage; const int *partition;       /* NULL = even split */
     int max_inflight;         /* micro-batches whose activations are held at once; 0 = M */
-    const char *compute;      /* "cpu", "emulate:v100", "emulate:fwd=25ms,bwd=75ms", "emulate:FILE" */
+    const char *compute;      /* "cpu", "cuda:bf16", "emulate:v100[,fp16]", "emulate:fwd=25ms,bwd=75ms", "emulate:FILE" */
     const char *dataset;      /* "random" or a text file path */
     unsigned long long seed; int threads; int recompute; int tied_embeddings;
     float lr;
+    int process_chunks;       /* chunks of the model this process holds (0 = 1): see below */
 } model_stage_params_t;
 /* Notes on the fields:
  * - partition: `stages` layer counts (each >= 1, summing to cfg.layers); copied by init.
+ * - process_chunks: with several chunks per process (interleaved, V-shape), `stages` counts
+ *   chunks and each chunk is one model_stage_t; emulate's explicit fwd=/bwd=/opt= times,
+ *   which are per process, are then shared out evenly among its chunks.
  * - max_inflight: the schedule's peak of micro-batches between forward and backward on
  *   this stage (GPipe: M; 1F1B: min(stages - stage, M)); cpu allocates that many slots.
  * - threads: > 0 sets OpenMP and OpenBLAS threads for the whole process; 0 leaves the
@@ -116,7 +120,9 @@ typedef struct model_stage {
 } model_stage_t;
 
 int    model_stage_init(model_stage_t *st, const model_stage_params_t *p, char *err, size_t errlen) PN_WUR;
-size_t model_stage_act_bytes(const model_stage_t *st);  /* boundary tensor (B,T,C) fp32 per micro-batch */
+/* The boundary tensor (B,T,C) of one micro-batch, in the compute precision (fp32: 4 bytes an
+ * element; cuda:fp16|bf16 and emulate:DEV,fp16|bf16: 2, see models/precision.h). */
+size_t model_stage_act_bytes(const model_stage_t *st);
 /* Stage 0 ignores `in` and reads tokens of (iter, mb) from the dataset itself; the last
  * stage ignores `out` and computes the loss against the targets of (iter, mb). Every
  * stage derives the same (iter, mb) batch from the seed, so no tokens cross stages.
@@ -184,6 +190,9 @@ int    model_stage_gemm_reference(model_stage_t *st, int reps, double *flops, do
 
 /* The same for a compute argument alone (no threads), e.g. before any stage exists. */
 void   model_compute_describe(const char *compute, char *buf, size_t len);
+/* 1 if the compute backend's times come from a model (emulate): a stage's costs are then
+ * known before it runs (model_stage_account); 0 otherwise, and for an invalid argument. */
+int    model_compute_modelled(const char *compute);
 /* The compute argument alone: -EINVAL naming an unknown backend, an unknown device, a
  * bad fwd=/bwd= time or an unreadable calibration file. */
 int    model_compute_check(const char *compute, char *err, size_t errlen) PN_WUR;

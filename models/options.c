@@ -38,7 +38,7 @@ const model_option_t model_options_group[] = {
     {"threads", 0, MODEL_OPT_THREADS, "N", "OpenMP and OpenBLAS threads per stage (cpu)", "the libraries' default"},
     {"seed", 0, MODEL_OPT_SEED, "S", "parameter and data seed", "1234"},
     {"lr", 0, MODEL_OPT_LR, "X", "AdamW learning rate", "6e-4"},
-    {"device", 0, MODEL_OPT_DEVICE, "N", "cuda: the GPU", "the launcher's local rank, else 0"},
+    {"device", 0, MODEL_OPT_DEVICE, "N", "cuda: the GPU", "the launcher's local rank, else the stage index"},
     {NULL, 0, 0, NULL, NULL, NULL},
 };
 

@@ -221,8 +221,8 @@ int model_cuda_arg_parse(const char *arg, model_cuda_arg_t *out, char *err, size
     return 0;
 }
 
-int model_gpu_pick(int requested, int count, const char *(*env)(const char *name), int *out, char *err,
-                   size_t errlen)
+int model_gpu_pick(int requested, int count, int fallback, const char *(*env)(const char *name), int *out,
+                   char *err, size_t errlen)
 {
     static const char *const vars[] = {"OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID", "LOCAL_RANK"};
     if (count < 1)
@@ -245,6 +245,6 @@ int model_gpu_pick(int requested, int count, const char *(*env)(const char *name
         *out = r % count;
         return 0;
     }
-    *out = 0;
+    *out = (fallback > 0 ? fallback : 0) % count;
     return 0;
 }

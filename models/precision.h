@@ -70,12 +70,13 @@ typedef struct {
 } model_cuda_arg_t;
 int model_cuda_arg_parse(const char *arg, model_cuda_arg_t *out, char *err, size_t errlen) PN_WUR;
 
-/* Which GPU a process uses: `requested` (>= 0, from --device or dev=) if given, else the
+/* Which GPU a stage uses: `requested` (>= 0, from --device or dev=) if given, else the
  * launcher's local rank (OMPI_COMM_WORLD_LOCAL_RANK, SLURM_LOCALID, LOCAL_RANK, first set
- * wins) modulo the device count (several ranks may share one GPU), else 0. env(name)
+ * wins), else `fallback` (the stage index: `pipenem run` starts its stages without a
+ * launcher), either modulo the device count (several stages may share one GPU). env(name)
  * returns a variable's value or NULL (getenv in use, a table in tests). Errors: -ENODEV
  * with no device, -EINVAL for a requested device that is absent or a malformed local rank. */
-int model_gpu_pick(int requested, int count, const char *(*env)(const char *name), int *out,
+int model_gpu_pick(int requested, int count, int fallback, const char *(*env)(const char *name), int *out,
                    char *err, size_t errlen) PN_WUR;
 
 #endif

@@ -552,7 +552,7 @@ static int ops_get(ctx_t *c, sched_op_t **ops, size_t *n, char *err, size_t errl
 {
     const exec_params_t *p = c->p;
     const runcfg_t *cfg = p->cfg;
-    sched_spec_t spec = {cfg->schedule, cfg->stages, cfg->micro_batches, cfg->slack, 0};
+    sched_spec_t spec = {cfg->schedule, cfg->stages, cfg->micro_batches, cfg->slack, cfg->chunks};
     sched_plan_t probe = {0};
     int rc = sched_spec_check(&spec, &c->v, err, errlen);
     if (rc)

@@ -58,8 +58,10 @@ int nccl_hdr_parse(const nccl_hdr_t *h, transport_key_t *key, size_t *bytes, cha
 int nccl_hdr_check(const nccl_hdr_t *h, const transport_req_t *req, char *err, size_t errlen);
 
 /* The CUDA device of a stage: --device if >= 0, else dev= of `cuda:ARG`, else the
- * launcher's local rank modulo count (models/precision.h's rule). */
-int nccl_device_pick(const char *compute, int device, int count, int *out, char *err, size_t errlen) PN_WUR;
+ * launcher's local rank, else fallback (the stage index), modulo count: the cuda
+ * backend's rule (models/precision.h), so the tensors and the channels share a GPU. */
+int nccl_device_pick(const char *compute, int device, int count, int fallback, int *out, char *err,
+                     size_t errlen) PN_WUR;
 
 /* Opens the transport (see transport.h's transport_params_t): -ENOSYS in a build
  * without CUDA/NCCL, -ENODEV without a usable GPU, -ELIBACC when libnccl cannot be

@@ -203,7 +203,7 @@ static int nccl_setup(nccl_t *n, const transport_params_t *p, char *err, size_t 
     if (ce != cudaSuccess || count < 1)
         return pn_err(err, errlen, -ENODEV, "--transport nccl needs a GPU: %s",
                       ce != cudaSuccess ? cudaGetErrorString(ce) : "no CUDA device");
-    if ((rc = nccl_device_pick(p->compute, p->device, count, &n->device, err, errlen)) != 0)
+    if ((rc = nccl_device_pick(p->compute, p->device, count, p->rank, &n->device, err, errlen)) != 0)
         return rc;
     if ((ce = cudaSetDevice(n->device)) != cudaSuccess)
         return pn_err(err, errlen, -ENODEV, "GPU %d: %s", n->device, cudaGetErrorString(ce));

@@ -144,12 +144,12 @@ static const char *env_get(const char *name)
     return getenv(name);
 }
 
-int nccl_device_pick(const char *compute, int device, int count, int *out, char *err, size_t errlen)
+int nccl_device_pick(const char *compute, int device, int count, int fallback, int *out, char *err, size_t errlen)
 {
     model_cuda_arg_t a = {.device = -1};
     const char *arg = compute && !strncmp(compute, "cuda:", 5) ? compute + 5 : "";
     int rc = model_cuda_arg_parse(arg, &a, err, errlen);
     if (rc)
         return rc;
-    return model_gpu_pick(device >= 0 ? device : a.device, count, env_get, out, err, errlen);
+    return model_gpu_pick(device >= 0 ? device : a.device, count, fallback, env_get, out, err, errlen);
 }

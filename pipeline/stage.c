@@ -358,7 +358,7 @@ static int chunk_peak(const sched_op_t *ops, size_t n, int chunk)
  * initialised. */
 static int model_make(const runcfg_t *cfg, int rank, model_stage_t *st, int *ready, char *err, size_t errlen)
 {
-    sched_spec_t spec = {cfg->schedule, cfg->stages, cfg->micro_batches, cfg->slack, 0};
+    sched_spec_t spec = {cfg->schedule, cfg->stages, cfg->micro_batches, cfg->slack, cfg->chunks};
     sched_plan_t plan;
     int rc = sched_plan_build_spec(&spec, &plan, err, errlen);
     if (rc)
@@ -373,6 +373,7 @@ static int model_make(const runcfg_t *cfg, int rank, model_stage_t *st, int *rea
         char e[384];
         mp.stages = plan.chunks;
         mp.stage = c;
+        mp.process_chunks = v;
         if (v > 1)
             mp.partition = NULL;
         mp.max_inflight = chunk_peak(plan.ops[rank], plan.n_ops[rank], c);
@@ -410,7 +411,7 @@ int stage_run(const stage_params_t *p, stage_summary_t *out, char *err, size_t e
     char *report = NULL;
     stage_summary_t sum = {0};
     double clock_offset = 0; /* read by the shim at every message */
-    sched_spec_t spec = {cfg->schedule, P, cfg->micro_batches, cfg->slack, 0};
+    sched_spec_t spec = {cfg->schedule, P, cfg->micro_batches, cfg->slack, cfg->chunks};
     if ((rc = sched_spec_check(&spec, &v, err, errlen)) != 0)
         return rc;
     if (!(st = calloc((size_t)v, sizeof *st)) || !(chunks = calloc((size_t)v, sizeof *chunks))) {

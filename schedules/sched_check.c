@@ -235,22 +235,27 @@ static int check_complete(rank_chk_t *r, char *err, size_t errlen)
 {
     const shape_t *sh = r->sh;
     char cn[32];
-    for (int mb = 0; mb < sh->M; mb++)
-        for (int j = 0; j < sh->v; j++) {
-            int c = sched_rank_chunk(sh->pl, sh->P, sh->C, r->s, j);
-            int split = need(r, mb, c, SCHED_BWD_INPUT);
+    for (int j = 0; j < sh->v; j++) {
+        int c = sched_rank_chunk(sh->pl, sh->P, sh->C, r->s, j);
+        /* the kinds every micro-batch of this chunk needs, besides its backward */
+        unsigned needed = 1u << SCHED_FWD;
+        for (int k = 0; k < SCHED_OP_KINDS; k++)
+            if ((k == SCHED_RECV_ACT || k == SCHED_SEND_ACT || k == SCHED_RECV_GRAD || k == SCHED_SEND_GRAD) &&
+                !comm_forbidden(sh, (sched_op_kind_t)k, c, r->s))
+                needed |= 1u << k;
+        for (int mb = 0; mb < sh->M; mb++) {
+            unsigned want = needed | (need(r, mb, c, SCHED_BWD_INPUT)
+                                          ? (1u << SCHED_BWD_INPUT) | (1u << SCHED_BWD_WEIGHT)
+                                          : 1u << SCHED_BWD);
             for (int k = 0; k < SCHED_OP_KINDS; k++) {
-                if (k == SCHED_OPT_STEP || (k == SCHED_BWD && split) ||
-                    ((k == SCHED_BWD_INPUT || k == SCHED_BWD_WEIGHT) && !split) ||
-                    ((k == SCHED_RECV_ACT || k == SCHED_SEND_ACT || k == SCHED_RECV_GRAD || k == SCHED_SEND_GRAD) &&
-                     comm_forbidden(sh, (sched_op_kind_t)k, c, r->s)) ||
-                    need(r, mb, c, k))
+                if (!(want & (1u << k)) || need(r, mb, c, k))
                     continue;
                 return pn_err(err, errlen, -EINVAL, "stage %d: %s(%d)%s missing%s", r->s,
                               sched_op_kind_name((sched_op_kind_t)k), mb, chunk_note(sh, c, cn, sizeof cn),
                               k == SCHED_RECV_ACT || k == SCHED_RECV_GRAD ? " (missing receive)" : "");
             }
         }
+    }
     if (!r->opt_at)
         return pn_err(err, errlen, -EINVAL, "stage %d: OPT_STEP missing", r->s);
     return 0;
@@ -297,7 +302,8 @@ static int peer_rank(const shape_t *sh, const sched_op_t *op)
 static int dest_chunk(const sched_op_t *op) { return op->kind == SCHED_SEND_ACT ? op->chunk + 1 : op->chunk - 1; }
 
 /* The k-th send of rank a to rank b of one direction must be b's k-th receive from a of
- * that direction, for the same micro-batch and chunk. */
+ * that direction, for the same micro-batch and chunk. ptr: [P] scratch. Receives beyond
+ * the sends are found by check_channel_counts. */
 static int check_channels_from(const sched_plan_t *p, const shape_t *sh, int a, size_t *ptr, char *err,
                                size_t errlen)
 {
@@ -314,7 +320,8 @@ static int check_channels_from(const sched_plan_t *p, const shape_t *sh, int a, 
             size_t k = count[b]++, j = ptr[b];
             while (j < p->n_ops[b] && !(p->ops[b][j].kind == rk && peer_rank(sh, &p->ops[b][j]) == a))
                 j++;
-            op_where(where, sizeof where, sh, a, i, so);
+            if (j == p->n_ops[b] || p->ops[b][j].mb != so->mb || p->ops[b][j].chunk != dest_chunk(so))
+                op_where(where, sizeof where, sh, a, i, so); /* formatted only on failure */
             if (j == p->n_ops[b])
                 return pn_err(err, errlen, -EINVAL, "%s: send #%zu to stage %d, which receives only %zu %s from stage %d",
                               where, k + 1, b, k, sched_op_kind_name(rk), a);
@@ -327,15 +334,44 @@ static int check_channels_from(const sched_plan_t *p, const shape_t *sh, int a, 
                               chunk_note(sh, ro->chunk, cn, sizeof cn), k + 1);
             ptr[b] = j + 1;
         }
-        for (int b = 0; b < sh->P; b++)
-            for (size_t j = ptr[b]; j < p->n_ops[b]; j++)
-                if (p->ops[b][j].kind == rk && peer_rank(sh, &p->ops[b][j]) == a) {
-                    op_where(where, sizeof where, sh, b, j, &p->ops[b][j]);
-                    return pn_err(err, errlen, -EINVAL, "%s: stage %d sends only %zu %s to stage %d", where, a,
-                                  count[b], sched_op_kind_name(sk), b);
-                }
     }
     return 0;
+}
+
+/* Every receive has a send on its channel: counts per [(from * P + to) * 2 + dir]. */
+static int check_channel_counts(const sched_plan_t *p, const shape_t *sh, char *err, size_t errlen)
+{
+    int P = sh->P, rc = 0;
+    size_t *sent = calloc((size_t)P * P * 2, sizeof *sent), *recvd = calloc((size_t)P * P * 2, sizeof *recvd);
+    if (!sent || !recvd)
+        rc = pn_err(err, errlen, -ENOMEM, "out of memory checking channels");
+    for (int s = 0; s < P && !rc; s++)
+        for (size_t i = 0; i < p->n_ops[s]; i++) {
+            const sched_op_t *op = &p->ops[s][i];
+            int dir = op->kind == SCHED_SEND_GRAD || op->kind == SCHED_RECV_GRAD;
+            if (is_send(op->kind))
+                sent[((size_t)s * P + peer_rank(sh, op)) * 2 + dir]++;
+        }
+    /* recvd now counts again, receive by receive, to name the first one too many */
+    if (!rc)
+        memset(recvd, 0, (size_t)P * P * 2 * sizeof *recvd);
+    for (int s = 0; s < P && !rc; s++)
+        for (size_t i = 0; i < p->n_ops[s] && !rc; i++) {
+            const sched_op_t *op = &p->ops[s][i];
+            if (!is_recv(op->kind))
+                continue;
+            int from = peer_rank(sh, op), dir = op->kind == SCHED_RECV_GRAD;
+            size_t ch = ((size_t)from * P + s) * 2 + dir;
+            if (++recvd[ch] > sent[ch]) {
+                char where[128];
+                op_where(where, sizeof where, sh, s, i, op);
+                rc = pn_err(err, errlen, -EINVAL, "%s: stage %d sends only %zu %s to stage %d", where, from, sent[ch],
+                            sched_op_kind_name(dir ? SCHED_SEND_GRAD : SCHED_SEND_ACT), s);
+            }
+        }
+    free(sent);
+    free(recvd);
+    return rc;
 }
 
 /* Runs every rank with buffered FIFO sends: a receive proceeds once its channel has
@@ -406,7 +442,7 @@ int sched_plan_validate(const sched_plan_t *plan, int *peak, char *err, size_t e
     for (int a = 0; a < sh.P && !rc; a++)
         rc = check_channels_from(plan, &sh, a, ptr, err, errlen);
     free(ptr);
-    if (rc || (rc = check_progress(plan, &sh, err, errlen)))
+    if (rc || (rc = check_channel_counts(plan, &sh, err, errlen)) || (rc = check_progress(plan, &sh, err, errlen)))
         return rc;
     for (int s = 0; peak && s < sh.P; s++)
         peak[s] = sched_ops_peak_inflight(plan->ops[s], plan->n_ops[s]);

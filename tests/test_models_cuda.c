@@ -169,13 +169,19 @@ static const char *fake_env(const char *name)
     return NULL;
 }
 
-static int pick(int req, int count, const char *e0, const char *e1, int *dev, char *err, size_t errlen)
+static int pick_stage(int req, int count, int stage, const char *e0, const char *e1, int *dev, char *err,
+                      size_t errlen)
 {
     fake_env_tab[0] = e0;
     fake_env_tab[1] = e1;
     fake_env_tab[2] = NULL;
     *dev = -7;
-    return model_gpu_pick(req, count, fake_env, dev, err, errlen);
+    return model_gpu_pick(req, count, stage, fake_env, dev, err, errlen);
+}
+
+static int pick(int req, int count, const char *e0, const char *e1, int *dev, char *err, size_t errlen)
+{
+    return pick_stage(req, count, 0, e0, e1, dev, err, errlen);
 }
 
 static void test_gpu_pick(void **state)
@@ -195,6 +201,14 @@ static void test_gpu_pick(void **state)
     assert_int_equal(pick(-1, 2, "SLURM_LOCALID=5", NULL, &dev, err, sizeof err), 0);
     assert_int_equal(dev, 1); /* more ranks than GPUs: they share, round robin */
     assert_int_equal(pick(-1, 1, "SLURM_LOCALID=2", NULL, &dev, err, sizeof err), 0);
+    assert_int_equal(dev, 0);
+
+    /* no launcher (pipenem run): the stage index spreads the stages over the GPUs */
+    assert_int_equal(pick_stage(-1, 4, 5, NULL, NULL, &dev, err, sizeof err), 0);
+    assert_int_equal(dev, 1);
+    assert_int_equal(pick_stage(-1, 4, 5, "LOCAL_RANK=2", NULL, &dev, err, sizeof err), 0);
+    assert_int_equal(dev, 2);
+    assert_int_equal(pick_stage(0, 4, 5, NULL, NULL, &dev, err, sizeof err), 0);
     assert_int_equal(dev, 0);
 
     assert_int_equal(pick(3, 2, NULL, NULL, &dev, err, sizeof err), -EINVAL);

@@ -176,19 +176,21 @@ static void test_device_pick(void **state)
     unsetenv("OMPI_COMM_WORLD_LOCAL_RANK");
     unsetenv("SLURM_LOCALID");
     unsetenv("LOCAL_RANK");
-    assert_int_equal(nccl_device_pick("cuda", -1, 4, &dev, err, sizeof err), 0);
+    assert_int_equal(nccl_device_pick("cuda", -1, 4, 0, &dev, err, sizeof err), 0);
     assert_int_equal(dev, 0);
-    assert_int_equal(nccl_device_pick("cuda:fp16,dev=2", -1, 4, &dev, err, sizeof err), 0);
+    assert_int_equal(nccl_device_pick("cuda:fp16,dev=2", -1, 4, 0, &dev, err, sizeof err), 0);
     assert_int_equal(dev, 2);
-    assert_int_equal(nccl_device_pick("cuda:dev=2", 3, 4, &dev, err, sizeof err), 0);
+    assert_int_equal(nccl_device_pick("cuda:dev=2", 3, 4, 0, &dev, err, sizeof err), 0);
     assert_int_equal(dev, 3);
     setenv("LOCAL_RANK", "5", 1);
-    assert_int_equal(nccl_device_pick("cuda", -1, 4, &dev, err, sizeof err), 0);
+    assert_int_equal(nccl_device_pick("cuda", -1, 4, 0, &dev, err, sizeof err), 0);
     assert_int_equal(dev, 1); /* local rank 5 on 4 GPUs */
     unsetenv("LOCAL_RANK");
-    assert_int_equal(nccl_device_pick("cuda", -1, 0, &dev, err, sizeof err), -ENODEV);
+    assert_int_equal(nccl_device_pick("cuda", -1, 4, 6, &dev, err, sizeof err), 0);
+    assert_int_equal(dev, 2); /* no launcher: the stage index 6 on 4 GPUs */
+    assert_int_equal(nccl_device_pick("cuda", -1, 0, 0, &dev, err, sizeof err), -ENODEV);
     print_message("  no GPU: %s\n", err);
-    assert_int_not_equal(nccl_device_pick("cuda:dev=7", -1, 2, &dev, err, sizeof err), 0);
+    assert_int_not_equal(nccl_device_pick("cuda:dev=7", -1, 2, 0, &dev, err, sizeof err), 0);
     print_message("  absent GPU: %s\n", err);
 }
 

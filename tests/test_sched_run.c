@@ -7,6 +7,7 @@
 #include <stddef.h>
 #include <cmocka.h>
 
+#include "pipeline/runcfg.h"
 #include "tests/testutil.h"
 
 static char out[1 << 18];
@@ -63,11 +64,44 @@ static void test_shape_refused(void **state)
         fail_msg("exit %d, output:\n%s", rc, out);
 }
 
+/* --slack auto, the default with 1f1b-slack: the issue's example (GPT-3 small shapes,
+ * fwd 25 ms, bwd 75 ms per micro-batch, 3 stages, 10ms/1Gbps) resolves to K = 2; real
+ * compute (costs unknown before the run) to 1; a given K stays. */
+static int slack_of(const char *compute, const char *net, const char *slack)
+{
+    runcfg_t cfg;
+    runcfg_defaults(&cfg);
+    const char *set[][2] = {{"model", "gpt3-small"}, {"stages", "3"},   {"schedule", "1f1b-slack"},
+                            {"compute", compute},     {"net", net},      {"slack", slack}};
+    struct option opts[128];
+    char err[512];
+    assert_true(runcfg_options_table(opts, 128, NULL) > 0);
+    for (size_t i = 0; i < sizeof set / sizeof *set; i++)
+        for (const struct option *o = opts; set[i][1] && o->name; o++)
+            if (!strcmp(o->name, set[i][0]) && runcfg_option(&cfg, o->val, set[i][1], err, sizeof err) < 0)
+                fail_msg("--%s %s: %s", set[i][0], set[i][1], err);
+    if (runcfg_finish(&cfg, err, sizeof err))
+        fail_msg("%s", err);
+    return cfg.slack;
+}
+
+static void test_slack_auto(void **state)
+{
+    (void)state;
+    int k = slack_of("emulate:fwd=25ms,bwd=75ms", "10ms/1Gbps", NULL);
+    print_message("1f1b-slack on gpt3-small shapes, fwd 25 ms bwd 75 ms, 10ms/1Gbps: auto K = %d (want 2)\n", k);
+    assert_int_equal(k, 2);
+    assert_int_equal(slack_of("emulate:fwd=25ms,bwd=75ms", "10ms/1Gbps", "auto"), 2);
+    assert_int_equal(slack_of("cpu", "default", NULL), 1);
+    assert_int_equal(slack_of("emulate:fwd=25ms,bwd=75ms", "10ms/1Gbps", "3"), 3);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_losses_match_one_stage),
         cmocka_unit_test(test_shape_refused),
+        cmocka_unit_test(test_slack_auto),
     };
     return cmocka_run_group_tests_name("sched_run", tests, NULL, NULL);
 }

@@ -17,6 +17,7 @@
 # Logs go to $OUT when set (the device tool), else to a temporary folder.
 # usage: tests/gpu/check.sh [PACK_DIR=build-gpu]   (or a native build: BUILD=build tests/gpu/check.sh)
 # PN_GPU_QUICK=1 trims the comparisons and the benchmark to a few minutes.
+# PN_GPU_COMPUTE=cpu runs the pipeline step's plumbing on cpu (for testing this script).
 set -u
 cd "$(dirname "$0")/../.."
 pack=${1:-build-gpu}
@@ -44,6 +45,7 @@ finish() {
 bin= lib=
 if [ -f "$pack/pack.tar.gz" ]; then
 	work=$(mktemp -d /tmp/pn-gpu.XXXXXX)
+	trap 'rm -rf "$work"' EXIT
 	tar xzf "$pack/pack.tar.gz" -C "$work" || { record unpack fail "cannot unpack $pack/pack.tar.gz"; finish; }
 	bin=$work/bin lib=$work/lib
 	t_unit=$bin/test_models_cuda t_cmp=$bin/test_models_cuda_gpu t_bench=$bin/bench_models_cuda pipenem=$bin/pipenem
@@ -118,7 +120,7 @@ cmocka_step compare 900 "$t_cmp"
 # ---- pipeline: 3 processes on one GPU against one
 note "--- pipeline"
 run_losses() { # STAGES LOG -> the loss column of the iteration rows
-	timeout -k 10 300 "$pipenem" run --stages "$1" --model tiny --compute cuda --seq-len 64 --batch-size 4 \
+	timeout -k 10 300 "$pipenem" run --stages "$1" --model tiny --compute "${PN_GPU_COMPUTE:-cuda}" --seq-len 64 --batch-size 4 \
 		--micro-batch-size 2 --iters 3 --warmup 0 --net default >"$2" 2>&1 || return 1
 	awk '/^ +[0-9]+ +[0-9.]+ +[-0-9.e+]+ +[0-9.]+ *$/ {print $3}' "$2"
 }
