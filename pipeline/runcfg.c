@@ -277,10 +277,11 @@ int runcfg_format(const runcfg_t *c, char *buf, size_t len)
     if (n >= 0 && (size_t)n < len)
         n += snprintf(buf + n, len - (size_t)n,
                       " batch=%d micro_batch=%d compute=%s dataset=%s recompute=%d tied=%d seed=%llu lr=%.9g"
-                      " schedule=%s slack=%d iters=%d warmup=%d net=%s emulator=%s transport=%s",
+                      " schedule=%s slack=%d iters=%d warmup=%d net=%s emulator=%s",
                       m->batch_size, m->micro_batch_size, m->compute, m->dataset, m->recompute, m->tied_embeddings,
-                      m->seed, (double)m->lr, c->schedule, c->slack, c->iters, c->warmup, c->net, c->emulator,
-                      c->transport);
+                      m->seed, (double)m->lr, c->schedule, c->slack, c->iters, c->warmup, c->net, c->emulator);
+    if (strcmp(c->transport, "ucx") && n >= 0 && (size_t)n < len) /* as chunks: the default keeps older hashes */
+        n += snprintf(buf + n, len - (size_t)n, " transport=%s", c->transport);
     if (c->chunks && n >= 0 && (size_t)n < len) /* only where given: older runs keep their hash */
         n += snprintf(buf + n, len - (size_t)n, " chunks=%d", c->chunks);
     return n;
