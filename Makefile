@@ -64,6 +64,16 @@ override CFLAGS += -DPN_HAVE_CUDA=1 -I$(CUDA_HOME)/include
 CUDA_LDLIBS := -L$(CUDA_LIBDIR) -Wl,-rpath,$(CUDA_LIBDIR) -lcudart_static -ldl -lrt -lstdc++
 endif
 
+# NCCL (--transport nccl): where CUDA is built and nccl.h exists (CUDA 13 ships it in its
+# own include/ and lib64/; else the distribution's). libnccl is dlopen'ed by its path found
+# here, so no binary links it. NCCL_HOME= overrides the search.
+NCCL_HOME ?= $(firstword $(patsubst %/include/nccl.h,%,$(wildcard $(CUDA_HOME)/include/nccl.h /usr/include/nccl.h)))
+NCCL_LIB  := $(firstword $(wildcard $(NCCL_HOME)/lib64/libnccl.so.2 $(NCCL_HOME)/lib/libnccl.so.2 \
+               $(NCCL_HOME)/lib/x86_64-linux-gnu/libnccl.so.2 /usr/lib/x86_64-linux-gnu/libnccl.so.2))
+ifneq ($(and $(CUDA_SRCS),$(NCCL_HOME)),)
+override CFLAGS += -DPN_HAVE_NCCL=1 -I$(NCCL_HOME)/include -DPN_NCCL_LIB='"$(or $(NCCL_LIB),libnccl.so.2)"'
+endif
+
 LIB_SRCS := $(wildcard common/*.c schedules/*.c models/*.c netem/*.c pipeline/*.c) \
             $(filter-out bench/main.c,$(wildcard bench/*.c))
 LIB_OBJS := $(LIB_SRCS:%.c=$(BUILD)/%.o) $(CUDA_SRCS:%.cu=$(BUILD)/%.cu.o)
@@ -94,7 +104,7 @@ all: probe $(BUILD)/pipenem $(if $(SANITIZE),,pipenem) $(TEST_BINS) $(BENCH_BINS
 probe:
 	@missing=""; for p in $(PKGS); do pkg-config --exists $$p || missing="$$missing $$p"; done; \
 	  if [ -n "$$missing" ]; then echo "make: pkg-config cannot find:$$missing (run 'make deps')" >&2; exit 1; fi
-	@echo "# probe: cc=$(CC) cuda=$(if $(HAVE_CUDA),$(NVCC),none)$(if $(CUDA_SRCS), $(NVCC_MAJOR).x gencode='$(GENCODE)' cublas=$(CUDA_LIBDIR), (no .cu sources built)) sanitize=$(or $(SANITIZE),none) build=$(BUILD)"
+	@echo "# probe: cc=$(CC) cuda=$(if $(HAVE_CUDA),$(NVCC),none)$(if $(CUDA_SRCS), $(NVCC_MAJOR).x gencode='$(GENCODE)' cublas=$(CUDA_LIBDIR), (no .cu sources built)) nccl=$(if $(and $(CUDA_SRCS),$(NCCL_HOME)),$(or $(NCCL_LIB),libnccl.so.2),none) sanitize=$(or $(SANITIZE),none) build=$(BUILD)"
 
 deps:
 	@bash .ci/deps

@@ -18,6 +18,7 @@
 #include "pipeline/launch.h"
 #include "pipeline/runcfg.h"
 #include "pipeline/stage.h"
+#include "pipeline/transport.h"
 #include "schedules/sched.h"
 
 #include "models/options.h"
@@ -58,6 +59,7 @@ static int cell_runcfg(const sweep_spec_t *s, const results_cell_t *c, const cha
         {RUNCFG_OPT_ITERS, iters},            {RUNCFG_OPT_WARMUP, warmup},
         {RUNCFG_OPT_NET, net},                {RUNCFG_OPT_EMULATOR, emulator},
         {MODEL_OPT_THREADS, threads},         {RUNCFG_OPT_TIMEOUT, s->timeout},
+        {RUNCFG_OPT_TRANSPORT, s->transport},
         {RUNCFG_OPT_CHUNKS, chunks},
     };
     runcfg_defaults(cfg);
@@ -162,6 +164,10 @@ int cell_measure(void *ctx, const sweep_spec_t *s, results_cell_t *cell, const c
     /* Which backend emulates the links: the topology chooses (netem_topo_apply) where
      * there is one; without root there are no namespaces and only the shim can shape. */
     int have_ns = geteuid() == 0 && P > 1;
+    /* auto picks among what can act on the transport's traffic (nccl: not the shim) */
+    const transport_kind_t *tk = transport_kind_find(s->transport);
+    int shim_ok = !tk || tk->shim_ok;
+    const char *asked = strcmp(s->emulator, "auto") || shim_ok ? s->emulator : "netem";
     const netem_emulator_t *emu = NULL;
     char why[256] = "";
     netem_topo_t *topo = NULL;
@@ -171,10 +177,10 @@ int cell_measure(void *ctx, const sweep_spec_t *s, results_cell_t *cell, const c
             return -ENOMEM;
         rc = netem_topo_create(topo, P, err, errlen);
         if (!rc)
-            rc = netem_topo_apply(topo, links, s->emulator, err, errlen);
+            rc = netem_topo_apply(topo, links, asked, err, errlen);
         emu = topo->emulator;
     } else {
-        const char *asked = strcmp(s->emulator, "auto") ? s->emulator : "shim";
+        asked = strcmp(s->emulator, "auto") ? s->emulator : shim_ok ? "shim" : "netem";
         rc = netem_emulator_choose(asked, links, P > 1 ? P - 1 : 0, &emu, why, sizeof why, err, errlen);
     }
     runcfg_t *cfg = NULL;

@@ -13,6 +13,7 @@
 #include "models/model.h"
 #include "netem/emulator.h"
 #include "pipeline/runcfg.h"
+#include "pipeline/transport.h"
 #include "schedules/sched.h"
 
 const cli_cmd_t cli_cmds[] = {
@@ -154,7 +155,7 @@ static void expand(char *buf, size_t cap, const char *text)
         const char *key;
         const char *(*names)(void);
     } lists[] = {{"{models}", model_config_names}, {"{schedules}", sched_names},
-                 {"{emulators}", netem_emulator_names}};
+                 {"{emulators}", netem_emulator_names}, {"{transports}", transport_kind_names}};
     size_t n = 0;
     buf[0] = '\0';
     while (*text && n + 1 < cap) {

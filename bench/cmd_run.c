@@ -17,6 +17,7 @@
 #include "pipeline/launch.h"
 #include "pipeline/runcfg.h"
 #include "pipeline/stage.h"
+#include "pipeline/transport.h"
 
 static const cli_section_t sections[] = {
     {"model and compute", model_options_group, NULL, NULL, 0},
@@ -84,7 +85,10 @@ static int setup_links(const runcfg_t *cfg, netem_profile_t *links, netem_topo_t
                                NETEM_TOPO_MAX_HOSTS);
     if (netem_net_parse(cfg->net, cfg->stages, links, err, sizeof err))
         return cli_usage_error("run", "%s", err);
-    if (netem_emulator_choose(cfg->emulator, links, cfg->stages - 1, em, why, whylen, err, sizeof err))
+    /* auto picks among what can act on the transport's traffic (nccl: not the shim) */
+    const transport_kind_t *tk = transport_kind_find(cfg->transport);
+    const char *asked = !strcmp(cfg->emulator, "auto") && tk && !tk->shim_ok ? "netem" : cfg->emulator;
+    if (netem_emulator_choose(asked, links, cfg->stages - 1, em, why, whylen, err, sizeof err))
         return cli_usage_error("run", "%s", err);
     if ((*em)->in_transport) {
         l->shim_links = links;

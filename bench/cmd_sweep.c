@@ -27,7 +27,7 @@ static const int model_only[] = {MODEL_OPT_MODEL, MODEL_OPT_STAGES, MODEL_OPT_BA
                                  MODEL_OPT_COMPUTE, 0};
 static const int pipeline_only[] = {RUNCFG_OPT_ITERS, RUNCFG_OPT_WARMUP, RUNCFG_OPT_SLACK, RUNCFG_OPT_CHUNKS,
                                     RUNCFG_OPT_TIMEOUT, 0};
-static const int network_only[] = {RUNCFG_OPT_EMULATOR, 0};
+static const int network_only[] = {RUNCFG_OPT_EMULATOR, RUNCFG_OPT_TRANSPORT, 0};
 
 static const cli_section_t sections[] = {
     {"grid", runcfg_pipeline_group, schedule_only, NULL, 0},
@@ -113,6 +113,7 @@ static int sweep_option(opts_t *o, int c, const char *arg, const char **resume)
     case VOCAB_OPT_REPEAT: return cli_parse_int(cmd, "--repeat", arg, 1, INT_MAX, &s->repeats);
     case MODEL_OPT_COMPUTE: return cli_copy(cmd, "--compute", arg, s->compute, sizeof s->compute);
     case RUNCFG_OPT_EMULATOR: return cli_copy(cmd, "--emulator", arg, s->emulator, sizeof s->emulator);
+    case RUNCFG_OPT_TRANSPORT: return cli_copy(cmd, "--transport", arg, s->transport, sizeof s->transport);
     case RUNCFG_OPT_SLACK:
         if (!strcmp(arg, "auto")) {
             s->slack = -1;

@@ -41,7 +41,7 @@ static const col_t run_cols[] = {
     CD("iter_max_s", iter_max), CD("iter_stdev_s", iter_stdev), CD("predicted_s", predicted),
     CD("ideal_s", ideal), CD("tokens_per_s", tokens_per_s), CD("mfu", mfu),
     CD("straggler_delay", straggler_delay), CD("straggler_slowdown", straggler_slowdown),
-    CD("final_loss", final_loss), CD("wall_s", wall),
+    CD("final_loss", final_loss), CD("wall_s", wall), CS(transport),
 };
 #define N_RUN_COLS (sizeof run_cols / sizeof *run_cols)
 

@@ -24,6 +24,7 @@ typedef struct {
     int iters, warmup, repeats;    /* measured iterations per run, after `warmup` more */
     char compute[96];              /* compute backend, e.g. "emulate:v100" */
     char emulator[32];             /* network emulator backend used, e.g. "netem", "shaper" */
+    char transport[16];            /* how the stages exchanged tensors: "ucx", "nccl" */
     int straggler_rank;            /* -1 = none */
     double straggler_factor;       /* 1 = none */
     double iter_median, iter_mean, iter_min, iter_max, iter_stdev;  /* s, warm-up excluded */

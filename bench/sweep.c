@@ -8,6 +8,7 @@
 #include "bench/csvio.h"
 #include "models/model.h"
 #include "netem/emulator.h"
+#include "pipeline/transport.h"
 #include "netem/profile.h"
 #include "netem/state.h"
 #include "schedules/sched.h"
@@ -171,6 +172,7 @@ int sweep_spec_default(sweep_spec_t *s, char *err, size_t errlen)
     s->slack = -1; /* auto: each 1f1b-slack cell's own K (runcfg) */
     snprintf(s->compute, sizeof s->compute, "emulate:v100");
     snprintf(s->emulator, sizeof s->emulator, "auto");
+    snprintf(s->transport, sizeof s->transport, "ucx");
     s->straggler_rank = -1;
     s->straggler_factor = 1.0;
     int rc = sweep_schedules_parse("gpipe,1f1b", s, err, errlen);
@@ -221,6 +223,8 @@ int sweep_spec_check(const sweep_spec_t *s, char *err, size_t errlen)
     if (strcmp(s->emulator, "auto") && !netem_emulator_find(s->emulator)) {
         return pn_err(err, errlen, -EINVAL, "--emulator: unknown emulator '%s' (known: %s)", s->emulator, netem_emulator_names());
     }
+    if (transport_kind_check(s->transport, s->compute, s->emulator, why, sizeof why))
+        return pn_err(err, errlen, -EINVAL, "%s", why);
     if (!s->n_sched || !s->n_mbs || !s->n_prof) {
         return pn_err(err, errlen, -EINVAL, "the grid is empty");
     }
@@ -250,6 +254,7 @@ void sweep_cell_config(const sweep_spec_t *s, int i, results_cell_t *c)
     c->repeats = s->repeats;
     snprintf(c->compute, sizeof c->compute, "%s", s->compute);
     snprintf(c->emulator, sizeof c->emulator, "%s", s->emulator);
+    snprintf(c->transport, sizeof c->transport, "%s", s->transport);
     c->straggler_rank = s->straggler_rank;
     c->straggler_factor = s->straggler_factor;
 }

@@ -28,6 +28,7 @@ typedef struct {
     int chunks;                           /* --chunks of interleaved-1f1b cells (0 = its default) */
     char compute[96];                     /* compute backend spec */
     char emulator[32];                    /* network emulator backend requested */
+    char transport[16];                   /* --transport of every cell: "ucx" or "nccl" */
     int straggler_rank;                   /* -1 = none */
     double straggler_factor;              /* 1 = none */
     char timeout[32];                     /* --timeout of every stage ("" = pipeline's default) */

@@ -10,6 +10,7 @@
 
 #include "netem/emulator.h"
 #include "netem/profile.h"
+#include "pipeline/transport.h"
 #include "schedules/sched.h"
 #include "schedules/sim.h"
 
@@ -38,6 +39,10 @@ const model_option_t runcfg_network_group[] = {
      "namespace per stage (needs root); shim: the transport itself holds back and paces\n"
      "each message (no root); auto: the most faithful one usable here",
      "auto"},
+    {"transport", 0, RUNCFG_OPT_TRANSPORT, "T",
+     "how stages exchange tensors: {transports}. ucx: host memory, any cluster, every\n"
+     "emulator; nccl: GPU memory (needs --compute cuda), shaped by netem only",
+     "ucx"},
     {"ucx-tls", 0, RUNCFG_OPT_UCX_TLS, "T", "UCX transports to use (UCX_TLS)",
      "UCX's own choice; tcp between namespaces"},
     {"ucx-devices", 0, RUNCFG_OPT_UCX_DEVICES, "D", "the only network devices UCX listens on (UCX_NET_DEVICES)",
@@ -65,6 +70,7 @@ void runcfg_defaults(runcfg_t *c)
     c->warmup = 1;
     snprintf(c->net, sizeof c->net, "default");
     snprintf(c->emulator, sizeof c->emulator, "auto");
+    snprintf(c->transport, sizeof c->transport, "ucx");
     c->world_size = -1;
     c->rank = -1;
     c->timeout = 300;
@@ -123,6 +129,11 @@ int runcfg_option(runcfg_t *c, int opt, const char *arg, char *err, size_t errle
             return -EINVAL;
         }
         rc = copy_str("emulator", arg, c->emulator, sizeof c->emulator, err, errlen);
+        break;
+    case RUNCFG_OPT_TRANSPORT:
+        if (!transport_kind_find(arg))
+            return pn_err(err, errlen, -EINVAL, "--transport: expected %s, got '%s'", transport_kind_names(), arg);
+        rc = copy_str("transport", arg, c->transport, sizeof c->transport, err, errlen);
         break;
     case RUNCFG_OPT_DIST_URL: rc = copy_str("dist-url", arg, c->dist_url, sizeof c->dist_url, err, errlen); break;
     case RUNCFG_OPT_WORLD_SIZE: rc = parse_int("world-size", arg, 1, PN_MAX_WORLD, &c->world_size, err, errlen); break;
@@ -241,6 +252,8 @@ int runcfg_finish(runcfg_t *c, char *err, size_t errlen)
         snprintf(err, errlen, "--net %s needs at least 2 stages (there is no link with --stages 1)", c->net);
         return -EINVAL;
     }
+    if ((rc = transport_kind_check(c->transport, c->model.compute, c->emulator, err, errlen)) != 0)
+        return rc;
     if (c->world_size > 0 && c->world_size != c->stages) {
         snprintf(err, errlen, "--world-size %d differs from the %d stages (one process per stage)", c->world_size,
                  c->stages);
@@ -267,6 +280,8 @@ int runcfg_format(const runcfg_t *c, char *buf, size_t len)
                       " schedule=%s slack=%d iters=%d warmup=%d net=%s emulator=%s",
                       m->batch_size, m->micro_batch_size, m->compute, m->dataset, m->recompute, m->tied_embeddings,
                       m->seed, (double)m->lr, c->schedule, c->slack, c->iters, c->warmup, c->net, c->emulator);
+    if (strcmp(c->transport, "ucx") && n >= 0 && (size_t)n < len) /* as chunks: the default keeps older hashes */
+        n += snprintf(buf + n, len - (size_t)n, " transport=%s", c->transport);
     if (c->chunks && n >= 0 && (size_t)n < len) /* only where given: older runs keep their hash */
         n += snprintf(buf + n, len - (size_t)n, " chunks=%d", c->chunks);
     return n;

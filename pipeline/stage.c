@@ -13,7 +13,6 @@
 #include "pipeline/ctrl.h"
 #include "pipeline/fault.h"
 #include "pipeline/shim.h"
-#include "pipeline/ucx.h"
 
 /* Whether text names a rank ("rank N") that err does not. */
 static int names_another_rank(const char *text, const char *err)
@@ -294,16 +293,18 @@ void stage_summary_print(const stage_summary_t *s, const runcfg_t *cfg, FILE *f)
     }
 }
 
-/* The UCX transport of this rank, wrapped in the shim when the links are shaped there
- * (the shim reads *clock_offset at every message). */
+/* The transport of this rank (--transport), wrapped in the shim when the links are shaped
+ * there (the shim reads *clock_offset at every message). */
 static int transport_make(const stage_params_t *p, double *clock_offset, transport_t *t, char *err, size_t errlen)
 {
     const runcfg_t *cfg = p->cfg;
-    ucx_params_t up = {.rank = p->rank, .size = cfg->stages,
-                       .tls = p->ucx_tls && *p->ucx_tls ? p->ucx_tls : cfg->ucx_tls,
-                       .net_devices = p->ucx_devices && *p->ucx_devices ? p->ucx_devices : cfg->ucx_devices};
+    transport_params_t tp = {.rank = p->rank, .size = cfg->stages,
+                             .ucx_tls = p->ucx_tls && *p->ucx_tls ? p->ucx_tls : cfg->ucx_tls,
+                             .ucx_devices = p->ucx_devices && *p->ucx_devices ? p->ucx_devices : cfg->ucx_devices,
+                             .root_host = p->host, .root_port = p->port, .compute = cfg->model.compute,
+                             .device = cfg->model.device, .timeout = cfg->timeout};
     char e[384];
-    int rc = ucx_transport_open(&up, t, e, sizeof e);
+    int rc = transport_open(cfg->transport, &tp, t, e, sizeof e);
     if (rc == 0 && p->shim_links) {
         transport_t raw = *t;
         if ((rc = shim_transport_wrap(&raw, p->shim_links, clock_offset, t, e, sizeof e)) != 0) {

@@ -1,12 +1,76 @@
 /* The transport handle's dispatch: fills a request and forwards to the variant's table,
- * so callers never touch an implementation directly. */
+ * so callers never touch an implementation directly; and the table of transports
+ * (`--transport`) with the checks of their combination with compute and emulator. */
 #include "pipeline/transport.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <string.h>
 #include <time.h>
 
 #include "common/clock.h"
+#include "netem/emulator.h"
+#include "pipeline/nccl.h"
+#include "pipeline/ucx.h"
+
+static int ucx_open(const transport_params_t *p, transport_t *out, char *err, size_t errlen)
+{
+    ucx_params_t up = {.rank = p->rank, .size = p->size, .tls = p->ucx_tls, .net_devices = p->ucx_devices};
+    return ucx_transport_open(&up, out, err, errlen);
+}
+
+static const transport_kind_t kinds[] = {
+    {"ucx", "UCX tag messages of host-memory tensors: any cluster, every emulator", 0, 1, ucx_open},
+    {"nccl", "ncclSend/ncclRecv of GPU-resident tensors (--compute cuda); tc netem shapes its sockets", 1, 0,
+     nccl_transport_open},
+};
+#define N_KINDS (sizeof kinds / sizeof *kinds)
+
+const transport_kind_t *transport_kind_find(const char *name)
+{
+    for (size_t i = 0; name && i < N_KINDS; i++)
+        if (!strcmp(kinds[i].name, name))
+            return &kinds[i];
+    return NULL;
+}
+
+const char *transport_kind_names(void)
+{
+    static char buf[128];
+    if (!buf[0])
+        for (size_t i = 0, n = 0; i < N_KINDS && n < sizeof buf; i++)
+            n += (size_t)snprintf(buf + n, sizeof buf - n, "%s%s", i ? ", " : "", kinds[i].name);
+    return buf;
+}
+
+int transport_kind_check(const char *name, const char *compute, const char *emulator, char *err, size_t errlen)
+{
+    const transport_kind_t *k = transport_kind_find(name);
+    if (!k)
+        return pn_err(err, errlen, -EINVAL, "--transport: expected %s, got '%s'", transport_kind_names(),
+                      name ? name : "");
+    int cuda = compute && !strncmp(compute, "cuda", 4) && (compute[4] == '\0' || compute[4] == ':');
+    if (k->needs_cuda && !cuda)
+        return pn_err(err, errlen, -EINVAL,
+                      "--transport %s moves GPU-resident tensors and needs --compute cuda (got --compute %s)",
+                      k->name, compute && *compute ? compute : "cpu");
+    const netem_emulator_t *em = emulator ? netem_emulator_find(emulator) : NULL;
+    if (em && em->in_transport && !k->shim_ok)
+        return pn_err(err, errlen, -EINVAL,
+                      "--emulator %s with --transport %s: the in-transport shim cannot act on %s's traffic "
+                      "(it moves GPU to GPU without passing through pipenem); use --emulator netem or auto",
+                      em->name, k->name, k->name);
+    return 0;
+}
+
+int transport_open(const char *name, const transport_params_t *p, transport_t *out, char *err, size_t errlen)
+{
+    const transport_kind_t *k = transport_kind_find(name);
+    if (!k)
+        return pn_err(err, errlen, -EINVAL, "unknown transport '%s' (known: %s)", name ? name : "",
+                      transport_kind_names());
+    return k->open(p, out, err, errlen);
+}
 
 const char *transport_dir_name(transport_dir_t d)
 {

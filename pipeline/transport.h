@@ -71,6 +71,39 @@ typedef struct {
     int rank, size;
 } transport_t;
 
+/* What opening a transport on this rank needs; each variant reads its own fields. */
+typedef struct {
+    int rank, size;
+    const char *ucx_tls, *ucx_devices;   /* ucx: UCX_TLS / UCX_NET_DEVICES, NULL = UCX's choice */
+    const char *root_host;               /* nccl: rank 0's rendezvous host: NCCL_SOCKET_IFNAME is */
+    int root_port;                       /*   the interface that reaches it (unless set already) */
+    const char *compute;                 /* nccl: the --compute text (cuda[:ARG]: which GPU) */
+    int device;                          /* nccl: --device, -1 = not given */
+    double timeout;                      /* nccl: the watchdog aborts a channel silent this long */
+} transport_params_t;
+
+/* The transports as a const table (`--transport`): adding one adds an entry. */
+typedef struct transport_kind {
+    const char *name;
+    const char *summary;
+    int needs_cuda;        /* carries GPU-resident tensors: only with --compute cuda */
+    int shim_ok;           /* the in-transport shaper (netem shim) can wrap it */
+    int (*open)(const transport_params_t *p, transport_t *out, char *err, size_t errlen);
+} transport_kind_t;
+
+/* The entry called name, or NULL. */
+const transport_kind_t *transport_kind_find(const char *name);
+/* "ucx, nccl", derived from the table, for --help and messages. */
+const char *transport_kind_names(void);
+/* The combination of a transport with the compute spec and the emulator asked for
+ * ("auto", "netem", "shim"): -EINVAL naming what is wrong (unknown transport, nccl
+ * without cuda compute, the shim asked to shape traffic it cannot see). */
+int transport_kind_check(const char *name, const char *compute, const char *emulator, char *err,
+                         size_t errlen) PN_WUR;
+/* Opens the transport called name (transport_kind_check first). */
+int transport_open(const char *name, const transport_params_t *p, transport_t *out, char *err,
+                   size_t errlen) PN_WUR;
+
 /* Fills req for a send/receive of bytes at buf with peer and posts it. */
 int transport_send(transport_t *t, int peer, transport_key_t key, const void *buf, size_t bytes,
                    transport_req_t *req) PN_WUR;

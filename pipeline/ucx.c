@@ -1,16 +1,14 @@
 /* UCX transport: UCP tag messages between neighbouring stages. A progress thread owns the
- * waiting (epoll on the worker's event fd, re-armed after every drain) so that rendezvous
- * transfers advance while the stage computes; callers sleep on a condition variable
- * (the gate below).
+ * worker: it issues every send and receive, polls while a transfer streams (at most
+ * UCX_POLL_WINDOW after the last event) and otherwise sleeps in epoll on the worker's
+ * event fd, so that rendezvous transfers advance while the stage computes.
  *
- * One lock serialises the worker. While data streams in, the progress thread would hold
- * it for as long as ucp_worker_progress finds work (a whole multi-megabyte transfer), and
- * the stage thread could neither post its next message nor return from a completed wait:
- * transport time would show up inside compute ops and delay sends. So the stage thread
- * announces that it wants the lock (app_lock) and the progress thread hands it over
- * between two progress calls (hand_off); waiters sleep on a separate gate, not on the
- * lock's own condition, so that their wake-up is announced the same way. Lock order:
- * lock, then gate. */
+ * The stage thread never waits for the worker: a send or receive goes into a command
+ * queue (its own small lock) and wakes the progress thread only if it sleeps; a wait
+ * sleeps on the gate until a completion, published with release order, marks its request
+ * done. The rare calls that need the worker itself (connect, fail, quiesce) announce that
+ * they want the lock (app_lock) and the progress thread hands it over between two
+ * progress calls (hand_off). Lock order: lock, then gate or cmd_lock. */
 #include "pipeline/ucx.h"
 
 #include <errno.h>
@@ -27,6 +25,9 @@
 
 #include "common/clock.h"
 #include "pipeline/ucx_int.h"
+
+/* seconds of polling after the last event while transfers are in flight */
+#define UCX_POLL_WINDOW 100e-6
 
 uint64_t ucx_tag_make(int src, transport_key_t key)
 {
@@ -108,7 +109,7 @@ static void req_complete(ucx_t *u, transport_req_t *req, int status, const char 
         snprintf(req->why, sizeof req->why, "%s", why);
     req->done_at = pn_now();
     req->impl = NULL;
-    req->state = TRANSPORT_REQ_DONE;
+    __atomic_store_n(&req->state, TRANSPORT_REQ_DONE, __ATOMIC_RELEASE); /* ucx_wait reads it unlocked */
     notify(u);
 }
 
@@ -229,10 +230,7 @@ static void probe_all(ucx_t *u)
         ucx_unexp_t *m = calloc(1, sizeof *m);
         if (!m) {
             /* Cannot keep it: leave the run failed rather than lose a message silently. */
-            u->failed = 1;
-            u->fail_status = -ENOMEM;
-            snprintf(u->fail_why, sizeof u->fail_why, "out of memory for an arrived message");
-            notify(u);
+            ucx_fail_locked(u, -ENOMEM, "out of memory for an arrived message");
             return;
         }
         m->msg = msg;
@@ -255,41 +253,12 @@ static void probe_all(ucx_t *u)
     }
 }
 
-static void *progress_main(void *arg)
-{
-    ucx_t *u = arg;
-    pthread_mutex_lock(&u->lock);
-    while (!u->stop) {
-        while (ucp_worker_progress(u->worker))
-            if (atomic_load(&u->want) > 0)
-                hand_off(u);
-        probe_all(u);
-        ucs_status_t st = ucp_worker_arm(u->worker);
-        if (st == UCS_ERR_BUSY)
-            continue;
-        pthread_mutex_unlock(&u->lock);
-        struct epoll_event ev[4];
-        /* The timeout is only a safety net; every real event arrives through the fds. */
-        int n = epoll_wait(u->epfd, ev, 4, 1000);
-        for (int i = 0; i < n; i++)
-            if (ev[i].data.fd == u->wake_fd) {
-                uint64_t v;
-                if (read(u->wake_fd, &v, sizeof v) < 0) {
-                    /* EAGAIN: already drained */
-                }
-            }
-        pthread_mutex_lock(&u->lock);
-    }
-    pthread_mutex_unlock(&u->lock);
-    return NULL;
-}
-
 void ucx_fail_locked(ucx_t *u, int status, const char *why)
 {
     if (!u->failed) {
-        u->failed = 1;
         u->fail_status = status;
         snprintf(u->fail_why, sizeof u->fail_why, "%s", why);
+        __atomic_store_n(&u->failed, 1, __ATOMIC_RELEASE);
     }
     for (transport_req_t *r = u->posted; r;) {
         transport_req_t *next = r->next;
@@ -298,6 +267,16 @@ void ucx_fail_locked(ucx_t *u, int status, const char *why)
         r = next;
     }
     u->posted = NULL;
+    pthread_mutex_lock(&u->cmd_lock);
+    transport_req_t *q = u->cmds;
+    u->cmds = u->cmds_tail = NULL;
+    atomic_store(&u->cmd_pending, 0);
+    pthread_mutex_unlock(&u->cmd_lock);
+    for (transport_req_t *r; (r = q) != NULL;) {
+        q = r->next;
+        r->next = NULL;
+        req_complete(u, r, status, why);
+    }
     for (ucx_slot_t *s = u->slots; s; s = s->next)
         if (s->req) {
             req_complete(u, s->req, status, why);
@@ -364,6 +343,11 @@ static int ucx_connect(void *impl, int peer, const void *blob, size_t len, char 
         .field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE |
                       UCP_EP_PARAM_FIELD_ERR_HANDLER,
         .address = blob,
+        /* A dead peer fails its requests at once, and a forced close is defined. The cost
+         * (UCX 1.13, `ucx_info -e -u twe`): only transports that report peer failure, so
+         * no shared memory between local processes and no RMA lane on tcp: rendezvous
+         * data comes as active messages with one copy more, about a third of the
+         * bandwidth of ucx_perftest's endpoints (bench_pipeline_bw prints both). */
         .err_mode = UCP_ERR_HANDLING_MODE_PEER,
         .err_handler = {.cb = ep_error, .arg = p},
     };
@@ -378,12 +362,10 @@ static int ucx_connect(void *impl, int peer, const void *blob, size_t len, char 
     return 0;
 }
 
-static int ucx_send(void *impl, transport_req_t *req)
+/* Issues a send taken from the command queue; lock held (progress thread). */
+static void send_locked(ucx_t *u, transport_req_t *req)
 {
-    ucx_t *u = impl;
     ucx_peer_t *p = &u->peers[req->peer];
-    int rc = 0;
-    app_lock(u);
     if (u->failed) {
         req_complete(u, req, u->fail_status, u->fail_why);
     } else if (!p->ep || p->lost) {
@@ -393,28 +375,23 @@ static int ucx_send(void *impl, transport_req_t *req)
     } else {
         ucx_slot_t *slot = slot_new(u, req);
         if (!slot) {
-            rc = -ENOMEM;
-        } else {
-            ucp_request_param_t prm = {
-                .op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA,
-                .cb.send = send_cb,
-                .user_data = slot,
-            };
-            ucs_status_ptr_t sp = ucp_tag_send_nbx(p->ep, req->buf, req->bytes,
-                                                   ucx_tag_make(u->rank, req->key), &prm);
-            track(u, req, sp, slot);
+            req_complete(u, req, -ENOMEM, "out of memory");
+            return;
         }
+        ucp_request_param_t prm = {
+            .op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA,
+            .cb.send = send_cb,
+            .user_data = slot,
+        };
+        ucs_status_ptr_t sp = ucp_tag_send_nbx(p->ep, req->buf, req->bytes, ucx_tag_make(u->rank, req->key), &prm);
+        track(u, req, sp, slot);
     }
-    pthread_mutex_unlock(&u->lock);
-    ucx_wake(u);
-    return rc;
 }
 
-static int ucx_recv(void *impl, transport_req_t *req)
+/* Matches a receive taken from the command queue; lock held (progress thread). */
+static void recv_locked(ucx_t *u, transport_req_t *req)
 {
-    ucx_t *u = impl;
     uint64_t tag = ucx_tag_make(req->peer, req->key);
-    app_lock(u);
     ucx_unexp_t **mp = &u->unexp, *prev = NULL;
     while (*mp && (*mp)->info.sender_tag != tag) {
         prev = *mp;
@@ -437,25 +414,148 @@ static int ucx_recv(void *impl, transport_req_t *req)
         req->next = u->posted;
         u->posted = req;
     }
+}
+
+/* Issues what the stage threads queued, in order; lock held (progress thread). */
+static void cmds_drain(ucx_t *u)
+{
+    if (!atomic_load(&u->cmd_pending))
+        return;
+    pthread_mutex_lock(&u->cmd_lock);
+    transport_req_t *q = u->cmds;
+    u->cmds = u->cmds_tail = NULL;
+    atomic_store(&u->cmd_pending, 0);
+    pthread_mutex_unlock(&u->cmd_lock);
+    while (q) {
+        transport_req_t *r = q;
+        q = q->next;
+        r->next = NULL;
+        if (r->is_recv)
+            recv_locked(u, r);
+        else
+            send_locked(u, r);
+    }
+}
+
+/* Progresses until the worker has been quiet for UCX_POLL_WINDOW seconds with transfers in
+ * flight, or at once without any: a transfer's next fragment usually follows within
+ * microseconds, and sleeping in epoll between fragments (a wake-up and two system calls
+ * each) is where half of the bandwidth went. A wait for a peer that is not sending ends
+ * in epoll after one window, so an idle stage does not spin. Lock held. */
+static void progress_burst(ucx_t *u)
+{
+    double last = pn_now();
+    for (;;) {
+        cmds_drain(u);
+        unsigned n = ucp_worker_progress(u->worker);
+        if (atomic_load(&u->want) > 0)
+            hand_off(u);
+        /* A rendezvous message waits for its receive's answer: match arrivals while the
+         * previous message still streams in, not after it, or the link idles between. */
+        if (n && u->posted)
+            probe_all(u);
+        if (n) {
+            last = pn_now();
+            continue;
+        }
+        probe_all(u);
+        if ((!u->slots || pn_now() - last > UCX_POLL_WINDOW) && !atomic_load(&u->cmd_pending))
+            return;
+    }
+}
+
+static void *progress_main(void *arg)
+{
+    ucx_t *u = arg;
+    pthread_mutex_lock(&u->lock);
+    while (!u->stop) {
+        progress_burst(u);
+        /* Announce the sleep before the last look at the queue: a post after the look
+         * sees sleeping and writes the eventfd. */
+        atomic_store(&u->sleeping, 1);
+        if (atomic_load(&u->cmd_pending)) {
+            atomic_store(&u->sleeping, 0);
+            continue;
+        }
+        ucs_status_t st = ucp_worker_arm(u->worker);
+        if (st == UCS_ERR_BUSY) {
+            atomic_store(&u->sleeping, 0);
+            continue;
+        }
+        pthread_mutex_unlock(&u->lock);
+        struct epoll_event ev[4];
+        /* The timeout is only a safety net; every real event arrives through the fds. */
+        int n = epoll_wait(u->epfd, ev, 4, 1000);
+        atomic_store(&u->sleeping, 0);
+        for (int i = 0; i < n; i++)
+            if (ev[i].data.fd == u->wake_fd) {
+                uint64_t v;
+                if (read(u->wake_fd, &v, sizeof v) < 0) {
+                    /* EAGAIN: already drained */
+                }
+            }
+        pthread_mutex_lock(&u->lock);
+    }
     pthread_mutex_unlock(&u->lock);
-    ucx_wake(u);
+    return NULL;
+}
+
+/* A send or receive goes to the progress thread through a queue of its own: the stage
+ * thread never waits for the worker lock (a hand-off costs two context switches, and on
+ * a busy machine each can cost a time slice, during which no byte moves). */
+static int cmd_post(ucx_t *u, transport_req_t *req)
+{
+    pthread_mutex_lock(&u->cmd_lock);
+    if (__atomic_load_n(&u->failed, __ATOMIC_ACQUIRE)) {
+        /* ucx_fail_locked has emptied the queue for the last time (it sets failed
+         * first): this request is failed here, in no list */
+        pthread_mutex_unlock(&u->cmd_lock);
+        req_complete(u, req, u->fail_status, u->fail_why);
+        return 0;
+    }
+    req->next = NULL;
+    if (u->cmds_tail)
+        u->cmds_tail->next = req;
+    else
+        u->cmds = req;
+    u->cmds_tail = req;
+    atomic_store(&u->cmd_pending, 1);
+    pthread_mutex_unlock(&u->cmd_lock);
+    if (atomic_load(&u->sleeping))
+        ucx_wake(u);
     return 0;
 }
 
+static int ucx_send(void *impl, transport_req_t *req)
+{
+    return cmd_post(impl, req);
+}
+
+static int ucx_recv(void *impl, transport_req_t *req)
+{
+    return cmd_post(impl, req);
+}
+
+/* Sleeps on the gate until req is done; takes the lock (a hand-off from the progress
+ * thread) only where the transport has failed: a completion is published with release
+ * order, so a done request is read without one. */
 static int ucx_wait(void *impl, transport_req_t *req, double deadline)
 {
     ucx_t *u = impl;
-    int rc = 0;
-    app_lock(u);
-    while (req->state != TRANSPORT_REQ_DONE) {
-        if (u->failed) {
-            req_complete(u, req, u->fail_status, u->fail_why);
-            break;
-        }
+    struct timespec ts = pn_timespec(deadline);
+    for (;;) {
         unsigned gen = atomic_load(&u->done_gen);
-        pthread_mutex_unlock(&u->lock);
+        if (__atomic_load_n(&req->state, __ATOMIC_ACQUIRE) == TRANSPORT_REQ_DONE)
+            return req->status;
+        if (__atomic_load_n(&u->failed, __ATOMIC_ACQUIRE)) {
+            /* ucx_fail_locked completes every request it finds, and cmd_post every later
+             * one: once its lock is released, req is done. */
+            app_lock(u);
+            pthread_mutex_unlock(&u->lock);
+            if (__atomic_load_n(&req->state, __ATOMIC_ACQUIRE) == TRANSPORT_REQ_DONE)
+                return req->status;
+        }
         int timed_out = 0;
-        struct timespec ts = pn_timespec(deadline);
         pthread_mutex_lock(&u->gate);
         while (atomic_load(&u->done_gen) == gen && !timed_out) {
             if (deadline > 0)
@@ -464,16 +564,9 @@ static int ucx_wait(void *impl, transport_req_t *req, double deadline)
                 pthread_cond_wait(&u->gate_cond, &u->gate);
         }
         pthread_mutex_unlock(&u->gate);
-        app_lock(u);
-        if (timed_out && req->state != TRANSPORT_REQ_DONE) {
-            rc = -ETIMEDOUT;
-            break;
-        }
+        if (timed_out && __atomic_load_n(&req->state, __ATOMIC_ACQUIRE) != TRANSPORT_REQ_DONE)
+            return -ETIMEDOUT;
     }
-    if (!rc)
-        rc = req->status;
-    pthread_mutex_unlock(&u->lock);
-    return rc;
 }
 
 static void ucx_fail(void *impl, int status, const char *why)

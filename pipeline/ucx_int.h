@@ -50,6 +50,10 @@ struct ucx {
     atomic_int want;                  /* stage threads waiting for the lock */
     atomic_uint taken;                /* times a stage thread got it */
     atomic_int handing;               /* the progress thread waits for a hand-off */
+    pthread_mutex_t cmd_lock;         /* the command queue (taken alone, or after lock) */
+    transport_req_t *cmds, *cmds_tail;/* sends and receives for the progress thread */
+    atomic_int cmd_pending;           /* cmds is not empty */
+    atomic_int sleeping;              /* the progress thread is (about to be) in epoll */
     int sync_ready;
     pthread_t thread;
     int thread_started, stop;

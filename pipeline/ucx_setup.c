@@ -27,6 +27,10 @@ static int sync_init(ucx_t *u)
     if (!rc) {
         if ((rc = pthread_mutex_init(&u->gate, NULL)) == 0 && (rc = pthread_cond_init(&u->gate_cond, &ca)) != 0)
             pthread_mutex_destroy(&u->gate);
+        if (!rc && (rc = pthread_mutex_init(&u->cmd_lock, NULL)) != 0) {
+            pthread_cond_destroy(&u->gate_cond);
+            pthread_mutex_destroy(&u->gate);
+        }
         if (rc)
             pthread_mutex_destroy(&u->lock);
     }
@@ -126,6 +130,7 @@ void ucx_destroy(void *impl)
     if (u->sync_ready) {
         pthread_cond_destroy(&u->gate_cond);
         pthread_mutex_destroy(&u->gate);
+        pthread_mutex_destroy(&u->cmd_lock);
         pthread_mutex_destroy(&u->lock);
     }
     free(u->peers);

@@ -10,6 +10,8 @@
 #             precision; the forced fp16 overflow (tests/test_models_cuda_gpu.c)
 #   pipeline  a 3-process `pipenem run --compute cuda` on one GPU: losses match --stages 1
 #   memcheck, racecheck   compute-sanitizer over a `tiny` calibrate run, where it runs
+#   nccl      --transport nccl: SKIP on one GPU; on >= 2, 3 stages give ucx's losses and a
+#             killed rank ends the run naming it
 #   bench     gpt3-small 4-layer stage vs cuBLAS on the same GEMMs, MFU (bench_models_cuda)
 # and ends with "gpu: N passed, N failed, N skipped" (exit 0 only without failures).
 # Logs go to $OUT when set (the device tool), else to a temporary folder.
@@ -159,6 +161,50 @@ for tool in memcheck racecheck; do
 		record "$tool" fail "exit $rc: $(grep -m1 'ERROR SUMMARY' "$log" || echo 'see the log')"
 	fi
 done
+
+# ==== nccl (--transport nccl): a separate part, after the cuda backend's =================
+# NCCL refuses two ranks of one communicator on the same GPU, so one GPU cannot carry a
+# pipeline over nccl: SKIP there. With two or more: 3 stages over nccl give the losses of
+# ucx (the same bytes moved, so the same numbers), and a rank killed mid-run ends every
+# process within --timeout + 10 s, naming the cause.
+note "--- nccl"
+ngpu=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')
+nccl_run() { # LOG TRANSPORT [extra args] -> the loss column
+	local log=$1 tr=$2
+	shift 2
+	timeout -k 10 300 "$pipenem" run --stages 3 --model tiny --compute cuda --seq-len 64 --batch-size 4 \
+		--micro-batch-size 2 --iters 3 --warmup 0 --net default --transport "$tr" "$@" >"$log" 2>&1 || return 1
+	awk '/^ +[0-9]+ +[0-9.]+ +[-0-9.e+]+ +[0-9.]+ *$/ {print $3}' "$log"
+}
+if [ "${ngpu:-0}" -lt 2 ]; then
+	for s in nccl-losses nccl-kill; do
+		record "$s" skip "$ngpu GPU here: NCCL refuses two ranks of one communicator on the same GPU (needs >= 2)"
+	done
+else
+	if lu=$(nccl_run "$logs/nccl-ucx.log" ucx) && ln=$(nccl_run "$logs/nccl-nccl.log" nccl) && [ -n "$lu" ]; then
+		worst=$(paste <(echo "$lu") <(echo "$ln") | awk '{d = $1 - $2; if (d < 0) d = -d; r = d / ($1 < 0 ? -$1 : $1);
+			if (r > w) w = r; printf "#   iteration %d: ucx %s, nccl %s\n", NR - 1, $1, $2 > "/dev/stderr"}
+			END {printf "%.3e", w}')
+		if [ "$(echo "$lu" | wc -l)" -eq "$(echo "$ln" | wc -l)" ] && awk -v w="$worst" 'BEGIN {exit !(w <= 1e-6)}'; then
+			record nccl-losses pass "3 stages over nccl match ucx within $worst (tol 1e-6)"
+		else
+			record nccl-losses fail "losses differ: worst relative $worst (tol 1e-6)"
+		fi
+	else
+		tail -20 "$logs"/nccl-*.log
+		record nccl-losses fail "pipenem run --transport nccl failed (logs nccl-ucx.log, nccl-nccl.log)"
+	fi
+	start=$(date +%s)
+	PIPENEM_FAULT=kill:1:1 nccl_run "$logs/nccl-kill.log" nccl --iters 4 --timeout 20 >/dev/null
+	rc=$? took=$(($(date +%s) - start))
+	tail -8 "$logs/nccl-kill.log"
+	left=$(pgrep -fc -- "--transport nccl --iters 4 --timeout 20") # forked stages keep run's command line
+	if [ "$rc" -ne 0 ] && [ "$took" -le 30 ] && [ "$left" -eq 0 ] && grep -qiE 'rank 1|signal 9|killed' "$logs/nccl-kill.log"; then
+		record nccl-kill pass "rank 1 killed: the run failed in ${took}s naming it, no process left"
+	else
+		record nccl-kill fail "exit $rc after ${took}s (limit 30), $left processes left; see nccl-kill.log"
+	fi
+fi
 
 cmocka_step bench 600 "$t_bench"
 finish
