@@ -156,6 +156,15 @@ static int shim_wait(void *impl, transport_req_t *req, double deadline)
     }
     if (rc)
         req->status = rc;
+    if (__atomic_load_n(&p->hreq.state, __ATOMIC_ACQUIRE) != TRANSPORT_REQ_DONE) {
+        /* The header was never waited for (the tensor's wait failed first): the inner
+         * transport may still be filling p->hreq, so p stays on the list, matched by no
+         * request, until shim_destroy frees it after the inner transport is gone. */
+        p->user = NULL;
+        p->next = s->pend;
+        s->pend = p;
+        return rc;
+    }
     free(p);
     return rc;
 }
