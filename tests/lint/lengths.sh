@@ -14,7 +14,7 @@ cd "$(dirname "$0")/../.."
 FUNC_MAX=${FUNC_MAX:-120}
 FILE_MAX=${FILE_MAX:-700}
 dirs=(bench pipeline netem models schedules)
-files=$(find "${dirs[@]}" -name '*.c' 2>/dev/null | sort)
+files=$(find "${dirs[@]}" \( -name '*.c' -o -name '*.cu' \) 2>/dev/null | sort)
 [ -n "$files" ] || { echo "lengths.sh: no .c files under ${dirs[*]}" >&2; exit 2; }
 tmp=$(mktemp)
 trap 'rm -f "$tmp"' EXIT
