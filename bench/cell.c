@@ -35,7 +35,7 @@
 static int cell_runcfg(const sweep_spec_t *s, const results_cell_t *c, const char *net, const char *emulator,
                        runcfg_t *cfg, char *err, size_t errlen)
 {
-    char stages[16], batch[16], mbs[16], seq[16], iters[16], warmup[16], slack[16], threads[24];
+    char stages[16], batch[16], mbs[16], seq[16], iters[16], warmup[16], slack[16], chunks[16], threads[24];
     /* The stages share this machine's cores: one OpenMP team per core each would fight. */
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
     snprintf(threads, sizeof threads, "%ld", ncpu > s->stages ? ncpu / s->stages : 1);
@@ -45,7 +45,8 @@ static int cell_runcfg(const sweep_spec_t *s, const results_cell_t *c, const cha
     snprintf(seq, sizeof seq, "%d", s->seq_len);
     snprintf(iters, sizeof iters, "%d", s->iters);
     snprintf(warmup, sizeof warmup, "%d", s->warmup);
-    snprintf(slack, sizeof slack, "%d", s->slack);
+    snprintf(slack, sizeof slack, s->slack < 0 ? "auto" : "%d", s->slack);
+    snprintf(chunks, sizeof chunks, "%d", s->chunks);
     const struct {
         int opt;
         const char *arg;
@@ -57,11 +58,14 @@ static int cell_runcfg(const sweep_spec_t *s, const results_cell_t *c, const cha
         {RUNCFG_OPT_ITERS, iters},            {RUNCFG_OPT_WARMUP, warmup},
         {RUNCFG_OPT_NET, net},                {RUNCFG_OPT_EMULATOR, emulator},
         {MODEL_OPT_THREADS, threads},         {RUNCFG_OPT_TIMEOUT, s->timeout},
+        {RUNCFG_OPT_CHUNKS, chunks},
     };
     runcfg_defaults(cfg);
     for (size_t i = 0; i < sizeof set / sizeof *set; i++) {
         if (set[i].opt == RUNCFG_OPT_SLACK && sched_uses_slack(c->schedule) != 1)
             continue; /* only 1f1b-slack takes a K */
+        if (set[i].opt == RUNCFG_OPT_CHUNKS && (!s->chunks || sched_uses_chunks(c->schedule) != 1))
+            continue; /* only interleaved-1f1b takes a chunk count */
         if (set[i].opt == RUNCFG_OPT_TIMEOUT && !s->timeout[0])
             continue;
         int rc = runcfg_option(cfg, set[i].opt, set[i].arg, err, errlen);
@@ -174,6 +178,7 @@ int cell_measure(void *ctx, const sweep_spec_t *s, results_cell_t *cell, const c
         rc = netem_emulator_choose(asked, links, P > 1 ? P - 1 : 0, &emu, why, sizeof why, err, errlen);
     }
     runcfg_t *cfg = NULL;
+    int slack = s->slack; /* as the cell resolved it (auto: the simulator's K) */
     if (!rc && !emu) {
         rc = pn_err(err, errlen, -EINVAL, "internal: no emulator was chosen for %s", cell->profile);
     }
@@ -185,6 +190,8 @@ int cell_measure(void *ctx, const sweep_spec_t *s, results_cell_t *cell, const c
     if (!rc)
         rc = cell_runcfg(s, cell, P > 1 ? cell->profile : "default", emu->shapes ? emu->name : "auto",
                          cfg, err, errlen);
+    if (!rc)
+        slack = cfg->slack;
     double flop_mb[RESULTS_MAX_STAGES], peak[RESULTS_MAX_STAGES], mem[RESULTS_MAX_STAGES], loss = NAN;
     for (int q = 0; q < P; q++)
         flop_mb[q] = peak[q] = mem[q] = NAN;
@@ -212,8 +219,14 @@ int cell_measure(void *ctx, const sweep_spec_t *s, results_cell_t *cell, const c
     if ((rc = metrics_cell_compute(r, &mp, cell, err, errlen)))
         return rc;
     cell->final_loss = loss;
-    if ((rc = predict_time(r, cell, s->slack, &prof, &cell->predicted, err, errlen)) ||
-        (rc = predict_ideal(r, cell, &prof, &cell->ideal, err, errlen)))
+    /* The trace names no chunk, so a stage of several chunks cannot be replayed yet: no ideal time. */
+    sched_spec_t spec = {cell->schedule, P, cell->micro_batches, slack, sched_uses_chunks(cell->schedule) == 1 ? s->chunks : 0};
+    int v = 1;
+    if (sched_spec_check(&spec, &v, err, errlen))
+        return -EINVAL;
+    cell->ideal = NAN;
+    if ((rc = predict_time_chunks(r, cell, slack, spec.chunks, &prof, &cell->predicted, err, errlen)) ||
+        (v == 1 && (rc = predict_ideal(r, cell, &prof, &cell->ideal, err, errlen))))
         return rc;
     metrics_straggler(cell->iter_median, cell->ideal, &cell->straggler_delay, &cell->straggler_slowdown);
     return 0;

@@ -31,7 +31,7 @@ static const model_option_t own_group[] = {
     {NULL, 0, 0, NULL, NULL, NULL},
 };
 
-static const int sched_only[] = {RUNCFG_OPT_SCHEDULE, RUNCFG_OPT_SLACK, 0};
+static const int sched_only[] = {RUNCFG_OPT_SCHEDULE, RUNCFG_OPT_SLACK, RUNCFG_OPT_CHUNKS, 0};
 static const int stages_only[] = {MODEL_OPT_STAGES, 0};
 
 static const cli_section_t sections[] = {
@@ -60,8 +60,10 @@ static const cli_spec_t spec = {
     "usage: pipenem schedule [options]\n"
     "print each stage's op order and a textbook timeline of a pipeline schedule.\n\n",
     sections, overrides, deprecated,
-    "\nTimeline: forward 1 unit, backward 2 units per micro-batch, optimizer 0, free links;\n"
-    "one column per unit, Fi / Bi = forward / backward of micro-batch i, '.' = idle.\n",
+    "\nTimeline: forward 1 unit, backward 2 units (B and W 1 each where split) per micro-batch\n"
+    "and chunk, optimizer 0, free links; one column per unit, Fi / Bi / Wi = forward /\n"
+    "backward (input part where split) / weight part of micro-batch i, lower case on a\n"
+    "stage's later chunks, '.' = idle.\n",
 };
 
 static char *read_all(const char *path, char *err, size_t errlen)
@@ -97,8 +99,8 @@ static char *read_all(const char *path, char *err, size_t errlen)
     return buf;
 }
 
-/* Keeps only the "stage N: ..." lines when there are any, so the output of
- * `pipenem schedule` can be fed back to --ops as it is. */
+/* Keeps only the "stage N: ..." lines (and a "placement" line) when there are any, so
+ * the output of `pipenem schedule` can be fed back to --ops as it is. */
 static void keep_op_lines(char *text)
 {
     int any = 0;
@@ -112,7 +114,7 @@ static void keep_op_lines(char *text)
     for (char *l = text; l && *l;) {
         char *nl = strchr(l, '\n');
         int n = 0;
-        if (!(sscanf(l, "stage %*d%n", &n) >= 0 && n > 0 && l[n] == ':'))
+        if (!(sscanf(l, "stage %*d%n", &n) >= 0 && n > 0 && l[n] == ':') && strncmp(l, "placement ", 10))
             memset(l, ' ', nl ? (size_t)(nl - l) : strlen(l));
         l = nl ? nl + 1 : NULL;
     }
@@ -130,12 +132,15 @@ static int digits(int v)
 
 static void print_op_order(const sched_plan_t *p)
 {
-    printf("#\n# op order (F/B forward/backward, Ra/Sa receive/send activation, Rg/Sg receive/send gradient, OPT optimizer step)\n");
+    printf("#\n# op order (F/B forward/backward, Bi/W its input/weight parts, Ra/Sa receive/send activation, "
+           "Rg/Sg receive/send gradient, OPT optimizer step%s)\n", p->chunks > p->stages ? ", @C chunk C" : "");
+    if (p->chunks > p->stages)
+        printf("placement %s %d\n", sched_place_name(p->place), p->chunks);
     for (int s = 0; s < p->stages; s++) {
         printf("stage %d:", s);
         for (size_t j = 0; j < p->n_ops[s]; j++) {
             char tok[32];
-            sched_op_format(&p->ops[s][j], tok, sizeof tok);
+            sched_plan_op_format(p, s, j, tok, sizeof tok);
             printf(" %s", tok);
         }
         putchar('\n');
@@ -153,7 +158,8 @@ static int print_timeline(const sim_result_t *r)
     char *row = malloc((size_t)units * (size_t)(w + 1) + 1);
     if (!row)
         return -ENOMEM;
-    printf("#\n# timeline (Fi/Bi = forward/backward of micro-batch i, one cell per time unit, '.' = idle)\n");
+    printf("#\n# timeline (Fi/Bi/Wi = forward/backward/weight part of micro-batch i, lower case on a stage's later "
+           "chunks, one cell per time unit, '.' = idle)\n");
     for (int s = 0; s < r->plan.stages; s++) {
         size_t len = (size_t)units * (size_t)(w + 1);
         memset(row, ' ', len);
@@ -161,11 +167,15 @@ static int print_timeline(const sim_result_t *r)
             memset(row + u * (w + 1), '.', (size_t)w);
         for (size_t j = 0; j < r->plan.n_ops[s]; j++) {
             const sched_op_t *op = &r->plan.ops[s][j];
-            if (op->kind != SCHED_FWD && op->kind != SCHED_BWD)
+            if (op->kind != SCHED_FWD && op->kind != SCHED_BWD && op->kind != SCHED_BWD_INPUT &&
+                op->kind != SCHED_BWD_WEIGHT)
                 continue;
+            char letter = op->kind == SCHED_FWD ? 'F' : op->kind == SCHED_BWD_WEIGHT ? 'W' : 'B';
+            if (op->chunk != sched_rank_chunk(r->plan.place, r->plan.stages, r->plan.chunks, s, 0))
+                letter = (char)(letter - 'A' + 'a'); /* a later chunk of this stage */
             for (long u = lround(r->span[s][j].start); u < lround(r->span[s][j].end) && u < units; u++) {
                 char cell[32];
-                snprintf(cell, sizeof cell, "%c%-*d", op->kind == SCHED_FWD ? 'F' : 'B', w - 1, op->mb);
+                snprintf(cell, sizeof cell, "%c%-*d", letter, w - 1, op->mb);
                 memcpy(row + u * (w + 1), cell, (size_t)w);
             }
         }
@@ -180,7 +190,7 @@ static int print_timeline(const sim_result_t *r)
 
 typedef struct {
     const char *schedule, *ops_path, *slack_arg;
-    int P, M, K, check, timeline, have_p, have_m;
+    int P, M, K, V, check, timeline, have_p, have_m;
 } sched_args_t;
 
 /* 0, -1 after --help, or CLI_USAGE after a message. */
@@ -206,6 +216,10 @@ static int parse(int argc, char **argv, sched_args_t *a)
             a->have_m = 1;
             break;
         case RUNCFG_OPT_SLACK: a->slack_arg = optarg; break;
+        case RUNCFG_OPT_CHUNKS:
+            if (cli_parse_int(CMD, "--chunks", optarg, 1, 64, &a->V))
+                return CLI_USAGE;
+            break;
         case SCHEDULE_OPT_OPS: a->ops_path = optarg; break;
         case SCHEDULE_OPT_CHECK: a->check = 1; break;
         case SCHEDULE_OPT_NO_TIMELINE: a->timeline = 0; break;
@@ -214,9 +228,9 @@ static int parse(int argc, char **argv, sched_args_t *a)
     }
     if (optind < argc)
         return cli_usage_error(CMD, "unexpected argument '%s'", argv[optind]);
-    if (a->ops_path && (a->schedule || a->slack_arg || a->have_p))
+    if (a->ops_path && (a->schedule || a->slack_arg || a->have_p || a->V))
         return cli_usage_error(CMD, "--ops takes the stages and order from the file; drop %s",
-                               a->schedule ? "--schedule" : a->slack_arg ? "--slack" : "--stages");
+                               a->schedule ? "--schedule" : a->slack_arg ? "--slack" : a->V ? "--chunks" : "--stages");
     if (!a->schedule)
         a->schedule = "1f1b";
     if (!a->ops_path && sched_uses_slack(a->schedule) < 0)
@@ -226,6 +240,11 @@ static int parse(int argc, char **argv, sched_args_t *a)
     if (a->slack_arg && strcmp(a->slack_arg, "auto") &&
         cli_parse_int(CMD, "--slack", a->slack_arg, 0, PN_MAX_SLACK, &a->K))
         return CLI_USAGE;
+    char err[256];
+    sched_spec_t sp = {a->schedule, a->P, a->M, a->K, a->V};
+    int v;
+    if (!a->ops_path && sched_spec_check(&sp, &v, err, sizeof err))
+        return cli_usage_error(CMD, "%s", err);
     return 0;
 }
 
@@ -264,7 +283,8 @@ static int load_plan(sched_args_t *a, sched_plan_t *plan, char *label, size_t la
             return CLI_FAIL;
         }
     }
-    if (sched_plan_build(a->schedule, a->P, a->M, a->K, plan, err, sizeof err)) {
+    sched_spec_t sp = {a->schedule, a->P, a->M, a->K, a->V};
+    if (sched_plan_build_spec(&sp, plan, err, sizeof err)) {
         fprintf(stderr, "pipenem %s: %s\n", CMD, err);
         return CLI_FAIL;
     }
@@ -286,7 +306,13 @@ static int simulate_units(const sched_plan_t *plan, sim_result_t *res, char *err
         bytes[s] = calloc(plan->n_ops[s] + 1, sizeof **bytes);
         ok = dur[s] && bytes[s];
         for (size_t j = 0; ok && j < plan->n_ops[s]; j++)
-            dur[s][j] = plan->ops[s][j].kind == SCHED_FWD ? UNIT_FWD : plan->ops[s][j].kind == SCHED_BWD ? UNIT_BWD : 0;
+            switch (plan->ops[s][j].kind) {
+            case SCHED_FWD: dur[s][j] = UNIT_FWD; break;
+            case SCHED_BWD: dur[s][j] = UNIT_BWD; break;
+            case SCHED_BWD_INPUT:
+            case SCHED_BWD_WEIGHT: dur[s][j] = UNIT_BWD / 2; break;
+            default: break;
+            }
     }
     sim_graph_t g = {plan, (const double *const *)dur, (const double *const *)bytes, NULL, NULL, SIM_SEND_PIPELINED};
     int rc = ok ? sim_graph_run(&g, res, err, errlen) : -ENOMEM;
@@ -339,8 +365,9 @@ int cmd_schedule(int argc, char **argv)
     stage_err = calloc((size_t)P, 256);
     if (!peak || !stage_err)
         goto out;
-    /* Each stage alone first, so every broken stage gets its own verdict. */
-    for (int s = 0; s < P; s++)
+    /* Each stage alone first, so every broken stage gets its own verdict (one chunk per
+     * stage; with several, the whole plan's check names the stage). */
+    for (int s = 0; s < P && plan.chunks == P; s++)
         if (sched_ops_validate(P, M, s, plan.ops[s], plan.n_ops[s], stage_err + (size_t)s * 256, 256))
             stages_ok = 0;
     valid = stages_ok && !sched_plan_validate(&plan, peak, err, sizeof err);

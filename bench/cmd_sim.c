@@ -48,7 +48,7 @@ static const model_option_t link_group[] = {
     {NULL, 0, 0, NULL, NULL, NULL},
 };
 
-static const int sched_only[] = {RUNCFG_OPT_SCHEDULE, RUNCFG_OPT_SLACK, 0};
+static const int sched_only[] = {RUNCFG_OPT_SCHEDULE, RUNCFG_OPT_SLACK, RUNCFG_OPT_CHUNKS, 0};
 static const int size_only[] = {MODEL_OPT_STAGES, MODEL_OPT_BATCH_SIZE, MODEL_OPT_MICRO_BATCH_SIZE, 0};
 static const int model_only[] = {MODEL_OPT_MODEL, MODEL_OPT_SEQ_LEN, MODEL_OPT_COMPUTE, 0};
 static const int net_only[] = {RUNCFG_OPT_NET, 0};
@@ -208,7 +208,7 @@ static int model_costs(const char *name, int seq_len, const char *compute, int P
 
 typedef struct {
     const char *sched_arg, *fwd_arg, *bwd_arg, *opt_arg, *net, *slack_arg, *grad_arg, *model, *compute, *bytes_arg;
-    int seq_len, P, M, batch, mbs, have_b, have_u, list_path, K, derived;
+    int seq_len, P, M, batch, mbs, have_b, have_u, list_path, K, V, derived;
     double act_bytes, grad_bytes, overhead_us;
     sim_send_mode_t mode;
     char sched_buf[512];
@@ -246,6 +246,7 @@ static int sim_option(sim_args_t *a, int c, const char *arg)
             return cli_usage_error(CMD, "--send-mode '%s': want pipelined or blocking", arg);
         return 0;
     case RUNCFG_OPT_SLACK: a->slack_arg = arg; return 0;
+    case RUNCFG_OPT_CHUNKS: return cli_parse_int(CMD, "--chunks", arg, 1, 64, &a->V);
     case SIM_OPT_CRIT: a->list_path = 1; return 0;
     case MODEL_OPT_MODEL: a->model = arg; return 0;
     case MODEL_OPT_SEQ_LEN: return cli_parse_int(CMD, "--seq-len", arg, 1, 1 << 20, &a->seq_len);
@@ -290,7 +291,7 @@ static int sim_check(sim_args_t *a)
     a->grad_bytes = a->act_bytes;
     if (a->grad_arg && parse_size("--grad-bytes", a->grad_arg, &a->grad_bytes))
         return CLI_USAGE;
-    snprintf(a->sched_buf, sizeof a->sched_buf, "%s", a->sched_arg ? a->sched_arg : sched_names());
+    snprintf(a->sched_buf, sizeof a->sched_buf, "%s", a->sched_arg ? a->sched_arg : sched_default_names());
     for (char *save = NULL, *t = strtok_r(a->sched_buf, ", ", &save); t; t = strtok_r(NULL, ", ", &save)) {
         if (sched_uses_slack(t) < 0)
             return cli_usage_error(CMD, "unknown schedule '%s' (known: %s)", t, sched_names());
@@ -436,7 +437,8 @@ static int sim_row(const sim_args_t *a, const char *name, const sim_cost_t *cost
     }
     if (auto_k >= 0)
         cfg.slack = free_cfg.slack = auto_k;
-    if (sim_run(&cfg, res, err, sizeof err) || sim_run(&free_cfg, &nd, err, sizeof err)) {
+    int v = sched_uses_chunks(name) > 0 ? a->V : 0; /* --chunks: the interleaved schedule's */
+    if (sim_run_chunks(&cfg, v, res, err, sizeof err) || sim_run_chunks(&free_cfg, v, &nd, err, sizeof err)) {
         printf("%14s  failed: %s\n", name, err);
         return 1;
     }

@@ -25,7 +25,8 @@
 static const int schedule_only[] = {RUNCFG_OPT_SCHEDULE, 0};
 static const int model_only[] = {MODEL_OPT_MODEL, MODEL_OPT_STAGES, MODEL_OPT_BATCH_SIZE, MODEL_OPT_SEQ_LEN,
                                  MODEL_OPT_COMPUTE, 0};
-static const int pipeline_only[] = {RUNCFG_OPT_ITERS, RUNCFG_OPT_WARMUP, RUNCFG_OPT_SLACK, RUNCFG_OPT_TIMEOUT, 0};
+static const int pipeline_only[] = {RUNCFG_OPT_ITERS, RUNCFG_OPT_WARMUP, RUNCFG_OPT_SLACK, RUNCFG_OPT_CHUNKS,
+                                    RUNCFG_OPT_TIMEOUT, 0};
 static const int network_only[] = {RUNCFG_OPT_EMULATOR, 0};
 
 static const cli_section_t sections[] = {
@@ -112,7 +113,13 @@ static int sweep_option(opts_t *o, int c, const char *arg, const char **resume)
     case VOCAB_OPT_REPEAT: return cli_parse_int(cmd, "--repeat", arg, 1, INT_MAX, &s->repeats);
     case MODEL_OPT_COMPUTE: return cli_copy(cmd, "--compute", arg, s->compute, sizeof s->compute);
     case RUNCFG_OPT_EMULATOR: return cli_copy(cmd, "--emulator", arg, s->emulator, sizeof s->emulator);
-    case RUNCFG_OPT_SLACK: return cli_parse_int(cmd, "--slack", arg, 0, INT_MAX, &s->slack);
+    case RUNCFG_OPT_SLACK:
+        if (!strcmp(arg, "auto")) {
+            s->slack = -1;
+            return 0;
+        }
+        return cli_parse_int(cmd, "--slack", arg, 0, INT_MAX, &s->slack);
+    case RUNCFG_OPT_CHUNKS: return cli_parse_int(cmd, "--chunks", arg, 1, 64, &s->chunks);
     case RUNCFG_OPT_TIMEOUT: {
         runcfg_t scratch; /* checked by the parser every stage uses */
         runcfg_defaults(&scratch);

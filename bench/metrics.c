@@ -1,6 +1,7 @@
 /* Metrics from a cell's op trace. Iteration boundaries come from the ops themselves
  * (every op carries its iteration), so nothing depends on how the stages were launched. */
 #include "bench/metrics.h"
+#include "schedules/sched.h"
 #include "common/err.h"
 
 #include <errno.h>
@@ -43,11 +44,14 @@ void metrics_stats(const double *x, size_t n, metrics_stats_t *out)
 
 int metrics_op_lane(const char *op)
 {
-    if (!strcmp(op, "FWD") || !strcmp(op, "BWD") || !strcmp(op, "OPT_STEP"))
+    sched_op_kind_t k;
+    if (sched_op_kind_parse(op, &k))
+        return -1;
+    if (sched_op_is_compute(k))
         return METRICS_LANE_COMPUTE;
-    if (!strncmp(op, "SEND_", 5))
+    if (k == SCHED_SEND_ACT || k == SCHED_SEND_GRAD)
         return METRICS_LANE_SEND;
-    if (!strncmp(op, "RECV_", 5))
+    if (k == SCHED_RECV_ACT || k == SCHED_RECV_GRAD)
         return METRICS_LANE_RECV;
     return -1;
 }

@@ -144,15 +144,21 @@ void predict_cell_links(const results_t *r, const results_cell_t *cell, const ne
 /* sim_run of one measured iteration: its own compute costs, the cell's links (a single
  * iteration has too few sends that met a waiting receiver to measure a path on its own).
  * -ENOENT when the iteration has no compute op (a repeat that did not trace it). */
-static int predict_one(const results_t *r, const results_cell_t *cell, sel_t sel, int slack, const netem_profile_t *p,
-                       double *predicted, char *err, size_t errlen)
+static int predict_one(const results_t *r, const results_cell_t *cell, sel_t sel, int slack, int chunks,
+                       const netem_profile_t *p, double *predicted, char *err, size_t errlen)
 {
-    int S = cell->stages;
+    int S = cell->stages, v = 1;
+    sched_spec_t spec = {cell->schedule, S, cell->micro_batches, slack, chunks};
+    if (sched_spec_check(&spec, &v, err, errlen))
+        return -EINVAL;
     sim_cost_t cost[RESULTS_MAX_STAGES];
     for (int s = 0; s < S; s++) {
         /* Means: a few slow ops (a busy machine) add to the iteration as much as they cost. */
-        cost[s].fwd = stat_of(r, cell, sel, s, "FWD", 0, 1);
+        cost[s].fwd = v * stat_of(r, cell, sel, s, "FWD", 0, 1);
         cost[s].bwd = stat_of(r, cell, sel, s, "BWD", 0, 1);
+        if (isnan(cost[s].bwd)) /* split: B + W */
+            cost[s].bwd = stat_of(r, cell, sel, s, "BWD_INPUT", 0, 1) + stat_of(r, cell, sel, s, "BWD_WEIGHT", 0, 1);
+        cost[s].bwd *= v;
         cost[s].opt = stat_of(r, cell, sel, s, "OPT_STEP", 0, 1);
         if (isnan(cost[s].fwd) && isnan(cost[s].bwd) && s == 0)
             return -ENOENT;
@@ -175,7 +181,7 @@ static int predict_one(const results_t *r, const results_cell_t *cell, sel_t sel
         .grad_bytes = isnan(grad) ? 0 : grad, .send_mode = SIM_SEND_PIPELINED,
     };
     sim_result_t res = {0};
-    int rc = sim_run(&cfg, &res, err, errlen);
+    int rc = sim_run_chunks(&cfg, chunks, &res, err, errlen);
     if (!rc)
         *predicted = res.time;
     sim_result_destroy(&res);
@@ -219,7 +225,7 @@ static int median_over_iterations(const results_cell_t *cell, per_iteration_fn e
 typedef struct {
     const results_t *r;
     const results_cell_t *cell;
-    int slack;
+    int slack, chunks;
     const netem_profile_t *p;
     const sim_replay_t *how;
 } iter_ctx_t;
@@ -227,11 +233,17 @@ typedef struct {
 static int predict_each(const void *ctx, int rep, int it, double *value, char *err, size_t errlen)
 {
     const iter_ctx_t *c = ctx;
-    return predict_one(c->r, c->cell, (sel_t){rep, it}, c->slack, c->p, value, err, errlen);
+    return predict_one(c->r, c->cell, (sel_t){rep, it}, c->slack, c->chunks, c->p, value, err, errlen);
 }
 
 int predict_time(const results_t *r, const results_cell_t *cell, int slack, const netem_profile_t *p,
                  double *predicted, char *err, size_t errlen)
+{
+    return predict_time_chunks(r, cell, slack, 0, p, predicted, err, errlen);
+}
+
+int predict_time_chunks(const results_t *r, const results_cell_t *cell, int slack, int chunks,
+                        const netem_profile_t *p, double *predicted, char *err, size_t errlen)
 {
     int S = cell->stages;
     if (S < 1 || S > RESULTS_MAX_STAGES) {
@@ -239,7 +251,7 @@ int predict_time(const results_t *r, const results_cell_t *cell, int slack, cons
     }
     /* The median, like the measured time it is set against: each iteration predicted from
      * what that iteration's ops cost on a machine whose load varies. */
-    iter_ctx_t c = {.r = r, .cell = cell, .slack = slack, .p = p};
+    iter_ctx_t c = {.r = r, .cell = cell, .slack = slack, .chunks = chunks, .p = p};
     return median_over_iterations(cell, predict_each, &c, "stage 0 has no measured FWD or BWD to take its cost from",
                                   predicted, err, errlen);
 }

@@ -35,6 +35,12 @@ void predict_cell_links(const results_t *r, const results_cell_t *cell, const ne
  * compared with. */
 int predict_time(const results_t *r, const results_cell_t *cell, int slack, const netem_profile_t *p,
                  double *predicted, char *err, size_t errlen) __attribute__((warn_unused_result));
+/* The same with `chunks` per stage (--chunks of interleaved-1f1b; 0 = the schedule's
+ * default). A stage's cost is the sum over its chunks (each chunk's op mean times the
+ * chunks per stage); where the backward is split, BWD_INPUT + BWD_WEIGHT. */
+int predict_time_chunks(const results_t *r, const results_cell_t *cell, int slack, int chunks,
+                        const netem_profile_t *p, double *predicted, char *err, size_t errlen)
+    __attribute__((warn_unused_result));
 
 /* T_ideal: each measured iteration (repeat 0.., warm-up excluded) replayed with every
  * compute op at the median duration of its kind over all stages (so a slow stage is

@@ -167,7 +167,7 @@ int sweep_spec_default(sweep_spec_t *s, char *err, size_t errlen)
     s->iters = 10;
     s->warmup = 1;
     s->repeats = 1;
-    s->slack = 1;
+    s->slack = -1; /* auto: each 1f1b-slack cell's own K (runcfg) */
     snprintf(s->compute, sizeof s->compute, "emulate:v100");
     snprintf(s->emulator, sizeof s->emulator, "auto");
     s->straggler_rank = -1;
@@ -198,8 +198,8 @@ int sweep_spec_check(const sweep_spec_t *s, char *err, size_t errlen)
     if (s->repeats < 1) {
         return pn_err(err, errlen, -EINVAL, "--repeat %d: must be at least 1", s->repeats);
     }
-    if (s->slack < 0) {
-        return pn_err(err, errlen, -EINVAL, "--slack %d: must be 0 or more", s->slack);
+    if (s->slack < -1) {
+        return pn_err(err, errlen, -EINVAL, "--slack %d: must be 0 or more, or auto", s->slack);
     }
     for (int i = 0; i < s->n_mbs; i++)
         if (s->batch_size % s->mbs[i]) {

@@ -25,6 +25,7 @@ typedef struct {
     int stages, batch_size, seq_len;
     int iters, warmup;                    /* measured iterations, after `warmup` more */
     int repeats, slack;
+    int chunks;                           /* --chunks of interleaved-1f1b cells (0 = its default) */
     char compute[96];                     /* compute backend spec */
     char emulator[32];                    /* network emulator backend requested */
     int straggler_rank;                   /* -1 = none */

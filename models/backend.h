@@ -8,6 +8,7 @@
 
 typedef struct model_backend {
     const char *name;
+    int modelled; /* its times come from a model (emulate), so they are known before a run */
     /* arg: what followed "NAME:" in --compute ("" if nothing). Checks only, no memory. */
     int (*check)(const char *arg, char *err, size_t errlen);
     /* A line for headers: what the argument means (device peak and efficiency, ...). */
@@ -17,6 +18,12 @@ typedef struct model_backend {
     /* slot: index of the activation slot of this micro-batch. */
     int (*forward)(model_stage_t *st, int slot, const float *in, float *out);
     int (*backward)(model_stage_t *st, int slot, const float *dout, float *din);
+    /* B: computes din from dout (the last stage from its loss) and keeps in the slot what
+     * W needs; touches no parameter gradient. */
+    int (*backward_input)(model_stage_t *st, int slot, const float *dout, float *din);
+    /* W: adds the slot's parameter gradients into grads (after its B). backward(slot) ==
+     * backward_input(slot) then backward_weights(slot), bit for bit on the cpu. */
+    int (*backward_weights)(model_stage_t *st, int slot);
     int (*step)(model_stage_t *st);
     void (*destroy)(model_stage_t *st);
 } model_backend_t;

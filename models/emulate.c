@@ -235,6 +235,9 @@ static int emu_init(model_stage_t *st, const char *arg, char *err, size_t errlen
         double fwd = model_stage_fwd_flops(st);
         st->emu_fwd_s = fwd / rate;
         st->emu_bwd_s = 2 * fwd / rate;
+        /* W (dW = dout^T x per matmul) is half the backward's FLOPs; B the other half,
+         * plus any recompute, which B needs and W reuses */
+        st->emu_bwd_w_s = fwd / rate;
         if (st->p.recompute) {
             /* recompute repeats the layers' forward (not the head's) inside backward */
             double C = st->C, T = st->T, tokens = (double)st->B * st->T;
@@ -242,9 +245,11 @@ static int emu_init(model_stage_t *st, const char *arg, char *err, size_t errlen
         }
         st->emu_opt_s = st->n_params * OPT_BYTES_PER_PARAM / st->mem_bw;
     } else if (s.kind == EMU_TIMES) {
-        st->emu_fwd_s = s.fwd;
-        st->emu_bwd_s = s.bwd;
-        st->emu_opt_s = s.opt;
+        double share = st->p.process_chunks > 1 ? 1.0 / st->p.process_chunks : 1.0;
+        st->emu_fwd_s = s.fwd * share;
+        st->emu_bwd_s = s.bwd * share;
+        st->emu_opt_s = s.opt * share;
+        st->emu_bwd_w_s = s.bwd * share / 2;
     } else {
         const calib_t *c = &s.calib;
         const char *what = NULL;
@@ -280,6 +285,7 @@ static int emu_init(model_stage_t *st, const char *arg, char *err, size_t errlen
         if (st->last)
             st->emu_fwd_s += c->head_fwd, st->emu_bwd_s += c->head_bwd;
         st->emu_opt_s = c->opt_per_param * st->n_params;
+        st->emu_bwd_w_s = st->emu_bwd_s / 2; /* the calibration measured whole backwards */
     }
     if (st->p.tied_embeddings && st->p.stages > 1 && (st->first || st->last)) {
         st->tied_grad = calloc((size_t)st->V * st->C, sizeof(float));
@@ -320,6 +326,20 @@ static int emu_backward(model_stage_t *st, int slot, const float *dout, float *d
     return 0;
 }
 
+static int emu_backward_input(model_stage_t *st, int slot, const float *dout, float *din)
+{
+    (void)slot, (void)dout, (void)din;
+    sleep_until(pn_now(), st->emu_bwd_s - st->emu_bwd_w_s);
+    return 0;
+}
+
+static int emu_backward_weights(model_stage_t *st, int slot)
+{
+    (void)slot;
+    sleep_until(pn_now(), st->emu_bwd_w_s);
+    return 0;
+}
+
 static int emu_step(model_stage_t *st)
 {
     sleep_until(pn_now(), st->emu_opt_s);
@@ -328,11 +348,14 @@ static int emu_step(model_stage_t *st)
 
 const model_backend_t model_backend_emulate = {
     .name = "emulate",
+    .modelled = 1,
     .check = emu_check,
     .describe = emu_describe,
     .init = emu_init,
     .forward = emu_forward,
     .backward = emu_backward,
+    .backward_input = emu_backward_input,
+    .backward_weights = emu_backward_weights,
     .step = emu_step,
     .destroy = emu_destroy,
 };

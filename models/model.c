@@ -2,6 +2,7 @@
  * bookkeeping for in-flight micro-batches and the accounting; the arithmetic itself is
  * in the backends (cpu.c, emulate.c) reached through a const table. */
 #include "models/model.h"
+#include "common/clock.h"
 #include "models/backend.h"
 
 #include <errno.h>
@@ -222,6 +223,13 @@ void model_compute_describe(const char *compute, char *buf, size_t len)
         b->describe(arg, buf, len);
 }
 
+int model_compute_modelled(const char *compute)
+{
+    const model_backend_t *b;
+    const char *arg;
+    return backend_lookup(compute, &b, &arg, NULL, 0) == 0 && b->modelled;
+}
+
 int model_compute_check(const char *compute, char *err, size_t errlen)
 {
     const model_backend_t *b;
@@ -402,9 +410,10 @@ int model_stage_init(model_stage_t *st, const model_stage_params_t *p, char *err
     st->tensors = calloc(nt, sizeof *st->tensors);
     st->slot_iter = malloc(st->max_inflight * sizeof(int));
     st->slot_mb = malloc(st->max_inflight * sizeof(int));
+    st->slot_phase = calloc(st->max_inflight, sizeof(int));
     st->tokens = calloc((size_t)st->B * st->T, sizeof(int));
     st->targets = calloc((size_t)st->B * st->T, sizeof(int));
-    if (!ids || !kinds || !st->tensors || !st->slot_iter || !st->slot_mb || !st->tokens || !st->targets) {
+    if (!ids || !kinds || !st->tensors || !st->slot_iter || !st->slot_mb || !st->slot_phase || !st->tokens || !st->targets) {
         snprintf(err, errlen, "out of memory for the stage tables");
         rc = -ENOMEM;
         goto fail;
@@ -448,10 +457,11 @@ void model_stage_destroy(model_stage_t *st)
     free(st->tensors);
     free(st->slot_iter);
     free(st->slot_mb);
+    free(st->slot_phase);
     free(st->tokens);
     free(st->targets);
     st->tensors = NULL;
-    st->slot_iter = st->slot_mb = st->tokens = st->targets = NULL;
+    st->slot_iter = st->slot_mb = st->slot_phase = st->tokens = st->targets = NULL;
     st->n_tensors = 0;
 }
 
@@ -492,23 +502,45 @@ int model_stage_forward(model_stage_t *st, int iter, int mb, const float *in, fl
     return 0;
 }
 
-int model_stage_backward(model_stage_t *st, int iter, int mb, const float *dout, float *din)
+/* kind 0: the whole backward of (iter, mb); 1: its B; 2: its W (after its B). */
+static int backward_op(model_stage_t *st, int iter, int mb, const float *dout, float *din, int kind)
 {
-    if (!st->backend || mb < 0 || mb >= st->p.micro_batches || (!st->last && !dout) || (!st->first && !din))
+    const model_backend_t *b = st->backend;
+    if (!b || mb < 0 || mb >= st->p.micro_batches ||
+        (kind < 2 && ((!st->last && !dout) || (!st->first && !din))))
         return -EINVAL;
+    if (kind && (!b->backward_input || !b->backward_weights))
+        return -ENOTSUP;
     int slot = slot_find(st, iter, mb);
-    if (slot < 0)
+    if (slot < 0 || st->slot_phase[slot] != (kind == 2))
         return -ENOENT;
     if (st->params && (st->first || st->last))
         model_data_batch(&st->data, iter, mb, st->B, st->T, st->tokens, st->targets);
     double t0 = pn_now();
-    int rc = st->backend->backward(st, slot, dout, din);
+    int rc = kind == 2 ? b->backward_weights(st, slot) : (kind ? b->backward_input : b->backward)(st, slot, dout, din);
     st->prof.bwd += pn_now() - t0;
-    st->prof.n_bwd++;
+    st->prof.n_bwd += kind != 1;
     if (rc)
         return rc;
-    st->slot_mb[slot] = -1;
+    st->slot_phase[slot] = kind == 1;
+    if (kind != 1)
+        st->slot_mb[slot] = -1;
     return 0;
+}
+
+int model_stage_backward(model_stage_t *st, int iter, int mb, const float *dout, float *din)
+{
+    return backward_op(st, iter, mb, dout, din, 0);
+}
+
+int model_stage_backward_input(model_stage_t *st, int iter, int mb, const float *dout, float *din)
+{
+    return backward_op(st, iter, mb, dout, din, 1);
+}
+
+int model_stage_backward_weights(model_stage_t *st, int iter, int mb)
+{
+    return backward_op(st, iter, mb, NULL, NULL, 2);
 }
 
 int model_stage_step(model_stage_t *st, int iter)
@@ -545,7 +577,7 @@ double model_stage_loss_pending(const model_stage_t *st)
 void model_stage_reset(model_stage_t *st)
 {
     for (int i = 0; i < st->max_inflight; i++)
-        st->slot_mb[i] = -1;
+        st->slot_mb[i] = -1, st->slot_phase[i] = 0;
     st->loss_sum = 0;
     st->loss_count = 0;
     if (st->grads)

@@ -37,9 +37,13 @@ typedef struct {
     const char *dataset;      /* "random" or a text file path */
     unsigned long long seed; int threads; int recompute; int tied_embeddings;
     float lr;
+    int process_chunks;       /* chunks of the model this process holds (0 = 1): see below */
 } model_stage_params_t;
 /* Notes on the fields:
  * - partition: `stages` layer counts (each >= 1, summing to cfg.layers); copied by init.
+ * - process_chunks: with several chunks per process (interleaved, V-shape), `stages` counts
+ *   chunks and each chunk is one model_stage_t; emulate's explicit fwd=/bwd=/opt= times,
+ *   which are per process, are then shared out evenly among its chunks.
  * - max_inflight: the schedule's peak of micro-batches between forward and backward on
  *   this stage (GPipe: M; 1F1B: min(stages - stage, M)); cpu allocates that many slots.
  * - threads: > 0 sets OpenMP and OpenBLAS threads for the whole process; 0 leaves the
@@ -98,12 +102,16 @@ typedef struct model_stage {
     float *acts; size_t scratch_floats, slot_floats, act_floats;
     int max_inflight;
     int *slot_iter, *slot_mb;        /* (iter, mb) held by each slot; mb -1 = free */
+    int *slot_phase;                 /* 1: the slot's B ran, its W has not */
     int *tokens, *targets;           /* (B, T) scratch for the current batch */
     model_data_t data;
     double loss_sum; int loss_count; double last_loss;
     int steps;
     /* emulate: modelled seconds per micro-batch of this stage, and the device */
     double emu_fwd_s, emu_bwd_s, emu_opt_s, peak_flops, efficiency, mem_bw;
+    double emu_bwd_w_s;              /* the W part of emu_bwd_s (B is the rest) */
+    /* cpu: what W needs, saved by B: max_inflight slots of wgrad_floats, on first B */
+    float *wgrads; size_t wgrad_floats;
     char device[16];
     model_prof_t prof;
 } model_stage_t;
@@ -119,6 +127,13 @@ int    model_stage_forward(model_stage_t *st, int iter, int mb, const float *in,
 /* Last stage ignores dout (starts from the loss); stage 0 ignores din. Adds into grads.
  * Releases the micro-batch's slot. -ENOENT if (iter, mb) was not forwarded. */
 int    model_stage_backward(model_stage_t *st, int iter, int mb, const float *dout, float *din) PN_WUR;
+/* The backward split in two (zero-bubble schedules). B: the input gradient din (stage 0:
+ * none) from dout (last stage: from the loss); the slot stays held. -ENOENT if (iter, mb)
+ * was not forwarded or its B already ran. W: adds the parameter gradients of a micro-batch
+ * whose B ran and releases its slot; -ENOENT otherwise. -ENOTSUP where the backend has no
+ * split backward. model_stage_backward equals B then W bit for bit on the cpu. */
+int    model_stage_backward_input(model_stage_t *st, int iter, int mb, const float *dout, float *din) PN_WUR;
+int    model_stage_backward_weights(model_stage_t *st, int iter, int mb) PN_WUR;
 /* AdamW on grads averaged over M, then zero. -EBUSY if micro-batches are still in flight. */
 int    model_stage_step(model_stage_t *st, int iter) PN_WUR;
 double model_stage_loss(const model_stage_t *st);       /* last stage: mean loss of the last stepped iteration; NAN otherwise or under emulate */
@@ -170,6 +185,9 @@ int    model_stage_gemm_reference(model_stage_t *st, int reps, double *flops, do
 
 /* The same for a compute argument alone (no threads), e.g. before any stage exists. */
 void   model_compute_describe(const char *compute, char *buf, size_t len);
+/* 1 if the compute backend's times come from a model (emulate): a stage's costs are then
+ * known before it runs (model_stage_account); 0 otherwise, and for an invalid argument. */
+int    model_compute_modelled(const char *compute);
 /* The compute argument alone: -EINVAL naming an unknown backend, an unknown device, a
  * bad fwd=/bwd= time or an unreadable calibration file. */
 int    model_compute_check(const char *compute, char *err, size_t errlen) PN_WUR;

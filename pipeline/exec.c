@@ -21,24 +21,72 @@ typedef struct {
     int *busy;             /* [w]: posted or holding data not yet consumed */
 } ring_t;
 
-/* The receives of one kind in run order: which (iter, mb) the k-th one is. */
+/* Messages are matched by (direction, iteration, key): the key is the micro-batch, and
+ * with several chunks per rank mb + M * (the receiving chunk), so that the tensors of
+ * one micro-batch for two chunks on one rank stay apart. */
+
+/* The receives of one direction from one peer in run order: which key the k-th one is. */
 typedef struct {
     ring_t ring;
-    sched_op_kind_t kind;
     transport_dir_t dir;
     int peer;
     long total, posted, waited;
     int per_iter;
-    int *mb_of;            /* [per_iter]: mb of the j-th receive in the op list */
-    int *slot_of_mb;       /* [M]: slot holding mb of the current iteration, -1 none */
+    int *key_of;           /* [per_iter]: key of the j-th receive in the op list */
+    int *slot_of;          /* [keys]: slot holding that key's tensor this iteration, -1 none */
 } recvq_t;
+
+/* The sends of one direction to one peer. */
+typedef struct {
+    ring_t ring;
+    transport_dir_t dir;
+    int peer;
+    long next;
+    int *slot_of;          /* [keys]: send slot holding the key's tensor this iteration, -1 none */
+} sendq_t;
+
+enum { EXEC_QUEUES = 4 }; /* (activations, gradients) x (two neighbouring ranks) */
 
 typedef struct {
     const exec_params_t *p;
     exec_result_t *out;
     size_t bytes;
-    int M, iters;
+    int M, iters, P, s, v, C, keys;
+    sched_place_t place;
+    model_stage_t *const *st; /* [v]: the rank's chunks in model order */
+    recvq_t rq[EXEC_QUEUES];
+    sendq_t sq[EXEC_QUEUES];
+    int n_rq, n_sq;
+    float **local[2];      /* [keys]: hand-offs between chunks of this rank (activations, gradients) */
 } ctx_t;
+
+static int key_of(const ctx_t *c, int mb, int chunk) { return c->v > 1 ? mb + c->M * chunk : mb; }
+static int rank_of(const ctx_t *c, int chunk) { return sched_chunk_rank(c->place, c->P, chunk); }
+
+/* The index among this rank's chunks. */
+static int local_of(const ctx_t *c, int chunk)
+{
+    for (int j = 0; j < c->v; j++)
+        if (sched_rank_chunk(c->place, c->P, c->C, c->s, j) == chunk)
+            return j;
+    return 0;
+}
+
+static recvq_t *recvq_find(ctx_t *c, transport_dir_t dir, int peer)
+{
+    for (int i = 0; i < c->n_rq; i++)
+        if (c->rq[i].dir == dir && c->rq[i].peer == peer)
+            return &c->rq[i];
+    return NULL;
+}
+
+static sendq_t *sendq_find(ctx_t *c, transport_dir_t dir, int peer)
+{
+    for (int i = 0; i < c->n_sq; i++)
+        if (c->sq[i].dir == dir && c->sq[i].peer == peer)
+            return &c->sq[i];
+    return NULL;
+}
 
 static double clock_job(const ctx_t *c, double local)
 {
@@ -91,8 +139,8 @@ static int recvq_fill(ctx_t *c, recvq_t *q)
         int s = (int)(q->posted % q->ring.w);
         if (q->ring.busy[s])
             return 0;
-        int iter = (int)(q->posted / q->per_iter), mb = q->mb_of[q->posted % q->per_iter];
-        transport_key_t key = {q->dir, iter, mb};
+        int iter = (int)(q->posted / q->per_iter), key_mb = q->key_of[q->posted % q->per_iter];
+        transport_key_t key = {q->dir, iter, key_mb};
         int rc = transport_recv(c->p->t, q->peer, key, q->ring.buf[s], c->bytes, &q->ring.req[s]);
         if (rc)
             return rc;
@@ -124,31 +172,17 @@ static void fail_text(ctx_t *c, int iter, const sched_op_t *op, const transport_
                  sched_op_kind_name(op->kind), op->mb, iter, req->why[0] ? req->why : strerror(-rc));
 }
 
-static int recvq_init(recvq_t *q, const sched_op_t *ops, size_t n, sched_op_kind_t kind, transport_dir_t dir,
-                      int peer, int M, int iters, int w, size_t bytes)
-{
-    memset(q, 0, sizeof *q);
-    q->kind = kind;
-    q->dir = dir;
-    q->peer = peer;
-    q->mb_of = calloc(n ? n : 1, sizeof *q->mb_of);
-    q->slot_of_mb = malloc(sizeof *q->slot_of_mb * (size_t)M);
-    if (!q->mb_of || !q->slot_of_mb)
-        return -ENOMEM;
-    for (int i = 0; i < M; i++)
-        q->slot_of_mb[i] = -1;
-    for (size_t i = 0; i < n; i++)
-        if (ops[i].kind == kind)
-            q->mb_of[q->per_iter++] = ops[i].mb;
-    q->total = (long)q->per_iter * iters;
-    return q->per_iter ? ring_init(&q->ring, w, bytes) : 0;
-}
-
 static void recvq_destroy(recvq_t *q)
 {
     ring_destroy(&q->ring);
-    free(q->mb_of);
-    free(q->slot_of_mb);
+    free(q->key_of);
+    free(q->slot_of);
+}
+
+static void sendq_destroy(sendq_t *q)
+{
+    ring_destroy(&q->ring);
+    free(q->slot_of);
 }
 
 /* The send ring's slot for the next producer; waits for its previous send first. */
@@ -161,7 +195,7 @@ static int send_slot(ctx_t *c, ring_t *r, long *next, int iter, const sched_op_t
         if (rc) {
             /* what it was waiting on is the earlier send still holding this buffer */
             const transport_req_t *q = &r->req[s];
-            sched_op_t sent = {q->key.dir == TRANSPORT_ACT ? SCHED_SEND_ACT : SCHED_SEND_GRAD, q->key.mb};
+            sched_op_t sent = {q->key.dir == TRANSPORT_ACT ? SCHED_SEND_ACT : SCHED_SEND_GRAD, q->key.mb % c->M, c->s};
             char before[64];
             sched_op_format(op, before, sizeof before);
             fail_text(c, q->key.iter, &sent, q, rc, err, errlen);
@@ -194,7 +228,7 @@ static int tied_exchange(ctx_t *c, int it, char *err, size_t errlen)
     int twin = s == 0 ? P - 1 : 0, rc;
     transport_key_t key = {TRANSPORT_TIED, it, 0};
     transport_req_t rr, sr;
-    sched_op_t op = {SCHED_OPT_STEP, -1};
+    sched_op_t op = {SCHED_OPT_STEP, -1, -1};
     if ((rc = transport_recv(p->t, twin, key, tmp, n * sizeof *tmp, &rr)) == 0 &&
         (rc = transport_send(p->t, twin, key, g, n * sizeof *g, &sr)) == 0) {
         /* the send reads g: it must be done before the twin's gradient is added in */
@@ -216,203 +250,368 @@ static int tied_exchange(ctx_t *c, int it, char *err, size_t errlen)
     return 0;
 }
 
-int exec_run(const exec_params_t *p, exec_result_t *out, char *err, size_t errlen)
+static int op_recv(ctx_t *c, int it, const sched_op_t *op, char *err, size_t errlen)
 {
-    const runcfg_t *cfg = p->cfg;
-    int P = cfg->stages, s = p->stage, M = cfg->micro_batches, iters = cfg->warmup + cfg->iters;
-    exec_result_t r = {0};
-    ctx_t c = {p, &r, model_stage_act_bytes(p->st), M, iters};
-    sched_op_t *ops = NULL;
-    size_t n = 0;
-    recvq_t ra = {0}, rg = {0};
-    ring_t sa = {0}, sg = {0};
-    int *sa_slot = NULL, *sg_slot = NULL;
-    long sa_next = 0, sg_next = 0;
-    int rc = sched_ops_build(cfg->schedule, P, M, cfg->slack, s, &ops, &n, err, errlen);
-    if (rc)
+    int act = op->kind == SCHED_RECV_ACT;
+    recvq_t *q = recvq_find(c, act ? TRANSPORT_ACT : TRANSPORT_GRAD, rank_of(c, act ? op->chunk - 1 : op->chunk + 1));
+    if (!q)
+        return pn_err(err, errlen, -EPROTO, "rank %d: %s(mb %d) has no receive queue", c->s,
+                      sched_op_kind_name(op->kind), op->mb);
+    int slot = (int)(q->waited % q->ring.w);
+    if (q->waited >= q->posted) {
+        /* the window is full of unconsumed tensors: the op list consumes out of order */
+        snprintf(err, errlen, "rank %d: %s(mb %d) of iteration %d has no receive buffer free", c->s,
+                 sched_op_kind_name(op->kind), op->mb, it);
+        return -ENOBUFS;
+    }
+    int rc = wait_req(c, &q->ring.req[slot]);
+    if (rc) {
+        fail_text(c, it, op, &q->ring.req[slot], rc, err, errlen);
         return rc;
-    if (P > 1 && !p->t) {
-        snprintf(err, errlen, "rank %d: %d stages need a transport", s, P);
-        rc = -EINVAL;
-        goto out;
     }
-    int peak = sched_ops_peak_inflight(ops, n);
-    int w = (peak > 0 ? peak : 1) + 1;
-    if (w > M + 1)
-        w = M + 1;
-    r.iters = iters;
-    if (!(r.loss = malloc(sizeof *r.loss * (size_t)iters)) || !(sa_slot = malloc(sizeof *sa_slot * (size_t)M)) ||
-        !(sg_slot = malloc(sizeof *sg_slot * (size_t)M)) ||
-        (rc = recvq_init(&ra, ops, n, SCHED_RECV_ACT, TRANSPORT_ACT, s - 1, M, iters, w, c.bytes)) ||
-        (rc = recvq_init(&rg, ops, n, SCHED_RECV_GRAD, TRANSPORT_GRAD, s + 1, M, iters, w, c.bytes)) ||
-        (s < P - 1 && (rc = ring_init(&sa, w, c.bytes))) || (s > 0 && (rc = ring_init(&sg, w, c.bytes)))) {
-        snprintf(err, errlen, "rank %d: out of memory for %d boundary buffers of %zu bytes", s, 4 * w, c.bytes);
-        rc = -ENOMEM;
-        goto out;
+    q->waited++;
+    q->slot_of[key_of(c, op->mb, op->chunk)] = slot;
+    return 0;
+}
+
+/* Where a compute op's input tensor is: a received one (*q, *rs), a local hand-off
+ * (*local), or none at the model's ends. */
+typedef struct {
+    const float *buf;
+    recvq_t *q;
+    int rs;
+    float **local;
+} input_t;
+
+static int input_get(ctx_t *c, int it, const sched_op_t *op, input_t *in, char *err, size_t errlen)
+{
+    int fwd = op->kind == SCHED_FWD, from = fwd ? op->chunk - 1 : op->chunk + 1, key = key_of(c, op->mb, op->chunk);
+    *in = (input_t){NULL, NULL, -1, NULL};
+    if (from < 0 || from >= c->C)
+        return 0;
+    if (rank_of(c, from) == c->s) {
+        in->local = &c->local[!fwd][key];
+        in->buf = *in->local;
+    } else if ((in->q = recvq_find(c, fwd ? TRANSPORT_ACT : TRANSPORT_GRAD, rank_of(c, from)))) {
+        in->rs = in->q->slot_of[key];
+        in->buf = in->rs >= 0 ? in->q->ring.buf[in->rs] : NULL;
     }
-    for (int i = 0; i < iters; i++)
-        r.loss[i] = NAN;
-    double run_w0 = pn_now(), run_c0 = pn_cpu_now();
-    if (P > 1 && ((rc = recvq_fill(&c, &ra)) || (rc = recvq_fill(&c, &rg)))) {
-        snprintf(err, errlen, "rank %d: posting receives: %s", s, strerror(-rc));
-        goto out;
+    if (!in->buf)
+        return pn_err(err, errlen, -EPROTO, "rank %d: %s(mb %d) of iteration %d before its %s", c->s,
+                      sched_op_kind_name(op->kind), op->mb, it,
+                      in->local ? "local hand-off" : fwd ? "RECV_ACT" : "RECV_GRAD");
+    return 0;
+}
+
+/* Frees a consumed input: a receive slot (posting the next receive into it) or a local buffer. */
+static int input_release(ctx_t *c, input_t *in, int key)
+{
+    if (in->local) {
+        free(*in->local);
+        *in->local = NULL;
+        return 0;
     }
-    for (int it = 0; it < iters; it++) {
-        for (int i = 0; i < M; i++)
-            sa_slot[i] = sg_slot[i] = -1;
-        for (size_t k = 0; k < n; k++) {
-            const sched_op_t *op = &ops[k];
-            if (k == n / 2)
-                fault_point(s, FAULT_AT_ITER, it);
-            if (op->kind == SCHED_OPT_STEP)
-                fault_point(s, FAULT_AT_OPT, it);
-            double t0 = pn_now();
-            size_t bytes = 0;
-            switch (op->kind) {
-            case SCHED_RECV_ACT:
-            case SCHED_RECV_GRAD: {
-                recvq_t *q = op->kind == SCHED_RECV_ACT ? &ra : &rg;
-                int slot = (int)(q->waited % q->ring.w);
-                if (q->waited >= q->posted) {
-                    /* the window is full of unconsumed tensors: the op list consumes out of order */
-                    snprintf(err, errlen, "rank %d: %s(mb %d) of iteration %d has no receive buffer free", s,
-                             sched_op_kind_name(op->kind), op->mb, it);
-                    rc = -ENOBUFS;
-                    goto out;
-                }
-                rc = wait_req(&c, &q->ring.req[slot]);
-                if (rc) {
-                    fail_text(&c, it, op, &q->ring.req[slot], rc, err, errlen);
-                    goto out;
-                }
-                q->waited++;
-                q->slot_of_mb[op->mb] = slot;
-                bytes = c.bytes;
-                break;
-            }
-            case SCHED_FWD: {
-                const float *in = NULL;
-                float *o = NULL;
-                int rs = -1, ss = -1;
-                if (s > 0) {
-                    rs = ra.slot_of_mb[op->mb];
-                    if (rs < 0) {
-                        snprintf(err, errlen, "rank %d: FWD(mb %d) of iteration %d before its RECV_ACT", s, op->mb, it);
-                        rc = -EPROTO;
-                        goto out;
-                    }
-                    in = ra.ring.buf[rs];
-                }
-                if (s < P - 1) {
-                    if ((rc = send_slot(&c, &sa, &sa_next, it, op, &ss, err, errlen)) != 0)
-                        goto out;
-                    o = sa.buf[ss];
-                    sa_slot[op->mb] = ss;
-                }
-                t0 = pn_now();
-                rc = model_stage_forward(p->st, it, op->mb, in, o);
-                if (rc) {
-                    snprintf(err, errlen, "rank %d: FWD(mb %d) of iteration %d: %s", s, op->mb, it, strerror(-rc));
-                    goto out;
-                }
-                if (rs >= 0) {
-                    ra.ring.busy[rs] = 0;
-                    ra.slot_of_mb[op->mb] = -1;
-                    if ((rc = recvq_fill(&c, &ra)) != 0)
-                        goto out;
-                }
-                break;
-            }
-            case SCHED_BWD: {
-                const float *dout = NULL;
-                float *din = NULL;
-                int rs = -1, ss = -1;
-                if (s < P - 1) {
-                    rs = rg.slot_of_mb[op->mb];
-                    if (rs < 0) {
-                        snprintf(err, errlen, "rank %d: BWD(mb %d) of iteration %d before its RECV_GRAD", s, op->mb, it);
-                        rc = -EPROTO;
-                        goto out;
-                    }
-                    dout = rg.ring.buf[rs];
-                }
-                if (s > 0) {
-                    if ((rc = send_slot(&c, &sg, &sg_next, it, op, &ss, err, errlen)) != 0)
-                        goto out;
-                    din = sg.buf[ss];
-                    sg_slot[op->mb] = ss;
-                }
-                t0 = pn_now();
-                rc = model_stage_backward(p->st, it, op->mb, dout, din);
-                if (rc) {
-                    snprintf(err, errlen, "rank %d: BWD(mb %d) of iteration %d: %s", s, op->mb, it, strerror(-rc));
-                    goto out;
-                }
-                if (rs >= 0) {
-                    rg.ring.busy[rs] = 0;
-                    rg.slot_of_mb[op->mb] = -1;
-                    if ((rc = recvq_fill(&c, &rg)) != 0)
-                        goto out;
-                }
-                break;
-            }
-            case SCHED_SEND_ACT:
-            case SCHED_SEND_GRAD: {
-                int act = op->kind == SCHED_SEND_ACT;
-                ring_t *rr = act ? &sa : &sg;
-                int slot = (act ? sa_slot : sg_slot)[op->mb];
-                if (slot < 0) {
-                    snprintf(err, errlen, "rank %d: %s(mb %d) of iteration %d before its producer", s,
-                             sched_op_kind_name(op->kind), op->mb, it);
-                    rc = -EPROTO;
-                    goto out;
-                }
-                transport_key_t key = {act ? TRANSPORT_ACT : TRANSPORT_GRAD, it, op->mb};
-                rc = transport_send(p->t, act ? s + 1 : s - 1, key, rr->buf[slot], c.bytes, &rr->req[slot]);
-                if (rc) {
-                    snprintf(err, errlen, "rank %d: %s(mb %d) of iteration %d: %s", s, sched_op_kind_name(op->kind),
-                             op->mb, it, strerror(-rc));
-                    goto out;
-                }
-                rr->busy[slot] = 1;
-                bytes = c.bytes;
-                break;
-            }
-            case SCHED_OPT_STEP:
-                if ((rc = tied_exchange(&c, it, err, errlen)) != 0)
-                    goto out;
-                rc = model_stage_step(p->st, it);
-                if (rc) {
-                    snprintf(err, errlen, "rank %d: OPT_STEP of iteration %d: %s", s, it, strerror(-rc));
-                    goto out;
-                }
-                if (s == P - 1)
-                    r.loss[it] = model_stage_loss(p->st);
-                break;
-            default:
-                snprintf(err, errlen, "rank %d: unknown op kind %d", s, (int)op->kind);
-                rc = -EPROTO;
-                goto out;
-            }
-            if ((rc = row_add(&c, it, op->kind, op->mb, t0, pn_now(), bytes)) != 0) {
-                snprintf(err, errlen, "rank %d: out of memory for the trace", s);
-                goto out;
-            }
+    if (!in->q)
+        return 0;
+    in->q->ring.busy[in->rs] = 0;
+    in->q->slot_of[key] = -1;
+    return recvq_fill(c, in->q);
+}
+
+/* The buffer a compute op writes its output tensor to: a send slot, a new local
+ * hand-off buffer, or none at the model's ends. */
+static int output_get(ctx_t *c, int it, const sched_op_t *op, float **out, char *err, size_t errlen)
+{
+    int fwd = op->kind == SCHED_FWD, to = fwd ? op->chunk + 1 : op->chunk - 1, key = key_of(c, op->mb, to), rc, ss;
+    *out = NULL;
+    if (to < 0 || to >= c->C)
+        return 0;
+    if (rank_of(c, to) == c->s) {
+        float **l = &c->local[!fwd][key];
+        if (!*l && !(*l = malloc(c->bytes)))
+            return pn_err(err, errlen, -ENOMEM, "rank %d: out of memory for a local hand-off", c->s);
+        *out = *l;
+        return 0;
+    }
+    sendq_t *q = sendq_find(c, fwd ? TRANSPORT_ACT : TRANSPORT_GRAD, rank_of(c, to));
+    if (!q)
+        return pn_err(err, errlen, -EPROTO, "rank %d: %s(mb %d) has no send queue", c->s,
+                      sched_op_kind_name(op->kind), op->mb);
+    if ((rc = send_slot(c, &q->ring, &q->next, it, op, &ss, err, errlen)))
+        return rc;
+    q->slot_of[key] = ss;
+    *out = q->ring.buf[ss];
+    return 0;
+}
+
+/* FWD, or BWD / BWD_INPUT (input gradient to the previous chunk); *t0 is reset to when
+ * the compute starts (after any wait for a send buffer). */
+static int op_compute(ctx_t *c, int it, const sched_op_t *op, double *t0, char *err, size_t errlen)
+{
+    model_stage_t *st = c->st[local_of(c, op->chunk)];
+    input_t in;
+    float *o;
+    int rc;
+    if ((rc = input_get(c, it, op, &in, err, errlen)) || (rc = output_get(c, it, op, &o, err, errlen)))
+        return rc;
+    *t0 = pn_now();
+    if (op->kind == SCHED_FWD)
+        rc = model_stage_forward(st, it, op->mb, in.buf, o);
+    else if (op->kind == SCHED_BWD)
+        rc = model_stage_backward(st, it, op->mb, in.buf, o);
+    else
+        rc = model_stage_backward_input(st, it, op->mb, in.buf, o);
+    if (rc) {
+        snprintf(err, errlen, "rank %d: %s(mb %d) of iteration %d: %s", c->s, sched_op_kind_name(op->kind), op->mb,
+                 it, strerror(-rc));
+        return rc;
+    }
+    return input_release(c, &in, key_of(c, op->mb, op->chunk));
+}
+
+static int op_send(ctx_t *c, int it, const sched_op_t *op, char *err, size_t errlen)
+{
+    int act = op->kind == SCHED_SEND_ACT, s = c->s, to = act ? op->chunk + 1 : op->chunk - 1;
+    int peer = rank_of(c, to), key = key_of(c, op->mb, to);
+    sendq_t *q = sendq_find(c, act ? TRANSPORT_ACT : TRANSPORT_GRAD, peer);
+    int slot = q ? q->slot_of[key] : -1;
+    if (slot < 0) {
+        snprintf(err, errlen, "rank %d: %s(mb %d) of iteration %d before its producer", s,
+                 sched_op_kind_name(op->kind), op->mb, it);
+        return -EPROTO;
+    }
+    transport_key_t tk = {act ? TRANSPORT_ACT : TRANSPORT_GRAD, it, key};
+    int rc = transport_send(c->p->t, peer, tk, q->ring.buf[slot], c->bytes, &q->ring.req[slot]);
+    if (rc) {
+        snprintf(err, errlen, "rank %d: %s(mb %d) of iteration %d: %s", s, sched_op_kind_name(op->kind), op->mb, it,
+                 strerror(-rc));
+        return rc;
+    }
+    q->ring.busy[slot] = 1;
+    return 0;
+}
+
+/* OPT_STEP: every chunk of the rank steps; the one holding the model's last chunk has the loss. */
+static int op_step(ctx_t *c, int it, char *err, size_t errlen)
+{
+    int rc;
+    if ((rc = tied_exchange(c, it, err, errlen)) != 0)
+        return rc;
+    for (int j = 0; j < c->v; j++) {
+        if ((rc = model_stage_step(c->st[j], it))) {
+            snprintf(err, errlen, "rank %d: OPT_STEP of iteration %d: %s", c->s, it, strerror(-rc));
+            return rc;
         }
+        if (c->st[j]->last)
+            c->out->loss[it] = model_stage_loss(c->st[j]);
     }
-    /* Every send must have left before the buffers go. */
-    for (int k = 0; k < 2; k++) {
-        ring_t *rr = k ? &sg : &sa;
+    return 0;
+}
+
+static int op_other(ctx_t *c, int it, const sched_op_t *op, char *err, size_t errlen)
+{
+    int rc, s = c->s;
+    switch (op->kind) {
+    case SCHED_BWD_WEIGHT:
+        if ((rc = model_stage_backward_weights(c->st[local_of(c, op->chunk)], it, op->mb)))
+            snprintf(err, errlen, "rank %d: BWD_WEIGHT(mb %d) of iteration %d: %s", s, op->mb, it, strerror(-rc));
+        return rc;
+    case SCHED_OPT_STEP:
+        return op_step(c, it, err, errlen);
+    default:
+        snprintf(err, errlen, "rank %d: unknown op kind %d", s, (int)op->kind);
+        return -EPROTO;
+    }
+}
+
+/* One op of iteration it, and its trace row. */
+static int op_run(ctx_t *c, int it, const sched_op_t *op, char *err, size_t errlen)
+{
+    double t0 = pn_now();
+    size_t bytes = 0;
+    int rc;
+    switch (op->kind) {
+    case SCHED_RECV_ACT:
+    case SCHED_RECV_GRAD:
+        rc = op_recv(c, it, op, err, errlen);
+        bytes = c->bytes;
+        break;
+    case SCHED_FWD:
+    case SCHED_BWD:
+    case SCHED_BWD_INPUT:
+        rc = op_compute(c, it, op, &t0, err, errlen);
+        break;
+    case SCHED_SEND_ACT:
+    case SCHED_SEND_GRAD:
+        rc = op_send(c, it, op, err, errlen);
+        bytes = c->bytes;
+        break;
+    default:
+        rc = op_other(c, it, op, err, errlen);
+        break;
+    }
+    if (!rc && (rc = row_add(c, it, op->kind, op->mb, t0, pn_now(), bytes)) != 0)
+        snprintf(err, errlen, "rank %d: out of memory for the trace", c->s);
+    return rc;
+}
+
+/* Every send must have left before the buffers go. */
+static int sends_drain(ctx_t *c, char *err, size_t errlen)
+{
+    for (int k = 0; k < c->n_sq; k++) {
+        ring_t *rr = &c->sq[k].ring;
         for (int i = 0; i < rr->w; i++)
             if (rr->busy[i]) {
-                sched_op_t op = {k ? SCHED_SEND_GRAD : SCHED_SEND_ACT, rr->req[i].key.mb};
-                if ((rc = wait_req(&c, &rr->req[i])) != 0) {
-                    fail_text(&c, rr->req[i].key.iter, &op, &rr->req[i], rc, err, errlen);
-                    goto out;
+                sched_op_t op = {c->sq[k].dir == TRANSPORT_GRAD ? SCHED_SEND_GRAD : SCHED_SEND_ACT,
+                                 rr->req[i].key.mb, c->s};
+                int rc = wait_req(c, &rr->req[i]);
+                if (rc) {
+                    fail_text(c, rr->req[i].key.iter, &op, &rr->req[i], rc, err, errlen);
+                    return rc;
                 }
                 rr->busy[i] = 0;
             }
     }
+    return 0;
+}
+
+/* The receive and send queues this rank's op list needs, one per (direction, peer),
+ * each with w slots; receives in list order. */
+static int queues_init(ctx_t *c, const sched_op_t *ops, size_t n, int w)
+{
+    for (size_t i = 0; i < n; i++) {
+        sched_op_kind_t k = ops[i].kind;
+        int recv = k == SCHED_RECV_ACT || k == SCHED_RECV_GRAD, send = k == SCHED_SEND_ACT || k == SCHED_SEND_GRAD;
+        if (!recv && !send)
+            continue;
+        int act = k == SCHED_RECV_ACT || k == SCHED_SEND_ACT, prev = k == SCHED_RECV_ACT || k == SCHED_SEND_GRAD;
+        int peer = rank_of(c, prev ? ops[i].chunk - 1 : ops[i].chunk + 1);
+        transport_dir_t dir = act ? TRANSPORT_ACT : TRANSPORT_GRAD;
+        if (recv) {
+            recvq_t *q = recvq_find(c, dir, peer);
+            if (!q) {
+                if (c->n_rq == EXEC_QUEUES)
+                    return -EPROTO;
+                q = &c->rq[c->n_rq++];
+                *q = (recvq_t){.dir = dir, .peer = peer, .key_of = malloc(n * sizeof(int)),
+                               .slot_of = malloc((size_t)c->keys * sizeof(int))};
+                if (!q->key_of || !q->slot_of || ring_init(&q->ring, w, c->bytes))
+                    return -ENOMEM;
+                for (int j = 0; j < c->keys; j++)
+                    q->slot_of[j] = -1;
+            }
+            q->key_of[q->per_iter++] = key_of(c, ops[i].mb, ops[i].chunk);
+        } else if (!sendq_find(c, dir, peer)) {
+            if (c->n_sq == EXEC_QUEUES)
+                return -EPROTO;
+            sendq_t *q = &c->sq[c->n_sq++];
+            *q = (sendq_t){.dir = dir, .peer = peer, .slot_of = malloc((size_t)c->keys * sizeof(int))};
+            if (!q->slot_of || ring_init(&q->ring, w, c->bytes))
+                return -ENOMEM;
+        }
+    }
+    for (int i = 0; i < c->n_rq; i++)
+        c->rq[i].total = (long)c->rq[i].per_iter * c->iters;
+    return 0;
+}
+
+static int ctx_init(ctx_t *c, const sched_op_t *ops, size_t n, char *err, size_t errlen)
+{
+    int peak = sched_ops_peak_inflight(ops, n);
+    int w = (peak > 0 ? peak : 1) + 1, rc;
+    if (w > c->M * c->v + 1)
+        w = c->M * c->v + 1;
+    c->keys = c->M * (c->v > 1 ? c->C : 1);
+    if (!(c->out->loss = malloc(sizeof *c->out->loss * (size_t)c->iters)) ||
+        !(c->local[0] = calloc((size_t)c->keys, sizeof(float *))) ||
+        !(c->local[1] = calloc((size_t)c->keys, sizeof(float *))) || (rc = queues_init(c, ops, n, w)) == -ENOMEM)
+        return pn_err(err, errlen, -ENOMEM, "rank %d: out of memory for boundary buffers of %zu bytes", c->s,
+                      c->bytes);
+    if (rc)
+        return pn_err(err, errlen, rc, "rank %d: the op list talks to more than two ranks", c->s);
+    for (int i = 0; i < c->iters; i++)
+        c->out->loss[i] = NAN;
+    return 0;
+}
+
+static void ctx_destroy(ctx_t *c)
+{
+    for (int i = 0; i < c->n_rq; i++)
+        recvq_destroy(&c->rq[i]);
+    for (int i = 0; i < c->n_sq; i++)
+        sendq_destroy(&c->sq[i]);
+    for (int d = 0; d < 2; d++) {
+        for (int k = 0; c->local[d] && k < c->keys; k++)
+            free(c->local[d][k]);
+        free(c->local[d]);
+    }
+}
+
+/* This rank's op list and its chunks' models. */
+static int ops_get(ctx_t *c, sched_op_t **ops, size_t *n, char *err, size_t errlen)
+{
+    const exec_params_t *p = c->p;
+    const runcfg_t *cfg = p->cfg;
+    sched_spec_t spec = {cfg->schedule, cfg->stages, cfg->micro_batches, cfg->slack, cfg->chunks};
+    sched_plan_t probe = {0};
+    int rc = sched_spec_check(&spec, &c->v, err, errlen);
+    if (rc)
+        return rc;
+    if (c->v != (p->n_chunks ? p->n_chunks : 1))
+        return pn_err(err, errlen, -EINVAL, "rank %d: %s places %d model chunks on each stage, the stage built %d",
+                      p->stage, cfg->schedule, c->v, p->n_chunks ? p->n_chunks : 1);
+    if (c->v > 1 && cfg->model.tied_embeddings)
+        return pn_err(err, errlen, -ENOTSUP, "rank %d: --tied-embeddings with %s (several chunks per stage) is "
+                      "not supported", p->stage, cfg->schedule);
+    if ((rc = sched_plan_build_spec(&spec, &probe, err, errlen)))
+        return rc;
+    c->C = probe.chunks;
+    c->place = probe.place;
+    *ops = probe.ops[p->stage];
+    *n = probe.n_ops[p->stage];
+    probe.ops[p->stage] = NULL;
+    sched_plan_destroy(&probe);
+    c->st = p->n_chunks ? p->chunks : &p->st;
+    return 0;
+}
+
+int exec_run(const exec_params_t *p, exec_result_t *out, char *err, size_t errlen)
+{
+    const runcfg_t *cfg = p->cfg;
+    int P = cfg->stages, s = p->stage, iters = cfg->warmup + cfg->iters;
+    exec_result_t r = {0};
+    ctx_t c = {.p = p, .out = &r, .M = cfg->micro_batches, .iters = iters, .P = P, .s = s};
+    sched_op_t *ops = NULL;
+    size_t n = 0;
+    int rc = ops_get(&c, &ops, &n, err, errlen);
+    if (rc)
+        return rc;
+    c.bytes = model_stage_act_bytes(c.st[0]);
+    r.iters = iters;
+    if (P > 1 && !p->t)
+        rc = pn_err(err, errlen, -EINVAL, "rank %d: %d stages need a transport", s, P);
+    else
+        rc = ctx_init(&c, ops, n, err, errlen);
+    if (rc)
+        goto out;
+    double run_w0 = pn_now(), run_c0 = pn_cpu_now();
+    for (int i = 0; i < c.n_rq && !rc; i++)
+        if ((rc = recvq_fill(&c, &c.rq[i])))
+            snprintf(err, errlen, "rank %d: posting receives: %s", s, strerror(-rc));
+    for (int it = 0; it < iters && !rc; it++) {
+        for (int i = 0; i < c.n_sq; i++)
+            for (int k = 0; k < c.keys; k++)
+                c.sq[i].slot_of[k] = -1;
+        for (size_t k = 0; k < n && !rc; k++) {
+            if (k == n / 2)
+                fault_point(s, FAULT_AT_ITER, it);
+            if (ops[k].kind == SCHED_OPT_STEP)
+                fault_point(s, FAULT_AT_OPT, it);
+            rc = op_run(&c, it, &ops[k], err, errlen);
+        }
+    }
+    if (rc || (rc = sends_drain(&c, err, errlen)))
+        goto out;
     r.run_wall = pn_now() - run_w0;
     r.run_cpu = pn_cpu_now() - run_c0;
 out:
@@ -421,13 +620,8 @@ out:
          * requests and leave the buffers to the process's exit rather than free them. */
         transport_fail(p->t, -ECANCELED, "the executor stopped");
     } else {
-        recvq_destroy(&ra);
-        recvq_destroy(&rg);
-        ring_destroy(&sa);
-        ring_destroy(&sg);
+        ctx_destroy(&c);
     }
-    free(sa_slot);
-    free(sg_slot);
     free(ops);
     if (rc) {
         exec_result_destroy(&r);

@@ -24,7 +24,11 @@ typedef struct {
 
 typedef struct {
     const runcfg_t *cfg;
-    model_stage_t *st;     /* initialised for this stage */
+    model_stage_t *st;     /* initialised for this stage (one chunk per stage) */
+    /* With several chunks per stage (interleaved-1f1b, zb-v): the stage's chunks in model
+     * order, each initialised as chunk c of the model split into all chunks; st unused. */
+    model_stage_t *const *chunks;
+    int n_chunks;          /* 0: st alone */
     transport_t *t;        /* connected to the neighbours; NULL with one stage */
     const boot_t *boot;    /* clock alignment; NULL = this process's clock */
     int stage;

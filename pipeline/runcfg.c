@@ -11,11 +11,15 @@
 #include "netem/emulator.h"
 #include "netem/profile.h"
 #include "schedules/sched.h"
+#include "schedules/sim.h"
 
 const model_option_t runcfg_pipeline_group[] = {
     {"schedule", 's', RUNCFG_OPT_SCHEDULE, "S", "pipeline schedule: {schedules}", "1f1b"},
-    {"slack", 'k', RUNCFG_OPT_SLACK, "K", "extra micro-batches in flight per hop (1f1b-slack only)",
-     "1 with 1f1b-slack, else 0"},
+    {"slack", 'k', RUNCFG_OPT_SLACK, "K|auto", "extra micro-batches in flight per hop (1f1b-slack only); auto: the "
+     "simulator's K for this run's emulated costs and links (1 with real compute, whose costs are unknown before "
+     "the run)", "auto with 1f1b-slack, else 0"},
+    {"chunks", 0, RUNCFG_OPT_CHUNKS, "V", "model chunks per stage (interleaved-1f1b; zb-v holds 2)",
+     "2 with interleaved-1f1b and zb-v, else 1"},
     {"iters", 'n', RUNCFG_OPT_ITERS, "N", "measured iterations", "10"},
     {"warmup", 'w', RUNCFG_OPT_WARMUP, "W", "iterations run first and left out of the figures", "1"},
     {"timeout", 0, RUNCFG_OPT_TIMEOUT, "SECONDS", "a single wait of a stage longer than this fails the job", "300"},
@@ -103,7 +107,13 @@ int runcfg_option(runcfg_t *c, int opt, const char *arg, char *err, size_t errle
         }
         rc = copy_str("schedule", arg, c->schedule, sizeof c->schedule, err, errlen);
         break;
-    case RUNCFG_OPT_SLACK: rc = parse_int("slack", arg, 0, PN_MAX_SLACK, &c->slack, err, errlen); break;
+    case RUNCFG_OPT_SLACK:
+        if (!strcmp(arg, "auto"))
+            c->slack = -1;
+        else
+            rc = parse_int("slack", arg, 0, PN_MAX_SLACK, &c->slack, err, errlen);
+        break;
+    case RUNCFG_OPT_CHUNKS: rc = parse_int("chunks", arg, 1, 64, &c->chunks, err, errlen); break;
     case RUNCFG_OPT_ITERS: rc = parse_int("iters", arg, 1, PN_MAX_ITERS, &c->iters, err, errlen); break;
     case RUNCFG_OPT_WARMUP: rc = parse_int("warmup", arg, 0, PN_MAX_ITERS, &c->warmup, err, errlen); break;
     case RUNCFG_OPT_NET: rc = copy_str("net", arg, c->net, sizeof c->net, err, errlen); break;
@@ -139,6 +149,52 @@ int runcfg_option(runcfg_t *c, int opt, const char *arg, char *err, size_t errle
     return rc ? rc : 1;
 }
 
+/* --slack auto: the smallest K whose simulated iteration is within 1% of the best, for
+ * each stage's emulated costs, the --net links and this model's boundary tensors. With
+ * real compute the costs are unknown before the run: K = 1. */
+static int slack_auto(runcfg_t *c, char *err, size_t errlen)
+{
+    int P = c->stages, rc = 0;
+    c->slack = 1;
+    if (!model_compute_modelled(c->stage_params.compute))
+        return 0;
+    sim_cost_t *cost = calloc((size_t)P, sizeof *cost);
+    sim_link_t *link = calloc((size_t)P, sizeof *link);
+    netem_profile_t *prof = calloc((size_t)P, sizeof *prof);
+    model_stage_t *st = calloc(1, sizeof *st);
+    double bytes = 0;
+    if (!cost || !link || !prof || !st)
+        rc = pn_err(err, errlen, -ENOMEM, "--slack auto: out of memory");
+    for (int s = 0; s < P && !rc; s++) {
+        model_stage_params_t mp = c->stage_params;
+        model_account_t a;
+        char e[256];
+        mp.stage = s;
+        mp.max_inflight = 1;
+        if ((rc = model_stage_init(st, &mp, e, sizeof e))) {
+            rc = pn_err(err, errlen, rc, "--slack auto: stage %d: %s", s, e);
+            break;
+        }
+        model_stage_account(st, &a);
+        cost[s] = (sim_cost_t){a.fwd_s, a.bwd_s, a.opt_s};
+        bytes = (double)a.boundary_bytes;
+        model_stage_destroy(st);
+    }
+    if (!rc && P > 1)
+        rc = netem_net_parse(c->net, P, prof, err, errlen);
+    for (int l = 0; !rc && l + 1 < P; l++)
+        link[l] = (sim_link_t){prof[l].delay, prof[l].rate > 0 ? netem_profile_goodput(prof[l].rate, 1500) : 0, 0};
+    sim_config_t cfg = {c->schedule, P, c->micro_batches, SIM_SLACK_AUTO, cost, link, link, bytes, bytes,
+                        SIM_SEND_PIPELINED};
+    if (!rc)
+        rc = sim_slack_auto(&cfg, &c->slack, NULL, err, errlen);
+    free(cost);
+    free(link);
+    free(prof);
+    free(st);
+    return rc;
+}
+
 int runcfg_finish(runcfg_t *c, char *err, size_t errlen)
 {
     int rc = model_options_finish(&c->model, &c->stage_params, err, errlen);
@@ -161,17 +217,17 @@ int runcfg_finish(runcfg_t *c, char *err, size_t errlen)
                  PN_MAX_MICRO_BATCHES);
         return -EINVAL;
     }
-    if (c->slack < 0)
-        c->slack = sched_uses_slack(c->schedule) == 1 ? 1 : 0;
+    if (c->slack < 0 && sched_uses_slack(c->schedule) != 1)
+        c->slack = 0;
+    else if (c->slack < 0 && (rc = slack_auto(c, err, errlen)))
+        return rc;
     if (c->slack && sched_uses_slack(c->schedule) != 1) {
         snprintf(err, errlen, "--slack %d needs --schedule 1f1b-slack (got %s)", c->slack, c->schedule);
         return -EINVAL;
     }
-    sched_op_t *ops = NULL;
-    size_t n = 0;
-    rc = sched_ops_build(c->schedule, c->stages, c->micro_batches, c->slack, 0, &ops, &n, err, errlen);
-    free(ops);
-    if (rc)
+    sched_spec_t spec = {c->schedule, c->stages, c->micro_batches, c->slack, c->chunks};
+    int v;
+    if ((rc = sched_spec_check(&spec, &v, err, errlen)))
         return rc;
     if (c->stages > 1) {
         netem_profile_t *links = calloc((size_t)c->stages - 1, sizeof *links);
@@ -211,6 +267,8 @@ int runcfg_format(const runcfg_t *c, char *buf, size_t len)
                       " schedule=%s slack=%d iters=%d warmup=%d net=%s emulator=%s",
                       m->batch_size, m->micro_batch_size, m->compute, m->dataset, m->recompute, m->tied_embeddings,
                       m->seed, (double)m->lr, c->schedule, c->slack, c->iters, c->warmup, c->net, c->emulator);
+    if (c->chunks && n >= 0 && (size_t)n < len) /* only where given: older runs keep their hash */
+        n += snprintf(buf + n, len - (size_t)n, " chunks=%d", c->chunks);
     return n;
 }
 
@@ -225,7 +283,11 @@ int runcfg_describe(const runcfg_t *c, char *buf, size_t len)
     r.model.seq_len = p->seq_len;
     r.model.micro_batch_size = p->micro_batch_size;
     r.model.batch_size = p->micro_batch_size * p->micro_batches;
-    if (!r.model.n_partition && c->stages <= PN_MAX_STAGES) {
+    sched_spec_t spec = {c->schedule, c->stages, c->micro_batches, c->slack, c->chunks};
+    int v = 1;
+    if (sched_spec_check(&spec, &v, NULL, 0) == 0 && v > 1)
+        r.chunks = v; /* several chunks per stage: the layers split evenly over all of them */
+    else if (!r.model.n_partition && c->stages <= PN_MAX_STAGES) {
         model_partition_even(p->cfg.layers, c->stages, r.model.partition);
         r.model.n_partition = c->stages;
     }

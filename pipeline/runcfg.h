@@ -18,7 +18,7 @@ enum {
     RUNCFG_OPT_SCHEDULE = 0x2000, RUNCFG_OPT_SLACK, RUNCFG_OPT_ITERS, RUNCFG_OPT_WARMUP,
     RUNCFG_OPT_NET, RUNCFG_OPT_EMULATOR, RUNCFG_OPT_DIST_URL, RUNCFG_OPT_WORLD_SIZE,
     RUNCFG_OPT_RANK, RUNCFG_OPT_TOKEN, RUNCFG_OPT_TIMEOUT, RUNCFG_OPT_TRACE,
-    RUNCFG_OPT_UCX_TLS, RUNCFG_OPT_UCX_DEVICES, RUNCFG_OPT_END
+    RUNCFG_OPT_UCX_TLS, RUNCFG_OPT_UCX_DEVICES, RUNCFG_OPT_CHUNKS, RUNCFG_OPT_END
 };
 
 typedef struct runcfg {
@@ -26,6 +26,7 @@ typedef struct runcfg {
     model_options_t model;   /* --model ... --lr (models/options.h) */
     char schedule[32];
     int slack;               /* K of 1f1b-slack; -1 until runcfg_finish = the default */
+    int chunks;              /* model chunks per stage (--chunks); 0 = the schedule's default */
     int iters, warmup;       /* measured iterations after warm-up ones */
     char net[512];           /* --net: "default", a profile, or a per-link list */
     char emulator[16];       /* how --net is applied: "auto", "netem" or "shim" */

@@ -99,7 +99,7 @@ int stage_report_parse(stage_summary_t *s, int q, const char *text, size_t len, 
                 rc = -EPROTO;
                 break;
             }
-            if (q == s->stages - 1)
+            if (!isnan(v)) /* the rank holding the model's last chunk */
                 s->loss[i] = v;
         } else if (line[0] == 'T') {
             exec_row_t w = {.rank = q};
@@ -316,7 +316,8 @@ static int transport_make(const stage_params_t *p, double *clock_offset, transpo
     return rc;
 }
 
-/* Connects to the neighbours, and to the twin of the tied-embedding exchange. */
+/* Connects to the neighbours, to the twin of the tied-embedding exchange, and for
+ * interleaved chunks the last stage to the first. */
 static int peers_connect(const runcfg_t *cfg, int rank, const boot_t *b, transport_t *t, char *err, size_t errlen)
 {
     int P = cfg->stages, peers[3], np = 0, rc = 0;
@@ -324,7 +325,8 @@ static int peers_connect(const runcfg_t *cfg, int rank, const boot_t *b, transpo
         peers[np++] = rank - 1;
     if (rank < P - 1)
         peers[np++] = rank + 1;
-    if (cfg->model.tied_embeddings && P > 2 && (rank == 0 || rank == P - 1))
+    /* interleaved chunks also go from the last stage back to the first */
+    if ((cfg->model.tied_embeddings || sched_uses_chunks(cfg->schedule) > 0) && P > 2 && (rank == 0 || rank == P - 1))
         peers[np++] = rank == 0 ? P - 1 : 0;
     for (int i = 0; i < np && !rc; i++) {
         int q = peers[i];
@@ -335,23 +337,65 @@ static int peers_connect(const runcfg_t *cfg, int rank, const boot_t *b, transpo
     return rc;
 }
 
-/* This rank's model partition, with room for the micro-batches its schedule keeps in
- * flight at most. */
-static int model_make(const runcfg_t *cfg, int rank, model_stage_t *st, char *err, size_t errlen)
+/* (mb, chunk) activations of `chunk` held at once in a rank's op list. */
+static int chunk_peak(const sched_op_t *ops, size_t n, int chunk)
 {
-    model_stage_params_t mp = cfg->stage_params;
-    mp.stage = rank;
-    sched_op_t *ops = NULL;
-    size_t n = 0;
-    int rc = sched_ops_build(cfg->schedule, cfg->stages, cfg->micro_batches, cfg->slack, rank, &ops, &n, err, errlen);
+    int held = 0, peak = 0;
+    for (size_t i = 0; i < n; i++)
+        if (ops[i].chunk != chunk)
+            continue;
+        else if (ops[i].kind == SCHED_FWD && ++held > peak)
+            peak = held;
+        else if (ops[i].kind == SCHED_BWD || ops[i].kind == SCHED_BWD_WEIGHT)
+            held--;
+    return peak;
+}
+
+/* The rank's model: stage `rank` of P, or with several chunks per stage (interleaved-1f1b,
+ * zb-v) its v chunks of the model split evenly into all chunks, in model order; each
+ * keeps room for what its part of the op list holds in flight. *ready counts those
+ * initialised. */
+static int model_make(const runcfg_t *cfg, int rank, model_stage_t *st, int *ready, char *err, size_t errlen)
+{
+    sched_spec_t spec = {cfg->schedule, cfg->stages, cfg->micro_batches, cfg->slack, cfg->chunks};
+    sched_plan_t plan;
+    int rc = sched_plan_build_spec(&spec, &plan, err, errlen);
     if (rc)
         return rc;
-    mp.max_inflight = sched_ops_peak_inflight(ops, n);
-    free(ops);
-    char e[384];
-    if ((rc = model_stage_init(st, &mp, e, sizeof e)) != 0)
-        snprintf(err, errlen, "rank %d: model: %s", rank, e);
+    int v = plan.chunks / plan.stages;
+    if (v > 1 && cfg->stage_params.partition)
+        rc = pn_err(err, errlen, -EINVAL, "rank %d: --partition gives each stage's layers; %s splits the layers "
+                    "evenly over its %d chunks", rank, cfg->schedule, plan.chunks);
+    for (int j = 0; j < v && !rc; j++) {
+        model_stage_params_t mp = cfg->stage_params;
+        int c = sched_rank_chunk(plan.place, plan.stages, plan.chunks, rank, j);
+        char e[384];
+        mp.stages = plan.chunks;
+        mp.stage = c;
+        mp.process_chunks = v;
+        if (v > 1)
+            mp.partition = NULL;
+        mp.max_inflight = chunk_peak(plan.ops[rank], plan.n_ops[rank], c);
+        if ((rc = model_stage_init(&st[j], &mp, e, sizeof e)) != 0)
+            snprintf(err, errlen, "rank %d: model%s: %s", rank, v > 1 ? " chunk" : "", e);
+        else
+            (*ready)++;
+    }
+    sched_plan_destroy(&plan);
     return rc;
+}
+
+/* The accounting of a stage of v chunks: the work and parameters of all of them. */
+static void model_account_all(model_stage_t *st, int v, model_account_t *acc)
+{
+    model_stage_account(&st[0], acc);
+    for (int j = 1; j < v; j++) {
+        model_account_t more;
+        model_stage_account(&st[j], &more);
+        acc->fwd_flops += more.fwd_flops;
+        acc->bwd_flops += more.bwd_flops;
+        acc->params += more.params;
+    }
 }
 
 int stage_run(const stage_params_t *p, stage_summary_t *out, char *err, size_t errlen)
@@ -360,16 +404,21 @@ int stage_run(const stage_params_t *p, stage_summary_t *out, char *err, size_t e
     int P = cfg->stages, rank = p->rank, rc;
     transport_t t = {0};
     boot_t *b = NULL;
-    model_stage_t *st = calloc(1, sizeof *st);
-    int st_ready = 0;
+    model_stage_t *st = NULL, **chunks = NULL;
+    int st_ready = 0, v = 0;
     exec_result_t r = {0};
     char *report = NULL;
     stage_summary_t sum = {0};
     double clock_offset = 0; /* read by the shim at every message */
-    if (!st) {
-        snprintf(err, errlen, "out of memory");
-        return -ENOMEM;
+    sched_spec_t spec = {cfg->schedule, P, cfg->micro_batches, cfg->slack, cfg->chunks};
+    if ((rc = sched_spec_check(&spec, &v, err, errlen)) != 0)
+        return rc;
+    if (!(st = calloc((size_t)v, sizeof *st)) || !(chunks = calloc((size_t)v, sizeof *chunks))) {
+        free(st);
+        return pn_err(err, errlen, -ENOMEM, "out of memory");
     }
+    for (int j = 0; j < v; j++)
+        chunks[j] = &st[j];
     const void *blob = "";
     size_t bloblen = 0;
     if (P > 1 && (rc = transport_make(p, &clock_offset, &t, err, errlen)) != 0)
@@ -389,14 +438,14 @@ int stage_run(const stage_params_t *p, stage_summary_t *out, char *err, size_t e
         snprintf(err, errlen, "rank %d: control-plane watcher: %s", rank, strerror(-rc));
         goto fail_all;
     }
-    if ((rc = model_make(cfg, rank, st, err, errlen)) != 0)
+    if ((rc = model_make(cfg, rank, st, &st_ready, err, errlen)) != 0)
         goto fail_all;
-    st_ready = 1;
-    exec_params_t ep = {.cfg = cfg, .st = st, .t = P > 1 ? &t : NULL, .boot = b, .stage = rank};
+    exec_params_t ep = {.cfg = cfg, .st = st, .chunks = v > 1 ? chunks : NULL, .n_chunks = v > 1 ? v : 0,
+                        .t = P > 1 ? &t : NULL, .boot = b, .stage = rank};
     if ((rc = exec_run(&ep, &r, err, errlen)) != 0)
         goto fail_all;
     model_account_t acc;
-    model_stage_account(st, &acc);
+    model_account_all(st, v, &acc);
     stage_rank_t me = {.peak_rss = model_peak_rss_bytes(), .fwd_flops = acc.fwd_flops, .bwd_flops = acc.bwd_flops,
                        .peak_flops = acc.peak_flops, .wait_wall = r.wait_wall, .wait_cpu = r.wait_cpu,
                        .run_wall = r.run_wall, .run_cpu = r.run_cpu, .params = acc.params};
@@ -436,9 +485,10 @@ out:
     free(report);
     exec_result_destroy(&r);
     transport_destroy(&t);
-    if (st_ready)
-        model_stage_destroy(st);
+    for (int j = 0; j < st_ready; j++)
+        model_stage_destroy(&st[j]);
     free(st);
+    free(chunks);
     boot_close(b);
     return rc;
 }

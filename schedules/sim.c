@@ -4,6 +4,8 @@
  * fixed by program order (a link direction carries one stage's sends, in that stage's
  * order), so a dataflow pass over the ops gives the same times as a priority queue. */
 #include "schedules/sim.h"
+#include "schedules/sched_priv.h"
+#include "schedules/sim_priv.h"
 
 #include <errno.h>
 #include <math.h>
@@ -13,17 +15,6 @@
 #include <string.h>
 #include <strings.h>
 
-static void seterr(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void seterr(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || !errlen)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 static const char *const send_mode_names[] = {"pipelined", "blocking"};
 
@@ -49,7 +40,6 @@ double sim_link_occupancy(const sim_link_t *l, double bytes)
     return l->overhead + (l->bandwidth > 0 ? bytes * 8.0 / l->bandwidth : 0);
 }
 
-static int bad_seconds(double v) { return !isfinite(v) || v < 0; }
 
 /* Checks stages-1 links of one direction; `dir` names it in the message. */
 static int check_links(const sim_link_t *l, int stages, const char *dir, char *err,
@@ -102,11 +92,16 @@ static int plan_copy(const sched_plan_t *src, sched_plan_t *dst)
             memcpy(p.ops[s], src->ops[s], n * sizeof *p.ops[s]);
         p.n_ops[s] = n;
     }
+    p.chunks = src->chunks;
+    p.place = src->place;
     *dst = p;
     return 0;
 }
 
-/* State of one run. Ops are addressed by a flat index off[s] + i. */
+/* State of one run. Ops are addressed by a flat index off[s] + i. Physical link
+ * directions: id l < P is stage l -> l+1 (l = P-1: the last stage -> 0), id P + l is
+ * l+1 -> l (l = P-1: 0 -> the last); a channel is a direction times the message kind
+ * (activation, gradient), matched in FIFO order as the validator guarantees. */
 typedef struct {
     const sim_graph_t *g;
     const sched_plan_t *p;
@@ -119,14 +114,45 @@ typedef struct {
     long *setter;         /* op that set clock */
     double *stream_free;  /* blocking mode: when each stage's send stream is free */
     long *stream_last;
-    double *link_free[2]; /* [dir][link]: dir 0 = activations (i -> i+1), 1 = gradients */
-    long *link_last[2];
-    size_t **chan_send[2]; /* [dir][link][k]: flat index of the k-th message's send */
-    size_t *n_sent[2], *n_recv[2]; /* [dir][link] */
+    double *link_free;    /* [2P] per direction */
+    long *link_last;
+    size_t **chan_send;   /* [4P][k]: flat index of the k-th message's send */
+    size_t *n_sent, *n_recv; /* [4P] */
     int *waiting;
     int *work;
     int n_work;
 } run_t;
+
+static int link_id(int P, int from, int to)
+{
+    if (to == from + 1)
+        return from;
+    if (to == from - 1)
+        return P + to;
+    return from == P - 1 ? P - 1 : 2 * P - 1; /* the wrap-around of interleaved chunks */
+}
+
+static const sim_link_t *link_model(const sim_graph_t *g, int P, int id)
+{
+    int back = id >= P, l = back ? id - P : id;
+    const sim_link_t *arr = back ? g->link_bwd : g->link_fwd;
+    if (l < P - 1)
+        return arr ? &arr[l] : NULL;
+    return arr ? &arr[0] : NULL; /* the wrap-around: as link 0 */
+}
+
+/* The rank at the other end of a send or receive. */
+static int peer_of(const sched_plan_t *p, const sched_op_t *op)
+{
+    int prev = op->kind == SCHED_RECV_ACT || op->kind == SCHED_SEND_GRAD;
+    return sched_chunk_rank(p->place, p->stages, prev ? op->chunk - 1 : op->chunk + 1);
+}
+
+static int chan_of(int P, int from, int to, sched_op_kind_t k)
+{
+    int grad = k == SCHED_RECV_GRAD || k == SCHED_SEND_GRAD;
+    return link_id(P, from, to) * 2 + grad;
+}
 
 static void wake(run_t *r, int s)
 {
@@ -136,10 +162,10 @@ static void wake(run_t *r, int s)
     }
 }
 
-static void receive(run_t *r, int s, size_t i, int dir, int link)
+static void receive(run_t *r, int s, size_t i, int ch)
 {
-    size_t k = r->n_recv[dir][link]++;
-    size_t from = r->chan_send[dir][link][k];
+    size_t k = r->n_recv[ch]++;
+    size_t from = r->chan_send[ch][k];
     double arrive = r->span[from].end, t = r->clock[s];
     r->span[i] = (sim_span_t){t, arrive > t ? arrive : t};
     r->pred[i] = arrive > t ? (long)from : r->setter[s];
@@ -147,9 +173,10 @@ static void receive(run_t *r, int s, size_t i, int dir, int link)
     r->setter[s] = (long)i;
 }
 
-static void send(run_t *r, int s, size_t i, int dir, int link, double dur, double bytes)
+static void send(run_t *r, int s, size_t i, int to, int ch, double dur, double bytes)
 {
-    const sim_link_t *lm = dir == 0 ? r->g->link_fwd : r->g->link_bwd;
+    int link = ch / 2;
+    const sim_link_t *lm = link_model(r->g, r->P, link);
     double dep = r->clock[s];
     long pred = r->setter[s];
     int blocking = r->g->send_mode == SIM_SEND_BLOCKING;
@@ -161,14 +188,14 @@ static void send(run_t *r, int s, size_t i, int dir, int link, double dur, doubl
     if (!isnan(dur)) {
         end = dep + dur;
     } else {
-        if (r->link_free[dir][link] > dep) {
-            dep = r->link_free[dir][link];
-            pred = r->link_last[dir][link];
+        if (r->link_free[link] > dep) {
+            dep = r->link_free[link];
+            pred = r->link_last[link];
         }
-        double occ = lm ? sim_link_occupancy(&lm[link], bytes) : 0;
-        r->link_free[dir][link] = dep + occ;
-        r->link_last[dir][link] = (long)i;
-        end = dep + occ + (lm ? lm[link].delay : 0);
+        double occ = sim_link_occupancy(lm, bytes);
+        r->link_free[link] = dep + occ;
+        r->link_last[link] = (long)i;
+        end = dep + occ + (lm ? lm->delay : 0);
     }
     if (blocking) {
         r->stream_free[s] = end;
@@ -176,8 +203,8 @@ static void send(run_t *r, int s, size_t i, int dir, int link, double dur, doubl
     }
     r->span[i] = (sim_span_t){dep, end};
     r->pred[i] = pred;
-    r->chan_send[dir][link][r->n_sent[dir][link]++] = i;
-    wake(r, dir == 0 ? s + 1 : s - 1);
+    r->chan_send[ch][r->n_sent[ch]++] = i;
+    wake(r, to);
 }
 
 /* Runs stage s until it finishes or waits for a message not yet sent. */
@@ -188,33 +215,21 @@ static void advance(run_t *r, int s)
         size_t j = r->pc[s], i = r->off[s] + j;
         const sched_op_t *op = &ops[j];
         double dur = r->g->dur[s][j];
-        switch (op->kind) {
-        case SCHED_RECV_ACT:
-            if (r->n_recv[0][s - 1] == r->n_sent[0][s - 1]) {
+        if (op->kind == SCHED_RECV_ACT || op->kind == SCHED_RECV_GRAD) {
+            int ch = chan_of(r->P, peer_of(r->p, op), s, op->kind);
+            if (r->n_recv[ch] == r->n_sent[ch]) {
                 r->waiting[s] = 1;
                 return;
             }
-            receive(r, s, i, 0, s - 1);
-            break;
-        case SCHED_RECV_GRAD:
-            if (r->n_recv[1][s] == r->n_sent[1][s]) {
-                r->waiting[s] = 1;
-                return;
-            }
-            receive(r, s, i, 1, s);
-            break;
-        case SCHED_SEND_ACT:
-            send(r, s, i, 0, s, dur, r->g->bytes[s][j]);
-            break;
-        case SCHED_SEND_GRAD:
-            send(r, s, i, 1, s - 1, dur, r->g->bytes[s][j]);
-            break;
-        default: /* compute */
+            receive(r, s, i, ch);
+        } else if (op->kind == SCHED_SEND_ACT || op->kind == SCHED_SEND_GRAD) {
+            int to = peer_of(r->p, op);
+            send(r, s, i, to, chan_of(r->P, s, to, op->kind), dur, r->g->bytes[s][j]);
+        } else { /* compute */
             r->span[i] = (sim_span_t){r->clock[s], r->clock[s] + dur};
             r->pred[i] = r->setter[s];
             r->clock[s] = r->span[i].end;
             r->setter[s] = (long)i;
-            break;
         }
         r->pc[s]++;
     }
@@ -222,15 +237,13 @@ static void advance(run_t *r, int s)
 
 static void run_free(run_t *r)
 {
-    for (int d = 0; d < 2; d++) {
-        for (int l = 0; r->chan_send[d] && l + 1 < r->P; l++)
-            free(r->chan_send[d][l]);
-        free(r->chan_send[d]);
-        free(r->n_sent[d]);
-        free(r->n_recv[d]);
-        free(r->link_free[d]);
-        free(r->link_last[d]);
-    }
+    for (int c = 0; r->chan_send && c < 4 * r->P; c++)
+        free(r->chan_send[c]);
+    free(r->chan_send);
+    free(r->n_sent);
+    free(r->n_recv);
+    free(r->link_free);
+    free(r->link_last);
     free(r->off);
     free(r->pred);
     free(r->pc);
@@ -242,13 +255,6 @@ static void run_free(run_t *r)
     free(r->work);
 }
 
-static int is_compute(sched_op_kind_t k)
-{
-    return k == SCHED_FWD || k == SCHED_BWD || k == SCHED_OPT_STEP;
-}
-
-static int is_send(sched_op_kind_t k) { return k == SCHED_SEND_ACT || k == SCHED_SEND_GRAD; }
-
 /* Durations and sizes must be usable numbers; the message names stage and op. */
 static int check_graph_numbers(const sim_graph_t *g, char *err, size_t errlen)
 {
@@ -258,12 +264,12 @@ static int check_graph_numbers(const sim_graph_t *g, char *err, size_t errlen)
             sched_op_kind_t k = p->ops[s][j].kind;
             double d = g->dur[s][j];
             char tok[32] = "";
-            int bad = (is_compute(k) && bad_seconds(d)) || (is_send(k) && !isnan(d) && bad_seconds(d)) ||
+            int bad = (sched_op_is_compute(k) && bad_seconds(d)) || (is_send(k) && !isnan(d) && bad_seconds(d)) ||
                       (is_send(k) && bad_seconds(g->bytes[s][j]));
             if (!bad)
                 continue;
             sched_op_format(&p->ops[s][j], tok, sizeof tok);
-            if (is_compute(k) && bad_seconds(d)) {
+            if (sched_op_is_compute(k) && bad_seconds(d)) {
                 seterr(err, errlen, "stage %d op %zu %s: duration %g s must be a finite number >= 0",
                        s, j, tok, d);
                 return -EINVAL;
@@ -282,7 +288,103 @@ static int check_graph_numbers(const sim_graph_t *g, char *err, size_t errlen)
     return 0;
 }
 
-int sim_graph_run(const sim_graph_t *g, sim_result_t *out, char *err, size_t errlen)
+/* The link and channel tables of a run: 2P directions, 4P channels. */
+static int links_alloc(run_t *r)
+{
+    int P = r->P;
+    r->chan_send = calloc(4 * (size_t)P, sizeof *r->chan_send);
+    r->n_sent = calloc(4 * (size_t)P, sizeof *r->n_sent);
+    r->n_recv = calloc(4 * (size_t)P, sizeof *r->n_recv);
+    r->link_free = calloc(2 * (size_t)P, sizeof *r->link_free);
+    r->link_last = malloc(2 * (size_t)P * sizeof *r->link_last);
+    if (!r->chan_send || !r->n_sent || !r->n_recv || !r->link_free || !r->link_last)
+        return -ENOMEM;
+    for (int l = 0; l < 2 * P; l++)
+        r->link_last[l] = -1;
+    /* A channel carries at most one message per (micro-batch, chunk of the rank). */
+    size_t per_chan = (size_t)r->p->micro_batches * (size_t)(sched_plan_chunks(r->p) / P);
+    for (int c = 0; c < 4 * P; c++)
+        if (!(r->chan_send[c] = malloc(per_chan * sizeof **r->chan_send)))
+            return -ENOMEM;
+    return 0;
+}
+
+/* Totals, and the critical path back from the op that ends last. */
+static int result_fill(const run_t *r, sim_result_t *res)
+{
+    const sched_plan_t *p = r->p;
+    int P = r->P;
+    long last = -1;
+    for (int s = 0; s < P; s++)
+        for (size_t j = 0; j < p->n_ops[s]; j++) {
+            size_t i = r->off[s] + j;
+            if (sched_op_is_compute(p->ops[s][j].kind))
+                res->busy[s] += r->span[i].end - r->span[i].start;
+            if (last < 0 || r->span[i].end > r->span[last].end)
+                last = (long)i;
+        }
+    res->time = last >= 0 ? r->span[last].end : 0;
+    double busy_all = 0;
+    for (int s = 0; s < P; s++) {
+        res->bubble[s] = res->time > 0 ? 1 - res->busy[s] / res->time : 0;
+        busy_all += res->busy[s];
+    }
+    res->bubble_mean = res->time > 0 ? 1 - busy_all / (P * res->time) : 0;
+    size_t n_path = 0;
+    for (long i = last; i >= 0; i = r->pred[i])
+        n_path++;
+    res->critical = malloc((n_path ? n_path : 1) * sizeof *res->critical);
+    if (!res->critical)
+        return -ENOMEM;
+    size_t k = n_path;
+    for (long i = last; i >= 0; i = r->pred[i]) {
+        int s = P - 1;
+        while (r->off[s] > (size_t)i)
+            s--;
+        res->critical[--k] = (sim_ref_t){s, (size_t)i - r->off[s]};
+    }
+    res->n_critical = n_path;
+    return 0;
+}
+
+/* Everything a run needs besides the links; spans go to res->span as well. */
+static int run_alloc(run_t *r, sim_result_t *res)
+{
+    int P = r->P;
+    size_t N = 0;
+    r->off = malloc((size_t)P * sizeof *r->off);
+    if (!r->off)
+        return -ENOMEM;
+    for (int s = 0; s < P; s++) {
+        r->off[s] = N;
+        N += r->p->n_ops[s];
+    }
+    res->span = calloc((size_t)P, sizeof *res->span);
+    r->span = calloc(N ? N : 1, sizeof *r->span);
+    if (!res->span || !r->span)
+        return -ENOMEM;
+    for (int s = 0; s < P; s++)
+        res->span[s] = r->span + r->off[s];
+    r->pred = malloc((N ? N : 1) * sizeof *r->pred);
+    r->pc = calloc((size_t)P, sizeof *r->pc);
+    r->clock = calloc((size_t)P, sizeof *r->clock);
+    r->setter = malloc((size_t)P * sizeof *r->setter);
+    r->stream_free = calloc((size_t)P, sizeof *r->stream_free);
+    r->stream_last = malloc((size_t)P * sizeof *r->stream_last);
+    r->waiting = calloc((size_t)P, sizeof *r->waiting);
+    r->work = malloc((size_t)P * sizeof *r->work);
+    res->busy = calloc((size_t)P, sizeof *res->busy);
+    res->bubble = calloc((size_t)P, sizeof *res->bubble);
+    if (!r->pred || !r->pc || !r->clock || !r->setter || !r->stream_free || !r->stream_last ||
+        !r->waiting || !r->work || !res->busy || !res->bubble)
+        return -ENOMEM;
+    return links_alloc(r);
+}
+
+/* built: the plan comes from a schedule's own generator, whose plans the tests validate
+ * for every shape they cover: the validator's second pass over it is skipped (a plan
+ * that still could not run ends in "internal: stage S stopped", never a hang). */
+static int graph_run(const sim_graph_t *g, int built, sim_result_t *out, char *err, size_t errlen)
 {
     if (!g || !g->plan || !g->dur || !g->bytes) {
         seterr(err, errlen, "simulator input missing (plan, durations or sizes)");
@@ -301,7 +403,9 @@ int sim_graph_run(const sim_graph_t *g, sim_result_t *out, char *err, size_t err
         seterr(err, errlen, "out of memory");
         return -ENOMEM;
     }
-    if ((rc = sched_plan_validate(p, peak, err, errlen)) ||
+    for (int s = 0; built && s < P; s++)
+        peak[s] = sched_ops_peak_inflight(p->ops[s], p->n_ops[s]);
+    if ((!built && (rc = sched_plan_validate(p, peak, err, errlen))) ||
         (rc = check_links(g->link_fwd, P, "activations", err, errlen)) ||
         (rc = check_links(g->link_bwd, P, "gradients", err, errlen)) ||
         (rc = check_graph_numbers(g, err, errlen))) {
@@ -310,56 +414,8 @@ int sim_graph_run(const sim_graph_t *g, sim_result_t *out, char *err, size_t err
     }
     res.peak_inflight = peak;
     res.slack = -1;
-
-    rc = -ENOMEM;
-    size_t L = P > 1 ? (size_t)P - 1 : 1, N = 0;
-    r.off = malloc((size_t)P * sizeof *r.off);
-    if (!r.off)
+    if ((rc = run_alloc(&r, &res)))
         goto fail;
-    for (int s = 0; s < P; s++) {
-        r.off[s] = N;
-        N += p->n_ops[s];
-    }
-    res.span = calloc((size_t)P, sizeof *res.span);
-    r.span = calloc(N ? N : 1, sizeof *r.span);
-    if (!res.span || !r.span) {
-        free(r.span);
-        r.span = NULL;
-        goto fail;
-    }
-    for (int s = 0; s < P; s++)
-        res.span[s] = r.span + r.off[s];
-    r.pred = malloc((N ? N : 1) * sizeof *r.pred);
-    r.pc = calloc((size_t)P, sizeof *r.pc);
-    r.clock = calloc((size_t)P, sizeof *r.clock);
-    r.setter = malloc((size_t)P * sizeof *r.setter);
-    r.stream_free = calloc((size_t)P, sizeof *r.stream_free);
-    r.stream_last = malloc((size_t)P * sizeof *r.stream_last);
-    r.waiting = calloc((size_t)P, sizeof *r.waiting);
-    r.work = malloc((size_t)P * sizeof *r.work);
-    res.busy = calloc((size_t)P, sizeof *res.busy);
-    res.bubble = calloc((size_t)P, sizeof *res.bubble);
-    if (!r.pred || !r.pc || !r.clock || !r.setter || !r.stream_free || !r.stream_last ||
-        !r.waiting || !r.work || !res.busy || !res.bubble)
-        goto fail;
-    for (int d = 0; d < 2; d++) {
-        r.chan_send[d] = calloc(L, sizeof *r.chan_send[d]);
-        r.n_sent[d] = calloc(L, sizeof *r.n_sent[d]);
-        r.n_recv[d] = calloc(L, sizeof *r.n_recv[d]);
-        r.link_free[d] = calloc(L, sizeof *r.link_free[d]);
-        r.link_last[d] = malloc(L * sizeof *r.link_last[d]);
-        if (!r.chan_send[d] || !r.n_sent[d] || !r.n_recv[d] || !r.link_free[d] || !r.link_last[d])
-            goto fail;
-        for (size_t l = 0; l < L; l++)
-            r.link_last[d][l] = -1;
-    }
-    /* The validator guaranteed per-link counts match, so size channels by receives. */
-    for (int l = 0; l + 1 < P; l++) {
-        r.chan_send[0][l] = malloc((size_t)p->micro_batches * sizeof **r.chan_send);
-        r.chan_send[1][l] = malloc((size_t)p->micro_batches * sizeof **r.chan_send);
-        if (!r.chan_send[0][l] || !r.chan_send[1][l])
-            goto fail;
-    }
     for (int s = 0; s < P; s++) {
         r.setter[s] = -1;
         r.stream_last[s] = -1;
@@ -373,39 +429,7 @@ int sim_graph_run(const sim_graph_t *g, sim_result_t *out, char *err, size_t err
             rc = -EPROTO;
             goto fail;
         }
-
-    /* Totals, and the critical path back from the op that ends last. */
-    long last = -1;
-    for (int s = 0; s < P; s++)
-        for (size_t j = 0; j < p->n_ops[s]; j++) {
-            size_t i = r.off[s] + j;
-            if (is_compute(p->ops[s][j].kind))
-                res.busy[s] += r.span[i].end - r.span[i].start;
-            if (last < 0 || r.span[i].end > r.span[last].end)
-                last = (long)i;
-        }
-    res.time = last >= 0 ? r.span[last].end : 0;
-    double busy_all = 0;
-    for (int s = 0; s < P; s++) {
-        res.bubble[s] = res.time > 0 ? 1 - res.busy[s] / res.time : 0;
-        busy_all += res.busy[s];
-    }
-    res.bubble_mean = res.time > 0 ? 1 - busy_all / (P * res.time) : 0;
-    size_t n_path = 0;
-    for (long i = last; i >= 0; i = r.pred[i])
-        n_path++;
-    res.critical = malloc((n_path ? n_path : 1) * sizeof *res.critical);
-    if (!res.critical)
-        goto fail;
-    size_t k = n_path;
-    for (long i = last; i >= 0; i = r.pred[i]) {
-        int s = P - 1;
-        while (r.off[s] > (size_t)i)
-            s--;
-        res.critical[--k] = (sim_ref_t){s, (size_t)i - r.off[s]};
-    }
-    res.n_critical = n_path;
-    if ((rc = plan_copy(p, &res.plan)))
+    if ((rc = result_fill(&r, &res)) || (rc = plan_copy(p, &res.plan)))
         goto fail;
     run_free(&r);
     *out = res;
@@ -420,6 +444,11 @@ fail:
         free(r.span);
     sim_result_destroy(&res);
     return rc;
+}
+
+int sim_graph_run(const sim_graph_t *g, sim_result_t *out, char *err, size_t errlen)
+{
+    return graph_run(g, 0, out, err, errlen);
 }
 
 static int check_config(const sim_config_t *c, char *err, size_t errlen)
@@ -471,76 +500,48 @@ static int check_config(const sim_config_t *c, char *err, size_t errlen)
     return rc ? rc : check_links(c->link_bwd, c->stages, "gradients", err, errlen);
 }
 
-/* Per-op durations and sizes of a plan; one block each, pointers per stage. */
-typedef struct {
-    double **dur, **bytes;
-} opvals_t;
-
-static void opvals_free(opvals_t *v)
+/* Durations of a built plan from per-rank costs: each of a rank's v chunks takes 1/v. */
+static void durations_from_costs(const sim_config_t *c, const sched_plan_t *plan, opvals_t *v)
 {
-    if (v->dur)
-        free(v->dur[0]);
-    if (v->bytes)
-        free(v->bytes[0]);
-    free(v->dur);
-    free(v->bytes);
-    memset(v, 0, sizeof *v);
+    double per = (double)plan->stages / sched_plan_chunks(plan);
+    for (int s = 0; s < plan->stages; s++)
+        for (size_t j = 0; j < plan->n_ops[s]; j++) {
+            const sim_cost_t *k = &c->cost[s];
+            double w = k->bwd / 2;
+            switch (plan->ops[s][j].kind) {
+            case SCHED_FWD: v->dur[s][j] = k->fwd * per; break;
+            case SCHED_BWD: v->dur[s][j] = k->bwd * per; break;
+            case SCHED_BWD_INPUT: v->dur[s][j] = (k->bwd - w) * per; break;
+            case SCHED_BWD_WEIGHT: v->dur[s][j] = w * per; break;
+            case SCHED_OPT_STEP: v->dur[s][j] = k->opt; break;
+            case SCHED_SEND_ACT: v->dur[s][j] = NAN; v->bytes[s][j] = c->act_bytes; break;
+            case SCHED_SEND_GRAD: v->dur[s][j] = NAN; v->bytes[s][j] = c->grad_bytes; break;
+            default: break;
+            }
+        }
 }
 
-static int opvals_alloc(const sched_plan_t *p, opvals_t *v)
-{
-    size_t N = 0;
-    for (int s = 0; s < p->stages; s++)
-        N += p->n_ops[s];
-    v->dur = calloc((size_t)p->stages, sizeof *v->dur);
-    v->bytes = calloc((size_t)p->stages, sizeof *v->bytes);
-    double *d = calloc(N ? N : 1, sizeof *d), *b = calloc(N ? N : 1, sizeof *b);
-    if (!v->dur || !v->bytes || !d || !b) {
-        free(d);
-        free(b);
-        opvals_free(v);
-        return -ENOMEM;
-    }
-    for (int s = 0; s < p->stages; s++) {
-        v->dur[s] = d;
-        v->bytes[s] = b;
-        d += p->n_ops[s];
-        b += p->n_ops[s];
-    }
-    return 0;
-}
-
-static int run_fixed_slack(const sim_config_t *c, int slack, sim_result_t *out, char *err,
+static int run_fixed_slack(const sim_config_t *c, int slack, int chunks, sim_result_t *out, char *err,
                            size_t errlen)
 {
     sched_plan_t plan = {0};
     opvals_t v = {0};
-    int rc = sched_plan_build(c->schedule, c->stages, c->micro_batches, slack, &plan, err, errlen);
+    sched_spec_t spec = {c->schedule, c->stages, c->micro_batches, slack, chunks};
+    int rc = sched_plan_build_spec(&spec, &plan, err, errlen);
     if (rc)
         return rc;
-    if ((rc = opvals_alloc(&plan, &v))) {
+    if ((rc = sim_opvals_alloc(&plan, &v))) {
         seterr(err, errlen, "out of memory");
         goto out;
     }
-    for (int s = 0; s < plan.stages; s++)
-        for (size_t j = 0; j < plan.n_ops[s]; j++) {
-            const sim_cost_t *k = &c->cost[s];
-            switch (plan.ops[s][j].kind) {
-            case SCHED_FWD: v.dur[s][j] = k->fwd; break;
-            case SCHED_BWD: v.dur[s][j] = k->bwd; break;
-            case SCHED_OPT_STEP: v.dur[s][j] = k->opt; break;
-            case SCHED_SEND_ACT: v.dur[s][j] = NAN; v.bytes[s][j] = c->act_bytes; break;
-            case SCHED_SEND_GRAD: v.dur[s][j] = NAN; v.bytes[s][j] = c->grad_bytes; break;
-            default: break;
-            }
-        }
+    durations_from_costs(c, &plan, &v);
     sim_graph_t g = {&plan, (const double *const *)v.dur, (const double *const *)v.bytes,
                      c->link_fwd, c->link_bwd, c->send_mode};
-    rc = sim_graph_run(&g, out, err, errlen);
+    rc = graph_run(&g, 1, out, err, errlen);
     if (!rc)
         out->slack = sched_uses_slack(c->schedule) > 0 ? slack : -1;
 out:
-    opvals_free(&v);
+    sim_opvals_free(&v);
     sched_plan_destroy(&plan);
     return rc;
 }
@@ -560,7 +561,7 @@ int sim_slack_auto(const sim_config_t *cfg, int *slack, double times[SIM_SLACK_A
     double t[SIM_SLACK_AUTO_MAX + 1], best = INFINITY;
     for (int k = 0; k <= SIM_SLACK_AUTO_MAX; k++) {
         sim_result_t r;
-        if ((rc = run_fixed_slack(&c, k, &r, err, errlen)))
+        if ((rc = run_fixed_slack(&c, k, 0, &r, err, errlen)))
             return rc;
         t[k] = r.time;
         sim_result_destroy(&r);
@@ -576,7 +577,7 @@ int sim_slack_auto(const sim_config_t *cfg, int *slack, double times[SIM_SLACK_A
     return 0;
 }
 
-int sim_run(const sim_config_t *cfg, sim_result_t *out, char *err, size_t errlen)
+int sim_run_chunks(const sim_config_t *cfg, int chunks, sim_result_t *out, char *err, size_t errlen)
 {
     int rc = check_config(cfg, err, errlen);
     if (rc)
@@ -585,159 +586,45 @@ int sim_run(const sim_config_t *cfg, sim_result_t *out, char *err, size_t errlen
     if (sched_uses_slack(cfg->schedule) > 0 && slack == SIM_SLACK_AUTO &&
         (rc = sim_slack_auto(cfg, &slack, NULL, err, errlen)))
         return rc;
-    return run_fixed_slack(cfg, slack, out, err, errlen);
+    return run_fixed_slack(cfg, slack, chunks, out, err, errlen);
 }
 
-/* ---- replay ---- */
-
-static int cmp_double(const void *a, const void *b)
+int sim_run(const sim_config_t *cfg, sim_result_t *out, char *err, size_t errlen)
 {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
+    return sim_run_chunks(cfg, 0, out, err, errlen);
 }
 
-/* Median of the durations of kind k on stage s (or every stage if s < 0); buf holds
- * enough room for all ops. NaN when there are none. */
-static double median_of(const sched_plan_t *p, double *const *dur, int s, sched_op_kind_t k,
-                        double *buf)
+void sim_opvals_free(opvals_t *v)
 {
-    size_t n = 0;
-    for (int st = s < 0 ? 0 : s; st < (s < 0 ? p->stages : s + 1); st++)
-        for (size_t j = 0; j < p->n_ops[st]; j++)
-            if (p->ops[st][j].kind == k)
-                buf[n++] = dur[st][j];
-    if (!n)
-        return NAN;
-    qsort(buf, n, sizeof *buf, cmp_double);
-    return n % 2 ? buf[n / 2] : 0.5 * (buf[n / 2 - 1] + buf[n / 2]);
+    if (v->dur)
+        free(v->dur[0]);
+    if (v->bytes)
+        free(v->bytes[0]);
+    free(v->dur);
+    free(v->bytes);
+    memset(v, 0, sizeof *v);
 }
 
-/* SIM_COMM_ARRIVAL: the k-th send of a channel is the k-th receive of its neighbour
- * (FIFO); its time in flight is the receive's end minus the send's start, never below
- * zero (clock alignment is imperfect). Channels whose counts differ are left alone: the
- * validator rejects them. */
-static void flights_from_receives(const sim_trace_t *t, double *const *dur)
+int sim_opvals_alloc(const sched_plan_t *p, opvals_t *v)
 {
-    for (int l = 0; l + 1 < t->stages; l++)
-        for (int dir = 0; dir < 2; dir++) {
-            int from = dir ? l + 1 : l, to = dir ? l : l + 1;
-            sched_op_kind_t sk = dir ? SCHED_SEND_GRAD : SCHED_SEND_ACT;
-            sched_op_kind_t rk = dir ? SCHED_RECV_GRAD : SCHED_RECV_ACT;
-            size_t ns = 0, nr = 0;
-            for (size_t j = 0; j < t->n_ops[from]; j++)
-                ns += t->ops[from][j].kind == sk;
-            for (size_t j = 0; j < t->n_ops[to]; j++)
-                nr += t->ops[to][j].kind == rk;
-            if (ns != nr)
-                continue;
-            size_t r = 0;
-            for (size_t j = 0; j < t->n_ops[from]; j++) {
-                if (t->ops[from][j].kind != sk)
-                    continue;
-                while (t->ops[to][r].kind != rk)
-                    r++;
-                double f = t->ops[to][r].end - t->ops[from][j].start;
-                dur[from][j] = isfinite(f) && f > 0 ? f : 0;
-                r++;
-            }
-        }
-}
-
-int sim_replay(const sim_trace_t *trace, const sim_replay_t *how, sim_result_t *out, char *err,
-               size_t errlen)
-{
-    if (!trace || !how || !trace->ops || !trace->n_ops || trace->stages < 1 ||
-        trace->micro_batches < 1) {
-        seterr(err, errlen, "replay needs a trace with stages >= 1 and micro-batches >= 1");
-        return -EINVAL;
-    }
-    if (how->scope != SIM_MEDIAN_PER_STAGE && how->scope != SIM_MEDIAN_ALL) {
-        seterr(err, errlen, "unknown median scope %d", (int)how->scope);
-        return -EINVAL;
-    }
-    if (how->comm_measured < SIM_COMM_LINK || how->comm_measured > SIM_COMM_ARRIVAL) {
-        seterr(err, errlen, "unknown communication timing %d", how->comm_measured);
-        return -EINVAL;
-    }
-    int P = trace->stages, rc;
-    sched_plan_t plan = {0};
-    opvals_t v = {0};
-    double *buf = NULL, *med = NULL;
     size_t N = 0;
-    if ((rc = sched_plan_alloc(P, trace->micro_batches, &plan)))
-        goto nomem;
-    for (int s = 0; s < P; s++) {
-        size_t n = trace->n_ops[s];
-        if (n && !trace->ops[s]) {
-            seterr(err, errlen, "stage %d: no ops but a count of %zu", s, n);
-            rc = -EINVAL;
-            goto out;
-        }
-        N += n;
-        plan.n_ops[s] = n;
-        plan.ops[s] = malloc((n ? n : 1) * sizeof *plan.ops[s]);
-        if (!plan.ops[s])
-            goto nomem;
-        for (size_t j = 0; j < n; j++) {
-            const sim_trace_op_t *o = &trace->ops[s][j];
-            plan.ops[s][j] = (sched_op_t){o->kind, o->mb};
-            double d = o->end - o->start;
-            if ((unsigned)o->kind < SCHED_OP_KINDS && (is_compute(o->kind) || is_send(o->kind)) &&
-                (!isfinite(o->start) || !isfinite(o->end) || d < 0)) {
-                seterr(err, errlen, "stage %d op %zu %s(%d): measured start %g end %g is not a "
-                       "finite interval", s, j, sched_op_kind_name(o->kind), o->mb, o->start, o->end);
-                rc = -EINVAL;
-                goto out;
-            }
-        }
+    for (int s = 0; s < p->stages; s++)
+        N += p->n_ops[s];
+    v->dur = calloc((size_t)p->stages, sizeof *v->dur);
+    v->bytes = calloc((size_t)p->stages, sizeof *v->bytes);
+    double *d = calloc(N ? N : 1, sizeof *d), *b = calloc(N ? N : 1, sizeof *b);
+    if (!v->dur || !v->bytes || !d || !b) {
+        free(d);
+        free(b);
+        sim_opvals_free(v);
+        return -ENOMEM;
     }
-    if ((rc = opvals_alloc(&plan, &v)))
-        goto nomem;
-    buf = malloc((N ? N : 1) * sizeof *buf);
-    med = malloc(((size_t)P + 1) * SCHED_OP_KINDS * sizeof *med);
-    if (!buf || !med)
-        goto nomem;
-    /* Measured durations first (what a send "measured" depends on the mode), then the
-     * medians over them, then the replacements. */
-    for (int s = 0; s < P; s++)
-        for (size_t j = 0; j < trace->n_ops[s]; j++) {
-            const sim_trace_op_t *o = &trace->ops[s][j];
-            int timed = (unsigned)o->kind < SCHED_OP_KINDS && (is_compute(o->kind) || is_send(o->kind));
-            v.dur[s][j] = timed ? o->end - o->start : 0;
-            v.bytes[s][j] = o->bytes;
-        }
-    if (how->comm_measured == SIM_COMM_ARRIVAL)
-        flights_from_receives(trace, v.dur);
-    /* med[(s+1)*KINDS + k], row 0 = all stages. */
-    for (int k = 0; k < SCHED_OP_KINDS; k++) {
-        if (!(how->replace & SIM_KIND_BIT(k)))
-            continue;
-        med[k] = median_of(&plan, v.dur, -1, (sched_op_kind_t)k, buf);
-        for (int s = 0; s < P; s++)
-            med[(size_t)(s + 1) * SCHED_OP_KINDS + k] = median_of(&plan, v.dur, s, (sched_op_kind_t)k, buf);
+    for (int s = 0; s < p->stages; s++) {
+        v->dur[s] = d;
+        v->bytes[s] = b;
+        d += p->n_ops[s];
+        b += p->n_ops[s];
     }
-    for (int s = 0; s < P; s++)
-        for (size_t j = 0; j < trace->n_ops[s]; j++) {
-            sched_op_kind_t k = trace->ops[s][j].kind;
-            if ((unsigned)k >= SCHED_OP_KINDS)
-                continue; /* the validator names it */
-            if (how->replace & SIM_KIND_BIT(k))
-                v.dur[s][j] = med[(size_t)(how->scope == SIM_MEDIAN_ALL ? 0 : s + 1) * SCHED_OP_KINDS + k];
-            if (is_send(k) && how->comm_measured == SIM_COMM_LINK)
-                v.dur[s][j] = NAN;
-        }
-    sim_graph_t g = {&plan, (const double *const *)v.dur, (const double *const *)v.bytes,
-                     how->comm_measured ? NULL : how->link_fwd,
-                     how->comm_measured ? NULL : how->link_bwd, how->send_mode};
-    rc = sim_graph_run(&g, out, err, errlen);
-    goto out;
-nomem:
-    rc = -ENOMEM;
-    seterr(err, errlen, "out of memory replaying %d stages", P);
-out:
-    free(buf);
-    free(med);
-    opvals_free(&v);
-    sched_plan_destroy(&plan);
-    return rc;
+    return 0;
 }
+

@@ -3,7 +3,8 @@
  * op's start and end, the iteration time, busy time and bubbles per stage, and the
  * critical path. Pure C, no processes, no network.
  *
- * Semantics. Compute (FWD, BWD, OPT_STEP) on one stage is serial, in list order. A
+ * Semantics. Compute (FWD, BWD, BWD_INPUT, BWD_WEIGHT, OPT_STEP) on one stage is serial,
+ * in list order; a hand-off between chunks on one stage is the order of its ops. A
  * receive waits until its message has arrived and takes no time of its own. A send is
  * handed to its link when the ops before it on the stage are done and takes no stage
  * time. Each direction of each link is independent (full duplex) and carries its
@@ -20,18 +21,24 @@
 
 #include "schedules/sched.h"
 
-#define SIM_WUR __attribute__((warn_unused_result))
+#include "common/err.h"
 
 typedef enum { SIM_SEND_PIPELINED, SIM_SEND_BLOCKING } sim_send_mode_t;
 const char *sim_send_mode_name(sim_send_mode_t m); /* "pipelined", "blocking" */
-int sim_send_mode_parse(const char *name, sim_send_mode_t *out) SIM_WUR;
+int sim_send_mode_parse(const char *name, sim_send_mode_t *out) PN_WUR;
 
-/* Compute cost of one stage, seconds: per micro-batch (fwd, bwd), per iteration (opt). */
+/* Compute cost of one stage (rank), seconds: per micro-batch (fwd, bwd), per iteration
+ * (opt). Schedules that split the backward take half of bwd for B and half for W (the
+ * emulate backend's model). A rank holding v chunks spends 1/v of fwd and bwd on each. */
 typedef struct {
     double fwd, bwd, opt;
 } sim_cost_t;
 
-/* One direction of the link between neighbouring stages. All zero = a free link. */
+/* One direction of the link between neighbouring stages. All zero = a free link.
+ * Links are physical directions: stage i -> i+1 (link_fwd[i]) and i+1 -> i (link_bwd[i])
+ * carry every message going that way, activations and gradients alike; with interleaved
+ * chunks the last stage also sends to stage 0 (modelled as link_fwd[0]) and stage 0 to
+ * the last (as link_bwd[0]). */
 typedef struct {
     double delay;     /* one-way, seconds */
     double bandwidth; /* bits per second; 0 = unlimited */
@@ -94,7 +101,7 @@ typedef struct {
     double *busy;         /* [stage]: seconds of compute */
     double *bubble;       /* [stage]: 1 - busy/time */
     double bubble_mean;   /* 1 - sum(busy) / (stages * time) */
-    int *peak_inflight;   /* [stage]: activations held at once */
+    int *peak_inflight;   /* [stage]: (mb, chunk) activations held at once */
     /* The chain of ops, first to last, whose ends determine the iteration time: each
      * started as soon as its predecessor in the chain ended. The ends' increments add
      * up to `time`. */
@@ -103,16 +110,19 @@ typedef struct {
 } sim_result_t;
 
 /* Validates the configuration (names the bad field), builds the plan, simulates. */
-int sim_run(const sim_config_t *cfg, sim_result_t *out, char *err, size_t errlen) SIM_WUR;
+int sim_run(const sim_config_t *cfg, sim_result_t *out, char *err, size_t errlen) PN_WUR;
+/* The same with `chunks` per rank (--chunks of interleaved-1f1b; 0 = the schedule's
+ * default); sim_run is chunks = 0. */
+int sim_run_chunks(const sim_config_t *cfg, int chunks, sim_result_t *out, char *err, size_t errlen) PN_WUR;
 
 /* The predicted times of 1f1b-slack for K = 0..SIM_SLACK_AUTO_MAX (cfg->schedule and
  * cfg->slack are ignored) and the K that --slack auto picks. */
 int sim_slack_auto(const sim_config_t *cfg, int *slack, double times[SIM_SLACK_AUTO_MAX + 1],
-                   char *err, size_t errlen) SIM_WUR;
+                   char *err, size_t errlen) PN_WUR;
 
 /* Validates the op lists (sched_plan_validate: names stage and op), the numbers and the
  * links, then simulates. The result holds a copy of the plan. */
-int sim_graph_run(const sim_graph_t *g, sim_result_t *out, char *err, size_t errlen) SIM_WUR;
+int sim_graph_run(const sim_graph_t *g, sim_result_t *out, char *err, size_t errlen) PN_WUR;
 
 /* Frees a result; accepts a zeroed or half-built one; leaves it zeroed. */
 void sim_result_destroy(sim_result_t *r);
@@ -134,8 +144,9 @@ typedef struct {
 } sim_trace_t;
 
 #define SIM_KIND_BIT(k) (1u << (k))
-#define SIM_REPLACE_COMPUTE \
-    (SIM_KIND_BIT(SCHED_FWD) | SIM_KIND_BIT(SCHED_BWD) | SIM_KIND_BIT(SCHED_OPT_STEP))
+#define SIM_REPLACE_COMPUTE                                                                        \
+    (SIM_KIND_BIT(SCHED_FWD) | SIM_KIND_BIT(SCHED_BWD) | SIM_KIND_BIT(SCHED_OPT_STEP) |         \
+     SIM_KIND_BIT(SCHED_BWD_INPUT) | SIM_KIND_BIT(SCHED_BWD_WEIGHT))
 
 typedef enum {
     SIM_MEDIAN_PER_STAGE, /* over the op's own stage: removes slow micro-batches */
@@ -174,6 +185,6 @@ typedef struct {
 
 /* Validates the trace's op order like a plan (names stage and op), then simulates it. */
 int sim_replay(const sim_trace_t *trace, const sim_replay_t *how, sim_result_t *out,
-               char *err, size_t errlen) SIM_WUR;
+               char *err, size_t errlen) PN_WUR;
 
 #endif

@@ -40,7 +40,7 @@ static void bench_one(const char *sched, int slack)
     size_t ops = 0;
     for (int s = 0; s < P; s++)
         ops += r.plan.n_ops[s];
-    print_message("%-10s slack %-4s P=%d M=%d: %zu ops, predicted %.3f s, simulated in %.4f s, "
+    print_message("%-16s slack %-4s P=%d M=%d: %zu ops, predicted %.3f s, simulated in %.4f s, "
                   "ratio to the %.0f s target %.4f\n", sched, slack == SIM_SLACK_AUTO ? "auto" : "-",
                   P, M, ops, r.time, dt, TARGET_S, dt / TARGET_S);
     sim_result_destroy(&r);
@@ -52,6 +52,9 @@ static void bench_gpipe(void **state) { (void)state; bench_one("gpipe", 0); }
 static void bench_1f1b(void **state) { (void)state; bench_one("1f1b", 0); }
 /* auto simulates K = 0..8 and then the chosen K: ten runs under one target */
 static void bench_slack_auto(void **state) { (void)state; bench_one("1f1b-slack", SIM_SLACK_AUTO); }
+static void bench_interleaved(void **state) { (void)state; bench_one("interleaved-1f1b", 0); }
+static void bench_zbh1(void **state) { (void)state; bench_one("zb-h1", 0); }
+static void bench_zbv(void **state) { (void)state; bench_one("zb-v", 0); }
 
 int main(void)
 {
@@ -59,6 +62,9 @@ int main(void)
         cmocka_unit_test(bench_gpipe),
         cmocka_unit_test(bench_1f1b),
         cmocka_unit_test(bench_slack_auto),
+        cmocka_unit_test(bench_interleaved),
+        cmocka_unit_test(bench_zbh1),
+        cmocka_unit_test(bench_zbv),
     };
     return cmocka_run_group_tests_name("bench_sched", tests, NULL, NULL);
 }

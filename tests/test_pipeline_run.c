@@ -24,22 +24,6 @@ static char out[1 << 18];
 
 enum { MAXIT = 64 };
 
-/* Losses of the rows "  iteration time loss tokens/s"; returns how many. */
-static int parse_losses(const char *text, double *loss)
-{
-    int n = 0;
-    const char *p = text;
-    while (p && *p) {
-        const char *eol = strchr(p, '\n');
-        int it;
-        double t, l, tok;
-        if (p[0] != '#' && sscanf(p, "%d %lf %lf %lf", &it, &t, &l, &tok) == 4 && it == n && n < MAXIT)
-            loss[n++] = l;
-        p = eol ? eol + 1 : NULL;
-    }
-    return n;
-}
-
 static void losses_match(const char *schedule, const char *extra)
 {
     double ref[MAXIT], got[MAXIT];
@@ -47,12 +31,12 @@ static void losses_match(const char *schedule, const char *extra)
                             schedule, extra);
     if (rc)
         fail_msg("1 stage exited %d:\n%s", rc, out);
-    int n1 = parse_losses(out, ref);
+    int n1 = tu_parse_losses(out, ref, MAXIT);
     rc = tu_pipenem_run(out, sizeof out, "run " MODEL " --stages 3 --compute cpu --schedule %s --iters 5 %s", schedule,
                         extra);
     if (rc)
         fail_msg("3 stages exited %d:\n%s", rc, out);
-    int n3 = parse_losses(out, got);
+    int n3 = tu_parse_losses(out, got, MAXIT);
     assert_int_equal(n1, 6); /* 1 warm-up + 5 */
     assert_int_equal(n3, n1);
     double worst = 0;
@@ -261,7 +245,7 @@ static void test_stage_pair_ok(void **state)
     }
     assert_non_null(strstr(o[0], "# OK"));
     double loss[MAXIT];
-    assert_int_equal(parse_losses(o[0], loss), 3);
+    assert_int_equal(tu_parse_losses(o[0], loss, MAXIT), 3);
 }
 
 static void test_usage_errors(void **state)

@@ -78,12 +78,12 @@ static void test_plan_parse(void **state)
 static void test_names_and_tokens(void **state)
 {
     (void)state;
-    assert_string_equal(sched_names(), "gpipe, 1f1b, 1f1b-slack");
+    assert_string_equal(sched_names(), "gpipe, 1f1b, 1f1b-slack, interleaved-1f1b, zb-h1, zb-v");
     for (int k = 0; k < SCHED_OP_KINDS; k++) {
         sched_op_kind_t back;
         assert_int_equal(sched_op_kind_parse(sched_op_kind_name((sched_op_kind_t)k), &back), 0);
         assert_int_equal(back, k);
-        sched_op_t op = {(sched_op_kind_t)k, k == SCHED_OPT_STEP ? -1 : 17}, parsed;
+        sched_op_t op = {(sched_op_kind_t)k, k == SCHED_OPT_STEP ? -1 : 17, -1}, parsed;
         char tok[32], full[32];
         sched_op_format(&op, tok, sizeof tok);
         assert_int_equal(sched_op_parse(tok, &parsed), 0);
@@ -321,7 +321,7 @@ static void test_invalid_input(void **state)
     /* NULL err buffers are allowed */
     assert_int_equal(sched_ops_build("x", 1, 1, 0, 0, &ops, &n, NULL, 0), -EINVAL);
     /* an op kind out of range is named, not indexed */
-    sched_op_t weird[] = {{(sched_op_kind_t)42, 0}};
+    sched_op_t weird[] = {{(sched_op_kind_t)42, 0, 0}};
     assert_int_equal(sched_ops_validate(1, 1, 0, weird, 1, err, sizeof err), -EINVAL);
     assert_non_null(strstr(err, "stage 0 op 0"));
 }

@@ -534,76 +534,6 @@ static void test_replay(void **state)
     md_report(&m, "replay");
 }
 
-static unsigned long long rng_state = 0x9e3779b97f4a7c15ull;
-static unsigned rnd(unsigned n)
-{
-    rng_state = rng_state * 6364136223846793005ull + 1442695040888963407ull;
-    return (unsigned)(rng_state >> 33) % n;
-}
-
-/* Mutated plans (ops swapped, dropped, duplicated, rewritten) must never crash the
- * validator or the simulator, and whatever the validator accepts the simulator must run
- * to the end: the validator's dry run and the simulator agree on what can deadlock. */
-static void test_mutated_plans(void **state)
-{
-    (void)state;
-    static const char *const scheds[] = {"gpipe", "1f1b", "1f1b-slack"};
-    int accepted = 0, rejected = 0;
-    for (int iter = 0; iter < 6000; iter++) {
-        int P = 1 + (int)rnd(4), M = 1 + (int)rnd(4);
-        sched_plan_t p;
-        char err[512];
-        assert_int_equal(sched_plan_build(scheds[rnd(3)], P, M, (int)rnd(3), &p, err, sizeof err), 0);
-        for (int k = 1 + (int)rnd(3); k > 0; k--) {
-            int s = (int)rnd((unsigned)P);
-            size_t n = p.n_ops[s];
-            sched_op_t *o = p.ops[s];
-            if (n == 0)
-                continue;
-            size_t a = rnd((unsigned)n), b = rnd((unsigned)n);
-            switch (rnd(4)) {
-            case 0: { sched_op_t t = o[a]; o[a] = o[b]; o[b] = t; break; }
-            case 1: memmove(o + a, o + a + 1, (n - a - 1) * sizeof *o); p.n_ops[s]--; break;
-            case 2: o[a] = o[b]; break;
-            default: o[a] = (sched_op_t){(sched_op_kind_t)rnd(SCHED_OP_KINDS + 1), (int)rnd((unsigned)M + 2) - 1}; break;
-            }
-        }
-        double **dur = calloc((size_t)P, sizeof *dur), **bytes = calloc((size_t)P, sizeof *bytes);
-        assert_true(dur && bytes);
-        for (int s = 0; s < P; s++) {
-            dur[s] = calloc(p.n_ops[s] + 1, sizeof **dur);
-            bytes[s] = calloc(p.n_ops[s] + 1, sizeof **bytes);
-            assert_true(dur[s] && bytes[s]);
-            for (size_t j = 0; j < p.n_ops[s]; j++)
-                dur[s][j] = (p.ops[s][j].kind == SCHED_SEND_ACT || p.ops[s][j].kind == SCHED_SEND_GRAD) ? NAN : 1.0 + rnd(3);
-        }
-        set_links(P, 0.5, 1e3, 0.1);
-        sim_graph_t g = {&p, (const double *const *)dur, (const double *const *)bytes, links, links,
-                         rnd(2) ? SIM_SEND_BLOCKING : SIM_SEND_PIPELINED};
-        int valid = sched_plan_validate(&p, NULL, err, sizeof err) == 0;
-        sim_result_t r;
-        int rc = sim_graph_run(&g, &r, err, sizeof err);
-        if (valid && rc)
-            fail_msg("iteration %d: validator accepted, simulator failed: %s", iter, err);
-        if (!valid && rc != -EINVAL)
-            fail_msg("iteration %d: validator rejected, simulator returned %d", iter, rc);
-        if (!rc) {
-            assert_true(isfinite(r.time) && r.time > 0);
-            sim_result_destroy(&r);
-        }
-        valid ? accepted++ : rejected++;
-        for (int s = 0; s < P; s++) {
-            free(dur[s]);
-            free(bytes[s]);
-        }
-        free(dur);
-        free(bytes);
-        sched_plan_destroy(&p);
-    }
-    print_message("mutated plans: %d accepted and simulated, %d rejected\n", accepted, rejected);
-    assert_true(accepted > 100 && rejected > 100);
-}
-
 /* Invalid input never crashes: each returns -EINVAL and names the bad part. */
 static void test_invalid_input(void **state)
 {
@@ -622,13 +552,13 @@ static void test_invalid_input(void **state)
         sim_config_t c;
         const char *needle;
     } bad[] = {
-        {ok, "stages must be >= 1"}, {ok, "micro-batches must be >= 1"}, {ok, "unknown schedule 'zb-h1'"},
+        {ok, "stages must be >= 1"}, {ok, "micro-batches must be >= 1"}, {ok, "unknown schedule 'zb-h2'"},
         {ok, "unknown schedule"}, {ok, "no per-stage costs"}, {ok, "activation size"},
         {ok, "gradient size"}, {ok, "unknown send mode"}, {ok, "slack"}, {ok, "stages must be >= 1"},
     };
     bad[0].c.stages = 0;
     bad[1].c.micro_batches = 0;
-    bad[2].c.schedule = "zb-h1";
+    bad[2].c.schedule = "zb-h2";
     bad[3].c.schedule = NULL;
     bad[4].c.cost = NULL;
     bad[5].c.act_bytes = -1;
@@ -705,7 +635,6 @@ int main(void)
         cmocka_unit_test(test_critical_path),
         cmocka_unit_test(test_busy_and_spans),
         cmocka_unit_test(test_replay),
-        cmocka_unit_test(test_mutated_plans),
         cmocka_unit_test(test_invalid_input),
     };
     return cmocka_run_group_tests_name("sim", tests, NULL, NULL);

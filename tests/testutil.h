@@ -65,4 +65,20 @@ static inline double tu_reldiff(double a, double b, double floor)
     return fabs(a - b) / m;
 }
 
+/* The losses of `pipenem run`'s rows "  iteration time loss tokens/s", in iteration
+ * order from 0, at most max; returns how many. */
+static inline int tu_parse_losses(const char *text, double *loss, int max)
+{
+    int n = 0;
+    for (const char *p = text; p && *p;) {
+        const char *eol = strchr(p, '\n');
+        int it;
+        double t, l, tok;
+        if (p[0] != '#' && sscanf(p, "%d %lf %lf %lf", &it, &t, &l, &tok) == 4 && it == n && n < max)
+            loss[n++] = l;
+        p = eol ? eol + 1 : NULL;
+    }
+    return n;
+}
+
 #endif
