@@ -177,8 +177,9 @@ static int cell_modelled(const runcfg_t *cfg, const sweep_spec_t *s, results_cel
         /* v chunks each hold 1/v of the stage's activations per micro-batch */
         double held = (double)sched_ops_peak_inflight(ops, n) / v;
         free(ops);
-        cell->mem_model[q] = (double)(a[q].param_bytes + a[q].grad_bytes + a[q].opt_bytes) +
-                             held * (double)a[q].saved_bytes_per_mb;
+        /* fp32 parameters and gradients, AdamW's m and v: 16 bytes a parameter (emulate
+         * allocates none of them, so the allocated blocks say nothing of a device). */
+        cell->mem_model[q] = 16.0 * (double)a[q].params + held * (double)a[q].saved_bytes_per_mb;
     }
     /* Chunked stages: the account is the whole process's; its split over chunks is the
      * runtime's (see predict_time_chunks), so no a-priori figure for them yet. */
@@ -284,8 +285,8 @@ int cell_measure(void *ctx, const sweep_spec_t *s, results_cell_t *cell, const c
         cell->ideal = w.expected;
         cell->imbalance = w.imbalance;
         cell->straggler_stage = w.slow_stage;
+        metrics_straggler(w.as_measured, w.expected, &cell->straggler_delay, &cell->straggler_slowdown);
     }
-    metrics_straggler(cell->iter_median, cell->ideal, &cell->straggler_delay, &cell->straggler_slowdown);
     return 0;
 }
 

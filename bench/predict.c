@@ -402,10 +402,12 @@ int predict_whatif(const results_t *r, const results_cell_t *cell, const netem_p
     for (int s = 0; s < S; s++)
         even[s] = mean / c[s];
     w.slow_factor = rate[w.slow_stage] / typical;
-    if ((rc = replay_median(r, cell, p, 0, expected, &w.expected, err, errlen)) ||
+    if ((rc = replay_median(r, cell, p, 0, NULL, &w.as_measured, err, errlen)) ||
+        (rc = replay_median(r, cell, p, 0, expected, &w.expected, err, errlen)) ||
         (rc = replay_median(r, cell, p, 0, even, &w.even, err, errlen)))
         return rc;
     w.imbalance = w.expected / w.even;
+    w.slowdown = w.as_measured / w.expected;
     *out = w;
     return 0;
 }

@@ -62,17 +62,20 @@ int predict_apriori(const results_cell_t *cell, int slack, int chunks, const sim
  * or its modelled compute seconds where the compute is modelled, so that explicit
  * per-stage times count as the expectation they are); the typical rate is the median over
  * the stages (the lower middle one for an even count).
- * expected: each measured iteration replayed with every compute op of stage s scaled by
- *   typical / rate_s, i.e. the stage's own work at the typical rate (a slow stage made
- *   typical, the partition left as it is); T / expected is the straggler slowdown.
+ * as_measured: each measured iteration replayed with its measured compute durations.
+ * expected: the same with every compute op of stage s scaled by typical / rate_s, i.e.
+ *   the stage's own work at the typical rate (a slow stage made typical, the partition
+ *   left as it is); slowdown = as_measured / expected, both replays, so that what the
+ *   simulator leaves out (runtime overheads between ops) is in neither and cancels.
  * even: the same with every stage's compute scaled to the mean over the stages of its
  *   expected compute, i.e. an evenly loaded partition; expected / even is the partition
  *   imbalance (the LM head's extra FLOPs show here, not as a straggler).
  * slow_stage is the stage of the slowest rate, slow_factor its rate over the typical one.
  * Micro-batch to micro-batch variation inside a stage is kept as measured. */
 typedef struct {
-    double expected, even; /* s, medians over the measured iterations */
-    double imbalance;      /* expected / even */
+    double as_measured, expected, even; /* s, medians over the measured iterations */
+    double slowdown;                    /* as_measured / expected */
+    double imbalance;                   /* expected / even */
     int slow_stage;
     double slow_factor;
 } predict_whatif_t;
