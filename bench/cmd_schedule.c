@@ -334,8 +334,9 @@ static void print_stages(const sched_args_t *a, const sched_plan_t *plan, const 
     printf("#%6s %7s %7s %9s %8s %8s\n", "(id)", "(n)", "(mb)", "(mb)", "(units)", "(%)");
     for (int s = 0; s < P; s++) {
         char warm[16] = "-", busy[16] = "-", bub[16] = "-", pk[16];
-        if (!a->ops_path)
-            snprintf(warm, sizeof warm, "%d", sched_warmup(a->schedule, P, M, a->K, s, NULL, 0));
+        int w = a->ops_path ? -1 : sched_warmup(a->schedule, P, M, a->K, s, NULL, 0);
+        if (w >= 0) /* interleaved and zero-bubble schedules have no single warm-up count */
+            snprintf(warm, sizeof warm, "%d", w);
         if (valid) {
             snprintf(busy, sizeof busy, "%.0f", res->busy[s]);
             snprintf(bub, sizeof bub, "%.2f", 100 * res->bubble[s]);

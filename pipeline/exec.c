@@ -567,6 +567,11 @@ static int ops_get(ctx_t *c, sched_op_t **ops, size_t *n, char *err, size_t errl
         return rc;
     c->C = probe.chunks;
     c->place = probe.place;
+    if (c->v > 1 && (long long)c->M * c->C >= TRANSPORT_MB_MAX) {
+        sched_plan_destroy(&probe);
+        return pn_err(err, errlen, -EINVAL, "rank %d: %d micro-batches x %d chunks exceed the message key's %d",
+                      p->stage, c->M, c->C, TRANSPORT_MB_MAX);
+    }
     *ops = probe.ops[p->stage];
     *n = probe.n_ops[p->stage];
     probe.ops[p->stage] = NULL;
