@@ -147,6 +147,51 @@ static int run_repeat(const runcfg_t *cfg, const netem_topo_t *topo, const netem
     return rc;
 }
 
+/* What the compute model says of the cell before it runs (emulate only: real compute has
+ * no model to ask): each stage's modelled compute seconds per iteration (work[], the
+ * straggler's expectation is the un-slowed stage), its modelled device memory, and the
+ * a-priori prediction (the injected straggler included: it is part of the configuration).
+ * Leaves work[] and the cell's fields NaN where there is no model. */
+static int cell_modelled(const runcfg_t *cfg, const sweep_spec_t *s, results_cell_t *cell, int slack, int chunks,
+                         const netem_profile_t *prof, double *work, char *err, size_t errlen)
+{
+    int P = cfg->stages, rc = 0;
+    for (int q = 0; q < P; q++)
+        work[q] = NAN;
+    if (!model_compute_modelled(cfg->stage_params.compute))
+        return 0;
+    model_account_t *a = calloc((size_t)P, sizeof *a);
+    if (!a)
+        return -ENOMEM;
+    sim_cost_t cost[RESULTS_MAX_STAGES];
+    sched_spec_t spec = {cell->schedule, P, cell->micro_batches, slack, chunks};
+    int v = 1;
+    if (!(rc = runcfg_stage_accounts(cfg, a, err, errlen)))
+        rc = sched_spec_check(&spec, &v, err, errlen);
+    for (int q = 0; q < P && !rc; q++) {
+        double x = q == s->straggler_rank ? s->straggler_factor : 1.0;
+        work[q] = cell->micro_batches * (a[q].fwd_s + a[q].bwd_s) + a[q].opt_s;
+        cost[q] = (sim_cost_t){x * a[q].fwd_s, x * a[q].bwd_s, x * a[q].opt_s};
+        sched_op_t *ops = NULL;
+        size_t n = 0;
+        if ((rc = sched_ops_build_spec(&spec, q, &ops, &n, err, errlen)))
+            break;
+        /* v chunks each hold 1/v of the stage's activations per micro-batch */
+        double held = (double)sched_ops_peak_inflight(ops, n) / v;
+        free(ops);
+        /* fp32 parameters and gradients, AdamW's m and v: 16 bytes a parameter (emulate
+         * allocates none of them, so the allocated blocks say nothing of a device). */
+        cell->mem_model[q] = 16.0 * (double)a[q].params + held * (double)a[q].saved_bytes_per_mb;
+    }
+    /* Chunked stages: the account is the whole process's; its split over chunks is the
+     * runtime's (see predict_time_chunks), so no a-priori figure for them yet. */
+    if (!rc && v == 1)
+        rc = predict_apriori(cell, slack, chunks, cost, (double)a[0].boundary_bytes, prof, &cell->predicted_apriori,
+                             err, errlen);
+    free(a);
+    return rc;
+}
+
 int cell_measure(void *ctx, const sweep_spec_t *s, results_cell_t *cell, const char *workdir,
                  volatile sig_atomic_t *stop, results_t *r, char *err, size_t errlen)
 {
@@ -198,6 +243,10 @@ int cell_measure(void *ctx, const sweep_spec_t *s, results_cell_t *cell, const c
                          cfg, err, errlen);
     if (!rc)
         slack = cfg->slack;
+    double work[RESULTS_MAX_STAGES];
+    int chunks = sched_uses_chunks(cell->schedule) == 1 ? s->chunks : 0;
+    if (!rc)
+        rc = cell_modelled(cfg, s, cell, slack, chunks, &prof, work, err, errlen);
     double flop_mb[RESULTS_MAX_STAGES], peak[RESULTS_MAX_STAGES], mem[RESULTS_MAX_STAGES], loss = NAN;
     for (int q = 0; q < P; q++)
         flop_mb[q] = peak[q] = mem[q] = NAN;
@@ -226,15 +275,24 @@ int cell_measure(void *ctx, const sweep_spec_t *s, results_cell_t *cell, const c
         return rc;
     cell->final_loss = loss;
     /* The trace names no chunk, so a stage of several chunks cannot be replayed yet: no ideal time. */
-    sched_spec_t spec = {cell->schedule, P, cell->micro_batches, slack, sched_uses_chunks(cell->schedule) == 1 ? s->chunks : 0};
+    sched_spec_t spec = {cell->schedule, P, cell->micro_batches, slack, chunks};
     int v = 1;
     if (sched_spec_check(&spec, &v, err, errlen))
         return -EINVAL;
     cell->ideal = NAN;
-    if ((rc = predict_time_chunks(r, cell, slack, spec.chunks, &prof, &cell->predicted, err, errlen)) ||
-        (v == 1 && (rc = predict_ideal(r, cell, &prof, &cell->ideal, err, errlen))))
+    if ((rc = predict_time_chunks(r, cell, slack, spec.chunks, &prof, &cell->predicted, err, errlen)))
         return rc;
-    metrics_straggler(cell->iter_median, cell->ideal, &cell->straggler_delay, &cell->straggler_slowdown);
+    /* The what-if needs each stage's expected work: its modelled time, else its FLOPs. */
+    predict_whatif_t w;
+    const double *expect = isfinite(work[0]) ? work : have_flops ? flop_iter : NULL;
+    if (v == 1 && expect) {
+        if ((rc = predict_whatif(r, cell, &prof, expect, &w, err, errlen)))
+            return rc;
+        cell->ideal = w.expected;
+        cell->imbalance = w.imbalance;
+        cell->straggler_stage = w.slow_stage;
+        metrics_straggler(w.as_measured, w.expected, &cell->straggler_delay, &cell->straggler_slowdown);
+    }
     return 0;
 }
 

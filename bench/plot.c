@@ -276,8 +276,11 @@ int plot_timeline(const results_t *r, int cell, int iteration, const char *dir, 
     char q[300], num[64];
     gp_quote(q, sizeof q, c->label);
     table_format_sig3(t1 - t0, num, sizeof num);
-    fprintf(b, "set title '%s, micro batch %d, %s: iteration %d (%s s)' noenhanced\n"
-               "set xlabel 'time from the start of the iteration (s)'\nset yrange [%d.5:-0.5]\n"
+    /* The span of the iteration's ops on all stages, which overlaps its neighbours (a stage
+     * starts the next one before the pipeline drains): not the table's iteration time. */
+    fprintf(b, "set title '%s, micro batch %d, %s: ops of iteration %d on all stages, %s s first start to last end "
+               "(overlaps its neighbours; not the table iteration time)' noenhanced\n"
+               "set xlabel 'time from the first op of the iteration on any stage (s)'\nset yrange [%d.5:-0.5]\n"
                "set xrange [0:%.9g]\nset ytics (",
             c->schedule, c->micro_batch_size, q, it, num, c->stages - 1, (t1 - t0) * 1.02);
     for (int s = 0; s < c->stages; s++)

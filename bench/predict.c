@@ -228,6 +228,7 @@ typedef struct {
     int slack, chunks;
     const netem_profile_t *p;
     const sim_replay_t *how;
+    const double *scale; /* per stage, or NULL */
 } iter_ctx_t;
 
 static int predict_each(const void *ctx, int rep, int it, double *value, char *err, size_t errlen)
@@ -256,9 +257,10 @@ int predict_time_chunks(const results_t *r, const results_cell_t *cell, int slac
                                   predicted, err, errlen);
 }
 
-/* Replays iteration `it` of `repeat`; *time is its replayed length. */
+/* Replays iteration `it` of `repeat`; *time is its replayed length. With scale (one
+ * factor per stage), each compute op of stage s lasts its measured duration times scale[s]. */
 static int replay_one(const results_t *r, const results_cell_t *cell, int repeat, int it, const sim_replay_t *how,
-                      double *time, char *err, size_t errlen)
+                      const double *scale, double *time, char *err, size_t errlen)
 {
     int S = cell->stages;
     sim_trace_op_t *ops[RESULTS_MAX_STAGES] = {0};
@@ -287,6 +289,8 @@ static int replay_one(const results_t *r, const results_cell_t *cell, int repeat
         t->mb = o->micro_batch;
         t->start = o->start;
         t->end = o->end;
+        if (scale && sched_op_is_compute(t->kind))
+            t->end = o->start + (o->end - o->start) * scale[o->rank];
         t->bytes = (double)o->bytes;
     }
     if (!rc) {
@@ -306,11 +310,12 @@ static int replay_one(const results_t *r, const results_cell_t *cell, int repeat
 static int replay_each(const void *ctx, int rep, int it, double *value, char *err, size_t errlen)
 {
     const iter_ctx_t *c = ctx;
-    return replay_one(c->r, c->cell, rep, it, c->how, value, err, errlen); /* -ENOENT: not traced */
+    return replay_one(c->r, c->cell, rep, it, c->how, c->scale, value, err, errlen); /* -ENOENT: not traced */
 }
 
-int predict_ideal(const results_t *r, const results_cell_t *cell, const netem_profile_t *p, double *ideal,
-                  char *err, size_t errlen)
+/* The replay every what-if shares: communication timed by the links of predict_cell_links. */
+static int replay_median(const results_t *r, const results_cell_t *cell, const netem_profile_t *p, unsigned replace,
+                         const double *scale, double *out, char *err, size_t errlen)
 {
     int S = cell->stages;
     if (S < 1 || S > RESULTS_MAX_STAGES) {
@@ -320,8 +325,112 @@ int predict_ideal(const results_t *r, const results_cell_t *cell, const netem_pr
     predict_cell_links(r, cell, p, &fwd, &bwd);
     for (int s = 0; s < S; s++)
         link_fwd[s] = fwd, link_bwd[s] = bwd;
-    sim_replay_t how = {.replace = SIM_REPLACE_COMPUTE, .scope = SIM_MEDIAN_ALL, .comm_measured = SIM_COMM_LINK,
+    sim_replay_t how = {.replace = replace, .scope = SIM_MEDIAN_ALL, .comm_measured = SIM_COMM_LINK,
                         .link_fwd = link_fwd, .link_bwd = link_bwd, .send_mode = SIM_SEND_PIPELINED};
-    iter_ctx_t c = {.r = r, .cell = cell, .how = &how};
-    return median_over_iterations(cell, replay_each, &c, "no measured iteration to replay", ideal, err, errlen);
+    iter_ctx_t c = {.r = r, .cell = cell, .how = &how, .scale = scale};
+    return median_over_iterations(cell, replay_each, &c, "no measured iteration to replay", out, err, errlen);
+}
+
+int predict_ideal(const results_t *r, const results_cell_t *cell, const netem_profile_t *p, double *ideal,
+                  char *err, size_t errlen)
+{
+    return replay_median(r, cell, p, SIM_REPLACE_COMPUTE, NULL, ideal, err, errlen);
+}
+
+/* Each stage's measured compute seconds per measured iteration (all repeats, warm-up
+ * excluded): the sum of its compute ops over the iterations it traced. */
+static int stage_compute(const results_t *r, const results_cell_t *cell, double *per_iter, char *err, size_t errlen)
+{
+    int S = cell->stages, repeats = cell->repeats > 0 ? cell->repeats : 1, span = cell->warmup + cell->iters;
+    if (span < 1)
+        return pn_err(err, errlen, -EINVAL, "cell %d: no measured iteration", cell->cell);
+    unsigned char *seen = calloc((size_t)S * (size_t)repeats * (size_t)span, 1);
+    if (!seen)
+        return -ENOMEM;
+    double sum[RESULTS_MAX_STAGES] = {0};
+    int n[RESULTS_MAX_STAGES] = {0};
+    for (size_t i = 0; i < r->n_ops; i++) {
+        const results_op_t *o = &r->ops[i];
+        sched_op_kind_t k;
+        if (!in_sel(o, cell, ALL_MEASURED) || o->rank < 0 || o->rank >= S || o->repeat < 0 || o->repeat >= repeats ||
+            o->iteration >= span || sched_op_kind_parse(o->op, &k) || !sched_op_is_compute(k))
+            continue;
+        unsigned char *f = &seen[((size_t)o->rank * (size_t)repeats + (size_t)o->repeat) * (size_t)span + (size_t)o->iteration];
+        n[o->rank] += !*f;
+        *f = 1;
+        sum[o->rank] += o->end - o->start;
+    }
+    free(seen);
+    for (int s = 0; s < S; s++) {
+        if (!n[s] || !(sum[s] > 0)) {
+            return pn_err(err, errlen, -EINVAL, "cell %d: stage %d has no measured compute op", cell->cell, s);
+        }
+        per_iter[s] = sum[s] / n[s];
+    }
+    return 0;
+}
+
+int predict_whatif(const results_t *r, const results_cell_t *cell, const netem_profile_t *p,
+                   const double *work, predict_whatif_t *out, char *err, size_t errlen)
+{
+    int S = cell->stages;
+    if (S < 1 || S > RESULTS_MAX_STAGES) {
+        return pn_err(err, errlen, -EINVAL, "cell %d: %d stages", cell->cell, S);
+    }
+    for (int s = 0; s < S; s++)
+        if (!work || !isfinite(work[s]) || work[s] <= 0) {
+            return pn_err(err, errlen, -EINVAL, "cell %d: stage %d has no FLOP count or modelled time to set its expected compute time",
+                          cell->cell, s);
+        }
+    double c[RESULTS_MAX_STAGES], rate[RESULTS_MAX_STAGES], sorted[RESULTS_MAX_STAGES];
+    int rc = stage_compute(r, cell, c, err, errlen);
+    if (rc)
+        return rc;
+    for (int s = 0; s < S; s++)
+        sorted[s] = rate[s] = c[s] / work[s]; /* s per unit of work */
+    qsort(sorted, (size_t)S, sizeof *sorted, cmp_double);
+    /* The typical rate: the median, the lower middle one for an even count (a straggler
+     * only ever slows a stage, so of two stages the faster one is the typical one). */
+    double typical = sorted[(S - 1) / 2], expected[RESULTS_MAX_STAGES], even[RESULTS_MAX_STAGES], mean = 0;
+    predict_whatif_t w = {.slow_stage = 0};
+    for (int s = 0; s < S; s++) {
+        expected[s] = typical / rate[s];
+        mean += typical * work[s] / S;
+        if (rate[s] > rate[w.slow_stage])
+            w.slow_stage = s;
+    }
+    for (int s = 0; s < S; s++)
+        even[s] = mean / c[s];
+    w.slow_factor = rate[w.slow_stage] / typical;
+    if ((rc = replay_median(r, cell, p, 0, NULL, &w.as_measured, err, errlen)) ||
+        (rc = replay_median(r, cell, p, 0, expected, &w.expected, err, errlen)) ||
+        (rc = replay_median(r, cell, p, 0, even, &w.even, err, errlen)))
+        return rc;
+    w.imbalance = w.expected / w.even;
+    w.slowdown = w.as_measured / w.expected;
+    *out = w;
+    return 0;
+}
+
+int predict_apriori(const results_cell_t *cell, int slack, int chunks, const sim_cost_t *cost, double boundary_bytes,
+                    const netem_profile_t *p, double *predicted, char *err, size_t errlen)
+{
+    int S = cell->stages;
+    if (S < 1 || S > RESULTS_MAX_STAGES) {
+        return pn_err(err, errlen, -EINVAL, "cell %d: %d stages", cell->cell, S);
+    }
+    sim_link_t link[RESULTS_MAX_STAGES];
+    for (int s = 0; s < S; s++)
+        predict_link(p, &link[s]);
+    sim_config_t cfg = {
+        .schedule = cell->schedule, .stages = S, .micro_batches = cell->micro_batches, .slack = slack,
+        .cost = cost, .link_fwd = link, .link_bwd = link, .act_bytes = S > 1 ? boundary_bytes : 0,
+        .grad_bytes = S > 1 ? boundary_bytes : 0, .send_mode = SIM_SEND_PIPELINED,
+    };
+    sim_result_t res = {0};
+    int rc = sim_run_chunks(&cfg, chunks, &res, err, errlen);
+    if (!rc)
+        *predicted = res.time;
+    sim_result_destroy(&res);
+    return rc;
 }

@@ -49,4 +49,39 @@ int predict_time_chunks(const results_t *r, const results_cell_t *cell, int slac
 int predict_ideal(const results_t *r, const results_cell_t *cell, const netem_profile_t *p, double *ideal,
                   char *err, size_t errlen) __attribute__((warn_unused_result));
 
+/* The a-priori prediction: sim_run of cell's schedule from modelled per-micro-batch costs
+ * per stage (cost[stages], e.g. emulate's model_stage_account) and the profile's link model
+ * (predict_link) with boundary_bytes per message each way; nothing measured in the cell. */
+int predict_apriori(const results_cell_t *cell, int slack, int chunks, const sim_cost_t *cost, double boundary_bytes,
+                    const netem_profile_t *p, double *predicted, char *err, size_t errlen)
+    __attribute__((warn_unused_result));
+
+/* The what-if replays of the straggler metrics (after "Understanding Stragglers in Large
+ * Model Training Using What-if Analysis", OSDI 2025). Each stage's measured rate is its
+ * compute seconds per iteration over its expected work per iteration (work[s]: its FLOPs,
+ * or its modelled compute seconds where the compute is modelled, so that explicit
+ * per-stage times count as the expectation they are); the typical rate is the median over
+ * the stages (the lower middle one for an even count).
+ * as_measured: each measured iteration replayed with its measured compute durations.
+ * expected: the same with every compute op of stage s scaled by typical / rate_s, i.e.
+ *   the stage's own work at the typical rate (a slow stage made typical, the partition
+ *   left as it is); slowdown = as_measured / expected, both replays, so that what the
+ *   simulator leaves out (runtime overheads between ops) is in neither and cancels.
+ * even: the same with every stage's compute scaled to the mean over the stages of its
+ *   expected compute, i.e. an evenly loaded partition; expected / even is the partition
+ *   imbalance (the LM head's extra FLOPs show here, not as a straggler).
+ * slow_stage is the stage of the slowest rate, slow_factor its rate over the typical one.
+ * Micro-batch to micro-batch variation inside a stage is kept as measured. */
+typedef struct {
+    double as_measured, expected, even; /* s, medians over the measured iterations */
+    double slowdown;                    /* as_measured / expected */
+    double imbalance;                   /* expected / even */
+    int slow_stage;
+    double slow_factor;
+} predict_whatif_t;
+
+int predict_whatif(const results_t *r, const results_cell_t *cell, const netem_profile_t *p,
+                   const double *work, predict_whatif_t *out, char *err, size_t errlen)
+    __attribute__((warn_unused_result));
+
 #endif

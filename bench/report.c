@@ -47,27 +47,36 @@ void report_timeline_default(const results_t *r, int *cells, size_t *n)
     *n = k;
 }
 
-#define ROW_FMT "%5s  %-10s %5s  %-28s %10s %10s %10s %9s %7s %9s"
+#define ROW_FMT "%5s  %-10s %5s  %-28s %10s %10s %10s %9s %10s %9s %7s %9s %5s %9s"
 
 void report_row_header(char *names, char *units, size_t len)
 {
-    snprintf(names, len, "#" ROW_FMT, "cell", "schedule", "mbs", "network", "median", "stdev", "predicted",
-             "pred/meas", "MFU", "slowdown");
-    snprintf(units, len, "#" ROW_FMT, "", "", "", "", "(s)", "(s)", "(s)", "", "(%)", "");
+    snprintf(names, len, "#" ROW_FMT, "cell", "schedule", "mbs", "network", "median", "stdev", "a-priori",
+             "apr/meas", "replayed", "rep/meas", "MFU", "slowdown", "slow", "imbalance");
+    snprintf(units, len, "#" ROW_FMT, "", "", "", "", "(s)", "(s)", "(s)", "", "(s)", "", "(%)", "", "stage", "");
 }
 
 void report_row_format(const results_cell_t *c, char *buf, size_t len)
 {
-    char idx[16], mbs[16], med[32], sd[32], pred[32], ratio[32], mfu[32], slow[32];
+    char idx[16], mbs[16], med[32], sd[32], apr[32], aratio[32], pred[32], ratio[32], mfu[32], slow[32], stage[16],
+        imb[32];
     snprintf(idx, sizeof idx, "%d", c->cell);
     snprintf(mbs, sizeof mbs, "%d", c->micro_batch_size);
     table_format_sig3(c->iter_median, med, sizeof med);
     table_format_sig3(c->iter_stdev, sd, sizeof sd);
+    table_format_sig3(c->predicted_apriori, apr, sizeof apr);
+    table_format_sig3(c->predicted_apriori / c->iter_median, aratio, sizeof aratio);
     table_format_sig3(c->predicted, pred, sizeof pred);
     table_format_sig3(c->predicted / c->iter_median, ratio, sizeof ratio);
     table_format_sig3(c->mfu * 100, mfu, sizeof mfu);
     table_format_sig3(c->straggler_slowdown, slow, sizeof slow);
-    snprintf(buf, len, " " ROW_FMT, idx, c->schedule, mbs, c->label, med, sd, pred, ratio, mfu, slow);
+    table_format_sig3(c->imbalance, imb, sizeof imb);
+    if (c->straggler_stage >= 0)
+        snprintf(stage, sizeof stage, "%d", c->straggler_stage);
+    else
+        snprintf(stage, sizeof stage, "n/a");
+    snprintf(buf, len, " " ROW_FMT, idx, c->schedule, mbs, c->label, med, sd, apr, aratio, pred, ratio, mfu, slow,
+             stage, imb);
 }
 
 int report_timeline_parse(const char *text, int **cells, size_t *n, int *all, char *err, size_t errlen)

@@ -26,11 +26,15 @@ typedef struct {
     const char *name;
     int type;
     size_t off, size; /* size: buffer size of a string field */
+    const char *old;  /* a column added later: read from this older name, or left as cleared
+                       * when the file has neither ("" = no older name) */
 } col_t;
 
-#define CI(f) {#f, COL_INT, offsetof(results_cell_t, f), 0}
-#define CD(name, f) {name, COL_DOUBLE, offsetof(results_cell_t, f), 0}
-#define CS(f) {#f, COL_STR, offsetof(results_cell_t, f), sizeof(((results_cell_t *)0)->f)}
+#define CI(f) {#f, COL_INT, offsetof(results_cell_t, f), 0, NULL}
+#define CD(name, f) {name, COL_DOUBLE, offsetof(results_cell_t, f), 0, NULL}
+#define CS(f) {#f, COL_STR, offsetof(results_cell_t, f), sizeof(((results_cell_t *)0)->f), NULL}
+#define CIN(f) {#f, COL_INT, offsetof(results_cell_t, f), 0, ""}
+#define CDN(name, f, old) {name, COL_DOUBLE, offsetof(results_cell_t, f), 0, old}
 
 /* runs.csv, before the per-stage columns; times in seconds, rates per second. */
 static const col_t run_cols[] = {
@@ -38,8 +42,9 @@ static const col_t run_cols[] = {
     CI(batch_size), CI(seq_len), CI(micro_batches), CI(iters), CI(warmup), CI(repeats),
     CS(compute), CS(emulator), CI(straggler_rank), CD("straggler_factor", straggler_factor),
     CD("iter_median_s", iter_median), CD("iter_mean_s", iter_mean), CD("iter_min_s", iter_min),
-    CD("iter_max_s", iter_max), CD("iter_stdev_s", iter_stdev), CD("predicted_s", predicted),
-    CD("ideal_s", ideal), CD("tokens_per_s", tokens_per_s), CD("mfu", mfu),
+    CD("iter_max_s", iter_max), CD("iter_stdev_s", iter_stdev), CDN("predicted_apriori_s", predicted_apriori, ""),
+    CDN("replayed_s", predicted, "predicted_s"), CD("ideal_s", ideal), CDN("partition_imbalance", imbalance, ""),
+    CIN(straggler_stage), CD("tokens_per_s", tokens_per_s), CD("mfu", mfu),
     CD("straggler_delay", straggler_delay), CD("straggler_slowdown", straggler_slowdown),
     CD("final_loss", final_loss), CD("wall_s", wall), CS(transport),
 };
@@ -49,10 +54,12 @@ static const col_t run_cols[] = {
 static const struct {
     const char *name;
     size_t off;
+    int optional; /* added later: an older runs.csv without it reads as NaN */
 } stage_cols[] = {
-    {"flops_per_s", offsetof(results_cell_t, flops)},
-    {"mem_peak_bytes", offsetof(results_cell_t, mem_peak)},
-    {"bubble", offsetof(results_cell_t, bubble)},
+    {"flops_per_s", offsetof(results_cell_t, flops), 0},
+    {"mem_peak_bytes", offsetof(results_cell_t, mem_peak), 0},
+    {"bubble", offsetof(results_cell_t, bubble), 0},
+    {"mem_model_bytes", offsetof(results_cell_t, mem_model), 1},
 };
 #define N_STAGE_COLS (sizeof stage_cols / sizeof *stage_cols)
 
@@ -84,11 +91,12 @@ void results_cell_clear(results_cell_t *c, int index)
     c->cell = index;
     c->straggler_rank = -1;
     c->straggler_factor = 1.0;
+    c->straggler_stage = -1;
     for (size_t i = 0; i < N_RUN_COLS; i++)
         if (run_cols[i].type == COL_DOUBLE && strcmp(run_cols[i].name, "straggler_factor"))
             *(double *)((char *)c + run_cols[i].off) = NAN;
     for (int s = 0; s < RESULTS_MAX_STAGES; s++)
-        c->flops[s] = c->mem_peak[s] = c->bubble[s] = NAN;
+        c->flops[s] = c->mem_peak[s] = c->bubble[s] = c->mem_model[s] = NAN;
 }
 
 static int grow(void **arr, size_t *cap, size_t n, size_t elem)
@@ -350,8 +358,18 @@ static int read_runs(const char *path, results_t *r, char *err, size_t errlen)
     if (rc)
         return rc;
     size_t idx[N_RUN_COLS];
-    for (size_t i = 0; i < N_RUN_COLS && !rc; i++)
-        rc = csvio_col_require(&t, run_cols[i].name, &idx[i], err, errlen);
+    int have[N_RUN_COLS];
+    for (size_t i = 0; i < N_RUN_COLS && !rc; i++) {
+        const col_t *col = &run_cols[i];
+        int k = col->old ? csvio_col(&t, col->name) : 0;
+        if (k < 0 && *col->old)
+            k = csvio_col(&t, col->old);
+        have[i] = k >= 0;
+        if (!col->old)
+            rc = csvio_col_require(&t, col->name, &idx[i], err, errlen);
+        else
+            idx[i] = have[i] ? (size_t)k : 0;
+    }
     int sidx[N_STAGE_COLS][RESULTS_MAX_STAGES];
     int ns = 0;
     char name[64];
@@ -362,7 +380,7 @@ static int read_runs(const char *path, results_t *r, char *err, size_t errlen)
             if (sidx[k][s] < 0) {
                 if (k == 0)
                     ns = s;
-                else if (s < ns)
+                else if (s < ns && !stage_cols[k].optional)
                     rc = csvio_col_require(&t, name, &(size_t){0}, err, errlen);
                 break;
             }
@@ -373,6 +391,8 @@ static int read_runs(const char *path, results_t *r, char *err, size_t errlen)
         char *base = (char *)&c;
         for (size_t i = 0; i < N_RUN_COLS && !rc; i++) {
             const col_t *col = &run_cols[i];
+            if (!have[i])
+                continue;
             if (col->type == COL_INT)
                 rc = get_int(&t, row, idx[i], INT_MIN / 2, INT_MAX, (int *)(base + col->off), err, errlen);
             else if (col->type == COL_DOUBLE)
@@ -385,7 +405,7 @@ static int read_runs(const char *path, results_t *r, char *err, size_t errlen)
                  "columns for %d", t.path, t.line[row], idx[6] + 1, c.stages, ns);
         }
         for (size_t k = 0; k < N_STAGE_COLS && !rc; k++)
-            for (int s = 0; s < ns && !rc; s++)
+            for (int s = 0; s < ns && !rc && sidx[k][s] >= 0; s++)
                 rc = get_double(&t, row, (size_t)sidx[k][s], (double *)(base + stage_cols[k].off) + s, err, errlen);
         if (!rc && results_cell_find(r, c.cell)) {
             rc = pn_err(err, errlen, -EINVAL, "%s, line %zu, column %zu (cell): cell %d appears twice", t.path,

@@ -28,12 +28,20 @@ typedef struct {
     int straggler_rank;            /* -1 = none */
     double straggler_factor;       /* 1 = none */
     double iter_median, iter_mean, iter_min, iter_max, iter_stdev;  /* s, warm-up excluded */
-    double predicted;              /* s, the simulator's iteration time */
-    double ideal;                  /* s, replay with every op at the median of its kind */
+    double predicted_apriori;      /* s, the simulator from the compute and link models alone */
+    double predicted;              /* s, the simulator on this cell's measured costs (replay) */
+    double ideal;                  /* s, the what-if replay: each stage's compute at its
+                                    * FLOPs times the typical rate (bench/predict.h) */
+    double imbalance;              /* ideal over the same with an evenly loaded partition */
+    int straggler_stage;           /* stage of the slowest compute rate; -1 = unknown */
     double tokens_per_s;
     double flops[RESULTS_MAX_STAGES];    /* achieved FLOP/s per stage */
     double mfu;                          /* 0..1 */
-    double mem_peak[RESULTS_MAX_STAGES]; /* bytes per stage */
+    double mem_peak[RESULTS_MAX_STAGES]; /* bytes per stage: measured resident memory (cpu,
+                                          * emulate) or measured device memory (cuda) */
+    double mem_model[RESULTS_MAX_STAGES]; /* bytes per stage: modelled device memory (emulate):
+                                           * parameters, gradients, optimizer state and the
+                                           * activations held at the schedule's peak, fp32 */
     double bubble[RESULTS_MAX_STAGES];   /* idle share of the iteration per stage */
     double straggler_delay, straggler_slowdown;
     double final_loss;

@@ -135,6 +135,64 @@ typedef struct {
     size_t ns, nm, np;
 } axes_t;
 
+static int is_emulated(const results_cell_t *c)
+{
+    return !strncmp(c->compute, "emulate", 7);
+}
+
+/* The range of a/b over the micro-batch sizes both schedules measured at setting p. */
+static int pair_range(const axes_t *x, size_t a, size_t b, size_t p, double *lo, double *hi)
+{
+    int n = 0;
+    *lo = INFINITY, *hi = -INFINITY;
+    for (size_t m = 0; m < x->nm; m++) {
+        const results_cell_t *ca = table_cell_find(x->r, x->sched[a], x->mbs[m], x->prof[p]->profile);
+        const results_cell_t *cb = table_cell_find(x->r, x->sched[b], x->mbs[m], x->prof[p]->profile);
+        if (!ca || !cb || !(ca->iter_median > 0) || !(cb->iter_median > 0))
+            continue;
+        double v = ca->iter_median / cb->iter_median;
+        *lo = fmin(*lo, v), *hi = fmax(*hi, v);
+        n++;
+    }
+    return n;
+}
+
+/* One line per schedule pair: at each setting, which is faster and by how much. */
+static void put_headlines(FILE *f, const axes_t *x)
+{
+    for (size_t a = 1; a < x->ns; a++) {
+        fprintf(f, "- %s vs %s (iteration time ratio %s / %s over the micro-batch sizes):", x->sched[a], x->sched[0],
+                x->sched[a], x->sched[0]);
+        for (size_t p = 0, k = 0; p < x->np; p++) {
+            double lo, hi;
+            if (!pair_range(x, a, 0, p, &lo, &hi))
+                continue;
+            const char *who = hi < 1 ? x->sched[a] : lo > 1 ? x->sched[0] : NULL;
+            fprintf(f, "%s %s: %s faster, ", k++ ? ";" : "", x->prof[p]->label, who ? who : "neither always");
+            put_num(f, lo, "");
+            if (hi != lo) {
+                fputs("-", f);
+                put_num(f, hi, "");
+            }
+        }
+        fputs("\n", f);
+    }
+    double lo = INFINITY, hi = -INFINITY;
+    int n = 0;
+    for (size_t i = 0; i < x->r->n_cells; i++) {
+        double v = x->r->cells[i].predicted_apriori / x->r->cells[i].iter_median;
+        if (isfinite(v))
+            lo = fmin(lo, v), hi = fmax(hi, v), n++;
+    }
+    if (n) {
+        fprintf(f, "- A-priori predicted / measured over %d cell(s): ", n);
+        put_num(f, lo, "");
+        fputs(" to ", f);
+        put_num(f, hi, "");
+        fputs(" (every cell in \"Predicted vs measured\").\n", f);
+    }
+}
+
 static void put_intro(FILE *f, const axes_t *x)
 {
     fputs("# pipenem sweep\n\n", f);
@@ -152,7 +210,16 @@ static void put_intro(FILE *f, const axes_t *x)
     for (size_t p = 0; p < x->np; p++)
         fprintf(f, "%s %s: %s", p ? ";" : "", x->prof[p]->label, x->prof[p]->emulator);
     fputs(".\nEach cell is the median iteration time of the measured iterations; "
-          "\"not run\" marks a cell the sweep has not finished.\n", f);
+          "\"not run\" marks a cell the sweep has not finished.\n\n", f);
+    fprintf(f, "Legend: `default` is unshaped TCP between the stage processes on one machine (loopback or veths "
+               "in namespaces), not a datacenter network. A delay is one-way (RTT = 2 x delay) and a bandwidth is "
+               "each link's capacity in each direction; `netem` is the kernel's qdisc on each veth, `shim` the "
+               "in-transport shaper of pipenem's own transport. Measured: iteration times, tokens/s, resident "
+               "memory. Modelled: %s.\n\n",
+            is_emulated(c0) ? "the compute time itself (emulate sleeps for the device model's durations), hence "
+                              "TFLOP/s and MFU, device memory, and the a-priori prediction"
+                            : "device memory and the a-priori prediction (where the compute has a model)");
+    put_headlines(f, x);
 }
 
 /* Network setting x micro-batch size of schedule a: its median iteration time, or with
@@ -183,6 +250,10 @@ static void row_predicted(FILE *f, const results_cell_t *c)
 {
     put_num(f, c->iter_median, " s");
     fputs(" | ", f);
+    put_num(f, c->predicted_apriori, " s");
+    fputs(" | ", f);
+    put_num(f, c->predicted_apriori / c->iter_median, "");
+    fputs(" | ", f);
     put_num(f, c->predicted, " s");
     fputs(" | ", f);
     put_num(f, c->predicted / c->iter_median, "");
@@ -202,9 +273,18 @@ static void row_metrics(FILE *f, const results_cell_t *c)
     fputs(" | ", f);
     put_memory(f, c->mem_peak, c->stages);
     fputs(" | ", f);
+    put_memory(f, c->mem_model, c->stages);
+    fputs(" | ", f);
     put_stages(f, c->bubble, c->stages, 100, "%");
     fputs(" | ", f);
     put_num(f, c->straggler_slowdown, "");
+    fputs(" | ", f);
+    if (c->straggler_stage >= 0)
+        fprintf(f, "%d", c->straggler_stage);
+    else
+        fputs("n/a", f);
+    fputs(" | ", f);
+    put_num(f, c->imbalance, "");
     fputs(" | ", f);
     put_num(f, c->final_loss, "");
 }
@@ -239,20 +319,34 @@ static void put_tables(FILE *f, const axes_t *x)
             put_grid(f, x, a, 0);
         }
     }
-    fputs("\n## Predicted vs measured\n\nPredicted: the simulator's iteration time from the measured "
-          "compute costs (mean per op kind and stage) and the profile's link model (its delay and the TCP "
-          "goodput of its rate), capped by the bandwidth the path reached in the cell (the only model an "
-          "unshaped link has); each measured iteration from its own compute costs, and the median of those.\n\n"
-          "| Schedule | Network setting | Micro batch size | Measured | Predicted | Predicted / measured |\n"
-          "| --- | --- | ---: | ---: | ---: | ---: |\n", f);
+    fputs("\n## Predicted vs measured\n\nA-priori: the simulator's iteration time from the compute model alone "
+          "(the emulated device or times; an injected straggler included) and the profile's link model (its "
+          "delay and the TCP goodput of its rate), with nothing measured in the cell: how well pipenem predicts "
+          "a configuration it has not run (n/a where the compute has no model). Replayed: the same simulator on "
+          "the cell's own measured compute costs (mean per op kind and stage, each measured iteration from its "
+          "own costs, the median of those) and links capped by the bandwidth the path reached: whether the "
+          "runtime executes the schedule it claims.\n\n"
+          "| Schedule | Network setting | Micro batch size | Measured | A-priori | A-priori / measured | Replayed | "
+          "Replayed / measured |\n"
+          "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n", f);
     put_rows(f, x, row_predicted);
-    fputs("\n## Metrics\n\nPer stage values are listed stage 0 first. Bubble: idle share of the "
-          "iteration. Straggler slowdown: measured time / replay with every op at the median of "
-          "its kind.\n\n"
-          "| Schedule | Network setting | Micro batch size | Iteration time | Stdev | Tokens/s | "
-          "TFLOP/s per stage | MFU | Peak memory per stage | Bubble per stage | Straggler slowdown | "
-          "Final loss |\n"
-          "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n", f);
+    const char *mod = x->r->n_cells && is_emulated(x->prof[0]) ? "Modelled " : "";
+    fprintf(f, "\n## Metrics\n\nPer stage values are listed stage 0 first. Bubble: idle share of the "
+               "iteration. %sTFLOP/s and MFU are FLOPs over measured time%s. Resident memory: the measured peak "
+               "RSS of the stage process (under emulate not the device's). Device memory (modelled, emulate "
+               "only): parameters, gradients and AdamW state plus the activations the schedule holds at its "
+               "peak, fp32. Straggler slowdown: measured time over a replay with each stage's compute at its "
+               "expected duration (its modelled time, or its FLOPs, at the typical rate across stages); about 1 "
+               "without a straggler. Slow stage: the stage of the slowest rate. Partition imbalance: that replay "
+               "over one with every stage's compute at the mean (an evenly loaded partition); above 1 where one "
+               "stage's share of the work (e.g. the LM head) paces the pipeline.\n\n"
+               "| Schedule | Network setting | Micro batch size | Iteration time | Stdev | Tokens/s | "
+               "%sTFLOP/s per stage | %sMFU | Resident memory per stage (measured) | Device memory per stage "
+               "(modelled) | Bubble per stage | Straggler slowdown | Slow stage | Partition imbalance | "
+               "Final loss |\n"
+               "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | "
+               "---: |\n",
+            mod, *mod ? ", where the time is the emulated device's (set by its assumed efficiency)" : "", mod, mod);
     put_rows(f, x, row_metrics);
 }
 

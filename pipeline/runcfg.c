@@ -160,6 +160,28 @@ int runcfg_option(runcfg_t *c, int opt, const char *arg, char *err, size_t errle
     return rc ? rc : 1;
 }
 
+int runcfg_stage_accounts(const runcfg_t *c, model_account_t *out, char *err, size_t errlen)
+{
+    model_stage_t *st = calloc(1, sizeof *st);
+    if (!st)
+        return pn_err(err, errlen, -ENOMEM, "stage accounting: out of memory");
+    int rc = 0;
+    for (int s = 0; s < c->stage_params.stages && !rc; s++) {
+        model_stage_params_t mp = c->stage_params;
+        char e[256];
+        mp.stage = s;
+        mp.max_inflight = 1;
+        if ((rc = model_stage_init(st, &mp, e, sizeof e))) {
+            rc = pn_err(err, errlen, rc, "stage %d: %s", s, e);
+            break;
+        }
+        model_stage_account(st, &out[s]);
+        model_stage_destroy(st);
+    }
+    free(st);
+    return rc;
+}
+
 /* --slack auto: the smallest K whose simulated iteration is within 1% of the best, for
  * each stage's emulated costs, the --net links and this model's boundary tensors. With
  * real compute the costs are unknown before the run: K = 1. */
@@ -172,24 +194,16 @@ static int slack_auto(runcfg_t *c, char *err, size_t errlen)
     sim_cost_t *cost = calloc((size_t)P, sizeof *cost);
     sim_link_t *link = calloc((size_t)P, sizeof *link);
     netem_profile_t *prof = calloc((size_t)P, sizeof *prof);
-    model_stage_t *st = calloc(1, sizeof *st);
+    model_account_t *a = calloc((size_t)P, sizeof *a);
     double bytes = 0;
-    if (!cost || !link || !prof || !st)
+    if (!cost || !link || !prof || !a)
         rc = pn_err(err, errlen, -ENOMEM, "--slack auto: out of memory");
+    char why[320];
+    if (!rc && (rc = runcfg_stage_accounts(c, a, why, sizeof why)))
+        rc = pn_err(err, errlen, rc, "--slack auto: %s", why);
     for (int s = 0; s < P && !rc; s++) {
-        model_stage_params_t mp = c->stage_params;
-        model_account_t a;
-        char e[256];
-        mp.stage = s;
-        mp.max_inflight = 1;
-        if ((rc = model_stage_init(st, &mp, e, sizeof e))) {
-            rc = pn_err(err, errlen, rc, "--slack auto: stage %d: %s", s, e);
-            break;
-        }
-        model_stage_account(st, &a);
-        cost[s] = (sim_cost_t){a.fwd_s, a.bwd_s, a.opt_s};
-        bytes = (double)a.boundary_bytes;
-        model_stage_destroy(st);
+        cost[s] = (sim_cost_t){a[s].fwd_s, a[s].bwd_s, a[s].opt_s};
+        bytes = (double)a[s].boundary_bytes;
     }
     if (!rc && P > 1)
         rc = netem_net_parse(c->net, P, prof, err, errlen);
@@ -202,7 +216,7 @@ static int slack_auto(runcfg_t *c, char *err, size_t errlen)
     free(cost);
     free(link);
     free(prof);
-    free(st);
+    free(a);
     return rc;
 }
 

@@ -63,6 +63,11 @@ int runcfg_option(runcfg_t *c, int opt, const char *arg, char *err, size_t errle
  * against stages. -EINVAL naming the combination that is wrong. */
 int runcfg_finish(runcfg_t *c, char *err, size_t errlen) PN_WUR;
 
+/* model_stage_account of every stage (out[stages]) as c's model and compute build it, one
+ * micro-batch in flight: FLOPs, boundary bytes, the memory blocks and, with a modelled
+ * compute (emulate), the modelled seconds. After runcfg_finish. */
+int runcfg_stage_accounts(const runcfg_t *c, model_account_t *out, char *err, size_t errlen) PN_WUR;
+
 /* "model=tiny seq_len=... " of the shared fields as given (0 = the model's default), in a
  * fixed order: what ranks compare. */
 int runcfg_format(const runcfg_t *c, char *buf, size_t len);

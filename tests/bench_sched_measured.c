@@ -68,7 +68,7 @@ static void bench_measured_vs_predicted(void **state)
     char header[4096], line[4096];
     assert_non_null(fgets(header, sizeof header, f));
     int c_sched = column_of(header, "schedule"), c_prof = column_of(header, "profile");
-    int c_meas = column_of(header, "iter_median_s"), c_pred = column_of(header, "predicted_s");
+    int c_meas = column_of(header, "iter_median_s"), c_pred = column_of(header, "replayed_s");
     assert_true(c_sched >= 0 && c_prof >= 0 && c_meas >= 0 && c_pred >= 0);
     double worst = 0;
     int rows = 0;

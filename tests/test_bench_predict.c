@@ -236,6 +236,92 @@ static void test_straggler_replay(void **state)
     print_message("largest relative difference %.2g\n", worst);
 }
 
+/* The what-if straggler metrics on traces a perfectly modelled run would record: stage
+ * S-1 carries an LM head (twice the FLOPs and the time of the others), optionally stage 1
+ * computes k times slower. Reference: the simulator's time of the same configuration with
+ * the slow stage at the typical rate (slowdown), and with every stage's compute scaled to
+ * the mean (imbalance). */
+static void whatif_case(const char *schedule, int S, int M, int slow, int head, netem_profile_t *p)
+{
+    sim_cost_t cost[8], expect[8], even[8];
+    double flop[8], c[8], mean = 0, rate = 1e-12; /* s per FLOP at the typical rate */
+    for (int s = 0; s < S; s++) {
+        double w = head && s == S - 1 ? 2.0 : 1.0;
+        flop[s] = w * (M * (f + b) + opt) / rate;
+        expect[s] = (sim_cost_t){w * f, w * b, w * opt};
+        double x = s == slow ? k : 1.0;
+        cost[s] = (sim_cost_t){x * w * f, x * w * b, x * w * opt};
+        c[s] = M * (cost[s].fwd + cost[s].bwd) + cost[s].opt;
+        mean += rate * flop[s] / S;
+    }
+    for (int s = 0; s < S; s++) {
+        double g = mean / c[s];
+        even[s] = (sim_cost_t){g * cost[s].fwd, g * cost[s].bwd, g * cost[s].opt};
+    }
+    results_t r;
+    results_init(&r);
+    trace_from_sim(&r, schedule, S, M, cost, 3);
+    results_cell_t cl;
+    cell_of(&cl, schedule, S, M, 2, 1);
+    char err[512];
+    metrics_params_t mp = {.warmup = 1, .batch_size = M, .seq_len = 1};
+    if (metrics_cell_compute(&r, &mp, &cl, err, sizeof err))
+        fail_msg("%s", err);
+    predict_whatif_t w;
+    if (predict_whatif(&r, &cl, p, flop, &w, err, sizeof err))
+        fail_msg("%s", err);
+    double slowdown = w.slowdown;
+    near("replay as measured", w.as_measured, cl.iter_median, 1e-9);
+    double t = sim_time(schedule, S, M, cost), te = sim_time(schedule, S, M, expect), tv = sim_time(schedule, S, M, even);
+    char what[96];
+    snprintf(what, sizeof what, "%s S=%d slow=%d head=%d: slowdown", schedule, S, slow, head);
+    near(what, slowdown, t / te, 1e-9);
+    snprintf(what, sizeof what, "%s S=%d slow=%d head=%d: imbalance", schedule, S, slow, head);
+    near(what, w.imbalance, te / tv, 1e-9);
+    if (slow < 0) {
+        assert_true(fabs(slowdown - 1.0) < 1e-9);
+    } else {
+        assert_int_equal(w.slow_stage, slow);
+        near("slow stage's rate over the typical one", w.slow_factor, k, 1e-9);
+        assert_true(slowdown > 1.0); /* small where the head's stage paces anyway */
+    }
+    if (head)
+        assert_true(w.imbalance > 1.05);
+    else if (slow < 0)
+        assert_true(fabs(w.imbalance - 1.0) < 1e-9);
+    results_destroy(&r);
+}
+
+static void test_whatif(void **state)
+{
+    (void)state;
+    netem_profile_t p;
+    char err[512];
+    static const char *const schedules[] = {"gpipe", "1f1b"};
+    worst = 0;
+    assert_int_equal(netem_profile_parse("default", &p, err, sizeof err), 0);
+    for (size_t a = 0; a < 2; a++) {
+        const char *schedule = schedules[a];
+        whatif_case(schedule, 4, 8, -1, 1, &p); /* balanced, LM head: slowdown 1, imbalance > 1 */
+        whatif_case(schedule, 4, 8, -1, 0, &p); /* nothing: both 1 */
+        whatif_case(schedule, 4, 8, 1, 1, &p);  /* --straggler 1:1.5 with the head */
+        whatif_case(schedule, 2, 4, 1, 0, &p);  /* two stages: the faster is the typical */
+    }
+    print_message("largest relative difference %.2g\n", worst);
+    /* No FLOPs, no expected time. */
+    results_t r;
+    results_init(&r);
+    results_cell_t cl;
+    cell_of(&cl, "gpipe", 2, 2, 1, 1);
+    predict_whatif_t w;
+    assert_int_equal(predict_whatif(&r, &cl, &p, NULL, &w, err, sizeof err), -EINVAL);
+    assert_non_null(strstr(err, "no FLOP count"));
+    double flop[2] = {1e9, 1e9};
+    assert_int_equal(predict_whatif(&r, &cl, &p, flop, &w, err, sizeof err), -EINVAL);
+    assert_non_null(strstr(err, "no measured compute op"));
+    results_destroy(&r);
+}
+
 static void test_errors(void **state)
 {
     (void)state;
@@ -265,6 +351,7 @@ int main(void)
         cmocka_unit_test(test_measured_path),
         cmocka_unit_test(test_predicted_per_iteration),
         cmocka_unit_test(test_straggler_replay),
+        cmocka_unit_test(test_whatif),
         cmocka_unit_test(test_errors),
     };
     return cmocka_run_group_tests_name("bench_predict", tests, NULL, NULL);

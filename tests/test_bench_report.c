@@ -218,13 +218,15 @@ static void test_table_numbers_equal_csv(void **state)
                 }
             }
         } else if (!strcmp(section, "Predicted vs measured")) {
-            assert_int_equal(n, 6);
+            assert_int_equal(n, 8);
             const results_cell_t *c = find(&r, cells[0], cells[1], atoi(cells[2]));
             check_num(where, cells[3], c->iter_median);
-            check_num(where, cells[4], c->predicted);
-            check_num(where, cells[5], c->predicted / c->iter_median);
+            check_num(where, cells[4], c->predicted_apriori);
+            check_num(where, cells[5], c->predicted_apriori / c->iter_median);
+            check_num(where, cells[6], c->predicted);
+            check_num(where, cells[7], c->predicted / c->iter_median);
         } else if (!strcmp(section, "Metrics")) {
-            assert_int_equal(n, 12);
+            assert_int_equal(n, 15);
             const results_cell_t *c = find(&r, cells[0], cells[1], atoi(cells[2]));
             check_num(where, cells[3], c->iter_median);
             check_num(where, cells[4], c->iter_stdev);
@@ -233,15 +235,23 @@ static void test_table_numbers_equal_csv(void **state)
             check_num(where, cells[7], c->mfu * 100);
             check_stages(where, cells[8], c->mem_peak, c->stages,
                          strstr(cells[8], "GiB") ? 1.0 / (1 << 30) : 1.0 / (1 << 20));
-            check_stages(where, cells[9], c->bubble, c->stages, 100);
-            check_num(where, cells[10], c->straggler_slowdown);
-            check_num(where, cells[11], c->final_loss);
+            check_stages(where, cells[9], c->mem_model, c->stages,
+                         strstr(cells[9], "GiB") ? 1.0 / (1 << 30) : 1.0 / (1 << 20));
+            check_stages(where, cells[10], c->bubble, c->stages, 100);
+            check_num(where, cells[11], c->straggler_slowdown);
+            if (c->straggler_stage >= 0)
+                assert_int_equal(atoi(cells[12]), c->straggler_stage);
+            else
+                assert_string_equal(cells[12], "n/a");
+            check_num(where, cells[13], c->imbalance);
+            check_num(where, cells[14], c->final_loss);
         }
     }
     assert_int_equal(sched_tables, 2);
-    /* 2 schedule tables x 4 + 1 comparison x 4 + 8 cells x 3 predicted + 8 cells x 15 metrics
-     * (median, stdev, tokens/s, MFU, slowdown, loss and three stages of FLOP/s, memory, bubble) */
-    int want = 2 * 4 + 4 + 8 * 3 + 8 * 15;
+    /* 2 schedule tables x 4 + 1 comparison x 4 + 8 cells x 5 predicted (median, a-priori and
+     * replayed with their ratios) + 8 cells x 19 metrics (median, stdev, tokens/s, MFU,
+     * slowdown, imbalance, loss and three stages of FLOP/s, two memories, bubble) */
+    int want = 2 * 4 + 4 + 8 * 5 + 8 * 19;
     print_message("%d numbers of table.md checked against runs.csv; largest difference %.3f of half "
                   "a unit of the last digit shown (tolerance 1)\n", compared, worst);
     assert_int_equal(compared, want);

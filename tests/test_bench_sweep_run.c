@@ -3,8 +3,9 @@
  * expected rows and columns and the CSV's numbers, `report` regenerates it identically;
  * SIGINT then --resume gives the same cells as one uninterrupted sweep with nothing left
  * on the machine in between; and --straggler 1:1.5 reports the slowdown the simulator
- * expects within 3%; the 10ms/1Gbps cells are slower than the default ones by what the
- * link model says (within 10%) and record the emulator auto picks here. */
+ * expects within 3% and names stage 1; without one the slowdown is about 1 and the
+ * modelled memory follows the schedule; the 10ms/1Gbps cells are slower than the default
+ * ones by what the link model says (within 10%) and record the emulator auto picks here. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -13,6 +14,7 @@
 #include "bench/csvio.h"
 #include "bench/plot.h"
 #include "bench/results.h"
+#include "models/options.h"
 #include "netem/emulator.h"
 #include "netem/profile.h"
 #include "netem/topo.h"
@@ -453,27 +455,34 @@ static void test_profiles_effect(void **state)
     assert_true(rd <= 0.10);
 }
 
+/* Runs the two-schedule gpt3-small sweep of the straggler tests (`extra`: more options)
+ * into base/name and reads its results. */
+static void small_sweep(const char *name, int M, const char *extra, results_t *r)
+{
+    char dir[300], err[512];
+    snprintf(dir, sizeof dir, "%s/%s", base, name);
+    int rc = tu_pipenem_run(out, sizeof out,
+                            "sweep --model gpt3-small --stages 3 --batch-size %d --seq-len 16 --schedule gpipe,1f1b "
+                            "--micro-batch-sizes 1 --profiles default --iters 3 --warmup 1 "
+                            "--compute emulate:fwd=20ms,bwd=40ms %s --no-plots --out %s",
+                            M, extra, dir);
+    if (rc)
+        fail_msg("%s sweep exited %d:\n%s", name, rc, out);
+    results_init(r);
+    if (results_read(dir, r, err, sizeof err))
+        fail_msg("%s", err);
+    assert_int_equal(r->n_cells, 2);
+}
+
 static void test_straggler_slowdown(void **state)
 {
     (void)state;
     NEED_RUNNER();
     const int M = 8;
     const double f = 0.020, b = 0.040, k = 1.5;
-    char dir[300];
-    snprintf(dir, sizeof dir, "%s/straggler", base);
-    int rc = tu_pipenem_run(out, sizeof out,
-                            "sweep --model gpt3-small --stages 3 --batch-size %d --seq-len 16 --schedule gpipe,1f1b "
-                            "--micro-batch-sizes 1 --profiles default --iters 3 --warmup 1 "
-                            "--compute emulate:fwd=20ms,bwd=40ms --straggler 1:1.5 --no-plots --out %s",
-                            M, dir);
-    if (rc)
-        fail_msg("straggler sweep exited %d:\n%s", rc, out);
     results_t r;
-    results_init(&r);
     char err[512];
-    if (results_read(dir, &r, err, sizeof err))
-        fail_msg("%s", err);
-    assert_int_equal(r.n_cells, 2);
+    small_sweep("straggler", M, "--straggler 1:1.5", &r);
     double worst = 0;
     for (size_t i = 0; i < r.n_cells; i++) {
         const results_cell_t *c = &r.cells[i];
@@ -491,10 +500,74 @@ static void test_straggler_slowdown(void **state)
         double want = t[0] / t[1], d = tu_reldiff(c->straggler_slowdown, want, 1e-9);
         worst = isnan(d) ? INFINITY : fmax(worst, d);   /* a NaN cell fails */
         print_message("%s: reported slowdown %.4f (delay %.4f), simulator expects %.4f: relative difference %.4f "
-                      "(tolerance 0.03)\n", c->schedule, c->straggler_slowdown, c->straggler_delay, want, d);
+                      "(tolerance 0.03); slow stage %d (want 1)\n", c->schedule, c->straggler_slowdown,
+                      c->straggler_delay, want, d, c->straggler_stage);
+        assert_int_equal(c->straggler_stage, 1);
     }
     results_destroy(&r);
     assert_true(worst <= 0.03);
+}
+
+/* No straggler, every stage the same explicit times: the slowdown and the partition
+ * imbalance are about 1 (the LM head's imbalance is checked against the simulator in
+ * test_bench_predict, where machine noise cannot blur it); the modelled memory of each
+ * stage is its parameters, gradients and AdamW state (16 bytes a parameter) plus the
+ * activations held at the schedule's peak (GPipe M, 1F1B P - s), from the model's own
+ * parameter count and activation size. */
+static void test_balanced_head_and_memory(void **state)
+{
+    (void)state;
+    NEED_RUNNER();
+    const int P = 3, M = 6;
+    results_t r;
+    small_sweep("balanced", M, "", &r);
+    double worst = 0;
+    for (size_t i = 0; i < r.n_cells; i++) {
+        const results_cell_t *c = &r.cells[i];
+        int gpipe = !strcmp(c->schedule, "gpipe");
+        print_message("%s: slowdown %.4f (want 0.95..1.05), partition imbalance %.4f (want 0.95..1.05), a-priori / "
+                      "measured %.4f\n", c->schedule, c->straggler_slowdown, c->imbalance,
+                      c->predicted_apriori / c->iter_median);
+        assert_true(c->straggler_slowdown >= 0.95 && c->straggler_slowdown <= 1.05);
+        assert_true(c->imbalance >= 0.95 && c->imbalance <= 1.05);
+        assert_true(isfinite(c->predicted_apriori));
+        for (int s = 0; s < P; s++) {
+            model_options_t o;
+            model_stage_params_t mp;
+            model_stage_t st;
+            model_account_t a;
+            char e[256];
+            model_options_defaults(&o);
+            const struct {
+                int opt;
+                const char *arg;
+            } set[] = {{MODEL_OPT_MODEL, "gpt3-small"}, {MODEL_OPT_SEQ_LEN, "16"}, {MODEL_OPT_STAGES, "3"},
+                       {MODEL_OPT_BATCH_SIZE, "6"}, {MODEL_OPT_MICRO_BATCH_SIZE, "1"},
+                       {MODEL_OPT_COMPUTE, "emulate:fwd=20ms,bwd=40ms"}};
+            for (size_t k = 0; k < sizeof set / sizeof *set; k++)
+                assert_int_equal(model_options_parse(&o, set[k].opt, set[k].arg, e, sizeof e), 1);
+            assert_int_equal(model_options_finish(&o, &mp, e, sizeof e), 0);
+            mp.stage = s;
+            mp.max_inflight = 1;
+            if (model_stage_init(&st, &mp, e, sizeof e))
+                fail_msg("stage %d: %s", s, e);
+            model_stage_account(&st, &a);
+            model_stage_destroy(&st);
+            int held = gpipe ? M : P - s;
+            /* fp32 parameter, gradient, AdamW m and v: 16 bytes per parameter */
+            double want = 16.0 * (double)a.params + held * (double)a.saved_bytes_per_mb;
+            double d = tu_reldiff(c->mem_model[s], want, 1e-12);
+            worst = d > worst ? d : worst;
+            print_message("%s stage %d: modelled memory %.0f bytes, reference %.0f (%d micro-batches held; relative "
+                          "difference %.2g, tolerance 1e-9)\n", c->schedule, s, c->mem_model[s], want, held, d);
+        }
+    }
+    const results_cell_t *g = &r.cells[0], *f = &r.cells[1];
+    if (strcmp(g->schedule, "gpipe"))
+        g = &r.cells[1], f = &r.cells[0];
+    assert_true(g->mem_model[0] > f->mem_model[0]); /* GPipe holds M = 6 on stage 0, 1F1B P = 3 */
+    results_destroy(&r);
+    assert_true(worst <= 1e-9);
 }
 
 int main(void)
@@ -505,6 +578,7 @@ int main(void)
         cmocka_unit_test(test_sigint_then_resume),
         cmocka_unit_test(test_sigkill_then_resume),
         cmocka_unit_test(test_straggler_slowdown),
+        cmocka_unit_test(test_balanced_head_and_memory),
     };
     return cmocka_run_group_tests_name("bench_sweep_run", tests, setup, teardown);
 }

@@ -92,10 +92,13 @@ static inline int synth_cell(results_t *r, int cell, const char *schedule, int m
         return rc;
     }
     cl.predicted = cl.iter_median * 0.97;
+    cl.predicted_apriori = cl.iter_median * 0.91;
     cl.ideal = cl.iter_median * 0.95;
+    cl.imbalance = 1.0 + 0.1 * S;
+    cl.straggler_stage = cell % S;
     metrics_straggler(cl.iter_median, cl.ideal, &cl.straggler_delay, &cl.straggler_slowdown);
     for (int s = 0; s < S; s++)
-        cl.mem_peak[s] = 3.0 * (1 << 20) * (s + 1) * mbs;
+        cl.mem_peak[s] = 3.0 * (1 << 20) * (s + 1) * mbs, cl.mem_model[s] = 5.0 * (1 << 20) * (S - s) * M;
     cl.final_loss = 5.5 - 0.01 * cell;
     cl.wall = 1.0;
     return results_cell_add(r, &cl);
