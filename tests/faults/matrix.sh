@@ -110,7 +110,7 @@ fi
 [ "$nobody" = 1 ] && baseline nobody --user nobody
 
 alive() { # pid -> 0 if it is still a pipenem process
-	[ -r "/proc/$1/cmdline" ] && tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null | grep -q pipenem
+	[ -r "/proc/$1/cmdline" ] && tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null | grep pipenem >/dev/null
 }
 
 # A stopped rank the launcher did not kill: continued after 30 s, so that the case ends.
@@ -205,7 +205,9 @@ run_case() { # n base action rank when
 	(cd "$d/sweep" && sha256sum -c --quiet "$work/$b.sha" >/dev/null 2>&1) && echo intact >"$d/kept" ||
 		echo CHANGED >"$d/kept"
 	# the cause: the launcher names the faulted rank, or a survivor says it lost it
-	if grep -v PIPENEM_FAULT "$d/out" | grep -qE "FAILED: rank $4 |rank $4 disconnected|for rank $4: timed out|rank $4 (\(pid [0-9]+\) )?was (killed|stopped)|connection to rank $4\b|lost rank $4\b|to rank $4: Destination is unreachable"; then
+	# no grep -q at the end of a pipe: under pipefail, the first grep's SIGPIPE when -q
+	# stops reading early would read as no match (seen in user-mode Linux's one CPU)
+	if grep -v PIPENEM_FAULT "$d/out" | grep -E >/dev/null "FAILED: rank $4 |rank $4 disconnected|for rank $4: timed out|rank $4 (\(pid [0-9]+\) )?was (killed|stopped)|connection to rank $4\b|lost rank $4\b|to rank $4: Destination is unreachable"; then
 		echo yes >"$d/cause"
 	else
 		echo NO >"$d/cause"
@@ -249,18 +251,22 @@ if [ $root = 1 ] && [ "${FAULT_UML:-1}" != 0 ]; then
 	uml_pid=$!
 fi
 
-running=0
+running=0 case_pids=()
 for ((c = 0; c < total; c++)); do
 	read -r b a r w <<<"${desc[$c]}"
 	run_case $c "$b" "$a" "$r" "$w" &
+	case_pids+=($!)
 	running=$((running + 1))
 	if [ $running -ge "$jobs" ]; then
-		wait -n
+		# any case (the user-mode Linux run, a child too, may also end a wait -n: one case
+		# more runs at a time then, never one less)
+		wait -n "${case_pids[@]}" 2>/dev/null
 		running=$((running - 1))
 	fi
 done
-# every case, not the user-mode Linux run (waited for below)
-for ((; running > 0; running--)); do wait -n; done
+# every case by its pid, not the user-mode Linux run (waited for below): a wait -n that
+# the user-mode Linux run ended must not let the table read a case still running
+for pid in "${case_pids[@]}"; do wait "$pid" 2>/dev/null; done
 
 stage_name=(first middle last)
 when_name() { case $1 in boot) echo bootstrap ;; opt) echo "opt step" ;; *) echo "iteration $1" ;; esac; }
