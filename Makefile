@@ -94,7 +94,7 @@ FUZZ_CFLAGS  := $(filter-out -Werror,$(CFLAGS_BASE)) -O1 -g $(FUZZ_SAN) $(PKG_CF
 FUZZ_LIB_OBJS := $(LIB_SRCS:%.c=$(FUZZ_BUILD)/%.o)
 FUZZ_BINS    := $(FUZZ_SRCS:tests/fuzz/%.c=$(FUZZ_BUILD)/%)
 
-.PHONY: all deps test test-run bench bench-run run probe clean fuzz fuzz-build test-faults test-valgrind gpu-pack
+.PHONY: all deps test test-run bench bench-run run probe clean fuzz fuzz-build test-faults test-valgrind gpu-pack reproduce-dtfm
 .DEFAULT_GOAL := all
 
 # Each build folder has its own binary; ./pipenem is the plain build's, so a sanitizer
@@ -143,6 +143,11 @@ bench: deps
 run: deps
 	@$(MAKE) --no-print-directory all
 	@bash tests/main-job.sh
+
+# DT-FM's GPT-3 small table reproduced into results/reference/dtfm-gpt3-small/ (~15 minutes)
+reproduce-dtfm: deps
+	@$(MAKE) --no-print-directory all
+	@bash results/reference/dtfm-gpt3-small/reproduce.sh
 
 $(FUZZ_BUILD)/%.o: %.c
 	@mkdir -p $(@D)
