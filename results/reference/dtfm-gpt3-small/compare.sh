@@ -6,7 +6,7 @@
 # SIM.csv: schedule,micro_batch_size,profile,sim_blocking_s (reproduce.sh writes it);
 # FIT.txt: "key: value" lines of the fit (fitted_schedule, fitted_setting, fitted_mbs, ...).
 set -eu
-[ $# -ge 2 ] && [ $# -le 4 ] || { echo "usage: compare.sh REFERENCE.md RUNS.csv [SIM.csv [FIT.txt]]" >&2; exit 2; }
+if [ $# -lt 2 ] || [ $# -gt 4 ]; then echo "usage: compare.sh REFERENCE.md RUNS.csv [SIM.csv [FIT.txt]]" >&2; exit 2; fi
 ref=$1 runs=$2 sim=${3:-/dev/null} fit=${4:-/dev/null}
 for f in "$ref" "$runs" "$sim" "$fit"; do
 	[ -r "$f" ] || { echo "compare.sh: cannot read '$f'" >&2; exit 2; }
