@@ -12,6 +12,7 @@ set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 cd "$here/../../.."
 out=$here
+args=; [ $# -eq 0 ] || args=$(printf ' %q' "$@")
 if [ "${1:-}" = "--out" ]; then
 	[ $# -ge 2 ] || { echo "reproduce.sh: --out needs a folder" >&2; exit 2; }
 	out=$2; shift 2
@@ -60,24 +61,24 @@ work=${PIPENEM_DTFM_WORK:-results/dtfm-gpt3-small-$(date +%Y%m%d-%H%M%S)}
 "$bin" sweep "${model[@]}" --compute "$compute" "${iters[@]}" --out "$work" "$@"
 
 # The boundary tensors must be DT-FM's fp32 ones: seq x hidden x 4 bytes (6.3 MB) per sequence
-awk -F, 'FNR == 1 { for (i = 1; i <= NF; i++) c[FILENAME, $i] = i; next }
-	FILENAME ~ /runs.csv$/ { mbs[$c[FILENAME, "cell"]] = $c[FILENAME, "micro_batch_size"]; next }
-	toupper($c[FILENAME, "op"]) ~ /^SEND/ { n++; want = 2048 * 768 * 4 * mbs[$c[FILENAME, "cell"]]
-		if ($c[FILENAME, "bytes"] != want) { printf "reproduce.sh: cell %s sends %s bytes, fp32 boundaries are %d\n",
-			$c[FILENAME, "cell"], $c[FILENAME, "bytes"], want > "/dev/stderr"; bad = 1; exit 1 } }
+awk -v cols=cell,micro_batch_size -f "$here/csvcols.awk" "$work/runs.csv" >"$work/cell-mbs.tsv"
+awk -v cols=cell,op,bytes -f "$here/csvcols.awk" "$work/ops.csv" |
+awk -F'\t' 'FILENAME != "-" { mbs[$1] = $2; next }
+	toupper($2) ~ /^SEND/ { n++; want = 2048 * 768 * 4 * mbs[$1]
+		if ($3 != want) { printf "reproduce.sh: cell %s sends %s bytes, fp32 boundaries are %d\n", $1, $3, want > "/dev/stderr"
+			bad = 1; exit 1 } }
 	END { if (bad) exit 1; if (!n) { print "reproduce.sh: no send in ops.csv" > "/dev/stderr"; exit 1 }
-		printf "# boundary tensors: %d sends, each 2048 x 768 x 4 bytes (6291456) per sequence\n", n }' \
-	"$work/runs.csv" "$work/ops.csv"
+		printf "# boundary tensors: %d sends, each 2048 x 768 x 4 bytes (6291456) per sequence\n", n }' "$work/cell-mbs.tsv" -
 
 # one send stream per stage (DT-FM's runtime): the simulator with blocking sends, same costs
 echo "schedule,micro_batch_size,profile,sim_blocking_s" >"$out/sim.csv.tmp"
-awk -F, 'NR == 1 { for (i = 1; i <= NF; i++) c[$i] = i; next }
-	{ print $c["schedule"] "," $c["micro_batch_size"] "," $c["profile"] }' "$work/runs.csv" |
-while IFS=, read -r s u p; do
+awk -v cols=schedule,micro_batch_size,profile -f "$here/csvcols.awk" "$work/runs.csv" |
+while IFS=$'\t' read -r s u p; do
 	net=(); [ "$p" = default ] || net=(-N "$p")
 	t=$("$bin" sim "${model[@]}" -s "$s" -u "$u" -c "$compute" --send-mode blocking "${net[@]}" |
 		awk -v s="$s" '$1 == s { print $3 / 1000 }')
-	echo "$s,$u,$p,$t"
+	[ -n "$t" ] || echo "reproduce.sh: pipenem sim failed for $s / $p / micro-batch $u (its cell reads n/a)" >&2
+	printf '%s,%s,"%s",%s\n' "$s" "$u" "${p//\"/\"\"}" "$t"
 done >>"$out/sim.csv.tmp"
 mv "$out/sim.csv.tmp" "$out/sim.csv"
 
@@ -91,8 +92,7 @@ for f in runs.csv iterations.csv table.md command.txt environment.txt sweep.args
 	echo "compute: $compute"
 	echo "apriori_s: $fitted"
 } >"$out/fit.txt"
-args=; [ $# -eq 0 ] || args=$(printf ' %q' "$@")
-{ [ $# -eq 0 ] && echo "make reproduce-dtfm"; echo "bash results/reference/dtfm-gpt3-small/reproduce.sh$args"; } >"$out/command.txt"
+{ [ -z "$args" ] && echo "make reproduce-dtfm"; echo "bash results/reference/dtfm-gpt3-small/reproduce.sh$args"; } >"$out/command.txt"
 echo "pipenem $(cat "$work/command.txt")" >>"$out/command.txt"
 bash "$here/compare.sh" "$ref" "$out/sweep/runs.csv" "$out/sim.csv" "$out/fit.txt" >"$out/table.md.tmp"
 mv "$out/table.md.tmp" "$out/table.md"
