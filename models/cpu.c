@@ -386,9 +386,34 @@ static float *wgrad_base(model_stage_t *st, int slot)
     return st->wgrads + (size_t)slot * st->wgrad_floats;
 }
 
+/* The last stage's head (final layernorm, projection, loss) backward into the W area gw
+ * of a slot: with dy, its input part (the logits' gradient, which the weight part reads,
+ * and dy at the last layer's output); without, its weight part. */
+static void head_backward(model_stage_t *st, int slot, float *gw, float *dy)
+{
+    int BT = st->B * st->T, C = st->C, V = st->V, nl = st->layer_end - st->layer_begin;
+    size_t BTC = (size_t)BT * C;
+    double th = pn_now();
+    const model_tensor_t *lnw = model_stage_tensor_find(st, "lnf.w");
+    head_acts_t h = head_acts(st, slot);
+    float *glnf = gw + G_LAYER_BTC * BTC * nl;
+    if (dy) {
+        /* the probabilities become the logits' gradient in place, which W reads */
+        crossentropy_backward(h.probs, st->targets, BT, V, 1.0f / ((float)BT * st->p.micro_batches));
+        matmul_backward_input(glnf, h.probs, head_weight(st, 0), BT, C, V);
+        memset(dy, 0, BTC * sizeof(float));
+        layernorm_backward_input(dy, glnf, layer_input(st, slot, nl), lnw->param, h.mean, h.rstd, BT, C);
+    } else {
+        matmul_backward_weights((float *)head_weight(st, 1), NULL, h.probs, h.lnf, BT, C, V);
+        layernorm_backward_weights(lnw->grad, lnw->grad + C, glnf, layer_input(st, slot, nl), h.mean,
+                                   h.rstd, BT, C);
+    }
+    st->prof.head_bwd += pn_now() - th;
+}
+
 static int cpu_backward_input(model_stage_t *st, int slot, const float *dout, float *din)
 {
-    int B = st->B, T = st->T, C = st->C, NH = st->NH, V = st->V, BT = B * T;
+    int B = st->B, T = st->T, C = st->C, NH = st->NH, BT = B * T;
     int nl = st->layer_end - st->layer_begin;
     size_t BTC = (size_t)BT * C;
     float *gw = wgrad_base(st, slot);
@@ -397,20 +422,10 @@ static int cpu_backward_input(model_stage_t *st, int slot, const float *dout, fl
     scratch_t s = scratch_get(st);
     float *dy = s.dA;
     threads_apply(st);
-    if (st->last) {
-        double th = pn_now();
-        const model_tensor_t *lnw = model_stage_tensor_find(st, "lnf.w");
-        head_acts_t h = head_acts(st, slot);
-        float *glnf = gw + G_LAYER_BTC * BTC * nl;
-        /* the probabilities become the logits' gradient in place, which W reads */
-        crossentropy_backward(h.probs, st->targets, BT, V, 1.0f / ((float)BT * st->p.micro_batches));
-        matmul_backward_input(glnf, h.probs, head_weight(st, 0), BT, C, V);
-        memset(dy, 0, BTC * sizeof(float));
-        layernorm_backward_input(dy, glnf, layer_input(st, slot, nl), lnw->param, h.mean, h.rstd, BT, C);
-        st->prof.head_bwd += pn_now() - th;
-    } else {
+    if (st->last)
+        head_backward(st, slot, gw, dy);
+    else
         memcpy(dy, dout, BTC * sizeof(float));
-    }
     for (int l = nl - 1; l >= 0; l--) {
         float *a[A_N], *w[MODEL_T_PER_LAYER], *g[G_N];
         double tl = pn_now();
@@ -439,16 +454,8 @@ static int cpu_backward_weights(model_stage_t *st, int slot)
     if (!gw)
         return -ENOMEM;
     threads_apply(st);
-    if (st->last) {
-        double th = pn_now();
-        const model_tensor_t *lnw = model_stage_tensor_find(st, "lnf.w");
-        head_acts_t h = head_acts(st, slot);
-        float *glnf = gw + G_LAYER_BTC * BTC * nl;
-        matmul_backward_weights((float *)head_weight(st, 1), NULL, h.probs, h.lnf, BT, C, st->V);
-        layernorm_backward_weights(lnw->grad, lnw->grad + C, glnf, layer_input(st, slot, nl), h.mean,
-                                   h.rstd, BT, C);
-        st->prof.head_bwd += pn_now() - th;
-    }
+    if (st->last)
+        head_backward(st, slot, gw, NULL);
     for (int l = nl - 1; l >= 0; l--) {
         float *a[A_N], *w[MODEL_T_PER_LAYER], *dw[MODEL_T_PER_LAYER], *g[G_N];
         double tl = pn_now();
