@@ -275,13 +275,19 @@ VEC_CLONES static void gelu_forward_range(float *out, const float *inp, size_t n
     }
 }
 
-void gelu_forward(float *out, const float *inp, size_t n)
+/* range(x, inp, n) over the threads, GELU_CHUNK elements at a time: forward and backward. */
+static void gelu_chunked(void (*range)(float *x, const float *inp, size_t n), float *x, const float *inp, size_t n)
 {
     double t0 = model_kprof_start();
 #pragma omp parallel for schedule(static) if (n >= PAR_MIN)
     for (size_t c = 0; c < n; c += GELU_CHUNK)
-        gelu_forward_range(out + c, inp + c, n - c < GELU_CHUNK ? n - c : GELU_CHUNK);
+        range(x + c, inp + c, n - c < GELU_CHUNK ? n - c : GELU_CHUNK);
     model_kprof_stop(MODEL_K_GELU, t0);
+}
+
+void gelu_forward(float *out, const float *inp, size_t n)
+{
+    gelu_chunked(gelu_forward_range, out, inp, n);
 }
 
 VEC_CLONES static void gelu_backward_range(float *d, const float *inp, size_t n)
@@ -299,11 +305,7 @@ VEC_CLONES static void gelu_backward_range(float *d, const float *inp, size_t n)
 /* in place: dx[i] = dy[i] * gelu'(inp[i]) */
 void gelu_backward(float *d, const float *inp, size_t n)
 {
-    double t0 = model_kprof_start();
-#pragma omp parallel for schedule(static) if (n >= PAR_MIN)
-    for (size_t c = 0; c < n; c += GELU_CHUNK)
-        gelu_backward_range(d + c, inp + c, n - c < GELU_CHUNK ? n - c : GELU_CHUNK);
-    model_kprof_stop(MODEL_K_GELU, t0);
+    gelu_chunked(gelu_backward_range, d, inp, n);
 }
 
 void residual_add(float *out, const float *a, size_t n)
