@@ -75,6 +75,23 @@ static void print_header(const model_stage_params_t *p, int iters, int warmup)
            "GFLOP/s", "GFLOP/s", "peak_%", "MiB/mb");
 }
 
+/* One row of the stage table; its layers are begin.. (global numbering). */
+static void print_stage(int s, int begin, const model_calib_stage_t *r)
+{
+    double rate = r->flops / (r->fwd + r->bwd);
+    char range[32], sg[16] = "-", pk[16] = "-";
+    snprintf(range, sizeof range, "%d-%d", begin, begin + r->layers - 1);
+    if (r->gemm_s > 0) {
+        double g = r->gemm_flops / r->gemm_s;
+        snprintf(sg, sizeof sg, "%.2f", g * 1e-9);
+        snprintf(pk, sizeof pk, "%.1f", 100 * rate / g);
+    }
+    printf("  %5d %7s %10.3f %10.3f %10.3f %10.3f %10.2f %10.2f %10s %8s %10.1f\n", s, range, r->params * 1e-6,
+           r->fwd * 1e3, r->bwd * 1e3, r->opt * 1e3, r->flops * 1e-9, rate * 1e-9, sg, pk,
+           r->saved_bytes / 1048576.0);
+}
+
+/* The per-layer table, then the peak memory of the process and of the largest stage's device. */
 static void print_layers(const model_stage_params_t *p, const model_calib_stage_t *r, const double *lf, const double *lb)
 {
     printf("#\n# per layer (ms per micro-batch)\n# %7s %10s %10s\n", "part", "fwd", "bwd");
@@ -85,6 +102,13 @@ static void print_layers(const model_stage_params_t *p, const model_calib_stage_
         printf("  %7s %10.3f %10.3f\n", nm, lf[l] * 1e3, lb[l] * 1e3);
     }
     printf("  %7s %10.3f %10.3f\n", "head", r[p->stages - 1].head_fwd * 1e3, r[p->stages - 1].head_bwd * 1e3);
+    printf("# peak memory %.1f MiB\n", model_peak_rss_bytes() / 1048576.0);
+    size_t dev = 0;
+    for (int s = 0; s < p->stages; s++)
+        dev = r[s].device_bytes > dev ? r[s].device_bytes : dev;
+    if (dev)
+        printf("# peak device memory %.1f MiB (the largest stage: its allocations and cuBLAS workspace)\n",
+               dev / 1048576.0);
 }
 
 int cmd_calibrate(int argc, char **argv)
@@ -157,28 +181,11 @@ int cmd_calibrate(int argc, char **argv)
             status = CLI_FAIL;
             break;
         }
-        double rate = r[s].flops / (r[s].fwd + r[s].bwd);
-        char range[32], sg[16] = "-", pk[16] = "-";
-        snprintf(range, sizeof range, "%d-%d", begin, begin + r[s].layers - 1);
+        print_stage(s, begin, &r[s]);
         begin += r[s].layers;
-        if (r[s].gemm_s > 0) {
-            double g = r[s].gemm_flops / r[s].gemm_s;
-            snprintf(sg, sizeof sg, "%.2f", g * 1e-9);
-            snprintf(pk, sizeof pk, "%.1f", 100 * rate / g);
-        }
-        printf("  %5d %7s %10.3f %10.3f %10.3f %10.3f %10.2f %10.2f %10s %8s %10.1f\n", s, range, r[s].params * 1e-6,
-               r[s].fwd * 1e3, r[s].bwd * 1e3, r[s].opt * 1e3, r[s].flops * 1e-9, rate * 1e-9, sg, pk,
-               r[s].saved_bytes / 1048576.0);
     }
     if (status == CLI_OK) {
         print_layers(&p, r, lf, lb);
-        printf("# peak memory %.1f MiB\n", model_peak_rss_bytes() / 1048576.0);
-        size_t dev = 0;
-        for (int s = 0; s < p.stages; s++)
-            dev = r[s].device_bytes > dev ? r[s].device_bytes : dev;
-        if (dev)
-            printf("# peak device memory %.1f MiB (the largest stage: its allocations and cuBLAS workspace)\n",
-                   dev / 1048576.0);
         if (out_path) {
             if (model_calib_write(out_path, &p, r, lf, lb, argc, argv, err, sizeof err)) {
                 fprintf(stderr, "pipenem calibrate: %s\n", err);
