@@ -2,6 +2,7 @@
  * line at a time so that every row and every parse error can be placed by line and
  * column, which is what `report` and `--resume` need to reject a damaged file clearly. */
 #include "bench/csvio.h"
+#include "common/grow.h"
 #include "common/err.h"
 
 #include <csv.h>
@@ -34,16 +35,12 @@ static void on_field(void *s, size_t len, void *data)
         return;
     if (r->row_fields == 0)
         r->row_line = r->cur_line;
-    if (r->n_field == r->cap_field) {
-        size_t cap = r->cap_field ? 2 * r->cap_field : 256;
-        char **f = realloc(r->field, cap * sizeof *f);
-        if (!f) {
-            r->oom = 1;
-            return;
-        }
-        r->field = f;
-        r->cap_field = cap;
+    char **f = pn_grow(r->field, &r->cap_field, r->n_field, sizeof *f, 256);
+    if (!f) {
+        r->oom = 1;
+        return;
     }
+    r->field = f;
     char *copy = malloc(len + 1);
     if (!copy) {
         r->oom = 1;
@@ -71,16 +68,12 @@ static void on_row(int c, void *data)
         r->bad_count = r->row_fields;
         return;
     }
-    if (r->rows == r->cap_rows) {
-        size_t cap = r->cap_rows ? 2 * r->cap_rows : 64;
-        size_t *l = realloc(r->line, cap * sizeof *l);
-        if (!l) {
-            r->oom = 1;
-            return;
-        }
-        r->line = l;
-        r->cap_rows = cap;
+    size_t *l = pn_grow(r->line, &r->cap_rows, r->rows, sizeof *l, 64);
+    if (!l) {
+        r->oom = 1;
+        return;
     }
+    r->line = l;
     r->line[r->rows++] = r->row_line;
     r->row_fields = 0;
 }

@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/grow.h"
 #include "common/clock.h"
 #include "models/precision.h"
 #ifdef PN_HAVE_CUDA
@@ -74,18 +75,13 @@ static gemm_log_t *gemm_recording;
 
 static void gemm_record(gemm_log_t *lg, const gemm_call_t *call)
 {
-    if (lg->n == lg->cap) {
-        size_t cap = lg->cap ? 2 * lg->cap : 256;
-        gemm_call_t *c = realloc(lg->calls, cap * sizeof *c);
-        if (!c)
-            lg->failed = 1;
-        else {
-            lg->calls = c;
-            lg->cap = cap;
-        }
+    gemm_call_t *calls = pn_grow(lg->calls, &lg->cap, lg->n, sizeof *calls, 256);
+    if (!calls) {
+        lg->failed = 1;
+        return;
     }
-    if (lg->n < lg->cap)
-        lg->calls[lg->n++] = *call;
+    lg->calls = calls;
+    lg->calls[lg->n++] = *call;
 }
 
 static void sgemm1(const gemm_call_t *c)

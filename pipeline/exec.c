@@ -12,6 +12,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "common/grow.h"
 #include "common/clock.h"
 
 typedef struct {
@@ -120,14 +121,10 @@ static void ring_destroy(ring_t *r)
 static int row_add(ctx_t *c, int iter, sched_op_kind_t kind, int mb, double t0, double t1, size_t bytes)
 {
     exec_result_t *o = c->out;
-    if (o->n_rows == o->cap_rows) {
-        size_t cap = o->cap_rows ? 2 * o->cap_rows : 1024;
-        exec_row_t *n = realloc(o->rows, cap * sizeof *n);
-        if (!n)
-            return -ENOMEM;
-        o->rows = n;
-        o->cap_rows = cap;
-    }
+    exec_row_t *rows = pn_grow(o->rows, &o->cap_rows, o->n_rows, sizeof *rows, 1024);
+    if (!rows)
+        return -ENOMEM;
+    o->rows = rows;
     o->rows[o->n_rows++] = (exec_row_t){c->p->stage, iter, kind, mb, clock_job(c, t0), clock_job(c, t1), bytes};
     return 0;
 }

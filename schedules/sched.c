@@ -10,6 +10,7 @@
 #include <strings.h>
 #include <threads.h>
 
+#include "common/grow.h"
 #include "common/limits.h"
 
 /* ---- op kinds and tokens ---- */
@@ -163,14 +164,10 @@ int sched_rank_chunk(sched_place_t pl, int ranks, int chunks, int r, int j)
 
 int sched_opbuf_push(sched_opbuf_t *b, sched_op_kind_t kind, int mb, int chunk)
 {
-    if (b->n == b->cap) {
-        size_t cap = b->cap ? 2 * b->cap : 64;
-        sched_op_t *p = realloc(b->ops, cap * sizeof *p);
-        if (!p)
-            return -ENOMEM;
-        b->ops = p;
-        b->cap = cap;
-    }
+    sched_op_t *ops = pn_grow(b->ops, &b->cap, b->n, sizeof *ops, 64);
+    if (!ops)
+        return -ENOMEM;
+    b->ops = ops;
     b->ops[b->n++] = (sched_op_t){kind, mb, chunk};
     return 0;
 }
