@@ -386,7 +386,7 @@ template <typename T> static int stage_backward(model_stage_t *st, int slot, con
         int lnw = (int)(model_stage_tensor_find(st, "lnf.w") - st->tensors), hi = head_index(st);
         TRY(stage_ints(c, c->tgt, pin_tgt(st), st->targets, BT));
         /* the mean over M micro-batches of B*T tokens, times the fp16 loss scale */
-        float scale = c->pi->loss_scaling ? c->ls.scale : 1.0f;
+        float scale = st->loss_scaling ? st->ls.scale : 1.0f;
         CK(cuk::crossentropy_backward(c->s, h.probs, c->tgt, BT, V, scale / ((float)BT * st->p.micro_batches)));
         TRY(matmul_backward<T>(c, s.dln, wgrad(st, hi), NULL, h.probs, h.lnf, wparam<T>(st, hi), BT, C, V));
         CK(cudaMemsetAsync(dy, 0, nb, c->s));
@@ -461,7 +461,7 @@ template <typename T> static int stage_backward_input(model_stage_t *st, int slo
         int lnw = (int)(model_stage_tensor_find(st, "lnf.w") - st->tensors);
         T *glnf = gw + G_LAYER_BTC * BTC * nl;
         TRY(stage_ints(c, c->tgt, pin_tgt(st), st->targets, BT));
-        float scale = c->pi->loss_scaling ? c->ls.scale : 1.0f;
+        float scale = st->loss_scaling ? st->ls.scale : 1.0f;
         /* the probabilities become the logits' gradient in place, which W reads */
         CK(cuk::crossentropy_backward(c->s, h.probs, c->tgt, BT, V, scale / ((float)BT * st->p.micro_batches)));
         TRY(matmul_backward_input<T>(c, glnf, h.probs, wparam<T>(st, head_index(st)), BT, C, V));

@@ -78,8 +78,7 @@ typedef struct {
     int uploaded;                       /* host parameters copied to the device */
     int tied_twin;                      /* tensor index of wte/head when its gradient is exchanged, else -1 */
     int adam_t;                         /* AdamW steps applied (skipped fp16 steps do not count) */
-    int force_overflow;
-    model_loss_scale_t ls;
+    int tied_uploaded;                  /* the twin's gradient is on the device for this step */
     cudaEvent_t ev[CUDA_MAX_EVENTS];
     void *wstash; size_t wstash_elems;  /* the split backward's per-slot W inputs (first B) */
     /* set while model_cuda_gemm_reference records one forward + backward */
