@@ -57,8 +57,8 @@ int model_stage_step_agreed(model_stage_t *st, int iter, int overflow)
     st->grad_scale = st->loss_scaling ? st->ls.scale : 1.0f;
     if (st->loss_scaling && !model_loss_scale_update(&st->ls, overflow != 0)) {
         /* skipped: this or another stage overflowed; the scale was halved */
-        fprintf(stderr, "%s: stage %d: fp16 gradients overflowed%s: step skipped, loss scale %g -> %g\n",
-                st->backend->name, st->p.stage, overflow > 0 ? "" : " on another stage", st->grad_scale,
+        fprintf(stderr, "%s: stage %d: fp16 gradients overflowed (on this stage or another): step skipped, loss scale %g -> %g\n",
+                st->backend->name, st->p.stage, st->grad_scale,
                 st->ls.scale);
         model_stage_grads_zero(st);
     } else {
