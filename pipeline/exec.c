@@ -416,7 +416,7 @@ static int overflow_agree(ctx_t *c, int it, int *any, char *err, size_t errlen)
 /* OPT_STEP: every chunk of the rank steps; the one holding the model's last chunk has the loss. */
 static int op_step(ctx_t *c, int it, char *err, size_t errlen)
 {
-    int rc, overflow;
+    int rc, overflow = 0;
     if ((rc = tied_exchange(c, it, err, errlen)) != 0 || (rc = overflow_agree(c, it, &overflow, err, errlen)) != 0)
         return rc;
     c->out->skipped += overflow && c->st[0]->loss_scaling;
