@@ -196,6 +196,15 @@ static int cell_modelled(const runcfg_t *cfg, const sweep_spec_t *s, results_cel
     return rc;
 }
 
+/* n doubles, each NaN; NULL without memory */
+static double *nan_array(size_t n)
+{
+    double *a = malloc(sizeof *a * (n ? n : 1));
+    for (size_t i = 0; a && i < n; i++)
+        a[i] = NAN;
+    return a;
+}
+
 int cell_measure(void *ctx, const sweep_spec_t *s, results_cell_t *cell, const char *workdir,
                  volatile sig_atomic_t *stop, results_t *r, char *err, size_t errlen)
 {
@@ -255,11 +264,8 @@ int cell_measure(void *ctx, const sweep_spec_t *s, results_cell_t *cell, const c
     for (int q = 0; q < P; q++)
         flop_mb[q] = peak[q] = mem[q] = NAN;
     int n_it = cfg ? cfg->warmup + cfg->iters : 0; /* the loss scale of each repeat's iterations */
-    double *scale = !rc ? malloc(sizeof *scale * (size_t)(s->repeats > 0 ? s->repeats : 1) * (size_t)n_it) : NULL;
-    if (!rc && !scale)
-        rc = -ENOMEM;
-    for (int i = 0; scale && i < (s->repeats > 0 ? s->repeats : 1) * n_it; i++)
-        scale[i] = NAN;
+    double *scale = !rc ? nan_array((size_t)(s->repeats > 0 ? s->repeats : 1) * (size_t)n_it) : NULL;
+    rc = rc ? rc : scale ? 0 : -ENOMEM;
     cell->skipped_steps = 0;
     for (int rep = 0; rep < s->repeats && !rc; rep++) {
         rc = run_repeat(cfg, topo, emu->in_transport ? links : NULL, s, workdir, stop, r, cell->cell, rep,

@@ -88,6 +88,25 @@ static int agree_parse(const char *pl, size_t len, int *iter, int *flag)
     return *iter >= 0 ? 0 : -EPROTO;
 }
 
+/* An agreement message from rank r: a flag for rank 0 to gather, or the result for the others. */
+static void agree_msg(boot_t *b, int r, int type, const char *pl, size_t len)
+{
+    int iter, flag;
+    if (agree_parse(pl, len, &iter, &flag) || (type == WIRE_AGREE) != (b->rank == 0)) {
+        note_fail(b, r, "a malformed agreement message on the control plane");
+        return;
+    }
+    pthread_mutex_lock(&b->lock);
+    if (type == WIRE_AGREE) {
+        root_agree_arrive(b, r, iter, flag);
+    } else {
+        b->agreed_n = iter + 1;
+        b->agreed_any = flag;
+        pthread_cond_broadcast(&b->cond);
+    }
+    pthread_mutex_unlock(&b->lock);
+}
+
 static void root_forward_abort(boot_t *b, int origin, const char *why)
 {
     for (int r = 1; r < b->size; r++)
@@ -173,20 +192,7 @@ static void *watch_main(void *arg)
                 root_release_if_complete(b);
                 pthread_mutex_unlock(&b->lock);
             } else if (type == WIRE_AGREE || type == WIRE_AGREED) {
-                int iter, flag;
-                if (agree_parse(pl, len, &iter, &flag) || (type == WIRE_AGREE) != (b->rank == 0)) {
-                    note_fail(b, r, "a malformed agreement message on the control plane");
-                } else {
-                    pthread_mutex_lock(&b->lock);
-                    if (type == WIRE_AGREE) {
-                        root_agree_arrive(b, r, iter, flag);
-                    } else {
-                        b->agreed_n = iter + 1;
-                        b->agreed_any = flag;
-                        pthread_cond_broadcast(&b->cond);
-                    }
-                    pthread_mutex_unlock(&b->lock);
-                }
+                agree_msg(b, r, type, pl, len);
             } else if (type == WIRE_RELEASE && b->rank != 0) {
                 pthread_mutex_lock(&b->lock);
                 b->released = 1;
