@@ -24,14 +24,14 @@ enum { P = 3, ITERS = 4 };
 
 static char out[1 << 17];
 
-/* The loss-scale column of the iteration rows (NAN where there is none) and each stage's
- * skipped steps (-1 where missing). */
-static void parse(double scale[ITERS], long skipped[P])
+/* The loss-scale column of the iteration rows (NAN where there is none), each stage's
+ * skipped steps (-1 where missing) and memory kind ("" where missing; emulate: "resident"). */
+static void parse(double scale[ITERS], long skipped[P], char kind[P][16])
 {
     for (int i = 0; i < ITERS; i++)
         scale[i] = NAN;
     for (int q = 0; q < P; q++)
-        skipped[q] = -1;
+        skipped[q] = -1, kind[q][0] = '\0';
     const char *p = strstr(out, "tokens/s");
     for (int i = 0; p && i < ITERS; i++) {
         char line[256];
@@ -53,10 +53,12 @@ static void parse(double scale[ITERS], long skipped[P])
         p++;
         int st;
         double tf, mem, w;
-        char mfu[16], kind[16];
+        char mfu[16], k[16];
         long sk;
-        if (sscanf(p, "%d %lf %15s %lf %lf %15s %ld", &st, &tf, mfu, &mem, &w, kind, &sk) == 7 && st == q)
+        if (sscanf(p, "%d %lf %15s %lf %lf %15s %ld", &st, &tf, mfu, &mem, &w, k, &sk) == 7 && st == q && mem > 0) {
             skipped[q] = sk;
+            snprintf(kind[q], sizeof kind[q], "%s", k);
+        }
     }
 }
 
@@ -74,13 +76,14 @@ static void run_case(const char *schedule, const char *compute, const char *faul
         fail_msg("pipenem run (%s, %s, %s) exited %d:\n%s", schedule, compute, fault ? fault : "no fault", rc, out);
     double scale[ITERS];
     long skipped[P];
-    parse(scale, skipped);
+    char kind[P][16];
+    parse(scale, skipped, kind);
     print_message("%s %s %s: loss scale %g %g %g %g, skipped per stage %ld %ld %ld\n", schedule, compute,
                   fault ? fault : "(no fault)", scale[0], scale[1], scale[2], scale[3], skipped[0], skipped[1],
                   skipped[2]);
     int bad = 0;
     for (int q = 0; q < P; q++)
-        bad |= skipped[q] != want_skip;
+        bad |= skipped[q] != want_skip || strcmp(kind[q], "resident"); /* emulate holds no device memory */
     for (int i = 0; i < ITERS; i++) {
         double want = at < 0 || i <= at ? SCALE0 : SCALE0 / 2;
         bad |= strstr(compute, "fp16") ? scale[i] != want : !isnan(scale[i]);
