@@ -371,6 +371,20 @@ template <typename T> static int backward_end(model_stage_t *st, const T *dy, vo
     return prof_add(c, np, part);
 }
 
+/* Layer l of a backward: its saved activations (recomputed from its input under
+ * --recompute), its weights and, when dw, their gradients; its input in *x. */
+template <typename T>
+static int layer_backward_prep(model_stage_t *st, int slot, int l, void *a[CA_N], T *w[MODEL_T_PER_LAYER],
+                               float *dw[MODEL_T_PER_LAYER], const T **x)
+{
+    layer_acts<T>(st, slot, l, a);
+    layer_params<T>(st, l, w, dw);
+    *x = layer_input<T>(st, slot, l);
+    if (st->p.recompute)
+        TRY(block_forward<T>(cuda_of(st), a, *x, w, st->B, st->T, st->C, st->NH));
+    return 0;
+}
+
 template <typename T> static int stage_backward(model_stage_t *st, int slot, const void *dout, void *din)
 {
     cuda_t *c = cuda_of(st);
@@ -403,11 +417,8 @@ template <typename T> static int stage_backward(model_stage_t *st, int slot, con
         void *a[CA_N];
         T *w[MODEL_T_PER_LAYER];
         float *dw[MODEL_T_PER_LAYER];
-        layer_acts<T>(st, slot, l, a);
-        layer_params<T>(st, l, w, dw);
-        const T *x = layer_input<T>(st, slot, l);
-        if (st->p.recompute)
-            TRY(block_forward<T>(c, a, x, w, B, T_, C, NH));
+        const T *x;
+        TRY(layer_backward_prep<T>(st, slot, l, a, w, dw, &x));
         TRY(block_backward<T>(c, dy, dres2, &s, dw, dy, a, x, w, B, T_, C, NH));
         part[np++] = &st->prof.layer_bwd[l];
         CK(cudaEventRecord(c->ev[np], c->s));
@@ -478,12 +489,9 @@ template <typename T> static int stage_backward_input(model_stage_t *st, int slo
     for (int l = nl - 1; l >= 0; l--) {
         void *a[CA_N];
         T *w[MODEL_T_PER_LAYER], *g[G_N];
-        layer_acts<T>(st, slot, l, a);
-        layer_params<T>(st, l, w, NULL);
+        const T *x;
         layer_wgrads<T>(gw + G_LAYER_BTC * BTC * l, BTC, g);
-        const T *x = layer_input<T>(st, slot, l);
-        if (st->p.recompute)
-            TRY(block_forward<T>(c, a, x, w, B, T_, C, NH));
+        TRY(layer_backward_prep<T>(st, slot, l, a, w, NULL, &x));
         TRY(block_backward_input<T>(c, dy, &s, g, dy, a, x, w, B, T_, C, NH));
         part[np++] = &st->prof.layer_bwd[l];
         CK(cudaEventRecord(c->ev[np], c->s));
@@ -496,7 +504,7 @@ template <typename T> static int stage_backward_input(model_stage_t *st, int slo
 template <typename T> static int stage_backward_weights(model_stage_t *st, int slot)
 {
     cuda_t *c = cuda_of(st);
-    int B = st->B, T_ = st->T, C = st->C, NH = st->NH, BT = B * T_, nl = st->layer_end - st->layer_begin;
+    int B = st->B, T_ = st->T, C = st->C, BT = B * T_, nl = st->layer_end - st->layer_begin;
     size_t BTC = (size_t)BT * C;
     T *gw = wstash<T>(st, slot);
     if (!gw)
@@ -517,12 +525,9 @@ template <typename T> static int stage_backward_weights(model_stage_t *st, int s
         void *a[CA_N];
         T *w[MODEL_T_PER_LAYER], *g[G_N];
         float *dw[MODEL_T_PER_LAYER];
-        layer_acts<T>(st, slot, l, a);
-        layer_params<T>(st, l, w, dw);
+        const T *x;
         layer_wgrads<T>(gw + G_LAYER_BTC * BTC * l, BTC, g);
-        const T *x = layer_input<T>(st, slot, l);
-        if (st->p.recompute)
-            TRY(block_forward<T>(c, a, x, w, B, T_, C, NH));
+        TRY(layer_backward_prep<T>(st, slot, l, a, w, dw, &x));
         TRY(block_backward_weights<T>(c, dw, g, a, x, w, B, T_, C));
         part[np++] = &st->prof.layer_bwd[l];
         CK(cudaEventRecord(c->ev[np], c->s));
