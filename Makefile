@@ -94,7 +94,8 @@ FUZZ_CFLAGS  := $(filter-out -Werror,$(CFLAGS_BASE)) -O1 -g $(FUZZ_SAN) $(PKG_CF
 FUZZ_LIB_OBJS := $(LIB_SRCS:%.c=$(FUZZ_BUILD)/%.o)
 FUZZ_BINS    := $(FUZZ_SRCS:tests/fuzz/%.c=$(FUZZ_BUILD)/%)
 
-.PHONY: all deps test test-run bench bench-run run probe clean fuzz fuzz-build test-faults test-valgrind gpu-pack reproduce-dtfm
+.PHONY: all deps test test-run bench bench-run run probe clean fuzz fuzz-build test-faults test-valgrind gpu-pack \
+        gencode reproduce-dtfm
 .DEFAULT_GOAL := all
 
 # Each build folder has its own binary; ./pipenem is the plain build's, so a sanitizer
@@ -108,6 +109,11 @@ probe:
 
 deps:
 	@bash .ci/deps
+
+# The architectures a CUDA build compiles for, read from nvcc as above (tests/test_make_gencode.c
+# drives it with fake nvcc versions).
+gencode:
+	@echo 'nvcc $(or $(NVCC_MAJOR),none).x gencode: $(if $(CUDA_SRCS),$(GENCODE),none)'
 
 $(BUILD)/libpipenem.a: $(LIB_OBJS)
 	@mkdir -p $(@D)

@@ -112,8 +112,8 @@ static int straggler_compute(const runcfg_t *cfg, int rank, double factor, char 
  * per-stage FLOPs, peak FLOP/s and peak memory (the maximum over repeats) and the loss. */
 static int run_repeat(const runcfg_t *cfg, const netem_topo_t *topo, const netem_profile_t *shim_links,
                       const sweep_spec_t *s, const char *workdir, volatile sig_atomic_t *stop, results_t *r,
-                      int cell, int rep, double *flop_mb, double *peak, double *mem, double *loss, char *err,
-                      size_t errlen)
+                      int cell, int rep, double *flop_mb, double *peak, double *mem, double *loss, double *scale,
+                      results_cell_t *rc_cell, char *err, size_t errlen)
 {
     char compute[256];
     const char *rank_compute[RESULTS_MAX_STAGES] = {0};
@@ -137,12 +137,16 @@ static int run_repeat(const runcfg_t *cfg, const netem_topo_t *topo, const netem
         rc = results_trace_read(path, cell, rep, r, err, errlen);
     for (int q = 0; q < sum.stages && !rc; q++) {
         const stage_rank_t *k = &sum.ranks[q];
-        mem[q] = isnan(mem[q]) ? (double)k->peak_rss : fmax(mem[q], (double)k->peak_rss);
+        mem[q] = isnan(mem[q]) ? (double)k->peak_mem : fmax(mem[q], (double)k->peak_mem);
+        snprintf(rc_cell->mem_kind, sizeof rc_cell->mem_kind, "%s", model_mem_kind_name((model_mem_kind_t)k->mem_kind));
         flop_mb[q] = k->fwd_flops + k->bwd_flops;
         peak[q] = k->peak_flops;
     }
     if (!rc && sum.warmup + sum.iters > 0)
         *loss = sum.loss[sum.warmup + sum.iters - 1];
+    for (int i = 0; !rc && i < sum.warmup + sum.iters && i < cfg->warmup + cfg->iters; i++)
+        scale[i] = sum.loss_scale[i];
+    rc_cell->skipped_steps += rc ? 0 : (int)sum.skipped;
     stage_summary_destroy(&sum);
     return rc;
 }
@@ -190,6 +194,15 @@ static int cell_modelled(const runcfg_t *cfg, const sweep_spec_t *s, results_cel
                              err, errlen);
     free(a);
     return rc;
+}
+
+/* n doubles, each NaN; NULL without memory */
+static double *nan_array(size_t n)
+{
+    double *a = malloc(sizeof *a * (n ? n : 1));
+    for (size_t i = 0; a && i < n; i++)
+        a[i] = NAN;
+    return a;
 }
 
 int cell_measure(void *ctx, const sweep_spec_t *s, results_cell_t *cell, const char *workdir,
@@ -254,16 +267,22 @@ int cell_measure(void *ctx, const sweep_spec_t *s, results_cell_t *cell, const c
     double flop_mb[RESULTS_MAX_STAGES], peak[RESULTS_MAX_STAGES], mem[RESULTS_MAX_STAGES], loss = NAN;
     for (int q = 0; q < P; q++)
         flop_mb[q] = peak[q] = mem[q] = NAN;
+    int n_it = cfg ? cfg->warmup + cfg->iters : 0; /* the loss scale of each repeat's iterations */
+    double *scale = !rc ? nan_array((size_t)(s->repeats > 0 ? s->repeats : 1) * (size_t)n_it) : NULL;
+    rc = rc ? rc : scale ? 0 : -ENOMEM;
+    cell->skipped_steps = 0;
     for (int rep = 0; rep < s->repeats && !rc; rep++) {
         rc = run_repeat(cfg, topo, emu->in_transport ? links : NULL, s, workdir, stop, r, cell->cell, rep,
-                        flop_mb, peak, mem, &loss, err, errlen);
+                        flop_mb, peak, mem, &loss, scale + (size_t)rep * (size_t)n_it, cell, err, errlen);
     }
     if (topo) /* restore before anything else can fail or stop */
         netem_topo_destroy(topo);
     free(topo);
     free(cfg);
-    if (rc)
+    if (rc) {
+        free(scale);
         return rc;
+    }
 
     double flop_iter[RESULTS_MAX_STAGES], pk = 0;
     int have_flops = 1;
@@ -274,8 +293,11 @@ int cell_measure(void *ctx, const sweep_spec_t *s, results_cell_t *cell, const c
         cell->mem_peak[q] = mem[q];
     }
     metrics_params_t mp = {.warmup = s->warmup, .batch_size = s->batch_size, .seq_len = s->seq_len,
-                           .flop_per_iter = have_flops ? flop_iter : NULL, .peak_flops = pk};
-    if ((rc = metrics_cell_compute(r, &mp, cell, err, errlen)))
+                           .flop_per_iter = have_flops ? flop_iter : NULL, .peak_flops = pk, .loss_scale = scale,
+                           .scale_iters = n_it};
+    rc = metrics_cell_compute(r, &mp, cell, err, errlen);
+    free(scale);
+    if (rc)
         return rc;
     cell->final_loss = loss;
     /* The trace names no chunk, so a stage of several chunks cannot be replayed yet: no ideal time. */

@@ -142,7 +142,9 @@ int metrics_cell_compute(results_t *r, const metrics_params_t *p, results_cell_t
         }
         for (int k = 0; k < iters && !rc; k++) {
             int warm = k < p->warmup;
-            results_iter_t it = {cell->cell, rep, k, warm, t[k]};
+            results_iter_t it = {cell->cell, rep, k, warm, t[k], NAN};
+            if (p->loss_scale && k < p->scale_iters)
+                it.loss_scale = p->loss_scale[(size_t)rep * (size_t)p->scale_iters + (size_t)k];
             rc = results_iter_add(r, &it);
             if (warm)
                 continue;

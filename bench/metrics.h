@@ -34,6 +34,9 @@ typedef struct {
     int batch_size, seq_len;       /* tokens per iteration = batch_size * seq_len */
     const double *flop_per_iter;   /* FLOPs per stage per iteration; NULL = unknown */
     double peak_flops;             /* device peak FLOP/s per stage; 0 = unknown */
+    const double *loss_scale;      /* [repeat * scale_iters + iteration]: the fp16 loss scale of
+                                    * each iteration (NaN without); NULL = none recorded */
+    int scale_iters;
 } metrics_params_t;
 
 /* From the ops of cell->cell in r (all of its repeats 0 .. cell->repeats-1): appends its

@@ -34,6 +34,7 @@ typedef struct {
 #define CD(name, f) {name, COL_DOUBLE, offsetof(results_cell_t, f), 0, NULL}
 #define CS(f) {#f, COL_STR, offsetof(results_cell_t, f), sizeof(((results_cell_t *)0)->f), NULL}
 #define CIN(f) {#f, COL_INT, offsetof(results_cell_t, f), 0, ""}
+#define CSN(f) {#f, COL_STR, offsetof(results_cell_t, f), sizeof(((results_cell_t *)0)->f), ""}
 #define CDN(name, f, old) {name, COL_DOUBLE, offsetof(results_cell_t, f), 0, old}
 
 /* runs.csv, before the per-stage columns; times in seconds, rates per second. */
@@ -46,7 +47,7 @@ static const col_t run_cols[] = {
     CDN("replayed_s", predicted, "predicted_s"), CD("ideal_s", ideal), CDN("partition_imbalance", imbalance, ""),
     CIN(straggler_stage), CD("tokens_per_s", tokens_per_s), CD("mfu", mfu),
     CD("straggler_delay", straggler_delay), CD("straggler_slowdown", straggler_slowdown),
-    CD("final_loss", final_loss), CD("wall_s", wall), CS(transport),
+    CD("final_loss", final_loss), CD("wall_s", wall), CS(transport), CSN(mem_kind), CIN(skipped_steps),
 };
 #define N_RUN_COLS (sizeof run_cols / sizeof *run_cols)
 
@@ -63,7 +64,8 @@ static const struct {
 };
 #define N_STAGE_COLS (sizeof stage_cols / sizeof *stage_cols)
 
-static const char *const iter_cols[] = {"cell", "repeat", "iteration", "warmup", "time_s"};
+/* the last, loss_scale, was added later: an older iterations.csv without it reads as NaN */
+static const char *const iter_cols[] = {"cell", "repeat", "iteration", "warmup", "time_s", "loss_scale"};
 static const char *const op_cols[] = {"cell", "repeat", "rank", "iteration", "op",
                                       "micro_batch", "start_s", "end_s", "bytes"};
 #define N_ITER_COLS (sizeof iter_cols / sizeof *iter_cols)
@@ -255,6 +257,7 @@ static int write_iters(const results_t *r, const char *path, char *err, size_t e
         csvio_put_int(&w, it->iteration);
         csvio_put_int(&w, it->warmup);
         csvio_put_double(&w, it->time);
+        csvio_put_double(&w, it->loss_scale);
         csvio_row_end(&w);
     }
     return csvio_writer_commit(&w, err, errlen);
@@ -434,9 +437,10 @@ static int read_iters(const char *path, results_t *r, char *err, size_t errlen)
     if (rc)
         return rc;
     size_t idx[N_ITER_COLS];
-    rc = require_cols(&t, iter_cols, N_ITER_COLS, idx, err, errlen);
+    rc = require_cols(&t, iter_cols, N_ITER_COLS - 1, idx, err, errlen);
+    int scale_col = csvio_col(&t, iter_cols[N_ITER_COLS - 1]);
     for (size_t row = 1; row < t.rows && !rc; row++) {
-        results_iter_t it;
+        results_iter_t it = {.loss_scale = NAN};
         rc = get_int(&t, row, idx[0], 0, INT_MAX, &it.cell, err, errlen);
         if (!rc)
             rc = get_int(&t, row, idx[1], 0, INT_MAX, &it.repeat, err, errlen);
@@ -446,6 +450,8 @@ static int read_iters(const char *path, results_t *r, char *err, size_t errlen)
             rc = get_int(&t, row, idx[3], 0, 1, &it.warmup, err, errlen);
         if (!rc)
             rc = get_double(&t, row, idx[4], &it.time, err, errlen);
+        if (!rc && scale_col >= 0)
+            rc = get_double(&t, row, (size_t)scale_col, &it.loss_scale, err, errlen);
         if (!rc)
             rc = results_iter_add(r, &it);
     }

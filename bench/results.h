@@ -38,13 +38,17 @@ typedef struct {
     double flops[RESULTS_MAX_STAGES];    /* achieved FLOP/s per stage */
     double mfu;                          /* 0..1 */
     double mem_peak[RESULTS_MAX_STAGES]; /* bytes per stage: measured resident memory (cpu,
-                                          * emulate) or measured device memory (cuda) */
+                                          * emulate) or measured device memory (cuda): mem_kind */
     double mem_model[RESULTS_MAX_STAGES]; /* bytes per stage: modelled device memory (emulate):
                                            * parameters, gradients, optimizer state and the
                                            * activations held at the schedule's peak, fp32 */
     double bubble[RESULTS_MAX_STAGES];   /* idle share of the iteration per stage */
     double straggler_delay, straggler_slowdown;
     double final_loss;
+    char mem_kind[16];             /* what mem_peak is: "device" (measured, cuda) or "resident"
+                                    * (the stage process's peak RSS: cpu, emulate); "" if unknown */
+    int skipped_steps;             /* optimizer steps skipped for an fp16 overflow, summed over
+                                    * repeats (every stage skips together); 0 without loss scaling */
     double wall;                   /* s the cell took, set-up included (for ETAs) */
 } results_cell_t;
 
@@ -52,6 +56,7 @@ typedef struct {
 typedef struct {
     int cell, repeat, iteration, warmup;
     double time;                   /* s */
+    double loss_scale;             /* the fp16 loss scale of its gradients; NaN without */
 } results_iter_t;
 
 /* One traced op: the per-rank trace row plus the cell and repeat it belongs to. */

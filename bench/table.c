@@ -273,6 +273,8 @@ static void row_metrics(FILE *f, const results_cell_t *c)
     put_num(f, c->mfu * 100, "%");
     fputs(" | ", f);
     put_memory(f, c->mem_peak, c->stages);
+    if (c->mem_kind[0] && strcmp(c->mem_kind, "resident"))
+        fprintf(f, " (%s)", c->mem_kind);
     fputs(" | ", f);
     put_memory(f, c->mem_model, c->stages);
     fputs(" | ", f);
@@ -333,8 +335,9 @@ static void put_tables(FILE *f, const axes_t *x)
     put_rows(f, x, row_predicted);
     const char *mod = x->r->n_cells && is_emulated(x->prof[0]) ? "Modelled " : "";
     fprintf(f, "\n## Metrics\n\nPer stage values are listed stage 0 first. Bubble: idle share of the "
-               "iteration. %sTFLOP/s and MFU are FLOPs over measured time%s. Resident memory: the measured peak "
-               "RSS of the stage process (under emulate not the device's). Device memory (modelled, emulate "
+               "iteration. %sTFLOP/s and MFU are FLOPs over measured time%s. Measured memory: the peak RSS of the "
+               "stage process (cpu; under emulate not the device's), or marked (device) under cuda the device "
+               "memory the stage allocated plus the cuBLAS workspace. Device memory (modelled, emulate "
                "only): parameters, gradients and AdamW state plus the activations the schedule holds at its "
                "peak, fp32. Straggler slowdown: measured time over a replay with each stage's compute at its "
                "expected duration (its modelled time, or its FLOPs, at the typical rate across stages); about 1 "
@@ -342,8 +345,8 @@ static void put_tables(FILE *f, const axes_t *x)
                "over one with every stage's compute at the mean (an evenly loaded partition); above 1 where one "
                "stage's share of the work (e.g. the LM head) paces the pipeline.\n\n"
                "| Schedule | Network setting | Micro batch size | Iteration time | Stdev | Tokens/s | "
-               "%sTFLOP/s per stage | %sMFU | Resident memory per stage (measured) | Device memory per stage "
-               "(modelled) | Bubble per stage | Straggler slowdown | Slow stage | Partition imbalance | "
+               "%sTFLOP/s per stage | %sMFU | Measured memory per stage (resident, or device) | "
+               "Device memory per stage (modelled) | Bubble per stage | Straggler slowdown | Slow stage | Partition imbalance | "
                "Final loss |\n"
                "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | "
                "---: |\n",

@@ -28,6 +28,15 @@ typedef struct model_backend {
     void (*destroy)(model_stage_t *st);
     /* optional: model_stage_reset zeroes gradients the backend holds outside st->grads */
     void (*reset)(model_stage_t *st);
+    /* optional, for backends that set st->loss_scaling: 1 if the gradients the backend
+     * holds outside st->grads have an inf/NaN, 0 if not (NULL: checks st->grads). */
+    int (*overflow)(model_stage_t *st);
+    /* optional: the device memory the stage holds (bytes, measured); NULL: none, the
+     * peak-memory columns then report the process's resident memory. */
+    size_t (*device_bytes)(const model_stage_t *st);
+    /* optional: the precision arg computes in (a model_prec_t), -1 if arg is invalid;
+     * NULL: fp32. */
+    int (*precision)(const char *arg);
 } model_backend_t;
 
 extern const model_backend_t model_backend_cpu;
@@ -44,6 +53,10 @@ enum {
 };
 
 /* Shared by the backends. */
+/* Turns dynamic loss scaling on for a stage in a precision that needs it (fp16): init calls it. */
+void model_stage_loss_scaling_on(model_stage_t *st);
+/* Zeroes every gradient the stage holds (host blocks, the tied buffer, the backend's own). */
+void model_stage_grads_zero(model_stage_t *st);
 double model_stage_fwd_flops(const model_stage_t *st);   /* per micro-batch, the formula */
 
 /* The cpu layout of the activation block (floats); the accounting reports it for every

@@ -18,9 +18,6 @@
 /* cuBLAS workspace: what its Hopper kernels ask for (32 MiB), set once so that no GEMM
  * allocates during the iterations. */
 #define CUBLAS_WS_BYTES ((size_t)32 << 20)
-/* fp16: the loss scale starts at 2^16 and doubles after this many clean steps */
-#define LOSS_SCALE_INIT 65536.0f
-#define LOSS_SCALE_GROWTH 2000
 
 int cuda_fail(const char *what, cudaError_t e)
 {
@@ -124,6 +121,12 @@ static int cuda_check(const char *arg, char *err, size_t errlen)
 {
     model_cuda_arg_t a;
     return model_cuda_arg_parse(arg, &a, err, errlen);
+}
+
+static int cuda_precision(const char *arg)
+{
+    model_cuda_arg_t a;
+    return model_cuda_arg_parse(arg, &a, NULL, 0) ? -1 : (int)a.prec;
 }
 
 static void cuda_describe(const char *arg, char *buf, size_t len)
@@ -269,7 +272,8 @@ static int cuda_init(model_stage_t *st, const char *arg, char *err, size_t errle
     c->es = (size_t)c->pi->elem_bytes;
     c->dt = a.prec == MODEL_PREC_FP16 ? CUDA_R_16F : a.prec == MODEL_PREC_BF16 ? CUDA_R_16BF : CUDA_R_32F;
     c->ct = a.prec == MODEL_PREC_TF32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
-    model_loss_scale_init(&c->ls, c->pi->loss_scaling ? LOSS_SCALE_INIT : 1.0f, LOSS_SCALE_GROWTH);
+    if (c->pi->loss_scaling)
+        model_stage_loss_scaling_on(st);
     if (st->p.tied_embeddings && st->p.stages > 1 && (st->first || st->last)) {
         const model_tensor_t *t = model_stage_tensor_find(st, st->first ? "wte" : "head");
         c->tied_twin = t ? (int)(t - st->tensors) : -1;
@@ -339,41 +343,53 @@ static int cuda_backward_weights(model_stage_t *st, int slot)
     return rc ? rc : cuda_stage_backward_weights(st, slot);
 }
 
+/* The twin's gradient of --tied-embeddings, added into the host copy by the exchange,
+ * uploaded once before the overflow check or the step, whichever comes first. */
+static int tied_upload(model_stage_t *st)
+{
+    cuda_t *c = cuda_of(st);
+    if (c->tied_twin < 0 || c->tied_uploaded)
+        return 0;
+    const model_tensor_t *t = &st->tensors[c->tied_twin];
+    CK(cudaMemcpyAsync(c->grads + t->offset, st->tied_grad, t->numel * sizeof(float), cudaMemcpyHostToDevice, c->s));
+    c->tied_uploaded = 1;
+    return 0;
+}
+
+/* fp16: 1 if a gradient is not finite (model_stage_overflow; the step is decided by all stages) */
+static int cuda_overflow(model_stage_t *st)
+{
+    cuda_t *c = cuda_of(st);
+    int rc = enter(st);
+    if (!rc)
+        rc = tied_upload(st);
+    if (rc)
+        return rc;
+    int *hf = (int *)c->pin;
+    CK(cudaMemsetAsync(c->flag, 0, sizeof(int), c->s));
+    if (st->force_overflow) { /* the test hook: a real inf for the check below to find */
+        float *inf = (float *)(c->pin + sizeof(int));
+        *inf = INFINITY;
+        CK(cudaMemcpyAsync(c->grads, inf, sizeof *inf, cudaMemcpyHostToDevice, c->s));
+    }
+    CK(cuk::nonfinite(c->s, c->grads, st->n_params, c->flag));
+    CK(cudaMemcpyAsync(hf, c->flag, sizeof(int), cudaMemcpyDeviceToHost, c->s));
+    CK(cudaStreamSynchronize(c->s));
+    return *hf != 0;
+}
+
+/* AdamW on the gradients divided by the loss scale they carry (model_stage_step_agreed) */
 static int cuda_step(model_stage_t *st)
 {
     cuda_t *c = cuda_of(st);
     size_t n = st->n_params;
     int rc = enter(st);
+    if (!rc)
+        rc = tied_upload(st);
     if (rc)
         return rc;
-    if (c->tied_twin >= 0) {
-        /* the twin's gradient was added into the host copy by the exchange */
-        const model_tensor_t *t = &st->tensors[c->tied_twin];
-        CK(cudaMemcpyAsync(c->grads + t->offset, st->tied_grad, t->numel * sizeof(float), cudaMemcpyHostToDevice, c->s));
-    }
-    float scale = c->ls.scale;
-    if (c->pi->loss_scaling) {
-        int *hf = (int *)c->pin;
-        CK(cudaMemsetAsync(c->flag, 0, sizeof(int), c->s));
-        if (c->force_overflow) { /* the test hook: a real inf for the check below to find */
-            float *inf = (float *)(c->pin + sizeof(int));
-            *inf = INFINITY;
-            CK(cudaMemcpyAsync(c->grads, inf, sizeof *inf, cudaMemcpyHostToDevice, c->s));
-            c->force_overflow = 0;
-        }
-        CK(cuk::nonfinite(c->s, c->grads, n, c->flag));
-        CK(cudaMemcpyAsync(hf, c->flag, sizeof(int), cudaMemcpyDeviceToHost, c->s));
-        CK(cudaStreamSynchronize(c->s));
-        if (!model_loss_scale_update(&c->ls, *hf)) {
-            fprintf(stderr, "cuda: fp16 gradients overflowed: step skipped, loss scale %g -> %g\n", scale, c->ls.scale);
-            CK(cudaMemsetAsync(c->grads, 0, n * sizeof(float), c->s));
-            CK(cudaStreamSynchronize(c->s));
-            return 0;
-        }
-        if (c->ls.scale != scale)
-            fprintf(stderr, "cuda: fp16 loss scale %g -> %g after %d clean steps\n", scale, c->ls.scale,
-                    c->ls.growth_interval);
-    }
+    c->tied_uploaded = 0;
+    float scale = st->grad_scale > 0 ? st->grad_scale : 1.0f;
     const float wd = 0.1f;
     int t = ++c->adam_t;
     float ic1 = 1.0f / (1.0f - powf(0.9f, (float)t)), ic2 = 1.0f / (1.0f - powf(0.95f, (float)t));
@@ -394,6 +410,8 @@ static int cuda_step(model_stage_t *st)
 static void cuda_reset(model_stage_t *st)
 {
     cuda_t *c = cuda_of(st);
+    if (c)
+        c->tied_uploaded = 0; /* a skipped step drops the twin's gradient with the rest */
     if (c && c->grads && (cudaSetDevice(c->dev) != cudaSuccess || cudaMemsetAsync(c->grads, 0, st->n_params * sizeof(float), c->s) != cudaSuccess ||
                           cudaStreamSynchronize(c->s) != cudaSuccess))
         fprintf(stderr, "cuda: zeroing the gradients failed: %s\n", cudaGetErrorString(cudaGetLastError()));
@@ -412,6 +430,9 @@ extern "C" const model_backend_t model_backend_cuda = {
     .step = cuda_step,
     .destroy = cuda_destroy,
     .reset = cuda_reset,
+    .overflow = cuda_overflow,
+    .device_bytes = model_cuda_device_bytes,
+    .precision = cuda_precision,
 };
 
 /* ---------------------------------------------------------------- cuda.h */
@@ -428,20 +449,6 @@ extern "C" int model_cuda_sync_host(model_stage_t *st)
     CK(cudaMemcpyAsync(st->grads, c->grads, st->n_params * sizeof(float), cudaMemcpyDeviceToHost, c->s));
     CK(cudaStreamSynchronize(c->s));
     return 0;
-}
-
-extern "C" double model_cuda_loss_scale(const model_stage_t *st, long *skipped)
-{
-    const cuda_t *c = st->backend == &model_backend_cuda ? cuda_of(st) : NULL;
-    if (skipped)
-        *skipped = c ? c->ls.skipped : 0;
-    return c ? c->ls.scale : 1.0;
-}
-
-extern "C" void model_cuda_force_overflow(model_stage_t *st)
-{
-    if (st->backend == &model_backend_cuda && cuda_of(st))
-        cuda_of(st)->force_overflow = 1;
 }
 
 extern "C" size_t model_cuda_device_bytes(const model_stage_t *st)

@@ -26,12 +26,6 @@ int model_cuda_probe(const char *arg, char *name, size_t namelen, char *err, siz
 /* Device parameters and gradients -> st->params, st->grads (fp32). */
 int model_cuda_sync_host(model_stage_t *st) PN_WUR;
 
-/* fp16: the loss scale now, and the steps skipped for overflow so far; 1 and 0 otherwise. */
-double model_cuda_loss_scale(const model_stage_t *st, long *skipped);
-
-/* Test hook: the next step sees a non-finite gradient (as an fp16 overflow would). */
-void model_cuda_force_overflow(model_stage_t *st);
-
 /* Device bytes allocated by this stage (parameters, compute copy, gradients, optimizer
  * state, activations, cuBLAS workspace): allocated once at init, so also the peak. */
 size_t model_cuda_device_bytes(const model_stage_t *st);

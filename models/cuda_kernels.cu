@@ -35,6 +35,13 @@ static unsigned blocks_for(size_t n, unsigned threads)
     return (unsigned)(b < 65535u * 32u ? (b ? b : 1) : 65535u * 32u);
 }
 
+/* Launches the grid-stride kernel k over n elements, 256 threads a block, on stream s. */
+template <typename... P, typename... A> static cudaError_t launch_n(void (*k)(P...), cudaStream_t s, size_t n, A... args)
+{
+    k<<<blocks_for(n, 256), 256, 0, s>>>(args...);
+    return cudaGetLastError();
+}
+
 #define GRID_STRIDE(i, n) for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < (n); i += (size_t)gridDim.x * blockDim.x)
 
 /* ---------------------------------------------------------------- embeddings */
@@ -61,14 +68,12 @@ template <typename T> __global__ void k_encoder_bwd(float *dwte, float *dwpe, co
 
 template <typename T> cudaError_t encoder_forward(cudaStream_t s, T *out, const int *tok, const T *wte, const T *wpe, int BT, int T_, int C)
 {
-    k_encoder_fwd<<<blocks_for((size_t)BT * C, 256), 256, 0, s>>>(out, tok, wte, wpe, BT, T_, C);
-    return cudaGetLastError();
+    return launch_n(k_encoder_fwd<T>, s, (size_t)BT * C, out, tok, wte, wpe, BT, T_, C);
 }
 
 template <typename T> cudaError_t encoder_backward(cudaStream_t s, float *dwte, float *dwpe, const T *dout, const int *tok, int BT, int T_, int C)
 {
-    k_encoder_bwd<<<blocks_for((size_t)BT * C, 256), 256, 0, s>>>(dwte, dwpe, dout, tok, BT, T_, C);
-    return cudaGetLastError();
+    return launch_n(k_encoder_bwd<T>, s, (size_t)BT * C, dwte, dwpe, dout, tok, BT, T_, C);
 }
 
 /* ---------------------------------------------------------------- layernorm: a warp per row */
@@ -188,8 +193,7 @@ template <typename T> __global__ void k_bias_bwd(float *db, const T *dout, int N
 
 template <typename T> cudaError_t bias_fill(cudaStream_t s, T *out, const T *bias, int N, int OC)
 {
-    k_bias_fill<<<blocks_for((size_t)N * OC, 256), 256, 0, s>>>(out, bias, N, OC);
-    return cudaGetLastError();
+    return launch_n(k_bias_fill<T>, s, (size_t)N * OC, out, bias, N, OC);
 }
 
 template <typename T> cudaError_t bias_backward(cudaStream_t s, float *db, const T *dout, int N, int OC)
@@ -243,32 +247,27 @@ template <typename T> __global__ void k_cast(T *dst, const float *src, size_t n)
 
 template <typename T> cudaError_t gelu_forward(cudaStream_t s, T *out, const T *inp, size_t n)
 {
-    k_gelu_fwd<<<blocks_for(n, 256), 256, 0, s>>>(out, inp, n);
-    return cudaGetLastError();
+    return launch_n(k_gelu_fwd<T>, s, n, out, inp, n);
 }
 
 template <typename T> cudaError_t gelu_backward(cudaStream_t s, T *d, const T *inp, size_t n)
 {
-    k_gelu_bwd<<<blocks_for(n, 256), 256, 0, s>>>(d, inp, n);
-    return cudaGetLastError();
+    return launch_n(k_gelu_bwd<T>, s, n, d, inp, n);
 }
 
 template <typename T> cudaError_t residual_add(cudaStream_t s, T *out, const T *a, size_t n)
 {
-    k_residual<<<blocks_for(n, 256), 256, 0, s>>>(out, a, n);
-    return cudaGetLastError();
+    return launch_n(k_residual<T>, s, n, out, a, n);
 }
 
 template <typename T> cudaError_t copy(cudaStream_t s, T *dst, const T *src, size_t n)
 {
-    k_copy<<<blocks_for(n, 256), 256, 0, s>>>(dst, src, n);
-    return cudaGetLastError();
+    return launch_n(k_copy<T>, s, n, dst, src, n);
 }
 
 template <typename T> cudaError_t cast_from_float(cudaStream_t s, T *dst, const float *src, size_t n)
 {
-    k_cast<<<blocks_for(n, 256), 256, 0, s>>>(dst, src, n);
-    return cudaGetLastError();
+    return launch_n(k_cast<T>, s, n, dst, src, n);
 }
 
 
@@ -312,14 +311,12 @@ template <typename T> __global__ void k_softmax_bwd(T *datt, const T *att, size_
 
 template <typename T> cudaError_t softmax_causal_forward(cudaStream_t s, T *att, size_t rows, int T_)
 {
-    k_softmax_fwd<<<blocks_for(rows * 32, 256), 256, 0, s>>>(att, rows, T_);
-    return cudaGetLastError();
+    return launch_n(k_softmax_fwd<T>, s, rows * 32, att, rows, T_);
 }
 
 template <typename T> cudaError_t softmax_causal_backward(cudaStream_t s, T *datt, const T *att, size_t rows, int T_, float scale)
 {
-    k_softmax_bwd<<<blocks_for(rows * 32, 256), 256, 0, s>>>(datt, att, rows, T_, scale);
-    return cudaGetLastError();
+    return launch_n(k_softmax_bwd<T>, s, rows * 32, datt, att, rows, T_, scale);
 }
 
 /* ---------------------------------------------------------------- cross-entropy: a block per row */
@@ -376,8 +373,7 @@ template <typename T> cudaError_t crossentropy_forward(cudaStream_t s, T *probs,
 
 template <typename T> cudaError_t crossentropy_backward(cudaStream_t s, T *probs, const int *targets, int N, int V, float dloss)
 {
-    k_ce_bwd<<<blocks_for((size_t)N * V, 256), 256, 0, s>>>(probs, targets, N, V, dloss);
-    return cudaGetLastError();
+    return launch_n(k_ce_bwd<T>, s, (size_t)N * V, probs, targets, N, V, dloss);
 }
 
 /* ---------------------------------------------------------------- optimizer */
@@ -415,8 +411,7 @@ cudaError_t nonfinite(cudaStream_t s, const float *g, size_t n, int *flag)
 cudaError_t adamw(cudaStream_t s, float *p, float *g, float *m, float *v, size_t n, float lr, float decay, float ic1,
                   float ic2, float gscale)
 {
-    k_adamw<<<blocks_for(n, 256), 256, 0, s>>>(p, g, m, v, n, lr, decay, ic1, ic2, gscale);
-    return cudaGetLastError();
+    return launch_n(k_adamw, s, n, p, g, m, v, n, lr, decay, ic1, ic2, gscale);
 }
 
 /* ---------------------------------------------------------------- instantiations */

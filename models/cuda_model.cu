@@ -114,6 +114,16 @@ static int matmul_backward(const cuda_t *c, T *dinp,  // (N,C) overwritten
     return matmul_backward_weights(c, dw, db, dout, inp, N, C, OC);
 }
 
+/* Calls f(b, r0, r1) for every batch row b and query block [r0, r1): the causal
+ * attention's products, each block against only the keys it can see. */
+template <typename F> static int att_blocks(int B, int T_, F f)
+{
+    for (int b = 0; b < B; b++)
+        for (int r0 = 0; r0 < T_; r0 += ATT_BLOCK)
+            TRY(f(b, r0, r0 + ATT_BLOCK < T_ ? r0 + ATT_BLOCK : T_));
+    return 0;
+}
+
 template <typename T>
 static int attention_forward(const cuda_t *c, T *out, // (B,T,C)
                              T *att,                   // (B,NH,T,T) softmaxed, zero above the diagonal
@@ -123,26 +133,19 @@ static int attention_forward(const cuda_t *c, T *out, // (B,T,C)
     int hs = C / NH, C3 = 3 * C;
     long long TT = (long long)T_ * T_;
     float scale = 1.0f / sqrtf((float)hs);
-    for (int b = 0; b < B; b++) {
+    /* att[r0:r1, 0:r1] = scale q[r0:r1] k[0:r1]^T */
+    TRY(att_blocks(B, T_, [&](int b, int r0, int r1) {
         const T *q = qkv + (size_t)b * T_ * C3, *k = q + C;
-        T *a = att + (size_t)b * NH * TT;
-        for (int r0 = 0; r0 < T_; r0 += ATT_BLOCK) {
-            int r1 = r0 + ATT_BLOCK < T_ ? r0 + ATT_BLOCK : T_;
-            TRY(gemm_batched(c, 0, 1, r1 - r0, r1, hs, scale, q + (size_t)r0 * C3, C3, hs, k, C3, hs, 0.0f,
-                             a + (size_t)r0 * T_, T_, TT, NH, c->dt));
-        }
-    }
+        return gemm_batched(c, 0, 1, r1 - r0, r1, hs, scale, q + (size_t)r0 * C3, C3, hs, k, C3, hs, 0.0f,
+                            att + (size_t)b * NH * TT + (size_t)r0 * T_, T_, TT, NH, c->dt);
+    }));
     CK(cuk::softmax_causal_forward(c->s, att, (size_t)B * NH * T_, T_));
-    for (int b = 0; b < B; b++) {
+    /* out[r0:r1] = att[r0:r1, 0:r1] v[0:r1] */
+    return att_blocks(B, T_, [&](int b, int r0, int r1) {
         const T *v = qkv + (size_t)b * T_ * C3 + 2 * C, *a = att + (size_t)b * NH * TT;
-        T *o = out + (size_t)b * T_ * C;
-        for (int r0 = 0; r0 < T_; r0 += ATT_BLOCK) {
-            int r1 = r0 + ATT_BLOCK < T_ ? r0 + ATT_BLOCK : T_;
-            TRY(gemm_batched(c, 0, 0, r1 - r0, hs, r1, 1.0f, a + (size_t)r0 * T_, T_, TT, v, C3, hs, 0.0f,
-                             o + (size_t)r0 * C, C, hs, NH, c->dt));
-        }
-    }
-    return 0;
+        return gemm_batched(c, 0, 0, r1 - r0, hs, r1, 1.0f, a + (size_t)r0 * T_, T_, TT, v, C3, hs, 0.0f,
+                            out + (size_t)b * T_ * C + (size_t)r0 * C, C, hs, NH, c->dt);
+    });
 }
 
 template <typename T>
@@ -156,34 +159,28 @@ static int attention_backward(const cuda_t *c, T *dqkv, // (B,T,3C) overwritten
     int hs = C / NH, C3 = 3 * C;
     long long TT = (long long)T_ * T_;
     float scale = 1.0f / sqrtf((float)hs);
-    for (int b = 0; b < B; b++) {
+    TRY(att_blocks(B, T_, [&](int b, int r0, int r1) {
         size_t qo = (size_t)b * T_ * C3;
         const T *v = qkv + qo + 2 * C, *d = dout + (size_t)b * T_ * C, *a = att + (size_t)b * NH * TT;
         T *da = datt + (size_t)b * NH * TT, *dv = dqkv + qo + 2 * C;
-        for (int r0 = 0; r0 < T_; r0 += ATT_BLOCK) {
-            int r1 = r0 + ATT_BLOCK < T_ ? r0 + ATT_BLOCK : T_;
-            /* datt[r0:r1, 0:r1] = dout[r0:r1] v[0:r1]^T */
-            TRY(gemm_batched(c, 0, 1, r1 - r0, r1, hs, 1.0f, d + (size_t)r0 * C, C, hs, v, C3, hs, 0.0f,
-                             da + (size_t)r0 * T_, T_, TT, NH, c->dt));
-            /* dv[r0:r1] = att[r0:T, r0:r1]^T dout[r0:T] */
-            TRY(gemm_batched(c, 1, 0, r1 - r0, hs, T_ - r0, 1.0f, a + (size_t)r0 * T_ + r0, T_, TT,
-                             d + (size_t)r0 * C, C, hs, 0.0f, dv + (size_t)r0 * C3, C3, hs, NH, c->dt));
-        }
-    }
+        /* datt[r0:r1, 0:r1] = dout[r0:r1] v[0:r1]^T */
+        TRY(gemm_batched(c, 0, 1, r1 - r0, r1, hs, 1.0f, d + (size_t)r0 * C, C, hs, v, C3, hs, 0.0f,
+                         da + (size_t)r0 * T_, T_, TT, NH, c->dt));
+        /* dv[r0:r1] = att[r0:T, r0:r1]^T dout[r0:T] */
+        return gemm_batched(c, 1, 0, r1 - r0, hs, T_ - r0, 1.0f, a + (size_t)r0 * T_ + r0, T_, TT,
+                            d + (size_t)r0 * C, C, hs, 0.0f, dv + (size_t)r0 * C3, C3, hs, NH, c->dt);
+    }));
     CK(cuk::softmax_causal_backward(c->s, datt, att, (size_t)B * NH * T_, T_, scale));
-    for (int b = 0; b < B; b++) {
+    /* dq[r0:r1] = datt[r0:r1, 0:r1] k[0:r1]; dk[r0:r1] = datt[r0:T, r0:r1]^T q[r0:T] */
+    return att_blocks(B, T_, [&](int b, int r0, int r1) {
         size_t qo = (size_t)b * T_ * C3;
         const T *q = qkv + qo, *k = q + C, *da = datt + (size_t)b * NH * TT;
         T *dq = dqkv + qo, *dk = dq + C;
-        for (int r0 = 0; r0 < T_; r0 += ATT_BLOCK) {
-            int r1 = r0 + ATT_BLOCK < T_ ? r0 + ATT_BLOCK : T_;
-            TRY(gemm_batched(c, 0, 0, r1 - r0, hs, r1, 1.0f, da + (size_t)r0 * T_, T_, TT, k, C3, hs, 0.0f,
-                             dq + (size_t)r0 * C3, C3, hs, NH, c->dt));
-            TRY(gemm_batched(c, 1, 0, r1 - r0, hs, T_ - r0, 1.0f, da + (size_t)r0 * T_ + r0, T_, TT,
-                             q + (size_t)r0 * C3, C3, hs, 0.0f, dk + (size_t)r0 * C3, C3, hs, NH, c->dt));
-        }
-    }
-    return 0;
+        TRY(gemm_batched(c, 0, 0, r1 - r0, hs, r1, 1.0f, da + (size_t)r0 * T_, T_, TT, k, C3, hs, 0.0f,
+                         dq + (size_t)r0 * C3, C3, hs, NH, c->dt));
+        return gemm_batched(c, 1, 0, r1 - r0, hs, T_ - r0, 1.0f, da + (size_t)r0 * T_ + r0, T_, TT,
+                            q + (size_t)r0 * C3, C3, hs, 0.0f, dk + (size_t)r0 * C3, C3, hs, NH, c->dt);
+    });
 }
 
 /* ---------------------------------------------------------------- one block */
@@ -374,6 +371,20 @@ template <typename T> static int backward_end(model_stage_t *st, const T *dy, vo
     return prof_add(c, np, part);
 }
 
+/* Layer l of a backward: its saved activations (recomputed from its input under
+ * --recompute), its weights and, when dw, their gradients; its input in *x. */
+template <typename T>
+static int layer_backward_prep(model_stage_t *st, int slot, int l, void *a[CA_N], T *w[MODEL_T_PER_LAYER],
+                               float *dw[MODEL_T_PER_LAYER], const T **x)
+{
+    layer_acts<T>(st, slot, l, a);
+    layer_params<T>(st, l, w, dw);
+    *x = layer_input<T>(st, slot, l);
+    if (st->p.recompute)
+        TRY(block_forward<T>(cuda_of(st), a, *x, w, st->B, st->T, st->C, st->NH));
+    return 0;
+}
+
 template <typename T> static int stage_backward(model_stage_t *st, int slot, const void *dout, void *din)
 {
     cuda_t *c = cuda_of(st);
@@ -389,7 +400,7 @@ template <typename T> static int stage_backward(model_stage_t *st, int slot, con
         int lnw = (int)(model_stage_tensor_find(st, "lnf.w") - st->tensors), hi = head_index(st);
         TRY(stage_ints(c, c->tgt, pin_tgt(st), st->targets, BT));
         /* the mean over M micro-batches of B*T tokens, times the fp16 loss scale */
-        float scale = c->pi->loss_scaling ? c->ls.scale : 1.0f;
+        float scale = st->loss_scaling ? st->ls.scale : 1.0f;
         CK(cuk::crossentropy_backward(c->s, h.probs, c->tgt, BT, V, scale / ((float)BT * st->p.micro_batches)));
         TRY(matmul_backward<T>(c, s.dln, wgrad(st, hi), NULL, h.probs, h.lnf, wparam<T>(st, hi), BT, C, V));
         CK(cudaMemsetAsync(dy, 0, nb, c->s));
@@ -406,11 +417,8 @@ template <typename T> static int stage_backward(model_stage_t *st, int slot, con
         void *a[CA_N];
         T *w[MODEL_T_PER_LAYER];
         float *dw[MODEL_T_PER_LAYER];
-        layer_acts<T>(st, slot, l, a);
-        layer_params<T>(st, l, w, dw);
-        const T *x = layer_input<T>(st, slot, l);
-        if (st->p.recompute)
-            TRY(block_forward<T>(c, a, x, w, B, T_, C, NH));
+        const T *x;
+        TRY(layer_backward_prep<T>(st, slot, l, a, w, dw, &x));
         TRY(block_backward<T>(c, dy, dres2, &s, dw, dy, a, x, w, B, T_, C, NH));
         part[np++] = &st->prof.layer_bwd[l];
         CK(cudaEventRecord(c->ev[np], c->s));
@@ -464,7 +472,7 @@ template <typename T> static int stage_backward_input(model_stage_t *st, int slo
         int lnw = (int)(model_stage_tensor_find(st, "lnf.w") - st->tensors);
         T *glnf = gw + G_LAYER_BTC * BTC * nl;
         TRY(stage_ints(c, c->tgt, pin_tgt(st), st->targets, BT));
-        float scale = c->pi->loss_scaling ? c->ls.scale : 1.0f;
+        float scale = st->loss_scaling ? st->ls.scale : 1.0f;
         /* the probabilities become the logits' gradient in place, which W reads */
         CK(cuk::crossentropy_backward(c->s, h.probs, c->tgt, BT, V, scale / ((float)BT * st->p.micro_batches)));
         TRY(matmul_backward_input<T>(c, glnf, h.probs, wparam<T>(st, head_index(st)), BT, C, V));
@@ -481,12 +489,9 @@ template <typename T> static int stage_backward_input(model_stage_t *st, int slo
     for (int l = nl - 1; l >= 0; l--) {
         void *a[CA_N];
         T *w[MODEL_T_PER_LAYER], *g[G_N];
-        layer_acts<T>(st, slot, l, a);
-        layer_params<T>(st, l, w, NULL);
+        const T *x;
         layer_wgrads<T>(gw + G_LAYER_BTC * BTC * l, BTC, g);
-        const T *x = layer_input<T>(st, slot, l);
-        if (st->p.recompute)
-            TRY(block_forward<T>(c, a, x, w, B, T_, C, NH));
+        TRY(layer_backward_prep<T>(st, slot, l, a, w, NULL, &x));
         TRY(block_backward_input<T>(c, dy, &s, g, dy, a, x, w, B, T_, C, NH));
         part[np++] = &st->prof.layer_bwd[l];
         CK(cudaEventRecord(c->ev[np], c->s));
@@ -499,7 +504,7 @@ template <typename T> static int stage_backward_input(model_stage_t *st, int slo
 template <typename T> static int stage_backward_weights(model_stage_t *st, int slot)
 {
     cuda_t *c = cuda_of(st);
-    int B = st->B, T_ = st->T, C = st->C, NH = st->NH, BT = B * T_, nl = st->layer_end - st->layer_begin;
+    int B = st->B, T_ = st->T, C = st->C, BT = B * T_, nl = st->layer_end - st->layer_begin;
     size_t BTC = (size_t)BT * C;
     T *gw = wstash<T>(st, slot);
     if (!gw)
@@ -520,12 +525,9 @@ template <typename T> static int stage_backward_weights(model_stage_t *st, int s
         void *a[CA_N];
         T *w[MODEL_T_PER_LAYER], *g[G_N];
         float *dw[MODEL_T_PER_LAYER];
-        layer_acts<T>(st, slot, l, a);
-        layer_params<T>(st, l, w, dw);
+        const T *x;
         layer_wgrads<T>(gw + G_LAYER_BTC * BTC * l, BTC, g);
-        const T *x = layer_input<T>(st, slot, l);
-        if (st->p.recompute)
-            TRY(block_forward<T>(c, a, x, w, B, T_, C, NH));
+        TRY(layer_backward_prep<T>(st, slot, l, a, w, dw, &x));
         TRY(block_backward_weights<T>(c, dw, g, a, x, w, B, T_, C));
         part[np++] = &st->prof.layer_bwd[l];
         CK(cudaEventRecord(c->ev[np], c->s));

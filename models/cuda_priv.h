@@ -78,8 +78,7 @@ typedef struct {
     int uploaded;                       /* host parameters copied to the device */
     int tied_twin;                      /* tensor index of wte/head when its gradient is exchanged, else -1 */
     int adam_t;                         /* AdamW steps applied (skipped fp16 steps do not count) */
-    int force_overflow;
-    model_loss_scale_t ls;
+    int tied_uploaded;                  /* the twin's gradient is on the device for this step */
     cudaEvent_t ev[CUDA_MAX_EVENTS];
     void *wstash; size_t wstash_elems;  /* the split backward's per-slot W inputs (first B) */
     /* set while model_cuda_gemm_reference records one forward + backward */
@@ -94,18 +93,14 @@ int cuda_fail(const char *what, cudaError_t e);
 int cuda_blas_fail(const char *what, cublasStatus_t e);
 
 /* Return from the calling function with cuda_fail / cuda_blas_fail / the status. */
-#define CK(call)                                                                                       \
+#define PN_CUDA_CHECK_(type, ok, fail, call)                                                           \
     do {                                                                                               \
-        cudaError_t e_ = (call);                                                                       \
-        if (e_ != cudaSuccess)                                                                         \
-            return cuda_fail(#call, e_);                                                               \
+        type e_ = (call);                                                                              \
+        if (e_ != (ok))                                                                                \
+            return fail(#call, e_);                                                                    \
     } while (0)
-#define CB(call)                                                                                       \
-    do {                                                                                               \
-        cublasStatus_t b_ = (call);                                                                    \
-        if (b_ != CUBLAS_STATUS_SUCCESS)                                                               \
-            return cuda_blas_fail(#call, b_);                                                          \
-    } while (0)
+#define CK(call) PN_CUDA_CHECK_(cudaError_t, cudaSuccess, cuda_fail, call)
+#define CB(call) PN_CUDA_CHECK_(cublasStatus_t, CUBLAS_STATUS_SUCCESS, cuda_blas_fail, call)
 #define TRY(call)                                                                                      \
     do {                                                                                               \
         int r_ = (call);                                                                               \

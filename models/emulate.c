@@ -223,6 +223,14 @@ static int emu_check(const char *arg, char *err, size_t errlen)
     return spec_parse(arg, &s, err, errlen);
 }
 
+static int emu_precision(const char *arg)
+{
+    emu_spec_t s;
+    if (spec_parse(arg, &s, NULL, 0))
+        return -1;
+    return s.kind == EMU_DEVICE && s.prec >= 0 ? s.prec : MODEL_PREC_FP32;
+}
+
 static void emu_describe(const char *arg, char *buf, size_t len)
 {
     emu_spec_t s;
@@ -254,6 +262,8 @@ static int emu_init(model_stage_t *st, const char *arg, char *err, size_t errlen
         st->efficiency = s.efficiency;
         st->mem_bw = s.dev->mem_bw;
         st->act_elem_bytes = s.prec >= 0 ? model_prec_info(s.prec)->elem_bytes : 4;
+        if (s.prec >= 0 && model_prec_info(s.prec)->loss_scaling)
+            model_stage_loss_scaling_on(st); /* the scale's schedule as on the device; no gradient overflows */
         double rate = st->peak_flops * st->efficiency;
         double fwd = model_stage_fwd_flops(st);
         st->emu_fwd_s = fwd / rate;
@@ -382,5 +392,6 @@ const model_backend_t model_backend_emulate = {
     .backward_input = emu_backward_input,
     .backward_weights = emu_backward_weights,
     .step = emu_step,
+    .precision = emu_precision,
     .destroy = emu_destroy,
 };

@@ -239,6 +239,16 @@ int model_compute_modelled(const char *compute)
     return backend_lookup(compute, &b, &arg, NULL, 0) == 0 && b->modelled;
 }
 
+int model_compute_loss_scaling(const char *compute)
+{
+    const model_backend_t *b;
+    const char *arg;
+    if (backend_lookup(compute, &b, &arg, NULL, 0))
+        return 0;
+    int p = b->precision ? b->precision(arg) : MODEL_PREC_FP32;
+    return p >= 0 && p < MODEL_PREC_N && model_prec_info((model_prec_t)p)->loss_scaling;
+}
+
 int model_compute_check(const char *compute, char *err, size_t errlen)
 {
     const model_backend_t *b;
@@ -552,27 +562,6 @@ int model_stage_backward_weights(model_stage_t *st, int iter, int mb)
     return backward_op(st, iter, mb, NULL, NULL, 2);
 }
 
-int model_stage_step(model_stage_t *st, int iter)
-{
-    (void)iter;
-    if (!st->backend)
-        return -EINVAL;
-    for (int i = 0; i < st->max_inflight; i++)
-        if (st->slot_mb[i] >= 0)
-            return -EBUSY;
-    double t0 = pn_now();
-    int rc = st->backend->step(st);
-    st->prof.opt += pn_now() - t0;
-    st->prof.n_opt++;
-    if (rc)
-        return rc;
-    st->steps++;
-    st->last_loss = st->loss_count ? st->loss_sum / st->loss_count : NAN;
-    st->loss_sum = 0;
-    st->loss_count = 0;
-    return 0;
-}
-
 double model_stage_loss(const model_stage_t *st)
 {
     return st->last ? st->last_loss : NAN;
@@ -589,6 +578,11 @@ void model_stage_reset(model_stage_t *st)
         st->slot_mb[i] = -1, st->slot_phase[i] = 0;
     st->loss_sum = 0;
     st->loss_count = 0;
+    model_stage_grads_zero(st);
+}
+
+void model_stage_grads_zero(model_stage_t *st)
+{
     if (st->grads)
         memset(st->grads, 0, st->n_params * sizeof(float));
     if (st->tied_grad)

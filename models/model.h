@@ -8,6 +8,7 @@
 
 #include "common/err.h"
 #include "common/limits.h"
+#include "models/precision.h"
 
 enum {
     MODEL_MAX_LAYERS = 256,
@@ -118,6 +119,11 @@ typedef struct model_stage {
     /* cuda: the backend's own state; bytes of a boundary element (0 = 4, fp32) */
     void *backend_priv;
     int act_elem_bytes;
+    /* dynamic loss scaling (fp16: cuda:fp16, emulate:DEV,fp16), see model_stage_overflow */
+    int loss_scaling;                /* 0: the loss is not scaled (ls.scale 1) */
+    model_loss_scale_t ls;
+    float grad_scale;                /* the scale the gradients being stepped carry */
+    int force_overflow;              /* test hook: the next overflow check reports one */
 } model_stage_t;
 
 int    model_stage_init(model_stage_t *st, const model_stage_params_t *p, char *err, size_t errlen) PN_WUR;
@@ -140,8 +146,24 @@ int    model_stage_backward(model_stage_t *st, int iter, int mb, const float *do
  * split backward. model_stage_backward equals B then W bit for bit on the cpu. */
 int    model_stage_backward_input(model_stage_t *st, int iter, int mb, const float *dout, float *din) PN_WUR;
 int    model_stage_backward_weights(model_stage_t *st, int iter, int mb) PN_WUR;
-/* AdamW on grads averaged over M, then zero. -EBUSY if micro-batches are still in flight. */
+/* AdamW on grads averaged over M, then zero. -EBUSY if micro-batches are still in flight.
+ * With loss scaling, model_stage_overflow then model_stage_step_agreed on this stage alone. */
 int    model_stage_step(model_stage_t *st, int iter) PN_WUR;
+/* Dynamic loss scaling (fp16), split so that the stages of one model agree before stepping
+ * (a step skipped on one stage and applied on another would split the model's weights):
+ * model_stage_overflow says whether this stage's gradients hold an inf/NaN (1, else 0;
+ * always 0 without loss scaling; negative on a backend error); the caller ORs the flags of
+ * every stage and hands the result to model_stage_step_agreed, which with overflow != 0
+ * skips the update (gradients zeroed) and halves the scale, else steps (gradients divided
+ * by the scale they carry) and grows the scale after its clean-step interval. */
+int    model_stage_overflow(model_stage_t *st) PN_WUR;
+int    model_stage_step_agreed(model_stage_t *st, int iter, int overflow) PN_WUR;
+/* The loss scale the next backward uses (1 without loss scaling) and the steps skipped
+ * for overflow so far (optional output). */
+double model_stage_loss_scale(const model_stage_t *st, long *skipped);
+/* Test hook: the next model_stage_overflow of a loss-scaling stage reports an overflow
+ * (the cuda backend plants a real inf in its gradients for its check to find). */
+void   model_stage_force_overflow(model_stage_t *st);
 double model_stage_loss(const model_stage_t *st);       /* last stage: mean loss of the last stepped iteration; NAN otherwise or under emulate */
 void   model_stage_destroy(model_stage_t *st);
 
@@ -176,6 +198,13 @@ typedef struct {
 void   model_stage_account(const model_stage_t *st, model_account_t *out);
 /* Peak resident memory of this process so far (getrusage), bytes. */
 size_t model_peak_rss_bytes(void);
+/* What the peak-memory columns report for a stage, by backend: the device memory it
+ * holds, measured (cuda: its allocations plus the cuBLAS workspace, all made at init, so
+ * also the peak), or where the backend holds no device memory the process's peak resident
+ * memory (cpu; emulate, whose device memory is modelled a priori, see bench's mem_model). */
+typedef enum { MODEL_MEM_RESIDENT, MODEL_MEM_DEVICE } model_mem_kind_t;
+size_t model_stage_peak_mem(const model_stage_t *st, model_mem_kind_t *kind);
+const char *model_mem_kind_name(model_mem_kind_t kind);  /* "resident", "device" */
 /* "cpu (OpenBLAS sgemm, OpenMP elementwise), 1 threads" or "emulate:a100 (peak 312.0
  * TFLOP/s dense fp16/bf16, efficiency 0.50, memory 1555 GB/s)": for headers. */
 void   model_stage_describe(const model_stage_t *st, char *buf, size_t len);
@@ -194,6 +223,9 @@ void   model_compute_describe(const char *compute, char *buf, size_t len);
 /* 1 if the compute backend's times come from a model (emulate): a stage's costs are then
  * known before it runs (model_stage_account); 0 otherwise, and for an invalid argument. */
 int    model_compute_modelled(const char *compute);
+/* 1 if the compute trains with dynamic loss scaling (fp16: cuda:fp16, emulate:DEV,fp16),
+ * so the stages of a run agree on overflows before stepping; 0 otherwise. */
+int    model_compute_loss_scaling(const char *compute);
 /* The compute argument alone: -EINVAL naming an unknown backend, an unknown device, a
  * bad fwd=/bwd= time or an unreadable calibration file. */
 int    model_compute_check(const char *compute, char *err, size_t errlen) PN_WUR;

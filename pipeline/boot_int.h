@@ -25,6 +25,10 @@ struct boot {
     int failed, fail_rank;
     char fail_why[512];
     int arrived, released;
+    /* ctrl_agree: rank 0 ORs the round's flags (agree_count arrived so far); every rank
+     * learns the result of round agreed_n - 1 (rounds are iterations, from 0) */
+    int agree_iter, agree_count, agree_any;
+    int agreed_n, agreed_any;
     void **gathered;
     size_t *gatherlens;
 };

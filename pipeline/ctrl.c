@@ -3,6 +3,7 @@
  * thread per rank that sleeps in poll() until a message or the wake eventfd. */
 #include "pipeline/ctrl.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <poll.h>
 #include <pthread.h>
@@ -15,6 +16,7 @@
 #include <unistd.h>
 
 #include "common/clock.h"
+#include "common/err.h"
 #include "pipeline/boot_int.h"
 #include "pipeline/wire.h"
 
@@ -44,6 +46,65 @@ static void root_release_if_complete(boot_t *b)
         b->released = 1;
         pthread_cond_broadcast(&b->cond);
     }
+}
+
+/* Rank 0: rank r's flag for iteration iter; the last arrival answers every rank. A flag
+ * for another iteration than the round's means a rank is out of step: a failure. */
+static void root_agree_arrive(boot_t *b, int r, int iter, int flag)
+{
+    /* lock held */
+    if (b->agree_count > 0 && iter != b->agree_iter) {
+        char why[160];
+        snprintf(why, sizeof why, "rank %d agreed on iteration %d while the others were at %d", r, iter, b->agree_iter);
+        pthread_mutex_unlock(&b->lock);
+        note_fail(b, r, why);
+        pthread_mutex_lock(&b->lock);
+        return;
+    }
+    b->agree_iter = iter;
+    b->agree_any |= flag != 0;
+    if (++b->agree_count < b->size)
+        return;
+    uint32_t msg[2] = {htonl((uint32_t)iter), htonl((uint32_t)b->agree_any)};
+    for (int q = 1; q < b->size; q++)
+        if (b->fds[q] >= 0)
+            (void)boot_send(b, b->fds[q], WIRE_AGREED, msg, sizeof msg);
+    b->agreed_n = iter + 1;
+    b->agreed_any = b->agree_any;
+    b->agree_count = 0;
+    b->agree_any = 0;
+    pthread_cond_broadcast(&b->cond);
+}
+
+/* A WIRE_AGREE / WIRE_AGREED payload: iteration and flag, network order. */
+static int agree_parse(const char *pl, size_t len, int *iter, int *flag)
+{
+    uint32_t m[2];
+    if (len != sizeof m)
+        return -EPROTO;
+    memcpy(m, pl, sizeof m);
+    *iter = (int)ntohl(m[0]);
+    *flag = (int)ntohl(m[1]);
+    return *iter >= 0 ? 0 : -EPROTO;
+}
+
+/* An agreement message from rank r: a flag for rank 0 to gather, or the result for the others. */
+static void agree_msg(boot_t *b, int r, int type, const char *pl, size_t len)
+{
+    int iter, flag;
+    if (agree_parse(pl, len, &iter, &flag) || (type == WIRE_AGREE) != (b->rank == 0)) {
+        note_fail(b, r, "a malformed agreement message on the control plane");
+        return;
+    }
+    pthread_mutex_lock(&b->lock);
+    if (type == WIRE_AGREE) {
+        root_agree_arrive(b, r, iter, flag);
+    } else {
+        b->agreed_n = iter + 1;
+        b->agreed_any = flag;
+        pthread_cond_broadcast(&b->cond);
+    }
+    pthread_mutex_unlock(&b->lock);
 }
 
 static void root_forward_abort(boot_t *b, int origin, const char *why)
@@ -130,6 +191,8 @@ static void *watch_main(void *arg)
                 }
                 root_release_if_complete(b);
                 pthread_mutex_unlock(&b->lock);
+            } else if (type == WIRE_AGREE || type == WIRE_AGREED) {
+                agree_msg(b, r, type, pl, len);
             } else if (type == WIRE_RELEASE && b->rank != 0) {
                 pthread_mutex_lock(&b->lock);
                 b->released = 1;
@@ -240,6 +303,42 @@ int ctrl_finish(boot_t *b, const void *payload, size_t len, double timeout, char
         snprintf(err, errlen, "%s", b->fail_why);
         rc = -ECONNRESET;
     }
+    pthread_mutex_unlock(&b->lock);
+    return rc;
+}
+
+int ctrl_agree(boot_t *b, int iter, int flag, int *any, double timeout, char *err, size_t errlen)
+{
+    if (b->size == 1) {
+        *any = flag != 0;
+        return 0;
+    }
+    if (!b->watching)
+        return pn_err(err, errlen, -EINVAL, "internal: ctrl_agree before ctrl_watch");
+    int rc = 0;
+    if (b->rank == 0) {
+        pthread_mutex_lock(&b->lock);
+        root_agree_arrive(b, 0, iter, flag);
+        pthread_mutex_unlock(&b->lock);
+    } else {
+        uint32_t msg[2] = {htonl((uint32_t)iter), htonl((uint32_t)(flag != 0))};
+        if ((rc = boot_send(b, b->fds[0], WIRE_AGREE, msg, sizeof msg)) != 0)
+            return pn_err(err, errlen, rc, "lost rank 0 while agreeing on iteration %d: %s", iter, strerror(-rc));
+    }
+    double deadline = timeout > 0 ? pn_now() + timeout : 0;
+    struct timespec ts = pn_timespec(deadline);
+    pthread_mutex_lock(&b->lock);
+    while (b->agreed_n <= iter && !b->failed && !rc) {
+        if (!deadline)
+            pthread_cond_wait(&b->cond, &b->lock);
+        else if (pthread_cond_timedwait(&b->cond, &b->lock, &ts) == ETIMEDOUT && b->agreed_n <= iter && !b->failed)
+            rc = pn_err(err, errlen, -ETIMEDOUT, "the stages' agreement on iteration %d timed out after %.0f s", iter,
+                        timeout);
+    }
+    if (!rc && b->agreed_n <= iter)
+        rc = pn_err(err, errlen, -ECONNRESET, "%s", b->fail_why);
+    else if (!rc)
+        *any = b->agreed_any;
     pthread_mutex_unlock(&b->lock);
     return rc;
 }

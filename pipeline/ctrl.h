@@ -27,6 +27,14 @@ int ctrl_wait_failure(boot_t *b, double wait, char *why, size_t len);
 int ctrl_finish(boot_t *b, const void *payload, size_t len, double timeout, char *err, size_t errlen) PN_WUR;
 const void *ctrl_gathered(const boot_t *b, int rank, size_t *len);
 
+/* An agreement of all ranks on one flag per iteration: returns in *any the OR of every
+ * rank's flag for iteration iter (rank 0 gathers them, then answers all), once every rank
+ * has called it for iter; iterations are agreed in order from 0. The fp16 overflow check
+ * uses it, so that every stage skips a step together. Needs ctrl_watch first with more than
+ * one rank; fails naming the cause if a rank dies first, or after timeout seconds (<= 0:
+ * no limit). */
+int ctrl_agree(boot_t *b, int iter, int flag, int *any, double timeout, char *err, size_t errlen) PN_WUR;
+
 /* Stops the watcher thread (boot_close calls it). */
 void ctrl_stop(boot_t *b);
 

@@ -3,6 +3,7 @@
  * W and is posted as soon as that slot is free, so receives run ahead of the op list by
  * up to W (the stage's peak in-flight micro-batches + 1) and transfers overlap compute. */
 #include "pipeline/exec.h"
+#include "pipeline/ctrl.h"
 #include "pipeline/fault.h"
 
 #include <errno.h>
@@ -388,14 +389,38 @@ static int op_send(ctx_t *c, int it, const sched_op_t *op, char *err, size_t err
     return 0;
 }
 
+/* fp16: whether any chunk of any stage overflowed in iteration it (PIPENEM_FAULT=overflow
+ * fakes one). Every stage then skips its step, or none does: a step skipped on one stage
+ * only would leave the model's stages on weights of different iterations. */
+static int overflow_agree(ctx_t *c, int it, int *any, char *err, size_t errlen)
+{
+    int local = 0, rc;
+    for (int j = 0; j < c->v; j++) {
+        if ((rc = model_stage_overflow(c->st[j])) < 0)
+            return pn_err(err, errlen, rc, "rank %d: the overflow check of iteration %d: %s", c->s, it, strerror(-rc));
+        local |= rc;
+    }
+    local |= fault_overflow(c->s, it);
+    *any = local;
+    if (c->P == 1 || !model_compute_loss_scaling(c->p->cfg->model.compute))
+        return 0;
+    char e[512];
+    if ((rc = ctrl_agree(c->p->boot, it, local, any, c->p->cfg->timeout, e, sizeof e)))
+        snprintf(err, errlen, "rank %d: OPT_STEP of iteration %d: %s", c->s, it, e);
+    return rc;
+}
+
 /* OPT_STEP: every chunk of the rank steps; the one holding the model's last chunk has the loss. */
 static int op_step(ctx_t *c, int it, char *err, size_t errlen)
 {
-    int rc;
-    if ((rc = tied_exchange(c, it, err, errlen)) != 0)
+    int rc, overflow = 0;
+    if ((rc = tied_exchange(c, it, err, errlen)) != 0 || (rc = overflow_agree(c, it, &overflow, err, errlen)) != 0)
         return rc;
+    c->out->skipped += overflow && c->st[0]->loss_scaling;
     for (int j = 0; j < c->v; j++) {
-        if ((rc = model_stage_step(c->st[j], it))) {
+        if (c->st[j]->loss_scaling)
+            c->out->loss_scale[it] = c->st[j]->ls.scale;
+        if ((rc = model_stage_step_agreed(c->st[j], it, overflow))) {
             snprintf(err, errlen, "rank %d: OPT_STEP of iteration %d: %s", c->s, it, strerror(-rc));
             return rc;
         }
@@ -520,6 +545,7 @@ static int ctx_init(ctx_t *c, const sched_op_t *ops, size_t n, char *err, size_t
         w = c->M * c->v + 1;
     c->keys = c->M * (c->v > 1 ? c->C : 1);
     if (!(c->out->loss = malloc(sizeof *c->out->loss * (size_t)c->iters)) ||
+        !(c->out->loss_scale = malloc(sizeof *c->out->loss_scale * (size_t)c->iters)) ||
         !(c->local[0] = calloc((size_t)c->keys, sizeof(float *))) ||
         !(c->local[1] = calloc((size_t)c->keys, sizeof(float *))) || (rc = queues_init(c, ops, n, w)) == -ENOMEM)
         return pn_err(err, errlen, -ENOMEM, "rank %d: out of memory for boundary buffers of %zu bytes", c->s,
@@ -527,7 +553,7 @@ static int ctx_init(ctx_t *c, const sched_op_t *ops, size_t n, char *err, size_t
     if (rc)
         return pn_err(err, errlen, rc, "rank %d: the op list talks to more than two ranks", c->s);
     for (int i = 0; i < c->iters; i++)
-        c->out->loss[i] = NAN;
+        c->out->loss[i] = c->out->loss_scale[i] = NAN;
     return 0;
 }
 
@@ -637,6 +663,7 @@ void exec_result_destroy(exec_result_t *r)
 {
     free(r->rows);
     free(r->loss);
+    free(r->loss_scale);
     memset(r, 0, sizeof *r);
 }
 

@@ -30,7 +30,8 @@ typedef struct {
     model_stage_t *const *chunks;
     int n_chunks;          /* 0: st alone */
     transport_t *t;        /* connected to the neighbours; NULL with one stage */
-    const boot_t *boot;    /* clock alignment; NULL = this process's clock */
+    boot_t *boot;          /* clock alignment and the stages' agreement on fp16 overflows;
+                            * NULL = this process's clock, one stage */
     int stage;
 } exec_params_t;
 
@@ -39,6 +40,9 @@ typedef struct {
     size_t n_rows, cap_rows;
     int iters;             /* warmup + measured */
     double *loss;          /* [iters]: last stage's mean loss of each iteration, NAN elsewhere */
+    double *loss_scale;    /* [iters]: the fp16 loss scale each iteration's gradients carried;
+                            * NAN without loss scaling */
+    long skipped;          /* optimizer steps skipped for an fp16 overflow (of any stage) */
     double wait_wall, wait_cpu;   /* seconds spent waiting on the transport, and the
                                      process's CPU seconds meanwhile (all threads) */
     double run_wall, run_cpu;     /* the same over the whole run */

@@ -94,7 +94,8 @@ void fault_point(int rank, fault_at_t at, int iter)
 {
     if (!spec.parsed)
         spec_load();
-    if (!spec.active || spec.done || spec.rank != rank || spec.at != at || (at != FAULT_AT_BOOT && spec.iter != iter))
+    if (!spec.active || spec.done || spec.rank != rank || spec.at != at || (at != FAULT_AT_BOOT && spec.iter != iter) ||
+        !strcmp(spec.action, "overflow"))
         return;
     spec.done = 1;
     fprintf(stderr, "pipenem: PIPENEM_FAULT: rank %d: %s\n", rank, getenv("PIPENEM_FAULT"));
@@ -107,4 +108,16 @@ void fault_point(int rank, fault_at_t at, int iter)
         sockets_shutdown();
     else if (!strcmp(spec.action, "linkdown"))
         links_down();
+}
+
+int fault_overflow(int rank, int iter)
+{
+    if (!spec.parsed)
+        spec_load();
+    if (!spec.active || spec.done || spec.rank != rank || spec.at != FAULT_AT_ITER || spec.iter != iter ||
+        strcmp(spec.action, "overflow"))
+        return 0;
+    spec.done = 1;
+    fprintf(stderr, "pipenem: PIPENEM_FAULT: rank %d: %s\n", rank, getenv("PIPENEM_FAULT"));
+    return 1;
 }

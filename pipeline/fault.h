@@ -8,6 +8,8 @@
  *         stop      SIGSTOP itself (the driver sends SIGCONT later, or nobody does)
  *         close     shut down every socket of the process (control plane and transport)
  *         linkdown  set every non-loopback interface of its network namespace down
+ *         overflow  its gradients of iteration N overflow, as fp16 ones can (fault_overflow;
+ *                   with a loss-scaling compute every stage then skips that step)
  * WHEN:   boot      right after the rendezvous, before the neighbours are connected
  *         N         halfway through iteration N's op list
  *         opt       just before iteration 1's optimizer step
@@ -21,5 +23,8 @@ typedef enum { FAULT_AT_BOOT, FAULT_AT_ITER, FAULT_AT_OPT } fault_at_t;
  * (iter is the iteration for FAULT_AT_ITER and FAULT_AT_OPT). Returns only if the process
  * is still running afterwards. */
 void fault_point(int rank, fault_at_t at, int iter);
+
+/* 1 (once) if PIPENEM_FAULT=overflow:RANK:ITER names this rank and iteration, else 0. */
+int fault_overflow(int rank, int iter);
 
 #endif

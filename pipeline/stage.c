@@ -45,15 +45,19 @@ static void on_peer_fail(void *arg, int rank, const char *why)
 
 static char *report_build(const stage_rank_t *me, const exec_result_t *r, size_t *len)
 {
-    size_t cap = 256 + (size_t)r->iters * 48 + r->n_rows * 96;
+    size_t cap = 256 + (size_t)r->iters * 96 + r->n_rows * 96;
     char *buf = malloc(cap);
     if (!buf)
         return NULL;
     size_t n = (size_t)snprintf(buf, cap, "R %zu %.17g %.17g %.17g %.17g %.17g %.17g %.17g %zu %d %zu\n",
-                                me->peak_rss, me->fwd_flops, me->bwd_flops, me->peak_flops, me->wait_wall,
+                                me->peak_mem, me->fwd_flops, me->bwd_flops, me->peak_flops, me->wait_wall,
                                 me->wait_cpu, me->run_wall, me->run_cpu, me->params, r->iters, r->n_rows);
-    for (int i = 0; i < r->iters && n < cap; i++)
+    n += (size_t)snprintf(buf + n, cap - n, "M %d %ld\n", me->mem_kind, me->skipped);
+    for (int i = 0; i < r->iters && n < cap; i++) {
         n += (size_t)snprintf(buf + n, cap - n, "L %d %.17g\n", i, r->loss[i]);
+        if (n < cap && isfinite(r->loss_scale[i]))
+            n += (size_t)snprintf(buf + n, cap - n, "S %d %.17g\n", i, r->loss_scale[i]);
+    }
     for (size_t i = 0; i < r->n_rows && n < cap; i++) {
         const exec_row_t *w = &r->rows[i];
         n += (size_t)snprintf(buf + n, cap - n, "T %d %d %d %.9f %.9f %zu\n", w->iter, (int)w->kind, w->mb, w->start,
@@ -78,7 +82,7 @@ int stage_report_parse(stage_summary_t *s, int q, const char *text, size_t len, 
     for (char *line = strtok_r(copy, "\n", &save); line && !rc; line = strtok_r(NULL, "\n", &save)) {
         stage_rank_t *m = &s->ranks[q];
         if (line[0] == 'R') {
-            if (sscanf(line, "R %zu %lg %lg %lg %lg %lg %lg %lg %zu %d %zu", &m->peak_rss, &m->fwd_flops,
+            if (sscanf(line, "R %zu %lg %lg %lg %lg %lg %lg %lg %zu %d %zu", &m->peak_mem, &m->fwd_flops,
                        &m->bwd_flops, &m->peak_flops, &m->wait_wall, &m->wait_cpu, &m->run_wall, &m->run_cpu,
                        &m->params, &iters, &rows) != 11 ||
                 iters != s->warmup + s->iters || rows > len / 14) {
@@ -100,6 +104,22 @@ int stage_report_parse(stage_summary_t *s, int q, const char *text, size_t len, 
             }
             if (!isnan(v)) /* the rank holding the model's last chunk */
                 s->loss[i] = v;
+        } else if (line[0] == 'M') { /* memory kind and skipped steps (optional: resident, 0) */
+            if (sscanf(line, "M %d %ld", &m->mem_kind, &m->skipped) != 2 || m->mem_kind < MODEL_MEM_RESIDENT ||
+                m->mem_kind > MODEL_MEM_DEVICE || m->skipped < 0) {
+                rc = -EPROTO;
+                break;
+            }
+        } else if (line[0] == 'S') { /* the loss scale of iteration i (optional) */
+            int i;
+            double v;
+            if (sscanf(line, "S %d %lg", &i, &v) != 2 || i < 0 || i >= s->warmup + s->iters || !(v > 0) ||
+                !isfinite(v)) {
+                rc = -EPROTO;
+                break;
+            }
+            if (s->loss_scale)
+                s->loss_scale[i] = v;
         } else if (line[0] == 'T') {
             exec_row_t w = {.rank = q};
             int kind;
@@ -143,15 +163,16 @@ static int summary_build(stage_summary_t *s, const runcfg_t *cfg, const char *(*
     s->tokens_per_iter = (double)cfg->stage_params.micro_batch_size * cfg->micro_batches * cfg->stage_params.seq_len;
     s->iter_time = calloc((size_t)n, sizeof *s->iter_time);
     s->loss = malloc(sizeof *s->loss * (size_t)n);
+    s->loss_scale = malloc(sizeof *s->loss_scale * (size_t)n);
     s->ranks = calloc((size_t)cfg->stages, sizeof *s->ranks);
     double *first = malloc(sizeof *first * (size_t)n), *last = malloc(sizeof *last * (size_t)n);
     int rc = 0;
-    if (!s->iter_time || !s->loss || !s->ranks || !first || !last) {
+    if (!s->iter_time || !s->loss || !s->loss_scale || !s->ranks || !first || !last) {
         rc = -ENOMEM;
         goto out;
     }
     for (int i = 0; i < n; i++) {
-        s->loss[i] = NAN;
+        s->loss[i] = s->loss_scale[i] = NAN;
         first[i] = INFINITY;
         last[i] = -INFINITY;
     }
@@ -164,6 +185,8 @@ static int summary_build(stage_summary_t *s, const runcfg_t *cfg, const char *(*
             break;
         }
         rc = stage_report_parse(s, q, text, len, err, errlen);
+        if (!rc && s->ranks[q].skipped > s->skipped)
+            s->skipped = s->ranks[q].skipped;
     }
     if (rc)
         goto out;
@@ -266,6 +289,7 @@ void stage_summary_destroy(stage_summary_t *s)
 {
     free(s->iter_time);
     free(s->loss);
+    free(s->loss_scale);
     free(s->ranks);
     free(s->rows);
     memset(s, 0, sizeof *s);
@@ -273,24 +297,37 @@ void stage_summary_destroy(stage_summary_t *s)
 
 void stage_summary_print(const stage_summary_t *s, const runcfg_t *cfg, FILE *f)
 {
-    fprintf(f, "#\n#  %9s %12s %16s %12s\n", "iteration", "time", "loss", "tokens/s");
-    fprintf(f, "#  %9s %12s %16s %12s\n", "", "(s)", "", "(tok/s)");
+    int scaled = 0; /* fp16: the loss scale column */
     for (int i = 0; i < s->warmup + s->iters; i++)
-        fprintf(f, "   %9d %12.6f %16.9g %12.1f%s\n", i, s->iter_time[i], s->loss[i],
-                s->tokens_per_iter / s->iter_time[i], i < s->warmup ? "  (warm-up)" : "");
+        scaled |= isfinite(s->loss_scale[i]);
+    fprintf(f, "#\n#  %9s %12s %16s %12s%s\n", "iteration", "time", "loss", "tokens/s", scaled ? "   loss_scale" : "");
+    fprintf(f, "#  %9s %12s %16s %12s%s\n", "", "(s)", "", "(tok/s)", scaled ? "       (fp16)" : "");
+    for (int i = 0; i < s->warmup + s->iters; i++) {
+        fprintf(f, "   %9d %12.6f %16.9g %12.1f", i, s->iter_time[i], s->loss[i], s->tokens_per_iter / s->iter_time[i]);
+        if (scaled)
+            fprintf(f, " %12.9g", s->loss_scale[i]);
+        fprintf(f, "%s\n", i < s->warmup ? "  (warm-up)" : "");
+    }
     fprintf(f, "#\n# median iteration time %.6f s over %d iterations (after %d warm-up), %.1f tokens/s\n",
             s->median_time, s->iters, s->warmup, s->tokens_per_s);
-    fprintf(f, "#  %5s %12s %8s %14s %14s\n", "stage", "TFLOP/s", "MFU", "peak_mem", "wait_cpu");
-    fprintf(f, "#  %5s %12s %8s %14s %14s\n", "", "", "(%)", "(MiB)", "(% of a core)");
+    if (scaled)
+        fprintf(f, "# fp16 dynamic loss scaling: %ld step%s skipped for an overflow (every stage skips together)\n",
+                s->skipped, s->skipped == 1 ? "" : "s");
+    fprintf(f, "#  %5s %12s %8s %14s %14s %9s %8s\n", "stage", "TFLOP/s", "MFU", "peak_mem", "wait_cpu", "memory",
+            "skipped");
+    fprintf(f, "#  %5s %12s %8s %14s %14s %9s %8s\n", "", "", "(%)", "(MiB)", "(% of a core)", "(kind)", "(steps)");
     for (int q = 0; q < s->stages; q++) {
         const stage_rank_t *m = &s->ranks[q];
         double tflops = (m->fwd_flops + m->bwd_flops) * cfg->micro_batches / s->median_time / 1e12;
         char mfu[16] = "-";
         if (m->peak_flops > 0)
             snprintf(mfu, sizeof mfu, "%.2f", 100.0 * tflops * 1e12 / m->peak_flops);
-        fprintf(f, "   %5d %12.6f %8s %14.1f %14.2f\n", q, tflops, mfu, (double)m->peak_rss / 1048576.0,
-                m->wait_wall > 0 ? 100.0 * m->wait_cpu / m->wait_wall : 0.0);
+        fprintf(f, "   %5d %12.6f %8s %14.1f %14.2f %9s %8ld\n", q, tflops, mfu, (double)m->peak_mem / 1048576.0,
+                m->wait_wall > 0 ? 100.0 * m->wait_cpu / m->wait_wall : 0.0,
+                model_mem_kind_name((model_mem_kind_t)m->mem_kind), m->skipped);
     }
+    fprintf(f, "# memory: device = the stage's device allocations plus the cuBLAS workspace (measured); resident = "
+               "the stage process's peak RSS (cpu; under emulate not the emulated device's)\n");
 }
 
 /* The transport of this rank (--transport), wrapped in the shim when the links are shaped
@@ -447,7 +484,11 @@ int stage_run(const stage_params_t *p, stage_summary_t *out, char *err, size_t e
         goto fail_all;
     model_account_t acc;
     model_account_all(st, v, &acc);
-    stage_rank_t me = {.peak_rss = model_peak_rss_bytes(), .fwd_flops = acc.fwd_flops, .bwd_flops = acc.bwd_flops,
+    model_mem_kind_t kind;
+    size_t mem = model_stage_peak_mem(&st[0], &kind);
+    for (int j = 1; j < v && kind == MODEL_MEM_DEVICE; j++) /* chunks: their device memory together (RSS is the process's) */
+        mem += model_stage_peak_mem(&st[j], &kind);
+    stage_rank_t me = {.peak_mem = mem, .mem_kind = kind, .skipped = r.skipped, .fwd_flops = acc.fwd_flops, .bwd_flops = acc.bwd_flops,
                        .peak_flops = acc.peak_flops, .wait_wall = r.wait_wall, .wait_cpu = r.wait_cpu,
                        .run_wall = r.run_wall, .run_cpu = r.run_cpu, .params = acc.params};
     size_t replen = 0;

@@ -25,7 +25,10 @@ typedef struct {
 
 /* What one rank reports at the end. */
 typedef struct {
-    size_t peak_rss;
+    size_t peak_mem;         /* bytes: see mem_kind */
+    int mem_kind;            /* model_mem_kind_t: MODEL_MEM_DEVICE (cuda: measured device
+                              * memory) or MODEL_MEM_RESIDENT (the process's peak RSS) */
+    long skipped;            /* optimizer steps skipped for an fp16 overflow */
     double fwd_flops, bwd_flops, peak_flops;   /* per micro-batch; peak 0 = unknown */
     double wait_wall, wait_cpu, run_wall, run_cpu;
     size_t params;
@@ -37,6 +40,9 @@ typedef struct {
     int stages, iters, warmup;
     double *iter_time;       /* [warmup + iters] seconds */
     double *loss;            /* [warmup + iters] last stage's mean loss; NAN if not cpu */
+    double *loss_scale;      /* [warmup + iters] the fp16 loss scale of each iteration's
+                              * gradients (a skipped step halves the next); NAN without */
+    long skipped;            /* steps skipped for an fp16 overflow (the stages agree) */
     double tokens_per_iter;
     double median_time, tokens_per_s;
     stage_rank_t *ranks;     /* [stages] */
@@ -53,11 +59,12 @@ void stage_summary_destroy(stage_summary_t *s);
 int stage_summary_read(const runcfg_t *cfg, FILE *f, stage_summary_t *out, char *err, size_t errlen) PN_WUR;
 
 /* nccl-tests-style table of the summary onto f: '#' header, units row, one row per
- * iteration (iteration, time, loss, tokens/s), then per-stage throughput and memory. */
+ * iteration (iteration, time, loss, tokens/s, and with fp16 loss scaling the scale), then
+ * per-stage throughput, memory (and which kind) and skipped steps. */
 void stage_summary_print(const stage_summary_t *s, const runcfg_t *cfg, FILE *f);
 
 /* Parses rank q's final report (as it arrived at rank 0) into s, which has stages,
- * iters, warmup, loss[warmup + iters] and ranks[stages] set. Every count, index and
+ * iters, warmup, loss[warmup + iters] and ranks[stages] set (loss_scale may be NULL). Every count, index and
  * micro-batch number is range-checked before use: -EPROTO with a message otherwise.
  * Exposed for the fuzz target. */
 int stage_report_parse(stage_summary_t *s, int q, const char *text, size_t len, char *err, size_t errlen) PN_WUR;

@@ -17,7 +17,7 @@ enum { WIRE_HEADER_BYTES = 12, WIRE_TEXT_MAX = 1024 };
 
 /* Message types of the bootstrap protocol. */
 enum { WIRE_HELLO = 1, WIRE_WELCOME, WIRE_REFUSE, WIRE_CLOCK_REQ, WIRE_CLOCK_REP, WIRE_TABLE, WIRE_ABORT,
-       WIRE_DONE, WIRE_RELEASE };
+       WIRE_DONE, WIRE_RELEASE, WIRE_AGREE, WIRE_AGREED };
 
 /* The one pair of whole-buffer loops for sockets and pipes. All n bytes or a negative
  * errno (a socket's closed peer is -EPIPE, not SIGPIPE; EINTR retried). */

@@ -50,6 +50,12 @@ static void test_round_trip(void **state)
     r.cells[3].final_loss = NAN;
     r.cells[3].straggler_rank = 1;
     r.cells[3].straggler_factor = 1.5;
+    /* a cuda cell: device memory, fp16 steps skipped, a loss scale per iteration */
+    snprintf(r.cells[0].mem_kind, sizeof r.cells[0].mem_kind, "device");
+    snprintf(r.cells[1].mem_kind, sizeof r.cells[1].mem_kind, "resident");
+    r.cells[0].skipped_steps = 3;
+    r.iters[0].loss_scale = 32768;
+    r.iters[1].loss_scale = NAN;
     char err[512] = "";
     int rc = results_write(&r, dir, err, sizeof err);
     if (rc)
@@ -68,7 +74,8 @@ static void test_round_trip(void **state)
                  a->stages != b->stages || a->batch_size != b->batch_size || a->seq_len != b->seq_len ||
                  a->micro_batches != b->micro_batches || a->iters != b->iters || a->warmup != b->warmup ||
                  a->repeats != b->repeats || strcmp(a->compute, b->compute) || strcmp(a->emulator, b->emulator) ||
-                 a->straggler_rank != b->straggler_rank || a->straggler_stage != b->straggler_stage;
+                 a->straggler_rank != b->straggler_rank || a->straggler_stage != b->straggler_stage ||
+                 strcmp(a->mem_kind, b->mem_kind) || a->skipped_steps != b->skipped_steps;
         const double da[] = {a->straggler_factor, a->iter_median, a->iter_mean, a->iter_min, a->iter_max,
                              a->iter_stdev, a->predicted, a->predicted_apriori, a->ideal, a->imbalance, a->tokens_per_s, a->mfu,
                              a->straggler_delay, a->straggler_slowdown, a->final_loss, a->wall};
@@ -81,8 +88,13 @@ static void test_round_trip(void **state)
             diffs += !same_double(a->flops[s], b->flops[s]) + !same_double(a->mem_peak[s], b->mem_peak[s]) +
                      !same_double(a->bubble[s], b->bubble[s]) + !same_double(a->mem_model[s], b->mem_model[s]);
     }
-    for (size_t i = 0; i < r.n_iters; i++)
-        diffs += memcmp(&r.iters[i], &back.iters[i], sizeof r.iters[i]) != 0;
+    for (size_t i = 0; i < r.n_iters; i++) {
+        const results_iter_t *a = &r.iters[i], *b = &back.iters[i];
+        diffs += a->cell != b->cell || a->repeat != b->repeat || a->iteration != b->iteration ||
+                 a->warmup != b->warmup || a->time != b->time || !same_double(a->loss_scale, b->loss_scale);
+    }
+    assert_string_equal(back.cells[0].mem_kind, "device");
+    assert_true(back.cells[0].skipped_steps == 3 && back.iters[0].loss_scale == 32768 && isnan(back.iters[1].loss_scale));
     for (size_t i = 0; i < r.n_ops; i++) {
         const results_op_t *a = &r.ops[i], *b = &back.ops[i];
         diffs += a->cell != b->cell || a->repeat != b->repeat || a->rank != b->rank ||
@@ -273,7 +285,8 @@ static void test_older_columns(void **state)
     assert_int_equal(csvio_file_read(path, &data, &len, err, sizeof err), 0);
     /* Renamed in the header line only: the reader then finds no column of the new names. */
     static const char *const from[] = {",replayed_s,", ",predicted_apriori_s,", ",partition_imbalance,",
-                                       ",straggler_stage,", ",mem_model_bytes_stage"};
+                                       ",straggler_stage,", ",mem_model_bytes_stage", ",mem_kind,",
+                                       ",skipped_steps"};
     char *nl = strchr(data, '\n');
     for (size_t i = 1; i < sizeof from / sizeof *from; i++)
         for (char *p = strstr(data, from[i]); p && p < nl; p = strstr(p + 1, from[i]))
@@ -298,7 +311,23 @@ static void test_older_columns(void **state)
         assert_true(isnan(b->predicted_apriori) && isnan(b->imbalance) && isnan(b->mem_model[0]));
         assert_int_equal(b->straggler_stage, -1);
         assert_true(same_double(a->mem_peak[1], b->mem_peak[1]));
+        assert_true(b->mem_kind[0] == '\0' && b->skipped_steps == 0);
     }
+    /* an iterations.csv from before the loss_scale column */
+    snprintf(path, sizeof path, "%s/iterations.csv", dir);
+    assert_int_equal(csvio_file_read(path, &data, &len, err, sizeof err), 0);
+    char *ls = strstr(data, ",loss_scale");
+    assert_true(ls && ls < strchr(data, '\n'));
+    ls[1] = 'X';
+    assert_int_equal(csvio_file_write_atomic(path, data, len, err, sizeof err), 0);
+    free(data);
+    results_destroy(&back);
+    results_init(&back);
+    if (results_read(dir, &back, err, sizeof err))
+        fail_msg("older iterations.csv: %s", err);
+    assert_int_equal(back.n_iters, r.n_iters);
+    for (size_t i = 0; i < back.n_iters; i++)
+        assert_true(isnan(back.iters[i].loss_scale) && back.iters[i].time == r.iters[i].time);
     results_destroy(&r);
     results_destroy(&back);
 }

@@ -435,13 +435,96 @@ static void test_cuda_unusable(void **state)
 }
 #endif
 
+/* One stage of tiny (2 stages, micro-batch 2 of 32 tokens, 2 micro-batches) on compute. */
+static void stage_of(model_stage_t *st, const char *compute)
+{
+    model_stage_params_t p;
+    memset(&p, 0, sizeof p);
+    char err[512];
+    assert_int_equal(model_config_get("tiny", &p.cfg, err, sizeof err), 0);
+    p.seq_len = 32;
+    p.micro_batch_size = 2;
+    p.micro_batches = 2;
+    p.stages = 2;
+    p.stage = 1;
+    p.compute = compute;
+    p.dataset = "random";
+    p.seed = 1;
+    p.lr = 1e-3f;
+    if (model_stage_init(st, &p, err, sizeof err))
+        fail_msg("model_stage_init(%s): %s", compute, err);
+}
+
+/* The fp16 loss scale as the stage keeps it (emulate:DEV,fp16 scales as the device would):
+ * a local overflow skips and halves; an overflow agreed from another stage does the same
+ * to a stage whose own gradients are finite; fp32 scales nothing and steps regardless. */
+static void test_stage_loss_scaling(void **state)
+{
+    (void)state;
+    assert_int_equal(model_compute_loss_scaling("emulate:v100,fp16"), 1);
+    assert_int_equal(model_compute_loss_scaling("emulate:v100,bf16"), 0);
+    assert_int_equal(model_compute_loss_scaling("emulate:v100"), 0);
+    assert_int_equal(model_compute_loss_scaling("cpu"), 0);
+    assert_int_equal(model_compute_loss_scaling("cuda:fp16"), 1);
+    assert_int_equal(model_compute_loss_scaling("cuda"), 0);
+    assert_int_equal(model_compute_loss_scaling("nonsense"), 0);
+    model_stage_t st;
+    stage_of(&st, "emulate:v100,fp16");
+    long sk;
+    double s0 = model_stage_loss_scale(&st, &sk);
+    assert_true(s0 == 65536.0 && sk == 0);
+    assert_int_equal(model_stage_overflow(&st), 0);
+    model_stage_force_overflow(&st);
+    assert_int_equal(model_stage_overflow(&st), 1);
+    assert_int_equal(model_stage_overflow(&st), 0); /* the hook fires once */
+    model_stage_force_overflow(&st);
+    assert_int_equal(model_stage_step(&st, 0), 0);  /* local overflow: skipped */
+    double s1 = model_stage_loss_scale(&st, &sk);
+    print_message("fp16: scale %g -> %g after a local overflow, skipped %ld\n", s0, s1, sk);
+    assert_true(s1 == s0 / 2 && sk == 1);
+    assert_int_equal(model_stage_step_agreed(&st, 1, 1), 0); /* another stage's overflow */
+    double s2 = model_stage_loss_scale(&st, &sk);
+    print_message("fp16: scale %g -> %g after another stage's overflow, skipped %ld\n", s1, s2, sk);
+    assert_true(s2 == s1 / 2 && sk == 2);
+    assert_int_equal(model_stage_step_agreed(&st, 2, 0), 0);
+    assert_true(model_stage_loss_scale(&st, &sk) == s2 && sk == 2 && st.steps == 3);
+    model_stage_destroy(&st);
+    stage_of(&st, "emulate:v100");
+    model_stage_force_overflow(&st);
+    assert_int_equal(model_stage_overflow(&st), 0); /* no loss scaling: nothing to report */
+    assert_int_equal(model_stage_step_agreed(&st, 0, 1), 0);
+    assert_true(model_stage_loss_scale(&st, &sk) == 1.0 && sk == 0 && st.steps == 1);
+    model_stage_destroy(&st);
+}
+
+/* The memory a stage reports: the process's resident memory where the backend holds no
+ * device memory (cpu, emulate; the cuda backend's device_bytes is exercised on a GPU). */
+static void test_stage_peak_mem(void **state)
+{
+    (void)state;
+    const char *computes[] = {"cpu", "emulate:v100,fp16"};
+    for (int i = 0; i < 2; i++) {
+        model_stage_t st;
+        stage_of(&st, computes[i]);
+        model_mem_kind_t kind = MODEL_MEM_DEVICE;
+        size_t before = model_peak_rss_bytes(), mem = model_stage_peak_mem(&st, &kind), after = model_peak_rss_bytes();
+        print_message("%s: %s memory %.1f MiB\n", computes[i], model_mem_kind_name(kind), mem / 1048576.0);
+        assert_int_equal(kind, MODEL_MEM_RESIDENT);
+        assert_string_equal(model_mem_kind_name(kind), "resident");
+        assert_true(mem >= before && mem <= after && mem > 0);
+        model_stage_destroy(&st);
+    }
+    assert_string_equal(model_mem_kind_name(MODEL_MEM_DEVICE), "device");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_precision_table), cmocka_unit_test(test_device_table),
         cmocka_unit_test(test_loss_scale),      cmocka_unit_test(test_cuda_arg),
         cmocka_unit_test(test_gpu_pick),        cmocka_unit_test(test_half_conversion),
-        cmocka_unit_test(test_emulate_precision),
+        cmocka_unit_test(test_emulate_precision), cmocka_unit_test(test_stage_loss_scaling),
+        cmocka_unit_test(test_stage_peak_mem),
 #ifdef PN_HAVE_CUDA
         cmocka_unit_test(test_device_option),
         cmocka_unit_test(test_cuda_unusable),

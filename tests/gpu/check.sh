@@ -8,7 +8,10 @@
 #   compare   cuda vs cpu: loss, every gradient by name, parameters after 3 AdamW steps,
 #             tiny and d=768 T=256 2 layers (one per stage), plain/recompute/tied, each
 #             precision; the forced fp16 overflow (tests/test_models_cuda_gpu.c)
-#   pipeline  a 3-process `pipenem run --compute cuda` on one GPU: losses match --stages 1
+#   pipeline  a 3-process `pipenem run --compute cuda` on one GPU: losses match --stages 1,
+#             and the memory column reports the stages' device memory
+#   fp16-agree  3 processes on cuda:fp16, stage 1's gradients forced to overflow
+#             (PIPENEM_FAULT=overflow:1:1): every stage skips that step, the scale halves
 #   memcheck, racecheck   compute-sanitizer over a `tiny` calibrate run, where it runs
 #   nccl      --transport nccl: SKIP on one GPU; on >= 2, 3 stages give ucx's losses and a
 #             killed rank ends the run naming it
@@ -16,7 +19,10 @@
 # and ends with "gpu: N passed, N failed, N skipped" (exit 0 only without failures).
 # Logs go to $OUT when set (the device tool), else to a temporary folder.
 # usage: tests/gpu/check.sh [PACK_DIR=build-gpu]   (or a native build: BUILD=build tests/gpu/check.sh)
-# PN_GPU_QUICK=1 trims the comparisons and the benchmark to a few minutes.
+# PN_GPU_QUICK=1 trims the comparisons (every precision and variant on tiny, the plain
+# variant on d=768) and the benchmark (micro-batch 1 and 4) to a few minutes. A time budget
+# (PN_GPU_BUDGET seconds, 540 by default: the device tool's 600 s per command) SKIPs the
+# steps that would start after it is spent, so the summary always prints.
 # PN_GPU_COMPUTE=cpu runs the pipeline step's plumbing on cpu (for testing this script).
 set -u
 cd "$(dirname "$0")/../.."
@@ -25,6 +31,8 @@ logs=${OUT:-$(mktemp -d /tmp/pn-gpu-logs.XXXXXX)}
 mkdir -p "$logs"
 passed=0 failed=0 skipped=0
 results=()
+budget=${PN_GPU_BUDGET:-540}
+quick=${PN_GPU_QUICK:-0}
 
 note() { printf '# %s\n' "$*"; }
 record() { # NAME RESULT(pass|fail|skip) DETAIL
@@ -80,10 +88,22 @@ fi
 note "$(date -u +%FT%TZ) $(uname -n): $( (nvidia-smi -L 2>/dev/null || echo 'no nvidia-smi') | head -1)"
 note "cuBLAS: ${blas:-$so not found (the probe says what the backend makes of it)}"
 
+# A step of LIMIT seconds may start while it fits in what is left of the budget (its limit
+# cut to that); else it is recorded as skipped. Sets $limit.
+fits() { # NAME LIMIT
+	local left=$((budget - SECONDS))
+	if [ "$left" -lt 30 ]; then
+		record "$1" skip "the ${budget}s budget is spent (${SECONDS}s so far)"
+		return 1
+	fi
+	limit=$(($2 < left ? $2 : left))
+}
+
 # ---- a cmocka program: pass/fail/skip from its summary lines
 cmocka_step() { # NAME LIMIT PROGRAM
-	local name=$1 limit=$2 prog=$3 log=$logs/$1.log
-	note "--- $name: $prog"
+	local name=$1 limit prog=$3 log=$logs/$1.log
+	fits "$name" "$2" || return 0
+	note "--- $name: $prog (limit ${limit}s)"
 	timeout -k 10 "$limit" "$prog" >"$log" 2>&1
 	local rc=$? p f s
 	cat "$log"
@@ -109,35 +129,62 @@ probe_log=$logs/probe.log
 if ! timeout -k 10 120 "$pipenem" calibrate --model tiny --seq-len 32 --compute cuda --iters 1 --warmup 0 >"$probe_log" 2>&1; then
 	cat "$probe_log"
 	why=$(grep -m1 -o 'cuda: .*' "$probe_log" || tail -1 "$probe_log")
-	for s in compare pipeline memcheck racecheck bench; do record "$s" skip "no usable GPU: $why"; done
+	for s in compare pipeline fp16-agree memcheck racecheck bench; do record "$s" skip "no usable GPU: $why"; done
 	finish
 fi
 cat "$probe_log"
 record probe pass "$(grep -m1 '^# compute' "$probe_log" | cut -c3-)"
 
-cmocka_step compare 900 "$t_cmp"
+cmocka_step compare "$([ "$quick" = 1 ] && echo 240 || echo 900)" "$t_cmp"
 
 # ---- pipeline: 3 processes on one GPU against one
 note "--- pipeline"
 run_losses() { # STAGES LOG -> the loss column of the iteration rows
-	timeout -k 10 300 "$pipenem" run --stages "$1" --model tiny --compute "${PN_GPU_COMPUTE:-cuda}" --seq-len 64 --batch-size 4 \
+	timeout -k 10 120 "$pipenem" run --stages "$1" --model tiny --compute "${PN_GPU_COMPUTE:-cuda}" --seq-len 64 --batch-size 4 \
 		--micro-batch-size 2 --iters 3 --warmup 0 --net default >"$2" 2>&1 || return 1
 	awk '/^ +[0-9]+ +[0-9.]+ +[-0-9.e+]+ +[0-9.]+ *$/ {print $3}' "$2"
 }
-if l1=$(run_losses 1 "$logs/pipeline-1.log") && l3=$(run_losses 3 "$logs/pipeline-3.log") && [ -n "$l1" ]; then
+if ! fits pipeline 240; then
+	:
+elif l1=$(run_losses 1 "$logs/pipeline-1.log") && l3=$(run_losses 3 "$logs/pipeline-3.log") && [ -n "$l1" ]; then
 	cmp=$(paste <(echo "$l1") <(echo "$l3") | awk '{d = $1 - $2; if (d < 0) d = -d; r = d / ($1 < 0 ? -$1 : $1);
 		if (r > w) w = r; printf "#   iteration %d: 1 stage %s, 3 stages %s, rel %.2e\n", NR - 1, $1, $2, r}
 		END {printf "worst %.3e\n", w}')
 	echo "$cmp"
 	worst=$(echo "$cmp" | awk '/^worst/ {print $2}')
-	if [ "$(echo "$l1" | wc -l)" -eq "$(echo "$l3" | wc -l)" ] && awk -v w="$worst" 'BEGIN {exit !(w <= 1e-5)}'; then
-		record pipeline pass "3 stages match 1 within $worst (tol 1e-5)"
-	else
+	# the per-stage rows: stage TFLOP/s MFU peak_mem wait_cpu memory skipped
+	mem=$(awk '/\(steps\)/ {on = 1; next} on && /^ +[0-9]+ / {printf "%s%s %s MiB", n++ ? ", " : "", $6, $4}' \
+		"$logs/pipeline-3.log")
+	grep -A4 '(steps)' "$logs/pipeline-3.log"
+	if [ "$(echo "$l1" | wc -l)" -ne "$(echo "$l3" | wc -l)" ] || ! awk -v w="$worst" 'BEGIN {exit !(w <= 1e-5)}'; then
 		record pipeline fail "losses differ: worst relative $worst (tol 1e-5)"
+	elif [ "${PN_GPU_COMPUTE:-cuda}" = cuda ] && [ "$(grep -o 'device' <<<"$mem" | wc -l)" -ne 3 ]; then
+		record pipeline fail "losses match, but the memory column is not every stage's device memory: $mem"
+	else
+		record pipeline pass "3 stages match 1 within $worst (tol 1e-5); memory $mem"
 	fi
 else
 	tail -20 "$logs"/pipeline-*.log
 	record pipeline fail "pipenem run --compute cuda failed (logs pipeline-1.log, pipeline-3.log)"
+fi
+
+# ---- fp16: one stage overflows, every stage skips that step and halves its scale
+note "--- fp16-agree"
+log=$logs/fp16-agree.log
+if fits fp16-agree 120; then
+	PIPENEM_FAULT=overflow:1:1 timeout -k 10 "$limit" "$pipenem" run --stages 3 --model tiny \
+		--compute "${PN_GPU_COMPUTE_FP16:-cuda:fp16}" --seq-len 64 --batch-size 4 --micro-batch-size 2 --iters 4 \
+		--warmup 0 --net default >"$log" 2>&1
+	rc=$?
+	grep -E 'overflow|^ +[0-9]+ ' "$log" | head -12
+	# the iteration rows' loss scale (5th column), then each stage's skipped steps (7th)
+	scales=$(awk '/^ +[0-9]+ +[0-9.]+ +[-0-9.e+na]+ +[0-9.]+ +[0-9.e+]+/ && !on {printf "%s ", $5} /\(steps\)/ {on = 1}' "$log")
+	skips=$(awk '/\(steps\)/ {on = 1; next} on && /^ +[0-9]+ / {printf "%s ", $7}' "$log")
+	if [ "$rc" -eq 0 ] && [ "$scales" = "65536 65536 32768 32768 " ] && [ "$skips" = "1 1 1 " ]; then
+		record fp16-agree pass "stage 1 overflowed in iteration 1: every stage skipped it (skipped $skips), scale $scales"
+	else
+		record fp16-agree fail "exit $rc: loss scale per iteration '$scales' (want 65536 65536 32768 32768), skipped per stage '$skips' (want 1 1 1)"
+	fi
 fi
 
 # ---- compute-sanitizer over tiny
@@ -148,8 +195,9 @@ for tool in memcheck racecheck; do
 		record "$tool" skip "compute-sanitizer is not installed"
 		continue
 	fi
+	fits "$tool" 180 || continue
 	log=$logs/$tool.log
-	timeout -k 10 300 "$sanitizer" --tool "$tool" --error-exitcode 9 "$pipenem" calibrate --model tiny --seq-len 64 \
+	timeout -k 10 "$limit" "$sanitizer" --tool "$tool" --error-exitcode 9 "$pipenem" calibrate --model tiny --seq-len 64 \
 		--micro-batch-size 2 --compute cuda --iters 1 --warmup 1 >"$log" 2>&1
 	rc=$?
 	tail -15 "$log"
@@ -206,5 +254,5 @@ else
 	fi
 fi
 
-cmocka_step bench 600 "$t_bench"
+cmocka_step bench "$([ "$quick" = 1 ] && echo 180 || echo 600)" "$t_bench"
 finish

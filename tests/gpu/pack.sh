@@ -29,7 +29,23 @@ done | sort -u | while read -r soname path; do
 		cp -L "$path" "$stage/lib/$soname"
 	fi
 done
+# what a bare machine will load: every library outside the system/CUDA list above must
+# resolve into the pack (ldd with only the pack's folder added to the search path)
+for b in "$stage"/bin/*; do
+	LD_LIBRARY_PATH=$stage/lib ldd "$b" | awk '$2 == "=>" {print $1, $3}' | while read -r soname path; do
+		if [[ ! $soname =~ $system ]] && [[ $path != "$stage/lib/"* ]]; then
+			echo "pack: $(basename "$b") loads $soname from ${path:-nowhere}, not from the pack" >&2
+			exit 1
+		fi
+	done
+done
+echo "# gpu pack: ldd of every packed binary finds each non-system library in the pack"
 mkdir -p "$out"
 tar czf "$out/pack.tar.gz" -C "$stage" .
+size=$(stat -c %s "$out/pack.tar.gz")
 echo "# gpu pack: $out/pack.tar.gz $(du -h "$out/pack.tar.gz" | cut -f1) ($(du -sh "$stage" | cut -f1) unpacked)"
+if [ "$size" -ge $((64 << 20)) ]; then
+	echo "pack: $out/pack.tar.gz is $size bytes: over the 64 MiB that travels with the working tree" >&2
+	exit 1
+fi
 ls "$stage/bin" "$stage/lib" | sed 's/^/#   /'
