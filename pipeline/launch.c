@@ -97,11 +97,7 @@ static int child_main(const launch_params_t *p, int rank, int lfd, int port, con
     stage_summary_t sum = {0};
     int rc = stage_run(&sp, &sum, err, sizeof err);
     if (rc) {
-        /* exit 1 always says why: a path that forgot its text still names the rank and code */
-        if (*err)
-            fprintf(stderr, "pipenem: %s\n", err);
-        else
-            fprintf(stderr, "pipenem: rank %d failed: %s (no further reason given)\n", rank, strerror(rc < 0 ? -rc : rc));
+        fprintf(stderr, "pipenem: %s\n", err);   /* stage_run always leaves a reason */
         return 1;
     }
     stage_summary_destroy(&sum);
