@@ -220,7 +220,8 @@ static int do_selftest(char **nets, int nnets, const char *emulator, int ceiling
            netem_topo_host_ns(&t, 0), netem_topo_host_addr(&t, 0), netem_topo_host_ns(&t, 1),
            netem_topo_host_addr(&t, 1), NETEM_SELFTEST_TOLERANCE * 100);
     printf("# rtt: small-message round trips; configured = 2 x delay + unshaped base (minimum) for kernel\n"
-           "#   qdiscs, max(2 x delay, base) for the shim (its delay hides the real path);\n"
+           "#   qdiscs, 2 x delay for the shim (its delay hides the real path, which it cannot beat: where\n"
+           "#   the unshaped legs outlast the delay, the excess is the host's, told below the row);\n"
            "#   measured = minimum (median when the profile has jitter): the excess of single round\n"
            "#   trips over a constant delay is scheduling noise of the measuring host, shown as rtt_med\n");
     printf("# goodput: one TCP stream after slow start, median of 6 windows of 0.5 s (robust to a busy\n"
@@ -251,7 +252,12 @@ static int do_selftest(char **nets, int nnets, const char *emulator, int ceiling
                r.rtt_base * 1e3, r.rtt_configured * 1e3, r.rtt_measured * 1e3, r.rtt_median * 1e3,
                r.rtt_judged ? r.rtt_err * 100 : 0.0, prof[i].rate / 1e9, r.goodput_expected / 1e9,
                r.goodput_measured / 1e9, r.goodput_mean / 1e9, r.goodput_judged ? r.goodput_err * 100 : 0.0, verdict);
-        if (r.host_limited)
+        if (r.rtt_host_limited)
+            printf("#   %s: this host's own path, unshaped, allows no round trip under %.3f ms with each leg\n"
+                   "#     held to the delay (the shim cannot deliver before the data arrives): %.3f ms of the\n"
+                   "#     error is the host's (too slow or busy), %.3f ms the emulator's\n", text,
+                   r.rtt_host * 1e3, (r.rtt_host - r.rtt_configured) * 1e3, (r.rtt_measured - r.rtt_host) * 1e3);
+        if (r.goodput_host_limited)
             printf("#   %s: this host carries only %.3f Gbit/s unshaped, below the expected %.3f: "
                    "the shortfall is the host's (too slow or busy), not the emulator's\n", text,
                    r.ceiling / 1e9, r.goodput_expected / 1e9);

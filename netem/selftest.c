@@ -208,10 +208,12 @@ static int pair_close(pair_t *p)
  * host's scheduling noise (netem's delay is constant, so any excess over it is noise of
  * the measuring machine: large under user-mode Linux on a busy host); the median is
  * kept too, and used when the profile has jitter. */
-static int measure_rtt(const netem_topo_t *t, const netem_profile_t *prof, int n, double *min,
-                       double *median, char *err, size_t errlen)
+static int measure_rtt(const netem_topo_t *t, const netem_profile_t *prof, int n, double hold, double *min,
+                       double *median, double *held, char *err, size_t errlen)
 {
     (void)prof;   /* the kernel shapes */
+    (void)hold;   /* and its delay adds to the path: no leg is hidden behind it */
+    *held = 0;
     pair_t p;
     int rc = pair_open(t, 0, 0, 0, &p, err, errlen);
     if (rc < 0)
@@ -308,21 +310,25 @@ int netem_selftest_run(netem_topo_t *t, const netem_profile_t *p, const char *em
     /* The base path, unshaped: the kernel without qdiscs, or the shim with default links. */
     if ((rc = apply_all(t, &unshaped, shim ? chosen->name : "auto", err, errlen)) < 0)
         return rc;
-    double base_median, ceil_mean;
-    if ((rc = m->rtt(t, &unshaped, 200, &r.rtt_base, &base_median, err, errlen)) < 0)
+    double base_median, ceil_mean, held;
+    if ((rc = m->rtt(t, &unshaped, 200, p->delay, &r.rtt_base, &base_median, &held, err, errlen)) < 0)
         return rc;
     if (with_ceiling && (rc = m->goodput(t, &unshaped, 0.3, 0.25, &r.ceiling, &ceil_mean, err, errlen)) < 0)
         return rc;
     if ((rc = apply_all(t, p, emulator, err, errlen)) < 0)
         return rc;
-    double rtt_cfg = m->delay_adds ? 2.0 * p->delay + r.rtt_base : fmax(2.0 * p->delay, r.rtt_base);
-    int n = (int)fmin(500, fmax(20, 0.6 / rtt_cfg));
-    double rtt_min;
-    if ((rc = m->rtt(t, p, n, &rtt_min, &r.rtt_median, err, errlen)) < 0)
+    /* The kernel's delay adds to the path; the shim's hides it, so its round trip is twice
+     * the delay, and where the path's own legs exceed the delay the shim can only deliver
+     * when they arrive: the host's share, which the unshaped legs measure (rtt_host). */
+    double rtt_cfg = m->delay_adds ? 2.0 * p->delay + r.rtt_base : 2.0 * p->delay;
+    r.rtt_host = m->delay_adds || held <= 0 ? fmax(rtt_cfg, r.rtt_base) : held;
+    int n = (int)fmin(500, fmax(20, 0.6 / fmax(rtt_cfg, r.rtt_base)));
+    double rtt_min, unused;
+    if ((rc = m->rtt(t, p, n, 0, &rtt_min, &r.rtt_median, &unused, err, errlen)) < 0)
         return rc;
     r.rtt_measured = p->jitter > 0 ? r.rtt_median : rtt_min;
     r.rtt_configured = rtt_cfg;
-    r.rtt_err = fabs(r.rtt_measured - rtt_cfg) / rtt_cfg;
+    r.rtt_err = rtt_cfg > 0 ? fabs(r.rtt_measured - rtt_cfg) / rtt_cfg : 0;
     r.rtt_judged = p->delay > 0;
     double warm = fmax(0.3, 30.0 * rtt_cfg);
     if ((rc = m->goodput(t, p, warm, 0.5, &r.goodput_measured, &r.goodput_mean, err, errlen)) < 0)
@@ -342,8 +348,12 @@ int netem_selftest_run(netem_topo_t *t, const netem_profile_t *p, const char *em
             (rc = apply_all(t, p, emulator, err, errlen)) < 0)
             return rc;
     }
-    r.host_limited = !r.ok && r.goodput_judged && r.ceiling > 0 &&
-                     r.ceiling < r.goodput_expected * (1 + NETEM_SELFTEST_TOLERANCE);
+    r.goodput_host_limited = r.goodput_judged && r.goodput_err > NETEM_SELFTEST_TOLERANCE && r.ceiling > 0 &&
+                             r.ceiling < r.goodput_expected * (1 + NETEM_SELFTEST_TOLERANCE);
+    r.rtt_host_limited = r.rtt_judged && r.rtt_err > NETEM_SELFTEST_TOLERANCE &&
+                         r.rtt_host > rtt_cfg * (1 + NETEM_SELFTEST_TOLERANCE);
+    r.host_limited = !r.ok && (!r.rtt_judged || r.rtt_err <= NETEM_SELFTEST_TOLERANCE || r.rtt_host_limited) &&
+                     (!r.goodput_judged || r.goodput_err <= NETEM_SELFTEST_TOLERANCE || r.goodput_host_limited);
     *out = r;
     return 0;
 }

@@ -15,11 +15,16 @@
 
 typedef struct {
     double rtt_base;          /* s: minimum TCP round trip, unshaped */
-    double rtt_configured;    /* s: 2 x delay + rtt_base (kernel), max(2 x delay, rtt_base) (shim) */
+    double rtt_configured;    /* s: 2 x delay + rtt_base (kernel: the delay adds), 2 x delay (shim) */
+    double rtt_host;          /* s: the least round trip this host's own path allows under the
+                               * profile: rtt_configured (kernel); for the shim, which cannot
+                               * deliver before the data arrives, the least over the unshaped
+                               * round trips of max(out leg, delay) + max(back leg, delay) */
     double rtt_measured;      /* s: minimum under the profile (median when it has jitter) */
     double rtt_median;        /* s: median under the profile */
     double rtt_err;           /* relative */
     int rtt_judged;
+    int rtt_host_limited;     /* the rtt failed, and rtt_host alone is off by more than the tolerance */
     double ceiling;           /* bit/s: unshaped goodput, median window (0 when not measured;
                                * measured when asked or when the goodput falls short) */
     double goodput_expected;  /* bit/s: what the rate allows after headers (MTU 1500) */
@@ -28,7 +33,8 @@ typedef struct {
     double goodput_err;
     int goodput_judged;
     int ok;                   /* every judged figure within NETEM_SELFTEST_TOLERANCE */
-    int host_limited;         /* failed, and this host cannot carry the expected goodput even unshaped */
+    int goodput_host_limited; /* the goodput failed, and this host cannot carry it even unshaped */
+    int host_limited;         /* failed, and every failed figure is the host's (the two above) */
     char emulator[16];        /* backend used */
     char meter[16];           /* how it was measured: "tcp" or the shim meter's name */
     char why[192];
@@ -44,9 +50,12 @@ typedef struct {
     /* 1: the emulated delay adds to the real path (kernel qdiscs); 0: it hides it (the
      * shim delivers at max(arrival, hand-over + serialisation + delay)) */
     int delay_adds;
-    /* n small-message round trips: their minimum and median, seconds */
-    int (*rtt)(const netem_topo_t *t, const netem_profile_t *p, int n, double *min, double *median,
-               char *err, size_t errlen);
+    /* n small-message round trips: their minimum and median, seconds; and where the meter
+     * times each leg (0 otherwise), the least over the round trips of max(out leg, hold) +
+     * max(back leg, hold): what a shaper that holds every message for `hold` seconds
+     * after it was handed over, and cannot deliver it before it arrives, would show */
+    int (*rtt)(const netem_topo_t *t, const netem_profile_t *p, int n, double hold, double *min, double *median,
+               double *held, char *err, size_t errlen);
     /* one bulk stream: after `warm` seconds, 6 windows of `win` seconds; bit/s */
     int (*goodput)(const netem_topo_t *t, const netem_profile_t *p, double warm, double win,
                    double *median, double *mean, char *err, size_t errlen);

@@ -77,7 +77,7 @@ int boot_open(const boot_params_t *p, const void *blob, size_t bloblen, boot_t *
     b->rank = p->rank;
     b->size = p->size;
     if (!(b->blobs[p->rank] = malloc(bloblen ? bloblen : 1))) {
-        rc = -ENOMEM;
+        rc = pn_err(err, errlen, -ENOMEM, "rank %d: out of memory", p->rank);
         goto fail;
     }
     memcpy(b->blobs[p->rank], blob, bloblen);

@@ -430,7 +430,8 @@ int handshake_root(boot_t *b, const boot_params_t *p, char *err, size_t errlen)
     if (lfd < 0)
         return lfd;
     int *seen = calloc((size_t)p->size, sizeof *seen);
-    int rc = seen ? root_admit(b, p, lfd, seen, err, errlen) : -ENOMEM;
+    int rc = seen ? root_admit(b, p, lfd, seen, err, errlen)
+                  : pn_err(err, errlen, -ENOMEM, "rank 0: out of memory for the rendezvous");
     free(seen);
     if (p->listen_fd < 0)
         close(lfd);
@@ -440,7 +441,7 @@ int handshake_root(boot_t *b, const boot_params_t *p, char *err, size_t errlen)
     if (!offsets || !rtts) {
         free(offsets);
         free(rtts);
-        return -ENOMEM;
+        return pn_err(err, errlen, -ENOMEM, "rank 0: out of memory for the clock table");
     }
     for (int r = 1; r < p->size && !rc; r++)
         rc = root_clock(b, r, &offsets[r], &rtts[r], err, errlen);
@@ -465,6 +466,8 @@ static int peer_open(boot_t *b, const boot_params_t *p, const char *hello, size_
     b->fds[0] = fd;
     wire_sock_tune(fd);
     int rc = boot_send(b, fd, WIRE_HELLO, hello, hellolen);
+    if (rc)
+        snprintf(err, errlen, "rank %d lost rank 0 sending its hello: %s", p->rank, strerror(-rc));
     int welcomed = 0;
     while (!rc) {
         int type;
@@ -503,7 +506,8 @@ static int peer_open(boot_t *b, const boot_params_t *p, const char *hello, size_
             char buf[8];
             wire_cur_t o = {buf, 8, 0, 0};
             wire_putf(&o, pn_now());
-            rc = boot_send(b, fd, WIRE_CLOCK_REP, buf, 8);
+            if ((rc = boot_send(b, fd, WIRE_CLOCK_REP, buf, 8)) != 0)
+                snprintf(err, errlen, "rank %d lost rank 0 while aligning clocks: %s", p->rank, strerror(-rc));
         } else if (type == WIRE_TABLE && welcomed) {
             double clock[3];
             /* the table carries this rank's own address too: replace our copy */
@@ -532,7 +536,9 @@ int handshake_peer(boot_t *b, const boot_params_t *p, const void *blob, size_t b
     char *hello = NULL;
     size_t hellolen = 0;
     int rc = hello_build(p, blob, bloblen, &hello, &hellolen);
-    if (!rc)
+    if (rc)
+        snprintf(err, errlen, "rank %d: out of memory for its hello", p->rank);
+    else
         rc = peer_open(b, p, hello, hellolen, err, errlen);
     free(hello);
     return rc;

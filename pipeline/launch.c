@@ -61,13 +61,15 @@ static int listen_open(const netem_topo_t *topo, int *port, char *err, size_t er
 static int child_main(const launch_params_t *p, int rank, int lfd, int port, const char *token, FILE *reports)
 {
     prctl(PR_SET_PDEATHSIG, SIGKILL); /* the launcher's death takes its stages along */
-    if (getppid() == 1)
-        return 1;                     /* it died before the line above */
+    if (getppid() == 1) {             /* it died before the line above */
+        fprintf(stderr, "pipenem: rank %d: the launcher is gone; not starting\n", rank);
+        return 1;
+    }
     signal(SIGINT, SIG_DFL);
     signal(SIGTERM, SIG_DFL);
     if (rank != 0 && lfd >= 0)
         close(lfd);
-    char err[1024];
+    char err[1024] = "";
     runcfg_t own = *p->cfg;
     if (p->rank_compute && p->rank_compute[rank])
         own.stage_params.compute = p->rank_compute[rank];
@@ -95,7 +97,7 @@ static int child_main(const launch_params_t *p, int rank, int lfd, int port, con
     stage_summary_t sum = {0};
     int rc = stage_run(&sp, &sum, err, sizeof err);
     if (rc) {
-        fprintf(stderr, "pipenem: %s\n", err);
+        fprintf(stderr, "pipenem: %s\n", err);   /* stage_run always leaves a reason */
         return 1;
     }
     stage_summary_destroy(&sum);

@@ -5,6 +5,7 @@
 #include "common/err.h"
 
 #include <errno.h>
+#include <math.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -29,6 +30,7 @@
 typedef struct {
     int mode;                  /* 0 round trips, 1 bulk */
     int n;                     /* round trips */
+    double hold;               /* round trips: each leg's hold for the third figure */
     double warm, win;          /* bulk */
     netem_profile_t link;
 } shim_job_t;
@@ -39,27 +41,37 @@ static int cmp_dbl(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
-/* Round trips from rank 0: an activation out, a gradient back, 64 bytes each. */
-static int shim_rtt(transport_t *t, int rank, int n, double res[2], char *err, size_t errlen)
+/* Round trips from rank 0: an activation out, a gradient back, 64 bytes each. Each
+ * carries when it was handed over (both ranks read the same monotonic clock), so each leg
+ * is timed too: the gradient brings the activation's leg back. res: the least and the
+ * median round trip, and the least max(out, hold) + max(back, hold). */
+static int shim_rtt(transport_t *t, int rank, int n, double hold, double res[3], char *err, size_t errlen)
 {
-    char buf[64] = {0};
-    double *s = rank == 0 ? calloc((size_t)n, sizeof *s) : NULL;
-    int rc = 0;
+    double out[8] = {0}, in[8] = {0};   /* [0] handed over at, [1] the activation's leg */
+    double *s = rank == 0 ? calloc((size_t)n, sizeof *s) : NULL, held = 1e30;
+    int rc = rank == 0 && !s ? -ENOMEM : 0;
     for (int i = 0; i < n && rc == 0; i++) {
         transport_req_t a, b;
         transport_key_t ka = {TRANSPORT_ACT, i, 0}, kg = {TRANSPORT_GRAD, i, 0};
         if (rank == 0) {
-            double t0 = pn_now();
-            if ((rc = transport_recv(t, 1, kg, buf, sizeof buf, &b)) == 0 &&
-                (rc = transport_send(t, 1, ka, buf, sizeof buf, &a)) == 0 &&
-                (rc = transport_wait(t, &b, 30)) == 0)
-                s[i] = pn_now() - t0;
+            /* the gradient's receive is posted before the clock starts: a round trip is
+             * from the activation's hand-over to the gradient's delivery, as on a link */
+            if ((rc = transport_recv(t, 1, kg, in, sizeof in, &b)) == 0 &&
+                (out[0] = pn_now(), rc = transport_send(t, 1, ka, out, sizeof out, &a)) == 0 &&
+                (rc = transport_wait(t, &b, 30)) == 0) {
+                double now = pn_now();
+                s[i] = now - out[0];
+                held = fmin(held, fmax(in[1], hold) + fmax(now - in[0], hold));
+            }
             if (rc == 0)
                 rc = transport_wait(t, &a, 30);
         } else {
-            if ((rc = transport_recv(t, 0, ka, buf, sizeof buf, &a)) == 0 && (rc = transport_wait(t, &a, 30)) == 0 &&
-                (rc = transport_send(t, 0, kg, buf, sizeof buf, &b)) == 0)
-                rc = transport_wait(t, &b, 30);
+            if ((rc = transport_recv(t, 0, ka, in, sizeof in, &a)) == 0 && (rc = transport_wait(t, &a, 30)) == 0) {
+                out[1] = pn_now() - in[0];
+                out[0] = pn_now();
+                if ((rc = transport_send(t, 0, kg, out, sizeof out, &b)) == 0)
+                    rc = transport_wait(t, &b, 30);
+            }
         }
     }
     if (rc)
@@ -68,6 +80,7 @@ static int shim_rtt(transport_t *t, int rank, int n, double res[2], char *err, s
         qsort(s, (size_t)n, sizeof *s, cmp_dbl);
         res[0] = s[0];
         res[1] = s[n / 2];
+        res[2] = held;
     }
     free(s);
     return rc;
@@ -75,7 +88,7 @@ static int shim_rtt(transport_t *t, int rank, int n, double res[2], char *err, s
 
 /* Bulk from rank 0 to rank 1 until rank 0's deadline, then a gradient carrying the count;
  * rank 1 times each completion and reports the median and mean of its windows. */
-static int shim_bulk(transport_t *t, int rank, double warm, double win, double res[2], char *err,
+static int shim_bulk(transport_t *t, int rank, double warm, double win, double res[3], char *err,
                      size_t errlen)
 {
     /* Receives posted past the end stay with the transport until it is destroyed, so
@@ -163,7 +176,7 @@ static void shim_rank(const netem_topo_t *topo, int rank, const shim_job_t *job,
 {
     char err[384] = "";
     transport_t raw = {0}, t = {0};
-    double res[2] = {0}, zero = 0;
+    double res[3] = {0}, zero = 0;
     netem_state_guard_child();
     prctl(PR_SET_PDEATHSIG, SIGKILL);   /* the self-test's death takes its ranks along */
     /* The shim sleeps until each delivery time: with the default 50 us timer slack every
@@ -191,7 +204,7 @@ static void shim_rank(const netem_topo_t *topo, int rank, const shim_job_t *job,
     }
     if ((rc = t.ops->connect(t.impl, 1 - rank, peer, plen, err, sizeof err)) != 0)
         goto close;
-    rc = job->mode == 0 ? shim_rtt(&t, rank, job->n, res, err, sizeof err)
+    rc = job->mode == 0 ? shim_rtt(&t, rank, job->n, job->hold, res, err, sizeof err)
                         : shim_bulk(&t, rank, job->warm, job->win, res, err, sizeof err);
     /* Neither rank goes away before both are done: a peer leaving early would fail the
      * receives the shim still holds back for their delivery time. The barrier goes over
@@ -218,7 +231,7 @@ out:;
     _exit(rc ? 1 : 0);
 }
 
-static int shim_job(const netem_topo_t *topo, const shim_job_t *job, double res[2], char *err, size_t errlen)
+static int shim_job(const netem_topo_t *topo, const shim_job_t *job, double res[3], char *err, size_t errlen)
 {
     int p01[2], p10[2], rp[2][2];
     pid_t pid[2] = {-1, -1};
@@ -281,22 +294,23 @@ static int shim_job(const netem_topo_t *topo, const shim_job_t *job, double res[
                             pid[r] < 0 ? "fork failed" : got[r] ? buf[r] : "died without a word");
     }
     int r = job->mode == 0 ? 0 : 1;   /* the rank that measures */
-    if (got[r] != sizeof(double) * 2)
+    if (got[r] != sizeof(double) * 3)
         return pn_err(err, errlen, -EIO, "shim meter: rank %d sent %zu bytes of results, not %zu", r, got[r],
-                            sizeof(double) * 2);
-    memcpy(res, buf[r], sizeof(double) * 2);
+                            sizeof(double) * 3);
+    memcpy(res, buf[r], sizeof(double) * 3);
     return 0;
 }
 
-static int shim_meter_rtt(const netem_topo_t *t, const netem_profile_t *p, int n, double *min, double *median,
-                          char *err, size_t errlen)
+static int shim_meter_rtt(const netem_topo_t *t, const netem_profile_t *p, int n, double hold, double *min,
+                          double *median, double *held, char *err, size_t errlen)
 {
-    shim_job_t job = {.mode = 0, .n = n, .link = *p};
-    double res[2];
+    shim_job_t job = {.mode = 0, .n = n, .hold = hold, .link = *p};
+    double res[3];
     int rc = shim_job(t, &job, res, err, errlen);
     if (rc == 0) {
         *min = res[0];
         *median = res[1];
+        *held = res[2];
     }
     return rc;
 }
@@ -305,7 +319,7 @@ static int shim_meter_goodput(const netem_topo_t *t, const netem_profile_t *p, d
                               double *median, double *mean, char *err, size_t errlen)
 {
     shim_job_t job = {.mode = 1, .warm = warm, .win = win, .link = *p};
-    double res[2];
+    double res[3];
     int rc = shim_job(t, &job, res, err, errlen);
     if (rc == 0) {
         *median = res[0];

@@ -449,6 +449,8 @@ int stage_run(const stage_params_t *p, stage_summary_t *out, char *err, size_t e
     stage_summary_t sum = {0};
     double clock_offset = 0; /* read by the shim at every message */
     sched_spec_t spec = {cfg->schedule, P, cfg->micro_batches, cfg->slack, cfg->chunks};
+    if (errlen)
+        err[0] = '\0';   /* a failure always leaves its text: see the end */
     if ((rc = sched_spec_check(&spec, &v, err, errlen)) != 0)
         return rc;
     if (!(st = calloc((size_t)v, sizeof *st)) || !(chunks = calloc((size_t)v, sizeof *chunks))) {
@@ -532,5 +534,7 @@ out:
     free(st);
     free(chunks);
     boot_close(b);
+    if (rc && errlen && !err[0])   /* the caller exits 1 on it and must say why */
+        snprintf(err, errlen, "rank %d failed: %s (no further reason given)", rank, strerror(rc < 0 ? -rc : rc));
     return rc;
 }

@@ -4,7 +4,8 @@
  * within 5% of the configured one (the self-test's own verdict); `default` is reported,
  * not judged. Where auto picks the shim (no sch_netem) it is measured over the pipeline
  * transport wrapped in the shim; a profile whose rate this host cannot carry even
- * unshaped is marked FAILED(host) and fails the target all the same. Needs root. */
+ * unshaped, or (shim) whose delay this host's own path outlasts, is marked FAILED(host),
+ * with the host's share of the error, and fails the target all the same. Needs root. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>

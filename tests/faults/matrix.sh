@@ -303,7 +303,11 @@ for ((c = 0; c < total; c++)); do
 	printf '   %4d %-7s %-9s %-11s %-12s %5s %7s %6s %6s %7s %4s %5s %5s  %s\n' $c "$([ "$b" = nobody ] && echo nobody || echo root)" \
 		"$a" "$r (${stage_name[$r]})" "$(when_name "$w")" "$rc" "$secs" "$cause" "$left" "$kept" "$net" "$st" "$qd" $ok
 	if [ $ok = FAIL ]; then
-		grep -E '^(pipenem|\[[0-9]+/[0-9]+\]|#.*(FAILED|measured))' "$d/out" | tail -n 12 | sed 's/^/#      | /'
+		# all the case said before the sweep's table, in whatever form: a library's own
+		# message (UCX's '[time] [host:pid] ... UCX ERROR', libgomp's) starts with neither
+		# 'pipenem' nor '[n/m]', and a stage that exits on one must not read as silent
+		awk '/^# .*table\.md:$/ { exit } !/^#/' "$d/out" | tail -n 12 | sed 's/^/#      | /'
+		grep -E '^#.*(FAILED|measured)' "$d/out" | tail -n 2 | sed 's/^/#      | /'
 	fi
 done
 
