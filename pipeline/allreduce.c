@@ -3,6 +3,7 @@
  * left, so member i ends with the whole sum of chunk i+1, divides it by n, and n-1
  * all-gather steps pass the finished chunks round. Each step moves bytes/n each way. */
 #include "pipeline/allreduce.h"
+#include "pipeline/fault.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -102,6 +103,8 @@ static int ring(allreduce_t *a, float *x, size_t m, int iter, int mb, char *err,
         transport_key_t key = {TRANSPORT_GRAD, iter, mb + k};
         if ((rc = step(a, x, m, mod(i - k, n), rcv, a->scratch, key, k, err, errlen)))
             return rc;
+        if (k == 0)
+            fault_point(a->ranks[i], FAULT_AT_ALLREDUCE, iter);
         chunk(m, n, rcv, &off, &len);
         for (size_t j = 0; j < len; j++)
             x[off + j] += a->scratch[j];

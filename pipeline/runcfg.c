@@ -255,6 +255,11 @@ static int dp_finish(const runcfg_t *c, char *err, size_t errlen)
     if ((long)c->dp * c->stages > PN_MAX_WORLD)
         return pn_err(err, errlen, -EINVAL, "--dp %d x %d stages = %ld processes; at most %d", c->dp, c->stages,
                       (long)c->dp * c->stages, PN_MAX_WORLD);
+    if (c->dp > 1 && !strncmp(c->model.compute, "cuda", 4))
+        return pn_err(err, errlen, -EINVAL,
+                      "--dp %d with --compute %s: the gradient all-reduce of cuda stages (through pinned host "
+                      "memory, or ncclAllReduce with --transport nccl) is not built yet; use cpu or emulate",
+                      c->dp, c->model.compute);
     if (c->dp == 1 || c->net_dp[0])
         return 0;
     netem_profile_t pr;
