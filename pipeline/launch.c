@@ -192,11 +192,12 @@ int launch_run(const launch_params_t *p, stage_summary_t *out, launch_failure_t 
     int P = runcfg_world(cfg), lfd = -1, port = 0, rc = 0; /* every process: D x stages */
     double grace = p->grace > 0 ? p->grace : 10;
     *fail = (launch_failure_t){.dead_rank = -1};
-    if (cfg->dp > 1 && (p->topo || p->shim_links || (cfg->net_dp[0] && strcmp(cfg->net_dp, "default"))))
-        return pn_err(err, errlen, -ENOTSUP,
-                      "--dp %d with shaped links: the local launcher does not shape the links of --dp yet (neither "
-                      "the namespaces of --emulator netem nor the shim's per-peer profiles); run --dp with --net "
-                      "default and no --net-dp", cfg->dp);
+    if (cfg->dp > 1 && p->topo)
+        return pn_err(err, errlen, -ENOTSUP, "--dp %d with --emulator netem: the local topology of namespaces does "
+                      "not join the replicas yet; use --emulator shim", cfg->dp);
+    if (cfg->dp > 1 && !p->shim_links && strcmp(runcfg_net_dp(cfg), "default"))
+        return pn_err(err, errlen, -EINVAL, "--dp %d --net-dp %s: the replicas' links are shaped by the shim only "
+                      "(launch_params_t.shim_links)", cfg->dp, runcfg_net_dp(cfg));
     unsigned char rnd[16];
     char token[40];
     if (getrandom(rnd, sizeof rnd, 0) != (ssize_t)sizeof rnd) {

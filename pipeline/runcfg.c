@@ -260,6 +260,9 @@ static int dp_finish(const runcfg_t *c, char *err, size_t errlen)
                       "--dp %d with --compute %s: the gradient all-reduce of cuda stages (through pinned host "
                       "memory, or ncclAllReduce with --transport nccl) is not built yet; use cpu or emulate",
                       c->dp, c->model.compute);
+    if (c->dp > 1 && c->dp_overlap)
+        return pn_err(err, errlen, -EINVAL, "--dp-overlap: starting a layer's all-reduce during backward is not "
+                      "built yet (the runtime averages every bucket after the iteration's last backward)");
     if (c->dp == 1 || c->net_dp[0])
         return 0;
     netem_profile_t pr;

@@ -309,9 +309,12 @@ static int transport_make(const stage_params_t *p, double *clock_offset, transpo
                              .device = cfg->model.device, .timeout = cfg->timeout};
     char e[384];
     int rc = transport_open(cfg->transport, &tp, t, e, sizeof e);
+    netem_profile_t dp_link = {0};
+    if (rc == 0 && p->shim_links && cfg->dp > 1)
+        rc = netem_profile_parse(runcfg_net_dp(cfg), &dp_link, e, sizeof e);
     if (rc == 0 && p->shim_links) {
         transport_t raw = *t;
-        if ((rc = shim_transport_wrap(&raw, p->shim_links, clock_offset, t, e, sizeof e)) != 0) {
+        if ((rc = shim_transport_wrap_dp(&raw, cfg->stages, p->shim_links, &dp_link, clock_offset, t, e, sizeof e))) {
             transport_destroy(&raw);
             memset(t, 0, sizeof *t);
         }
