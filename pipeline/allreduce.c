@@ -78,8 +78,14 @@ static int step(allreduce_t *a, float *x, size_t m, int sc, int rc_, float *dst,
         (void)gone;
         return pn_err(err, errlen, rc, "all-reduce step %d: cannot post the send to rank %d", s, right);
     }
+    /* On a failure every request of the transport is failed, so neither of these, on this
+     * stack, is still pending when the step returns. */
     int r1 = transport_wait(a->t, &rr, a->timeout);
-    int r2 = transport_wait(a->t, &sr, r1 ? 1 : a->timeout);
+    if (r1)
+        transport_fail(a->t, r1, "the all-reduce failed");
+    int r2 = transport_wait(a->t, &sr, r1 ? 5 : a->timeout);
+    if (r2 && !r1)
+        transport_fail(a->t, r2, "the all-reduce failed");
     if (r1 == -ETIMEDOUT)
         return pn_err(err, errlen, r1, "all-reduce step %d: nothing from rank %d for %.0f s", s, left, a->timeout);
     if (r1)

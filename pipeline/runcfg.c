@@ -30,7 +30,8 @@ const model_option_t runcfg_pipeline_group[] = {
      "gradients are averaged over its D replicas (ring all-reduce) before the optimizer step",
      "1"},
     {"dp-overlap", 0, RUNCFG_OPT_DP_OVERLAP, NULL,
-     "start a layer's all-reduce as soon as its gradients are final, overlapping backward", NULL},
+     "start a layer's all-reduce as soon as its gradients are final, overlapping backward (the\n"
+     "runtime does not do this yet: refused with --dp above 1)", NULL},
     {"trace", 0, RUNCFG_OPT_TRACE, "FILE", "write the per-op trace as CSV (rank, iteration, op, micro-batch, times)",
      "none"},
     {NULL, 0, 0, NULL, NULL, NULL},
