@@ -206,8 +206,12 @@ int cell_measure(void *ctx, const sweep_spec_t *s, results_cell_t *cell, const c
     netem_profile_t prof;
     if ((rc = netem_profile_parse(cell->profile, &prof, err, errlen)))
         return rc;
-    netem_profile_t links[RESULTS_MAX_STAGES];
-    for (int i = 0; i < P; i++)
+    netem_profile_t links[NETEM_TOPO_MAX_HOSTS];
+    int hosts = P * s->dp; /* --dp: the topology joins every replica's hosts (rank = d*P + s) */
+    if (hosts > NETEM_TOPO_MAX_HOSTS)
+        return pn_err(err, errlen, -EINVAL, "--dp %d x %d stages: the local topology holds at most %d hosts", s->dp, P,
+                      NETEM_TOPO_MAX_HOSTS);
+    for (int i = 0; i < hosts; i++)
         links[i] = prof;
     /* Which backend emulates the links: the topology chooses (netem_topo_apply) where
      * there is one; without root there are no namespaces and only the shim can shape. */
@@ -223,7 +227,7 @@ int cell_measure(void *ctx, const sweep_spec_t *s, results_cell_t *cell, const c
         topo = calloc(1, sizeof *topo);
         if (!topo)
             return -ENOMEM;
-        rc = netem_topo_create(topo, P, err, errlen);
+        rc = netem_topo_create(topo, hosts, err, errlen);
         if (!rc)
             rc = netem_topo_apply(topo, links, asked, err, errlen);
         emu = topo->emulator;
