@@ -220,6 +220,8 @@ int cell_measure(void *ctx, const sweep_spec_t *s, results_cell_t *cell, const c
     const transport_kind_t *tk = transport_kind_find(s->transport);
     int shim_ok = !tk || tk->shim_ok;
     const char *asked = strcmp(s->emulator, "auto") || shim_ok ? s->emulator : "netem";
+    if (s->dp > 1 && !strcmp(asked, "auto") && shim_ok)
+        asked = "shim"; /* kernel qdiscs cannot shape a replica's link apart from the pipeline's yet */
     const netem_emulator_t *emu = NULL;
     char why[256] = "";
     netem_topo_t *topo = NULL;
