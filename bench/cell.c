@@ -36,10 +36,11 @@
 static int cell_runcfg(const sweep_spec_t *s, const results_cell_t *c, const char *net, const char *emulator,
                        runcfg_t *cfg, char *err, size_t errlen)
 {
-    char stages[16], batch[16], mbs[16], seq[16], iters[16], warmup[16], slack[16], chunks[16], threads[24];
+    char stages[16], batch[16], mbs[16], seq[16], iters[16], warmup[16], slack[16], chunks[16], threads[24], dp[16];
     /* The stages share this machine's cores: one OpenMP team per core each would fight. */
-    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
-    snprintf(threads, sizeof threads, "%ld", ncpu > s->stages ? ncpu / s->stages : 1);
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN), procs = (long)s->stages * s->dp;
+    snprintf(threads, sizeof threads, "%ld", ncpu > procs ? ncpu / procs : 1);
+    snprintf(dp, sizeof dp, "%d", s->dp);
     snprintf(stages, sizeof stages, "%d", s->stages);
     snprintf(batch, sizeof batch, "%d", s->batch_size);
     snprintf(mbs, sizeof mbs, "%d", c->micro_batch_size);
@@ -60,7 +61,8 @@ static int cell_runcfg(const sweep_spec_t *s, const results_cell_t *c, const cha
         {RUNCFG_OPT_NET, net},                {RUNCFG_OPT_EMULATOR, emulator},
         {MODEL_OPT_THREADS, threads},         {RUNCFG_OPT_TIMEOUT, s->timeout},
         {RUNCFG_OPT_TRANSPORT, s->transport},
-        {RUNCFG_OPT_CHUNKS, chunks},
+        {RUNCFG_OPT_CHUNKS, chunks},          {RUNCFG_OPT_DP, dp},
+        {RUNCFG_OPT_NET_DP, s->net_dp},       {RUNCFG_OPT_DP_OVERLAP, ""},
     };
     runcfg_defaults(cfg);
     for (size_t i = 0; i < sizeof set / sizeof *set; i++) {
@@ -68,7 +70,8 @@ static int cell_runcfg(const sweep_spec_t *s, const results_cell_t *c, const cha
             continue; /* only 1f1b-slack takes a K */
         if (set[i].opt == RUNCFG_OPT_CHUNKS && (!s->chunks || sched_uses_chunks(c->schedule) != 1))
             continue; /* only interleaved-1f1b takes a chunk count */
-        if (set[i].opt == RUNCFG_OPT_TIMEOUT && !s->timeout[0])
+        if ((set[i].opt == RUNCFG_OPT_TIMEOUT && !s->timeout[0]) || (set[i].opt == RUNCFG_OPT_NET_DP && !s->net_dp[0]) ||
+            (set[i].opt == RUNCFG_OPT_DP_OVERLAP && !s->dp_overlap))
             continue;
         int rc = runcfg_option(cfg, set[i].opt, set[i].arg, err, errlen);
         if (rc < 0)
@@ -216,8 +219,12 @@ int cell_measure(void *ctx, const sweep_spec_t *s, results_cell_t *cell, const c
     netem_profile_t prof;
     if ((rc = netem_profile_parse(cell->profile, &prof, err, errlen)))
         return rc;
-    netem_profile_t links[RESULTS_MAX_STAGES];
-    for (int i = 0; i < P; i++)
+    netem_profile_t links[NETEM_TOPO_MAX_HOSTS];
+    int hosts = P * s->dp; /* --dp: the topology joins every replica's hosts (rank = d*P + s) */
+    if (hosts > NETEM_TOPO_MAX_HOSTS)
+        return pn_err(err, errlen, -EINVAL, "--dp %d x %d stages: the local topology holds at most %d hosts", s->dp, P,
+                      NETEM_TOPO_MAX_HOSTS);
+    for (int i = 0; i < hosts; i++)
         links[i] = prof;
     /* Which backend emulates the links: the topology chooses (netem_topo_apply) where
      * there is one; without root there are no namespaces and only the shim can shape. */
@@ -226,8 +233,10 @@ int cell_measure(void *ctx, const sweep_spec_t *s, results_cell_t *cell, const c
     const transport_kind_t *tk = transport_kind_find(s->transport);
     int shim_ok = !tk || tk->shim_ok;
     const char *asked = s->emulator;
-    if (!strcmp(asked, "auto") && (!shim_ok || !have_ns)) {
-        /* the kernel's where the transport cannot carry the shim, else (no namespaces) the shim */
+    /* auto: the kernel's where the transport cannot carry the shim, else (no namespaces,
+     * or --dp, whose replica links kernel qdiscs cannot shape apart from the pipeline's
+     * yet) the shim */
+    if (!strcmp(asked, "auto") && (!shim_ok || !have_ns || s->dp > 1)) {
         const netem_emulator_t *kind = netem_emulator_of_kind(shim_ok);
         asked = kind ? kind->name : asked;
     }
@@ -238,7 +247,7 @@ int cell_measure(void *ctx, const sweep_spec_t *s, results_cell_t *cell, const c
         topo = calloc(1, sizeof *topo);
         if (!topo)
             return -ENOMEM;
-        rc = netem_topo_create(topo, P, err, errlen);
+        rc = netem_topo_create(topo, hosts, err, errlen);
         if (!rc)
             rc = netem_topo_apply(topo, links, asked, err, errlen);
         emu = topo->emulator;

@@ -8,6 +8,7 @@
 
 #include "common/err.h"
 #include "models/model.h"
+#include "pipeline/allreduce.h"
 #include "pipeline/boot.h"
 #include "pipeline/runcfg.h"
 #include "pipeline/transport.h"
@@ -33,6 +34,8 @@ typedef struct {
     boot_t *boot;          /* clock alignment and the stages' agreement on fp16 overflows;
                             * NULL = this process's clock, one stage */
     int stage;
+    int rank_base;         /* transport rank of this replica's stage 0 (--dp: d*P); 0 */
+    allreduce_t *dp;       /* the stage's replicas (--dp > 1), or NULL */
 } exec_params_t;
 
 typedef struct {

@@ -2,6 +2,7 @@
  * children inherit; waiting for children sleeps in waitpid (or 50 ms naps once a deadline
  * is running), and every child dies with the launcher (PR_SET_PDEATHSIG). */
 #include "pipeline/launch.h"
+#include "netem/emulator.h"
 #include "pipeline/privs.h"
 
 #include <arpa/inet.h>
@@ -71,8 +72,9 @@ static int child_main(const launch_params_t *p, int rank, int lfd, int port, con
         close(lfd);
     char err[1024] = "";
     runcfg_t own = *p->cfg;
-    if (p->rank_compute && p->rank_compute[rank])
-        own.stage_params.compute = p->rank_compute[rank];
+    int stage = runcfg_stage_of(p->cfg, rank); /* rank_compute is per stage: every replica's */
+    if (p->rank_compute && p->rank_compute[stage])
+        own.stage_params.compute = p->rank_compute[stage];
     stage_params_t sp = {.cfg = &own, .rank = rank, .token = token, .port = port,
                          .listen_fd = rank == 0 ? lfd : -1, .shim_links = p->shim_links,
                          .reports_out = rank == 0 ? reports : NULL};
@@ -123,7 +125,7 @@ static void describe_status(int st, char *buf, size_t len)
 static int reap(const launch_params_t *p, pid_t *pids, int *status, int live, double kill_at, double grace,
                 launch_failure_t *fail, int *stopped_rank)
 {
-    int P = p->cfg->stages, first_bad = -1, signalled = -1, stopped = -1;
+    int P = runcfg_world(p->cfg), first_bad = -1, signalled = -1, stopped = -1;
     double kill_stopped_at = 0;
     while (live > 0) {
         int st;
@@ -190,9 +192,18 @@ static int reap(const launch_params_t *p, pid_t *pids, int *status, int live, do
 int launch_run(const launch_params_t *p, stage_summary_t *out, launch_failure_t *fail, char *err, size_t errlen)
 {
     const runcfg_t *cfg = p->cfg;
-    int P = cfg->stages, lfd = -1, port = 0, rc = 0;
+    int P = runcfg_world(cfg), lfd = -1, port = 0, rc = 0; /* every process: D x stages */
     double grace = p->grace > 0 ? p->grace : 10;
     *fail = (launch_failure_t){.dead_rank = -1};
+    /* Namespaces join all D x P hosts; their kernel qdiscs cannot tell a replica's link from
+     * a pipeline link yet, so shaping there is the shim's */
+    if (cfg->dp > 1 && p->topo && (p->topo->hosts < P || (p->topo->emulator && p->topo->emulator->changes_kernel)))
+        return pn_err(err, errlen, -ENOTSUP, "--dp %d: the local topology %s; use --emulator shim", cfg->dp,
+                      p->topo->hosts < P ? "has fewer hosts than the D x P processes"
+                                         : "shapes with kernel qdiscs, which do not tell the replicas' links apart yet");
+    if (cfg->dp > 1 && !p->shim_links && strcmp(runcfg_net_dp(cfg), "default"))
+        return pn_err(err, errlen, -EINVAL, "--dp %d --net-dp %s: the replicas' links are shaped by the shim only "
+                      "(launch_params_t.shim_links)", cfg->dp, runcfg_net_dp(cfg));
     unsigned char rnd[16];
     char token[40];
     if (getrandom(rnd, sizeof rnd, 0) != (ssize_t)sizeof rnd) {
