@@ -205,7 +205,7 @@ static int bench_path(const path_t *pa)
      * paired ratio. The ratio of the best figures (each side's quietest trial) leans the
      * other way (one lucky ucx_perftest trial sets it). The figure held to the target is
      * the lower of the two. */
-    double ratio[TRIALS], ref = -1, got = -1, load = 0;
+    double ratio[TRIALS], ref = -1, got = -1, load = 0, ref_lo = 0, got_lo = 0;
     int n = 0, cores = (int)sysconf(_SC_NPROCESSORS_ONLN);
     for (int k = 0; k < TRIALS; k++) {
         double l = loadavg(), r = perftest_bw(pa), g = pipeline_bw(pa);
@@ -215,6 +215,8 @@ static int bench_path(const path_t *pa)
             ratio[n++] = g / r;
         ref = r > ref ? r : ref;
         got = g > got ? g : got;
+        ref_lo = k == 0 || r < ref_lo ? r : ref_lo;
+        got_lo = k == 0 || g < got_lo ? g : got_lo;
         load += l / TRIALS;
     }
     double med = median(ratio, n), best = ref > 0 ? got / ref : 0, fig = med < best ? med : best;
@@ -224,6 +226,10 @@ static int bench_path(const path_t *pa)
     if (load > cores)
         print_message("  the machine was loaded (load average %.1f on %d CPUs): both figures are below what an idle "
                       "machine gives, ucx_perftest's more (it polls)\n", load, cores);
+    /* How far one side's own trials spread: a target closer to 1 than this spread is
+     * decided by the noise as much as by the transport. */
+    print_message("  spread of the trials: ucx_perftest %.1f-%.1f MB/s (max/min %.2f), pipeline %.1f-%.1f MB/s (max/min "
+                  "%.2f)\n", ref_lo, ref, ref_lo > 0 ? ref / ref_lo : 0, got_lo, got, got_lo > 0 ? got / got_lo : 0);
     if (got <= 0 || ref <= 0) {
         print_message("ERROR: a measurement failed (pipeline %.1f, ucx_perftest %.1f)\n", got, ref);
         return 1;
