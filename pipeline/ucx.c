@@ -191,6 +191,30 @@ static int track(ucx_t *u, transport_req_t *req, ucs_status_ptr_t sp, ucx_slot_t
     return 0;
 }
 
+/* Hands req to UCX (a send, or the receive of the probed message msg) with a slot its
+ * callback finds it by; lock held. */
+static void issue(ucx_t *u, transport_req_t *req, ucp_tag_message_h msg)
+{
+    ucx_slot_t *slot = slot_new(u, req);
+    if (!slot) {
+        req_complete(u, req, -ENOMEM, "out of memory");
+        return;
+    }
+    ucp_request_param_t prm = {
+        .op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA,
+        .user_data = slot,
+    };
+    ucs_status_ptr_t sp;
+    if (req->is_recv) {
+        prm.cb.recv = recv_cb;
+        sp = ucp_tag_msg_recv_nbx(u->worker, req->buf, req->bytes, msg, &prm);
+    } else {
+        prm.cb.send = send_cb;
+        sp = ucp_tag_send_nbx(u->peers[req->peer].ep, req->buf, req->bytes, ucx_tag_make(u->rank, req->key), &prm);
+    }
+    track(u, req, sp, slot);
+}
+
 /* Starts receiving a probed message into req, unless its size is wrong; lock held. */
 static void recv_start(ucx_t *u, transport_req_t *req, ucx_unexp_t *m)
 {
@@ -203,20 +227,8 @@ static void recv_start(ucx_t *u, transport_req_t *req, ucx_unexp_t *m)
         req_complete(u, req, -EMSGSIZE, why);
         return;
     }
-    ucx_slot_t *slot = slot_new(u, req);
-    if (!slot) {
-        free(m);
-        req_complete(u, req, -ENOMEM, "out of memory");
-        return;
-    }
-    ucp_request_param_t prm = {
-        .op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA,
-        .cb.recv = recv_cb,
-        .user_data = slot,
-    };
-    ucs_status_ptr_t sp = ucp_tag_msg_recv_nbx(u->worker, req->buf, req->bytes, m->msg, &prm);
+    issue(u, req, m->msg);
     free(m);
-    track(u, req, sp, slot);
 }
 
 /* Takes every arrived message out of UCX's queue and matches it; lock held. */
@@ -343,12 +355,15 @@ static int ucx_connect(void *impl, int peer, const void *blob, size_t len, char 
         .field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE |
                       UCP_EP_PARAM_FIELD_ERR_HANDLER,
         .address = blob,
-        /* A dead peer fails its requests at once, and a forced close is defined. The cost
-         * (UCX 1.13, `ucx_info -e -u twe`): only transports that report peer failure, so
-         * no shared memory between local processes and no RMA lane on tcp: rendezvous
-         * data comes as active messages with one copy more, about a third of the
-         * bandwidth of ucx_perftest's endpoints (bench_pipeline_bw prints both). */
-        .err_mode = UCP_ERR_HANDLING_MODE_PEER,
+        /* Not UCP_ERR_HANDLING_MODE_PEER: in UCX 1.13 (`ucx_info -e -u te`) that mode keeps
+         * only transports that report a peer's failure, so no shared memory or CMA between
+         * local processes and no RMA lane on tcp: rendezvous data then comes as active
+         * messages with one copy more, 0.44 (UCX's defaults) to 0.76 (tcp) of
+         * `ucx_perftest -t tag_bw`. A dead peer is caught anyway: the control plane
+         * (ctrl.c) sees its socket close and fails this transport (stage.c on_peer_fail),
+         * and UCX still calls ep_error where a transport reports the loss (tcp). Tested
+         * by killing a rank mid-transfer: test_pipeline_ucx_fault. */
+        .err_mode = UCP_ERR_HANDLING_MODE_NONE,
         .err_handler = {.cb = ep_error, .arg = p},
     };
     app_lock(u);
@@ -373,18 +388,7 @@ static void send_locked(ucx_t *u, transport_req_t *req)
         snprintf(why, sizeof why, p->ep ? "connection to rank %d lost" : "rank %d is not connected", req->peer);
         req_complete(u, req, p->ep ? -ECONNRESET : -ENOTCONN, why);
     } else {
-        ucx_slot_t *slot = slot_new(u, req);
-        if (!slot) {
-            req_complete(u, req, -ENOMEM, "out of memory");
-            return;
-        }
-        ucp_request_param_t prm = {
-            .op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA,
-            .cb.send = send_cb,
-            .user_data = slot,
-        };
-        ucs_status_ptr_t sp = ucp_tag_send_nbx(p->ep, req->buf, req->bytes, ucx_tag_make(u->rank, req->key), &prm);
-        track(u, req, sp, slot);
+        issue(u, req, NULL);
     }
 }
 

@@ -74,6 +74,7 @@ void ucx_destroy(void *impl)
         ucx_wake(u);
         pthread_join(u->thread, NULL);
     }
+    int failed = u->failed;
     if (u->sync_ready) {
         pthread_mutex_lock(&u->lock);
         ucx_fail_locked(u, -ECANCELED, "transport closed");
@@ -82,8 +83,11 @@ void ucx_destroy(void *impl)
     if (u->peers && u->worker) {
         for (int i = 0; i < u->size; i++)
             if (u->peers[i].ep) {
+                /* UCX defines a forced close only with peer error handling on both sides
+                 * (ucx_connect says why ours have none): a finished run flushes; a failed
+                 * one, whose peer may be gone and never answer a flush, forces. */
                 ucp_request_param_t prm = {.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS,
-                                           .flags = UCP_EP_CLOSE_FLAG_FORCE};
+                                           .flags = failed || u->peers[i].lost ? UCP_EP_CLOSE_FLAG_FORCE : 0};
                 close_wait(u, ucp_ep_close_nbx(u->peers[i].ep, &prm));
                 u->peers[i].ep = NULL;
             }

@@ -135,9 +135,10 @@ static double pipeline_bw(const path_t *pa)
     return v;
 }
 
-/* ucx_perftest tag_bw with the same message size, transports and namespaces: MB/s, or -1.
- * errh: endpoints with peer error handling (-e), as the pipeline's are. */
-static double perftest_bw(const path_t *pa, int errh)
+/* ucx_perftest tag_bw with the same message size, transports and namespaces, and the
+ * endpoints' error handling the pipeline uses (none: see ucx_connect): its overall MB/s
+ * (the Final line's 7th field; the 6th is the last report interval only), or -1. */
+static double perftest_bw(const path_t *pa)
 {
     char env[2][256], ns[2][64], cmd[2048];
     int port = 20000 + (int)((getpid() + 7) % 20000);
@@ -148,10 +149,10 @@ static double perftest_bw(const path_t *pa, int errh)
                  pa->topo ? netem_topo_host_ns(pa->topo, r) : "");
     }
     snprintf(cmd, sizeof cmd,
-             "%s env %s ucx_perftest -p %d %s >/dev/null 2>&1 & srv=$!; sleep 0.5; "
-             "%s env %s timeout 120 ucx_perftest %s -p %d -t tag_bw -s %d -n %d %s 2>&1 | awk '/^Final:/ {print $6}'; "
+             "%s env %s ucx_perftest -p %d >/dev/null 2>&1 & srv=$!; sleep 0.5; "
+             "%s env %s timeout 120 ucx_perftest %s -p %d -t tag_bw -s %d -n %d 2>&1 | awk '/^Final:/ {print $7}'; "
              "wait $srv",
-             ns[0], env[0], port, errh ? "-e" : "", ns[1], env[1], pa->addr0, port, BYTES, WARM + N, errh ? "-e" : "");
+             ns[0], env[0], port, ns[1], env[1], pa->addr0, port, BYTES, WARM + N);
     FILE *f = popen(cmd, "r");
     if (!f)
         return -1;
@@ -160,6 +161,19 @@ static double perftest_bw(const path_t *pa, int errh)
         v = -1;
     pclose(f);
     return v;
+}
+
+/* The 1-minute load average: how many runnable threads the measurement shared the CPUs with. */
+static double loadavg(void)
+{
+    double l = -1;
+    FILE *f = fopen("/proc/loadavg", "r");
+    if (f) {
+        if (fscanf(f, "%lf", &l) != 1)
+            l = -1;
+        fclose(f);
+    }
+    return l;
 }
 
 static double median(double *v, int n)
@@ -184,36 +198,44 @@ static void need_perftest(void)
 /* Measures the path: 0, or 1 after printing why it failed (the caller cleans up first). */
 static int bench_path(const path_t *pa)
 {
-    /* Paired trials (ucx_perftest, then the pipeline, back to back): the machine is shared,
-     * and a ratio within a pair sees the same load; the median pair is the figure. The
-     * target is against plain tag_bw. Beside it, tag_bw with peer error handling (-e),
-     * which the pipeline needs so that a dead peer fails its requests: UCX then has no
-     * RMA lane on tcp and moves rendezvous data as active messages, one copy more. */
-    double ratio[TRIALS], ratio_e[TRIALS], ref = -1, ref_e = -1, got = -1;
-    int n = 0, ne = 0;
+    /* Paired trials (ucx_perftest, then the pipeline, back to back): the machine may be
+     * shared, and a ratio within a pair sees about the same load. Load does not hit both
+     * alike: ucx_perftest busy-polls a core per process and loses whole time slices to
+     * other work, the pipeline's threads sleep and wake, so a loaded machine flatters the
+     * paired ratio. The ratio of the best figures (each side's quietest trial) leans the
+     * other way (one lucky ucx_perftest trial sets it). The figure held to the target is
+     * the lower of the two. */
+    double ratio[TRIALS], ref = -1, got = -1, load = 0, ref_lo = 0, got_lo = 0;
+    int n = 0, cores = (int)sysconf(_SC_NPROCESSORS_ONLN);
     for (int k = 0; k < TRIALS; k++) {
-        double r = perftest_bw(pa, 0), re = perftest_bw(pa, 1), g = pipeline_bw(pa);
-        print_message("  trial %d: pipeline %.1f MB/s, ucx_perftest %.1f MB/s, ucx_perftest -e %.1f MB/s\n", k, g, r,
-                      re);
+        double l = loadavg(), r = perftest_bw(pa), g = pipeline_bw(pa);
+        print_message("  trial %d: pipeline %.1f MB/s, ucx_perftest %.1f MB/s, ratio %.3f (load average %.2f on %d "
+                      "CPUs)\n", k, g, r, r > 0 ? g / r : 0, l, cores);
         if (r > 0 && g > 0)
             ratio[n++] = g / r;
-        if (re > 0 && g > 0)
-            ratio_e[ne++] = g / re;
         ref = r > ref ? r : ref;
-        ref_e = re > ref_e ? re : ref_e;
         got = g > got ? g : got;
+        ref_lo = k == 0 || r < ref_lo ? r : ref_lo;
+        got_lo = k == 0 || g < got_lo ? g : got_lo;
+        load += l / TRIALS;
     }
-    double med = median(ratio, n), med_e = median(ratio_e, ne);
-    print_message("25 MB tensors over %s: ratio %.3f (median of %d paired trials; target >= %.2f); best pipeline "
-                  "transport %.1f MB/s, best ucx_perftest -t tag_bw %.1f MB/s\n", pa->name, med, n, pa->target, got, ref);
-    print_message("  like for like, against ucx_perftest -t tag_bw -e (peer error handling, best %.1f MB/s): ratio "
-                  "%.3f\n", ref_e, med_e);
+    double med = median(ratio, n), best = ref > 0 ? got / ref : 0, fig = med < best ? med : best;
+    print_message("25 MB tensors over %s: ratio %.3f (target >= %.2f): the lower of the median of %d paired trials "
+                  "(%.3f) and the ratio of the best figures (pipeline transport %.1f MB/s, ucx_perftest -t tag_bw "
+                  "%.1f MB/s: %.3f)\n", pa->name, fig, pa->target, n, med, got, ref, best);
+    if (load > cores)
+        print_message("  the machine was loaded (load average %.1f on %d CPUs): both figures are below what an idle "
+                      "machine gives, ucx_perftest's more (it polls)\n", load, cores);
+    /* How far one side's own trials spread: a target closer to 1 than this spread is
+     * decided by the noise as much as by the transport. */
+    print_message("  spread of the trials: ucx_perftest %.1f-%.1f MB/s (max/min %.2f), pipeline %.1f-%.1f MB/s (max/min "
+                  "%.2f)\n", ref_lo, ref, ref_lo > 0 ? ref / ref_lo : 0, got_lo, got, got_lo > 0 ? got / got_lo : 0);
     if (got <= 0 || ref <= 0) {
         print_message("ERROR: a measurement failed (pipeline %.1f, ucx_perftest %.1f)\n", got, ref);
         return 1;
     }
-    if (med < pa->target) {
-        print_message("ERROR: ratio %.3f below %.2f\n", med, pa->target);
+    if (fig < pa->target) {
+        print_message("ERROR: ratio %.3f below %.2f\n", fig, pa->target);
         return 1;
     }
     return 0;
