@@ -2,9 +2,13 @@
  * run left, probe the kernel's qdiscs, and self-test a profile between two namespaces. */
 #include "bench/cli.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <string.h>
 
+#include <arpa/inet.h>
+
+#include "common/parse.h"
 #include "netem/emulator.h"
 #include "netem/profile.h"
 #include "netem/qdisc.h"
@@ -17,12 +21,14 @@
 
 #define CMD "netem"
 
-enum { NETEM_OPT_NETNS = 0x3300, NETEM_OPT_ALL, NETEM_OPT_CEILING };
+enum { NETEM_OPT_NETNS = 0x3300, NETEM_OPT_ALL, NETEM_OPT_CEILING, NETEM_OPT_TO };
 
 static const model_option_t own_group[] = {
     {"netns", 0, NETEM_OPT_NETNS, "NS", "the device lives in network namespace NS", "the current namespace"},
     {"all", 'a', NETEM_OPT_ALL, NULL, "(clear) everything in the state files", NULL},
     {"ceiling", 0, NETEM_OPT_CEILING, NULL, "(selftest) also measure the unshaped goodput", NULL},
+    {"to", 0, NETEM_OPT_TO, "PEER[:PORT]=PROFILE", "(apply) shape only what DEV sends to PEER (and to or from PORT); "
+     "repeat per peer, other traffic passes untouched", "the whole device"},
     {NULL, 0, 0, NULL, NULL, NULL},
 };
 
@@ -49,6 +55,7 @@ static const cli_deprecated_t deprecated[] = {
 static const cli_spec_t spec = {
     CMD,
     "usage: pipenem netem apply [--netns NS] DEV PROFILE\n"
+    "       pipenem netem apply [--netns NS] DEV --to PEER[:PORT]=PROFILE [--to ...]\n"
     "       pipenem netem show  [--netns NS] DEV\n"
     "       pipenem netem clear [--netns NS] DEV | --all\n"
     "       pipenem netem probe\n"
@@ -57,7 +64,8 @@ static const cli_spec_t spec = {
     "PROFILE: default | DELAY/RATE (10ms/1Gbps, 500us/10Gbps) |\n"
     "         delay=10ms,jitter=1ms,loss=0.1%,rate=1gbit,limit=N\n"
     "  apply     put PROFILE on DEV as its root qdisc (netem; TBF for a rate alone); the\n"
-    "            original root qdisc is saved first and stays saved after exit\n"
+    "            original root qdisc is saved first and stays saved after exit; with --to,\n"
+    "            a per-destination tree: only traffic to each PEER gets its PROFILE\n"
     "  show      read DEV's root qdisc back and print it as a profile\n"
     "  clear     restore DEV's original root qdisc; --all: undo everything recorded by\n"
     "            runs that are gone (after a crash) and by apply\n"
@@ -98,6 +106,61 @@ static int do_apply(const char *ns, int argc, char **argv)
     return CLI_OK;
 }
 
+/* ADDR[:PORT]=PROFILE into a peer. */
+static int peer_parse(const char *text, netem_tc_peer_t *out, char *err, size_t errlen)
+{
+    const char *eq = strchr(text, '=');
+    char host[64];
+    memset(out, 0, sizeof *out);
+    if (!eq || eq == text || (size_t)(eq - text) >= sizeof host)
+        return pn_err(err, errlen, -EINVAL, "--to '%s': expected PEER[:PORT]=PROFILE", text);
+    snprintf(host, sizeof host, "%.*s", (int)(eq - text), text);
+    char *colon = strchr(host, ':');
+    if (colon) {
+        int port;
+        *colon = '\0';
+        if (pn_parse_int(colon + 1, 1, 65535, &port) < 0)
+            return pn_err(err, errlen, -EINVAL, "--to '%s': port '%s' is not 1 to 65535", text, colon + 1);
+        out->port = (uint16_t)port;
+    }
+    struct in_addr a;
+    if (inet_pton(AF_INET, host, &a) != 1 || strlen(host) >= sizeof out->addr)
+        return pn_err(err, errlen, -EINVAL, "--to '%s': peer '%s' is not an IPv4 address", text, host);
+    snprintf(out->addr, sizeof out->addr, "%s", host);
+    char e2[256];
+    if (netem_profile_parse(eq + 1, &out->profile, e2, sizeof e2) < 0)
+        return pn_err(err, errlen, -EINVAL, "--to '%s': %s", text, e2);
+    return 0;
+}
+
+static int do_apply_to(const char *ns, char **to, int nto, int argc, char **argv)
+{
+    char err[512], text[256];
+    netem_dev_t d;
+    netem_tc_peer_t peer[NETEM_TC_MAX_PEERS];
+    if (argc != 1)
+        return cli_usage_error(CMD, "apply --to needs exactly one DEV and no PROFILE (got %d argument%s)", argc,
+                               argc == 1 ? "" : "s");
+    if (netem_dev_init(&d, ns, argv[0], err, sizeof err) < 0)
+        return cli_usage_error(CMD, "%s", err);
+    for (int i = 0; i < nto; i++)
+        if (peer_parse(to[i], &peer[i], err, sizeof err) < 0)
+            return cli_usage_error(CMD, "%s", err);
+    if (netem_tc_apply_by_dest(&d, nto, peer, NETEM_TC_PERSIST, err, sizeof err) < 0)
+        return runtime_error(err);
+    printf("# pipenem netem apply: %s%s%s, per destination (other traffic untouched)\n", ns ? ns : "",
+           ns ? "/" : "", d.ifname);
+    for (int i = 0; i < nto; i++) {
+        netem_profile_format(&peer[i].profile, text, sizeof text);
+        printf("#   to %s%s%.0u <- %s (%s)\n", peer[i].addr, peer[i].port ? ":" : "", peer[i].port, text,
+               netem_profile_is_default(&peer[i].profile) ? "unshaped" : netem_qdisc_for(&peer[i].profile)->kind);
+    }
+    printf("# original root qdisc recorded in %s; `pipenem netem clear %s%s%s%s` restores it\n",
+           netem_state_dir(), ns ? "--netns " : "", ns ? ns : "", ns ? " " : "", d.ifname);
+    printf("# OK\n");
+    return CLI_OK;
+}
+
 static int do_show(const char *ns, int argc, char **argv)
 {
     char err[512], kind[32], text[256];
@@ -128,7 +191,11 @@ static int do_show(const char *ns, int argc, char **argv)
             return runtime_error(err);
         for (int i = 0; i < n; i++) {
             netem_profile_format(&cl[i].profile, text, sizeof text);
-            printf("  %-16s %-8s %-24s from %s\n", d.ifname, cl[i].kind, text, cl[i].src);
+            if (cl[i].src[0])
+                printf("  %-16s %-8s %-24s from %s\n", d.ifname, cl[i].kind, text, cl[i].src);
+            else
+                printf("  %-16s %-8s %-24s to %s%s%.0u\n", d.ifname, cl[i].kind, text, cl[i].dst,
+                       cl[i].port ? ":" : "", cl[i].port);
         }
     }
     return CLI_OK;
@@ -266,8 +333,8 @@ static int do_selftest(char **nets, int nnets, const char *emulator, int ceiling
 int cmd_netem(int argc, char **argv)
 {
     const char *ns = NULL, *emulator = "auto";
-    char *nets[16];
-    int nnets = 0, all = 0, ceiling = 0, c;
+    char *nets[16], *to[NETEM_TC_MAX_PEERS];
+    int nto = 0, nnets = 0, all = 0, ceiling = 0, c;
     cli_parser_t p;
     if (cli_parser_init(&p, &spec))
         return cli_usage_error(CMD, "internal: the option table is inconsistent");
@@ -277,6 +344,11 @@ int cmd_netem(int argc, char **argv)
         case NETEM_OPT_ALL: all = 1; break;
         case RUNCFG_OPT_EMULATOR: emulator = optarg; break;
         case NETEM_OPT_CEILING: ceiling = 1; break;
+        case NETEM_OPT_TO:
+            if (nto == NETEM_TC_MAX_PEERS)
+                return cli_usage_error(CMD, "at most %d --to peers", NETEM_TC_MAX_PEERS);
+            to[nto++] = optarg;
+            break;
         case RUNCFG_OPT_NET:
             if (nnets == 16)
                 return cli_usage_error(CMD, "at most 16 --net profiles");
@@ -294,6 +366,8 @@ int cmd_netem(int argc, char **argv)
     int is_selftest = !strcmp(act, "selftest"), is_clear = !strcmp(act, "clear");
     if (!is_selftest && (nnets || ceiling || strcmp(emulator, "auto")))
         return cli_usage_error(CMD, "--net, --emulator and --ceiling belong to selftest, not %s", act);
+    if (nto && strcmp(act, "apply"))
+        return cli_usage_error(CMD, "--to belongs to apply, not %s", act);
     if (!is_clear && all)
         return cli_usage_error(CMD, "--all belongs to clear, not %s", act);
     if ((is_selftest || !strcmp(act, "probe")) && ns)
@@ -301,7 +375,7 @@ int cmd_netem(int argc, char **argv)
     if (netem_state_guard_start() < 0)
         return runtime_error("cannot start the signal guard");
     if (!strcmp(act, "apply"))
-        return do_apply(ns, rest, rv);
+        return nto ? do_apply_to(ns, to, nto, rest, rv) : do_apply(ns, rest, rv);
     if (!strcmp(act, "show"))
         return do_show(ns, rest, rv);
     if (is_clear)
