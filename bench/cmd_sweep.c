@@ -7,6 +7,7 @@
 #include "bench/report.h"
 #include "bench/results.h"
 #include "bench/sweep.h"
+#include "bench/sweep_dist.h"
 #include "bench/table.h"
 #include "bench/vocab.h"
 #include "pipeline/privs.h"
@@ -28,6 +29,7 @@ static const int model_only[] = {MODEL_OPT_MODEL, MODEL_OPT_STAGES, MODEL_OPT_BA
 static const int pipeline_only[] = {RUNCFG_OPT_ITERS, RUNCFG_OPT_WARMUP, RUNCFG_OPT_SLACK, RUNCFG_OPT_CHUNKS,
                                     RUNCFG_OPT_TIMEOUT, 0};
 static const int network_only[] = {RUNCFG_OPT_EMULATOR, RUNCFG_OPT_TRANSPORT, 0};
+static const int dist_only[] = {RUNCFG_OPT_DIST_URL, 0};
 
 static const cli_section_t sections[] = {
     {"grid", runcfg_pipeline_group, schedule_only, NULL, 0},
@@ -36,6 +38,8 @@ static const cli_section_t sections[] = {
     {NULL, runcfg_pipeline_group, pipeline_only, NULL, 0},
     {NULL, runcfg_network_group, network_only, NULL, 0},
     {NULL, vocab_local_group, NULL, NULL, 0},
+    {"multi-host (one rank per stage under srun or mpirun, every rank with the same options)",
+     runcfg_multihost_group, dist_only, NULL, 0},
     {"output", vocab_output_group, NULL, NULL, 0},
     {NULL, NULL, NULL, NULL, 0},
 };
@@ -52,6 +56,9 @@ static const cli_override_t overrides[] = {
      "how the profiles are applied: {emulators}. netem: kernel qdiscs in one network namespace per "
      "stage (needs root); shim: the transport itself holds back and paces each message (no root); "
      "auto: the most faithful one usable here", NULL},
+    {RUNCFG_OPT_DIST_URL, NULL,
+     "rank 0's address and control port (each cell's stages meet at PORT + 1); every rank shapes its own\n"
+     "traffic to its pipeline neighbours, rank 0 writes the results directory", "none: this machine alone"},
     {0, NULL, NULL, NULL},
 };
 
@@ -88,6 +95,7 @@ typedef struct {
     int iteration, plots;
     char timeline[256];
     int have_timeline;
+    char dist_url[300];                   /* SPMD under a launcher: rank 0's control address */
 } opts_t;
 
 /* One option into o (argv parsed by the caller): 0 or CLI_USAGE after a message. */
@@ -134,6 +142,7 @@ static int sweep_option(opts_t *o, int c, const char *arg, const char **resume)
         rc = privs_check_user(arg, err, sizeof err);
         break;
     case VOCAB_OPT_OUT: return cli_copy(cmd, "--out", arg, o->out, sizeof o->out);
+    case RUNCFG_OPT_DIST_URL: return cli_copy(cmd, "--dist-url", arg, o->dist_url, sizeof o->dist_url);
     case VOCAB_OPT_RESUME: *resume = arg; return 0;
     case VOCAB_OPT_ITERATION: return cli_parse_int(cmd, "--iteration", arg, 0, INT_MAX, &o->iteration);
     case VOCAB_OPT_TIMELINE:
@@ -336,7 +345,15 @@ static int measure(const opts_t *o, const int *tl, size_t tl_n, results_t *r)
     sweep_loop_t loop = {.dir = o->out, .measure = cell_measure, .progress = progress, .report = &ro,
                          .stop = &stop_flag};
     sweep_summary_t sum = {0};
-    int rc = sweep_run(&o->spec, &loop, r, &sum, err, sizeof err);
+    sweep_dist_t *dist = NULL;
+    int rc = o->dist_url[0] ? sweep_dist_open(&dist, o->dist_url, &o->spec, err, sizeof err) : 0;
+    if (dist) {
+        loop.measure = sweep_dist_measure;
+        loop.measure_ctx = dist;
+    }
+    if (!rc)
+        rc = sweep_run(&o->spec, &loop, r, &sum, err, sizeof err);
+    sweep_dist_close(dist);
     sigaction(SIGINT, &old_int, NULL);
     sigaction(SIGTERM, &old_term, NULL);
     if (rc) {
@@ -365,6 +382,9 @@ int cmd_sweep(int argc, char **argv)
 {
     opts_t o = {.iteration = -1, .plots = 1};
     char err[1024] = "";
+    int wrc = sweep_dist_worker(argc, argv);   /* rank > 0 of an SPMD sweep: serves rank 0 */
+    if (wrc != SWEEP_DIST_NOT_WORKER)
+        return wrc;
     if (sweep_spec_default(&o.spec, err, sizeof err)) {
         fprintf(stderr, "pipenem sweep: %s\n", err);
         return CLI_FAIL;
