@@ -614,6 +614,9 @@ int sweep_dist_worker(int argc, char **argv)
     char err[1024];
     if (jobenv_rank(&rank, &size, &src, err, sizeof err) || size < 2 || rank == 0)
         return SWEEP_DIST_NOT_WORKER;
+    for (int i = 1; i < argc; i++)
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h"))
+            return SWEEP_DIST_NOT_WORKER;   /* every rank prints it */
     const char *url = url_in(argc, argv);
     char **saved = NULL;
     int n_saved = 0;
