@@ -35,30 +35,9 @@ static char base[128], wrap[160], skip_reason[256], qdisc_before[3][2048];
 static netem_topo_t topo;
 static int topo_made, port;
 
-static int sh(char *buf, size_t len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-
-static int sh(char *buf, size_t len, const char *fmt, ...)
-{
-    char cmd[2048];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(cmd, sizeof cmd, fmt, ap);
-    va_end(ap);
-    strncat(cmd, " 2>&1", sizeof cmd - strlen(cmd) - 1);
-    FILE *f = popen(cmd, "r");
-    if (!f)
-        return -1;
-    size_t n = fread(buf, 1, len - 1, f);
-    buf[n] = '\0';
-    while (fgetc(f) != EOF)
-        ;
-    int st = pclose(f);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
 static void qdiscs(int host, char *buf, size_t len)
 {
-    sh(buf, len, "tc -n %s qdisc show; tc -n %s filter show dev %s", netem_topo_host_ns(&topo, host),
+    tu_sh(buf, len, "tc -n %s qdisc show; tc -n %s filter show dev %s", netem_topo_host_ns(&topo, host),
        netem_topo_host_ns(&topo, host), netem_topo_host_ifname(&topo, host));
 }
 
@@ -70,7 +49,7 @@ static int setup(void **state)
         snprintf(skip_reason, sizeof skip_reason, "needs root for network namespaces and qdiscs");
         return 0;
     }
-    if (sh(out, sizeof out, "command -v mpirun") != 0) {
+    if (tu_sh(out, sizeof out, "command -v mpirun") != 0) {
         snprintf(skip_reason, sizeof skip_reason, "mpirun is absent (apt-get install openmpi-bin)");
         return 0;
     }
@@ -104,13 +83,13 @@ static int teardown(void **state)
     char out[4096];
     if (topo_made) {
         for (int h = 0; h < 3; h++)   /* whatever a failed test left on a host */
-            sh(out, sizeof out, "PIPENEM_STATE_DIR=%s/state-h%d ip netns exec %s %s netem clear --all", base, h,
+            tu_sh(out, sizeof out, "PIPENEM_STATE_DIR=%s/state-h%d ip netns exec %s %s netem clear --all", base, h,
                netem_topo_host_ns(&topo, h), tu_pipenem());
-        sh(out, sizeof out, "for h in 0 1 2; do ip netns pids %s-h$h | xargs -r kill -9; done", topo.id);
+        tu_sh(out, sizeof out, "for h in 0 1 2; do ip netns pids %s-h$h | xargs -r kill -9; done", topo.id);
         netem_topo_destroy(&topo);
     }
     if (base[0])
-        sh(out, sizeof out, "rm -rf %s", base);
+        tu_sh(out, sizeof out, "rm -rf %s", base);
     return 0;
 }
 
@@ -155,7 +134,7 @@ static int wait_for(pid_t pid, double timeout)
 static void show_log(const char *log)
 {
     char out[1 << 14];
-    sh(out, sizeof out, "tail -c 3000 %s", log);
+    tu_sh(out, sizeof out, "tail -c 3000 %s", log);
     print_message("%s\n", out);
 }
 
@@ -234,7 +213,7 @@ static void test_matches_one_box(void **state)
 static int cells_in(const char *dir)
 {
     char out[64];
-    sh(out, sizeof out, "test -f %s/runs.csv && tail -n +2 %s/runs.csv | grep -c .", dir, dir);
+    tu_sh(out, sizeof out, "test -f %s/runs.csv && tail -n +2 %s/runs.csv | grep -c .", dir, dir);
     return atoi(out);
 }
 
@@ -259,7 +238,7 @@ static void test_resume_after_killing_rank1(void **state)
         fail_msg("no cell finished");
     }
     /* Rank 1 and its stage, SIGKILLed: no handler runs. */
-    sh(out, sizeof out, "ip netns pids %s | xargs -r kill -9", netem_topo_host_ns(&topo, 1));
+    tu_sh(out, sizeof out, "ip netns pids %s | xargs -r kill -9", netem_topo_host_ns(&topo, 1));
     int rc = wait_for(pid, 120);
     show_log(log);
     print_message("mpirun after SIGKILL of rank 1: exit %d; cells kept %d\n", rc, cells_in(dir));
@@ -269,7 +248,7 @@ static void test_resume_after_killing_rank1(void **state)
     /* mpirun ends the other ranks too (SIGTERM, then SIGKILL): on every host, clear --all
      * puts back whatever a killed rank left. */
     for (int h = 0; h < 3; h++) {
-        rc = sh(out, sizeof out, "PIPENEM_STATE_DIR=%s/state-h%d ip netns exec %s %s netem clear --all", base, h,
+        rc = tu_sh(out, sizeof out, "PIPENEM_STATE_DIR=%s/state-h%d ip netns exec %s %s netem clear --all", base, h,
                 netem_topo_host_ns(&topo, h), tu_pipenem());
         print_message("host %d: %s", h, out);
         assert_int_equal(rc, 0);

@@ -35,27 +35,6 @@ static char prefix[32], statedir[128], out[1 << 16];
 static netem_topo_t topo;
 static int topo_made;
 
-static int sh(char *buf, size_t len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-
-static int sh(char *buf, size_t len, const char *fmt, ...)
-{
-    char cmd[1024];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(cmd, sizeof cmd, fmt, ap);
-    va_end(ap);
-    strncat(cmd, " 2>&1", sizeof cmd - strlen(cmd) - 1);
-    FILE *f = popen(cmd, "r");
-    if (!f)
-        return -1;
-    size_t n = fread(buf, 1, len - 1, f);
-    buf[n] = '\0';
-    while (fgetc(f) != EOF)
-        ;
-    int st = pclose(f);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
 static int setup(void **state)
 {
     (void)state;
@@ -85,7 +64,7 @@ static int teardown(void **state)
         print_message("teardown: %s\n", err);
     if (statedir[0]) {
         tu_pipenem_run(out, sizeof out, "netem clear --all");   /* a killed child's records */
-        sh(out, sizeof out, "rm -rf %s", statedir);
+        tu_sh(out, sizeof out, "rm -rf %s", statedir);
     }
     return 0;
 }
@@ -225,7 +204,7 @@ static void test_only_the_peer_is_shaped(void **state)
     assert_true(to2 >= UNSHAPED_FACTOR * to1);
     assert_true(back >= UNSHAPED_FACTOR * to1);
     assert_int_equal(netem_tc_clear(&d, err, sizeof err), 0);
-    sh(out, sizeof out, "tc -n %s qdisc show dev %s", netem_topo_host_ns(&topo, 0), netem_topo_host_ifname(&topo, 0));
+    tu_sh(out, sizeof out, "tc -n %s qdisc show dev %s", netem_topo_host_ns(&topo, 0), netem_topo_host_ifname(&topo, 0));
     assert_null(strstr(out, "htb"));
 }
 
@@ -254,9 +233,9 @@ static void test_sigkill_then_clear_all(void **state)
     NEED_ROOT();
     const char *ns = netem_topo_host_ns(&topo, 0), *dev = netem_topo_host_ifname(&topo, 0);
     /* A non-default original, so that "restored" cannot mean "deleted". */
-    assert_int_equal(sh(out, sizeof out, "tc -n %s qdisc replace dev %s root handle 7: pfifo limit 77", ns, dev), 0);
+    assert_int_equal(tu_sh(out, sizeof out, "tc -n %s qdisc replace dev %s root handle 7: pfifo limit 77", ns, dev), 0);
     char before[4096], after[4096];
-    sh(before, sizeof before, "tc -n %s qdisc show dev %s; tc -n %s filter show dev %s", ns, dev, ns, dev);
+    tu_sh(before, sizeof before, "tc -n %s qdisc show dev %s; tc -n %s filter show dev %s", ns, dev, ns, dev);
     int pfd[2];
     assert_int_equal(pipe(pfd), 0);
     pid_t pid = fork();
@@ -276,7 +255,7 @@ static void test_sigkill_then_clear_all(void **state)
         waitpid(pid, NULL, 0);
         fail_msg("the doomed process did not get ready: %s", line);
     }
-    sh(out, sizeof out, "tc -n %s qdisc show dev %s; tc -n %s filter show dev %s", ns, dev, ns, dev);
+    tu_sh(out, sizeof out, "tc -n %s qdisc show dev %s; tc -n %s filter show dev %s", ns, dev, ns, dev);
     print_message("while shaped:\n%s", out);
     assert_non_null(strstr(out, "qdisc htb 1: root"));
     char match[64];
@@ -288,14 +267,14 @@ static void test_sigkill_then_clear_all(void **state)
     int st;
     waitpid(pid, &st, 0);
     assert_true(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL);
-    sh(out, sizeof out, "tc -n %s qdisc show dev %s", ns, dev);
+    tu_sh(out, sizeof out, "tc -n %s qdisc show dev %s", ns, dev);
     assert_non_null(strstr(out, "htb"));   /* SIGKILL: nothing could undo it */
 
     int rc = tu_pipenem_run(out, sizeof out, "netem clear --all");
     print_message("%s", out);
     assert_int_equal(rc, 0);
     assert_non_null(strstr(out, "undone 1 record"));
-    sh(after, sizeof after, "tc -n %s qdisc show dev %s; tc -n %s filter show dev %s", ns, dev, ns, dev);
+    tu_sh(after, sizeof after, "tc -n %s qdisc show dev %s; tc -n %s filter show dev %s", ns, dev, ns, dev);
     print_message("before:\n%safter clear --all:\n%s", before, after);
     assert_string_equal(before, after);
 }
