@@ -78,8 +78,10 @@ typedef struct {
  * u32 filters match the destination address (and port), so only the job's traffic to
  * each peer is shaped, with that link's profile; everything else (ssh, the scheduler's
  * own traffic) takes HTB's direct queue untouched. Egress only: each host shapes what it
- * sends, so a link's two directions are set on its two ends. Default profiles are
- * skipped. Same saving (the original root goes to the state file first), flags and
+ * sends, so a link's two directions are set on its two ends. Peers given the same
+ * profile share one class and leaf (a rate is the host's link capacity, shared by its
+ * traffic to all of them, as the local topology's switch port shares it). Default
+ * profiles are skipped. Same saving (the original root goes to the state file first), flags and
  * errors as netem_tc_apply; -EINVAL for a bad or repeated peer. */
 int netem_tc_apply_by_dest(const netem_dev_t *d, int n, const netem_tc_peer_t *peer, int flags,
                            char *err, size_t errlen) PN_WUR;

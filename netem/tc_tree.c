@@ -30,6 +30,7 @@ typedef struct {
     int off;             /* 12 source, 16 destination */
     uint32_t port_mask;  /* network order; 0: any port */
     uint32_t port_val;
+    int cls;             /* the class it sorts into (matches may share one) */
 } tree_match_t;
 
 /* The u32 filter of one match into classid. */
@@ -68,11 +69,9 @@ static int add_filter(tcnl_conn_t *c, const tree_match_t *m, uint32_t classid)
     return tcnl_call_built(c, msg, !msg ? -ENOMEM : put_u32(msg, m, classid));
 }
 
-/* Class i below the tree root, its shaping leaf and the u32 filters that sort into it
- * (one, or with a port two: the port as destination and as source); what names the
- * step that failed. */
-static int tree_class(tcnl_conn_t *c, const netem_qdisc_ops_t *tree, int i, const tree_match_t *m,
-                      const netem_profile_t *p, char *what, size_t whatlen)
+/* Class i below the tree root and its shaping leaf for p; what names the step that failed. */
+static int tree_class(tcnl_conn_t *c, const netem_qdisc_ops_t *tree, int i, const netem_profile_t *p, char *what,
+                      size_t whatlen)
 {
     uint32_t classid = 0x10000 | (uint32_t)(2 + i);
     snprintf(what, whatlen, "adding an %s class", tree->kind);
@@ -84,9 +83,14 @@ static int tree_class(tcnl_conn_t *c, const netem_qdisc_ops_t *tree, int i, cons
     netem_tc_applied_t a = {0};
     snprintf(what, whatlen, "adding a %s leaf", leaf->kind);
     msg = tcnl_msg(RTM_NEWQDISC, NLM_F_CREATE | NLM_F_EXCL, c->ifindex, classid, (uint32_t)(0x10 + i) << 16);
-    rc = tcnl_call_built(c, msg, !msg ? -ENOMEM : leaf->put(msg, p, &a));
-    if (rc < 0)
-        return rc;
+    return tcnl_call_built(c, msg, !msg ? -ENOMEM : leaf->put(msg, p, &a));
+}
+
+/* The u32 filters of a match into its class: one, or with a port two (the port as
+ * destination and as source). */
+static int tree_filters(tcnl_conn_t *c, const tree_match_t *m, char *what, size_t whatlen)
+{
+    uint32_t classid = 0x10000 | (uint32_t)(2 + m->cls);
     snprintf(what, whatlen, "adding a u32 filter");
     if (!m->port_mask)
         return add_filter(c, m, classid);
@@ -96,13 +100,12 @@ static int tree_class(tcnl_conn_t *c, const netem_qdisc_ops_t *tree, int i, cons
     to.port_val = htonl(port);
     from.port_mask = htonl(0xffff0000u);
     from.port_val = htonl(port << 16);
-    if ((rc = add_filter(c, &to, classid)) < 0)
-        return rc;
-    return add_filter(c, &from, classid);
+    int rc = add_filter(c, &to, classid);
+    return rc < 0 ? rc : add_filter(c, &from, classid);
 }
 
-/* A fresh tree: whatever pipenem put there before goes first, then the root and one
- * class per shaped match. */
+/* A fresh tree: whatever pipenem put there before goes first, then the root, one class
+ * per shaped profile p[cls] and the filters of every match into its class. */
 static int tree_build(tcnl_conn_t *c, int n, const tree_match_t *m, const netem_profile_t *p, char *what,
                       size_t whatlen)
 {
@@ -118,9 +121,17 @@ static int tree_build(tcnl_conn_t *c, int n, const tree_match_t *m, const netem_
     netem_tc_applied_t a = {0};
     msg = tcnl_msg(RTM_NEWQDISC, NLM_F_CREATE | NLM_F_EXCL, c->ifindex, TC_H_ROOT, 0x10000);
     rc = tcnl_call_built(c, msg, !msg ? -ENOMEM : tree->put(msg, NULL, &a));
-    for (int i = 0; i < n && rc == 0; i++)
-        if (!netem_profile_is_default(&p[i]))
-            rc = tree_class(c, tree, i, &m[i], &p[i], what, whatlen);
+    for (int i = 0; i < n && rc == 0; i++) {
+        if (netem_profile_is_default(&p[m[i].cls]))
+            continue;
+        int first = 1;
+        for (int j = 0; j < i; j++)
+            first &= m[j].cls != m[i].cls;
+        if (first)
+            rc = tree_class(c, tree, m[i].cls, &p[m[i].cls], what, whatlen);
+        if (rc == 0)
+            rc = tree_filters(c, &m[i], what, whatlen);
+    }
     return rc;
 }
 
@@ -177,6 +188,7 @@ int netem_tc_apply_by_source(const netem_dev_t *d, int n, const char *const *src
         if (inet_pton(AF_INET, src[i], &m[i].addr) != 1)
             return pn_err(err, errlen, -EINVAL, "source '%s' is not an IPv4 address", src[i]);
         m[i].off = 12;
+        m[i].cls = i;
     }
     return tree_apply(d, n, m, p, flags, err, errlen);
 }
@@ -203,6 +215,14 @@ int netem_tc_apply_by_dest(const netem_dev_t *d, int n, const netem_tc_peer_t *p
             m[i].port_mask = htonl(0x0000ffffu);
             m[i].port_val = htonl(peer[i].port);
         }
+        /* Peers of one profile share its class: a rate is the host's link capacity,
+         * shared by its traffic to all of them as a NIC's is. */
+        m[i].cls = i;
+        for (int j = 0; j < i && m[i].cls == i; j++)
+            if (peer[j].profile.delay == peer[i].profile.delay && peer[j].profile.jitter == peer[i].profile.jitter &&
+                peer[j].profile.loss == peer[i].profile.loss && peer[j].profile.rate == peer[i].profile.rate &&
+                peer[j].profile.limit == peer[i].profile.limit)
+                m[i].cls = m[j].cls;
         p[i] = peer[i].profile;
     }
     return tree_apply(d, n, m, p, flags, err, errlen);
@@ -215,7 +235,7 @@ typedef struct {
 } filters_t;
 
 /* One of our u32 filters (an address key at 12 or 16, perhaps a port key at 20) into
- * f; the second filter of a class with a port (the port as source) adds nothing. */
+ * f; the second filter of an address with a port (the port as source) adds nothing. */
 static int on_filter(struct nl_msg *msg, void *arg)
 {
     filters_t *f = arg;
@@ -240,8 +260,8 @@ static int on_filter(struct nl_msg *msg, void *arg)
         (sel.nkeys == 2 && key[1].off != 20))
         return NL_OK;   /* not one of ours */
     uint32_t classid = nla_get_u32(ub[TCA_U32_CLASSID]);
-    for (int i = 0; i < f->n; i++)
-        if (f->classid[i] == classid)
+    for (int i = 0; i < f->n; i++)   /* a port's second filter (the port as source) */
+        if (f->classid[i] == classid && f->m[i].addr.s_addr == key[0].val)
             return NL_OK;
     tree_match_t *m = &f->m[f->n];
     memset(m, 0, sizeof *m);

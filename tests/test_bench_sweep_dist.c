@@ -27,8 +27,8 @@
 #include "tests/testutil.h"
 
 #define TOL 0.10
-#define GRID "--model tiny --stages 3 --batch-size 8 --seq-len 16 --compute emulate:fwd=20ms,bwd=40ms " \
-             "--schedule gpipe,1f1b --profiles default,rate=5mbit --micro-batch-sizes 2 --warmup 1 " \
+#define GRID "--model tiny --stages 3 --batch-size 8 --seq-len 128 --compute emulate:fwd=20ms,bwd=40ms " \
+             "--schedule gpipe,1f1b --profiles default,rate=3mbit --micro-batch-sizes 2 --warmup 1 " \
              "--timeout 15 --no-plots"
 
 static char base[128], wrap[160], skip_reason[256], qdisc_before[3][2048];
@@ -224,7 +224,7 @@ static void test_resume_after_killing_rank1(void **state)
     char dir[200], log[200], args[1024], out[1 << 14], err[512];
     snprintf(dir, sizeof dir, "%s/killed", base);
     snprintf(log, sizeof log, "%s/killed.log", base);
-    snprintf(args, sizeof args, "--dist-url tcp://%s:%d " GRID " --iters 8 --out %s", netem_topo_host_addr(&topo, 0),
+    snprintf(args, sizeof args, "--dist-url tcp://%s:%d " GRID " --iters 6 --out %s", netem_topo_host_addr(&topo, 0),
              port + 20, dir);
     pid_t pid = mpirun(log, args);
     int n = 0;
