@@ -8,6 +8,7 @@
 
 #include <arpa/inet.h>
 
+#include "bench/netem_dist.h"
 #include "common/parse.h"
 #include "netem/emulator.h"
 #include "netem/profile.h"
@@ -33,10 +34,12 @@ static const model_option_t own_group[] = {
 };
 
 static const int net_only[] = {RUNCFG_OPT_NET, RUNCFG_OPT_EMULATOR, 0};
+static const int dist_only[] = {RUNCFG_OPT_DIST_URL, 0};
 
 static const cli_section_t sections[] = {
     {"options", own_group, NULL, NULL, 0},
     {NULL, runcfg_network_group, net_only, NULL, 0},
+    {NULL, runcfg_multihost_group, dist_only, NULL, 0},
     {NULL, NULL, NULL, NULL, 0},
 };
 
@@ -44,6 +47,9 @@ static const cli_override_t overrides[] = {
     {RUNCFG_OPT_NET, "PROFILE", "(selftest) a profile to test; repeat for several", "none"},
     {RUNCFG_OPT_EMULATOR, NULL, "(selftest) {emulators}: netem puts kernel qdiscs on the link, shim makes the "
      "pipeline's own transport hold back and pace each message", NULL},
+    {RUNCFG_OPT_DIST_URL, NULL, "(selftest) across hosts, one rank per host under srun or mpirun: rank 0's "
+     "address and port (PORT + 2 carries the measurements); each link measured by its two ends", "this machine's "
+     "namespaces"},
     {0, NULL, NULL, NULL},
 };
 
@@ -60,6 +66,7 @@ static const cli_spec_t spec = {
     "       pipenem netem clear [--netns NS] DEV | --all\n"
     "       pipenem netem probe\n"
     "       pipenem netem selftest --net PROFILE [--net PROFILE ...] [--emulator auto|netem|shim] [--ceiling]\n"
+    "       pipenem netem selftest --dist-url tcp://RANK0:PORT --net PROFILE [...]   (one rank per host)\n"
     "apply, show, clear, probe and self-test network emulation profiles.\n"
     "PROFILE: default | DELAY/RATE (10ms/1Gbps, 500us/10Gbps) |\n"
     "         delay=10ms,jitter=1ms,loss=0.1%,rate=1gbit,limit=N\n"
@@ -266,7 +273,7 @@ static int do_probe(int argc)
     return CLI_OK;
 }
 
-static int do_selftest(char **nets, int nnets, const char *emulator, int ceiling, int argc)
+static int do_selftest(char **nets, int nnets, const char *emulator, int ceiling, const char *url, int argc)
 {
     char err[512];
     netem_profile_t prof[16];
@@ -279,6 +286,11 @@ static int do_selftest(char **nets, int nnets, const char *emulator, int ceiling
             return cli_usage_error(CMD, "--net: %s", err);
     if (strcmp(emulator, "auto") && !netem_emulator_find(emulator))
         return cli_usage_error(CMD, "unknown emulator '%s' (%s)", emulator, netem_emulator_names());
+    if (url && (ceiling || (strcmp(emulator, "auto") && strcmp(emulator, "netem"))))
+        return cli_usage_error(CMD, "selftest --dist-url measures the kernel's per-destination shaping: no "
+                               "--ceiling, --emulator netem or auto only (the shim shapes the pipeline's own transport)");
+    if (url)
+        return netem_dist_selftest(url, prof, nnets);
     netem_topo_t t;
     if (netem_topo_create(&t, 2, err, sizeof err) < 0)
         return runtime_error(err);
@@ -332,7 +344,7 @@ static int do_selftest(char **nets, int nnets, const char *emulator, int ceiling
 
 int cmd_netem(int argc, char **argv)
 {
-    const char *ns = NULL, *emulator = "auto";
+    const char *ns = NULL, *emulator = "auto", *url = NULL;
     char *nets[16], *to[NETEM_TC_MAX_PEERS];
     int nto = 0, nnets = 0, all = 0, ceiling = 0, c;
     cli_parser_t p;
@@ -344,6 +356,7 @@ int cmd_netem(int argc, char **argv)
         case NETEM_OPT_ALL: all = 1; break;
         case RUNCFG_OPT_EMULATOR: emulator = optarg; break;
         case NETEM_OPT_CEILING: ceiling = 1; break;
+        case RUNCFG_OPT_DIST_URL: url = optarg; break;
         case NETEM_OPT_TO:
             if (nto == NETEM_TC_MAX_PEERS)
                 return cli_usage_error(CMD, "at most %d --to peers", NETEM_TC_MAX_PEERS);
@@ -364,8 +377,8 @@ int cmd_netem(int argc, char **argv)
     int rest = argc - optind - 1;
     char **rv = argv + optind + 1;
     int is_selftest = !strcmp(act, "selftest"), is_clear = !strcmp(act, "clear");
-    if (!is_selftest && (nnets || ceiling || strcmp(emulator, "auto")))
-        return cli_usage_error(CMD, "--net, --emulator and --ceiling belong to selftest, not %s", act);
+    if (!is_selftest && (nnets || ceiling || url || strcmp(emulator, "auto")))
+        return cli_usage_error(CMD, "--net, --emulator, --ceiling and --dist-url belong to selftest, not %s", act);
     if (nto && strcmp(act, "apply"))
         return cli_usage_error(CMD, "--to belongs to apply, not %s", act);
     if (!is_clear && all)
@@ -383,6 +396,6 @@ int cmd_netem(int argc, char **argv)
     if (!strcmp(act, "probe"))
         return do_probe(rest);
     if (is_selftest)
-        return do_selftest(nets, nnets, emulator, ceiling, rest);
+        return do_selftest(nets, nnets, emulator, ceiling, url, rest);
     return cli_usage_error(CMD, "unknown action '%s' (apply, show, clear, probe, selftest)", act);
 }

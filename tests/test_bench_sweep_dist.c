@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include "bench/results.h"
+#include "netem/profile.h"
 #include "netem/state.h"
 #include "netem/topo.h"
 #include "tests/testutil.h"
@@ -272,11 +273,49 @@ static void test_resume_after_killing_rank1(void **state)
     hosts_as_before();
 }
 
+/* `pipenem netem selftest --dist-url` under mpirun: each link's two ends measure it under
+ * the per-destination shaping; the command judges the goodput against rate x 1448/1514
+ * (5%) itself, and this test reads every row back. */
+static void test_selftest_across_hosts(void **state)
+{
+    (void)state;
+    NEED_MPI();
+    char log[200], cmd[1024], out[1 << 14];
+    snprintf(log, sizeof log, "%s/selftest.log", base);
+    snprintf(cmd, sizeof cmd, "exec mpirun --allow-run-as-root --oversubscribe -np 3 %s %s netem selftest --dist-url "
+             "tcp://%s:%d --net rate=50mbit --net rate=200mbit > %s 2>&1", wrap, tu_pipenem(),
+             netem_topo_host_addr(&topo, 0), port + 40, log);
+    int rc = tu_sh(out, sizeof out, "%s", cmd);
+    show_log(log);
+    assert_int_equal(rc, 0);
+    tu_sh(out, sizeof out, "cat %s", log);
+    static const char *const rows[] = {"rate=50Mbps", "rate=200Mbps"};
+    static const double rates[] = {50e6, 200e6};
+    double worst = 0;
+    for (int i = 0; i < 2; i++)
+        for (int L = 0; L < 2; L++) {
+            char pat[64], name[32], link[8], verdict[16];
+            double v[9];
+            snprintf(pat, sizeof pat, "  %-22s %d-%-3d", rows[i], L, L + 1);
+            const char *p = strstr(out, pat);
+            if (!p || sscanf(p, "%31s %7s %lf %lf %lf %lf %lf %lf %lf %lf %15s", name, link, &v[0], &v[1], &v[2],
+                             &v[3], &v[4], &v[5], &v[6], &v[7], verdict) != 11)
+                fail_msg("no row for %s on link %d-%d", rows[i], L, L + 1);
+            double want = netem_profile_goodput(rates[i], 1500), d = tu_reldiff(v[6] * 1e9, want, 1);
+            worst = d > worst ? d : worst;
+            assert_string_equal(verdict, "ok");
+        }
+    print_message("largest goodput difference %.2f%% (tolerance 5%%)\n", worst * 100);
+    assert_true(worst <= 0.05);
+    hosts_as_before();
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_matches_one_box),
         cmocka_unit_test(test_resume_after_killing_rank1),
+        cmocka_unit_test(test_selftest_across_hosts),
     };
     return cmocka_run_group_tests_name("bench_sweep_dist", tests, setup, teardown);
 }
