@@ -169,7 +169,7 @@ static int parse(int argc, char **argv, opts_t *o, const char **resume)
             cli_help(&spec, stdout);
             return -1;
         }
-        n_opts += c != VOCAB_OPT_RESUME;
+        n_opts += c != VOCAB_OPT_RESUME && c != RUNCFG_OPT_DIST_URL; /* rank 0's address may change */
         rc = sweep_option(o, c, optarg, resume);
     }
     if (rc)
@@ -228,9 +228,13 @@ static int load_resume(const char *dir, char *cmd_word, opts_t *o, char ***saved
     av[0] = cmd_word;
     memcpy(av + 1, *saved, (size_t)n_saved * sizeof *av);
     const char *again = NULL;
+    char url[sizeof o->dist_url]; /* given with --resume: rank 0's new address wins */
+    snprintf(url, sizeof url, "%s", o->dist_url);
     int rc = sweep_spec_default(&o->spec, err, sizeof err);
     if (!rc)
         rc = parse(n_saved + 1, av, o, &again);
+    if (url[0])
+        snprintf(o->dist_url, sizeof o->dist_url, "%s", url);
     free(av);
     if (rc || again) {
         fprintf(stderr, "pipenem sweep: --resume %s: its sweep.args no longer parse\n", dir);
