@@ -155,6 +155,7 @@ static int tree_apply(const netem_dev_t *d, int n, const tree_match_t *m, const 
     int recorded = 0, rc = tcnl_open(d, 1, &c, err, errlen);
     if (rc < 0)
         return rc;
+    netem_state_change_begin();
     if ((rc = netem_tc_save_first(d, flags, &recorded, err, errlen)) < 0)
         goto out;
     char what[64];
@@ -171,6 +172,7 @@ static int tree_apply(const netem_dev_t *d, int n, const tree_match_t *m, const 
         }
     }
 out:
+    netem_state_change_end();
     tcnl_close(&c);
     return rc;
 }

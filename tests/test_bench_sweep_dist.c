@@ -87,6 +87,7 @@ static int teardown(void **state)
             tu_sh(out, sizeof out, "PIPENEM_STATE_DIR=%s/state-h%d ip netns exec %s %s netem clear --all", base, h,
                netem_topo_host_ns(&topo, h), tu_pipenem());
         tu_sh(out, sizeof out, "for h in 0 1 2; do ip netns pids %s-h$h | xargs -r kill -9; done", topo.id);
+        tu_sh(out, sizeof out, "sh tests/dist/slurm-private.sh down %s/slurm", base);   /* a failed srun test's */
         netem_topo_destroy(&topo);
     }
     if (base[0])
@@ -315,12 +316,62 @@ static void test_selftest_across_hosts(void **state)
     hosts_as_before();
 }
 
+/* The same grid under Slurm's own launcher: a private one-node Slurm (tests/dist/
+ * slurm-private.sh: munged, slurmctld and slurmd on their own ports and files), `srun -n3`
+ * of the wrapper, which enters namespace $SLURM_PROCID; rank, size and token come from
+ * SLURM_*. SKIP where slurm-wlm is not installed. */
+static void test_srun_sweep(void **state)
+{
+    (void)state;
+    NEED_MPI();
+    char dir[200], sl[200], swrap[200], log[200], out[1 << 14], err[512];
+    snprintf(sl, sizeof sl, "%s/slurm", base);
+    int rc = tu_sh(out, sizeof out, "sh tests/dist/slurm-private.sh up %s", sl);
+    if (rc == 3) {
+        print_message("%s", out);
+        skip();
+    }
+    if (rc != 0) {
+        tu_sh(out + strlen(out), sizeof out - strlen(out), "sh tests/dist/slurm-private.sh down %s", sl);
+        fail_msg("cannot start a private Slurm: %s", out);
+    }
+    snprintf(swrap, sizeof swrap, "%s/swrap.sh", base);
+    FILE *f = fopen(swrap, "w");
+    assert_non_null(f);
+    fprintf(f, "#!/bin/sh\nr=$SLURM_PROCID\nmkdir -p %s/state-h$r\nexport PIPENEM_STATE_DIR=%s/state-h$r\n"
+            "exec ip netns exec %s-h$r \"$@\"\n", base, base, topo.id);
+    fclose(f);
+    chmod(swrap, 0755);
+    snprintf(dir, sizeof dir, "%s/srun", base);
+    snprintf(log, sizeof log, "%s/srun.log", base);
+    rc = tu_sh(out, sizeof out, "SLURM_CONF=%s/slurm.conf timeout 240 srun -n3 --overcommit %s %s sweep --dist-url "
+               "tcp://%s:%d " GRID " --iters 3 --out %s > %s 2>&1", sl, swrap, tu_pipenem(),
+               netem_topo_host_addr(&topo, 0), port + 60, dir, log);
+    tu_sh(out, sizeof out, "sh tests/dist/slurm-private.sh down %s", sl);
+    if (rc != 0) {
+        show_log(log);
+        fail_msg("srun sweep: exit %d", rc);
+    }
+    results_t r;
+    results_init(&r);
+    if (results_read(dir, &r, err, sizeof err))
+        fail_msg("%s", err);
+    print_message("srun -n3 sweep: %zu cells; rate cells %.3f s and %.3f s, unshaped %.3f s and %.3f s\n",
+                  r.n_cells, r.cells[1].iter_median, r.cells[3].iter_median, r.cells[0].iter_median,
+                  r.cells[2].iter_median);
+    assert_int_equal(r.n_cells, 4);
+    assert_true(r.cells[1].iter_median > 1.1 * r.cells[0].iter_median);
+    results_destroy(&r);
+    hosts_as_before();
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_matches_one_box),
         cmocka_unit_test(test_resume_after_killing_rank1),
         cmocka_unit_test(test_selftest_across_hosts),
+        cmocka_unit_test(test_srun_sweep),
     };
     return cmocka_run_group_tests_name("bench_sweep_dist", tests, setup, teardown);
 }
