@@ -33,8 +33,8 @@
 
 /* The pipeline configuration of the cell, through runcfg's own option parser so that the
  * sweep and `pipenem run` agree on every field and check. */
-static int cell_runcfg(const sweep_spec_t *s, const results_cell_t *c, const char *net, const char *emulator,
-                       runcfg_t *cfg, char *err, size_t errlen)
+int cell_runcfg(const sweep_spec_t *s, const results_cell_t *c, const char *net, const char *emulator,
+                runcfg_t *cfg, char *err, size_t errlen)
 {
     char stages[16], batch[16], mbs[16], seq[16], iters[16], warmup[16], slack[16], chunks[16], threads[24], dp[16];
     /* The stages share this machine's cores: one OpenMP team per core each would fight. */
@@ -109,13 +109,13 @@ static int straggler_compute(const runcfg_t *cfg, int rank, double factor, char 
     return 0;
 }
 
-/* One repeat of the cell's job through pipeline's launcher (the same supervision, culprit
- * naming and clean-up as `pipenem run`), the straggler getting its own compute. The
- * trace goes through the per-rank trace format into r; the counters are folded into the
- * per-stage FLOPs, peak FLOP/s and peak memory (the maximum over repeats) and the loss. */
-static int run_repeat(const runcfg_t *cfg, const netem_topo_t *topo, const netem_profile_t *shim_links,
-                      const sweep_spec_t *s, const char *workdir, volatile sig_atomic_t *stop, results_t *r,
-                      int cell, int rep, double *flop_mb, double *peak, double *mem, double *loss, double *scale,
+/* One repeat of the cell's job where h runs its stages, the straggler getting its own
+ * compute. The trace goes through the per-rank trace format into r; the counters are
+ * folded into the per-stage FLOPs, peak FLOP/s and peak memory (the maximum over
+ * repeats), the loss, each iteration's loss scale and the cell's skipped steps. */
+static int run_repeat(const cell_hosts_t *h, void *hctx, const runcfg_t *cfg, const sweep_spec_t *s,
+                      const char *workdir, volatile sig_atomic_t *stop, results_t *r, int cell, int rep,
+                      double *flop_mb, double *peak, double *mem, double *loss, double *scale,
                       results_cell_t *rc_cell, char *err, size_t errlen)
 {
     char compute[256];
@@ -127,11 +127,8 @@ static int run_repeat(const runcfg_t *cfg, const netem_topo_t *topo, const netem
             return rc;
         rank_compute[s->straggler_rank] = compute;
     }
-    launch_params_t lp = {.cfg = cfg, .topo = topo, .shim_links = shim_links, .stop = stop,
-                          .rank_compute = rank_compute, .user = s->user[0] ? s->user : NULL};
-    launch_failure_t fail;
     stage_summary_t sum = {0};
-    if ((rc = launch_run(&lp, &sum, &fail, err, errlen)))
+    if ((rc = h->run(hctx, cfg, s, rank_compute, stop, &sum, err, errlen)))
         return rc;
     char path[4200];
     snprintf(path, sizeof path, "%s/trace.csv", workdir);
@@ -153,6 +150,82 @@ static int run_repeat(const runcfg_t *cfg, const netem_topo_t *topo, const netem
     stage_summary_destroy(&sum);
     return rc;
 }
+
+/* This machine: a namespace per stage (root), else loopback with only the shim. */
+typedef struct {
+    netem_topo_t *topo;
+    const netem_emulator_t *emu;
+    netem_profile_t links[NETEM_TOPO_MAX_HOSTS];
+} local_t;
+
+static int local_setup(void *ctx, const sweep_spec_t *s, const netem_profile_t *prof, results_cell_t *cell,
+                       const char **cfg_net, const char **cfg_emulator, char *err, size_t errlen)
+{
+    local_t *l = ctx;
+    int P = s->stages, rc;
+    int hosts = P * s->dp; /* --dp: the topology joins every replica's hosts (rank = d*P + s) */
+    if (hosts > NETEM_TOPO_MAX_HOSTS)
+        return pn_err(err, errlen, -EINVAL, "--dp %d x %d stages: the local topology holds at most %d hosts", s->dp, P,
+                      NETEM_TOPO_MAX_HOSTS);
+    for (int i = 0; i < hosts; i++)
+        l->links[i] = *prof;
+    /* Which backend emulates the links: the topology chooses (netem_topo_apply) where
+     * there is one; without root there are no namespaces and only the shim can shape. */
+    int have_ns = geteuid() == 0 && P > 1;
+    /* auto picks among what can act on the transport's traffic (nccl: not the shim) */
+    const transport_kind_t *tk = transport_kind_find(s->transport);
+    int shim_ok = !tk || tk->shim_ok;
+    const char *asked = s->emulator;
+    /* auto: the kernel's where the transport cannot carry the shim, else (no namespaces,
+     * or --dp, whose replica links kernel qdiscs cannot shape apart from the pipeline's
+     * yet) the shim */
+    if (!strcmp(asked, "auto") && (!shim_ok || !have_ns || s->dp > 1)) {
+        const netem_emulator_t *kind = netem_emulator_of_kind(shim_ok);
+        asked = kind ? kind->name : asked;
+    }
+    char why[256] = "";
+    if (have_ns) {
+        l->topo = calloc(1, sizeof *l->topo);
+        if (!l->topo)
+            return -ENOMEM;
+        rc = netem_topo_create(l->topo, hosts, err, errlen);
+        if (!rc)
+            rc = netem_topo_apply(l->topo, l->links, asked, err, errlen);
+        l->emu = l->topo->emulator;
+    } else {
+        rc = netem_emulator_choose(asked, l->links, P > 1 ? P - 1 : 0, &l->emu, why, sizeof why, err, errlen);
+    }
+    if (!rc && !l->emu)
+        rc = pn_err(err, errlen, -EINVAL, "internal: no emulator was chosen for %s", cell->profile);
+    if (rc)
+        return rc;
+    snprintf(cell->emulator, sizeof cell->emulator, "%s", l->emu->name);
+    *cfg_net = P > 1 ? cell->profile : "default";
+    *cfg_emulator = l->emu->shapes ? l->emu->name : "auto";
+    return 0;
+}
+
+/* Pipeline's launcher: the same supervision, culprit naming and clean-up as `pipenem run`. */
+static int local_run(void *ctx, const runcfg_t *cfg, const sweep_spec_t *s, const char *const *rank_compute,
+                     volatile sig_atomic_t *stop, stage_summary_t *sum, char *err, size_t errlen)
+{
+    local_t *l = ctx;
+    launch_params_t lp = {.cfg = cfg, .topo = l->topo, .shim_links = l->emu->in_transport ? l->links : NULL,
+                          .stop = stop, .rank_compute = rank_compute, .user = s->user[0] ? s->user : NULL};
+    launch_failure_t fail;
+    return launch_run(&lp, sum, &fail, err, errlen);
+}
+
+static void local_teardown(void *ctx)
+{
+    local_t *l = ctx;
+    if (l->topo)
+        netem_topo_destroy(l->topo);
+    free(l->topo);
+    l->topo = NULL;
+}
+
+static const cell_hosts_t local_hosts = {"local", local_setup, local_run, local_teardown};
 
 /* What the compute model says of the cell before it runs (emulate only: real compute has
  * no model to ask): each stage's modelled compute seconds per iteration (work[], the
@@ -212,6 +285,13 @@ int cell_measure(void *ctx, const sweep_spec_t *s, results_cell_t *cell, const c
                  volatile sig_atomic_t *stop, results_t *r, char *err, size_t errlen)
 {
     (void)ctx;
+    local_t l = {0};
+    return cell_measure_on(&local_hosts, &l, s, cell, workdir, stop, r, err, errlen);
+}
+
+int cell_measure_on(const cell_hosts_t *h, void *hctx, const sweep_spec_t *s, results_cell_t *cell,
+                    const char *workdir, volatile sig_atomic_t *stop, results_t *r, char *err, size_t errlen)
+{
     int P = s->stages, rc;
     char cell_no[16];
     snprintf(cell_no, sizeof cell_no, "%d", cell->cell);
@@ -219,54 +299,14 @@ int cell_measure(void *ctx, const sweep_spec_t *s, results_cell_t *cell, const c
     netem_profile_t prof;
     if ((rc = netem_profile_parse(cell->profile, &prof, err, errlen)))
         return rc;
-    netem_profile_t links[NETEM_TOPO_MAX_HOSTS];
-    int hosts = P * s->dp; /* --dp: the topology joins every replica's hosts (rank = d*P + s) */
-    if (hosts > NETEM_TOPO_MAX_HOSTS)
-        return pn_err(err, errlen, -EINVAL, "--dp %d x %d stages: the local topology holds at most %d hosts", s->dp, P,
-                      NETEM_TOPO_MAX_HOSTS);
-    for (int i = 0; i < hosts; i++)
-        links[i] = prof;
-    /* Which backend emulates the links: the topology chooses (netem_topo_apply) where
-     * there is one; without root there are no namespaces and only the shim can shape. */
-    int have_ns = geteuid() == 0 && P > 1;
-    /* auto picks among what can act on the transport's traffic (nccl: not the shim) */
-    const transport_kind_t *tk = transport_kind_find(s->transport);
-    int shim_ok = !tk || tk->shim_ok;
-    const char *asked = s->emulator;
-    /* auto: the kernel's where the transport cannot carry the shim, else (no namespaces,
-     * or --dp, whose replica links kernel qdiscs cannot shape apart from the pipeline's
-     * yet) the shim */
-    if (!strcmp(asked, "auto") && (!shim_ok || !have_ns || s->dp > 1)) {
-        const netem_emulator_t *kind = netem_emulator_of_kind(shim_ok);
-        asked = kind ? kind->name : asked;
-    }
-    const netem_emulator_t *emu = NULL;
-    char why[256] = "";
-    netem_topo_t *topo = NULL;
-    if (have_ns) {
-        topo = calloc(1, sizeof *topo);
-        if (!topo)
-            return -ENOMEM;
-        rc = netem_topo_create(topo, hosts, err, errlen);
-        if (!rc)
-            rc = netem_topo_apply(topo, links, asked, err, errlen);
-        emu = topo->emulator;
-    } else {
-        rc = netem_emulator_choose(asked, links, P > 1 ? P - 1 : 0, &emu, why, sizeof why, err, errlen);
-    }
+    const char *cfg_net = "default", *cfg_emulator = "auto";
+    rc = h->setup(hctx, s, &prof, cell, &cfg_net, &cfg_emulator, err, errlen);
     runcfg_t *cfg = NULL;
     int slack = s->slack; /* as the cell resolved it (auto: the simulator's K) */
-    if (!rc && !emu) {
-        rc = pn_err(err, errlen, -EINVAL, "internal: no emulator was chosen for %s", cell->profile);
-    }
-    if (!rc) {
-        snprintf(cell->emulator, sizeof cell->emulator, "%s", emu->name);
-        if (!(cfg = calloc(1, sizeof *cfg)))
-            rc = -ENOMEM;
-    }
+    if (!rc && !(cfg = calloc(1, sizeof *cfg)))
+        rc = -ENOMEM;
     if (!rc)
-        rc = cell_runcfg(s, cell, P > 1 ? cell->profile : "default", emu->shapes ? emu->name : "auto",
-                         cfg, err, errlen);
+        rc = cell_runcfg(s, cell, cfg_net, cfg_emulator, cfg, err, errlen);
     if (!rc)
         slack = cfg->slack;
     double work[RESULTS_MAX_STAGES];
@@ -281,12 +321,10 @@ int cell_measure(void *ctx, const sweep_spec_t *s, results_cell_t *cell, const c
     rc = rc ? rc : scale ? 0 : -ENOMEM;
     cell->skipped_steps = 0;
     for (int rep = 0; rep < s->repeats && !rc; rep++) {
-        rc = run_repeat(cfg, topo, emu->in_transport ? links : NULL, s, workdir, stop, r, cell->cell, rep,
-                        flop_mb, peak, mem, &loss, scale + (size_t)rep * (size_t)n_it, cell, err, errlen);
+        rc = run_repeat(h, hctx, cfg, s, workdir, stop, r, cell->cell, rep, flop_mb, peak, mem, &loss,
+                        scale + (size_t)rep * (size_t)n_it, cell, err, errlen);
     }
-    if (topo) /* restore before anything else can fail or stop */
-        netem_topo_destroy(topo);
-    free(topo);
+    h->teardown(hctx); /* restore before anything else can fail or stop */
     free(cfg);
     if (rc) {
         free(scale);

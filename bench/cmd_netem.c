@@ -2,9 +2,14 @@
  * run left, probe the kernel's qdiscs, and self-test a profile between two namespaces. */
 #include "bench/cli.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <string.h>
 
+#include <arpa/inet.h>
+
+#include "bench/netem_dist.h"
+#include "common/parse.h"
 #include "netem/emulator.h"
 #include "netem/profile.h"
 #include "netem/qdisc.h"
@@ -17,20 +22,24 @@
 
 #define CMD "netem"
 
-enum { NETEM_OPT_NETNS = 0x3300, NETEM_OPT_ALL, NETEM_OPT_CEILING };
+enum { NETEM_OPT_NETNS = 0x3300, NETEM_OPT_ALL, NETEM_OPT_CEILING, NETEM_OPT_TO };
 
 static const model_option_t own_group[] = {
     {"netns", 0, NETEM_OPT_NETNS, "NS", "the device lives in network namespace NS", "the current namespace"},
     {"all", 'a', NETEM_OPT_ALL, NULL, "(clear) everything in the state files", NULL},
     {"ceiling", 0, NETEM_OPT_CEILING, NULL, "(selftest) also measure the unshaped goodput", NULL},
+    {"to", 0, NETEM_OPT_TO, "PEER[:PORT]=PROFILE", "(apply) shape only what DEV sends to PEER (and to or from PORT); "
+     "repeat per peer, other traffic passes untouched", "the whole device"},
     {NULL, 0, 0, NULL, NULL, NULL},
 };
 
 static const int net_only[] = {RUNCFG_OPT_NET, RUNCFG_OPT_EMULATOR, 0};
+static const int dist_only[] = {RUNCFG_OPT_DIST_URL, 0};
 
 static const cli_section_t sections[] = {
     {"options", own_group, NULL, NULL, 0},
     {NULL, runcfg_network_group, net_only, NULL, 0},
+    {NULL, runcfg_multihost_group, dist_only, NULL, 0},
     {NULL, NULL, NULL, NULL, 0},
 };
 
@@ -38,6 +47,9 @@ static const cli_override_t overrides[] = {
     {RUNCFG_OPT_NET, "PROFILE", "(selftest) a profile to test; repeat for several", "none"},
     {RUNCFG_OPT_EMULATOR, NULL, "(selftest) {emulators}: netem puts kernel qdiscs on the link, shim makes the "
      "pipeline's own transport hold back and pace each message", NULL},
+    {RUNCFG_OPT_DIST_URL, NULL, "(selftest) across hosts, one rank per host under srun or mpirun: rank 0's "
+     "address and port (PORT + 2 carries the measurements); each link measured by its two ends", "this machine's "
+     "namespaces"},
     {0, NULL, NULL, NULL},
 };
 
@@ -49,15 +61,18 @@ static const cli_deprecated_t deprecated[] = {
 static const cli_spec_t spec = {
     CMD,
     "usage: pipenem netem apply [--netns NS] DEV PROFILE\n"
+    "       pipenem netem apply [--netns NS] DEV --to PEER[:PORT]=PROFILE [--to ...]\n"
     "       pipenem netem show  [--netns NS] DEV\n"
     "       pipenem netem clear [--netns NS] DEV | --all\n"
     "       pipenem netem probe\n"
     "       pipenem netem selftest --net PROFILE [--net PROFILE ...] [--emulator auto|netem|shim] [--ceiling]\n"
+    "       pipenem netem selftest --dist-url tcp://RANK0:PORT --net PROFILE [...]   (one rank per host)\n"
     "apply, show, clear, probe and self-test network emulation profiles.\n"
     "PROFILE: default | DELAY/RATE (10ms/1Gbps, 500us/10Gbps) |\n"
     "         delay=10ms,jitter=1ms,loss=0.1%,rate=1gbit,limit=N\n"
     "  apply     put PROFILE on DEV as its root qdisc (netem; TBF for a rate alone); the\n"
-    "            original root qdisc is saved first and stays saved after exit\n"
+    "            original root qdisc is saved first and stays saved after exit; with --to,\n"
+    "            a per-destination tree: only traffic to each PEER gets its PROFILE\n"
     "  show      read DEV's root qdisc back and print it as a profile\n"
     "  clear     restore DEV's original root qdisc; --all: undo everything recorded by\n"
     "            runs that are gone (after a crash) and by apply\n"
@@ -98,6 +113,61 @@ static int do_apply(const char *ns, int argc, char **argv)
     return CLI_OK;
 }
 
+/* ADDR[:PORT]=PROFILE into a peer. */
+static int peer_parse(const char *text, netem_tc_peer_t *out, char *err, size_t errlen)
+{
+    const char *eq = strchr(text, '=');
+    char host[64];
+    memset(out, 0, sizeof *out);
+    if (!eq || eq == text || (size_t)(eq - text) >= sizeof host)
+        return pn_err(err, errlen, -EINVAL, "--to '%s': expected PEER[:PORT]=PROFILE", text);
+    snprintf(host, sizeof host, "%.*s", (int)(eq - text), text);
+    char *colon = strchr(host, ':');
+    if (colon) {
+        int port;
+        *colon = '\0';
+        if (pn_parse_int(colon + 1, 1, 65535, &port) < 0)
+            return pn_err(err, errlen, -EINVAL, "--to '%s': port '%s' is not 1 to 65535", text, colon + 1);
+        out->port = (uint16_t)port;
+    }
+    struct in_addr a;
+    if (inet_pton(AF_INET, host, &a) != 1 || strlen(host) >= sizeof out->addr)
+        return pn_err(err, errlen, -EINVAL, "--to '%s': peer '%s' is not an IPv4 address", text, host);
+    snprintf(out->addr, sizeof out->addr, "%s", host);
+    char e2[256];
+    if (netem_profile_parse(eq + 1, &out->profile, e2, sizeof e2) < 0)
+        return pn_err(err, errlen, -EINVAL, "--to '%s': %s", text, e2);
+    return 0;
+}
+
+static int do_apply_to(const char *ns, char **to, int nto, int argc, char **argv)
+{
+    char err[512], text[256];
+    netem_dev_t d;
+    netem_tc_peer_t peer[NETEM_TC_MAX_PEERS];
+    if (argc != 1)
+        return cli_usage_error(CMD, "apply --to needs exactly one DEV and no PROFILE (got %d argument%s)", argc,
+                               argc == 1 ? "" : "s");
+    if (netem_dev_init(&d, ns, argv[0], err, sizeof err) < 0)
+        return cli_usage_error(CMD, "%s", err);
+    for (int i = 0; i < nto; i++)
+        if (peer_parse(to[i], &peer[i], err, sizeof err) < 0)
+            return cli_usage_error(CMD, "%s", err);
+    if (netem_tc_apply_by_dest(&d, nto, peer, NETEM_TC_PERSIST, err, sizeof err) < 0)
+        return runtime_error(err);
+    printf("# pipenem netem apply: %s%s%s, per destination (other traffic untouched)\n", ns ? ns : "",
+           ns ? "/" : "", d.ifname);
+    for (int i = 0; i < nto; i++) {
+        netem_profile_format(&peer[i].profile, text, sizeof text);
+        printf("#   to %s%s%.0u <- %s (%s)\n", peer[i].addr, peer[i].port ? ":" : "", peer[i].port, text,
+               netem_profile_is_default(&peer[i].profile) ? "unshaped" : netem_qdisc_for(&peer[i].profile)->kind);
+    }
+    printf("# original root qdisc recorded in %s; `pipenem netem clear %s%s%s%s` restores it\n",
+           netem_state_dir(), ns ? "--netns " : "", ns ? ns : "", ns ? " " : "", d.ifname);
+    printf("# OK\n");
+    return CLI_OK;
+}
+
 static int do_show(const char *ns, int argc, char **argv)
 {
     char err[512], kind[32], text[256];
@@ -128,7 +198,11 @@ static int do_show(const char *ns, int argc, char **argv)
             return runtime_error(err);
         for (int i = 0; i < n; i++) {
             netem_profile_format(&cl[i].profile, text, sizeof text);
-            printf("  %-16s %-8s %-24s from %s\n", d.ifname, cl[i].kind, text, cl[i].src);
+            if (cl[i].src[0])
+                printf("  %-16s %-8s %-24s from %s\n", d.ifname, cl[i].kind, text, cl[i].src);
+            else
+                printf("  %-16s %-8s %-24s to %s%s%.0u\n", d.ifname, cl[i].kind, text, cl[i].dst,
+                       cl[i].port ? ":" : "", cl[i].port);
         }
     }
     return CLI_OK;
@@ -199,7 +273,7 @@ static int do_probe(int argc)
     return CLI_OK;
 }
 
-static int do_selftest(char **nets, int nnets, const char *emulator, int ceiling, int argc)
+static int do_selftest(char **nets, int nnets, const char *emulator, int ceiling, const char *url, int argc)
 {
     char err[512];
     netem_profile_t prof[16];
@@ -212,6 +286,11 @@ static int do_selftest(char **nets, int nnets, const char *emulator, int ceiling
             return cli_usage_error(CMD, "--net: %s", err);
     if (strcmp(emulator, "auto") && !netem_emulator_find(emulator))
         return cli_usage_error(CMD, "unknown emulator '%s' (%s)", emulator, netem_emulator_names());
+    if (url && (ceiling || (strcmp(emulator, "auto") && strcmp(emulator, "netem"))))
+        return cli_usage_error(CMD, "selftest --dist-url measures the kernel's per-destination shaping: no "
+                               "--ceiling, --emulator netem or auto only (the shim shapes the pipeline's own transport)");
+    if (url)
+        return netem_dist_selftest(url, prof, nnets);
     netem_topo_t t;
     if (netem_topo_create(&t, 2, err, sizeof err) < 0)
         return runtime_error(err);
@@ -271,9 +350,9 @@ static int do_selftest(char **nets, int nnets, const char *emulator, int ceiling
 
 int cmd_netem(int argc, char **argv)
 {
-    const char *ns = NULL, *emulator = "auto";
-    char *nets[16];
-    int nnets = 0, all = 0, ceiling = 0, c;
+    const char *ns = NULL, *emulator = "auto", *url = NULL;
+    char *nets[16], *to[NETEM_TC_MAX_PEERS];
+    int nto = 0, nnets = 0, all = 0, ceiling = 0, c;
     cli_parser_t p;
     if (cli_parser_init(&p, &spec))
         return cli_usage_error(CMD, "internal: the option table is inconsistent");
@@ -283,6 +362,12 @@ int cmd_netem(int argc, char **argv)
         case NETEM_OPT_ALL: all = 1; break;
         case RUNCFG_OPT_EMULATOR: emulator = optarg; break;
         case NETEM_OPT_CEILING: ceiling = 1; break;
+        case RUNCFG_OPT_DIST_URL: url = optarg; break;
+        case NETEM_OPT_TO:
+            if (nto == NETEM_TC_MAX_PEERS)
+                return cli_usage_error(CMD, "at most %d --to peers", NETEM_TC_MAX_PEERS);
+            to[nto++] = optarg;
+            break;
         case RUNCFG_OPT_NET:
             if (nnets == 16)
                 return cli_usage_error(CMD, "at most 16 --net profiles");
@@ -298,8 +383,10 @@ int cmd_netem(int argc, char **argv)
     int rest = argc - optind - 1;
     char **rv = argv + optind + 1;
     int is_selftest = !strcmp(act, "selftest"), is_clear = !strcmp(act, "clear");
-    if (!is_selftest && (nnets || ceiling || strcmp(emulator, "auto")))
-        return cli_usage_error(CMD, "--net, --emulator and --ceiling belong to selftest, not %s", act);
+    if (!is_selftest && (nnets || ceiling || url || strcmp(emulator, "auto")))
+        return cli_usage_error(CMD, "--net, --emulator, --ceiling and --dist-url belong to selftest, not %s", act);
+    if (nto && strcmp(act, "apply"))
+        return cli_usage_error(CMD, "--to belongs to apply, not %s", act);
     if (!is_clear && all)
         return cli_usage_error(CMD, "--all belongs to clear, not %s", act);
     if ((is_selftest || !strcmp(act, "probe")) && ns)
@@ -307,7 +394,7 @@ int cmd_netem(int argc, char **argv)
     if (netem_state_guard_start() < 0)
         return runtime_error("cannot start the signal guard");
     if (!strcmp(act, "apply"))
-        return do_apply(ns, rest, rv);
+        return nto ? do_apply_to(ns, to, nto, rest, rv) : do_apply(ns, rest, rv);
     if (!strcmp(act, "show"))
         return do_show(ns, rest, rv);
     if (is_clear)
@@ -315,6 +402,6 @@ int cmd_netem(int argc, char **argv)
     if (!strcmp(act, "probe"))
         return do_probe(rest);
     if (is_selftest)
-        return do_selftest(nets, nnets, emulator, ceiling, rest);
+        return do_selftest(nets, nnets, emulator, ceiling, url, rest);
     return cli_usage_error(CMD, "unknown action '%s' (apply, show, clear, probe, selftest)", act);
 }

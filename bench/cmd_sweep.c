@@ -7,6 +7,7 @@
 #include "bench/report.h"
 #include "bench/results.h"
 #include "bench/sweep.h"
+#include "bench/sweep_dist.h"
 #include "bench/table.h"
 #include "bench/vocab.h"
 #include "pipeline/privs.h"
@@ -28,6 +29,7 @@ static const int model_only[] = {MODEL_OPT_MODEL, MODEL_OPT_STAGES, MODEL_OPT_BA
 static const int pipeline_only[] = {RUNCFG_OPT_ITERS, RUNCFG_OPT_WARMUP, RUNCFG_OPT_SLACK, RUNCFG_OPT_CHUNKS,
                                     RUNCFG_OPT_TIMEOUT, RUNCFG_OPT_DP, RUNCFG_OPT_DP_OVERLAP, 0};
 static const int network_only[] = {RUNCFG_OPT_EMULATOR, RUNCFG_OPT_TRANSPORT, RUNCFG_OPT_NET_DP, 0};
+static const int dist_only[] = {RUNCFG_OPT_DIST_URL, 0};
 
 static const cli_section_t sections[] = {
     {"grid", runcfg_pipeline_group, schedule_only, NULL, 0},
@@ -36,6 +38,8 @@ static const cli_section_t sections[] = {
     {NULL, runcfg_pipeline_group, pipeline_only, NULL, 0},
     {NULL, runcfg_network_group, network_only, NULL, 0},
     {NULL, vocab_local_group, NULL, NULL, 0},
+    {"multi-host (one rank per stage under srun or mpirun, every rank with the same options)",
+     runcfg_multihost_group, dist_only, NULL, 0},
     {"output", vocab_output_group, NULL, NULL, 0},
     {NULL, NULL, NULL, NULL, 0},
 };
@@ -54,6 +58,9 @@ static const cli_override_t overrides[] = {
      "how the profiles are applied: {emulators}. netem: kernel qdiscs in one network namespace per "
      "stage (needs root); shim: the transport itself holds back and paces each message (no root); "
      "auto: the most faithful one usable here", NULL},
+    {RUNCFG_OPT_DIST_URL, NULL,
+     "rank 0's address and control port (each cell's stages meet at PORT + 1); every rank shapes its own\n"
+     "traffic to its pipeline neighbours, rank 0 writes the results directory", "none: this machine alone"},
     {0, NULL, NULL, NULL},
 };
 
@@ -90,6 +97,7 @@ typedef struct {
     int iteration, plots;
     char timeline[256];
     int have_timeline;
+    char dist_url[300];                   /* SPMD under a launcher: rank 0's control address */
 } opts_t;
 
 /* An option every cell passes on as text, checked by the parser every stage uses. */
@@ -145,6 +153,7 @@ static int sweep_option(opts_t *o, int c, const char *arg, const char **resume)
         rc = privs_check_user(arg, err, sizeof err);
         break;
     case VOCAB_OPT_OUT: return cli_copy(cmd, "--out", arg, o->out, sizeof o->out);
+    case RUNCFG_OPT_DIST_URL: return cli_copy(cmd, "--dist-url", arg, o->dist_url, sizeof o->dist_url);
     case VOCAB_OPT_RESUME: *resume = arg; return 0;
     case VOCAB_OPT_ITERATION: return cli_parse_int(cmd, "--iteration", arg, 0, INT_MAX, &o->iteration);
     case VOCAB_OPT_TIMELINE:
@@ -171,7 +180,7 @@ static int parse(int argc, char **argv, opts_t *o, const char **resume)
             cli_help(&spec, stdout);
             return -1;
         }
-        n_opts += c != VOCAB_OPT_RESUME;
+        n_opts += c != VOCAB_OPT_RESUME && c != RUNCFG_OPT_DIST_URL; /* rank 0's address may change */
         rc = sweep_option(o, c, optarg, resume);
     }
     if (rc)
@@ -230,9 +239,13 @@ static int load_resume(const char *dir, char *cmd_word, opts_t *o, char ***saved
     av[0] = cmd_word;
     memcpy(av + 1, *saved, (size_t)n_saved * sizeof *av);
     const char *again = NULL;
+    char url[sizeof o->dist_url]; /* given with --resume: rank 0's new address wins */
+    snprintf(url, sizeof url, "%s", o->dist_url);
     int rc = sweep_spec_default(&o->spec, err, sizeof err);
     if (!rc)
         rc = parse(n_saved + 1, av, o, &again);
+    if (url[0])
+        snprintf(o->dist_url, sizeof o->dist_url, "%s", url);
     free(av);
     if (rc || again) {
         fprintf(stderr, "pipenem sweep: --resume %s: its sweep.args no longer parse\n", dir);
@@ -347,7 +360,15 @@ static int measure(const opts_t *o, const int *tl, size_t tl_n, results_t *r)
     sweep_loop_t loop = {.dir = o->out, .measure = cell_measure, .progress = progress, .report = &ro,
                          .stop = &stop_flag};
     sweep_summary_t sum = {0};
-    int rc = sweep_run(&o->spec, &loop, r, &sum, err, sizeof err);
+    sweep_dist_t *dist = NULL;
+    int rc = o->dist_url[0] ? sweep_dist_open(&dist, o->dist_url, &o->spec, err, sizeof err) : 0;
+    if (dist) {
+        loop.measure = sweep_dist_measure;
+        loop.measure_ctx = dist;
+    }
+    if (!rc)
+        rc = sweep_run(&o->spec, &loop, r, &sum, err, sizeof err);
+    sweep_dist_close(dist);
     sigaction(SIGINT, &old_int, NULL);
     sigaction(SIGTERM, &old_term, NULL);
     if (rc) {
@@ -376,6 +397,9 @@ int cmd_sweep(int argc, char **argv)
 {
     opts_t o = {.iteration = -1, .plots = 1};
     char err[1024] = "";
+    int wrc = sweep_dist_worker(argc, argv);   /* rank > 0 of an SPMD sweep: serves rank 0 */
+    if (wrc != SWEEP_DIST_NOT_WORKER)
+        return wrc;
     if (sweep_spec_default(&o.spec, err, sizeof err)) {
         fprintf(stderr, "pipenem sweep: %s\n", err);
         return CLI_FAIL;

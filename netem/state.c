@@ -27,6 +27,21 @@ typedef struct {
 } state_file_t;
 
 static pthread_mutex_t state_mu = PTHREAD_MUTEX_INITIALIZER;
+/* Held across each change of the machine (netem_state_change_begin/end) and by the
+ * signal guard while it undoes: a signal in the middle of building a qdisc tree waits
+ * for the tree to be complete (and recorded), so the undo never races the build and
+ * leaves a tree that no record describes. Recursive: an apply may clear first. */
+static pthread_mutex_t change_mu = PTHREAD_RECURSIVE_MUTEX_INITIALIZER_NP;
+
+void netem_state_change_begin(void)
+{
+    pthread_mutex_lock(&change_mu);
+}
+
+void netem_state_change_end(void)
+{
+    pthread_mutex_unlock(&change_mu);
+}
 
 const char *netem_state_dir(void)
 {
@@ -501,6 +516,7 @@ static void *guard_thread(void *arg)
     if (sigwait(&s, &sig) != 0)
         return NULL;
     char err[256];
+    netem_state_change_begin();   /* kept: nothing changes the machine after the undo */
     if (netem_state_undo_mine(err, sizeof err) < 0)
         fprintf(stderr, "pipenem: restoring the network after signal %d: %s\n", sig, err);
     /* Die of the same signal so the parent sees what happened. */

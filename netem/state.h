@@ -49,6 +49,11 @@ int netem_state_undo_all(int *undone, int *live, void (*log)(const char *line, v
  * then dies of that signal. Call early, before other threads exist. Idempotent. */
 int netem_state_guard_start(void) PN_WUR;
 
+/* Brackets one change of the machine (a qdisc applied or cleared): the signal guard
+ * waits for the change to end before it undoes the records. Nests. */
+void netem_state_change_begin(void);
+void netem_state_change_end(void);
+
 /* In a forked child that owns nothing: unblock the guarded signals again. */
 void netem_state_guard_child(void);
 

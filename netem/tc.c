@@ -120,13 +120,16 @@ int netem_tc_restore(const netem_dev_t *d, const netem_qdisc_saved_t *s, char *e
 int netem_tc_clear(const netem_dev_t *d, char *err, size_t errlen)
 {
     netem_state_entry_t e;
-    if (!netem_state_find_qdisc(d, &e))
-        return 0;
-    int rc = netem_tc_restore(d, &e.saved, err, errlen);
-    if (rc == 0 || rc == -ENODEV || rc == -ENOENT) {
-        netem_state_forget_qdisc(d);
-        rc = 0;
+    netem_state_change_begin();
+    int rc = 0;
+    if (netem_state_find_qdisc(d, &e)) {
+        rc = netem_tc_restore(d, &e.saved, err, errlen);
+        if (rc == 0 || rc == -ENODEV || rc == -ENOENT) {
+            netem_state_forget_qdisc(d);
+            rc = 0;
+        }
     }
+    netem_state_change_end();
     return rc;
 }
 
@@ -171,6 +174,7 @@ int netem_tc_apply(const netem_dev_t *d, const netem_profile_t *p, int flags,
     if (rc < 0)
         return rc;
     int recorded = 0;
+    netem_state_change_begin();
     if ((rc = netem_tc_save_first(d, flags, &recorded, err, errlen)) < 0)
         goto out;
     struct nl_msg *msg = tcnl_msg(RTM_NEWQDISC, NLM_F_CREATE | NLM_F_REPLACE, c.ifindex, TC_H_ROOT, 0);
@@ -190,6 +194,7 @@ int netem_tc_apply(const netem_dev_t *d, const netem_profile_t *p, int flags,
         netem_tc_errmsg(d, rc, what, err, errlen);
         goto undo;
     }
+    netem_state_change_end();
     tcnl_close(&c);
     *out = res;
     return 0;
@@ -197,6 +202,7 @@ undo:
     if (recorded)
         netem_state_forget_qdisc(d);   /* nothing was changed */
 out:
+    netem_state_change_end();
     tcnl_close(&c);
     return rc;
 }

@@ -65,20 +65,43 @@ int netem_tc_apply_by_source(const netem_dev_t *d, int n, const char *const *src
                              const netem_profile_t *p, int flags, char *err, size_t errlen)
     PN_WUR;
 
+/* One peer of a per-destination tree: packets to IPv4 addr (and, when port is not 0,
+ * to or from that TCP/UDP port: the job's own) get profile. */
+#define NETEM_TC_MAX_PEERS 16
+typedef struct {
+    char addr[16];
+    uint16_t port;
+    netem_profile_t profile;
+} netem_tc_peer_t;
+
+/* Per-destination shaping of a real host's device: the same tree as by_source, but the
+ * u32 filters match the destination address (and port), so only the job's traffic to
+ * each peer is shaped, with that link's profile; everything else (ssh, the scheduler's
+ * own traffic) takes HTB's direct queue untouched. Egress only: each host shapes what it
+ * sends, so a link's two directions are set on its two ends. Peers given the same
+ * profile share one class and leaf (a rate is the host's link capacity, shared by its
+ * traffic to all of them, as the local topology's switch port shares it). Default
+ * profiles are skipped. Same saving (the original root goes to the state file first), flags and
+ * errors as netem_tc_apply; -EINVAL for a bad or repeated peer. */
+int netem_tc_apply_by_dest(const netem_dev_t *d, int n, const netem_tc_peer_t *peer, int flags,
+                           char *err, size_t errlen) PN_WUR;
+
 /* Reads d's root qdisc back from the kernel: kind is its name ("netem", "tbf",
  * "noqueue", ...); *p the profile it implements (all zero for anything else), with
  * p->limit set only when it differs from the derived one; *limit the queue limit. */
 int netem_tc_show(const netem_dev_t *d, netem_profile_t *p, char *kind, size_t kindlen,
                   uint32_t *limit, char *err, size_t errlen) PN_WUR;
 
-/* One class of a per-source tree (netem_tc_apply_by_source) read back from the kernel. */
+/* One class of a per-source or per-destination tree read back from the kernel. */
 typedef struct {
-    char src[16];            /* IPv4 source the u32 filter sorts into this class */
+    char src[16];            /* IPv4 source the u32 filter sorts into this class, or "" */
+    char dst[16];            /* IPv4 destination (per-destination trees), or "" */
+    uint16_t port;           /* the port matched as well, 0 for any */
     char kind[16];           /* its leaf: "netem" or "tbf" */
     netem_profile_t profile;
 } netem_tc_class_t;
 
-/* Reads back a per-source tree on d: up to max classes into out, their count in *n
+/* Reads back a per-source or per-destination tree on d: up to max classes into out, their count in *n
  * (0 when d's root is not such a tree). */
 int netem_tc_show_by_source(const netem_dev_t *d, netem_tc_class_t *out, int max, int *n,
                             char *err, size_t errlen) PN_WUR;

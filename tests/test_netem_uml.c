@@ -108,6 +108,46 @@ static int perlink(void)
     return rc < 0;
 }
 
+/* Inside the guest: a real host's per-destination tree (what a multi-host sweep puts on
+ * each host's own device): netem delay 10ms on host 0's device for traffic to host 1
+ * only. Prints what host 0 measures to hosts 1 and 2, before and after. */
+static int perdest(void)
+{
+    netem_topo_t t;
+    char err[256], text[128];
+    if (netem_topo_create(&t, 3, err, sizeof err) < 0) {
+        printf("PNUML error perdest: %s\n", err);
+        return 1;
+    }
+    printf("PNUML perdest_base_to_1 %.3f\n", ping_min(t.host_ns[0], t.host_addr[1]));
+    printf("PNUML perdest_base_to_2 %.3f\n", ping_min(t.host_ns[0], t.host_addr[2]));
+    netem_dev_t d;
+    netem_tc_peer_t peer = {.profile = {.delay = 10e-3}};
+    snprintf(peer.addr, sizeof peer.addr, "%s", t.host_addr[1]);
+    int rc = netem_dev_init(&d, t.host_ns[0], t.host_if[0], err, sizeof err);
+    if (rc == 0)
+        rc = netem_tc_apply_by_dest(&d, 1, &peer, 0, err, sizeof err);
+    if (rc < 0) {
+        printf("PNUML error perdest: %s\n", err);
+    } else {
+        netem_tc_class_t cl[4];
+        int n = 0;
+        if (netem_tc_show_by_source(&d, cl, 4, &n, err, sizeof err) == 0)
+            for (int i = 0; i < n; i++) {
+                netem_profile_format(&cl[i].profile, text, sizeof text);
+                printf("PNUML perdest_class_%s %s %s\n", cl[i].dst, cl[i].kind, text);
+            }
+        printf("PNUML perdest_rtt_to_1 %.3f\n", ping_min(t.host_ns[0], t.host_addr[1]));
+        printf("PNUML perdest_rtt_to_2 %.3f\n", ping_min(t.host_ns[0], t.host_addr[2]));
+        rc = netem_tc_clear(&d, err, sizeof err);
+        if (rc < 0)
+            printf("PNUML error perdest clear: %s\n", err);
+    }
+    fflush(stdout);
+    netem_topo_destroy(&t);
+    return rc < 0;
+}
+
 /* The value after "PNUML key " on its first line, or NULL. */
 static const char *value(const char *key)
 {
@@ -372,16 +412,38 @@ static void test_per_link_in_uml(void **state)
     assert_true(db <= TOL);
 }
 
+/* Per-destination netem delay on host 0's own device: host 0 -> 1 is delayed one way
+ * (min RTT = 10 ms + the unshaped minimum), host 0 -> 2 is not (within 1 ms of it). */
+static void test_per_dest_in_uml(void **state)
+{
+    (void)state;
+    NEED_UML();
+    const char *c = value("perdest_class_198.18.0.2"), *a = value("perdest_rtt_to_1"), *b = value("perdest_rtt_to_2");
+    const char *ba = value("perdest_base_to_1"), *bb = value("perdest_base_to_2");
+    if (!c || !a || !b || !ba || !bb)
+        fail_msg("no per-destination results (%s)", value("error") ? value("error") : "missing");
+    assert_string_equal(c, "netem delay=10ms");
+    double ra = atof(a), rb = atof(b), wa = 10.0 + atof(ba), da = fabs(ra - wa) / wa, db = fabs(rb - atof(bb));
+    print_message("host 0 device, netem delay 10ms to host 1 only: 0 -> 1 min RTT %.3f ms (want 10 + base %s, "
+                  "%.2f%%, tolerance 5%%); 0 -> 2 min RTT %.3f ms (base %s, difference %.3f ms, tolerance 1 ms)\n",
+                  ra, ba, da * 100, rb, bb, db);
+    assert_true(da <= TOL);
+    assert_true(db <= 1.0);
+}
+
 int main(int argc, char **argv)
 {
     if (argc > 1 && !strcmp(argv[1], "--insmod"))
         return insmod(argc - 2, argv + 2);
     if (argc > 1 && !strcmp(argv[1], "--perlink"))
         return perlink();
+    if (argc > 1 && !strcmp(argv[1], "--perdest"))
+        return perdest();
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_controller_in_uml),
         cmocka_unit_test(test_selftest_in_uml),
         cmocka_unit_test(test_per_link_in_uml),
+        cmocka_unit_test(test_per_dest_in_uml),
     };
     return cmocka_run_group_tests_name("netem_uml", tests, boot, NULL);
 }

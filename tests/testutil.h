@@ -58,6 +58,28 @@ int tu_pipenem_run(char *out, size_t outlen, const char *fmt, ...)
     return WIFSIGNALED(st) ? 128 + WTERMSIG(st) : -1;
 }
 
+/* Runs a shell command line with stderr merged into stdout; stores up to len-1 bytes
+ * of the output in buf and returns the exit status (-1 when it did not exit). */
+static inline __attribute__((format(printf, 3, 4)))
+int tu_sh(char *buf, size_t len, const char *fmt, ...)
+{
+    char cmd[4096];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(cmd, sizeof cmd, fmt, ap);
+    va_end(ap);
+    strncat(cmd, " 2>&1", sizeof cmd - strlen(cmd) - 1);
+    FILE *f = popen(cmd, "r");
+    if (!f)
+        return -1;
+    size_t n = fread(buf, 1, len - 1, f);
+    buf[n] = '\0';
+    while (fgetc(f) != EOF) /* drain so the child never blocks on a full pipe */
+        ;
+    int st = pclose(f);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
 /* Relative difference |a-b| / max(|a|, |b|, floor), the measure the tolerances use. */
 static inline double tu_reldiff(double a, double b, double floor)
 {

@@ -68,6 +68,8 @@ done
 
 # Links with different profiles meeting at one host (per-source classes, netem leaves).
 "$PN_TESTBIN" --perlink
+# A real host's per-destination tree (netem delay to one peer only, on its own device).
+"$PN_TESTBIN" --perdest
 echo "PNUML leftover_netns $(ip netns list | wc -l)"
 echo "PNUML done"
 echo o > /proc/sysrq-trigger
