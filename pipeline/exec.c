@@ -688,21 +688,3 @@ out:
     *out = r;
     return 0;
 }
-
-void exec_result_destroy(exec_result_t *r)
-{
-    free(r->rows);
-    free(r->loss);
-    free(r->loss_scale);
-    memset(r, 0, sizeof *r);
-}
-
-int exec_trace_write(FILE *f, const exec_row_t *rows, size_t n, int header)
-{
-    if (header)
-        fputs("rank,iteration,op,micro_batch,start_s,end_s,bytes\n", f);
-    for (size_t i = 0; i < n; i++)
-        fprintf(f, "%d,%d,%s,%d,%.9f,%.9f,%zu\n", rows[i].rank, rows[i].iter, sched_op_kind_name(rows[i].kind),
-                rows[i].mb, rows[i].start, rows[i].end, rows[i].bytes);
-    return ferror(f) ? -EIO : 0;
-}
