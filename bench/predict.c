@@ -8,6 +8,7 @@
 #include "schedules/sched.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -141,6 +142,55 @@ void predict_cell_links(const results_t *r, const results_cell_t *cell, const ne
     }
 }
 
+/* What a sim_dp_t of a measured cell points into. */
+typedef struct {
+    predict_buckets_t b[RESULTS_MAX_STAGES];
+    sim_link_t link;
+    int n[RESULTS_MAX_STAGES];
+    const double *bytes[RESULTS_MAX_STAGES], *ready[RESULTS_MAX_STAGES];
+} dp_store_t;
+
+/* The all-reduce of a measured --dp iteration: each stage's buckets the bytes of replica
+ * 0's allreduce rows in that iteration (in trace order), ready in proportion to the bytes
+ * (the trace does not say which layers a bucket holds); the DP links of --net-dp, or of
+ * the cell's profile. *store (malloc'd) backs *out. */
+static int dp_from_trace(const results_t *r, const results_cell_t *cell, sel_t sel, const netem_profile_t *p,
+                         dp_store_t **store, sim_dp_t *out, char *err, size_t errlen)
+{
+    int S = cell->stages;
+    netem_profile_t dpp = *p;
+    if (cell->net_dp[0] && netem_profile_parse(cell->net_dp, &dpp, err, errlen))
+        return -EINVAL;
+    dp_store_t *st = calloc(1, sizeof *st);
+    if (!st)
+        return -ENOMEM;
+    predict_buckets_t *b = st->b;
+    for (size_t i = 0; i < r->n_ops; i++) {
+        const results_op_t *o = &r->ops[i];
+        if (in_sel(o, cell, sel) && o->rank >= 0 && o->rank < S && !strcmp(o->op, METRICS_OP_ALLREDUCE) &&
+            b[o->rank].n < PREDICT_MAX_BUCKETS)
+            b[o->rank].bytes[b[o->rank].n++] = (double)o->bytes;
+    }
+    for (int s = 0; s < S; s++) {
+        if (!b[s].n) {
+            free(st);
+            return pn_err(err, errlen, -EINVAL, "cell %d: --dp %d but stage %d traced no %s in iteration %d",
+                          cell->cell, cell->dp, s, METRICS_OP_ALLREDUCE, sel.iteration);
+        }
+        for (int k = 0; k < b[s].n; k++)
+            b[s].total += b[s].bytes[k];
+        double upto = 0;
+        for (int k = 0; k < b[s].n; k++) {
+            upto += b[s].bytes[k];
+            b[s].ready[k] = k + 1 == b[s].n || !(b[s].total > 0) ? 1 : fmax(upto / b[s].total, 1e-12);
+        }
+    }
+    predict_link(&dpp, &st->link);
+    predict_dp_model(b, S, cell->dp, cell->dp_overlap, &st->link, st->n, st->bytes, st->ready, out);
+    *store = st;
+    return 0;
+}
+
 /* sim_run of one measured iteration: its own compute costs, the cell's links (a single
  * iteration has too few sends that met a waiting receiver to measure a path on its own).
  * -ENOENT when the iteration has no compute op (a repeat that did not trace it). */
@@ -180,11 +230,16 @@ static int predict_one(const results_t *r, const results_cell_t *cell, sel_t sel
         .cost = cost, .link_fwd = link_fwd, .link_bwd = link_bwd, .act_bytes = isnan(act) ? 0 : act,
         .grad_bytes = isnan(grad) ? 0 : grad, .send_mode = SIM_SEND_PIPELINED,
     };
+    dp_store_t *b = NULL;
+    sim_dp_t dpm = {0};
+    int rc = cell->dp > 1 ? dp_from_trace(r, cell, sel, p, &b, &dpm, err, errlen) : 0;
     sim_result_t res = {0};
-    int rc = sim_run_chunks(&cfg, chunks, &res, err, errlen);
+    if (!rc)
+        rc = sim_run_dp(&cfg, chunks, cell->dp > 1 ? &dpm : NULL, &res, err, errlen);
     if (!rc)
         *predicted = res.time;
     sim_result_destroy(&res);
+    free(b);
     return rc;
 }
 
@@ -267,7 +322,8 @@ static int replay_one(const results_t *r, const results_cell_t *cell, int repeat
     size_t n[RESULTS_MAX_STAGES] = {0}, cap = 0;
     for (size_t i = 0; i < r->n_ops; i++) {
         const results_op_t *o = &r->ops[i];
-        if (o->cell == cell->cell && o->repeat == repeat && o->iteration == it && o->rank < S)
+        if (o->cell == cell->cell && o->repeat == repeat && o->iteration == it && o->rank < S &&
+            strcmp(o->op, METRICS_OP_ALLREDUCE)) /* the replay is of the pipeline's ops */
             n[o->rank]++, cap++;
     }
     if (!cap)
@@ -279,7 +335,8 @@ static int replay_one(const results_t *r, const results_cell_t *cell, int repeat
     size_t k[RESULTS_MAX_STAGES] = {0};
     for (size_t i = 0; i < r->n_ops && !rc; i++) {
         const results_op_t *o = &r->ops[i];
-        if (o->cell != cell->cell || o->repeat != repeat || o->iteration != it || o->rank >= S)
+        if (o->cell != cell->cell || o->repeat != repeat || o->iteration != it || o->rank >= S ||
+            !strcmp(o->op, METRICS_OP_ALLREDUCE))
             continue;
         sim_trace_op_t *t = &ops[o->rank][k[o->rank]++];
         if (sched_op_kind_parse(o->op, &t->kind)) {
@@ -412,8 +469,59 @@ int predict_whatif(const results_t *r, const results_cell_t *cell, const netem_p
     return 0;
 }
 
+void predict_dp_buckets(const model_stage_t *st, predict_buckets_t *out)
+{
+    memset(out, 0, sizeof *out);
+    double weight[PREDICT_MAX_BUCKETS] = {0}, total_w = 0;
+    int unit = -1, key = INT_MIN;
+    /* Tensors are in forward order: embeddings, layers, head; a unit per layer. */
+    for (int i = st->n_tensors - 1; i >= 0; i--) {
+        const model_tensor_t *t = &st->tensors[i];
+        int layer = -1, k = t->name[0] == 'h' && sscanf(t->name, "h%d.", &layer) == 1 ? layer
+                        : strncmp(t->name, "wte", 3) && strncmp(t->name, "wpe", 3) ? INT_MAX : -1;
+        if (k != key && unit + 1 < PREDICT_MAX_BUCKETS) {
+            key = k;
+            unit++;
+        }
+        out->bytes[unit] += 4.0 * (double)t->numel;
+        if (t->decay && k != -1) /* matrices; the embeddings' backward is a scatter */
+            weight[unit] += (double)t->numel;
+    }
+    out->n = unit + 1;
+    for (int k = 0; k < out->n; k++) {
+        total_w += weight[k];
+        out->total += out->bytes[k];
+    }
+    double upto = 0;
+    for (int k = 0; k < out->n; k++) {
+        upto += weight[k];
+        out->ready[k] = k + 1 == out->n || !(total_w > 0) ? 1 : fmin(1, upto / total_w);
+        if (!(out->ready[k] > 0))
+            out->ready[k] = 1e-12; /* a leading unit without matrices: ready as the backward starts */
+    }
+}
+
+void predict_dp_model(const predict_buckets_t *buckets, int stages, int dp, int overlap, const sim_link_t *link,
+                      int *n, const double **bytes, const double **ready, sim_dp_t *out)
+{
+    for (int s = 0; s < stages; s++) {
+        n[s] = buckets[s].n;
+        bytes[s] = buckets[s].bytes;
+        ready[s] = buckets[s].ready;
+    }
+    *out = (sim_dp_t){dp, overlap, link, n, bytes, ready};
+}
+
 int predict_apriori(const results_cell_t *cell, int slack, int chunks, const sim_cost_t *cost, double boundary_bytes,
                     const netem_profile_t *p, double *predicted, char *err, size_t errlen)
+{
+    return predict_apriori_dp(cell, slack, chunks, cost, boundary_bytes, p, 1, 0, NULL, NULL, predicted, err, errlen);
+}
+
+int predict_apriori_dp(const results_cell_t *cell, int slack, int chunks, const sim_cost_t *cost,
+                       double boundary_bytes, const netem_profile_t *p, int dp, int overlap,
+                       const netem_profile_t *dp_prof, const predict_buckets_t *buckets, double *predicted,
+                       char *err, size_t errlen)
 {
     int S = cell->stages;
     if (S < 1 || S > RESULTS_MAX_STAGES) {
@@ -427,8 +535,19 @@ int predict_apriori(const results_cell_t *cell, int slack, int chunks, const sim
         .cost = cost, .link_fwd = link, .link_bwd = link, .act_bytes = S > 1 ? boundary_bytes : 0,
         .grad_bytes = S > 1 ? boundary_bytes : 0, .send_mode = SIM_SEND_PIPELINED,
     };
+    sim_link_t dl;
+    int n[RESULTS_MAX_STAGES];
+    const double *bytes[RESULTS_MAX_STAGES], *ready[RESULTS_MAX_STAGES];
+    sim_dp_t dpm = {0};
+    if (dp > 1) {
+        if (!buckets || !dp_prof)
+            return pn_err(err, errlen, -EINVAL, "cell %d: --dp %d without gradient buckets or a DP link", cell->cell,
+                          dp);
+        predict_link(dp_prof, &dl);
+        predict_dp_model(buckets, S, dp, overlap, &dl, n, bytes, ready, &dpm);
+    }
     sim_result_t res = {0};
-    int rc = sim_run_chunks(&cfg, chunks, &res, err, errlen);
+    int rc = sim_run_dp(&cfg, chunks, dp > 1 ? &dpm : NULL, &res, err, errlen);
     if (!rc)
         *predicted = res.time;
     sim_result_destroy(&res);

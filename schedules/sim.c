@@ -613,6 +613,12 @@ int sim_slack_auto(const sim_config_t *cfg, int *slack, double times[SIM_SLACK_A
     return slack_auto(cfg, NULL, slack, times, err, errlen);
 }
 
+int sim_slack_auto_dp(const sim_config_t *cfg, const sim_dp_t *dp, int *slack, double times[SIM_SLACK_AUTO_MAX + 1],
+                      char *err, size_t errlen)
+{
+    return slack_auto(cfg, dp, slack, times, err, errlen);
+}
+
 int sim_run_dp(const sim_config_t *cfg, int chunks, const sim_dp_t *dp, sim_result_t *out, char *err,
                size_t errlen)
 {

@@ -155,6 +155,9 @@ int sim_run_dp(const sim_config_t *cfg, int chunks, const sim_dp_t *dp, sim_resu
  * cfg->slack are ignored) and the K that --slack auto picks. */
 int sim_slack_auto(const sim_config_t *cfg, int *slack, double times[SIM_SLACK_AUTO_MAX + 1],
                    char *err, size_t errlen) PN_WUR;
+/* The same with the all-reduce of dp in every run (NULL: sim_slack_auto). */
+int sim_slack_auto_dp(const sim_config_t *cfg, const sim_dp_t *dp, int *slack, double times[SIM_SLACK_AUTO_MAX + 1],
+                      char *err, size_t errlen) PN_WUR;
 
 /* Validates the op lists (sched_plan_validate: names stage and op), the numbers and the
  * links, then simulates. The result holds a copy of the plan. */
