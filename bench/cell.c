@@ -36,10 +36,11 @@
 static int cell_runcfg(const sweep_spec_t *s, const results_cell_t *c, const char *net, const char *emulator,
                        runcfg_t *cfg, char *err, size_t errlen)
 {
-    char stages[16], batch[16], mbs[16], seq[16], iters[16], warmup[16], slack[16], chunks[16], threads[24];
+    char stages[16], batch[16], mbs[16], seq[16], iters[16], warmup[16], slack[16], chunks[16], threads[24], dp[16];
     /* The stages share this machine's cores: one OpenMP team per core each would fight. */
-    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
-    snprintf(threads, sizeof threads, "%ld", ncpu > s->stages ? ncpu / s->stages : 1);
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN), procs = (long)s->stages * s->dp;
+    snprintf(threads, sizeof threads, "%ld", ncpu > procs ? ncpu / procs : 1);
+    snprintf(dp, sizeof dp, "%d", s->dp);
     snprintf(stages, sizeof stages, "%d", s->stages);
     snprintf(batch, sizeof batch, "%d", s->batch_size);
     snprintf(mbs, sizeof mbs, "%d", c->micro_batch_size);
@@ -60,7 +61,8 @@ static int cell_runcfg(const sweep_spec_t *s, const results_cell_t *c, const cha
         {RUNCFG_OPT_NET, net},                {RUNCFG_OPT_EMULATOR, emulator},
         {MODEL_OPT_THREADS, threads},         {RUNCFG_OPT_TIMEOUT, s->timeout},
         {RUNCFG_OPT_TRANSPORT, s->transport},
-        {RUNCFG_OPT_CHUNKS, chunks},
+        {RUNCFG_OPT_CHUNKS, chunks},          {RUNCFG_OPT_DP, dp},
+        {RUNCFG_OPT_NET_DP, s->net_dp},       {RUNCFG_OPT_DP_OVERLAP, ""},
     };
     runcfg_defaults(cfg);
     for (size_t i = 0; i < sizeof set / sizeof *set; i++) {
@@ -68,7 +70,8 @@ static int cell_runcfg(const sweep_spec_t *s, const results_cell_t *c, const cha
             continue; /* only 1f1b-slack takes a K */
         if (set[i].opt == RUNCFG_OPT_CHUNKS && (!s->chunks || sched_uses_chunks(c->schedule) != 1))
             continue; /* only interleaved-1f1b takes a chunk count */
-        if (set[i].opt == RUNCFG_OPT_TIMEOUT && !s->timeout[0])
+        if ((set[i].opt == RUNCFG_OPT_TIMEOUT && !s->timeout[0]) || (set[i].opt == RUNCFG_OPT_NET_DP && !s->net_dp[0]) ||
+            (set[i].opt == RUNCFG_OPT_DP_OVERLAP && !s->dp_overlap))
             continue;
         int rc = runcfg_option(cfg, set[i].opt, set[i].arg, err, errlen);
         if (rc < 0)

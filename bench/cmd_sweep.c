@@ -26,8 +26,8 @@ static const int schedule_only[] = {RUNCFG_OPT_SCHEDULE, 0};
 static const int model_only[] = {MODEL_OPT_MODEL, MODEL_OPT_STAGES, MODEL_OPT_BATCH_SIZE, MODEL_OPT_SEQ_LEN,
                                  MODEL_OPT_COMPUTE, 0};
 static const int pipeline_only[] = {RUNCFG_OPT_ITERS, RUNCFG_OPT_WARMUP, RUNCFG_OPT_SLACK, RUNCFG_OPT_CHUNKS,
-                                    RUNCFG_OPT_TIMEOUT, 0};
-static const int network_only[] = {RUNCFG_OPT_EMULATOR, RUNCFG_OPT_TRANSPORT, 0};
+                                    RUNCFG_OPT_TIMEOUT, RUNCFG_OPT_DP, RUNCFG_OPT_DP_OVERLAP, 0};
+static const int network_only[] = {RUNCFG_OPT_EMULATOR, RUNCFG_OPT_TRANSPORT, RUNCFG_OPT_NET_DP, 0};
 
 static const cli_section_t sections[] = {
     {"grid", runcfg_pipeline_group, schedule_only, NULL, 0},
@@ -48,6 +48,8 @@ static const cli_override_t overrides[] = {
     {MODEL_OPT_COMPUTE, NULL, NULL, "emulate:v100, DT-FM's V100s modelled: real gpt3-small compute on a CPU "
                                     "would take hours per cell"},
     {RUNCFG_OPT_TIMEOUT, NULL, "a single wait of a stage longer than this fails its cell", NULL},
+    {RUNCFG_OPT_NET_DP, NULL, "profile of the links between the replicas of a stage (--dp) in every cell",
+     "the cell's profile"},
     {RUNCFG_OPT_EMULATOR, NULL,
      "how the profiles are applied: {emulators}. netem: kernel qdiscs in one network namespace per "
      "stage (needs root); shim: the transport itself holds back and paces each message (no root); "
@@ -90,6 +92,17 @@ typedef struct {
     int have_timeline;
 } opts_t;
 
+/* An option every cell passes on as text, checked by the parser every stage uses. */
+static int runcfg_checked_copy(int opt, const char *name, const char *arg, char *dst, size_t cap)
+{
+    runcfg_t scratch;
+    char err[1024];
+    runcfg_defaults(&scratch);
+    if (runcfg_option(&scratch, opt, arg, err, sizeof err) < 0)
+        return cli_usage_error("sweep", "%s", err);
+    return cli_copy("sweep", name, arg, dst, cap);
+}
+
 /* One option into o (argv parsed by the caller): 0 or CLI_USAGE after a message. */
 static int sweep_option(opts_t *o, int c, const char *arg, const char **resume)
 {
@@ -121,13 +134,11 @@ static int sweep_option(opts_t *o, int c, const char *arg, const char **resume)
         }
         return cli_parse_int(cmd, "--slack", arg, 0, INT_MAX, &s->slack);
     case RUNCFG_OPT_CHUNKS: return cli_parse_int(cmd, "--chunks", arg, 1, 64, &s->chunks);
-    case RUNCFG_OPT_TIMEOUT: {
-        runcfg_t scratch; /* checked by the parser every stage uses */
-        runcfg_defaults(&scratch);
-        if (runcfg_option(&scratch, RUNCFG_OPT_TIMEOUT, arg, err, sizeof err) < 0)
-            return cli_usage_error(cmd, "%s", err);
-        return cli_copy(cmd, "--timeout", arg, s->timeout, sizeof s->timeout);
-    }
+    case RUNCFG_OPT_DP: return cli_parse_int(cmd, "--dp", arg, 1, PN_MAX_WORLD, &s->dp);
+    case RUNCFG_OPT_DP_OVERLAP: s->dp_overlap = 1; return 0;
+    case RUNCFG_OPT_NET_DP: return runcfg_checked_copy(RUNCFG_OPT_NET_DP, "--net-dp", arg, s->net_dp, sizeof s->net_dp);
+    case RUNCFG_OPT_TIMEOUT:
+        return runcfg_checked_copy(RUNCFG_OPT_TIMEOUT, "--timeout", arg, s->timeout, sizeof s->timeout);
     case VOCAB_OPT_USER:
         if ((rc = cli_copy(cmd, "--user", arg, s->user, sizeof s->user)))
             return rc;

@@ -173,6 +173,7 @@ int sweep_spec_default(sweep_spec_t *s, char *err, size_t errlen)
     snprintf(s->compute, sizeof s->compute, "emulate:v100");
     snprintf(s->emulator, sizeof s->emulator, "auto");
     snprintf(s->transport, sizeof s->transport, "ucx");
+    s->dp = 1;
     s->straggler_rank = -1;
     s->straggler_factor = 1.0;
     int rc = sweep_schedules_parse("gpipe,1f1b", s, err, errlen);

@@ -29,6 +29,8 @@ typedef struct {
     char compute[96];                     /* compute backend spec */
     char emulator[32];                    /* network emulator backend requested */
     char transport[16];                   /* --transport of every cell: "ucx" or "nccl" */
+    int dp, dp_overlap;                   /* --dp replicas and --dp-overlap of every cell */
+    char net_dp[96];                      /* --net-dp of every cell ("" = as its --net) */
     int straggler_rank;                   /* -1 = none */
     double straggler_factor;              /* 1 = none */
     char timeout[32];                     /* --timeout of every stage ("" = pipeline's default) */

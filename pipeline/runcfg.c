@@ -24,6 +24,13 @@ const model_option_t runcfg_pipeline_group[] = {
     {"iters", 'n', RUNCFG_OPT_ITERS, "N", "measured iterations", "10"},
     {"warmup", 'w', RUNCFG_OPT_WARMUP, "W", "iterations run first and left out of the figures", "1"},
     {"timeout", 0, RUNCFG_OPT_TIMEOUT, "SECONDS", "a single wait of a stage longer than this fails the job", "300"},
+    {"dp", 0, RUNCFG_OPT_DP, "D",
+     "data-parallel replicas of the pipeline: D x P stage processes (rank = d*P + s), each\n"
+     "replica on its own data shard, so the global batch is D x --batch-size; each stage's\n"
+     "gradients are averaged over its D replicas (ring all-reduce) before the optimizer step",
+     "1"},
+    {"dp-overlap", 0, RUNCFG_OPT_DP_OVERLAP, NULL,
+     "start a layer's all-reduce as soon as its gradients are final, overlapping backward", NULL},
     {"trace", 0, RUNCFG_OPT_TRACE, "FILE", "write the per-op trace as CSV (rank, iteration, op, micro-batch, times)",
      "none"},
     {NULL, 0, 0, NULL, NULL, NULL},
@@ -34,6 +41,9 @@ const model_option_t runcfg_network_group[] = {
      "link profiles: default | PROFILE | 0-1=PROFILE,1-2=PROFILE, where PROFILE is\n"
      "DELAY/RATE (10ms/1Gbps) or delay=10ms,jitter=1ms,loss=0.1%,rate=1gbit",
      "default (no shaping)"},
+    {"net-dp", 0, RUNCFG_OPT_NET_DP, "PROFILE",
+     "profile of the links between the replicas of a stage (--dp): DELAY/RATE or key=value",
+     "--net's profile where that is one profile for every link"},
     {"emulator", 'e', RUNCFG_OPT_EMULATOR, "E",
      "how --net is applied: {emulators}. netem: kernel qdiscs in one network\n"
      "namespace per stage (needs root); shim: the transport itself holds back and paces\n"
@@ -71,6 +81,7 @@ void runcfg_defaults(runcfg_t *c)
     snprintf(c->net, sizeof c->net, "default");
     snprintf(c->emulator, sizeof c->emulator, "auto");
     snprintf(c->transport, sizeof c->transport, "ucx");
+    c->dp = 1;
     c->world_size = -1;
     c->rank = -1;
     c->timeout = 300;
@@ -123,6 +134,16 @@ int runcfg_option(runcfg_t *c, int opt, const char *arg, char *err, size_t errle
     case RUNCFG_OPT_ITERS: rc = parse_int("iters", arg, 1, PN_MAX_ITERS, &c->iters, err, errlen); break;
     case RUNCFG_OPT_WARMUP: rc = parse_int("warmup", arg, 0, PN_MAX_ITERS, &c->warmup, err, errlen); break;
     case RUNCFG_OPT_NET: rc = copy_str("net", arg, c->net, sizeof c->net, err, errlen); break;
+    case RUNCFG_OPT_DP: rc = parse_int("dp", arg, 1, PN_MAX_WORLD, &c->dp, err, errlen); break;
+    case RUNCFG_OPT_DP_OVERLAP: c->dp_overlap = 1; break;
+    case RUNCFG_OPT_NET_DP: {
+        netem_profile_t pr;
+        char why[200];
+        if (netem_profile_parse(arg, &pr, why, sizeof why))
+            return pn_err(err, errlen, -EINVAL, "--net-dp: %s", why);
+        rc = copy_str("net-dp", arg, c->net_dp, sizeof c->net_dp, err, errlen);
+        break;
+    }
     case RUNCFG_OPT_EMULATOR:
         if (strcmp(arg, "auto") && !netem_emulator_find(arg)) {
             snprintf(err, errlen, "--emulator: expected %s, got '%s'", netem_emulator_names(), arg);
@@ -220,6 +241,30 @@ static int slack_auto(runcfg_t *c, char *err, size_t errlen)
     return rc;
 }
 
+const char *runcfg_net_dp(const runcfg_t *c)
+{
+    return c->net_dp[0] ? c->net_dp : c->net;
+}
+
+/* --dp and --net-dp: D x P processes within the world limit; the DP links take --net when
+ * it is one profile, and a per-link --net leaves them to an explicit --net-dp. */
+static int dp_finish(const runcfg_t *c, char *err, size_t errlen)
+{
+    if (c->dp < 1)
+        return pn_err(err, errlen, -EINVAL, "--dp %d: expected 1 or more replicas", c->dp);
+    if ((long)c->dp * c->stages > PN_MAX_WORLD)
+        return pn_err(err, errlen, -EINVAL, "--dp %d x %d stages = %ld processes; at most %d", c->dp, c->stages,
+                      (long)c->dp * c->stages, PN_MAX_WORLD);
+    if (c->dp == 1 || c->net_dp[0])
+        return 0;
+    netem_profile_t pr;
+    if (netem_profile_parse(c->net, &pr, NULL, 0))
+        return pn_err(err, errlen, -EINVAL,
+                      "--dp %d with the per-link --net %s: give the replicas' links a profile with --net-dp", c->dp,
+                      c->net);
+    return 0;
+}
+
 int runcfg_finish(runcfg_t *c, char *err, size_t errlen)
 {
     int rc = model_options_finish(&c->model, &c->stage_params, err, errlen);
@@ -268,7 +313,12 @@ int runcfg_finish(runcfg_t *c, char *err, size_t errlen)
     }
     if ((rc = transport_kind_check(c->transport, c->model.compute, c->emulator, err, errlen)) != 0)
         return rc;
-    if (c->world_size > 0 && c->world_size != c->stages) {
+    if ((rc = dp_finish(c, err, errlen)) != 0)
+        return rc;
+    if (c->world_size > 0 && c->world_size != runcfg_world(c)) {
+        if (c->dp > 1)
+            return pn_err(err, errlen, -EINVAL, "--world-size %d differs from --dp %d x %d stages (one process each)",
+                          c->world_size, c->dp, c->stages);
         snprintf(err, errlen, "--world-size %d differs from the %d stages (one process per stage)", c->world_size,
                  c->stages);
         return -EINVAL;
@@ -298,6 +348,9 @@ int runcfg_format(const runcfg_t *c, char *buf, size_t len)
         n += snprintf(buf + n, len - (size_t)n, " transport=%s", c->transport);
     if (c->chunks && n >= 0 && (size_t)n < len) /* only where given: older runs keep their hash */
         n += snprintf(buf + n, len - (size_t)n, " chunks=%d", c->chunks);
+    if (c->dp > 1 && n >= 0 && (size_t)n < len) /* as chunks: one replica keeps the older hash */
+        n += snprintf(buf + n, len - (size_t)n, " dp=%d dp_overlap=%d net_dp=%s", c->dp, c->dp_overlap,
+                      runcfg_net_dp(c));
     return n;
 }
 

@@ -18,7 +18,8 @@ enum {
     RUNCFG_OPT_SCHEDULE = 0x2000, RUNCFG_OPT_SLACK, RUNCFG_OPT_ITERS, RUNCFG_OPT_WARMUP,
     RUNCFG_OPT_NET, RUNCFG_OPT_EMULATOR, RUNCFG_OPT_DIST_URL, RUNCFG_OPT_WORLD_SIZE,
     RUNCFG_OPT_RANK, RUNCFG_OPT_TOKEN, RUNCFG_OPT_TIMEOUT, RUNCFG_OPT_TRACE,
-    RUNCFG_OPT_UCX_TLS, RUNCFG_OPT_UCX_DEVICES, RUNCFG_OPT_TRANSPORT, RUNCFG_OPT_CHUNKS, RUNCFG_OPT_END
+    RUNCFG_OPT_UCX_TLS, RUNCFG_OPT_UCX_DEVICES, RUNCFG_OPT_TRANSPORT, RUNCFG_OPT_CHUNKS, RUNCFG_OPT_DP,
+    RUNCFG_OPT_DP_OVERLAP, RUNCFG_OPT_NET_DP, RUNCFG_OPT_END
 };
 
 typedef struct runcfg {
@@ -31,6 +32,9 @@ typedef struct runcfg {
     char net[512];           /* --net: "default", a profile, or a per-link list */
     char emulator[16];       /* how --net is applied: "auto", "netem" or "shim" */
     char transport[16];      /* how stages exchange tensors: "ucx" or "nccl" (transport.h) */
+    int dp;                  /* --dp: data-parallel replicas of the pipeline (rank = d*P + s) */
+    int dp_overlap;          /* --dp-overlap: a layer's all-reduce starts when its gradients are final */
+    char net_dp[512];        /* --net-dp: profile of the links between replicas; "" = as --net */
     /* ---- per process (not hashed) ---- */
     char dist_url[300];
     int world_size, rank;    /* -1 = from the launcher's environment */
@@ -59,9 +63,19 @@ extern const model_option_t runcfg_multihost_group[];
 int runcfg_option(runcfg_t *c, int opt, const char *arg, char *err, size_t errlen) PN_WUR;
 
 /* Cross-field checks and derived values: the model group's checks, schedule name and
- * slack, warmup below iters, --net against the stage count and emulator, world size
- * against stages. -EINVAL naming the combination that is wrong. */
+ * slack, warmup below iters, --net against the stage count and emulator, --dp and
+ * --net-dp, world size against D x stages. -EINVAL naming the combination that is wrong. */
 int runcfg_finish(runcfg_t *c, char *err, size_t errlen) PN_WUR;
+
+/* The rank layout of --dp: rank = d*P + s, replica d of stage s; world = D*P. */
+static inline int runcfg_world(const runcfg_t *c) { return c->dp * c->stages; }
+static inline int runcfg_replica(const runcfg_t *c, int rank) { return rank / c->stages; }
+static inline int runcfg_stage_of(const runcfg_t *c, int rank) { return rank % c->stages; }
+static inline int runcfg_rank_of(const runcfg_t *c, int replica, int stage) { return replica * c->stages + stage; }
+
+/* The profile of the links between replicas (after runcfg_finish): --net-dp, or --net
+ * when that is one profile for every pipeline link. */
+const char *runcfg_net_dp(const runcfg_t *c);
 
 /* model_stage_account of every stage (out[stages]) as c's model and compute build it, one
  * micro-batch in flight: FLOPs, boundary bytes, the memory blocks and, with a modelled

@@ -414,6 +414,8 @@ int stage_run(const stage_params_t *p, stage_summary_t *out, char *err, size_t e
     sched_spec_t spec = {cfg->schedule, P, cfg->micro_batches, cfg->slack, cfg->chunks};
     if ((rc = sched_spec_check(&spec, &v, err, errlen)) != 0)
         return rc;
+    if (cfg->dp > 1)
+        return pn_err(err, errlen, -ENOTSUP, "--dp %d: the data-parallel runtime is not built yet (issue #15)", cfg->dp);
     if (!(st = calloc((size_t)v, sizeof *st)) || !(chunks = calloc((size_t)v, sizeof *chunks))) {
         free(st);
         return pn_err(err, errlen, -ENOMEM, "out of memory");
