@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "schedules/sim.h"
+#include "tests/testutil.h"
 
 #define TOL 1e-12 /* relative, floor 1: every hand time below is a sum of a few exact terms */
 
@@ -217,6 +218,39 @@ static void test_invalid(void **state)
     assert_non_null(strstr(err, "buckets"));
 }
 
+/* The gpipe row's iter_time (ms) of `pipenem sim ARGS`, NAN if absent. */
+static double sim_cli_time(const char *args, char *out, size_t len)
+{
+    int rc = tu_pipenem_run(out, len, "sim -s gpipe --stages 2 --micro-batches 2 --fwd-ms 1000 --bwd-ms 2000 "
+                            "--opt-ms 500 %s", args);
+    const char *row = strstr(out, "\n         gpipe");
+    double t = NAN;
+    if (rc != 0 || !row || sscanf(row, " gpipe - %lf", &t) != 1)
+        print_message("pipenem sim %s: exit %d\n%s", args, rc, out);
+    return t;
+}
+
+/* pipenem sim --dp: the hand-computed case above through the command line, --dp 1 the
+ * same output as no --dp, and the usage errors. */
+static void test_cli(void **state)
+{
+    (void)state;
+    static char a[16384], b[16384];
+    check(sim_cli_time("--dp 4 --param-bytes 100MB --buckets 2 --net-dp 10ms/1Gbps", a, sizeof a), 10820, "D=4 cli");
+    check(sim_cli_time("--dp 2 --param-bytes 100MB --buckets 2 --net-dp 10ms/1Gbps --dp-overlap", a, sizeof a), 9920,
+          "D=2 overlap cli");
+    report("pipenem sim --dp");
+    sim_cli_time("--net 10ms/1Gbps --bytes 6MB", a, sizeof a);
+    sim_cli_time("--net 10ms/1Gbps --bytes 6MB --dp 1", b, sizeof b);
+    assert_string_equal(a, b);
+    assert_int_equal(tu_pipenem_run(a, sizeof a, "sim --fwd-ms 1 --bwd-ms 2 --dp 2"), 2);
+    assert_non_null(strstr(a, "--dp 2 needs --param-bytes"));
+    assert_int_equal(tu_pipenem_run(a, sizeof a, "sim --fwd-ms 1 --bwd-ms 2 --dp-overlap"), 2);
+    assert_non_null(strstr(a, "--dp-overlap applies to --dp D with D > 1"));
+    assert_int_equal(tu_pipenem_run(a, sizeof a, "sim --fwd-ms 1 --bwd-ms 2 --dp 2 --param-bytes 1MB,2MB"), 2);
+    assert_non_null(strstr(a, "--param-bytes has 2 values; want 1 or 3"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -224,6 +258,7 @@ int main(void)
         cmocka_unit_test(test_hand_computed),
         cmocka_unit_test(test_overlap_never_slower),
         cmocka_unit_test(test_invalid),
+        cmocka_unit_test(test_cli),
     };
     return cmocka_run_group_tests_name("sim_dp", tests, NULL, NULL);
 }
