@@ -215,7 +215,12 @@ int cell_measure(void *ctx, const sweep_spec_t *s, results_cell_t *cell, const c
     /* auto picks among what can act on the transport's traffic (nccl: not the shim) */
     const transport_kind_t *tk = transport_kind_find(s->transport);
     int shim_ok = !tk || tk->shim_ok;
-    const char *asked = strcmp(s->emulator, "auto") || shim_ok ? s->emulator : "netem";
+    const char *asked = s->emulator;
+    if (!strcmp(asked, "auto") && (!shim_ok || !have_ns)) {
+        /* the kernel's where the transport cannot carry the shim, else (no namespaces) the shim */
+        const netem_emulator_t *kind = netem_emulator_of_kind(shim_ok);
+        asked = kind ? kind->name : asked;
+    }
     const netem_emulator_t *emu = NULL;
     char why[256] = "";
     netem_topo_t *topo = NULL;
@@ -228,7 +233,6 @@ int cell_measure(void *ctx, const sweep_spec_t *s, results_cell_t *cell, const c
             rc = netem_topo_apply(topo, links, asked, err, errlen);
         emu = topo->emulator;
     } else {
-        asked = strcmp(s->emulator, "auto") ? s->emulator : shim_ok ? "shim" : "netem";
         rc = netem_emulator_choose(asked, links, P > 1 ? P - 1 : 0, &emu, why, sizeof why, err, errlen);
     }
     runcfg_t *cfg = NULL;

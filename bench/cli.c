@@ -5,12 +5,14 @@
 
 #include <errno.h>
 #include <limits.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "models/model.h"
+#include "models/precision.h"
 #include "netem/emulator.h"
 #include "pipeline/runcfg.h"
 #include "pipeline/transport.h"
@@ -148,6 +150,25 @@ int cli_next(cli_parser_t *p, int argc, char **argv)
     return c;
 }
 
+/* The emulate device table's keys, in table order, built once: adding a device there
+ * adds it to every --help. */
+static char device_list[256];
+static pthread_once_t device_list_once = PTHREAD_ONCE_INIT;
+
+static void device_list_build(void)
+{
+    size_t at = 0;
+    const model_device_t *d;
+    for (int i = 0; (d = model_device_at(i)) && at < sizeof device_list; i++)
+        at += (size_t)snprintf(device_list + at, sizeof device_list - at, "%s%s", i ? ", " : "", d->key);
+}
+
+static const char *device_names(void)
+{
+    pthread_once(&device_list_once, device_list_build);
+    return device_list;
+}
+
 /* Help text with the names of the variant tables filled in, into buf. */
 static void expand(char *buf, size_t cap, const char *text)
 {
@@ -155,7 +176,8 @@ static void expand(char *buf, size_t cap, const char *text)
         const char *key;
         const char *(*names)(void);
     } lists[] = {{"{models}", model_config_names}, {"{schedules}", sched_names},
-                 {"{emulators}", netem_emulator_names}, {"{transports}", transport_kind_names}};
+                 {"{emulators}", netem_emulator_names}, {"{transports}", transport_kind_names},
+                 {"{devices}", device_names}};
     size_t n = 0;
     buf[0] = '\0';
     while (*text && n + 1 < cap) {

@@ -4,14 +4,11 @@
 #include "bench/cli.h"
 #include "common/limits.h"
 #include "common/parse.h"
+#include "models/calib.h"
 #include "models/model.h"
 #include "models/options.h"
 #include "bench/vocab.h"
 #include "pipeline/runcfg.h"
-#include "models/precision.h"
-#ifdef PN_HAVE_CUDA
-#include "models/cuda.h"
-#endif
 
 #include <errno.h>
 #include <limits.h>
@@ -51,137 +48,11 @@ static const cli_spec_t spec = {
     sections, overrides, NULL, NULL,
 };
 
-typedef struct {
-    int layers;                          /* of this stage */
-    double fwd, bwd, opt;                /* seconds per micro-batch / per step */
-    double embed_fwd, embed_bwd, head_fwd, head_bwd;
-    double flops;                        /* fwd + bwd, the accounting formula */
-    double gemm_flops, gemm_s;           /* the sgemm reference; 0 if none */
-    size_t params, saved_bytes;
-    size_t device_bytes;                 /* cuda: the stage's device allocations; 0 otherwise */
-} stage_result_t;
 
 static int parse_count(const char *cmd, const char *name, const char *arg, int lo, int *out)
 {
     if (pn_parse_int(arg, lo, PN_MAX_ITERS, out))
         return cli_usage_error(cmd, "--%s: expected an integer >= %d, got '%s'", name, lo, arg);
-    return 0;
-}
-
-/* Runs warmup + iters iterations of one micro-batch on stage s and fills r and the
- * per-layer times (indexed globally). */
-static int calibrate_stage(const model_stage_params_t *base, int s, int iters, int warmup,
-                           stage_result_t *r, double *layer_fwd, double *layer_bwd, char *err, size_t errlen)
-{
-    model_stage_params_t p = *base;
-    p.stage = s;
-    p.micro_batches = 1;
-    p.max_inflight = 1;
-    model_stage_t st;
-    int rc = model_stage_init(&st, &p, err, errlen);
-    if (rc)
-        return rc;
-    size_t nb = model_stage_act_bytes(&st);
-    float *in = malloc(nb), *out = malloc(nb);
-    if (!in || !out) {
-        snprintf(err, errlen, "out of memory for the boundary tensors");
-        rc = -ENOMEM;
-        goto out;
-    }
-    for (size_t i = 0; i < nb / sizeof(float); i++)
-        in[i] = out[i] = 0.01f * (float)(i % 89) - 0.4f;
-    if (nb != (size_t)st.B * st.T * st.C * sizeof(float)) /* fp16/bf16 boundaries: zeros, not float bits */
-        memset(in, 0, nb), memset(out, 0, nb);
-    for (int it = 0; it < warmup + iters; it++) {
-        if (it == warmup)
-            model_stage_prof_reset(&st);
-        if ((rc = model_stage_forward(&st, it, 0, in, out)) || (rc = model_stage_backward(&st, it, 0, out, in)) ||
-            (rc = model_stage_step(&st, it))) {
-            snprintf(err, errlen, "stage %d iteration %d failed: %s", s, it, strerror(-rc));
-            goto out;
-        }
-    }
-    model_account_t a;
-    model_stage_account(&st, &a);
-    memset(r, 0, sizeof *r);
-    r->layers = st.layer_end - st.layer_begin;
-    r->fwd = st.prof.fwd / iters;
-    r->bwd = st.prof.bwd / iters;
-    r->opt = st.prof.opt / iters;
-    r->embed_fwd = st.prof.embed_fwd / iters;
-    r->embed_bwd = st.prof.embed_bwd / iters;
-    r->head_fwd = st.prof.head_fwd / iters;
-    r->head_bwd = st.prof.head_bwd / iters;
-    r->flops = a.fwd_flops + a.bwd_flops;
-    r->params = a.params;
-    r->saved_bytes = a.saved_bytes_per_mb;
-#ifdef PN_HAVE_CUDA
-    r->device_bytes = model_cuda_device_bytes(&st);
-#endif
-    for (int l = 0; l < r->layers; l++) {
-        layer_fwd[st.layer_begin + l] = st.prof.layer_fwd[l] / iters;
-        layer_bwd[st.layer_begin + l] = st.prof.layer_bwd[l] / iters;
-    }
-    if (a.fwd_s > 0) {
-        /* emulate: the layers are not timed separately; report the stage's modelled split */
-        for (int l = 0; l < r->layers; l++) {
-            layer_fwd[st.layer_begin + l] = r->fwd / r->layers;
-            layer_bwd[st.layer_begin + l] = r->bwd / r->layers;
-        }
-    } else {
-#ifdef PN_HAVE_CUDA
-        if (!strncmp(p.compute, "cuda", 4))
-            rc = model_cuda_gemm_reference(&st, 3, &r->gemm_flops, &r->gemm_s);
-        else
-#endif
-        rc = model_stage_gemm_reference(&st, 1, &r->gemm_flops, &r->gemm_s);
-        if (rc) {
-            snprintf(err, errlen, "stage %d: the sgemm reference failed: %s", s, strerror(-rc));
-            goto out;
-        }
-    }
-out:
-    free(in);
-    free(out);
-    model_stage_destroy(&st);
-    return rc;
-}
-
-static int write_calibration(const char *path, const model_stage_params_t *p, const stage_result_t *r,
-                             const double *layer_fwd, const double *layer_bwd, int argc, char **argv,
-                             char *err, size_t errlen)
-{
-    char tmp[PATH_MAX];
-    snprintf(tmp, sizeof tmp, "%s.tmp.%d", path, (int)getpid());
-    FILE *f = fopen(tmp, "w");
-    if (!f) {
-        snprintf(err, errlen, "--out %s: %s", path, strerror(errno));
-        return -errno;
-    }
-    size_t params = 0;
-    double opt = 0;
-    for (int s = 0; s < p->stages; s++)
-        params += r[s].params, opt += r[s].opt;
-    fprintf(f, "# pipenem calibration: seconds per micro-batch, replayed by --compute emulate:FILE\n# command:");
-    for (int i = 0; i < argc; i++)
-        fprintf(f, " %s", argv[i]);
-    fprintf(f, "\npipenem-calibration 1\nmodel %s\nlayers %d\nhidden %d\nheads %d\nvocab %d\nseq_len %d\n"
-               "micro_batch_size %d\nrecompute %d\ntied_embeddings %d\nthreads %d\n",
-            p->cfg.name, p->cfg.layers, p->cfg.hidden, p->cfg.heads, p->cfg.vocab, p->seq_len,
-            p->micro_batch_size, p->recompute, p->tied_embeddings, p->threads);
-    model_cuda_arg_t ca;
-    if (!strncmp(p->compute, "cuda", 4) && !model_cuda_arg_parse(p->compute[4] ? p->compute + 5 : "", &ca, NULL, 0))
-        fprintf(f, "precision %s\n", model_prec_info(ca.prec)->name); /* the replay's boundary bytes */
-    fprintf(f, "embed %.9g %.9g\n", r[0].embed_fwd, r[0].embed_bwd);
-    for (int l = 0; l < p->cfg.layers; l++)
-        fprintf(f, "layer %d %.9g %.9g\n", l, layer_fwd[l], layer_bwd[l]);
-    fprintf(f, "head %.9g %.9g\n", r[p->stages - 1].head_fwd, r[p->stages - 1].head_bwd);
-    fprintf(f, "opt_per_param %.9g\n", params ? opt / params : 0.0);
-    if (fclose(f) || rename(tmp, path)) {
-        snprintf(err, errlen, "--out %s: %s", path, strerror(errno));
-        unlink(tmp);
-        return -EIO;
-    }
     return 0;
 }
 
@@ -204,7 +75,7 @@ static void print_header(const model_stage_params_t *p, int iters, int warmup)
            "GFLOP/s", "GFLOP/s", "peak_%", "MiB/mb");
 }
 
-static void print_layers(const model_stage_params_t *p, const stage_result_t *r, const double *lf, const double *lb)
+static void print_layers(const model_stage_params_t *p, const model_calib_stage_t *r, const double *lf, const double *lb)
 {
     printf("#\n# per layer (ms per micro-batch)\n# %7s %10s %10s\n", "part", "fwd", "bwd");
     printf("  %7s %10.3f %10.3f\n", "embed", r[0].embed_fwd * 1e3, r[0].embed_bwd * 1e3);
@@ -266,10 +137,10 @@ int cmd_calibrate(int argc, char **argv)
     model_stage_params_t p;
     if (model_options_finish(&mo, &p, err, sizeof err))
         return cli_usage_error(cmd, "%s", err);
-    if (out_path && strncmp(p.compute, "cpu", 3) && strncmp(p.compute, "cuda", 4))
+    if (out_path && model_compute_modelled(p.compute))
         return cli_usage_error(cmd, "--out needs measured compute (--compute cpu or cuda[:PREC]), not '%s'", p.compute);
 
-    stage_result_t *r = calloc(p.stages, sizeof *r);
+    model_calib_stage_t *r = calloc(p.stages, sizeof *r);
     double *lf = calloc(p.cfg.layers, sizeof *lf), *lb = calloc(p.cfg.layers, sizeof *lb);
     if (!r || !lf || !lb) {
         free(r), free(lf), free(lb);
@@ -281,7 +152,7 @@ int cmd_calibrate(int argc, char **argv)
     int begin = 0;
     for (int s = 0; s < p.stages; s++) {
         fflush(stdout);
-        if (calibrate_stage(&p, s, iters, warmup, &r[s], lf, lb, err, sizeof err)) {
+        if (model_calib_stage(&p, s, iters, warmup, &r[s], lf, lb, err, sizeof err)) {
             fprintf(stderr, "pipenem calibrate: %s\n", err);
             status = CLI_FAIL;
             break;
@@ -309,7 +180,7 @@ int cmd_calibrate(int argc, char **argv)
             printf("# peak device memory %.1f MiB (the largest stage: its allocations and cuBLAS workspace)\n",
                    dev / 1048576.0);
         if (out_path) {
-            if (write_calibration(out_path, &p, r, lf, lb, argc, argv, err, sizeof err)) {
+            if (model_calib_write(out_path, &p, r, lf, lb, argc, argv, err, sizeof err)) {
                 fprintf(stderr, "pipenem calibrate: %s\n", err);
                 status = CLI_FAIL;
             } else {

@@ -29,8 +29,6 @@ static const cli_section_t sections[] = {
 };
 
 static const cli_override_t overrides[] = {
-    {MODEL_OPT_BATCH_SIZE, NULL, NULL, "8, so that a cpu run of gpt3-small takes minutes; sweep's is 64, as in DT-FM's table"},
-    {MODEL_OPT_COMPUTE, NULL, NULL, "cpu, real training on this machine; sweep's is emulate:v100, as DT-FM's V100s"},
     {MODEL_OPT_THREADS, NULL, NULL, "the cores divided among the stages"},
     {MODEL_OPT_STAGES, NULL, NULL, "the number of --partition entries, else 1; sweep's is 3, DT-FM's hosts"},
     {0, NULL, NULL, NULL},
@@ -87,7 +85,8 @@ static int setup_links(const runcfg_t *cfg, netem_profile_t *links, netem_topo_t
         return cli_usage_error("run", "%s", err);
     /* auto picks among what can act on the transport's traffic (nccl: not the shim) */
     const transport_kind_t *tk = transport_kind_find(cfg->transport);
-    const char *asked = !strcmp(cfg->emulator, "auto") && tk && !tk->shim_ok ? "netem" : cfg->emulator;
+    const netem_emulator_t *kernel = netem_emulator_of_kind(0);
+    const char *asked = !strcmp(cfg->emulator, "auto") && tk && !tk->shim_ok && kernel ? kernel->name : cfg->emulator;
     if (netem_emulator_choose(asked, links, cfg->stages - 1, em, why, whylen, err, sizeof err))
         return cli_usage_error("run", "%s", err);
     if ((*em)->in_transport) {

@@ -81,7 +81,7 @@ static const cli_override_t overrides[] = {
      "64 / 1"},
     {MODEL_OPT_MODEL, NULL, "take costs and message sizes from a model: {models}", "none"},
     {MODEL_OPT_SEQ_LEN, NULL, "sequence length of --model", NULL},
-    {MODEL_OPT_COMPUTE, "emulate:..", "device model of --model: emulate:v100|a100|h100[,eff=X], "
+    {MODEL_OPT_COMPUTE, "emulate:..", "device model of --model: emulate:DEV[,eff=X] (DEV: {devices}), "
      "emulate:fwd=25ms,bwd=75ms or emulate:FILE", "emulate:v100"},
     {RUNCFG_OPT_NET, NULL, "link profile between neighbouring stages: 10ms/1Gbps, delay=..,rate=.., or "
      "0-1=P,1-2=P", "free links"},
@@ -291,7 +291,7 @@ static int sim_check(sim_args_t *a)
                                a->param_arg ? "--param-bytes" : "--buckets");
     if (a->dp > 1 && !a->model && !a->param_arg)
         return cli_usage_error(CMD, "--dp %d needs --param-bytes (gradient bytes per stage) or --model", a->dp);
-    if (a->compute && strncmp(a->compute, "emulate", 7))
+    if (a->compute && !model_compute_modelled(a->compute))
         return cli_usage_error(CMD, "--compute '%s': the simulator needs modelled times, "
                                "use emulate:DEVICE, emulate:fwd=..,bwd=.. or emulate:FILE", a->compute);
     if (a->M && (a->have_b || a->have_u)) {

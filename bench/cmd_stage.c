@@ -25,8 +25,6 @@ static const cli_section_t sections[] = {
 
 static const cli_override_t overrides[] = {
     {MODEL_OPT_STAGES, NULL, NULL, "the world size: one stage per rank"},
-    {MODEL_OPT_BATCH_SIZE, NULL, NULL, "8, as run's; sweep's is 64, as in DT-FM's table"},
-    {MODEL_OPT_COMPUTE, NULL, NULL, "cpu, as run's; sweep's is emulate:v100, as DT-FM's V100s"},
     {RUNCFG_OPT_EMULATOR, NULL,
      "how --net is applied: on real hosts only shim shapes inside the job (the transport\n"
      "itself holds back and paces each message); kernel shaping is `pipenem netem apply`\n"

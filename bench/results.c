@@ -556,7 +556,8 @@ static int write_text(const char *dir, const char *name, char *buf, size_t len, 
     return csvio_file_write_atomic(path, buf, len, err, errlen);
 }
 
-int results_command_write(const char *dir, int argc, char **argv, char *err, size_t errlen)
+int results_argv_write(const char *dir, const char *name, int argc, char **argv, results_argv_style_t style,
+                       char *err, size_t errlen)
 {
     char *buf = NULL;
     size_t len = 0;
@@ -564,15 +565,29 @@ int results_command_write(const char *dir, int argc, char **argv, char *err, siz
     if (!f)
         return -ENOMEM;
     for (int i = 0; i < argc; i++) {
-        if (i)
-            fputc(' ', f);
-        put_shell_word(f, argv[i]);
+        if (style == RESULTS_ARGV_SHELL) {
+            if (i)
+                fputc(' ', f);
+            put_shell_word(f, argv[i]);
+        } else if (strchr(argv[i], '\n')) {
+            fclose(f);
+            free(buf);
+            return pn_err(err, errlen, -EINVAL, "argument %d contains a line break, which %s cannot keep", i + 1, name);
+        } else {
+            fprintf(f, "%s\n", argv[i]);
+        }
     }
-    fputc('\n', f);
+    if (style == RESULTS_ARGV_SHELL)
+        fputc('\n', f);
     fclose(f);
-    int rc = write_text(dir, "command.txt", buf, len, err, errlen);
+    int rc = write_text(dir, name, buf, len, err, errlen);
     free(buf);
     return rc;
+}
+
+int results_command_write(const char *dir, int argc, char **argv, char *err, size_t errlen)
+{
+    return results_argv_write(dir, "command.txt", argc, argv, RESULTS_ARGV_SHELL, err, errlen);
 }
 
 /* First line of a command's output, or "not found". */

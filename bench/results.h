@@ -112,6 +112,12 @@ int results_trace_write(const results_t *r, int cell, int repeat, int rank, cons
 int results_exec_trace_save(const char *path, const exec_row_t *rows, size_t n, char *err, size_t errlen)
     __attribute__((warn_unused_result));
 
+/* How results_argv_write lays out the words: shell-quoted on one line, or one word a
+ * line (a word with a line break is refused). */
+typedef enum { RESULTS_ARGV_SHELL, RESULTS_ARGV_LINES } results_argv_style_t;
+/* DIR/NAME: the words of argv in that style, written to a temporary name then renamed. */
+int results_argv_write(const char *dir, const char *name, int argc, char **argv, results_argv_style_t style,
+                       char *err, size_t errlen) __attribute__((warn_unused_result));
 /* command.txt: the command line, shell-quoted, one line. */
 int results_command_write(const char *dir, int argc, char **argv, char *err, size_t errlen)
     __attribute__((warn_unused_result));

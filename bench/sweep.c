@@ -4,6 +4,7 @@
  * cell that was running, and --resume measures exactly the cells that are missing. */
 #include "bench/sweep.h"
 #include "common/err.h"
+#include "common/parse.h"
 
 #include "bench/csvio.h"
 #include "models/model.h"
@@ -59,76 +60,106 @@ static int split_list(const char *opt, const char *text, int join_kv, char *buf,
     return 0;
 }
 
+/* One grid axis given as a list: the option (for messages), whether key=value items
+ * join (split_list), how one item is checked, and what two items must not share. */
+typedef struct {
+    const char *opt;
+    int join_kv;
+    /* Checks item i and writes its key: what is compared for repeats and named in the
+     * message (ctx keeps anything else the item parses to). */
+    int (*key)(const char *item, int i, char *key, size_t keylen, void *ctx, char *err, size_t errlen);
+    const char *same; /* NULL: "KEY is listed twice"; else "items J and I are the same SAME (KEY)" */
+} axis_t;
+
+#define AXIS_KEY 96
+
+static int axis_split(const axis_t *a, const char *text, char *buf, size_t buflen, char *items[SWEEP_MAX_AXIS],
+                      char keys[SWEEP_MAX_AXIS][AXIS_KEY], void *ctx, int *n, char *err, size_t errlen)
+{
+    int rc = split_list(a->opt, text, a->join_kv, buf, buflen, items, n, err, errlen);
+    for (int i = 0; !rc && i < *n; i++) {
+        rc = a->key(items[i], i, keys[i], AXIS_KEY, ctx, err, errlen);
+        for (int j = 0; !rc && j < i; j++) {
+            if (strcmp(keys[j], keys[i]))
+                continue;
+            if (a->same)
+                return pn_err(err, errlen, -EINVAL, "%s: items %d and %d are the same %s (%s)", a->opt, j + 1, i + 1,
+                              a->same, keys[i]);
+            return pn_err(err, errlen, -EINVAL, "%s: %s is listed twice (items %d and %d)", a->opt, keys[i], j + 1, i + 1);
+        }
+    }
+    return rc;
+}
+
+static int schedule_key(const char *item, int i, char *key, size_t keylen, void *ctx, char *err, size_t errlen)
+{
+    (void)ctx;
+    if (sched_uses_slack(item) < 0 || strlen(item) >= sizeof ((sweep_spec_t *)0)->schedules[0]) {
+        return pn_err(err, errlen, -EINVAL, "--schedule: unknown schedule '%s' (item %d; known: %s)", item, i + 1, sched_names());
+    }
+    snprintf(key, keylen, "'%s'", item);
+    return 0;
+}
+
 int sweep_schedules_parse(const char *text, sweep_spec_t *s, char *err, size_t errlen)
 {
-    char buf[1024], *items[SWEEP_MAX_AXIS];
+    static const axis_t axis = {"--schedule", 0, schedule_key, NULL};
+    char buf[1024], *items[SWEEP_MAX_AXIS], keys[SWEEP_MAX_AXIS][AXIS_KEY];
     int n;
-    int rc = split_list("--schedule", text, 0, buf, sizeof buf, items, &n, err, errlen);
+    int rc = axis_split(&axis, text, buf, sizeof buf, items, keys, NULL, &n, err, errlen);
     if (rc)
         return rc;
-    for (int i = 0; i < n; i++) {
-        if (sched_uses_slack(items[i]) < 0 || strlen(items[i]) >= sizeof s->schedules[0]) {
-            return pn_err(err, errlen, -EINVAL, "--schedule: unknown schedule '%s' (item %d; known: %s)", items[i], i + 1, sched_names());
-        }
-        for (int j = 0; j < i; j++)
-            if (!strcmp(items[j], items[i])) {
-                return pn_err(err, errlen, -EINVAL, "--schedule: '%s' is listed twice (items %d and %d)", items[i], j + 1, i + 1);
-            }
-    }
     for (int i = 0; i < n; i++)
         snprintf(s->schedules[i], sizeof s->schedules[i], "%s", items[i]);
     s->n_sched = n;
     return 0;
 }
 
+static int mbs_key(const char *item, int i, char *key, size_t keylen, void *ctx, char *err, size_t errlen)
+{
+    int *v = ctx;
+    if (pn_parse_int(item, 1, 1 << 20, &v[i])) {
+        return pn_err(err, errlen, -EINVAL, "--micro-batch-sizes: '%s' (item %d) is not a positive whole number", item, i + 1);
+    }
+    snprintf(key, keylen, "%d", v[i]);
+    return 0;
+}
+
 int sweep_mbs_parse(const char *text, sweep_spec_t *s, char *err, size_t errlen)
 {
-    char buf[1024], *items[SWEEP_MAX_AXIS];
+    static const axis_t axis = {"--micro-batch-sizes", 0, mbs_key, NULL};
+    char buf[1024], *items[SWEEP_MAX_AXIS], keys[SWEEP_MAX_AXIS][AXIS_KEY];
     int n, v[SWEEP_MAX_AXIS];
-    int rc = split_list("--micro-batch-sizes", text, 0, buf, sizeof buf, items, &n, err, errlen);
+    int rc = axis_split(&axis, text, buf, sizeof buf, items, keys, v, &n, err, errlen);
     if (rc)
         return rc;
-    for (int i = 0; i < n; i++) {
-        char *end;
-        errno = 0;
-        long x = strtol(items[i], &end, 10);
-        if (*end || end == items[i] || errno || x < 1 || x > 1 << 20) {
-            return pn_err(err, errlen, -EINVAL, "--micro-batch-sizes: '%s' (item %d) is not a positive whole number", items[i], i + 1);
-        }
-        v[i] = (int)x;
-        for (int j = 0; j < i; j++)
-            if (v[j] == v[i]) {
-                return pn_err(err, errlen, -EINVAL, "--micro-batch-sizes: %d is listed twice (items %d and %d)", v[i], j + 1, i + 1);
-            }
-    }
     memcpy(s->mbs, v, (size_t)n * sizeof *v);
     s->n_mbs = n;
     return 0;
 }
 
+static int profile_key(const char *item, int i, char *key, size_t keylen, void *ctx, char *err, size_t errlen)
+{
+    char (*label)[128] = ctx;
+    netem_profile_t p;
+    char why[256] = "";
+    if (netem_profile_parse(item, &p, why, sizeof why)) {
+        return pn_err(err, errlen, -EINVAL, "--profiles: item %d '%s': %s", i + 1, item, why);
+    }
+    if (netem_profile_format(&p, key, keylen) < 0 || netem_profile_label(&p, label[i], sizeof label[i]) < 0) {
+        return pn_err(err, errlen, -EINVAL, "--profiles: item %d '%s' is too long to print", i + 1, item);
+    }
+    return 0;
+}
+
 int sweep_profiles_parse(const char *text, sweep_spec_t *s, char *err, size_t errlen)
 {
-    char buf[4096], *items[SWEEP_MAX_AXIS];
+    static const axis_t axis = {"--profiles", 1, profile_key, "profile"};
+    char buf[4096], *items[SWEEP_MAX_AXIS], canon[SWEEP_MAX_AXIS][AXIS_KEY], label[SWEEP_MAX_AXIS][128];
     int n;
-    int rc = split_list("--profiles", text, 1, buf, sizeof buf, items, &n, err, errlen);
+    int rc = axis_split(&axis, text, buf, sizeof buf, items, canon, label, &n, err, errlen);
     if (rc)
         return rc;
-    char canon[SWEEP_MAX_AXIS][96], label[SWEEP_MAX_AXIS][128];
-    for (int i = 0; i < n; i++) {
-        netem_profile_t p;
-        char why[256] = "";
-        if (netem_profile_parse(items[i], &p, why, sizeof why)) {
-            return pn_err(err, errlen, -EINVAL, "--profiles: item %d '%s': %s", i + 1, items[i], why);
-        }
-        if (netem_profile_format(&p, canon[i], sizeof canon[i]) < 0 ||
-            netem_profile_label(&p, label[i], sizeof label[i]) < 0) {
-            return pn_err(err, errlen, -EINVAL, "--profiles: item %d '%s' is too long to print", i + 1, items[i]);
-        }
-        for (int j = 0; j < i; j++)
-            if (!strcmp(canon[j], canon[i])) {
-                return pn_err(err, errlen, -EINVAL, "--profiles: items %d and %d are the same profile (%s)", j + 1, i + 1, canon[i]);
-            }
-    }
     for (int i = 0; i < n; i++) {
         memcpy(s->profiles[i], canon[i], sizeof canon[i]);
         memcpy(s->labels[i], label[i], sizeof label[i]);
@@ -402,25 +433,7 @@ int sweep_run(const sweep_spec_t *s, const sweep_loop_t *loop, results_t *r, swe
 
 int sweep_args_write(const char *dir, int argc, char **argv, char *err, size_t errlen)
 {
-    char *buf = NULL;
-    size_t len = 0;
-    FILE *f = open_memstream(&buf, &len);
-    if (!f)
-        return -ENOMEM;
-    for (int i = 0; i < argc; i++) {
-        if (strchr(argv[i], '\n')) {
-            fclose(f);
-            free(buf);
-            return pn_err(err, errlen, -EINVAL, "argument %d contains a line break, which sweep.args cannot keep", i + 1);
-        }
-        fprintf(f, "%s\n", argv[i]);
-    }
-    fclose(f);
-    char path[4096];
-    snprintf(path, sizeof path, "%s/sweep.args", dir);
-    int rc = csvio_file_write_atomic(path, buf, len, err, errlen);
-    free(buf);
-    return rc;
+    return results_argv_write(dir, "sweep.args", argc, argv, RESULTS_ARGV_LINES, err, errlen);
 }
 
 int sweep_args_read(const char *dir, int *argc, char ***argv, char *err, size_t errlen)

@@ -2,6 +2,7 @@
  * (or a ratio of two) shown with three significant digits, which is what lets a test
  * check each number in table.md against the CSV. */
 #include "bench/table.h"
+#include "models/model.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -137,7 +138,7 @@ typedef struct {
 
 static int is_emulated(const results_cell_t *c)
 {
-    return !strncmp(c->compute, "emulate", 7);
+    return model_compute_modelled(c->compute);
 }
 
 /* The range of a/b over the micro-batch sizes both schedules measured at setting p. */

@@ -1,15 +1,23 @@
 /* The GEMM reference of the benchmarks and `pipenem calibrate`: the cpu backend's sgemm
  * calls of one forward + backward, recorded as they run and replayed alone, so that a
- * stage's measured time can be set against what its matrix products alone take. */
+ * stage's measured time can be set against what its matrix products alone take; and the
+ * calibration itself: each stage measured alone, and the file emulate:FILE replays. */
 #include "models/calib.h"
 
 #include <cblas.h>
 #include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <unistd.h>
 #include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "common/clock.h"
+#include "models/precision.h"
+#ifdef PN_HAVE_CUDA
+#include "models/cuda.h"
+#endif
 
 typedef struct {
     int ta, tb, M, N, K, lda, ldb, ldc;
@@ -196,4 +204,124 @@ out:
     free(in);
     free(out);
     return rc;
+}
+
+/* ---------------------------------------------------------------- calibration */
+
+/* Runs warmup + iters iterations of one micro-batch on stage s and fills r and the
+ * per-layer times (indexed globally). */
+int model_calib_stage(const model_stage_params_t *base, int s, int iters, int warmup, model_calib_stage_t *r,
+                      double *layer_fwd, double *layer_bwd, char *err, size_t errlen)
+{
+    model_stage_params_t p = *base;
+    p.stage = s;
+    p.micro_batches = 1;
+    p.max_inflight = 1;
+    model_stage_t st;
+    int rc = model_stage_init(&st, &p, err, errlen);
+    if (rc)
+        return rc;
+    size_t nb = model_stage_act_bytes(&st);
+    float *in = malloc(nb), *out = malloc(nb);
+    if (!in || !out) {
+        snprintf(err, errlen, "out of memory for the boundary tensors");
+        rc = -ENOMEM;
+        goto out;
+    }
+    for (size_t i = 0; i < nb / sizeof(float); i++)
+        in[i] = out[i] = 0.01f * (float)(i % 89) - 0.4f;
+    if (nb != (size_t)st.B * st.T * st.C * sizeof(float)) /* fp16/bf16 boundaries: zeros, not float bits */
+        memset(in, 0, nb), memset(out, 0, nb);
+    for (int it = 0; it < warmup + iters; it++) {
+        if (it == warmup)
+            model_stage_prof_reset(&st);
+        if ((rc = model_stage_forward(&st, it, 0, in, out)) || (rc = model_stage_backward(&st, it, 0, out, in)) ||
+            (rc = model_stage_step(&st, it))) {
+            snprintf(err, errlen, "stage %d iteration %d failed: %s", s, it, strerror(-rc));
+            goto out;
+        }
+    }
+    model_account_t a;
+    model_stage_account(&st, &a);
+    memset(r, 0, sizeof *r);
+    r->layers = st.layer_end - st.layer_begin;
+    r->fwd = st.prof.fwd / iters;
+    r->bwd = st.prof.bwd / iters;
+    r->opt = st.prof.opt / iters;
+    r->embed_fwd = st.prof.embed_fwd / iters;
+    r->embed_bwd = st.prof.embed_bwd / iters;
+    r->head_fwd = st.prof.head_fwd / iters;
+    r->head_bwd = st.prof.head_bwd / iters;
+    r->flops = a.fwd_flops + a.bwd_flops;
+    r->params = a.params;
+    r->saved_bytes = a.saved_bytes_per_mb;
+#ifdef PN_HAVE_CUDA
+    r->device_bytes = model_cuda_device_bytes(&st);
+    model_cuda_arg_t ca;
+    if (st.backend == &model_backend_cuda && !model_cuda_arg_parse(st.backend_arg, &ca, NULL, 0))
+        snprintf(r->precision, sizeof r->precision, "%s", model_prec_info(ca.prec)->name);
+#endif
+    for (int l = 0; l < r->layers; l++) {
+        layer_fwd[st.layer_begin + l] = st.prof.layer_fwd[l] / iters;
+        layer_bwd[st.layer_begin + l] = st.prof.layer_bwd[l] / iters;
+    }
+    if (a.fwd_s > 0) {
+        /* emulate: the layers are not timed separately; report the stage's modelled split */
+        for (int l = 0; l < r->layers; l++) {
+            layer_fwd[st.layer_begin + l] = r->fwd / r->layers;
+            layer_bwd[st.layer_begin + l] = r->bwd / r->layers;
+        }
+    } else {
+#ifdef PN_HAVE_CUDA
+        if (st.backend == &model_backend_cuda)
+            rc = model_cuda_gemm_reference(&st, 3, &r->gemm_flops, &r->gemm_s);
+        else
+#endif
+        rc = model_stage_gemm_reference(&st, 1, &r->gemm_flops, &r->gemm_s);
+        if (rc) {
+            snprintf(err, errlen, "stage %d: the sgemm reference failed: %s", s, strerror(-rc));
+            goto out;
+        }
+    }
+out:
+    free(in);
+    free(out);
+    model_stage_destroy(&st);
+    return rc;
+}
+
+int model_calib_write(const char *path, const model_stage_params_t *p, const model_calib_stage_t *r,
+                      const double *layer_fwd, const double *layer_bwd, int argc, char **argv, char *err, size_t errlen)
+{
+    char tmp[PATH_MAX];
+    snprintf(tmp, sizeof tmp, "%s.tmp.%d", path, (int)getpid());
+    FILE *f = fopen(tmp, "w");
+    if (!f) {
+        snprintf(err, errlen, "--out %s: %s", path, strerror(errno));
+        return -errno;
+    }
+    size_t params = 0;
+    double opt = 0;
+    for (int s = 0; s < p->stages; s++)
+        params += r[s].params, opt += r[s].opt;
+    fprintf(f, "# pipenem calibration: seconds per micro-batch, replayed by --compute emulate:FILE\n# command:");
+    for (int i = 0; i < argc; i++)
+        fprintf(f, " %s", argv[i]);
+    fprintf(f, "\npipenem-calibration 1\nmodel %s\nlayers %d\nhidden %d\nheads %d\nvocab %d\nseq_len %d\n"
+               "micro_batch_size %d\nrecompute %d\ntied_embeddings %d\nthreads %d\n",
+            p->cfg.name, p->cfg.layers, p->cfg.hidden, p->cfg.heads, p->cfg.vocab, p->seq_len,
+            p->micro_batch_size, p->recompute, p->tied_embeddings, p->threads);
+    if (r[0].precision[0])
+        fprintf(f, "precision %s\n", r[0].precision); /* the replay's boundary bytes */
+    fprintf(f, "embed %.9g %.9g\n", r[0].embed_fwd, r[0].embed_bwd);
+    for (int l = 0; l < p->cfg.layers; l++)
+        fprintf(f, "layer %d %.9g %.9g\n", l, layer_fwd[l], layer_bwd[l]);
+    fprintf(f, "head %.9g %.9g\n", r[p->stages - 1].head_fwd, r[p->stages - 1].head_bwd);
+    fprintf(f, "opt_per_param %.9g\n", params ? opt / params : 0.0);
+    if (fclose(f) || rename(tmp, path)) {
+        snprintf(err, errlen, "--out %s: %s", path, strerror(errno));
+        unlink(tmp);
+        return -EIO;
+    }
+    return 0;
 }

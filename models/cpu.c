@@ -386,51 +386,35 @@ static float *wgrad_base(model_stage_t *st, int slot)
     return st->wgrads + (size_t)slot * st->wgrad_floats;
 }
 
-static int cpu_backward_input(model_stage_t *st, int slot, const float *dout, float *din)
+/* The last stage's head (final layernorm, projection, loss) backward into the W area gw
+ * of a slot: with dy, its input part (the logits' gradient, which the weight part reads,
+ * and dy at the last layer's output); without, its weight part. */
+static void head_backward(model_stage_t *st, int slot, float *gw, float *dy)
 {
-    int B = st->B, T = st->T, C = st->C, NH = st->NH, V = st->V, BT = B * T;
-    int nl = st->layer_end - st->layer_begin;
+    int BT = st->B * st->T, C = st->C, V = st->V, nl = st->layer_end - st->layer_begin;
     size_t BTC = (size_t)BT * C;
-    float *gw = wgrad_base(st, slot);
-    if (!gw)
-        return -ENOMEM;
-    scratch_t s = scratch_get(st);
-    float *dy = s.dA;
-    threads_apply(st);
-    if (st->last) {
-        double th = pn_now();
-        const model_tensor_t *lnw = model_stage_tensor_find(st, "lnf.w");
-        head_acts_t h = head_acts(st, slot);
-        float *glnf = gw + G_LAYER_BTC * BTC * nl;
+    double th = pn_now();
+    const model_tensor_t *lnw = model_stage_tensor_find(st, "lnf.w");
+    head_acts_t h = head_acts(st, slot);
+    float *glnf = gw + G_LAYER_BTC * BTC * nl;
+    if (dy) {
         /* the probabilities become the logits' gradient in place, which W reads */
         crossentropy_backward(h.probs, st->targets, BT, V, 1.0f / ((float)BT * st->p.micro_batches));
         matmul_backward_input(glnf, h.probs, head_weight(st, 0), BT, C, V);
         memset(dy, 0, BTC * sizeof(float));
         layernorm_backward_input(dy, glnf, layer_input(st, slot, nl), lnw->param, h.mean, h.rstd, BT, C);
-        st->prof.head_bwd += pn_now() - th;
     } else {
-        memcpy(dy, dout, BTC * sizeof(float));
+        matmul_backward_weights((float *)head_weight(st, 1), NULL, h.probs, h.lnf, BT, C, V);
+        layernorm_backward_weights(lnw->grad, lnw->grad + C, glnf, layer_input(st, slot, nl), h.mean,
+                                   h.rstd, BT, C);
     }
-    for (int l = nl - 1; l >= 0; l--) {
-        float *a[A_N], *w[MODEL_T_PER_LAYER], *g[G_N];
-        double tl = pn_now();
-        layer_acts(st, slot, l, a);
-        layer_params(st, l, 0, w);
-        layer_wgrads(gw + G_LAYER_BTC * BTC * l, BTC, g);
-        const float *x = layer_input(st, slot, l);
-        if (st->p.recompute)
-            block_forward(a, x, w, B, T, C, NH);
-        block_backward_input(dy, &s, g, dy, a, x, w, B, T, C, NH);
-        st->prof.layer_bwd[l] += pn_now() - tl;
-    }
-    if (st->first)
-        memcpy(gw + G_LAYER_BTC * BTC * nl + (st->last ? BTC : 0), dy, BTC * sizeof(float));
-    else
-        memcpy(din, dy, BTC * sizeof(float));
-    return 0;
+    st->prof.head_bwd += pn_now() - th;
 }
 
-static int cpu_backward_weights(model_stage_t *st, int slot)
+/* B (weights 0: the input's gradient into din, and what W needs into the slot's W area)
+ * or W (weights 1: the parameters' gradients from that area) of one micro-batch; B then
+ * W is the whole backward. */
+static int backward_part(model_stage_t *st, int slot, const float *dout, float *din, int weights)
 {
     int B = st->B, T = st->T, C = st->C, NH = st->NH, BT = B * T;
     int nl = st->layer_end - st->layer_begin;
@@ -438,38 +422,51 @@ static int cpu_backward_weights(model_stage_t *st, int slot)
     float *gw = wgrad_base(st, slot);
     if (!gw)
         return -ENOMEM;
+    scratch_t s = scratch_get(st);
+    float *dy = weights ? NULL : s.dA;
     threads_apply(st);
-    if (st->last) {
-        double th = pn_now();
-        const model_tensor_t *lnw = model_stage_tensor_find(st, "lnf.w");
-        head_acts_t h = head_acts(st, slot);
-        float *glnf = gw + G_LAYER_BTC * BTC * nl;
-        matmul_backward_weights((float *)head_weight(st, 1), NULL, h.probs, h.lnf, BT, C, st->V);
-        layernorm_backward_weights(lnw->grad, lnw->grad + C, glnf, layer_input(st, slot, nl), h.mean,
-                                   h.rstd, BT, C);
-        st->prof.head_bwd += pn_now() - th;
-    }
+    if (st->last)
+        head_backward(st, slot, gw, dy);
+    else if (!weights)
+        memcpy(dy, dout, BTC * sizeof(float));
     for (int l = nl - 1; l >= 0; l--) {
         float *a[A_N], *w[MODEL_T_PER_LAYER], *dw[MODEL_T_PER_LAYER], *g[G_N];
         double tl = pn_now();
         layer_acts(st, slot, l, a);
-        layer_params(st, l, 1, dw);
         layer_wgrads(gw + G_LAYER_BTC * BTC * l, BTC, g);
         const float *x = layer_input(st, slot, l);
-        if (st->p.recompute) {
+        if (!weights || st->p.recompute)
             layer_params(st, l, 0, w);
+        if (st->p.recompute)
             block_forward(a, x, w, B, T, C, NH);
+        if (weights) {
+            layer_params(st, l, 1, dw);
+            block_backward_weights(dw, g, a, x, B, T, C);
+        } else {
+            block_backward_input(dy, &s, g, dy, a, x, w, B, T, C, NH);
         }
-        block_backward_weights(dw, g, a, x, B, T, C);
         st->prof.layer_bwd[l] += pn_now() - tl;
     }
-    if (st->first) {
+    float *gemb = gw + G_LAYER_BTC * BTC * nl + (st->last ? BTC : 0); /* the embeddings' output gradient */
+    if (!weights) {
+        memcpy(st->first ? gemb : din, dy, BTC * sizeof(float));
+    } else if (st->first) {
         double t0 = pn_now();
-        encoder_backward(st->grads + st->tensors[0].offset, st->grads + st->tensors[1].offset,
-                         gw + G_LAYER_BTC * BTC * nl + (st->last ? BTC : 0), st->tokens, B, T, C);
+        encoder_backward(st->grads + st->tensors[0].offset, st->grads + st->tensors[1].offset, gemb, st->tokens, B,
+                         T, C);
         st->prof.embed_bwd += pn_now() - t0;
     }
     return 0;
+}
+
+static int cpu_backward_input(model_stage_t *st, int slot, const float *dout, float *din)
+{
+    return backward_part(st, slot, dout, din, 0);
+}
+
+static int cpu_backward_weights(model_stage_t *st, int slot)
+{
+    return backward_part(st, slot, NULL, NULL, 1);
 }
 
 /* AdamW over one tensor. sqrtf's errno path is the only thing keeping this memory-bound

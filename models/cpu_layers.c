@@ -275,13 +275,19 @@ VEC_CLONES static void gelu_forward_range(float *out, const float *inp, size_t n
     }
 }
 
-void gelu_forward(float *out, const float *inp, size_t n)
+/* range(x, inp, n) over the threads, GELU_CHUNK elements at a time: forward and backward. */
+static void gelu_chunked(void (*range)(float *x, const float *inp, size_t n), float *x, const float *inp, size_t n)
 {
     double t0 = model_kprof_start();
 #pragma omp parallel for schedule(static) if (n >= PAR_MIN)
     for (size_t c = 0; c < n; c += GELU_CHUNK)
-        gelu_forward_range(out + c, inp + c, n - c < GELU_CHUNK ? n - c : GELU_CHUNK);
+        range(x + c, inp + c, n - c < GELU_CHUNK ? n - c : GELU_CHUNK);
     model_kprof_stop(MODEL_K_GELU, t0);
+}
+
+void gelu_forward(float *out, const float *inp, size_t n)
+{
+    gelu_chunked(gelu_forward_range, out, inp, n);
 }
 
 VEC_CLONES static void gelu_backward_range(float *d, const float *inp, size_t n)
@@ -299,11 +305,7 @@ VEC_CLONES static void gelu_backward_range(float *d, const float *inp, size_t n)
 /* in place: dx[i] = dy[i] * gelu'(inp[i]) */
 void gelu_backward(float *d, const float *inp, size_t n)
 {
-    double t0 = model_kprof_start();
-#pragma omp parallel for schedule(static) if (n >= PAR_MIN)
-    for (size_t c = 0; c < n; c += GELU_CHUNK)
-        gelu_backward_range(d + c, inp + c, n - c < GELU_CHUNK ? n - c : GELU_CHUNK);
-    model_kprof_stop(MODEL_K_GELU, t0);
+    gelu_chunked(gelu_backward_range, d, inp, n);
 }
 
 void residual_add(float *out, const float *a, size_t n)
@@ -373,22 +375,41 @@ static void attention_head_forward(float *o,       // (T,C) strided, this head's
 
 /* The heads run in parallel, each on one thread with single-threaded products: a head's
  * blocks are too small to split, and its (T,T) scores stay in that core's cache from
- * the product through the softmax to the next product. */
-void attention_forward(float *out,       // (B,T,C)
-                       float *att,       // (B,NH,T,T) softmaxed, zero above the diagonal
-                       const float *qkv, // (B,T,3C)
-                       int B, int T, int C, int NH)
+ * the product through the softmax to the next product. `head` does sequence b, head h
+ * (bh = b * NH + h) with the tensors in `args`; forward and backward share this loop. */
+typedef void attention_head_fn(const void *args, int b, int h, int bh, int T, int C, int hs, float scale);
+
+static void attention_heads(attention_head_fn *head, const void *args, int B, int T, int C, int NH)
 {
     double t0 = model_kprof_start();
     int hs = C / NH;
     float scale = 1.0f / sqrtf((float)hs);
 #pragma omp parallel for schedule(static) if ((size_t)B * NH * T * T >= PAR_MIN)
-    for (int bh = 0; bh < B * NH; bh++) {
-        int b = bh / NH, h = bh % NH;
-        attention_head_forward(out + (size_t)b * T * C + h * hs, att + (size_t)bh * T * T,
-                               qkv + (size_t)b * T * 3 * C + h * hs, T, C, hs, scale);
-    }
+    for (int bh = 0; bh < B * NH; bh++)
+        head(args, bh / NH, bh % NH, bh, T, C, hs, scale);
     model_kprof_stop(MODEL_K_ATTENTION, t0);
+}
+
+typedef struct {
+    float *out;       // (B,T,C)
+    float *att;       // (B,NH,T,T)
+    const float *qkv; // (B,T,3C)
+} attention_fwd_args_t;
+
+static void attention_fwd_head(const void *args, int b, int h, int bh, int T, int C, int hs, float scale)
+{
+    const attention_fwd_args_t *x = args;
+    attention_head_forward(x->out + (size_t)b * T * C + h * hs, x->att + (size_t)bh * T * T,
+                           x->qkv + (size_t)b * T * 3 * C + h * hs, T, C, hs, scale);
+}
+
+void attention_forward(float *out,       // (B,T,C)
+                       float *att,       // (B,NH,T,T) softmaxed, zero above the diagonal
+                       const float *qkv, // (B,T,3C)
+                       int B, int T, int C, int NH)
+{
+    attention_fwd_args_t args = {out, att, qkv};
+    attention_heads(attention_fwd_head, &args, B, T, C, NH);
 }
 
 /* One (sequence, head) of the attention backward. First pass, per row block: the
@@ -422,6 +443,22 @@ static void attention_head_backward(float *dq,       // (T,3C) strided, this hea
     }
 }
 
+typedef struct {
+    float *dqkv;       // (B,T,3C)
+    float *datt;       // (B,NH,T,T)
+    const float *dout; // (B,T,C)
+    const float *qkv;  // (B,T,3C)
+    const float *att;  // (B,NH,T,T)
+} attention_bwd_args_t;
+
+static void attention_bwd_head(const void *args, int b, int h, int bh, int T, int C, int hs, float scale)
+{
+    const attention_bwd_args_t *x = args;
+    size_t qo = (size_t)b * T * 3 * C + h * hs;
+    attention_head_backward(x->dqkv + qo, x->datt + (size_t)bh * T * T, x->dout + (size_t)b * T * C + h * hs,
+                            x->qkv + qo, x->att + (size_t)bh * T * T, T, C, hs, scale);
+}
+
 void attention_backward(float *dqkv,        // (B,T,3C) overwritten
                         float *datt,        // (B,NH,T,T) scratch
                         const float *dout,  // (B,T,C)
@@ -429,17 +466,8 @@ void attention_backward(float *dqkv,        // (B,T,3C) overwritten
                         const float *att,   // (B,NH,T,T)
                         int B, int T, int C, int NH)
 {
-    double t0 = model_kprof_start();
-    int hs = C / NH;
-    float scale = 1.0f / sqrtf((float)hs);
-#pragma omp parallel for schedule(static) if ((size_t)B * NH * T * T >= PAR_MIN)
-    for (int bh = 0; bh < B * NH; bh++) {
-        int b = bh / NH, h = bh % NH;
-        size_t qo = (size_t)b * T * 3 * C + h * hs;
-        attention_head_backward(dqkv + qo, datt + (size_t)bh * T * T, dout + (size_t)b * T * C + h * hs,
-                                qkv + qo, att + (size_t)bh * T * T, T, C, hs, scale);
-    }
-    model_kprof_stop(MODEL_K_ATTENTION, t0);
+    attention_bwd_args_t args = {dqkv, datt, dout, qkv, att};
+    attention_heads(attention_bwd_head, &args, B, T, C, NH);
 }
 
 /* Softmax of the logits in place and the summed loss against the targets. */

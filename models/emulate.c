@@ -153,8 +153,8 @@ static int spec_parse(const char *arg, emu_spec_t *s, char *err, size_t errlen)
 {
     memset(s, 0, sizeof *s);
     if (!*arg) {
-        snprintf(err, errlen, "emulate needs a device (emulate:v100|a100|h100[,eff=0.5]), times "
-                 "(emulate:fwd=25ms,bwd=75ms[,opt=5ms]) or a calibration file (emulate:FILE)");
+        snprintf(err, errlen, "emulate needs a device (emulate:DEV[,eff=0.5], DEV one of %s), times "
+                 "(emulate:fwd=25ms,bwd=75ms[,opt=5ms]) or a calibration file (emulate:FILE)", model_device_keys());
         return -EINVAL;
     }
     size_t tok = strcspn(arg, ",");

@@ -22,15 +22,16 @@ const model_option_t model_options_group[] = {
     {"stages", 'P', MODEL_OPT_STAGES, "P", "pipeline stages, the layers split evenly",
      "the number of --partition entries, else 1"},
     {"partition", 0, MODEL_OPT_PARTITION, "A,B,..", "layers per stage (must sum to the layer count)", "even split"},
-    {"batch-size", 0, MODEL_OPT_BATCH_SIZE, "N", "sequences per iteration", "8"},
+    {"batch-size", 0, MODEL_OPT_BATCH_SIZE, "N", "sequences per iteration",
+     "8, so that a cpu run of gpt3-small takes minutes"},
     {"micro-batch-size", 'u', MODEL_OPT_MICRO_BATCH_SIZE, "b", "sequences per micro-batch: N / b micro-batches",
      "1"},
     {"compute", 'c', MODEL_OPT_COMPUTE, "SPEC",
      "cpu (real training) | cuda[:fp32|tf32|fp16|bf16] (GPU) | emulate:DEV[,PREC][,eff=X]\n"
-     "(DEV v100|a100|h100|h200|l4|...) | emulate:fwd=25ms,bwd=75ms[,opt=T]\n"
+     "(DEV: {devices}) | emulate:fwd=25ms,bwd=75ms[,opt=T]\n"
      "| emulate:FILE (written by `pipenem calibrate`); emulate sleeps for the modelled time\n"
      "on real-size tensors instead of computing",
-     "cpu"},
+     "cpu, real training on this machine"},
     {"dataset", 0, MODEL_OPT_DATASET, "D", "random or a text file (byte tokens)", "random"},
     {"recompute", 0, MODEL_OPT_RECOMPUTE, NULL, "keep only each layer's input, recompute the rest in backward", NULL},
     {"tied-embeddings", 0, MODEL_OPT_TIED_EMBEDDINGS, NULL,

@@ -146,6 +146,14 @@ const netem_emulator_t *netem_emulator_find(const char *name)
     return NULL;
 }
 
+const netem_emulator_t *netem_emulator_of_kind(int in_transport)
+{
+    for (size_t i = 0; i < N_EMULATORS; i++)   /* ordered by fidelity */
+        if (emulators[i].shapes && emulators[i].in_transport == !!in_transport)
+            return &emulators[i];
+    return NULL;
+}
+
 int netem_emulator_choose(const char *asked, const netem_profile_t *links, int n,
                           const netem_emulator_t **out, char *why, size_t whylen, char *err,
                           size_t errlen)

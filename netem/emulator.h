@@ -34,6 +34,11 @@ const char *netem_emulator_names(void);
  * default records the entry whose shapes is 0, "none", which cannot be asked for.) */
 const netem_emulator_t *netem_emulator_find(const char *name);
 
+/* The most faithful entry that can be asked for and shapes inside the transport
+ * (in_transport 1) or does not (0): what auto narrows to where the transport cannot carry
+ * the in-transport shaper, or where the kernel's cannot be used; NULL if none. */
+const netem_emulator_t *netem_emulator_of_kind(int in_transport);
+
 /* Resolves asked ("auto", "netem", "shim") for these links: the chosen backend and a
  * one-line reason. Errors: -EINVAL unknown name, -EOPNOTSUPP the asked backend cannot
  * emulate the links here (message says why and what would). */

@@ -269,9 +269,42 @@ static int put(char *buf, size_t len, size_t *at, const char *fmt, ...)
     return 0;
 }
 
-int netem_profile_format(const netem_profile_t *p, char *buf, size_t len)
+/* How a profile is written: the canonical text, which parses back to the same profile,
+ * or the label that tables and plots show. */
+typedef struct {
+    const char *sep, *eq; /* between fields; between a field's name and its value */
+    const char *rate;     /* the rate field's name */
+    int compact;          /* DELAY/RATE where only those two are set */
+    int plain_loss;       /* loss in plain decimals (the parser takes no exponent), else %.6g */
+} profile_style_t;
+
+static const profile_style_t style_canonical = {",", "=", "rate", 1, 1};
+static const profile_style_t style_label = {"  ", " ", "bandwidth", 0, 0};
+
+/* The loss as a percentage: six significant digits, as %g, but with `plain`, without an
+ * exponent (1e-06% would not read back). */
+static void loss_text(double loss, int plain, char *buf, size_t len)
 {
-    char d[32], r[32];
+    double v = loss * 100;
+    if (!plain) {
+        snprintf(buf, len, "%.6g%%", v);
+        return;
+    }
+    int dec = 5 - (int)floor(log10(v));
+    snprintf(buf, len, "%.*f", dec < 0 ? 0 : dec > 15 ? 15 : dec, v);
+    for (char *e = buf + strlen(buf) - 1; strchr(buf, '.') && (*e == '0' || *e == '.'); e--) {
+        int dot = *e == '.';
+        *e = '\0';
+        if (dot)
+            break;
+    }
+    size_t n = strlen(buf);
+    snprintf(buf + n, len - n, "%%");
+}
+
+static int profile_write(const netem_profile_t *p, const profile_style_t *st, char *buf, size_t len)
+{
+    char d[32], j[32], l[64] = "", r[32], lim[16];
     size_t at = 0;
     int rc = 0;
     if (!len)
@@ -283,77 +316,39 @@ int netem_profile_format(const netem_profile_t *p, char *buf, size_t len)
     }
     time_text(p->delay, d, sizeof d);
     rate_text(p->rate, r, sizeof r);
-    if (p->delay > 0 && p->rate > 0 && p->jitter == 0 && p->loss == 0 && p->limit == 0) {
+    if (st->compact && p->delay > 0 && p->rate > 0 && p->jitter == 0 && p->loss == 0 && p->limit == 0) {
         rc = put(buf, len, &at, "%s/%s", d, r);
         return rc < 0 ? rc : (int)at;
     }
+    time_text(p->jitter, j, sizeof j);
+    if (p->loss > 0)
+        loss_text(p->loss, st->plain_loss, l, sizeof l);
+    snprintf(lim, sizeof lim, "%u", p->limit);
+    const struct {
+        int on;
+        const char *name, *value;
+    } f[] = {
+        {p->delay > 0, "delay", d}, {p->jitter > 0, "jitter", j}, {p->loss > 0, "loss", l},
+        {p->rate > 0, st->rate, r}, {p->limit > 0, "limit", lim},
+    };
     const char *sep = "";
-    if (p->delay > 0 && (rc = put(buf, len, &at, "delay=%s", d)) == 0)
-        sep = ",";
-    if (rc == 0 && p->jitter > 0) {
-        char j[32];
-        time_text(p->jitter, j, sizeof j);
-        if ((rc = put(buf, len, &at, "%sjitter=%s", sep, j)) == 0)
-            sep = ",";
+    for (size_t i = 0; rc == 0 && i < sizeof f / sizeof f[0]; i++) {
+        if (!f[i].on)
+            continue;
+        rc = put(buf, len, &at, "%s%s%s%s", sep, f[i].name, st->eq, f[i].value);
+        sep = st->sep;
     }
-    if (rc == 0 && p->loss > 0) {
-        /* six significant digits, as %g, but plain decimals: the parser takes no
-         * exponent (1e-06% would not read back) */
-        char l[64];
-        double v = p->loss * 100;
-        int dec = 5 - (int)floor(log10(v));
-        snprintf(l, sizeof l, "%.*f", dec < 0 ? 0 : dec > 15 ? 15 : dec, v);
-        for (char *e = l + strlen(l) - 1; strchr(l, '.') && (*e == '0' || *e == '.'); e--) {
-            int dot = *e == '.';
-            *e = '\0';
-            if (dot)
-                break;
-        }
-        if ((rc = put(buf, len, &at, "%sloss=%s%%", sep, l)) == 0)
-            sep = ",";
-    }
-    if (rc == 0 && p->rate > 0 && (rc = put(buf, len, &at, "%srate=%s", sep, r)) == 0)
-        sep = ",";
-    if (rc == 0 && p->limit > 0)
-        rc = put(buf, len, &at, "%slimit=%u", sep, p->limit);
     return rc < 0 ? rc : (int)at;
+}
+
+int netem_profile_format(const netem_profile_t *p, char *buf, size_t len)
+{
+    return profile_write(p, &style_canonical, buf, len);
 }
 
 int netem_profile_label(const netem_profile_t *p, char *buf, size_t len)
 {
-    char t[32];
-    size_t at = 0;
-    int rc = 0;
-    const char *sep = "";
-    if (!len)
-        return -ENOSPC;
-    buf[0] = '\0';
-    if (netem_profile_is_default(p)) {
-        rc = put(buf, len, &at, "default");
-        return rc < 0 ? rc : (int)at;
-    }
-    if (p->delay > 0) {
-        time_text(p->delay, t, sizeof t);
-        rc = put(buf, len, &at, "delay %s", t);
-        sep = "  ";
-    }
-    if (rc == 0 && p->jitter > 0) {
-        time_text(p->jitter, t, sizeof t);
-        rc = put(buf, len, &at, "%sjitter %s", sep, t);
-        sep = "  ";
-    }
-    if (rc == 0 && p->loss > 0) {
-        rc = put(buf, len, &at, "%sloss %.6g%%", sep, p->loss * 100);
-        sep = "  ";
-    }
-    if (rc == 0 && p->rate > 0) {
-        rate_text(p->rate, t, sizeof t);
-        rc = put(buf, len, &at, "%sbandwidth %s", sep, t);
-        sep = "  ";
-    }
-    if (rc == 0 && p->limit > 0)
-        rc = put(buf, len, &at, "%slimit %u", sep, p->limit);
-    return rc < 0 ? rc : (int)at;
+    return profile_write(p, &style_label, buf, len);
 }
 
 /* True where a per-link item starts: "<digits>-<digits>=". */
