@@ -38,9 +38,9 @@ static int cell_runcfg(const sweep_spec_t *s, const results_cell_t *c, const cha
 {
     char stages[16], batch[16], mbs[16], seq[16], iters[16], warmup[16], slack[16], chunks[16], threads[24], dp[16];
     /* The stages share this machine's cores: one OpenMP team per core each would fight. */
-    long ncpu = sysconf(_SC_NPROCESSORS_ONLN), procs = (long)s->stages * s->dp;
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN), procs = (long)s->stages * c->dp;
     snprintf(threads, sizeof threads, "%ld", ncpu > procs ? ncpu / procs : 1);
-    snprintf(dp, sizeof dp, "%d", s->dp);
+    snprintf(dp, sizeof dp, "%d", c->dp);
     snprintf(stages, sizeof stages, "%d", s->stages);
     snprintf(batch, sizeof batch, "%d", s->batch_size);
     snprintf(mbs, sizeof mbs, "%d", c->micro_batch_size);
@@ -62,7 +62,7 @@ static int cell_runcfg(const sweep_spec_t *s, const results_cell_t *c, const cha
         {MODEL_OPT_THREADS, threads},         {RUNCFG_OPT_TIMEOUT, s->timeout},
         {RUNCFG_OPT_TRANSPORT, s->transport},
         {RUNCFG_OPT_CHUNKS, chunks},          {RUNCFG_OPT_DP, dp},
-        {RUNCFG_OPT_NET_DP, s->net_dp},       {RUNCFG_OPT_DP_OVERLAP, ""},
+        {RUNCFG_OPT_NET_DP, c->net_dp},       {RUNCFG_OPT_DP_OVERLAP, ""},
     };
     runcfg_defaults(cfg);
     for (size_t i = 0; i < sizeof set / sizeof *set; i++) {
@@ -70,8 +70,8 @@ static int cell_runcfg(const sweep_spec_t *s, const results_cell_t *c, const cha
             continue; /* only 1f1b-slack takes a K */
         if (set[i].opt == RUNCFG_OPT_CHUNKS && (!s->chunks || sched_uses_chunks(c->schedule) != 1))
             continue; /* only interleaved-1f1b takes a chunk count */
-        if ((set[i].opt == RUNCFG_OPT_TIMEOUT && !s->timeout[0]) || (set[i].opt == RUNCFG_OPT_NET_DP && !s->net_dp[0]) ||
-            (set[i].opt == RUNCFG_OPT_DP_OVERLAP && !s->dp_overlap))
+        if ((set[i].opt == RUNCFG_OPT_TIMEOUT && !s->timeout[0]) || (set[i].opt == RUNCFG_OPT_NET_DP && !c->net_dp[0]) ||
+            (set[i].opt == RUNCFG_OPT_DP_OVERLAP && !c->dp_overlap))
             continue;
         int rc = runcfg_option(cfg, set[i].opt, set[i].arg, err, errlen);
         if (rc < 0)
@@ -150,6 +150,45 @@ static int run_repeat(const runcfg_t *cfg, const netem_topo_t *topo, const netem
     return rc;
 }
 
+/* Stage q's all-reduce buckets (predict_dp_buckets) from its model under cfg. */
+static int stage_buckets(const runcfg_t *cfg, int q, predict_buckets_t *b, char *err, size_t errlen)
+{
+    model_stage_params_t mp = cfg->stage_params;
+    mp.stage = q;
+    model_stage_t *st = calloc(1, sizeof *st);
+    if (!st)
+        return -ENOMEM;
+    int rc = model_stage_init(st, &mp, err, errlen);
+    if (!rc) {
+        predict_dp_buckets(st, b);
+        model_stage_destroy(st);
+    }
+    free(st);
+    return rc;
+}
+
+/* The a-priori prediction, with the replicas' all-reduce where the cell has them. */
+static int cell_apriori(const runcfg_t *cfg, results_cell_t *cell, int slack, int chunks, const sim_cost_t *cost,
+                        double boundary, const netem_profile_t *prof, char *err, size_t errlen)
+{
+    int P = cfg->stages, rc = 0;
+    if (cell->dp < 2)
+        return predict_apriori(cell, slack, chunks, cost, boundary, prof, &cell->predicted_apriori, err, errlen);
+    netem_profile_t dpp = *prof;
+    if (cell->net_dp[0] && (rc = netem_profile_parse(cell->net_dp, &dpp, err, errlen)))
+        return rc;
+    predict_buckets_t *b = calloc((size_t)P, sizeof *b);
+    if (!b)
+        return -ENOMEM;
+    for (int q = 0; q < P && !rc; q++)
+        rc = stage_buckets(cfg, q, &b[q], err, errlen);
+    if (!rc)
+        rc = predict_apriori_dp(cell, slack, chunks, cost, boundary, prof, cell->dp, cell->dp_overlap, &dpp, b,
+                                &cell->predicted_apriori, err, errlen);
+    free(b);
+    return rc;
+}
+
 /* What the compute model says of the cell before it runs (emulate only: real compute has
  * no model to ask): each stage's modelled compute seconds per iteration (work[], the
  * straggler's expectation is the un-slowed stage), its modelled device memory, and the
@@ -189,8 +228,7 @@ static int cell_modelled(const runcfg_t *cfg, const sweep_spec_t *s, results_cel
     /* Chunked stages: the account is the whole process's; its split over chunks is the
      * runtime's (see predict_time_chunks), so no a-priori figure for them yet. */
     if (!rc && v == 1)
-        rc = predict_apriori(cell, slack, chunks, cost, (double)a[0].boundary_bytes, prof, &cell->predicted_apriori,
-                             err, errlen);
+        rc = cell_apriori(cfg, cell, slack, chunks, cost, (double)a[0].boundary_bytes, prof, err, errlen);
     free(a);
     return rc;
 }
@@ -206,12 +244,16 @@ int cell_measure(void *ctx, const sweep_spec_t *s, results_cell_t *cell, const c
     netem_profile_t prof;
     if ((rc = netem_profile_parse(cell->profile, &prof, err, errlen)))
         return rc;
-    netem_profile_t links[RESULTS_MAX_STAGES];
-    for (int i = 0; i < P; i++)
+    /* one host per rank: D replicas of P stages */
+    int hosts = P * (cell->dp > 1 ? cell->dp : 1);
+    netem_profile_t *links = calloc((size_t)hosts, sizeof *links);
+    if (!links)
+        return -ENOMEM;
+    for (int i = 0; i < hosts; i++)
         links[i] = prof;
     /* Which backend emulates the links: the topology chooses (netem_topo_apply) where
      * there is one; without root there are no namespaces and only the shim can shape. */
-    int have_ns = geteuid() == 0 && P > 1;
+    int have_ns = geteuid() == 0 && hosts > 1;
     /* auto picks among what can act on the transport's traffic (nccl: not the shim) */
     const transport_kind_t *tk = transport_kind_find(s->transport);
     int shim_ok = !tk || tk->shim_ok;
@@ -226,14 +268,16 @@ int cell_measure(void *ctx, const sweep_spec_t *s, results_cell_t *cell, const c
     netem_topo_t *topo = NULL;
     if (have_ns) {
         topo = calloc(1, sizeof *topo);
-        if (!topo)
+        if (!topo) {
+            free(links);
             return -ENOMEM;
-        rc = netem_topo_create(topo, P, err, errlen);
+        }
+        rc = netem_topo_create(topo, hosts, err, errlen);
         if (!rc)
             rc = netem_topo_apply(topo, links, asked, err, errlen);
         emu = topo->emulator;
     } else {
-        rc = netem_emulator_choose(asked, links, P > 1 ? P - 1 : 0, &emu, why, sizeof why, err, errlen);
+        rc = netem_emulator_choose(asked, links, hosts > 1 ? hosts - 1 : 0, &emu, why, sizeof why, err, errlen);
     }
     runcfg_t *cfg = NULL;
     int slack = s->slack; /* as the cell resolved it (auto: the simulator's K) */
@@ -246,7 +290,7 @@ int cell_measure(void *ctx, const sweep_spec_t *s, results_cell_t *cell, const c
             rc = -ENOMEM;
     }
     if (!rc)
-        rc = cell_runcfg(s, cell, P > 1 ? cell->profile : "default", emu->shapes ? emu->name : "auto",
+        rc = cell_runcfg(s, cell, hosts > 1 ? cell->profile : "default", emu->shapes ? emu->name : "auto",
                          cfg, err, errlen);
     if (!rc)
         slack = cfg->slack;
@@ -265,6 +309,7 @@ int cell_measure(void *ctx, const sweep_spec_t *s, results_cell_t *cell, const c
         netem_topo_destroy(topo);
     free(topo);
     free(cfg);
+    free(links);
     if (rc)
         return rc;
 
@@ -280,6 +325,7 @@ int cell_measure(void *ctx, const sweep_spec_t *s, results_cell_t *cell, const c
                            .flop_per_iter = have_flops ? flop_iter : NULL, .peak_flops = pk};
     if ((rc = metrics_cell_compute(r, &mp, cell, err, errlen)))
         return rc;
+    metrics_dp_straggler(r, cell, NULL);
     cell->final_loss = loss;
     /* The trace names no chunk, so a stage of several chunks cannot be replayed yet: no ideal time. */
     sched_spec_t spec = {cell->schedule, P, cell->micro_batches, slack, chunks};
