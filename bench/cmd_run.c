@@ -76,6 +76,18 @@ static int setup_links(const runcfg_t *cfg, netem_profile_t *links, netem_topo_t
                        const netem_emulator_t **em, char *why, size_t whylen)
 {
     char err[1024];
+    if (cfg->dp > 1 && strcmp(runcfg_net_dp(cfg), "default")) {
+        /* the replicas' links: the shim's per-peer profiles (the namespaces do not join replicas yet) */
+        if (strcmp(cfg->emulator, "auto") && strcmp(cfg->emulator, "shim"))
+            return cli_usage_error("run", "--dp %d --net-dp %s: only --emulator shim shapes the replicas' links yet",
+                                   cfg->dp, runcfg_net_dp(cfg));
+        if (cfg->stages > 1 && netem_net_parse(cfg->net, cfg->stages, links, err, sizeof err))
+            return cli_usage_error("run", "%s", err);
+        *em = netem_emulator_find("shim");
+        snprintf(why, whylen, "--net-dp %s between replicas, shaped in the transport", runcfg_net_dp(cfg));
+        l->shim_links = links;
+        return 0;
+    }
     if (!strcmp(cfg->net, "default"))
         return 0;
     if (cfg->stages > NETEM_TOPO_MAX_HOSTS)
@@ -122,7 +134,7 @@ int cmd_run(int argc, char **argv)
      * OpenMP thread per core and they would fight over them. */
     if (!cfg.model.threads) {
         long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
-        int t = ncpu > cfg.stages ? (int)(ncpu / cfg.stages) : 1;
+        int t = ncpu > runcfg_world(&cfg) ? (int)(ncpu / runcfg_world(&cfg)) : 1;
         cfg.model.threads = cfg.stage_params.threads = t;
     }
     launch_params_t l = {0};
@@ -136,7 +148,7 @@ int cmd_run(int argc, char **argv)
         return nrc;
     char line[4096];
     runcfg_describe(&cfg, line, sizeof line);
-    printf("# pipenem run: %d stage processes on this machine, %s\n# %s\n# emulator: %s (%s)\n", cfg.stages,
+    printf("# pipenem run: %d stage processes on this machine, %s\n# %s\n# emulator: %s (%s)\n", runcfg_world(&cfg),
            l.topo ? "one network namespace per stage, UCX over tcp on each host's veth" : "links over loopback",
            line, em ? em->name : "none", why);
     fflush(stdout);

@@ -66,8 +66,8 @@ int cmd_stage(int argc, char **argv)
         if (cfg.world_size < 0)
             cfg.world_size = s;
     }
-    if (!cfg.model.stages && !cfg.model.n_partition)
-        cfg.model.stages = cfg.world_size;
+    if (!cfg.model.stages && !cfg.model.n_partition) /* --dp D: D replicas of world/D stages */
+        cfg.model.stages = cfg.world_size % cfg.dp ? cfg.world_size : cfg.world_size / cfg.dp;
     if (runcfg_finish(&cfg, err, sizeof err))
         return cli_usage_error(argv[0], "%s", err);
     if (cfg.rank >= cfg.world_size)

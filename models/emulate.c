@@ -325,7 +325,25 @@ static int emu_init(model_stage_t *st, const char *arg, char *err, size_t errlen
 static void emu_destroy(model_stage_t *st)
 {
     free(st->tied_grad);
-    st->tied_grad = NULL;
+    free(st->dp_grad);
+    st->tied_grad = st->dp_grad = NULL;
+}
+
+/* The host gradients for the data-parallel all-reduce (model.h): the cpu's own block, or
+ * emulate's real-size stand-in, made on first use. */
+int model_stage_grads(model_stage_t *st, float **grad, size_t *numel)
+{
+    if (st->grads) {
+        *grad = st->grads;
+    } else if (st->backend && st->backend->destroy == emu_destroy) {
+        if (!st->dp_grad && st->n_params && !(st->dp_grad = calloc(st->n_params, sizeof(float))))
+            return -ENOMEM;
+        *grad = st->dp_grad;
+    } else {
+        return -ENOTSUP;
+    }
+    *numel = st->n_params;
+    return 0;
 }
 
 /* Sleeps until start + seconds on the monotonic clock: an absolute deadline, so that an

@@ -167,7 +167,7 @@ void model_data_batch(const model_data_t *d, int iter, int mb, int B, int T, int
         int *tok = tokens + (size_t)b * T, *tgt = targets + (size_t)b * T;
         if (d->random) {
             /* a row is T+1 tokens; the targets are the row shifted by one */
-            uint64_t row = hash4(d->seed, 0x72616e64ull + iter, mb, b);
+            uint64_t row = hash4(d->seed, 0x72616e64ull + iter, mb + d->mb_offset, b);
             for (int t = 0; t <= T; t++) {
                 int v = (int)(mix64(row ^ (uint64_t)t) % (uint64_t)d->vocab);
                 if (t < T)
@@ -176,7 +176,7 @@ void model_data_batch(const model_data_t *d, int iter, int mb, int B, int T, int
                     tgt[t - 1] = v;
             }
         } else {
-            size_t off = hash4(d->seed, 0x74657874ull + iter, mb, b) % (d->len - T);
+            size_t off = hash4(d->seed, 0x74657874ull + iter, mb + d->mb_offset, b) % (d->len - T);
             for (int t = 0; t < T; t++) {
                 tok[t] = d->text[off + t];
                 tgt[t] = d->text[off + t + 1];
@@ -433,6 +433,7 @@ int model_stage_init(model_stage_t *st, const model_stage_params_t *p, char *err
     rc = model_data_open(&st->data, p->dataset, st->V, st->T, p->seed, err, errlen);
     if (rc)
         goto fail;
+    st->data.mb_offset = p->data_mb_offset;
     st->backend = b;
     rc = b->init(st, arg, err, errlen);
     if (rc)

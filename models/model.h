@@ -38,6 +38,7 @@ typedef struct {
     unsigned long long seed; int threads; int recompute; int tied_embeddings;
     float lr;
     int process_chunks;       /* chunks of the model this process holds (0 = 1): see below */
+    int data_mb_offset;       /* data parallelism: micro-batch mb reads the data of mb + this */
 } model_stage_params_t;
 /* Notes on the fields:
  * - partition: `stages` layer counts (each >= 1, summing to cfg.layers); copied by init.
@@ -54,7 +55,10 @@ typedef struct {
  *   the caller's boundary buffers untouched (a GPU would produce them without host CPU),
  *   holds no parameters or activations, and reports NAN as loss.
  * - seed: parameters depend only on (seed, tensor name), data only on (seed, iter, mb),
- *   so any split of the model initialises and trains identically to the unsplit one. */
+ *   so any split of the model initialises and trains identically to the unsplit one.
+ * - data_mb_offset: replica d of D data-parallel replicas of M micro-batches each sets
+ *   d*M, so the D shards together read exactly the micro-batches 0..D*M-1 of one run
+ *   with D times the batch. */
 
 /* One parameter tensor of a stage: a view into the stage's parameter and gradient blocks
  * (both NULL under emulate, which holds no parameters). Names are global across stages:
@@ -72,6 +76,7 @@ typedef struct {
     unsigned char *text; size_t len;
     int vocab;
     unsigned long long seed;
+    int mb_offset;              /* this shard's first micro-batch of the data (model_stage_params_t) */
 } model_data_t;
 
 /* Measured compute time, accumulated by the cpu backend (seconds, all calls since init
@@ -99,6 +104,7 @@ typedef struct model_stage {
     size_t n_params;
     float *params, *grads, *opt_m, *opt_v;   /* (n_params) each; NULL under emulate */
     float *tied_grad;                /* emulate: the (V, C) buffer a tied exchange moves */
+    float *dp_grad;                  /* emulate: the (n_params) buffer a data-parallel all-reduce moves */
     /* activations: scratch, then max_inflight slots of slot_floats, one block */
     float *acts; size_t scratch_floats, slot_floats, act_floats;
     int max_inflight;
@@ -158,6 +164,13 @@ const model_tensor_t *model_stage_tensor_find(const model_stage_t *st, const cha
  * gradient into the buffer this returns (V*C floats), so both apply the same update.
  * -ENOENT on a stage that holds no twin (middle stages, untied, or a single stage). */
 int    model_stage_tied_grad(model_stage_t *st, float **grad, size_t *numel) PN_WUR;
+
+/* The stage's parameter gradients as one fp32 host array (n_params floats, in the
+ * order of tensors[]), to be averaged across data-parallel replicas before
+ * model_stage_step. cpu: the gradient block itself; emulate: a real-size buffer of the
+ * stage's parameter count (its values mean nothing; its size is the network's cost);
+ * -ENOTSUP where the gradients are not in host memory (cuda), -ENOMEM. */
+int    model_stage_grads(model_stage_t *st, float **grad, size_t *numel) PN_WUR;
 
 /* Accounting. FLOPs follow the convention of DESIGN.md: 6*N_matmul + 6*L*T*d per token
  * for training (forward a third of it, backward two thirds; recompute not counted). */

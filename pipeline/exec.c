@@ -128,7 +128,8 @@ static int row_add(ctx_t *c, int iter, sched_op_kind_t kind, int mb, double t0, 
         o->rows = n;
         o->cap_rows = cap;
     }
-    o->rows[o->n_rows++] = (exec_row_t){c->p->stage, iter, kind, mb, clock_job(c, t0), clock_job(c, t1), bytes};
+    o->rows[o->n_rows++] =
+        (exec_row_t){c->p->rank_base + c->p->stage, iter, kind, mb, clock_job(c, t0), clock_job(c, t1), bytes};
     return 0;
 }
 
@@ -141,7 +142,7 @@ static int recvq_fill(ctx_t *c, recvq_t *q)
             return 0;
         int iter = (int)(q->posted / q->per_iter), key_mb = q->key_of[q->posted % q->per_iter];
         transport_key_t key = {q->dir, iter, key_mb};
-        int rc = transport_recv(c->p->t, q->peer, key, q->ring.buf[s], c->bytes, &q->ring.req[s]);
+        int rc = transport_recv(c->p->t, c->p->rank_base + q->peer, key, q->ring.buf[s], c->bytes, &q->ring.req[s]);
         if (rc)
             return rc;
         q->ring.busy[s] = 1;
@@ -229,8 +230,8 @@ static int tied_exchange(ctx_t *c, int it, char *err, size_t errlen)
     transport_key_t key = {TRANSPORT_TIED, it, 0};
     transport_req_t rr, sr;
     sched_op_t op = {SCHED_OPT_STEP, -1, -1};
-    if ((rc = transport_recv(p->t, twin, key, tmp, n * sizeof *tmp, &rr)) == 0 &&
-        (rc = transport_send(p->t, twin, key, g, n * sizeof *g, &sr)) == 0) {
+    if ((rc = transport_recv(p->t, p->rank_base + twin, key, tmp, n * sizeof *tmp, &rr)) == 0 &&
+        (rc = transport_send(p->t, p->rank_base + twin, key, g, n * sizeof *g, &sr)) == 0) {
         /* the send reads g: it must be done before the twin's gradient is added in */
         if ((rc = wait_req(c, &sr)) != 0)
             fail_text(c, it, &op, &sr, rc, err, errlen);
@@ -381,7 +382,7 @@ static int op_send(ctx_t *c, int it, const sched_op_t *op, char *err, size_t err
         return -EPROTO;
     }
     transport_key_t tk = {act ? TRANSPORT_ACT : TRANSPORT_GRAD, it, key};
-    int rc = transport_send(c->p->t, peer, tk, q->ring.buf[slot], c->bytes, &q->ring.req[slot]);
+    int rc = transport_send(c->p->t, c->p->rank_base + peer, tk, q->ring.buf[slot], c->bytes, &q->ring.req[slot]);
     if (rc) {
         snprintf(err, errlen, "rank %d: %s(mb %d) of iteration %d: %s", s, sched_op_kind_name(op->kind), op->mb, it,
                  strerror(-rc));
@@ -391,11 +392,40 @@ static int op_send(ctx_t *c, int it, const sched_op_t *op, char *err, size_t err
     return 0;
 }
 
+/* --dp: each chunk's gradients averaged over the stage's replicas, one bucket (a trace row
+ * ALLREDUCE, mb = the bucket) of at most the all-reduce's bucket size at a time. */
+static int dp_average(ctx_t *c, int it, char *err, size_t errlen)
+{
+    allreduce_t *a = c->p->dp;
+    int key = 0, bucket = 0, rc;
+    for (int j = 0; a && j < c->v; j++) {
+        float *g;
+        size_t n, per = a->bucket_bytes / sizeof(float);
+        if ((rc = model_stage_grads(c->st[j], &g, &n)))
+            return pn_err(err, errlen, rc, "rank %d: --dp needs the gradients in host memory: %s (compute %s)",
+                          c->p->rank_base + c->s, strerror(-rc), c->p->cfg->model.compute);
+        for (size_t lo = 0; lo < n; lo += per, bucket++) {
+            size_t m = n - lo < per ? n - lo : per;
+            double t0 = pn_now();
+            char e[384];
+            if ((rc = allreduce_mean(a, g + lo, m, it, key, e, sizeof e)))
+                return pn_err(err, errlen, rc, "rank %d: ALLREDUCE(bucket %d) of iteration %d: %s",
+                              c->p->rank_base + c->s, bucket, it, e);
+            key += allreduce_keys(a, m);
+            if ((rc = row_add(c, it, SCHED_ALLREDUCE, bucket, t0, pn_now(), m * sizeof(float))))
+                return pn_err(err, errlen, rc, "rank %d: out of memory for the trace", c->p->rank_base + c->s);
+        }
+    }
+    return 0;
+}
+
 /* OPT_STEP: every chunk of the rank steps; the one holding the model's last chunk has the loss. */
 static int op_step(ctx_t *c, int it, char *err, size_t errlen)
 {
     int rc;
     if ((rc = tied_exchange(c, it, err, errlen)) != 0)
+        return rc;
+    if ((rc = dp_average(c, it, err, errlen)) != 0)
         return rc;
     for (int j = 0; j < c->v; j++) {
         if ((rc = model_stage_step(c->st[j], it))) {

@@ -8,6 +8,7 @@
 
 #include "common/err.h"
 #include "models/model.h"
+#include "pipeline/allreduce.h"
 #include "pipeline/boot.h"
 #include "pipeline/runcfg.h"
 #include "pipeline/transport.h"
@@ -32,6 +33,8 @@ typedef struct {
     transport_t *t;        /* connected to the neighbours; NULL with one stage */
     const boot_t *boot;    /* clock alignment; NULL = this process's clock */
     int stage;
+    int rank_base;         /* transport rank of this replica's stage 0 (--dp: d*P); 0 */
+    allreduce_t *dp;       /* the stage's replicas (--dp > 1), or NULL */
 } exec_params_t;
 
 typedef struct {

@@ -46,6 +46,9 @@ static void spec_load(void)
     } else if (!strcmp(when, "opt")) {
         spec.at = FAULT_AT_OPT;
         spec.iter = 1;
+    } else if (!strcmp(when, "allreduce")) {
+        spec.at = FAULT_AT_ALLREDUCE;
+        spec.iter = 1;
     } else {
         char *end;
         spec.iter = (int)strtol(when, &end, 10);

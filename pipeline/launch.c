@@ -69,8 +69,9 @@ static int child_main(const launch_params_t *p, int rank, int lfd, int port, con
         close(lfd);
     char err[1024];
     runcfg_t own = *p->cfg;
-    if (p->rank_compute && p->rank_compute[rank])
-        own.stage_params.compute = p->rank_compute[rank];
+    int stage = runcfg_stage_of(p->cfg, rank); /* rank_compute is per stage: every replica's */
+    if (p->rank_compute && p->rank_compute[stage])
+        own.stage_params.compute = p->rank_compute[stage];
     stage_params_t sp = {.cfg = &own, .rank = rank, .token = token, .port = port,
                          .listen_fd = rank == 0 ? lfd : -1, .shim_links = p->shim_links,
                          .reports_out = rank == 0 ? reports : NULL};
@@ -121,7 +122,7 @@ static void describe_status(int st, char *buf, size_t len)
 static int reap(const launch_params_t *p, pid_t *pids, int *status, int live, double kill_at, double grace,
                 launch_failure_t *fail, int *stopped_rank)
 {
-    int P = p->cfg->stages, first_bad = -1, signalled = -1, stopped = -1;
+    int P = runcfg_world(p->cfg), first_bad = -1, signalled = -1, stopped = -1;
     double kill_stopped_at = 0;
     while (live > 0) {
         int st;
@@ -188,9 +189,15 @@ static int reap(const launch_params_t *p, pid_t *pids, int *status, int live, do
 int launch_run(const launch_params_t *p, stage_summary_t *out, launch_failure_t *fail, char *err, size_t errlen)
 {
     const runcfg_t *cfg = p->cfg;
-    int P = cfg->stages, lfd = -1, port = 0, rc = 0;
+    int P = runcfg_world(cfg), lfd = -1, port = 0, rc = 0; /* every process: D x stages */
     double grace = p->grace > 0 ? p->grace : 10;
     *fail = (launch_failure_t){.dead_rank = -1};
+    if (cfg->dp > 1 && p->topo)
+        return pn_err(err, errlen, -ENOTSUP, "--dp %d with --emulator netem: the local topology of namespaces does "
+                      "not join the replicas yet; use --emulator shim", cfg->dp);
+    if (cfg->dp > 1 && !p->shim_links && strcmp(runcfg_net_dp(cfg), "default"))
+        return pn_err(err, errlen, -EINVAL, "--dp %d --net-dp %s: the replicas' links are shaped by the shim only "
+                      "(launch_params_t.shim_links)", cfg->dp, runcfg_net_dp(cfg));
     unsigned char rnd[16];
     char token[40];
     if (getrandom(rnd, sizeof rnd, 0) != (ssize_t)sizeof rnd) {

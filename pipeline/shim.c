@@ -33,7 +33,9 @@ typedef struct shim_pend {
 typedef struct {
     transport_t inner;
     int rank, size;
+    int stages;              /* of one replica: rank = d*stages + s */
     netem_shaper_t to_next, to_prev;
+    netem_shaper_t to_dp[2]; /* to the same stage of the next and the previous replica */
     netem_shaper_t to_twin;  /* the tied-embedding exchange between the first and last rank */
     int twin;                /* that peer, or -1 */
     const double *offset;
@@ -85,10 +87,13 @@ static int shim_send(void *impl, transport_req_t *req)
     shim_t *s = impl;
     if (req->key.mb >= TRANSPORT_MB_MAX / 4)
         return -EINVAL;
-    netem_shaper_t *sh = req->peer == s->rank + 1   ? &s->to_next
-                         : req->peer == s->rank - 1 ? &s->to_prev
-                         : req->peer == s->twin     ? &s->to_twin
-                                                    : NULL;
+    int P = s->stages, st = s->rank % P, D = s->size / P, d = s->rank / P;
+    netem_shaper_t *sh = req->peer == s->rank + 1 && st + 1 < P       ? &s->to_next
+                         : req->peer == s->rank - 1 && st > 0         ? &s->to_prev
+                         : req->peer == s->twin                       ? &s->to_twin
+                         : req->peer == (d + 1) % D * P + st          ? &s->to_dp[0]
+                         : req->peer == (d + D - 1) % D * P + st      ? &s->to_dp[1]
+                                                                      : NULL;
     shim_pend_t *p = pend_new(s, req);
     if (!p)
         return -ENOMEM;
@@ -208,6 +213,16 @@ static const transport_ops_t shim_ops = {
 int shim_transport_wrap(transport_t *inner, const netem_profile_t *links, const double *clock_offset,
                         transport_t *out, char *err, size_t errlen)
 {
+    return shim_transport_wrap_dp(inner, inner->size, links, NULL, clock_offset, out, err, errlen);
+}
+
+int shim_transport_wrap_dp(transport_t *inner, int stages, const netem_profile_t *links, const netem_profile_t *dp_link,
+                           const double *clock_offset, transport_t *out, char *err, size_t errlen)
+{
+    if (stages < 1 || inner->size % stages) {
+        snprintf(err, errlen, "shim: %d ranks are not replicas of %d stages", inner->size, stages);
+        return -EINVAL;
+    }
     shim_t *s = calloc(1, sizeof *s);
     if (!s) {
         snprintf(err, errlen, "out of memory");
@@ -216,12 +231,16 @@ int shim_transport_wrap(transport_t *inner, const netem_profile_t *links, const 
     s->inner = *inner;
     s->rank = inner->rank;
     s->size = inner->size;
+    s->stages = stages;
     s->offset = clock_offset;
     netem_profile_t none = {0};
-    netem_shaper_init(&s->to_next, s->rank + 1 < s->size ? &links[s->rank] : &none);
-    netem_shaper_init(&s->to_prev, s->rank > 0 ? &links[s->rank - 1] : &none);
-    s->twin = s->size > 2 && s->rank == 0 ? s->size - 1 : s->size > 2 && s->rank == s->size - 1 ? 0 : -1;
-    netem_shaper_init(&s->to_twin, s->twin < 0 ? &none : s->twin == 0 ? &links[0] : &links[s->size - 2]);
+    int P = stages, st = s->rank % P, base = s->rank - st; /* links of this rank's replica */
+    netem_shaper_init(&s->to_next, st + 1 < P ? &links[st] : &none);
+    netem_shaper_init(&s->to_prev, st > 0 ? &links[st - 1] : &none);
+    s->twin = P > 2 && st == 0 ? base + P - 1 : P > 2 && st == P - 1 ? base : -1;
+    netem_shaper_init(&s->to_twin, s->twin < 0 ? &none : st == P - 1 ? &links[0] : &links[P - 2]);
+    netem_shaper_init(&s->to_dp[0], dp_link ? dp_link : &none);
+    netem_shaper_init(&s->to_dp[1], dp_link ? dp_link : &none);
     /* The default 50 us timer slack would make every sleep until a delivery time wake up
      * to 50 us late: a quarter of a 100 us link delay. The executor's thread, which calls
      * this and later waits, gets 1 ns slack. */

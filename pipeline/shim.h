@@ -16,5 +16,10 @@
  * every send and receive, so it may be filled in after the bootstrap. */
 int shim_transport_wrap(transport_t *inner, const netem_profile_t *links, const double *clock_offset,
                         transport_t *out, char *err, size_t errlen) PN_WUR;
+/* The same for --dp replicas of a pipeline of `stages` ranks (rank = d*stages + s): links
+ * are one pipeline's (stages-1 entries), applied inside every replica, and dp_link (NULL =
+ * unshaped) shapes what this rank sends to the same stage of another replica. */
+int shim_transport_wrap_dp(transport_t *inner, int stages, const netem_profile_t *links, const netem_profile_t *dp_link,
+                           const double *clock_offset, transport_t *out, char *err, size_t errlen) PN_WUR;
 
 #endif

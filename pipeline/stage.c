@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "pipeline/allreduce.h"
 #include "pipeline/boot.h"
 #include "pipeline/ctrl.h"
 #include "pipeline/fault.h"
@@ -98,8 +99,8 @@ int stage_report_parse(stage_summary_t *s, int q, const char *text, size_t len, 
                 rc = -EPROTO;
                 break;
             }
-            if (!isnan(v)) /* the rank holding the model's last chunk */
-                s->loss[i] = v;
+            if (!isnan(v)) /* the rank holding the model's last chunk; with --dp, one per replica */
+                s->loss[i] = isnan(s->loss[i]) ? v : s->loss[i] + v;
         } else if (line[0] == 'T') {
             exec_row_t w = {.rank = q};
             int kind;
@@ -136,14 +137,15 @@ static int cmp_double(const void *a, const void *b)
 static int summary_build(stage_summary_t *s, const runcfg_t *cfg, const char *(*get)(const void *, int, size_t *),
                          const void *arg, char *err, size_t errlen)
 {
-    int n = cfg->warmup + cfg->iters;
-    s->stages = cfg->stages;
+    int n = cfg->warmup + cfg->iters, W = runcfg_world(cfg);
+    s->stages = W;
     s->iters = cfg->iters;
     s->warmup = cfg->warmup;
-    s->tokens_per_iter = (double)cfg->stage_params.micro_batch_size * cfg->micro_batches * cfg->stage_params.seq_len;
+    s->tokens_per_iter =
+        (double)cfg->dp * cfg->stage_params.micro_batch_size * cfg->micro_batches * cfg->stage_params.seq_len;
     s->iter_time = calloc((size_t)n, sizeof *s->iter_time);
     s->loss = malloc(sizeof *s->loss * (size_t)n);
-    s->ranks = calloc((size_t)cfg->stages, sizeof *s->ranks);
+    s->ranks = calloc((size_t)W, sizeof *s->ranks);
     double *first = malloc(sizeof *first * (size_t)n), *last = malloc(sizeof *last * (size_t)n);
     int rc = 0;
     if (!s->iter_time || !s->loss || !s->ranks || !first || !last) {
@@ -155,7 +157,7 @@ static int summary_build(stage_summary_t *s, const runcfg_t *cfg, const char *(*
         first[i] = INFINITY;
         last[i] = -INFINITY;
     }
-    for (int q = 0; q < cfg->stages && !rc; q++) {
+    for (int q = 0; q < W && !rc; q++) {
         size_t len;
         const char *text = get(arg, q, &len);
         if (!text) {
@@ -167,6 +169,8 @@ static int summary_build(stage_summary_t *s, const runcfg_t *cfg, const char *(*
     }
     if (rc)
         goto out;
+    for (int i = 0; i < n; i++) /* the global batch's mean: each replica's last stage gave its shard's */
+        s->loss[i] /= cfg->dp;
     for (size_t k = 0; k < s->n_rows; k++) {
         const exec_row_t *w = &s->rows[k];
         if (w->start < first[w->iter])
@@ -230,7 +234,7 @@ static const char *reports_get(const void *arg, int rank, size_t *len)
 
 int stage_summary_read(const runcfg_t *cfg, FILE *f, stage_summary_t *out, char *err, size_t errlen)
 {
-    int P = cfg->stages, rc = 0;
+    int P = runcfg_world(cfg), rc = 0;
     reports_t r = {calloc((size_t)P, sizeof(char *)), calloc((size_t)P, sizeof(size_t)), P};
     if (!r.text || !r.len) {
         rc = -ENOMEM;
@@ -298,16 +302,19 @@ void stage_summary_print(const stage_summary_t *s, const runcfg_t *cfg, FILE *f)
 static int transport_make(const stage_params_t *p, double *clock_offset, transport_t *t, char *err, size_t errlen)
 {
     const runcfg_t *cfg = p->cfg;
-    transport_params_t tp = {.rank = p->rank, .size = cfg->stages,
+    transport_params_t tp = {.rank = p->rank, .size = runcfg_world(cfg),
                              .ucx_tls = p->ucx_tls && *p->ucx_tls ? p->ucx_tls : cfg->ucx_tls,
                              .ucx_devices = p->ucx_devices && *p->ucx_devices ? p->ucx_devices : cfg->ucx_devices,
                              .root_host = p->host, .root_port = p->port, .compute = cfg->model.compute,
                              .device = cfg->model.device, .timeout = cfg->timeout};
     char e[384];
     int rc = transport_open(cfg->transport, &tp, t, e, sizeof e);
+    netem_profile_t dp_link = {0};
+    if (rc == 0 && p->shim_links && cfg->dp > 1)
+        rc = netem_profile_parse(runcfg_net_dp(cfg), &dp_link, e, sizeof e);
     if (rc == 0 && p->shim_links) {
         transport_t raw = *t;
-        if ((rc = shim_transport_wrap(&raw, p->shim_links, clock_offset, t, e, sizeof e)) != 0) {
+        if ((rc = shim_transport_wrap_dp(&raw, cfg->stages, p->shim_links, &dp_link, clock_offset, t, e, sizeof e))) {
             transport_destroy(&raw);
             memset(t, 0, sizeof *t);
         }
@@ -318,17 +325,23 @@ static int transport_make(const stage_params_t *p, double *clock_offset, transpo
 }
 
 /* Connects to the neighbours, to the twin of the tied-embedding exchange, and for
- * interleaved chunks the last stage to the first. */
+ * interleaved chunks the last stage to the first, all in this rank's replica; with --dp,
+ * to the stage's ring neighbours among the replicas too. */
 static int peers_connect(const runcfg_t *cfg, int rank, const boot_t *b, transport_t *t, char *err, size_t errlen)
 {
-    int P = cfg->stages, peers[3], np = 0, rc = 0;
-    if (rank > 0)
-        peers[np++] = rank - 1;
-    if (rank < P - 1)
-        peers[np++] = rank + 1;
+    int P = cfg->stages, D = cfg->dp, s = runcfg_stage_of(cfg, rank), d = runcfg_replica(cfg, rank), base = d * P;
+    int peers[5], np = 0, rc = 0;
+    if (s > 0)
+        peers[np++] = base + s - 1;
+    if (s < P - 1)
+        peers[np++] = base + s + 1;
     /* interleaved chunks also go from the last stage back to the first */
-    if ((cfg->model.tied_embeddings || sched_uses_chunks(cfg->schedule) > 0) && P > 2 && (rank == 0 || rank == P - 1))
-        peers[np++] = rank == 0 ? P - 1 : 0;
+    if ((cfg->model.tied_embeddings || sched_uses_chunks(cfg->schedule) > 0) && P > 2 && (s == 0 || s == P - 1))
+        peers[np++] = base + (s == 0 ? P - 1 : 0);
+    if (D > 1)
+        peers[np++] = runcfg_rank_of(cfg, (d + 1) % D, s);
+    if (D > 2)
+        peers[np++] = runcfg_rank_of(cfg, (d + D - 1) % D, s);
     for (int i = 0; i < np && !rc; i++) {
         int q = peers[i];
         size_t len;
@@ -356,8 +369,9 @@ static int chunk_peak(const sched_op_t *ops, size_t n, int chunk)
  * zb-v) its v chunks of the model split evenly into all chunks, in model order; each
  * keeps room for what its part of the op list holds in flight. *ready counts those
  * initialised. */
-static int model_make(const runcfg_t *cfg, int rank, model_stage_t *st, int *ready, char *err, size_t errlen)
+static int model_make(const runcfg_t *cfg, int grank, model_stage_t *st, int *ready, char *err, size_t errlen)
 {
+    int rank = runcfg_stage_of(cfg, grank);
     sched_spec_t spec = {cfg->schedule, cfg->stages, cfg->micro_batches, cfg->slack, cfg->chunks};
     sched_plan_t plan;
     int rc = sched_plan_build_spec(&spec, &plan, err, errlen);
@@ -374,6 +388,7 @@ static int model_make(const runcfg_t *cfg, int rank, model_stage_t *st, int *rea
         mp.stages = plan.chunks;
         mp.stage = c;
         mp.process_chunks = v;
+        mp.data_mb_offset = runcfg_replica(cfg, grank) * cfg->micro_batches; /* this replica's shard */
         if (v > 1)
             mp.partition = NULL;
         mp.max_inflight = chunk_peak(plan.ops[rank], plan.n_ops[rank], c);
@@ -399,11 +414,27 @@ static void model_account_all(model_stage_t *st, int v, model_account_t *acc)
     }
 }
 
+/* --dp: the ring of this stage's replicas, in replica order. */
+static int dp_ring(const runcfg_t *cfg, int rank, transport_t *t, allreduce_t *ar, char *err, size_t errlen)
+{
+    int *ranks = malloc((size_t)cfg->dp * sizeof *ranks);
+    if (!ranks)
+        return pn_err(err, errlen, -ENOMEM, "rank %d: out of memory", rank);
+    for (int d = 0; d < cfg->dp; d++)
+        ranks[d] = runcfg_rank_of(cfg, d, runcfg_stage_of(cfg, rank));
+    allreduce_params_t ap = {t, cfg->dp, runcfg_replica(cfg, rank), ranks, 0, cfg->timeout};
+    char e[256];
+    int rc = allreduce_init(ar, &ap, e, sizeof e);
+    free(ranks);
+    return rc ? pn_err(err, errlen, rc, "rank %d: %s", rank, e) : 0;
+}
+
 int stage_run(const stage_params_t *p, stage_summary_t *out, char *err, size_t errlen)
 {
     const runcfg_t *cfg = p->cfg;
-    int P = cfg->stages, rank = p->rank, rc;
+    int P = runcfg_world(cfg), rank = p->rank, rc; /* P: every process of the job (D x stages) */
     transport_t t = {0};
+    allreduce_t ar = {0};
     boot_t *b = NULL;
     model_stage_t *st = NULL, **chunks = NULL;
     int st_ready = 0, v = 0;
@@ -411,11 +442,9 @@ int stage_run(const stage_params_t *p, stage_summary_t *out, char *err, size_t e
     char *report = NULL;
     stage_summary_t sum = {0};
     double clock_offset = 0; /* read by the shim at every message */
-    sched_spec_t spec = {cfg->schedule, P, cfg->micro_batches, cfg->slack, cfg->chunks};
+    sched_spec_t spec = {cfg->schedule, cfg->stages, cfg->micro_batches, cfg->slack, cfg->chunks};
     if ((rc = sched_spec_check(&spec, &v, err, errlen)) != 0)
         return rc;
-    if (cfg->dp > 1)
-        return pn_err(err, errlen, -ENOTSUP, "--dp %d: the data-parallel runtime is not built yet (issue #15)", cfg->dp);
     if (!(st = calloc((size_t)v, sizeof *st)) || !(chunks = calloc((size_t)v, sizeof *chunks))) {
         free(st);
         return pn_err(err, errlen, -ENOMEM, "out of memory");
@@ -443,8 +472,11 @@ int stage_run(const stage_params_t *p, stage_summary_t *out, char *err, size_t e
     }
     if ((rc = model_make(cfg, rank, st, &st_ready, err, errlen)) != 0)
         goto fail_all;
+    if (cfg->dp > 1 && (rc = dp_ring(cfg, rank, &t, &ar, err, errlen)) != 0)
+        goto fail_all;
     exec_params_t ep = {.cfg = cfg, .st = st, .chunks = v > 1 ? chunks : NULL, .n_chunks = v > 1 ? v : 0,
-                        .t = P > 1 ? &t : NULL, .boot = b, .stage = rank};
+                        .t = P > 1 ? &t : NULL, .boot = b, .stage = runcfg_stage_of(cfg, rank),
+                        .rank_base = runcfg_rank_of(cfg, runcfg_replica(cfg, rank), 0), .dp = cfg->dp > 1 ? &ar : NULL};
     if ((rc = exec_run(&ep, &r, err, errlen)) != 0)
         goto fail_all;
     model_account_t acc;
@@ -487,6 +519,7 @@ out:
         stage_summary_destroy(&sum);
     free(report);
     exec_result_destroy(&r);
+    allreduce_destroy(&ar);
     transport_destroy(&t);
     for (int j = 0; j < st_ready; j++)
         model_stage_destroy(&st[j]);

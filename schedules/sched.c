@@ -16,9 +16,10 @@
 
 static const char *const kind_names[SCHED_OP_KINDS] = {
     "RECV_ACT", "FWD", "SEND_ACT", "RECV_GRAD", "BWD", "SEND_GRAD", "OPT_STEP", "BWD_INPUT", "BWD_WEIGHT",
+    "ALLREDUCE",
 };
 /* Compact prefixes, in kind order; OPT_STEP carries no micro-batch. */
-static const char *const kind_tokens[SCHED_OP_KINDS] = {"Ra", "F", "Sa", "Rg", "B", "Sg", "OPT", "Bi", "W"};
+static const char *const kind_tokens[SCHED_OP_KINDS] = {"Ra", "F", "Sa", "Rg", "B", "Sg", "OPT", "Bi", "W", "AR"};
 
 const char *sched_op_kind_name(sched_op_kind_t k)
 {

@@ -23,6 +23,8 @@ typedef enum {
     SCHED_OPT_STEP,
     SCHED_BWD_INPUT,  /* B: the input gradient only (zero-bubble schedules) */
     SCHED_BWD_WEIGHT, /* W: the parameter gradients of a B that ran */
+    SCHED_ALLREDUCE,  /* data parallelism: one bucket of the stage's gradients averaged over its
+                         replicas (a trace row, mb = the bucket; no schedule generates it) */
     SCHED_OP_KINDS
 } sched_op_kind_t;
 

@@ -39,12 +39,7 @@ static void losses_match(const char *schedule, const char *extra)
     int n3 = tu_parse_losses(out, got, MAXIT);
     assert_int_equal(n1, 6); /* 1 warm-up + 5 */
     assert_int_equal(n3, n1);
-    double worst = 0;
-    for (int i = 0; i < n1; i++) {
-        double d = tu_reldiff(ref[i], got[i], 1e-30);
-        if (d > worst || isnan(d))   /* a NaN loss fails */
-            worst = isnan(d) ? INFINITY : d;
-    }
+    double worst = tu_worst_reldiff(ref, got, n1, 1e-30); /* a NaN loss fails */
     print_message("%s %s: 3 stages vs 1 stage, %d iterations, largest relative loss difference %.3g (tolerance 1e-5)\n",
                   schedule, extra, n1, worst);
     assert_true(worst <= 1e-5);

@@ -65,6 +65,18 @@ static inline double tu_reldiff(double a, double b, double floor)
     return fabs(a - b) / m;
 }
 
+/* The largest tu_reldiff of a[i] and b[i] (i < n); a NaN in either is infinitely far. */
+static inline double tu_worst_reldiff(const double *a, const double *b, int n, double floor)
+{
+    double worst = 0;
+    for (int i = 0; i < n; i++) {
+        double d = tu_reldiff(a[i], b[i], floor);
+        if (d > worst || isnan(d))
+            worst = isnan(d) ? INFINITY : d;
+    }
+    return worst;
+}
+
 /* The losses of `pipenem run`'s rows "  iteration time loss tokens/s", in iteration
  * order from 0, at most max; returns how many. */
 static inline int tu_parse_losses(const char *text, double *loss, int max)

@@ -19,6 +19,8 @@
 # state directory must be the same. With user-mode Linux (linux.uml with sch_netem) and
 # root, delay cases (5ms/1Gbps, kernel netem) run inside it, and a real `pipenem run` over
 # netem delay is SIGKILLed and restored with `netem clear --all`: tests/faults/uml-init.sh.
+# Then --dp cases (dp:ACTION:RANK in FAULT_CASES): a replica's stage killed or closed in
+# the middle of the gradient all-reduce, through `pipenem run` (see dp_case).
 # Prints one row per case; exits 1 if any fails, 2 if a tool it needs is missing.
 # usage: tests/faults/matrix.sh PIPENEM [JOBS]
 #   FAULT_CASES='kill:1:.*' runs only the cases matching it (ACTION:RANK:WHEN[:nobody]);
@@ -305,6 +307,58 @@ for ((c = 0; c < total; c++)); do
 	if [ $ok = FAIL ]; then
 		grep -E '^(pipenem|\[[0-9]+/[0-9]+\]|#.*(FAILED|measured))' "$d/out" | tail -n 12 | sed 's/^/#      | /'
 	fi
+done
+
+# Data parallelism (--dp 2 x 2 stages, `pipenem run` over loopback, unshaped: the local
+# launcher does not shape DP links yet): one replica's stage is killed or has its sockets
+# closed halfway through iteration 1's gradient all-reduce; every process must exit within
+# the bound, the cause naming that rank, and no process be left.
+dp_case() { # action rank
+	local d="$work/dp-$1-$2" lpid fpid
+	mkdir -p "$d"
+	: >"$d/out"
+	PIPENEM_FAULT="$1:$2:allreduce" timeout $((BOUND + 40)) "$bin" run --model tiny --stages 2 --dp 2 --batch-size 4 \
+		--seq-len 16 --compute emulate:fwd=5ms,bwd=10ms --iters 3 --warmup 1 --timeout $T --trace "$d/trace.csv" \
+		>>"$d/out" 2>&1 &
+	lpid=$!
+	watch_fault "$d" "$lpid" &
+	fpid=$!
+	wait $lpid
+	echo $? >"$d/rc"
+	date +%s.%N >"$d/end_at"
+	wait "$fpid" 2>/dev/null
+	sleep 0.5
+	pgrep -f -- "--trace $d/trace.csv" | wc -l >"$d/left"
+}
+dp_cases=()
+for a in kill close; do
+	for r in 1 2; do
+		[[ "dp:$a:$r" =~ ^(${FAULT_CASES:-.*})$ ]] && dp_cases+=("$a $r")
+	done
+done
+if [ ${#dp_cases[@]} -gt 0 ]; then
+	printf '# --dp 2 x 2 stages (rank = d*2 + s), pipenem run over loopback, fault halfway through iteration 1'"'"'s all-reduce\n'
+	printf '#  %-9s %-16s %5s %7s %6s %6s  %s\n' fault rank exit secs cause procs verdict
+fi
+for c in "${dp_cases[@]}"; do
+	read -r a r <<<"$c"
+	dp_case "$a" "$r"
+	d="$work/dp-$a-$r"
+	rc=$(cat "$d/rc")
+	secs=nofault
+	[ -s "$d/fault_at" ] && secs=$(awk -v a="$(cat "$d/fault_at")" -v b="$(cat "$d/end_at")" 'BEGIN {printf "%.1f", b - a}')
+	cause=NO
+	if grep -v PIPENEM_FAULT "$d/out" | grep -E >/dev/null "FAILED: rank $r |rank $r disconnected|connection to rank $r\b|lost rank $r\b|rank $r (\(pid [0-9]+\) )?was killed"; then
+		cause=yes
+	fi
+	left=$(cat "$d/left")
+	ok=PASS
+	[ "$rc" = 1 ] && [ "$cause" = yes ] && [ "$left" = 0 ] || ok=FAIL
+	awk -v s="$secs" -v b=$BOUND 'BEGIN { exit !(s ~ /^[0-9.]+$/ && s <= b) }' || ok=FAIL
+	total=$((total + 1))
+	[ $ok = PASS ] || failed=$((failed + 1))
+	printf '   %-9s %-16s %5s %7s %6s %6s  %s\n' "$a" "$r (replica $((r / 2)) stage $((r % 2)))" "$rc" "$secs" "$cause" "$left" $ok
+	[ $ok = PASS ] || grep -E '^pipenem' "$d/out" | tail -n 8 | sed 's/^/#      | /'
 done
 
 uml_ok=1 uml_ran=0
