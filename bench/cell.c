@@ -160,7 +160,7 @@ static int stage_buckets(const runcfg_t *cfg, int q, predict_buckets_t *b, char 
         return -ENOMEM;
     int rc = model_stage_init(st, &mp, err, errlen);
     if (!rc) {
-        predict_dp_buckets(st, b);
+        predict_dp_buckets(st, 0, b);
         model_stage_destroy(st);
     }
     free(st);
@@ -253,7 +253,8 @@ int cell_measure(void *ctx, const sweep_spec_t *s, results_cell_t *cell, const c
         links[i] = prof;
     /* Which backend emulates the links: the topology chooses (netem_topo_apply) where
      * there is one; without root there are no namespaces and only the shim can shape. */
-    int have_ns = geteuid() == 0 && hosts > 1;
+    /* the namespaces do not join replicas (pipeline/launch.c): the shim shapes --dp cells */
+    int have_ns = geteuid() == 0 && hosts > 1 && cell->dp < 2;
     /* auto picks among what can act on the transport's traffic (nccl: not the shim) */
     const transport_kind_t *tk = transport_kind_find(s->transport);
     int shim_ok = !tk || tk->shim_ok;
@@ -272,7 +273,7 @@ int cell_measure(void *ctx, const sweep_spec_t *s, results_cell_t *cell, const c
             free(links);
             return -ENOMEM;
         }
-        rc = netem_topo_create(topo, hosts, err, errlen);
+        rc = netem_topo_create(topo, P, err, errlen);
         if (!rc)
             rc = netem_topo_apply(topo, links, asked, err, errlen);
         emu = topo->emulator;

@@ -207,7 +207,7 @@ static int model_costs(const char *name, int seq_len, const char *compute, int P
         model_stage_account(&st, &a);
         cost[s] = (sim_cost_t){a.fwd_s, a.bwd_s, a.opt_s};
         *bytes = (double)a.boundary_bytes;
-        predict_dp_buckets(&st, &buckets[s]);
+        predict_dp_buckets(&st, 0, &buckets[s]);
         if (s == 0)
             model_stage_describe(&st, label, labellen);
         model_stage_destroy(&st);

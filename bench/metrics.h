@@ -23,7 +23,7 @@ typedef enum {
     METRICS_LANES
 } metrics_lane_t;
 /* The op name of an all-reduce bucket in a trace (pipeline's DP runtime writes it). */
-#define METRICS_OP_ALLREDUCE "allreduce"
+#define METRICS_OP_ALLREDUCE "ALLREDUCE"
 /* FWD, BWD, OPT_STEP -> compute; SEND_* -> send; RECV_* -> recv; allreduce -> allreduce;
  * anything else -1. */
 int metrics_op_lane(const char *op);

@@ -5,10 +5,10 @@
 #include "common/err.h"
 
 #include "bench/metrics.h"
+#include "pipeline/allreduce.h"
 #include "schedules/sched.h"
 
 #include <errno.h>
-#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -469,35 +469,33 @@ int predict_whatif(const results_t *r, const results_cell_t *cell, const netem_p
     return 0;
 }
 
-void predict_dp_buckets(const model_stage_t *st, predict_buckets_t *out)
+void predict_dp_buckets(const model_stage_t *st, double cap, predict_buckets_t *out)
 {
     memset(out, 0, sizeof *out);
-    double weight[PREDICT_MAX_BUCKETS] = {0}, total_w = 0;
-    int unit = -1, key = INT_MIN;
-    /* Tensors are in forward order: embeddings, layers, head; a unit per layer. */
-    for (int i = st->n_tensors - 1; i >= 0; i--) {
+    double total = 0, total_w = 0;
+    if (!(cap > 0))
+        cap = ALLREDUCE_BUCKET_DEFAULT;
+    for (int i = 0; i < st->n_tensors; i++) {
         const model_tensor_t *t = &st->tensors[i];
-        int layer = -1, k = t->name[0] == 'h' && sscanf(t->name, "h%d.", &layer) == 1 ? layer
-                        : strncmp(t->name, "wte", 3) && strncmp(t->name, "wpe", 3) ? INT_MAX : -1;
-        if (k != key && unit + 1 < PREDICT_MAX_BUCKETS) {
-            key = k;
-            unit++;
+        total += 4.0 * (double)t->numel;
+        /* matrices; the embeddings' backward is a scatter */
+        if (t->decay && strcmp(t->name, "wte") && strcmp(t->name, "wpe"))
+            total_w += (double)t->numel;
+    }
+    int pieces = total > 0 ? (int)ceil(total / cap) : 1;
+    out->n = pieces < PREDICT_MAX_BUCKETS ? pieces : PREDICT_MAX_BUCKETS;
+    out->total = total;
+    for (int k = 0; k < out->n; k++) {
+        int piece = out->n - 1 - k; /* the last piece of the block first */
+        double lo = piece * cap, hi = k == 0 ? total : fmin(total, lo + cap), w = 0;
+        out->bytes[k] = hi - lo;
+        for (int i = 0; i < st->n_tensors; i++) { /* tensors from this piece on */
+            const model_tensor_t *t = &st->tensors[i];
+            if (4.0 * (double)(t->offset + t->numel) > lo && t->decay && strcmp(t->name, "wte") &&
+                strcmp(t->name, "wpe"))
+                w += (double)t->numel;
         }
-        out->bytes[unit] += 4.0 * (double)t->numel;
-        if (t->decay && k != -1) /* matrices; the embeddings' backward is a scatter */
-            weight[unit] += (double)t->numel;
-    }
-    out->n = unit + 1;
-    for (int k = 0; k < out->n; k++) {
-        total_w += weight[k];
-        out->total += out->bytes[k];
-    }
-    double upto = 0;
-    for (int k = 0; k < out->n; k++) {
-        upto += weight[k];
-        out->ready[k] = k + 1 == out->n || !(total_w > 0) ? 1 : fmin(1, upto / total_w);
-        if (!(out->ready[k] > 0))
-            out->ready[k] = 1e-12; /* a leading unit without matrices: ready as the backward starts */
+        out->ready[k] = k + 1 == out->n || !(total_w > 0) ? 1 : fmax(fmin(1, w / total_w), 1e-12);
     }
 }
 

@@ -85,19 +85,21 @@ int predict_whatif(const results_t *r, const results_cell_t *cell, const netem_p
                    const double *work, predict_whatif_t *out, char *err, size_t errlen)
     __attribute__((warn_unused_result));
 
-/* The all-reduce buckets of one stage as the simulator takes them (sim_dp_t): one per
- * layer, in the order the backward finishes them (the head with the final LayerNorm, the
- * last layer .. the first, the embeddings), each its tensors' fp32 gradient bytes; ready
- * after the share of the stage's backward spent on it and the units before it, in
- * proportion to their matrix parameters (a layer's backward FLOPs are its matrices'; the
- * embeddings' gather adds none, so their bucket is ready with the first layer's). */
-#define PREDICT_MAX_BUCKETS (MODEL_MAX_LAYERS + 2)
+/* The all-reduce buckets of one stage as the simulator takes them (sim_dp_t), laid out as
+ * pipeline's DP runtime cuts them: the stage's fp32 gradient block (its tensors in order)
+ * in pieces of cap bytes (0: ALLREDUCE_BUCKET_DEFAULT, 25 MiB), at most
+ * PREDICT_MAX_BUCKETS (the last one takes the rest). Listed last piece first, the order
+ * the backward finalises them; piece k is ready (with --dp-overlap) once the backward has
+ * passed every tensor from the piece on, in proportion to their matrix parameters (a
+ * layer's backward FLOPs are its matrices'; the embeddings' gather adds none). Without
+ * overlap the order is immaterial: every piece waits for the last backward. */
+#define PREDICT_MAX_BUCKETS 1024
 typedef struct {
     int n;
     double bytes[PREDICT_MAX_BUCKETS], ready[PREDICT_MAX_BUCKETS];
     double total;                       /* bytes, all buckets */
 } predict_buckets_t;
-void predict_dp_buckets(const model_stage_t *st, predict_buckets_t *out);
+void predict_dp_buckets(const model_stage_t *st, double cap, predict_buckets_t *out);
 
 /* The a-priori prediction with D replicas: predict_apriori plus each stage's all-reduce
  * over the DP links of profile dp_prof (predict_link), buckets[stages]; overlap as
