@@ -142,6 +142,22 @@ void predict_cell_links(const results_t *r, const results_cell_t *cell, const ne
     }
 }
 
+/* Seconds of ALLREDUCE rows of `rank` per OPT_STEP row in the selected iterations. */
+static double allreduce_per_step(const results_t *r, const results_cell_t *cell, sel_t sel, int rank)
+{
+    double sum = 0;
+    size_t steps = 0;
+    for (size_t i = 0; i < r->n_ops; i++) {
+        const results_op_t *o = &r->ops[i];
+        if (!in_sel(o, cell, sel) || o->rank != rank)
+            continue;
+        if (!strcmp(o->op, METRICS_OP_ALLREDUCE))
+            sum += o->end - o->start;
+        steps += !strcmp(o->op, "OPT_STEP");
+    }
+    return steps ? sum / (double)steps : 0;
+}
+
 /* What a sim_dp_t of a measured cell points into. */
 typedef struct {
     predict_buckets_t b[RESULTS_MAX_STAGES];
@@ -218,6 +234,8 @@ static int predict_one(const results_t *r, const results_cell_t *cell, sel_t sel
         }
         if (isnan(cost[s].opt))
             cost[s].opt = 0;
+        if (cell->dp > 1) /* the runtime's OPT_STEP row spans its all-reduce: the model adds its own */
+            cost[s].opt = fmax(0, cost[s].opt - allreduce_per_step(r, cell, sel, s));
     }
     sim_link_t fwd, bwd, link_fwd[RESULTS_MAX_STAGES], link_bwd[RESULTS_MAX_STAGES];
     predict_cell_links(r, cell, p, &fwd, &bwd);
