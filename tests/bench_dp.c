@@ -24,6 +24,7 @@
 #include "bench/predict.h"
 #include "bench/results.h"
 #include "models/model.h"
+#include "models/options.h"
 #include "netem/profile.h"
 #include "pipeline/allreduce.h"
 #include "pipeline/runcfg.h"
@@ -41,17 +42,17 @@ static char out[1 << 18];
 /* The a-priori prediction: per-stage costs and buckets from the model, the DP link model. */
 static int predict(double *t, char *err, size_t errlen)
 {
-    runcfg_t cfg;
+    static runcfg_t cfg;
+    const struct {
+        int opt;
+        const char *arg;
+    } set[] = {{MODEL_OPT_MODEL, "gpt3-small"}, {MODEL_OPT_STAGES, "3"}, {MODEL_OPT_BATCH_SIZE, "8"},
+               {MODEL_OPT_MICRO_BATCH_SIZE, "1"}, {MODEL_OPT_COMPUTE, "emulate:v100"},
+               {RUNCFG_OPT_SCHEDULE, "gpipe"}};
     runcfg_defaults(&cfg);
-    const char *argv[][2] = {{"model", "gpt3-small"}, {"stages", "3"}, {"batch-size", "8"},
-                             {"micro-batch-size", "1"}, {"compute", "emulate:v100"}, {"schedule", "gpipe"}};
-    struct option opts[96];
-    if (runcfg_options_table(opts, 96, NULL) < 0)
-        return -1;
-    for (size_t i = 0; i < sizeof argv / sizeof *argv; i++)
-        for (const struct option *o = opts; o->name; o++)
-            if (!strcmp(o->name, argv[i][0]) && runcfg_option(&cfg, o->val, argv[i][1], err, errlen) < 0)
-                return -1;
+    for (size_t i = 0; i < sizeof set / sizeof *set; i++)
+        if (runcfg_option(&cfg, set[i].opt, set[i].arg, err, errlen) != 1)
+            return -1;
     if (runcfg_finish(&cfg, err, errlen))
         return -1;
     sim_cost_t cost[P];
@@ -128,7 +129,7 @@ static void bench_dp(void **state)
 {
     (void)state;
     char err[512], trace[] = "/tmp/pn-bench-dp-XXXXXX";
-    double pred;
+    double pred = NAN;
     if (predict(&pred, err, sizeof err))
         fail_msg("prediction failed: %s", err);
     int fd = mkstemp(trace);
