@@ -58,6 +58,13 @@ int metrics_op_lane(const char *op)
     return -1;
 }
 
+double metrics_op_compute(const results_op_t *o)
+{
+    int lane = metrics_op_lane(o->op);
+    double d = o->end - o->start;
+    return lane == METRICS_LANE_COMPUTE ? d : lane == METRICS_LANE_ALLREDUCE ? -d : 0;
+}
+
 int metrics_iter_times(const results_t *r, int cell, int repeat, double **times, int *n,
                        char *err, size_t errlen)
 {
@@ -138,9 +145,8 @@ int metrics_cell_compute(results_t *r, const metrics_params_t *p, results_cell_t
         cap += (size_t)iters;
         for (size_t i = 0; i < r->n_ops; i++) {
             const results_op_t *o = &r->ops[i];
-            if (o->cell == cell->cell && o->repeat == rep && o->rank < stages &&
-                metrics_op_lane(o->op) == METRICS_LANE_COMPUTE)
-                busy[(size_t)o->iteration * (size_t)stages + (size_t)o->rank] += o->end - o->start;
+            if (o->cell == cell->cell && o->repeat == rep && o->rank < stages)
+                busy[(size_t)o->iteration * (size_t)stages + (size_t)o->rank] += metrics_op_compute(o);
         }
         for (int k = 0; k < iters && !rc; k++) {
             int warm = k < p->warmup;
@@ -231,9 +237,8 @@ void metrics_dp_straggler(const results_t *r, results_cell_t *cell, int *slow_re
     }
     for (size_t i = 0; i < r->n_ops; i++) {
         const results_op_t *o = &r->ops[i];
-        if (o->cell == cell->cell && o->iteration >= cell->warmup && o->rank >= 0 && o->rank < D * P &&
-            metrics_op_lane(o->op) == METRICS_LANE_COMPUTE)
-            sum[o->rank] += o->end - o->start;
+        if (o->cell == cell->cell && o->iteration >= cell->warmup && o->rank >= 0 && o->rank < D * P)
+            sum[o->rank] += metrics_op_compute(o);
     }
     for (int s = 0; s < P; s++) {
         int slow = 0, traced = 1;

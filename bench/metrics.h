@@ -28,6 +28,12 @@ typedef enum {
  * anything else -1. */
 int metrics_op_lane(const char *op);
 
+/* An op's compute seconds for busy-time sums: its duration for a compute op, minus it for
+ * an ALLREDUCE (the runtime's OPT_STEP row spans the step's all-reduce, waiting for the
+ * slowest replica included), else 0. Summed over an iteration's ops of a rank, the
+ * all-reduce drops out. */
+double metrics_op_compute(const results_op_t *o);
+
 /* Iteration i of one repeat lasts from the end of iteration i-1 (its last op on any
  * stage) to its own last op's end; iteration 0 starts at its first op. Measured from
  * end to end because a stage may post the next iteration's receive before the pipeline

@@ -428,12 +428,13 @@ static int stage_compute(const results_t *r, const results_cell_t *cell, double 
         const results_op_t *o = &r->ops[i];
         sched_op_kind_t k;
         if (!in_sel(o, cell, ALL_MEASURED) || o->rank < 0 || o->rank >= S || o->repeat < 0 || o->repeat >= repeats ||
-            o->iteration >= span || sched_op_kind_parse(o->op, &k) || !sched_op_is_compute(k))
+            o->iteration >= span || sched_op_kind_parse(o->op, &k) ||
+            !(sched_op_is_compute(k) || k == SCHED_ALLREDUCE))
             continue;
         unsigned char *f = &seen[((size_t)o->rank * (size_t)repeats + (size_t)o->repeat) * (size_t)span + (size_t)o->iteration];
         n[o->rank] += !*f;
         *f = 1;
-        sum[o->rank] += o->end - o->start;
+        sum[o->rank] += metrics_op_compute(o); /* the step's row less its all-reduce */
     }
     free(seen);
     for (int s = 0; s < S; s++) {
