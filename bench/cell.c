@@ -244,8 +244,11 @@ int cell_measure(void *ctx, const sweep_spec_t *s, results_cell_t *cell, const c
     netem_profile_t prof;
     if ((rc = netem_profile_parse(cell->profile, &prof, err, errlen)))
         return rc;
-    /* one host per rank: D replicas of P stages */
+    /* one host per rank: D replicas of P stages (rank = d*P + s), all joined by the topology */
     int hosts = P * (cell->dp > 1 ? cell->dp : 1);
+    if (hosts > NETEM_TOPO_MAX_HOSTS)
+        return pn_err(err, errlen, -EINVAL, "--dp %d x %d stages: the local topology holds at most %d hosts", cell->dp,
+                      P, NETEM_TOPO_MAX_HOSTS);
     netem_profile_t *links = calloc((size_t)hosts, sizeof *links);
     if (!links)
         return -ENOMEM;
@@ -253,8 +256,7 @@ int cell_measure(void *ctx, const sweep_spec_t *s, results_cell_t *cell, const c
         links[i] = prof;
     /* Which backend emulates the links: the topology chooses (netem_topo_apply) where
      * there is one; without root there are no namespaces and only the shim can shape. */
-    /* the namespaces do not join replicas (pipeline/launch.c): the shim shapes --dp cells */
-    int have_ns = geteuid() == 0 && hosts > 1 && cell->dp < 2;
+    int have_ns = geteuid() == 0 && hosts > 1;
     /* auto picks among what can act on the transport's traffic (nccl: not the shim) */
     const transport_kind_t *tk = transport_kind_find(s->transport);
     int shim_ok = !tk || tk->shim_ok;
@@ -264,6 +266,8 @@ int cell_measure(void *ctx, const sweep_spec_t *s, results_cell_t *cell, const c
         const netem_emulator_t *kind = netem_emulator_of_kind(shim_ok);
         asked = kind ? kind->name : asked;
     }
+    if (cell->dp > 1 && !strcmp(asked, "auto") && shim_ok)
+        asked = "shim"; /* kernel qdiscs cannot shape a replica's link apart from the pipeline's yet */
     const netem_emulator_t *emu = NULL;
     char why[256] = "";
     netem_topo_t *topo = NULL;
@@ -273,7 +277,7 @@ int cell_measure(void *ctx, const sweep_spec_t *s, results_cell_t *cell, const c
             free(links);
             return -ENOMEM;
         }
-        rc = netem_topo_create(topo, P, err, errlen);
+        rc = netem_topo_create(topo, hosts, err, errlen);
         if (!rc)
             rc = netem_topo_apply(topo, links, asked, err, errlen);
         emu = topo->emulator;

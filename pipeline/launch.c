@@ -2,6 +2,7 @@
  * children inherit; waiting for children sleeps in waitpid (or 50 ms naps once a deadline
  * is running), and every child dies with the launcher (PR_SET_PDEATHSIG). */
 #include "pipeline/launch.h"
+#include "netem/emulator.h"
 #include "pipeline/privs.h"
 
 #include <arpa/inet.h>
@@ -192,9 +193,12 @@ int launch_run(const launch_params_t *p, stage_summary_t *out, launch_failure_t 
     int P = runcfg_world(cfg), lfd = -1, port = 0, rc = 0; /* every process: D x stages */
     double grace = p->grace > 0 ? p->grace : 10;
     *fail = (launch_failure_t){.dead_rank = -1};
-    if (cfg->dp > 1 && p->topo)
-        return pn_err(err, errlen, -ENOTSUP, "--dp %d with --emulator netem: the local topology of namespaces does "
-                      "not join the replicas yet; use --emulator shim", cfg->dp);
+    /* Namespaces join all D x P hosts; their kernel qdiscs cannot tell a replica's link from
+     * a pipeline link yet, so shaping there is the shim's */
+    if (cfg->dp > 1 && p->topo && (p->topo->hosts < P || (p->topo->emulator && p->topo->emulator->changes_kernel)))
+        return pn_err(err, errlen, -ENOTSUP, "--dp %d: the local topology %s; use --emulator shim", cfg->dp,
+                      p->topo->hosts < P ? "has fewer hosts than the D x P processes"
+                                         : "shapes with kernel qdiscs, which do not tell the replicas' links apart yet");
     if (cfg->dp > 1 && !p->shim_links && strcmp(runcfg_net_dp(cfg), "default"))
         return pn_err(err, errlen, -EINVAL, "--dp %d --net-dp %s: the replicas' links are shaped by the shim only "
                       "(launch_params_t.shim_links)", cfg->dp, runcfg_net_dp(cfg));
