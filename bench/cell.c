@@ -233,6 +233,23 @@ static int cell_modelled(const runcfg_t *cfg, const sweep_spec_t *s, results_cel
     return rc;
 }
 
+/* The emulator to ask for: auto picks among what can act on the transport's traffic
+ * (nccl: not the shim). */
+static const char *emulator_asked(const sweep_spec_t *s, const results_cell_t *cell, int have_ns)
+{
+    const transport_kind_t *tk = transport_kind_find(s->transport);
+    int shim_ok = !tk || tk->shim_ok;
+    const char *asked = s->emulator;
+    if (!strcmp(asked, "auto") && (!shim_ok || !have_ns)) {
+        /* the kernel's where the transport cannot carry the shim, else (no namespaces) the shim */
+        const netem_emulator_t *kind = netem_emulator_of_kind(shim_ok);
+        asked = kind ? kind->name : asked;
+    }
+    if (cell->dp > 1 && !strcmp(asked, "auto") && shim_ok)
+        asked = "shim"; /* kernel qdiscs cannot shape a replica's link apart from the pipeline's yet */
+    return asked;
+}
+
 int cell_measure(void *ctx, const sweep_spec_t *s, results_cell_t *cell, const char *workdir,
                  volatile sig_atomic_t *stop, results_t *r, char *err, size_t errlen)
 {
@@ -257,17 +274,7 @@ int cell_measure(void *ctx, const sweep_spec_t *s, results_cell_t *cell, const c
     /* Which backend emulates the links: the topology chooses (netem_topo_apply) where
      * there is one; without root there are no namespaces and only the shim can shape. */
     int have_ns = geteuid() == 0 && hosts > 1;
-    /* auto picks among what can act on the transport's traffic (nccl: not the shim) */
-    const transport_kind_t *tk = transport_kind_find(s->transport);
-    int shim_ok = !tk || tk->shim_ok;
-    const char *asked = s->emulator;
-    if (!strcmp(asked, "auto") && (!shim_ok || !have_ns)) {
-        /* the kernel's where the transport cannot carry the shim, else (no namespaces) the shim */
-        const netem_emulator_t *kind = netem_emulator_of_kind(shim_ok);
-        asked = kind ? kind->name : asked;
-    }
-    if (cell->dp > 1 && !strcmp(asked, "auto") && shim_ok)
-        asked = "shim"; /* kernel qdiscs cannot shape a replica's link apart from the pipeline's yet */
+    const char *asked = emulator_asked(s, cell, have_ns);
     const netem_emulator_t *emu = NULL;
     char why[256] = "";
     netem_topo_t *topo = NULL;
