@@ -38,9 +38,9 @@ int cell_runcfg(const sweep_spec_t *s, const results_cell_t *c, const char *net,
 {
     char stages[16], batch[16], mbs[16], seq[16], iters[16], warmup[16], slack[16], chunks[16], threads[24], dp[16];
     /* The stages share this machine's cores: one OpenMP team per core each would fight. */
-    long ncpu = sysconf(_SC_NPROCESSORS_ONLN), procs = (long)s->stages * s->dp;
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN), procs = (long)s->stages * c->dp;
     snprintf(threads, sizeof threads, "%ld", ncpu > procs ? ncpu / procs : 1);
-    snprintf(dp, sizeof dp, "%d", s->dp);
+    snprintf(dp, sizeof dp, "%d", c->dp);
     snprintf(stages, sizeof stages, "%d", s->stages);
     snprintf(batch, sizeof batch, "%d", s->batch_size);
     snprintf(mbs, sizeof mbs, "%d", c->micro_batch_size);
@@ -62,7 +62,7 @@ int cell_runcfg(const sweep_spec_t *s, const results_cell_t *c, const char *net,
         {MODEL_OPT_THREADS, threads},         {RUNCFG_OPT_TIMEOUT, s->timeout},
         {RUNCFG_OPT_TRANSPORT, s->transport},
         {RUNCFG_OPT_CHUNKS, chunks},          {RUNCFG_OPT_DP, dp},
-        {RUNCFG_OPT_NET_DP, s->net_dp},       {RUNCFG_OPT_DP_OVERLAP, ""},
+        {RUNCFG_OPT_NET_DP, c->net_dp},       {RUNCFG_OPT_DP_OVERLAP, ""},
     };
     runcfg_defaults(cfg);
     for (size_t i = 0; i < sizeof set / sizeof *set; i++) {
@@ -70,8 +70,8 @@ int cell_runcfg(const sweep_spec_t *s, const results_cell_t *c, const char *net,
             continue; /* only 1f1b-slack takes a K */
         if (set[i].opt == RUNCFG_OPT_CHUNKS && (!s->chunks || sched_uses_chunks(c->schedule) != 1))
             continue; /* only interleaved-1f1b takes a chunk count */
-        if ((set[i].opt == RUNCFG_OPT_TIMEOUT && !s->timeout[0]) || (set[i].opt == RUNCFG_OPT_NET_DP && !s->net_dp[0]) ||
-            (set[i].opt == RUNCFG_OPT_DP_OVERLAP && !s->dp_overlap))
+        if ((set[i].opt == RUNCFG_OPT_TIMEOUT && !s->timeout[0]) || (set[i].opt == RUNCFG_OPT_NET_DP && !c->net_dp[0]) ||
+            (set[i].opt == RUNCFG_OPT_DP_OVERLAP && !c->dp_overlap))
             continue;
         int rc = runcfg_option(cfg, set[i].opt, set[i].arg, err, errlen);
         if (rc < 0)
@@ -163,15 +163,16 @@ static int local_setup(void *ctx, const sweep_spec_t *s, const netem_profile_t *
 {
     local_t *l = ctx;
     int P = s->stages, rc;
-    int hosts = P * s->dp; /* --dp: the topology joins every replica's hosts (rank = d*P + s) */
+    /* one host per rank: D replicas of P stages (rank = d*P + s), all joined by the topology */
+    int hosts = P * (cell->dp > 1 ? cell->dp : 1);
     if (hosts > NETEM_TOPO_MAX_HOSTS)
-        return pn_err(err, errlen, -EINVAL, "--dp %d x %d stages: the local topology holds at most %d hosts", s->dp, P,
-                      NETEM_TOPO_MAX_HOSTS);
+        return pn_err(err, errlen, -EINVAL, "--dp %d x %d stages: the local topology holds at most %d hosts", cell->dp,
+                      P, NETEM_TOPO_MAX_HOSTS);
     for (int i = 0; i < hosts; i++)
         l->links[i] = *prof;
     /* Which backend emulates the links: the topology chooses (netem_topo_apply) where
      * there is one; without root there are no namespaces and only the shim can shape. */
-    int have_ns = geteuid() == 0 && P > 1;
+    int have_ns = geteuid() == 0 && hosts > 1;
     /* auto picks among what can act on the transport's traffic (nccl: not the shim) */
     const transport_kind_t *tk = transport_kind_find(s->transport);
     int shim_ok = !tk || tk->shim_ok;
@@ -179,7 +180,7 @@ static int local_setup(void *ctx, const sweep_spec_t *s, const netem_profile_t *
     /* auto: the kernel's where the transport cannot carry the shim, else (no namespaces,
      * or --dp, whose replica links kernel qdiscs cannot shape apart from the pipeline's
      * yet) the shim */
-    if (!strcmp(asked, "auto") && (!shim_ok || !have_ns || s->dp > 1)) {
+    if (!strcmp(asked, "auto") && (!shim_ok || !have_ns || cell->dp > 1)) {
         const netem_emulator_t *kind = netem_emulator_of_kind(shim_ok);
         asked = kind ? kind->name : asked;
     }
@@ -193,14 +194,14 @@ static int local_setup(void *ctx, const sweep_spec_t *s, const netem_profile_t *
             rc = netem_topo_apply(l->topo, l->links, asked, err, errlen);
         l->emu = l->topo->emulator;
     } else {
-        rc = netem_emulator_choose(asked, l->links, P > 1 ? P - 1 : 0, &l->emu, why, sizeof why, err, errlen);
+        rc = netem_emulator_choose(asked, l->links, hosts > 1 ? hosts - 1 : 0, &l->emu, why, sizeof why, err, errlen);
     }
     if (!rc && !l->emu)
         rc = pn_err(err, errlen, -EINVAL, "internal: no emulator was chosen for %s", cell->profile);
     if (rc)
         return rc;
     snprintf(cell->emulator, sizeof cell->emulator, "%s", l->emu->name);
-    *cfg_net = P > 1 ? cell->profile : "default";
+    *cfg_net = hosts > 1 ? cell->profile : "default";
     *cfg_emulator = l->emu->shapes ? l->emu->name : "auto";
     return 0;
 }
@@ -226,6 +227,45 @@ static void local_teardown(void *ctx)
 }
 
 static const cell_hosts_t local_hosts = {"local", local_setup, local_run, local_teardown};
+
+/* Stage q's all-reduce buckets (predict_dp_buckets) from its model under cfg. */
+static int stage_buckets(const runcfg_t *cfg, int q, predict_buckets_t *b, char *err, size_t errlen)
+{
+    model_stage_params_t mp = cfg->stage_params;
+    mp.stage = q;
+    model_stage_t *st = calloc(1, sizeof *st);
+    if (!st)
+        return -ENOMEM;
+    int rc = model_stage_init(st, &mp, err, errlen);
+    if (!rc) {
+        predict_dp_buckets(st, 0, b);
+        model_stage_destroy(st);
+    }
+    free(st);
+    return rc;
+}
+
+/* The a-priori prediction, with the replicas' all-reduce where the cell has them. */
+static int cell_apriori(const runcfg_t *cfg, results_cell_t *cell, int slack, int chunks, const sim_cost_t *cost,
+                        double boundary, const netem_profile_t *prof, char *err, size_t errlen)
+{
+    int P = cfg->stages, rc = 0;
+    if (cell->dp < 2)
+        return predict_apriori(cell, slack, chunks, cost, boundary, prof, &cell->predicted_apriori, err, errlen);
+    netem_profile_t dpp = *prof;
+    if (cell->net_dp[0] && (rc = netem_profile_parse(cell->net_dp, &dpp, err, errlen)))
+        return rc;
+    predict_buckets_t *b = calloc((size_t)P, sizeof *b);
+    if (!b)
+        return -ENOMEM;
+    for (int q = 0; q < P && !rc; q++)
+        rc = stage_buckets(cfg, q, &b[q], err, errlen);
+    if (!rc)
+        rc = predict_apriori_dp(cell, slack, chunks, cost, boundary, prof, cell->dp, cell->dp_overlap, &dpp, b,
+                                &cell->predicted_apriori, err, errlen);
+    free(b);
+    return rc;
+}
 
 /* What the compute model says of the cell before it runs (emulate only: real compute has
  * no model to ask): each stage's modelled compute seconds per iteration (work[], the
@@ -266,8 +306,7 @@ static int cell_modelled(const runcfg_t *cfg, const sweep_spec_t *s, results_cel
     /* Chunked stages: the account is the whole process's; its split over chunks is the
      * runtime's (see predict_time_chunks), so no a-priori figure for them yet. */
     if (!rc && v == 1)
-        rc = predict_apriori(cell, slack, chunks, cost, (double)a[0].boundary_bytes, prof, &cell->predicted_apriori,
-                             err, errlen);
+        rc = cell_apriori(cfg, cell, slack, chunks, cost, (double)a[0].boundary_bytes, prof, err, errlen);
     free(a);
     return rc;
 }
@@ -346,6 +385,7 @@ int cell_measure_on(const cell_hosts_t *h, void *hctx, const sweep_spec_t *s, re
     free(scale);
     if (rc)
         return rc;
+    metrics_dp_straggler(r, cell, NULL);
     cell->final_loss = loss;
     /* The trace names no chunk, so a stage of several chunks cannot be replayed yet: no ideal time. */
     sched_spec_t spec = {cell->schedule, P, cell->micro_batches, slack, chunks};

@@ -62,7 +62,7 @@ int chrome_trace_write(const results_t *r, int iteration, const char *path, char
     FILE *f = open_memstream(&buf, &len);
     if (!f)
         return -ENOMEM;
-    static const char *const lane_name[] = {"compute", "send", "receive"};
+    static const char *const lane_name[METRICS_LANES] = {"compute", "send", "receive", "allreduce"};
     int first = 1;
     fputs("{\"displayTimeUnit\":\"ms\",\"traceEvents\":[", f);
     for (size_t ci = 0; ci < r->n_cells; ci++) {
@@ -76,14 +76,18 @@ int chrome_trace_write(const results_t *r, int iteration, const char *path, char
             if (o->cell == c->cell && o->repeat == 0 && o->iteration == it)
                 t0 = fmin(t0, o->start);
         }
-        for (int s = 0; s < c->stages; s++) {
-            int pid = 100 * c->cell + s + 1;
-            char name[400];
-            snprintf(name, sizeof name, "cell %d: %s, micro batch %d, %s, stage %d (iteration %d)", c->cell,
-                     c->schedule, c->micro_batch_size, c->label, s, it);
+        /* One process per rank (rank = d*stages + s); the all-reduce lane only with --dp. */
+        int D = c->dp > 1 ? c->dp : 1, lanes = D > 1 ? METRICS_LANES : METRICS_LANE_ALLREDUCE;
+        for (int q = 0; q < D * c->stages; q++) {
+            int pid = 100 * c->cell + q + 1, s = q % c->stages;
+            char name[400], replica[32] = "";
+            if (D > 1)
+                snprintf(replica, sizeof replica, "replica %d, ", q / c->stages);
+            snprintf(name, sizeof name, "cell %d: %s, micro batch %d, %s, %sstage %d (iteration %d)", c->cell,
+                     c->schedule, c->micro_batch_size, c->label, replica, s, it);
             put_meta(f, &first, "process_name", pid, 0, "name", name, 0);
             put_meta(f, &first, "process_sort_index", pid, 0, "sort_index", NULL, pid);
-            for (int l = 0; l < METRICS_LANES; l++) {
+            for (int l = 0; l < lanes; l++) {
                 put_meta(f, &first, "thread_name", pid, l + 1, "name", lane_name[l], 0);
                 put_meta(f, &first, "thread_sort_index", pid, l + 1, "sort_index", NULL, l + 1);
             }

@@ -10,6 +10,7 @@
 #include <strings.h>
 
 #include "bench/cli.h"
+#include "bench/predict.h"
 #include "bench/vocab.h"
 #include "common/parse.h"
 #include "pipeline/runcfg.h"
@@ -26,7 +27,7 @@
 
 enum {
     SIM_OPT_FWD = 0x3100, SIM_OPT_BWD, SIM_OPT_OPT, SIM_OPT_BYTES, SIM_OPT_GRAD, SIM_OPT_OVERHEAD, SIM_OPT_MODE,
-    SIM_OPT_CRIT,
+    SIM_OPT_CRIT, SIM_OPT_PARAM_BYTES, SIM_OPT_BUCKETS,
 };
 
 static const model_option_t cost_group[] = {
@@ -37,6 +38,11 @@ static const model_option_t cost_group[] = {
     {"opt-ms", 0, SIM_OPT_OPT, "T[,T..]", "optimizer step per iteration, ms", "0"},
     {"bytes", 0, SIM_OPT_BYTES, "SIZE", "bytes per activation message, e.g. 6.3MB, 4MiB", "0"},
     {"grad-bytes", 0, SIM_OPT_GRAD, "SIZE", "bytes per gradient message", "--bytes"},
+    {"param-bytes", 0, SIM_OPT_PARAM_BYTES, "SIZE[,SIZE..]",
+     "with --dp: gradient bytes each stage all-reduces per iteration, one value or one per stage",
+     "none: required with --dp and without --model"},
+    {"buckets", 0, SIM_OPT_BUCKETS, "N", "with --dp and --param-bytes: equal all-reduce buckets per stage, "
+     "ready in turn over the last backward", "1"},
     {NULL, 0, 0, NULL, NULL, NULL},
 };
 
@@ -48,10 +54,11 @@ static const model_option_t link_group[] = {
     {NULL, 0, 0, NULL, NULL, NULL},
 };
 
-static const int sched_only[] = {RUNCFG_OPT_SCHEDULE, RUNCFG_OPT_SLACK, RUNCFG_OPT_CHUNKS, 0};
+static const int sched_only[] = {RUNCFG_OPT_SCHEDULE, RUNCFG_OPT_SLACK, RUNCFG_OPT_CHUNKS, RUNCFG_OPT_DP,
+                                 RUNCFG_OPT_DP_OVERLAP, 0};
 static const int size_only[] = {MODEL_OPT_STAGES, MODEL_OPT_BATCH_SIZE, MODEL_OPT_MICRO_BATCH_SIZE, 0};
 static const int model_only[] = {MODEL_OPT_MODEL, MODEL_OPT_SEQ_LEN, MODEL_OPT_COMPUTE, 0};
-static const int net_only[] = {RUNCFG_OPT_NET, 0};
+static const int net_only[] = {RUNCFG_OPT_NET, RUNCFG_OPT_NET_DP, 0};
 
 static const cli_section_t sections[] = {
     {"schedules and sizes", runcfg_pipeline_group, sched_only, NULL, 0},
@@ -78,6 +85,10 @@ static const cli_override_t overrides[] = {
      "emulate:fwd=25ms,bwd=75ms or emulate:FILE", "emulate:v100"},
     {RUNCFG_OPT_NET, NULL, "link profile between neighbouring stages: 10ms/1Gbps, delay=..,rate=.., or "
      "0-1=P,1-2=P", "free links"},
+    {RUNCFG_OPT_DP, NULL, "data-parallel replicas of the pipeline: each stage's gradients are ring all-reduced "
+     "over its D replicas (2(D-1) steps of bytes/D) before its optimizer step", "1"},
+    {RUNCFG_OPT_NET_DP, NULL, "profile of the links between replicas (--dp)", "--net where that is one profile, "
+     "else free links"},
     {0, NULL, NULL, NULL},
 };
 
@@ -170,7 +181,7 @@ static void print_critical(const char *name, const sim_result_t *r, int list)
  * model: each stage is built (emulate holds no parameters or activations) and its
  * modelled seconds read back. Returns 0, or CLI_USAGE with the models' message. */
 static int model_costs(const char *name, int seq_len, const char *compute, int P, int M, int mbs,
-                       sim_cost_t *cost, double *bytes, char *label, size_t labellen)
+                       sim_cost_t *cost, double *bytes, predict_buckets_t *buckets, char *label, size_t labellen)
 {
     char err[512];
     model_stage_params_t p;
@@ -196,6 +207,7 @@ static int model_costs(const char *name, int seq_len, const char *compute, int P
         model_stage_account(&st, &a);
         cost[s] = (sim_cost_t){a.fwd_s, a.bwd_s, a.opt_s};
         *bytes = (double)a.boundary_bytes;
+        predict_dp_buckets(&st, 0, &buckets[s]);
         if (s == 0)
             model_stage_describe(&st, label, labellen);
         model_stage_destroy(&st);
@@ -208,7 +220,9 @@ static int model_costs(const char *name, int seq_len, const char *compute, int P
 
 typedef struct {
     const char *sched_arg, *fwd_arg, *bwd_arg, *opt_arg, *net, *slack_arg, *grad_arg, *model, *compute, *bytes_arg;
+    const char *net_dp, *param_arg;
     int seq_len, P, M, batch, mbs, have_b, have_u, list_path, K, V, derived;
+    int dp, dp_overlap, n_buckets;
     double act_bytes, grad_bytes, overhead_us;
     sim_send_mode_t mode;
     char sched_buf[512];
@@ -248,6 +262,11 @@ static int sim_option(sim_args_t *a, int c, const char *arg)
     case RUNCFG_OPT_SLACK: a->slack_arg = arg; return 0;
     case RUNCFG_OPT_CHUNKS: return cli_parse_int(CMD, "--chunks", arg, 1, 64, &a->V);
     case SIM_OPT_CRIT: a->list_path = 1; return 0;
+    case RUNCFG_OPT_DP: return cli_parse_int(CMD, "--dp", arg, 1, PN_MAX_WORLD, &a->dp);
+    case RUNCFG_OPT_DP_OVERLAP: a->dp_overlap = 1; return 0;
+    case RUNCFG_OPT_NET_DP: a->net_dp = arg; return 0;
+    case SIM_OPT_PARAM_BYTES: a->param_arg = arg; return 0;
+    case SIM_OPT_BUCKETS: return cli_parse_int(CMD, "--buckets", arg, 1, PREDICT_MAX_BUCKETS, &a->n_buckets);
     case MODEL_OPT_MODEL: a->model = arg; return 0;
     case MODEL_OPT_SEQ_LEN: return cli_parse_int(CMD, "--seq-len", arg, 1, 1 << 20, &a->seq_len);
     case MODEL_OPT_COMPUTE: a->compute = arg; return 0;
@@ -264,6 +283,14 @@ static int sim_check(sim_args_t *a)
         return cli_usage_error(CMD, "--model gives the costs and sizes; drop %s",
                                a->fwd_arg ? "--fwd-ms" : a->bwd_arg ? "--bwd-ms" : a->bytes_arg ? "--bytes"
                                : a->grad_arg ? "--grad-bytes" : "--opt-ms");
+    if (a->dp == 1 && (a->dp_overlap || a->net_dp || a->param_arg || a->n_buckets))
+        return cli_usage_error(CMD, "%s applies to --dp D with D > 1", a->dp_overlap ? "--dp-overlap"
+                               : a->net_dp ? "--net-dp" : a->param_arg ? "--param-bytes" : "--buckets");
+    if (a->model && (a->param_arg || a->n_buckets))
+        return cli_usage_error(CMD, "--model gives the gradient buckets; drop %s",
+                               a->param_arg ? "--param-bytes" : "--buckets");
+    if (a->dp > 1 && !a->model && !a->param_arg)
+        return cli_usage_error(CMD, "--dp %d needs --param-bytes (gradient bytes per stage) or --model", a->dp);
     if (a->compute && !model_compute_modelled(a->compute))
         return cli_usage_error(CMD, "--compute '%s': the simulator needs modelled times, "
                                "use emulate:DEVICE, emulate:fwd=..,bwd=.. or emulate:FILE", a->compute);
@@ -326,17 +353,48 @@ static int sim_parse(int argc, char **argv, sim_args_t *a)
     return sim_check(a);
 }
 
-/* Per-stage costs: from --model, or from the --fwd-ms/--bwd-ms/--opt-ms lists. */
-static int sim_costs(sim_args_t *a, sim_cost_t *cost, char *label, size_t labellen)
+/* --param-bytes into buckets: --buckets equal ones per stage, ready in turn. */
+static int param_buckets(const sim_args_t *a, predict_buckets_t *b)
+{
+    char buf[1024];
+    snprintf(buf, sizeof buf, "%s", a->param_arg);
+    int n = 0, k = a->n_buckets ? a->n_buckets : 1;
+    double v[PN_MAX_STAGES];
+    for (char *save = NULL, *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+        uint64_t x;
+        if (pn_parse_size(t, &x))
+            return cli_usage_error(CMD, "--param-bytes '%s': '%s' is not a size such as 85MB or 4MiB", a->param_arg, t);
+        if (n == PN_MAX_STAGES)
+            return cli_usage_error(CMD, "--param-bytes: more than %d values", PN_MAX_STAGES);
+        v[n++] = (double)x;
+    }
+    if (n != 1 && n != a->P)
+        return cli_usage_error(CMD, "--param-bytes has %d values; want 1 or %d (one per stage)", n, a->P);
+    for (int s = 0; s < a->P; s++) {
+        b[s].n = k;
+        b[s].total = v[n == 1 ? 0 : s];
+        for (int i = 0; i < k; i++) {
+            b[s].bytes[i] = b[s].total / k;
+            b[s].ready[i] = (double)(i + 1) / k;
+        }
+    }
+    return 0;
+}
+
+/* Per-stage costs: from --model, or from the --fwd-ms/--bwd-ms/--opt-ms lists; with
+ * --dp, each stage's all-reduce buckets. */
+static int sim_costs(sim_args_t *a, sim_cost_t *cost, predict_buckets_t *buckets, char *label, size_t labellen)
 {
     if (a->model) {
         if (!a->compute)
             a->compute = "emulate:v100";
-        int rc = model_costs(a->model, a->seq_len, a->compute, a->P, a->M, a->mbs, cost, &a->act_bytes, label,
-                             labellen);
+        int rc = model_costs(a->model, a->seq_len, a->compute, a->P, a->M, a->mbs, cost, &a->act_bytes, buckets,
+                             label, labellen);
         a->grad_bytes = a->act_bytes;
         return rc;
     }
+    if (a->dp > 1 && param_buckets(a, buckets))
+        return CLI_USAGE;
     const char *args[3] = {a->fwd_arg, a->bwd_arg, a->opt_arg}, *names[3] = {"--fwd-ms", "--bwd-ms", "--opt-ms"};
     double *tmp = calloc((size_t)a->P, sizeof *tmp);
     if (!tmp)
@@ -373,6 +431,32 @@ static int sim_links(const sim_args_t *a, sim_link_t *links, netem_profile_t *pr
     return 0;
 }
 
+/* The links between replicas: --net-dp, or --net where it is one profile, else free;
+ * modelled like the pipeline's links (delay, rate, --overhead-us). *label names them. */
+static int sim_dp_link(const sim_args_t *a, sim_link_t *l, char *label, size_t len, int *ignored)
+{
+    const char *src = a->net_dp ? a->net_dp : a->net;
+    netem_profile_t pr;
+    char perr[256];
+    memset(l, 0, sizeof *l);
+    l->overhead = a->overhead_us * 1e-6;
+    snprintf(label, len, "free");
+    if (!src)
+        return 0;
+    if (netem_profile_parse(src, &pr, perr, sizeof perr)) {
+        if (a->net_dp)
+            return cli_usage_error(CMD, "--net-dp '%s': %s", a->net_dp, perr);
+        snprintf(label, len, "free (--net is per link: give --net-dp)");
+        return 0;
+    }
+    l->delay = pr.delay;
+    l->bandwidth = pr.rate;
+    *ignored |= pr.jitter > 0 || pr.loss > 0;
+    if (!netem_profile_is_default(&pr) && netem_profile_label(&pr, label, len) < 0)
+        snprintf(label, len, "?");
+    return 0;
+}
+
 static void print_costs(const char *what, const sim_cost_t *cost, int P, int k)
 {
     printf("%s", what);
@@ -380,8 +464,24 @@ static void print_costs(const char *what, const sim_cost_t *cost, int P, int k)
         printf("%s%.3f", s ? "/" : " ", (k == 0 ? cost[s].fwd : k == 1 ? cost[s].bwd : cost[s].opt) * 1e3);
 }
 
+/* With --dp: the replicas, their links and each stage's buckets. */
+static void print_dp(const sim_args_t *a, const char *dp_label, const predict_buckets_t *b)
+{
+    if (a->dp < 2)
+        return;
+    printf("# data parallel: %d replicas (%d processes, rank = d*%d + s), global batch %d x %d; ring all-reduce "
+           "over %s, %s\n#  gradient MB per stage (buckets):", a->dp, a->dp * a->P, a->P, a->dp, a->M * a->mbs, dp_label,
+           a->dp_overlap ? "overlapped with the backward (--dp-overlap)" : "after the last backward");
+    for (int s = 0; s < a->P; s++)
+        if (s < 8 || s + 1 == a->P)
+            printf("%s %.1f (%d)", s ? "," : "", b[s].total / 1e6, b[s].n);
+        else if (s == 8)
+            printf(", ...");
+    putchar('\n');
+}
+
 static void print_header(const sim_args_t *a, const sim_cost_t *cost, const netem_profile_t *profiles,
-                         const char *model_label, int ignored)
+                         const char *model_label, int ignored, const char *dp_label, const predict_buckets_t *b)
 {
     int P = a->P;
     printf("# pipenem sim: %d stages, %d micro-batches", P, a->M);
@@ -412,6 +512,7 @@ static void print_header(const sim_args_t *a, const sim_cost_t *cost, const nete
         printf(" none (one stage)");
     printf("\n# messages %.0f B activations, %.0f B gradients; overhead %g us; send mode %s\n",
            a->act_bytes, a->grad_bytes, a->overhead_us, sim_send_mode_name(a->mode));
+    print_dp(a, dp_label, b);
     if (ignored)
         printf("# note: the simulator models delay and rate; jitter and loss in --net are ignored\n");
     printf("#\n#%13s %6s %12s %12s %8s %9s  %s\n", "schedule", "slack", "iter_time", "no_delay",
@@ -419,9 +520,23 @@ static void print_header(const sim_args_t *a, const sim_cost_t *cost, const nete
     printf("#%13s %6s %12s %12s %8s %9s  %s\n", "", "(K)", "(ms)", "(ms)", "(%)", "(mb)", "(%)");
 }
 
+/* With --dp: each stage's all-reduce span, ms. */
+static void print_allreduce(const sim_result_t *r, int P)
+{
+    if (!r->allreduce)
+        return;
+    printf("#%13s allreduce per stage (ms):", "");
+    for (int s = 0; s < P; s++)
+        if (s < 8 || s + 1 == P)
+            printf("%s %.3f-%.3f", s ? "," : "", r->allreduce[s].start * 1e3, r->allreduce[s].end * 1e3);
+        else if (s == 8)
+            printf(", ...");
+    putchar('\n');
+}
+
 /* One schedule's row (and its slack search): 0, or 1 after printing why it failed. */
 static int sim_row(const sim_args_t *a, const char *name, const sim_cost_t *cost, const sim_link_t *links,
-                   sim_result_t *res)
+                   const sim_dp_t *dp, sim_result_t *res)
 {
     int P = a->P;
     char err[512];
@@ -431,14 +546,19 @@ static int sim_row(const sim_args_t *a, const char *name, const sim_cost_t *cost
     sim_result_t nd;
     double times[SIM_SLACK_AUTO_MAX + 1];
     int auto_k = -1;
-    if (sched_uses_slack(name) > 0 && a->K == SIM_SLACK_AUTO && sim_slack_auto(&cfg, &auto_k, times, err, sizeof err)) {
+    /* free links: the replicas' too */
+    sim_dp_t free_dp = dp ? *dp : (sim_dp_t){0};
+    free_dp.link = NULL;
+    if (sched_uses_slack(name) > 0 && a->K == SIM_SLACK_AUTO &&
+        sim_slack_auto_dp(&cfg, dp, &auto_k, times, err, sizeof err)) {
         printf("%14s  failed: %s\n", name, err);
         return 1;
     }
     if (auto_k >= 0)
         cfg.slack = free_cfg.slack = auto_k;
     int v = sched_uses_chunks(name) > 0 ? a->V : 0; /* --chunks: the interleaved schedule's */
-    if (sim_run_chunks(&cfg, v, res, err, sizeof err) || sim_run_chunks(&free_cfg, v, &nd, err, sizeof err)) {
+    if (sim_run_dp(&cfg, v, dp, res, err, sizeof err) ||
+        sim_run_dp(&free_cfg, v, dp ? &free_dp : NULL, &nd, err, sizeof err)) {
         printf("%14s  failed: %s\n", name, err);
         return 1;
     }
@@ -454,6 +574,7 @@ static int sim_row(const sim_args_t *a, const char *name, const sim_cost_t *cost
         printf("%s%.1f", s ? "/" : " ", res->time > 0 ? 100 * res->busy[s] / res->time : 0);
     putchar('\n');
     sim_result_destroy(&nd);
+    print_allreduce(res, P);
     if (auto_k >= 0) {
         printf("#%13s slack auto:", "");
         for (int k = 0; k <= SIM_SLACK_AUTO_MAX; k++)
@@ -466,7 +587,7 @@ static int sim_row(const sim_args_t *a, const char *name, const sim_cost_t *cost
 int cmd_sim(int argc, char **argv)
 {
     sim_args_t a = {.opt_arg = "0", .slack_arg = "auto", .P = 3, .batch = 64, .mbs = 1,
-                    .mode = SIM_SEND_PIPELINED};
+                    .mode = SIM_SEND_PIPELINED, .dp = 1};
     int rc = sim_parse(argc, argv, &a);
     if (rc)
         return rc < 0 ? CLI_OK : rc;
@@ -475,16 +596,23 @@ int cmd_sim(int argc, char **argv)
     sim_link_t *links = calloc((size_t)a.P, sizeof *links);
     netem_profile_t *profiles = calloc((size_t)a.P, sizeof *profiles);
     sim_result_t *res = calloc((size_t)a.n_sched, sizeof *res);
-    char model_label[320] = "";
+    predict_buckets_t *buckets = calloc((size_t)a.P, sizeof *buckets);
+    int *nb = calloc((size_t)a.P, sizeof *nb);
+    const double **bb = calloc((size_t)a.P, sizeof *bb), **br = calloc((size_t)a.P, sizeof *br);
+    char model_label[320] = "", dp_label[128] = "";
     int ignored = 0, failed = 0;
-    if (!cost || !links || !profiles || !res)
+    sim_link_t dp_link;
+    sim_dp_t dp;
+    if (!cost || !links || !profiles || !res || !buckets || !nb || !bb || !br)
         goto out;
-    if ((rc = sim_costs(&a, cost, model_label, sizeof model_label)) ||
-        (rc = sim_links(&a, links, profiles, &ignored)))
+    if ((rc = sim_costs(&a, cost, buckets, model_label, sizeof model_label)) ||
+        (rc = sim_links(&a, links, profiles, &ignored)) ||
+        (rc = sim_dp_link(&a, &dp_link, dp_label, sizeof dp_label, &ignored)))
         goto out;
-    print_header(&a, cost, profiles, model_label, ignored);
+    predict_dp_model(buckets, a.P, a.dp, a.dp_overlap, &dp_link, nb, bb, br, &dp);
+    print_header(&a, cost, profiles, model_label, ignored, dp_label, buckets);
     for (int i = 0; i < a.n_sched; i++)
-        failed |= sim_row(&a, a.scheds[i], cost, links, &res[i]);
+        failed |= sim_row(&a, a.scheds[i], cost, links, a.dp > 1 ? &dp : NULL, &res[i]);
     printf("#\n");
     for (int i = 0; i < a.n_sched; i++)
         if (res[i].span)
@@ -495,6 +623,10 @@ out:
     for (int i = 0; res && i < a.n_sched; i++)
         sim_result_destroy(&res[i]);
     free(res);
+    free(buckets);
+    free(nb);
+    free(bb);
+    free(br);
     free(profiles);
     free(links);
     free(cost);

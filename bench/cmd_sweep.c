@@ -31,9 +31,19 @@ static const int pipeline_only[] = {RUNCFG_OPT_ITERS, RUNCFG_OPT_WARMUP, RUNCFG_
 static const int network_only[] = {RUNCFG_OPT_EMULATOR, RUNCFG_OPT_TRANSPORT, RUNCFG_OPT_NET_DP, 0};
 static const int dist_only[] = {RUNCFG_OPT_DIST_URL, 0};
 
+/* The replica axis is the sweep's own: run and stage take one --dp. */
+enum { SWEEP_OPT_DP_SIZES = 0x3400 };
+static const model_option_t dp_grid_group[] = {
+    {"dp-sizes", 0, SWEEP_OPT_DP_SIZES, "LIST",
+     "data-parallel replica counts, a grid axis: each cell runs D x --stages processes (rank = d*P + s) "
+     "and table.md gains a Megatron-style DP x PP table; --dp D is --dp-sizes D", "1"},
+    {NULL, 0, 0, NULL, NULL, NULL},
+};
+
 static const cli_section_t sections[] = {
     {"grid", runcfg_pipeline_group, schedule_only, NULL, 0},
     {NULL, vocab_grid_group, NULL, NULL, 0},
+    {NULL, dp_grid_group, NULL, NULL, 0},
     {"configuration (every cell)", model_options_group, model_only, NULL, 0},
     {NULL, runcfg_pipeline_group, pipeline_only, NULL, 0},
     {NULL, runcfg_network_group, network_only, NULL, 0},
@@ -98,6 +108,7 @@ typedef struct {
     char timeline[256];
     int have_timeline;
     char dist_url[300];                   /* SPMD under a launcher: rank 0's control address */
+    const char *dp_given;  /* "--dp" or "--dp-sizes" once one was given */
 } opts_t;
 
 /* An option every cell passes on as text, checked by the parser every stage uses. */
@@ -142,7 +153,15 @@ static int sweep_option(opts_t *o, int c, const char *arg, const char **resume)
         }
         return cli_parse_int(cmd, "--slack", arg, 0, INT_MAX, &s->slack);
     case RUNCFG_OPT_CHUNKS: return cli_parse_int(cmd, "--chunks", arg, 1, 64, &s->chunks);
-    case RUNCFG_OPT_DP: return cli_parse_int(cmd, "--dp", arg, 1, PN_MAX_WORLD, &s->dp);
+    case RUNCFG_OPT_DP: /* one replica count: the axis of one value */
+    case SWEEP_OPT_DP_SIZES:
+        if (o->dp_given && strcmp(o->dp_given, c == RUNCFG_OPT_DP ? "--dp" : "--dp-sizes"))
+            return cli_usage_error(cmd, "give --dp or --dp-sizes, not both");
+        o->dp_given = c == RUNCFG_OPT_DP ? "--dp" : "--dp-sizes";
+        if (c == RUNCFG_OPT_DP && strchr(arg, ','))
+            return cli_usage_error(cmd, "--dp '%s': one replica count; a list is --dp-sizes", arg);
+        rc = sweep_dp_sizes_parse(arg, s, err, sizeof err);
+        break;
     case RUNCFG_OPT_DP_OVERLAP: s->dp_overlap = 1; return 0;
     case RUNCFG_OPT_NET_DP: return runcfg_checked_copy(RUNCFG_OPT_NET_DP, "--net-dp", arg, s->net_dp, sizeof s->net_dp);
     case RUNCFG_OPT_TIMEOUT:
@@ -329,8 +348,11 @@ static int open_out(const opts_t *o, int resume, int argc, char **argv, results_
 static void print_header(const opts_t *o, int resume, const results_t *r)
 {
     const sweep_spec_t *s = &o->spec;
-    printf("# pipenem sweep: %d schedule(s) x %d profile(s) x %d micro-batch size(s) = %d cells%s\n", s->n_sched,
-           s->n_prof, s->n_mbs, sweep_cells(s), resume ? " (resumed)" : "");
+    char dps[64] = "";
+    if (s->n_dp > 1 || s->dps[0] > 1)
+        snprintf(dps, sizeof dps, " x %d replica count(s)", s->n_dp);
+    printf("# pipenem sweep: %d schedule(s) x %d profile(s) x %d micro-batch size(s)%s = %d cells%s\n", s->n_sched,
+           s->n_prof, s->n_mbs, dps, sweep_cells(s), resume ? " (resumed)" : "");
     printf("# model %s, %d stages, batch %d, sequence %d, %d measured iterations after %d warm-up, %d repeat(s), "
            "compute %s, "
            "emulator %s", s->model, s->stages, s->batch_size, s->seq_len, s->iters, s->warmup, s->repeats,

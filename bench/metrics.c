@@ -45,6 +45,8 @@ void metrics_stats(const double *x, size_t n, metrics_stats_t *out)
 int metrics_op_lane(const char *op)
 {
     sched_op_kind_t k;
+    if (!strcmp(op, METRICS_OP_ALLREDUCE))
+        return METRICS_LANE_ALLREDUCE;
     if (sched_op_kind_parse(op, &k))
         return -1;
     if (sched_op_is_compute(k))
@@ -54,6 +56,13 @@ int metrics_op_lane(const char *op)
     if (k == SCHED_RECV_ACT || k == SCHED_RECV_GRAD)
         return METRICS_LANE_RECV;
     return -1;
+}
+
+double metrics_op_compute(const results_op_t *o)
+{
+    int lane = metrics_op_lane(o->op);
+    double d = o->end - o->start;
+    return lane == METRICS_LANE_COMPUTE ? d : lane == METRICS_LANE_ALLREDUCE ? -d : 0;
 }
 
 int metrics_iter_times(const results_t *r, int cell, int repeat, double **times, int *n,
@@ -136,9 +145,8 @@ int metrics_cell_compute(results_t *r, const metrics_params_t *p, results_cell_t
         cap += (size_t)iters;
         for (size_t i = 0; i < r->n_ops; i++) {
             const results_op_t *o = &r->ops[i];
-            if (o->cell == cell->cell && o->repeat == rep && o->rank < stages &&
-                metrics_op_lane(o->op) == METRICS_LANE_COMPUTE)
-                busy[(size_t)o->iteration * (size_t)stages + (size_t)o->rank] += o->end - o->start;
+            if (o->cell == cell->cell && o->repeat == rep && o->rank < stages)
+                busy[(size_t)o->iteration * (size_t)stages + (size_t)o->rank] += metrics_op_compute(o);
         }
         for (int k = 0; k < iters && !rc; k++) {
             int warm = k < p->warmup;
@@ -172,7 +180,8 @@ int metrics_cell_compute(results_t *r, const metrics_params_t *p, results_cell_t
     cell->iter_min = st.min;
     cell->iter_max = st.max;
     cell->iter_stdev = st.stdev;
-    cell->tokens_per_s = (double)p->batch_size * (double)p->seq_len / st.median;
+    /* every replica trains its own batch */
+    cell->tokens_per_s = (cell->dp > 1 ? cell->dp : 1) * (double)p->batch_size * (double)p->seq_len / st.median;
     double total = 0;
     for (int s = 0; s < stages; s++) {
         cell->bubble[s] = bubble_sum[s] / (double)n;
@@ -210,4 +219,49 @@ void metrics_straggler(double t, double t_ideal, double *delay, double *slowdown
 {
     *slowdown = t / t_ideal;
     *delay = 1.0 - t_ideal / t;
+}
+
+void metrics_dp_straggler(const results_t *r, results_cell_t *cell, int *slow_replica)
+{
+    int P = cell->stages, D = cell->dp;
+    for (int s = 0; s < RESULTS_MAX_STAGES; s++) {
+        cell->dp_straggler[s] = NAN;
+        if (slow_replica)
+            slow_replica[s] = -1;
+    }
+    if (D < 2 || P < 1 || P > RESULTS_MAX_STAGES)
+        return;
+    double *sum = calloc((size_t)D * (size_t)P, sizeof *sum), *peers = malloc((size_t)D * sizeof *peers);
+    if (!sum || !peers) {
+        free(sum);
+        free(peers);
+        return;
+    }
+    for (size_t i = 0; i < r->n_ops; i++) {
+        const results_op_t *o = &r->ops[i];
+        if (o->cell == cell->cell && o->iteration >= cell->warmup && o->rank >= 0 && o->rank < D * P)
+            sum[o->rank] += metrics_op_compute(o);
+    }
+    for (int s = 0; s < P; s++) {
+        int slow = 0, traced = 1;
+        for (int d = 0; d < D; d++) {
+            traced &= sum[d * P + s] > 0;
+            if (sum[d * P + s] > sum[slow * P + s])
+                slow = d;
+        }
+        if (!traced)
+            continue;
+        size_t n = 0;
+        for (int d = 0; d < D; d++)
+            if (d != slow)
+                peers[n++] = sum[d * P + s];
+        metrics_stats_t st;
+        metrics_stats(peers, n, &st);
+        /* the same number of iterations on every replica: the sums' ratio is the per-iteration one */
+        cell->dp_straggler[s] = sum[slow * P + s] / st.median;
+        if (slow_replica)
+            slow_replica[s] = slow;
+    }
+    free(sum);
+    free(peers);
 }

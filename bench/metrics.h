@@ -17,9 +17,22 @@ typedef struct {
 void metrics_stats(const double *x, size_t n, metrics_stats_t *out);
 
 /* Which lane of a timeline an op belongs to, from its name (sched_op_kind_name). */
-typedef enum { METRICS_LANE_COMPUTE, METRICS_LANE_SEND, METRICS_LANE_RECV, METRICS_LANES } metrics_lane_t;
-/* FWD, BWD, OPT_STEP -> compute; SEND_* -> send; RECV_* -> recv; anything else -1. */
+typedef enum {
+    METRICS_LANE_COMPUTE, METRICS_LANE_SEND, METRICS_LANE_RECV,
+    METRICS_LANE_ALLREDUCE, /* the data-parallel gradient all-reduce (--dp), one row per bucket */
+    METRICS_LANES
+} metrics_lane_t;
+/* The op name of an all-reduce bucket in a trace (pipeline's DP runtime writes it). */
+#define METRICS_OP_ALLREDUCE "ALLREDUCE"
+/* FWD, BWD, OPT_STEP -> compute; SEND_* -> send; RECV_* -> recv; allreduce -> allreduce;
+ * anything else -1. */
 int metrics_op_lane(const char *op);
+
+/* An op's compute seconds for busy-time sums: its duration for a compute op, minus it for
+ * an ALLREDUCE (the runtime's OPT_STEP row spans the step's all-reduce, waiting for the
+ * slowest replica included), else 0. Summed over an iteration's ops of a rank, the
+ * all-reduce drops out. */
+double metrics_op_compute(const results_op_t *o);
 
 /* Iteration i of one repeat lasts from the end of iteration i-1 (its last op on any
  * stage) to its own last op's end; iteration 0 starts at its first op. Measured from
@@ -31,7 +44,7 @@ int metrics_iter_times(const results_t *r, int cell, int repeat, double **times,
 
 typedef struct {
     int warmup;                    /* leading iterations of each repeat not counted */
-    int batch_size, seq_len;       /* tokens per iteration = batch_size * seq_len */
+    int batch_size, seq_len;       /* tokens per iteration = cell->dp * batch_size * seq_len */
     const double *flop_per_iter;   /* FLOPs per stage per iteration; NULL = unknown */
     double peak_flops;             /* device peak FLOP/s per stage; 0 = unknown */
     const double *loss_scale;      /* [repeat * scale_iters + iteration]: the fp16 loss scale of
@@ -50,6 +63,13 @@ int metrics_cell_compute(results_t *r, const metrics_params_t *p, results_cell_t
  * durations the ideal replay gives every op of that kind. -ENOENT when there is none. */
 int metrics_kind_median(const results_t *r, int cell, int warmup, const char *op, double *out)
     __attribute__((warn_unused_result));
+
+/* The data-parallel straggler figure of a cell with D = cell->dp > 1 replicas: for each
+ * stage s, each replica's compute seconds per measured iteration (rank d*stages + s, all
+ * repeats, warm-up excluded), and cell->dp_straggler[s] = the slowest replica's over the
+ * median of its D-1 peers doing the same work (1 = no straggler). slow_replica[s] (may be
+ * NULL) is that replica. NaN for D = 1 or a stage whose replicas were not all traced. */
+void metrics_dp_straggler(const results_t *r, results_cell_t *cell, int *slow_replica);
 
 /* slowdown = t / t_ideal, delay = 1 - t_ideal / t (so slowdown = 1 / (1 - delay)). */
 void metrics_straggler(double t, double t_ideal, double *delay, double *slowdown);

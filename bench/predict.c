@@ -5,6 +5,7 @@
 #include "common/err.h"
 
 #include "bench/metrics.h"
+#include "pipeline/allreduce.h"
 #include "schedules/sched.h"
 
 #include <errno.h>
@@ -141,6 +142,71 @@ void predict_cell_links(const results_t *r, const results_cell_t *cell, const ne
     }
 }
 
+/* Seconds of ALLREDUCE rows of `rank` per OPT_STEP row in the selected iterations. */
+static double allreduce_per_step(const results_t *r, const results_cell_t *cell, sel_t sel, int rank)
+{
+    double sum = 0;
+    size_t steps = 0;
+    for (size_t i = 0; i < r->n_ops; i++) {
+        const results_op_t *o = &r->ops[i];
+        if (!in_sel(o, cell, sel) || o->rank != rank)
+            continue;
+        if (!strcmp(o->op, METRICS_OP_ALLREDUCE))
+            sum += o->end - o->start;
+        steps += !strcmp(o->op, "OPT_STEP");
+    }
+    return steps ? sum / (double)steps : 0;
+}
+
+/* What a sim_dp_t of a measured cell points into. */
+typedef struct {
+    predict_buckets_t b[RESULTS_MAX_STAGES];
+    sim_link_t link;
+    int n[RESULTS_MAX_STAGES];
+    const double *bytes[RESULTS_MAX_STAGES], *ready[RESULTS_MAX_STAGES];
+} dp_store_t;
+
+/* The all-reduce of a measured --dp iteration: each stage's buckets the bytes of replica
+ * 0's allreduce rows in that iteration (in trace order), ready in proportion to the bytes
+ * (the trace does not say which layers a bucket holds); the DP links of --net-dp, or of
+ * the cell's profile. *store (malloc'd) backs *out. */
+static int dp_from_trace(const results_t *r, const results_cell_t *cell, sel_t sel, const netem_profile_t *p,
+                         dp_store_t **store, sim_dp_t *out, char *err, size_t errlen)
+{
+    int S = cell->stages;
+    netem_profile_t dpp = *p;
+    if (cell->net_dp[0] && netem_profile_parse(cell->net_dp, &dpp, err, errlen))
+        return -EINVAL;
+    dp_store_t *st = calloc(1, sizeof *st);
+    if (!st)
+        return -ENOMEM;
+    predict_buckets_t *b = st->b;
+    for (size_t i = 0; i < r->n_ops; i++) {
+        const results_op_t *o = &r->ops[i];
+        if (in_sel(o, cell, sel) && o->rank >= 0 && o->rank < S && !strcmp(o->op, METRICS_OP_ALLREDUCE) &&
+            b[o->rank].n < PREDICT_MAX_BUCKETS)
+            b[o->rank].bytes[b[o->rank].n++] = (double)o->bytes;
+    }
+    for (int s = 0; s < S; s++) {
+        if (!b[s].n) {
+            free(st);
+            return pn_err(err, errlen, -EINVAL, "cell %d: --dp %d but stage %d traced no %s in iteration %d",
+                          cell->cell, cell->dp, s, METRICS_OP_ALLREDUCE, sel.iteration);
+        }
+        for (int k = 0; k < b[s].n; k++)
+            b[s].total += b[s].bytes[k];
+        double upto = 0;
+        for (int k = 0; k < b[s].n; k++) {
+            upto += b[s].bytes[k];
+            b[s].ready[k] = k + 1 == b[s].n || !(b[s].total > 0) ? 1 : fmax(upto / b[s].total, 1e-12);
+        }
+    }
+    predict_link(&dpp, &st->link);
+    predict_dp_model(b, S, cell->dp, cell->dp_overlap, &st->link, st->n, st->bytes, st->ready, out);
+    *store = st;
+    return 0;
+}
+
 /* sim_run of one measured iteration: its own compute costs, the cell's links (a single
  * iteration has too few sends that met a waiting receiver to measure a path on its own).
  * -ENOENT when the iteration has no compute op (a repeat that did not trace it). */
@@ -168,6 +234,8 @@ static int predict_one(const results_t *r, const results_cell_t *cell, sel_t sel
         }
         if (isnan(cost[s].opt))
             cost[s].opt = 0;
+        if (cell->dp > 1) /* the runtime's OPT_STEP row spans its all-reduce: the model adds its own */
+            cost[s].opt = fmax(0, cost[s].opt - allreduce_per_step(r, cell, sel, s));
     }
     sim_link_t fwd, bwd, link_fwd[RESULTS_MAX_STAGES], link_bwd[RESULTS_MAX_STAGES];
     predict_cell_links(r, cell, p, &fwd, &bwd);
@@ -180,11 +248,16 @@ static int predict_one(const results_t *r, const results_cell_t *cell, sel_t sel
         .cost = cost, .link_fwd = link_fwd, .link_bwd = link_bwd, .act_bytes = isnan(act) ? 0 : act,
         .grad_bytes = isnan(grad) ? 0 : grad, .send_mode = SIM_SEND_PIPELINED,
     };
+    dp_store_t *b = NULL;
+    sim_dp_t dpm = {0};
+    int rc = cell->dp > 1 ? dp_from_trace(r, cell, sel, p, &b, &dpm, err, errlen) : 0;
     sim_result_t res = {0};
-    int rc = sim_run_chunks(&cfg, chunks, &res, err, errlen);
+    if (!rc)
+        rc = sim_run_dp(&cfg, chunks, cell->dp > 1 ? &dpm : NULL, &res, err, errlen);
     if (!rc)
         *predicted = res.time;
     sim_result_destroy(&res);
+    free(b);
     return rc;
 }
 
@@ -267,7 +340,8 @@ static int replay_one(const results_t *r, const results_cell_t *cell, int repeat
     size_t n[RESULTS_MAX_STAGES] = {0}, cap = 0;
     for (size_t i = 0; i < r->n_ops; i++) {
         const results_op_t *o = &r->ops[i];
-        if (o->cell == cell->cell && o->repeat == repeat && o->iteration == it && o->rank < S)
+        if (o->cell == cell->cell && o->repeat == repeat && o->iteration == it && o->rank < S &&
+            strcmp(o->op, METRICS_OP_ALLREDUCE)) /* the replay is of the pipeline's ops */
             n[o->rank]++, cap++;
     }
     if (!cap)
@@ -279,7 +353,8 @@ static int replay_one(const results_t *r, const results_cell_t *cell, int repeat
     size_t k[RESULTS_MAX_STAGES] = {0};
     for (size_t i = 0; i < r->n_ops && !rc; i++) {
         const results_op_t *o = &r->ops[i];
-        if (o->cell != cell->cell || o->repeat != repeat || o->iteration != it || o->rank >= S)
+        if (o->cell != cell->cell || o->repeat != repeat || o->iteration != it || o->rank >= S ||
+            !strcmp(o->op, METRICS_OP_ALLREDUCE))
             continue;
         sim_trace_op_t *t = &ops[o->rank][k[o->rank]++];
         if (sched_op_kind_parse(o->op, &t->kind)) {
@@ -353,12 +428,13 @@ static int stage_compute(const results_t *r, const results_cell_t *cell, double 
         const results_op_t *o = &r->ops[i];
         sched_op_kind_t k;
         if (!in_sel(o, cell, ALL_MEASURED) || o->rank < 0 || o->rank >= S || o->repeat < 0 || o->repeat >= repeats ||
-            o->iteration >= span || sched_op_kind_parse(o->op, &k) || !sched_op_is_compute(k))
+            o->iteration >= span || sched_op_kind_parse(o->op, &k) ||
+            !(sched_op_is_compute(k) || k == SCHED_ALLREDUCE))
             continue;
         unsigned char *f = &seen[((size_t)o->rank * (size_t)repeats + (size_t)o->repeat) * (size_t)span + (size_t)o->iteration];
         n[o->rank] += !*f;
         *f = 1;
-        sum[o->rank] += o->end - o->start;
+        sum[o->rank] += metrics_op_compute(o); /* the step's row less its all-reduce */
     }
     free(seen);
     for (int s = 0; s < S; s++) {
@@ -412,8 +488,57 @@ int predict_whatif(const results_t *r, const results_cell_t *cell, const netem_p
     return 0;
 }
 
+void predict_dp_buckets(const model_stage_t *st, double cap, predict_buckets_t *out)
+{
+    memset(out, 0, sizeof *out);
+    double total = 0, total_w = 0;
+    if (!(cap > 0))
+        cap = ALLREDUCE_BUCKET_DEFAULT;
+    for (int i = 0; i < st->n_tensors; i++) {
+        const model_tensor_t *t = &st->tensors[i];
+        total += 4.0 * (double)t->numel;
+        /* matrices; the embeddings' backward is a scatter */
+        if (t->decay && strcmp(t->name, "wte") && strcmp(t->name, "wpe"))
+            total_w += (double)t->numel;
+    }
+    int pieces = total > 0 ? (int)ceil(total / cap) : 1;
+    out->n = pieces < PREDICT_MAX_BUCKETS ? pieces : PREDICT_MAX_BUCKETS;
+    out->total = total;
+    for (int k = 0; k < out->n; k++) {
+        int piece = out->n - 1 - k; /* the last piece of the block first */
+        double lo = piece * cap, hi = k == 0 ? total : fmin(total, lo + cap), w = 0;
+        out->bytes[k] = hi - lo;
+        for (int i = 0; i < st->n_tensors; i++) { /* tensors from this piece on */
+            const model_tensor_t *t = &st->tensors[i];
+            if (4.0 * (double)(t->offset + t->numel) > lo && t->decay && strcmp(t->name, "wte") &&
+                strcmp(t->name, "wpe"))
+                w += (double)t->numel;
+        }
+        out->ready[k] = k + 1 == out->n || !(total_w > 0) ? 1 : fmax(fmin(1, w / total_w), 1e-12);
+    }
+}
+
+void predict_dp_model(const predict_buckets_t *buckets, int stages, int dp, int overlap, const sim_link_t *link,
+                      int *n, const double **bytes, const double **ready, sim_dp_t *out)
+{
+    for (int s = 0; s < stages; s++) {
+        n[s] = buckets[s].n;
+        bytes[s] = buckets[s].bytes;
+        ready[s] = buckets[s].ready;
+    }
+    *out = (sim_dp_t){dp, overlap, link, n, bytes, ready};
+}
+
 int predict_apriori(const results_cell_t *cell, int slack, int chunks, const sim_cost_t *cost, double boundary_bytes,
                     const netem_profile_t *p, double *predicted, char *err, size_t errlen)
+{
+    return predict_apriori_dp(cell, slack, chunks, cost, boundary_bytes, p, 1, 0, NULL, NULL, predicted, err, errlen);
+}
+
+int predict_apriori_dp(const results_cell_t *cell, int slack, int chunks, const sim_cost_t *cost,
+                       double boundary_bytes, const netem_profile_t *p, int dp, int overlap,
+                       const netem_profile_t *dp_prof, const predict_buckets_t *buckets, double *predicted,
+                       char *err, size_t errlen)
 {
     int S = cell->stages;
     if (S < 1 || S > RESULTS_MAX_STAGES) {
@@ -427,8 +552,19 @@ int predict_apriori(const results_cell_t *cell, int slack, int chunks, const sim
         .cost = cost, .link_fwd = link, .link_bwd = link, .act_bytes = S > 1 ? boundary_bytes : 0,
         .grad_bytes = S > 1 ? boundary_bytes : 0, .send_mode = SIM_SEND_PIPELINED,
     };
+    sim_link_t dl;
+    int n[RESULTS_MAX_STAGES];
+    const double *bytes[RESULTS_MAX_STAGES], *ready[RESULTS_MAX_STAGES];
+    sim_dp_t dpm = {0};
+    if (dp > 1) {
+        if (!buckets || !dp_prof)
+            return pn_err(err, errlen, -EINVAL, "cell %d: --dp %d without gradient buckets or a DP link", cell->cell,
+                          dp);
+        predict_link(dp_prof, &dl);
+        predict_dp_model(buckets, S, dp, overlap, &dl, n, bytes, ready, &dpm);
+    }
     sim_result_t res = {0};
-    int rc = sim_run_chunks(&cfg, chunks, &res, err, errlen);
+    int rc = sim_run_dp(&cfg, chunks, dp > 1 ? &dpm : NULL, &res, err, errlen);
     if (!rc)
         *predicted = res.time;
     sim_result_destroy(&res);

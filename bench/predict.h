@@ -5,6 +5,7 @@
 #define PN_BENCH_PREDICT_H
 
 #include "bench/results.h"
+#include "models/model.h"
 #include "netem/profile.h"
 #include "schedules/sim.h"
 
@@ -83,5 +84,33 @@ typedef struct {
 int predict_whatif(const results_t *r, const results_cell_t *cell, const netem_profile_t *p,
                    const double *work, predict_whatif_t *out, char *err, size_t errlen)
     __attribute__((warn_unused_result));
+
+/* The all-reduce buckets of one stage as the simulator takes them (sim_dp_t), laid out as
+ * pipeline's DP runtime cuts them: the stage's fp32 gradient block (its tensors in order)
+ * in pieces of cap bytes (0: ALLREDUCE_BUCKET_DEFAULT, 25 MiB), at most
+ * PREDICT_MAX_BUCKETS (the last one takes the rest). Listed last piece first, the order
+ * the backward finalises them; piece k is ready (with --dp-overlap) once the backward has
+ * passed every tensor from the piece on, in proportion to their matrix parameters (a
+ * layer's backward FLOPs are its matrices'; the embeddings' gather adds none). Without
+ * overlap the order is immaterial: every piece waits for the last backward. */
+#define PREDICT_MAX_BUCKETS 1024
+typedef struct {
+    int n;
+    double bytes[PREDICT_MAX_BUCKETS], ready[PREDICT_MAX_BUCKETS];
+    double total;                       /* bytes, all buckets */
+} predict_buckets_t;
+void predict_dp_buckets(const model_stage_t *st, double cap, predict_buckets_t *out);
+
+/* The a-priori prediction with D replicas: predict_apriori plus each stage's all-reduce
+ * over the DP links of profile dp_prof (predict_link), buckets[stages]; overlap as
+ * --dp-overlap. D = 1 is predict_apriori exactly. */
+int predict_apriori_dp(const results_cell_t *cell, int slack, int chunks, const sim_cost_t *cost,
+                       double boundary_bytes, const netem_profile_t *p, int dp, int overlap,
+                       const netem_profile_t *dp_prof, const predict_buckets_t *buckets, double *predicted,
+                       char *err, size_t errlen) __attribute__((warn_unused_result));
+
+/* Fills a sim_dp_t from buckets[stages] (the rows point into buckets). */
+void predict_dp_model(const predict_buckets_t *buckets, int stages, int dp, int overlap, const sim_link_t *link,
+                      int *n, const double **bytes, const double **ready, sim_dp_t *out);
 
 #endif

@@ -48,6 +48,7 @@ static const col_t run_cols[] = {
     CIN(straggler_stage), CD("tokens_per_s", tokens_per_s), CD("mfu", mfu),
     CD("straggler_delay", straggler_delay), CD("straggler_slowdown", straggler_slowdown),
     CD("final_loss", final_loss), CD("wall_s", wall), CS(transport), CSN(mem_kind), CIN(skipped_steps),
+    CIN(dp), CIN(dp_overlap), CSN(net_dp), CIN(global_batch),
 };
 #define N_RUN_COLS (sizeof run_cols / sizeof *run_cols)
 
@@ -61,6 +62,7 @@ static const struct {
     {"mem_peak_bytes", offsetof(results_cell_t, mem_peak), 0},
     {"bubble", offsetof(results_cell_t, bubble), 0},
     {"mem_model_bytes", offsetof(results_cell_t, mem_model), 1},
+    {"dp_straggler", offsetof(results_cell_t, dp_straggler), 1},
 };
 #define N_STAGE_COLS (sizeof stage_cols / sizeof *stage_cols)
 
@@ -98,7 +100,8 @@ void results_cell_clear(results_cell_t *c, int index)
         if (run_cols[i].type == COL_DOUBLE && strcmp(run_cols[i].name, "straggler_factor"))
             *(double *)((char *)c + run_cols[i].off) = NAN;
     for (int s = 0; s < RESULTS_MAX_STAGES; s++)
-        c->flops[s] = c->mem_peak[s] = c->bubble[s] = c->mem_model[s] = NAN;
+        c->flops[s] = c->mem_peak[s] = c->bubble[s] = c->mem_model[s] = c->dp_straggler[s] = NAN;
+    c->dp = 1; /* a runs.csv from before --dp reads as one replica */
 }
 
 static int grow(void **arr, size_t *cap, size_t n, size_t elem)

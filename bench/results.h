@@ -50,6 +50,11 @@ typedef struct {
     int skipped_steps;             /* optimizer steps skipped for an fp16 overflow, summed over
                                     * repeats (every stage skips together); 0 without loss scaling */
     double wall;                   /* s the cell took, set-up included (for ETAs) */
+    int dp, dp_overlap;            /* --dp replicas of the pipeline (rank = d*stages + s), --dp-overlap */
+    char net_dp[96];               /* --net-dp profile between replicas; "" = the cell's profile */
+    int global_batch;              /* sequences per iteration over all replicas: dp x batch_size */
+    double dp_straggler[RESULTS_MAX_STAGES]; /* per stage: its slowest replica's compute per
+                                              * iteration over the median of the other D-1 */
 } results_cell_t;
 
 /* One measured iteration; iterations with warmup = 1 are not in the statistics. */

@@ -125,17 +125,42 @@ static int mbs_key(const char *item, int i, char *key, size_t keylen, void *ctx,
     return 0;
 }
 
+/* A list of whole numbers into out[] (*n of them), each checked by axis->key. */
+static int int_axis_parse(const axis_t *axis, const char *text, int *out, int *n, char *err, size_t errlen)
+{
+    char buf[1024], *items[SWEEP_MAX_AXIS], keys[SWEEP_MAX_AXIS][AXIS_KEY];
+    int k, v[SWEEP_MAX_AXIS];
+    int rc = axis_split(axis, text, buf, sizeof buf, items, keys, v, &k, err, errlen);
+    if (rc)
+        return rc;
+    memcpy(out, v, (size_t)k * sizeof *v);
+    *n = k;
+    return 0;
+}
+
 int sweep_mbs_parse(const char *text, sweep_spec_t *s, char *err, size_t errlen)
 {
     static const axis_t axis = {"--micro-batch-sizes", 0, mbs_key, NULL};
-    char buf[1024], *items[SWEEP_MAX_AXIS], keys[SWEEP_MAX_AXIS][AXIS_KEY];
-    int n, v[SWEEP_MAX_AXIS];
-    int rc = axis_split(&axis, text, buf, sizeof buf, items, keys, v, &n, err, errlen);
-    if (rc)
-        return rc;
-    memcpy(s->mbs, v, (size_t)n * sizeof *v);
-    s->n_mbs = n;
+    return int_axis_parse(&axis, text, s->mbs, &s->n_mbs, err, errlen);
+}
+
+static int dp_key(const char *item, int i, char *key, size_t keylen, void *ctx, char *err, size_t errlen)
+{
+    int *v = ctx;
+    if (pn_parse_int(item, 1, PN_MAX_WORLD, &v[i]))
+        return pn_err(err, errlen, -EINVAL, "--dp-sizes: '%s' (item %d) is not a replica count 1..%d", item, i + 1,
+                      PN_MAX_WORLD);
+    snprintf(key, keylen, "%d", v[i]);
     return 0;
+}
+
+int sweep_dp_sizes_parse(const char *text, sweep_spec_t *s, char *err, size_t errlen)
+{
+    static const axis_t axis = {"--dp-sizes", 0, dp_key, NULL};
+    int rc = int_axis_parse(&axis, text, s->dps, &s->n_dp, err, errlen);
+    if (!rc)
+        s->dp = s->dps[0];
+    return rc;
 }
 
 static int profile_key(const char *item, int i, char *key, size_t keylen, void *ctx, char *err, size_t errlen)
@@ -205,6 +230,8 @@ int sweep_spec_default(sweep_spec_t *s, char *err, size_t errlen)
     snprintf(s->emulator, sizeof s->emulator, "auto");
     snprintf(s->transport, sizeof s->transport, "ucx");
     s->dp = 1;
+    s->dps[0] = 1; /* --dp-sizes: one replica */
+    s->n_dp = 1;
     s->straggler_rank = -1;
     s->straggler_factor = 1.0;
     int rc = sweep_schedules_parse("gpipe,1f1b", s, err, errlen);
@@ -257,7 +284,11 @@ int sweep_spec_check(const sweep_spec_t *s, char *err, size_t errlen)
     }
     if (transport_kind_check(s->transport, s->compute, s->emulator, why, sizeof why))
         return pn_err(err, errlen, -EINVAL, "%s", why);
-    if (!s->n_sched || !s->n_mbs || !s->n_prof) {
+    for (int i = 0; i < s->n_dp; i++)
+        if ((long)s->dps[i] * s->stages > PN_MAX_WORLD)
+            return pn_err(err, errlen, -EINVAL, "--dp-sizes: %d replicas x %d stages = %ld processes; at most %d",
+                          s->dps[i], s->stages, (long)s->dps[i] * s->stages, PN_MAX_WORLD);
+    if (!s->n_sched || !s->n_mbs || !s->n_prof || !s->n_dp) {
         return pn_err(err, errlen, -EINVAL, "the grid is empty");
     }
     return 0;
@@ -265,12 +296,14 @@ int sweep_spec_check(const sweep_spec_t *s, char *err, size_t errlen)
 
 int sweep_cells(const sweep_spec_t *s)
 {
-    return s->n_sched * s->n_prof * s->n_mbs;
+    return s->n_sched * s->n_prof * s->n_mbs * (s->n_dp > 0 ? s->n_dp : 1);
 }
 
 void sweep_cell_config(const sweep_spec_t *s, int i, results_cell_t *c)
 {
-    int m = i % s->n_mbs, p = (i / s->n_mbs) % s->n_prof, a = i / (s->n_mbs * s->n_prof);
+    /* the replica count outermost: one replica's grid keeps its cell numbers */
+    int per_dp = s->n_sched * s->n_prof * s->n_mbs, d = i / per_dp;
+    int m = i % s->n_mbs, p = (i / s->n_mbs) % s->n_prof, a = (i % per_dp) / (s->n_mbs * s->n_prof);
     results_cell_clear(c, i);
     snprintf(c->schedule, sizeof c->schedule, "%s", s->schedules[a]);
     c->micro_batch_size = s->mbs[m];
@@ -289,6 +322,10 @@ void sweep_cell_config(const sweep_spec_t *s, int i, results_cell_t *c)
     snprintf(c->transport, sizeof c->transport, "%s", s->transport);
     c->straggler_rank = s->straggler_rank;
     c->straggler_factor = s->straggler_factor;
+    c->dp = s->n_dp > 0 ? s->dps[d] : 1;
+    c->dp_overlap = c->dp > 1 && s->dp_overlap;
+    snprintf(c->net_dp, sizeof c->net_dp, "%s", c->dp > 1 ? s->net_dp : "");
+    c->global_batch = c->dp * s->batch_size;
 }
 
 static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
@@ -323,12 +360,12 @@ static int check_resumed(const sweep_spec_t *s, results_t *r, char *err, size_t 
         sweep_cell_config(s, c->cell, &want);
         if (strcmp(c->schedule, want.schedule) || c->micro_batch_size != want.micro_batch_size ||
             strcmp(c->profile, want.profile) || strcmp(c->model, want.model) || c->stages != want.stages ||
-            c->batch_size != want.batch_size || c->seq_len != want.seq_len) {
-            return pn_err(err, errlen, -EINVAL, "runs.csv cell %d is %s, micro-batch size %d, %s (%s, %d stages, batch %d, seq %d) "
-                 "but this sweep's cell %d is %s, micro-batch size %d, %s (%s, %d stages, batch %d, seq %d)",
+            c->batch_size != want.batch_size || c->seq_len != want.seq_len || c->dp != want.dp) {
+            return pn_err(err, errlen, -EINVAL, "runs.csv cell %d is %s, micro-batch size %d, %s (%s, %d stages, batch %d, seq %d, "
+                 "dp %d) but this sweep's cell %d is %s, micro-batch size %d, %s (%s, %d stages, batch %d, seq %d, dp %d)",
                  c->cell, c->schedule, c->micro_batch_size, c->profile, c->model, c->stages, c->batch_size,
-                 c->seq_len, c->cell, want.schedule, want.micro_batch_size, want.profile, want.model, want.stages,
-                 want.batch_size, want.seq_len);
+                 c->seq_len, c->dp, c->cell, want.schedule, want.micro_batch_size, want.profile, want.model,
+                 want.stages, want.batch_size, want.seq_len, want.dp);
         }
     }
     /* Ops or iterations of a cell without a runs.csv row are from an interrupted cell. */

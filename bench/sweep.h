@@ -29,7 +29,9 @@ typedef struct {
     char compute[96];                     /* compute backend spec */
     char emulator[32];                    /* network emulator backend requested */
     char transport[16];                   /* --transport of every cell: "ucx" or "nccl" */
-    int dp, dp_overlap;                   /* --dp replicas and --dp-overlap of every cell */
+    int dp, dp_overlap;                   /* --dp replicas (the first of dps) and --dp-overlap */
+    int dps[SWEEP_MAX_AXIS];              /* --dp-sizes: the replica axis (--dp D: just D) */
+    int n_dp;
     char net_dp[96];                      /* --net-dp of every cell ("" = as its --net) */
     int straggler_rank;                   /* -1 = none */
     double straggler_factor;              /* 1 = none */
@@ -49,6 +51,9 @@ int sweep_mbs_parse(const char *text, sweep_spec_t *s, char *err, size_t errlen)
     __attribute__((warn_unused_result));
 int sweep_profiles_parse(const char *text, sweep_spec_t *s, char *err, size_t errlen)
     __attribute__((warn_unused_result));
+/* --dp-sizes 1,2: replica counts, each 1..PN_MAX_WORLD. */
+int sweep_dp_sizes_parse(const char *text, sweep_spec_t *s, char *err, size_t errlen)
+    __attribute__((warn_unused_result));
 /* RANK:FACTOR, FACTOR > 0 (1.5 = that stage computes 1.5x slower). */
 int sweep_straggler_parse(const char *text, int *rank, double *factor, char *err, size_t errlen)
     __attribute__((warn_unused_result));
@@ -56,8 +61,9 @@ int sweep_straggler_parse(const char *text, int *rank, double *factor, char *err
  * a stage, warm-up leaves a measured iteration, ... */
 int sweep_spec_check(const sweep_spec_t *s, char *err, size_t errlen) __attribute__((warn_unused_result));
 
-/* Cells in the grid; cell i is schedule i / (n_prof n_mbs), profile (i / n_mbs) % n_prof,
- * micro-batch size i % n_mbs. */
+/* Cells in the grid; with G = n_sched n_prof n_mbs, cell i is replica count i / G,
+ * schedule (i % G) / (n_prof n_mbs), profile (i / n_mbs) % n_prof, micro-batch size
+ * i % n_mbs (one replica count: the numbering of a grid without --dp-sizes). */
 int sweep_cells(const sweep_spec_t *s);
 /* A results_cell_t with cell i's configuration filled and every measurement NaN. */
 void sweep_cell_config(const sweep_spec_t *s, int i, results_cell_t *c);

@@ -79,12 +79,19 @@ void table_axes(const results_t *r, const char **schedules, size_t *n_sched, int
 
 const results_cell_t *table_cell_find(const results_t *r, const char *schedule, int mbs, const char *profile)
 {
+    return table_cell_find_dp(r, schedule, mbs, profile, 0);
+}
+
+const results_cell_t *table_cell_find_dp(const results_t *r, const char *schedule, int mbs, const char *profile, int dp)
+{
+    const results_cell_t *best = NULL;
     for (size_t i = 0; i < r->n_cells; i++) {
         const results_cell_t *c = &r->cells[i];
-        if (!strcmp(c->schedule, schedule) && c->micro_batch_size == mbs && !strcmp(c->profile, profile))
-            return c;
+        if (!strcmp(c->schedule, schedule) && c->micro_batch_size == mbs && !strcmp(c->profile, profile) &&
+            (dp ? c->dp == dp : !best || c->dp < best->dp))
+            best = c;
     }
-    return NULL;
+    return best;
 }
 
 /* v with three significant digits and a unit suffix ("6.64 s", "45.1%"). */
@@ -134,7 +141,28 @@ typedef struct {
     int *mbs;
     const results_cell_t **prof;
     size_t ns, nm, np;
+    int *dp;              /* replica counts, ascending */
+    size_t nd;
 } axes_t;
+
+/* The replica counts of the cells, ascending (a handful). */
+static void dp_axis(axes_t *x)
+{
+    x->nd = 0;
+    for (size_t i = 0; i < x->r->n_cells; i++) {
+        int d = x->r->cells[i].dp, k = 0;
+        while ((size_t)k < x->nd && x->dp[k] != d)
+            k++;
+        if ((size_t)k == x->nd)
+            x->dp[x->nd++] = d;
+    }
+    for (size_t i = 1; i < x->nd; i++)
+        for (size_t j = i; j > 0 && x->dp[j - 1] > x->dp[j]; j--) {
+            int t = x->dp[j];
+            x->dp[j] = x->dp[j - 1];
+            x->dp[j - 1] = t;
+        }
+}
 
 static int is_emulated(const results_cell_t *c)
 {
@@ -212,6 +240,11 @@ static void put_intro(FILE *f, const axes_t *x)
         fprintf(f, "%s %s: %s", p ? ";" : "", x->prof[p]->label, x->prof[p]->emulator);
     fputs(".\nEach cell is the median iteration time of the measured iterations; "
           "\"not run\" marks a cell the sweep has not finished.\n\n", f);
+    if (x->nd > 1 || (x->nd && x->dp[0] > 1))
+        fprintf(f, "Data parallel: %d replica counts; the tables per micro-batch size show the %d-replica cells "
+                   "(rank = d x %d + s), every cell is in \"Predicted vs measured\", \"Metrics\" and \"Data "
+                   "parallel x pipeline parallel\". Tokens/s counts every replica.\n\n",
+                (int)x->nd, x->dp[0], c0->stages);
     fprintf(f, "Legend: `default` is unshaped TCP between the stage processes on one machine (loopback or veths "
                "in namespaces), not a datacenter network. A delay is one-way (RTT = 2 x delay) and a bandwidth is "
                "each link's capacity in each direction; `netem` is the kernel's qdisc on each veth, `shim` the "
@@ -292,19 +325,72 @@ static void row_metrics(FILE *f, const results_cell_t *c)
     put_num(f, c->final_loss, "");
 }
 
-/* One row per finished cell, schedule, then setting, then micro-batch size. */
+/* One row per finished cell: replica count, schedule, then setting, then micro-batch
+ * size; a schedule with replicas reads "gpipe, DP 2". */
 static void put_rows(FILE *f, const axes_t *x, void (*row)(FILE *, const results_cell_t *))
 {
+    for (size_t d = 0; d < x->nd; d++)
+        for (size_t a = 0; a < x->ns; a++)
+            for (size_t p = 0; p < x->np; p++)
+                for (size_t m = 0; m < x->nm; m++) {
+                    const results_cell_t *c =
+                        table_cell_find_dp(x->r, x->sched[a], x->mbs[m], x->prof[p]->profile, x->dp[d]);
+                    if (!c)
+                        continue;
+                    fprintf(f, "| %s", c->schedule);
+                    if (c->dp > 1)
+                        fprintf(f, ", DP %d", c->dp);
+                    fprintf(f, " | %s | %d | ", c->label, c->micro_batch_size);
+                    row(f, c);
+                    fputs(" |\n", f);
+                }
+}
+
+/* Megatron's table: one row per cell, the replicas of every configuration side by side. */
+static void put_dp_table(FILE *f, const axes_t *x)
+{
+    if (x->nd < 2 && (!x->nd || x->dp[0] < 2))
+        return;
+    fputs("\n## Data parallel x pipeline parallel\n\nIn the style of Megatron-LM's tables: Nodes = DP x PP (one "
+          "process, one device each), MBS the micro-batch size, GBS the global batch (DP x batch). Mem: device "
+          "memory per device, the largest stage's (modelled where the compute is emulated, else measured). "
+          "TFLOP/s per GPU: the mean over the stages of one replica (every replica does the same work); "
+          "aggregate: that times DP x PP. DP straggler: per stage, the slowest replica's compute over the "
+          "median of its peers (1 = none).\n\n"
+          "| Schedule | Network setting | Nodes | DP | PP | MBS | GBS | Mem | Sec/it | TFLOP/s per GPU | "
+          "Aggregate TFLOP/s | DP straggler per stage |\n"
+          "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n", f);
     for (size_t a = 0; a < x->ns; a++)
         for (size_t p = 0; p < x->np; p++)
-            for (size_t m = 0; m < x->nm; m++) {
-                const results_cell_t *c = table_cell_find(x->r, x->sched[a], x->mbs[m], x->prof[p]->profile);
-                if (!c)
-                    continue;
-                fprintf(f, "| %s | %s | %d | ", c->schedule, c->label, c->micro_batch_size);
-                row(f, c);
-                fputs(" |\n", f);
-            }
+            for (size_t m = 0; m < x->nm; m++)
+                for (size_t d = 0; d < x->nd; d++) {
+                    const results_cell_t *c =
+                        table_cell_find_dp(x->r, x->sched[a], x->mbs[m], x->prof[p]->profile, x->dp[d]);
+                    if (!c)
+                        continue;
+                    double mem = 0, tf = 0;
+                    int nf = 0;
+                    const double *mv = isfinite(c->mem_model[0]) ? c->mem_model : c->mem_peak;
+                    for (int s = 0; s < c->stages; s++) {
+                        mem = isfinite(mv[s]) ? fmax(mem, mv[s]) : mem;
+                        if (isfinite(c->flops[s]))
+                            tf += c->flops[s], nf++;
+                    }
+                    tf = nf == c->stages ? tf / nf : NAN;
+                    int gbs = c->global_batch > 0 ? c->global_batch : c->dp * c->batch_size;
+                    fprintf(f, "| %s | %s | %d | %d | %d | %d | %d | ", c->schedule, c->label, c->dp * c->stages,
+                            c->dp, c->stages, c->micro_batch_size, gbs);
+                    put_num(f, mem > 0 ? mem / (1024.0 * 1024 * 1024) : NAN, " GiB");
+                    fputs(" | ", f);
+                    put_num(f, c->iter_median, "");
+                    fputs(" | ", f);
+                    put_num(f, tf * 1e-12, "");
+                    fputs(" | ", f);
+                    put_num(f, tf * 1e-12 * c->dp * c->stages, "");
+                    fputs(" | ", f);
+                    put_stages(f, c->dp_straggler, c->stages, 1, "");
+                    fputs(" |\n", f);
+                }
 }
 
 static void put_tables(FILE *f, const axes_t *x)
@@ -352,6 +438,7 @@ static void put_tables(FILE *f, const axes_t *x)
                "---: |\n",
             mod, *mod ? ", where the time is the emulated device's (set by its assumed efficiency)" : "", mod, mod);
     put_rows(f, x, row_metrics);
+    put_dp_table(f, x);
 }
 
 int table_markdown(const results_t *r, char **text)
@@ -361,12 +448,14 @@ int table_markdown(const results_t *r, char **text)
     x.sched = calloc(n, sizeof *x.sched);
     x.mbs = calloc(n, sizeof *x.mbs);
     x.prof = calloc(n, sizeof *x.prof);
+    x.dp = calloc(n, sizeof *x.dp);
     char *buf = NULL;
     size_t len = 0;
     FILE *f = open_memstream(&buf, &len);
-    int bad = !x.sched || !x.mbs || !x.prof || !f;
+    int bad = !x.sched || !x.mbs || !x.prof || !x.dp || !f;
     if (!bad) {
         table_axes(r, x.sched, &x.ns, x.mbs, &x.nm, x.prof, &x.np);
+        dp_axis(&x);
         put_tables(f, &x);
         bad = ferror(f);
     }
@@ -375,6 +464,7 @@ int table_markdown(const results_t *r, char **text)
     free(x.sched);
     free(x.mbs);
     free(x.prof);
+    free(x.dp);
     if (bad) {
         free(buf);
         return -ENOMEM;

@@ -22,7 +22,10 @@ void table_format_sig3(double v, char *buf, size_t len);
 void table_axes(const results_t *r, const char **schedules, size_t *n_sched, int *mbs, size_t *n_mbs,
                 const results_cell_t **profiles, size_t *n_prof);
 
-/* The cell of (schedule, micro-batch size, profile), or NULL when it has not run. */
+/* The cell of (schedule, micro-batch size, profile), or NULL when it has not run; of
+ * several replica counts (--dp-sizes), the fewest replicas'. */
 const results_cell_t *table_cell_find(const results_t *r, const char *schedule, int mbs, const char *profile);
+/* The same with `dp` replicas (0: the fewest). */
+const results_cell_t *table_cell_find_dp(const results_t *r, const char *schedule, int mbs, const char *profile, int dp);
 
 #endif

@@ -71,6 +71,7 @@ void sim_result_destroy(sim_result_t *r)
     free(r->bubble);
     free(r->peak_inflight);
     free(r->critical);
+    free(r->allreduce);
     sched_plan_destroy(&r->plan);
     memset(r, 0, sizeof *r);
 }
@@ -121,6 +122,8 @@ typedef struct {
     int *waiting;
     int *work;
     int n_work;
+    const sim_dp_t *dp;
+    sim_span_t *allreduce; /* [P] with an active sim_dp_t, else NULL (owned by the result) */
 } run_t;
 
 static int link_id(int P, int from, int to)
@@ -207,6 +210,23 @@ static void send(run_t *r, int s, size_t i, int to, int ch, double dur, double b
     wake(r, to);
 }
 
+/* Before stage s's OPT_STEP (op j): its all-reduce, after its last backward; the step
+ * waits for the last bucket (its chain goes on from the stage's previous op). */
+static void allreduce(run_t *r, int s, size_t j)
+{
+    sim_span_t last = {r->clock[s], r->clock[s]};
+    for (size_t k = j; k-- > 0;) {
+        sched_op_kind_t kind = r->p->ops[s][k].kind;
+        if (kind == SCHED_BWD || kind == SCHED_BWD_WEIGHT) {
+            last = r->span[r->off[s] + k];
+            break;
+        }
+    }
+    double end = sim_dp_stage(r->dp, s, last, &r->allreduce[s]);
+    if (end > r->clock[s])
+        r->clock[s] = end;
+}
+
 /* Runs stage s until it finishes or waits for a message not yet sent. */
 static void advance(run_t *r, int s)
 {
@@ -226,6 +246,8 @@ static void advance(run_t *r, int s)
             int to = peer_of(r->p, op);
             send(r, s, i, to, chan_of(r->P, s, to, op->kind), dur, r->g->bytes[s][j]);
         } else { /* compute */
+            if (op->kind == SCHED_OPT_STEP && r->allreduce)
+                allreduce(r, s, j);
             r->span[i] = (sim_span_t){r->clock[s], r->clock[s] + dur};
             r->pred[i] = r->setter[s];
             r->clock[s] = r->span[i].end;
@@ -373,6 +395,8 @@ static int run_alloc(run_t *r, sim_result_t *res)
     r->stream_last = malloc((size_t)P * sizeof *r->stream_last);
     r->waiting = calloc((size_t)P, sizeof *r->waiting);
     r->work = malloc((size_t)P * sizeof *r->work);
+    if (sim_dp_active(r->dp) && !(r->allreduce = res->allreduce = calloc((size_t)P, sizeof *res->allreduce)))
+        return -ENOMEM;
     res->busy = calloc((size_t)P, sizeof *res->busy);
     res->bubble = calloc((size_t)P, sizeof *res->bubble);
     if (!r->pred || !r->pc || !r->clock || !r->setter || !r->stream_free || !r->stream_last ||
@@ -384,7 +408,8 @@ static int run_alloc(run_t *r, sim_result_t *res)
 /* built: the plan comes from a schedule's own generator, whose plans the tests validate
  * for every shape they cover: the validator's second pass over it is skipped (a plan
  * that still could not run ends in "internal: stage S stopped", never a hang). */
-static int graph_run(const sim_graph_t *g, int built, sim_result_t *out, char *err, size_t errlen)
+static int graph_run(const sim_graph_t *g, const sim_dp_t *dp, int built, sim_result_t *out, char *err,
+                     size_t errlen)
 {
     if (!g || !g->plan || !g->dur || !g->bytes) {
         seterr(err, errlen, "simulator input missing (plan, durations or sizes)");
@@ -397,7 +422,7 @@ static int graph_run(const sim_graph_t *g, int built, sim_result_t *out, char *e
         return -EINVAL;
     }
     sim_result_t res = {0};
-    run_t r = {.g = g, .p = p, .P = P};
+    run_t r = {.g = g, .p = p, .P = P, .dp = dp};
     int *peak = calloc((size_t)(P > 0 ? P : 1), sizeof *peak);
     if (!peak) {
         seterr(err, errlen, "out of memory");
@@ -408,7 +433,7 @@ static int graph_run(const sim_graph_t *g, int built, sim_result_t *out, char *e
     if ((!built && (rc = sched_plan_validate(p, peak, err, errlen))) ||
         (rc = check_links(g->link_fwd, P, "activations", err, errlen)) ||
         (rc = check_links(g->link_bwd, P, "gradients", err, errlen)) ||
-        (rc = check_graph_numbers(g, err, errlen))) {
+        (rc = check_graph_numbers(g, err, errlen)) || (rc = sim_dp_check(dp, P, err, errlen))) {
         free(peak);
         return rc;
     }
@@ -448,7 +473,12 @@ fail:
 
 int sim_graph_run(const sim_graph_t *g, sim_result_t *out, char *err, size_t errlen)
 {
-    return graph_run(g, 0, out, err, errlen);
+    return graph_run(g, NULL, 0, out, err, errlen);
+}
+
+int sim_graph_run_dp(const sim_graph_t *g, const sim_dp_t *dp, sim_result_t *out, char *err, size_t errlen)
+{
+    return graph_run(g, dp, 0, out, err, errlen);
 }
 
 static int check_config(const sim_config_t *c, char *err, size_t errlen)
@@ -521,8 +551,8 @@ static void durations_from_costs(const sim_config_t *c, const sched_plan_t *plan
         }
 }
 
-static int run_fixed_slack(const sim_config_t *c, int slack, int chunks, sim_result_t *out, char *err,
-                           size_t errlen)
+static int run_fixed_slack(const sim_config_t *c, const sim_dp_t *dp, int slack, int chunks, sim_result_t *out,
+                           char *err, size_t errlen)
 {
     sched_plan_t plan = {0};
     opvals_t v = {0};
@@ -537,7 +567,7 @@ static int run_fixed_slack(const sim_config_t *c, int slack, int chunks, sim_res
     durations_from_costs(c, &plan, &v);
     sim_graph_t g = {&plan, (const double *const *)v.dur, (const double *const *)v.bytes,
                      c->link_fwd, c->link_bwd, c->send_mode};
-    rc = graph_run(&g, 1, out, err, errlen);
+    rc = graph_run(&g, dp, 1, out, err, errlen);
     if (!rc)
         out->slack = sched_uses_slack(c->schedule) > 0 ? slack : -1;
 out:
@@ -546,8 +576,8 @@ out:
     return rc;
 }
 
-int sim_slack_auto(const sim_config_t *cfg, int *slack, double times[SIM_SLACK_AUTO_MAX + 1],
-                   char *err, size_t errlen)
+static int slack_auto(const sim_config_t *cfg, const sim_dp_t *dp, int *slack, double times[SIM_SLACK_AUTO_MAX + 1],
+                      char *err, size_t errlen)
 {
     if (!cfg) {
         seterr(err, errlen, "no configuration");
@@ -561,7 +591,7 @@ int sim_slack_auto(const sim_config_t *cfg, int *slack, double times[SIM_SLACK_A
     double t[SIM_SLACK_AUTO_MAX + 1], best = INFINITY;
     for (int k = 0; k <= SIM_SLACK_AUTO_MAX; k++) {
         sim_result_t r;
-        if ((rc = run_fixed_slack(&c, k, 0, &r, err, errlen)))
+        if ((rc = run_fixed_slack(&c, dp, k, 0, &r, err, errlen)))
             return rc;
         t[k] = r.time;
         sim_result_destroy(&r);
@@ -577,16 +607,34 @@ int sim_slack_auto(const sim_config_t *cfg, int *slack, double times[SIM_SLACK_A
     return 0;
 }
 
-int sim_run_chunks(const sim_config_t *cfg, int chunks, sim_result_t *out, char *err, size_t errlen)
+int sim_slack_auto(const sim_config_t *cfg, int *slack, double times[SIM_SLACK_AUTO_MAX + 1],
+                   char *err, size_t errlen)
+{
+    return slack_auto(cfg, NULL, slack, times, err, errlen);
+}
+
+int sim_slack_auto_dp(const sim_config_t *cfg, const sim_dp_t *dp, int *slack, double times[SIM_SLACK_AUTO_MAX + 1],
+                      char *err, size_t errlen)
+{
+    return slack_auto(cfg, dp, slack, times, err, errlen);
+}
+
+int sim_run_dp(const sim_config_t *cfg, int chunks, const sim_dp_t *dp, sim_result_t *out, char *err,
+               size_t errlen)
 {
     int rc = check_config(cfg, err, errlen);
     if (rc)
         return rc;
     int slack = cfg->slack;
     if (sched_uses_slack(cfg->schedule) > 0 && slack == SIM_SLACK_AUTO &&
-        (rc = sim_slack_auto(cfg, &slack, NULL, err, errlen)))
+        (rc = slack_auto(cfg, dp, &slack, NULL, err, errlen)))
         return rc;
-    return run_fixed_slack(cfg, slack, chunks, out, err, errlen);
+    return run_fixed_slack(cfg, dp, slack, chunks, out, err, errlen);
+}
+
+int sim_run_chunks(const sim_config_t *cfg, int chunks, sim_result_t *out, char *err, size_t errlen)
+{
+    return sim_run_dp(cfg, chunks, NULL, out, err, errlen);
 }
 
 int sim_run(const sim_config_t *cfg, sim_result_t *out, char *err, size_t errlen)

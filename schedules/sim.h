@@ -54,6 +54,34 @@ double sim_link_occupancy(const sim_link_t *l, double bytes);
 #define SIM_SLACK_AUTO_MAX 8
 #define SIM_SLACK_AUTO_TOL 0.01
 
+/* Data parallelism (--dp D): D replicas of the pipeline; before its optimizer step, each
+ * stage's gradients are averaged across its D replicas by a ring all-reduce
+ * (reduce-scatter then all-gather) over the DP links, in buckets. A bucket of B bytes
+ * takes 2(D-1) steps, each sending B/D bytes to the next replica while receiving as much
+ * from the previous one, so each step pays the link's one-way delay plus its occupancy of
+ * B/D bytes: sim_dp_bucket_time. A stage's buckets go one after another on its ring (the
+ * replicas compute in lockstep: every replica of a stage has the same costs). Without
+ * overlap every bucket is ready when the stage's last backward ends (BWD, or BWD_WEIGHT
+ * where the backward is split); with overlap bucket k is ready once the fraction
+ * ready[k] of that last backward has run (a layer's gradients are final when its
+ * backward of the last micro-batch ends; buckets in the order the backward finishes
+ * them, last layer first). The stage's OPT_STEP starts no earlier than its last bucket's
+ * end. Per rank, not per chunk: with interleaved chunks every chunk's gradients count as
+ * final at the rank's last backward. replicas 0 or 1 = no all-reduce: times unchanged. */
+typedef struct {
+    int replicas;                       /* D */
+    int overlap;                        /* --dp-overlap */
+    const sim_link_t *link;             /* one hop of the ring, each direction; NULL = free */
+    const int *n_buckets;               /* [stages], >= 1 each */
+    const double *const *bucket_bytes;  /* [stage][k]: gradient bytes of bucket k */
+    const double *const *bucket_ready;  /* [stage][k]: non-decreasing in (0, 1], the last
+                                         * 1; NULL = in proportion to the bytes so far */
+} sim_dp_t;
+
+/* Seconds one bucket of `bytes` takes across `replicas`: 2(D-1) x (delay + occupancy of
+ * bytes/D); 0 for D <= 1. */
+double sim_dp_bucket_time(const sim_link_t *l, int replicas, double bytes);
+
 /* A configuration to predict from costs. */
 typedef struct {
     const char *schedule;        /* a sched_names() entry */
@@ -107,6 +135,9 @@ typedef struct {
      * up to `time`. */
     sim_ref_t *critical;
     size_t n_critical;
+    /* [stage] with a sim_dp_t of D > 1, else NULL: the all-reduce, from its first
+     * bucket's start to its last bucket's end. */
+    sim_span_t *allreduce;
 } sim_result_t;
 
 /* Validates the configuration (names the bad field), builds the plan, simulates. */
@@ -115,14 +146,24 @@ int sim_run(const sim_config_t *cfg, sim_result_t *out, char *err, size_t errlen
  * default); sim_run is chunks = 0. */
 int sim_run_chunks(const sim_config_t *cfg, int chunks, sim_result_t *out, char *err, size_t errlen) PN_WUR;
 
+/* The same with D replicas all-reducing each stage's gradients (dp NULL or one replica:
+ * exactly sim_run_chunks). With slack auto, K is picked with the all-reduce included. */
+int sim_run_dp(const sim_config_t *cfg, int chunks, const sim_dp_t *dp, sim_result_t *out, char *err,
+               size_t errlen) PN_WUR;
+
 /* The predicted times of 1f1b-slack for K = 0..SIM_SLACK_AUTO_MAX (cfg->schedule and
  * cfg->slack are ignored) and the K that --slack auto picks. */
 int sim_slack_auto(const sim_config_t *cfg, int *slack, double times[SIM_SLACK_AUTO_MAX + 1],
                    char *err, size_t errlen) PN_WUR;
+/* The same with the all-reduce of dp in every run (NULL: sim_slack_auto). */
+int sim_slack_auto_dp(const sim_config_t *cfg, const sim_dp_t *dp, int *slack, double times[SIM_SLACK_AUTO_MAX + 1],
+                      char *err, size_t errlen) PN_WUR;
 
 /* Validates the op lists (sched_plan_validate: names stage and op), the numbers and the
  * links, then simulates. The result holds a copy of the plan. */
 int sim_graph_run(const sim_graph_t *g, sim_result_t *out, char *err, size_t errlen) PN_WUR;
+/* The same with the all-reduce of dp (NULL: sim_graph_run). */
+int sim_graph_run_dp(const sim_graph_t *g, const sim_dp_t *dp, sim_result_t *out, char *err, size_t errlen) PN_WUR;
 
 /* Frees a result; accepts a zeroed or half-built one; leaves it zeroed. */
 void sim_result_destroy(sim_result_t *r);

@@ -20,4 +20,11 @@ typedef struct {
 int sim_opvals_alloc(const sched_plan_t *p, opvals_t *v) PN_WUR;
 void sim_opvals_free(opvals_t *v);
 
+/* sim_dp.c: whether dp asks for an all-reduce (D > 1); its validation (names the bad
+ * field); one stage's all-reduce after its last backward spanned last_bwd: *ar is its
+ * span, the return its end. */
+int sim_dp_active(const sim_dp_t *dp);
+int sim_dp_check(const sim_dp_t *dp, int stages, char *err, size_t errlen) PN_WUR;
+double sim_dp_stage(const sim_dp_t *dp, int s, sim_span_t last_bwd, sim_span_t *ar);
+
 #endif
