@@ -118,6 +118,10 @@ static int stage_in_child(const stage_job_t *j, volatile sig_atomic_t *stop, sta
 
 int sweep_dist_open(sweep_dist_t **out, const char *url, const sweep_spec_t *s, char *err, size_t errlen)
 {
+    for (int i = 0; i < s->n_dp; i++)
+        if (s->dps[i] != 1)
+            return pn_err(err, errlen, -EINVAL, "--dp-sizes with --dist-url: a sweep across hosts runs one replica "
+                          "of the pipeline (one rank per stage); replicas across hosts are not implemented yet");
     sweep_dist_t *d = calloc(1, sizeof *d);
     if (!d)
         return -ENOMEM;

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <time.h>
@@ -158,6 +159,10 @@ int ucx_setup(ucx_t *u, const ucx_params_t *p, char *err, size_t errlen)
     ucs_status_t st = ucp_config_read(NULL, NULL, &cfg);
     if (st == UCS_OK && p->tls && *p->tls)
         st = ucp_config_modify(cfg, "TLS", p->tls);
+    else if (st == UCS_OK && !getenv("UCX_TLS") && prctl(PR_GET_DUMPABLE) == 0)
+        /* A stage that changed uid (--user) is not dumpable: no process may read its memory,
+         * so UCX's cma (process_vm_readv) would fail mid-transfer between two stages. */
+        st = ucp_config_modify(cfg, "TLS", "^cma");
     if (st == UCS_OK && p->net_devices && *p->net_devices)
         st = ucp_config_modify(cfg, "NET_DEVICES", p->net_devices);
     if (st != UCS_OK) {

@@ -250,8 +250,18 @@ static void test_resume_after_killing_rank1(void **state)
     assert_true(rc != 0);
     n = cells_in(dir);
     assert_true(n >= 1 && n < 4);
-    /* mpirun ends the other ranks too (SIGTERM, then SIGKILL): on every host, clear --all
+    /* mpirun ends the other ranks too (SIGTERM, then SIGKILL), but a rank's own child may
+     * outlive it for a moment: SIGKILL whatever is left in every host (the acceptance's
+     * "every rank killed"), wait until each host is empty, then on every host clear --all
      * puts back whatever a killed rank left. */
+    for (int h = 0; h < 3; h++) {
+        const char *ns = netem_topo_host_ns(&topo, h);
+        tu_sh(out, sizeof out, "ip netns pids %s | xargs -r kill -9", ns);
+        for (int i = 0; i < 100 && tu_sh(out, sizeof out, "test -z \"$(ip netns pids %s)\"", ns); i++) {
+            struct timespec ts = {0, 50 * 1000 * 1000};
+            nanosleep(&ts, NULL);
+        }
+    }
     for (int h = 0; h < 3; h++) {
         rc = tu_sh(out, sizeof out, "PIPENEM_STATE_DIR=%s/state-h%d ip netns exec %s %s netem clear --all", base, h,
                 netem_topo_host_ns(&topo, h), tu_pipenem());
