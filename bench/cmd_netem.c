@@ -286,7 +286,7 @@ static int do_selftest(char **nets, int nnets, const char *emulator, int ceiling
             return cli_usage_error(CMD, "--net: %s", err);
     if (strcmp(emulator, "auto") && !netem_emulator_find(emulator))
         return cli_usage_error(CMD, "unknown emulator '%s' (%s)", emulator, netem_emulator_names());
-    if (url && (ceiling || (strcmp(emulator, "auto") && strcmp(emulator, "netem"))))
+    if (url && (ceiling || (strcmp(emulator, "auto") && !netem_emulator_find(emulator)->changes_kernel)))
         return cli_usage_error(CMD, "selftest --dist-url measures the kernel's per-destination shaping: no "
                                "--ceiling, --emulator netem or auto only (the shim shapes the pipeline's own transport)");
     if (url)

@@ -78,12 +78,13 @@ static int setup_links(const runcfg_t *cfg, netem_profile_t *links, netem_topo_t
     char err[1024];
     if (cfg->dp > 1 && strcmp(runcfg_net_dp(cfg), "default")) {
         /* the replicas' links: the shim's per-peer profiles (the namespaces do not join replicas yet) */
-        if (strcmp(cfg->emulator, "auto") && strcmp(cfg->emulator, "shim"))
-            return cli_usage_error("run", "--dp %d --net-dp %s: only --emulator shim shapes the replicas' links yet",
-                                   cfg->dp, runcfg_net_dp(cfg));
+        const netem_emulator_t *asked = netem_emulator_find(cfg->emulator), *in = netem_emulator_of_kind(1);
+        if (strcmp(cfg->emulator, "auto") && !(asked && asked->in_transport))
+            return cli_usage_error("run", "--dp %d --net-dp %s: only --emulator %s shapes the replicas' links yet",
+                                   cfg->dp, runcfg_net_dp(cfg), in ? in->name : "shim");
         if (cfg->stages > 1 && netem_net_parse(cfg->net, cfg->stages, links, err, sizeof err))
             return cli_usage_error("run", "%s", err);
-        *em = netem_emulator_find("shim");
+        *em = in;
         snprintf(why, whylen, "--net-dp %s between replicas, shaped in the transport", runcfg_net_dp(cfg));
         l->shim_links = links;
         return 0;

@@ -497,8 +497,7 @@ void predict_dp_buckets(const model_stage_t *st, double cap, predict_buckets_t *
     for (int i = 0; i < st->n_tensors; i++) {
         const model_tensor_t *t = &st->tensors[i];
         total += 4.0 * (double)t->numel;
-        /* matrices; the embeddings' backward is a scatter */
-        if (t->decay && strcmp(t->name, "wte") && strcmp(t->name, "wpe"))
+        if (t->gemm) /* matrices; the embeddings' backward is a scatter */
             total_w += (double)t->numel;
     }
     int pieces = total > 0 ? (int)ceil(total / cap) : 1;
@@ -510,8 +509,7 @@ void predict_dp_buckets(const model_stage_t *st, double cap, predict_buckets_t *
         out->bytes[k] = hi - lo;
         for (int i = 0; i < st->n_tensors; i++) { /* tensors from this piece on */
             const model_tensor_t *t = &st->tensors[i];
-            if (4.0 * (double)(t->offset + t->numel) > lo && t->decay && strcmp(t->name, "wte") &&
-                strcmp(t->name, "wpe"))
+            if (4.0 * (double)(t->offset + t->numel) > lo && t->gemm)
                 w += (double)t->numel;
         }
         out->ready[k] = k + 1 == out->n || !(total_w > 0) ? 1 : fmax(fmin(1, w / total_w), 1e-12);

@@ -281,21 +281,22 @@ static void stage_tensors_build(model_stage_t *st, uint64_t *ids, int *kinds)
     size_t C = st->C, off = 0;
     int k = 0;
     /* kinds: 0 zero, 1 one, 2 normal, 3 normal scaled for the residual projections */
-#define ADD(nm, n, id, kind, dec)                                                            \
+#define ADD(nm, n, id, kind, dec, mm)                                                        \
     do {                                                                                   \
         model_tensor_t *t = &st->tensors[k];                                               \
         snprintf(t->name, sizeof t->name, "%s", nm);                                       \
         t->offset = off;                                                                   \
         t->numel = (n);                                                                    \
         t->decay = (dec);                                                                  \
+        t->gemm = (mm);                                                                    \
         ids[k] = (id);                                                                     \
         kinds[k] = (kind);                                                                 \
         off += t->numel;                                                                   \
         k++;                                                                               \
     } while (0)
     if (st->first) {
-        ADD("wte", (size_t)st->V * C, 1, 2, 1);
-        ADD("wpe", (size_t)st->p.cfg.context * C, 2, 2, 1);
+        ADD("wte", (size_t)st->V * C, 1, 2, 1, 0);
+        ADD("wpe", (size_t)st->p.cfg.context * C, 2, 2, 1, 0);
     }
     size_t lsz[MODEL_T_PER_LAYER] = {C, C, 3 * C * C, 3 * C, C * C, C, C, C, 4 * C * C, 4 * C, 4 * C * C, C};
     int lkind[MODEL_T_PER_LAYER] = {1, 0, 2, 0, 3, 0, 1, 0, 2, 0, 3, 0};
@@ -303,14 +304,14 @@ static void stage_tensors_build(model_stage_t *st, uint64_t *ids, int *kinds)
         for (int j = 0; j < MODEL_T_PER_LAYER; j++) {
             char nm[24];
             snprintf(nm, sizeof nm, "h%d.%s", l, lname[j]);
-            ADD(nm, lsz[j], 16 + (uint64_t)l * 16 + j, lkind[j], lkind[j] >= 2);
+            ADD(nm, lsz[j], 16 + (uint64_t)l * 16 + j, lkind[j], lkind[j] >= 2, lkind[j] >= 2);
         }
     if (st->last) {
-        ADD("lnf.w", C, 3, 1, 0);
-        ADD("lnf.b", C, 4, 0, 0);
+        ADD("lnf.w", C, 3, 1, 0, 0);
+        ADD("lnf.b", C, 4, 0, 0, 0);
         if (!(st->p.tied_embeddings && st->p.stages == 1))
             /* a tied head starts as a copy of wte: same seed id */
-            ADD("head", (size_t)st->V * C, st->p.tied_embeddings ? 1 : 5, 2, 1);
+            ADD("head", (size_t)st->V * C, st->p.tied_embeddings ? 1 : 5, 2, 1, 1);
     }
 #undef ADD
     st->n_tensors = k;

@@ -68,6 +68,7 @@ typedef struct {
     char name[24];
     size_t offset, numel;   /* in floats, into the parameter block */
     int decay;              /* AdamW weight decay applies (matrices, not biases/LayerNorm) */
+    int gemm;               /* a matrix product's weight (its gradient is a GEMM's), not an embedding table */
     float *param, *grad;
 } model_tensor_t;
 
