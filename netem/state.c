@@ -49,7 +49,8 @@ const char *netem_state_dir(void)
     return d && *d ? d : "/run/pipenem";
 }
 
-/* Field 22 of /proc/PID/stat: tells a live owner from a recycled pid. */
+/* Field 22 of /proc/PID/stat: tells a live owner from a recycled pid; 0 when the process is
+ * gone or a zombie (killed, its parent not reaping it: it can undo nothing). */
 static unsigned long long proc_start(long pid)
 {
     char path[64], buf[1024];
@@ -66,7 +67,9 @@ static unsigned long long proc_start(long pid)
     unsigned long long v = 0;
     int field = 2;
     for (char *tok = strtok(p + 1, " "); tok; tok = strtok(NULL, " "))
-        if (++field == 22) {
+        if (++field == 3 && (*tok == 'Z' || *tok == 'X'))
+            return 0; /* dead, not yet reaped: it can undo nothing any more */
+        else if (field == 22) {
             v = strtoull(tok, NULL, 10);
             break;
         }
