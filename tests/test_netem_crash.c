@@ -27,29 +27,10 @@ static char ns[64], prefix[32], statedir[128];
 static char out[1 << 16];
 static int scratch_made;
 
-static int run(char *buf, size_t len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-
-static int run(char *buf, size_t len, const char *fmt, ...)
-{
-    char cmd[1024];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(cmd, sizeof cmd, fmt, ap);
-    va_end(ap);
-    strncat(cmd, " 2>&1", sizeof cmd - strlen(cmd) - 1);
-    FILE *f = popen(cmd, "r");
-    if (!f)
-        return -1;
-    size_t n = fread(buf, 1, len - 1, f);
-    buf[n] = '\0';
-    int st = pclose(f);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
 static const char *qdisc_of(const char *dev)
 {
     static char buf[4096];
-    run(buf, sizeof buf, "tc -n %s qdisc show dev %s", ns, dev);
+    tu_sh(buf, sizeof buf, "tc -n %s qdisc show dev %s", ns, dev);
     return buf;
 }
 
@@ -79,7 +60,7 @@ static int teardown(void **state)
         print_message("teardown: %s\n", err);
     if (statedir[0]) {
         /* a test that failed midway may have left a killed run's records: undo them */
-        run(out, sizeof out, "%s netem clear --all", tu_pipenem());
+        tu_sh(out, sizeof out, "%s netem clear --all", tu_pipenem());
         char cmd[256];
         snprintf(cmd, sizeof cmd, "rm -rf %s", statedir);
         if (system(cmd) != 0)
@@ -117,7 +98,7 @@ static void test_sigkill_then_clear_all(void **state)
         skip();
     }
     /* Non-default originals: pfifo 7: limit 77 on pnc0; the default on its peer. */
-    assert_int_equal(run(out, sizeof out, "tc -n %s qdisc replace dev pnc0 root handle 7: pfifo limit 77", ns), 0);
+    assert_int_equal(tu_sh(out, sizeof out, "tc -n %s qdisc replace dev pnc0 root handle 7: pfifo limit 77", ns), 0);
     char orig0[4096], orig1[4096];
     snprintf(orig0, sizeof orig0, "%s", qdisc_of("pnc0"));
     snprintf(orig1, sizeof orig1, "%s", qdisc_of("pnc0-p"));
@@ -210,17 +191,17 @@ static void test_sigkill_real_run(void **state)
     for (int i = 0; i < 300 && !ready; i++) {
         struct timespec ts = {0, 50 * 1000 * 1000};
         nanosleep(&ts, NULL);
-        run(out, sizeof out, "for n in $(ip netns list | awk '{print $1}' | grep '^%s'); do tc -n $n qdisc show; "
+        tu_sh(out, sizeof out, "for n in $(ip netns list | awk '{print $1}' | grep '^%s'); do tc -n $n qdisc show; "
             "done | grep -c '^qdisc tbf'", id);
         tbf = atoi(out);
-        ready = tbf > 0 && run(out, sizeof out, "grep -q 'rank 2: pid' %s", log) == 0;
+        ready = tbf > 0 && tu_sh(out, sizeof out, "grep -q 'rank 2: pid' %s", log) == 0;
     }
     struct timespec mid = {1, 0};   /* into the iterations */
     nanosleep(&mid, NULL);
     assert_int_equal(kill(pid, SIGKILL), 0);
     int st;
     waitpid(pid, &st, 0);
-    run(out, sizeof out, "cat %s", log);
+    tu_sh(out, sizeof out, "cat %s", log);
     unlink(log);
     if (!ready)
         fail_msg("the run did not get its stages up over shaped links:\n%s", out);
@@ -232,7 +213,7 @@ static void test_sigkill_real_run(void **state)
     assert_true(n >= 1);
     struct timespec ts = {0, 300 * 1000 * 1000};   /* the stages die with the launcher */
     nanosleep(&ts, NULL);
-    run(out, sizeof out, "pgrep -f -- '--iters 100[0] --net rate=200mbit' | wc -l");   /* [0]: not this shell */
+    tu_sh(out, sizeof out, "pgrep -f -- '--iters 100[0] --net rate=200mbit' | wc -l");   /* [0]: not this shell */
     assert_int_equal(atoi(out), 0);
 
     int rc = tu_pipenem_run(out, sizeof out, "netem clear --all");
@@ -241,7 +222,7 @@ static void test_sigkill_real_run(void **state)
     n = netem_topo_leftovers(id, left, sizeof left);
     if (n)
         fail_msg("clear --all left %d things of %s:\n%s", n, id, left);
-    assert_int_equal(run(out, sizeof out, "test ! -e %s/run-%d.state", statedir, (int)pid), 0);
+    assert_int_equal(tu_sh(out, sizeof out, "test ! -e %s/run-%d.state", statedir, (int)pid), 0);
 }
 
 static void test_nothing_left(void **state)
@@ -257,11 +238,11 @@ static void test_nothing_left(void **state)
     int n = netem_topo_leftovers(prefix, left, sizeof left);
     print_message("left with prefix %s: %d %s\n", prefix, n, left);
     assert_int_equal(n, 0);
-    run(out, sizeof out, "ls %s | grep -c '[.]state$'", statedir);
+    tu_sh(out, sizeof out, "ls %s | grep -c '[.]state$'", statedir);
     assert_int_equal(atoi(out), 0);   /* no state file left */
     /* Everything any pipenem test made carries the pn prefix and 198.18/15: list
      * whatever of this suite's own might still be around, by namespace name. */
-    run(out, sizeof out, "ip netns list | grep -c '^%s'", prefix);
+    tu_sh(out, sizeof out, "ip netns list | grep -c '^%s'", prefix);
     assert_int_equal(atoi(out), 0);
 }
 

@@ -30,29 +30,10 @@ static char out[1 << 16];
 static netem_topo_t topo;   /* destroyed by the group teardown too, should a test fail */
 
 /* Output of a command (stderr merged). */
-static int run(char *buf, size_t len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-
-static int run(char *buf, size_t len, const char *fmt, ...)
-{
-    char cmd[1024];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(cmd, sizeof cmd, fmt, ap);
-    va_end(ap);
-    strncat(cmd, " 2>&1", sizeof cmd - strlen(cmd) - 1);
-    FILE *f = popen(cmd, "r");
-    if (!f)
-        return -1;
-    size_t n = fread(buf, 1, len - 1, f);
-    buf[n] = '\0';
-    int st = pclose(f);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
 static const char *tc_show(void)
 {
     static char buf[4096];
-    run(buf, sizeof buf, "tc -n %s qdisc show dev pnt0", ns);
+    tu_sh(buf, sizeof buf, "tc -n %s qdisc show dev pnt0", ns);
     return buf;
 }
 
@@ -60,7 +41,7 @@ static const char *tc_show(void)
 static int state_files(void)
 {
     char buf[4096];
-    run(buf, sizeof buf, "cat %s/*.state 2>/dev/null | grep -c '^qdisc '", statedir);
+    tu_sh(buf, sizeof buf, "cat %s/*.state 2>/dev/null | grep -c '^qdisc '", statedir);
     return atoi(buf);
 }
 
@@ -153,7 +134,7 @@ static void test_restores_exact_original(void **state)
     char err[256];
     netem_profile_t p = {.rate = 100e6};
     netem_tc_applied_t a;
-    assert_int_equal(run(out, sizeof out, "tc -n %s qdisc replace dev pnt0 root handle 5: pfifo limit 123", ns), 0);
+    assert_int_equal(tu_sh(out, sizeof out, "tc -n %s qdisc replace dev pnt0 root handle 5: pfifo limit 123", ns), 0);
     char before[4096];
     snprintf(before, sizeof before, "%s", tc_show());
     assert_int_equal(netem_tc_apply(&d, &p, 0, &a, err, sizeof err), 0);
@@ -163,7 +144,7 @@ static void test_restores_exact_original(void **state)
     assert_string_equal(tc_show(), before);
     assert_non_null(strstr(before, "pfifo 5: root"));
     assert_non_null(strstr(before, "limit 123p"));
-    assert_int_equal(run(out, sizeof out, "tc -n %s qdisc del dev pnt0 root", ns), 0);
+    assert_int_equal(tu_sh(out, sizeof out, "tc -n %s qdisc del dev pnt0 root", ns), 0);
 }
 
 static void test_refusals_change_nothing(void **state)
@@ -193,7 +174,7 @@ static void test_refusals_change_nothing(void **state)
     assert_int_equal(netem_tc_apply(&bad, &p, 0, &a, err, sizeof err), -ENOENT);
     assert_non_null(strstr(err, "pn-no-such-ns"));
     /* A classful tree we could not put back exactly. */
-    assert_int_equal(run(out, sizeof out, "tc -n %s qdisc add dev pnt0 root handle 1: htb default 10 && "
+    assert_int_equal(tu_sh(out, sizeof out, "tc -n %s qdisc add dev pnt0 root handle 1: htb default 10 && "
                          "tc -n %s class add dev pnt0 parent 1: classid 1:10 htb rate 1gbit && "
                          "tc -n %s qdisc add dev pnt0 parent 1:10 handle 10: pfifo", ns, ns, ns), 0);
     snprintf(before, sizeof before, "%s", tc_show());
@@ -202,7 +183,7 @@ static void test_refusals_change_nothing(void **state)
     assert_non_null(strstr(err, "classful"));
     assert_string_equal(tc_show(), before);
     assert_int_equal(state_files(), 0);
-    assert_int_equal(run(out, sizeof out, "tc -n %s qdisc del dev pnt0 root", ns), 0);
+    assert_int_equal(tu_sh(out, sizeof out, "tc -n %s qdisc del dev pnt0 root", ns), 0);
 }
 
 static void test_without_root(void **state)
@@ -380,7 +361,7 @@ static int line_has(const char *text, const char *a, const char *b)
 static long class_packets(const netem_topo_t *t, const char *classid)
 {
     char buf[4096];
-    run(buf, sizeof buf, "tc -s -n %s class show dev %s classid %s", t->sw_ns, t->port_if[1], classid);
+    tu_sh(buf, sizeof buf, "tc -s -n %s class show dev %s classid %s", t->sw_ns, t->port_if[1], classid);
     const char *p = strstr(buf, "Sent ");
     long bytes = 0, pkts = -1;
     if (p && sscanf(p, "Sent %ld bytes %ld pkt", &bytes, &pkts) == 2)
@@ -400,7 +381,7 @@ static void test_topology(void **state)
     assert_non_null(strstr(netem_topo_host_ns(t, 1), prefix));
     assert_true(strlen(netem_topo_host_ifname(t, 2)) < 16);
     /* Host 0 reaches host 2 through the bridge. */
-    int rc = run(out, sizeof out, "ip netns exec %s ping -c 1 -W 2 %s", netem_topo_host_ns(t, 0),
+    int rc = tu_sh(out, sizeof out, "ip netns exec %s ping -c 1 -W 2 %s", netem_topo_host_ns(t, 0),
                  netem_topo_host_addr(t, 2));
     if (rc != 0)
         fail_msg("ping across the bridge failed:\n%s", out);
@@ -410,21 +391,21 @@ static void test_topology(void **state)
         fail_msg("apply: %s", err);
     assert_string_equal(netem_topo_emulator(t), "netem");
     for (int i = 0; i < 3; i++) {
-        run(out, sizeof out, "tc -n %s qdisc show dev %s", t->sw_ns, t->port_if[i]);
+        tu_sh(out, sizeof out, "tc -n %s qdisc show dev %s", t->sw_ns, t->port_if[i]);
         assert_non_null(strstr(out, "tbf"));
-        run(out, sizeof out, "tc -n %s qdisc show dev %s", t->host_ns[i], t->host_if[i]);
+        tu_sh(out, sizeof out, "tc -n %s qdisc show dev %s", t->host_ns[i], t->host_if[i]);
         assert_null(strstr(out, "tbf"));
     }
     /* Different links meeting at host 1: its port sorts by sender into two classes. */
     links[1].rate = 2e9;
     if (netem_topo_apply(t, links, "netem", err, sizeof err) < 0)
         fail_msg("per-link apply: %s", err);
-    run(out, sizeof out, "tc -n %s qdisc show dev %s", t->sw_ns, t->port_if[1]);
+    tu_sh(out, sizeof out, "tc -n %s qdisc show dev %s", t->sw_ns, t->port_if[1]);
     print_message("host 1's port:\n%s", out);
     assert_non_null(strstr(out, "qdisc htb 1: root"));
     assert_non_null(strstr(out, "qdisc tbf 10: parent 1:2 rate 1Gbit"));
     assert_non_null(strstr(out, "qdisc tbf 11: parent 1:3 rate 2Gbit"));
-    run(out, sizeof out, "tc -n %s filter show dev %s", t->sw_ns, t->port_if[1]);
+    tu_sh(out, sizeof out, "tc -n %s filter show dev %s", t->sw_ns, t->port_if[1]);
     assert_non_null(strstr(out, "flowid 1:2"));
     assert_non_null(strstr(out, "match c6120001/ffffffff at 12"));   /* 198.18.0.1 */
     assert_non_null(strstr(out, "match c6120003/ffffffff at 12"));   /* 198.18.0.3 */
@@ -434,15 +415,15 @@ static void test_topology(void **state)
     assert_true(line_has(out, "rate=1Gbps ", "from 198.18.0.1"));
     assert_true(line_has(out, "rate=2Gbps ", "from 198.18.0.3"));
     /* The end ports keep one profile each. */
-    run(out, sizeof out, "tc -n %s qdisc show dev %s", t->sw_ns, t->port_if[2]);
+    tu_sh(out, sizeof out, "tc -n %s qdisc show dev %s", t->sw_ns, t->port_if[2]);
     assert_non_null(strstr(out, "tbf"));
     assert_non_null(strstr(out, "rate 2Gbit"));
     /* Packets from host 0 land in 1:2, from host 2 in 1:3. */
     assert_int_equal(class_packets(t, "1:2"), 0);
-    assert_int_equal(run(out, sizeof out, "ip netns exec %s ping -c 3 -i 0.05 -W 2 %s", t->host_ns[0],
+    assert_int_equal(tu_sh(out, sizeof out, "ip netns exec %s ping -c 3 -i 0.05 -W 2 %s", t->host_ns[0],
                          t->host_addr[1]), 0);
     long from0 = class_packets(t, "1:2"), from2 = class_packets(t, "1:3");
-    assert_int_equal(run(out, sizeof out, "ip netns exec %s ping -c 5 -i 0.05 -W 2 %s", t->host_ns[2],
+    assert_int_equal(tu_sh(out, sizeof out, "ip netns exec %s ping -c 5 -i 0.05 -W 2 %s", t->host_ns[2],
                          t->host_addr[1]), 0);
     print_message("class 1:2 (from host 0) %ld packets, 1:3 (from host 2) %ld before and %ld after "
                   "5 pings from host 2\n", from0, from2, class_packets(t, "1:3"));
@@ -454,7 +435,7 @@ static void test_topology(void **state)
     memset(links, 0, sizeof links);
     assert_int_equal(netem_topo_apply(t, links, "auto", err, sizeof err), 0);
     assert_string_equal(t->emulator->name, "none");
-    run(out, sizeof out, "tc -n %s qdisc show dev %s", t->sw_ns, t->port_if[1]);
+    tu_sh(out, sizeof out, "tc -n %s qdisc show dev %s", t->sw_ns, t->port_if[1]);
     assert_non_null(strstr(out, "noqueue"));
     char names[3][32], sw[32];
     for (int i = 0; i < 3; i++)
