@@ -78,7 +78,7 @@ static int perlink(void)
     netem_topo_t t;
     netem_profile_t links[2];
     char err[256];
-    const char *net = "0-1=10ms/1Gbps,1-2=5ms/2Gbps";
+    const char *net = "0-1=10ms/1Gbps,1-2=20ms/500Mbps";
     if (netem_net_parse(net, 3, links, err, sizeof err) < 0 || netem_topo_create(&t, 3, err, sizeof err) < 0) {
         printf("PNUML error perlink: %s\n", err);
         return 1;
@@ -346,8 +346,8 @@ static void test_selftest_in_uml(void **state)
     if (ceil)
         print_message("user-mode Linux's own throughput ceiling (unshaped veth, one TCP stream, one "
                       "emulated CPU): %.*s\n", (int)strcspn(ceil + 25, "\r\n"), ceil + 25);
-    static const char *const profiles[] = {"10ms/1Gbps", "5ms/2Gbps"};
-    static const double rates[] = {1e9, 2e9};
+    static const char *const profiles[] = {"10ms/1Gbps", "20ms/500Mbps"};
+    static const double rates[] = {1e9, 0.5e9};
     static const char *const tries[] = {"try1", "try2", "try3"};
     double worst = 0;
     int starved = 0;
@@ -398,15 +398,15 @@ static void test_per_link_in_uml(void **state)
     assert_non_null(c0);
     assert_non_null(c2);
     assert_string_equal(c0, "netem 10ms/1Gbps");
-    assert_string_equal(c2, "netem 5ms/2Gbps");
+    assert_string_equal(c2, "netem 20ms/500Mbps");
     /* As the self-test judges: minimum ping against 2 x delay + the unshaped minimum. */
     const char *ba = value("perlink_base_to_0"), *bb = value("perlink_base_to_2");
     assert_non_null(ba);
     assert_non_null(bb);
-    double ra = atof(a), rb = atof(b), wa = 20.0 + atof(ba), wb = 10.0 + atof(bb);
+    double ra = atof(a), rb = atof(b), wa = 20.0 + atof(ba), wb = 40.0 + atof(bb);
     double da = fabs(ra - wa) / wa, db = fabs(rb - wb) / wb;
-    print_message("0-1=10ms/1Gbps,1-2=5ms/2Gbps: host 1 -> 0 min RTT %.3f ms (want 20 + base %s, %.2f%%), "
-                  "host 1 -> 2 min RTT %.3f ms (want 10 + base %s, %.2f%%), tolerance 5%%\n", ra, ba,
+    print_message("0-1=10ms/1Gbps,1-2=20ms/500Mbps: host 1 -> 0 min RTT %.3f ms (want 20 + base %s, %.2f%%), "
+                  "host 1 -> 2 min RTT %.3f ms (want 40 + base %s, %.2f%%), tolerance 5%%\n", ra, ba,
                   da * 100, rb, bb, db * 100);
     assert_true(da <= TOL);
     assert_true(db <= TOL);

@@ -57,9 +57,12 @@ ip netns del pnua; ip netns del pnub
 
 # The self-test with the kernel netem backend, and UML's own unshaped ceiling.
 # UML is one emulated CPU on a shared host: up to three attempts, all reported; the
-# test judges each against the UML ceiling measured just before it.
+# test judges each against the UML ceiling measured just before it. The profiles stay well
+# inside what the guest itself carries: at 5ms/2Gbps a slower CI host's guest delivered
+# 1.6-1.77 Gbit/s in every attempt (its unshaped ceiling 2.7-5.5 Gbit/s), and its ~0.25 ms
+# late timers are 5% of a 10 ms round trip: the guest, not the emulator, was measured.
 for attempt in 1 2 3; do
-	./pipenem netem selftest --emulator netem --ceiling --net 10ms/1Gbps --net 5ms/2Gbps > /run/selftest.out 2>&1
+	./pipenem netem selftest --emulator netem --ceiling --net 10ms/1Gbps --net 20ms/500Mbps > /run/selftest.out 2>&1
 	rc=$?
 	sed "s/^/PNUML try$attempt /" /run/selftest.out
 	echo "PNUML try${attempt}_rc $rc"
