@@ -459,7 +459,7 @@ static int dp_ring(const runcfg_t *cfg, int rank, transport_t *t, allreduce_t *a
         return pn_err(err, errlen, -ENOMEM, "rank %d: out of memory", rank);
     for (int d = 0; d < cfg->dp; d++)
         ranks[d] = runcfg_rank_of(cfg, d, runcfg_stage_of(cfg, rank));
-    allreduce_params_t ap = {t, cfg->dp, runcfg_replica(cfg, rank), ranks, 0, cfg->timeout};
+    allreduce_params_t ap = {t, cfg->dp, runcfg_replica(cfg, rank), ranks, runcfg_dp_bucket(cfg), cfg->timeout};
     char e[256];
     int rc = allreduce_init(ar, &ap, e, sizeof e);
     free(ranks);
