@@ -1,7 +1,9 @@
 /* bench with --dp: the sweep's replica axis (cell numbering and configuration), runs.csv's
  * dp columns written and read back, tokens/s counting every replica, the DP straggler
  * figure, table.md's Megatron-style table (and its absence with one replica), and the
- * replayed prediction of a --dp cell adding its traced buckets' all-reduce. */
+ * replayed prediction of a --dp cell adding its traced buckets' all-reduce; --dp-bucket:
+ * the cut of a block in the runtime's pieces, sim's use of it, and its usage errors in
+ * run, sim and sweep. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -292,7 +294,7 @@ static double sim_time(const char *args)
 
 /* sim: --dp-bucket cuts --param-bytes as the runtime does (two 50 MB pieces are
  * test_sim_dp's hand-computed --buckets 2 case, 10820 ms); without either option the
- * runtime's 25 MiB; each piece pays the ring's delays; the combinations refused. */
+ * runtime's 25 MiB; each piece pays the ring's delays. */
 static void test_sim_bucket(void **state)
 {
     (void)state;
@@ -303,10 +305,23 @@ static void test_sim_bucket(void **state)
      * move the same bytes and pay the ring's 2(D-1) = 6 delays of 10 ms 24 times more */
     check(sim_time("--dp-bucket 4MB") - sim_time("--dp-bucket 100MB"), 24 * 6 * 10, "25 pieces vs 1");
     print_message("sim --dp-bucket: largest relative difference %.3g (tolerance %g)\n", worst, TOL);
+}
+
+/* --dp-bucket's values and combinations in run, sim and sweep, each with its own message
+ * (exit 2). */
+static void test_bucket_errors(void **state)
+{
+    (void)state;
     static char text[4096];
     const struct {
         const char *args, *want;
     } bad[] = {
+        {"run --model tiny --stages 2 --dp-bucket 1MB", "--dp-bucket applies to --dp D with D > 1"},
+        {"run --model tiny --stages 2 --dp 2 --dp-bucket 6", "want whole fp32s (a multiple of 4)"},
+        {"run --model tiny --stages 2 --dp 2 --dp-bucket 0", "want whole fp32s"},
+        {"run --model tiny --stages 2 --dp 2 --dp-bucket 2GiB", "from 4 bytes to 1GiB"},
+        {"run --model tiny --stages 2 --dp 2 --dp-bucket 64XB", "expected a size such as 64MB"},
+        {"run --model tiny --stages 2 --dp 4 --dp-bucket 12", "want at least 16 bytes (one fp32 each)"},
         {"sim --fwd-ms 1 --bwd-ms 2 --dp-bucket 4MB", "--dp-bucket applies to --dp D with D > 1"},
         {"sim --fwd-ms 1 --bwd-ms 2 --dp 2 --param-bytes 1MB --buckets 2 --dp-bucket 4MB", "not both"},
         {"sim --fwd-ms 1 --bwd-ms 2 --dp 4 --param-bytes 1MB --dp-bucket 8", "want at least 16 bytes"},
@@ -319,6 +334,7 @@ static void test_sim_bucket(void **state)
         if (rc != 2 || !strstr(text, bad[i].want))
             fail_msg("%s: exit %d (want 2) and '%s' in:\n%s", bad[i].args, rc, bad[i].want, text);
     }
+    print_message("%zu bad uses of --dp-bucket refused with their messages\n", sizeof bad / sizeof *bad);
 }
 
 int main(void)
@@ -331,6 +347,7 @@ int main(void)
         cmocka_unit_test(test_predict_dp),
         cmocka_unit_test(test_bucket_cut),
         cmocka_unit_test(test_sim_bucket),
+        cmocka_unit_test(test_bucket_errors),
     };
     return cmocka_run_group_tests_name("bench_dp", tests, NULL, NULL);
 }
