@@ -19,6 +19,7 @@
 
 #include "bench/results.h"
 #include "models/model.h"
+#include "pipeline/allreduce.h"
 #include "tests/testutil.h"
 
 static char out[1 << 18];
@@ -248,6 +249,25 @@ static void test_dp_bucket_rows(void **state)
     assert_true(worst <= 1e-6);
 }
 
+/* Buckets so small that an iteration's ring steps outrun the all-reduce's keys fail every
+ * rank before the first step, naming the smallest bucket that fits (not after millions of
+ * 8-byte steps). */
+static void test_dp_bucket_keys(void **state)
+{
+    (void)state;
+    int rc = tu_pipenem_run(out, sizeof out, "run --model gpt3-small --compute emulate:v100 --stages 3 --dp 2 "
+                            "--batch-size 3 --iters 1 --warmup 0 --dp-bucket 8");
+    char want[160];
+    snprintf(want, sizeof want, "ring steps, more than the %d an iteration can number; give --dp-bucket ",
+             ALLREDUCE_MB_END - ALLREDUCE_MB_BASE);
+    const char *m = strstr(out, want), *line = m;
+    if (rc != 1 || !m)
+        fail_msg("--dp-bucket 8 on gpt3-small: exit %d (want 1) and '%s' in:\n%s", rc, want, out);
+    while (line > out && line[-1] != '\n')
+        line--;
+    print_message("%.*s\n", (int)strcspn(line, "\n"), line);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -256,6 +276,7 @@ int main(void)
         cmocka_unit_test(test_dp_losses_gpipe),
         cmocka_unit_test(test_dp_losses_1f1b),
         cmocka_unit_test(test_dp_bucket_rows),
+        cmocka_unit_test(test_dp_bucket_keys),
     };
     return cmocka_run_group_tests_name("pipeline_dp", tests, NULL, NULL);
 }
