@@ -2,8 +2,8 @@
  * dp columns written and read back, tokens/s counting every replica, the DP straggler
  * figure, table.md's Megatron-style table (and its absence with one replica), and the
  * replayed prediction of a --dp cell adding its traced buckets' all-reduce; --dp-bucket:
- * the cut of a block in the runtime's pieces, sim's use of it, and its usage errors in
- * run, sim and sweep. */
+ * the cut of a block in the runtime's pieces, sim's use of it, a sweep cell's (runs.csv,
+ * ops.csv and the a-priori prediction), and its usage errors in run, sim and sweep. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -307,6 +307,70 @@ static void test_sim_bucket(void **state)
     print_message("sim --dp-bucket: largest relative difference %.3g (tolerance %g)\n", worst, TOL);
 }
 
+/* A tiny sweep cell with --dp 2 and DP links of 1 ms/1 Gbit/s: measured with the bucket in
+ * `bucket` (NULL: the default) into dir; its runs.csv and ops.csv into r. */
+static void dp_cell(const char *bucket, char *dir, results_t *r)
+{
+    static char text[1 << 16];
+    char err[512];
+    assert_non_null(mkdtemp(dir));
+    int rc = tu_pipenem_run(text, sizeof text, "sweep --model tiny --stages 2 --dp 2 --net-dp 1ms/1Gbps --schedule "
+                            "gpipe --micro-batch-sizes 1 --profiles default --batch-size 4 --seq-len 16 --iters 1 "
+                            "--warmup 0 --no-plots --out %s/out %s%s", dir, bucket ? "--dp-bucket " : "",
+                            bucket ? bucket : "");
+    if (rc)
+        fail_msg("sweep (--dp-bucket %s) exited %d:\n%s", bucket ? bucket : "default", rc, text);
+    char path[128];
+    snprintf(path, sizeof path, "%s/out", dir);
+    results_init(r);
+    if (results_read(path, r, err, sizeof err))
+        fail_msg("%s: %s", path, err);
+    snprintf(text, sizeof text, "rm -rf '%s'", dir);
+    assert_int_equal(system(text), 0);
+}
+
+/* The sweep hands --dp-bucket to its cells: runs.csv says it, ops.csv has one ALLREDUCE
+ * row per bucket (all full but the last), and the a-priori prediction cuts the gradients
+ * the same way. Without --dp-overlap each stage's extra buckets each pay the ring's 2(D-1)
+ * delays of 1 ms, so the prediction grows by (n_s - 1) x 2 ms for one of the stages s
+ * (the one that ends the iteration): between the smallest and the largest of those. */
+static void test_sweep_bucket(void **state)
+{
+    (void)state;
+    char d1[] = "/tmp/pn-test-dp-bucket-XXXXXX", d2[] = "/tmp/pn-test-dp-bucket-XXXXXX";
+    results_t def, small;
+    dp_cell(NULL, d1, &def);
+    dp_cell("4KiB", d2, &small);
+    assert_int_equal(def.n_cells, 1);
+    assert_int_equal(small.n_cells, 1);
+    assert_int_equal(def.cells[0].dp_bucket_bytes, 25 << 20);
+    assert_int_equal(small.cells[0].dp_bucket_bytes, 4096);
+    int rows[4] = {0}, full[4] = {0};
+    for (size_t i = 0; i < small.n_ops; i++) {
+        const results_op_t *o = &small.ops[i];
+        if (strcmp(o->op, METRICS_OP_ALLREDUCE) || o->iteration != 0)
+            continue;
+        assert_true(o->rank >= 0 && o->rank < 4 && o->bytes > 0 && o->bytes <= 4096);
+        rows[o->rank]++;
+        full[o->rank] += o->bytes == 4096;
+    }
+    double lo = INFINITY, hi = 0, delta = small.cells[0].predicted_apriori - def.cells[0].predicted_apriori;
+    for (int k = 0; k < 4; k++) {
+        assert_true(rows[k] > 1);
+        assert_true(full[k] >= rows[k] - 1);
+        assert_int_equal(rows[k], rows[k % 2]); /* replica 1 as replica 0 */
+        lo = fmin(lo, (rows[k] - 1) * 2 * 1e-3);
+        hi = fmax(hi, (rows[k] - 1) * 2 * 1e-3);
+    }
+    print_message("sweep: %d and %d ALLREDUCE rows on stages 0 and 1 with 4 KiB buckets; the a-priori prediction "
+                  "grows by %.6f s (want %.6f..%.6f s), measured %.3f s vs %.3f s\n", rows[0], rows[1], delta, lo, hi,
+                  small.cells[0].iter_median, def.cells[0].iter_median);
+    if (!(delta >= lo - 1e-9 && delta <= hi + 1e-9))
+        fail_msg("the prediction grew by %.9f s, outside [%.9f, %.9f] s", delta, lo, hi);
+    results_destroy(&def);
+    results_destroy(&small);
+}
+
 /* --dp-bucket's values and combinations in run, sim and sweep, each with its own message
  * (exit 2). */
 static void test_bucket_errors(void **state)
@@ -347,6 +411,7 @@ int main(void)
         cmocka_unit_test(test_predict_dp),
         cmocka_unit_test(test_bucket_cut),
         cmocka_unit_test(test_sim_bucket),
+        cmocka_unit_test(test_sweep_bucket),
         cmocka_unit_test(test_bucket_errors),
     };
     return cmocka_run_group_tests_name("bench_dp", tests, NULL, NULL);
