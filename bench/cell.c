@@ -36,11 +36,13 @@
 int cell_runcfg(const sweep_spec_t *s, const results_cell_t *c, const char *net, const char *emulator,
                 runcfg_t *cfg, char *err, size_t errlen)
 {
-    char stages[16], batch[16], mbs[16], seq[16], iters[16], warmup[16], slack[16], chunks[16], threads[24], dp[16];
+    char stages[16], batch[16], mbs[16], seq[16], iters[16], warmup[16], slack[16], chunks[16], threads[24], dp[16],
+        bucket[24];
     /* The stages share this machine's cores: one OpenMP team per core each would fight. */
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN), procs = (long)s->stages * c->dp;
     snprintf(threads, sizeof threads, "%ld", ncpu > procs ? ncpu / procs : 1);
     snprintf(dp, sizeof dp, "%d", c->dp);
+    snprintf(bucket, sizeof bucket, "%d", c->dp_bucket_bytes);
     snprintf(stages, sizeof stages, "%d", s->stages);
     snprintf(batch, sizeof batch, "%d", s->batch_size);
     snprintf(mbs, sizeof mbs, "%d", c->micro_batch_size);
@@ -63,6 +65,7 @@ int cell_runcfg(const sweep_spec_t *s, const results_cell_t *c, const char *net,
         {RUNCFG_OPT_TRANSPORT, s->transport},
         {RUNCFG_OPT_CHUNKS, chunks},          {RUNCFG_OPT_DP, dp},
         {RUNCFG_OPT_NET_DP, c->net_dp},       {RUNCFG_OPT_DP_OVERLAP, ""},
+        {RUNCFG_OPT_DP_BUCKET, bucket},
     };
     runcfg_defaults(cfg);
     for (size_t i = 0; i < sizeof set / sizeof *set; i++) {
@@ -71,7 +74,8 @@ int cell_runcfg(const sweep_spec_t *s, const results_cell_t *c, const char *net,
         if (set[i].opt == RUNCFG_OPT_CHUNKS && (!s->chunks || sched_uses_chunks(c->schedule) != 1))
             continue; /* only interleaved-1f1b takes a chunk count */
         if ((set[i].opt == RUNCFG_OPT_TIMEOUT && !s->timeout[0]) || (set[i].opt == RUNCFG_OPT_NET_DP && !c->net_dp[0]) ||
-            (set[i].opt == RUNCFG_OPT_DP_OVERLAP && !c->dp_overlap))
+            (set[i].opt == RUNCFG_OPT_DP_OVERLAP && !c->dp_overlap) ||
+            (set[i].opt == RUNCFG_OPT_DP_BUCKET && c->dp < 2))
             continue;
         int rc = runcfg_option(cfg, set[i].opt, set[i].arg, err, errlen);
         if (rc < 0)
@@ -238,7 +242,7 @@ static int stage_buckets(const runcfg_t *cfg, int q, predict_buckets_t *b, char 
         return -ENOMEM;
     int rc = model_stage_init(st, &mp, err, errlen);
     if (!rc) {
-        predict_dp_buckets(st, 0, b);
+        predict_dp_buckets(st, (double)runcfg_dp_bucket(cfg), b);
         model_stage_destroy(st);
     }
     free(st);

@@ -13,6 +13,7 @@
 #include "bench/predict.h"
 #include "bench/vocab.h"
 #include "common/parse.h"
+#include "pipeline/allreduce.h"
 #include "pipeline/runcfg.h"
 #include "common/limits.h"
 #include "models/model.h"
@@ -41,8 +42,8 @@ static const model_option_t cost_group[] = {
     {"param-bytes", 0, SIM_OPT_PARAM_BYTES, "SIZE[,SIZE..]",
      "with --dp: gradient bytes each stage all-reduces per iteration, one value or one per stage",
      "none: required with --dp and without --model"},
-    {"buckets", 0, SIM_OPT_BUCKETS, "N", "with --dp and --param-bytes: equal all-reduce buckets per stage, "
-     "ready in turn over the last backward", "1"},
+    {"buckets", 0, SIM_OPT_BUCKETS, "N", "with --dp and --param-bytes: N equal all-reduce buckets per stage, "
+     "ready in turn over the last backward, instead of --dp-bucket's pieces", "none: --dp-bucket's pieces"},
     {NULL, 0, 0, NULL, NULL, NULL},
 };
 
@@ -55,7 +56,7 @@ static const model_option_t link_group[] = {
 };
 
 static const int sched_only[] = {RUNCFG_OPT_SCHEDULE, RUNCFG_OPT_SLACK, RUNCFG_OPT_CHUNKS, RUNCFG_OPT_DP,
-                                 RUNCFG_OPT_DP_OVERLAP, 0};
+                                 RUNCFG_OPT_DP_OVERLAP, RUNCFG_OPT_DP_BUCKET, 0};
 static const int size_only[] = {MODEL_OPT_STAGES, MODEL_OPT_BATCH_SIZE, MODEL_OPT_MICRO_BATCH_SIZE, 0};
 static const int model_only[] = {MODEL_OPT_MODEL, MODEL_OPT_SEQ_LEN, MODEL_OPT_COMPUTE, 0};
 static const int net_only[] = {RUNCFG_OPT_NET, RUNCFG_OPT_NET_DP, 0};
@@ -89,6 +90,8 @@ static const cli_override_t overrides[] = {
      "over its D replicas (2(D-1) steps of bytes/D) before its optimizer step", "1"},
     {RUNCFG_OPT_NET_DP, NULL, "profile of the links between replicas (--dp)", "--net where that is one profile, "
      "else free links"},
+    {RUNCFG_OPT_DP_BUCKET, NULL, "bytes per all-reduce bucket (--dp), whole fp32s: each stage's gradients (of "
+     "--model, or --param-bytes) cut in pieces of this size, as the runtime cuts them", "25MiB"},
     {0, NULL, NULL, NULL},
 };
 
@@ -180,7 +183,7 @@ static void print_critical(const char *name, const sim_result_t *r, int list)
 /* Per-stage costs and the boundary tensor size of a model under an emulate device
  * model: each stage is built (emulate holds no parameters or activations) and its
  * modelled seconds read back. Returns 0, or CLI_USAGE with the models' message. */
-static int model_costs(const char *name, int seq_len, const char *compute, int P, int M, int mbs,
+static int model_costs(const char *name, int seq_len, const char *compute, int P, int M, int mbs, double cap,
                        sim_cost_t *cost, double *bytes, predict_buckets_t *buckets, char *label, size_t labellen)
 {
     char err[512];
@@ -207,7 +210,7 @@ static int model_costs(const char *name, int seq_len, const char *compute, int P
         model_stage_account(&st, &a);
         cost[s] = (sim_cost_t){a.fwd_s, a.bwd_s, a.opt_s};
         *bytes = (double)a.boundary_bytes;
-        predict_dp_buckets(&st, 0, &buckets[s]);
+        predict_dp_buckets(&st, cap, &buckets[s]);
         if (s == 0)
             model_stage_describe(&st, label, labellen);
         model_stage_destroy(&st);
@@ -220,10 +223,10 @@ static int model_costs(const char *name, int seq_len, const char *compute, int P
 
 typedef struct {
     const char *sched_arg, *fwd_arg, *bwd_arg, *opt_arg, *net, *slack_arg, *grad_arg, *model, *compute, *bytes_arg;
-    const char *net_dp, *param_arg;
+    const char *net_dp, *param_arg, *bucket_arg;
     int seq_len, P, M, batch, mbs, have_b, have_u, list_path, K, V, derived;
     int dp, dp_overlap, n_buckets;
-    double act_bytes, grad_bytes, overhead_us;
+    double act_bytes, grad_bytes, overhead_us, dp_bucket; /* dp_bucket: bytes, 0 = the runtime's default */
     sim_send_mode_t mode;
     char sched_buf[512];
     const char *scheds[MAX_SCHEDULES];
@@ -267,6 +270,16 @@ static int sim_option(sim_args_t *a, int c, const char *arg)
     case RUNCFG_OPT_NET_DP: a->net_dp = arg; return 0;
     case SIM_OPT_PARAM_BYTES: a->param_arg = arg; return 0;
     case SIM_OPT_BUCKETS: return cli_parse_int(CMD, "--buckets", arg, 1, PREDICT_MAX_BUCKETS, &a->n_buckets);
+    case RUNCFG_OPT_DP_BUCKET: { /* run's parser: the same sizes and messages */
+        runcfg_t scratch;
+        char err[256];
+        runcfg_defaults(&scratch);
+        if (runcfg_option(&scratch, c, arg, err, sizeof err) < 0)
+            return cli_usage_error(CMD, "%s", err);
+        a->bucket_arg = arg;
+        a->dp_bucket = (double)scratch.dp_bucket;
+        return 0;
+    }
     case MODEL_OPT_MODEL: a->model = arg; return 0;
     case MODEL_OPT_SEQ_LEN: return cli_parse_int(CMD, "--seq-len", arg, 1, 1 << 20, &a->seq_len);
     case MODEL_OPT_COMPUTE: a->compute = arg; return 0;
@@ -283,9 +296,16 @@ static int sim_check(sim_args_t *a)
         return cli_usage_error(CMD, "--model gives the costs and sizes; drop %s",
                                a->fwd_arg ? "--fwd-ms" : a->bwd_arg ? "--bwd-ms" : a->bytes_arg ? "--bytes"
                                : a->grad_arg ? "--grad-bytes" : "--opt-ms");
-    if (a->dp == 1 && (a->dp_overlap || a->net_dp || a->param_arg || a->n_buckets))
+    if (a->dp == 1 && (a->dp_overlap || a->net_dp || a->param_arg || a->n_buckets || a->bucket_arg))
         return cli_usage_error(CMD, "%s applies to --dp D with D > 1", a->dp_overlap ? "--dp-overlap"
-                               : a->net_dp ? "--net-dp" : a->param_arg ? "--param-bytes" : "--buckets");
+                               : a->net_dp ? "--net-dp" : a->param_arg ? "--param-bytes"
+                               : a->n_buckets ? "--buckets" : "--dp-bucket");
+    if (a->n_buckets && a->bucket_arg)
+        return cli_usage_error(CMD, "give --buckets N (equal buckets) or --dp-bucket SIZE (the runtime's pieces), "
+                               "not both");
+    if (a->bucket_arg && a->dp_bucket < 4.0 * a->dp)
+        return cli_usage_error(CMD, "--dp-bucket %s with --dp %d: the ring cuts a bucket in %d pieces; want at "
+                               "least %d bytes (one fp32 each)", a->bucket_arg, a->dp, a->dp, 4 * a->dp);
     if (a->model && (a->param_arg || a->n_buckets))
         return cli_usage_error(CMD, "--model gives the gradient buckets; drop %s",
                                a->param_arg ? "--param-bytes" : "--buckets");
@@ -353,12 +373,13 @@ static int sim_parse(int argc, char **argv, sim_args_t *a)
     return sim_check(a);
 }
 
-/* --param-bytes into buckets: --buckets equal ones per stage, ready in turn. */
+/* --param-bytes into buckets: --buckets equal ones per stage, ready in turn, or else the
+ * runtime's pieces of --dp-bucket bytes. */
 static int param_buckets(const sim_args_t *a, predict_buckets_t *b)
 {
     char buf[1024];
     snprintf(buf, sizeof buf, "%s", a->param_arg);
-    int n = 0, k = a->n_buckets ? a->n_buckets : 1;
+    int n = 0, k = a->n_buckets;
     double v[PN_MAX_STAGES];
     for (char *save = NULL, *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
         uint64_t x;
@@ -371,6 +392,10 @@ static int param_buckets(const sim_args_t *a, predict_buckets_t *b)
     if (n != 1 && n != a->P)
         return cli_usage_error(CMD, "--param-bytes has %d values; want 1 or %d (one per stage)", n, a->P);
     for (int s = 0; s < a->P; s++) {
+        if (!k) {
+            predict_dp_buckets_bytes(v[n == 1 ? 0 : s], a->dp_bucket, &b[s]);
+            continue;
+        }
         b[s].n = k;
         b[s].total = v[n == 1 ? 0 : s];
         for (int i = 0; i < k; i++) {
@@ -388,8 +413,8 @@ static int sim_costs(sim_args_t *a, sim_cost_t *cost, predict_buckets_t *buckets
     if (a->model) {
         if (!a->compute)
             a->compute = "emulate:v100";
-        int rc = model_costs(a->model, a->seq_len, a->compute, a->P, a->M, a->mbs, cost, &a->act_bytes, buckets,
-                             label, labellen);
+        int rc = model_costs(a->model, a->seq_len, a->compute, a->P, a->M, a->mbs, a->dp_bucket, cost,
+                             &a->act_bytes, buckets, label, labellen);
         a->grad_bytes = a->act_bytes;
         return rc;
     }
@@ -470,8 +495,12 @@ static void print_dp(const sim_args_t *a, const char *dp_label, const predict_bu
     if (a->dp < 2)
         return;
     printf("# data parallel: %d replicas (%d processes, rank = d*%d + s), global batch %d x %d; ring all-reduce "
-           "over %s, %s\n#  gradient MB per stage (buckets):", a->dp, a->dp * a->P, a->P, a->dp, a->M * a->mbs, dp_label,
+           "over %s, %s\n#  gradient MB per stage (buckets", a->dp, a->dp * a->P, a->P, a->dp, a->M * a->mbs, dp_label,
            a->dp_overlap ? "overlapped with the backward (--dp-overlap)" : "after the last backward");
+    if (a->n_buckets)
+        printf(", %d equal ones):", a->n_buckets);
+    else
+        printf(" of %.0f B):", a->dp_bucket > 0 ? a->dp_bucket : (double)ALLREDUCE_BUCKET_DEFAULT);
     for (int s = 0; s < a->P; s++)
         if (s < 8 || s + 1 == a->P)
             printf("%s %.1f (%d)", s ? "," : "", b[s].total / 1e6, b[s].n);

@@ -27,7 +27,8 @@ static const int schedule_only[] = {RUNCFG_OPT_SCHEDULE, 0};
 static const int model_only[] = {MODEL_OPT_MODEL, MODEL_OPT_STAGES, MODEL_OPT_BATCH_SIZE, MODEL_OPT_SEQ_LEN,
                                  MODEL_OPT_COMPUTE, 0};
 static const int pipeline_only[] = {RUNCFG_OPT_ITERS, RUNCFG_OPT_WARMUP, RUNCFG_OPT_SLACK, RUNCFG_OPT_CHUNKS,
-                                    RUNCFG_OPT_TIMEOUT, RUNCFG_OPT_DP, RUNCFG_OPT_DP_OVERLAP, 0};
+                                    RUNCFG_OPT_TIMEOUT, RUNCFG_OPT_DP, RUNCFG_OPT_DP_OVERLAP,
+                                    RUNCFG_OPT_DP_BUCKET, 0};
 static const int network_only[] = {RUNCFG_OPT_EMULATOR, RUNCFG_OPT_TRANSPORT, RUNCFG_OPT_NET_DP, 0};
 static const int dist_only[] = {RUNCFG_OPT_DIST_URL, 0};
 
@@ -163,6 +164,14 @@ static int sweep_option(opts_t *o, int c, const char *arg, const char **resume)
         rc = sweep_dp_sizes_parse(arg, s, err, sizeof err);
         break;
     case RUNCFG_OPT_DP_OVERLAP: s->dp_overlap = 1; return 0;
+    case RUNCFG_OPT_DP_BUCKET: { /* the parser every stage uses; the cells pass the bytes on */
+        runcfg_t scratch;
+        runcfg_defaults(&scratch);
+        if (runcfg_option(&scratch, c, arg, err, sizeof err) < 0)
+            return cli_usage_error(cmd, "%s", err);
+        s->dp_bucket = scratch.dp_bucket;
+        return 0;
+    }
     case RUNCFG_OPT_NET_DP: return runcfg_checked_copy(RUNCFG_OPT_NET_DP, "--net-dp", arg, s->net_dp, sizeof s->net_dp);
     case RUNCFG_OPT_TIMEOUT:
         return runcfg_checked_copy(RUNCFG_OPT_TIMEOUT, "--timeout", arg, s->timeout, sizeof s->timeout);

@@ -488,9 +488,25 @@ int predict_whatif(const results_t *r, const results_cell_t *cell, const netem_p
     return 0;
 }
 
-void predict_dp_buckets(const model_stage_t *st, double cap, predict_buckets_t *out)
+/* The pieces of `total` bytes in buckets of cap (0: the default), last piece first; each
+ * ready once the backward has passed it (bytes from the piece on over all of them). */
+void predict_dp_buckets_bytes(double total, double cap, predict_buckets_t *out)
 {
     memset(out, 0, sizeof *out);
+    if (!(cap > 0))
+        cap = ALLREDUCE_BUCKET_DEFAULT;
+    double pieces = total > 0 ? ceil(total / cap) : 1;
+    out->n = pieces < PREDICT_MAX_BUCKETS ? (int)pieces : PREDICT_MAX_BUCKETS;
+    out->total = total;
+    for (int k = 0; k < out->n; k++) {
+        double lo = (out->n - 1 - k) * cap, hi = k == 0 ? total : fmin(total, lo + cap);
+        out->bytes[k] = hi - lo;
+        out->ready[k] = k + 1 == out->n || !(total > 0) ? 1 : fmax((total - lo) / total, 1e-12);
+    }
+}
+
+void predict_dp_buckets(const model_stage_t *st, double cap, predict_buckets_t *out)
+{
     double total = 0, total_w = 0;
     if (!(cap > 0))
         cap = ALLREDUCE_BUCKET_DEFAULT;
@@ -500,13 +516,9 @@ void predict_dp_buckets(const model_stage_t *st, double cap, predict_buckets_t *
         if (t->gemm) /* matrices; the embeddings' backward is a scatter */
             total_w += (double)t->numel;
     }
-    int pieces = total > 0 ? (int)ceil(total / cap) : 1;
-    out->n = pieces < PREDICT_MAX_BUCKETS ? pieces : PREDICT_MAX_BUCKETS;
-    out->total = total;
+    predict_dp_buckets_bytes(total, cap, out);
     for (int k = 0; k < out->n; k++) {
-        int piece = out->n - 1 - k; /* the last piece of the block first */
-        double lo = piece * cap, hi = k == 0 ? total : fmin(total, lo + cap), w = 0;
-        out->bytes[k] = hi - lo;
+        double lo = (out->n - 1 - k) * cap, w = 0;
         for (int i = 0; i < st->n_tensors; i++) { /* tensors from this piece on */
             const model_tensor_t *t = &st->tensors[i];
             if (4.0 * (double)(t->offset + t->numel) > lo && t->gemm)

@@ -100,6 +100,9 @@ typedef struct {
     double total;                       /* bytes, all buckets */
 } predict_buckets_t;
 void predict_dp_buckets(const model_stage_t *st, double cap, predict_buckets_t *out);
+/* The same cut of a block of `total` bytes that has no tensors to say where the layers lie
+ * (sim --param-bytes): piece k ready once the backward has passed its bytes and those after. */
+void predict_dp_buckets_bytes(double total, double cap, predict_buckets_t *out);
 
 /* The a-priori prediction with D replicas: predict_apriori plus each stage's all-reduce
  * over the DP links of profile dp_prof (predict_link), buckets[stages]; overlap as

@@ -5,6 +5,7 @@
 #include "common/err.h"
 
 #include "bench/csvio.h"
+#include "pipeline/allreduce.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -48,7 +49,7 @@ static const col_t run_cols[] = {
     CIN(straggler_stage), CD("tokens_per_s", tokens_per_s), CD("mfu", mfu),
     CD("straggler_delay", straggler_delay), CD("straggler_slowdown", straggler_slowdown),
     CD("final_loss", final_loss), CD("wall_s", wall), CS(transport), CSN(mem_kind), CIN(skipped_steps),
-    CIN(dp), CIN(dp_overlap), CSN(net_dp), CIN(global_batch),
+    CIN(dp), CIN(dp_overlap), CSN(net_dp), CIN(global_batch), CIN(dp_bucket_bytes),
 };
 #define N_RUN_COLS (sizeof run_cols / sizeof *run_cols)
 
@@ -363,10 +364,12 @@ static int read_runs(const char *path, results_t *r, char *err, size_t errlen)
     int rc = csvio_read(path, &t, err, errlen);
     if (rc)
         return rc;
-    size_t idx[N_RUN_COLS];
+    size_t idx[N_RUN_COLS], bucket_col = 0;
     int have[N_RUN_COLS];
     for (size_t i = 0; i < N_RUN_COLS && !rc; i++) {
         const col_t *col = &run_cols[i];
+        if (!strcmp(col->name, "dp_bucket_bytes"))
+            bucket_col = i;
         int k = col->old ? csvio_col(&t, col->name) : 0;
         if (k < 0 && *col->old)
             k = csvio_col(&t, col->old);
@@ -413,6 +416,8 @@ static int read_runs(const char *path, results_t *r, char *err, size_t errlen)
         for (size_t k = 0; k < N_STAGE_COLS && !rc; k++)
             for (int s = 0; s < ns && !rc && sidx[k][s] >= 0; s++)
                 rc = get_double(&t, row, (size_t)sidx[k][s], (double *)(base + stage_cols[k].off) + s, err, errlen);
+        if (!rc && !have[bucket_col] && c.dp > 1) /* from before --dp-bucket: the one bucket size then */
+            c.dp_bucket_bytes = ALLREDUCE_BUCKET_DEFAULT;
         if (!rc && results_cell_find(r, c.cell)) {
             rc = pn_err(err, errlen, -EINVAL, "%s, line %zu, column %zu (cell): cell %d appears twice", t.path,
                  t.line[row], idx[0] + 1, c.cell);

@@ -53,6 +53,7 @@ typedef struct {
     int dp, dp_overlap;            /* --dp replicas of the pipeline (rank = d*stages + s), --dp-overlap */
     char net_dp[96];               /* --net-dp profile between replicas; "" = the cell's profile */
     int global_batch;              /* sequences per iteration over all replicas: dp x batch_size */
+    int dp_bucket_bytes;           /* --dp-bucket: the all-reduce's bucket size (dp > 1); 0 without one */
     double dp_straggler[RESULTS_MAX_STAGES]; /* per stage: its slowest replica's compute per
                                               * iteration over the median of the other D-1 */
 } results_cell_t;

@@ -9,6 +9,7 @@
 #include "bench/csvio.h"
 #include "models/model.h"
 #include "netem/emulator.h"
+#include "pipeline/allreduce.h"
 #include "pipeline/transport.h"
 #include "netem/profile.h"
 #include "netem/state.h"
@@ -288,6 +289,12 @@ int sweep_spec_check(const sweep_spec_t *s, char *err, size_t errlen)
         if ((long)s->dps[i] * s->stages > PN_MAX_WORLD)
             return pn_err(err, errlen, -EINVAL, "--dp-sizes: %d replicas x %d stages = %ld processes; at most %d",
                           s->dps[i], s->stages, (long)s->dps[i] * s->stages, PN_MAX_WORLD);
+    int replicated = 0;
+    for (int i = 0; i < s->n_dp; i++)
+        replicated |= s->dps[i] > 1;
+    if (s->dp_bucket && !replicated)
+        return pn_err(err, errlen, -EINVAL, "--dp-bucket applies to --dp D with D > 1, and no cell has more than "
+                      "one replica (give --dp-sizes with a count above 1)");
     if (!s->n_sched || !s->n_mbs || !s->n_prof || !s->n_dp) {
         return pn_err(err, errlen, -EINVAL, "the grid is empty");
     }
@@ -325,6 +332,7 @@ void sweep_cell_config(const sweep_spec_t *s, int i, results_cell_t *c)
     c->dp = s->n_dp > 0 ? s->dps[d] : 1;
     c->dp_overlap = c->dp > 1 && s->dp_overlap;
     snprintf(c->net_dp, sizeof c->net_dp, "%s", c->dp > 1 ? s->net_dp : "");
+    c->dp_bucket_bytes = c->dp > 1 ? (int)(s->dp_bucket ? s->dp_bucket : ALLREDUCE_BUCKET_DEFAULT) : 0;
     c->global_batch = c->dp * s->batch_size;
 }
 
@@ -360,12 +368,14 @@ static int check_resumed(const sweep_spec_t *s, results_t *r, char *err, size_t 
         sweep_cell_config(s, c->cell, &want);
         if (strcmp(c->schedule, want.schedule) || c->micro_batch_size != want.micro_batch_size ||
             strcmp(c->profile, want.profile) || strcmp(c->model, want.model) || c->stages != want.stages ||
-            c->batch_size != want.batch_size || c->seq_len != want.seq_len || c->dp != want.dp) {
+            c->batch_size != want.batch_size || c->seq_len != want.seq_len || c->dp != want.dp ||
+            c->dp_bucket_bytes != want.dp_bucket_bytes) {
             return pn_err(err, errlen, -EINVAL, "runs.csv cell %d is %s, micro-batch size %d, %s (%s, %d stages, batch %d, seq %d, "
-                 "dp %d) but this sweep's cell %d is %s, micro-batch size %d, %s (%s, %d stages, batch %d, seq %d, dp %d)",
-                 c->cell, c->schedule, c->micro_batch_size, c->profile, c->model, c->stages, c->batch_size,
-                 c->seq_len, c->dp, c->cell, want.schedule, want.micro_batch_size, want.profile, want.model,
-                 want.stages, want.batch_size, want.seq_len, want.dp);
+                 "dp %d, bucket %d B) but this sweep's cell %d is %s, micro-batch size %d, %s (%s, %d stages, "
+                 "batch %d, seq %d, dp %d, bucket %d B)", c->cell, c->schedule, c->micro_batch_size, c->profile, c->model,
+                 c->stages, c->batch_size, c->seq_len, c->dp, c->dp_bucket_bytes, c->cell, want.schedule,
+                 want.micro_batch_size, want.profile, want.model, want.stages, want.batch_size, want.seq_len, want.dp,
+                 want.dp_bucket_bytes);
         }
     }
     /* Ops or iterations of a cell without a runs.csv row are from an interrupted cell. */

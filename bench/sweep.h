@@ -33,6 +33,7 @@ typedef struct {
     int dps[SWEEP_MAX_AXIS];              /* --dp-sizes: the replica axis (--dp D: just D) */
     int n_dp;
     char net_dp[96];                      /* --net-dp of every cell ("" = as its --net) */
+    size_t dp_bucket;                     /* --dp-bucket bytes of every --dp cell (0 = the runtime's default) */
     int straggler_rank;                   /* -1 = none */
     double straggler_factor;              /* 1 = none */
     char timeout[32];                     /* --timeout of every stage ("" = pipeline's default) */

@@ -10,6 +10,7 @@
 
 #include "netem/emulator.h"
 #include "netem/profile.h"
+#include "pipeline/allreduce.h"
 #include "pipeline/transport.h"
 #include "schedules/sched.h"
 #include "schedules/sim.h"
@@ -32,6 +33,9 @@ const model_option_t runcfg_pipeline_group[] = {
     {"dp-overlap", 0, RUNCFG_OPT_DP_OVERLAP, NULL,
      "start a layer's all-reduce as soon as its gradients are final, overlapping backward (the\n"
      "runtime does not do this yet: refused with --dp above 1)", NULL},
+    {"dp-bucket", 0, RUNCFG_OPT_DP_BUCKET, "SIZE",
+     "bytes per bucket of the gradient all-reduce (--dp above 1), whole fp32s: 64MB, 25MiB, 4KiB;\n"
+     "each stage's gradients go round the ring in pieces of this size", "25MiB, PyTorch DDP's bucket_cap_mb"},
     {"trace", 0, RUNCFG_OPT_TRACE, "FILE", "write the per-op trace as CSV (rank, iteration, op, micro-batch, times)",
      "none"},
     {NULL, 0, 0, NULL, NULL, NULL},
@@ -112,6 +116,19 @@ static int copy_str(const char *name, const char *arg, char *dst, size_t cap, ch
     return 0;
 }
 
+/* --dp-bucket SIZE: whole fp32s (the ring cuts floats), at most RUNCFG_DP_BUCKET_MAX. */
+static int parse_dp_bucket(const char *arg, size_t *out, char *err, size_t errlen)
+{
+    uint64_t v;
+    if (pn_parse_size(arg, &v))
+        return pn_err(err, errlen, -EINVAL, "--dp-bucket: expected a size such as 64MB, 25MiB or 4096, got '%s'", arg);
+    if (v < sizeof(float) || v % sizeof(float) || v > RUNCFG_DP_BUCKET_MAX)
+        return pn_err(err, errlen, -EINVAL, "--dp-bucket %s = %llu bytes: want whole fp32s (a multiple of %zu), "
+                      "from %zu bytes to 1GiB", arg, (unsigned long long)v, sizeof(float), sizeof(float));
+    *out = (size_t)v;
+    return 0;
+}
+
 int runcfg_option(runcfg_t *c, int opt, const char *arg, char *err, size_t errlen)
 {
     int rc = model_options_parse(&c->model, opt, arg, err, errlen);
@@ -137,6 +154,7 @@ int runcfg_option(runcfg_t *c, int opt, const char *arg, char *err, size_t errle
     case RUNCFG_OPT_NET: rc = copy_str("net", arg, c->net, sizeof c->net, err, errlen); break;
     case RUNCFG_OPT_DP: rc = parse_int("dp", arg, 1, PN_MAX_WORLD, &c->dp, err, errlen); break;
     case RUNCFG_OPT_DP_OVERLAP: c->dp_overlap = 1; break;
+    case RUNCFG_OPT_DP_BUCKET: rc = parse_dp_bucket(arg, &c->dp_bucket, err, errlen); break;
     case RUNCFG_OPT_NET_DP: {
         netem_profile_t pr;
         char why[200];
@@ -242,6 +260,11 @@ static int slack_auto(runcfg_t *c, char *err, size_t errlen)
     return rc;
 }
 
+size_t runcfg_dp_bucket(const runcfg_t *c)
+{
+    return c->dp_bucket ? c->dp_bucket : ALLREDUCE_BUCKET_DEFAULT;
+}
+
 const char *runcfg_net_dp(const runcfg_t *c)
 {
     return c->net_dp[0] ? c->net_dp : c->net;
@@ -264,6 +287,13 @@ static int dp_finish(const runcfg_t *c, char *err, size_t errlen)
     if (c->dp > 1 && c->dp_overlap)
         return pn_err(err, errlen, -EINVAL, "--dp-overlap: starting a layer's all-reduce during backward is not "
                       "built yet (the runtime averages every bucket after the iteration's last backward)");
+    if (c->dp == 1 && c->dp_bucket)
+        return pn_err(err, errlen, -EINVAL, "--dp-bucket applies to --dp D with D > 1 (one replica has no "
+                      "all-reduce)");
+    if (c->dp > 1 && runcfg_dp_bucket(c) < sizeof(float) * (size_t)c->dp)
+        return pn_err(err, errlen, -EINVAL, "--dp-bucket %zu bytes with --dp %d: the ring cuts a bucket in %d "
+                      "pieces; want at least %zu bytes (one fp32 each)", c->dp_bucket, c->dp, c->dp,
+                      sizeof(float) * (size_t)c->dp);
     if (c->dp == 1 || c->net_dp[0])
         return 0;
     netem_profile_t pr;
@@ -360,6 +390,8 @@ int runcfg_format(const runcfg_t *c, char *buf, size_t len)
     if (c->dp > 1 && n >= 0 && (size_t)n < len) /* as chunks: one replica keeps the older hash */
         n += snprintf(buf + n, len - (size_t)n, " dp=%d dp_overlap=%d net_dp=%s", c->dp, c->dp_overlap,
                       runcfg_net_dp(c));
+    if (c->dp > 1 && n >= 0 && (size_t)n < len)
+        n += snprintf(buf + n, len - (size_t)n, " dp_bucket=%zu", runcfg_dp_bucket(c));
     return n;
 }
 

@@ -19,7 +19,7 @@ enum {
     RUNCFG_OPT_NET, RUNCFG_OPT_EMULATOR, RUNCFG_OPT_DIST_URL, RUNCFG_OPT_WORLD_SIZE,
     RUNCFG_OPT_RANK, RUNCFG_OPT_TOKEN, RUNCFG_OPT_TIMEOUT, RUNCFG_OPT_TRACE,
     RUNCFG_OPT_UCX_TLS, RUNCFG_OPT_UCX_DEVICES, RUNCFG_OPT_TRANSPORT, RUNCFG_OPT_CHUNKS, RUNCFG_OPT_DP,
-    RUNCFG_OPT_DP_OVERLAP, RUNCFG_OPT_NET_DP, RUNCFG_OPT_END
+    RUNCFG_OPT_DP_OVERLAP, RUNCFG_OPT_NET_DP, RUNCFG_OPT_DP_BUCKET, RUNCFG_OPT_END
 };
 
 typedef struct runcfg {
@@ -35,6 +35,7 @@ typedef struct runcfg {
     int dp;                  /* --dp: data-parallel replicas of the pipeline (rank = d*P + s) */
     int dp_overlap;          /* --dp-overlap: a layer's all-reduce starts when its gradients are final */
     char net_dp[512];        /* --net-dp: profile of the links between replicas; "" = as --net */
+    size_t dp_bucket;        /* --dp-bucket: bytes per all-reduce bucket, whole fp32s; 0 = not given */
     /* ---- per process (not hashed) ---- */
     char dist_url[300];
     int world_size, rank;    /* -1 = from the launcher's environment */
@@ -76,6 +77,11 @@ static inline int runcfg_rank_of(const runcfg_t *c, int replica, int stage) { re
 /* The profile of the links between replicas (after runcfg_finish): --net-dp, or --net
  * when that is one profile for every pipeline link. */
 const char *runcfg_net_dp(const runcfg_t *c);
+
+/* The all-reduce's bucket size in bytes: --dp-bucket, else ALLREDUCE_BUCKET_DEFAULT (25 MiB). */
+size_t runcfg_dp_bucket(const runcfg_t *c);
+/* The largest --dp-bucket (a bucket's bytes fit an int in runs.csv). */
+#define RUNCFG_DP_BUCKET_MAX ((size_t)1 << 30)
 
 /* model_stage_account of every stage (out[stages]) as c's model and compute build it, one
  * micro-batch in flight: FLOPs, boundary bytes, the memory blocks and, with a modelled

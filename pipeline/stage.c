@@ -451,6 +451,27 @@ static void model_account_all(model_stage_t *st, int v, model_account_t *acc)
     }
 }
 
+/* --dp-bucket: the buckets of the stage's v chunks and their 2(D-1) ring steps each must
+ * fit the all-reduce's keys of an iteration; said now, not after millions of tiny steps. */
+static int dp_keys_check(const runcfg_t *cfg, int rank, model_stage_t *st, int v, char *err, size_t errlen)
+{
+    long per = (long)(runcfg_dp_bucket(cfg) / sizeof(float)), steps = 2L * (cfg->dp - 1), keys = 0;
+    size_t params = 0;
+    for (int j = 0; j < v; j++) {
+        model_account_t a;
+        model_stage_account(&st[j], &a);
+        params += a.params;
+        keys += ((long)a.params + per - 1) / per * steps;
+    }
+    long cap = (ALLREDUCE_MB_END - ALLREDUCE_MB_BASE) / steps - v; /* buckets an iteration can number */
+    if (keys <= ALLREDUCE_MB_END - ALLREDUCE_MB_BASE)
+        return 0;
+    return pn_err(err, errlen, -E2BIG, "rank %d: --dp-bucket %zu cuts this stage's %zu gradient bytes in %ld buckets, "
+                  "%ld ring steps, more than the %d an iteration can number; give --dp-bucket %zu or more", rank,
+                  runcfg_dp_bucket(cfg), params * sizeof(float), keys / steps, keys,
+                  ALLREDUCE_MB_END - ALLREDUCE_MB_BASE, sizeof(float) * ((params + (size_t)cap - 1) / (size_t)cap));
+}
+
 /* --dp: the ring of this stage's replicas, in replica order. */
 static int dp_ring(const runcfg_t *cfg, int rank, transport_t *t, allreduce_t *ar, char *err, size_t errlen)
 {
@@ -459,7 +480,7 @@ static int dp_ring(const runcfg_t *cfg, int rank, transport_t *t, allreduce_t *a
         return pn_err(err, errlen, -ENOMEM, "rank %d: out of memory", rank);
     for (int d = 0; d < cfg->dp; d++)
         ranks[d] = runcfg_rank_of(cfg, d, runcfg_stage_of(cfg, rank));
-    allreduce_params_t ap = {t, cfg->dp, runcfg_replica(cfg, rank), ranks, 0, cfg->timeout};
+    allreduce_params_t ap = {t, cfg->dp, runcfg_replica(cfg, rank), ranks, runcfg_dp_bucket(cfg), cfg->timeout};
     char e[256];
     int rc = allreduce_init(ar, &ap, e, sizeof e);
     free(ranks);
@@ -511,7 +532,8 @@ int stage_run(const stage_params_t *p, stage_summary_t *out, char *err, size_t e
     }
     if ((rc = model_make(cfg, rank, st, &st_ready, err, errlen)) != 0)
         goto fail_all;
-    if (cfg->dp > 1 && (rc = dp_ring(cfg, rank, &t, &ar, err, errlen)) != 0)
+    if (cfg->dp > 1 && ((rc = dp_keys_check(cfg, rank, st, v, err, errlen)) != 0 ||
+                        (rc = dp_ring(cfg, rank, &t, &ar, err, errlen)) != 0))
         goto fail_all;
     exec_params_t ep = {.cfg = cfg, .st = st, .chunks = v > 1 ? chunks : NULL, .n_chunks = v > 1 ? v : 0,
                         .t = P > 1 ? &t : NULL, .boot = b, .stage = runcfg_stage_of(cfg, rank),

@@ -1,14 +1,15 @@
 /* Data parallelism (#15) on this machine: 2 replicas x 3 stages of gpt3-small under
  * emulated V100 compute (real-size gradient buffers), the replicas' links and the
  * pipeline's shaped to 10ms/1Gbps by the shim (DT-FM's slowest setting; free links on
- * this 2-core machine are TCP between 6 busy processes, which no link model covers). The measured median iteration must
- * be within 5% of the simulator's a-priori prediction (the compute model, the all-reduce
- * of each stage's gradient block in the runtime's 25 MiB buckets over the link model),
- * and the all-reduce must reach at least 0.9 of the link's modelled goodput: per full
- * bucket, a ring member sends 2(D-1)/D of the bucket in 2(D-1) steps, each paying the
- * delay once, so achieved = 2(D-1)/D x bytes x 8 / (duration - 2(D-1) x delay), the
- * median over the full buckets that do not open an iteration (those also wait for the
- * other replica's backward). The runtime's buckets are 25 MiB (no option sets 64 MB). */
+ * this 2-core machine are TCP between 6 busy processes, which no link model covers).
+ * Issue #15's acceptance is the run with `--dp-bucket 64MB`; the runtime's default 25 MiB
+ * buckets run too. In each, the measured median iteration must be within 5% of the
+ * simulator's a-priori prediction (the compute model, the all-reduce of each stage's
+ * gradient block cut in the run's buckets over the link model), and the all-reduce must
+ * reach at least 0.9 of the link's modelled goodput: per full bucket, a ring member sends
+ * 2(D-1)/D of the bucket in 2(D-1) steps, each paying the delay once, so achieved =
+ * 2(D-1)/D x bytes x 8 / (duration - 2(D-1) x delay), the median over the full buckets
+ * that do not open an iteration (those also wait for the other replica's backward). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -21,6 +22,7 @@
 #include <unistd.h>
 
 #include "bench/metrics.h"
+#include "common/clock.h"
 #include "bench/predict.h"
 #include "bench/results.h"
 #include "models/model.h"
@@ -39,8 +41,9 @@
 
 static char out[1 << 18];
 
-/* The a-priori prediction: per-stage costs and buckets from the model, the DP link model. */
-static int predict(double *t, char *err, size_t errlen)
+/* The a-priori prediction: per-stage costs and buckets of `bucket` bytes from the model, the
+ * DP link model. */
+static int predict(double bucket, double *t, char *err, size_t errlen)
 {
     static runcfg_t cfg;
     const struct {
@@ -68,7 +71,7 @@ static int predict(double *t, char *err, size_t errlen)
         model_stage_account(&st, &a);
         cost[s] = (sim_cost_t){a.fwd_s, a.bwd_s, a.opt_s};
         act = (double)a.boundary_bytes;
-        predict_dp_buckets(&st, ALLREDUCE_BUCKET_DEFAULT, &b[s]);
+        predict_dp_buckets(&st, bucket, &b[s]);
         model_stage_destroy(&st);
     }
     netem_profile_t prof;
@@ -98,9 +101,9 @@ static int cmp_double(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
-/* The median achieved all-reduce bandwidth (bit/s) of the trace's full buckets that do
- * not open an iteration on their rank. */
-static double allreduce_bandwidth(const char *trace, double delay, int *samples)
+/* The median achieved all-reduce bandwidth (bit/s) of the trace's full buckets (of
+ * `bucket` bytes) that do not open an iteration on their rank. */
+static double allreduce_bandwidth(const char *trace, double delay, long long bucket, int *samples)
 {
     results_t r;
     char err[512];
@@ -111,7 +114,7 @@ static double allreduce_bandwidth(const char *trace, double delay, int *samples)
     size_t n = 0;
     for (size_t i = 0; i < r.n_ops; i++) {
         const results_op_t *o = &r.ops[i];
-        if (strcmp(o->op, METRICS_OP_ALLREDUCE) || o->micro_batch == 0 || o->bytes != ALLREDUCE_BUCKET_DEFAULT)
+        if (strcmp(o->op, METRICS_OP_ALLREDUCE) || o->micro_batch == 0 || o->bytes != bucket)
             continue;
         double t = o->end - o->start - 2.0 * (D - 1) * delay;
         if (t > 0)
@@ -125,41 +128,61 @@ static double allreduce_bandwidth(const char *trace, double delay, int *samples)
     return med;
 }
 
-static void bench_dp(void **state)
+/* One run with buckets of `bucket` bytes (--dp-bucket `arg`): 0 when within the targets. */
+static int bench_case(const char *arg, long long bucket)
 {
-    (void)state;
     char err[512], trace[] = "/tmp/pn-bench-dp-XXXXXX";
     double pred = NAN;
-    if (predict(&pred, err, sizeof err))
+    if (predict((double)bucket, &pred, err, sizeof err))
         fail_msg("prediction failed: %s", err);
     int fd = mkstemp(trace);
     assert_true(fd >= 0);
     close(fd);
-    int rc = tu_pipenem_run(out, sizeof out, "run " ARGS " --iters 3 --warmup 1 --trace %s", trace);
+    double t0 = pn_now();
+    int rc = tu_pipenem_run(out, sizeof out, "run " ARGS " --dp-bucket %s --iters 3 --warmup 1 --trace %s", arg,
+                            trace);
+    double wall = pn_now() - t0;
     const char *m = strstr(out, "median iteration time ");
     double meas = 0;
     if (rc || !m || sscanf(m, "median iteration time %lf", &meas) != 1) {
         unlink(trace);
-        fail_msg("run failed (%d):\n%s", rc, out);
+        fail_msg("run --dp-bucket %s failed (%d):\n%s", arg, rc, out);
     }
     netem_profile_t prof;
     assert_int_equal(netem_profile_parse(PROFILE, &prof, err, sizeof err), 0);
     sim_link_t link;
     predict_link(&prof, &link);
     int samples = 0;
-    double bw = allreduce_bandwidth(trace, prof.delay, &samples);
+    double bw = allreduce_bandwidth(trace, prof.delay, bucket, &samples);
     unlink(trace);
     double ratio = meas / pred, share = bw / link.bandwidth;
-    print_message("gpipe %d x %d processes, gpt3-small batch 8 on emulate:v100, --net and --net-dp %s: measured %.4f s, "
-                  "simulator (a-priori, with the all-reduce) %.4f s, ratio %.3f (target within [0.95, 1.05])\n",
-                  D, P, PROFILE, meas, pred, ratio);
-    print_message("all-reduce of %d full %d MiB buckets: median %.3f Gbit/s achieved, link goodput %.3f Gbit/s, "
-                  "share %.3f (target >= 0.9)\n", samples, ALLREDUCE_BUCKET_DEFAULT >> 20, bw / 1e9,
-                  link.bandwidth / 1e9, share);
-    if (!(ratio >= 0.95 && ratio <= 1.05)) /* NaN fails too */
-        fail_msg("ratio %.3f outside [0.95, 1.05]", ratio);
-    if (!(share >= 0.9))
-        fail_msg("all-reduce reached %.3f of the link's goodput", share);
+    print_message("--dp-bucket %s (%lld B): gpipe %d x %d processes, gpt3-small batch 8 on emulate:v100, --net and "
+                  "--net-dp %s: measured %.4f s, simulator (a-priori, with the all-reduce) %.4f s, ratio %.3f (target "
+                  "within [0.95, 1.05]); the run took %.0f s\n", arg, bucket, D, P, PROFILE, meas, pred, ratio, wall);
+    print_message("--dp-bucket %s: all-reduce of %d full buckets: median %.3f Gbit/s achieved, link goodput %.3f "
+                  "Gbit/s, share %.3f (target >= 0.9)\n", arg, samples, bw / 1e9, link.bandwidth / 1e9, share);
+    int bad = 0;
+    if (!(ratio >= 0.95 && ratio <= 1.05)) { /* NaN fails too */
+        print_message("--dp-bucket %s: FAILED: ratio %.3f outside [0.95, 1.05]\n", arg, ratio);
+        bad = 1;
+    }
+    if (!(share >= 0.9)) {
+        print_message("--dp-bucket %s: FAILED: the all-reduce reached %.3f of the link's goodput\n", arg, share);
+        bad = 1;
+    }
+    return bad;
+}
+
+/* Issue #15's 64 MB buckets, then the runtime's default ones; both are judged, after both
+ * ran. Each run takes 15-16 s here (the pair 31 s on the 2 cores, other builds running),
+ * so the 25 MiB case stays: it is the runtime's default, which bench_dp judged before. */
+static void bench_dp(void **state)
+{
+    (void)state;
+    int bad = bench_case("64MB", 64000000);
+    bad |= bench_case("25MiB", ALLREDUCE_BUCKET_DEFAULT);
+    if (bad)
+        fail_msg("a target was missed (above)");
 }
 
 int main(void)

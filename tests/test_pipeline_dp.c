@@ -5,7 +5,8 @@
  * of one model stepped on both shards' micro-batches: 1e-5 relative in the 2-norm of each
  * stage's parameters. Element by element, AdamW divides a near-zero gradient by its own
  * running scale, so a rounding difference in it moves that parameter by a fraction of a
- * learning-rate step: the largest single difference is printed in such steps. */
+ * learning-rate step: the largest single difference is printed in such steps. With
+ * --dp-bucket, each bucket is one ALLREDUCE row and the training does not change. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -14,8 +15,11 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
+#include "bench/results.h"
 #include "models/model.h"
+#include "pipeline/allreduce.h"
 #include "tests/testutil.h"
 
 static char out[1 << 18];
@@ -175,6 +179,95 @@ static void test_dp_grads_emulate(void **state)
     model_stage_destroy(&st);
 }
 
+/* --dp-bucket SIZE: each stage's gradients go round the ring in pieces of SIZE, one
+ * ALLREDUCE trace row each (ceil(4 x parameters / SIZE) per rank and iteration, every
+ * piece but the last full), and the training is the same as with the default buckets
+ * (the same sums: 1e-6 relative on every loss). */
+static void test_dp_bucket_rows(void **state)
+{
+    (void)state;
+    enum { BUCKET = 4096, RANKS = 4, IT = 3 }; /* 2 stages x 2 replicas; 1 warm-up + 2 */
+    const char *args = "run --model tiny --compute cpu --stages 2 --dp 2 --batch-size 8 --iters 2";
+    double ref[MAXIT], got[MAXIT];
+    int rc = tu_pipenem_run(out, sizeof out, "%s", args);
+    if (rc)
+        fail_msg("default buckets exited %d:\n%s", rc, out);
+    int n1 = tu_parse_losses(out, ref, MAXIT);
+    char trace[] = "/tmp/pn-test-dp-bucket-XXXXXX";
+    int fd = mkstemp(trace);
+    assert_true(fd >= 0);
+    close(fd);
+    rc = tu_pipenem_run(out, sizeof out, "%s --dp-bucket 4KiB --trace %s", args, trace);
+    if (rc || !strstr(out, "dp_bucket=4096")) {
+        unlink(trace);
+        fail_msg("--dp-bucket 4KiB exited %d (or its header lacks dp_bucket=4096):\n%s", rc, out);
+    }
+    int n2 = tu_parse_losses(out, got, MAXIT);
+    assert_int_equal(n1, IT);
+    assert_int_equal(n2, n1);
+    double worst = tu_worst_reldiff(ref, got, n1, 1e-30);
+    results_t r;
+    char err[512];
+    results_init(&r);
+    rc = results_trace_read(trace, 0, 0, &r, err, sizeof err);
+    unlink(trace);
+    if (rc)
+        fail_msg("the trace: %s", err);
+    long rows[RANKS][IT] = {{0}}, bytes[RANKS][IT] = {{0}}, short_rows[RANKS][IT] = {{0}};
+    for (size_t i = 0; i < r.n_ops; i++) {
+        const results_op_t *o = &r.ops[i];
+        if (strcmp(o->op, "ALLREDUCE"))
+            continue;
+        assert_true(o->rank >= 0 && o->rank < RANKS && o->iteration >= 0 && o->iteration < IT);
+        assert_int_equal(o->micro_batch, rows[o->rank][o->iteration]); /* numbered in order */
+        rows[o->rank][o->iteration]++;
+        bytes[o->rank][o->iteration] += o->bytes;
+        short_rows[o->rank][o->iteration] += o->bytes < BUCKET;
+        assert_true(o->bytes > 0 && o->bytes <= BUCKET);
+    }
+    results_destroy(&r);
+    for (int s = 0; s < 2; s++) {
+        model_stage_t st;
+        stage_init(&st, "tiny", "cpu", 128, s, 1, 0);
+        float *g;
+        size_t n;
+        assert_int_equal(model_stage_grads(&st, &g, &n), 0);
+        model_stage_destroy(&st);
+        long want = (long)((4 * n + BUCKET - 1) / BUCKET);
+        print_message("stage %d: %zu gradient bytes, %ld ALLREDUCE rows of at most %d bytes per rank and "
+                      "iteration (ranks %d and %d: %ld and %ld in iteration 1)\n", s, 4 * n, want, BUCKET, s, s + 2,
+                      rows[s][1], rows[s + 2][1]);
+        for (int d = 0; d < 2; d++)
+            for (int it = 0; it < IT; it++) {
+                assert_int_equal(rows[s + 2 * d][it], want);
+                assert_int_equal(bytes[s + 2 * d][it], (long)(4 * n));
+                assert_true(short_rows[s + 2 * d][it] <= 1); /* only the last piece may be short */
+            }
+    }
+    print_message("losses with 4 KiB buckets vs the default 25 MiB: largest relative difference %.3g (tolerance "
+                  "1e-6)\n", worst);
+    assert_true(worst <= 1e-6);
+}
+
+/* Buckets so small that an iteration's ring steps outrun the all-reduce's keys fail every
+ * rank before the first step, naming the smallest bucket that fits (not after millions of
+ * 8-byte steps). */
+static void test_dp_bucket_keys(void **state)
+{
+    (void)state;
+    int rc = tu_pipenem_run(out, sizeof out, "run --model gpt3-small --compute emulate:v100 --stages 3 --dp 2 "
+                            "--batch-size 3 --iters 1 --warmup 0 --dp-bucket 8");
+    char want[160];
+    snprintf(want, sizeof want, "ring steps, more than the %d an iteration can number; give --dp-bucket ",
+             ALLREDUCE_MB_END - ALLREDUCE_MB_BASE);
+    const char *m = strstr(out, want), *line = m;
+    if (rc != 1 || !m)
+        fail_msg("--dp-bucket 8 on gpt3-small: exit %d (want 1) and '%s' in:\n%s", rc, want, out);
+    while (line > out && line[-1] != '\n')
+        line--;
+    print_message("%.*s\n", (int)strcspn(line, "\n"), line);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -182,6 +275,8 @@ int main(void)
         cmocka_unit_test(test_dp_grads_emulate),
         cmocka_unit_test(test_dp_losses_gpipe),
         cmocka_unit_test(test_dp_losses_1f1b),
+        cmocka_unit_test(test_dp_bucket_rows),
+        cmocka_unit_test(test_dp_bucket_keys),
     };
     return cmocka_run_group_tests_name("pipeline_dp", tests, NULL, NULL);
 }
