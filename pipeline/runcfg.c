@@ -30,8 +30,8 @@ const model_option_t runcfg_pipeline_group[] = {
      "gradients are averaged over its D replicas (ring all-reduce) before the optimizer step",
      "1"},
     {"dp-overlap", 0, RUNCFG_OPT_DP_OVERLAP, NULL,
-     "start a layer's all-reduce as soon as its gradients are final, overlapping backward (the\n"
-     "runtime does not do this yet: refused with --dp above 1)", NULL},
+     "start each gradient bucket's all-reduce (on a thread of its own) as soon as the\n"
+     "iteration's last backward has finalised it, overlapping the rest of that backward", NULL},
     {"trace", 0, RUNCFG_OPT_TRACE, "FILE", "write the per-op trace as CSV (rank, iteration, op, micro-batch, times)",
      "none"},
     {NULL, 0, 0, NULL, NULL, NULL},
@@ -261,9 +261,6 @@ static int dp_finish(const runcfg_t *c, char *err, size_t errlen)
                       "--dp %d with --compute %s: the gradient all-reduce of cuda stages (through pinned host "
                       "memory, or ncclAllReduce with --transport nccl) is not built yet; use cpu or emulate",
                       c->dp, c->model.compute);
-    if (c->dp > 1 && c->dp_overlap)
-        return pn_err(err, errlen, -EINVAL, "--dp-overlap: starting a layer's all-reduce during backward is not "
-                      "built yet (the runtime averages every bucket after the iteration's last backward)");
     if (c->dp == 1 || c->net_dp[0])
         return 0;
     netem_profile_t pr;

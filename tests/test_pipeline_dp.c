@@ -12,10 +12,13 @@
 #include <cmocka.h>
 
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "models/model.h"
+#include "pipeline/exec.h"
+#include "pipeline/ucx.h"
 #include "tests/testutil.h"
 
 static char out[1 << 18];
@@ -175,9 +178,196 @@ static void test_dp_grads_emulate(void **state)
     model_stage_destroy(&st);
 }
 
+/* --dp-overlap against the same job without it, in one process: the P x D ranks of a cpu
+ * tiny job are threads, each with its own UCX transport over TCP on loopback and its own
+ * ring of replicas, running the executor itself (pipeline/exec.h) with buckets of 16 KiB, so
+ * that each stage's gradient block is some 30 buckets, most of them all-reduced while the
+ * backward is still running. Averaging is elementwise, so the order of the buckets changes
+ * no bit: every loss and every parameter must be bit-identical (tolerance 0). */
+enum { XW = P * D, XBUCKET = 16 << 10 };
+
+typedef struct {
+    const runcfg_t *cfg;
+    transport_t *t;
+    allreduce_t ar;
+    model_stage_t st;
+    int rank, rc;
+    exec_result_t r;
+    char err[1024];
+} xrank_t;
+
+static void *xrank_main(void *arg)
+{
+    xrank_t *x = arg;
+    exec_params_t ep = {.cfg = x->cfg, .st = &x->st, .t = x->t, .stage = runcfg_stage_of(x->cfg, x->rank),
+                        .rank_base = runcfg_rank_of(x->cfg, runcfg_replica(x->cfg, x->rank), 0), .dp = &x->ar};
+    x->rc = exec_run(&ep, &x->r, x->err, sizeof x->err);
+    return NULL;
+}
+
+static void xcfg(runcfg_t *cfg, const char *schedule, int overlap)
+{
+    char sched[64], err[512];
+    snprintf(sched, sizeof sched, "--schedule=%s", schedule);
+    char *argv[] = {"test", "--model=tiny", "--compute=cpu", "--stages=2", "--dp=2", "--batch-size=8",
+                    "--micro-batch-size=2", sched, "--iters=3", "--warmup=1", "--threads=1", "--timeout=60",
+                    overlap ? "--dp-overlap" : "--iters=3"};
+    int argc = (int)(sizeof argv / sizeof *argv), o;
+    struct option opts[160];
+    assert_true(runcfg_options_table(opts, 160, NULL) > 0);
+    runcfg_defaults(cfg);
+    optind = 0;
+    opterr = 0;
+    while ((o = getopt_long(argc, argv, ":", opts, NULL)) != -1)
+        assert_int_equal(runcfg_option(cfg, o, optarg, err, sizeof err), 1);
+    if (runcfg_finish(cfg, err, sizeof err))
+        fail_msg("runcfg_finish: %s", err);
+    assert_int_equal(cfg->dp_overlap, overlap);
+}
+
+/* The whole job; x[] keeps each rank's stage and result (xjob_free). */
+static void xjob_run(const char *schedule, int overlap, runcfg_t *cfg, xrank_t *x)
+{
+    transport_t t[XW];
+    char err[512];
+    xcfg(cfg, schedule, overlap);
+    for (int i = 0; i < XW; i++) {
+        ucx_params_t prm = {.rank = i, .size = XW, .tls = "tcp", .net_devices = "lo"};
+        if (ucx_transport_open(&prm, &t[i], err, sizeof err))
+            fail_msg("ucx_transport_open: %s", err);
+    }
+    for (int i = 0; i < XW; i++)
+        for (int j = 0; j < XW; j++) {
+            const void *blob;
+            size_t len;
+            if (i != j && (t[j].ops->address(t[j].impl, &blob, &len) ||
+                           t[i].ops->connect(t[i].impl, j, blob, len, err, sizeof err)))
+                fail_msg("connect %d to %d: %s", i, j, err);
+        }
+    pthread_t th[XW];
+    for (int i = 0; i < XW; i++) {
+        memset(&x[i], 0, sizeof x[i]);
+        x[i].cfg = cfg;
+        x[i].t = &t[i];
+        x[i].rank = i;
+        model_stage_params_t mp = cfg->stage_params;
+        mp.stage = runcfg_stage_of(cfg, i);
+        mp.data_mb_offset = runcfg_replica(cfg, i) * cfg->micro_batches;
+        if (model_stage_init(&x[i].st, &mp, err, sizeof err))
+            fail_msg("rank %d: model: %s", i, err);
+        int ring[D];
+        for (int d = 0; d < D; d++)
+            ring[d] = runcfg_rank_of(cfg, d, mp.stage);
+        allreduce_params_t ap = {&t[i], D, runcfg_replica(cfg, i), ring, XBUCKET, cfg->timeout};
+        if (allreduce_init(&x[i].ar, &ap, err, sizeof err))
+            fail_msg("rank %d: %s", i, err);
+    }
+    for (int i = 0; i < XW; i++)
+        assert_int_equal(pthread_create(&th[i], NULL, xrank_main, &x[i]), 0);
+    for (int i = 0; i < XW; i++)
+        pthread_join(th[i], NULL);
+    for (int i = 0; i < XW; i++)
+        if (x[i].rc)
+            fail_msg("%s%s: rank %d failed: %s", schedule, overlap ? " --dp-overlap" : "", i, x[i].err);
+    for (int i = 0; i < XW; i++)
+        transport_quiesce(&t[i]);
+    for (int i = 0; i < XW; i++) {
+        allreduce_destroy(&x[i].ar);
+        transport_destroy(&t[i]);
+    }
+}
+
+static void xjob_free(xrank_t *x)
+{
+    for (int i = 0; i < XW; i++) {
+        exec_result_destroy(&x[i].r);
+        model_stage_destroy(&x[i].st);
+    }
+}
+
+/* Per rank and iteration: ALLREDUCE rows, and those that started before the rank's last
+ * BWD / BWD_WEIGHT row of the iteration ended. */
+static void xrows(const exec_result_t *r, int iter, int *n_ar, int *early)
+{
+    double bwd_end = -INFINITY;
+    for (size_t k = 0; k < r->n_rows; k++)
+        if (r->rows[k].iter == iter && (r->rows[k].kind == SCHED_BWD || r->rows[k].kind == SCHED_BWD_WEIGHT))
+            bwd_end = fmax(bwd_end, r->rows[k].end);
+    *n_ar = *early = 0;
+    for (size_t k = 0; k < r->n_rows; k++)
+        if (r->rows[k].iter == iter && r->rows[k].kind == SCHED_ALLREDUCE) {
+            (*n_ar)++;
+            *early += r->rows[k].start < bwd_end;
+        }
+}
+
+static void overlap_identical(const char *schedule)
+{
+    runcfg_t cfg[2];
+    xrank_t *x[2] = {calloc(XW, sizeof(xrank_t)), calloc(XW, sizeof(xrank_t))};
+    assert_non_null(x[0]);
+    assert_non_null(x[1]);
+    xjob_run(schedule, 0, &cfg[0], x[0]);
+    xjob_run(schedule, 1, &cfg[1], x[1]);
+    int iters = cfg[0].warmup + cfg[0].iters, diff_params = 0, diff_loss = 0, early = 0, rows = 0;
+    double worst = 0;
+    for (int i = 0; i < XW; i++) {
+        const model_stage_t *a = &x[0][i].st, *b = &x[1][i].st;
+        assert_int_equal(a->n_params, b->n_params);
+        for (size_t j = 0; j < a->n_params; j++)
+            if (memcmp(&a->params[j], &b->params[j], sizeof(float))) {
+                diff_params++;
+                worst = fmax(worst, fabs((double)a->params[j] - b->params[j]));
+            }
+        for (int it = 0; it < iters; it++) {
+            double la = x[0][i].r.loss[it], lb = x[1][i].r.loss[it];
+            diff_loss += memcmp(&la, &lb, sizeof la) != 0;
+            int n0, e0, n1, e1;
+            xrows(&x[0][i].r, it, &n0, &e0);
+            xrows(&x[1][i].r, it, &n1, &e1);
+            if (n0 != n1 || n0 < 2)
+                fail_msg("rank %d iteration %d: %d ALLREDUCE rows without overlap, %d with; want the same, >= 2", i,
+                         it, n0, n1);
+            rows += n1;
+            early += e1;
+        }
+    }
+    print_message("%s, 2 stages x --dp 2, %d iterations, buckets of %d KiB (%d ALLREDUCE rows with overlap, %d of "
+                  "them started before their rank's last backward row ended): %d parameters and %d losses differ "
+                  "from the run without --dp-overlap, largest parameter difference %.3g (tolerance: bit-identical)\n",
+                  schedule, iters, XBUCKET >> 10, rows, early, diff_params, diff_loss, worst);
+    assert_int_equal(diff_params, 0);
+    assert_int_equal(diff_loss, 0);
+    for (int i = 0; i < 2; i++) {
+        xjob_free(x[i]);
+        free(x[i]);
+    }
+}
+
+static void test_dp_overlap_identical_gpipe(void **state)
+{
+    (void)state;
+    overlap_identical("gpipe");
+}
+
+static void test_dp_overlap_identical_1f1b(void **state)
+{
+    (void)state;
+    overlap_identical("1f1b");
+}
+
+static void test_dp_overlap_identical_zb_h1(void **state)
+{
+    (void)state;
+    overlap_identical("zb-h1");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_dp_overlap_identical_gpipe),
+        cmocka_unit_test(test_dp_overlap_identical_1f1b),
+        cmocka_unit_test(test_dp_overlap_identical_zb_h1),
         cmocka_unit_test(test_dp_params),
         cmocka_unit_test(test_dp_grads_emulate),
         cmocka_unit_test(test_dp_losses_gpipe),
