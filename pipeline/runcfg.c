@@ -30,8 +30,8 @@ const model_option_t runcfg_pipeline_group[] = {
      "gradients are averaged over its D replicas (ring all-reduce) before the optimizer step",
      "1"},
     {"dp-overlap", 0, RUNCFG_OPT_DP_OVERLAP, NULL,
-     "start each gradient bucket's all-reduce (on a thread of its own) as soon as the\n"
-     "iteration's last backward has finalised it, overlapping the rest of that backward", NULL},
+     "start each gradient bucket's all-reduce as soon as the iteration's last backward has\n"
+     "finalised it (the buckets of the last layers first), overlapping the rest of that backward", NULL},
     {"trace", 0, RUNCFG_OPT_TRACE, "FILE", "write the per-op trace as CSV (rank, iteration, op, micro-batch, times)",
      "none"},
     {NULL, 0, 0, NULL, NULL, NULL},
