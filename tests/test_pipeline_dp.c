@@ -17,6 +17,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "common/clock.h"
 #include "models/model.h"
 #include "pipeline/exec.h"
 #include "pipeline/ucx.h"
@@ -451,6 +452,32 @@ static void test_dp_overlap_emulate(void **state)
     assert_true(med[1] < med[0]);
 }
 
+/* A replica's stage killed in its first overlapped all-reduce of iteration 1 (the bucket
+ * the last backward finalised first, while that backward still runs) fails the run, every
+ * rank stopping on its own, naming the killed rank, within --timeout + 10 s. */
+static void test_dp_overlap_fault(void **state)
+{
+    (void)state;
+    const char *cases[] = {"kill:1:allreduce", "close:2:allreduce"};
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        char want[3][64];
+        int r = cases[i][strlen(cases[i]) - 11] - '0';
+        snprintf(want[0], sizeof want[0], "FAILED: rank %d ", r); /* as the fault matrix's dp cases */
+        snprintf(want[1], sizeof want[1], "rank %d disconnected", r);
+        snprintf(want[2], sizeof want[2], "connection to rank %d ", r);
+        setenv("PIPENEM_FAULT", cases[i], 1);
+        double t0 = pn_now();
+        int rc = tu_pipenem_run(out, sizeof out, EMU_RUN " --dp-overlap --timeout 10");
+        double took = pn_now() - t0;
+        unsetenv("PIPENEM_FAULT");
+        const char *failed = strstr(out, "FAILED: ");
+        print_message("PIPENEM_FAULT=%s with --dp-overlap: exit %d after %.1f s (bound 20 s): %.*s\n", cases[i], rc,
+                      took, failed ? (int)strcspn(failed, "\n") : 4, failed ? failed : "none");
+        if (rc != 1 || !failed || !(strstr(out, want[0]) || strstr(out, want[1]) || strstr(out, want[2])) || took > 20)
+            fail_msg("want exit 1 naming rank %d within 20 s:\n%s", r, out);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -458,6 +485,7 @@ int main(void)
         cmocka_unit_test(test_dp_overlap_identical_1f1b),
         cmocka_unit_test(test_dp_overlap_identical_zb_h1),
         cmocka_unit_test(test_dp_overlap_emulate),
+        cmocka_unit_test(test_dp_overlap_fault),
         cmocka_unit_test(test_dp_params),
         cmocka_unit_test(test_dp_grads_emulate),
         cmocka_unit_test(test_dp_losses_gpipe),
