@@ -378,7 +378,9 @@ static void test_dp_overlap_identical_zb_h1(void **state)
 /* --dp-overlap under emulated compute with a shaped DP link (`pipenem run`, 2 stages x 2
  * replicas, emulate:fwd=50ms,bwd=300ms, 3 buckets a stage through 2ms/1Gbps): with overlap an
  * ALLREDUCE row starts before its rank's last backward row of the iteration ends, without
- * none does, and the median iteration is shorter with overlap (the difference printed). */
+ * none does, and the iteration is shorter with overlap (the difference printed; asserted on
+ * the shortest iteration of each run, which a busy moment of the shared machine does not
+ * move as it can the median of three). */
 #define EMU_RUN "run --model gpt3-small --layers 8 --hidden 512 --heads 8 --vocab 4096 -T 128 --stages 2 --dp 2 " \
                 "--batch-size 2 --compute emulate:fwd=50ms,bwd=300ms --net-dp 2ms/1Gbps --iters 3 --warmup 1 " \
                 "--schedule 1f1b --timeout 60"
@@ -418,38 +420,47 @@ static int trace_early(const char *path, int *pairs)
     return early;
 }
 
-static double median_iteration(const char *text)
+/* The median and the shortest of the measured iterations (after the one warm-up). */
+static void iteration_times(const char *text, double *median, double *least)
 {
     const char *m = strstr(text, "# median iteration time ");
-    double t = NAN;
-    if (!m || sscanf(m, "# median iteration time %lf", &t) != 1)
+    if (!m || sscanf(m, "# median iteration time %lf", median) != 1)
         fail_msg("no median iteration time in:\n%s", text);
-    return t;
+    *least = INFINITY;
+    for (const char *p = text; p && *p; p = strchr(p, '\n') ? strchr(p, '\n') + 1 : NULL) {
+        int it;
+        double t, l, tok;
+        if (p[0] != '#' && sscanf(p, "%d %lf %lf %lf", &it, &t, &l, &tok) == 4 && it >= 1)
+            *least = fmin(*least, t);
+    }
+    if (!isfinite(*least))
+        fail_msg("no measured iteration in:\n%s", text);
 }
 
 static void test_dp_overlap_emulate(void **state)
 {
     (void)state;
     char path[2][128];
-    double med[2];
+    double med[2], least[2];
     int early[2], pairs[2];
     for (int o = 0; o < 2; o++) {
         snprintf(path[o], sizeof path[o], "/tmp/pn-test-dp-overlap-%d-%d.csv", (int)getpid(), o);
         int rc = tu_pipenem_run(out, sizeof out, EMU_RUN " --trace %s%s", path[o], o ? " --dp-overlap" : "");
         if (rc)
             fail_msg("%s exited %d:\n%s", o ? "--dp-overlap" : "without overlap", rc, out);
-        med[o] = median_iteration(out);
+        iteration_times(out, &med[o], &least[o]);
         early[o] = trace_early(path[o], &pairs[o]);
         unlink(path[o]);
     }
     print_message("emulate 2 stages x --dp 2, DP link 2ms/1Gbps: (rank, iteration) pairs with an ALLREDUCE started "
                   "before the rank's last backward ended: %d of %d without overlap, %d of %d with; median iteration "
-                  "%.3f s without, %.3f s with --dp-overlap: %.0f ms (%.1f%%) shorter\n", early[0], pairs[0],
-                  early[1], pairs[1], med[0], med[1], (med[0] - med[1]) * 1e3, 100 * (med[0] - med[1]) / med[0]);
+                  "%.3f s without, %.3f s with --dp-overlap: %.0f ms (%.1f%%) shorter; shortest %.3f s and %.3f s: "
+                  "%.0f ms shorter\n", early[0], pairs[0], early[1], pairs[1], med[0], med[1], (med[0] - med[1]) * 1e3,
+                  100 * (med[0] - med[1]) / med[0], least[0], least[1], (least[0] - least[1]) * 1e3);
     assert_true(pairs[0] >= 4 && pairs[1] == pairs[0]);
     assert_int_equal(early[0], 0);
     assert_true(early[1] > 0);
-    assert_true(med[1] < med[0]);
+    assert_true(least[1] < least[0]);
 }
 
 /* A replica's stage killed in its first overlapped all-reduce of iteration 1 (the bucket
