@@ -440,7 +440,6 @@ static int dp_average(ctx_t *c, int it, char *err, size_t errlen)
     return rc;
 }
 
-
 /* OPT_STEP: every chunk of the rank steps; the one holding the model's last chunk has the loss. */
 static int op_step(ctx_t *c, int it, char *err, size_t errlen)
 {

@@ -218,13 +218,13 @@ static void *xrank_main(void *arg)
     return NULL;
 }
 
-static void xcfg(runcfg_t *cfg, const char *schedule, int overlap)
+static void xcfg(runcfg_t *cfg, const char *schedule, int overlap, int tied)
 {
     char sched[64], err[512];
     snprintf(sched, sizeof sched, "--schedule=%s", schedule);
     char *argv[] = {"test", "--model=tiny", "--compute=cpu", "--stages=2", "--dp=2", "--batch-size=8",
                     "--micro-batch-size=2", sched, "--iters=3", "--warmup=1", "--threads=1", "--timeout=60",
-                    overlap ? "--dp-overlap" : "--iters=3"};
+                    overlap ? "--dp-overlap" : "--iters=3", tied ? "--tied-embeddings" : "--iters=3"};
     int argc = (int)(sizeof argv / sizeof *argv), o;
     struct option opts[160];
     assert_true(runcfg_options_table(opts, 160, NULL) > 0);
@@ -239,11 +239,11 @@ static void xcfg(runcfg_t *cfg, const char *schedule, int overlap)
 }
 
 /* The whole job; x[] keeps each rank's stage and result (xjob_free). */
-static void xjob_run(const char *schedule, int overlap, runcfg_t *cfg, xrank_t *x)
+static void xjob_run(const char *schedule, int overlap, int tied, runcfg_t *cfg, xrank_t *x)
 {
     transport_t t[XW];
     char err[512];
-    xcfg(cfg, schedule, overlap);
+    xcfg(cfg, schedule, overlap, tied);
     for (int i = 0; i < XW; i++) {
         ucx_params_t prm = {.rank = i, .size = XW, .tls = "tcp", .net_devices = "lo"};
         if (ucx_transport_open(&prm, &t[i], err, sizeof err))
@@ -314,14 +314,14 @@ static void xrows(const exec_result_t *r, int iter, int *n_ar, int *early)
         }
 }
 
-static void overlap_identical(const char *schedule)
+static void overlap_identical(const char *schedule, int tied)
 {
     runcfg_t cfg[2];
     xrank_t *x[2] = {calloc(XW, sizeof(xrank_t)), calloc(XW, sizeof(xrank_t))};
     assert_non_null(x[0]);
     assert_non_null(x[1]);
-    xjob_run(schedule, 0, &cfg[0], x[0]);
-    xjob_run(schedule, 1, &cfg[1], x[1]);
+    xjob_run(schedule, 0, tied, &cfg[0], x[0]);
+    xjob_run(schedule, 1, tied, &cfg[1], x[1]);
     int iters = cfg[0].warmup + cfg[0].iters, diff_params = 0, diff_loss = 0, early = 0, rows = 0;
     double worst = 0;
     for (int i = 0; i < XW; i++) {
@@ -345,10 +345,10 @@ static void overlap_identical(const char *schedule)
             early += e1;
         }
     }
-    print_message("%s, 2 stages x --dp 2, %d iterations, buckets of %d KiB (%d ALLREDUCE rows with overlap, %d of "
+    print_message("%s%s, 2 stages x --dp 2, %d iterations, buckets of %d KiB (%d ALLREDUCE rows with overlap, %d of "
                   "them started before their rank's last backward row ended): %d parameters and %d losses differ "
                   "from the run without --dp-overlap, largest parameter difference %.3g (tolerance: bit-identical)\n",
-                  schedule, iters, XBUCKET >> 10, rows, early, diff_params, diff_loss, worst);
+                  schedule, tied ? " --tied-embeddings" : "", iters, XBUCKET >> 10, rows, early, diff_params, diff_loss, worst);
     assert_int_equal(diff_params, 0);
     assert_int_equal(diff_loss, 0);
     for (int i = 0; i < 2; i++) {
@@ -360,19 +360,26 @@ static void overlap_identical(const char *schedule)
 static void test_dp_overlap_identical_gpipe(void **state)
 {
     (void)state;
-    overlap_identical("gpipe");
+    overlap_identical("gpipe", 0);
 }
 
 static void test_dp_overlap_identical_1f1b(void **state)
 {
     (void)state;
-    overlap_identical("1f1b");
+    overlap_identical("1f1b", 0);
 }
 
 static void test_dp_overlap_identical_zb_h1(void **state)
 {
     (void)state;
-    overlap_identical("zb-h1");
+    overlap_identical("zb-h1", 0);
+}
+
+/* The buckets holding the tied matrix's gradient wait for the exchange at the step. */
+static void test_dp_overlap_identical_tied(void **state)
+{
+    (void)state;
+    overlap_identical("1f1b", 1);
 }
 
 /* --dp-overlap under emulated compute with a shaped DP link (`pipenem run`, 2 stages x 2
@@ -495,6 +502,7 @@ int main(void)
         cmocka_unit_test(test_dp_overlap_identical_gpipe),
         cmocka_unit_test(test_dp_overlap_identical_1f1b),
         cmocka_unit_test(test_dp_overlap_identical_zb_h1),
+        cmocka_unit_test(test_dp_overlap_identical_tied),
         cmocka_unit_test(test_dp_overlap_emulate),
         cmocka_unit_test(test_dp_overlap_fault),
         cmocka_unit_test(test_dp_params),
