@@ -65,6 +65,32 @@ double metrics_op_compute(const results_op_t *o)
     return lane == METRICS_LANE_COMPUTE ? d : lane == METRICS_LANE_ALLREDUCE ? -d : 0;
 }
 
+double *metrics_allreduce_early(const results_t *r, int cell, int repeat, int iters, int ranks)
+{
+    size_t n = iters > 0 && ranks > 0 ? (size_t)iters * (size_t)ranks : 1;
+    double *early = calloc(n, sizeof *early);
+    if (!early)
+        return NULL;
+    for (size_t i = 0; i < r->n_ops; i++) {
+        const results_op_t *o = &r->ops[i];
+        if (o->cell != cell || (repeat >= 0 && o->repeat != repeat) || o->iteration < 0 || o->iteration >= iters ||
+            o->rank < 0 || o->rank >= ranks || strcmp(o->op, METRICS_OP_ALLREDUCE))
+            continue;
+        /* its rank's OPT_STEP row of the iteration: the runtime lists it after the buckets (in
+         * order of start, only the buckets that start inside it follow it, and they need nothing) */
+        for (size_t j = i + 1; j < r->n_ops; j++) {
+            const results_op_t *q = &r->ops[j];
+            if (q->cell == o->cell && q->repeat == o->repeat && q->iteration == o->iteration && q->rank == o->rank &&
+                !strcmp(q->op, "OPT_STEP")) {
+                if (o->start < q->start)
+                    early[(size_t)o->iteration * (size_t)ranks + (size_t)o->rank] += fmin(o->end, q->start) - o->start;
+                break;
+            }
+        }
+    }
+    return early;
+}
+
 int metrics_iter_times(const results_t *r, int cell, int repeat, double **times, int *n,
                        char *err, size_t errlen)
 {
@@ -143,11 +169,21 @@ int metrics_cell_compute(results_t *r, const metrics_params_t *p, results_cell_t
         }
         measured = grown;
         cap += (size_t)iters;
+        double *early = metrics_allreduce_early(r, cell->cell, rep, iters, stages);
+        if (!early) {
+            free(busy);
+            free(t);
+            rc = -ENOMEM;
+            break;
+        }
         for (size_t i = 0; i < r->n_ops; i++) {
             const results_op_t *o = &r->ops[i];
             if (o->cell == cell->cell && o->repeat == rep && o->rank < stages)
                 busy[(size_t)o->iteration * (size_t)stages + (size_t)o->rank] += metrics_op_compute(o);
         }
+        for (size_t k = 0; k < (size_t)iters * (size_t)stages; k++)
+            busy[k] += early[k];
+        free(early);
         for (int k = 0; k < iters && !rc; k++) {
             int warm = k < p->warmup;
             results_iter_t it = {cell->cell, rep, k, warm, t[k], NAN};
@@ -231,10 +267,13 @@ void metrics_dp_straggler(const results_t *r, results_cell_t *cell, int *slow_re
     }
     if (D < 2 || P < 1 || P > RESULTS_MAX_STAGES)
         return;
+    int span = cell->warmup + cell->iters;
     double *sum = calloc((size_t)D * (size_t)P, sizeof *sum), *peers = malloc((size_t)D * sizeof *peers);
-    if (!sum || !peers) {
+    double *early = metrics_allreduce_early(r, cell->cell, -1, span, D * P);
+    if (!sum || !peers || !early) {
         free(sum);
         free(peers);
+        free(early);
         return;
     }
     for (size_t i = 0; i < r->n_ops; i++) {
@@ -242,6 +281,10 @@ void metrics_dp_straggler(const results_t *r, results_cell_t *cell, int *slow_re
         if (o->cell == cell->cell && o->iteration >= cell->warmup && o->rank >= 0 && o->rank < D * P)
             sum[o->rank] += metrics_op_compute(o);
     }
+    for (int it = cell->warmup; it < span; it++)
+        for (int k = 0; k < D * P; k++)
+            sum[k] += early[(size_t)it * (size_t)(D * P) + (size_t)k];
+    free(early);
     for (int s = 0; s < P; s++) {
         int slow = 0, traced = 1;
         for (int d = 0; d < D; d++) {

@@ -33,6 +33,13 @@ int metrics_op_lane(const char *op);
  * slowest replica included), else 0. Summed over an iteration's ops of a rank, the
  * all-reduce drops out. */
 double metrics_op_compute(const results_op_t *o);
+/* With --dp-overlap a bucket's ALLREDUCE row starts inside the backward and only its end
+ * lies in the rank's OPT_STEP row, so the sum of metrics_op_compute over a rank's ops takes
+ * too much away: this gives, per (iteration, rank) of cell `cell`, the seconds of its
+ * ALLREDUCE rows before its OPT_STEP row starts (0 without overlap), for the sum to add
+ * back. out[iteration * ranks + rank], iterations 0..iters-1, ranks 0..ranks-1, of repeat
+ * `repeat` (-1: every repeat, summed); calloc'd by the call, NULL without memory. */
+double *metrics_allreduce_early(const results_t *r, int cell, int repeat, int iters, int ranks);
 
 /* Iteration i of one repeat lasts from the end of iteration i-1 (its last op on any
  * stage) to its own last op's end; iteration 0 starts at its first op. Measured from

@@ -142,11 +142,13 @@ void predict_cell_links(const results_t *r, const results_cell_t *cell, const ne
     }
 }
 
-/* Seconds of ALLREDUCE rows of `rank` per OPT_STEP row in the selected iterations. */
+/* Seconds of ALLREDUCE rows of `rank` per OPT_STEP row in the selected iterations, the
+ * part before the step's row left out (--dp-overlap: it ran beside the backward). */
 static double allreduce_per_step(const results_t *r, const results_cell_t *cell, sel_t sel, int rank)
 {
     double sum = 0;
     size_t steps = 0;
+    int span = cell->warmup + cell->iters;
     for (size_t i = 0; i < r->n_ops; i++) {
         const results_op_t *o = &r->ops[i];
         if (!in_sel(o, cell, sel) || o->rank != rank)
@@ -154,7 +156,12 @@ static double allreduce_per_step(const results_t *r, const results_cell_t *cell,
         if (!strcmp(o->op, METRICS_OP_ALLREDUCE))
             sum += o->end - o->start;
         steps += !strcmp(o->op, "OPT_STEP");
+        span = o->iteration >= span ? o->iteration + 1 : span;
     }
+    double *early = metrics_allreduce_early(r, cell->cell, sel.iteration < 0 ? -1 : sel.repeat, span, rank + 1);
+    for (int it = cell->warmup; early && it < span; it++)
+        sum -= sel.iteration < 0 || it == sel.iteration ? early[(size_t)it * (size_t)(rank + 1) + (size_t)rank] : 0;
+    free(early);
     return steps ? sum / (double)steps : 0;
 }
 
@@ -422,8 +429,16 @@ static int stage_compute(const results_t *r, const results_cell_t *cell, double 
     unsigned char *seen = calloc((size_t)S * (size_t)repeats * (size_t)span, 1);
     if (!seen)
         return -ENOMEM;
-    double sum[RESULTS_MAX_STAGES] = {0};
+    double sum[RESULTS_MAX_STAGES] = {0}, *early = metrics_allreduce_early(r, cell->cell, -1, span, S);
     int n[RESULTS_MAX_STAGES] = {0};
+    if (!early) {
+        free(seen);
+        return -ENOMEM;
+    }
+    for (int it = cell->warmup; it < span; it++) /* --dp-overlap: the buckets beside the backward */
+        for (int s = 0; s < S; s++)
+            sum[s] += early[(size_t)it * (size_t)S + (size_t)s];
+    free(early);
     for (size_t i = 0; i < r->n_ops; i++) {
         const results_op_t *o = &r->ops[i];
         sched_op_kind_t k;

@@ -58,6 +58,13 @@ void model_stage_loss_scaling_on(model_stage_t *st);
 /* Zeroes every gradient the stage holds (host blocks, the tied buffer, the backend's own). */
 void model_stage_grads_zero(model_stage_t *st);
 double model_stage_fwd_flops(const model_stage_t *st);   /* per micro-batch, the formula */
+/* A backward adding parameter gradients is done with those from float lo to the end of
+ * the block: tells the data-parallel hook, if one is set (model_stage_grads_hook). */
+static inline void model_stage_grads_final(model_stage_t *st, size_t lo)
+{
+    if (st->grads_final)
+        st->grads_final(st->grads_final_arg, lo);
+}
 
 /* The cpu layout of the activation block (floats); the accounting reports it for every
  * backend, since it is what a real implementation of this model holds. */

@@ -207,6 +207,13 @@ static void block_backward_weights(float *dw[MODEL_T_PER_LAYER], float *g[G_N], 
 
 /* ---------------------------------------------------------------- the backend */
 
+/* Where local layer l's gradients begin in the block (its first tensor); l = the layer
+ * count: the final layernorm's, on the last stage. For the data-parallel hook. */
+static size_t layer_grad_lo(const model_stage_t *st, int l)
+{
+    return st->tensors[(st->first ? 2 : 0) + l * MODEL_T_PER_LAYER].offset;
+}
+
 static const float *head_weight(const model_stage_t *st, int grads)
 {
     const model_tensor_t *t = model_stage_tensor_find(st, "head");
@@ -346,6 +353,7 @@ static int cpu_backward(model_stage_t *st, int slot, const float *dout, float *d
         layernorm_backward(dy, lnw->grad, lnw->grad + C, s.dln, layer_input(st, slot, nl), lnw->param,
                            mean, rstd, BT, C);
         st->prof.head_bwd += pn_now() - th;
+        model_stage_grads_final(st, layer_grad_lo(st, nl));
     } else {
         memcpy(dy, dout, (size_t)BT * C * sizeof(float));
     }
@@ -360,6 +368,7 @@ static int cpu_backward(model_stage_t *st, int slot, const float *dout, float *d
             block_forward(a, x, w, B, T, C, NH);
         block_backward(dy, dres2, &s, dw, dy, a, x, w, B, T, C, NH);
         st->prof.layer_bwd[l] += pn_now() - tl;
+        model_stage_grads_final(st, layer_grad_lo(st, l));
     }
     if (st->first) {
         double t0 = pn_now();
@@ -425,9 +434,11 @@ static int backward_part(model_stage_t *st, int slot, const float *dout, float *
     scratch_t s = scratch_get(st);
     float *dy = weights ? NULL : s.dA;
     threads_apply(st);
-    if (st->last)
+    if (st->last) {
         head_backward(st, slot, gw, dy);
-    else if (!weights)
+        if (weights)
+            model_stage_grads_final(st, layer_grad_lo(st, nl));
+    } else if (!weights)
         memcpy(dy, dout, BTC * sizeof(float));
     for (int l = nl - 1; l >= 0; l--) {
         float *a[A_N], *w[MODEL_T_PER_LAYER], *dw[MODEL_T_PER_LAYER], *g[G_N];
@@ -446,6 +457,8 @@ static int backward_part(model_stage_t *st, int slot, const float *dout, float *
             block_backward_input(dy, &s, g, dy, a, x, w, B, T, C, NH);
         }
         st->prof.layer_bwd[l] += pn_now() - tl;
+        if (weights)
+            model_stage_grads_final(st, layer_grad_lo(st, l));
     }
     float *gemb = gw + G_LAYER_BTC * BTC * nl + (st->last ? BTC : 0); /* the embeddings' output gradient */
     if (!weights) {

@@ -372,10 +372,30 @@ static int emu_forward(model_stage_t *st, int slot, const float *in, float *out)
     return 0;
 }
 
+/* A backward that adds parameter gradients: one sleep, or with the data-parallel hook set
+ * (model_stage_grads_hook) the tensors from the end of the block back, each taking the
+ * share of the sleep its matrix parameters have (a layer's backward FLOPs are its
+ * matrices'; the embeddings' gather adds none), the hook told after each: the readiness
+ * the simulator gives the buckets (bench/predict.c predict_dp_buckets). */
+static void weights_sleep(model_stage_t *st, double seconds)
+{
+    double t0 = pn_now(), total = 0, done = 0;
+    for (int i = 0; st->grads_final && i < st->n_tensors; i++)
+        total += st->tensors[i].gemm ? (double)st->tensors[i].numel : 0;
+    for (int i = st->n_tensors - 1; i > 0 && total > 0; i--) {
+        if (st->tensors[i].gemm) {
+            done += (double)st->tensors[i].numel;
+            sleep_until(t0, seconds * done / total);
+        }
+        model_stage_grads_final(st, st->tensors[i].offset);
+    }
+    sleep_until(t0, seconds);
+}
+
 static int emu_backward(model_stage_t *st, int slot, const float *dout, float *din)
 {
     (void)slot, (void)dout, (void)din;
-    sleep_until(pn_now(), st->emu_bwd_s);
+    weights_sleep(st, st->emu_bwd_s);
     return 0;
 }
 
@@ -389,7 +409,7 @@ static int emu_backward_input(model_stage_t *st, int slot, const float *dout, fl
 static int emu_backward_weights(model_stage_t *st, int slot)
 {
     (void)slot;
-    sleep_until(pn_now(), st->emu_bwd_w_s);
+    weights_sleep(st, st->emu_bwd_w_s);
     return 0;
 }
 

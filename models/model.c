@@ -543,6 +543,8 @@ static int backward_op(model_stage_t *st, int iter, int mb, const float *dout, f
     st->prof.n_bwd += kind != 1;
     if (rc)
         return rc;
+    if (kind != 1)
+        model_stage_grads_final(st, 0);
     st->slot_phase[slot] = kind == 1;
     if (kind != 1)
         st->slot_mb[slot] = -1;
@@ -620,6 +622,12 @@ int model_stage_tied_grad(model_stage_t *st, float **grad, size_t *numel)
     *grad = g;
     *numel = (size_t)st->V * st->C;
     return 0;
+}
+
+void model_stage_grads_hook(model_stage_t *st, void (*fn)(void *arg, size_t lo), void *arg)
+{
+    st->grads_final = fn;
+    st->grads_final_arg = arg;
 }
 
 /* ---------------------------------------------------------------- accounting */

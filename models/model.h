@@ -131,6 +131,9 @@ typedef struct model_stage {
     model_loss_scale_t ls;
     float grad_scale;                /* the scale the gradients being stepped carry */
     int force_overflow;              /* test hook: the next overflow check reports one */
+    /* data-parallel overlap: see model_stage_grads_hook */
+    void (*grads_final)(void *arg, size_t lo);
+    void *grads_final_arg;
 } model_stage_t;
 
 int    model_stage_init(model_stage_t *st, const model_stage_params_t *p, char *err, size_t errlen) PN_WUR;
@@ -194,6 +197,13 @@ int    model_stage_tied_grad(model_stage_t *st, float **grad, size_t *numel) PN_
  * stage's parameter count (its values mean nothing; its size is the network's cost);
  * -ENOTSUP where the gradients are not in host memory (cuda), -ENOMEM. */
 int    model_stage_grads(model_stage_t *st, float **grad, size_t *numel) PN_WUR;
+/* --dp-overlap: while fn is set, every backward that adds parameter gradients
+ * (model_stage_backward, model_stage_backward_weights; not the B part) calls fn(arg, lo)
+ * each time it is done with the gradients from float lo to the end of that block, lo
+ * decreasing (the block's order is the backward's reversed: head, last layer, ...,
+ * embeddings), and fn(arg, 0) as it returns. That backward writes nothing of [lo, end)
+ * after the call, so another thread may all-reduce it meanwhile. NULL fn: no calls. */
+void   model_stage_grads_hook(model_stage_t *st, void (*fn)(void *arg, size_t lo), void *arg);
 
 /* Accounting. FLOPs follow the convention of DESIGN.md: 6*N_matmul + 6*L*T*d per token
  * for training (forward a third of it, backward two thirds; recompute not counted). */

@@ -82,10 +82,10 @@ static int step(allreduce_t *a, float *x, size_t m, int sc, int rc_, float *dst,
      * stack, is still pending when the step returns. */
     int r1 = transport_wait(a->t, &rr, a->timeout);
     if (r1)
-        transport_fail(a->t, r1, "the all-reduce failed");
+        transport_fail(a->t, r1, ALLREDUCE_FAILED);
     int r2 = transport_wait(a->t, &sr, r1 ? 5 : a->timeout);
     if (r2 && !r1)
-        transport_fail(a->t, r2, "the all-reduce failed");
+        transport_fail(a->t, r2, ALLREDUCE_FAILED);
     if (r1 == -ETIMEDOUT)
         return pn_err(err, errlen, r1, "all-reduce step %d: nothing from rank %d for %.0f s", s, left, a->timeout);
     if (r1)

@@ -20,6 +20,11 @@ enum { ALLREDUCE_BUCKET_DEFAULT = 25 << 20 };
 enum { ALLREDUCE_MB_BASE = PN_MAX_MICRO_BATCHES, ALLREDUCE_MB_END = TRANSPORT_MB_MAX / 4 };
 _Static_assert((long)PN_MAX_MICRO_BATCHES <= (long)ALLREDUCE_MB_BASE, "micro-batches stay below the DP keys");
 
+/* What every other request of the transport fails with (its why) once a step of the
+ * all-reduce has failed: a thread that sees it knows the all-reduce's own error is the
+ * cause (--dp-overlap's thread runs beside the pipeline's). */
+#define ALLREDUCE_FAILED "the all-reduce failed"
+
 typedef struct {
     transport_t *t;          /* connected to ranks[index - 1] and ranks[index + 1] (mod n) */
     int n;                   /* ring members: D */

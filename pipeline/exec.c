@@ -4,6 +4,7 @@
  * up to W (the stage's peak in-flight micro-batches + 1) and transfers overlap compute. */
 #include "pipeline/exec.h"
 #include "pipeline/ctrl.h"
+#include "pipeline/dp_comm.h"
 #include "pipeline/fault.h"
 
 #include <errno.h>
@@ -60,6 +61,7 @@ typedef struct {
     sendq_t sq[EXEC_QUEUES];
     int n_rq, n_sq;
     float **local[2];      /* [keys]: hand-offs between chunks of this rank (activations, gradients) */
+    dp_comm_t dpc;         /* --dp: the all-reduce's buckets */
 } ctx_t;
 
 static int key_of(const ctx_t *c, int mb, int chunk) { return c->v > 1 ? mb + c->M * chunk : mb; }
@@ -343,6 +345,18 @@ static int output_get(ctx_t *c, int it, const sched_op_t *op, float **out, char 
     return 0;
 }
 
+/* BWD or BWD_WEIGHT: with --dp-overlap, the chunk's last one of the iteration hands its
+ * gradient buckets to the all-reduce thread as it finalises them. */
+static int grads_backward(ctx_t *c, int it, const sched_op_t *op, const float *dout, float *din)
+{
+    int j = local_of(c, op->chunk), arm = dp_comm_arm(&c->dpc, c->st[j], j, op, it), rc;
+    rc = op->kind == SCHED_BWD ? model_stage_backward(c->st[j], it, op->mb, dout, din)
+                               : model_stage_backward_weights(c->st[j], it, op->mb);
+    if (arm)
+        dp_comm_disarm(c->st[j]);
+    return rc;
+}
+
 /* FWD, or BWD / BWD_INPUT (input gradient to the previous chunk); *t0 is reset to when
  * the compute starts (after any wait for a send buffer). */
 static int op_compute(ctx_t *c, int it, const sched_op_t *op, double *t0, char *err, size_t errlen)
@@ -357,7 +371,7 @@ static int op_compute(ctx_t *c, int it, const sched_op_t *op, double *t0, char *
     if (op->kind == SCHED_FWD)
         rc = model_stage_forward(st, it, op->mb, in.buf, o);
     else if (op->kind == SCHED_BWD)
-        rc = model_stage_backward(st, it, op->mb, in.buf, o);
+        rc = grads_backward(c, it, op, in.buf, o);
     else
         rc = model_stage_backward_input(st, it, op->mb, in.buf, o);
     if (rc) {
@@ -411,31 +425,19 @@ static int overflow_agree(ctx_t *c, int it, int *any, char *err, size_t errlen)
     return rc;
 }
 
-/* --dp: each chunk's gradients averaged over the stage's replicas, one bucket (a trace row
- * ALLREDUCE, mb = the bucket) of at most the all-reduce's bucket size at a time. */
+/* --dp: each chunk's gradients averaged over the stage's replicas (dp_comm.h); a trace row
+ * ALLREDUCE per bucket (mb = the bucket), its real times (with overlap inside BWD rows). */
 static int dp_average(ctx_t *c, int it, char *err, size_t errlen)
 {
-    allreduce_t *a = c->p->dp;
-    int key = 0, bucket = 0, rc;
-    for (int j = 0; a && j < c->v; j++) {
-        float *g;
-        size_t n, per = a->bucket_bytes / sizeof(float);
-        if ((rc = model_stage_grads(c->st[j], &g, &n)))
-            return pn_err(err, errlen, rc, "rank %d: --dp needs the gradients in host memory: %s (compute %s)",
-                          c->p->rank_base + c->s, strerror(-rc), c->p->cfg->model.compute);
-        for (size_t lo = 0; lo < n; lo += per, bucket++) {
-            size_t m = n - lo < per ? n - lo : per;
-            double t0 = pn_now();
-            char e[384];
-            if ((rc = allreduce_mean(a, g + lo, m, it, key, e, sizeof e)))
-                return pn_err(err, errlen, rc, "rank %d: ALLREDUCE(bucket %d) of iteration %d: %s",
-                              c->p->rank_base + c->s, bucket, it, e);
-            key += allreduce_keys(a, m);
-            if ((rc = row_add(c, it, SCHED_ALLREDUCE, bucket, t0, pn_now(), m * sizeof(float))))
-                return pn_err(err, errlen, rc, "rank %d: out of memory for the trace", c->p->rank_base + c->s);
-        }
+    if (!c->p->dp)
+        return 0;
+    int rc = dp_comm_step(&c->dpc, it, err, errlen);
+    for (int k = 0; !rc && k < c->dpc.nb; k++) {
+        const dp_bucket_t *b = &c->dpc.b[k];
+        if ((rc = row_add(c, it, SCHED_ALLREDUCE, k, b->t0, b->t1, b->n * sizeof(float))))
+            return pn_err(err, errlen, rc, "rank %d: out of memory for the trace", c->p->rank_base + c->s);
     }
-    return 0;
+    return rc;
 }
 
 /* OPT_STEP: every chunk of the rank steps; the one holding the model's last chunk has the loss. */
@@ -465,7 +467,7 @@ static int op_other(ctx_t *c, int it, const sched_op_t *op, char *err, size_t er
     int rc, s = c->s;
     switch (op->kind) {
     case SCHED_BWD_WEIGHT:
-        if ((rc = model_stage_backward_weights(c->st[local_of(c, op->chunk)], it, op->mb)))
+        if ((rc = grads_backward(c, it, op, NULL, NULL)))
             snprintf(err, errlen, "rank %d: BWD_WEIGHT(mb %d) of iteration %d: %s", s, op->mb, it, strerror(-rc));
         return rc;
     case SCHED_OPT_STEP:
@@ -648,8 +650,8 @@ int exec_run(const exec_params_t *p, exec_result_t *out, char *err, size_t errle
     r.iters = iters;
     if (P > 1 && !p->t)
         rc = pn_err(err, errlen, -EINVAL, "rank %d: %d stages need a transport", s, P);
-    else
-        rc = ctx_init(&c, ops, n, err, errlen);
+    else if (!(rc = ctx_init(&c, ops, n, err, errlen)) && p->dp)
+        rc = dp_comm_init(&c.dpc, p->dp, cfg->dp_overlap, c.st, c.v, ops, n, p->rank_base + s, err, errlen);
     if (rc)
         goto out;
     double run_w0 = pn_now(), run_c0 = pn_cpu_now();
@@ -677,9 +679,12 @@ out:
         /* UCX may still be writing into the rings (a rendezvous in progress): fail the
          * requests and leave the buffers to the process's exit rather than free them. */
         transport_fail(p->t, -ECANCELED, "the executor stopped");
+        if (strstr(err, ALLREDUCE_FAILED)) /* the echo of the all-reduce thread's failure: its own words */
+            dp_comm_failure(&c.dpc, err, errlen);
     } else {
         ctx_destroy(&c);
     }
+    dp_comm_destroy(&c.dpc); /* after the transport failed: its thread is not left waiting */
     free(ops);
     if (rc) {
         exec_result_destroy(&r);

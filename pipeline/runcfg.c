@@ -31,8 +31,8 @@ const model_option_t runcfg_pipeline_group[] = {
      "gradients are averaged over its D replicas (ring all-reduce) before the optimizer step",
      "1"},
     {"dp-overlap", 0, RUNCFG_OPT_DP_OVERLAP, NULL,
-     "start a layer's all-reduce as soon as its gradients are final, overlapping backward (the\n"
-     "runtime does not do this yet: refused with --dp above 1)", NULL},
+     "start each gradient bucket's all-reduce as soon as the iteration's last backward has\n"
+     "finalised it (the buckets of the last layers first), overlapping the rest of that backward", NULL},
     {"dp-bucket", 0, RUNCFG_OPT_DP_BUCKET, "SIZE",
      "bytes per bucket of the gradient all-reduce (--dp above 1), whole fp32s: 64MB, 25MiB, 4KiB;\n"
      "each stage's gradients go round the ring in pieces of this size", "25MiB, PyTorch DDP's bucket_cap_mb"},
@@ -284,9 +284,6 @@ static int dp_finish(const runcfg_t *c, char *err, size_t errlen)
                       "--dp %d with --compute %s: the gradient all-reduce of cuda stages (through pinned host "
                       "memory, or ncclAllReduce with --transport nccl) is not built yet; use cpu or emulate",
                       c->dp, c->model.compute);
-    if (c->dp > 1 && c->dp_overlap)
-        return pn_err(err, errlen, -EINVAL, "--dp-overlap: starting a layer's all-reduce during backward is not "
-                      "built yet (the runtime averages every bucket after the iteration's last backward)");
     if (c->dp == 1 && c->dp_bucket)
         return pn_err(err, errlen, -EINVAL, "--dp-bucket applies to --dp D with D > 1 (one replica has no "
                       "all-reduce)");

@@ -1,10 +1,13 @@
 /* Shim transport: header + tensor per message over the inner transport; receives wait
  * for the header's delivery time. Only the sending side of a link direction runs its
- * shaper, so link occupancy needs no coordination between processes. */
+ * shaper, so link occupancy needs no coordination between processes. Two threads of a
+ * stage may use it at once (the executor, and --dp-overlap's all-reduce thread): the
+ * list of pending headers, the shapers and the wake-up statistics are under one lock. */
 #include "pipeline/shim.h"
 
 #include <errno.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -43,6 +46,7 @@ typedef struct {
     shim_pend_t *pend;
     double late[SHIM_LATE_WINDOW];  /* seconds: how late recent sleeps until a time woke up */
     int late_n, late_next;
+    pthread_mutex_t lock;    /* pend, the shapers, late */
 } shim_t;
 
 static transport_key_t hdr_key(transport_key_t k)
@@ -96,15 +100,19 @@ static int shim_send(void *impl, transport_req_t *req)
                          : req->peer == (d + 1) % D * P + st          ? &s->to_dp[0]
                          : req->peer == (d + D - 1) % D * P + st      ? &s->to_dp[1]
                                                                       : NULL;
+    pthread_mutex_lock(&s->lock);
     shim_pend_t *p = pend_new(s, req);
-    if (!p)
+    if (!p) {
+        pthread_mutex_unlock(&s->lock);
         return -ENOMEM;
+    }
     double t0 = pn_now() - *s->offset;
     /* Neighbours over their link; the first and last rank's tied-embedding exchange as
      * the namespace topology's switch shapes it: by the receiver's port, whose profile
      * is that of the receiver's one link. */
     p->hdr.deliver = sh ? netem_shaper_deliver(sh, t0, netem_shaper_wire_bytes(req->bytes, SHIM_MTU)) : t0;
     p->hdr.magic = SHIM_MAGIC;
+    pthread_mutex_unlock(&s->lock);
     int rc = transport_send(&s->inner, req->peer, hdr_key(req->key), &p->hdr, sizeof p->hdr, &p->hreq);
     if (!rc)
         rc = s->inner.ops->send(s->inner.impl, req);
@@ -116,7 +124,9 @@ static int shim_recv(void *impl, transport_req_t *req)
     shim_t *s = impl;
     if (req->key.mb >= TRANSPORT_MB_MAX / 4)
         return -EINVAL;
+    pthread_mutex_lock(&s->lock);
     shim_pend_t *p = pend_new(s, req);
+    pthread_mutex_unlock(&s->lock);
     if (!p)
         return -ENOMEM;
     int rc = transport_recv(&s->inner, req->peer, hdr_key(req->key), &p->hdr, sizeof p->hdr, &p->hreq);
@@ -137,16 +147,20 @@ static void sleep_until(shim_t *s, double at)
     double now = pn_now();
     if (now >= at)
         return;
+    pthread_mutex_lock(&s->lock);
     double least = s->late_n ? s->late[0] : 0;
     for (int i = 1; i < s->late_n; i++)
         least = fmin(least, s->late[i]);
+    pthread_mutex_unlock(&s->lock);
     double aim = at - least > now ? at - least : at;   /* closer than a wake-up: aim at the time */
     pn_sleep_until(aim);
     double woke = pn_now();
+    pthread_mutex_lock(&s->lock);
     s->late[s->late_next] = woke - aim;
     s->late_next = (s->late_next + 1) % SHIM_LATE_WINDOW;
     if (s->late_n < SHIM_LATE_WINDOW)
         s->late_n++;
+    pthread_mutex_unlock(&s->lock);
     if (woke < at)
         pn_sleep_until(at);
 }
@@ -155,7 +169,9 @@ static int shim_wait(void *impl, transport_req_t *req, double deadline)
 {
     shim_t *s = impl;
     int rc = s->inner.ops->wait(s->inner.impl, req, deadline);
+    pthread_mutex_lock(&s->lock);
     shim_pend_t *p = pend_take(s, req);
+    pthread_mutex_unlock(&s->lock);
     if (!p)
         return rc;
     int hrc = rc ? 0 : s->inner.ops->wait(s->inner.impl, &p->hreq, deadline);
@@ -178,9 +194,11 @@ static int shim_wait(void *impl, transport_req_t *req, double deadline)
         /* The header was never waited for (the tensor's wait failed first): the inner
          * transport may still be filling p->hreq, so p stays on the list, matched by no
          * request, until shim_destroy frees it after the inner transport is gone. */
+        pthread_mutex_lock(&s->lock);
         p->user = NULL;
         p->next = s->pend;
         s->pend = p;
+        pthread_mutex_unlock(&s->lock);
         return rc;
     }
     free(p);
@@ -208,6 +226,7 @@ static void shim_destroy(void *impl)
         n = p->next;
         free(p);
     }
+    pthread_mutex_destroy(&s->lock);
     free(s);
 }
 
@@ -241,6 +260,7 @@ int shim_transport_wrap_dp(transport_t *inner, int stages, const netem_profile_t
         snprintf(err, errlen, "out of memory");
         return -ENOMEM;
     }
+    pthread_mutex_init(&s->lock, NULL);
     s->inner = *inner;
     s->rank = inner->rank;
     s->size = inner->size;

@@ -8,7 +8,10 @@
  * sleeps on the gate until a completion, published with release order, marks its request
  * done. The rare calls that need the worker itself (connect, fail, quiesce) announce that
  * they want the lock (app_lock) and the progress thread hands it over between two
- * progress calls (hand_off). Lock order: lock, then gate or cmd_lock. */
+ * progress calls (hand_off). Lock order: lock, then gate or cmd_lock. Any number of
+ * application threads may post, wait and fail at once (the executor and --dp-overlap's
+ * all-reduce thread): posting is under cmd_lock, a wait sleeps on the gate for its own
+ * request, and app_lock counts every thread that wants the lock. */
 #include "pipeline/ucx.h"
 
 #include <errno.h>

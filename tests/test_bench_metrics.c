@@ -197,6 +197,55 @@ static void test_stats(void **state)
     assert_int_equal(metrics_op_lane("NOP"), -1);
 }
 
+/* --dp-overlap: rank 0's buckets 0 and 1 start inside its backward [0, 2], bucket 2 inside
+ * its OPT_STEP [2, 2.5]; rank 1 all-reduces inside its step only. What the step's row does
+ * not hold of the buckets (rank 0: 0.5 + 0.5 s) is added back, so a rank's compute is its
+ * BWD plus the step's own time: rank 0 2 + (0.5 - 0.3 - 0.1) = 2.1 s, rank 1 2 + 0.2 s. In
+ * trace order, and with the rows sorted by start (bucket 2 after the step). */
+static void test_overlap_allreduce_early(void **state)
+{
+    (void)state;
+    struct { int rank; const char *op; int mb; double s, e; } rows[2][7] = {
+        {{0, "BWD", 0, 0, 2}, {0, "ALLREDUCE", 0, 0.5, 1.0}, {0, "ALLREDUCE", 1, 1.5, 2.3},
+         {0, "ALLREDUCE", 2, 2.3, 2.4}, {0, "OPT_STEP", -1, 2.0, 2.5}, {1, "BWD", 0, 0, 2},
+         {1, "ALLREDUCE", 0, 2.0, 2.2}},
+        {{0, "BWD", 0, 0, 2}, {0, "ALLREDUCE", 0, 0.5, 1.0}, {0, "ALLREDUCE", 1, 1.5, 2.3},
+         {0, "OPT_STEP", -1, 2.0, 2.5}, {0, "ALLREDUCE", 2, 2.3, 2.4}, {1, "BWD", 0, 0, 2},
+         {1, "ALLREDUCE", 0, 2.0, 2.2}},
+    };
+    worst = 0;
+    for (int order = 0; order < 2; order++) {
+        results_t r;
+        results_init(&r);
+        for (int i = 0; i < 8; i++) {
+            results_op_t o = {.cell = 9, .repeat = 0, .iteration = 0};
+            if (i == 7) { /* rank 1's step */
+                o.rank = 1, o.micro_batch = -1, o.start = 2.0, o.end = 2.4;
+                snprintf(o.op, sizeof o.op, "OPT_STEP");
+            } else {
+                o.rank = rows[order][i].rank, o.micro_batch = rows[order][i].mb;
+                o.start = rows[order][i].s, o.end = rows[order][i].e;
+                snprintf(o.op, sizeof o.op, "%s", rows[order][i].op);
+            }
+            assert_int_equal(results_op_add(&r, &o), 0);
+        }
+        double *early = metrics_allreduce_early(&r, 9, 0, 1, 2), compute[2] = {0, 0};
+        assert_non_null(early);
+        for (size_t i = 0; i < r.n_ops; i++)
+            compute[r.ops[i].rank] += metrics_op_compute(&r.ops[i]);
+        print_message("%s: early all-reduce %.3f s and %.3f s, compute %.3f s and %.3f s\n",
+                      order ? "sorted by start" : "trace order", early[0], early[1], compute[0] + early[0],
+                      compute[1] + early[1]);
+        near("rank 0's buckets before its step", early[0], 1.0);
+        near("rank 1's buckets before its step", early[1] + 1, 1.0);
+        near("rank 0's compute", compute[0] + early[0], 2.1);
+        near("rank 1's compute", compute[1] + early[1], 2.2);
+        free(early);
+        results_destroy(&r);
+    }
+    print_message("largest relative difference %.3g (tolerance 1e-9)\n", worst);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -205,6 +254,7 @@ int main(void)
         cmocka_unit_test(test_all_warmup_rejected),
         cmocka_unit_test(test_repeats_pooled),
         cmocka_unit_test(test_stats),
+        cmocka_unit_test(test_overlap_allreduce_early),
     };
     return cmocka_run_group_tests_name("bench_metrics", tests, NULL, NULL);
 }

@@ -13,13 +13,17 @@
 #include <cmocka.h>
 
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "bench/results.h"
+#include "common/clock.h"
 #include "models/model.h"
 #include "pipeline/allreduce.h"
+#include "pipeline/exec.h"
+#include "pipeline/ucx.h"
 #include "tests/testutil.h"
 
 static char out[1 << 18];
@@ -28,7 +32,7 @@ enum { MAXIT = 64 };
 
 static void dp_losses_match(const char *schedule)
 {
-    double ref[MAXIT], got[MAXIT];
+    double ref[MAXIT], got[MAXIT], ovl[MAXIT];
     int rc = tu_pipenem_run(out, sizeof out,
                             "run --model tiny --compute cpu --stages 1 --batch-size 16 --schedule %s --iters 5",
                             schedule);
@@ -49,6 +53,17 @@ static void dp_losses_match(const char *schedule)
     print_message("%s: 2 stages x --dp 2 (batch 8 each) vs 1 stage with batch 16, %d iterations, largest relative "
                   "loss difference %.3g (tolerance 1e-5)\n", schedule, n1, worst);
     assert_true(worst <= 1e-5);
+    rc = tu_pipenem_run(out, sizeof out,
+                        "run --model tiny --compute cpu --stages 2 --dp 2 --batch-size 8 --schedule %s --iters 5 "
+                        "--dp-overlap", schedule);
+    if (rc)
+        fail_msg("2 stages x 2 replicas with --dp-overlap exited %d:\n%s", rc, out);
+    int n3 = tu_parse_losses(out, ovl, MAXIT), same = n3 == n2;
+    for (int i = 0; same && i < n2; i++)
+        same = ovl[i] == got[i];
+    print_message("%s: --dp-overlap prints %s losses as without it (tolerance: equal as printed)\n", schedule,
+                  same ? "the same" : "other");
+    assert_true(same);
 }
 
 static void test_dp_losses_gpipe(void **state)
@@ -268,9 +283,320 @@ static void test_dp_bucket_keys(void **state)
     print_message("%.*s\n", (int)strcspn(line, "\n"), line);
 }
 
+/* --dp-overlap against the same job without it, in one process: the P x D ranks of a cpu
+ * tiny job are threads, each with its own UCX transport over TCP on loopback and its own
+ * ring of replicas, running the executor itself (pipeline/exec.h) with buckets of 16 KiB, so
+ * that each stage's gradient block is some 30 buckets, most of them all-reduced while the
+ * backward is still running. Averaging is elementwise, so the order of the buckets changes
+ * no bit: every loss and every parameter must be bit-identical (tolerance 0). */
+enum { XW = P * D, XBUCKET = 16 << 10 };
+
+typedef struct {
+    const runcfg_t *cfg;
+    transport_t *t;
+    allreduce_t ar;
+    model_stage_t st;
+    int rank, rc;
+    exec_result_t r;
+    char err[1024];
+} xrank_t;
+
+static void *xrank_main(void *arg)
+{
+    xrank_t *x = arg;
+    exec_params_t ep = {.cfg = x->cfg, .st = &x->st, .t = x->t, .stage = runcfg_stage_of(x->cfg, x->rank),
+                        .rank_base = runcfg_rank_of(x->cfg, runcfg_replica(x->cfg, x->rank), 0), .dp = &x->ar};
+    x->rc = exec_run(&ep, &x->r, x->err, sizeof x->err);
+    return NULL;
+}
+
+static void xcfg(runcfg_t *cfg, const char *schedule, int overlap, int tied)
+{
+    char sched[64], err[512];
+    snprintf(sched, sizeof sched, "--schedule=%s", schedule);
+    char *argv[] = {"test", "--model=tiny", "--compute=cpu", "--stages=2", "--dp=2", "--batch-size=8",
+                    "--micro-batch-size=2", sched, "--iters=3", "--warmup=1", "--threads=1", "--timeout=60",
+                    overlap ? "--dp-overlap" : "--iters=3", tied ? "--tied-embeddings" : "--iters=3"};
+    int argc = (int)(sizeof argv / sizeof *argv), o;
+    struct option opts[160];
+    assert_true(runcfg_options_table(opts, 160, NULL) > 0);
+    runcfg_defaults(cfg);
+    optind = 0;
+    opterr = 0;
+    while ((o = getopt_long(argc, argv, ":", opts, NULL)) != -1)
+        assert_int_equal(runcfg_option(cfg, o, optarg, err, sizeof err), 1);
+    if (runcfg_finish(cfg, err, sizeof err))
+        fail_msg("runcfg_finish: %s", err);
+    assert_int_equal(cfg->dp_overlap, overlap);
+}
+
+/* The whole job; x[] keeps each rank's stage and result (xjob_free). */
+static void xjob_run(const char *schedule, int overlap, int tied, runcfg_t *cfg, xrank_t *x)
+{
+    transport_t t[XW];
+    char err[512];
+    xcfg(cfg, schedule, overlap, tied);
+    for (int i = 0; i < XW; i++) {
+        ucx_params_t prm = {.rank = i, .size = XW, .tls = "tcp", .net_devices = "lo"};
+        if (ucx_transport_open(&prm, &t[i], err, sizeof err))
+            fail_msg("ucx_transport_open: %s", err);
+    }
+    for (int i = 0; i < XW; i++)
+        for (int j = 0; j < XW; j++) {
+            const void *blob;
+            size_t len;
+            if (i != j && (t[j].ops->address(t[j].impl, &blob, &len) ||
+                           t[i].ops->connect(t[i].impl, j, blob, len, err, sizeof err)))
+                fail_msg("connect %d to %d: %s", i, j, err);
+        }
+    pthread_t th[XW];
+    for (int i = 0; i < XW; i++) {
+        memset(&x[i], 0, sizeof x[i]);
+        x[i].cfg = cfg;
+        x[i].t = &t[i];
+        x[i].rank = i;
+        model_stage_params_t mp = cfg->stage_params;
+        mp.stage = runcfg_stage_of(cfg, i);
+        mp.data_mb_offset = runcfg_replica(cfg, i) * cfg->micro_batches;
+        if (model_stage_init(&x[i].st, &mp, err, sizeof err))
+            fail_msg("rank %d: model: %s", i, err);
+        int ring[D];
+        for (int d = 0; d < D; d++)
+            ring[d] = runcfg_rank_of(cfg, d, mp.stage);
+        allreduce_params_t ap = {&t[i], D, runcfg_replica(cfg, i), ring, XBUCKET, cfg->timeout};
+        if (allreduce_init(&x[i].ar, &ap, err, sizeof err))
+            fail_msg("rank %d: %s", i, err);
+    }
+    for (int i = 0; i < XW; i++)
+        assert_int_equal(pthread_create(&th[i], NULL, xrank_main, &x[i]), 0);
+    for (int i = 0; i < XW; i++)
+        pthread_join(th[i], NULL);
+    for (int i = 0; i < XW; i++)
+        if (x[i].rc)
+            fail_msg("%s%s: rank %d failed: %s", schedule, overlap ? " --dp-overlap" : "", i, x[i].err);
+    for (int i = 0; i < XW; i++)
+        transport_quiesce(&t[i]);
+    for (int i = 0; i < XW; i++) {
+        allreduce_destroy(&x[i].ar);
+        transport_destroy(&t[i]);
+    }
+}
+
+static void xjob_free(xrank_t *x)
+{
+    for (int i = 0; i < XW; i++) {
+        exec_result_destroy(&x[i].r);
+        model_stage_destroy(&x[i].st);
+    }
+}
+
+/* Per rank and iteration: ALLREDUCE rows, and those that started before the rank's last
+ * BWD / BWD_WEIGHT row of the iteration ended. */
+static void xrows(const exec_result_t *r, int iter, int *n_ar, int *early)
+{
+    double bwd_end = -INFINITY;
+    for (size_t k = 0; k < r->n_rows; k++)
+        if (r->rows[k].iter == iter && (r->rows[k].kind == SCHED_BWD || r->rows[k].kind == SCHED_BWD_WEIGHT))
+            bwd_end = fmax(bwd_end, r->rows[k].end);
+    *n_ar = *early = 0;
+    for (size_t k = 0; k < r->n_rows; k++)
+        if (r->rows[k].iter == iter && r->rows[k].kind == SCHED_ALLREDUCE) {
+            (*n_ar)++;
+            *early += r->rows[k].start < bwd_end;
+        }
+}
+
+static void overlap_identical(const char *schedule, int tied)
+{
+    runcfg_t cfg[2];
+    xrank_t *x[2] = {calloc(XW, sizeof(xrank_t)), calloc(XW, sizeof(xrank_t))};
+    assert_non_null(x[0]);
+    assert_non_null(x[1]);
+    xjob_run(schedule, 0, tied, &cfg[0], x[0]);
+    xjob_run(schedule, 1, tied, &cfg[1], x[1]);
+    int iters = cfg[0].warmup + cfg[0].iters, diff_params = 0, diff_loss = 0, early = 0, rows = 0;
+    double worst = 0;
+    for (int i = 0; i < XW; i++) {
+        const model_stage_t *a = &x[0][i].st, *b = &x[1][i].st;
+        assert_int_equal(a->n_params, b->n_params);
+        for (size_t j = 0; j < a->n_params; j++)
+            if (memcmp(&a->params[j], &b->params[j], sizeof(float))) {
+                diff_params++;
+                worst = fmax(worst, fabs((double)a->params[j] - b->params[j]));
+            }
+        for (int it = 0; it < iters; it++) {
+            double la = x[0][i].r.loss[it], lb = x[1][i].r.loss[it];
+            diff_loss += memcmp(&la, &lb, sizeof la) != 0;
+            int n0, e0, n1, e1;
+            xrows(&x[0][i].r, it, &n0, &e0);
+            xrows(&x[1][i].r, it, &n1, &e1);
+            if (n0 != n1 || n0 < 2)
+                fail_msg("rank %d iteration %d: %d ALLREDUCE rows without overlap, %d with; want the same, >= 2", i,
+                         it, n0, n1);
+            rows += n1;
+            early += e1;
+        }
+    }
+    print_message("%s%s, 2 stages x --dp 2, %d iterations, buckets of %d KiB (%d ALLREDUCE rows with overlap, %d of "
+                  "them started before their rank's last backward row ended): %d parameters and %d losses differ "
+                  "from the run without --dp-overlap, largest parameter difference %.3g (tolerance: bit-identical)\n",
+                  schedule, tied ? " --tied-embeddings" : "", iters, XBUCKET >> 10, rows, early, diff_params, diff_loss, worst);
+    assert_int_equal(diff_params, 0);
+    assert_int_equal(diff_loss, 0);
+    for (int i = 0; i < 2; i++) {
+        xjob_free(x[i]);
+        free(x[i]);
+    }
+}
+
+static void test_dp_overlap_identical_gpipe(void **state)
+{
+    (void)state;
+    overlap_identical("gpipe", 0);
+}
+
+static void test_dp_overlap_identical_1f1b(void **state)
+{
+    (void)state;
+    overlap_identical("1f1b", 0);
+}
+
+static void test_dp_overlap_identical_zb_h1(void **state)
+{
+    (void)state;
+    overlap_identical("zb-h1", 0);
+}
+
+/* The buckets holding the tied matrix's gradient wait for the exchange at the step. */
+static void test_dp_overlap_identical_tied(void **state)
+{
+    (void)state;
+    overlap_identical("1f1b", 1);
+}
+
+/* --dp-overlap under emulated compute with a shaped DP link (`pipenem run`, 2 stages x 2
+ * replicas, emulate:fwd=50ms,bwd=300ms, 3 buckets a stage through 2ms/1Gbps): with overlap an
+ * ALLREDUCE row starts before its rank's last backward row of the iteration ends, without
+ * none does, and the iteration is shorter with overlap (the difference printed; asserted on
+ * the shortest iteration of each run, which a busy moment of the shared machine does not
+ * move as it can the median of three). */
+#define EMU_RUN "run --model gpt3-small --layers 8 --hidden 512 --heads 8 --vocab 4096 -T 128 --stages 2 --dp 2 " \
+                "--batch-size 2 --compute emulate:fwd=50ms,bwd=300ms --net-dp 2ms/1Gbps --iters 3 --warmup 1 " \
+                "--schedule 1f1b --timeout 60"
+
+/* (rank, iteration) pairs of a trace CSV whose first ALLREDUCE starts before their last
+ * BWD / BWD_WEIGHT ends, out of *pairs with any ALLREDUCE. */
+static int trace_early(const char *path, int *pairs)
+{
+    enum { R = 8, I = 16 };
+    double bwd_end[R][I], ar_start[R][I];
+    for (int r = 0; r < R; r++)
+        for (int i = 0; i < I; i++)
+            bwd_end[r][i] = -INFINITY, ar_start[r][i] = INFINITY;
+    FILE *f = fopen(path, "r");
+    if (!f)
+        fail_msg("no trace %s", path);
+    char line[256], op[32];
+    int r, it, mb;
+    double t0, t1;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "%d,%d,%31[^,],%d,%lf,%lf", &r, &it, op, &mb, &t0, &t1) == 6 && r >= 0 && r < R && it >= 0 &&
+            it < I) {
+            if (!strcmp(op, "BWD") || !strcmp(op, "BWD_WEIGHT"))
+                bwd_end[r][it] = fmax(bwd_end[r][it], t1);
+            else if (!strcmp(op, "ALLREDUCE"))
+                ar_start[r][it] = fmin(ar_start[r][it], t0);
+        }
+    fclose(f);
+    int early = 0;
+    *pairs = 0;
+    for (r = 0; r < R; r++)
+        for (it = 0; it < I; it++)
+            if (isfinite(ar_start[r][it])) {
+                (*pairs)++;
+                early += ar_start[r][it] < bwd_end[r][it];
+            }
+    return early;
+}
+
+/* The median and the shortest of the measured iterations (after the one warm-up). */
+static void iteration_times(const char *text, double *median, double *least)
+{
+    const char *m = strstr(text, "# median iteration time ");
+    if (!m || sscanf(m, "# median iteration time %lf", median) != 1)
+        fail_msg("no median iteration time in:\n%s", text);
+    *least = INFINITY;
+    for (const char *p = text; p && *p; p = strchr(p, '\n') ? strchr(p, '\n') + 1 : NULL) {
+        int it;
+        double t, l, tok;
+        if (p[0] != '#' && sscanf(p, "%d %lf %lf %lf", &it, &t, &l, &tok) == 4 && it >= 1)
+            *least = fmin(*least, t);
+    }
+    if (!isfinite(*least))
+        fail_msg("no measured iteration in:\n%s", text);
+}
+
+static void test_dp_overlap_emulate(void **state)
+{
+    (void)state;
+    char path[2][128];
+    double med[2], least[2];
+    int early[2], pairs[2];
+    for (int o = 0; o < 2; o++) {
+        snprintf(path[o], sizeof path[o], "/tmp/pn-test-dp-overlap-%d-%d.csv", (int)getpid(), o);
+        int rc = tu_pipenem_run(out, sizeof out, EMU_RUN " --trace %s%s", path[o], o ? " --dp-overlap" : "");
+        if (rc)
+            fail_msg("%s exited %d:\n%s", o ? "--dp-overlap" : "without overlap", rc, out);
+        iteration_times(out, &med[o], &least[o]);
+        early[o] = trace_early(path[o], &pairs[o]);
+        unlink(path[o]);
+    }
+    print_message("emulate 2 stages x --dp 2, DP link 2ms/1Gbps: (rank, iteration) pairs with an ALLREDUCE started "
+                  "before the rank's last backward ended: %d of %d without overlap, %d of %d with; median iteration "
+                  "%.3f s without, %.3f s with --dp-overlap: %.0f ms (%.1f%%) shorter; shortest %.3f s and %.3f s: "
+                  "%.0f ms shorter\n", early[0], pairs[0], early[1], pairs[1], med[0], med[1], (med[0] - med[1]) * 1e3,
+                  100 * (med[0] - med[1]) / med[0], least[0], least[1], (least[0] - least[1]) * 1e3);
+    assert_true(pairs[0] >= 4 && pairs[1] == pairs[0]);
+    assert_int_equal(early[0], 0);
+    assert_true(early[1] > 0);
+    assert_true(least[1] < least[0]);
+}
+
+/* A replica's stage killed in its first overlapped all-reduce of iteration 1 (the bucket
+ * the last backward finalised first, while that backward still runs) fails the run, every
+ * rank stopping on its own, naming the killed rank, within --timeout + 10 s. */
+static void test_dp_overlap_fault(void **state)
+{
+    (void)state;
+    const char *cases[] = {"kill:1:allreduce", "close:2:allreduce"};
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        char want[3][64];
+        int r = cases[i][strlen(cases[i]) - 11] - '0';
+        snprintf(want[0], sizeof want[0], "FAILED: rank %d ", r); /* as the fault matrix's dp cases */
+        snprintf(want[1], sizeof want[1], "rank %d disconnected", r);
+        snprintf(want[2], sizeof want[2], "connection to rank %d ", r);
+        setenv("PIPENEM_FAULT", cases[i], 1);
+        double t0 = pn_now();
+        int rc = tu_pipenem_run(out, sizeof out, EMU_RUN " --dp-overlap --timeout 10");
+        double took = pn_now() - t0;
+        unsetenv("PIPENEM_FAULT");
+        const char *failed = strstr(out, "FAILED: ");
+        print_message("PIPENEM_FAULT=%s with --dp-overlap: exit %d after %.1f s (bound 20 s): %.*s\n", cases[i], rc,
+                      took, failed ? (int)strcspn(failed, "\n") : 4, failed ? failed : "none");
+        if (rc != 1 || !failed || !(strstr(out, want[0]) || strstr(out, want[1]) || strstr(out, want[2])) || took > 20)
+            fail_msg("want exit 1 naming rank %d within 20 s:\n%s", r, out);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_dp_overlap_identical_gpipe),
+        cmocka_unit_test(test_dp_overlap_identical_1f1b),
+        cmocka_unit_test(test_dp_overlap_identical_zb_h1),
+        cmocka_unit_test(test_dp_overlap_identical_tied),
+        cmocka_unit_test(test_dp_overlap_emulate),
+        cmocka_unit_test(test_dp_overlap_fault),
         cmocka_unit_test(test_dp_params),
         cmocka_unit_test(test_dp_grads_emulate),
         cmocka_unit_test(test_dp_losses_gpipe),
