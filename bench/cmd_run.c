@@ -96,8 +96,10 @@ static int setup_dp_links(const runcfg_t *cfg, netem_profile_t *links, netem_top
     for (int i = 0; i + 1 < P; i++)
         all[i] = links[i];
     all[P - 1] = pairs.dp_link;
+    /* all[] is the pipeline's links then the replicas': the message's link numbers are its */
     if (netem_emulator_choose(emulator_asked(cfg), all, P, em, why, whylen, err, sizeof err))
-        return cli_usage_error("run", "%s", err);
+        return cli_usage_error("run", "--net %s with --net-dp %s (link %d-%d below: the replicas'): %s", cfg->net,
+                               runcfg_net_dp(cfg), P - 1, P, err);
     if ((*em)->in_transport)
         l->shim_links = links;
     if (!(*em)->changes_kernel)
