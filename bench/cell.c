@@ -151,7 +151,7 @@ static int run_repeat(const cell_hosts_t *h, void *hctx, const runcfg_t *cfg, co
     return rc;
 }
 
-/* This machine: a namespace per stage (root), else loopback with only the shim. */
+/* This machine: a namespace per rank (root; D x P with --dp), else loopback with only the shim. */
 typedef struct {
     netem_topo_t *topo;
     const netem_emulator_t *emu;
