@@ -184,7 +184,9 @@ int cmd_run(int argc, char **argv)
     char line[4096];
     runcfg_describe(&cfg, line, sizeof line);
     printf("# pipenem run: %d stage processes on this machine, %s\n# %s\n# emulator: %s (%s)\n", runcfg_world(&cfg),
-           l.topo ? "one network namespace per rank, UCX over tcp on each host's veth" : "links over loopback",
+           !l.topo ? "links over loopback"
+           : cfg.dp > 1 ? "one network namespace per rank (D x P), UCX over tcp on each host's veth"
+                        : "one network namespace per stage, UCX over tcp on each host's veth",
            line, em ? em->name : "none", why);
     fflush(stdout);
     struct sigaction sa = {.sa_handler = on_signal};
