@@ -155,12 +155,22 @@ static int run_repeat(const cell_hosts_t *h, void *hctx, const runcfg_t *cfg, co
     return rc;
 }
 
-/* This machine: a namespace per stage (root), else loopback with only the shim. */
+/* This machine: a namespace per rank (root; D x P with --dp), else loopback with only the shim. */
 typedef struct {
     netem_topo_t *topo;
     const netem_emulator_t *emu;
     netem_profile_t links[NETEM_TOPO_MAX_HOSTS];
 } local_t;
+
+/* --dp on the topology: pipeline pairs get the cell's profile, replica pairs its
+ * --net-dp (default: the pipeline's), other pairs nothing (launch_pair_profile). */
+static int dp_apply(local_t *l, int P, const results_cell_t *cell, const netem_profile_t *prof, const char *asked,
+                    char *err, size_t errlen)
+{
+    launch_pairs_t pairs = {.stages = P, .dp = cell->dp, .links = l->links, .dp_link = *prof};
+    int rc = cell->net_dp[0] ? netem_profile_parse(cell->net_dp, &pairs.dp_link, err, errlen) : 0;
+    return rc ? rc : netem_topo_apply_pairs(l->topo, launch_pair_profile, &pairs, asked, err, errlen);
+}
 
 static int local_setup(void *ctx, const sweep_spec_t *s, const netem_profile_t *prof, results_cell_t *cell,
                        const char **cfg_net, const char **cfg_emulator, char *err, size_t errlen)
@@ -181,10 +191,9 @@ static int local_setup(void *ctx, const sweep_spec_t *s, const netem_profile_t *
     const transport_kind_t *tk = transport_kind_find(s->transport);
     int shim_ok = !tk || tk->shim_ok;
     const char *asked = s->emulator;
-    /* auto: the kernel's where the transport cannot carry the shim, else (no namespaces,
-     * or --dp, whose replica links kernel qdiscs cannot shape apart from the pipeline's
-     * yet) the shim */
-    if (!strcmp(asked, "auto") && (!shim_ok || !have_ns || cell->dp > 1)) {
+    /* auto: the kernel's where the transport cannot carry the shim, the shim where there
+     * are no namespaces, else the most faithful that can do the links */
+    if (!strcmp(asked, "auto") && (!shim_ok || !have_ns)) {
         const netem_emulator_t *kind = netem_emulator_of_kind(shim_ok);
         asked = kind ? kind->name : asked;
     }
@@ -194,7 +203,9 @@ static int local_setup(void *ctx, const sweep_spec_t *s, const netem_profile_t *
         if (!l->topo)
             return -ENOMEM;
         rc = netem_topo_create(l->topo, hosts, err, errlen);
-        if (!rc)
+        if (!rc && cell->dp > 1)
+            rc = dp_apply(l, P, cell, prof, asked, err, errlen);
+        else if (!rc)
             rc = netem_topo_apply(l->topo, l->links, asked, err, errlen);
         l->emu = l->topo->emulator;
     } else {

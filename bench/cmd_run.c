@@ -69,6 +69,55 @@ static int own_option(void *ctx, int val, const char *arg)
     return 0;
 }
 
+/* --emulator as the links' choice gets it: auto picks among what can act on the
+ * transport's traffic (nccl: not the shim). */
+static const char *emulator_asked(const runcfg_t *cfg)
+{
+    const transport_kind_t *tk = transport_kind_find(cfg->transport);
+    const netem_emulator_t *kernel = netem_emulator_of_kind(0);
+    return !strcmp(cfg->emulator, "auto") && tk && !tk->shim_ok && kernel ? kernel->name : cfg->emulator;
+}
+
+/* --dp above 1: the pipeline's links (--net) and the replicas' (--net-dp) per pair of
+ * ranks (launch_pair_profile), shaped in the transport (the shim) or on one namespace per
+ * rank with kernel qdiscs (topo, to be destroyed by the caller). As setup_links. */
+static int setup_dp_links(const runcfg_t *cfg, netem_profile_t *links, netem_topo_t *topo, launch_params_t *l,
+                          const netem_emulator_t **em, char *why, size_t whylen)
+{
+    char err[1024];
+    int P = cfg->stages, world = runcfg_world(cfg);
+    netem_profile_t all[NETEM_TOPO_MAX_HOSTS + 1];
+    launch_pairs_t pairs = {.stages = P, .dp = cfg->dp, .links = links};
+    memset(links, 0, sizeof *links * NETEM_TOPO_MAX_HOSTS);
+    if ((P > 1 && netem_net_parse(cfg->net, P, links, err, sizeof err)) ||
+        netem_profile_parse(runcfg_net_dp(cfg), &pairs.dp_link, err, sizeof err))
+        return cli_usage_error("run", "%s", err);
+    /* chosen over every profile in use, as the topology chooses */
+    for (int i = 0; i + 1 < P; i++)
+        all[i] = links[i];
+    all[P - 1] = pairs.dp_link;
+    /* all[] is the pipeline's links then the replicas': the message's link numbers are its */
+    if (netem_emulator_choose(emulator_asked(cfg), all, P, em, why, whylen, err, sizeof err))
+        return cli_usage_error("run", "--net %s with --net-dp %s (link %d-%d below: the replicas'): %s", cfg->net,
+                               runcfg_net_dp(cfg), P - 1, P, err);
+    if ((*em)->in_transport)
+        l->shim_links = links;
+    if (!(*em)->changes_kernel)
+        return 0;
+    if (world > NETEM_TOPO_MAX_HOSTS)
+        return cli_usage_error("run", "--dp %d x %d stages with kernel shaping: the local topology holds at most %d "
+                               "hosts", cfg->dp, P, NETEM_TOPO_MAX_HOSTS);
+    if (netem_topo_create(topo, world, err, sizeof err) ||
+        netem_topo_apply_pairs(topo, launch_pair_profile, &pairs, (*em)->name, err, sizeof err)) {
+        fprintf(stderr, "pipenem run: network emulation: %s\n", err);
+        netem_topo_destroy(topo);
+        return CLI_FAIL;
+    }
+    snprintf(why, whylen, "%s", topo->why);
+    l->topo = topo;
+    return 0;
+}
+
 /* The links --net asks for: shaped in the transport (the shim), or on one network
  * namespace per stage with kernel qdiscs (topo, to be destroyed by the caller), or not at
  * all. 0, or CLI_USAGE / CLI_FAIL after a message. */
@@ -76,19 +125,8 @@ static int setup_links(const runcfg_t *cfg, netem_profile_t *links, netem_topo_t
                        const netem_emulator_t **em, char *why, size_t whylen)
 {
     char err[1024];
-    if (cfg->dp > 1 && strcmp(runcfg_net_dp(cfg), "default")) {
-        /* the replicas' links: the shim's per-peer profiles (the namespaces do not join replicas yet) */
-        const netem_emulator_t *asked = netem_emulator_find(cfg->emulator), *in = netem_emulator_of_kind(1);
-        if (strcmp(cfg->emulator, "auto") && !(asked && asked->in_transport))
-            return cli_usage_error("run", "--dp %d --net-dp %s: only --emulator %s shapes the replicas' links yet",
-                                   cfg->dp, runcfg_net_dp(cfg), in ? in->name : "shim");
-        if (cfg->stages > 1 && netem_net_parse(cfg->net, cfg->stages, links, err, sizeof err))
-            return cli_usage_error("run", "%s", err);
-        *em = in;
-        snprintf(why, whylen, "--net-dp %s between replicas, shaped in the transport", runcfg_net_dp(cfg));
-        l->shim_links = links;
-        return 0;
-    }
+    if (cfg->dp > 1 && (strcmp(cfg->net, "default") || strcmp(runcfg_net_dp(cfg), "default")))
+        return setup_dp_links(cfg, links, topo, l, em, why, whylen);
     if (!strcmp(cfg->net, "default"))
         return 0;
     if (cfg->stages > NETEM_TOPO_MAX_HOSTS)
@@ -96,11 +134,7 @@ static int setup_links(const runcfg_t *cfg, netem_profile_t *links, netem_topo_t
                                NETEM_TOPO_MAX_HOSTS);
     if (netem_net_parse(cfg->net, cfg->stages, links, err, sizeof err))
         return cli_usage_error("run", "%s", err);
-    /* auto picks among what can act on the transport's traffic (nccl: not the shim) */
-    const transport_kind_t *tk = transport_kind_find(cfg->transport);
-    const netem_emulator_t *kernel = netem_emulator_of_kind(0);
-    const char *asked = !strcmp(cfg->emulator, "auto") && tk && !tk->shim_ok && kernel ? kernel->name : cfg->emulator;
-    if (netem_emulator_choose(asked, links, cfg->stages - 1, em, why, whylen, err, sizeof err))
+    if (netem_emulator_choose(emulator_asked(cfg), links, cfg->stages - 1, em, why, whylen, err, sizeof err))
         return cli_usage_error("run", "%s", err);
     if ((*em)->in_transport) {
         l->shim_links = links;
@@ -150,7 +184,9 @@ int cmd_run(int argc, char **argv)
     char line[4096];
     runcfg_describe(&cfg, line, sizeof line);
     printf("# pipenem run: %d stage processes on this machine, %s\n# %s\n# emulator: %s (%s)\n", runcfg_world(&cfg),
-           l.topo ? "one network namespace per stage, UCX over tcp on each host's veth" : "links over loopback",
+           !l.topo ? "links over loopback"
+           : cfg.dp > 1 ? "one network namespace per rank (D x P), UCX over tcp on each host's veth"
+                        : "one network namespace per stage, UCX over tcp on each host's veth",
            line, em ? em->name : "none", why);
     fflush(stdout);
     struct sigaction sa = {.sa_handler = on_signal};

@@ -295,6 +295,67 @@ int netem_topo_apply(netem_topo_t *t, const netem_profile_t *links, const char *
         return rc;
     for (int i = 0; i < n; i++)
         t->links[i] = links[i];
+    t->pairs = 0;
+    t->emulator = e;
+    snprintf(t->why, sizeof t->why, "%s", why);
+    return 0;
+}
+
+/* The sources that send to host dst with a profile that is not default, into src[] and
+ * prof[]: how many, or -EINVAL past max (err names the host). */
+#define TOPO_MAX_SOURCES 16
+static int pair_sources(const netem_topo_t *t, netem_topo_pair_fn pair, void *arg, int dst, const char **src,
+                        netem_profile_t *prof, char *err, size_t errlen)
+{
+    int k = 0;
+    for (int i = 0; i < t->hosts; i++) {
+        netem_profile_t p = {0};
+        if (i == dst)
+            continue;
+        pair(arg, i, dst, &p);
+        if (netem_profile_is_default(&p))
+            continue;
+        if (k == TOPO_MAX_SOURCES)
+            return pn_err(err, errlen, -EINVAL, "host %d hears from more than %d shaped sources: a per-source tree "
+                          "holds %d", dst, TOPO_MAX_SOURCES, TOPO_MAX_SOURCES);
+        src[k] = t->host_addr[i];
+        prof[k++] = p;
+    }
+    return k;
+}
+
+int netem_topo_apply_pairs(netem_topo_t *t, netem_topo_pair_fn pair, void *arg, const char *emulator, char *err,
+                           size_t errlen)
+{
+    const char *src[TOPO_MAX_SOURCES];
+    netem_profile_t *all = calloc((size_t)t->hosts * TOPO_MAX_SOURCES + 1, sizeof *all);
+    int n = 0, rc = 0;
+    if (!all)
+        return pn_err(err, errlen, -ENOMEM, "out of memory");
+    for (int j = 0; j < t->hosts && rc >= 0; j++)
+        n += (rc = pair_sources(t, pair, arg, j, src, all + n, err, errlen)) > 0 ? rc : 0;
+    const netem_emulator_t *e = NULL;
+    char why[sizeof t->why];
+    if (rc >= 0)
+        rc = netem_emulator_choose(emulator, all, n, &e, why, sizeof why, err, errlen);
+    /* Each port: its sources' tree where the kernel shapes, else its default qdisc. */
+    for (int j = 0; j < t->hosts && rc >= 0; j++) {
+        netem_dev_t d;
+        netem_tc_applied_t a;
+        static const netem_profile_t none;
+        int k = pair_sources(t, pair, arg, j, src, all, err, errlen);
+        if ((rc = k < 0 ? k : netem_dev_init(&d, t->sw_ns, t->port_if[j], err, errlen)) < 0)
+            break;
+        if (e->changes_kernel && k > 0)
+            rc = netem_tc_apply_by_source(&d, k, src, all, NETEM_TC_EPHEMERAL, err, errlen);
+        else
+            rc = netem_tc_apply(&d, &none, NETEM_TC_EPHEMERAL, &a, err, errlen);
+    }
+    free(all);
+    if (rc < 0)
+        return rc;
+    memset(t->links, 0, sizeof t->links);
+    t->pairs = 1;
     t->emulator = e;
     snprintf(t->why, sizeof t->why, "%s", why);
     return 0;

@@ -28,7 +28,9 @@ typedef struct {
     char port_if[NETEM_TOPO_MAX_HOSTS][16];    /* switch side, where shaping happens */
     char host_addr[NETEM_TOPO_MAX_HOSTS][16];
     netem_profile_t links[NETEM_TOPO_MAX_HOSTS];   /* as applied; links[i] joins i and i+1 */
-    const struct netem_emulator *emulator;         /* what netem_topo_apply chose */
+    int pairs;                                     /* 1: applied per ordered pair (netem_topo_apply_pairs),
+                                                      links[] unused */
+    const struct netem_emulator *emulator;         /* what netem_topo_apply(_pairs) chose */
     char why[192];                                 /* and why */
 } netem_topo_t;
 
@@ -54,6 +56,22 @@ int netem_topo_become_host(const netem_topo_t *t, int host, char *err, size_t er
  * "shim" (see netem/emulator.h); t->emulator and t->why say what was chosen. */
 int netem_topo_apply(netem_topo_t *t, const netem_profile_t *links, const char *emulator,
                      char *err, size_t errlen) PN_WUR;
+
+/* The profile of what host src sends to host dst (src != dst); a default profile
+ * leaves that ordered pair unshaped. */
+typedef void (*netem_topo_pair_fn)(void *arg, int src, int dst, netem_profile_t *out);
+
+/* Puts a profile on every ordered pair of hosts (pair(arg, src, dst)), for topologies
+ * whose hosts do not form one chain (the D x P hosts of --dp). The emulator is chosen as
+ * netem_topo_apply does, over the distinct non-default profiles. A kernel emulator gives
+ * each host's switch port a per-source tree (netem_tc_apply_by_source): one class per
+ * source whose profile to that host is not default, so each ordered pair is its own
+ * link with its own rate (as the in-transport shim shapes each peer), and traffic of
+ * every other pair passes unshaped. Other emulators leave the kernel unshaped. The
+ * qdiscs live in the switch namespace, recorded in the state file with it. -EINVAL when
+ * a host hears from more sources than a tree holds (16). */
+int netem_topo_apply_pairs(netem_topo_t *t, netem_topo_pair_fn pair, void *arg, const char *emulator,
+                           char *err, size_t errlen) PN_WUR;
 
 /* The backend netem_topo_apply chose ("netem", "shim", "none"), NULL before any apply;
  * what every result records. */

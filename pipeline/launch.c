@@ -189,21 +189,36 @@ static int reap(const launch_params_t *p, pid_t *pids, int *status, int live, do
     return first_bad;
 }
 
+void launch_pair_profile(void *arg, int src, int dst, netem_profile_t *out)
+{
+    const launch_pairs_t *l = arg;
+    int P = l->stages, D = l->dp, s = src % P, t = dst % P, d = src / P, e = dst / P;
+    *out = (netem_profile_t){0};
+    if (d == e && (t == s + 1 || t == s - 1))
+        *out = l->links[s < t ? s : t];
+    else if (d == e && P > 2 && ((s == 0 && t == P - 1) || (s == P - 1 && t == 0)))
+        *out = l->links[s == 0 ? P - 2 : 0];   /* as the shim's twin shaper */
+    else if (s == t && d != e && (e == (d + 1) % D || e == (d + D - 1) % D))
+        *out = l->dp_link;
+}
+
 int launch_run(const launch_params_t *p, stage_summary_t *out, launch_failure_t *fail, char *err, size_t errlen)
 {
     const runcfg_t *cfg = p->cfg;
     int P = runcfg_world(cfg), lfd = -1, port = 0, rc = 0; /* every process: D x stages */
     double grace = p->grace > 0 ? p->grace : 10;
     *fail = (launch_failure_t){.dead_rank = -1};
-    /* Namespaces join all D x P hosts; their kernel qdiscs cannot tell a replica's link from
-     * a pipeline link yet, so shaping there is the shim's */
-    if (cfg->dp > 1 && p->topo && (p->topo->hosts < P || (p->topo->emulator && p->topo->emulator->changes_kernel)))
-        return pn_err(err, errlen, -ENOTSUP, "--dp %d: the local topology %s; use --emulator shim", cfg->dp,
+    /* Namespaces join all D x P hosts; kernel qdiscs tell a replica's link from a pipeline
+     * link only when applied per ordered pair (a chain would shape host P-1 to P, say) */
+    int kernel = p->topo && p->topo->emulator && p->topo->emulator->changes_kernel;
+    if (cfg->dp > 1 && p->topo && (p->topo->hosts < P || (kernel && !p->topo->pairs)))
+        return pn_err(err, errlen, -ENOTSUP, "--dp %d: the local topology %s", cfg->dp,
                       p->topo->hosts < P ? "has fewer hosts than the D x P processes"
-                                         : "shapes with kernel qdiscs, which do not tell the replicas' links apart yet");
-    if (cfg->dp > 1 && !p->shim_links && strcmp(runcfg_net_dp(cfg), "default"))
-        return pn_err(err, errlen, -EINVAL, "--dp %d --net-dp %s: the replicas' links are shaped by the shim only "
-                      "(launch_params_t.shim_links)", cfg->dp, runcfg_net_dp(cfg));
+                                         : "was shaped as one chain of links, not per pair of ranks "
+                                           "(netem_topo_apply_pairs with launch_pair_profile)");
+    if (cfg->dp > 1 && !p->shim_links && !kernel && strcmp(runcfg_net_dp(cfg), "default"))
+        return pn_err(err, errlen, -EINVAL, "--dp %d --net-dp %s: nothing shapes the replicas' links (neither "
+                      "launch_params_t.shim_links nor a topology with kernel qdiscs)", cfg->dp, runcfg_net_dp(cfg));
     unsigned char rnd[16];
     char token[40];
     if (getrandom(rnd, sizeof rnd, 0) != (ssize_t)sizeof rnd) {

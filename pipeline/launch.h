@@ -16,7 +16,9 @@
 
 typedef struct {
     const runcfg_t *cfg;                 /* finished (runcfg_finish) */
-    const netem_topo_t *topo;            /* stage r runs in host r's namespace; NULL = loopback */
+    const netem_topo_t *topo;            /* stage r runs in host r's namespace; NULL = loopback. With
+                                            --dp above 1 and kernel shaping it must have been applied
+                                            per pair (netem_topo_apply_pairs, launch_pair_profile) */
     const netem_profile_t *shim_links;   /* links shaped inside the transport, or NULL */
     volatile sig_atomic_t *stop;         /* the caller's signal flag: nonzero kills every stage */
     void (*on_start)(void *arg, int rank, int pid);  /* optional, called after every fork */
@@ -34,6 +36,22 @@ typedef struct {
     int wait_status;   /* its waitpid status */
     int killed;        /* stragglers (or everyone, on stop) had to be killed */
 } launch_failure_t;
+
+/* The links of a --dp job (rank = d*P + s, runcfg.h) per ordered pair of ranks, for
+ * netem_topo_apply_pairs: the pairs the in-transport shim shapes (pipeline/shim.c), so
+ * both emulators shape the same traffic. */
+typedef struct {
+    int stages, dp;
+    const netem_profile_t *links;   /* [stages-1]: links[s] joins stages s and s+1 of each replica */
+    netem_profile_t dp_link;        /* between a stage and the same stage of replicas d+-1 (the ring) */
+} launch_pairs_t;
+
+/* A netem_topo_pair_fn over a launch_pairs_t: stages s and s+1 of one replica get
+ * links[s] both ways; with more than 2 stages the first and last stage of a replica (the
+ * tied-embedding exchange) get links[P-2] from the first to the last and links[0] back;
+ * a stage and the same stage of its ring neighbours (replicas d+-1 mod D) get dp_link;
+ * every other pair is default (unshaped). */
+void launch_pair_profile(void *arg, int src, int dst, netem_profile_t *out);
 
 /* Runs the job. 0 and the summary when every stage succeeded; otherwise an error naming
  * the dead rank, *fail filled, and no stage process left. Each stage prints its own

@@ -64,29 +64,6 @@ static int teardown(void **state)
     return sh("rm -rf '%s'", base);
 }
 
-/* Starts `pipenem ARGS` (split on spaces) with output to logpath; returns its pid. */
-static pid_t spawn(const char *logpath, const char *args)
-{
-    char buf[2048], *argv[64];
-    snprintf(buf, sizeof buf, "%s", args);
-    int n = 0;
-    argv[n++] = (char *)tu_pipenem();
-    for (char *t = strtok(buf, " "); t && n < 63; t = strtok(NULL, " "))
-        argv[n++] = t;
-    argv[n] = NULL;
-    pid_t pid = fork();
-    if (pid == 0) {
-        int fd = open(logpath, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        if (fd >= 0) {
-            dup2(fd, 1);
-            dup2(fd, 2);
-        }
-        execv(argv[0], argv);
-        _exit(127);
-    }
-    return pid;
-}
-
 static void no_leftovers(pid_t pid)
 {
     char prefix[32], list[1024] = "";
@@ -104,7 +81,7 @@ static int run_full(void)
     char log[300], args[1024];
     snprintf(log, sizeof log, "%s/full.log", base);
     snprintf(args, sizeof args, "sweep " GRID " --out %s", full);
-    pid_t pid = spawn(log, args);
+    pid_t pid = tu_pipenem_spawn(log, args);
     int st;
     waitpid(pid, &st, 0);
     char *text = NULL;
@@ -258,7 +235,7 @@ static void test_sigint_then_resume(void **state)
     snprintf(log, sizeof log, "%s/part.log", base);
     snprintf(path, sizeof path, "%s/runs.csv", dir);
     snprintf(args, sizeof args, "sweep " GRID " --out %s", dir);
-    pid_t pid = spawn(log, args);
+    pid_t pid = tu_pipenem_spawn(log, args);
     wait_cells(path, 2);   /* interrupt once two cells are in runs.csv */
     kill(pid, SIGINT);
     int st;
@@ -281,7 +258,7 @@ static void test_sigint_then_resume(void **state)
 
     snprintf(log, sizeof log, "%s/resume.log", base);
     snprintf(args, sizeof args, "sweep --resume %s", dir);
-    pid = spawn(log, args);
+    pid = tu_pipenem_spawn(log, args);
     waitpid(pid, &st, 0);
     assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
     no_leftovers(pid);
@@ -323,7 +300,7 @@ static void test_sigkill_then_resume(void **state)
     snprintf(args, sizeof args, "sweep --model tiny --stages 2 --batch-size 4 --seq-len 16 --schedules gpipe "
              "--micro-batch-sizes 1 --profiles default,10ms/1Gbps --iters 20 --warmup 1 "
              "--compute emulate:fwd=5ms,bwd=10ms --no-plots --out %s", dir);
-    pid_t pid = spawn(log, args);
+    pid_t pid = tu_pipenem_spawn(log, args);
     wait_cells(path, 1);
     struct timespec ts = {0, 500 * 1000 * 1000};   /* into cell 1's 2 s of iterations */
     nanosleep(&ts, NULL);
@@ -343,7 +320,7 @@ static void test_sigkill_then_resume(void **state)
 
     snprintf(log, sizeof log, "%s/killed-resume.log", base);
     snprintf(args, sizeof args, "sweep --resume %s", dir);
-    pid_t rpid = spawn(log, args);
+    pid_t rpid = tu_pipenem_spawn(log, args);
     waitpid(rpid, &st, 0);
     if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
         fail_msg("--resume after SIGKILL exited %d; see %s", WIFEXITED(st) ? WEXITSTATUS(st) : -1, log);

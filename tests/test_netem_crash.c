@@ -93,10 +93,7 @@ static void doomed_run(int fd)
 static void test_sigkill_then_clear_all(void **state)
 {
     (void)state;
-    if (geteuid() != 0) {
-        print_message("SKIP: needs root for network namespaces and qdiscs\n");
-        skip();
-    }
+    TU_NEED_ROOT();
     /* Non-default originals: pfifo 7: limit 77 on pnc0; the default on its peer. */
     assert_int_equal(tu_sh(out, sizeof out, "tc -n %s qdisc replace dev pnc0 root handle 7: pfifo limit 77", ns), 0);
     char orig0[4096], orig1[4096];
@@ -165,25 +162,12 @@ static void test_sigkill_then_clear_all(void **state)
 static void test_sigkill_real_run(void **state)
 {
     (void)state;
-    if (geteuid() != 0) {
-        print_message("SKIP: needs root for network namespaces and qdiscs\n");
-        skip();
-    }
+    TU_NEED_ROOT();
     char log[160];
     snprintf(log, sizeof log, "%s-run.log", statedir);
-    pid_t pid = fork();
+    pid_t pid = tu_pipenem_spawn(log, "run --model tiny --stages 3 --compute emulate:fwd=5ms,bwd=10ms --batch-size 4 "
+                                      "--iters 1000 --net rate=200mbit --emulator netem");
     assert_true(pid >= 0);
-    if (pid == 0) {
-        int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        if (fd >= 0) {
-            dup2(fd, 1);
-            dup2(fd, 2);
-        }
-        execl(tu_pipenem(), tu_pipenem(), "run", "--model", "tiny", "--stages", "3", "--compute",
-              "emulate:fwd=5ms,bwd=10ms", "--batch-size", "4", "--iters", "1000", "--net", "rate=200mbit",
-              "--emulator", "netem", (char *)NULL);
-        _exit(127);
-    }
     /* running once every stage is up over the shaped links (the rows are buffered) */
     char id[32];
     snprintf(id, sizeof id, "pn%d", (int)pid);
@@ -228,10 +212,7 @@ static void test_sigkill_real_run(void **state)
 static void test_nothing_left(void **state)
 {
     (void)state;
-    if (geteuid() != 0) {
-        print_message("SKIP: needs root for network namespaces and qdiscs\n");
-        skip();
-    }
+    TU_NEED_ROOT();
     char err[256], left[2048];
     assert_int_equal(netem_topo_scratch_destroy(ns, err, sizeof err), 0);
     scratch_made = 0;

@@ -163,18 +163,10 @@ static double transfer(int from, int to)
     return rx.bps;
 }
 
-#define NEED_ROOT()                                                                       \
-    do {                                                                                  \
-        if (geteuid() != 0) {                                                             \
-            print_message("SKIP: needs root for network namespaces and qdiscs\n");        \
-            skip();                                                                       \
-        }                                                                                 \
-    } while (0)
-
 static void test_only_the_peer_is_shaped(void **state)
 {
     (void)state;
-    NEED_ROOT();
+    TU_NEED_ROOT();
     char err[256];
     netem_dev_t d;
     netem_tc_peer_t peer = {.profile = {.rate = RATE}};
@@ -230,7 +222,7 @@ static void doomed(int fd)
 static void test_sigkill_then_clear_all(void **state)
 {
     (void)state;
-    NEED_ROOT();
+    TU_NEED_ROOT();
     const char *ns = netem_topo_host_ns(&topo, 0), *dev = netem_topo_host_ifname(&topo, 0);
     /* A non-default original, so that "restored" cannot mean "deleted". */
     assert_int_equal(tu_sh(out, sizeof out, "tc -n %s qdisc replace dev %s root handle 7: pfifo limit 77", ns, dev), 0);

@@ -78,14 +78,6 @@ static int teardown(void **state)
     return system(cmd) == 0 ? 0 : -1;
 }
 
-#define NEED_ROOT()                                                                      \
-    do {                                                                                 \
-        if (geteuid() != 0) {                                                            \
-            print_message("SKIP: needs root for network namespaces and qdiscs\n");       \
-            skip();                                                                      \
-        }                                                                                \
-    } while (0)
-
 static netem_dev_t dev(void)
 {
     netem_dev_t d;
@@ -97,7 +89,7 @@ static netem_dev_t dev(void)
 static void test_tbf_round_trip(void **state)
 {
     (void)state;
-    NEED_ROOT();
+    TU_NEED_ROOT();
     netem_dev_t d = dev();
     char err[256], kind[32], text[128];
     netem_profile_t p, back;
@@ -129,7 +121,7 @@ static void test_tbf_round_trip(void **state)
 static void test_restores_exact_original(void **state)
 {
     (void)state;
-    NEED_ROOT();
+    TU_NEED_ROOT();
     netem_dev_t d = dev();
     char err[256];
     netem_profile_t p = {.rate = 100e6};
@@ -150,7 +142,7 @@ static void test_restores_exact_original(void **state)
 static void test_refusals_change_nothing(void **state)
 {
     (void)state;
-    NEED_ROOT();
+    TU_NEED_ROOT();
     netem_dev_t d = dev();
     char err[256] = "";
     netem_profile_t p = {.delay = 10e-3, .rate = 1e9};
@@ -189,7 +181,7 @@ static void test_refusals_change_nothing(void **state)
 static void test_without_root(void **state)
 {
     (void)state;
-    NEED_ROOT();
+    TU_NEED_ROOT();
     char before[4096];
     snprintf(before, sizeof before, "%s", tc_show());
     int pfd[2];
@@ -266,7 +258,7 @@ static void child_exit_restores(int how)
 static void test_exit_and_signals_restore(void **state)
 {
     (void)state;
-    NEED_ROOT();
+    TU_NEED_ROOT();
     child_exit_restores(0);
     child_exit_restores(SIGINT);
     child_exit_restores(SIGTERM);
@@ -275,7 +267,7 @@ static void test_exit_and_signals_restore(void **state)
 static void test_cli_apply_show_clear(void **state)
 {
     (void)state;
-    NEED_ROOT();
+    TU_NEED_ROOT();
     int rc = tu_pipenem_run(out, sizeof out, "netem apply --netns %s pnt0 rate=2Gbps", ns);
     if (rc != 0)
         fail_msg("apply exited %d:\n%s", rc, out);
@@ -306,7 +298,7 @@ static void test_cli_apply_show_clear(void **state)
 static void test_probe(void **state)
 {
     (void)state;
-    NEED_ROOT();
+    TU_NEED_ROOT();
     int rc = tu_pipenem_run(out, sizeof out, "netem probe");
     print_message("%s", out);
     assert_int_equal(rc, 0);
@@ -317,7 +309,7 @@ static void test_probe(void **state)
 static void test_emulator_choice(void **state)
 {
     (void)state;
-    NEED_ROOT();
+    TU_NEED_ROOT();
     const netem_emulator_t *e;
     char why[256], err[256];
     netem_profile_t delay = {.delay = 10e-3, .rate = 1e9}, rate = {.rate = 1e9}, dflt = {0};
@@ -372,7 +364,7 @@ static long class_packets(const netem_topo_t *t, const char *classid)
 static void test_topology(void **state)
 {
     (void)state;
-    NEED_ROOT();
+    TU_NEED_ROOT();
     netem_topo_t *t = &topo;
     char err[256];
     if (netem_topo_create(t, 3, err, sizeof err) < 0)
@@ -453,7 +445,7 @@ static void test_topology(void **state)
 static void test_nothing_left(void **state)
 {
     (void)state;
-    NEED_ROOT();
+    TU_NEED_ROOT();
     char left[2048];
     /* Only the scratch namespace of this suite is still there (teardown removes it). */
     int n = netem_topo_leftovers(prefix, left, sizeof left);

@@ -21,6 +21,7 @@
 #include "netem/emulator.h"
 #include "netem/tc.h"
 #include "netem/topo.h"
+#include "pipeline/launch.h"
 #include "tests/testutil.h"
 
 #define UML_TIMEOUT_S 420
@@ -103,6 +104,34 @@ static int perlink(void)
         printf("PNUML perlink_rtt_to_0 %.3f\n", ping_min(t.host_ns[1], t.host_addr[0]));
         printf("PNUML perlink_rtt_to_2 %.3f\n", ping_min(t.host_ns[1], t.host_addr[2]));
     }
+    fflush(stdout);
+    netem_topo_destroy(&t);
+    return rc < 0;
+}
+
+/* Inside the guest, --dp: four hosts, 2 stages x 2 replicas (rank = d*2 + s), each
+ * ordered pair with its own profile (netem_topo_apply_pairs, launch_pair_profile): the
+ * pipeline's 5 ms, the replicas' 15 ms, nothing between host 0 and 3 (no pair of theirs
+ * talks). Prints what host 0 measures to each, before and after. */
+static int perpair(void)
+{
+    netem_topo_t t;
+    char err[256];
+    netem_profile_t links[1] = {{.delay = 5e-3}};
+    launch_pairs_t pairs = {.stages = 2, .dp = 2, .links = links, .dp_link = {.delay = 15e-3}};
+    if (netem_topo_create(&t, 4, err, sizeof err) < 0) {
+        printf("PNUML error perpair: %s\n", err);
+        return 1;
+    }
+    for (int h = 1; h < 4; h++)
+        printf("PNUML perpair_base_to_%d %.3f\n", h, ping_min(t.host_ns[0], t.host_addr[h]));
+    int rc = netem_topo_apply_pairs(&t, launch_pair_profile, &pairs, "netem", err, sizeof err);
+    if (rc < 0)
+        printf("PNUML error perpair: %s\n", err);
+    else
+        printf("PNUML perpair_emulator %s\n", t.emulator->name);
+    for (int h = 1; h < 4 && rc == 0; h++)
+        printf("PNUML perpair_rtt_to_%d %.3f\n", h, ping_min(t.host_ns[0], t.host_addr[h]));
     fflush(stdout);
     netem_topo_destroy(&t);
     return rc < 0;
@@ -431,6 +460,38 @@ static void test_per_dest_in_uml(void **state)
     assert_true(db <= 1.0);
 }
 
+/* --dp pairs with netem delay: host 0 -> 1 (pipeline) min RTT 2 x 5 ms + the unshaped
+ * minimum, 0 -> 2 (replicas) 2 x 15 ms + it, 0 -> 3 unshaped (within 1 ms of it). */
+static void test_per_pair_in_uml(void **state)
+{
+    (void)state;
+    NEED_UML();
+    const char *e = value("perpair_emulator");
+    if (!e)
+        fail_msg("no per-pair results (%s)", value("error") ? value("error") : "missing");
+    assert_string_equal(e, "netem");
+    const double want[4] = {0, 10.0, 30.0, 0};
+    double rel = 0, abs3 = 0;
+    for (int h = 1; h < 4; h++) {
+        char k1[32], k2[32];
+        snprintf(k1, sizeof k1, "perpair_rtt_to_%d", h);
+        snprintf(k2, sizeof k2, "perpair_base_to_%d", h);
+        const char *r = value(k1), *b = value(k2);
+        if (!r || !b)
+            fail_msg("no %s or %s", k1, k2);
+        double w = want[h] + atof(b), d = fabs(atof(r) - w);
+        print_message("host 0 -> %d: min RTT %.3f ms, want %.0f + base %s ms\n", h, atof(r), want[h], b);
+        if (want[h] > 0)
+            rel = fmax(rel, d / w);
+        else
+            abs3 = d;
+    }
+    print_message("largest relative error of the shaped pairs %.2f%% (tolerance 5%%); unshaped pair off by "
+                  "%.3f ms (tolerance 1 ms)\n", rel * 100, abs3);
+    assert_true(rel <= TOL);
+    assert_true(abs3 <= 1.0);
+}
+
 int main(int argc, char **argv)
 {
     if (argc > 1 && !strcmp(argv[1], "--insmod"))
@@ -439,11 +500,14 @@ int main(int argc, char **argv)
         return perlink();
     if (argc > 1 && !strcmp(argv[1], "--perdest"))
         return perdest();
+    if (argc > 1 && !strcmp(argv[1], "--perpair"))
+        return perpair();
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_controller_in_uml),
         cmocka_unit_test(test_selftest_in_uml),
         cmocka_unit_test(test_per_link_in_uml),
         cmocka_unit_test(test_per_dest_in_uml),
+        cmocka_unit_test(test_per_pair_in_uml),
     };
     return cmocka_run_group_tests_name("netem_uml", tests, boot, NULL);
 }

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <sys/wait.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -57,6 +58,39 @@ int tu_pipenem_run(char *out, size_t outlen, const char *fmt, ...)
         return WEXITSTATUS(st);
     return WIFSIGNALED(st) ? 128 + WTERMSIG(st) : -1;
 }
+
+/* Starts `pipenem ARGS` (split on spaces, no quoting) in a child whose stdout and stderr
+ * go to logpath; returns its pid, -1 when fork fails. */
+static inline pid_t tu_pipenem_spawn(const char *logpath, const char *args)
+{
+    char buf[2048], *argv[64];
+    int n = 0;
+    snprintf(buf, sizeof buf, "%s", args);
+    argv[n++] = (char *)tu_pipenem();
+    for (char *t = strtok(buf, " "); t && n < 63; t = strtok(NULL, " "))
+        argv[n++] = t;
+    argv[n] = NULL;
+    pid_t pid = fork();
+    if (pid == 0) {
+        int fd = open(logpath, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        if (fd >= 0) {
+            dup2(fd, 1);
+            dup2(fd, 2);
+        }
+        execv(argv[0], argv);
+        _exit(127);
+    }
+    return pid;
+}
+
+/* In a cmocka test: skips it, saying why, unless this process is root. */
+#define TU_NEED_ROOT()                                                                   \
+    do {                                                                                 \
+        if (geteuid() != 0) {                                                            \
+            print_message("SKIP: needs root for network namespaces and qdiscs\n");       \
+            skip();                                                                      \
+        }                                                                                \
+    } while (0)
 
 /* Runs a shell command line with stderr merged into stdout; stores up to len-1 bytes
  * of the output in buf and returns the exit status (-1 when it did not exit). */

@@ -73,6 +73,8 @@ done
 "$PN_TESTBIN" --perlink
 # A real host's per-destination tree (netem delay to one peer only, on its own device).
 "$PN_TESTBIN" --perdest
+# --dp: a profile per ordered pair of hosts (pipeline pairs, replica pairs, the rest unshaped).
+"$PN_TESTBIN" --perpair
 echo "PNUML leftover_netns $(ip netns list | wc -l)"
 echo "PNUML done"
 echo o > /proc/sysrq-trigger
