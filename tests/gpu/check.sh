@@ -15,6 +15,7 @@
 #   dp        `run --stages 2 --dp 2` on one GPU (gradients all-reduced through pinned host
 #             memory over UCX): per iteration the losses of `--stages 2 --batch-size 8`,
 #             one pipeline on the union of the two replicas' shards, within 1e-5 relative
+#   dp-fp16   the same on cuda:fp16 with rank 3 (replica 1) forced to overflow: all 4 skip
 #   memcheck, racecheck   compute-sanitizer over a `tiny` calibrate run, where it runs
 #   nccl      --transport nccl: SKIP on one GPU; on >= 2, 3 stages give ucx's losses and a
 #             killed rank ends the run naming it
@@ -28,7 +29,8 @@
 # steps that would start after it is spent, so the summary always prints.
 # PN_GPU_COMPUTE=cpu runs the pipeline and dp steps' plumbing on cpu (for testing this
 # script: `make -j2 all && BUILD=build PN_GPU_COMPUTE=cpu bash tests/gpu/check.sh`); without
-# a GPU the other GPU steps then SKIP and those two run on cpu.
+# a GPU the other GPU steps then SKIP and those two run on cpu. PN_GPU_COMPUTE_FP16 does the
+# same for the fp16 steps (emulate:v100,fp16 keeps cuda:fp16's loss-scale schedule).
 set -u
 cd "$(dirname "$0")/../.."
 pack=${1:-build-gpu}
@@ -136,11 +138,13 @@ if ! timeout -k 10 120 "$pipenem" calibrate --model tiny --seq-len 32 --compute 
 	cat "$probe_log"
 	why=$(grep -m1 -o 'cuda: .*' "$probe_log" || tail -1 "$probe_log")
 	if [ "${PN_GPU_COMPUTE:-cuda}" != cpu ]; then
-		for s in compare pipeline fp16-agree dp memcheck racecheck bench; do record "$s" skip "no usable GPU: $why"; done
+		for s in compare pipeline fp16-agree dp-fp16 dp memcheck racecheck bench; do record "$s" skip "no usable GPU: $why"; done
 		finish
 	fi
 	gpu=0 # the plumbing test: the cpu steps only
-	for s in compare fp16-agree memcheck racecheck bench; do record "$s" skip "no usable GPU: $why"; done
+	for s in compare memcheck racecheck bench; do record "$s" skip "no usable GPU: $why"; done
+	[ "${PN_GPU_COMPUTE_FP16:-cuda:fp16}" != cuda:fp16 ] ||
+		for s in fp16-agree dp-fp16; do record "$s" skip "no usable GPU: $why"; done
 else
 	cat "$probe_log"
 	record probe pass "$(grep -m1 '^# compute' "$probe_log" | cut -c3-)"
@@ -187,23 +191,31 @@ else
 	record pipeline fail "pipenem run --compute cuda failed (logs pipeline-1.log, pipeline-3.log)"
 fi
 
-# ---- fp16: one stage overflows, every stage skips that step and halves its scale
-note "--- fp16-agree"
-log=$logs/fp16-agree.log
-if [ "$gpu" = 1 ] && fits fp16-agree 120; then
-	PIPENEM_FAULT=overflow:1:1 timeout -k 10 "$limit" "$pipenem" run --stages 3 --model tiny \
+# ---- fp16: one rank overflows, every rank skips that step and halves its scale
+fp16_agree() { # NAME FAULT_RANK WANT_SKIPS [run options]: PIPENEM_FAULT=overflow:RANK:1
+	local name=$1 fr=$2 want=$3 log=$logs/$1.log rc scales skips
+	shift 3
+	note "--- $name"
+	fits "$name" 120 || return 0
+	PIPENEM_FAULT=overflow:$fr:1 timeout -k 10 "$limit" "$pipenem" run --model tiny \
 		--compute "${PN_GPU_COMPUTE_FP16:-cuda:fp16}" --seq-len 64 --batch-size 4 --micro-batch-size 2 --iters 4 \
-		--warmup 0 --net default >"$log" 2>&1
+		--warmup 0 --net default "$@" >"$log" 2>&1
 	rc=$?
 	grep -E 'overflow|^ +[0-9]+ ' "$log" | head -12
-	# the iteration rows' loss scale (5th column), then each stage's skipped steps (7th)
+	# the iteration rows' loss scale (5th column), then each rank's skipped steps (7th)
 	scales=$(awk '/^ +[0-9]+ +[0-9.]+ +[-0-9.e+na]+ +[0-9.]+ +[0-9.e+]+/ && !on {printf "%s ", $5} /\(steps\)/ {on = 1}' "$log")
 	skips=$(awk '/\(steps\)/ {on = 1; next} on && /^ +[0-9]+ / {printf "%s ", $7}' "$log")
-	if [ "$rc" -eq 0 ] && [ "$scales" = "65536 65536 32768 32768 " ] && [ "$skips" = "1 1 1 " ]; then
-		record fp16-agree pass "stage 1 overflowed in iteration 1: every stage skipped it (skipped $skips), scale $scales"
+	if [ "$rc" -eq 0 ] && [ "$scales" = "65536 65536 32768 32768 " ] && [ "$skips" = "$want" ]; then
+		record "$name" pass "rank $fr overflowed in iteration 1: every rank skipped it (skipped $skips), scale $scales"
 	else
-		record fp16-agree fail "exit $rc: loss scale per iteration '$scales' (want 65536 65536 32768 32768), skipped per stage '$skips' (want 1 1 1)"
+		record "$name" fail "exit $rc: loss scale per iteration '$scales' (want 65536 65536 32768 32768), skipped per rank '$skips' (want $want)"
 	fi
+}
+if [ "$gpu" = 1 ] || [ "${PN_GPU_COMPUTE_FP16:-cuda:fp16}" != cuda:fp16 ]; then
+	fp16_agree fp16-agree 1 "1 1 1 " --stages 3
+	# --dp: replica 1's stage 1 (rank 3) overflows; replica 0 must skip with it (the ranks'
+	# flags are ORed across replicas too), the mirrors averaging gradients of one scale
+	fp16_agree dp-fp16 3 "1 1 1 1 " --stages 2 --dp 2
 fi
 
 # ---- dp: 2 replicas of a 2-stage pipeline on one GPU (4 processes), each stage's fp32
