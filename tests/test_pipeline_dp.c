@@ -6,7 +6,9 @@
  * stage's parameters. Element by element, AdamW divides a near-zero gradient by its own
  * running scale, so a rounding difference in it moves that parameter by a fraction of a
  * learning-rate step: the largest single difference is printed in such steps. With
- * --dp-bucket, each bucket is one ALLREDUCE row and the training does not change. */
+ * --dp-bucket, each bucket is one ALLREDUCE row and the training does not change. With
+ * --compute cuda, --dp is accepted over UCX only, without --dp-overlap (the GPU run itself
+ * is tests/gpu/check.sh's dp step). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -136,13 +138,15 @@ static void test_dp_params(void **state)
         for (int s = 0; s < P; s++) {
             float *g[D];
             size_t n[D];
-            for (int d = 0; d < D; d++)
-                assert_int_equal(model_stage_grads(&rep[d][s], &g[d], &n[d]), 0);
+            for (int d = 0; d < D; d++) /* as dp_comm_step: _host, average, _upload (no-ops on cpu) */
+                assert_int_equal(model_stage_grads(&rep[d][s], &g[d], &n[d]) || model_stage_grads_host(&rep[d][s]), 0);
             assert_int_equal(n[0], rep[0][s].n_params);
             for (size_t j = 0; j < n[0]; j++) { /* what the all-reduce leaves on every replica */
                 float mean = (g[0][j] + g[1][j]) * 0.5f;
                 g[0][j] = g[1][j] = mean;
             }
+            for (int d = 0; d < D; d++)
+                assert_int_equal(model_stage_grads_upload(&rep[d][s]), 0);
             assert_int_equal(model_stage_step(&ref[s], it), 0);
             for (int d = 0; d < D; d++)
                 assert_int_equal(model_stage_step(&rep[d][s], it), 0);
