@@ -37,6 +37,13 @@ typedef struct model_backend {
     /* optional: the precision arg computes in (a model_prec_t), -1 if arg is invalid;
      * NULL: fp32. */
     int (*precision)(const char *arg);
+    /* optional, for a backend whose gradients live on a device (--dp through host memory):
+     * grads_host copies the fp32 gradient block, the tied twin's part included, into the
+     * host mirror st->grads that model_stage_grads returns, and returns once it is there,
+     * asleep meanwhile; grads_upload copies the mirror (averaged meanwhile) back before the
+     * step. NULL: st->grads is the block itself (cpu) or emulate's stand-in. */
+    int (*grads_host)(model_stage_t *st);
+    int (*grads_upload)(model_stage_t *st);
 } model_backend_t;
 
 extern const model_backend_t model_backend_cpu;

@@ -163,11 +163,11 @@ static void cuda_destroy(model_stage_t *st)
         (void)cudaFree(c->params);
         (void)cudaFreeHost(c->pin);
         (void)cudaFreeHost(st->tied_grad);
+        (void)cudaFreeHost(st->grads);
         free(c->rec);
         free(c);
     }
     free(st->params);
-    free(st->grads);
     st->params = st->grads = st->tied_grad = NULL;
     st->backend_priv = NULL;
 }
@@ -278,12 +278,18 @@ static int cuda_init(model_stage_t *st, const char *arg, char *err, size_t errle
         const model_tensor_t *t = model_stage_tensor_find(st, st->first ? "wte" : "head");
         c->tied_twin = t ? (int)(t - st->tensors) : -1;
     }
-    /* the host copies: model.c initialises the parameters there; sync_host reads back */
+    /* the host copies: model.c initialises the parameters there; sync_host reads back.
+     * The gradients' is pinned: --dp all-reduces it (cuda_grads_host), one DMA each way. */
     st->params = (float *)malloc(st->n_params * sizeof(float));
-    st->grads = (float *)calloc(st->n_params, sizeof(float));
-    if (!st->params || !st->grads)
+    if (!st->params)
         return pn_err(err, errlen, -ENOMEM, "cuda: out of host memory for %.1f MiB of parameters",
                       st->n_params * 4.0 / 1048576.0);
+    if ((e = cudaMallocHost((void **)&st->grads, st->n_params * sizeof(float))) != cudaSuccess) {
+        st->grads = NULL;
+        return pn_err(err, errlen, -ENOMEM, "cuda: %.1f MiB of pinned host memory for the gradients: %s",
+                      st->n_params * 4.0 / 1048576.0, cudaGetErrorString(e));
+    }
+    memset(st->grads, 0, st->n_params * sizeof(float));
     if ((rc = cuda_setup(st, c, err, errlen)))
         return rc;
     const model_device_t *d = model_device_find(c->name);
@@ -407,6 +413,30 @@ static int cuda_step(model_stage_t *st)
     return 0;
 }
 
+/* --dp (model_stage_grads_host, _upload): one copy of the gradient block between the
+ * device and the pinned mirror st->grads, waited for asleep (the device's blocking-sync
+ * flag). Down, the twin's part of --tied-embeddings goes up first so the mirror holds it;
+ * fp16: the master gradients with the loss scale they carry, which every replica shares
+ * (their overflow checks agree). Up, waited for so that the host may write the mirror
+ * again at once (a skipped step zeroes it). */
+static int grads_copy(model_stage_t *st, int to_device)
+{
+    cuda_t *c = cuda_of(st);
+    int rc = enter(st);
+    if (!rc && !to_device)
+        rc = tied_upload(st);
+    if (rc)
+        return rc;
+    size_t bytes = st->n_params * sizeof(float);
+    CK(to_device ? cudaMemcpyAsync(c->grads, st->grads, bytes, cudaMemcpyHostToDevice, c->s)
+                 : cudaMemcpyAsync(st->grads, c->grads, bytes, cudaMemcpyDeviceToHost, c->s));
+    CK(cudaStreamSynchronize(c->s));
+    return 0;
+}
+
+static int cuda_grads_host(model_stage_t *st) { return grads_copy(st, 0); }
+static int cuda_grads_upload(model_stage_t *st) { return grads_copy(st, 1); }
+
 static void cuda_reset(model_stage_t *st)
 {
     cuda_t *c = cuda_of(st);
@@ -433,6 +463,8 @@ extern "C" const model_backend_t model_backend_cuda = {
     .overflow = cuda_overflow,
     .device_bytes = model_cuda_device_bytes,
     .precision = cuda_precision,
+    .grads_host = cuda_grads_host,
+    .grads_upload = cuda_grads_upload,
 };
 
 /* ---------------------------------------------------------------- cuda.h */

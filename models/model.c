@@ -630,6 +630,9 @@ void model_stage_grads_hook(model_stage_t *st, void (*fn)(void *arg, size_t lo),
     st->grads_final_arg = arg;
 }
 
+int model_stage_grads_host(model_stage_t *st) { return st->backend->grads_host ? st->backend->grads_host(st) : 0; }
+int model_stage_grads_upload(model_stage_t *st) { return st->backend->grads_upload ? st->backend->grads_upload(st) : 0; }
+
 /* ---------------------------------------------------------------- accounting */
 
 double model_stage_fwd_flops(const model_stage_t *st)

@@ -195,8 +195,17 @@ int    model_stage_tied_grad(model_stage_t *st, float **grad, size_t *numel) PN_
  * order of tensors[]), to be averaged across data-parallel replicas before
  * model_stage_step. cpu: the gradient block itself; emulate: a real-size buffer of the
  * stage's parameter count (its values mean nothing; its size is the network's cost);
- * -ENOTSUP where the gradients are not in host memory (cuda), -ENOMEM. */
+ * cuda: the pinned host mirror of the device block, current only between
+ * model_stage_grads_host and model_stage_grads_upload; -ENOMEM. The array stays put for
+ * the stage's life. */
 int    model_stage_grads(model_stage_t *st, float **grad, size_t *numel) PN_WUR;
+/* Around the all-reduce, after the iteration's last backward and before the step: _host
+ * brings a device block (fp32; fp16: the master gradients, still carrying the loss scale,
+ * and the tied twin's part) into the array model_stage_grads gives, sleeping until it is
+ * there; _upload copies that array back to the device. 0 and nothing done where the
+ * gradients are host memory already (cpu, emulate); negative on a device error. */
+int    model_stage_grads_host(model_stage_t *st) PN_WUR;
+int    model_stage_grads_upload(model_stage_t *st) PN_WUR;
 /* --dp-overlap: while fn is set, every backward that adds parameter gradients
  * (model_stage_backward, model_stage_backward_weights; not the B part) calls fn(arg, lo)
  * each time it is done with the gradients from float lo to the end of that block, lo

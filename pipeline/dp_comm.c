@@ -145,6 +145,7 @@ int dp_comm_init(dp_comm_t *c, allreduce_t *a, int overlap, model_stage_t *const
 {
     memset(c, 0, sizeof *c);
     c->a = a;
+    c->st = st;
     c->overlap = overlap;
     c->v = v;
     c->rank = rank;
@@ -192,15 +193,25 @@ void dp_comm_disarm(model_stage_t *st)
     model_stage_grads_hook(st, NULL, NULL);
 }
 
+/* A device's gradient blocks (cuda) to or from their host mirrors around the buckets. */
+static int blocks_move(dp_comm_t *c, int up, int iter, char *err, size_t errlen)
+{
+    for (int j = 0; j < c->v; j++) {
+        int rc = up ? model_stage_grads_upload(c->st[j]) : model_stage_grads_host(c->st[j]);
+        if (rc)
+            return pn_err(err, errlen, rc, "rank %d: ALLREDUCE of iteration %d: copying chunk %d's gradients %s the "
+                          "device: %s", c->rank, iter, j, up ? "back to" : "from", strerror(-rc));
+    }
+    return 0;
+}
+
 int dp_comm_step(dp_comm_t *c, int iter, char *err, size_t errlen)
 {
     if (!c->started) {
-        for (int k = 0; k < c->nb; k++) {
-            int rc = bucket_run(c, k, iter, err, errlen);
-            if (rc)
-                return rc;
-        }
-        return 0;
+        int rc = blocks_move(c, 0, iter, err, errlen);
+        for (int k = 0; k < c->nb && !rc; k++)
+            rc = bucket_run(c, k, iter, err, errlen);
+        return rc ? rc : blocks_move(c, 1, iter, err, errlen);
     }
     pthread_mutex_lock(&c->lock);
     c->iter = iter;

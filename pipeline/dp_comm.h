@@ -36,6 +36,7 @@ typedef struct {
 
 struct dp_comm {
     allreduce_t *a;
+    model_stage_t *const *st; /* [v]: the chunks, kept by the caller */
     int overlap;
     dp_bucket_t *b;        /* [nb] in index order */
     int nb, v, rank;
@@ -67,7 +68,9 @@ int dp_comm_init(dp_comm_t *c, allreduce_t *a, int overlap, model_stage_t *const
 int  dp_comm_arm(dp_comm_t *c, model_stage_t *st, int j, const sched_op_t *op, int iter);
 void dp_comm_disarm(model_stage_t *st);
 /* The step of iteration iter: every bucket not yet all-reduced is, and this returns once
- * all are (sleeping meanwhile). On a failure err names the bucket, the iteration and the
+ * all are (sleeping meanwhile). Without overlap, gradients on a device (cuda) are brought
+ * to their host mirrors first and copied back after (model_stage_grads_host/_upload); the
+ * overlap's per-layer hook needs them in host memory as the backward writes them. On a failure err names the bucket, the iteration and the
  * ring neighbour; the transport has then been failed. The buckets' t0/t1 are then the
  * trace's ALLREDUCE rows. */
 int dp_comm_step(dp_comm_t *c, int iter, char *err, size_t errlen) PN_WUR;

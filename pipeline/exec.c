@@ -404,9 +404,11 @@ static int op_send(ctx_t *c, int it, const sched_op_t *op, char *err, size_t err
     return 0;
 }
 
-/* fp16: whether any chunk of any stage overflowed in iteration it (PIPENEM_FAULT=overflow
- * fakes one). Every stage then skips its step, or none does: a step skipped on one stage
- * only would leave the model's stages on weights of different iterations. */
+/* fp16: whether any chunk of any stage of any replica overflowed in iteration it
+ * (PIPENEM_FAULT=overflow:RANK fakes one on the job's rank RANK). Every rank then skips its
+ * step, or none does: a step skipped on one stage only would leave the model's stages on
+ * weights of different iterations, and on one replica only the replicas on different
+ * weights (--dp averages the gradients, not the decision). */
 static int overflow_agree(ctx_t *c, int it, int *any, char *err, size_t errlen)
 {
     int local = 0, rc;
@@ -415,9 +417,9 @@ static int overflow_agree(ctx_t *c, int it, int *any, char *err, size_t errlen)
             return pn_err(err, errlen, rc, "rank %d: the overflow check of iteration %d: %s", c->s, it, strerror(-rc));
         local |= rc;
     }
-    local |= fault_overflow(c->s, it);
+    local |= fault_overflow(c->p->rank_base + c->s, it);
     *any = local;
-    if (c->P == 1 || !model_compute_loss_scaling(c->p->cfg->model.compute))
+    if (runcfg_world(c->p->cfg) == 1 || !model_compute_loss_scaling(c->p->cfg->model.compute))
         return 0;
     char e[512];
     if ((rc = ctrl_agree(c->p->boot, it, local, any, c->p->cfg->timeout, e, sizeof e)))

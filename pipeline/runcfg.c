@@ -279,11 +279,15 @@ static int dp_finish(const runcfg_t *c, char *err, size_t errlen)
     if ((long)c->dp * c->stages > PN_MAX_WORLD)
         return pn_err(err, errlen, -EINVAL, "--dp %d x %d stages = %ld processes; at most %d", c->dp, c->stages,
                       (long)c->dp * c->stages, PN_MAX_WORLD);
-    if (c->dp > 1 && !strncmp(c->model.compute, "cuda", 4))
-        return pn_err(err, errlen, -EINVAL,
-                      "--dp %d with --compute %s: the gradient all-reduce of cuda stages (through pinned host "
-                      "memory, or ncclAllReduce with --transport nccl) is not built yet; use cpu or emulate",
-                      c->dp, c->model.compute);
+    /* cuda stages all-reduce through pinned host mirrors over UCX, once per step */
+    if (c->dp > 1 && !strcmp(c->transport, "nccl"))
+        return pn_err(err, errlen, -EINVAL, "--dp %d with --transport nccl: the gradient all-reduce over NCCL "
+                      "(ncclAllReduce on a per-stage communicator) is not built yet; use --transport ucx", c->dp);
+    if (c->dp > 1 && c->dp_overlap && !strncmp(c->model.compute, "cuda", 4))
+        return pn_err(err, errlen, -EINVAL, "--dp-overlap with --compute %s: the overlap hands each layer's "
+                      "gradients to the all-reduce as the backward finalises them in host memory; cuda's reach "
+                      "the host in one copy at the step, so there is nothing to overlap yet; drop --dp-overlap",
+                      c->model.compute);
     if (c->dp == 1 && c->dp_bucket)
         return pn_err(err, errlen, -EINVAL, "--dp-bucket applies to --dp D with D > 1 (one replica has no "
                       "all-reduce)");

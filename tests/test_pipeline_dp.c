@@ -6,12 +6,15 @@
  * stage's parameters. Element by element, AdamW divides a near-zero gradient by its own
  * running scale, so a rounding difference in it moves that parameter by a fraction of a
  * learning-rate step: the largest single difference is printed in such steps. With
- * --dp-bucket, each bucket is one ALLREDUCE row and the training does not change. */
+ * --dp-bucket, each bucket is one ALLREDUCE row and the training does not change. With
+ * --compute cuda, --dp is accepted over UCX only, without --dp-overlap (the GPU run itself
+ * is tests/gpu/check.sh's dp step). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <cmocka.h>
 
+#include <errno.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdlib.h>
@@ -135,13 +138,15 @@ static void test_dp_params(void **state)
         for (int s = 0; s < P; s++) {
             float *g[D];
             size_t n[D];
-            for (int d = 0; d < D; d++)
-                assert_int_equal(model_stage_grads(&rep[d][s], &g[d], &n[d]), 0);
+            for (int d = 0; d < D; d++) /* as dp_comm_step: _host, average, _upload (no-ops on cpu) */
+                assert_int_equal(model_stage_grads(&rep[d][s], &g[d], &n[d]) || model_stage_grads_host(&rep[d][s]), 0);
             assert_int_equal(n[0], rep[0][s].n_params);
             for (size_t j = 0; j < n[0]; j++) { /* what the all-reduce leaves on every replica */
                 float mean = (g[0][j] + g[1][j]) * 0.5f;
                 g[0][j] = g[1][j] = mean;
             }
+            for (int d = 0; d < D; d++)
+                assert_int_equal(model_stage_grads_upload(&rep[d][s]), 0);
             assert_int_equal(model_stage_step(&ref[s], it), 0);
             for (int d = 0; d < D; d++)
                 assert_int_equal(model_stage_step(&rep[d][s], it), 0);
@@ -588,6 +593,58 @@ static void test_dp_overlap_fault(void **state)
     }
 }
 
+/* runcfg_finish of `--model tiny --stages 2 --dp 2` with the given options: its status,
+ * the message in err. */
+static int dp_opts_finish(const char *compute, const char *extra, char *err, size_t errlen)
+{
+    char comp[64];
+    snprintf(comp, sizeof comp, "--compute=%s", compute);
+    char *argv[] = {"test", "--model=tiny", comp, "--stages=2", "--dp=2", (char *)(extra ? extra : "--iters=3")};
+    int argc = (int)(sizeof argv / sizeof *argv), o;
+    struct option opts[160];
+    runcfg_t cfg;
+    assert_true(runcfg_options_table(opts, 160, NULL) > 0);
+    runcfg_defaults(&cfg);
+    optind = 0;
+    opterr = 0;
+    err[0] = '\0';
+    while ((o = getopt_long(argc, argv, ":", opts, NULL)) != -1)
+        assert_int_equal(runcfg_option(&cfg, o, optarg, err, errlen), 1);
+    return runcfg_finish(&cfg, err, errlen);
+}
+
+/* --dp with --compute cuda: accepted over UCX (the all-reduce through pinned host mirrors,
+ * in every precision); refused, each with its own message, over NCCL (ncclAllReduce is
+ * not built) and with --dp-overlap (cuda's gradients reach the host at the step only);
+ * --dp-overlap stays accepted on the cpu. The CLI says it with exit 2. */
+static void test_dp_cuda_options(void **state)
+{
+    (void)state;
+    char err[512];
+    const char *ok[] = {"cuda", "cuda:tf32", "cuda:fp16", "cuda:bf16"};
+    for (size_t i = 0; i < sizeof ok / sizeof *ok; i++)
+        if (dp_opts_finish(ok[i], "--transport=ucx", err, sizeof err))
+            fail_msg("--compute %s --dp 2 --transport ucx refused: %s", ok[i], err);
+    struct {
+        const char *compute, *extra, *want[2];
+    } bad[] = {
+        {"cuda", "--transport=nccl", {"--dp 2 with --transport nccl", "ncclAllReduce on a per-stage communicator"}},
+        {"cuda:fp16", "--dp-overlap", {"--dp-overlap with --compute cuda:fp16", "drop --dp-overlap"}},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        int rc = dp_opts_finish(bad[i].compute, bad[i].extra, err, sizeof err);
+        print_message("--compute %s --dp 2 %s: %d, %s\n", bad[i].compute, bad[i].extra, rc, err);
+        if (rc != -EINVAL || !strstr(err, bad[i].want[0]) || !strstr(err, bad[i].want[1]))
+            fail_msg("want -EINVAL with '%s' and '%s'", bad[i].want[0], bad[i].want[1]);
+    }
+    if (dp_opts_finish("cpu", "--dp-overlap", err, sizeof err))
+        fail_msg("--compute cpu --dp 2 --dp-overlap refused: %s", err);
+    int rc = tu_pipenem_run(out, sizeof out, "run --model tiny --compute cuda --stages 2 --dp 2 --transport nccl");
+    if (rc != 2 || !strstr(out, "ncclAllReduce"))
+        fail_msg("pipenem run --compute cuda --dp 2 --transport nccl: want exit 2 naming ncclAllReduce, got %d:\n%s",
+                 rc, out);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -603,6 +660,7 @@ int main(void)
         cmocka_unit_test(test_dp_losses_1f1b),
         cmocka_unit_test(test_dp_bucket_rows),
         cmocka_unit_test(test_dp_bucket_keys),
+        cmocka_unit_test(test_dp_cuda_options),
     };
     return cmocka_run_group_tests_name("pipeline_dp", tests, NULL, NULL);
 }

@@ -19,18 +19,19 @@
 
 #define RUN "run --model tiny --stages 3 --seq-len 64 --batch-size 4 --micro-batch-size 2 --iters 4 --warmup 0 " \
             "--net default --timeout 60"
-enum { P = 3, ITERS = 4 };
+enum { P = 3, ITERS = 4, RANKS_MAX = 4 };
 #define SCALE0 65536.0
 
 static char out[1 << 17];
 
-/* The loss-scale column of the iteration rows (NAN where there is none), each stage's
- * skipped steps (-1 where missing) and memory kind ("" where missing; emulate: "resident"). */
-static void parse(double scale[ITERS], long skipped[P], char kind[P][16])
+/* The loss-scale column of the iteration rows (NAN where there is none), each of the
+ * ranks' skipped steps (-1 where missing) and memory kind ("" where missing; emulate:
+ * "resident"). */
+static void parse(int ranks, double scale[ITERS], long skipped[RANKS_MAX], char kind[RANKS_MAX][16])
 {
     for (int i = 0; i < ITERS; i++)
         scale[i] = NAN;
-    for (int q = 0; q < P; q++)
+    for (int q = 0; q < ranks; q++)
         skipped[q] = -1, kind[q][0] = '\0';
     const char *p = strstr(out, "tokens/s");
     for (int i = 0; p && i < ITERS; i++) {
@@ -46,7 +47,7 @@ static void parse(double scale[ITERS], long skipped[P], char kind[P][16])
             scale[i] = n == 5 ? s : NAN;
     }
     p = strstr(out, "(steps)");
-    for (int q = 0; p && q < P; q++) {
+    for (int q = 0; p && q < ranks; q++) {
         p = strchr(p, '\n');
         if (!p)
             break;
@@ -75,9 +76,9 @@ static void run_case(const char *schedule, const char *compute, const char *faul
     if (rc)
         fail_msg("pipenem run (%s, %s, %s) exited %d:\n%s", schedule, compute, fault ? fault : "no fault", rc, out);
     double scale[ITERS];
-    long skipped[P];
-    char kind[P][16];
-    parse(scale, skipped, kind);
+    long skipped[RANKS_MAX];
+    char kind[RANKS_MAX][16];
+    parse(P, scale, skipped, kind);
     print_message("%s %s %s: loss scale %g %g %g %g, skipped per stage %ld %ld %ld\n", schedule, compute,
                   fault ? fault : "(no fault)", scale[0], scale[1], scale[2], scale[3], skipped[0], skipped[1],
                   skipped[2]);
@@ -124,6 +125,51 @@ static void test_fp32_has_no_loss_scale(void **state)
     run_case("1f1b", "emulate:v100,fp32", "overflow:1:1", -1, 0);
 }
 
+/* --dp: the replicas of a stage must skip together too (the all-reduce averages their
+ * gradients, but each decides its own step): PIPENEM_FAULT=overflow:RANK:ITER on one rank
+ * of one replica must skip the step on every rank of every replica and halve the scale
+ * printed (replica 0's) from the next iteration on. */
+static void run_dp_case(int stages, int dp, const char *fault, int at)
+{
+    int ranks = stages * dp;
+    setenv("PIPENEM_FAULT", fault, 1);
+    int rc = tu_pipenem_run(out, sizeof out, "run --model tiny --stages %d --dp %d --seq-len 64 --batch-size 4 "
+                            "--micro-batch-size 2 --iters 4 --warmup 0 --net default --timeout 60 --schedule 1f1b "
+                            "--compute emulate:v100,fp16", stages, dp);
+    unsetenv("PIPENEM_FAULT");
+    if (rc)
+        fail_msg("pipenem run --stages %d --dp %d (%s) exited %d:\n%s", stages, dp, fault, rc, out);
+    double scale[ITERS];
+    long skipped[RANKS_MAX];
+    char kind[RANKS_MAX][16];
+    parse(ranks, scale, skipped, kind);
+    print_message("--stages %d --dp %d %s: loss scale %g %g %g %g, skipped per rank %ld %ld %ld %ld\n", stages, dp,
+                  fault, scale[0], scale[1], scale[2], scale[3], skipped[0], skipped[1], ranks > 2 ? skipped[2] : 0,
+                  ranks > 3 ? skipped[3] : 0);
+    int bad = 0;
+    for (int q = 0; q < ranks; q++)
+        bad |= skipped[q] != 1;
+    for (int i = 0; i < ITERS; i++)
+        bad |= scale[i] != (i <= at ? SCALE0 : SCALE0 / 2);
+    if (bad)
+        fail_msg("the replicas did not skip together (want 1 skipped on each of the %d ranks, the scale halved "
+                 "after iteration %d):\n%s", ranks, at, out);
+}
+
+/* one stage: before the agreement took in the replicas, it was skipped with a pipeline of 1 */
+static void test_dp_replica_overflow_one_stage(void **state)
+{
+    (void)state;
+    run_dp_case(1, 2, "overflow:1:1", 1);
+}
+
+/* rank 2 = replica 1's stage 0 (rank = d * stages + s): replica 0 must skip with it */
+static void test_dp_replica_overflow_two_stages(void **state)
+{
+    (void)state;
+    run_dp_case(2, 2, "overflow:2:2", 2);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -132,6 +178,8 @@ int main(void)
         cmocka_unit_test(test_last_stage_overflow_gpipe),
         cmocka_unit_test(test_no_overflow),
         cmocka_unit_test(test_fp32_has_no_loss_scale),
+        cmocka_unit_test(test_dp_replica_overflow_one_stage),
+        cmocka_unit_test(test_dp_replica_overflow_two_stages),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -12,6 +12,10 @@
 #             and the memory column reports the stages' device memory
 #   fp16-agree  3 processes on cuda:fp16, stage 1's gradients forced to overflow
 #             (PIPENEM_FAULT=overflow:1:1): every stage skips that step, the scale halves
+#   dp        `run --stages 2 --dp 2` on one GPU (gradients all-reduced through pinned host
+#             memory over UCX): per iteration the losses of `--stages 2 --batch-size 8`,
+#             one pipeline on the union of the two replicas' shards, within 1e-5 relative
+#   dp-fp16   the same on cuda:fp16 with rank 3 (replica 1) forced to overflow: all 4 skip
 #   memcheck, racecheck   compute-sanitizer over a `tiny` calibrate run, where it runs
 #   nccl      --transport nccl: SKIP on one GPU; on >= 2, 3 stages give ucx's losses and a
 #             killed rank ends the run naming it
@@ -23,7 +27,10 @@
 # variant on d=768) and the benchmark (micro-batch 1 and 4) to a few minutes. A time budget
 # (PN_GPU_BUDGET seconds, 540 by default: the device tool's 600 s per command) SKIPs the
 # steps that would start after it is spent, so the summary always prints.
-# PN_GPU_COMPUTE=cpu runs the pipeline step's plumbing on cpu (for testing this script).
+# PN_GPU_COMPUTE=cpu runs the pipeline and dp steps' plumbing on cpu (for testing this
+# script: `make -j2 all && BUILD=build PN_GPU_COMPUTE=cpu bash tests/gpu/check.sh`); without
+# a GPU the other GPU steps then SKIP and those two run on cpu. PN_GPU_COMPUTE_FP16 does the
+# same for the fp16 steps (emulate:v100,fp16 keeps cuda:fp16's loss-scale schedule).
 set -u
 cd "$(dirname "$0")/../.."
 pack=${1:-build-gpu}
@@ -126,37 +133,53 @@ cmocka_step unit 120 "$t_unit"
 # ---- probe: one tiny calibrate step on the GPU
 note "--- probe"
 probe_log=$logs/probe.log
+gpu=1
 if ! timeout -k 10 120 "$pipenem" calibrate --model tiny --seq-len 32 --compute cuda --iters 1 --warmup 0 >"$probe_log" 2>&1; then
 	cat "$probe_log"
 	why=$(grep -m1 -o 'cuda: .*' "$probe_log" || tail -1 "$probe_log")
-	for s in compare pipeline fp16-agree memcheck racecheck bench; do record "$s" skip "no usable GPU: $why"; done
-	finish
+	if [ "${PN_GPU_COMPUTE:-cuda}" != cpu ]; then
+		for s in compare pipeline fp16-agree dp-fp16 dp memcheck racecheck bench; do record "$s" skip "no usable GPU: $why"; done
+		finish
+	fi
+	gpu=0 # the plumbing test: the cpu steps only
+	for s in compare memcheck racecheck bench; do record "$s" skip "no usable GPU: $why"; done
+	[ "${PN_GPU_COMPUTE_FP16:-cuda:fp16}" != cuda:fp16 ] ||
+		for s in fp16-agree dp-fp16; do record "$s" skip "no usable GPU: $why"; done
+else
+	cat "$probe_log"
+	record probe pass "$(grep -m1 '^# compute' "$probe_log" | cut -c3-)"
+	cmocka_step compare "$([ "$quick" = 1 ] && echo 240 || echo 900)" "$t_cmp"
 fi
-cat "$probe_log"
-record probe pass "$(grep -m1 '^# compute' "$probe_log" | cut -c3-)"
-
-cmocka_step compare "$([ "$quick" = 1 ] && echo 240 || echo 900)" "$t_cmp"
 
 # ---- pipeline: 3 processes on one GPU against one
 note "--- pipeline"
-run_losses() { # STAGES LOG -> the loss column of the iteration rows
-	timeout -k 10 120 "$pipenem" run --stages "$1" --model tiny --compute "${PN_GPU_COMPUTE:-cuda}" --seq-len 64 --batch-size 4 \
-		--micro-batch-size 2 --iters 3 --warmup 0 --net default >"$2" 2>&1 || return 1
-	awk '/^ +[0-9]+ +[0-9.]+ +[-0-9.e+]+ +[0-9.]+ *$/ {print $3}' "$2"
+run_losses() { # STAGES LOG [more options, the later winning] -> the loss column of the iteration rows
+	local stages=$1 log=$2
+	shift 2
+	timeout -k 10 120 "$pipenem" run --stages "$stages" --model tiny --compute "${PN_GPU_COMPUTE:-cuda}" --seq-len 64 \
+		--batch-size 4 --micro-batch-size 2 --iters 3 --warmup 0 --net default "$@" >"$log" 2>&1 || return 1
+	awk '/^ +[0-9]+ +[0-9.]+ +[-0-9.e+]+ +[0-9.]+ *$/ {print $3}' "$log"
+}
+losses_within() { # NAME_A LOSSES_A NAME_B LOSSES_B TOL: prints a line per iteration and sets
+	# $worst (the largest relative difference); 0 if as many iterations and worst <= TOL
+	local cmp
+	cmp=$(paste <(echo "$2") <(echo "$4") | awk -v a="$1" -v b="$3" '{d = $1 - $2; if (d < 0) d = -d;
+		r = d / ($1 < 0 ? -$1 : $1); if (r > w) w = r;
+		printf "#   iteration %d: %s %s, %s %s, rel %.2e\n", NR - 1, a, $1, b, $2, r} END {printf "worst %.3e\n", w}')
+	echo "$cmp"
+	worst=$(echo "$cmp" | awk '/^worst/ {print $2}')
+	[ "$(echo "$2" | wc -l)" -eq "$(echo "$4" | wc -l)" ] && awk -v w="$worst" -v t="$5" 'BEGIN {exit !(w <= t)}'
 }
 if ! fits pipeline 240; then
 	:
 elif l1=$(run_losses 1 "$logs/pipeline-1.log") && l3=$(run_losses 3 "$logs/pipeline-3.log") && [ -n "$l1" ]; then
-	cmp=$(paste <(echo "$l1") <(echo "$l3") | awk '{d = $1 - $2; if (d < 0) d = -d; r = d / ($1 < 0 ? -$1 : $1);
-		if (r > w) w = r; printf "#   iteration %d: 1 stage %s, 3 stages %s, rel %.2e\n", NR - 1, $1, $2, r}
-		END {printf "worst %.3e\n", w}')
-	echo "$cmp"
-	worst=$(echo "$cmp" | awk '/^worst/ {print $2}')
+	losses_within "1 stage" "$l1" "3 stages" "$l3" 1e-5
+	same=$?
 	# the per-stage rows: stage TFLOP/s MFU peak_mem wait_cpu memory skipped
 	mem=$(awk '/\(steps\)/ {on = 1; next} on && /^ +[0-9]+ / {printf "%s%s %s MiB", n++ ? ", " : "", $6, $4}' \
 		"$logs/pipeline-3.log")
 	grep -A4 '(steps)' "$logs/pipeline-3.log"
-	if [ "$(echo "$l1" | wc -l)" -ne "$(echo "$l3" | wc -l)" ] || ! awk -v w="$worst" 'BEGIN {exit !(w <= 1e-5)}'; then
+	if [ "$same" -ne 0 ]; then
 		record pipeline fail "losses differ: worst relative $worst (tol 1e-5)"
 	elif [ "${PN_GPU_COMPUTE:-cuda}" = cuda ] && [ "$(grep -o 'device' <<<"$mem" | wc -l)" -ne 3 ]; then
 		record pipeline fail "losses match, but the memory column is not every stage's device memory: $mem"
@@ -168,24 +191,52 @@ else
 	record pipeline fail "pipenem run --compute cuda failed (logs pipeline-1.log, pipeline-3.log)"
 fi
 
-# ---- fp16: one stage overflows, every stage skips that step and halves its scale
-note "--- fp16-agree"
-log=$logs/fp16-agree.log
-if fits fp16-agree 120; then
-	PIPENEM_FAULT=overflow:1:1 timeout -k 10 "$limit" "$pipenem" run --stages 3 --model tiny \
+# ---- fp16: one rank overflows, every rank skips that step and halves its scale
+fp16_agree() { # NAME FAULT_RANK WANT_SKIPS [run options]: PIPENEM_FAULT=overflow:RANK:1
+	local name=$1 fr=$2 want=$3 log=$logs/$1.log rc scales skips
+	shift 3
+	note "--- $name"
+	fits "$name" 120 || return 0
+	PIPENEM_FAULT=overflow:$fr:1 timeout -k 10 "$limit" "$pipenem" run --model tiny \
 		--compute "${PN_GPU_COMPUTE_FP16:-cuda:fp16}" --seq-len 64 --batch-size 4 --micro-batch-size 2 --iters 4 \
-		--warmup 0 --net default >"$log" 2>&1
+		--warmup 0 --net default "$@" >"$log" 2>&1
 	rc=$?
 	grep -E 'overflow|^ +[0-9]+ ' "$log" | head -12
-	# the iteration rows' loss scale (5th column), then each stage's skipped steps (7th)
+	# the iteration rows' loss scale (5th column), then each rank's skipped steps (7th)
 	scales=$(awk '/^ +[0-9]+ +[0-9.]+ +[-0-9.e+na]+ +[0-9.]+ +[0-9.e+]+/ && !on {printf "%s ", $5} /\(steps\)/ {on = 1}' "$log")
 	skips=$(awk '/\(steps\)/ {on = 1; next} on && /^ +[0-9]+ / {printf "%s ", $7}' "$log")
-	if [ "$rc" -eq 0 ] && [ "$scales" = "65536 65536 32768 32768 " ] && [ "$skips" = "1 1 1 " ]; then
-		record fp16-agree pass "stage 1 overflowed in iteration 1: every stage skipped it (skipped $skips), scale $scales"
+	if [ "$rc" -eq 0 ] && [ "$scales" = "65536 65536 32768 32768 " ] && [ "$skips" = "$want" ]; then
+		record "$name" pass "rank $fr overflowed in iteration 1: every rank skipped it (skipped $skips), scale $scales"
 	else
-		record fp16-agree fail "exit $rc: loss scale per iteration '$scales' (want 65536 65536 32768 32768), skipped per stage '$skips' (want 1 1 1)"
+		record "$name" fail "exit $rc: loss scale per iteration '$scales' (want 65536 65536 32768 32768), skipped per rank '$skips' (want $want)"
 	fi
+}
+if [ "$gpu" = 1 ] || [ "${PN_GPU_COMPUTE_FP16:-cuda:fp16}" != cuda:fp16 ]; then
+	fp16_agree fp16-agree 1 "1 1 1 " --stages 3
+	# --dp: replica 1's stage 1 (rank 3) overflows; replica 0 must skip with it (the ranks'
+	# flags are ORed across replicas too), the mirrors averaging gradients of one scale
+	fp16_agree dp-fp16 3 "1 1 1 1 " --stages 2 --dp 2
 fi
+
+# ---- dp: 2 replicas of a 2-stage pipeline on one GPU (4 processes), each stage's fp32
+# gradients copied to pinned host memory, averaged over UCX and copied back before the step,
+# against one pipeline on the union of the replicas' shards (replica d reads the
+# micro-batches after replica d-1's, so batch 8 on one pipeline is the same data); the
+# printed loss of a --dp run is the replicas' mean. The tolerance is the pipeline step's:
+# only the order of the gradient sums differs.
+note "--- dp"
+if ! fits dp 240; then
+	:
+elif ld=$(run_losses 2 "$logs/dp-2x2.log" --dp 2) && lr=$(run_losses 2 "$logs/dp-ref.log" --batch-size 8) &&
+	[ -n "$lr" ] && grep -q 'dp=2' "$logs/dp-2x2.log"; then
+	r=fail
+	losses_within "--dp 1 batch 8" "$lr" "--dp 2 batch 4 each" "$ld" 1e-5 && r=pass
+	record dp "$r" "2 stages x --dp 2 against one pipeline on both shards: worst relative $worst (tol 1e-5)"
+else
+	tail -20 "$logs"/dp-*.log
+	record dp fail "pipenem run --dp 2 --compute ${PN_GPU_COMPUTE:-cuda} failed (logs dp-2x2.log, dp-ref.log)"
+fi
+[ "$gpu" = 1 ] || finish
 
 # ---- compute-sanitizer over tiny
 sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1)
