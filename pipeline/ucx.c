@@ -358,15 +358,19 @@ static int ucx_connect(void *impl, int peer, const void *blob, size_t len, char 
         .field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE |
                       UCP_EP_PARAM_FIELD_ERR_HANDLER,
         .address = blob,
-        /* Not UCP_ERR_HANDLING_MODE_PEER: in UCX 1.13 (`ucx_info -e -u te`) that mode keeps
-         * only transports that report a peer's failure, so no shared memory or CMA between
-         * local processes and no RMA lane on tcp: rendezvous data then comes as active
-         * messages with one copy more, 0.44 (UCX's defaults) to 0.76 (tcp) of
-         * `ucx_perftest -t tag_bw`. A dead peer is caught anyway: the control plane
-         * (ctrl.c) sees its socket close and fails this transport (stage.c on_peer_fail),
-         * and UCX still calls ep_error where a transport reports the loss (tcp). Tested
-         * by killing a rank mid-transfer: test_pipeline_ucx_fault. */
-        .err_mode = UCP_ERR_HANDLING_MODE_NONE,
+        /* UCX 1.13 (`ucx_info -e -u te`) keeps in UCP_ERR_HANDLING_MODE_PEER only the
+         * transports that report a peer's failure: no shared memory or CMA between local
+         * processes (0.44 of `ucx_perftest -t tag_bw` with UCX's defaults, against 0.93
+         * without), so UCX's own choice of transports runs without it. With TLS tcp alone (the
+         * namespaces' veths) peer mode is kept: without it rendezvous takes tcp's RMA lane,
+         * where the receiver's GETs wait for the sender's progress thread, which sleeps
+         * between bursts while its stage computes: the default sweep's unshaped cells ran
+         * 1.56-1.65 s against 1.27-1.45 s in peer mode (1f1b, gpt3-small, 3 namespaces).
+         * Either way a dead peer is caught: the control plane (ctrl.c) sees its socket close
+         * and fails this transport (stage.c on_peer_fail), and UCX calls ep_error where a
+         * transport reports the loss (tcp). Tested by killing a rank mid-transfer:
+         * test_pipeline_ucx_fault. */
+        .err_mode = u->peer_errors ? UCP_ERR_HANDLING_MODE_PEER : UCP_ERR_HANDLING_MODE_NONE,
         .err_handler = {.cb = ep_error, .arg = p},
     };
     app_lock(u);

@@ -38,6 +38,7 @@ typedef struct ucx_slot {
 
 struct ucx {
     int rank, size;
+    int peer_errors;                  /* endpoints in UCX's peer error mode (TLS tcp alone) */
     ucp_context_h ctx;
     ucp_worker_h worker;
     ucp_address_t *addr;

@@ -157,6 +157,7 @@ int ucx_setup(ucx_t *u, const ucx_params_t *p, char *err, size_t errlen)
      * environment only (ucp_config_modify refuses transport keys); the user's value wins. */
     setenv("UCX_TCP_CONN_NB", "y", 0);
     ucs_status_t st = ucp_config_read(NULL, NULL, &cfg);
+    u->peer_errors = p->tls && !strcmp(p->tls, "tcp");
     if (st == UCS_OK && p->tls && *p->tls)
         st = ucp_config_modify(cfg, "TLS", p->tls);
     else if (st == UCS_OK && !getenv("UCX_TLS") && prctl(PR_GET_DUMPABLE) == 0)

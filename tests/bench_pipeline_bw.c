@@ -136,7 +136,8 @@ static double pipeline_bw(const path_t *pa)
 }
 
 /* ucx_perftest tag_bw with the same message size, transports and namespaces, and the
- * endpoints' error handling the pipeline uses (none: see ucx_connect): its overall MB/s
+ * endpoints' error handling the pipeline uses (peer, `-e`, with TLS tcp alone; none with
+ * UCX's own transports: see ucx_connect): its overall MB/s
  * (the Final line's 7th field; the 6th is the last report interval only), or -1. */
 static double perftest_bw(const path_t *pa)
 {
@@ -150,9 +151,10 @@ static double perftest_bw(const path_t *pa)
     }
     snprintf(cmd, sizeof cmd,
              "%s env %s ucx_perftest -p %d >/dev/null 2>&1 & srv=$!; sleep 0.5; "
-             "%s env %s timeout 120 ucx_perftest %s -p %d -t tag_bw -s %d -n %d 2>&1 | awk '/^Final:/ {print $7}'; "
+             "%s env %s timeout 120 ucx_perftest %s -p %d -t tag_bw -s %d -n %d%s 2>&1 | awk '/^Final:/ {print $7}'; "
              "wait $srv",
-             ns[0], env[0], port, ns[1], env[1], pa->addr0, port, BYTES, WARM + N);
+             ns[0], env[0], port, ns[1], env[1], pa->addr0, port, BYTES, WARM + N,
+             pa->tls && !strcmp(pa->tls, "tcp") ? " -e" : "");
     FILE *f = popen(cmd, "r");
     if (!f)
         return -1;
