@@ -187,16 +187,7 @@ static int local_setup(void *ctx, const sweep_spec_t *s, const netem_profile_t *
     /* Which backend emulates the links: the topology chooses (netem_topo_apply) where
      * there is one; without root there are no namespaces and only the shim can shape. */
     int have_ns = geteuid() == 0 && hosts > 1;
-    /* auto picks among what can act on the transport's traffic (nccl: not the shim) */
-    const transport_kind_t *tk = transport_kind_find(s->transport);
-    int shim_ok = !tk || tk->shim_ok;
-    const char *asked = s->emulator;
-    /* auto: the kernel's where the transport cannot carry the shim, the shim where there
-     * are no namespaces, else the most faithful that can do the links */
-    if (!strcmp(asked, "auto") && (!shim_ok || !have_ns)) {
-        const netem_emulator_t *kind = netem_emulator_of_kind(shim_ok);
-        asked = kind ? kind->name : asked;
-    }
+    const char *asked = transport_emulator_asked(s->transport, s->emulator, have_ns);
     char why[256] = "";
     if (have_ns) {
         l->topo = calloc(1, sizeof *l->topo);

@@ -69,15 +69,6 @@ static int own_option(void *ctx, int val, const char *arg)
     return 0;
 }
 
-/* --emulator as the links' choice gets it: auto picks among what can act on the
- * transport's traffic (nccl: not the shim). */
-static const char *emulator_asked(const runcfg_t *cfg)
-{
-    const transport_kind_t *tk = transport_kind_find(cfg->transport);
-    const netem_emulator_t *kernel = netem_emulator_of_kind(0);
-    return !strcmp(cfg->emulator, "auto") && tk && !tk->shim_ok && kernel ? kernel->name : cfg->emulator;
-}
-
 /* --dp above 1: the pipeline's links (--net) and the replicas' (--net-dp) per pair of
  * ranks (launch_pair_profile), shaped in the transport (the shim) or on one namespace per
  * rank with kernel qdiscs (topo, to be destroyed by the caller). As setup_links. */
@@ -97,7 +88,8 @@ static int setup_dp_links(const runcfg_t *cfg, netem_profile_t *links, netem_top
         all[i] = links[i];
     all[P - 1] = pairs.dp_link;
     /* all[] is the pipeline's links then the replicas': the message's link numbers are its */
-    if (netem_emulator_choose(emulator_asked(cfg), all, P, em, why, whylen, err, sizeof err))
+    const char *asked = transport_emulator_asked(cfg->transport, cfg->emulator, 1);
+    if (netem_emulator_choose(asked, all, P, em, why, whylen, err, sizeof err))
         return cli_usage_error("run", "--net %s with --net-dp %s (link %d-%d below: the replicas'): %s", cfg->net,
                                runcfg_net_dp(cfg), P - 1, P, err);
     if ((*em)->in_transport)
@@ -134,7 +126,8 @@ static int setup_links(const runcfg_t *cfg, netem_profile_t *links, netem_topo_t
                                NETEM_TOPO_MAX_HOSTS);
     if (netem_net_parse(cfg->net, cfg->stages, links, err, sizeof err))
         return cli_usage_error("run", "%s", err);
-    if (netem_emulator_choose(emulator_asked(cfg), links, cfg->stages - 1, em, why, whylen, err, sizeof err))
+    const char *asked = transport_emulator_asked(cfg->transport, cfg->emulator, 1);
+    if (netem_emulator_choose(asked, links, cfg->stages - 1, em, why, whylen, err, sizeof err))
         return cli_usage_error("run", "%s", err);
     if ((*em)->in_transport) {
         l->shim_links = links;

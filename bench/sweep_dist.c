@@ -25,6 +25,7 @@
 #include "netem/tc.h"
 #include "pipeline/jobenv.h"
 #include "pipeline/stage.h"
+#include "pipeline/transport.h"
 
 
 struct sweep_dist {
@@ -162,7 +163,8 @@ static int dist_setup(void *ctx, const sweep_spec_t *s, const netem_profile_t *p
         d->links[q] = *p;
     /* The kernel per-destination tree (netem) unless the shim is asked or auto finds no
      * root here; every rank uses what rank 0 chose (one backend per cell, recorded). */
-    int rc = netem_emulator_choose(s->emulator, d->links, d->c.P - 1, &d->emu, why, sizeof why, err, errlen);
+    int rc = netem_emulator_choose(transport_emulator_asked(s->transport, s->emulator, 1), d->links, d->c.P - 1,
+                                   &d->emu, why, sizeof why, err, errlen);
     if (rc)
         return rc;
     snprintf(cell->emulator, sizeof cell->emulator, "%s", d->emu->name);

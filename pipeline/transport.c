@@ -63,6 +63,16 @@ int transport_kind_check(const char *name, const char *compute, const char *emul
     return 0;
 }
 
+const char *transport_emulator_asked(const char *name, const char *asked, int have_ns)
+{
+    const transport_kind_t *k = transport_kind_find(name);
+    int shim_ok = !k || k->shim_ok;
+    if (!asked || strcmp(asked, "auto") || (shim_ok && have_ns))
+        return asked;
+    const netem_emulator_t *kind = netem_emulator_of_kind(shim_ok);
+    return kind ? kind->name : asked;
+}
+
 int transport_open(const char *name, const transport_params_t *p, transport_t *out, char *err, size_t errlen)
 {
     const transport_kind_t *k = transport_kind_find(name);

@@ -100,6 +100,11 @@ const char *transport_kind_names(void);
  * without cuda compute, the shim asked to shape traffic it cannot see). */
 int transport_kind_check(const char *name, const char *compute, const char *emulator, char *err,
                          size_t errlen) PN_WUR;
+/* What --emulator asked narrows to for this transport, before netem_emulator_choose: auto
+ * becomes the kernel's backend where the transport cannot carry the in-transport shaper
+ * (nccl), and the shim where there are no namespaces for the kernel's to act on (have_ns
+ * 0); anything else stays as asked. */
+const char *transport_emulator_asked(const char *name, const char *asked, int have_ns);
 /* Opens the transport called name (transport_kind_check first). */
 int transport_open(const char *name, const transport_params_t *p, transport_t *out, char *err,
                    size_t errlen) PN_WUR;

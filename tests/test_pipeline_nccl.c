@@ -1,6 +1,7 @@
 /* The transport table and the NCCL transport's host side, on any machine: names and the
  * checks of --transport against --compute and --emulator, the address blob that carries
- * the unique ids (round trip and every refusal), the message header (round trip, sizes
+ * the unique ids (round trip and every refusal), what --emulator auto narrows to per
+ * transport, the message header (round trip, sizes
  * over 4 GiB, a key of another message, a wrong size, garbage), the choice of the GPU,
  * and --transport nccl failing with its reason where there is no GPU. */
 #include <setjmp.h>
@@ -57,6 +58,28 @@ static void test_check(void **state)
     kind_check("nccl", "cudax", "auto", -EINVAL, "needs --compute cuda");
     kind_check("nccl", "cuda", "shim", -EINVAL, "the in-transport shim cannot act on nccl's traffic");
     kind_check("tcp", "cpu", "auto", -EINVAL, "expected ucx, nccl, got 'tcp'");
+}
+
+/* What auto narrows to before the emulator is chosen: the kernel's for nccl (the shim
+ * cannot see its traffic), the shim without namespaces, else auto itself. */
+static void test_emulator_asked(void **state)
+{
+    (void)state;
+    const struct {
+        const char *transport, *asked;
+        int have_ns;
+        const char *want;
+    } cases[] = {
+        {"ucx", "auto", 1, "auto"},   {"ucx", "auto", 0, "shim"},   {"nccl", "auto", 1, "netem"},
+        {"nccl", "auto", 0, "netem"}, {"ucx", "netem", 0, "netem"}, {"nccl", "shim", 1, "shim"},
+        {"ucx", "shim", 1, "shim"},   {"bogus", "auto", 0, "shim"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        const char *got = transport_emulator_asked(cases[i].transport, cases[i].asked, cases[i].have_ns);
+        print_message("  %s / %s / namespaces %d -> %s\n", cases[i].transport, cases[i].asked, cases[i].have_ns, got);
+        assert_string_equal(got, cases[i].want);
+    }
+    assert_null(transport_emulator_asked("ucx", NULL, 1));
 }
 
 static void test_blob_round_trip(void **state)
@@ -258,6 +281,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_table),          cmocka_unit_test(test_check),
+        cmocka_unit_test(test_emulator_asked),
         cmocka_unit_test(test_blob_round_trip), cmocka_unit_test(test_blob_refusals),
         cmocka_unit_test(test_header),         cmocka_unit_test(test_device_pick),
         cmocka_unit_test(test_open),           cmocka_unit_test(test_cli),
