@@ -181,10 +181,10 @@ static void test_calibrate_cli(void **state)
         {"--model tiny --compute emulate:v100 --out /tmp/x", "--out needs measured compute"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
-        rc = tu_pipenem_run(out, sizeof out, "calibrate %s", bad[i].args);
-        print_message("calibrate %s -> %d %s", bad[i].args, rc, out);
-        if (rc != 2 || !strstr(out, bad[i].needle))
-            fail_msg("expected exit 2 with '%s'", bad[i].needle);
+        char args[256];
+        snprintf(args, sizeof args, "calibrate %s", bad[i].args);
+        if (!tu_expect_exit(2, bad[i].needle, args))
+            fail();
     }
 }
 

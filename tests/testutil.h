@@ -1,5 +1,5 @@
 /* Helpers shared by the test programs: running the pipenem binary and capturing its
- * output, a free loopback port, and comparing numbers with a stated tolerance while reporting the worst case. */
+ * output or checking its exit status and message, a free loopback port, and comparing numbers with a stated tolerance while reporting the worst case. */
 #ifndef PN_TESTS_TESTUTIL_H
 #define PN_TESTS_TESTUTIL_H
 
@@ -57,6 +57,20 @@ int tu_pipenem_run(char *out, size_t outlen, const char *fmt, ...)
     if (WIFEXITED(st))
         return WEXITSTATUS(st);
     return WIFSIGNALED(st) ? 128 + WTERMSIG(st) : -1;
+}
+
+/* Runs `pipenem ARGS` and checks that it exits want_rc (2: a usage error) with needle in
+ * its output (needle NULL: any output): 1 if so, else 0 after printing the command, the
+ * status and the output, for the caller to fail. */
+static inline int tu_expect_exit(int want_rc, const char *needle, const char *args)
+{
+    static char out[1 << 18];
+    int rc = tu_pipenem_run(out, sizeof out, "%s", args);
+    if (rc == want_rc && (!needle || strstr(out, needle)))
+        return 1;
+    fprintf(stderr, "pipenem %s: exit %d (want %d), output lacks '%s':\n%s\n", args, rc, want_rc, needle ? needle : "",
+            out);
+    return 0;
 }
 
 /* Starts `pipenem ARGS` (split on spaces, no quoting) in a child whose stdout and stderr
