@@ -135,7 +135,8 @@ static int rank_main(int rank, int lfd, int port, const path_t *pa, double *mbps
         if (rank == 0 && k >= W && k - W == WARM - 1)
             t0 = pn_now(); /* the warm-up messages have all arrived */
         transport_key_t key = {TRANSPORT_ACT, k, 0};
-        rc = rank == 1 ? transport_send(&t, 0, key, buf[s], BYTES, &req[s]) : transport_recv(&t, 1, key, buf[s], BYTES, &req[s]);
+        rc = rank == 1 ? transport_send(&t, 0, key, buf[s], BYTES, &req[s])
+                       : transport_recv(&t, 1, key, buf[s], BYTES, &req[s]);
     }
     for (int k = total - W; k < total && !rc; k++)
         rc = transport_wait(&t, &req[k % W], 60);
