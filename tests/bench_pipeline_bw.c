@@ -118,14 +118,12 @@ static int rank_main(int rank, int lfd, int port, const path_t *pa, double *mbps
      * from, and like them never written here (see the top) */
     ucp_context_h actx = NULL;
     ucp_mem_h mh = NULL;
-    float *one = NULL, *buf[W];
+    float *one = NULL;
     transport_req_t req[W];
     if (!rc && (one = perftest_alloc(tls, &actx, &mh)) == NULL) {
         snprintf(err, sizeof err, "ucp_mem_map of %d bytes failed", BYTES);
         rc = -ENOMEM;
     }
-    for (int i = 0; i < W; i++)
-        buf[i] = one;
     double t0 = 0;
     int total = WARM + N;
     for (int k = 0; k < total && !rc; k++) {
@@ -135,8 +133,8 @@ static int rank_main(int rank, int lfd, int port, const path_t *pa, double *mbps
         if (rank == 0 && k >= W && k - W == WARM - 1)
             t0 = pn_now(); /* the warm-up messages have all arrived */
         transport_key_t key = {TRANSPORT_ACT, k, 0};
-        rc = rank == 1 ? transport_send(&t, 0, key, buf[s], BYTES, &req[s])
-                       : transport_recv(&t, 1, key, buf[s], BYTES, &req[s]);
+        rc = rank == 1 ? transport_send(&t, 0, key, one, BYTES, &req[s])
+                       : transport_recv(&t, 1, key, one, BYTES, &req[s]);
     }
     for (int k = total - W; k < total && !rc; k++)
         rc = transport_wait(&t, &req[k % W], 60);
