@@ -197,6 +197,12 @@ static const char *value(const char *key)
     return b;
 }
 
+/* What TCP carries through the controller's 10ms/1Gbps profile, in Mbit/s. */
+static double controller_goodput(void)
+{
+    return netem_profile_goodput(1e9, 1500) / 1e6;
+}
+
 static int boot(void **state)
 {
     (void)state;
@@ -233,8 +239,9 @@ static int boot(void **state)
     snprintf(cmd, sizeof cmd,
              "mkdir -p %s && timeout -k 10 %d linux.uml umid=pn%ld uml_dir=%s mem=1G root=/dev/root "
              "rootfstype=hostfs rootflags=/ rw init=%s/tests/netem/uml-init.sh con=null con0=null,fd:1 "
-             "PN_REPO=%s PN_TESTBIN=%s PN_MODDIR=%s </dev/null 2>&1; rm -rf %s",
-             dir, UML_TIMEOUT_S, (long)getpid(), dir, repo, repo, exe, moddir, dir);
+             "PN_REPO=%s PN_TESTBIN=%s PN_MODDIR=%s PN_GP_MIN=%.1f </dev/null 2>&1; rm -rf %s",
+             dir, UML_TIMEOUT_S, (long)getpid(), dir, repo, repo, exe, moddir, controller_goodput() * (1 - TOL),
+             dir);
     /* Inherited by the UML process: its timers (netem's delay) fire on time, not up to
      * 50 us late, each time it sleeps on the host. */
     prctl(PR_SET_TIMERSLACK, 1UL, 0, 0, 0);
@@ -298,14 +305,6 @@ static void test_controller_in_uml(void **state)
     print_message("ping RTT (median of 20) %.3f ms, configured 20 ms, tolerance +-1 ms, difference %.3f ms\n", rtt,
                   fabs(rtt - 20.0));
     assert_true(fabs(rtt - 20.0) <= 1.0);
-    /* TCP goodput within 5% of what 1 Gbit/s allows after headers. */
-    const char *gp = value("goodput_mbps");
-    assert_non_null(gp);
-    double want = netem_profile_goodput(1e9, 1500) / 1e6, got = atof(gp);
-    double d = tu_reldiff(got, want, 1);
-    print_message("iperf3 goodput (receiver, median 0.5-s interval after 1 s) %.1f Mbit/s, expected %.1f Mbit/s (1 Gbit/s x 1448/1514), "
-                  "difference %.2f%% (tolerance 5%%)\n", got, want, d * 100);
-    assert_true(d <= TOL);
     /* Clear restores exactly the original qdisc on both ends. */
     const char *ba = value("before_a"), *aa = value("after_a"), *bb = value("before_b"), *ab = value("after_b");
     assert_non_null(ba);
@@ -316,6 +315,38 @@ static void test_controller_in_uml(void **state)
     assert_string_equal(ba, aa);
     assert_non_null(strstr(aa, "pfifo 9: root"));
     assert_string_equal(bb, ab);
+    /* TCP goodput within 5% of what 1 Gbit/s allows after headers, in one of up to three
+     * attempts, each judged against UML's own unshaped ceiling just before it. */
+    double want = controller_goodput();
+    int passed = 0, conclusive_fails = 0, seen = 0;
+    for (int k = 1; k <= 3 && !passed; k++) {
+        char key[32];
+        snprintf(key, sizeof key, "goodput_try%d", k);
+        const char *gp = value(key);
+        snprintf(key, sizeof key, "goodput_ceiling_try%d", k);
+        const char *cl = value(key);
+        if (!gp)
+            break;
+        assert_non_null(cl);
+        seen++;
+        double got = atof(gp), ceil_mbps = atof(cl), d = tu_reldiff(got, want, 1);
+        int conclusive = ceil_mbps >= 1.5 * want;
+        passed = d <= TOL;
+        conclusive_fails += !passed && conclusive;
+        print_message("try%d iperf3 goodput (receiver, median 0.5-s interval after 1 s) %.1f Mbit/s, expected "
+                      "%.1f Mbit/s (1 Gbit/s x 1448/1514), difference %.2f%% (tolerance 5%%); UML's unshaped "
+                      "ceiling just before: %.1f Mbit/s%s\n", k, got, want, d * 100, ceil_mbps,
+                      conclusive ? "" : " (below 1.5 x expected: inconclusive)");
+    }
+    if (!seen)
+        fail_msg("no goodput measured");
+    if (passed)
+        return;
+    if (conclusive_fails)
+        fail_msg("the goodput through 10ms/1Gbps is not within 5%% in any attempt (above)");
+    print_message("SKIP: the host was too busy: user-mode Linux could not itself carry 1.5 x the expected "
+                  "goodput in any attempt (readback, RTT and clear were checked)\n");
+    skip();
 }
 
 /* The self-test's row for a profile in attempt `tag` ("selftest" or "retry"), and the
