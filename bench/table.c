@@ -352,14 +352,15 @@ static void put_dp_table(FILE *f, const axes_t *x)
     if (x->nd < 2 && (!x->nd || x->dp[0] < 2))
         return;
     fputs("\n## Data parallel x pipeline parallel\n\nIn the style of Megatron-LM's tables: Nodes = DP x PP (one "
-          "process, one device each), MBS the micro-batch size, GBS the global batch (DP x batch). Mem: device "
+          "process, one device each), MBS the micro-batch size, GBS the global batch (DP x batch), Bucket the "
+          "gradients' all-reduce bucket (--dp-bucket; \"overlapped\" with --dp-overlap). Mem: device "
           "memory per device, the largest stage's (modelled where the compute is emulated, else measured). "
           "TFLOP/s per GPU: the mean over the stages of one replica (every replica does the same work); "
           "aggregate: that times DP x PP. DP straggler: per stage, the slowest replica's compute over the "
           "median of its peers (1 = none).\n\n"
-          "| Schedule | Network setting | Nodes | DP | PP | MBS | GBS | Mem | Sec/it | TFLOP/s per GPU | "
+          "| Schedule | Network setting | Nodes | DP | PP | MBS | GBS | Bucket | Mem | Sec/it | TFLOP/s per GPU | "
           "Aggregate TFLOP/s | DP straggler per stage |\n"
-          "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n", f);
+          "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n", f);
     for (size_t a = 0; a < x->ns; a++)
         for (size_t p = 0; p < x->np; p++)
             for (size_t m = 0; m < x->nm; m++)
@@ -380,6 +381,11 @@ static void put_dp_table(FILE *f, const axes_t *x)
                     int gbs = c->global_batch > 0 ? c->global_batch : c->dp * c->batch_size;
                     fprintf(f, "| %s | %s | %d | %d | %d | %d | %d | ", c->schedule, c->label, c->dp * c->stages,
                             c->dp, c->stages, c->micro_batch_size, gbs);
+                    if (c->dp > 1)
+                        put_num(f, c->dp_bucket_bytes / (1024.0 * 1024), c->dp_overlap ? " MiB overlapped" : " MiB");
+                    else
+                        fputs("-", f);
+                    fputs(" | ", f);
                     put_num(f, mem > 0 ? mem / (1024.0 * 1024 * 1024) : NAN, " GiB");
                     fputs(" | ", f);
                     put_num(f, c->iter_median, "");

@@ -198,6 +198,7 @@ static void test_table(void **state)
     results_cell_t *c = &r.cells[1];
     c->dp = 2;
     c->global_batch = 16;
+    c->dp_bucket_bytes = 25 << 20;
     c->dp_straggler[0] = 1.5, c->dp_straggler[1] = 1, c->dp_straggler[2] = 1.25;
     assert_int_equal(table_markdown(&r, &md), 0);
     assert_non_null(strstr(md, "## Data parallel x pipeline parallel"));
@@ -207,7 +208,7 @@ static void test_table(void **state)
     table_format_sig3(per_gpu, a, sizeof a);
     table_format_sig3(per_gpu * 6, b, sizeof b);
     table_format_sig3(c->iter_median, t, sizeof t);
-    snprintf(want, sizeof want, "| gpipe | delay 10ms  bandwidth 1Gbps | 6 | 2 | 3 | 1 | 16 | ");
+    snprintf(want, sizeof want, "| gpipe | delay 10ms  bandwidth 1Gbps | 6 | 2 | 3 | 1 | 16 | 25.0 MiB | ");
     const char *row = strstr(md, want);
     if (!row)
         fail_msg("no DP row '%s' in\n%s", want, md);
@@ -216,6 +217,10 @@ static void test_table(void **state)
     if (!strstr(row, want) || strstr(row, want) > eol)
         fail_msg("DP row '%.*s' lacks '%s'", (int)(eol - row), row, want);
     assert_non_null(strstr(md, "| gpipe, DP 2 | delay 10ms  bandwidth 1Gbps | 1 | "));
+    free(md);
+    c->dp_overlap = 1;
+    assert_int_equal(table_markdown(&r, &md), 0);
+    assert_non_null(strstr(md, "| 6 | 2 | 3 | 1 | 16 | 25.0 MiB overlapped | "));
     free(md);
     results_destroy(&r);
 }
