@@ -49,7 +49,7 @@ static const cli_section_t sections[] = {
     {NULL, runcfg_pipeline_group, pipeline_only, NULL, 0},
     {NULL, runcfg_network_group, network_only, NULL, 0},
     {NULL, vocab_local_group, NULL, NULL, 0},
-    {"multi-host (one rank per stage under srun or mpirun, every rank with the same options)",
+    {"multi-host (one rank per stage of each replica under srun or mpirun, every rank with the same options)",
      runcfg_multihost_group, dist_only, NULL, 0},
     {"output", vocab_output_group, NULL, NULL, 0},
     {NULL, NULL, NULL, NULL, 0},

@@ -137,8 +137,8 @@ int distctl_open(distctl_t *c, const char *url, int P, const char *what, char *e
     if (rc && rc != -ENOENT)
         return rc;
     if (rc == 0 && size != P)
-        return pn_err(err, errlen, -EINVAL, "the launcher started %d ranks (%s) but %s needs %d: one rank per "
-                      "stage", size, src, what, P);
+        return pn_err(err, errlen, -EINVAL, "the launcher started %d ranks (%s) but %s needs %d", size, src,
+                      what, P);
     if (P < 2 || P > PN_MAX_WORLD)
         return pn_err(err, errlen, -EINVAL, "%s across hosts needs 2 to %d ranks, not %d", what, PN_MAX_WORLD, P);
     if ((rc = jobenv_url_parse(url, c->host0, sizeof c->host0, &c->port, err, errlen)))
@@ -307,14 +307,18 @@ int distctl_join(distctl_t *c, const char *url, int rank, char *word, size_t wor
 
 /* ---- shaping ---- */
 
-int distctl_shape(const distctl_t *c, int rank, const netem_profile_t *p, netem_dev_t *dev, int *ndev, char *err,
-                  size_t errlen)
+int distctl_shape_pairs(const distctl_t *c, int rank, int n, netem_topo_pair_fn pair, void *arg, int flags,
+                        netem_dev_t *dev, int *ndev, char *err, size_t errlen)
 {
-    netem_tc_peer_t peer[2][2];
-    int npeer[2] = {0, 0};
+    netem_tc_peer_t peer[DISTCTL_MAX_DEVS][NETEM_TC_MAX_PEERS];
+    int npeer[DISTCTL_MAX_DEVS] = {0};
     *ndev = 0;
-    for (int q = rank - 1; q <= rank + 1; q += 2) {
-        if (q < 0 || q >= c->P)
+    for (int q = 0; q < n && q < c->P; q++) {
+        netem_profile_t p;
+        if (q == rank)
+            continue;
+        pair(arg, rank, q, &p);
+        if (netem_profile_is_default(&p))
             continue;
         char ifname[64];
         int rc = jobenv_route_ifname(c->addr[q], c->port, ifname, sizeof ifname, err, errlen);
@@ -323,19 +327,38 @@ int distctl_shape(const distctl_t *c, int rank, const netem_profile_t *p, netem_
         int k = 0;
         while (k < *ndev && strcmp(dev[k].ifname, ifname))
             k++;
+        if (k == DISTCTL_MAX_DEVS)
+            return pn_err(err, errlen, -ENOTSUP, "rank %d reaches its peers through more than %d devices (%s is "
+                          "one more)", rank, DISTCTL_MAX_DEVS, ifname);
         if (k == *ndev && (rc = netem_dev_init(&dev[(*ndev)++], NULL, ifname, err, errlen)))
             return rc;
+        if (npeer[k] == NETEM_TC_MAX_PEERS)
+            return pn_err(err, errlen, -ENOTSUP, "rank %d shapes more than %d peers on %s", rank,
+                          NETEM_TC_MAX_PEERS, ifname);
         netem_tc_peer_t *e = &peer[k][npeer[k]++];
         memset(e, 0, sizeof *e);
         snprintf(e->addr, sizeof e->addr, "%s", c->addr[q]);
-        e->profile = *p;
+        e->profile = p;
     }
     for (int k = 0; k < *ndev; k++) {
-        int rc = netem_tc_apply_by_dest(&dev[k], npeer[k], peer[k], 0, err, errlen);
+        int rc = netem_tc_apply_by_dest(&dev[k], npeer[k], peer[k], flags, err, errlen);
         if (rc)
             return rc;
     }
     return 0;
+}
+
+/* A netem_topo_pair_fn: the profile at arg between pipeline neighbours. */
+static void neighbour_pair(void *arg, int src, int dst, netem_profile_t *out)
+{
+    static const netem_profile_t none;
+    *out = dst == src - 1 || dst == src + 1 ? *(const netem_profile_t *)arg : none;
+}
+
+int distctl_shape(const distctl_t *c, int rank, const netem_profile_t *p, netem_dev_t *dev, int *ndev, char *err,
+                  size_t errlen)
+{
+    return distctl_shape_pairs(c, rank, c->P, neighbour_pair, (void *)p, 0, dev, ndev, err, errlen);
 }
 
 int distctl_unshape(netem_dev_t *dev, int *ndev, char *err, size_t errlen)

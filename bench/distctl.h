@@ -15,6 +15,7 @@
 #include "common/limits.h"
 #include "netem/profile.h"
 #include "netem/tc.h"
+#include "netem/topo.h"
 
 #define DISTCTL_ADMIT_S 120.0   /* every rank must have come by then */
 #define DISTCTL_REPLY_S 60.0    /* replies to quick commands */
@@ -57,8 +58,15 @@ const char *distctl_url_in(int argc, char **argv);
 int distctl_join(distctl_t *c, const char *url, int rank, char *word, size_t wordlen, void *payload,
                  size_t size, char *err, size_t errlen) PN_WUR;
 
-/* Puts p on rank's traffic to ranks rank-1 and rank+1, one tree per device that reaches
- * them (recorded for every exit path); dev[2] and *ndev say what to clear. */
+#define DISTCTL_MAX_DEVS 2   /* devices one rank shapes (those that reach its peers) */
+
+/* Puts pair(arg, rank, q) on rank's traffic to each rank q < n (a default profile leaves
+ * q unshaped), one per-destination tree per device that reaches them (recorded for every
+ * exit path; flags as netem_tc_apply_by_dest's); dev[DISTCTL_MAX_DEVS] and *ndev say
+ * what to clear. */
+int distctl_shape_pairs(const distctl_t *c, int rank, int n, netem_topo_pair_fn pair, void *arg, int flags,
+                        netem_dev_t *dev, int *ndev, char *err, size_t errlen) PN_WUR;
+/* The same with p on rank's traffic to ranks rank-1 and rank+1 only. */
 int distctl_shape(const distctl_t *c, int rank, const netem_profile_t *p, netem_dev_t *dev, int *ndev,
                   char *err, size_t errlen) PN_WUR;
 int distctl_unshape(netem_dev_t *dev, int *ndev, char *err, size_t errlen) PN_WUR;

@@ -144,7 +144,7 @@ typedef struct {
     distctl_t c;
     int rank, fd, ndev;
     work_t work;
-    netem_dev_t dev[2];
+    netem_dev_t dev[DISTCTL_MAX_DEVS];
 } worker_t;
 
 /* One command carried out and answered; 1 at "end". */
@@ -294,8 +294,8 @@ static int coordinator(const char *url, int P, const work_t *wk)
 {
     distctl_t c;
     char err[1024] = "";
-    netem_dev_t dev[2];
-    int ndev = 0, failed = 0, rc = distctl_open(&c, url, P, "the self-test", err, sizeof err);
+    netem_dev_t dev[DISTCTL_MAX_DEVS];
+    int ndev = 0, failed = 0, rc = distctl_open(&c, url, P, "the self-test (one rank per host)", err, sizeof err);
     if (!rc && (rc = distctl_welcome(&c, "selftest", wk, sizeof *wk, err, sizeof err)))
         distctl_close(&c);
     if (rc) {

@@ -24,6 +24,7 @@
 #include "netem/state.h"
 #include "netem/tc.h"
 #include "pipeline/jobenv.h"
+#include "pipeline/launch.h"
 #include "pipeline/stage.h"
 #include "pipeline/transport.h"
 
@@ -32,7 +33,7 @@ struct sweep_dist {
     distctl_t c;
     char token[40];                  /* the stages' job token, fresh per sweep */
     const netem_emulator_t *emu;     /* the cell's backend */
-    netem_dev_t dev[2];              /* rank 0's shaped devices */
+    netem_dev_t dev[DISTCTL_MAX_DEVS];              /* rank 0's shaped devices */
     int ndev;
     netem_profile_t links[PN_MAX_WORLD];
 };
@@ -117,12 +118,53 @@ static int stage_in_child(const stage_job_t *j, volatile sig_atomic_t *stop, sta
     return rc;
 }
 
+int sweep_dist_world(const sweep_spec_t *s)
+{
+    int dmax = 1;
+    for (int i = 0; i < s->n_dp; i++)
+        dmax = s->dps[i] > dmax ? s->dps[i] : dmax;
+    return s->stages * dmax;
+}
+
+/* A cell's links as every rank shapes them (launch_pair_profile, the pairs the shim
+ * shapes): its profile between pipeline neighbours, --net-dp (default: the profile)
+ * between the replicas of a stage. links[stages] is filled. */
+static int cell_pairs(const results_cell_t *cell, int stages, netem_profile_t *links, launch_pairs_t *pairs,
+                      char *err, size_t errlen)
+{
+    netem_profile_t p;
+    int rc = netem_profile_parse(cell->profile, &p, err, errlen);
+    for (int q = 0; !rc && q < stages; q++)
+        links[q] = p;
+    *pairs = (launch_pairs_t){.stages = stages, .dp = cell->dp > 1 ? cell->dp : 1, .links = links, .dp_link = p};
+    if (!rc && pairs->dp > 1 && cell->net_dp[0])
+        rc = netem_profile_parse(cell->net_dp, &pairs->dp_link, err, errlen);
+    return rc;
+}
+
+/* How a cell's per-destination trees group peers, as the one-box sweep's topology does:
+ * with replicas a link per pair of ranks (netem_topo_apply_pairs), else one class per
+ * profile, the host's link capacity shared by its neighbours (netem_topo_apply). */
+static int cell_tree_flags(const results_cell_t *cell)
+{
+    return cell->dp > 1 ? NETEM_TC_CLASS_PER_PEER : 0;
+}
+
+/* The ranks a cell runs on: D x stages of the sweep's world (the rest sit it out). */
+static int cell_ranks(const results_cell_t *cell, int stages)
+{
+    return stages * (cell->dp > 1 ? cell->dp : 1);
+}
+
 int sweep_dist_open(sweep_dist_t **out, const char *url, const sweep_spec_t *s, char *err, size_t errlen)
 {
-    for (int i = 0; i < s->n_dp; i++)
-        if (s->dps[i] != 1)
-            return pn_err(err, errlen, -EINVAL, "--dp-sizes with --dist-url: a sweep across hosts runs one replica "
-                          "of the pipeline (one rank per stage); replicas across hosts are not implemented yet");
+    char what[128];
+    int world = sweep_dist_world(s);
+    if (world == s->stages)
+        snprintf(what, sizeof what, "the sweep (one rank per stage, --stages %d)", s->stages);
+    else
+        snprintf(what, sizeof what, "the sweep (--stages %d x %d replicas, the largest of --dp-sizes)", s->stages,
+                 world / s->stages);
     sweep_dist_t *d = calloc(1, sizeof *d);
     if (!d)
         return -ENOMEM;
@@ -133,7 +175,7 @@ int sweep_dist_open(sweep_dist_t **out, const char *url, const sweep_spec_t *s, 
     }
     for (size_t i = 0; i < sizeof rnd; i++)
         snprintf(d->token + 2 * i, 3, "%02x", rnd[i]);
-    int rc = distctl_open(&d->c, url, s->stages, "the sweep (--stages)", err, errlen);
+    int rc = distctl_open(&d->c, url, world, what, err, errlen);
     if (!rc && (rc = distctl_welcome(&d->c, d->token, s, sizeof *s, err, errlen)))
         distctl_close(&d->c);
     if (rc) {
@@ -159,16 +201,22 @@ static int dist_setup(void *ctx, const sweep_spec_t *s, const netem_profile_t *p
 {
     sweep_dist_t *d = ctx;
     char why[256], line[256];
-    for (int q = 0; q < d->c.P; q++)
-        d->links[q] = *p;
+    launch_pairs_t pairs;
+    netem_profile_t all[PN_MAX_WORLD + 1];
+    (void)p;
+    int rc = cell_pairs(cell, s->stages, d->links, &pairs, err, errlen), n = s->stages - 1;
+    memcpy(all, d->links, (size_t)n * sizeof *all);
+    if (pairs.dp > 1)
+        all[n++] = pairs.dp_link;
     /* The kernel per-destination tree (netem) unless the shim is asked or auto finds no
      * root here; every rank uses what rank 0 chose (one backend per cell, recorded). */
-    int rc = netem_emulator_choose(transport_emulator_asked(s->transport, s->emulator, 1), d->links, d->c.P - 1,
-                                   &d->emu, why, sizeof why, err, errlen);
+    if (!rc)
+        rc = netem_emulator_choose(transport_emulator_asked(s->transport, s->emulator, 1), all, n, &d->emu, why,
+                                   sizeof why, err, errlen);
     if (rc)
         return rc;
     snprintf(cell->emulator, sizeof cell->emulator, "%s", d->emu->name);
-    *cfg_net = d->c.P > 1 ? cell->profile : "default";
+    *cfg_net = s->stages > 1 ? cell->profile : "default";
     *cfg_emulator = d->emu->shapes ? d->emu->name : "auto";
     snprintf(line, sizeof line, "apply %d %s", cell->cell, d->emu->name);
     if (distctl_broadcast(&d->c, line))
@@ -176,7 +224,8 @@ static int dist_setup(void *ctx, const sweep_spec_t *s, const netem_profile_t *p
     int own = 0;
     char own_err[512] = "";
     if (d->emu->changes_kernel)
-        own = distctl_shape(&d->c, 0, p, d->dev, &d->ndev, own_err, sizeof own_err);
+        own = distctl_shape_pairs(&d->c, 0, cell_ranks(cell, s->stages), launch_pair_profile, &pairs,
+                                  cell_tree_flags(cell), d->dev, &d->ndev, own_err, sizeof own_err);
     rc = distctl_collect(&d->c, "shaping", pn_now() + DISTCTL_REPLY_S, NULL, NULL, err, errlen);
     if (own) {
         size_t n = strlen(err);
@@ -235,12 +284,12 @@ int sweep_dist_measure(void *ctx, const sweep_spec_t *s, results_cell_t *cell, c
 /* ---- ranks > 0 ---- */
 
 typedef struct {
-    int rank, P, fd;
+    int rank, P, fd;        /* P: the stages of one replica */
     distctl_t c;
     sweep_spec_t spec;
     char token[40];
     const netem_emulator_t *emu;
-    netem_dev_t dev[2];
+    netem_dev_t dev[DISTCTL_MAX_DEVS];
     int ndev;
     netem_profile_t links[PN_MAX_WORLD];
     results_cell_t cell;
@@ -257,16 +306,15 @@ static int worker_command(worker_t *w, char *line)
         rc = distctl_unshape(w->dev, &w->ndev, err, sizeof err);
         return distctl_send_line(w->fd, rc ? "fail %s" : "ok", err) ? -EPIPE : 1;
     } else if (!strcmp(what, "apply")) {
-        netem_profile_t p;
+        launch_pairs_t pairs;
         sweep_cell_config(&w->spec, cell, &w->cell);
         w->emu = netem_emulator_find(arg);
-        if (!(rc = netem_profile_parse(w->cell.profile, &p, err, sizeof err))) {
-            for (int q = 0; q < w->P; q++)
-                w->links[q] = p;
+        if (!(rc = cell_pairs(&w->cell, w->P, w->links, &pairs, err, sizeof err))) {
             if (!w->emu && strcmp(arg, "none"))
                 rc = pn_err(err, sizeof err, -EINVAL, "unknown emulator '%s'", arg);
-            else if (w->emu && w->emu->changes_kernel)
-                rc = distctl_shape(&w->c, w->rank, &p, w->dev, &w->ndev, err, sizeof err);
+            else if (w->emu && w->emu->changes_kernel && w->rank < cell_ranks(&w->cell, w->P))
+                rc = distctl_shape_pairs(&w->c, w->rank, cell_ranks(&w->cell, w->P), launch_pair_profile, &pairs,
+                                         cell_tree_flags(&w->cell), w->dev, &w->ndev, err, sizeof err);
         }
     } else if (!strcmp(what, "run")) {
         runcfg_t cfg;
@@ -279,7 +327,7 @@ static int worker_command(worker_t *w, char *line)
         stage_job_t j = {.cfg = &cfg, .rank = w->rank, .host = w->c.addr[0], .token = w->token,
                          .compute = strcmp(arg, "-") ? arg : NULL, .port = w->c.port + 1,
                          .shim_links = in_transport ? w->links : NULL};
-        if (!rc)
+        if (!rc && w->rank < cell_ranks(&w->cell, w->P)) /* else this cell has fewer replicas */
             rc = stage_in_child(&j, NULL, NULL, err, sizeof err);
     } else if (!strcmp(what, "clear")) {
         rc = distctl_unshape(w->dev, &w->ndev, err, sizeof err);
@@ -326,8 +374,9 @@ int sweep_dist_worker(int argc, char **argv)
     rc = w->fd = distctl_join(&w->c, url, rank, w->token, sizeof w->token, &w->spec, sizeof w->spec, err,
                               sizeof err);
     w->P = w->spec.stages;
-    if (rc >= 0 && w->c.P != w->P)
-        rc = pn_err(err, sizeof err, -EPROTO, "rank %d: %d addresses for %d stages", rank, w->c.P, w->P);
+    if (rc >= 0 && w->c.P != sweep_dist_world(&w->spec))
+        rc = pn_err(err, sizeof err, -EPROTO, "rank %d: %d addresses for %d ranks", rank, w->c.P,
+                    sweep_dist_world(&w->spec));
     free(saved);
     char line[1024];
     while (rc >= 0 && (rc = distctl_recv_line(w->fd, line, sizeof line, 0, NULL)) == 0)

@@ -2,8 +2,10 @@
  * any launcher (srun, mpirun; rank and size from its environment as `pipenem stage`
  * reads them). Rank 0 runs the ordinary sweep loop and writes the results directory; its
  * cells are measured through bench/cell.h with hosts that are the ranks: for each cell
- * every rank puts the cell's profile on its own traffic to its pipeline neighbours
- * (netem_tc_apply_by_dest), runs its stage (the trace and counters gather at rank 0 as
+ * every rank of it (D x stages, rank = d x stages + s, of a world sized for the largest
+ * --dp-sizes) puts the cell's profile on its own traffic to its pipeline neighbours and
+ * --net-dp on its traffic to the same stage of replicas d+-1 (netem_tc_apply_by_dest,
+ * the pairs of launch_pair_profile), runs its stage (the trace and counters gather at rank 0 as
  * in `pipenem stage`), and clears the profile; failures come back by rank. The control
  * connection is PORT; each cell's stage rendezvous is PORT + 1. */
 #ifndef PN_BENCH_SWEEP_DIST_H
@@ -26,8 +28,11 @@ int sweep_dist_worker(int argc, char **argv);
 
 typedef struct sweep_dist sweep_dist_t;
 
-/* Rank 0: listens on the URL's port and admits the other stages - 1 ranks (the
- * launcher's world size must be s->stages), sends each the grid and everyone's address.
+/* The ranks a sweep needs: the stages times the largest --dp-sizes. */
+int sweep_dist_world(const sweep_spec_t *s);
+
+/* Rank 0: listens on the URL's port and admits the other ranks (the launcher's world
+ * size must be sweep_dist_world), sends each the grid and everyone's address.
  * Errors name what is missing (a rank that did not come within 120 s, a token or build
  * mismatch). */
 int sweep_dist_open(sweep_dist_t **out, const char *url, const sweep_spec_t *s, char *err, size_t errlen)

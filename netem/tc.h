@@ -38,6 +38,7 @@ enum {
     NETEM_TC_PERSIST = 1,   /* keep the shaping after this process exits (`netem apply`) */
     NETEM_TC_NO_NETEM = 2,  /* pretend sch_netem is missing (tests of the TBF path) */
     NETEM_TC_EPHEMERAL = 4, /* the device dies with a namespace pipenem removes: no save */
+    NETEM_TC_CLASS_PER_PEER = 8, /* by_dest: every peer its own class, even of one profile */
 };
 
 int netem_dev_init(netem_dev_t *d, const char *netns, const char *ifname, char *err,
@@ -80,7 +81,9 @@ typedef struct {
  * own traffic) takes HTB's direct queue untouched. Egress only: each host shapes what it
  * sends, so a link's two directions are set on its two ends. Peers given the same
  * profile share one class and leaf (a rate is the host's link capacity, shared by its
- * traffic to all of them, as the local topology's switch port shares it). Default
+ * traffic to all of them, as the local topology's switch port shares it), unless flags
+ * has NETEM_TC_CLASS_PER_PEER (a link per pair of hosts, as the local topology's
+ * per-source trees of --dp shape them). Default
  * profiles are skipped. Same saving (the original root goes to the state file first), flags and
  * errors as netem_tc_apply; -EINVAL for a bad or repeated peer. */
 int netem_tc_apply_by_dest(const netem_dev_t *d, int n, const netem_tc_peer_t *peer, int flags,

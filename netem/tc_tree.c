@@ -218,9 +218,9 @@ int netem_tc_apply_by_dest(const netem_dev_t *d, int n, const netem_tc_peer_t *p
             m[i].port_val = htonl(peer[i].port);
         }
         /* Peers of one profile share its class: a rate is the host's link capacity,
-         * shared by its traffic to all of them as a NIC's is. */
+         * shared by its traffic to all of them as a NIC's is (unless a link per pair). */
         m[i].cls = i;
-        for (int j = 0; j < i && m[i].cls == i; j++)
+        for (int j = 0; j < i && m[i].cls == i && !(flags & NETEM_TC_CLASS_PER_PEER); j++)
             if (peer[j].profile.delay == peer[i].profile.delay && peer[j].profile.jitter == peer[i].profile.jitter &&
                 peer[j].profile.loss == peer[i].profile.loss && peer[j].profile.rate == peer[i].profile.rate &&
                 peer[j].profile.limit == peer[i].profile.limit)

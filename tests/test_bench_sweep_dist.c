@@ -5,7 +5,9 @@
  * one-box sweep of the same grid (iteration time within 10%: the rate profile makes the
  * links matter); `report` regenerates it; after SIGKILL of rank 1 mid-sweep (mpirun then
  * ends the others), `netem clear --all` on each host puts its qdiscs back and a
- * `--resume` finishes the missing cells. Every host's qdiscs end as they began. SKIP where mpirun is absent. */
+ * `--resume` finishes the missing cells. Replicas across hosts: 2 stages x --dp-sizes 1,2
+ * on four ranks match the one-box sweep too. Every host's qdiscs end as they began. SKIP
+ * where mpirun is absent. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -28,11 +30,17 @@
 #include "tests/testutil.h"
 
 #define TOL 0.10
+#define HOSTS 4   /* three for the grids below, four for two replicas of two stages */
 #define GRID "--model tiny --stages 3 --batch-size 8 --seq-len 128 --compute emulate:fwd=20ms,bwd=40ms " \
              "--schedule gpipe,1f1b --profiles default,rate=3mbit --micro-batch-sizes 2 --warmup 1 " \
              "--timeout 15 --no-plots"
+/* Replicas across hosts: 2 stages x --dp-sizes 1,2 on four ranks (two sit out the first
+ * cell), the replicas' links shaped like the pipeline's. */
+#define DP_GRID "--model tiny --stages 2 --dp-sizes 1,2 --batch-size 8 --seq-len 128 " \
+                "--compute emulate:fwd=20ms,bwd=40ms --schedule 1f1b --profiles rate=10mbit --net-dp rate=10mbit " \
+                "--micro-batch-sizes 2 --warmup 1 --iters 5 --timeout 15 --no-plots"
 
-static char base[128], wrap[160], skip_reason[256], qdisc_before[3][2048];
+static char base[128], wrap[160], skip_reason[256], qdisc_before[HOSTS][2048];
 static netem_topo_t topo;
 static int topo_made, port;
 
@@ -58,12 +66,12 @@ static int setup(void **state)
     if (mkdir(base, 0755) && errno != EEXIST)
         return -1;
     setenv("PIPENEM_STATE_DIR", base, 1);
-    if (netem_state_guard_start() < 0 || netem_topo_create(&topo, 3, err, sizeof err) < 0) {
-        print_message("cannot make the 3-host topology: %s\n", err);
+    if (netem_state_guard_start() < 0 || netem_topo_create(&topo, HOSTS, err, sizeof err) < 0) {
+        print_message("cannot make the %d-host topology: %s\n", HOSTS, err);
         return -1;
     }
     topo_made = 1;
-    for (int h = 0; h < 3; h++)
+    for (int h = 0; h < HOSTS; h++)
         qdiscs(h, qdisc_before[h], sizeof qdisc_before[h]);
     /* Each rank in its host, with the host's own state directory (as on real hosts). */
     snprintf(wrap, sizeof wrap, "%s/wrap.sh", base);
@@ -83,10 +91,11 @@ static int teardown(void **state)
     (void)state;
     char out[4096];
     if (topo_made) {
-        for (int h = 0; h < 3; h++)   /* whatever a failed test left on a host */
+        for (int h = 0; h < HOSTS; h++)   /* whatever a failed test left on a host */
             tu_sh(out, sizeof out, "PIPENEM_STATE_DIR=%s/state-h%d ip netns exec %s %s netem clear --all", base, h,
                netem_topo_host_ns(&topo, h), tu_pipenem());
-        tu_sh(out, sizeof out, "for h in 0 1 2; do ip netns pids %s-h$h | xargs -r kill -9; done", topo.id);
+        tu_sh(out, sizeof out, "for h in $(seq 0 %d); do ip netns pids %s-h$h | xargs -r kill -9; done", HOSTS - 1,
+              topo.id);
         tu_sh(out, sizeof out, "sh tests/dist/slurm-private.sh down %s/slurm", base);   /* a failed srun test's */
         netem_topo_destroy(&topo);
     }
@@ -103,12 +112,12 @@ static int teardown(void **state)
         }                                                                                 \
     } while (0)
 
-/* `mpirun -np 3 WRAP pipenem sweep ARGS` in the background, output to log. */
-static pid_t mpirun(const char *log, const char *args)
+/* `mpirun -np NP WRAP pipenem sweep ARGS` in the background, output to log. */
+static pid_t mpirun_np(int np, const char *log, const char *args)
 {
     char cmd[2048];
-    snprintf(cmd, sizeof cmd, "exec mpirun --allow-run-as-root --oversubscribe -np 3 %s %s sweep %s > %s 2>&1", wrap,
-             tu_pipenem(), args, log);
+    snprintf(cmd, sizeof cmd, "exec mpirun --allow-run-as-root --oversubscribe -np %d %s %s sweep %s > %s 2>&1", np,
+             wrap, tu_pipenem(), args, log);
     pid_t pid = fork();
     if (pid == 0) {
         setpgid(0, 0);
@@ -116,6 +125,11 @@ static pid_t mpirun(const char *log, const char *args)
         _exit(127);
     }
     return pid;
+}
+
+static pid_t mpirun(const char *log, const char *args)
+{
+    return mpirun_np(3, log, args);
 }
 
 /* Waits for pid at most timeout s (then kills its group): its exit status, or -1. */
@@ -140,9 +154,19 @@ static void show_log(const char *log)
     print_message("%s\n", out);
 }
 
+/* `mpirun -np NP ... sweep ARGS` to its end within 240 s, or the test fails with its log. */
+static void mpirun_ok(int np, const char *log, const char *args)
+{
+    int rc = wait_for(mpirun_np(np, log, args), 240);
+    if (rc != 0) {
+        show_log(log);
+        fail_msg("mpirun -np %d sweep %.60s...: exit %d", np, args, rc);
+    }
+}
+
 static void hosts_as_before(void)
 {
-    for (int h = 0; h < 3; h++) {
+    for (int h = 0; h < HOSTS; h++) {
         char now[2048];
         qdiscs(h, now, sizeof now);
         if (strcmp(now, qdisc_before[h]))
@@ -150,25 +174,58 @@ static void hosts_as_before(void)
     }
 }
 
+/* The grid swept by NP ranks under mpirun (rank 0's control port: ctl) into dist, every
+ * host's qdiscs then as before, and by one box into local. */
+static void sweep_both(int np, const char *grid, int ctl, const char *dist, const char *local)
+{
+    char log[300], args[1024], out[1 << 14];
+    snprintf(log, sizeof log, "%s.log", dist);
+    snprintf(args, sizeof args, "--dist-url tcp://%s:%d %s --out %s", netem_topo_host_addr(&topo, 0), ctl, grid,
+             dist);
+    mpirun_ok(np, log, args);
+    hosts_as_before();
+    int rc = tu_pipenem_run(out, sizeof out, "sweep %s --out %s", grid, local);
+    if (rc != 0)
+        fail_msg("one-box sweep: exit %d\n%s", rc, out);
+}
+
+/* The distributed and the one-box results, n cells each, the same configuration cell by
+ * cell (the emulator too: none, or netem (TBF) for a rate), their times printed: the
+ * largest relative difference of the median iteration; *a keeps the distributed cells. */
+static double vs_one_box(const char *dist, const char *local, size_t n, results_t *a)
+{
+    char err[512];
+    results_t b;
+    results_init(a);
+    results_init(&b);
+    if (results_read(dist, a, err, sizeof err) || results_read(local, &b, err, sizeof err))
+        fail_msg("%s", err);
+    assert_int_equal(a->n_cells, n);
+    assert_int_equal(b.n_cells, n);
+    double worst = 0;
+    for (size_t i = 0; i < n; i++) {
+        const results_cell_t *x = &a->cells[i], *y = &b.cells[i];
+        assert_string_equal(x->schedule, y->schedule);
+        assert_string_equal(x->profile, y->profile);
+        assert_int_equal(x->dp, y->dp);
+        assert_string_equal(x->emulator, y->emulator);
+        double d = tu_reldiff(x->iter_median, y->iter_median, 1e-9);
+        worst = d > worst ? d : worst;
+        print_message("cell %d %s %s DP %d [%s]: distributed %.4f s, one box %.4f s, difference %.2f%%\n", x->cell,
+                      x->schedule, x->profile, x->dp, x->emulator, x->iter_median, y->iter_median, d * 100);
+    }
+    results_destroy(&b);
+    return worst;
+}
+
 static void test_matches_one_box(void **state)
 {
     (void)state;
     NEED_MPI();
-    char dist[200], local[200], log[200], args[1024], out[1 << 14], err[512];
+    char dist[200], local[200], out[1 << 14];
     snprintf(dist, sizeof dist, "%s/dist", base);
     snprintf(local, sizeof local, "%s/local", base);
-    snprintf(log, sizeof log, "%s/dist.log", base);
-    snprintf(args, sizeof args, "--dist-url tcp://%s:%d " GRID " --iters 4 --out %s", netem_topo_host_addr(&topo, 0),
-             port, dist);
-    int rc = wait_for(mpirun(log, args), 240);
-    if (rc != 0) {
-        show_log(log);
-        fail_msg("mpirun sweep: exit %d", rc);
-    }
-    hosts_as_before();
-    rc = tu_pipenem_run(out, sizeof out, "sweep " GRID " --iters 4 --out %s", local);
-    if (rc != 0)
-        fail_msg("one-box sweep: exit %d\n%s", rc, out);
+    sweep_both(3, GRID " --iters 4", port, dist, local);
     /* The same files. */
     static const char *const files[] = {"runs.csv", "iterations.csv", "ops.csv", "table.md", "trace.json",
                                         "command.txt", "environment.txt", "sweep.args"};
@@ -178,35 +235,18 @@ static void test_matches_one_box(void **state)
         if (access(p, R_OK))
             fail_msg("the distributed sweep wrote no %s", files[i]);
     }
-    results_t a, b;
-    results_init(&a);
-    results_init(&b);
-    if (results_read(dist, &a, err, sizeof err) || results_read(local, &b, err, sizeof err))
-        fail_msg("%s", err);
-    assert_int_equal(a.n_cells, 4);
-    assert_int_equal(b.n_cells, 4);
-    double worst = 0;
-    for (size_t i = 0; i < a.n_cells; i++) {
-        const results_cell_t *x = &a.cells[i], *y = &b.cells[i];
-        assert_string_equal(x->schedule, y->schedule);
-        assert_string_equal(x->profile, y->profile);
-        assert_string_equal(x->emulator, y->emulator);   /* none, or netem (TBF) for the rate */
-        double d = tu_reldiff(x->iter_median, y->iter_median, 1e-9);
-        worst = d > worst ? d : worst;
-        print_message("cell %d %s %s [%s]: distributed %.4f s, one box %.4f s, difference %.2f%%\n", x->cell,
-                      x->schedule, x->profile, x->emulator, x->iter_median, y->iter_median, d * 100);
-    }
+    results_t a;
+    double worst = vs_one_box(dist, local, 4, &a);
     /* The link matters: the rate cells are slower than the unshaped ones. */
     assert_true(a.cells[1].iter_median > 1.1 * a.cells[0].iter_median);
     results_destroy(&a);
-    results_destroy(&b);
     print_message("largest difference %.2f%% (tolerance %.0f%%)\n", worst * 100, TOL * 100);
     assert_true(worst <= TOL);
     /* `report` regenerates it. */
     char p[300];
     snprintf(p, sizeof p, "%s/table.md", dist);
     assert_int_equal(unlink(p), 0);
-    rc = tu_pipenem_run(out, sizeof out, "report %s --no-plots", dist);
+    int rc = tu_pipenem_run(out, sizeof out, "report %s --no-plots", dist);
     if (rc != 0)
         fail_msg("report: exit %d\n%s", rc, out);
     assert_int_equal(access(p, R_OK), 0);
@@ -272,11 +312,7 @@ static void test_resume_after_killing_rank1(void **state)
 
     snprintf(log, sizeof log, "%s/resume.log", base);
     snprintf(args, sizeof args, "--resume %s", dir);
-    rc = wait_for(mpirun(log, args), 240);
-    if (rc != 0) {
-        show_log(log);
-        fail_msg("mpirun sweep --resume: exit %d", rc);
-    }
+    mpirun_ok(3, log, args);
     results_t r;
     results_init(&r);
     if (results_read(dir, &r, err, sizeof err))
@@ -322,6 +358,38 @@ static void test_selftest_across_hosts(void **state)
     print_message("largest goodput difference %.2f%% (tolerance 5%%)\n", worst * 100);
     assert_true(worst <= 0.05);
     hosts_as_before();
+}
+
+/* Replicas across hosts: each cell on its D x 2 ranks (the others sit it out), every
+ * rank shaping its traffic to its pipeline neighbour and to its stage's other replica;
+ * both cells match the one-box sweep (D x P namespaces shaped per pair), and the second
+ * replica's all-reduce through 10 Mbit/s shows. A launcher of the wrong size is named. */
+static void test_dp_across_hosts(void **state)
+{
+    (void)state;
+    NEED_MPI();
+    char dist[200], local[200], log[200], args[1024], out[1 << 14];
+    snprintf(dist, sizeof dist, "%s/dp-dist", base);
+    snprintf(local, sizeof local, "%s/dp-local", base);
+    snprintf(log, sizeof log, "%s/dp.log", base);
+    snprintf(args, sizeof args, "--dist-url tcp://%s:%d " DP_GRID " --out %s", netem_topo_host_addr(&topo, 0),
+             port + 80, dist);
+    int rc = wait_for(mpirun_np(3, log, args), 60);
+    tu_sh(out, sizeof out, "cat %s", log);
+    print_message("3 ranks for 2 stages x 2 replicas: exit %d\n", rc);
+    if (rc == 0 || !strstr(out, "the launcher started 3 ranks") || !strstr(out, "needs 4"))
+        fail_msg("a launcher of 3 ranks was not refused by name (exit %d):\n%s", rc, out);
+    tu_sh(out, sizeof out, "rm -rf %s", dist);
+    sweep_both(4, DP_GRID, port + 80, dist, local);
+    results_t a;
+    double worst = vs_one_box(dist, local, 2, &a);
+    assert_int_equal(a.cells[0].dp, 1);
+    assert_int_equal(a.cells[1].dp, 2);
+    /* the all-reduce crossed the shaped replica link */
+    assert_true(a.cells[1].iter_median > 1.3 * a.cells[0].iter_median);
+    results_destroy(&a);
+    print_message("largest difference %.2f%% (tolerance %.0f%%)\n", worst * 100, TOL * 100);
+    assert_true(worst <= TOL);
 }
 
 /* The same grid under Slurm's own launcher: a private one-node Slurm (tests/dist/
@@ -379,6 +447,7 @@ int main(void)
         cmocka_unit_test(test_matches_one_box),
         cmocka_unit_test(test_resume_after_killing_rank1),
         cmocka_unit_test(test_selftest_across_hosts),
+        cmocka_unit_test(test_dp_across_hosts),
         cmocka_unit_test(test_srun_sweep),
     };
     return cmocka_run_group_tests_name("bench_sweep_dist", tests, setup, teardown);

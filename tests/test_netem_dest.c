@@ -200,6 +200,36 @@ static void test_only_the_peer_is_shaped(void **state)
     assert_null(strstr(out, "htb"));
 }
 
+/* Two peers of one profile share a class (the host's link capacity), or with
+ * NETEM_TC_CLASS_PER_PEER get one each (a link per pair); both read back the same. */
+static void test_class_per_peer(void **state)
+{
+    (void)state;
+    TU_NEED_ROOT();
+    char err[256], cls[4096];
+    netem_dev_t d;
+    netem_tc_peer_t peer[2] = {{.profile = {.rate = RATE}}, {.profile = {.rate = RATE}}};
+    for (int i = 0; i < 2; i++)
+        snprintf(peer[i].addr, sizeof peer[i].addr, "%s", netem_topo_host_addr(&topo, i + 1));
+    assert_int_equal(netem_dev_init(&d, netem_topo_host_ns(&topo, 0), netem_topo_host_ifname(&topo, 0), err,
+                                     sizeof err), 0);
+    static const int flags[] = {0, NETEM_TC_CLASS_PER_PEER};
+    for (int f = 0; f < 2; f++) {
+        if (netem_tc_apply_by_dest(&d, 2, peer, flags[f], err, sizeof err) < 0)
+            fail_msg("apply_by_dest: %s", err);
+        tu_sh(cls, sizeof cls, "tc -n %s class show dev %s | grep -c '^class htb'", netem_topo_host_ns(&topo, 0),
+              netem_topo_host_ifname(&topo, 0));
+        netem_tc_class_t cl[4];
+        int n = 0;
+        assert_int_equal(netem_tc_show_by_source(&d, cl, 4, &n, err, sizeof err), 0);
+        print_message("%s: %d HTB class(es) for 2 peers at %.0f Mbit/s; %d read back\n",
+                      flags[f] ? "NETEM_TC_CLASS_PER_PEER" : "shared", atoi(cls), RATE / 1e6, n);
+        assert_int_equal(atoi(cls), flags[f] ? 2 : 1);
+        assert_int_equal(n, 2);
+    }
+    assert_int_equal(netem_tc_clear(&d, err, sizeof err), 0);
+}
+
 /* The doomed process: a per-destination tree on host 0's device recorded in its own run
  * file, then it waits to be killed. */
 static void doomed(int fd)
@@ -301,6 +331,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_bad_peers),
         cmocka_unit_test(test_only_the_peer_is_shaped),
+        cmocka_unit_test(test_class_per_peer),
         cmocka_unit_test(test_sigkill_then_clear_all),
     };
     return cmocka_run_group_tests_name("netem_dest", tests, setup, teardown);
