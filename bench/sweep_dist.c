@@ -33,7 +33,7 @@ struct sweep_dist {
     distctl_t c;
     char token[40];                  /* the stages' job token, fresh per sweep */
     const netem_emulator_t *emu;     /* the cell's backend */
-    netem_dev_t dev[DISTCTL_MAX_DEVS];              /* rank 0's shaped devices */
+    netem_dev_t dev[DISTCTL_MAX_DEVS]; /* rank 0's shaped devices */
     int ndev;
     netem_profile_t links[PN_MAX_WORLD];
 };

@@ -77,9 +77,6 @@ void ucx_slot_free(ucx_t *u, ucx_slot_t *s);
 /* Locks, context, worker, its address and event fds; u->rank, size, peers set. On
  * failure, what was made is left for ucx_destroy. */
 int ucx_setup(ucx_t *u, const ucx_params_t *p, char *err, size_t errlen) PN_WUR;
-/* What UCX's own transport choice leaves out in this process, as a UCX_TLS value
- * ("^cma", "^posix,sysv", ...) into buf: 1, or 0 when nothing (see ucx_setup.c). */
-int ucx_tls_excluded(char *buf, size_t len);
 /* Stops the progress thread, cancels what UCX still holds, frees u (half-built too). */
 void ucx_destroy(void *impl);
 
