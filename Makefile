@@ -1,5 +1,5 @@
 # pipenem — build, test and run.
-# Knobs: CUDA=auto|yes|no, DEBUG=1, SANITIZE=address,undefined, BUILD=dir, CC=clang.
+# Knobs: CUDA=auto|yes|no, DEBUG=1, SANITIZE=address,undefined, BUILD=dir, CC=clang, JOBS=N.
 # Sources are found by folder, so a new module file needs no edit here.
 
 CC       ?= cc
@@ -7,6 +7,9 @@ CUDA     ?= auto
 DEBUG    ?= 0
 SANITIZE ?=
 BUILD    ?= build$(if $(SANITIZE),-san)
+# The build behind test, run, bench and fuzz compiles on every CPU unless make was given -j
+JOBS     ?= $(shell nproc 2>/dev/null || echo 1)
+SUBJOBS   = $(if $(findstring -j,$(MAKEFLAGS))$(findstring jobserver,$(MAKEFLAGS)),,-j$(JOBS))
 
 PKGS := ucx libnl-route-3.0 openblas cmocka
 
@@ -139,20 +142,20 @@ $(BUILD)/tests/%: tests/%.c $(BUILD)/libpipenem.a $(BUILD)/pipenem
 
 # The README's commands: each sets up what it needs first.
 test: deps
-	@$(MAKE) --no-print-directory all
+	@$(MAKE) --no-print-directory $(SUBJOBS) all
 	@bash tests/run.sh $(BUILD)/tests
 
 bench: deps
-	@$(MAKE) --no-print-directory all
+	@$(MAKE) --no-print-directory $(SUBJOBS) all
 	@bash tests/run.sh --bench $(BUILD)/tests
 
 run: deps
-	@$(MAKE) --no-print-directory all
+	@$(MAKE) --no-print-directory $(SUBJOBS) all
 	@bash tests/main-job.sh
 
 # DT-FM's GPT-3 small table reproduced into results/reference/dtfm-gpt3-small/ (~15 minutes)
 reproduce-dtfm: deps
-	@$(MAKE) --no-print-directory all
+	@$(MAKE) --no-print-directory $(SUBJOBS) all
 	@bash results/reference/dtfm-gpt3-small/reproduce.sh
 
 $(FUZZ_BUILD)/%.o: %.c
@@ -170,12 +173,12 @@ fuzz-build: $(FUZZ_BINS)
 # Each target runs FUZZ_SECONDS; a finding (crash, leak, timeout) fails the run and leaves
 # the reproducer in build-fuzz/findings/.
 fuzz: deps
-	@$(MAKE) --no-print-directory fuzz-build
+	@$(MAKE) --no-print-directory $(SUBJOBS) fuzz-build
 	@bash tests/fuzz/run.sh $(FUZZ_BUILD) $(FUZZ_SECONDS)
 
 # The fault matrix (root: namespaces for the link cases); prints one row per case.
 test-faults: deps
-	@$(MAKE) --no-print-directory all
+	@$(MAKE) --no-print-directory $(SUBJOBS) all
 	@bash tests/faults/matrix.sh $(BUILD)/pipenem
 
 # The unit tests that run library code in their own process (no stage processes, UCX or
@@ -183,7 +186,7 @@ test-faults: deps
 VALGRIND_TESTS ?= test_cli test_sched test_sim test_netem_profile test_bench_metrics \
                   test_bench_predict test_bench_results test_models_errors
 test-valgrind: deps
-	@$(MAKE) --no-print-directory all
+	@$(MAKE) --no-print-directory $(SUBJOBS) all
 	@bash tests/run.sh --valgrind $(BUILD)/tests $(VALGRIND_TESTS)
 
 # What tests/gpu/check.sh needs on a GPU machine: the binaries and the libraries a bare
