@@ -131,11 +131,6 @@ static pid_t mpirun_np(int np, const char *log, const char *args)
     return pid;
 }
 
-static pid_t mpirun(const char *log, const char *args)
-{
-    return mpirun_np(3, log, args);
-}
-
 /* Waits for pid at most timeout s (then kills its group): its exit status, or -1. */
 static int wait_for(pid_t pid, double timeout)
 {
@@ -275,7 +270,7 @@ static void test_resume_after_killing_rank1(void **state)
     snprintf(log, sizeof log, "%s/killed.log", base);
     snprintf(args, sizeof args, "--dist-url tcp://%s:%d " GRID " --iters 6 --out %s", netem_topo_host_addr(&topo, 0),
              port + 20, dir);
-    pid_t pid = mpirun(log, args);
+    pid_t pid = mpirun_np(3, log, args);
     /* Mid-sweep: a cell finished and the next (the rate profile) shaping host 1. */
     int n = 0, shaped = 0;
     for (int i = 0; i < 1200 && !(n >= 1 && shaped); i++) {
